@@ -1,0 +1,154 @@
+"""``python -m stream``: the product's command line.
+
+Every subcommand turns a :class:`~stream.errors.StreamError` into one line on stderr and exit
+code 2; argparse does the same for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stream.errors import StreamError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_kafka_up(args: argparse.Namespace) -> int:
+    """Run an embedded broker in the foreground until Ctrl-C / SIGTERM."""
+    from stream.config import load_settings
+    from stream.kafka.embedded import EmbeddedKafka
+    from stream.topics import ensure_topics
+
+    settings = load_settings()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions)
+    try:
+        with broker:
+            if not args.no_topics:
+                ensure_topics(broker.bootstrap, settings)
+            print(f"Kafka is up: bootstrap {broker.bootstrap}", flush=True)
+            print(f"  export STREAM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+            print(f"  broker log: {broker.log_path}  (Ctrl-C to stop)", flush=True)
+            assert broker.proc is not None
+            broker.proc.wait()
+            print("the broker exited on its own; see its log", file=sys.stderr)
+            return 1
+    except KeyboardInterrupt:
+        print("stopping Kafka...", file=sys.stderr)
+        return 0
+
+
+def cmd_kafka_fetch(args: argparse.Namespace) -> int:
+    from stream.kafka.embedded import ensure_jars
+
+    print(ensure_jars(quiet=False))
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from stream.config import load_settings
+    from stream.topics import ensure_topics
+
+    settings = load_settings()
+    bootstrap = args.bootstrap or settings.kafka_bootstrap
+    if not bootstrap:
+        raise StreamError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
+    for name, status in ensure_topics(bootstrap, settings).items():
+        print(f"{name}: {status}")
+    return 0
+
+
+def config_table() -> str:
+    """The Markdown table of every setting (the README embeds it; a test keeps them equal)."""
+    from stream.config import Settings
+
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default
+        if hasattr(default, "get_secret_value"):
+            default = "(empty)" if not default.get_secret_value() else "(set)"
+        elif isinstance(default, tuple):
+            default = ",".join(default)
+        elif default is None:
+            default = "(unset)"
+        else:
+            from stream.config import ROOT
+
+            default = str(default).replace(str(ROOT) + "/", "./")
+        rows.append(f"| `STREAM_{name.upper()}` | `{default}` | {info.description} |")
+    return "\n".join(rows)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from stream.config import load_settings
+
+    if args.markdown:
+        print(config_table())
+        return 0
+    for key, value in load_settings().model_dump().items():
+        print(f"STREAM_{key.upper()}={value}")  # SecretStr prints as '**********'
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(minutes=args.minutes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    kafka = sub.add_parser("kafka", help="embedded Kafka broker")
+    ksub = kafka.add_subparsers(dest="kafka_command", required=True)
+    up = ksub.add_parser("up", help="run an embedded broker in the foreground and print its address")
+    up.add_argument("--no-topics", action="store_true", help="do not create the product's topics")
+    up.set_defaults(func=cmd_kafka_up)
+    fetch = ksub.add_parser("fetch", help="fetch the broker's jars with Maven (done on first use anyway)")
+    fetch.set_defaults(func=cmd_kafka_fetch)
+
+    topics = sub.add_parser("topics", help="create the product's topics (idempotent)")
+    topics.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAM_KAFKA_BOOTSTRAP)")
+    topics.set_defaults(func=cmd_topics_create)
+
+    config = sub.add_parser("config", help="print the effective configuration")
+    config.add_argument("--markdown", action="store_true", help="print the table of every variable")
+    config.set_defaults(func=cmd_config)
+
+    demo = sub.add_parser("demo", help="run the whole product end to end on embedded Kafka + chdb")
+    demo.add_argument("--minutes", type=float, default=2.0, help="minutes of live traffic (default 2)")
+    demo.set_defaults(func=cmd_demo)
+
+    for register in _extra_commands:
+        register(sub)
+    return parser
+
+
+#: Later modules (worker, replay, backtest, demo) add their subcommands here.
+_extra_commands: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Handler = args.func
+    try:
+        return func(args)
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

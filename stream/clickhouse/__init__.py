@@ -1,0 +1,145 @@
+"""ClickHouse access: :func:`connect` picks the backend from settings; helpers convert records.
+
+>>> from stream.clickhouse import events_to_frame, frame_to_events
+>>> ev = {"schema_version": 1, "event_id": "e1", "event_type": "page_view", "user_id": "u1",
+...       "session_id": "s1", "event_time": 1700000000123, "device": {"type": "mobile"}}
+>>> frame_to_events(events_to_frame([ev])) == [ev]
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl
+from stream.config import Settings
+
+__all__ = [
+    "DDL_DIR",
+    "EVENT_COLUMNS",
+    "ClickHouse",
+    "apply_ddl",
+    "connect",
+    "events_to_frame",
+    "frame_to_events",
+    "insert_events",
+    "insert_records",
+]
+
+#: Flat event columns in table order; nested ``device``/``geo`` are flattened.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id", "event_type", "user_id", "session_id", "event_time", "article_id", "brand",
+    "category", "position", "placement", "request_id", "revenue", "duration_ms", "device_type",
+    "device_os", "device_browser", "country", "city", "timezone", "schema_version",
+)
+_TOP_OPTIONAL = ("article_id", "brand", "category", "position", "placement", "request_id",
+                 "revenue", "duration_ms")
+_NESTED = {"device_type": ("device", "type"), "device_os": ("device", "os"),
+           "device_browser": ("device", "browser"), "country": ("geo", "country"),
+           "city": ("geo", "city"), "timezone": ("geo", "timezone")}
+_INT_COLUMNS = ("position", "duration_ms")
+
+
+def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
+    """Open the configured ClickHouse: a server if ``clickhouse_url`` is set, else chdb."""
+    ch: ClickHouse
+    if settings.clickhouse_url:
+        from stream.clickhouse.server_backend import ServerClickHouse
+
+        ch = ServerClickHouse(
+            settings.clickhouse_url,
+            settings.clickhouse_user,
+            settings.clickhouse_password.get_secret_value(),
+            settings.clickhouse_database,
+        )
+    else:
+        from stream.clickhouse.chdb_backend import ChdbClickHouse
+
+        ch = ChdbClickHouse(settings.chdb_path, settings.clickhouse_database)
+    if apply_schema:
+        apply_ddl(ch)
+    return ch
+
+
+def _ms_to_datetime(ms: Sequence[int]) -> pd.DatetimeIndex:
+    return pd.to_datetime(np.asarray(ms, dtype="int64"), unit="ms", utc=True)
+
+
+def events_to_frame(events: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Flatten session events (dicts following ``session_event`` v1) into table columns."""
+    cols: dict[str, list[Any]] = {c: [] for c in EVENT_COLUMNS}
+    for ev in events:
+        for c in ("event_id", "event_type", "user_id", "session_id", "event_time"):
+            cols[c].append(ev[c])
+        for c in _TOP_OPTIONAL:
+            cols[c].append(ev.get(c))
+        for c, (outer, inner) in _NESTED.items():
+            cols[c].append((ev.get(outer) or {}).get(inner))
+        cols["schema_version"].append(ev.get("schema_version", 1))
+    df = pd.DataFrame(cols, columns=list(EVENT_COLUMNS))
+    df["event_time"] = _ms_to_datetime(cols["event_time"])
+    for c in _INT_COLUMNS:
+        df[c] = pd.array(cols[c], dtype="Int64")
+    df["revenue"] = pd.array(cols["revenue"], dtype="Float64")
+    df["schema_version"] = df["schema_version"].astype("uint8")
+    return df
+
+
+def _present(v: Any) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return False
+    return not (isinstance(v, float) and math.isnan(v))
+
+
+def frame_to_events(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Inverse of :func:`events_to_frame`: rebuild ``session_event`` dicts (missing = absent)."""
+    times = df["event_time"]
+    if pd.api.types.is_datetime64_any_dtype(times):
+        ms = (times.dt.tz_convert("UTC") if times.dt.tz is not None else times.dt.tz_localize("UTC"))
+        ms_values = ms.astype("datetime64[ms, UTC]").astype("int64").tolist()
+    else:
+        ms_values = times.astype("int64").tolist()
+    records = df.to_dict("records")
+    out: list[dict[str, Any]] = []
+    for rec, t in zip(records, ms_values, strict=True):
+        ev: dict[str, Any] = {
+            "schema_version": int(rec.get("schema_version", 1) or 1),
+            "event_id": rec["event_id"],
+            "event_type": rec["event_type"],
+            "user_id": rec["user_id"],
+            "session_id": rec["session_id"],
+            "event_time": int(t),
+        }
+        for c in _TOP_OPTIONAL:
+            v: Any = rec.get(c)
+            if _present(v):
+                ev[c] = int(v) if c in _INT_COLUMNS else (float(v) if c == "revenue" else v)
+        for c, (outer, inner) in _NESTED.items():
+            v = rec.get(c)
+            if _present(v):
+                ev.setdefault(outer, {})[inner] = v
+        out.append(ev)
+    return out
+
+
+def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
+    """Insert session events in one columnar batch; returns the row count."""
+    return ch.insert_df("events", events_to_frame(events))
+
+
+def insert_records(ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]],
+                   time_columns: Sequence[str] = ("event_time",)) -> int:
+    """Insert prediction / decision records (flat dicts); ``*_at`` and event times are epoch ms."""
+    if not records:
+        return 0
+    df = pd.DataFrame.from_records(list(records))
+    for c in df.columns:
+        if c in time_columns or c.endswith("_at"):
+            df[c] = _ms_to_datetime(df[c].tolist())
+    df = df.drop(columns=[c for c in ("schema_version", "arm_means") if c in df.columns])
+    return ch.insert_df(table, df)

@@ -1,0 +1,104 @@
+"""All configuration, read from the environment (prefix ``STREAM_``) or a ``.env`` file.
+
+This is the only module that reads environment variables. Every other module receives a
+:class:`Settings` (or the values it needs) as an argument.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stream.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Runtime settings. Unset Kafka/ClickHouse addresses mean "use the embedded defaults"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="host:port list of an existing Kafka cluster; unset = embedded broker"
+    )
+    topic_partitions: int = Field(4, ge=1, le=1024, description="partitions of keyed topics")
+    topic_replication: int = Field(1, ge=1, le=16, description="replication factor of new topics")
+    topic_prefix: str = Field("", description="prefix added to every topic name (multi-tenant clusters)")
+
+    # --- ClickHouse ----------------------------------------------------------------------
+    clickhouse_url: str | None = Field(
+        None, description="http(s)://host:port of a ClickHouse server; unset = embedded chdb"
+    )
+    clickhouse_user: str = Field("default", description="ClickHouse server user")
+    clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password")
+    clickhouse_database: str = Field("publisher", description="database holding all tables")
+    chdb_path: Path = Field(ROOT / "var" / "chdb", description="directory of the embedded chdb data")
+
+    # --- Paths ---------------------------------------------------------------------------
+    data_dir: Path = Field(ROOT / "var", description="root of runtime data (datasets, state, logs)")
+    models_dir: Path = Field(ROOT / "var" / "models", description="model registry directory")
+    reports_dir: Path = Field(ROOT / "var" / "reports", description="where reports are written")
+
+    # --- Worker --------------------------------------------------------------------------
+    worker_id: str = Field("stream-worker", description="faust app id = Kafka consumer group")
+    worker_web_port: int = Field(6066, ge=0, le=65535, description="faust web / Prometheus metrics port")
+    state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
+    score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
+    score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
+    max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
+    allowed_lateness_ms: int = Field(
+        5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
+    )
+    model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
+    churn_timer_s: float = Field(0.0, ge=0, description="score quiet users every N s (0 = off)")
+
+    # --- Bandits -------------------------------------------------------------------------
+    placements: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("top_banner", "sidebar", "in_article", "footer"), description="ad placement arms"
+    )
+    bandit_context: Literal["none", "device"] = Field("device", description="posterior per context key")
+    click_join_window_ms: int = Field(
+        10 * 60_000, ge=1, description="an ad_click joins its impression within this window"
+    )
+    bandit_sync_s: float = Field(1.0, gt=0, description="how often posterior increments are published")
+
+    # --- Misc ----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+
+    @field_validator("placements", mode="before")
+    @classmethod
+    def _split_placements(cls, v: object) -> object:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    def topic(self, name: str) -> str:
+        """The full topic name for a logical topic name."""
+        return f"{self.topic_prefix}{name}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings; a bad value raises :class:`ConfigError` with a one-line message."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        env = f"STREAM_{field.upper()}"
+        raise ConfigError(
+            f"invalid configuration {env}={err.get('input')!r}: {err['msg']}"
+        ) from None
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()

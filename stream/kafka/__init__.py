@@ -1,0 +1,1 @@
+"""Kafka plumbing: the embedded broker for development and tests, and topic administration."""

@@ -1,0 +1,70 @@
+"""Label definitions shared by the simulator (ground truth), batch training and backtests.
+
+One definition, so that the simulator's "expected engagement" is the expectation of exactly the
+quantity the engagement model is trained on, and churn means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+DAY_MS = 86_400_000
+
+#: Churned = no activity at all in the 30 days after the cut-off (the original system's definition).
+CHURN_HORIZON_MS = 30 * DAY_MS
+#: Converted = a newsletter sign-up or a subscription within this horizon after the cut-off.
+CONVERSION_HORIZON_MS = 14 * DAY_MS
+
+#: Engagement points per event type; session duration adds points per minute (capped).
+ENGAGEMENT_WEIGHTS: Mapping[str, float] = {
+    "article_view": 2.0,
+    "article_click": 4.0,
+    "video_play": 5.0,
+    "newsletter_signup": 15.0,
+    "subscription": 25.0,
+}
+ENGAGEMENT_POINTS_PER_MINUTE = 0.5
+ENGAGEMENT_MAX_MINUTES = 60.0
+ENGAGEMENT_CAP = 100.0
+
+
+def engagement_score(counts: Mapping[str, int], duration_ms: int) -> float:
+    """Engagement of one session from its event counts by type and its duration.
+
+    >>> engagement_score({"article_view": 3, "article_click": 1}, duration_ms=4 * 60_000)
+    12.0
+    """
+    points = sum(ENGAGEMENT_WEIGHTS.get(kind, 0.0) * n for kind, n in counts.items())
+    minutes = min(max(duration_ms, 0) / 60_000.0, ENGAGEMENT_MAX_MINUTES)
+    return float(min(points + ENGAGEMENT_POINTS_PER_MINUTE * minutes, ENGAGEMENT_CAP))
+
+
+def session_engagement(events: Iterable[Mapping[str, Any]]) -> float:
+    """Engagement of one session from its events.
+
+    Duration is the ``duration_ms`` of its ``session_end`` if there is one, else the span of
+    event times.
+    """
+    counts: dict[str, int] = {}
+    first = last = None
+    end_duration = None
+    for ev in events:
+        kind = ev["event_type"]
+        counts[kind] = counts.get(kind, 0) + 1
+        t = ev["event_time"]
+        first = t if first is None else min(first, t)
+        last = t if last is None else max(last, t)
+        if kind == "session_end" and ev.get("duration_ms") is not None:
+            end_duration = int(ev["duration_ms"])
+    duration = end_duration if end_duration is not None else (0 if first is None else last - first)
+    return engagement_score(counts, duration)
+
+
+def churned(next_event_time_ms: int | None, cutoff_ms: int) -> bool:
+    """True if the user's first event after ``cutoff_ms`` is more than 30 days later (or never).
+
+    >>> churned(None, 0), churned(CHURN_HORIZON_MS, 0), churned(CHURN_HORIZON_MS + 1, 0)
+    (True, False, True)
+    """
+    return next_event_time_ms is None or next_event_time_ms - cutoff_ms > CHURN_HORIZON_MS

@@ -1,0 +1,102 @@
+"""Every Kafka topic the product uses, declared once, and an idempotent creator.
+
+Partition counts matter: faust tables are co-partitioned with their source topic, so the
+session-events topic and the user tables must have the same count (``STREAM_TOPIC_PARTITIONS``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.config import Settings
+from stream.errors import InfraError
+
+SESSION_EVENTS = "session-events"
+PREDICTIONS = "predictions"
+BANDIT_DECISIONS = "bandit-decisions"
+DEAD_LETTER = "session-events-dlq"
+ARTICLE_STATS = "article-stats"
+BANDIT_STATS = "bandit-stats"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A logical topic: name, key, partitions (None = the configured default) and topic configs."""
+
+    name: str
+    key: str
+    description: str
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(SESSION_EVENTS, "user_id", "input: session_event v1 (JSON)",
+              config={"retention.ms": str(7 * 86_400_000)}),
+    TopicSpec(PREDICTIONS, "user_id", "output: prediction v1 for churn, click, engagement"),
+    TopicSpec(BANDIT_DECISIONS, "user_id", "output: bandit_decision v1, one per ad_request"),
+    TopicSpec(DEAD_LETTER, "original key", "rejected input in the dead_letter v1 envelope",
+              config={"retention.ms": str(30 * 86_400_000)}),
+    TopicSpec(ARTICLE_STATS, "article_id", "compacted: latest popularity stats per article",
+              config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                      "segment.ms": str(3_600_000)}),
+    TopicSpec(BANDIT_STATS, "worker|context|arm", "compacted: each worker's cumulative bandit rewards",
+              partitions=1,
+              config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                      "segment.ms": str(3_600_000)}),
+)
+
+
+def partitions_of(spec: TopicSpec, settings: Settings) -> int:
+    return spec.partitions or settings.topic_partitions
+
+
+def admin_client(bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def ensure_topics(bootstrap: str, settings: Settings,
+                  specs: Iterable[TopicSpec] = TOPICS, timeout_s: float = 30.0) -> dict[str, str]:
+    """Create missing topics; check existing ones. Returns ``{topic: "created" | "exists"}``.
+
+    An existing topic whose partition count differs is refused: silently using it would break
+    co-partitioning of the worker's tables.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    admin = admin_client(bootstrap)
+    try:
+        existing = admin.list_topics(timeout=timeout_s).topics
+    except KafkaException as exc:
+        raise InfraError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    result: dict[str, str] = {}
+    to_create = []
+    for spec in specs:
+        name = settings.topic(spec.name)
+        want = partitions_of(spec, settings)
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have != want:
+                raise InfraError(
+                    f"topic {name!r} exists with {have} partitions, expected {want}: "
+                    f"set STREAM_TOPIC_PARTITIONS={have} or recreate the topic"
+                )
+            result[name] = "exists"
+        else:
+            to_create.append(NewTopic(name, num_partitions=want,
+                                      replication_factor=settings.topic_replication, config=spec.config))
+    for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items() if to_create else []:
+        try:
+            fut.result()
+            result[name] = "created"
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" in str(exc):  # a concurrent creator won the race
+                result[name] = "exists"
+            else:
+                raise InfraError(f"cannot create topic {name!r}: {exc}") from exc
+    return result

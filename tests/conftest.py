@@ -1,0 +1,61 @@
+"""Shared fixtures: one real Kafka broker per test session, one chdb directory per session.
+
+chdb allows one data directory per process, so the whole session shares one (set through
+STREAM_CHDB_PATH before anything reads settings) and tests isolate themselves by database.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="publisher-stream-tests-"))
+os.environ.setdefault("STREAM_CHDB_PATH", str(_SESSION_DIR / "chdb"))
+os.environ.setdefault("STREAM_DATA_DIR", str(_SESSION_DIR / "var"))
+os.environ.setdefault("STREAM_MODELS_DIR", str(_SESSION_DIR / "var" / "models"))
+os.environ.setdefault("STREAM_STATE_DIR", str(_SESSION_DIR / "var" / "state"))
+os.environ.setdefault("STREAM_REPORTS_DIR", str(_SESSION_DIR / "var" / "reports"))
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[object]:
+    """The embedded broker object (for tests that need its pid or logs)."""
+    from stream.kafka.embedded import EmbeddedKafka
+
+    broker = EmbeddedKafka(workdir=_SESSION_DIR / "kafka")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: object) -> str:
+    """Bootstrap address of the session's real Kafka broker."""
+    return kafka_broker.bootstrap  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and database names."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def ch(unique: str) -> Iterator[object]:
+    """A ClickHouse (embedded chdb) with the product's DDL applied, in a database of its own."""
+    from stream.clickhouse import connect
+    from stream.config import load_settings
+
+    store = connect(load_settings(clickhouse_database=f"t_{unique}"))
+    try:
+        yield store
+    finally:
+        store.command("DROP DATABASE IF EXISTS {db}")
+        store.close()

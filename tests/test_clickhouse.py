@@ -1,0 +1,64 @@
+"""chdb is a real ClickHouse: DDL is idempotent, batches go in and come back, ids collapse."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records
+
+
+def _event(i: int, **extra) -> dict:
+    ev = {"schema_version": 1, "event_id": f"e{i}", "event_type": "article_impression",
+          "user_id": f"u{i % 3}", "session_id": f"s{i % 3}", "event_time": 1_700_000_000_000 + i * 1000,
+          "article_id": f"a{i}", "position": 1 + i % 5, "device": {"type": "mobile", "os": "ios"},
+          "geo": {"country": "DE", "city": "Berlin", "timezone": "Europe/Berlin"}}
+    ev.update(extra)
+    return ev
+
+
+def test_ddl_twice_then_insert_and_query_back(ch) -> None:
+    assert apply_ddl(ch) == apply_ddl(ch)  # second run is a no-op, not an error
+    events = [_event(i) for i in range(50)] + [_event(99, event_type="subscription", revenue=9.99,
+                                                      article_id=None, position=None)]
+    events[-1] = {k: v for k, v in events[-1].items() if v is not None}
+    assert insert_events(ch, events) == 51
+    df = ch.query_df("SELECT * FROM {db}.events ORDER BY event_id")
+    assert len(df) == 51
+    back = {e["event_id"]: e for e in frame_to_events(df)}
+    for ev in events:
+        assert back[ev["event_id"]] == ev
+    per_user = ch.query_df("SELECT user_id, count() AS n FROM {db}.events GROUP BY user_id ORDER BY user_id")
+    assert per_user["n"].tolist() == [18, 17, 16]
+
+
+def test_events_table_is_partitioned_by_day(ch) -> None:
+    day = 86_400_000
+    insert_events(ch, [_event(i, event_time=1_700_000_000_000 + (i % 4) * day) for i in range(8)])
+    parts = ch.query_df(
+        "SELECT DISTINCT partition FROM system.parts WHERE database = {d:String} AND table = 'events' AND active",
+        params={"d": ch.database},
+    )
+    assert len(parts) == 4
+
+
+def test_predictions_collapse_duplicate_prediction_id(ch) -> None:
+    base = {"model_name": "churn", "model_version": "3", "event_id": "e1", "user_id": "u1",
+            "session_id": "s1", "article_id": None, "event_time": 1_700_000_000_000,
+            "feature_version": "f1"}
+    insert_records(ch, "predictions", [dict(base, prediction_id="p1", score=0.2, predicted_at=1_700_000_001_000)])
+    # a replay produces the same prediction id again (later), plus one new prediction
+    insert_records(ch, "predictions", [dict(base, prediction_id="p1", score=0.2, predicted_at=1_700_000_009_000),
+                                       dict(base, prediction_id="p2", score=0.7, predicted_at=1_700_000_009_000)])
+    raw = ch.query_df("SELECT count() AS n FROM {db}.predictions")["n"].iloc[0]
+    final = ch.query_df("SELECT prediction_id, score FROM {db}.predictions FINAL ORDER BY prediction_id")
+    assert raw == 3
+    assert final["prediction_id"].tolist() == ["p1", "p2"]
+    assert final["score"].tolist() == [0.2, 0.7]
+
+
+def test_query_arrow_returns_arrow(ch) -> None:
+    insert_events(ch, [_event(i) for i in range(5)])
+    table = ch.query_arrow("SELECT event_id, position FROM {db}.events ORDER BY event_id")
+    assert table.num_rows == 5
+    assert table.column("event_id").to_pylist() == ["e0", "e1", "e2", "e3", "e4"]
+    assert isinstance(table.to_pandas(), pd.DataFrame)
