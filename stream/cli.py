@@ -99,6 +99,13 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.config import load_settings
+    from stream.worker import run_worker
+
+    return run_worker(load_settings(), loglevel=args.loglevel)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
@@ -121,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="create the product's topics (idempotent)")
     topics.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAM_KAFKA_BOOTSTRAP)")
     topics.set_defaults(func=cmd_topics_create)
+
+    worker = sub.add_parser("worker", help="run the streaming worker (faust) in the foreground")
+    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(func=cmd_worker)
 
     config = sub.add_parser("config", help="print the effective configuration")
     config.add_argument("--markdown", action="store_true", help="print the table of every variable")

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
 
     # --- Worker --------------------------------------------------------------------------
     worker_id: str = Field("stream-worker", description="faust app id = Kafka consumer group")
-    worker_web_port: int = Field(6066, ge=0, le=65535, description="faust web / Prometheus metrics port")
+    worker_instance: str = Field("0", pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="name of this worker process; its RocksDB dir is state_dir/<instance>")
+    worker_web_port: int = Field(6066, ge=0, le=65535, description="Prometheus /metrics port (0 = off)")
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
@@ -70,6 +72,14 @@ class Settings(BaseSettings):
     )
     bandit_sync_s: float = Field(1.0, gt=0, description="how often posterior increments are published")
 
+    # --- Kafka security (passed to faust and to the confluent clients) ---------------------
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol")
+    kafka_sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN or SCRAM-SHA-512")
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL")
+
     # --- Misc ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
@@ -79,6 +89,18 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(p.strip() for p in v.split(",") if p.strip())
         return v
+
+    def confluent_config(self) -> dict[str, str]:
+        """Security options for confluent-kafka clients (producers, admin, tools)."""
+        conf: dict[str, str] = {"security.protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
+        return conf
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic name."""

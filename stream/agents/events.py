@@ -1,0 +1,38 @@
+"""The session-events agent: one actor per input partition, micro-batches of events.
+
+``isolated_partitions`` gives each input partition its own actor, so every table write in a
+batch belongs to that partition (faust derives the changelog partition from the current event)
+and the user state can be written once per user per batch instead of once per event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.agents.runtime import Runtime, enter_partition
+from stream.processor import Record, Stores
+
+
+def register(app: Any, rt: Runtime) -> Any:
+    s = rt.settings
+    tables = rt.tables
+    stores = Stores(users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"],
+                    bandit=tables["bandit"])
+
+    @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
+    async def session_events(stream: Any) -> None:
+        async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
+            records = []
+            for ev in batch:
+                msg = ev.message
+                ts = msg.timestamp
+                records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                      int(ts * 1000) if ts else None))
+            enter_partition(batch[-1])
+            out = rt.processor.process(records, stores)
+            last = records[-1]
+            rt.positions[(last.topic, last.partition)] = last.offset
+            await rt.publish(out)
+            # take_events acks the batch when this body returns, after publish() confirmed outputs.
+
+    return session_events

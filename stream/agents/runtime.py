@@ -1,0 +1,73 @@
+"""What the agents share: settings, tables, topics, models, the sink and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from faust.streams import _current_event
+
+from stream.config import Settings
+from stream.metrics import WorkerMetrics
+from stream.processor import BatchProcessor, Outputs
+from stream.scoring import ModelSet
+from stream.sinks import ClickHouseSink
+
+
+def enter_partition(event: Any) -> None:
+    """Make ``event`` the current event of this task, as faust does inside ``async for``.
+
+    faust derives a table write's changelog partition from the current event, which
+    ``take_events`` does not set for the consuming task. With ``isolated_partitions`` every event
+    of a batch comes from the same partition, so any event of the batch is the right one.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    metrics: WorkerMetrics
+    models: ModelSet
+    processor: BatchProcessor
+    sink: ClickHouseSink | None
+    topics: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, Any] = field(default_factory=dict)
+    #: last offset handed to the processor, per (topic, partition): for the lag gauge
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    async def publish(self, out: Outputs) -> None:
+        """Produce every output of a batch and wait until Kafka (and ClickHouse) have it.
+
+        The caller acks the batch's input only after this returns: at-least-once delivery.
+        """
+        t = self.topics
+        futures = []
+        for key, envelope in out.dead_letters:
+            futures.append(await t["dead_letter"].send(key=key, value=orjson.dumps(envelope)))
+        for article_id, raw in out.article_events:
+            futures.append(await t["article_events"].send(key=article_id.encode(), value=raw))
+        for p in out.predictions:
+            futures.append(await t["predictions"].send(key=p["user_id"].encode(), value=orjson.dumps(p)))
+        for d in out.decisions:
+            futures.append(await t["decisions"].send(key=d["user_id"].encode(), value=orjson.dumps(d)))
+        sink_futures = []
+        if self.sink is not None:
+            if out.predictions:
+                sink_futures.append(await self.sink.put("predictions", out.predictions))
+            if out.decisions:
+                sink_futures.append(await self.sink.put("bandit_decisions", out.decisions))
+        if futures:
+            await asyncio.gather(*futures)
+        if sink_futures:
+            await asyncio.gather(*sink_futures)
+        now = time.time()
+        m = self.metrics
+        for p in out.predictions:
+            m.predictions.labels(model=p["model_name"]).inc()
+            m.event_to_publish.observe(max(now - p["event_time"] / 1000, 0.0))
+            m.ingest_to_publish.observe(max(now - out.ingest_ms / 1000, 0.0))

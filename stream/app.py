@@ -1,0 +1,153 @@
+"""Wiring only: the faust app, its topics and tables, and the agents registered on them.
+
+Run it with ``python -m stream worker`` or ``faust -A stream.app worker`` (the module attribute
+``app`` is built on first access from the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import faust
+
+from stream import topics as T
+from stream.agents import articles, events
+from stream.agents.runtime import Runtime
+from stream.clickhouse import connect
+from stream.config import Settings, load_settings
+from stream.metrics import WorkerMetrics
+from stream.processor import EXPECTED_FEATURES, BatchProcessor
+from stream.registry import ModelRegistry
+from stream.scoring import ModelSet
+from stream.sinks import ClickHouseSink
+
+log = logging.getLogger(__name__)
+RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
+
+
+def _credentials(s: Settings) -> Any:
+    if s.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
+    if s.kafka_sasl_mechanism:
+        return faust.SASLCredentials(username=s.kafka_sasl_username or "",
+                                     password=s.kafka_sasl_password.get_secret_value(),
+                                     mechanism=s.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SSLCredentials(context)
+
+
+def create_app(settings: Settings | None = None, bootstrap: str | None = None,
+               *, clickhouse: bool = True, seed: int = 0) -> tuple[faust.App, Runtime]:
+    s = settings or load_settings()
+    bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
+    p = s.topic_partitions
+    (s.state_dir / s.worker_instance).mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        s.worker_id,
+        broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
+        broker_credentials=_credentials(s),
+        store="rocksdb://",
+        datadir=str(s.state_dir / s.worker_instance),
+        topic_partitions=p,
+        topic_replication_factor=s.topic_replication,
+        web_enabled=False,
+        producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
+        broker_commit_interval=1.0,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        stream_buffer_maxsize=8192,
+        **RAW,
+    )
+    topics = {
+        "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, **RAW),
+        "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
+        "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
+        "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
+        "article_events": app.topic(f"{s.worker_id}-article-events", partitions=p, internal=True, **RAW),
+    }
+    tables = {
+        # RocksDB, changelog-backed, co-partitioned with session-events (key user_id).
+        "users": app.Table("users", default=None, partitions=p, key_type=bytes, value_type=bytes),
+        "ad_pending": app.Table("ad-pending", default=None, partitions=p, key_type=bytes, value_type=bytes),
+        # Small and read by every worker: in memory, rebuilt from the compacted changelog at start.
+        "articles": app.GlobalTable("article-stats", default=None, partitions=p, store="memory://",
+                                    key_type=bytes, value_type=bytes),
+        "bandit": app.GlobalTable("bandit-stats", default=None, partitions=p, store="memory://",
+                                  key_type=bytes, value_type=bytes),
+    }
+    metrics = WorkerMetrics()
+    models = ModelSet(
+        ModelRegistry(s.models_dir), EXPECTED_FEATURES,
+        on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),
+        on_loaded=lambda m: _set_version_gauge(metrics, m.name, m.version),
+    )
+    processor = BatchProcessor(models.models, s.placements, bandit_context=s.bandit_context,
+                               click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes,
+                               seed=seed, metrics=metrics)
+    sink = None
+    if clickhouse:
+        sink = ClickHouseSink(
+            lambda: connect(s), flush_rows=5000, flush_s=0.2, max_pending=50_000,
+            on_error=lambda table, exc: metrics.sink_errors.labels(table=table).inc(),
+            on_backpressure=lambda on: _backpressure(metrics, on),
+            on_insert=lambda table, n, secs: metrics.sink_inserted.labels(table=table).inc(n),
+        )
+    rt = Runtime(s, metrics, models, processor, sink, topics, tables)
+    events.register(app, rt)
+    articles.register(app, rt)
+    _register_services(app, rt)
+    return app, rt
+
+
+def _backpressure(metrics: WorkerMetrics, on: bool) -> None:
+    metrics.backpressure.set(1 if on else 0)
+    if on:
+        metrics.backpressure_total.inc()
+
+
+def _set_version_gauge(metrics: WorkerMetrics, name: str, version: str) -> None:
+    for sample in list(next(iter(metrics.model_version.collect())).samples):
+        if sample.labels.get("model") == name:
+            metrics.model_version.remove(name, sample.labels["version"])
+    metrics.model_version.labels(model=name, version=version).set(1)
+
+
+def _register_services(app: faust.App, rt: Runtime) -> None:
+    s = rt.settings
+
+    @app.task
+    async def start_runtime() -> None:
+        rt.metrics.serve(s.worker_web_port)
+        rt.models.refresh()
+        if rt.sink is not None:
+            await rt.sink.run()
+
+    @app.timer(interval=s.model_reload_s)
+    async def reload_models() -> None:
+        rt.models.refresh()
+
+    @app.timer(interval=5.0)
+    async def consumer_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            pos = rt.positions.get((tp.topic, tp.partition))
+            hw = consumer.highwater(tp)
+            if pos is not None and hw is not None:
+                rt.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def flush_sink(app: faust.App, **kwargs: Any) -> None:
+        if rt.sink is not None:
+            await rt.sink.stop()
+
+
+def __getattr__(name: str) -> Any:
+    """``faust -A stream.app worker`` reads ``stream.app.app``; build it only when asked."""
+    if name == "app":
+        app, _ = create_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

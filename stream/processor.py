@@ -1,0 +1,275 @@
+"""The worker's per-batch logic, independent of faust: parse, update state, score, decide.
+
+The faust agents (``stream/agents/``) feed it batches from one input partition and give it
+dict-like stores backed by their tables; the offline backtest feeds it the same batches with
+plain dicts. Both therefore run exactly the same feature, scoring and bandit code.
+
+One batch, step by step:
+
+1. Parse and validate every record; rejects become dead-letter envelopes.
+2. Per valid event, in order: build the feature row the event triggers *before* applying it
+   (click at ``article_impression``, engagement at ``session_start``), apply it to the user's
+   state, then build rows that need it applied (churn at ``session_end``); record ad events.
+3. Write each touched user's state once (not once per event).
+4. One vectorized predict per model for the whole batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import time
+import zlib
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+import orjson
+
+from stream.bandit import ThompsonSampling, propensities
+from stream.metrics import WorkerMetrics
+from stream.schemas import EventRejected, dead_letter_envelope, parse_event
+from stream.scoring import TRIGGERS, LoadedModel, ScoreRequest, score_requests
+from stream.state import (
+    CHURN_FEATURES,
+    CLICK_FEATURES,
+    DEFAULT_CONFIG,
+    ENGAGEMENT_FEATURES,
+    ArticleState,
+    Outcome,
+    StateConfig,
+    UserState,
+    apply_user,
+    click_features,
+    encode_event,
+    engagement_features,
+    new_article_state,
+    new_user_state,
+    user_features,
+)
+
+#: The feature list each model must have been trained on.
+EXPECTED_FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
+ARTICLE_EVENTS = frozenset({"article_impression", "article_click", "article_view"})
+_OFFSET = struct.Struct(">q")
+
+
+class Record(NamedTuple):
+    """One consumed Kafka record."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+
+
+@dataclass
+class Outputs:
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    article_events: list[tuple[str, bytes]] = field(default_factory=list)
+    ingest_ms: int = 0
+
+
+def pack_user(offset: int, state: UserState) -> bytes:
+    """Table value: the input offset last applied (for exact replays after a crash) + the state."""
+    return _OFFSET.pack(offset) + state.to_bytes()
+
+
+def unpack_user(value: bytes | None) -> tuple[int, UserState]:
+    if not value:
+        return -1, new_user_state()
+    return _OFFSET.unpack_from(value)[0], UserState.from_bytes(value[_OFFSET.size:])
+
+
+def bandit_key(partition: int, context: str, arm: str) -> str:
+    return f"{partition}|{context}|{arm}"
+
+
+def merged_counts(stats: Mapping[Any, bytes]) -> dict[str, dict[str, tuple[int, int]]]:
+    """Sum every partition's (impressions, clicks) per context and arm."""
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    for key, value in stats.items():
+        k = key.decode() if isinstance(key, bytes) else key
+        _, context, arm = k.split("|", 2)
+        imps, clicks = orjson.loads(value)
+        arms = out.setdefault(context, {})
+        a, c = arms.get(arm, (0, 0))
+        arms[arm] = (a + imps, c + clicks)
+    return out
+
+
+class Stores(NamedTuple):
+    """Dict-like views the processor reads and writes (faust tables in the worker)."""
+
+    users: MutableMapping[str, bytes]
+    ad_pending: MutableMapping[str, bytes]
+    articles: Mapping[str, bytes]
+    bandit: MutableMapping[str, bytes]
+
+
+class BatchProcessor:
+    def __init__(self, models: Mapping[str, LoadedModel], placements: Sequence[str], *,
+                 bandit_context: str = "device", click_join_window_ms: int = 600_000,
+                 max_event_bytes: int = 16_384, seed: int = 0, state_config: StateConfig = DEFAULT_CONFIG,
+                 metrics: WorkerMetrics | None = None, policy_name: str = "thompson") -> None:
+        self.models = models
+        self.policy = ThompsonSampling(placements, seed=seed)
+        self.placements = tuple(placements)
+        self.bandit_context = bandit_context
+        self.click_join_window_ms = click_join_window_ms
+        self.max_event_bytes = max_event_bytes
+        self.seed = seed
+        self.state_config = state_config
+        self.metrics = metrics or WorkerMetrics()
+        self.policy_name = policy_name
+
+    def context_of(self, event: Mapping[str, Any]) -> str:
+        if self.bandit_context == "none":
+            return "all"
+        return str((event.get("device") or {}).get("type", "unknown"))
+
+    def process(self, records: Sequence[Record], stores: Stores, now_ms: int | None = None) -> Outputs:
+        m = self.metrics
+        out = Outputs(ingest_ms=int(time.time() * 1000) if now_ms is None else now_ms)
+        users: dict[str, tuple[int, UserState]] = {}
+        dirty: dict[str, int] = {}
+        pending_ads: dict[str, dict[str, list[Any]]] = {}
+        bandit_delta: dict[str, list[int]] = {}
+        requests: list[ScoreRequest] = []
+        ad_requests: list[tuple[dict[str, Any], str]] = []
+        cfg = self.state_config
+
+        for rec in records:
+            try:
+                event = parse_event(rec.value, self.max_event_bytes)
+            except EventRejected as exc:
+                m.invalid.labels(reason=exc.kind).inc()
+                out.dead_letters.append((rec.key, dead_letter_envelope(
+                    rec.value, rec.key, str(exc), exc.kind, rec.topic, rec.partition, rec.offset,
+                    rec.timestamp_ms, received_at_ms=out.ingest_ms)))
+                continue
+            kind = event["event_type"]
+            m.events.labels(event_type=kind).inc()
+            uid = event["user_id"]
+            if uid not in users:
+                users[uid] = unpack_user(stores.users.get(uid))
+            applied_offset, state = users[uid]
+            ev = encode_event(event)
+            model = TRIGGERS.get(kind)
+            if model == "click":
+                art = stores.articles.get(event["article_id"])
+                article = ArticleState.from_bytes(art) if art else new_article_state()
+                requests.append(ScoreRequest("click", click_features(state, article, ev, cfg), event, out.ingest_ms))
+            elif model == "engagement":
+                requests.append(ScoreRequest("engagement", engagement_features(state, ev, cfg), event,
+                                             out.ingest_ms))
+            if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
+                outcome = apply_user(state, ev, cfg)
+                if outcome is Outcome.DUPLICATE:
+                    m.duplicates.inc()
+                users[uid] = (rec.offset, state)
+                dirty[uid] = rec.offset
+            if model == "churn":
+                requests.append(ScoreRequest("churn", user_features(state, ev.t, cfg), event, out.ingest_ms))
+            if kind in ARTICLE_EVENTS:
+                out.article_events.append((event["article_id"], rec.value))
+            elif kind == "ad_request":
+                ad_requests.append((event, self.context_of(event)))
+            elif kind in ("ad_impression", "ad_click"):
+                self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
+
+        # Step 3: one write per touched key.
+        for uid, offset in dirty.items():
+            stores.users[uid] = pack_user(offset, users[uid][1])
+        for uid, ads in pending_ads.items():
+            stores.ad_pending[uid] = orjson.dumps(ads)
+        for key, (imps, clicks) in bandit_delta.items():
+            stores.bandit[key] = orjson.dumps([imps, clicks])
+
+        # Step 4: one predict per model.
+        if requests:
+            m.batch_size.observe(len(requests))
+            out.predictions = score_requests(self.models, requests, int(time.time() * 1000))
+            for name in {r.model for r in requests} - set(self.models):
+                m.unscored.labels(model=name).inc(sum(r.model == name for r in requests))
+        if ad_requests:
+            out.decisions = self._decide(ad_requests, stores, out.ingest_ms)
+        return out
+
+    def _ad_event(self, event: Mapping[str, Any], kind: str, partition: int, stores: Stores,
+                  pending_ads: dict[str, dict[str, list[Any]]], delta: dict[str, list[int]]) -> None:
+        """Impressions count as trials at once; a click joined within the window turns one into a success."""
+        uid, rid, t = event["user_id"], event["request_id"], event["event_time"]
+        placement = event["placement"]
+        if placement not in self.placements:
+            return
+        if uid not in pending_ads:
+            raw = stores.ad_pending.get(uid)
+            ads = orjson.loads(raw) if raw else {}
+            pending_ads[uid] = {r: v for r, v in ads.items() if t - v[2] <= self.click_join_window_ms}
+        ads = pending_ads[uid]
+        if kind == "ad_impression":
+            if rid in ads:  # duplicate delivery of the impression
+                return
+            context = self.context_of(event)
+            ads[rid] = [placement, context, t, 0]
+            self._bump(delta, stores, bandit_key(partition, context, placement), 1, 0)
+        else:
+            imp = ads.get(rid)
+            if imp is None or imp[3] or imp[0] != placement or not 0 <= t - imp[2] <= self.click_join_window_ms:
+                return  # no impression in the window, or already clicked
+            imp[3] = 1
+            self._bump(delta, stores, bandit_key(partition, imp[1], placement), 0, 1)
+
+    @staticmethod
+    def _bump(delta: dict[str, list[int]], stores: Stores, key: str, imps: int, clicks: int) -> None:
+        if key not in delta:
+            raw = stores.bandit.get(key)
+            delta[key] = orjson.loads(raw) if raw else [0, 0]
+        delta[key][0] += imps
+        delta[key][1] += clicks
+
+    def _decide(self, ad_requests: list[tuple[dict[str, Any], str]], stores: Stores,
+                now_ms: int) -> list[dict[str, Any]]:
+        """Decisions for the batch's ad requests against one posterior snapshot.
+
+        Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
+        batching or the worker that makes it.
+        """
+        counts = merged_counts(stores.bandit)
+        snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        out = []
+        for event, context in ad_requests:
+            if context not in snapshot:
+                alpha, beta = self.policy.posterior(counts.get(context, {}))
+                snapshot[context] = (alpha, beta, propensities(alpha, beta))
+            alpha, beta, props = snapshot[context]
+            rid = event["request_id"]
+            self.policy.rng = np.random.default_rng([self.seed, zlib.crc32(rid.encode())])
+            d = self.policy.choose(alpha, beta, props)
+            self.metrics.decisions.labels(context=context, arm=d.arm).inc()
+            out.append({
+                "schema_version": 1,
+                "decision_id": decision_id(self.policy_name, rid),
+                "request_id": rid,
+                "event_id": event["event_id"],
+                "user_id": event["user_id"],
+                "context": context,
+                "placement": d.arm,
+                "propensity": d.propensity,
+                "policy": self.policy_name,
+                "arm_means": d.arm_means,
+                "event_time": event["event_time"],
+                "decided_at": now_ms,
+            })
+        return out
+
+
+def decision_id(policy: str, request_id: str) -> str:
+    """Deterministic, like prediction ids: a replayed request gets the same decision id."""
+    return hashlib.blake2b(f"{policy}|{request_id}".encode(), digest_size=16).hexdigest()

@@ -1,0 +1,135 @@
+"""The ClickHouse sink: batched columnar inserts, retries with backoff, bounded (backpressure).
+
+Contract, in the spirit of a batching sink with backpressure:
+
+1. ``await sink.put(table, records)`` queues rows and returns a future that resolves when they
+   are in ClickHouse. It *waits* while more than ``max_pending`` rows are queued, so a slow or
+   dead ClickHouse pauses the caller (the worker stops consuming) instead of growing memory.
+2. A background task inserts one batch per table every ``flush_s`` (or at ``flush_rows``).
+3. A failed insert is retried with exponential backoff, forever: rows are never dropped. The
+   futures resolve only after success, and the worker acks the source events only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.clickhouse import ClickHouse, insert_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Pending:
+    records: list[Mapping[str, Any]] = field(default_factory=list)
+    futures: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class ClickHouseSink:
+    def __init__(self, connect: Callable[[], ClickHouse], *, flush_rows: int = 5000, flush_s: float = 1.0,
+                 max_pending: int = 50_000, backoff_s: tuple[float, float] = (0.2, 10.0),
+                 on_error: Callable[[str, BaseException], None] | None = None,
+                 on_backpressure: Callable[[bool], None] | None = None,
+                 on_insert: Callable[[str, int, float], None] | None = None) -> None:
+        self._connect = connect
+        self._ch: ClickHouse | None = None
+        self.flush_rows = flush_rows
+        self.flush_s = flush_s
+        self.max_pending = max_pending
+        self.backoff_s = backoff_s
+        self._pending: dict[str, _Pending] = {}
+        self._rows = 0
+        self._space = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._on_error = on_error
+        self._on_backpressure = on_backpressure
+        self._on_insert = on_insert
+        self._stopping = False
+        self.inserted = 0
+
+    @property
+    def pending_rows(self) -> int:
+        return self._rows
+
+    async def put(self, table: str, records: Sequence[Mapping[str, Any]]) -> asyncio.Future[None]:
+        """Queue rows; wait while the sink is full. The returned future resolves once inserted."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not records:
+            fut.set_result(None)
+            return fut
+        async with self._space:
+            if self._rows >= self.max_pending:
+                if self._on_backpressure:
+                    self._on_backpressure(True)
+                log.warning("ClickHouse sink full (%d rows pending): pausing consumption", self._rows)
+                await self._space.wait_for(lambda: self._rows < self.max_pending)
+                if self._on_backpressure:
+                    self._on_backpressure(False)
+            pending = self._pending.setdefault(table, _Pending())
+            pending.records.extend(records)
+            pending.futures.append(fut)
+            self._rows += len(records)
+        if self._rows >= self.flush_rows:
+            self._wake.set()
+        return fut
+
+    def _insert(self, table: str, records: list[Mapping[str, Any]]) -> None:
+        if self._ch is None:
+            self._ch = self._connect()
+        try:
+            insert_records(self._ch, table, records)
+        except BaseException:
+            # Reconnect on the next try: the connection may be what broke.
+            ch, self._ch = self._ch, None
+            with contextlib.suppress(Exception):  # closing a broken connection may fail too
+                ch.close()
+            raise
+
+    async def flush(self) -> None:
+        """Insert everything queued now (retrying until it succeeds or the sink stops)."""
+        for table in list(self._pending):
+            batch = self._pending.pop(table)
+            delay = self.backoff_s[0]
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    await asyncio.to_thread(self._insert, table, batch.records)
+                    break
+                except Exception as exc:
+                    if self._on_error:
+                        self._on_error(table, exc)
+                    log.warning("ClickHouse insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
+                    if self._stopping and delay >= self.backoff_s[1]:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.backoff_s[1])
+            if self._on_insert:
+                self._on_insert(table, len(batch.records), time.perf_counter() - t0)
+            self.inserted += len(batch.records)
+            async with self._space:
+                self._rows -= len(batch.records)
+                self._space.notify_all()
+            for fut in batch.futures:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def run(self) -> None:
+        """Background loop: flush every ``flush_s`` or as soon as ``flush_rows`` are queued."""
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_s)
+            self._wake.clear()
+            await self.flush()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.flush()
+        if self._ch is not None:
+            self._ch.close()
+            self._ch = None

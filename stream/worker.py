@@ -1,0 +1,21 @@
+"""``python -m stream worker``: ensure topics, then run the faust worker in the foreground."""
+
+from __future__ import annotations
+
+from stream.config import Settings
+from stream.errors import StreamError
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> int:
+    from faust.worker import Worker
+
+    from stream.app import create_app
+    from stream.topics import ensure_topics
+
+    if not settings.kafka_bootstrap:
+        raise StreamError("no Kafka address: set STREAM_KAFKA_BOOTSTRAP (or run `python -m stream kafka up`)")
+    ensure_topics(settings.kafka_bootstrap, settings)
+    app, _ = create_app(settings)
+    worker = Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()  # blocks; handles SIGINT/SIGTERM with a clean shutdown
+    return 0
