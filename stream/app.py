@@ -55,7 +55,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         web_enabled=False,
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
+        producer_compression_type="lz4",
         broker_commit_interval=1.0,
+        broker_session_timeout=s.worker_session_timeout_s,
+        broker_heartbeat_interval=max(s.worker_session_timeout_s / 5, 1.0),
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         stream_buffer_maxsize=8192,
@@ -137,6 +140,10 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
             hw = consumer.highwater(tp)
             if pos is not None and hw is not None:
                 rt.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
+        rt.on_revoked(revoked)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def flush_sink(app: faust.App, **kwargs: Any) -> None:

@@ -113,6 +113,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stream.backtest.cli import install_commands  # replay + backtest (idempotent)
+
+    install_commands()
     parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
     )
+    worker_session_timeout_s: float = Field(
+        10.0, ge=3, le=300, description="Kafka group session timeout: how fast a dead worker's partitions move")
     model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
     churn_timer_s: float = Field(0.0, ge=0, description="score quiet users every N s (0 = off)")
 

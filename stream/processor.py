@@ -127,6 +127,15 @@ class BatchProcessor:
         self.state_config = state_config
         self.metrics = metrics or WorkerMetrics()
         self.policy_name = policy_name
+        #: This worker's own bandit counts, authoritative for the partitions it owns. The
+        #: GlobalTable's changelog reader may briefly hand back an older value of a key we just
+        #: wrote; counting on top of that would lose increments.
+        self._own_bandit: dict[str, list[int]] = {}
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop cached counts of partitions this worker no longer owns (after a rebalance)."""
+        for key in [k for k in self._own_bandit if int(k.split("|", 1)[0]) in partitions]:
+            del self._own_bandit[key]
 
     def context_of(self, event: Mapping[str, Any]) -> str:
         if self.bandit_context == "none":
@@ -142,6 +151,7 @@ class BatchProcessor:
         bandit_delta: dict[str, list[int]] = {}
         requests: list[ScoreRequest] = []
         ad_requests: list[tuple[dict[str, Any], str]] = []
+        snapshot: dict[str, dict[str, tuple[int, int]]] = {}
         cfg = self.state_config
 
         for rec in records:
@@ -168,6 +178,7 @@ class BatchProcessor:
             elif model == "engagement":
                 requests.append(ScoreRequest("engagement", engagement_features(state, ev, cfg), event,
                                              out.ingest_ms))
+            outcome = Outcome.DUPLICATE
             if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
                 outcome = apply_user(state, ev, cfg)
                 if outcome is Outcome.DUPLICATE:
@@ -177,8 +188,12 @@ class BatchProcessor:
             if model == "churn":
                 requests.append(ScoreRequest("churn", user_features(state, ev.t, cfg), event, out.ingest_ms))
             if kind in ARTICLE_EVENTS:
-                out.article_events.append((event["article_id"], rec.value))
+                # Articles count each event once: duplicates and replays are not forwarded.
+                if outcome is Outcome.APPLIED:
+                    out.article_events.append((event["article_id"], rec.value))
             elif kind == "ad_request":
+                if not ad_requests:  # posterior as of the batch's first request: no look-ahead
+                    snapshot = self._posterior_snapshot(stores)
                 ad_requests.append((event, self.context_of(event)))
             elif kind in ("ad_impression", "ad_click"):
                 self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
@@ -198,7 +213,7 @@ class BatchProcessor:
             for name in {r.model for r in requests} - set(self.models):
                 m.unscored.labels(model=name).inc(sum(r.model == name for r in requests))
         if ad_requests:
-            out.decisions = self._decide(ad_requests, stores, out.ingest_ms)
+            out.decisions = self._decide(ad_requests, snapshot, out.ingest_ms)
         return out
 
     def _ad_event(self, event: Mapping[str, Any], kind: str, partition: int, stores: Stores,
@@ -226,22 +241,27 @@ class BatchProcessor:
             imp[3] = 1
             self._bump(delta, stores, bandit_key(partition, imp[1], placement), 0, 1)
 
-    @staticmethod
-    def _bump(delta: dict[str, list[int]], stores: Stores, key: str, imps: int, clicks: int) -> None:
+    def _bump(self, delta: dict[str, list[int]], stores: Stores, key: str, imps: int, clicks: int) -> None:
         if key not in delta:
-            raw = stores.bandit.get(key)
-            delta[key] = orjson.loads(raw) if raw else [0, 0]
+            if key not in self._own_bandit:
+                raw = stores.bandit.get(key)
+                self._own_bandit[key] = orjson.loads(raw) if raw else [0, 0]
+            delta[key] = self._own_bandit[key]
         delta[key][0] += imps
         delta[key][1] += clicks
 
-    def _decide(self, ad_requests: list[tuple[dict[str, Any], str]], stores: Stores,
-                now_ms: int) -> list[dict[str, Any]]:
+    def _posterior_snapshot(self, stores: Stores) -> dict[str, dict[str, tuple[int, int]]]:
+        """Counts per context and arm: every partition's (GlobalTable) with ours taking precedence."""
+        return merged_counts({**dict(stores.bandit.items()),
+                              **{k: orjson.dumps(v) for k, v in self._own_bandit.items()}})
+
+    def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
+                counts: dict[str, dict[str, tuple[int, int]]], now_ms: int) -> list[dict[str, Any]]:
         """Decisions for the batch's ad requests against one posterior snapshot.
 
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
-        batching or the worker that makes it.
+        worker that makes it, given the same snapshot.
         """
-        counts = merged_counts(stores.bandit)
         snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         out = []
         for event, context in ad_requests:

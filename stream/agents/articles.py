@@ -5,36 +5,50 @@ forwards it to the repartition topic at the end of its batch, (2) this agent fol
 end of its batch and writes the table's changelog, and (3) every worker's GlobalTable reads
 that changelog. Each hop is one micro-batch (``STREAM_SCORE_BATCH_MS``) plus a produce/fetch
 round trip: typically well under a second, and bounded by consumer lag under overload.
+
+Ordering: this agent merges article events from every input partition, so an article's events
+arrive here out of event-time order by as much as the input partitions are skewed. Article state
+is therefore updated with :data:`ARTICLE_MERGE_CONFIG`, which accepts events up to 24 h behind the
+article's newest one (only retention changes; feature values do not depend on lateness).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from stream.agents.runtime import Runtime, enter_partition
-from stream.state import ArticleState, new_article_state, update_article
+from stream.state import DEFAULT_CONFIG, ArticleState, new_article_state, update_article
+from stream.state.config import DAY_MS
+
+ARTICLE_MERGE_CONFIG = replace(DEFAULT_CONFIG, lateness_ms=DAY_MS)
 
 
 def register(app: Any, rt: Runtime) -> Any:
     s = rt.settings
     articles = rt.tables["articles"]
+    # Per owned partition, the authoritative states of its articles: the GlobalTable's changelog
+    # reader may briefly return an older value of a key this worker just wrote.
+    owned: dict[int, dict[str, ArticleState]] = rt.article_cache
 
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:
         async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
             enter_partition(batch[-1])
+            cache = owned.setdefault(batch[-1].message.partition, {})
             touched: dict[str, ArticleState] = {}
             for ev in batch:
                 event = orjson.loads(ev.message.value)
                 aid = event["article_id"]
-                state = touched.get(aid)
+                state = cache.get(aid)
                 if state is None:
                     raw = articles.get(aid)
                     state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                    touched[aid] = state
-                update_article(state, event)
+                    cache[aid] = state
+                touched[aid] = state
+                update_article(state, event, ARTICLE_MERGE_CONFIG)
             for aid, state in touched.items():
                 articles[aid] = state.to_bytes()
 

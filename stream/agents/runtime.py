@@ -39,6 +39,17 @@ class Runtime:
     tables: dict[str, Any] = field(default_factory=dict)
     #: last offset handed to the processor, per (topic, partition): for the lag gauge
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: article states per owned partition of the article topic (see agents/articles.py)
+    article_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def on_revoked(self, revoked: Any) -> None:
+        """Forget per-partition caches of partitions another worker now owns."""
+        events = self.topics["events"].get_topic_name()
+        articles = self.topics["article_events"].get_topic_name()
+        self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
+        for tp in revoked:
+            if tp.topic == articles:
+                self.article_cache.pop(tp.partition, None)
 
     async def publish(self, out: Outputs) -> None:
         """Produce every output of a batch and wait until Kafka (and ClickHouse) have it.

@@ -1,0 +1,289 @@
+"""Running the worker's code over a window: offline (no broker) and end to end (broker + worker).
+
+Both return a :class:`RunOutput` with the predictions and bandit decisions, so the evaluation
+and the report do not care which mode produced them.
+
+Offline mode feeds :class:`~stream.processor.BatchProcessor` (the worker's own per-batch code)
+with :class:`~stream.processor.Record` batches, partitioned exactly as the replay partitions
+(:func:`stream.replay.partition_for`, Kafka's murmur2), with plain dicts as stores:
+
+1. The stream is cut into rounds of ``batch_size`` records in delivery order.
+2. Each round is split by partition (order kept) and every partition's part is one batch.
+3. After the round, its article events are folded into the article table (what the
+   ``article-stats`` agent does in the worker).
+
+What can differ from the worker, and why (see ``docs/replay.md``):
+
+* churn and engagement scores depend only on the user's own events, in partition order: equal.
+* click scores also read the article-popularity GlobalTable, which in the worker lags by a
+  couple of micro-batches and a changelog round trip (``stream/agents/articles.py``). Offline
+  models a lag of one round; the worker's actual lag depends on timing, so click scores agree
+  only where the article features agree (always, for a click model that does not use them).
+* bandit decisions read every partition's counts from the ``bandit-stats`` GlobalTable, with
+  the same kind of lag: decision ids agree, the chosen arms can differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from stream.errors import InfraError, PrerequisiteError
+from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
+from stream.registry import ModelRegistry
+from stream.replay import PayloadSource, partition_for, run_replay
+from stream.scoring import LoadedModel, ModelSet
+from stream.state import ArticleState, new_article_state, update_article
+
+Payload = tuple[bytes | None, bytes]
+
+
+@dataclass
+class RunOutput:
+    """What a run produced, plus its throughput and latency figures."""
+
+    mode: str
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    #: per-batch processing time (offline) or event-in -> prediction-out time (e2e), in ms
+    latencies_ms: list[float] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else float("nan")
+
+    def latency(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def load_models(models_dir: Path) -> dict[str, LoadedModel]:
+    """The registry's ``production`` models, checked against the worker's feature lists."""
+    models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
+    models.refresh()
+    if not models.models:
+        raise PrerequisiteError(f"no production model in {models_dir}: run `python -m batch_training run` "
+                                "or pass --models DIR")
+    return models.models
+
+
+def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], *,
+                placements: Sequence[str], partitions: int = 4, batch_size: int = 500, seed: int = 0,
+                bandit_context: str = "device", click_join_window_ms: int = 600_000) -> RunOutput:
+    """The worker's per-batch code over ``payloads`` without a broker (see the module docstring)."""
+    proc = BatchProcessor(models, placements, bandit_context=bandit_context,
+                          click_join_window_ms=click_join_window_ms, seed=seed)
+    users: dict[str, bytes] = {}
+    pending: dict[str, bytes] = {}
+    articles: dict[str, bytes] = {}
+    bandit: dict[str, bytes] = {}
+    stores = Stores(users=users, ad_pending=pending, articles=articles, bandit=bandit)
+    offsets = [0] * partitions
+    out = RunOutput("offline", models={n: m.version for n, m in models.items()})
+    began = time.perf_counter()
+    for start in range(0, len(payloads), batch_size):
+        by_part: dict[int, list[Record]] = {}
+        for key, value in payloads[start:start + batch_size]:
+            p = partition_for(key, value, partitions)
+            by_part.setdefault(p, []).append(Record(key, value, "session-events", p, offsets[p], None))
+            offsets[p] += 1
+        touched: dict[str, ArticleState] = {}
+        for p in sorted(by_part):
+            t0 = time.perf_counter()
+            res = proc.process(by_part[p], stores)
+            out.latencies_ms.append((time.perf_counter() - t0) * 1000)
+            out.predictions.extend(res.predictions)
+            out.decisions.extend(res.decisions)
+            out.dead_letters += len(res.dead_letters)
+            for aid, raw in res.article_events:
+                state = touched.get(aid)
+                if state is None:
+                    old = articles.get(aid)
+                    state = touched[aid] = ArticleState.from_bytes(old) if old else new_article_state()
+                update_article(state, orjson.loads(raw))
+        for aid, state in touched.items():  # the article agent's write, visible from the next round
+            articles[aid] = state.to_bytes()
+    out.seconds = time.perf_counter() - began
+    out.events = len(payloads)
+    return out
+
+
+# --- end to end ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _broker(bootstrap: str | None, partitions: int) -> Iterator[str]:
+    if bootstrap:
+        yield bootstrap
+        return
+    from stream.kafka.embedded import embedded_kafka
+
+    with embedded_kafka(partitions=partitions) as b:
+        yield b
+
+
+class _Worker:
+    """``python -m stream worker`` as a subprocess with its own topics prefix, state and models."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_for(self, texts: Sequence[str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise InfraError(f"worker exited with status {self.proc.returncode}; see {self.log_path}")
+            text = self.log()
+            if all(t in text for t in texts):
+                return
+            time.sleep(0.2)
+        raise InfraError(f"worker did not log {list(texts)} within {timeout_s:.0f}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _read_topic(bootstrap: str, topic: str, expected: int | None, timeout_s: float,
+                idle_s: float, worker: _Worker | None = None) -> list[Any]:
+    """Every record of ``topic`` from the start: until ``expected`` records, else until idle."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"backtest-{uuid.uuid4().hex}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            msgs = consumer.consume(1000, 0.2)
+            if worker is not None and worker.proc is not None and worker.proc.poll() is not None:
+                raise InfraError(f"worker exited with status {worker.proc.returncode}; see {worker.log_path}")
+            for m in msgs:
+                if m.error() is None:
+                    got.append(m)
+            if msgs:
+                last = time.monotonic()
+            if expected is not None and len(got) >= expected and time.monotonic() - last >= 0.5:
+                break
+            if expected is None and got and time.monotonic() - last >= idle_s:
+                break
+    finally:
+        consumer.close()
+    return got
+
+
+def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | None = None,
+            partitions: int = 4, expected_predictions: int | None = None,
+            expected_decisions: int | None = None, timeout_s: float = 180.0, idle_s: float = 10.0,
+            workdir: Path | None = None, env: Mapping[str, str] | None = None) -> RunOutput:
+    """Replay ``payloads`` through a broker and a real ``python -m stream worker``; read outputs back.
+
+    Topics get a fresh prefix and the worker a fresh id, state directory and chdb directory, so
+    a run never sees another run's data. With ``bootstrap`` None an embedded broker is started.
+    """
+    from stream.config import load_settings
+    from stream.topics import BANDIT_DECISIONS, PREDICTIONS, SESSION_EVENTS, ensure_topics
+
+    run_id = uuid.uuid4().hex[:8]
+    work = Path(workdir or tempfile.mkdtemp(prefix=f"backtest-{run_id}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    prefix = f"bt-{run_id}-"
+    out = RunOutput("e2e")
+    with _broker(bootstrap, partitions) as bs:
+        settings = load_settings(kafka_bootstrap=bs, topic_prefix=prefix, topic_partitions=partitions)
+        ensure_topics(bs, settings)
+        worker = _Worker({
+            "STREAM_KAFKA_BOOTSTRAP": bs, "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": str(partitions),
+            "STREAM_WORKER_ID": f"backtest-{run_id}", "STREAM_WORKER_INSTANCE": "0",
+            "STREAM_STATE_DIR": str(work / "state"), "STREAM_MODELS_DIR": str(Path(models_dir).resolve()),
+            "STREAM_CHDB_PATH": str(work / "chdb"), "STREAM_WORKER_WEB_PORT": "0",
+            "STREAM_DATA_DIR": str(work), **(env or {}),
+        }, work / "worker.log")
+        worker.start()
+        try:
+            worker.wait_for(["loaded model", "Ready"], timeout_s=120)
+            began = time.monotonic()
+            run_replay(PayloadSource(list(payloads), "backtest"), bs, settings.topic(SESSION_EVENTS),
+                       progress=False)
+            preds = _read_topic(bs, settings.topic(PREDICTIONS), expected_predictions, timeout_s, idle_s,
+                                worker)
+            decs = _read_topic(bs, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
+                               idle_s, worker)
+            out.seconds = time.monotonic() - began
+            inputs = _read_topic(bs, settings.topic(SESSION_EVENTS), len(payloads), 60, idle_s)
+        finally:
+            worker.stop()
+    sent_at: dict[str, int] = {}
+    for m in inputs:
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, KeyError):
+            sent_at[orjson.loads(m.value())["event_id"]] = m.timestamp()[1]
+    for m in preds:
+        p = orjson.loads(m.value())
+        out.predictions.append(p)
+        t_in = sent_at.get(p["event_id"])
+        if t_in is not None:
+            out.latencies_ms.append(float(m.timestamp()[1] - t_in))
+        out.models[p["model_name"]] = p["model_version"]
+    out.decisions = [orjson.loads(m.value()) for m in decs]
+    out.events = len(payloads)
+    out.notes.append(f"worker log: {work / 'worker.log'}")
+    return out
+
+
+def compare(offline: RunOutput, e2e: RunOutput) -> dict[str, Any]:
+    """Prediction and decision agreement of two runs over the same window.
+
+    Returns per model: predictions in each run, ids in both, ids in only one, the largest score
+    difference and the share of scores differing by more than 1e-6; and for decisions the same
+    ids and the share with the same arm.
+    """
+    res: dict[str, Any] = {"models": {}}
+    for name in sorted({p["model_name"] for p in offline.predictions + e2e.predictions}):
+        a = {p["prediction_id"]: p["score"] for p in offline.predictions if p["model_name"] == name}
+        b = {p["prediction_id"]: p["score"] for p in e2e.predictions if p["model_name"] == name}
+        both = a.keys() & b.keys()
+        diffs = np.array([abs(a[k] - b[k]) for k in both]) if both else np.zeros(0)
+        res["models"][name] = {
+            "offline": len(a), "e2e": len(b), "common": len(both),
+            "only_offline": len(a.keys() - b.keys()), "only_e2e": len(b.keys() - a.keys()),
+            "max_abs_diff": float(diffs.max()) if len(diffs) else 0.0,
+            "share_differing": float((diffs > 1e-6).mean()) if len(diffs) else 0.0,
+        }
+    da = {d["decision_id"]: d["placement"] for d in offline.decisions}
+    db = {d["decision_id"]: d["placement"] for d in e2e.decisions}
+    common = da.keys() & db.keys()
+    res["decisions"] = {"offline": len(da), "e2e": len(db), "common": len(common),
+                        "same_arm": float(np.mean([da[k] == db[k] for k in common])) if common else float("nan")}
+    return res

@@ -1,0 +1,60 @@
+"""Fixtures for worker integration tests: a small simulated history, models trained on it,
+and per-test isolated settings (topic prefix, consumer group, state and chdb directories)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator import SimConfig, generate
+from tests.support.models import train_and_register
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def sim_events() -> list[dict[str, Any]]:
+    """~5.6k events: 150 users over 4 days, in delivery (= event-time) order."""
+    return list(generate(SimConfig(n_users=150, days=4, seed=11)).iter_events())
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, sim_events: list[dict[str, Any]]) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    train_and_register(d, sim_events, seed=3)
+    return d
+
+
+@pytest.fixture
+def worker_env(tmp_path: Path, unique: str, models_dir: Path) -> dict[str, str]:
+    return {
+        "STREAM_TOPIC_PREFIX": f"{unique}.",
+        "STREAM_WORKER_ID": f"worker-{unique}",
+        "STREAM_STATE_DIR": str(tmp_path / "state"),
+        "STREAM_CHDB_PATH": str(tmp_path / "chdb"),
+        "STREAM_MODELS_DIR": str(models_dir),
+        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_MODEL_RELOAD_S": "1",
+        "STREAM_TOPIC_PARTITIONS": "4",
+    }
+
+
+def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
+    """Query the worker's chdb directory from a fresh process (chdb: one directory per process)."""
+    code = ("import json, sys; from stream.clickhouse import connect; from stream.config import load_settings; "
+            "ch = connect(load_settings()); df = ch.query_df(sys.argv[1]); "
+            "print(df.to_json(orient='records')); ch.close()")
+    proc = subprocess.run([sys.executable, "-c", code, sql], env={**_base_env(), **env}, capture_output=True,
+                          text=True, cwd=ROOT, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _base_env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

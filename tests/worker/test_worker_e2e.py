@@ -1,0 +1,262 @@
+"""The worker against the real broker: predictions, dead letters, crash, rebalance, promotion."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.config import load_settings
+from stream.registry import ModelRegistry
+from stream.testing import WorkerProcess, consume, produce
+from stream.topics import ensure_topics
+from tests.support.models import offline_scores
+from tests.worker.conftest import query_worker_clickhouse
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
+
+
+def _topics(bootstrap: str, env: dict[str, str]) -> None:
+    ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
+                                           topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
+
+
+def _payloads(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+def _expected(events: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    return Counter((SCORABLE[e["event_type"]], e["event_id"]) for e in events if e["event_type"] in SCORABLE)
+
+
+def _predictions(bootstrap: str, prefix: str, n: int, timeout_s: float = 120) -> list[dict[str, Any]]:
+    msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=timeout_s,
+                   idle_s=2.0)
+    return [orjson.loads(m.value()) for m in msgs]
+
+
+def _unique_articles(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every article event its own article, so no click row depends on cross-partition timing."""
+    return [{**e, "article_id": f"a-{e['event_id']}"} if "article_id" in e else e for e in events]
+
+
+def test_every_scorable_event_scored_once_and_matches_offline_scoring(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
+        tmp_path: Path) -> None:
+    events = _unique_articles(sim_events)
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    bad = [(b"u-bad", b"{not json"), (b"u-bad", orjson.dumps({"event_type": "teleport", "user_id": "x"})),
+           (b"u-bad", b"x" * 20_000), (b"u-bad", orjson.dumps({**events[0], "event_time": "yesterday"}))]
+    payloads = _payloads(events)
+    # bad records in the middle: the events after them must still be processed
+    produce(kafka_bootstrap, f"{prefix}session-events", payloads[:3000] + bad + payloads[3000:])
+    expected = _expected(events)
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
+        preds = _predictions(kafka_bootstrap, prefix, sum(expected.values()))
+        dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 4,
+                      timeout_s=30)
+    got = Counter((p["model_name"], p["event_id"]) for p in preds)
+    assert got == expected  # exactly one prediction per scorable event and model
+
+    reasons = sorted(orjson.loads(m.value())["error_kind"] for m in dlq)
+    assert reasons == ["invalid", "malformed", "oversized", "unknown_type"]
+    envelope = next(orjson.loads(m.value()) for m in dlq if orjson.loads(m.value())["error_kind"] == "invalid")
+    assert "event_time" in envelope["reason"]
+
+    offline = offline_scores(models_dir, events)
+    versions = {name: ModelRegistry(models_dir).resolve(name).version for name in offline}
+    for p in preds:
+        assert p["model_version"] == versions[p["model_name"]]
+        assert abs(p["score"] - offline[p["model_name"]][p["event_id"]]) <= 1e-6, p
+
+
+def test_article_popularity_reaches_click_features(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
+        tmp_path: Path) -> None:
+    """Popularity reaches click features through the repartition topic and the GlobalTable.
+
+    One input partition, so the article agent sees events in input order and its state can be
+    compared exactly with an in-order replay (with several partitions, a fast replay of days of
+    history skews partitions by more than the article lateness bound; see agents/articles.py).
+    """
+    worker_env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1"}
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    history = sim_events[:6000]
+    popular = Counter(e["article_id"] for e in history if e["event_type"] == "article_impression")
+    last_t = history[-1]["event_time"]
+    probes = [{"schema_version": 1, "event_id": f"probe-{i}", "event_type": "article_impression",
+               "user_id": f"probe-user-{i}", "session_id": f"probe-s-{i}", "event_time": last_t + 1000 + i,
+               "article_id": aid, "position": 1, "device": {"type": "mobile"}}
+              for i, (aid, _) in enumerate(popular.most_common(20))]
+    expected_history = sum(_expected(history).values())
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(history))
+        _predictions(kafka_bootstrap, prefix, expected_history)
+        time.sleep(3.0)  # the documented staleness bound is far below this
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(probes))
+        preds = _predictions(kafka_bootstrap, prefix, expected_history + len(probes))
+    offline = offline_scores(models_dir, history + probes)["click"]
+    probe_scores = {p["event_id"]: p["score"] for p in preds if p["event_id"].startswith("probe-")}
+    assert set(probe_scores) == {p["event_id"] for p in probes}
+    for eid, score in probe_scores.items():
+        assert abs(score - offline[eid]) <= 1e-6, eid
+
+
+def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts_once(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]],
+        tmp_path: Path) -> None:
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    expected = _expected(sim_events)
+    total = sum(expected.values())
+    produce(kafka_bootstrap, f"{prefix}session-events", _payloads(sim_events))
+    first = WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker-1.log").start()
+    try:
+        _predictions(kafka_bootstrap, prefix, total // 3, timeout_s=120)
+    finally:
+        first.kill(signal.SIGKILL)
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker-2.log"):
+        preds = consume(kafka_bootstrap, f"{prefix}predictions", timeout_s=180, idle_s=3.0,
+                        until=lambda got: {(orjson.loads(m.value())["model_name"],
+                                            orjson.loads(m.value())["event_id"]) for m in got} >= set(expected))
+    seen = Counter((p["model_name"], p["event_id"]) for p in (orjson.loads(m.value()) for m in preds))
+    assert set(seen) == set(expected)  # nothing left unscored
+    duplicates = sum(seen.values()) - len(seen)
+    print(f"\nduplicate predictions on the topic after SIGKILL + restart: {duplicates} of {sum(seen.values())}")
+    rows = query_worker_clickhouse(
+        worker_env, f"SELECT count() AS n, uniqExact(prediction_id) AS ids FROM `{'publisher'}`.predictions FINAL")
+    assert rows == [{"n": total, "ids": total}]
+
+
+def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
+        tmp_path: Path) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    half = len(sim_events) // 2
+    first_half, second_half = sim_events[:half], sim_events[half:]
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "a.log"):
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(first_half))
+        _predictions(kafka_bootstrap, prefix, sum(_expected(first_half).values()))
+        env_b = {**worker_env, "STREAM_STATE_DIR": str(tmp_path / "state-b"),
+                 "STREAM_CHDB_PATH": str(tmp_path / "ch-b")}
+        with WorkerProcess(kafka_bootstrap, env_b, tmp_path / "b.log", instance="1"):
+            group = worker_env["STREAM_WORKER_ID"]
+            admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+            members: list[Any] = []
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                desc = admin.describe_consumer_groups([group])[group].result()
+                members = [m for m in desc.members
+                           if any(tp.topic == f"{prefix}session-events" for tp in m.assignment.topic_partitions)]
+                if len(members) == 2 and str(desc.state).endswith("STABLE"):
+                    break
+                time.sleep(1)
+            assert len(members) == 2, "both workers own session-events partitions"
+            produce(kafka_bootstrap, f"{prefix}session-events", _payloads(second_half))
+            preds = _predictions(kafka_bootstrap, prefix, sum(_expected(sim_events).values()), timeout_s=180)
+    offline = offline_scores(models_dir, sim_events)
+    latest = {(p["model_name"], p["event_id"]): p["score"] for p in preds}
+    assert set(latest) == set(_expected(sim_events))
+    for (model, eid), score in latest.items():
+        if model in ("churn", "engagement"):  # functions of the (recovered) user state only
+            assert abs(score - offline[model][eid]) <= 1e-6, (model, eid)
+
+
+def test_model_promotion_is_picked_up_and_a_mismatched_model_is_refused(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]],
+        tmp_path: Path) -> None:
+    import shutil
+
+    from tests.support.models import FEATURES, train_and_register
+
+    models = tmp_path / "models"
+    shutil.copytree(worker_env["STREAM_MODELS_DIR"], models)
+    env = {**worker_env, "STREAM_MODELS_DIR": str(models)}
+    prefix = env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, env)
+    k = len(sim_events) // 3
+    first, second, third = sim_events[:k], sim_events[k:2 * k], sim_events[2 * k:]
+    registry = ModelRegistry(models)
+    v1 = registry.resolve("churn").version
+    with WorkerProcess(kafka_bootstrap, env, tmp_path / "w.log") as worker:
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(first))
+        n1 = sum(_expected(first).values())
+        _predictions(kafka_bootstrap, prefix, n1)
+        v2 = train_and_register(models, sim_events, seed=99, rounds=7)["churn"]
+        time.sleep(3)  # reload interval is 1 s in these tests
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(second))
+        n2 = n1 + sum(_expected(second).values())
+        _predictions(kafka_bootstrap, prefix, n2)
+        # a churn model built on the click feature list must be refused; v2 keeps serving
+        bad = registry.register("churn", "xgboost", lambda p: shutil.copy(registry.resolve("click").model_file, p),
+                                {"features": FEATURES["click"].to_dict()})
+        registry.set_alias("churn", "production", bad.version)
+        worker.wait_for_log(f"refusing model churn version {bad.version}", timeout_s=30)
+        produce(kafka_bootstrap, f"{prefix}session-events", _payloads(third))
+        preds = _predictions(kafka_bootstrap, prefix, n2 + sum(_expected(third).values()))
+    churn_version = {p["event_id"]: p["model_version"] for p in preds if p["model_name"] == "churn"}
+    ids = [{e["event_id"] for e in part if e["event_type"] == "session_end"} for part in (first, second, third)]
+    assert {churn_version[i] for i in ids[0]} == {v1}
+    assert {churn_version[i] for i in ids[1]} == {v2}
+    assert {churn_version[i] for i in ids[2]} == {v2}
+
+
+def _ad_traffic(n: int, ctr: dict[str, float], seed: int) -> list[dict[str, Any]]:
+    """Ad requests, each followed by an impression on a uniformly chosen placement (the site's
+    logging policy) and a click with the placement's true CTR."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arms = list(ctr)
+    out: list[dict[str, Any]] = []
+    t = 1_767_225_600_000
+    for i in range(n):
+        user, rid = f"ad-user-{i % 97}", f"req-{i}"
+        base = {"schema_version": 1, "user_id": user, "session_id": f"ad-s-{i % 97}", "request_id": rid,
+                "device": {"type": "mobile"}}
+        placement = arms[int(rng.integers(len(arms)))]
+        out.append({**base, "event_id": f"{rid}-r", "event_type": "ad_request", "event_time": t})
+        out.append({**base, "event_id": f"{rid}-i", "event_type": "ad_impression", "event_time": t + 50,
+                    "placement": placement})
+        if rng.random() < ctr[placement]:
+            out.append({**base, "event_id": f"{rid}-c", "event_type": "ad_click", "event_time": t + 900,
+                        "placement": placement})
+        t += 1000
+    return out
+
+
+def test_bandit_decisions_shift_toward_the_best_arm(
+        kafka_bootstrap: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    ctr = {"top_banner": 0.04, "sidebar": 0.04, "in_article": 0.12, "footer": 0.04}
+    traffic = _ad_traffic(6000, ctr, seed=5)
+    n = sum(e["event_type"] == "ad_request" for e in traffic)
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "w.log"):
+        # in slices, so later requests are decided after earlier rewards were counted
+        for i in range(0, len(traffic), 2000):
+            produce(kafka_bootstrap, f"{prefix}session-events", _payloads(traffic[i:i + 2000]))
+            time.sleep(0.5)
+        msgs = consume(kafka_bootstrap, f"{prefix}bandit-decisions", until=lambda got: len(got) >= n,
+                       timeout_s=120)
+    decisions = sorted((orjson.loads(m.value()) for m in msgs), key=lambda d: int(d["request_id"][4:]))
+    assert len({d["request_id"] for d in decisions}) == n
+    early = [d["placement"] == "in_article" for d in decisions[:100]]
+    late = [d["placement"] == "in_article" for d in decisions[-1500:]]
+    share_early, share_late = sum(early) / len(early), sum(late) / len(late)
+    print(f"\nbest-arm share: first 100 decisions {share_early:.2f}, last 1500 {share_late:.2f}")
+    assert share_late > 0.75, (share_early, share_late)
+    assert share_late > share_early + 0.3
+    best = [d for d in decisions[-1500:] if d["placement"] == "in_article"]
+    assert sum(d["propensity"] for d in best) / len(best) > 0.7  # a confident posterior
