@@ -63,7 +63,16 @@ from stream.state.codes import (
     tz_code,
 )
 from stream.state.features import context_row
-from stream.state.labels import CHURN_HORIZON_MS, CONVERSION_HORIZON_MS, DAY_MS, churned, session_engagement
+from stream.state.labels import (
+    CHURN_HORIZON_MS,
+    CONVERSION_HORIZON_MS,
+    DAY_MS,
+    ENGAGEMENT_CAP,
+    ENGAGEMENT_MAX_MINUTES,
+    ENGAGEMENT_POINTS_PER_MINUTE,
+    ENGAGEMENT_WEIGHTS,
+    churned,
+)
 
 _COLS = ("event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
          "brand, category, position, revenue, duration_ms, device_type, device_os, device_browser, "
@@ -116,6 +125,31 @@ def frame_to_evs(df: pd.DataFrame) -> list[Ev]:
 # --- the per-user pass ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which rows to build (all by default). Shares are kept by a seeded hash of the id, so the
+    choice is the same in every process and run, and independent of chunking.
+
+    * ``cutoff_every_days``: user snapshots every k days (1 = daily);
+    * ``user_share``: users whose rows are built (their whole history is still read);
+    * ``impression_share`` / ``session_share``: click rows per impression / engagement rows per
+      session_start. Unsampled events are still applied to the states, so features are unchanged.
+    """
+
+    cutoff_every_days: int = 1
+    user_share: float = 1.0
+    impression_share: float = 1.0
+    session_share: float = 1.0
+    seed: int = 0
+
+    def keep(self, h: int, share: float) -> bool:
+        """Deterministic Bernoulli(share) from a 32-bit hash."""
+        return share >= 1.0 or ((h * 2_654_435_761 + self.seed * 40_503) & 0xFFFFFFFF) < share * 4_294_967_296.0
+
+
+FULL = Sampling()
+
+
 @dataclass
 class _Job:
     df: pd.DataFrame
@@ -124,6 +158,7 @@ class _Job:
     active_within_ms: int
     click_window_ms: int
     config: StateConfig
+    sampling: Sampling = FULL
 
 
 def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
@@ -136,19 +171,26 @@ def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
 
 
 def _engagement_labels(df: pd.DataFrame) -> dict[str, float]:
-    sub = df[["session_id", "event_type", "t", "duration_ms"]]
-    out = {}
-    for sid, g in sub.groupby("session_id", sort=False):
-        evs = [{"event_type": k, "event_time": t, "duration_ms": None if pd.isna(d) else int(d)}
-               for k, t, d in zip(g["event_type"].tolist(), g["t"].tolist(), g["duration_ms"].tolist(),
-                                  strict=True)]
-        out[str(sid)] = session_engagement(evs)
-    return out
+    """``labels.session_engagement`` of every session in the frame, vectorised (same formula, tested)."""
+    if not len(df):
+        return {}
+    kinds = df["event_type"].astype(str)
+    points = kinds.map(dict(ENGAGEMENT_WEIGHTS)).fillna(0.0).astype(float)
+    end_dur = df["duration_ms"].astype("Float64").where(kinds == "session_end")
+    g = pd.DataFrame({"s": df["session_id"].astype(str).to_numpy(), "pts": points.to_numpy(),
+                      "t": df["t"].astype("int64").to_numpy(), "dur": end_dur.to_numpy(dtype=float, na_value=np.nan)})
+    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"),
+                                         dur=("dur", "last"))
+    dur = agg["dur"].fillna(agg["t1"] - agg["t0"]).astype(float).clip(lower=0)
+    minutes = (dur / 60_000.0).clip(upper=ENGAGEMENT_MAX_MINUTES)
+    score = (agg["pts"] + ENGAGEMENT_POINTS_PER_MINUTE * minutes).clip(upper=ENGAGEMENT_CAP)
+    return dict(zip(agg.index.tolist(), score.astype(float).tolist(), strict=True))
 
 
 def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:
     """Feed each user's events in order; cut snapshot, click and engagement rows on the way."""
-    df, cfg = job.df, job.config
+    df, cfg, smp = job.df, job.config, job.sampling
+    imp_share, sess_share = smp.impression_share, smp.session_share
     evs = frame_to_evs(df)
     clicks_y = _click_labels(df, job.click_window_ms)
     eng_y = _engagement_labels(df)
@@ -184,12 +226,12 @@ def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:
             if k == j:
                 break
             ev = evs[k]
-            if ev.typ == T_IMPRESSION:
+            if ev.typ == T_IMPRESSION and smp.keep(ev.idh, imp_share):
                 # the article part is joined later (click_row = user, article, position, context)
                 tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev)]
                 clicks.append((ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail,
                                clicks_y.get(ids[k], 0)))
-            elif ev.typ == T_SESSION_START:
+            elif ev.typ == T_SESSION_START and smp.keep(ev.sidh, sess_share):
                 engage.append((ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg),
                                eng_y.get(sids[k], math.nan)))
             apply_user(st, ev, cfg)
@@ -206,9 +248,10 @@ def _any_in(times: list[int], lo: int, hi: int) -> int:
 # --- the per-article pass ------------------------------------------------------------------------
 
 
-def _article_pass(args: tuple[pd.DataFrame, StateConfig]) -> dict[str, list[float]]:
-    """Article vectors as of each impression (before applying it), events in global time order."""
-    df, cfg = args
+def _article_pass(args: tuple[pd.DataFrame, StateConfig, Sampling]) -> dict[str, list[float]]:
+    """Article vectors as of each (sampled) impression (before applying it), events in global time order."""
+    df, cfg, smp = args
+    share = smp.impression_share
     states: dict[str, Any] = {}
     out: dict[str, list[float]] = {}
     for eid, aid, kind, t in zip(df["event_id"].tolist(), df["article_id"].tolist(),
@@ -217,7 +260,7 @@ def _article_pass(args: tuple[pd.DataFrame, StateConfig]) -> dict[str, list[floa
         if st is None:
             st = states[aid] = new_article_state()
         typ = TYPE_CODE[kind]
-        if typ == T_IMPRESSION:
+        if typ == T_IMPRESSION and smp.keep(zlib.crc32(eid.encode()) or 1, share):
             out[eid] = article_row(st, t, cfg)
         update_article(st, Ev(t, typ, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0), cfg)
     return out
@@ -226,10 +269,10 @@ def _article_pass(args: tuple[pd.DataFrame, StateConfig]) -> dict[str, list[floa
 # --- driver ----------------------------------------------------------------------------------------------
 
 
-def _chunks(ch: ClickHouse, n_chunks: int, where: str) -> Iterator[pd.DataFrame]:
+def _chunks(ch: ClickHouse, n_chunks: int, where: str, user_filter: str = "") -> Iterator[pd.DataFrame]:
     for k in range(n_chunks):
         df = ch.query_df(
-            f"SELECT {_COLS} FROM {{db}}.events WHERE cityHash64(user_id) % {n_chunks} = {k} {where} "
+            f"SELECT {_COLS} FROM {{db}}.events WHERE cityHash64(user_id) % {n_chunks} = {k} {where} {user_filter} "
             "ORDER BY user_id, event_time, event_id LIMIT 1 BY event_id")
         if len(df):
             yield df
@@ -248,8 +291,8 @@ def _article_chunks(ch: ClickHouse, n_chunks: int, where: str) -> Iterator[pd.Da
 
 def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: int | None = None,
                         processes: int = 1, users_per_chunk: int = 2_000, active_within_days: int = 30,
-                        click_window_ms: int = 30 * 60_000,
-                        config: StateConfig = DEFAULT_CONFIG) -> TrainingSets:
+                        click_window_ms: int = 30 * 60_000, config: StateConfig = DEFAULT_CONFIG,
+                        sampling: Sampling = FULL, progress: Any = None) -> TrainingSets:
     """Build the user-snapshot, click and engagement sets from ``{db}.events``.
 
     ``start_ms``/``end_ms`` bound the history read (default: all of it); the data end used for
@@ -268,11 +311,21 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
         return TrainingSets(_users_frame([]), _clicks_frame([], {}), _engagement_frame([]))
     lo, hi = int(stats["lo"].iloc[0]), int(stats["hi"].iloc[0])
     first_cut = (lo // DAY_MS + 1) * DAY_MS
-    cutoffs = list(range(first_cut, hi - CONVERSION_HORIZON_MS + 1, DAY_MS))
+    cutoffs = list(range(first_cut, hi - CONVERSION_HORIZON_MS + 1, DAY_MS * sampling.cutoff_every_days))
+    user_filter = ""
+    if sampling.user_share < 1.0:
+        user_filter = (f"AND cityHash64(user_id, {int(sampling.seed)}) % 10000 < "
+                       f"{round(sampling.user_share * 10_000)}")
+        n_users = max(1, round(n_users * sampling.user_share))
     n_chunks = max(1, math.ceil(n_users / users_per_chunk))
-    jobs = (_Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config)
-            for df in _chunks(ch, n_chunks, where))
-    arts = ((df, config) for df in _article_chunks(ch, n_chunks, where))
+    jobs = (_Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config, sampling)
+            for df in _chunks(ch, n_chunks, where, user_filter))
+    n_art_chunks = max(1, min(n_chunks, 4))
+    arts = ((df, config, sampling) for df in _article_chunks(ch, n_art_chunks, where))
+    tick = progress.update if progress is not None else (lambda _n: None)
+    if progress is not None and hasattr(progress, "total"):
+        progress.total = n_chunks + n_art_chunks
+        progress.refresh()
     snaps: list[Any] = []
     clicks: list[Any] = []
     engage: list[Any] = []
@@ -283,18 +336,22 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
                 snaps += s
                 clicks += c
                 engage += e
+                tick(1)
             t1 = time.perf_counter()
             for part in pool.imap(_article_pass, arts):
                 art_rows.update(part)
+                tick(1)
     else:
         for job in jobs:
             s, c, e = _user_pass(job)
             snaps += s
             clicks += c
             engage += e
+            tick(1)
         t1 = time.perf_counter()
         for a in arts:
             art_rows.update(_article_pass(a))
+            tick(1)
     t2 = time.perf_counter()
     out = TrainingSets(_users_frame(snaps), _clicks_frame(clicks, art_rows), _engagement_frame(engage))
     out.seconds = {"user_pass": t1 - t0, "article_pass": t2 - t1, "assemble": time.perf_counter() - t2,

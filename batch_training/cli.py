@@ -1,0 +1,158 @@
+"""``python -m batch_training {run,prerequisites,explore,features,...,promote}``.
+
+``run`` executes the ten steps in order (the original master script) and promotes at the end;
+``--skip-exploration``, ``--skip-features``, ``--models-only`` and ``--skip-prerequisites`` keep
+their original meaning. A bad argument or a missing prerequisite prints one line (exit 2 / 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from batch_training.context import PROFILES, Context, get_profile
+from stream.config import load_settings
+from stream.errors import ConfigError, StreamError
+
+
+def _step(module: str, func: str) -> Callable[[Context], Any]:
+    def run(ctx: Context) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(f"batch_training.{module}"), func)(ctx)
+
+    return run
+
+
+def _model(name: str) -> Callable[[Context], Any]:
+    def run(ctx: Context) -> Any:
+        from batch_training.supervised import train_model
+
+        return train_model(ctx, name)
+
+    return run
+
+
+#: step name -> runner, in pipeline order
+STEPS: dict[str, Callable[[Context], Any]] = {
+    "prerequisites": _step("features", "prerequisites"),
+    "explore": _step("explore", "explore"),
+    "features": _step("features", "features"),
+    "baselines": _step("baselines", "baselines"),
+    "churn": _model("churn"),
+    "segmentation": _step("segmentation", "segmentation"),
+    "recommendation": _step("recommendation", "recommendation"),
+    "conversion": _model("conversion"),
+    "click": _model("click"),
+    "engagement": _model("engagement"),
+    "ads": _step("ads", "ads"),
+    "evaluate": _step("evaluate", "evaluate"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--profile", default="default", choices=sorted(PROFILES),
+                        help="size/time knobs: default (20k-user demo data), fast (tests), full (every row)")
+    common.add_argument("--processes", type=int, default=None, help="worker processes for the training sets")
+    common.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    p = _Parser(prog="python -m batch_training", description="Batch training: ClickHouse history -> models")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", parents=[common], help="the whole pipeline, then promote")
+    run.add_argument("--skip-exploration", action="store_true", help="skip step 2 (exploration report)")
+    run.add_argument("--skip-features", action="store_true", help="reuse the training sets on disk")
+    run.add_argument("--models-only", action="store_true", help="skip exploration and features")
+    run.add_argument("--skip-prerequisites", action="store_true", help="skip the prerequisite checks")
+    run.add_argument("--force", action="store_true", help="promote even models worse than production")
+    for name in STEPS:
+        sub.add_parser(name, parents=[common], help=f"step {name}")
+    pr = sub.add_parser("promote", parents=[common], help="move the production alias (gated)")
+    pr.add_argument("models", nargs="*", help="models to promote (default: churn conversion click engagement)")
+    pr.add_argument("--version", default=None, help="version to promote (default: the latest)")
+    pr.add_argument("--force", action="store_true", help="promote even if worse than production")
+    return p
+
+
+def pipeline(ctx: Context, *, skip_exploration: bool = False, skip_features: bool = False,
+             skip_prerequisites: bool = False, force: bool = False,
+             log: Callable[[str], None] = print) -> dict[str, float]:
+    """Run the steps in order, then promote; returns wall seconds per step."""
+    from batch_training.promote import promote
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    for name, fn in STEPS.items():
+        if (name == "prerequisites" and skip_prerequisites) or (name == "explore" and skip_exploration) or (
+                name == "features" and skip_features):
+            continue
+        t = time.perf_counter()
+        fn(ctx)
+        timings[name] = time.perf_counter() - t
+        log(f"{name:<15} {timings[name]:7.1f} s")
+    t = time.perf_counter()
+    promote(ctx, force=force)
+    timings["promote"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_all
+    log(f"{'promote':<15} {timings['promote']:7.1f} s")
+    log(f"{'total':<15} {timings['total']:7.1f} s")
+    return timings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.processes is not None and args.processes < 1:
+            raise ConfigError(f"--processes must be >= 1, got {args.processes}")
+        ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes),
+                      progress=not args.no_progress)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        if args.cmd == "run":
+            pipeline(ctx, skip_exploration=args.skip_exploration or args.models_only,
+                     skip_features=args.skip_features or args.models_only,
+                     skip_prerequisites=args.skip_prerequisites, force=args.force)
+            from batch_training.evaluate import format_table
+
+            ev = json.loads((ctx.reports_dir / "evaluation.json").read_text())
+            print(format_table(ev["rows"]))
+            print(f"reports: {ctx.reports_dir}  models: {ctx.settings.models_dir}")
+        elif args.cmd == "promote":
+            from batch_training.promote import promote
+
+            for name, entry in promote(ctx, args.models or None, version=args.version, force=args.force).items():
+                print(f"{name}: {entry}")
+        else:
+            result = STEPS[args.cmd](ctx)
+            _summary(args.cmd, result)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except StreamError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        ctx.close()
+    return 0
+
+
+def _summary(cmd: str, result: Any) -> None:
+    if cmd == "evaluate":
+        from batch_training.evaluate import format_table
+
+        print(format_table(result["rows"]))
+    elif isinstance(result, dict) and "metrics" in result:
+        m = {k: round(v, 4) for k, v in result["metrics"].items() if isinstance(v, float)}
+        print(f"{cmd} v{result.get('version')}: {m} oracle={result.get('oracle')}")
+    else:
+        print(f"{cmd}: {result if not isinstance(result, dict) else {k: v for k, v in result.items() if k != 'rows'}}")

@@ -1,0 +1,77 @@
+"""Steps 1 and 3: prerequisites, and the point-in-time training sets (Parquet + feature list)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from batch_training.context import Context
+from batch_training.datasets import build_training_sets
+from batch_training.modeling import write_json
+from stream.errors import PrerequisiteError
+from stream.state import CHURN_FEATURES, CLICK_FEATURES, CONVERSION_FEATURES, ENGAGEMENT_FEATURES
+
+SUPPORTED_SCHEMA_VERSIONS = {1}
+_BACKFILL = "python -m simulator backfill --users 3000 --days 45"
+
+
+def prerequisites(ctx: Context) -> dict[str, Any]:
+    """Data present, enough rows, a schema version this code understands."""
+    where = f"{ctx.db}.events"
+    try:
+        df = ctx.ch.query_df("SELECT count() AS n, uniqExact(user_id) AS users, groupUniqArray(schema_version) AS v, "
+                             "toUnixTimestamp64Milli(min(event_time)) AS lo, "
+                             "toUnixTimestamp64Milli(max(event_time)) AS hi FROM {db}.events")
+    except Exception as exc:
+        raise PrerequisiteError(f"cannot read table {where} ({type(exc).__name__}): run `{_BACKFILL}` "
+                                "or set STREAM_CLICKHOUSE_URL") from exc
+    n = int(df["n"].iloc[0])
+    if n == 0:
+        raise PrerequisiteError(f"no events in table {where}: run `{_BACKFILL}` or set STREAM_CLICKHOUSE_URL")
+    if n < ctx.profile.min_events:
+        raise PrerequisiteError(f"only {n} events in table {where} (profile {ctx.profile.name!r} needs "
+                                f">= {ctx.profile.min_events}): run `{_BACKFILL}`")
+    versions = {int(v) for v in df["v"].iloc[0]}
+    if not versions <= SUPPORTED_SCHEMA_VERSIONS:
+        raise PrerequisiteError(f"{where} holds schema versions {sorted(versions)}; this code reads "
+                                f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}: upgrade batch_training")
+    days = (int(df["hi"].iloc[0]) - int(df["lo"].iloc[0])) / 86_400_000
+    if days < 21:
+        raise PrerequisiteError(f"{where} spans {days:.1f} days; the labels need >= 21 (14-day conversion "
+                                f"horizon + history): run `{_BACKFILL}`")
+    return {"events": n, "users": int(df["users"].iloc[0]), "days": round(days, 2),
+            "schema_versions": sorted(versions), "truth": ctx.has_table_rows("truth_users")}
+
+
+def features(ctx: Context) -> dict[str, Any]:
+    prof = ctx.profile
+    t0 = time.perf_counter()
+    bar = ctx.bar(None, "features: chunks")
+    try:
+        sets = build_training_sets(ctx.ch, processes=prof.processes, users_per_chunk=prof.users_per_chunk,
+                                   sampling=prof.sampling, progress=bar)
+    finally:
+        bar.close()
+    out = ctx.data_dir
+    for name, df in (("users", sets.users), ("clicks", sets.clicks), ("engagement", sets.engagement)):
+        df.to_parquet(out / f"{name}.parquet", index=False)
+    lists = {"churn": CHURN_FEATURES.to_dict(), "conversion": CONVERSION_FEATURES.to_dict(),
+             "click": CLICK_FEATURES.to_dict(), "engagement": ENGAGEMENT_FEATURES.to_dict(),
+             "labels": {"users": ["churned", "converted", "high_value"], "clicks": ["clicked"],
+                        "engagement": ["engagement"]}}
+    (out / "feature_list.json").write_text(json.dumps(lists, indent=2))
+    u = sets.users
+    manifest = {
+        "profile": prof.name, "sampling": prof.sampling.__dict__, "seconds": sets.seconds,
+        "rows": {"users": len(u), "clicks": len(sets.clicks), "engagement": len(sets.engagement)},
+        "label_rates": {"churned": float(u["churned"].mean()) if len(u) else None,
+                        "converted": float(u["converted"].mean()) if len(u) else None,
+                        "high_value": float(u["high_value"].mean()) if len(u) else None,
+                        "clicked": float(sets.clicks["clicked"].mean()) if len(sets.clicks) else None,
+                        "engagement_mean": float(sets.engagement["engagement"].mean()) if len(sets.engagement)
+                        else None},
+        "build_seconds": time.perf_counter() - t0,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
