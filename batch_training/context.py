@@ -44,6 +44,10 @@ PROFILES: dict[str, Profile] = {
     "fast": Profile("fast", Sampling(cutoff_every_days=2, user_share=1.0, impression_share=0.3,
                                      session_share=1.0, seed=7), search_iter=3, cv_folds=2,
                     n_estimators=250, min_events=1_000),
+    # the README's demo: a few thousand users, about a minute of training on 2 cores
+    "demo": Profile("demo", Sampling(cutoff_every_days=3, user_share=0.6, impression_share=0.15,
+                                     session_share=1.0, seed=7), search_iter=2, cv_folds=2,
+                    n_estimators=150, max_train_rows=40_000, min_events=1_000),
     "full": Profile("full", Sampling()),
 }
 

@@ -67,6 +67,16 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def config_table() -> str:
     """The Markdown table of every setting (the README embeds it; a test keeps them equal)."""
     from stream.config import Settings
@@ -109,7 +119,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
-    return run_demo(minutes=args.minutes)
+    return run_demo(minutes=args.minutes, users=args.users, days=args.days, rate=args.rate, profile=args.profile)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from stream.clickhouse import connect
+    from stream.config import load_settings
+
+    ch = connect(load_settings())
+    try:
+        df = ch.query_df(args.sql)
+    finally:
+        ch.close()
+    print(df.to_string(index=False, max_rows=args.max_rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole product end to end on embedded Kafka + chdb")
     demo.add_argument("--minutes", type=float, default=2.0, help="minutes of live traffic (default 2)")
+    demo.add_argument("--users", type=_positive_int, default=2000, help="simulated users (default 2000)")
+    demo.add_argument("--days", type=_positive_int, default=45, help="days of backfilled history (default 45)")
+    demo.add_argument("--rate", type=float, default=1500.0, help="live events per second (default 1500)")
+    demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
     demo.set_defaults(func=cmd_demo)
+
+    query = sub.add_parser("query", help="run SQL on the configured ClickHouse ({db} = the database)")
+    query.add_argument("sql")
+    query.add_argument("--max-rows", type=_positive_int, default=50)
+    query.set_defaults(func=cmd_query)
 
     for register in _extra_commands:
         register(sub)

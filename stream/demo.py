@@ -1,44 +1,284 @@
-"""The README's first command: the whole product end to end on embedded infrastructure."""
+"""The README's first command: the whole product end to end on embedded infrastructure.
+
+Steps (each printed as it runs):
+
+1. start the embedded Kafka broker (or use ``STREAM_KAFKA_BOOTSTRAP``) and embedded ClickHouse;
+2. simulate an audience; backfill its history into ClickHouse;
+3. train and promote models (``python -m batch_training run``);
+4. start the worker (``python -m stream worker``);
+5. stream the following days live, time-shifted to now, for ``minutes`` minutes;
+6. print a summary: throughput, latency, predictions per model, samples, bandit posteriors,
+   where every output lives and how to query it;
+7. write the backtest report of the live window;
+8. stop everything and check that no process is left.
+
+All data goes to ``<STREAM_DATA_DIR>/demo`` (replaced on every run).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from stream.config import Settings, load_settings
+from stream.errors import InfraError
+
+DAY_MS = 86_400_000
 
 
 @contextlib.contextmanager
-def kafka_for(settings: Settings) -> Iterator[str]:
-    """The configured Kafka, or an embedded broker started for the duration."""
+def kafka_for(settings: Settings) -> Iterator[tuple[str, int | None]]:
+    """The configured Kafka, or an embedded broker started for the duration: (bootstrap, jvm pid)."""
     if settings.kafka_bootstrap:
-        yield settings.kafka_bootstrap
+        yield settings.kafka_bootstrap, None
         return
-    from stream.kafka.embedded import embedded_kafka
+    from stream.kafka.embedded import EmbeddedKafka
 
-    with embedded_kafka(partitions=settings.topic_partitions) as bootstrap:
-        yield bootstrap
+    with EmbeddedKafka(partitions=settings.topic_partitions) as broker:
+        yield broker.bootstrap, broker.pid
 
 
-def run_demo(minutes: float = 2.0) -> int:
+class Clock:
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+
+    def say(self, text: str) -> None:
+        print(f"[demo {time.monotonic() - self.t0:6.1f}s] {text}", flush=True)
+
+
+def _env(settings: Settings, bootstrap: str) -> dict[str, str]:
+    """The demo's settings as STREAM_* variables for the subprocesses."""
+    env = {f"STREAM_{k.upper()}": str(v) for k, v in settings.model_dump().items()
+           if v is not None and not hasattr(v, "get_secret_value") and not isinstance(v, tuple)}
+    env["STREAM_PLACEMENTS"] = ",".join(settings.placements)
+    env["STREAM_KAFKA_BOOTSTRAP"] = bootstrap
+    return env
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """Scrape the worker's Prometheus endpoint into {sample name{labels}: value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def _sum(metrics: dict[str, float], name: str) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(name + "{"))
+
+
+def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
+    """Quantile of a Prometheus histogram by linear interpolation within its buckets.
+
+    >>> m = {"h_bucket{le=0.1}": 50.0, "h_bucket{le=0.2}": 100.0, "h_bucket{le=+Inf}": 100.0}
+    >>> round(hist_quantile(m, "h", 0.75), 3)
+    0.15
+    """
+    buckets = sorted((float(k.split("le=")[1].rstrip("}").split(",")[0]), v)
+                     for k, v in metrics.items() if k.startswith(name + "_bucket{"))
+    total = buckets[-1][1] if buckets else 0.0
+    if total == 0:
+        return float("nan")
+    rank, lo_bound, lo_count = q * total, 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lo_bound
+            return lo_bound + (bound - lo_bound) * (rank - lo_count) / max(count - lo_count, 1e-12)
+        lo_bound, lo_count = bound, count
+    return lo_bound
+
+
+def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: float = 1500.0,
+             profile: str = "demo") -> int:
+    from simulator import SimConfig, generate
+    from simulator.sinks import backfill, stream
     from stream.clickhouse import connect
+    from stream.kafka.embedded import free_port
+    from stream.testing import WorkerProcess, consume
     from stream.topics import ensure_topics
 
-    settings = load_settings()
-    t0 = time.monotonic()
-    with kafka_for(settings) as bootstrap:
-        print(f"[demo] Kafka at {bootstrap} ({time.monotonic() - t0:.1f}s)")
-        for name, status in ensure_topics(bootstrap, settings).items():
-            print(f"[demo] topic {name}: {status}")
+    clock = Clock()
+    base = load_settings()
+    root = base.data_dir / "demo"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    port = free_port()
+    settings = load_settings(
+        data_dir=root, chdb_path=root / "chdb", models_dir=root / "models", reports_dir=root / "reports",
+        state_dir=root / "state", worker_web_port=port, worker_id="demo-worker",
+        clickhouse_database=base.clickhouse_database if base.clickhouse_url else "demo")
+    # enough live days for `minutes` of traffic at `rate` (the simulator makes ~8-12 events per user-day)
+    live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
+    worker: WorkerProcess | None = None
+    where = f"server {settings.clickhouse_url}" if settings.clickhouse_url else f"embedded chdb in {settings.chdb_path}"
+    with kafka_for(settings) as (bootstrap, jvm):
+        clock.say(f"Kafka at {bootstrap}; ClickHouse: {where}")
+        ensure_topics(bootstrap, settings)
+
+        # 2. simulate and backfill history
+        ds = generate(SimConfig(n_users=users, days=days + live_days, seed=42))
+        start_ms = int(ds.table["event_time"][0].as_py()) // DAY_MS * DAY_MS
+        cut = start_ms + days * DAY_MS
+        times = ds.table["event_time"].to_numpy()
+        history = dataclasses.replace(ds, table=ds.table.filter(times < cut), malformed=[])
+        live = dataclasses.replace(ds, table=ds.table.filter(times >= cut), malformed=[])
+        ds.write(root / "data", formats=("parquet",))
         ch = connect(settings)
         try:
-            tables = ch.query_df(
-                "SELECT name FROM system.tables WHERE database = {d:String} ORDER BY name",
-                params={"d": ch.database},
-            )["name"].tolist()
-            print(f"[demo] ClickHouse ({type(ch).__name__}) database {ch.database}: {', '.join(tables)}")
+            if settings.clickhouse_url:
+                ch.command("TRUNCATE TABLE IF EXISTS {db}.events")
+            rows = backfill(ch, history)
         finally:
             ch.close()
-    print(f"[demo] done in {time.monotonic() - t0:.1f}s; nothing left running")
+        clock.say(f"backfilled {rows['events']:,} events of {users:,} simulated users over {days} days")
+
+        # 3. train and promote
+        env = _env(settings, bootstrap)
+        proc = subprocess.run([sys.executable, "-m", "batch_training", "run", "--profile", profile, "--no-progress"],
+                              env={**os.environ, **env}, capture_output=True, text=True, check=False)
+        (root / "training.log").write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise InfraError(f"training failed; see {root / 'training.log'}")
+        clock.say(f"trained and promoted models ({settings.models_dir}); evaluation in {settings.reports_dir}")
+
+        try:
+            # 4. worker
+            worker = WorkerProcess(bootstrap, env, root / "worker.log").start()
+            worker.wait_for_log("loaded model churn", timeout_s=120)
+            clock.say(f"worker running (pid {worker.proc.pid if worker.proc else '?'}, metrics :{port}/metrics)")
+
+            # 5. live traffic
+            n_live = int(minutes * 60 * rate)
+            live = dataclasses.replace(live, table=live.table.slice(0, n_live))
+            t_live = time.monotonic()
+            sent = stream(live, bootstrap, settings.topic("session-events"), rate=rate, shift_to_now=True,
+                          progress=False)
+            clock.say(f"streamed {sent:,} live events in {time.monotonic() - t_live:.0f}s; waiting for the worker")
+            deadline = time.monotonic() + 120
+            m = _metrics(port)
+            while _sum(m, "stream_events_total") < sent and time.monotonic() < deadline:
+                time.sleep(1)
+                m = _metrics(port)
+            processed = _sum(m, "stream_events_total")
+            elapsed = time.monotonic() - t_live
+            sample_msgs = consume(bootstrap, settings.topic("predictions"), until=lambda got: len(got) >= 3,
+                                  timeout_s=20)
+            console = _console_consumer(bootstrap, settings.topic("predictions"))
+        finally:
+            if worker is not None:
+                worker.stop()
+        clock.say("worker stopped (clean shutdown: sink flushed, offsets committed)")
+        posteriors = _posteriors(bootstrap, "demo-worker")
+
+    # 6. summary
+    ch = connect(settings)
+    try:
+        per_model = ch.query_df("SELECT model_name, model_version, count() AS predictions, round(avg(score), 4) AS "
+                                "mean_score FROM {db}.predictions FINAL GROUP BY model_name, model_version "
+                                "ORDER BY model_name")
+        decisions = ch.query_df("SELECT context, placement, count() AS decisions, round(avg(propensity), 3) AS "
+                                "mean_propensity FROM {db}.bandit_decisions FINAL GROUP BY context, placement "
+                                "ORDER BY context, decisions DESC")
+    finally:
+        ch.close()
+    q50, q90, q99 = (hist_quantile(m, "stream_ingest_to_publish_seconds", q) * 1000 for q in (0.5, 0.9, 0.99))
+    print("\n================ summary ================")
+    print(f"events processed by the worker : {processed:,.0f} of {sent:,} streamed "
+          f"({processed / max(elapsed, 1e-9):,.0f} events/s over {elapsed:.0f}s, offered {rate:,.0f}/s)")
+    print(f"ingest -> prediction latency    : p50 {q50:,.0f} ms, p90 {q90:,.0f} ms, p99 {q99:,.0f} ms "
+          "(input record's Kafka timestamp to publish; worker histogram)")
+    print(f"dead-lettered records           : {_sum(m, 'stream_invalid_events_total'):,.0f}")
+    print("\npredictions per model (ClickHouse, FINAL):")
+    print(per_model.to_string(index=False))
+    print("\nsample predictions (topic):")
+    for msg in sample_msgs[:3]:
+        print("  " + (msg.value() or b"").decode()[:220])
+    print("\nbandit posteriors (Beta alpha/beta per context and placement, all partitions merged):")
+    for ctx, arms in sorted(posteriors.items()):
+        cells = ", ".join(f"{arm} {1 + c}/{1 + i - c} (mean {(1 + c) / (2 + i):.3f})"
+                          for arm, (i, c) in sorted(arms.items()))
+        print(f"  {ctx:8s} {cells}")
+    print("\nbandit decisions (ClickHouse):")
+    print(decisions.to_string(index=False))
+    print("\nwhere the outputs live:")
+    topics = ", ".join(settings.topic(t) for t in ("predictions", "bandit-decisions", "session-events-dlq"))
+    print(f"  Kafka topics      : {topics} (the embedded broker is gone after the demo; "
+          "`python -m stream kafka up` runs one that stays)")
+    print(f"  ClickHouse        : database `{settings.clickhouse_database}`, tables predictions, bandit_decisions, "
+          f"events, truth_* ({settings.chdb_path})")
+    print(f"  models (registry) : {settings.models_dir}")
+    print(f"  reports           : {settings.reports_dir}")
+    print("\nhow to query them:")
+    print(f"  STREAM_CHDB_PATH={settings.chdb_path} STREAM_CLICKHOUSE_DATABASE={settings.clickhouse_database} "
+          "python -m stream query \"SELECT model_name, count() FROM {db}.predictions FINAL GROUP BY model_name\"")
+    print("  java -cp 'kafka/lib/*' org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server HOST:PORT "
+          f"--topic {settings.topic('predictions')} --from-beginning --formatter-property print.key=true")
+    print("  (run during the demo, that command printed:)")
+    for line in console[:3]:
+        print("    " + line[:200])
+
+    # 7. backtest of the live window
+    from stream.backtest.cli import load_window, run_backtest
+
+    window = load_window(root / "data", days=(days, days + live_days))
+    result = run_backtest(window, settings.models_dir, settings.reports_dir / "backtest", mode="offline")
+    clock.say(f"backtest report: {result['report']}")
+
+    # 8. nothing left behind
+    left = [p for p in ([worker.proc.pid] if worker and worker.proc else []) + ([jvm] if jvm else []) if _alive(p)]
+    if left:
+        raise InfraError(f"processes still running after the demo: {left}")
+    clock.say(f"done in {time.monotonic() - clock.t0:.0f}s; no process left behind")
     return 0
+
+
+def _console_consumer(bootstrap: str, topic: str) -> list[str]:
+    """Run the Kafka CLI's console consumer for a few records (shows the subscription works)."""
+    from stream.kafka.embedded import LIB_DIR, java_executable
+
+    cmd = [java_executable(), "-Xmx256m", "-cp", f"{LIB_DIR}/*", "org.apache.kafka.tools.consumer.ConsoleConsumer",
+           "--bootstrap-server", bootstrap, "--topic", topic, "--from-beginning", "--max-messages", "3",
+           "--formatter-property", "print.key=true", "--timeout-ms", "20000"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=90)
+    return [line for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _posteriors(bootstrap: str, worker_id: str) -> dict[str, dict[str, tuple[int, int]]]:
+    """Merged bandit counts from the worker's compacted bandit-stats changelog."""
+    from stream.processor import merged_counts
+    from stream.testing import consume
+
+    latest: dict[Any, bytes] = {}
+    with contextlib.suppress(InfraError):
+        for msg in consume(bootstrap, f"{worker_id}-bandit-stats-changelog", timeout_s=20):
+            value = msg.value()
+            if value is not None:
+                latest[msg.key()] = value
+    return merged_counts(latest)
+
+
+def demo_paths(settings: Settings) -> Path:
+    return settings.data_dir / "demo"

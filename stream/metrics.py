@@ -29,8 +29,8 @@ class WorkerMetrics:
         self.event_to_publish = Histogram("stream_event_to_publish_seconds",
                                           "Event time to prediction publish", buckets=_LATENCY_BUCKETS, registry=r)
         self.ingest_to_publish = Histogram("stream_ingest_to_publish_seconds",
-                                           "Worker receipt to prediction publish", buckets=_LATENCY_BUCKETS,
-                                           registry=r)
+                                           "Source record's Kafka timestamp to prediction publish",
+                                           buckets=_LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("stream_score_batch_size", "Rows per scoring batch", buckets=_BATCH_BUCKETS,
                                     registry=r)
         self.model_version = Gauge("stream_model_info", "Loaded model versions (value 1)", ["model", "version"],

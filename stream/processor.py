@@ -73,6 +73,8 @@ class Outputs:
     dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
     article_events: list[tuple[str, bytes]] = field(default_factory=list)
     ingest_ms: int = 0
+    #: per prediction: when its source record entered Kafka (record timestamp), else ``ingest_ms``
+    prediction_ingest_ms: list[int] = field(default_factory=list)
 
 
 def pack_user(offset: int, state: UserState) -> bytes:
@@ -116,7 +118,8 @@ class BatchProcessor:
     def __init__(self, models: Mapping[str, LoadedModel], placements: Sequence[str], *,
                  bandit_context: str = "device", click_join_window_ms: int = 600_000,
                  max_event_bytes: int = 16_384, seed: int = 0, state_config: StateConfig = DEFAULT_CONFIG,
-                 metrics: WorkerMetrics | None = None, policy_name: str = "thompson") -> None:
+                 metrics: WorkerMetrics | None = None, policy_name: str = "thompson",
+                 max_cached_users: int = 250_000) -> None:
         self.models = models
         self.policy = ThompsonSampling(placements, seed=seed)
         self.placements = tuple(placements)
@@ -131,11 +134,17 @@ class BatchProcessor:
         #: GlobalTable's changelog reader may briefly hand back an older value of a key we just
         #: wrote; counting on top of that would lose increments.
         self._own_bandit: dict[str, list[int]] = {}
+        #: Deserialized user states per owned partition (LRU): this worker is their only writer,
+        #: so the cache equals the table and saves a from_bytes per event.
+        self._users: dict[int, dict[str, tuple[int, UserState]]] = {}
+        self.max_cached_users = max_cached_users
 
     def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop cached counts of partitions this worker no longer owns (after a rebalance)."""
+        """Drop cached state of partitions this worker no longer owns (after a rebalance)."""
         for key in [k for k in self._own_bandit if int(k.split("|", 1)[0]) in partitions]:
             del self._own_bandit[key]
+        for p in partitions:
+            self._users.pop(p, None)
 
     def context_of(self, event: Mapping[str, Any]) -> str:
         if self.bandit_context == "none":
@@ -145,13 +154,14 @@ class BatchProcessor:
     def process(self, records: Sequence[Record], stores: Stores, now_ms: int | None = None) -> Outputs:
         m = self.metrics
         out = Outputs(ingest_ms=int(time.time() * 1000) if now_ms is None else now_ms)
-        users: dict[str, tuple[int, UserState]] = {}
+        users = self._users.setdefault(records[0].partition, {}) if records else {}
         dirty: dict[str, int] = {}
         pending_ads: dict[str, dict[str, list[Any]]] = {}
         bandit_delta: dict[str, list[int]] = {}
         requests: list[ScoreRequest] = []
         ad_requests: list[tuple[dict[str, Any], str]] = []
         snapshot: dict[str, dict[str, tuple[int, int]]] = {}
+        ingest: dict[str, int] = {}
         cfg = self.state_config
 
         for rec in records:
@@ -165,10 +175,14 @@ class BatchProcessor:
                 continue
             kind = event["event_type"]
             m.events.labels(event_type=kind).inc()
+            if rec.timestamp_ms:
+                ingest[event["event_id"]] = rec.timestamp_ms
             uid = event["user_id"]
-            if uid not in users:
-                users[uid] = unpack_user(stores.users.get(uid))
-            applied_offset, state = users[uid]
+            cached = users.pop(uid, None)  # re-inserted below: most recently used last
+            if cached is None:
+                cached = unpack_user(stores.users.get(uid))
+            users[uid] = cached
+            applied_offset, state = cached
             ev = encode_event(event)
             model = TRIGGERS.get(kind)
             if model == "click":
@@ -201,6 +215,8 @@ class BatchProcessor:
         # Step 3: one write per touched key.
         for uid, offset in dirty.items():
             stores.users[uid] = pack_user(offset, users[uid][1])
+        while len(users) > self.max_cached_users:
+            del users[next(iter(users))]
         for uid, ads in pending_ads.items():
             stores.ad_pending[uid] = orjson.dumps(ads)
         for key, (imps, clicks) in bandit_delta.items():
@@ -210,6 +226,7 @@ class BatchProcessor:
         if requests:
             m.batch_size.observe(len(requests))
             out.predictions = score_requests(self.models, requests, int(time.time() * 1000))
+            out.prediction_ingest_ms = [ingest.get(p["event_id"], out.ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
                 m.unscored.labels(model=name).inc(sum(r.model == name for r in requests))
         if ad_requests:

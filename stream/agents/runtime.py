@@ -78,7 +78,7 @@ class Runtime:
             await asyncio.gather(*sink_futures)
         now = time.time()
         m = self.metrics
-        for p in out.predictions:
+        for p, ingest_ms in zip(out.predictions, out.prediction_ingest_ms, strict=True):
             m.predictions.labels(model=p["model_name"]).inc()
             m.event_to_publish.observe(max(now - p["event_time"] / 1000, 0.0))
-            m.ingest_to_publish.observe(max(now - out.ingest_ms / 1000, 0.0))
+            m.ingest_to_publish.observe(max(now - ingest_ms / 1000, 0.0))

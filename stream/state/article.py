@@ -18,10 +18,11 @@ from stream.errors import SchemaError
 from stream.state.codes import T_ARTICLE_VIEW, T_CLICK, T_IMPRESSION, TYPE_CODE, Ev
 from stream.state.config import DAY_MS, DEFAULT_CONFIG, HOUR_MS, MINUTE_MS, StateConfig
 from stream.state.featurelist import FeatureList
-from stream.state.sketches import BucketCounts, Reader, Writer
+from stream.state.sketches import BucketCounts, Writer, decode
 from stream.state.user import DEFINITION_VERSION
 
-_FORMAT = 1
+#: First byte of :meth:`ArticleState.to_bytes` (1 was the deflated format, never persisted).
+_FORMAT = 2
 #: Article kinds: 0 impression, 1 click, 2 view.
 _KIND = {T_IMPRESSION: 0, T_CLICK: 1, T_ARTICLE_VIEW: 2}
 ARTICLE_RESOLUTIONS: tuple[tuple[int, int], ...] = ((5 * MINUTE_MS, 12), (HOUR_MS, 24), (DAY_MS, 7))
@@ -43,24 +44,39 @@ class ArticleState:
 
     def to_bytes(self) -> bytes:
         w = Writer()
-        w.q.append(self.max_t)
-        if self.max_t >= 0:
-            w.q.extend([self.max_t - self.first_t, self.late, *self.tot])
+        max_t = self.max_t
+        w.w.append(max_t)
+        if max_t >= 0:
+            w.w.append(self.first_t)
+            w.n += (self.late, *self.tot)
             for b in self.buckets:
-                b.write(w, self.max_t)
+                b.write(w, max_t)
         return w.finish(_FORMAT)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ArticleState:
-        r = Reader(data, _FORMAT, "article")
+        """Inverse of :meth:`to_bytes`; raises SchemaError on another format or corrupt bytes."""
+        (gw, gt, gs, gn, gx, gc), floats, raw = decode(data, _FORMAT, "article")
         st = cls()
-        st.max_t = r.one()
-        if st.max_t >= 0:
-            d_first, st.late, *st.tot = r.ints(5)
-            st.first_t = st.max_t - d_first
-            for b in st.buckets:
-                b.read(r, st.max_t)
-        if not r.done():
+        max_t = st.max_t = gw[0]
+        if max_t >= 0:
+            try:
+                _, st.first_t = gw
+                st.late, *st.tot = gn
+                si = ci = 0
+                for b in st.buckets:
+                    k = gs[si]
+                    ce = ci + 3 * k
+                    b.load(max_t, gs[si + 1:si + 1 + k], gc[ci:ce])
+                    si += 1 + k
+                    ci = ce
+            except (IndexError, ValueError) as exc:
+                raise SchemaError(f"article state: inconsistent contents ({exc})") from None
+            if si != len(gs) or ci != len(gc) or len(st.tot) != 3:
+                raise SchemaError("article state has trailing data")
+        elif len(gw) != 1 or gs or gn or gc:
+            raise SchemaError("article state has trailing data")
+        if gt or gx or floats or raw:
             raise SchemaError("article state has trailing data")
         return st
 

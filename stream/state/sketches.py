@@ -26,84 +26,130 @@ import sys
 import zlib
 from array import array
 from itertools import chain
-from operator import add
 
 from stream.errors import SchemaError
 
 # --- binary codec -----------------------------------------------------------------------------
+#
+# A state is a few groups of integers, each stored as one typed array whose item width is the
+# smallest that holds the group's values (so small counts take one byte and 32-bit hashes four),
+# plus float64s and raw bytes. No compression: packing is a handful of C calls per state, and a
+# CRC-32 over the whole record turns corrupt or foreign bytes into a clear SchemaError.
+#
+# Layout: format byte, then per int group (count uint32, typecode byte), float count, raw length,
+# then the arrays in group order (little-endian), the floats, the raw bytes, and the CRC-32.
 
-#: Raw deflate with a 1 KiB window and little memory: state payloads are 1-4 KB of mostly small
-#: integers and zeros, so this is ~3x smaller than the raw arrays and costs tens of microseconds.
-_WBITS, _MEMLEVEL, _LEVEL = -10, 2, 1
-_HEAD = struct.Struct("<BIIII")
+#: Integer groups a :class:`Writer` has; components put values where they keep the group narrow.
+#: ``w`` wide (epoch times, money), ``t`` times relative to the latest event and durations,
+#: ``s`` small structural values (lengths, type codes, bucket ages), ``n`` counters,
+#: ``x`` 32-bit hashes, ``c`` bucket counts (saturating at 65535).
+GROUPS = ("w", "t", "s", "n", "x", "c")
+_NG = len(GROUPS)
+_HEAD = struct.Struct("<B" + "IB" * _NG + "II")
+_CRC = struct.Struct("<I")
+_UNSIGNED = ((0x100, "B"), (0x10000, "H"), (0x100000000, "I"), (1 << 64, "Q"))
+_SIGNED = ((0x80, "b"), (0x8000, "h"), (0x80000000, "i"), (1 << 63, "q"))
+_ITEMSIZE = {code: array(code).itemsize for code in "BHIQbhiq"}
+_CODES = {ord(code): code for code in _ITEMSIZE}
+if _ITEMSIZE != {"B": 1, "H": 2, "I": 4, "Q": 8, "b": 1, "h": 2, "i": 4, "q": 8}:  # pragma: no cover
+    raise ImportError("stream.state needs 1/2/4/8-byte array typecodes B/H/I/Q")
+_BIG = sys.byteorder == "big"
+
+
+def _typecode(values: list[int]) -> str:
+    """Narrowest array typecode that holds every value (``B`` for an empty group)."""
+    if not values:
+        return "B"
+    lo, hi = min(values), max(values)
+    if lo >= 0:
+        for limit, code in _UNSIGNED:
+            if hi < limit:
+                return code
+    else:
+        for limit, code in _SIGNED:
+            if -limit <= lo and hi < limit:
+                return code
+    raise SchemaError(f"state value out of the 64-bit range ({lo}..{hi})")
+
+
+def _packed(values: list[int], code: str) -> tuple[int, bytes]:
+    """(typecode byte, little-endian bytes) of ``values`` as ``code``, or the narrowest code that fits."""
+    try:
+        a = array(code, values)
+    except OverflowError:
+        code = _typecode(values)
+        a = array(code, values)
+    if _BIG:  # pragma: no cover
+        a.byteswap()
+    return ord(code), a.tobytes()
+
+
+def _unsigned_code(values: list[int]) -> str:
+    """A guess for values that are normally non-negative (:func:`_packed` corrects a wrong one)."""
+    if not values:
+        return "B"
+    hi = max(values)
+    return "B" if hi < 0x100 else "H" if hi < 0x10000 else "I" if hi < 0x100000000 else "Q"
 
 
 class Writer:
-    """Collects a state as four typed arrays (int64, uint16 counts, float64, raw bytes).
+    """Collects a state as integer groups (plain lists, see :data:`GROUPS`), floats and raw bytes.
 
-    Components append whole lists at a time so that serializing is a few dozen C calls, not a
-    Python loop per number; :meth:`finish` deflates the concatenation.
+    Components ``extend`` whole lists at a time; :meth:`finish` converts each group once.
     """
 
-    __slots__ = ("f", "h", "q", "raw")
+    __slots__ = ("c", "f", "n", "raw", "s", "t", "w", "x")
 
     def __init__(self) -> None:
-        self.q = array("q")
-        self.h = array("H")
-        self.f = array("d")
+        self.w: list[int] = []
+        self.t: list[int] = []
+        self.s: list[int] = []
+        self.n: list[int] = []
+        self.x: list[int] = []
+        self.c: list[int] = []
+        self.f: list[float] = []
         self.raw = bytearray()
 
     def finish(self, fmt: int) -> bytes:
-        q, h, f = self.q, self.h, self.f
-        if _BIG:
-            q, h, f = array("q", q), array("H", h), array("d", f)
-            for a in (q, h, f):
-                a.byteswap()
-        body = b"".join((q.tobytes(), h.tobytes(), f.tobytes(), bytes(self.raw)))
-        comp = zlib.compressobj(_LEVEL, zlib.DEFLATED, _WBITS, _MEMLEVEL)
-        return _HEAD.pack(fmt, len(q), len(h), len(f), len(self.raw)) + comp.compress(body) + comp.flush()
+        w, t, s, n, x, c, f = self.w, self.t, self.s, self.n, self.x, self.c, self.f
+        cw, bw = _packed(w, "q")
+        ct, bt = _packed(t, _typecode(t))
+        cs, bs = _packed(s, _unsigned_code(s))
+        cn, bn = _packed(n, _unsigned_code(n))
+        cx, bx = _packed(x, "I")
+        cc, bc = _packed(c, _unsigned_code(c))
+        fa = array("d", f)
+        if _BIG:  # pragma: no cover
+            fa.byteswap()
+        raw = self.raw
+        body = b"".join((_HEAD.pack(fmt, len(w), cw, len(t), ct, len(s), cs, len(n), cn, len(x), cx,
+                                    len(c), cc, len(f), len(raw)),
+                         bw, bt, bs, bn, bx, bc, fa.tobytes(), raw))
+        return body + _CRC.pack(zlib.crc32(body))
 
 
 class Reader:
-    """Reads what :class:`Writer` wrote; each array has its own cursor."""
+    """Reads what :class:`Writer` wrote: ``groups[i]`` lists with cursors, floats, raw bytes."""
 
-    __slots__ = ("f", "fi", "h", "hi", "q", "qi", "raw", "ri")
+    __slots__ = ("c", "ci", "f", "fi", "n", "ni", "raw", "ri", "s", "si", "t", "ti", "w", "wi", "x", "xi")
 
     def __init__(self, data: bytes, fmt: int, what: str) -> None:
-        if len(data) < _HEAD.size or data[0] != fmt:
-            raise SchemaError(f"{what} state: format byte {data[:1]!r} is not the supported format {fmt}")
-        _, nq, nh, nf, nr = _HEAD.unpack_from(data)
-        try:
-            body = zlib.decompress(data[_HEAD.size:], _WBITS)
-        except zlib.error as exc:
-            raise SchemaError(f"{what} state: corrupt payload ({exc})") from exc
-        if len(body) != nq * 8 + nh * 2 + nf * 8 + nr:
-            raise SchemaError(f"{what} state: payload has {len(body)} bytes, header says otherwise")
-        q, h, f = array("q"), array("H"), array("d")
-        q.frombytes(body[: nq * 8])
-        h.frombytes(body[nq * 8: nq * 8 + nh * 2])
-        f.frombytes(body[nq * 8 + nh * 2: nq * 8 + nh * 2 + nf * 8])
-        if _BIG:
-            for a in (q, h, f):
-                a.byteswap()
-        self.q, self.h, self.f = q.tolist(), h.tolist(), f.tolist()
-        self.raw = body[nq * 8 + nh * 2 + nf * 8:]
-        self.qi = self.hi = self.fi = self.ri = 0
+        groups, self.f, self.raw = decode(data, fmt, what)
+        self.w, self.t, self.s, self.n, self.x, self.c = groups
+        self.wi = self.ti = self.si = self.ni = self.xi = self.ci = self.fi = self.ri = 0
 
-    def ints(self, n: int) -> list[int]:
-        i = self.qi
-        self.qi = i + n
-        return self.q[i:i + n]
+    def take(self, group: str, n: int) -> list[int]:
+        """The next ``n`` values of integer group ``group``."""
+        i = getattr(self, group + "i")
+        setattr(self, group + "i", i + n)
+        values: list[int] = getattr(self, group)
+        return values[i:i + n]
 
-    def one(self) -> int:
-        i = self.qi
-        self.qi = i + 1
-        return self.q[i]
-
-    def counts(self, n: int) -> list[int]:
-        i = self.hi
-        self.hi = i + n
-        return self.h[i:i + n]
+    def one(self, group: str) -> int:
+        i = getattr(self, group + "i")
+        setattr(self, group + "i", i + 1)
+        values: list[int] = getattr(self, group)
+        return values[i]
 
     def floats(self, n: int) -> list[float]:
         i = self.fi
@@ -116,11 +162,44 @@ class Reader:
         return self.raw[i:i + n]
 
     def done(self) -> bool:
-        return (self.qi == len(self.q) and self.hi == len(self.h) and self.fi == len(self.f)
-                and self.ri == len(self.raw))
+        return (self.wi == len(self.w) and self.ti == len(self.t) and self.si == len(self.s)
+                and self.ni == len(self.n) and self.xi == len(self.x) and self.ci == len(self.c)
+                and self.fi == len(self.f) and self.ri == len(self.raw))
 
 
-_BIG = sys.byteorder == "big"
+def decode(data: bytes, fmt: int, what: str) -> tuple[list[list[int]], list[float], bytes]:
+    """The integer groups (in :data:`GROUPS` order), floats and raw bytes of a record.
+
+    Raises SchemaError for another format byte, a bad checksum or inconsistent lengths.
+    """
+    if len(data) < _HEAD.size + _CRC.size or data[0] != fmt:
+        raise SchemaError(f"{what} state: format byte {data[:1]!r} is not the supported format {fmt}")
+    end = len(data) - _CRC.size
+    if zlib.crc32(memoryview(data)[:end]) != _CRC.unpack_from(data, end)[0]:
+        raise SchemaError(f"{what} state: checksum mismatch (corrupt or foreign bytes)")
+    _, n0, c0, n1, c1, n2, c2, n3, c3, n4, c4, n5, c5, nf, nraw = _HEAD.unpack_from(data)
+    try:
+        codes = _CODES[c0], _CODES[c1], _CODES[c2], _CODES[c3], _CODES[c4], _CODES[c5]
+    except KeyError as exc:
+        raise SchemaError(f"{what} state: corrupt header (typecode {exc})") from None
+    size = _ITEMSIZE
+    p0 = _HEAD.size
+    p1 = p0 + n0 * size[codes[0]]
+    p2 = p1 + n1 * size[codes[1]]
+    p3 = p2 + n2 * size[codes[2]]
+    p4 = p3 + n3 * size[codes[3]]
+    p5 = p4 + n4 * size[codes[4]]
+    p6 = p5 + n5 * size[codes[5]]
+    p7 = p6 + 8 * nf
+    if p7 + nraw != end:
+        raise SchemaError(f"{what} state: {len(data)} bytes, the header says otherwise")
+    arrays = (array(codes[0], data[p0:p1]), array(codes[1], data[p1:p2]), array(codes[2], data[p2:p3]),
+              array(codes[3], data[p3:p4]), array(codes[4], data[p4:p5]), array(codes[5], data[p5:p6]),
+              array("d", data[p6:p7]))
+    if _BIG:  # pragma: no cover
+        for a in arrays:
+            a.byteswap()
+    return [a.tolist() for a in arrays[:6]], arrays[6].tolist(), data[p7:end]
 
 
 # --- windowed counts ---------------------------------------------------------------------------
@@ -161,21 +240,22 @@ class BucketCounts:
     def window(self, as_of: int, k: int) -> list[int]:
         """Counts per type over the last ``k`` buckets at ``as_of``."""
         lo = as_of // self.width - k
-        out = [0] * self.ntypes
-        for idx, row in self.c.items():
-            if idx > lo:
-                out = list(map(add, out, row))
-        return out
+        rows = [row for idx, row in self.c.items() if idx > lo]
+        if len(rows) > 1:
+            return list(map(sum, zip(*rows, strict=True)))
+        return list(rows[0]) if rows else [0] * self.ntypes
 
     def windows(self, as_of: int, ks: tuple[int, ...]) -> list[list[int]]:
         """:meth:`window` for several ``k`` in one pass over the buckets."""
         cur = as_of // self.width
-        outs = [[0] * self.ntypes for _ in ks]
-        for idx, row in self.c.items():
-            age = cur - idx
-            for j, k in enumerate(ks):
-                if age < k:
-                    outs[j] = list(map(add, outs[j], row))
+        items = [(cur - idx, row) for idx, row in self.c.items()]
+        outs = []
+        for k in ks:
+            rows = [row for age, row in items if age < k]
+            if len(rows) > 1:
+                outs.append(list(map(sum, zip(*rows, strict=True))))
+            else:
+                outs.append(list(rows[0]) if rows else [0] * self.ntypes)
         return outs
 
     def active(self, as_of: int, k: int) -> int:
@@ -184,20 +264,24 @@ class BucketCounts:
         return sum(1 for idx in self.c if idx > lo)
 
     def write(self, w: Writer, ref_t: int) -> None:
-        """Bucket ages relative to ``ref_t`` (int64), then the rows (uint16 counts)."""
+        """Number of buckets and their ages relative to ``ref_t`` (group s), the rows (group c)."""
         ref = ref_t // self.width
-        keys = sorted(self.c)
-        w.q.append(len(keys))
-        w.q.extend([ref - k for k in keys])
         c = self.c
-        w.h.extend(chain.from_iterable([c[k] for k in keys]))
+        keys = sorted(c)
+        s = w.s
+        s.append(len(keys))
+        s += [ref - k for k in keys]
+        w.c += chain.from_iterable([c[k] for k in keys])
 
     def read(self, r: Reader, ref_t: int) -> None:
+        ages = r.take("s", r.one("s"))
+        self.load(ref_t, ages, r.take("c", self.ntypes * len(ages)))
+
+    def load(self, ref_t: int, ages: list[int], flat: list[int]) -> None:
+        """Set the buckets from what :meth:`write` wrote (``flat`` = the rows, concatenated)."""
         ref = ref_t // self.width
-        ages = r.ints(r.one())
         nt = self.ntypes
-        flat = r.counts(nt * len(ages))
-        self.c = {ref - a: flat[i * nt:(i + 1) * nt] for i, a in enumerate(ages)}
+        self.c = {ref - a: flat[i:i + nt] for i, a in zip(range(0, len(flat), nt), ages, strict=True)}
 
     def copy(self) -> BucketCounts:
         b = BucketCounts(self.width, self.n, self.ntypes)
@@ -270,22 +354,21 @@ class DistinctCounter:
         return float(est)
 
     def write(self, w: Writer) -> None:
+        """``2 * size`` (exact set, hashes sorted in group x) or ``2 * registers + 1`` (raw) in group s."""
         if self.s is not None:
-            w.q.append(len(self.s))
-            w.q.extend(sorted(self.s))
+            w.s.append(2 * len(self.s))
+            w.x += sorted(self.s)
         else:
             assert self.regs is not None
-            w.q.append(-len(self.regs))
+            w.s.append(2 * len(self.regs) + 1)
             w.raw += self.regs
 
     def read(self, r: Reader) -> None:
-        n = r.one()
-        if n >= 0:
-            self.s = set(r.ints(n))
-            self.regs = None
+        tag = r.one("s")
+        if tag & 1:
+            self.s, self.regs = None, bytearray(r.blob(tag >> 1))
         else:
-            self.regs = bytearray(r.blob(-n))
-            self.s = None
+            self.s, self.regs = set(r.take("x", tag >> 1)), None
 
     def copy(self) -> DistinctCounter:
         d = DistinctCounter()
@@ -335,22 +418,30 @@ class TopCounts:
             return code, n, n + self.other
         if not c:
             return 0, 0, self.other
-        best = min(c, key=lambda x: (-c[x], x))
-        return best, c[best], sum(c.values()) + self.other
+        m = max(c.values())
+        best = min([code for code, n in c.items() if n == m])
+        return best, m, sum(c.values()) + self.other
 
     def write(self, w: Writer) -> None:
+        """Size (group s), ``other`` and the counts (group n), the codes in order (group x)."""
         c = self.c
+        if len(c) == 1:
+            ((code, count),) = c.items()
+            w.s.append(1)
+            w.n += (self.other, count)
+            w.x.append(code)
+            return
         keys = sorted(c)
-        w.q.append(len(keys))
-        w.q.append(self.other)
-        w.q.extend(keys)
-        w.q.extend([c[k] for k in keys])
+        w.s.append(len(keys))
+        n = w.n
+        n.append(self.other)
+        n += [c[k] for k in keys]
+        w.x += keys
 
     def read(self, r: Reader) -> None:
-        n = r.one()
-        self.other = r.one()
-        keys = r.ints(n)
-        self.c = dict(zip(keys, r.ints(n), strict=True))
+        size = r.one("s")
+        self.other = r.one("n")
+        self.c = dict(zip(r.take("x", size), r.take("n", size), strict=True))
 
     def copy(self) -> TopCounts:
         t = TopCounts()
@@ -391,14 +482,15 @@ class DecayedMeans:
         return self.w * 2.0 ** (-max(t - self.t, 0) / half_life)
 
     def write(self, w: Writer) -> None:
-        w.q.append(self.t)
-        w.f.append(self.w)
-        w.f.extend(self.means)
+        """The time (group w), the weight and the means (floats)."""
+        w.w.append(self.t)
+        f = w.f
+        f.append(self.w)
+        f += self.means
 
     def read(self, r: Reader) -> None:
-        self.t = r.one()
-        self.w = r.floats(1)[0]
-        self.means = r.floats(len(self.means))
+        self.t = r.one("w")
+        self.w, *self.means = r.floats(1 + len(self.means))
 
     def copy(self) -> DecayedMeans:
         d = DecayedMeans(len(self.means))

@@ -25,6 +25,7 @@ import math
 from bisect import insort
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -49,11 +50,12 @@ from stream.state.codes import (
 from stream.state.config import DAY_MS, DEFAULT_CONFIG, HOUR_MS, MINUTE_MS, StateConfig
 from stream.state.featurelist import FeatureList
 from stream.state.labels import engagement_score
-from stream.state.sketches import BucketCounts, DecayedMeans, DistinctCounter, Reader, TopCounts, Writer
+from stream.state.sketches import BucketCounts, DecayedMeans, DistinctCounter, TopCounts, Writer, decode
 
 #: Bumped whenever a feature's meaning changes; part of every feature list's version.
 DEFINITION_VERSION = 1
-_FORMAT = 1
+#: First byte of :meth:`UserState.to_bytes` (1 was the deflated format, never persisted).
+_FORMAT = 2
 
 #: (bucket width, buckets kept) per resolution.
 RESOLUTIONS: tuple[tuple[int, int], ...] = ((5 * MINUTE_MS, 12), (HOUR_MS, 24), (DAY_MS, 30))
@@ -119,8 +121,7 @@ class Sessions:
     def stats(cur: list[int]) -> tuple[int, float]:
         """(duration ms, engagement score) of a session record, as labels.session_engagement has it."""
         dur = cur[9] if cur[9] >= 0 else cur[2] - cur[1]
-        counts = {name: cur[4 + i] for i, name in enumerate(_ENG_TYPES)}
-        return dur, engagement_score(counts, dur)
+        return dur, engagement_score(dict(zip(_ENG_TYPES, cur[4:9], strict=True)), dur)
 
     def _close(self, half_life: int) -> None:
         cur = self.cur
@@ -197,62 +198,117 @@ class UserState:
     # -- serialization --
 
     def to_bytes(self) -> bytes:
-        """Compact canonical bytes: typed arrays (times relative to the latest event), deflated."""
+        """Compact canonical bytes: narrow typed arrays (see :class:`~stream.state.sketches.Writer`).
+
+        Sets and dicts are written sorted, so equal states give equal bytes whatever the order
+        their events came in.
+        """
         w = Writer()
         ref = self.max_t
-        q = w.q
-        q.append(ref)
-        if ref >= 0:
-            s = self.sess
-            cur = s.cur
-            q.extend([ref - self.min_t, self.late, self.cents, s.n, len(self.pending), len(self.ring),
-                      len(s.closed), cur is not None])
-            q.extend([ref - t if t >= 0 else -1 for t in (self.last_ss, self.nl_t, self.sub_t)])
-            q.extend(self.tot)
-            for bc in self.buckets:
-                bc.write(w, ref)
-            self.brands.write(w)
-            self.cats.write(w)
-            for p in self._prefs():
-                p.write(w)
-            for t, _, idh, typ, sidh, dur in self.pending:
-                q.extend((ref - t, typ, idh, sidh, dur))
-            q.extend(self.ring)
-            q.extend(s.closed)
-            if cur is not None:
-                q.extend((cur[0], ref - cur[1], ref - cur[2], *cur[3:]))
-            s.dm.write(w)
+        if ref < 0:
+            w.w.append(ref)
+            return w.finish(_FORMAT)
+        s = self.sess
+        cur = s.cur
+        pending = self.pending
+        ring = self.ring
+        closed = s.closed
+        dm = s.dm
+        w.w += (ref, self.min_t, self.last_ss, self.nl_t, self.sub_t, self.cents, dm.t)
+        ws, wn, wt, wx = w.s, w.n, w.t, w.x
+        ws += (len(pending), len(ring), len(closed), cur is not None)
+        wn += (self.late, s.n)
+        wn += self.tot
+        for bc in self.buckets:
+            bc.write(w, ref)
+        self.brands.write(w)
+        self.cats.write(w)
+        for p in (self.p_brand, self.p_device, self.p_os, self.p_browser, self.p_country, self.p_city,
+                  self.p_tz):
+            p.write(w)
+        if pending:
+            ts, _, idhs, typs, sidhs, durs = zip(*pending, strict=True)
+            ws += typs
+            wt += [ref - t for t in ts]
+            wt += durs
+            wx += idhs
+            wx += sidhs
+        wx += ring
+        wx += closed
+        if cur is not None:
+            wx.append(cur[0])
+            wt += (ref - cur[1], ref - cur[2], cur[9])
+            wn += cur[3:9]
+        f = w.f
+        f.append(dm.w)
+        f += dm.means
         return w.finish(_FORMAT)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         """Inverse of :meth:`to_bytes`; raises SchemaError on another format or corrupt bytes."""
-        r = Reader(data, _FORMAT, "user")
-        st = cls()
-        ref = st.max_t = r.one()
-        if ref >= 0:
+        (gw, gt, gs, gn, gx, gc), floats, raw = decode(data, _FORMAT, "user")
+        try:
+            st = _blank_user()
+            ref = st.max_t = gw[0]
+            if ref < 0:
+                if len(gw) != 1 or gt or gs or gn or gx or gc or floats or raw:
+                    raise SchemaError("user state: an empty state has trailing data")
+                return st
             s = st.sess
-            d_min, st.late, st.cents, s.n, n_pend, n_ring, n_closed, has_cur = r.ints(8)
-            st.min_t = ref - d_min
-            st.last_ss, st.nl_t, st.sub_t = (ref - d if d >= 0 else -1 for d in r.ints(3))
-            st.tot = r.ints(len(EVENT_TYPES))
+            _, st.min_t, st.last_ss, st.nl_t, st.sub_t, st.cents, s.dm.t = gw
+            n_pend, n_ring, n_closed, has_cur = gs[:4]
+            st.late, s.n = gn[:2]
+            nt = len(EVENT_TYPES)
+            st.tot = gn[2:2 + nt]
+            si, ni, xi, ci, ri = 4, 2 + nt, 0, 0, 0
             for bc in st.buckets:
-                bc.read(r, ref)
-            st.brands.read(r)
-            st.cats.read(r)
-            for p in st._prefs():
-                p.read(r)
-            flat = r.ints(5 * n_pend)
-            st.pending = [(ref - flat[i], TYPE_RANK[flat[i + 1]], flat[i + 2], flat[i + 1], flat[i + 3],
-                           flat[i + 4]) for i in range(0, len(flat), 5)]
-            st.ring = r.ints(n_ring)
-            s.closed = r.ints(n_closed)
+                k = gs[si]
+                ages = gs[si + 1:si + 1 + k]
+                si += 1 + k
+                ce = ci + k * bc.ntypes
+                bc.load(ref, ages, gc[ci:ce])
+                ci = ce
+            for d in (st.brands, st.cats):
+                tag = gs[si]
+                si += 1
+                k = tag >> 1
+                if tag & 1:
+                    d.s, d.regs = None, bytearray(raw[ri:ri + k])
+                    ri += k
+                else:
+                    d.s, d.regs = set(gx[xi:xi + k]), None
+                    xi += k
+            for p in (st.p_brand, st.p_device, st.p_os, st.p_browser, st.p_country, st.p_city, st.p_tz):
+                k = gs[si]
+                si += 1
+                p.other = gn[ni]
+                p.c = dict(zip(gx[xi:xi + k], gn[ni + 1:ni + 1 + k], strict=True))
+                xi += k
+                ni += 1 + k
+            if n_pend:
+                typs = gs[si:si + n_pend]
+                si += n_pend
+                st.pending = list(zip([ref - d for d in gt[:n_pend]], [TYPE_RANK[c] for c in typs],
+                                      gx[xi:xi + n_pend], typs, gx[xi + n_pend:xi + 2 * n_pend],
+                                      gt[n_pend:2 * n_pend], strict=True))
+                xi += 2 * n_pend
+            ti = 2 * n_pend
+            st.ring = gx[xi:xi + n_ring]
+            xi += n_ring
+            s.closed = gx[xi:xi + n_closed]
+            xi += n_closed
             if has_cur:
-                c = r.ints(10)
-                s.cur = [c[0], ref - c[1], ref - c[2], *c[3:]]
-            s.dm.read(r)
-        if not r.done():
-            raise SchemaError("user state has trailing data")
+                s.cur = [gx[xi], ref - gt[ti], ref - gt[ti + 1], *gn[ni:ni + 6], gt[ti + 2]]
+                xi += 1
+                ti += 3
+                ni += 6
+            s.dm.w, *s.dm.means = floats
+            consumed = (si, ni, xi, ci, ri, ti, len(s.dm.means))
+        except (IndexError, ValueError, TypeError) as exc:
+            raise SchemaError(f"user state: inconsistent contents ({exc})") from None
+        if consumed != (len(gs), len(gn), len(gx), len(gc), len(raw), len(gt), 3) or len(gw) != 7:
+            raise SchemaError("user state: contents do not match their counts (trailing data)")
         return st
 
     def copy(self) -> UserState:
@@ -266,6 +322,36 @@ class UserState:
     def __repr__(self) -> str:
         return (f"UserState(max_t={self.max_t}, events={sum(self.tot)}, pending={len(self.pending)}, "
                 f"late={self.late})")
+
+
+_N_TYPES = len(EVENT_TYPES)
+_new = object.__new__
+
+
+def _blank_user() -> UserState:
+    """An empty state built without running every ``__init__`` (what :meth:`UserState.from_bytes` fills)."""
+    st: UserState = _new(UserState)
+    st.max_t = st.min_t = st.last_ss = st.nl_t = st.sub_t = -1
+    st.late = st.cents = 0
+    st.tot = [0] * _N_TYPES
+    buckets = []
+    for width, n in RESOLUTIONS:
+        b: BucketCounts = _new(BucketCounts)
+        b.width, b.n, b.ntypes, b.c = width, n, _N_TYPES, {}
+        buckets.append(b)
+    st.buckets = buckets
+    for name in ("brands", "cats"):
+        d: DistinctCounter = _new(DistinctCounter)
+        d.s, d.regs = set(), None
+        setattr(st, name, d)
+    for name in ("p_brand", "p_device", "p_os", "p_browser", "p_country", "p_city", "p_tz"):
+        p: TopCounts = _new(TopCounts)
+        p.c, p.other = {}, 0
+        setattr(st, name, p)
+    st.pending = []
+    st.ring = []
+    st.sess = Sessions()
+    return st
 
 
 def new_user_state() -> UserState:
@@ -430,54 +516,54 @@ def user_row(state: UserState, as_of: int, config: StateConfig = DEFAULT_CONFIG)
     ``as_of`` earlier than the latest applied event is raised to it: the state cannot un-see events.
     Missing values (e.g. recency of a user never seen) are NaN.
     """
-    a = max(as_of, state.max_t)
+    max_t = state.max_t
+    a = as_of if as_of > max_t else max_t
     b5m, b1h, b1d = state.buckets
-    w1h = b5m.window(a, 12)
-    w24h = b1h.window(a, 24)
     w7d, w30 = b1d.windows(a, (7, 30))
-    row: list[float] = [float(x) for quad in zip(w1h, w24h, w7d, w30, strict=True) for x in quad]
-    seen = state.max_t >= 0
+    row: list[float] = list(map(float, chain.from_iterable(zip(b5m.window(a, 12), b1h.window(a, 24), w7d, w30,
+                                                                strict=True))))
     tot = state.tot
-    days_last = (a - state.max_t) / DAY_MS if seen else _NAN
-    row += [
-        float(sum(tot)), float(tot[T_SESSION_START]),
-        (a - state.min_t) / DAY_MS if seen else _NAN,
-        days_last,
-        (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN,
-        math.exp(-days_last / config.recency_days) if seen else 0.0,
-    ]
+    if max_t >= 0:
+        days_last = (a - max_t) / DAY_MS
+        row += (float(sum(tot)), float(tot[T_SESSION_START]), (a - state.min_t) / DAY_MS, days_last,
+                (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN,
+                math.exp(-days_last / config.recency_days))
+    else:
+        row += (float(sum(tot)), float(tot[T_SESSION_START]), _NAN, _NAN,
+                (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN, 0.0)
     sv = session_view(state, config)
     cur = sv.cur
     if cur is not None and a - cur[2] <= config.session_timeout_ms:
         dur, eng = Sessions.stats(cur)
-        row += [1.0, float(cur[3]), dur / MINUTE_MS, eng]
+        row += (1.0, float(cur[3]), dur / MINUTE_MS, eng)
     else:
-        row += [0.0, 0.0, 0.0, 0.0]
-    hl = config.session_half_life_ms
+        row += (0.0, 0.0, 0.0, 0.0)
     if sv.n:
-        m_min, m_ev, m_eng = sv.dm.means
-        row += [float(sv.n), m_min, m_ev, m_eng, sv.dm.weight_at(a, hl), m_eng / max(m_min, 1.0)]
+        dm = sv.dm
+        m_min, m_ev, m_eng = dm.means
+        row += (float(sv.n), m_min, m_ev, m_eng, dm.weight_at(a, config.session_half_life_ms),
+                m_eng / max(m_min, 1.0))
     else:
-        row += [0.0, _NAN, _NAN, _NAN, 0.0, _NAN]
+        row += (0.0, _NAN, _NAN, _NAN, 0.0, _NAN)
     d30 = b1d.active(a, 30)
-    row += [float(b1d.active(a, 7)), float(d30), d30 / 30.0]
     prior, strength = config.ctr_prior, config.ctr_strength
-    row += [(w30[T_CLICK] + prior * strength) / (w30[T_IMPRESSION] + strength),
-            (tot[T_CLICK] + prior * strength) / (tot[T_IMPRESSION] + strength)]
     b_code, b_n, b_total = state.p_brand.top()
-    row += [state.brands.count(), state.cats.count(), b_n / b_total if b_total else _NAN,
-            feature_code(b_code)]
     tz = state.p_tz.top()[0]
-    row += [float(state.p_country.top()[0]), feature_code(state.p_city.top()[0]), feature_code(tz),
-            local_time(a, tz)[2] if tz else _NAN]
-    dev = state.p_device.top()[0]
-    row += [float(dev == 1), float(dev == 2), float(dev == 3),
-            float(len(state.p_device.c) + (state.p_device.other > 0))]
-    row += [float(state.p_os.top()[0]), float(state.p_browser.top()[0])]
-    row += [float(state.nl_t >= 0), float(state.sub_t >= 0),
-            (a - state.nl_t) / DAY_MS if state.nl_t >= 0 else _NAN,
-            (a - state.sub_t) / DAY_MS if state.sub_t >= 0 else _NAN,
-            state.cents / 100.0]
+    p_device = state.p_device
+    dev = p_device.top()[0]
+    nl_t, sub_t = state.nl_t, state.sub_t
+    row += (float(b1d.active(a, 7)), float(d30), d30 / 30.0,
+            (w30[T_CLICK] + prior * strength) / (w30[T_IMPRESSION] + strength),
+            (tot[T_CLICK] + prior * strength) / (tot[T_IMPRESSION] + strength),
+            state.brands.count(), state.cats.count(), b_n / b_total if b_total else _NAN, feature_code(b_code),
+            float(state.p_country.top()[0]), feature_code(state.p_city.top()[0]), feature_code(tz),
+            local_time(a, tz)[2] if tz else _NAN,
+            float(dev == 1), float(dev == 2), float(dev == 3), float(len(p_device.c) + (p_device.other > 0)),
+            float(state.p_os.top()[0]), float(state.p_browser.top()[0]),
+            float(nl_t >= 0), float(sub_t >= 0),
+            (a - nl_t) / DAY_MS if nl_t >= 0 else _NAN,
+            (a - sub_t) / DAY_MS if sub_t >= 0 else _NAN,
+            state.cents / 100.0)
     return row
 
 
