@@ -98,7 +98,15 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
             on_backpressure=lambda on: _backpressure(metrics, on),
             on_insert=lambda table, n, secs: metrics.sink_inserted.labels(table=table).inc(n),
         )
-    rt = Runtime(s, metrics, models, processor, sink, topics, tables)
+    from confluent_kafka import Producer
+
+    producer = Producer({
+        "bootstrap.servers": bootstrap, **s.confluent_config(), "linger.ms": 5, "compression.type": "lz4",
+        "enable.idempotence": True, "partitioner": "murmur2_random",  # the Java clients' key hashing
+        "queue.buffering.max.messages": 500_000,
+    })
+    rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer,
+                 topic_names={k: t.get_topic_name() for k, t in topics.items()})
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
@@ -149,6 +157,8 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
     async def flush_sink(app: faust.App, **kwargs: Any) -> None:
         if rt.sink is not None:
             await rt.sink.stop()
+        if rt.producer is not None:
+            rt.producer.flush(30)
 
 
 def __getattr__(name: str) -> Any:

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +32,6 @@ from stream.config import Settings, load_settings
 from stream.errors import InfraError
 
 DAY_MS = 86_400_000
-
-
-@contextlib.contextmanager
-def kafka_for(settings: Settings) -> Iterator[tuple[str, int | None]]:
-    """The configured Kafka, or an embedded broker started for the duration: (bootstrap, jvm pid)."""
-    if settings.kafka_bootstrap:
-        yield settings.kafka_bootstrap, None
-        return
-    from stream.kafka.embedded import EmbeddedKafka
-
-    with EmbeddedKafka(partitions=settings.topic_partitions) as broker:
-        yield broker.bootstrap, broker.pid
 
 
 class Clock:
@@ -116,7 +103,7 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     from simulator import SimConfig, generate
     from simulator.sinks import backfill, stream
     from stream.clickhouse import connect
-    from stream.kafka.embedded import free_port
+    from stream.kafka.embedded import free_port, kafka_or_embedded
     from stream.testing import WorkerProcess, consume
     from stream.topics import ensure_topics
 
@@ -134,7 +121,7 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
     worker: WorkerProcess | None = None
     where = f"server {settings.clickhouse_url}" if settings.clickhouse_url else f"embedded chdb in {settings.chdb_path}"
-    with kafka_for(settings) as (bootstrap, jvm):
+    with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions) as (bootstrap, jvm):
         clock.say(f"Kafka at {bootstrap}; ClickHouse: {where}")
         ensure_topics(bootstrap, settings)
 

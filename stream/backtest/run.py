@@ -26,14 +26,10 @@ What can differ from the worker, and why (see ``docs/replay.md``):
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +38,13 @@ import numpy as np
 import orjson
 
 from stream.errors import InfraError, PrerequisiteError
+from stream.kafka.embedded import kafka_or_embedded
 from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
 from stream.replay import PayloadSource, partition_for, run_replay
 from stream.scoring import LoadedModel, ModelSet
-from stream.state import ArticleState, new_article_state, update_article
+from stream.state import ARTICLE_MERGE_CONFIG, ArticleState, new_article_state, update_article
+from stream.testing import WorkerProcess
 
 Payload = tuple[bytes | None, bytes]
 
@@ -117,7 +115,7 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
                 if state is None:
                     old = articles.get(aid)
                     state = touched[aid] = ArticleState.from_bytes(old) if old else new_article_state()
-                update_article(state, orjson.loads(raw))
+                update_article(state, orjson.loads(raw), ARTICLE_MERGE_CONFIG)
         for aid, state in touched.items():  # the article agent's write, visible from the next round
             articles[aid] = state.to_bytes()
     out.seconds = time.perf_counter() - began
@@ -126,56 +124,8 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
 
 
 # --- end to end ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _broker(bootstrap: str | None, partitions: int) -> Iterator[str]:
-    if bootstrap:
-        yield bootstrap
-        return
-    from stream.kafka.embedded import embedded_kafka
-
-    with embedded_kafka(partitions=partitions) as b:
-        yield b
-
-
-class _Worker:
-    """``python -m stream worker`` as a subprocess with its own topics prefix, state and models."""
-
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
-        self.env = {**os.environ, **env}
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=self.env,
-                                         stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_for(self, texts: Sequence[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise InfraError(f"worker exited with status {self.proc.returncode}; see {self.log_path}")
-            text = self.log()
-            if all(t in text for t in texts):
-                return
-            time.sleep(0.2)
-        raise InfraError(f"worker did not log {list(texts)} within {timeout_s:.0f}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def _read_topic(bootstrap: str, topic: str, expected: int | None, timeout_s: float,
-                idle_s: float, worker: _Worker | None = None) -> list[Any]:
+                idle_s: float, worker: WorkerProcess | None = None) -> list[Any]:
     """Every record of ``topic`` from the start: until ``expected`` records, else until idle."""
     from confluent_kafka import Consumer
 
@@ -221,19 +171,20 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
     work.mkdir(parents=True, exist_ok=True)
     prefix = f"bt-{run_id}-"
     out = RunOutput("e2e")
-    with _broker(bootstrap, partitions) as bs:
+    with kafka_or_embedded(bootstrap, partitions) as (bs, _):
         settings = load_settings(kafka_bootstrap=bs, topic_prefix=prefix, topic_partitions=partitions)
         ensure_topics(bs, settings)
-        worker = _Worker({
-            "STREAM_KAFKA_BOOTSTRAP": bs, "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": str(partitions),
-            "STREAM_WORKER_ID": f"backtest-{run_id}", "STREAM_WORKER_INSTANCE": "0",
+        worker = WorkerProcess(bs, {
+            "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": str(partitions),
+            "STREAM_WORKER_ID": f"backtest-{run_id}",
             "STREAM_STATE_DIR": str(work / "state"), "STREAM_MODELS_DIR": str(Path(models_dir).resolve()),
             "STREAM_CHDB_PATH": str(work / "chdb"), "STREAM_WORKER_WEB_PORT": "0",
             "STREAM_DATA_DIR": str(work), **(env or {}),
         }, work / "worker.log")
         worker.start()
         try:
-            worker.wait_for(["loaded model", "Ready"], timeout_s=120)
+            worker.wait_for_log("loaded model", timeout_s=120)
+            worker.wait_for_log("Ready", timeout_s=120)
             began = time.monotonic()
             run_replay(PayloadSource(list(payloads), "backtest"), bs, settings.topic(SESSION_EVENTS),
                        progress=False)

@@ -264,3 +264,13 @@ def embedded_kafka(**kwargs: object) -> Iterator[str]:
     broker = EmbeddedKafka(**kwargs)  # type: ignore[arg-type]
     with broker:
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def kafka_or_embedded(bootstrap: str | None, partitions: int = 4) -> Iterator[tuple[str, int | None]]:
+    """``(bootstrap, None)`` for a configured cluster, else an embedded broker: ``(address, JVM pid)``."""
+    if bootstrap:
+        yield bootstrap, None
+        return
+    with EmbeddedKafka(partitions=partitions) as broker:
+        yield broker.bootstrap, broker.pid

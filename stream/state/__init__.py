@@ -16,6 +16,7 @@ True
 
 from stream.state.article import (
     ARTICLE_FEATURES,
+    ARTICLE_MERGE_CONFIG,
     ArticleState,
     article_features,
     article_features_batch,
@@ -53,6 +54,7 @@ from stream.state.user import (
 
 __all__ = [
     "ARTICLE_FEATURES",
+    "ARTICLE_MERGE_CONFIG",
     "CHURN_FEATURES",
     "CLICK_FEATURES",
     "CONVERSION_FEATURES",

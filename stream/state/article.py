@@ -10,6 +10,7 @@ reads de-duplicated history).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,13 @@ class ArticleState:
 
     def __repr__(self) -> str:
         return f"ArticleState(max_t={self.max_t}, impressions={self.tot[0]}, clicks={self.tot[1]})"
+
+
+#: For consumers that merge article events from many input partitions (the worker's article
+#: agent): events arrive out of event-time order by as much as partitions are skewed, so accept
+#: events up to 24 h behind the article's newest. Only retention differs; feature values do not
+#: depend on lateness.
+ARTICLE_MERGE_CONFIG = replace(DEFAULT_CONFIG, lateness_ms=DAY_MS)
 
 
 def new_article_state() -> ArticleState:

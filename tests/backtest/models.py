@@ -8,7 +8,7 @@ offline and end-to-end click scores comparable exactly, by construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +21,18 @@ from stream.state import (
     CHURN_FEATURES,
     CLICK_FEATURES,
     ENGAGEMENT_FEATURES,
-    ArticleState,
-    Outcome,
-    UserState,
-    apply_user,
-    click_features,
-    engagement_features,
-    new_article_state,
-    new_user_state,
-    update_article,
-    user_features,
 )
 from stream.state.labels import session_engagement
+from tests.support.models import replay_rows
 
 FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
 ARTICLE_COLUMNS = [CLICK_FEATURES.index(n) for n in ARTICLE_FEATURES.names]
 
 
-def feature_rows(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[Mapping[str, Any], np.ndarray]]]:
-    """(event, row) per model in event order, with exact article state."""
-    users: dict[str, UserState] = {}
-    articles: dict[str, ArticleState] = {}
-    rows: dict[str, list[tuple[Mapping[str, Any], np.ndarray]]] = {"churn": [], "click": [], "engagement": []}
-    for ev in events:
-        st = users.setdefault(ev["user_id"], new_user_state())
-        kind = ev["event_type"]
-        if kind == "article_impression":
-            rows["click"].append((ev, click_features(st, articles.get(ev["article_id"]) or new_article_state(), ev)))
-        elif kind == "session_start":
-            rows["engagement"].append((ev, engagement_features(st, ev)))
-        outcome = apply_user(st, ev)
-        if kind == "session_end":
-            rows["churn"].append((ev, user_features(st, ev["event_time"])))
-        if kind in ("article_impression", "article_click", "article_view") and outcome is Outcome.APPLIED:
-            articles[ev["article_id"]] = update_article(articles.get(ev["article_id"]) or new_article_state(), ev)
-    return rows
-
-
 def train_models(models_dir: Path, events: list[Mapping[str, Any]], *, article_blind: bool = False,
                  seed: int = 0, rounds: int = 30) -> dict[str, str]:
     """Train churn / click / engagement on ``events``, register them and set ``production``."""
-    rows = feature_rows(events)
+    rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
     sessions: dict[str, list[Mapping[str, Any]]] = {}
     last_seen: dict[str, int] = {}

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from stream.agents.articles import ARTICLE_MERGE_CONFIG
 from stream.registry import ModelRegistry
 from stream.state import (
+    ARTICLE_MERGE_CONFIG,
     CHURN_FEATURES,
     CLICK_FEATURES,
     ENGAGEMENT_FEATURES,
@@ -35,22 +35,25 @@ from stream.state import (
 FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
 
 
-def replay_rows(events: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[str, np.ndarray]]]:
-    """(event_id, row) per model, in delivery order, with exact article state (no staleness)."""
+Rows = dict[str, list[tuple[Mapping[str, Any], np.ndarray]]]
+
+
+def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
+    """(event, row) per model, in delivery order, with exact article state (no staleness)."""
     users: dict[str, UserState] = {}
     articles: dict[str, ArticleState] = {}
-    rows: dict[str, list[tuple[str, np.ndarray]]] = {"churn": [], "click": [], "engagement": []}
+    rows: Rows = {"churn": [], "click": [], "engagement": []}
     for ev in events:
         st = users.setdefault(ev["user_id"], new_user_state())
         kind = ev["event_type"]
         if kind == "article_impression":
             art = articles.get(ev["article_id"]) or new_article_state()
-            rows["click"].append((ev["event_id"], click_features(st, art, ev)))
+            rows["click"].append((ev, click_features(st, art, ev)))
         elif kind == "session_start":
-            rows["engagement"].append((ev["event_id"], engagement_features(st, ev)))
+            rows["engagement"].append((ev, engagement_features(st, ev)))
         outcome = apply_user(st, ev)
         if kind == "session_end":
-            rows["churn"].append((ev["event_id"], user_features(st, ev["event_time"])))
+            rows["churn"].append((ev, user_features(st, ev["event_time"])))
         if kind in ("article_impression", "article_click", "article_view") and outcome is Outcome.APPLIED:
             articles[ev["article_id"]] = update_article(articles.get(ev["article_id"]) or new_article_state(), ev,
                                                      ARTICLE_MERGE_CONFIG)
@@ -62,14 +65,13 @@ def train_and_register(models_dir: Path, events: list[Mapping[str, Any]], seed: 
     """Train churn/click/engagement boosters on rows from ``events`` and promote them."""
     rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
-    by_id = {e["event_id"]: e for e in events}
     rng = np.random.default_rng(seed)
     registry = ModelRegistry(models_dir)
     versions = {}
     for name, fl in FEATURES.items():
         x = np.vstack([r for _, r in rows[name]]).astype(np.float32)
         if name == "click":
-            y = np.array([(by_id[i]["session_id"], by_id[i]["article_id"]) in clicked for i, _ in rows[name]], float)
+            y = np.array([(e["session_id"], e["article_id"]) in clicked for e, _ in rows[name]], float)
             params = {"objective": "binary:logistic"}
         elif name == "churn":
             y = (rng.random(len(x)) < 0.3).astype(float)
@@ -95,5 +97,5 @@ def offline_scores(models_dir: Path, events: list[Mapping[str, Any]]) -> dict[st
         booster.load_model(str(mv.model_file))
         x = np.vstack([r for _, r in rows]).astype(np.float32)
         scores = booster.predict(xgb.DMatrix(x))
-        out[name] = {eid: float(s) for (eid, _), s in zip(rows, scores, strict=True)}
+        out[name] = {e["event_id"]: float(s) for (e, _), s in zip(rows, scores, strict=True)}
     return out
