@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -22,6 +23,7 @@ from stream.processor import EXPECTED_FEATURES, BatchProcessor
 from stream.registry import ModelRegistry
 from stream.scoring import ModelSet
 from stream.sinks import ClickHouseSink
+from stream.state import DEFAULT_CONFIG
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -89,7 +91,8 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     )
     processor = BatchProcessor(models.models, s.placements, bandit_context=s.bandit_context,
                                click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes,
-                               seed=seed, metrics=metrics)
+                               seed=seed, metrics=metrics,
+                               state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
     sink = None
     if clickhouse:
         sink = ClickHouseSink(

@@ -113,7 +113,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.config import load_settings
     from stream.worker import run_worker
 
-    return run_worker(load_settings(), loglevel=args.loglevel)
+    settings = load_settings()
+    return run_worker(settings, loglevel=args.loglevel or settings.log_level.lower())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     topics.set_defaults(func=cmd_topics_create)
 
     worker = sub.add_parser("worker", help="run the streaming worker (faust) in the foreground")
-    worker.add_argument("--loglevel", default="info", choices=["debug", "info", "warning", "error"])
+    worker.add_argument("--loglevel", default=None, choices=["debug", "info", "warning", "error"],
+                        help="default: STREAM_LOG_LEVEL")
     worker.set_defaults(func=cmd_worker)
 
     config = sub.add_parser("config", help="print the effective configuration")

@@ -62,7 +62,6 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(
         10.0, ge=3, le=300, description="Kafka group session timeout: how fast a dead worker's partitions move")
     model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
-    churn_timer_s: float = Field(0.0, ge=0, description="score quiet users every N s (0 = off)")
 
     # --- Bandits -------------------------------------------------------------------------
     placements: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -72,7 +71,6 @@ class Settings(BaseSettings):
     click_join_window_ms: int = Field(
         10 * 60_000, ge=1, description="an ad_click joins its impression within this window"
     )
-    bandit_sync_s: float = Field(1.0, gt=0, description="how often posterior increments are published")
 
     # --- Kafka security (passed to faust and to the confluent clients) ---------------------
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
