@@ -1,4 +1,9 @@
-"""Every Kafka topic the product uses, declared once, and an idempotent creator.
+"""The product's public Kafka topics, declared once, and an idempotent creator.
+
+faust creates and owns the worker's internal topics itself (named after ``STREAM_WORKER_ID``):
+the table changelogs ``<id>-users-changelog``, ``<id>-ad-pending-changelog``,
+``<id>-article-stats-changelog`` and ``<id>-bandit-stats-changelog`` (compacted), and the
+repartition topic ``<id>-article-events``.
 
 Partition counts matter: faust tables are co-partitioned with their source topic, so the
 session-events topic and the user tables must have the same count (``STREAM_TOPIC_PARTITIONS``).
@@ -17,8 +22,6 @@ SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
 BANDIT_DECISIONS = "bandit-decisions"
 DEAD_LETTER = "session-events-dlq"
-ARTICLE_STATS = "article-stats"
-BANDIT_STATS = "bandit-stats"
 
 
 @dataclass(frozen=True)
@@ -39,13 +42,6 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(BANDIT_DECISIONS, "user_id", "output: bandit_decision v1, one per ad_request"),
     TopicSpec(DEAD_LETTER, "original key", "rejected input in the dead_letter v1 envelope",
               config={"retention.ms": str(30 * 86_400_000)}),
-    TopicSpec(ARTICLE_STATS, "article_id", "compacted: latest popularity stats per article",
-              config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-                      "segment.ms": str(3_600_000)}),
-    TopicSpec(BANDIT_STATS, "worker|context|arm", "compacted: each worker's cumulative bandit rewards",
-              partitions=1,
-              config={"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-                      "segment.ms": str(3_600_000)}),
 )
 
 
