@@ -67,11 +67,8 @@ from stream.state.labels import (
     CHURN_HORIZON_MS,
     CONVERSION_HORIZON_MS,
     DAY_MS,
-    ENGAGEMENT_CAP,
-    ENGAGEMENT_MAX_MINUTES,
-    ENGAGEMENT_POINTS_PER_MINUTE,
-    ENGAGEMENT_WEIGHTS,
     churned,
+    session_engagement_frame,
 )
 
 _COLS = ("event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
@@ -171,20 +168,11 @@ def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
 
 
 def _engagement_labels(df: pd.DataFrame) -> dict[str, float]:
-    """``labels.session_engagement`` of every session in the frame, vectorised (same formula, tested)."""
+    """``labels.session_engagement`` of every session in the frame (times in column ``t``)."""
     if not len(df):
         return {}
-    kinds = df["event_type"].astype(str)
-    points = kinds.map(dict(ENGAGEMENT_WEIGHTS)).fillna(0.0).astype(float)
-    end_dur = df["duration_ms"].astype("Float64").where(kinds == "session_end")
-    g = pd.DataFrame({"s": df["session_id"].astype(str).to_numpy(), "pts": points.to_numpy(),
-                      "t": df["t"].astype("int64").to_numpy(), "dur": end_dur.to_numpy(dtype=float, na_value=np.nan)})
-    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"),
-                                         dur=("dur", "last"))
-    dur = agg["dur"].fillna(agg["t1"] - agg["t0"]).astype(float).clip(lower=0)
-    minutes = (dur / 60_000.0).clip(upper=ENGAGEMENT_MAX_MINUTES)
-    score = (agg["pts"] + ENGAGEMENT_POINTS_PER_MINUTE * minutes).clip(upper=ENGAGEMENT_CAP)
-    return dict(zip(agg.index.tolist(), score.astype(float).tolist(), strict=True))
+    score = session_engagement_frame(df, time_col="t")
+    return dict(zip(score.index.tolist(), score.astype(float).tolist(), strict=True))
 
 
 def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:

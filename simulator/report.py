@@ -20,9 +20,7 @@ from stream.state.labels import (
     CONVERSION_HORIZON_MS,
     DAY_MS,
     ENGAGEMENT_CAP,
-    ENGAGEMENT_MAX_MINUTES,
-    ENGAGEMENT_POINTS_PER_MINUTE,
-    ENGAGEMENT_WEIGHTS,
+    session_engagement_frame,
 )
 
 #: Oracle ranges the default config is tuned for (documented in docs/simulator.md).
@@ -31,20 +29,6 @@ TARGETS = {"churn_auc": (0.85, 0.98), "conversion_auc": (0.80, 0.98), "engagemen
 
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-
-
-def session_engagement_frame(events: pd.DataFrame) -> pd.Series:
-    """``labels.session_engagement`` for every session at once (vectorised, same formula)."""
-    kinds = events["event_type"].astype(str)
-    points = kinds.map(dict(ENGAGEMENT_WEIGHTS)).fillna(0.0).astype(float)
-    t = events["event_time"].astype("int64")
-    g = pd.DataFrame({"s": events["session_id"].astype(str), "pts": points.to_numpy(), "t": t.to_numpy(),
-                      "dur": events["duration_ms"].where(kinds == "session_end").astype("Float64")})
-    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"),
-                                         dur=("dur", "max"))
-    dur = agg["dur"].fillna(agg["t1"] - agg["t0"]).astype(float).clip(lower=0)
-    minutes = (dur / 60_000.0).clip(upper=ENGAGEMENT_MAX_MINUTES)
-    return (agg["pts"] + ENGAGEMENT_POINTS_PER_MINUTE * minutes).clip(upper=ENGAGEMENT_CAP)
 
 
 def _day_matrix(user_idx: np.ndarray, times: np.ndarray, start_ms: int, n_users: int, days: int) -> np.ndarray:

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from stream.config import Settings, load_settings
@@ -266,6 +265,3 @@ def _posteriors(bootstrap: str, worker_id: str) -> dict[str, dict[str, tuple[int
                 latest[msg.key()] = value
     return merged_counts(latest)
 
-
-def demo_paths(settings: Settings) -> Path:
-    return settings.data_dir / "demo"

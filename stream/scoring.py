@@ -1,16 +1,15 @@
 """Micro-batched scoring with registry models: one vectorized predict per model per batch.
 
-Pure with respect to Kafka: the worker appends requests and calls :meth:`ScoreBuffer.flush`;
-tests and the offline backtest call the same code.
+Pure with respect to Kafka: the worker's batch processor calls :func:`score_requests`; tests and
+the offline backtest call the same code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,30 +123,6 @@ class ScoreRequest:
     row: np.ndarray
     event: Mapping[str, Any]
     ingest_ms: int
-
-
-@dataclass
-class ScoreBuffer:
-    """Collects score requests until ``max_size`` rows or ``max_ms`` have passed."""
-
-    max_size: int = 500
-    max_ms: int = 50
-    requests: list[ScoreRequest] = field(default_factory=list)
-    first_at: float = 0.0
-
-    def add(self, req: ScoreRequest) -> bool:
-        """Append; True when the buffer is due for a flush by size."""
-        if not self.requests:
-            self.first_at = time.monotonic()
-        self.requests.append(req)
-        return len(self.requests) >= self.max_size
-
-    def due(self) -> bool:
-        return bool(self.requests) and (time.monotonic() - self.first_at) * 1000 >= self.max_ms
-
-    def drain(self) -> list[ScoreRequest]:
-        out, self.requests = self.requests, []
-        return out
 
 
 def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest],

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pandas as pd
+
 DAY_MS = 86_400_000
 
 #: Churned = no activity at all in the 30 days after the cut-off (the original system's definition).
@@ -59,6 +61,24 @@ def session_engagement(events: Iterable[Mapping[str, Any]]) -> float:
             end_duration = int(ev["duration_ms"])
     duration = end_duration if end_duration is not None else (0 if first is None else last - first)
     return engagement_score(counts, duration)
+
+
+def session_engagement_frame(events: pd.DataFrame, time_col: str = "event_time") -> pd.Series:
+    """:func:`session_engagement` of every session in ``events`` at once, indexed by session_id.
+
+    Needs columns ``session_id``, ``event_type``, ``duration_ms`` and ``time_col`` (epoch ms).
+    """
+    kinds = events["event_type"].astype(str)
+    points = kinds.map(dict(ENGAGEMENT_WEIGHTS)).fillna(0.0).astype(float)
+    g = pd.DataFrame({"s": events["session_id"].astype(str).to_numpy(), "pts": points.to_numpy(),
+                      "t": events[time_col].astype("int64").to_numpy(),
+                      "dur": events["duration_ms"].astype("Float64").where(kinds == "session_end")
+                      .to_numpy(dtype=float, na_value=float("nan"))})
+    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"),
+                                         dur=("dur", "max"))
+    dur = agg["dur"].fillna(agg["t1"] - agg["t0"]).astype(float).clip(lower=0)
+    minutes = (dur / 60_000.0).clip(upper=ENGAGEMENT_MAX_MINUTES)
+    return (agg["pts"] + ENGAGEMENT_POINTS_PER_MINUTE * minutes).clip(upper=ENGAGEMENT_CAP)
 
 
 def churned(next_event_time_ms: int | None, cutoff_ms: int) -> bool:
