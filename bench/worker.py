@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -51,7 +51,11 @@ def committed_rate(bootstrap: str, group: str, topic: str, total: int, timeout_s
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+            try:
+                done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
+            except KafkaException:  # e.g. NOT_COORDINATOR while the group coordinator moves: ask again
+                time.sleep(0.2)
+                continue
             now = time.monotonic()
             for frac in (0.1, 0.9):
                 if frac not in marks and done >= frac * total:

@@ -53,6 +53,8 @@ from stream.state import (
 EXPECTED_FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
 ARTICLE_EVENTS = frozenset({"article_impression", "article_click", "article_view"})
 _OFFSET = struct.Struct(">q")
+_EMPTY_ARTICLE = new_article_state()  # read-only: click rows never modify the article state
+_MAX_CACHED_ARTICLES = 200_000
 
 
 class Record(NamedTuple):
@@ -138,6 +140,9 @@ class BatchProcessor:
         #: so the cache equals the table and saves a from_bytes per event.
         self._users: dict[int, dict[str, tuple[int, UserState]]] = {}
         self.max_cached_users = max_cached_users
+        #: Decoded article states with the bytes they came from: an article's value changes once
+        #: per article-agent batch, while every impression of it needs the decoded state.
+        self._articles: dict[str, tuple[bytes, ArticleState]] = {}
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached state of partitions this worker no longer owns (after a rebalance)."""
@@ -145,6 +150,19 @@ class BatchProcessor:
             del self._own_bandit[key]
         for p in partitions:
             self._users.pop(p, None)
+
+    def _article(self, table: Mapping[str, bytes], article_id: str) -> ArticleState:
+        raw = table.get(article_id)
+        if not raw:
+            return _EMPTY_ARTICLE
+        cached = self._articles.get(article_id)
+        if cached is not None and (cached[0] is raw or cached[0] == raw):
+            return cached[1]
+        if len(self._articles) >= _MAX_CACHED_ARTICLES:
+            self._articles.clear()
+        state = ArticleState.from_bytes(raw)
+        self._articles[article_id] = (raw, state)
+        return state
 
     def context_of(self, event: Mapping[str, Any]) -> str:
         if self.bandit_context == "none":
@@ -162,6 +180,7 @@ class BatchProcessor:
         ad_requests: list[tuple[dict[str, Any], str]] = []
         snapshot: dict[str, dict[str, tuple[int, int]]] = {}
         ingest: dict[str, int] = {}
+        kinds: dict[str, int] = {}  # events by type, counted into the metric once per batch
         cfg = self.state_config
 
         for rec in records:
@@ -174,7 +193,7 @@ class BatchProcessor:
                     rec.timestamp_ms, received_at_ms=out.ingest_ms)))
                 continue
             kind = event["event_type"]
-            m.events.labels(event_type=kind).inc()
+            kinds[kind] = kinds.get(kind, 0) + 1
             if rec.timestamp_ms:
                 ingest[event["event_id"]] = rec.timestamp_ms
             uid = event["user_id"]
@@ -186,8 +205,7 @@ class BatchProcessor:
             ev = encode_event(event)
             model = TRIGGERS.get(kind)
             if model == "click":
-                art = stores.articles.get(event["article_id"])
-                article = ArticleState.from_bytes(art) if art else new_article_state()
+                article = self._article(stores.articles, event["article_id"])
                 requests.append(ScoreRequest("click", click_features(state, article, ev, cfg), event, out.ingest_ms))
             elif model == "engagement":
                 requests.append(ScoreRequest("engagement", engagement_features(state, ev, cfg), event,
@@ -211,6 +229,9 @@ class BatchProcessor:
                 ad_requests.append((event, self.context_of(event)))
             elif kind in ("ad_impression", "ad_click"):
                 self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
+
+        for kind, n in kinds.items():
+            m.events.labels(event_type=kind).inc(n)
 
         # Step 3: one write per touched key.
         for uid, offset in dirty.items():

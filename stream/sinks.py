@@ -47,6 +47,7 @@ class ClickHouseSink:
         self._rows = 0
         self._space = asyncio.Condition()
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._on_error = on_error
         self._on_backpressure = on_backpressure
         self._on_insert = on_insert
@@ -92,7 +93,15 @@ class ClickHouseSink:
             raise
 
     async def flush(self) -> None:
-        """Insert everything queued now (retrying until it succeeds or the sink stops)."""
+        """Insert everything queued now (retrying until it succeeds or the sink stops).
+
+        One flush at a time: ``stop()`` waits for the one ``run()`` may have started, so it
+        neither returns before those rows are in nor closes the connection under them.
+        """
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         for table in list(self._pending):
             batch = self._pending.pop(table)
             delay = self.backoff_s[0]

@@ -1,5 +1,8 @@
 """Article popularity: article events repartitioned by ``article_id`` into a GlobalTable.
 
+Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
+partition (see :func:`stream.agents.runtime.article_messages`).
+
 Staleness: an impression reaches the click features of every worker after (1) the events agent
 forwards it to the repartition topic at the end of its batch, (2) this agent folds it in at the
 end of its batch and writes the table's changelog, and (3) every worker's GlobalTable reads
@@ -40,15 +43,17 @@ def register(app: Any, rt: Runtime) -> Any:
             cache = owned.setdefault(batch[-1].message.partition, {})
             touched: dict[str, ArticleState] = {}
             for ev in batch:
-                event = orjson.loads(ev.message.value)
-                aid = event["article_id"]
-                state = cache.get(aid)
-                if state is None:
-                    raw = articles.get(aid)
-                    state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                    cache[aid] = state
-                touched[aid] = state
-                update_article(state, event, ARTICLE_MERGE_CONFIG)
+                decoded = orjson.loads(ev.message.value)
+                # A JSON array of events (see runtime.article_messages); one object from older workers.
+                for event in decoded if isinstance(decoded, list) else (decoded,):
+                    aid = event["article_id"]
+                    state = cache.get(aid)
+                    if state is None:
+                        raw = articles.get(aid)
+                        state = ArticleState.from_bytes(raw) if raw else new_article_state()
+                        cache[aid] = state
+                    touched[aid] = state
+                    update_article(state, event, ARTICLE_MERGE_CONFIG)
             for aid, state in touched.items():
                 articles[aid] = state.to_bytes()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.agents.runtime import Runtime, enter_partition
+from stream.agents.runtime import Runtime, enter_partition, hold
 from stream.processor import Record, Stores
 
 
@@ -22,6 +22,7 @@ def register(app: Any, rt: Runtime) -> Any:
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
         async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
+            hold(batch)  # committable only once publish() has confirmed the outputs
             records = []
             for ev in batch:
                 msg = ev.message
@@ -32,7 +33,6 @@ def register(app: Any, rt: Runtime) -> Any:
             out = rt.processor.process(records, stores)
             last = records[-1]
             rt.positions[(last.topic, last.partition)] = last.offset
-            await rt.publish(out)
-            # take_events acks the batch when this body returns, after publish() confirmed outputs.
+            await rt.publish(out, batch)
 
     return session_events

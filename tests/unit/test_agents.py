@@ -1,0 +1,309 @@
+"""The faust agents without a broker: ``agent.test_context()`` on the app ``create_app`` builds.
+
+What is real: the faust app, its RocksDB / in-memory tables (under ``tmp_path``), the agents'
+``take_events`` micro-batching, the runtime's publish / delivery / ack logic and its poll thread.
+What is fake: the confluent-kafka producer (:class:`FakeProducer`, which records ``produce()``
+calls and serves delivery reports from ``poll()`` like librdkafka) and the consumer's delivery
+of messages (:func:`feed` puts them on the agent's channel, taking the reference faust's
+conductor takes for the stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import Message
+
+from stream.app import create_app
+from stream.config import Settings, load_settings
+from stream.kafka.partitioner import partition_for
+from stream.processor import BatchProcessor, Record, Stores
+from stream.scoring import LoadedModel
+from stream.state import ARTICLE_MERGE_CONFIG, new_article_state, update_article
+
+PARTITIONS = 4
+BATCH = 50
+TRIGGERS = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
+ARTICLE_EVENTS = ("article_impression", "article_click", "article_view")
+
+
+class FakeMessage:
+    """The part of ``confluent_kafka.Message`` a delivery callback sees."""
+
+    def __init__(self, topic: str, partition: int, key: bytes | None, value: bytes) -> None:
+        self._topic, self._partition, self._key, self._value = topic, partition, key, value
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def key(self) -> bytes | None:
+        return self._key
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class FakeProducer:
+    """``confluent_kafka.Producer`` stand-in: delivery reports are served by ``poll()`` once released."""
+
+    def __init__(self, deliver: bool = True) -> None:
+        self.lock = threading.Lock()
+        self.produced: list[FakeMessage] = []
+        self.queued: list[tuple[FakeMessage, Callable[[Any, Any], None] | None]] = []
+        self.deliver = threading.Event()
+        if deliver:
+            self.deliver.set()
+        self.fail_topics: set[str] = set()
+
+    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
+                on_delivery: Callable[[Any, Any], None] | None = None, **kwargs: Any) -> None:
+        msg = FakeMessage(topic, partition, key, value or b"")
+        with self.lock:
+            self.produced.append(msg)
+            self.queued.append((msg, on_delivery))
+
+    def poll(self, timeout: float = 0.0) -> int:
+        if not self.deliver.is_set():
+            time.sleep(timeout)
+            return 0
+        with self.lock:
+            queued, self.queued = self.queued, []
+        for msg, cb in queued:
+            if cb is not None:
+                cb("broker down" if msg.topic() in self.fail_topics else None, msg)
+        if not queued:
+            time.sleep(timeout)
+        return len(queued)
+
+    def flush(self, timeout: float | None = None) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.queued)
+
+    def on(self, topic: str) -> list[FakeMessage]:
+        with self.lock:
+            return [m for m in self.produced if m.topic() == topic]
+
+
+@dataclass
+class Worker:
+    app: Any
+    rt: Any
+    producer: FakeProducer
+    settings: Settings
+    errors: list[BaseException] = field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return str(self.rt.topic_names[name])
+
+
+@pytest.fixture
+async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
+    settings = load_settings(models_dir=models_dir, state_dir=tmp_path / "state", worker_web_port=0,
+                             worker_id="unit-worker", topic_prefix="unit.", topic_partitions=PARTITIONS,
+                             score_batch_size=BATCH, score_batch_ms=20,
+                             placements=("top_banner", "sidebar", "in_article", "footer"), bandit_context="device")
+    app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)
+    producer = FakeProducer()
+    rt.producer = producer  # the real one never produced anything; dropping it destroys it
+    w = Worker(app, rt, producer, settings)
+    try:
+        yield w
+    finally:
+        rt.close()
+
+
+def _on_error(w: Worker) -> Callable[[Any, BaseException], Any]:
+    async def on_error(agent: Any, exc: BaseException) -> None:
+        w.errors.append(exc)
+    return on_error
+
+
+async def feed(tc: Any, payloads: Sequence[tuple[bytes | None, bytes]], partition: int = 0,
+               first_offset: int = 0, timestamps: Sequence[float] | None = None) -> list[Message]:
+    """Deliver records to the agent as the consumer would (one stream reference per message)."""
+    channel = tc.stream().channel
+    messages = []
+    for i, (key, value) in enumerate(payloads):
+        msg = tc.to_message(key, value, partition=partition, offset=first_offset + i,
+                            timestamp=timestamps[i] if timestamps is not None else None)
+        msg.incref()
+        messages.append(msg)
+        await channel.put(await channel.decode(msg))
+    return messages
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+def payloads_of(events: Sequence[Mapping[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+def forwarded_article_events(w: Worker) -> list[tuple[int, dict[str, Any]]]:
+    """(partition, event) per article event forwarded by the events agent, in produce order."""
+    out = []
+    for m in w.producer.on(w.topic("article_events")):
+        decoded = orjson.loads(m.value())
+        for ev in decoded if isinstance(decoded, list) else [decoded]:  # the article agent reads both forms
+            part = m.partition() if m.partition() >= 0 else partition_for(m.key() or b"", PARTITIONS)
+            out.append((part, ev))
+    return out
+
+
+async def test_events_agent_outputs_state_and_acks(worker: Worker, sim_events: list[dict[str, Any]],
+                                                   models: dict[str, LoadedModel]) -> None:
+    w = worker
+    events = sim_events[:400]
+    bad = [(b"bad-1", b"{not json"), (None, orjson.dumps({**events[0], "event_type": "tap"}))]
+    payloads = payloads_of(events[:200]) + bad + payloads_of(events[200:])
+    timestamps = [e["event_time"] / 1000 for e in events[:200]] + [1.0, 1.0] + [e["event_time"] / 1000
+                                                                                 for e in events[200:]]
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        messages = await feed(tc, payloads, partition=1, timestamps=timestamps)
+        key = (w.topic("events"), 1)
+        await wait_until(lambda: w.rt.positions.get(key) == len(payloads) - 1)
+        await asyncio.wait_for(w.rt.drain(), 10)
+        assert w.errors == []
+
+        # Every input message is acked once its batch's outputs were delivered.
+        assert all(m.acked and m.refcount == 0 for m in messages)
+
+        # Predictions: exactly one per scorable event, keyed by user.
+        preds = [(m.key(), orjson.loads(m.value())) for m in w.producer.on(w.topic("predictions"))]
+        expected = Counter((TRIGGERS[e["event_type"]], e["event_id"]) for e in events if e["event_type"] in TRIGGERS)
+        assert Counter((p["model_name"], p["event_id"]) for _, p in preds) == expected
+        assert all(k == p["user_id"].encode() for k, p in preds)
+        assert {p["model_version"] for _, p in preds} == {"1"}
+
+        # Decisions: one per ad request.
+        decisions = [orjson.loads(m.value()) for m in w.producer.on(w.topic("decisions"))]
+        requests = [e["request_id"] for e in events if e["event_type"] == "ad_request"]
+        assert requests
+        assert sorted(d["request_id"] for d in decisions) == sorted(requests)
+
+        # Dead letters: the two bad records, with their source position.
+        dead = [(m.key(), orjson.loads(m.value())) for m in w.producer.on(w.topic("dead_letter"))]
+        assert [(k, d["error_kind"], d["source_partition"], d["source_offset"]) for k, d in dead] == [
+            (b"bad-1", "malformed", 1, 200), (None, "unknown_type", 1, 201)]
+
+        # Article events: each forwarded once, to the partition its article_id hashes to.
+        forwarded = forwarded_article_events(w)
+        assert sorted(ev["event_id"] for _, ev in forwarded) == sorted(
+            e["event_id"] for e in events if e["event_type"] in ARTICLE_EVENTS)
+        assert all(p == partition_for(ev["article_id"].encode(), PARTITIONS) for p, ev in forwarded)
+
+        # The users table holds what the processor computes on plain dicts for the same records.
+        reference = Stores(users={}, ad_pending={}, articles={}, bandit={})
+        records = [Record(k, v, "t", 1, i, None) for i, (k, v) in enumerate(payloads)]
+        BatchProcessor(models, w.settings.placements).process(records, reference)
+        users = w.rt.tables["users"]
+        assert len(reference.users) > 5
+        for uid, raw in reference.users.items():
+            assert users.get(uid) == raw, uid
+
+        # Bandit counts went to the bandit table, under this partition's keys.
+        bandit = {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v)  # raw keys come back as bytes
+                  for k, v in w.rt.tables["bandit"].items()}
+        assert bandit == {k: orjson.loads(v) for k, v in reference.bandit.items()}
+        assert bandit and all(k.startswith("1|") for k in bandit)
+
+
+async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,
+                                                               sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    w.producer.deliver.clear()  # Kafka does not acknowledge anything yet
+    events = sim_events[:2 * BATCH]
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        messages = await feed(tc, payloads_of(events))
+        key = (w.topic("events"), 0)
+        await wait_until(lambda: w.rt.positions.get(key) == len(events) - 1)
+        await asyncio.sleep(0.1)
+        assert w.producer.produced, "outputs were produced"
+        assert not any(m.acked for m in messages), "acked before Kafka confirmed the outputs"
+        assert all(m.refcount == 1 for m in messages)
+
+        w.producer.deliver.set()
+        await asyncio.wait_for(w.rt.drain(), 10)
+        assert all(m.acked for m in messages)
+        assert w.errors == []
+
+
+async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_agent(
+        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    w.producer.fail_topics.add(w.topic("predictions"))
+    first = sim_events[:BATCH]  # exactly one batch
+    assert any(e["event_type"] in TRIGGERS for e in first)
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        batch1 = await feed(tc, payloads_of(first))
+        key = (w.topic("events"), 0)
+        await wait_until(lambda: w.rt.positions.get(key) == BATCH - 1)
+        await asyncio.wait_for(w.rt.drain(), 10)
+        assert not any(m.acked for m in batch1)
+        assert w.errors == []
+
+        # The next batch's publish reports the failure: the agent crashes instead of moving on.
+        await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        await wait_until(lambda: bool(w.errors))
+        assert isinstance(w.errors[0], RuntimeError)
+        assert "output not delivered" in str(w.errors[0])
+        assert w.topic("predictions") in str(w.errors[0])
+        assert not any(m.acked for m in batch1)
+
+
+async def test_article_agent_folds_forwarded_events_into_the_article_table(
+        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    events = sim_events[:600]
+    async with w.app.agents["session-events"].test_context(on_error=_on_error(w)) as tc:
+        await feed(tc, payloads_of(events))
+        key = (w.topic("events"), 0)
+        await wait_until(lambda: w.rt.positions.get(key) == len(events) - 1)
+        await asyncio.wait_for(w.rt.drain(), 10)
+    produced = w.producer.on(w.topic("article_events"))
+    assert produced
+
+    async with w.app.agents["article-stats"].test_context(on_error=_on_error(w)) as tc:
+        by_partition: dict[int, list[FakeMessage]] = {}
+        for m in produced:
+            part = m.partition() if m.partition() >= 0 else partition_for(m.key() or b"", PARTITIONS)
+            by_partition.setdefault(part, []).append(m)
+        delivered = []
+        for part, msgs in sorted(by_partition.items()):
+            delivered += await feed(tc, [(m.key(), m.value()) for m in msgs], partition=part)
+        await wait_until(lambda: all(m.acked for m in delivered))
+        assert w.errors == []
+
+    # Expected: each article's events folded in delivery order (one partition per article).
+    expected: dict[str, Any] = {}
+    for e in events:
+        if e["event_type"] in ARTICLE_EVENTS:
+            aid = e["article_id"]
+            expected[aid] = update_article(expected.get(aid) or new_article_state(), e, ARTICLE_MERGE_CONFIG)
+    articles = w.rt.tables["articles"]
+    assert len(expected) > 5
+    for aid, state in expected.items():
+        assert articles.get(aid) == state.to_bytes(), aid

@@ -1,0 +1,290 @@
+"""stream.sinks.ClickHouseSink against a fake ClickHouse (the sink's logic, not ClickHouse).
+
+The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)``, in a
+worker thread, and ``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the
+next try) and at ``stop()``. The fake records every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from stream.sinks import ClickHouseSink
+
+T0 = 1_736_000_000_000
+
+
+class FakeServer:
+    """What the fake connections write to; thread-safe (inserts run in a worker thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rows: dict[str, list[int]] = {}
+        self.batches: list[tuple[str, int]] = []
+        self.failing = False
+        self.failed_attempts: list[float] = []  # monotonic times of failed inserts
+        self.connects = 0
+        self.closes = 0
+        self.gate: threading.Event | None = None  # when set: inserts wait for it
+        self.insert_started = threading.Event()
+        self.inserting = 0
+        self.closed_while_inserting = 0
+
+    def connect(self) -> FakeClickHouse:
+        with self.lock:
+            self.connects += 1
+        return FakeClickHouse(self)
+
+    def ids(self, table: str) -> list[int]:
+        with self.lock:
+            return list(self.rows.get(table, []))
+
+
+class FakeClickHouse:
+    """Implements the ``stream.clickhouse.ClickHouse`` protocol; the sink only inserts and closes."""
+
+    database = "fake"
+
+    def __init__(self, server: FakeServer) -> None:
+        self.server = server
+
+    def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        raise AssertionError("the sink does not run statements")
+
+    def query_df(self, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        raise AssertionError("the sink does not query")
+
+    def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        raise AssertionError("the sink does not query")
+
+    def insert_df(self, table: str, df: pd.DataFrame) -> int:
+        s = self.server
+        with s.lock:
+            s.inserting += 1
+        try:
+            s.insert_started.set()
+            if s.gate is not None:
+                s.gate.wait(10)
+            with s.lock:
+                if s.failing:
+                    s.failed_attempts.append(time.monotonic())
+                    raise ConnectionError("ClickHouse is down")
+                assert pd.api.types.is_datetime64_any_dtype(df["event_time"])  # converted from epoch ms
+                s.rows.setdefault(table, []).extend(int(i) for i in df["id"])
+                s.batches.append((table, len(df)))
+            return len(df)
+        finally:
+            with s.lock:
+                s.inserting -= 1
+
+    def close(self) -> None:
+        with self.server.lock:
+            self.server.closes += 1
+            if self.server.inserting:
+                self.server.closed_while_inserting += 1
+
+
+def rows(ids: range) -> list[dict[str, Any]]:
+    return [{"id": i, "event_time": T0 + i, "model_name": "churn", "score": 0.5} for i in ids]
+
+
+@pytest.fixture
+def server() -> FakeServer:
+    return FakeServer()
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[ClickHouseSink], Awaitable[asyncio.Task[None]]]]:
+    """Start ``sink.run()`` in the background; the test stops the sink, this checks the loop ended."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(sink: ClickHouseSink) -> asyncio.Task[None]:
+        task = asyncio.create_task(sink.run())
+        tasks.append(task)
+        return task
+
+    yield start
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.005)
+
+
+# --- (a) batched inserts, futures ---------------------------------------------------------------
+
+
+async def test_rows_are_inserted_in_batches_and_futures_resolve(server: FakeServer, running: Any) -> None:
+    inserted: list[tuple[str, int]] = []
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.05,
+                          on_insert=lambda table, n, secs: inserted.append((table, n)))
+    await running(sink)
+    futs = [await sink.put("predictions", rows(range(i * 10, i * 10 + 10))) for i in range(8)]
+    futs.append(await sink.put("bandit_decisions", rows(range(1000, 1005))))
+    assert sink.pending_rows == 85
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+
+    assert server.ids("predictions") == list(range(80))  # once each, in order
+    assert server.ids("bandit_decisions") == list(range(1000, 1005))
+    # Queued between two flushes: one insert per table, not one per put.
+    assert sorted(server.batches) == [("bandit_decisions", 5), ("predictions", 80)]
+    assert sorted(inserted) == sorted(server.batches)
+    assert sink.inserted == 85
+    assert sink.pending_rows == 0
+    await sink.stop()
+
+
+async def test_future_resolves_only_once_the_rows_are_inserted(server: FakeServer, running: Any) -> None:
+    server.gate = threading.Event()
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01)
+    await running(sink)
+    fut = await sink.put("predictions", rows(range(5)))
+    await asyncio.to_thread(server.insert_started.wait, 5)
+    await asyncio.sleep(0.05)
+    assert not fut.done()  # the insert is in progress, not finished
+    assert server.ids("predictions") == []
+    server.gate.set()
+    await asyncio.wait_for(fut, 5)
+    assert server.ids("predictions") == [0, 1, 2, 3, 4]
+    await sink.stop()
+
+
+async def test_flush_rows_triggers_an_insert_before_flush_s(server: FakeServer, running: Any) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=50, flush_s=30.0)
+    await running(sink)
+    await asyncio.sleep(0.01)  # let run() start waiting
+    small = await sink.put("predictions", rows(range(10)))
+    await asyncio.sleep(0.2)
+    assert not small.done()  # below flush_rows and long before flush_s
+    big = await sink.put("predictions", rows(range(10, 50)))  # 50 queued now
+    await asyncio.wait_for(asyncio.gather(small, big), 2)
+    assert server.ids("predictions") == list(range(50))
+    await sink.stop()
+
+
+async def test_put_of_no_rows_resolves_at_once(server: FakeServer) -> None:
+    sink = ClickHouseSink(server.connect)
+    fut = await sink.put("predictions", [])
+    assert fut.done()
+    assert sink.pending_rows == 0
+    assert server.connects == 0
+
+
+# --- (b) outage: retries, backoff, backpressure, no loss ----------------------------------------
+
+
+async def test_outage_retries_with_backoff_applies_backpressure_and_loses_nothing(
+        server: FakeServer, running: Any) -> None:
+    backpressure: list[bool] = []
+    errors: list[str] = []
+    backoff = (0.005, 0.04)
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, max_pending=100, backoff_s=backoff,
+                          on_error=lambda table, exc: errors.append(table), on_backpressure=backpressure.append)
+    server.failing = True
+    await running(sink)
+    f1 = await sink.put("predictions", rows(range(0, 60)))
+    f2 = await sink.put("predictions", rows(range(60, 120)))  # 120 >= max_pending: the next put waits
+    blocked = asyncio.create_task(sink.put("predictions", rows(range(120, 130))))
+    await asyncio.sleep(0.4)
+
+    assert not blocked.done()
+    assert backpressure == [True]
+    assert not f1.done() and not f2.done()
+    assert server.ids("predictions") == []
+    n_failed = len(server.failed_attempts)
+    assert n_failed >= 4
+    assert n_failed < 40, "retries must back off, not spin"
+
+    server.failing = False
+    f3 = await asyncio.wait_for(blocked, 5)
+    await asyncio.wait_for(asyncio.gather(f1, f2, f3), 5)
+    failed = list(server.failed_attempts)
+    assert errors == ["predictions"] * len(failed)
+    # Backoff doubles from 5 ms up to 40 ms: the gaps between attempts are at least that long.
+    gaps = [b - a for a, b in itertools.pairwise(failed)]
+    floors = [min(backoff[0] * 2**i, backoff[1]) for i in range(len(gaps))]
+    assert all(g >= 0.9 * f for g, f in zip(gaps, floors, strict=True)), (gaps, floors)
+    # Each failure dropped its connection; every retry connected anew.
+    assert server.closes == len(failed)
+    assert server.connects == len(failed) + 1
+    assert backpressure == [True, False]
+    ids = server.ids("predictions")
+    assert Counter(ids) == Counter(range(130))  # every row exactly once
+    assert ids == list(range(130))  # and in order
+    assert sink.pending_rows == 0
+    assert sink.inserted == 130
+    await sink.stop()
+
+
+async def test_backpressure_releases_as_soon_as_space_frees(server: FakeServer, running: Any) -> None:
+    """A put that does not reach ``max_pending`` is never blocked, even during an outage."""
+    backpressure: list[bool] = []
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, max_pending=100,
+                          backoff_s=(0.005, 0.02), on_backpressure=backpressure.append)
+    server.failing = True
+    await running(sink)
+    futs = [await asyncio.wait_for(sink.put("predictions", rows(range(i * 33, i * 33 + 33))), 1) for i in range(3)]
+    assert backpressure == []  # 99 rows < 100: no put waited
+    server.failing = False
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert server.ids("predictions") == list(range(99))
+    await sink.stop()
+
+
+# --- (c) stop -----------------------------------------------------------------------------------
+
+
+async def test_stop_flushes_what_is_pending(server: FakeServer) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=30.0)
+    f1 = await sink.put("predictions", rows(range(7)))
+    f2 = await sink.put("bandit_decisions", rows(range(100, 103)))
+    assert server.ids("predictions") == []
+    await sink.stop()
+    assert f1.done() and f2.done()
+    assert server.ids("predictions") == list(range(7))
+    assert server.ids("bandit_decisions") == [100, 101, 102]
+    assert sink.pending_rows == 0
+    assert server.closes == server.connects == 1  # the connection is closed at stop
+
+
+async def test_stop_ends_the_background_loop(server: FakeServer, running: Any) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.02)
+    task = await running(sink)
+    fut = await sink.put("predictions", rows(range(3)))
+    await sink.stop()
+    await asyncio.wait_for(task, 2)
+    assert fut.done()
+    assert server.ids("predictions") == [0, 1, 2]
+
+
+async def test_stop_waits_for_an_insert_in_progress(server: FakeServer, running: Any) -> None:
+    server.gate = threading.Event()
+    sink = ClickHouseSink(server.connect, flush_rows=10, flush_s=0.01)
+    await running(sink)
+    fut = await sink.put("predictions", rows(range(20)))
+    await asyncio.to_thread(server.insert_started.wait, 5)  # run() has taken the batch and is inserting it
+    stopping = asyncio.create_task(sink.stop())
+    await asyncio.sleep(0.1)
+    try:
+        assert not stopping.done(), "stop() returned while rows were still being inserted"
+        assert server.closed_while_inserting == 0, "stop() closed the connection of an insert in progress"
+    finally:
+        server.gate.set()
+        await asyncio.wait_for(asyncio.gather(stopping, fut), 5)
+    assert server.ids("predictions") == list(range(20))
