@@ -53,7 +53,14 @@ class WorkerApp(faust.App):
         services = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
         self.sensors.add(Sensor())
+        # Table writes queue changelog records in faust's producer buffer; past ``max_messages``
+        # (100) faust stops delivering input until it drained. One batch writes up to one record
+        # per touched key, so the bound follows the batch size.
+        self.producer.buffer.max_messages = max(100, 4 * self.changelog_burst)
         return services
+
+    #: records one batch may write to table changelogs (set by create_app from the batch size)
+    changelog_burst: int = 500
 
 
 def create_app(settings: Settings | None = None, bootstrap: str | None = None,
@@ -82,6 +89,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         stream_buffer_maxsize=8192,
         **RAW,
     )
+    app.changelog_burst = s.score_batch_size
     topics = {
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, **RAW),
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),

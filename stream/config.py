@@ -53,7 +53,7 @@ class Settings(BaseSettings):
                                  description="name of this worker process; its RocksDB dir is state_dir/<instance>")
     worker_web_port: int = Field(6066, ge=0, le=65535, description="Prometheus /metrics port (0 = off)")
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
-    score_batch_size: int = Field(2000, ge=1, le=100_000, description="max events per scoring batch")
+    score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(

@@ -20,6 +20,9 @@ class WorkerMetrics:
         self.invalid = Counter("stream_invalid_events_total", "Records sent to the dead-letter topic, by reason",
                                ["reason"], registry=r)
         self.duplicates = Counter("stream_duplicate_events_total", "Events ignored as duplicates", registry=r)
+        self.redelivered = Counter("stream_redelivered_events_total",
+                                   "Records delivered again to the process that already handled them (skipped)",
+                                   registry=r)
         self.predictions = Counter("stream_predictions_total", "Predictions published, by model", ["model"],
                                    registry=r)
         self.unscored = Counter("stream_unscored_events_total", "Scorable events with no loaded model",

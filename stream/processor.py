@@ -140,6 +140,12 @@ class BatchProcessor:
         #: so the cache equals the table and saves a from_bytes per event.
         self._users: dict[int, dict[str, tuple[int, UserState]]] = {}
         self.max_cached_users = max_cached_users
+        #: Per partition, the highest input offset this process has already handled. faust can hand
+        #: a record to the stream again (after the seek to committed offsets that ends a recovery,
+        #: the records fetched before it come once more): its outputs exist, so it is skipped.
+        #: A record the stored *state* has seen but this process has not (a replay after a crash or
+        #: a handover) is scored again instead.
+        self._handled: dict[int, int] = {}
         #: Decoded article states with the bytes they came from: an article's value changes once
         #: per article-agent batch, while every impression of it needs the decoded state.
         self._articles: dict[str, tuple[bytes, ArticleState]] = {}
@@ -150,6 +156,7 @@ class BatchProcessor:
             del self._own_bandit[key]
         for p in partitions:
             self._users.pop(p, None)
+            self._handled.pop(p, None)
 
     def _article(self, table: Mapping[str, bytes], article_id: str) -> ArticleState:
         raw = table.get(article_id)
@@ -172,7 +179,11 @@ class BatchProcessor:
     def process(self, records: Sequence[Record], stores: Stores, now_ms: int | None = None) -> Outputs:
         m = self.metrics
         out = Outputs(ingest_ms=int(time.time() * 1000) if now_ms is None else now_ms)
-        users = self._users.setdefault(records[0].partition, {}) if records else {}
+        if not records:
+            return out
+        partition = records[0].partition
+        users = self._users.setdefault(partition, {})
+        handled = self._handled.get(partition, -1)
         dirty: dict[str, int] = {}
         pending_ads: dict[str, dict[str, list[Any]]] = {}
         bandit_delta: dict[str, list[int]] = {}
@@ -184,6 +195,10 @@ class BatchProcessor:
         cfg = self.state_config
 
         for rec in records:
+            if rec.offset <= handled:
+                m.redelivered.inc()
+                continue
+            handled = rec.offset
             try:
                 event = parse_event(rec.value, self.max_event_bytes)
             except EventRejected as exc:
@@ -230,6 +245,7 @@ class BatchProcessor:
             elif kind in ("ad_impression", "ad_click"):
                 self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
 
+        self._handled[partition] = handled
         for kind, n in kinds.items():
             m.events.labels(event_type=kind).inc(n)
 

@@ -17,6 +17,7 @@ article's newest one (only retention changes; feature values do not depend on la
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -38,23 +39,26 @@ def register(app: Any, rt: Runtime) -> Any:
 
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:
-        async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
-            enter_partition(batch[-1])
-            cache = owned.setdefault(batch[-1].message.partition, {})
-            touched: dict[str, ArticleState] = {}
-            for ev in batch:
-                decoded = orjson.loads(ev.message.value)
-                # A JSON array of events (see runtime.article_messages); one object from older workers.
-                for event in decoded if isinstance(decoded, list) else (decoded,):
-                    aid = event["article_id"]
-                    state = cache.get(aid)
-                    if state is None:
-                        raw = articles.get(aid)
-                        state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                        cache[aid] = state
-                    touched[aid] = state
-                    update_article(state, event, ARTICLE_MERGE_CONFIG)
-            for aid, state in touched.items():
-                articles[aid] = state.to_bytes()
+        try:
+            async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
+                enter_partition(batch[-1])
+                cache = owned.setdefault(batch[-1].message.partition, {})
+                touched: dict[str, ArticleState] = {}
+                for ev in batch:
+                    decoded = orjson.loads(ev.message.value)
+                    # A JSON array of events (see runtime.article_messages); one object from older workers.
+                    for event in decoded if isinstance(decoded, list) else (decoded,):
+                        aid = event["article_id"]
+                        state = cache.get(aid)
+                        if state is None:
+                            raw = articles.get(aid)
+                            state = ArticleState.from_bytes(raw) if raw else new_article_state()
+                            cache[aid] = state
+                        touched[aid] = state
+                        update_article(state, event, ARTICLE_MERGE_CONFIG)
+                for aid, state in touched.items():
+                    articles[aid] = state.to_bytes()
+        except asyncio.CancelledError:
+            return  # partition revoked: end without a restart (see agents/events.py)
 
     return article_stats

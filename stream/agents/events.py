@@ -7,6 +7,7 @@ and the user state can be written once per user per batch instead of once per ev
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from stream.agents.runtime import Runtime, enter_partition, hold
@@ -21,18 +22,25 @@ def register(app: Any, rt: Runtime) -> Any:
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
-        async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
-            hold(batch)  # committable only once publish() has confirmed the outputs
-            records = []
-            for ev in batch:
-                msg = ev.message
-                ts = msg.timestamp
-                records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
-                                      int(ts * 1000) if ts else None))
-            enter_partition(batch[-1])
-            out = rt.processor.process(records, stores)
-            last = records[-1]
-            rt.positions[(last.topic, last.partition)] = last.offset
-            await rt.publish(out, batch)
+        try:
+            async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
+                hold(batch)  # committable only once publish() has confirmed the outputs
+                records = []
+                for ev in batch:
+                    msg = ev.message
+                    ts = msg.timestamp
+                    records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                          int(ts * 1000) if ts else None))
+                enter_partition(batch[-1])
+                out = rt.processor.process(records, stores)
+                last = records[-1]
+                rt.positions[(last.topic, last.partition)] = last.offset
+                await rt.publish(out, batch)
+        except asyncio.CancelledError:
+            # faust cancels an isolated actor when its partition is revoked, and its supervisor
+            # restarts a cancelled actor on the same stream: should the partition come back, a
+            # new actor joins it and both process the partition (duplicate outputs, and scores
+            # from state the other actor already advanced). Ending normally prevents the restart.
+            return
 
     return session_events
