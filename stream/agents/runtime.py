@@ -166,25 +166,29 @@ class Runtime:
             self._inflight = asyncio.Semaphore(self.max_inflight_batches)
             self.start_polling()
         await self._inflight.acquire()
-        names = self.topic_names
-        articles = article_messages(out.article_events, self.settings.topic_partitions)
-        n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
-        report = _Delivery(asyncio.get_running_loop(), n)
-        produce = self._produce
-        for key, envelope in out.dead_letters:
-            produce(names["dead_letter"], orjson.dumps(envelope), key, report)
-        for partition, value in articles:
-            produce(names["article_events"], value, None, report, partition)
-        for p in out.predictions:
-            produce(names["predictions"], orjson.dumps(p), p["user_id"].encode(), report)
-        for d in out.decisions:
-            produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
-        waits: list[asyncio.Future[None]] = [report.future]
-        if self.sink is not None:
-            if out.predictions:
-                waits.append(await self.sink.put("predictions", out.predictions))
-            if out.decisions:
-                waits.append(await self.sink.put("bandit_decisions", out.decisions))
+        try:
+            names = self.topic_names
+            articles = article_messages(out.article_events, self.settings.topic_partitions)
+            n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
+            report = _Delivery(asyncio.get_running_loop(), n)
+            produce = self._produce
+            for key, envelope in out.dead_letters:
+                produce(names["dead_letter"], orjson.dumps(envelope), key, report)
+            for partition, value in articles:
+                produce(names["article_events"], value, None, report, partition)
+            for p in out.predictions:
+                produce(names["predictions"], orjson.dumps(p), p["user_id"].encode(), report)
+            for d in out.decisions:
+                produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
+            waits: list[asyncio.Future[None]] = [report.future]
+            if self.sink is not None:
+                if out.predictions:
+                    waits.append(await self.sink.put("predictions", out.predictions))
+                if out.decisions:
+                    waits.append(await self.sink.put("bandit_decisions", out.decisions))
+        except BaseException:  # e.g. cancelled by a rebalance: no settle task will release the slot
+            self._inflight.release()
+            raise
         task = asyncio.ensure_future(self._settle(out, list(batch), waits))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
