@@ -16,6 +16,7 @@ One batch, step by step:
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import struct
 import time
@@ -53,6 +54,8 @@ from stream.state import (
 EXPECTED_FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
 ARTICLE_EVENTS = frozenset({"article_impression", "article_click", "article_view"})
 _OFFSET = struct.Struct(">q")
+_MAX_OFFSET = 2**63
+_MAX_RANGES = 1024
 _EMPTY_ARTICLE = new_article_state()  # read-only: click rows never modify the article state
 _MAX_CACHED_ARTICLES = 200_000
 
@@ -107,6 +110,48 @@ def merged_counts(stats: Mapping[Any, bytes]) -> dict[str, dict[str, tuple[int, 
     return out
 
 
+class OffsetRanges:
+    """A set of offsets kept as sorted, disjoint ``[lo, hi]`` ranges (O(1) when offsets come in order).
+
+    >>> seen = OffsetRanges()
+    >>> for o in (5, 6, 7, 10, 8):
+    ...     seen.add(o)
+    >>> seen.ranges, 9 in seen, 8 in seen
+    ([[5, 8], [10, 10]], False, True)
+    """
+
+    __slots__ = ("ranges",)
+
+    def __init__(self) -> None:
+        self.ranges: list[list[int]] = []
+
+    def __contains__(self, offset: int) -> bool:
+        r = self.ranges
+        if r and r[-1][0] <= offset <= r[-1][1]:
+            return True
+        i = bisect.bisect_right(r, [offset, _MAX_OFFSET]) - 1
+        return i >= 0 and r[i][0] <= offset <= r[i][1]
+
+    def add(self, offset: int) -> None:
+        r = self.ranges
+        if r and r[-1][0] <= offset:
+            if offset <= r[-1][1] + 1:
+                r[-1][1] = max(r[-1][1], offset)
+            else:
+                r.append([offset, offset])
+                if len(r) > _MAX_RANGES:  # gaps (e.g. transaction markers): old ones cannot come back
+                    del r[:-_MAX_RANGES]
+            return
+        bisect.insort(r, [offset, offset])
+        merged: list[list[int]] = []
+        for lo, hi in r:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        r[:] = merged
+
+
 class Stores(NamedTuple):
     """Dict-like views the processor reads and writes (faust tables in the worker)."""
 
@@ -140,12 +185,13 @@ class BatchProcessor:
         #: so the cache equals the table and saves a from_bytes per event.
         self._users: dict[int, dict[str, tuple[int, UserState]]] = {}
         self.max_cached_users = max_cached_users
-        #: Per partition, the highest input offset this process has already handled. faust can hand
-        #: a record to the stream again (after the seek to committed offsets that ends a recovery,
+        #: Per partition, the input offsets this process has already handled. faust can hand a
+        #: record to the stream again (after the seek to committed offsets that ends a recovery,
         #: the records fetched before it come once more): its outputs exist, so it is skipped.
         #: A record the stored *state* has seen but this process has not (a replay after a crash or
-        #: a handover) is scored again instead.
-        self._handled: dict[int, int] = {}
+        #: a handover) is scored again instead. Exact offsets, not a high-water mark: a record
+        #: faust skipped before the seek must still be processed when it comes.
+        self._handled: dict[int, OffsetRanges] = {}
         #: Decoded article states with the bytes they came from: an article's value changes once
         #: per article-agent batch, while every impression of it needs the decoded state.
         self._articles: dict[str, tuple[bytes, ArticleState]] = {}
@@ -183,7 +229,7 @@ class BatchProcessor:
             return out
         partition = records[0].partition
         users = self._users.setdefault(partition, {})
-        handled = self._handled.get(partition, -1)
+        handled = self._handled.setdefault(partition, OffsetRanges())
         dirty: dict[str, int] = {}
         pending_ads: dict[str, dict[str, list[Any]]] = {}
         bandit_delta: dict[str, list[int]] = {}
@@ -195,10 +241,10 @@ class BatchProcessor:
         cfg = self.state_config
 
         for rec in records:
-            if rec.offset <= handled:
+            if rec.offset in handled:
                 m.redelivered.inc()
                 continue
-            handled = rec.offset
+            handled.add(rec.offset)
             try:
                 event = parse_event(rec.value, self.max_event_bytes)
             except EventRejected as exc:
@@ -245,7 +291,6 @@ class BatchProcessor:
             elif kind in ("ad_impression", "ad_click"):
                 self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
 
-        self._handled[partition] = handled
         for kind, n in kinds.items():
             m.events.labels(event_type=kind).inc(n)
 

@@ -317,6 +317,21 @@ def test_records_delivered_again_to_the_same_process_are_skipped(
     assert len(again.predictions) == sum(e["event_type"] in TRIGGER_OF.values() for e in sim_events[half - 10:half])
 
 
+def test_records_skipped_before_a_redelivery_are_still_processed(
+        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    """Only offsets actually handled are skipped: a gap in an earlier delivery is filled later."""
+    records, half, _ref, stores, proc, _ = _replay_setup(sim_events, models)
+    gap = records[half + 10:half + 20]
+    first = proc.process(records[half:half + 10] + records[half + 20:half + 30], stores, now_ms=NOW_MS)
+    again = proc.process(records[half:half + 40], stores, now_ms=NOW_MS)  # the gap and 10 new ones
+    scored = {p["event_id"] for p in first.predictions} | {p["event_id"] for p in again.predictions}
+    expected = {e["event_id"] for e in sim_events[half:half + 40] if e["event_type"] in TRIGGER_OF.values()}
+    assert scored == expected
+    assert {p["event_id"] for p in again.predictions} >= {
+        orjson.loads(r.value)["event_id"] for r in gap if orjson.loads(r.value)["event_type"] in TRIGGER_OF.values()}
+    assert proc.metrics.value("stream_redelivered_events_total") == 20
+
+
 def test_replay_of_a_batch_mixing_old_and_new_records(sim_events: list[dict[str, Any]],
                                                       models: dict[str, LoadedModel]) -> None:
     """A batch that straddles the stored offsets: old records are skipped, new ones applied."""
