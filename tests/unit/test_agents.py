@@ -29,6 +29,7 @@ from stream.kafka.partitioner import partition_for
 from stream.processor import BatchProcessor, Record, Stores
 from stream.scoring import LoadedModel
 from stream.state import ARTICLE_MERGE_CONFIG, new_article_state, update_article
+from tests.support.aio import wait_until
 
 PARTITIONS = 4
 BATCH = 50
@@ -147,26 +148,17 @@ async def feed(tc: Any, payloads: Sequence[tuple[bytes | None, bytes]], partitio
     return messages
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
 def payloads_of(events: Sequence[Mapping[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
 
 def forwarded_article_events(w: Worker) -> list[tuple[int, dict[str, Any]]]:
     """(partition, event) per article event forwarded by the events agent, in produce order."""
-    out = []
+    out: list[tuple[int, dict[str, Any]]] = []
     for m in w.producer.on(w.topic("article_events")):
         decoded = orjson.loads(m.value())
-        for ev in decoded if isinstance(decoded, list) else [decoded]:  # the article agent reads both forms
-            part = m.partition() if m.partition() >= 0 else partition_for(m.key() or b"", PARTITIONS)
-            out.append((part, ev))
+        assert isinstance(decoded, list) and m.partition() >= 0  # a JSON array per explicit partition
+        out.extend((m.partition(), ev) for ev in decoded)
     return out
 
 
@@ -289,8 +281,7 @@ async def test_article_agent_folds_forwarded_events_into_the_article_table(
     async with w.app.agents["article-stats"].test_context(on_error=_on_error(w)) as tc:
         by_partition: dict[int, list[FakeMessage]] = {}
         for m in produced:
-            part = m.partition() if m.partition() >= 0 else partition_for(m.key() or b"", PARTITIONS)
-            by_partition.setdefault(part, []).append(m)
+            by_partition.setdefault(m.partition(), []).append(m)
         delivered = []
         for part, msgs in sorted(by_partition.items()):
             delivered += await feed(tc, [(m.key(), m.value()) for m in msgs], partition=part)

@@ -119,14 +119,6 @@ def running() -> Iterator[Callable[[ClickHouseSink], Awaitable[asyncio.Task[None
             task.cancel()
 
 
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.005)
-
-
 # --- (a) batched inserts, futures ---------------------------------------------------------------
 
 
