@@ -42,12 +42,12 @@ from stream.state import (
     StateConfig,
     UserState,
     apply_user,
-    click_features,
+    click_row,
     encode_event,
-    engagement_features,
+    engagement_row,
     new_article_state,
     new_user_state,
-    user_features,
+    user_row,
 )
 
 #: The feature list each model must have been trained on.
@@ -267,9 +267,9 @@ class BatchProcessor:
             model = TRIGGERS.get(kind)
             if model == "click":
                 article = self._article(stores.articles, event["article_id"])
-                requests.append(ScoreRequest("click", click_features(state, article, ev, cfg), event, out.ingest_ms))
+                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, out.ingest_ms))
             elif model == "engagement":
-                requests.append(ScoreRequest("engagement", engagement_features(state, ev, cfg), event,
+                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event,
                                              out.ingest_ms))
             outcome = Outcome.DUPLICATE
             if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
@@ -279,7 +279,7 @@ class BatchProcessor:
                 users[uid] = (rec.offset, state)
                 dirty[uid] = rec.offset
             if model == "churn":
-                requests.append(ScoreRequest("churn", user_features(state, ev.t, cfg), event, out.ingest_ms))
+                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, out.ingest_ms))
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded.
                 if outcome is Outcome.APPLIED:

@@ -120,7 +120,9 @@ class ScoreRequest:
     """One row to score and the event it belongs to."""
 
     model: str
-    row: np.ndarray
+    #: feature values in the model's feature order (python floats: one array per model is built
+    #: from all rows of a batch, instead of one per row)
+    row: Sequence[float]
     event: Mapping[str, Any]
     ingest_ms: int
 
@@ -139,7 +141,7 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
         model = models.get(name)
         if model is None:
             continue
-        scores = model.predict(np.vstack([r.row for r in reqs]).astype(np.float32, copy=False))
+        scores = model.predict(np.array([r.row for r in reqs], dtype=np.float32))
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
             out.append({

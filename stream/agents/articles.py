@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from stream.agents.batching import run_batches
 from stream.agents.runtime import Runtime, enter_partition
 from stream.state import DEFAULT_CONFIG, ArticleState, new_article_state, update_article
 from stream.state.config import DAY_MS
@@ -37,27 +38,33 @@ def register(app: Any, rt: Runtime) -> Any:
     # reader may briefly return an older value of a key this worker just wrote.
     owned: dict[int, dict[str, ArticleState]] = rt.article_cache
 
+    def fold(batch: list[Any]) -> None:
+        enter_partition(batch[-1])
+        cache = owned.setdefault(batch[-1].message.partition, {})
+        touched: dict[str, ArticleState] = {}
+        for ev in batch:
+            decoded = orjson.loads(ev.message.value)
+            # A JSON array of events (see runtime.article_messages); one object from older workers.
+            for event in decoded if isinstance(decoded, list) else (decoded,):
+                aid = event["article_id"]
+                state = cache.get(aid)
+                if state is None:
+                    raw = articles.get(aid)
+                    state = ArticleState.from_bytes(raw) if raw else new_article_state()
+                    cache[aid] = state
+                touched[aid] = state
+                update_article(state, event, ARTICLE_MERGE_CONFIG)
+        for aid, state in touched.items():
+            articles[aid] = state.to_bytes()
+
+    async def handle(batch: list[Any]) -> None:
+        fold(batch)
+        rt.ack(batch)  # the table writes are queued to the changelog: the input may be committed
+
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:
         try:
-            async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
-                enter_partition(batch[-1])
-                cache = owned.setdefault(batch[-1].message.partition, {})
-                touched: dict[str, ArticleState] = {}
-                for ev in batch:
-                    decoded = orjson.loads(ev.message.value)
-                    # A JSON array of events (see runtime.article_messages); one object from older workers.
-                    for event in decoded if isinstance(decoded, list) else (decoded,):
-                        aid = event["article_id"]
-                        state = cache.get(aid)
-                        if state is None:
-                            raw = articles.get(aid)
-                            state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                            cache[aid] = state
-                        touched[aid] = state
-                        update_article(state, event, ARTICLE_MERGE_CONFIG)
-                for aid, state in touched.items():
-                    articles[aid] = state.to_bytes()
+            await run_batches(stream, s.score_batch_size, s.score_batch_ms / 1000, handle)
         except asyncio.CancelledError:
             return  # partition revoked: end without a restart (see agents/events.py)
 

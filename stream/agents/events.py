@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stream.agents.runtime import Runtime, enter_partition, hold
+from stream.agents.batching import run_batches
+from stream.agents.runtime import Runtime, enter_partition
 from stream.processor import Record, Stores
 
 
@@ -20,22 +21,23 @@ def register(app: Any, rt: Runtime) -> Any:
     stores = Stores(users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"],
                     bandit=tables["bandit"])
 
+    async def handle(batch: list[Any]) -> None:
+        records = []
+        for ev in batch:
+            msg = ev.message
+            ts = msg.timestamp
+            records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
+                                  int(ts * 1000) if ts else None))
+        enter_partition(batch[-1])
+        out = rt.processor.process(records, stores)
+        last = records[-1]
+        rt.positions[(last.topic, last.partition)] = last.offset
+        await rt.publish(out, batch)  # acks the batch once its outputs are confirmed
+
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
         try:
-            async for batch in stream.take_events(s.score_batch_size, within=s.score_batch_ms / 1000):
-                hold(batch)  # committable only once publish() has confirmed the outputs
-                records = []
-                for ev in batch:
-                    msg = ev.message
-                    ts = msg.timestamp
-                    records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
-                                          int(ts * 1000) if ts else None))
-                enter_partition(batch[-1])
-                out = rt.processor.process(records, stores)
-                last = records[-1]
-                rt.positions[(last.topic, last.partition)] = last.offset
-                await rt.publish(out, batch)
+            await run_batches(stream, s.score_batch_size, s.score_batch_ms / 1000, handle)
         except asyncio.CancelledError:
             # faust cancels an isolated actor when its partition is revoked, and its supervisor
             # restarts a cancelled actor on the same stream: should the partition come back, a

@@ -85,18 +85,6 @@ def article_messages(events: Sequence[tuple[str, bytes]], partitions: int) -> li
             for p, raws in groups.items() for i in range(0, len(raws), ARTICLE_CHUNK)]
 
 
-def hold(batch: Sequence[Any]) -> None:
-    """Keep the batch's offsets from being committed until :meth:`Runtime.publish` settles them.
-
-    faust acks a ``take_events`` batch when the loop body returns, and also when a rebalance
-    cancels it half-way. One extra reference per message makes that ack a no-op: the offset
-    becomes committable only when the batch's outputs are confirmed, and never if the batch is
-    abandoned (its partition's next owner reads it again).
-    """
-    for event in batch:
-        event.message.incref()
-
-
 @dataclass
 class Runtime:
     settings: Settings
@@ -151,7 +139,7 @@ class Runtime:
                 self.article_cache.pop(tp.partition, None)
 
     async def publish(self, out: Outputs, batch: Sequence[Any]) -> None:
-        """Produce every output of a held batch (see :func:`hold`); ack its input once they are confirmed.
+        """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.
 
         Returns as soon as the outputs are queued, so the next batch is processed while these are
         in flight (at most ``max_inflight_batches``). The batch's offsets become committable only
@@ -193,6 +181,13 @@ class Runtime:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
+    def ack(self, batch: Sequence[Any]) -> None:
+        """Release the hold on a batch's events: their offsets become committable."""
+        consumer = self.consumer() if self.consumer is not None else None
+        if consumer is not None:
+            for event in batch:
+                event.message.ack(consumer)
+
     def _produce(self, topic: str, value: bytes, key: bytes | None, report: _Delivery, partition: int = -1) -> None:
         while True:
             try:
@@ -210,16 +205,17 @@ class Runtime:
         finally:
             assert self._inflight is not None
             self._inflight.release()
-        consumer = self.consumer() if self.consumer is not None else None
-        if consumer is not None:
-            for event in batch:
-                event.message.ack(consumer)
+        self.ack(batch)
         now = time.time()
         m = self.metrics
+        per_model: dict[str, int] = {}
+        event_to_publish, ingest_to_publish = m.event_to_publish.observe, m.ingest_to_publish.observe
         for p, ingest_ms in zip(out.predictions, out.prediction_ingest_ms, strict=True):
-            m.predictions.labels(model=p["model_name"]).inc()
-            m.event_to_publish.observe(max(now - p["event_time"] / 1000, 0.0))
-            m.ingest_to_publish.observe(max(now - ingest_ms / 1000, 0.0))
+            per_model[p["model_name"]] = per_model.get(p["model_name"], 0) + 1
+            event_to_publish(max(now - p["event_time"] / 1000, 0.0))
+            ingest_to_publish(max(now - ingest_ms / 1000, 0.0))
+        for name, n in per_model.items():
+            m.predictions.labels(model=name).inc(n)
 
     async def drain(self) -> None:
         """Wait until every published batch is settled (before shutdown)."""

@@ -138,3 +138,21 @@ def test_zero_lateness_still_deduplicates() -> None:
     assert apply_user(s, ev, cfg) is Outcome.APPLIED
     assert apply_user(s, ev, cfg) is Outcome.DUPLICATE
     assert apply_user(s, dict(ev, event_id="y", event_time=BASE - 1), cfg) is Outcome.LATE
+
+
+@SETTINGS
+@given(user_events(), st.data())
+def test_rows_after_every_event_equal_a_fresh_decode(events: list[dict], data: st.DataObject) -> None:
+    """The session view a state keeps up to date equals one rebuilt from scratch, in any arrival order.
+
+    A decoded state has no view yet and builds it from ``sess`` and the buffered events; the live
+    state advanced its view event by event (or dropped it after an out-of-order event).
+    """
+    delays = data.draw(st.lists(st.integers(0, LATENESS), min_size=len(events), max_size=len(events)))
+    s = new_user_state()
+    for i, e in enumerate(_within_lateness(events, delays)):
+        update_user(s, e)
+        if data.draw(st.booleans(), label=f"row after event {i}"):  # a row builds the view
+            t = s.max_t + data.draw(st.sampled_from([0, 1, 600_000]))
+            fresh = UserState.from_bytes(s.to_bytes())
+            np.testing.assert_array_equal(user_features(s, t), user_features(fresh, t))

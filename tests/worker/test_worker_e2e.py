@@ -279,7 +279,12 @@ def test_bandit_decisions_shift_toward_the_best_arm(
     late = [d["placement"] == "in_article" for d in decisions[-1500:]]
     share_early, share_late = sum(early) / len(early), sum(late) / len(late)
     print(f"\nbest-arm share: first 100 decisions {share_early:.2f}, last 1500 {share_late:.2f}")
+    # The first decision the worker made used the prior alone: every arm equally likely. (How fast
+    # the share rises after it depends on how the four partitions' first batches interleave, so
+    # the early share is printed, not asserted.)
+    first = min(decisions, key=lambda d: d["decided_at"])
+    assert len(set(first["arm_means"].values())) == 1, first["arm_means"]
+    assert abs(first["propensity"] - 0.25) < 1e-6, first
     assert share_late > 0.75, (share_early, share_late)
-    assert share_late > share_early + 0.3
     best = [d for d in decisions[-1500:] if d["placement"] == "in_article"]
     assert sum(d["propensity"] for d in best) / len(best) > 0.7  # a confident posterior

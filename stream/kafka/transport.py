@@ -1,0 +1,159 @@
+"""faust's aiokafka transport with a cheaper hand-off of fetched records to the streams.
+
+faust's ``Consumer._drain_messages`` hands every fetched record over with
+``wait_first(callback(message), suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per
+record, so that a rebalance (which sets ``suspend_flow``), a stop or a crash can interrupt a
+hand-off blocked on a full stream buffer.
+
+:class:`Consumer` keeps faust's loop line for line and replaces only that call (see
+:class:`_Interrupt`): the hand-off still runs as its own task on the next turn of the event loop
+and is still raced against the same three events, so records reach the streams in the same
+order and with the same interleaving with rebalances as in faust.
+
+Two faster replacements that ran the hand-off inline were tried and dropped: under load they
+let a record through after a seek had reset its partition's read offset, and the rebalance test
+then missed a record in about one run in five (docs/worker.md, "Rebalances").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.drivers import aiokafka as driver
+
+
+class _Interrupt:
+    """faust's ``wait_first(callback(message), suspend_flow.wait())``, at one task per record.
+
+    ``wait_first`` starts four tasks per record: the hand-off, and one waiting on each of
+    ``suspend_flow``, ``_stopped`` and ``_crashed``. Those three waits are the same for every
+    record, so one long-lived task waits on all of them here; per record only the hand-off runs
+    as a task, raced against it exactly as faust races it: the hand-off starts on the next turn of
+    the event loop, and if the flow is suspended (or the consumer stops or crashes) first, the
+    hand-off is cancelled and the loop goes on.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *events: Any) -> None:
+        self.loop = loop
+        self.events = events
+        self.fired = loop.create_future()
+        self._task: asyncio.Task[Any] | None = None
+
+    async def _watch(self) -> None:
+        waits = [asyncio.ensure_future(e.wait()) for e in self.events]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if not self.fired.done():
+            self.fired.set_result(None)
+
+    def _arm(self) -> None:
+        if self.fired.done() and not any(e.is_set() for e in self.events):
+            self.fired = self.loop.create_future()  # the flow resumed: watch again
+            self._task = None
+        if self._task is None and not self.fired.done():
+            self._task = asyncio.ensure_future(self._watch())
+
+    async def race(self, coro: Awaitable[Any]) -> None:
+        self._arm()
+        task = asyncio.ensure_future(coro)
+        if not self.fired.done():
+            waiter = self.loop.create_future()
+
+            def wake(_: Any) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            task.add_done_callback(wake)
+            self.fired.add_done_callback(wake)
+            try:
+                await waiter
+            except BaseException:  # the loop itself is cancelled: so is its hand-off, as in wait_first
+                task.cancel()
+                raise
+            finally:
+                self.fired.remove_done_callback(wake)
+                task.remove_done_callback(wake)
+        else:
+            # faust's wait_first when a waited event is already set: both finish in the next
+            # turn; the hand-off still gets its first step.
+            await asyncio.sleep(0)
+        if not task.done():
+            task.cancel()
+            return
+        if not task.cancelled() and task.exception() is not None:
+            task.result()  # propagate, as wait_first does
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+
+class Consumer(driver.Consumer):
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by the worker tests
+        # faust's loop (faust/transport/consumer.py) with only its wait_first replaced.
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        loop = asyncio.get_running_loop()
+        yield_every = 100
+        num_since_yield = 0
+        sleep = asyncio.sleep
+        interrupt = _Interrupt(loop, self.suspend_flow, self._stopped, self._crashed)
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(CONSUMER_FETCHING)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)  # getmany can return at once many times in a row
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > yield_every:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            await interrupt.race(callback(message))
+                            set_read_offset(tp, offset)
+                        else:
+                            self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
+                    unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            interrupt.close()
+            unset_flag(CONSUMER_FETCHING)
+
+
+class Transport(driver.Transport):
+    Consumer = Consumer

@@ -1,0 +1,106 @@
+"""stream.kafka.transport._Interrupt: faust's wait_first(hand-off, suspend_flow.wait()) at one task per record.
+
+Each test states what faust's ``Service.wait_first`` does in the same situation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stream.kafka.transport import _Interrupt
+
+
+def _events() -> tuple[asyncio.Event, asyncio.Event, asyncio.Event]:
+    return asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+
+async def test_a_hand_off_that_does_not_block_completes() -> None:
+    suspend, stopped, crashed = _events()
+    it = _Interrupt(asyncio.get_running_loop(), suspend, stopped, crashed)
+    done: list[int] = []
+
+    async def hand_off(i: int) -> None:
+        done.append(i)
+
+    for i in range(5):
+        await it.race(hand_off(i))
+    assert done == [0, 1, 2, 3, 4]
+    it.close()
+
+
+async def test_a_blocked_hand_off_is_cancelled_when_the_flow_is_suspended() -> None:
+    suspend, stopped, crashed = _events()
+    it = _Interrupt(asyncio.get_running_loop(), suspend, stopped, crashed)
+    gate = asyncio.Event()
+    log: list[str] = []
+
+    async def hand_off() -> None:
+        try:
+            await gate.wait()  # a full stream buffer
+            log.append("delivered")
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+
+    race = asyncio.ensure_future(it.race(hand_off()))
+    await asyncio.sleep(0.01)
+    assert not race.done()
+    suspend.set()  # a rebalance starts
+    await asyncio.wait_for(race, 1)
+    await asyncio.sleep(0)
+    assert log == ["cancelled"]
+
+    # after the flow resumes, hand-offs wait for completion again
+    suspend.clear()
+    gate.set()
+    await it.race(hand_off())
+    assert log == ["cancelled", "delivered"]
+    it.close()
+
+
+@pytest.mark.parametrize("which", [1, 2])
+async def test_stop_or_crash_interrupts_like_the_flow(which: int) -> None:
+    events = _events()
+    it = _Interrupt(asyncio.get_running_loop(), *events)
+
+    async def blocked() -> None:
+        await asyncio.Event().wait()
+
+    race = asyncio.ensure_future(it.race(blocked()))
+    await asyncio.sleep(0.01)
+    events[which].set()
+    await asyncio.wait_for(race, 1)
+    it.close()
+
+
+async def test_with_the_flow_already_suspended_the_hand_off_still_gets_its_first_step() -> None:
+    suspend, stopped, crashed = _events()
+    suspend.set()
+    it = _Interrupt(asyncio.get_running_loop(), suspend, stopped, crashed)
+    done: list[str] = []
+
+    async def quick() -> None:
+        done.append("quick")
+
+    async def blocked() -> None:
+        await asyncio.Event().wait()
+        done.append("blocked")  # pragma: no cover
+
+    await it.race(quick())  # wait_first: both finish in the same turn, the record is delivered
+    await it.race(blocked())  # ... while a hand-off that blocks is cancelled
+    await asyncio.sleep(0)
+    assert done == ["quick"]
+    it.close()
+
+
+async def test_a_hand_off_error_propagates() -> None:
+    it = _Interrupt(asyncio.get_running_loop(), *_events())
+
+    async def boom() -> None:
+        raise KeyError("decode")
+
+    with pytest.raises(KeyError):
+        await it.race(boom())
+    it.close()
