@@ -9,8 +9,9 @@ All variants consume the same preloaded topic of simulated events (4 partitions)
   (c) a naive faust agent: per-event RocksDB table update and per-event predict (the baseline),
   (d) our worker (python -m stream worker).
 
-Each repeat runs (b), (c) and (d) in a rotated order, after an idle pause, so no variant always
-follows the naive one (whose changelog the broker compacts afterwards).
+Each repeat runs (b), (c) and (d) in another order (each runs first, and each follows each other
+one), and each starts only once the broker is quiet again (it compacts the changelogs a variant
+wrote; the naive one writes one record per event).
 
 Throughput is measured from the consumer group's committed offsets (10% -> 90% of the input),
 so start-up and rebalancing are excluded. Latency: our worker alone, at a fixed offered load,
@@ -157,6 +158,34 @@ def latency(bootstrap: str, work: Path, models: Path, events: list[dict], rate: 
     return lat
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def settle(broker_pid: int | None, min_s: float, max_s: float = 120.0, quiet: float = 0.05) -> float:
+    """Wait at least ``min_s``, then until the broker uses under ``quiet`` of a core over 2 s.
+
+    After a variant the broker keeps working (log cleaning of the changelogs just written, segment
+    rolls); the next variant would share the two cores with it. Returns the seconds waited.
+    """
+    start = time.monotonic()
+    time.sleep(min_s)
+    if broker_pid is None or not Path(f"/proc/{broker_pid}/stat").exists():
+        return time.monotonic() - start
+    hz = os.sysconf("SC_CLK_TCK")
+    while time.monotonic() - start < max_s:
+        before = _cpu_ticks(broker_pid)
+        time.sleep(2.0)
+        if (_cpu_ticks(broker_pid) - before) / hz / 2.0 < quiet:
+            break
+    return time.monotonic() - start
+
+
+#: Orders of (b), (c), (d) per repeat: each variant runs first, and each follows each other one.
+ORDERS = (("b", "c", "d"), ("d", "c", "b"), ("c", "b", "d"), ("d", "b", "c"), ("c", "d", "b"), ("b", "d", "c"))
+
+
 def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path) -> float:
     """Events/s of variant ``key`` (b, c or d) in a fresh consumer group."""
     if key in ("b", "c"):
@@ -191,7 +220,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rate", type=float, default=2000.0, help="offered load for the latency run (events/s)")
     ap.add_argument("--latency-seconds", type=float, default=30.0)
-    ap.add_argument("--pause", type=float, default=10.0, help="idle seconds before each variant (broker settles)")
+    ap.add_argument("--pause", type=float, default=5.0,
+                    help="idle seconds before each variant, after which it waits for a quiet broker")
     args = ap.parse_args()
 
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
@@ -210,13 +240,15 @@ def main() -> None:
         produce(bootstrap, topic, payloads)
         for r in range(args.repeats):
             results["a"].append(raw_loop(bootstrap, topic, total))
-            # Rotate the order: a variant that runs right after the naive one shares the machine
-            # with the broker compacting its changelog (measured: ~20 % slower in that slot).
-            order = ["b", "c", "d"][r % 3:] + ["b", "c", "d"][:r % 3]
+            # Vary the order, and start each variant on a quiet broker: right after the naive
+            # variant the broker compacts its changelog, which measured ~20 % off the next variant.
+            order = ORDERS[r % len(ORDERS)]
+            waited = []
             for key in order:
-                time.sleep(args.pause)
+                waited.append(settle(broker.pid, args.pause))
                 results[key].append(run_variant(key, r, bootstrap, topic, total, work, models))
-            print(f"repeat {r + 1}: " + ", ".join(f"({k}) {v[-1]:,.0f}/s" for k, v in results.items()), flush=True)
+            print(f"repeat {r + 1} (order {'-'.join(order)}, settled {'/'.join(f'{w:.0f}' for w in waited)} s): "
+                  + ", ".join(f"({k}) {v[-1]:,.0f}/s" for k, v in results.items()), flush=True)
         lat = latency(bootstrap, work, models, events, args.rate, args.latency_seconds)
 
     med = {k: statistics.median(v) for k, v in results.items()}

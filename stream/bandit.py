@@ -92,10 +92,16 @@ class ThompsonSampling:
         clicks = np.minimum(np.array([counts.get(a, (0, 0))[1] for a in self.arms], dtype=float), imps)
         return self.prior[0] + clicks, self.prior[1] + imps - clicks
 
-    def choose(self, alpha: np.ndarray, beta: np.ndarray, props: np.ndarray | None = None) -> Decision:
-        """Draw one sample per arm and pick the largest; report the arm's exact propensity."""
+    def choose(self, alpha: np.ndarray, beta: np.ndarray, props: np.ndarray | None = None,
+               means: dict[str, float] | None = None) -> Decision:
+        """Draw one sample per arm and pick the largest; report the arm's exact propensity.
+
+        ``props`` and ``means`` (posterior mean per arm) may be passed in when many decisions
+        share one posterior; the decision's ``arm_means`` is then that same dict.
+        """
         draws = self.rng.beta(alpha, beta)
         i = int(np.argmax(draws))
         props = propensities(alpha, beta) if props is None else props
-        means = alpha / (alpha + beta)
-        return Decision(self.arms[i], float(props[i]), {a: float(m) for a, m in zip(self.arms, means, strict=True)})
+        if means is None:
+            means = {a: float(m) for a, m in zip(self.arms, alpha / (alpha + beta), strict=True)}
+        return Decision(self.arms[i], float(props[i]), means)

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
+from numpy.random import PCG64, Generator, SeedSequence
 
 from stream.bandit import ThompsonSampling, propensities
 from stream.metrics import WorkerMetrics
@@ -361,17 +362,20 @@ class BatchProcessor:
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
         worker that makes it, given the same snapshot.
         """
-        snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = {}
+        chosen: dict[tuple[str, str], int] = {}
         out = []
         for event, context in ad_requests:
             if context not in snapshot:
                 alpha, beta = self.policy.posterior(counts.get(context, {}))
-                snapshot[context] = (alpha, beta, propensities(alpha, beta))
-            alpha, beta, props = snapshot[context]
+                means = {a: float(m) for a, m in zip(self.placements, alpha / (alpha + beta), strict=True)}
+                snapshot[context] = (alpha, beta, propensities(alpha, beta), means)
+            alpha, beta, props, means = snapshot[context]
             rid = event["request_id"]
-            self.policy.rng = np.random.default_rng([self.seed, zlib.crc32(rid.encode())])
-            d = self.policy.choose(alpha, beta, props)
-            self.metrics.decisions.labels(context=context, arm=d.arm).inc()
+            # default_rng([seed, crc]) builds exactly this generator, at twice the cost
+            self.policy.rng = Generator(PCG64(SeedSequence([self.seed, zlib.crc32(rid.encode())])))
+            d = self.policy.choose(alpha, beta, props, means)
+            chosen[(context, d.arm)] = chosen.get((context, d.arm), 0) + 1
             out.append({
                 "schema_version": 1,
                 "decision_id": decision_id(self.policy_name, rid),
@@ -386,6 +390,8 @@ class BatchProcessor:
                 "event_time": event["event_time"],
                 "decided_at": now_ms,
             })
+        for (context, arm), n in chosen.items():
+            self.metrics.decisions.labels(context=context, arm=arm).inc(n)
         return out
 
 

@@ -24,9 +24,10 @@ from stream.sinks import ClickHouseSink
 def enter_partition(event: Any) -> None:
     """Make ``event`` the current event of this task, as faust does inside ``async for``.
 
-    faust derives a table write's changelog partition from the current event, which
-    ``take_events`` does not set for the consuming task. With ``isolated_partitions`` every event
-    of a batch comes from the same partition, so any event of the batch is the right one.
+    faust derives a table write's changelog partition from the current event, which the batch
+    handler (a task of its own, see agents/batching.py) does not have. With
+    ``isolated_partitions`` every event of a batch comes from the same partition, so any event of
+    the batch is the right one.
     """
     _current_event.set(weakref.ref(event))
 

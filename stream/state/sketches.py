@@ -213,13 +213,16 @@ class BucketCounts:
     bucket containing ``as_of`` and in the ``k - 1`` before it. Counts saturate at 65535.
     """
 
-    __slots__ = ("c", "n", "ntypes", "width")
+    __slots__ = ("c", "n", "ntypes", "width", "win")
 
     def __init__(self, width: int, n: int, ntypes: int) -> None:
         self.width = width
         self.n = n
         self.ntypes = ntypes
         self.c: dict[int, list[int]] = {}
+        #: window sums already computed, by (current bucket, k); kept up to date by :meth:`add`, so
+        #: consecutive feature rows of a user within one bucket do not sum the buckets again
+        self.win: dict[tuple[int, int], list[int]] = {}
 
     def add(self, t: int, typ: int) -> BucketCounts:
         idx = t // self.width
@@ -228,35 +231,40 @@ class BucketCounts:
             row = self.c[idx] = [0] * self.ntypes
         if row[typ] < 0xFFFF:
             row[typ] += 1
+            for (cur, k), sums in self.win.items():
+                if cur - idx < k:
+                    sums[typ] += 1
         return self
 
     def evict(self, watermark: int) -> None:
         """Drop buckets no window can reach once every future event is at or after ``watermark``."""
         lo = watermark // self.width - self.n
         c = self.c
-        for idx in [idx for idx in c if idx <= lo]:
+        old = [idx for idx in c if idx <= lo]
+        for idx in old:
             del c[idx]
+        if old:
+            self.win.clear()
 
     def window(self, as_of: int, k: int) -> list[int]:
-        """Counts per type over the last ``k`` buckets at ``as_of``."""
-        lo = as_of // self.width - k
-        rows = [row for idx, row in self.c.items() if idx > lo]
-        if len(rows) > 1:
-            return list(map(sum, zip(*rows, strict=True)))
-        return list(rows[0]) if rows else [0] * self.ntypes
+        """Counts per type over the last ``k`` buckets at ``as_of`` (read-only: it may be cached)."""
+        return self.windows(as_of, (k,))[0]
 
     def windows(self, as_of: int, ks: tuple[int, ...]) -> list[list[int]]:
-        """:meth:`window` for several ``k`` in one pass over the buckets."""
+        """:meth:`window` for several ``k`` in one pass over the buckets (read-only lists)."""
         cur = as_of // self.width
-        items = [(cur - idx, row) for idx, row in self.c.items()]
-        outs = []
-        for k in ks:
-            rows = [row for age, row in items if age < k]
-            if len(rows) > 1:
-                outs.append(list(map(sum, zip(*rows, strict=True))))
-            else:
-                outs.append(list(rows[0]) if rows else [0] * self.ntypes)
-        return outs
+        win = self.win
+        if not all((cur, k) in win for k in ks):
+            if win and next(iter(win))[0] != cur:
+                win.clear()  # another current bucket: these sums are no longer asked for
+            items = [(cur - idx, row) for idx, row in self.c.items()]
+            for k in ks:
+                rows = [row for age, row in items if age < k]
+                if len(rows) > 1:
+                    win[(cur, k)] = list(map(sum, zip(*rows, strict=True)))
+                else:
+                    win[(cur, k)] = list(rows[0]) if rows else [0] * self.ntypes
+        return [win[(cur, k)] for k in ks]
 
     def active(self, as_of: int, k: int) -> int:
         """Number of non-empty buckets among the last ``k`` (e.g. active days)."""
@@ -282,6 +290,7 @@ class BucketCounts:
         ref = ref_t // self.width
         nt = self.ntypes
         self.c = {ref - a: flat[i:i + nt] for i, a in zip(range(0, len(flat), nt), ages, strict=True)}
+        self.win = {}
 
     def copy(self) -> BucketCounts:
         b = BucketCounts(self.width, self.n, self.ntypes)

@@ -324,7 +324,7 @@ def _blank_user() -> UserState:
     buckets = []
     for width, n in RESOLUTIONS:
         b: BucketCounts = _new(BucketCounts)
-        b.width, b.n, b.ntypes, b.c = width, n, _N_TYPES, {}
+        b.width, b.n, b.ntypes, b.c, b.win = width, n, _N_TYPES, {}, {}
         buckets.append(b)
     st.buckets = buckets
     for name in ("brands", "cats"):

@@ -1,7 +1,7 @@
 """The faust agents without a broker: ``agent.test_context()`` on the app ``create_app`` builds.
 
 What is real: the faust app, its RocksDB / in-memory tables (under ``tmp_path``), the agents'
-``take_events`` micro-batching, the runtime's publish / delivery / ack logic and its poll thread.
+micro-batching (agents/batching.py), the runtime's publish / delivery / ack logic and its poll thread.
 What is fake: the confluent-kafka producer (:class:`FakeProducer`, which records ``produce()``
 calls and serves delivery reports from ``poll()`` like librdkafka) and the consumer's delivery
 of messages (:func:`feed` puts them on the agent's channel, taking the reference faust's
