@@ -63,7 +63,12 @@ class WorkerApp(faust.App):
     #: records one batch may write to table changelogs (set by create_app from the batch size)
     changelog_burst: int = 500
 
+    #: STREAM_CONSUMER_HANDOFF (set by create_app)
+    consumer_handoff: str = "lean"
+
     def _new_transport(self) -> Any:
+        if self.consumer_handoff == "faust":
+            return super()._new_transport()
         # faust's aiokafka transport with a cheaper hand-off of fetched records (same order and
         # interleaving); see stream/kafka/transport.py.
         return transport.Transport(self.conf.broker_consumer, self)
@@ -96,6 +101,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         **RAW,
     )
     app.changelog_burst = s.score_batch_size
+    app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     topics = {
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, **RAW),
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),

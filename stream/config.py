@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
+    consumer_handoff: Literal["lean", "faust"] = Field(
+        "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
+    )
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"

@@ -6,6 +6,7 @@ Each test states what faust's ``Service.wait_first`` does in the same situation.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,16 @@ async def test_a_hand_off_error_propagates() -> None:
     with pytest.raises(KeyError):
         await it.race(boom())
     it.close()
+
+
+@pytest.mark.parametrize(("handoff", "module"), [("lean", "stream.kafka.transport"),
+                                                 ("faust", "faust.transport.drivers.aiokafka")])
+def test_the_handoff_setting_picks_the_consumer(handoff: str, module: str, tmp_path: Any) -> None:
+    from stream.app import create_app
+    from stream.config import load_settings
+
+    settings = load_settings(consumer_handoff=handoff, state_dir=tmp_path / "state", models_dir=tmp_path / "m")
+    app, rt = create_app(settings, "localhost:1", clickhouse=False)
+    assert type(app.consumer).__module__ == module
+    rt.close(timeout_s=0)
+    rt.producer = None  # drop the output producer now: it would keep retrying localhost:1
