@@ -102,6 +102,8 @@ class ThompsonSampling:
         draws = self.rng.beta(alpha, beta)
         i = int(np.argmax(draws))
         props = propensities(alpha, beta) if props is None else props
-        if means is None:
-            means = {a: float(m) for a, m in zip(self.arms, alpha / (alpha + beta), strict=True)}
-        return Decision(self.arms[i], float(props[i]), means)
+        return Decision(self.arms[i], float(props[i]), self.arm_means(alpha, beta) if means is None else means)
+
+    def arm_means(self, alpha: np.ndarray, beta: np.ndarray) -> dict[str, float]:
+        """Posterior mean per arm."""
+        return {a: float(m) for a, m in zip(self.arms, alpha / (alpha + beta), strict=True)}

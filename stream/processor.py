@@ -368,8 +368,7 @@ class BatchProcessor:
         for event, context in ad_requests:
             if context not in snapshot:
                 alpha, beta = self.policy.posterior(counts.get(context, {}))
-                means = {a: float(m) for a, m in zip(self.placements, alpha / (alpha + beta), strict=True)}
-                snapshot[context] = (alpha, beta, propensities(alpha, beta), means)
+                snapshot[context] = (alpha, beta, propensities(alpha, beta), self.policy.arm_means(alpha, beta))
             alpha, beta, props, means = snapshot[context]
             rid = event["request_id"]
             # default_rng([seed, crc]) builds exactly this generator, at twice the cost
