@@ -3,6 +3,8 @@
 * ``forward``: a trivial agent that forwards every event to an output topic (framework ceiling).
 * ``naive``: per event, a RocksDB table read-modify-write of the user state and one
   ``inplace_predict`` per scorable event (the obvious implementation our worker is compared with).
+* ``naive-tuned``: ``naive`` with the worker's process settings (uvloop, GC thresholds and
+  freeze; stream/tuning.py), to show what those alone are worth.
 
 Usage: python bench/faust_baselines.py MODE BOOTSTRAP IN_TOPIC OUT_TOPIC APP_ID DATADIR MODELS_DIR
 """
@@ -16,6 +18,7 @@ import numpy as np
 import orjson
 from faust.worker import Worker
 
+from stream.config import load_settings
 from stream.registry import ModelRegistry, load_booster
 from stream.state import (
     UserState,
@@ -26,10 +29,14 @@ from stream.state import (
     update_user,
     user_features,
 )
+from stream.tuning import tune_gc, use_event_loop
 
 
 def main() -> None:
     mode, bootstrap, in_topic, out_topic, app_id, datadir, models_dir = sys.argv[1:8]
+    tuned = mode == "naive-tuned"
+    if tuned:
+        use_event_loop("uvloop")
     app = faust.App(app_id, broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=datadir,
                     web_enabled=False, key_serializer="raw", value_serializer="raw",
                     consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, topic_partitions=4,
@@ -67,6 +74,13 @@ def main() -> None:
                 if row is not None:
                     score = float(models[model].inplace_predict(np.asarray([row], dtype=np.float32))[0])
                     await sink.send(key=event.key, value=orjson.dumps({"event_id": ev["event_id"], "score": score}))
+
+    if tuned:
+        settings = load_settings()
+
+        @app.task
+        async def tune() -> None:
+            tune_gc(settings.gc_threshold, settings.gc_freeze)
 
     Worker(app, loglevel="warning").execute_from_commandline()
 

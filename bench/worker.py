@@ -1,6 +1,6 @@
 """Worker throughput and latency, side by side with three baselines, on the embedded broker.
 
-    python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate 2000]
+    python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate 2000] [--tuned-naive]
 
 All variants consume the same preloaded topic of simulated events (4 partitions):
 
@@ -8,6 +8,9 @@ All variants consume the same preloaded topic of simulated events (4 partitions)
   (b) a trivial faust agent that forwards events (the framework's ceiling),
   (c) a naive faust agent: per-event RocksDB table update and per-event predict (the baseline),
   (d) our worker (python -m stream worker).
+
+With ``--tuned-naive``, each repeat also runs (c') = (c) with the worker's process settings
+(uvloop and the GC tuning of stream/tuning.py), last: what those settings alone give the baseline.
 
 Each repeat runs (b), (c) and (d) in another order (each runs first, and each follows each other
 one), and each starts only once the broker is quiet again (it compacts the changelogs a variant
@@ -188,8 +191,8 @@ ORDERS = (("b", "c", "d"), ("d", "c", "b"), ("c", "b", "d"), ("d", "b", "c"), ("
 
 def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path) -> float:
     """Events/s of variant ``key`` (b, c or d) in a fresh consumer group."""
-    if key in ("b", "c"):
-        mode = "forward" if key == "b" else "naive"
+    if key in ("b", "c", "c'"):
+        mode = {"b": "forward", "c": "naive", "c'": "naive-tuned"}[key]
         group = f"{mode}-{r}-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "bench/faust_baselines.py", mode, bootstrap, topic, f"{group}-out", group,
                str(work / group), str(models)]
@@ -220,6 +223,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rate", type=float, default=2000.0, help="offered load for the latency run (events/s)")
     ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument("--tuned-naive", action="store_true",
+                    help="also run (c') = (c) with uvloop and the worker's GC tuning, last in each repeat")
     ap.add_argument("--pause", type=float, default=5.0,
                     help="idle seconds before each variant, after which it waits for a quiet broker")
     args = ap.parse_args()
@@ -232,6 +237,8 @@ def main() -> None:
     payloads = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     print(f"input: {total} simulated events ({args.users} users x {args.days} days), {PARTITIONS} partitions")
     results: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
+    if args.tuned_naive:
+        results["c'"] = []
     with EmbeddedKafka(workdir=work / "kafka") as broker:
         bootstrap = broker.bootstrap
         settings = load_settings(topic_prefix="bench.", topic_partitions=PARTITIONS)
@@ -242,7 +249,7 @@ def main() -> None:
             results["a"].append(raw_loop(bootstrap, topic, total))
             # Vary the order, and start each variant on a quiet broker: right after the naive
             # variant the broker compacts its changelog, which measured ~20 % off the next variant.
-            order = ORDERS[r % len(ORDERS)]
+            order = ORDERS[r % len(ORDERS)] + (("c'",) if args.tuned_naive else ())
             waited = []
             for key in order:
                 waited.append(settle(broker.pid, args.pause))
@@ -253,13 +260,17 @@ def main() -> None:
 
     med = {k: statistics.median(v) for k, v in results.items()}
     names = {"a": "raw confluent-kafka loop (ceiling)", "b": "trivial faust agent (framework ceiling)",
-             "c": "naive faust agent (baseline)", "d": "our worker"}
+             "c": "naive faust agent (baseline)", "d": "our worker",
+             "c'": "naive agent, uvloop + worker's GC tuning"}
     print(f"\nsustained events/s, median of {args.repeats} (10% -> 90% of {total} events committed):")
-    for k in "abcd":
+    for k in med:
         print(f"  ({k}) {names[k]:42s} {med[k]:>10,.0f}")
     print(f"\n  (d)/(c) = {med['d'] / med['c']:.2f}   target >= 5")
     print(f"  (d)/(b) = {med['d'] / med['b']:.2f}   target >= 0.5")
     print(f"  (d)/(a) = {med['d'] / med['a']:.2f}")
+    if "c'" in med:
+        tuned = med["c'"]
+        print(f"  (d)/(c') = {med['d'] / tuned:.2f}   (c) with the worker's process settings")
     if lat:
         print(f"\nlatency at {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f}s, "
               f"event -> prediction read ({len(lat)} predictions): "

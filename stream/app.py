@@ -26,6 +26,7 @@ from stream.registry import ModelRegistry
 from stream.scoring import ModelSet
 from stream.sinks import ClickHouseSink
 from stream.state import DEFAULT_CONFIG
+from stream.tuning import tune_gc
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -66,6 +67,14 @@ class WorkerApp(faust.App):
     #: STREAM_CONSUMER_HANDOFF (set by create_app)
     consumer_handoff: str = "lean"
 
+    #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
+    gc_tuning: tuple[tuple[int, int, int], bool] | None = None
+
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        if self.gc_tuning is not None:  # once everything long-lived exists: see stream/tuning.py
+            tune_gc(*self.gc_tuning)
+
     def _new_transport(self) -> Any:
         if self.consumer_handoff == "faust":
             return super()._new_transport()
@@ -101,6 +110,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         **RAW,
     )
     app.changelog_burst = s.score_batch_size
+    app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     topics = {
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, **RAW),

@@ -87,7 +87,7 @@ def config_table() -> str:
         if hasattr(default, "get_secret_value"):
             default = "(empty)" if not default.get_secret_value() else "(set)"
         elif isinstance(default, tuple):
-            default = ",".join(default)
+            default = ",".join(map(str, default))
         elif default is None:
             default = "(unset)"
         else:

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )
+    event_loop: Literal["asyncio", "uvloop"] = Field(
+        "uvloop", description="event loop of `python -m stream worker` (faust's CLI: its --loop option)"
+    )
+    gc_threshold: Annotated[tuple[int, int, int], NoDecode] = Field(
+        (10_000, 50, 100), description="Python GC thresholds gen0,gen1,gen2 (Python's default: 700,10,10)"
+    )
+    gc_freeze: bool = Field(True, description="freeze the objects alive at start-up out of later GC passes")
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
@@ -92,6 +99,15 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return tuple(p.strip() for p in v.split(",") if p.strip())
         return v
+
+    @field_validator("gc_threshold", mode="before")
+    @classmethod
+    def _parse_threshold(cls, v: object) -> object:
+        parts = [p.strip() for p in v.split(",")] if isinstance(v, str) else v
+        if (not isinstance(parts, list | tuple) or len(parts) != 3
+                or not all(str(p).isdigit() for p in parts) or int(parts[0]) < 1):
+            raise ValueError("expected three whole numbers gen0,gen1,gen2 like 10000,50,100 (gen0 at least 1)")
+        return tuple(int(p) for p in parts)
 
     def confluent_config(self) -> dict[str, str]:
         """Security options for confluent-kafka clients (producers, admin, tools)."""

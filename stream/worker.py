@@ -11,10 +11,12 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
     from stream.app import create_app
     from stream.topics import ensure_topics
+    from stream.tuning import use_event_loop
 
     if not settings.kafka_bootstrap:
         raise StreamError("no Kafka address: set STREAM_KAFKA_BOOTSTRAP (or run `python -m stream kafka up`)")
     ensure_topics(settings.kafka_bootstrap, settings)
+    use_event_loop(settings.event_loop)
     app, _ = create_app(settings)
     worker = Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()  # blocks; handles SIGINT/SIGTERM with a clean shutdown

@@ -31,6 +31,18 @@ def test_placements_from_comma_separated_env(monkeypatch) -> None:
     assert load_settings().placements == ("top", "side", "footer")
 
 
+def test_gc_threshold_from_comma_separated_env(monkeypatch) -> None:
+    monkeypatch.setenv("STREAM_GC_THRESHOLD", "2000, 5,7")
+    assert load_settings().gc_threshold == (2000, 5, 7)
+
+
+@pytest.mark.parametrize("bad", ["1000,10", "a,b,c", "0,10,10", "-1,10,10", "1,2,3,4"])
+def test_bad_gc_threshold_names_the_value_and_the_format(monkeypatch, bad) -> None:
+    monkeypatch.setenv("STREAM_GC_THRESHOLD", bad)
+    with pytest.raises(ConfigError, match=rf"^invalid configuration STREAM_GC_THRESHOLD='{bad}': .*like 10000,50,100"):
+        load_settings()
+
+
 def test_cli_bad_config_prints_one_line_and_exits_2() -> None:
     proc = subprocess.run([sys.executable, "-m", "stream", "config"], capture_output=True, text=True,
                           env={"STREAM_TOPIC_PARTITIONS": "0", "PATH": "/usr/bin:/bin"}, cwd=ROOT, check=False)
