@@ -20,6 +20,7 @@ from stream.agents.runtime import Runtime
 from stream.clickhouse import connect
 from stream.config import Settings, load_settings
 from stream.kafka import transport
+from stream.kafka.schema import RawSchema
 from stream.metrics import WorkerMetrics
 from stream.processor import EXPECTED_FEATURES, BatchProcessor
 from stream.registry import ModelRegistry
@@ -113,21 +114,23 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     topics = {
-        "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, **RAW),
+        # Consumed topics decode without the serializer registry (stream/kafka/schema.py).
+        "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, schema=RawSchema()),
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
-        "article_events": app.topic(f"{s.worker_id}-article-events", partitions=p, internal=True, **RAW),
+        "article_events": app.topic(f"{s.worker_id}-article-events", partitions=p, internal=True,
+                                    schema=RawSchema()),
     }
     tables = {
         # RocksDB, changelog-backed, co-partitioned with session-events (key user_id).
         "users": app.Table("users", default=None, partitions=p, key_type=bytes, value_type=bytes),
         "ad_pending": app.Table("ad-pending", default=None, partitions=p, key_type=bytes, value_type=bytes),
-        # Small and read by every worker: in memory, rebuilt from the compacted changelog at start.
-        "articles": app.GlobalTable("article-stats", default=None, partitions=p, store="memory://",
-                                    key_type=bytes, value_type=bytes),
-        "bandit": app.GlobalTable("bandit-stats", default=None, partitions=p, store="memory://",
-                                  key_type=bytes, value_type=bytes),
+        # Read by every worker, which keeps every partition of their changelogs in RocksDB like
+        # the other tables (faust ignores store="memory://": yarl parses it as an empty URL and
+        # the app's store applies). Their keys come back as bytes.
+        "articles": app.GlobalTable("article-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
+        "bandit": app.GlobalTable("bandit-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
     }
     metrics = WorkerMetrics()
     models = ModelSet(

@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import orjson
@@ -65,7 +65,7 @@ class Record(NamedTuple):
     """One consumed Kafka record."""
 
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone, which goes to the dead-letter topic
     topic: str
     partition: int
     offset: int
@@ -251,7 +251,7 @@ class BatchProcessor:
             except EventRejected as exc:
                 m.invalid.labels(reason=exc.kind).inc()
                 out.dead_letters.append((rec.key, dead_letter_envelope(
-                    rec.value, rec.key, str(exc), exc.kind, rec.topic, rec.partition, rec.offset,
+                    rec.value or b"", rec.key, str(exc), exc.kind, rec.topic, rec.partition, rec.offset,
                     rec.timestamp_ms, received_at_ms=out.ingest_ms)))
                 continue
             kind = event["event_type"]
@@ -284,10 +284,10 @@ class BatchProcessor:
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded.
                 if outcome is Outcome.APPLIED:
-                    out.article_events.append((event["article_id"], rec.value))
+                    out.article_events.append((event["article_id"], cast(bytes, rec.value)))  # parsed: not None
             elif kind == "ad_request":
                 if not ad_requests:  # posterior as of the batch's first request: no look-ahead
-                    snapshot = self._posterior_snapshot(stores)
+                    snapshot = self.posterior_snapshot(stores)
                 ad_requests.append((event, self.context_of(event)))
             elif kind in ("ad_impression", "ad_click"):
                 self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
@@ -350,10 +350,15 @@ class BatchProcessor:
         delta[key][0] += imps
         delta[key][1] += clicks
 
-    def _posterior_snapshot(self, stores: Stores) -> dict[str, dict[str, tuple[int, int]]]:
-        """Counts per context and arm: every partition's (GlobalTable) with ours taking precedence."""
-        return merged_counts({**dict(stores.bandit.items()),
-                              **{k: orjson.dumps(v) for k, v in self._own_bandit.items()}})
+    def posterior_snapshot(self, stores: Stores) -> dict[str, dict[str, tuple[int, int]]]:
+        """Counts per context and arm: every partition's (GlobalTable) with ours taking precedence.
+
+        The table returns its keys as bytes, the worker keeps its own as str: one key space, so
+        that this worker's partitions are counted once (its newer counts replace the table's).
+        """
+        stats = {(k.decode() if isinstance(k, bytes) else k): v for k, v in stores.bandit.items()}
+        stats.update((k, orjson.dumps(v)) for k, v in self._own_bandit.items())
+        return merged_counts(stats)
 
     def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
                 counts: dict[str, dict[str, tuple[int, int]]], now_ms: int) -> list[dict[str, Any]]:

@@ -172,8 +172,11 @@ def _condition(name: str, error: ValidationError, instance: Mapping[str, Any]) -
 # --- The worker's fast path ----------------------------------------------------------------
 
 
-def parse_event(raw: bytes, max_bytes: int) -> dict[str, Any]:
+def parse_event(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     """Decode and validate one raw session event, or raise :class:`EventRejected` with its kind."""
+    if not raw:
+        what = "no value (a tombstone)" if raw is None else "an empty value"
+        raise EventRejected("malformed", f"record has {what}, expected a JSON session event")
     if len(raw) > max_bytes:
         raise EventRejected("oversized", f"record is {len(raw)} bytes, more than the limit of {max_bytes}")
     try:

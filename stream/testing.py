@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, Topic
 from stream.errors import InfraError
 
 
-def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes]],
+def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]],
             timestamps: Iterable[int] | None = None) -> int:
     """Produce (key, value) pairs in order (idempotent producer: no duplicates, order per key kept)."""
     # lz4, as many production producers do: the worker must read compressed topics

@@ -96,7 +96,8 @@ PAGE_VIEW = (
     ("raw", "expect"),
     [
         (b"not json", "record is not valid JSON"),
-        (b"", "record is not valid JSON"),
+        (b"", "record has an empty value, expected a JSON session event"),
+        (None, "record has no value (a tombstone), expected a JSON session event"),
         (b'{"event_type": "page_view"', "record is not valid JSON"),
         (b"\xff\xfe{}", "record is not valid JSON"),
         (b"[1, 2]", "record is a JSON list, expected an object"),
@@ -104,7 +105,7 @@ PAGE_VIEW = (
         (b"null", "record is a JSON NoneType, expected an object"),
     ],
 )
-def test_parse_event_malformed(raw: bytes, expect: str) -> None:
+def test_parse_event_malformed(raw: bytes | None, expect: str) -> None:
     with pytest.raises(EventRejected) as info:
         parse_event(raw, MAX_BYTES)
     assert info.value.kind == "malformed"

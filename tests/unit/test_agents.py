@@ -26,7 +26,7 @@ from faust.types import Message
 from stream.app import create_app
 from stream.config import Settings, load_settings
 from stream.kafka.partitioner import partition_for
-from stream.processor import BatchProcessor, Record, Stores
+from stream.processor import BatchProcessor, Record, Stores, merged_counts
 from stream.scoring import LoadedModel
 from stream.state import ARTICLE_MERGE_CONFIG, new_article_state, update_article
 from tests.support.aio import wait_until
@@ -219,6 +219,11 @@ async def test_events_agent_outputs_state_and_acks(worker: Worker, sim_events: l
                   for k, v in w.rt.tables["bandit"].items()}
         assert bandit == {k: orjson.loads(v) for k, v in reference.bandit.items()}
         assert bandit and all(k.startswith("1|") for k in bandit)
+        # The posterior the next decisions use counts every impression once: the table's entries
+        # (bytes keys) and the worker's own newer counts (str keys) are one entry per key.
+        stores = Stores(users=users, ad_pending=w.rt.tables["ad_pending"], articles=w.rt.tables["articles"],
+                        bandit=w.rt.tables["bandit"])
+        assert w.rt.processor.posterior_snapshot(stores) == merged_counts(reference.bandit)
 
 
 async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,

@@ -35,7 +35,7 @@ def new_stores() -> Stores:
     return Stores(users={}, ad_pending={}, articles={}, bandit={})
 
 
-def to_records(payloads: Iterable[tuple[bytes | None, bytes]], partition: int = 0, first_offset: int = 0,
+def to_records(payloads: Iterable[tuple[bytes | None, bytes | None]], partition: int = 0, first_offset: int = 0,
                timestamps: Iterable[int | None] | None = None) -> list[Record]:
     ts = iter(timestamps) if timestamps is not None else None
     return [Record(key, value, TOPIC, partition, first_offset + i, next(ts) if ts is not None else None)
@@ -81,7 +81,9 @@ def test_rejected_records_become_dead_letters_and_valid_ones_are_still_processed
     valid = sim_events[:60]
     assert {"session_start", "article_impression"} <= {e["event_type"] for e in valid}
     oversized = orjson.dumps(_event(event_id="e-big", user_id="ghost-big")) + b" " * 3000  # valid JSON, too long
-    bad: list[tuple[bytes | None, bytes, str]] = [
+    bad: list[tuple[bytes | None, bytes | None, str]] = [
+        (b"k-tomb", None, "malformed"),  # a tombstone (null value)
+        (b"k-empty", b"", "malformed"),
         (b"k-trunc", b'{"schema_version": 1, "event_id": "e-1", "event_ty', "malformed"),
         (None, b"[1, 2, 3]", "malformed"),
         (b"k-notutf8", b"\xff\xfe\x00garbage", "malformed"),
@@ -94,8 +96,8 @@ def test_rejected_records_become_dead_letters_and_valid_ones_are_still_processed
         (b"k-extra", orjson.dumps(_event(user_id="ghost-extra", colour="red")), "invalid"),
     ]
     # Interleave: bad record j goes after valid event 5 * j.
-    payloads: list[tuple[bytes | None, bytes]] = []
-    expected_dead: list[tuple[int, bytes | None, bytes, str]] = []  # (offset, key, value, kind)
+    payloads: list[tuple[bytes | None, bytes | None]] = []
+    expected_dead: list[tuple[int, bytes | None, bytes | None, str]] = []  # (offset, key, value, kind)
     it = iter(bad)
     for i, ev in enumerate(valid):
         payloads.append((ev["user_id"].encode(), orjson.dumps(ev)))
@@ -115,7 +117,7 @@ def test_rejected_records_become_dead_letters_and_valid_ones_are_still_processed
     for (key, env), (pos, raw_key, raw_value, kind) in zip(out.dead_letters, expected_dead, strict=True):
         assert key == raw_key
         assert env["error_kind"] == kind
-        assert base64.b64decode(env["value_b64"]) == raw_value
+        assert base64.b64decode(env["value_b64"]) == (raw_value or b"")
         assert env["key_b64"] == (None if raw_key is None else base64.b64encode(raw_key).decode())
         assert (env["source_topic"], env["source_partition"], env["source_offset"]) == (TOPIC, 2, 1000 + pos)
         assert env["source_timestamp"] == pos

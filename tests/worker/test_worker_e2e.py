@@ -67,20 +67,21 @@ def test_every_scorable_event_scored_once_and_matches_offline_scoring(
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
     bad = [(b"u-bad", b"{not json"), (b"u-bad", orjson.dumps({"event_type": "teleport", "user_id": "x"})),
-           (b"u-bad", b"x" * 20_000), (b"u-bad", orjson.dumps({**events[0], "event_time": "yesterday"}))]
+           (b"u-bad", b"x" * 20_000), (b"u-bad", orjson.dumps({**events[0], "event_time": "yesterday"})),
+           (b"u-bad", None)]  # a tombstone
     payloads = _payloads(events)
     # bad records in the middle: the events after them must still be processed
     produce(kafka_bootstrap, f"{prefix}session-events", payloads[:3000] + bad + payloads[3000:])
     expected = _expected(events)
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
         preds = _predictions(kafka_bootstrap, prefix, sum(expected.values()))
-        dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 4,
+        dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 5,
                       timeout_s=30)
     got = Counter((p["model_name"], p["event_id"]) for p in preds)
     assert got == expected  # exactly one prediction per scorable event and model
 
     reasons = sorted(orjson.loads(m.value())["error_kind"] for m in dlq)
-    assert reasons == ["invalid", "malformed", "oversized", "unknown_type"]
+    assert reasons == ["invalid", "malformed", "malformed", "oversized", "unknown_type"]
     envelope = next(orjson.loads(m.value()) for m in dlq if orjson.loads(m.value())["error_kind"] == "invalid")
     assert "event_time" in envelope["reason"]
 
