@@ -106,6 +106,11 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         broker_session_timeout=s.worker_session_timeout_s,
         broker_heartbeat_interval=max(s.worker_session_timeout_s / 5, 1.0),
         consumer_auto_offset_reset="earliest",
+        # faust hands every record of one fetch to the streams before it fetches again, and a fetch
+        # holds up to this much per partition: with faust's 1 MiB (about 15,000 compressed events
+        # per partition), a backlog on the input kept the article agent's records waiting for
+        # seconds (docs/worker.md, "Article popularity").
+        consumer_max_fetch_size=s.consumer_max_fetch_bytes,
         table_standby_replicas=0,
         stream_buffer_maxsize=8192,
         **RAW,

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         (10_000, 50, 100), description="Python GC thresholds gen0,gen1,gen2 (Python's default: 700,10,10)"
     )
     gc_freeze: bool = Field(True, description="freeze the objects alive at start-up out of later GC passes")
+    consumer_max_fetch_bytes: int = Field(
+        65_536, ge=16_384, le=64 * 1024**2,
+        description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",
+    )
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"

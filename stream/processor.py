@@ -196,6 +196,10 @@ class BatchProcessor:
         #: Decoded article states with the bytes they came from: an article's value changes once
         #: per article-agent batch, while every impression of it needs the decoded state.
         self._articles: dict[str, tuple[bytes, ArticleState]] = {}
+        #: States of the articles this worker's article agent owns (agents/articles.py keeps them
+        #: up to date): read directly, they are never older than the table, and the table's
+        #: GlobalTable lookup (every partition's RocksDB) is the costly part of an impression.
+        self.owned_articles: dict[str, ArticleState] = {}
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached state of partitions this worker no longer owns (after a rebalance)."""
@@ -206,6 +210,9 @@ class BatchProcessor:
             self._handled.pop(p, None)
 
     def _article(self, table: Mapping[str, bytes], article_id: str) -> ArticleState:
+        owned = self.owned_articles.get(article_id)
+        if owned is not None:
+            return owned
         raw = table.get(article_id)
         if not raw:
             return _EMPTY_ARTICLE

@@ -7,7 +7,9 @@ Staleness: an impression reaches the click features of every worker after (1) th
 forwards it to the repartition topic at the end of its batch, (2) this agent folds it in at the
 end of its batch and writes the table's changelog, and (3) every worker's GlobalTable reads
 that changelog. Each hop is one micro-batch (``STREAM_SCORE_BATCH_MS``) plus a produce/fetch
-round trip: typically well under a second, and bounded by consumer lag under overload.
+round trip: typically well under a second. Under a backlog on the input the
+article records wait for the events of the fetch they came with
+(``STREAM_CONSUMER_MAX_FETCH_BYTES`` per partition), not for the whole backlog.
 
 Ordering: this agent merges article events from every input partition, so an article's events
 arrive here out of event-time order by as much as the input partitions are skewed. Article state
@@ -37,6 +39,8 @@ def register(app: Any, rt: Runtime) -> Any:
     # Per owned partition, the authoritative states of its articles: the GlobalTable's changelog
     # reader may briefly return an older value of a key this worker just wrote.
     owned: dict[int, dict[str, ArticleState]] = rt.article_cache
+    # The same states, for the events agent's click rows (BatchProcessor.owned_articles).
+    shared = rt.processor.owned_articles
 
     def fold(batch: list[Any]) -> None:
         enter_partition(batch[-1])
@@ -51,7 +55,7 @@ def register(app: Any, rt: Runtime) -> Any:
                 if state is None:
                     raw = articles.get(aid)
                     state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                    cache[aid] = state
+                    cache[aid] = shared[aid] = state
                 touched[aid] = state
                 update_article(state, event, ARTICLE_MERGE_CONFIG)
         for aid, state in touched.items():

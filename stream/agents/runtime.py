@@ -135,9 +135,11 @@ class Runtime:
         events = self.topics["events"].get_topic_name()
         articles = self.topics["article_events"].get_topic_name()
         self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
+        owned = self.processor.owned_articles
         for tp in revoked:
             if tp.topic == articles:
-                self.article_cache.pop(tp.partition, None)
+                for aid in self.article_cache.pop(tp.partition, {}):
+                    owned.pop(aid, None)
 
     async def publish(self, out: Outputs, batch: Sequence[Any]) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.

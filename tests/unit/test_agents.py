@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from faust.types import Message
+from faust.types import TP, Message
 
 from stream.app import create_app
 from stream.config import Settings, load_settings
@@ -287,10 +287,13 @@ async def test_article_agent_folds_forwarded_events_into_the_article_table(
         by_partition: dict[int, list[FakeMessage]] = {}
         for m in produced:
             by_partition.setdefault(m.partition(), []).append(m)
-        delivered = []
+        delivered: list[Message] = []
         for part, msgs in sorted(by_partition.items()):
-            delivered += await feed(tc, [(m.key(), m.value()) for m in msgs], partition=part)
-        await wait_until(lambda: all(m.acked for m in delivered))
+            # one partition at a time: test_context runs a single actor, whose batches could
+            # otherwise mix partitions (with isolated_partitions faust never does that)
+            fed = await feed(tc, [(m.key(), m.value()) for m in msgs], partition=part)
+            await wait_until(lambda fed=fed: all(m.acked for m in fed))
+            delivered += fed
         assert w.errors == []
 
     # Expected: each article's events folded in delivery order (one partition per article).
@@ -303,3 +306,12 @@ async def test_article_agent_folds_forwarded_events_into_the_article_table(
     assert len(expected) > 5
     for aid, state in expected.items():
         assert articles.get(aid) == state.to_bytes(), aid
+
+    # The events agent's click rows read the states this worker owns directly: the same values.
+    owned = w.rt.processor.owned_articles
+    assert {aid: st.to_bytes() for aid, st in owned.items()} == {aid: st.to_bytes() for aid, st in expected.items()}
+    # A revoked article partition is forgotten: its articles are read from the table again.
+    gone = next(iter(by_partition))
+    w.rt.on_revoked({TP(w.topic("article_events"), gone)})
+    left = {aid for aid in expected if partition_for(aid.encode(), PARTITIONS) != gone}
+    assert set(owned) == left and len(left) < len(expected)
