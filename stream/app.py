@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         # seconds (docs/worker.md, "Article popularity").
         consumer_max_fetch_size=s.consumer_max_fetch_bytes,
         table_standby_replicas=0,
-        stream_buffer_maxsize=8192,
+        stream_buffer_maxsize=s.stream_buffer_size,
         **RAW,
     )
     app.changelog_burst = s.score_batch_size

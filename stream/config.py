@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         (10_000, 50, 100), description="Python GC thresholds gen0,gen1,gen2 (Python's default: 700,10,10)"
     )
     gc_freeze: bool = Field(True, description="freeze the objects alive at start-up out of later GC passes")
+    stream_buffer_size: int = Field(
+        8192, ge=16, le=1_000_000, description="records buffered per input partition between the consumer and an agent"
+    )
     consumer_max_fetch_bytes: int = Field(
         65_536, ge=16_384, le=64 * 1024**2,
         description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",

@@ -15,7 +15,7 @@ from faust.streams import _current_event
 
 from stream.config import Settings
 from stream.kafka.partitioner import partition_for
-from stream.metrics import WorkerMetrics
+from stream.metrics import WorkerMetrics, observe_many
 from stream.processor import BatchProcessor, Outputs
 from stream.scoring import ModelSet
 from stream.sinks import ClickHouseSink
@@ -212,11 +212,10 @@ class Runtime:
         now = time.time()
         m = self.metrics
         per_model: dict[str, int] = {}
-        event_to_publish, ingest_to_publish = m.event_to_publish.observe, m.ingest_to_publish.observe
-        for p, ingest_ms in zip(out.predictions, out.prediction_ingest_ms, strict=True):
+        for p in out.predictions:
             per_model[p["model_name"]] = per_model.get(p["model_name"], 0) + 1
-            event_to_publish(max(now - p["event_time"] / 1000, 0.0))
-            ingest_to_publish(max(now - ingest_ms / 1000, 0.0))
+        observe_many(m.event_to_publish, [max(now - p["event_time"] / 1000, 0.0) for p in out.predictions])
+        observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
         for name, n in per_model.items():
             m.predictions.labels(model=name).inc(n)
 

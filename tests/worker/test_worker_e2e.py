@@ -125,6 +125,31 @@ def test_article_popularity_reaches_click_features(
         assert abs(score - offline[eid]) <= 1e-6, eid
 
 
+def test_article_agent_keeps_up_while_the_input_has_a_backlog(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    """Article records are not held back until the whole input backlog is processed.
+
+    faust hands every record of one fetch to the streams before it fetches again; with a fetch
+    that holds a partition's whole backlog, the article agent got its first record only after the
+    last prediction. With fetches capped per partition, it folds articles from early on. (Small
+    stream buffers, so that this small backlog does not fit in them: it would then be handed over
+    at once, whatever the fetch size.)
+    """
+    worker_env = {**worker_env, "STREAM_CONSUMER_MAX_FETCH_BYTES": "16384", "STREAM_STREAM_BUFFER_SIZE": "200"}
+    prefix = worker_env["STREAM_TOPIC_PREFIX"]
+    _topics(kafka_bootstrap, worker_env)
+    produce(kafka_bootstrap, f"{prefix}session-events", _payloads(sim_events))  # the backlog
+    n = sum(_expected(sim_events).values())
+    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
+        preds = consume(kafka_bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=120)
+        stats = consume(kafka_bootstrap, f"{worker_env['STREAM_WORKER_ID']}-article-stats-changelog",
+                        until=lambda got: len(got) > 0, timeout_s=30)
+    first_article_write = min(m.timestamp()[1] for m in stats)
+    before = sum(m.timestamp()[1] < first_article_write for m in preds) / len(preds)
+    print(f"predictions published before the first article-stats write: {before:.0%}")
+    assert before < 0.6  # measured: about 35 % with the cap, about 80 % with a fetch that holds it all
+
+
 def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts_once(
         kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]],
         tmp_path: Path) -> None:
