@@ -3,8 +3,8 @@
 A worker keeps many long-lived objects (modules, models, faust's services, cached user states)
 and allocates a burst of short-lived ones per record. With Python's default thresholds
 (700, 10, 10) the collector runs a generation-0 pass every few records and a full pass, which
-walks every live object (about 0.1 s each here), every few seconds: about 15 % of a saturated
-worker's time in ``bench/worker.py``. Freezing what exists at start-up takes those objects out
+walks every live object (about 0.1 s each here), every few seconds: about 2 s of a 9 s
+``bench/worker.py`` run of a saturated worker. Freezing what exists at start-up takes those objects out
 of every later pass; larger thresholds make passes rarer. Reference counting still frees
 everything acyclic at once, so memory grows only by cyclic garbage awaiting the next pass.
 """
@@ -15,10 +15,6 @@ import gc
 import logging
 
 log = logging.getLogger(__name__)
-
-#: Python's own defaults, for comparison
-PYTHON_DEFAULT_THRESHOLD = (700, 10, 10)
-
 
 def tune_gc(threshold: tuple[int, int, int], freeze: bool) -> None:
     """Set the collector's thresholds; with ``freeze``, collect once and freeze the survivors."""
