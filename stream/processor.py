@@ -98,13 +98,19 @@ def bandit_key(partition: int, context: str, arm: str) -> str:
     return f"{partition}|{context}|{arm}"
 
 
+def _key(key: Any) -> str:
+    return key.decode() if isinstance(key, bytes) else key
+
+
 def merged_counts(stats: Mapping[Any, bytes]) -> dict[str, dict[str, tuple[int, int]]]:
-    """Sum every partition's (impressions, clicks) per context and arm."""
+    """Sum every partition's (impressions, clicks) per context and arm (table keys and values)."""
+    return _sum_counts({_key(k): orjson.loads(v) for k, v in stats.items()})
+
+
+def _sum_counts(counts: Mapping[str, Sequence[int]]) -> dict[str, dict[str, tuple[int, int]]]:
     out: dict[str, dict[str, tuple[int, int]]] = {}
-    for key, value in stats.items():
-        k = key.decode() if isinstance(key, bytes) else key
-        _, context, arm = k.split("|", 2)
-        imps, clicks = orjson.loads(value)
+    for key, (imps, clicks) in counts.items():
+        _, context, arm = key.split("|", 2)
         arms = out.setdefault(context, {})
         a, c = arms.get(arm, (0, 0))
         arms[arm] = (a + imps, c + clicks)
@@ -363,9 +369,9 @@ class BatchProcessor:
         The table returns its keys as bytes, the worker keeps its own as str: one key space, so
         that this worker's partitions are counted once (its newer counts replace the table's).
         """
-        stats = {(k.decode() if isinstance(k, bytes) else k): v for k, v in stores.bandit.items()}
-        stats.update((k, orjson.dumps(v)) for k, v in self._own_bandit.items())
-        return merged_counts(stats)
+        counts = {_key(k): orjson.loads(v) for k, v in stores.bandit.items()}
+        counts.update(self._own_bandit)
+        return _sum_counts(counts)
 
     def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
                 counts: dict[str, dict[str, tuple[int, int]]], now_ms: int) -> list[dict[str, Any]]:

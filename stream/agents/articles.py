@@ -36,26 +36,24 @@ ARTICLE_MERGE_CONFIG = replace(DEFAULT_CONFIG, lateness_ms=DAY_MS)
 def register(app: Any, rt: Runtime) -> Any:
     s = rt.settings
     articles = rt.tables["articles"]
-    # Per owned partition, the authoritative states of its articles: the GlobalTable's changelog
-    # reader may briefly return an older value of a key this worker just wrote.
-    owned: dict[int, dict[str, ArticleState]] = rt.article_cache
-    # The same states, for the events agent's click rows (BatchProcessor.owned_articles).
-    shared = rt.processor.owned_articles
+    # The authoritative states of the articles of this worker's partitions (the GlobalTable's
+    # changelog reader may briefly return an older value of a key this worker just wrote); the
+    # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
+    owned: dict[str, ArticleState] = rt.processor.owned_articles
 
     def fold(batch: list[Any]) -> None:
         enter_partition(batch[-1])
-        cache = owned.setdefault(batch[-1].message.partition, {})
         touched: dict[str, ArticleState] = {}
         for ev in batch:
             decoded = orjson.loads(ev.message.value)
             # A JSON array of events (see runtime.article_messages); one object from older workers.
             for event in decoded if isinstance(decoded, list) else (decoded,):
                 aid = event["article_id"]
-                state = cache.get(aid)
+                state = owned.get(aid)
                 if state is None:
                     raw = articles.get(aid)
                     state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                    cache[aid] = shared[aid] = state
+                    owned[aid] = state
                 touched[aid] = state
                 update_article(state, event, ARTICLE_MERGE_CONFIG)
         for aid, state in touched.items():

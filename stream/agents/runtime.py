@@ -97,8 +97,6 @@ class Runtime:
     tables: dict[str, Any] = field(default_factory=dict)
     #: last offset handed to the processor, per (topic, partition): for the lag gauge
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: article states per owned partition of the article topic (see agents/articles.py)
-    article_cache: dict[int, dict[str, Any]] = field(default_factory=dict)
     producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the faust consumer that input offsets are acked to (set by the app)
@@ -135,11 +133,12 @@ class Runtime:
         events = self.topics["events"].get_topic_name()
         articles = self.topics["article_events"].get_topic_name()
         self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
-        owned = self.processor.owned_articles
-        for tp in revoked:
-            if tp.topic == articles:
-                for aid in self.article_cache.pop(tp.partition, {}):
-                    owned.pop(aid, None)
+        gone = {tp.partition for tp in revoked if tp.topic == articles}
+        if gone:
+            owned = self.processor.owned_articles
+            partitions = self.settings.topic_partitions
+            for aid in [a for a in owned if partition_for(a.encode(), partitions) in gone]:
+                del owned[aid]  # its partition is where article_messages sent its events
 
     async def publish(self, out: Outputs, batch: Sequence[Any]) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.
