@@ -41,6 +41,13 @@ class WorkerMetrics:
         self.events = Counter("stream_events_total", "Events consumed, by type", ["event_type"], registry=r)
         self.invalid = Counter("stream_invalid_events_total", "Records sent to the dead-letter topic, by reason",
                                ["reason"], registry=r)
+        self.processing_errors = Counter(
+            "stream_processing_errors_total",
+            "Records dead-lettered as processing_error (something raised while processing them), by exception type",
+            ["error"], registry=r)
+        self.isolated_batches = Counter(
+            "stream_isolated_batches_total", "Batches that raised and were processed again record by record",
+            registry=r)
         self.duplicates = Counter("stream_duplicate_events_total", "Events ignored as duplicates", registry=r)
         self.redelivered = Counter("stream_redelivered_events_total",
                                    "Records delivered again to the process that already handled them (skipped)",

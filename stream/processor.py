@@ -17,8 +17,9 @@ One batch, step by step:
 from __future__ import annotations
 
 import bisect
-import hashlib
+import logging
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -30,6 +31,8 @@ import orjson
 from numpy.random import PCG64, Generator, SeedSequence
 
 from stream.bandit import ThompsonSampling, propensities
+from stream.errors import InfraError
+from stream.ids import decision_id
 from stream.metrics import WorkerMetrics
 from stream.schemas import EventRejected, dead_letter_envelope, parse_event
 from stream.scoring import TRIGGERS, LoadedModel, ScoreRequest, score_requests
@@ -50,6 +53,8 @@ from stream.state import (
     new_user_state,
     user_row,
 )
+
+log = logging.getLogger(__name__)
 
 #: The feature list each model must have been trained on.
 EXPECTED_FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
@@ -81,6 +86,66 @@ class Outputs:
     ingest_ms: int = 0
     #: per prediction: when its source record entered Kafka (record timestamp), else ``ingest_ms``
     prediction_ingest_ms: list[int] = field(default_factory=list)
+
+    def extend(self, other: Outputs) -> None:
+        """Append ``other``'s outputs (a later part of the same batch)."""
+        self.predictions += other.predictions
+        self.decisions += other.decisions
+        self.dead_letters += other.dead_letters
+        self.article_events += other.article_events
+        self.prediction_ingest_ms += other.prediction_ingest_ms
+
+
+class StoreUnavailable(InfraError):
+    """A table read or write failed: the stores, not a record, are at fault."""
+
+
+def _read(store: Mapping[str, bytes], key: str) -> bytes | None:
+    try:
+        return store.get(key)
+    except Exception as exc:
+        raise StoreUnavailable(f"cannot read the worker's tables: {type(exc).__name__}: {exc}") from exc
+
+
+class _Undo:
+    """What one attempt at a batch changed in the processor's own caches (see ``_undo``)."""
+
+    __slots__ = ("bandit", "handled", "users")
+
+    def __init__(self, handled: OffsetRanges) -> None:
+        self.handled = [r[:] for r in handled.ranges]  # a few ranges: offsets mostly come in order
+        self.users: set[str] = set()
+        #: own bandit counts before the attempt (None: the key was not cached)
+        self.bandit: dict[str, list[int] | None] = {}
+
+
+@dataclass
+class _Tally:
+    """A batch's metric increments, counted only once the batch has succeeded."""
+
+    kinds: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)
+    unscored: dict[str, int] = field(default_factory=dict)
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+    duplicates: int = 0
+    redelivered: int = 0
+    rows: int = 0
+
+    def publish(self, m: WorkerMetrics) -> None:
+        for kind, n in self.kinds.items():
+            m.events.labels(event_type=kind).inc(n)
+        for reason, n in self.invalid.items():
+            m.invalid.labels(reason=reason).inc(n)
+        for name, n in self.unscored.items():
+            m.unscored.labels(model=name).inc(n)
+        for (context, arm), n in self.decisions.items():
+            m.decisions.labels(context=context, arm=arm).inc(n)
+        if self.duplicates:
+            m.duplicates.inc(self.duplicates)
+        if self.redelivered:
+            m.redelivered.inc(self.redelivered)
+        if self.rows:
+            m.batch_size.observe(self.rows)
 
 
 def pack_user(offset: int, state: UserState) -> bytes:
@@ -219,7 +284,7 @@ class BatchProcessor:
         owned = self.owned_articles.get(article_id)
         if owned is not None:
             return owned
-        raw = table.get(article_id)
+        raw = _read(table, article_id)
         if not raw:
             return _EMPTY_ARTICLE
         cached = self._articles.get(article_id)
@@ -237,63 +302,135 @@ class BatchProcessor:
         return str((event.get("device") or {}).get("type", "unknown"))
 
     def process(self, records: Sequence[Record], stores: Stores, now_ms: int | None = None) -> Outputs:
-        m = self.metrics
-        out = Outputs(ingest_ms=int(time.time() * 1000) if now_ms is None else now_ms)
+        """Outputs of one batch from one input partition; no record's failure costs another record.
+
+        A batch is handled as a unit. Should anything raise while it is (parsing, state, features,
+        scoring, bandit, outputs), its in-memory effects are undone and its records are handled
+        again one by one: the record that raises alone goes to the dead-letter topic as
+        ``processing_error``, and the others are processed as usual. Only a failure of the stores
+        themselves (:class:`StoreUnavailable`) propagates: no record is to blame for it.
+        """
+        ingest_ms = int(time.time() * 1000) if now_ms is None else now_ms
         if not records:
-            return out
+            return Outputs(ingest_ms=ingest_ms)
+        try:
+            return self._process(records, stores, ingest_ms)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(records) == 1:
+                return self._failed(records[0], sys.exc_info()[1], ingest_ms)
+        self.metrics.isolated_batches.inc()
+        out = Outputs(ingest_ms=ingest_ms)
+        for rec in records:
+            try:
+                part = self._process((rec,), stores, ingest_ms)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                part = self._failed(rec, exc, ingest_ms)
+            out.extend(part)
+        return out
+
+    def _failed(self, rec: Record, exc: BaseException | None, ingest_ms: int) -> Outputs:
+        """The dead letter of a record whose processing raised ``exc`` (its effects are undone)."""
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("dead-lettering %s[%d]@%d: processing_error %s", rec.topic, rec.partition, rec.offset, reason)
+        log.debug("processing_error traceback", exc_info=exc)
+        self._handled.setdefault(rec.partition, OffsetRanges()).add(rec.offset)  # its dead letter is its output
+        self.metrics.invalid.labels(reason="processing_error").inc()
+        self.metrics.processing_errors.labels(error=type(exc).__name__).inc()
+        out = Outputs(ingest_ms=ingest_ms)
+        out.dead_letters.append((rec.key, dead_letter_envelope(
+            rec.value or b"", rec.key, reason, "processing_error", rec.topic, rec.partition, rec.offset,
+            rec.timestamp_ms, received_at_ms=ingest_ms)))
+        return out
+
+    def _process(self, records: Sequence[Record], stores: Stores, ingest_ms: int) -> Outputs:
+        """One attempt at a batch: all of its effects, or (when it raises) none of them.
+
+        Tables are written last, after scoring and decisions: until then the batch's effects are
+        in this process's caches only, and :meth:`_undo` drops them.
+        """
+        out = Outputs(ingest_ms=ingest_ms)
         partition = records[0].partition
         users = self._users.setdefault(partition, {})
         handled = self._handled.setdefault(partition, OffsetRanges())
+        undo = _Undo(handled)
+        try:
+            tally = self._run(records, stores, out, users, handled, undo)
+        except BaseException:
+            self._undo(undo, users, handled)
+            raise
+        tally.publish(self.metrics)
+        return out
+
+    def _undo(self, undo: _Undo, users: dict[str, tuple[int, UserState]], handled: OffsetRanges) -> None:
+        """Forget an abandoned attempt: the stores still hold every touched key's previous value."""
+        handled.ranges = undo.handled
+        for uid in undo.users:
+            users.pop(uid, None)  # its cached state was changed in place: read it again
+        for key, counts in undo.bandit.items():
+            if counts is None:
+                self._own_bandit.pop(key, None)
+            else:
+                self._own_bandit[key] = counts
+
+    def _run(self, records: Sequence[Record], stores: Stores, out: Outputs,
+             users: dict[str, tuple[int, UserState]], handled: OffsetRanges, undo: _Undo) -> _Tally:
+        tally = _Tally()
         dirty: dict[str, int] = {}
         pending_ads: dict[str, dict[str, list[Any]]] = {}
         bandit_delta: dict[str, list[int]] = {}
         requests: list[ScoreRequest] = []
         ad_requests: list[tuple[dict[str, Any], str]] = []
         snapshot: dict[str, dict[str, tuple[int, int]]] = {}
-        ingest: dict[str, int] = {}
-        kinds: dict[str, int] = {}  # events by type, counted into the metric once per batch
+        ingest: dict[tuple[str, str], int] = {}
+        kinds = tally.kinds
+        touched = undo.users
         cfg = self.state_config
+        ingest_ms = out.ingest_ms
 
         for rec in records:
             if rec.offset in handled:
-                m.redelivered.inc()
+                tally.redelivered += 1
                 continue
             handled.add(rec.offset)
             try:
                 event = parse_event(rec.value, self.max_event_bytes)
             except EventRejected as exc:
-                m.invalid.labels(reason=exc.kind).inc()
+                tally.invalid[exc.kind] = tally.invalid.get(exc.kind, 0) + 1
                 out.dead_letters.append((rec.key, dead_letter_envelope(
                     rec.value or b"", rec.key, str(exc), exc.kind, rec.topic, rec.partition, rec.offset,
-                    rec.timestamp_ms, received_at_ms=out.ingest_ms)))
+                    rec.timestamp_ms, received_at_ms=ingest_ms)))
                 continue
             kind = event["event_type"]
             kinds[kind] = kinds.get(kind, 0) + 1
-            if rec.timestamp_ms:
-                ingest[event["event_id"]] = rec.timestamp_ms
             uid = event["user_id"]
+            if rec.timestamp_ms:
+                ingest[(uid, event["event_id"])] = rec.timestamp_ms
             cached = users.pop(uid, None)  # re-inserted below: most recently used last
+            touched.add(uid)
             if cached is None:
-                cached = unpack_user(stores.users.get(uid))
+                cached = unpack_user(_read(stores.users, uid))
             users[uid] = cached
             applied_offset, state = cached
             ev = encode_event(event)
             model = TRIGGERS.get(kind)
             if model == "click":
                 article = self._article(stores.articles, event["article_id"])
-                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, out.ingest_ms))
+                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms))
             elif model == "engagement":
-                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event,
-                                             out.ingest_ms))
+                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event, ingest_ms))
             outcome = Outcome.DUPLICATE
             if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
                 outcome = apply_user(state, ev, cfg)
                 if outcome is Outcome.DUPLICATE:
-                    m.duplicates.inc()
+                    tally.duplicates += 1
                 users[uid] = (rec.offset, state)
                 dirty[uid] = rec.offset
             if model == "churn":
-                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, out.ingest_ms))
+                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms))
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded.
                 if outcome is Outcome.APPLIED:
@@ -303,41 +440,43 @@ class BatchProcessor:
                     snapshot = self.posterior_snapshot(stores)
                 ad_requests.append((event, self.context_of(event)))
             elif kind in ("ad_impression", "ad_click"):
-                self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta)
+                self._ad_event(event, kind, rec.partition, stores, pending_ads, bandit_delta, undo)
 
-        for kind, n in kinds.items():
-            m.events.labels(event_type=kind).inc(n)
+        # One predict per model, and the decisions, before any table write: should either raise,
+        # the tables hold nothing of this attempt.
+        if requests:
+            tally.rows = len(requests)
+            out.predictions = score_requests(self.models, requests, int(time.time() * 1000))
+            out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms)
+                                        for p in out.predictions]
+            for name in {r.model for r in requests} - set(self.models):
+                tally.unscored[name] = sum(r.model == name for r in requests)
+        if ad_requests:
+            out.decisions = self._decide(ad_requests, snapshot, ingest_ms, tally.decisions)
 
-        # Step 3: one write per touched key.
-        for uid, offset in dirty.items():
-            stores.users[uid] = pack_user(offset, users[uid][1])
+        # One write per touched key.
+        try:
+            for uid, offset in dirty.items():
+                stores.users[uid] = pack_user(offset, users[uid][1])
+            for uid, ads in pending_ads.items():
+                stores.ad_pending[uid] = orjson.dumps(ads)
+            for key, (imps, clicks) in bandit_delta.items():
+                stores.bandit[key] = orjson.dumps([imps, clicks])
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot write the worker's tables: {type(exc).__name__}: {exc}") from exc
         while len(users) > self.max_cached_users:
             del users[next(iter(users))]
-        for uid, ads in pending_ads.items():
-            stores.ad_pending[uid] = orjson.dumps(ads)
-        for key, (imps, clicks) in bandit_delta.items():
-            stores.bandit[key] = orjson.dumps([imps, clicks])
-
-        # Step 4: one predict per model.
-        if requests:
-            m.batch_size.observe(len(requests))
-            out.predictions = score_requests(self.models, requests, int(time.time() * 1000))
-            out.prediction_ingest_ms = [ingest.get(p["event_id"], out.ingest_ms) for p in out.predictions]
-            for name in {r.model for r in requests} - set(self.models):
-                m.unscored.labels(model=name).inc(sum(r.model == name for r in requests))
-        if ad_requests:
-            out.decisions = self._decide(ad_requests, snapshot, out.ingest_ms)
-        return out
+        return tally
 
     def _ad_event(self, event: Mapping[str, Any], kind: str, partition: int, stores: Stores,
-                  pending_ads: dict[str, dict[str, list[Any]]], delta: dict[str, list[int]]) -> None:
+                  pending_ads: dict[str, dict[str, list[Any]]], delta: dict[str, list[int]], undo: _Undo) -> None:
         """Impressions count as trials at once; a click joined within the window turns one into a success."""
         uid, rid, t = event["user_id"], event["request_id"], event["event_time"]
         placement = event["placement"]
         if placement not in self.placements:
             return
         if uid not in pending_ads:
-            raw = stores.ad_pending.get(uid)
+            raw = _read(stores.ad_pending, uid)
             ads = orjson.loads(raw) if raw else {}
             pending_ads[uid] = {r: v for r, v in ads.items() if t - v[2] <= self.click_join_window_ms}
         ads = pending_ads[uid]
@@ -346,18 +485,21 @@ class BatchProcessor:
                 return
             context = self.context_of(event)
             ads[rid] = [placement, context, t, 0]
-            self._bump(delta, stores, bandit_key(partition, context, placement), 1, 0)
+            self._bump(delta, stores, undo, bandit_key(partition, context, placement), 1, 0)
         else:
             imp = ads.get(rid)
             if imp is None or imp[3] or imp[0] != placement or not 0 <= t - imp[2] <= self.click_join_window_ms:
                 return  # no impression in the window, or already clicked
             imp[3] = 1
-            self._bump(delta, stores, bandit_key(partition, imp[1], placement), 0, 1)
+            self._bump(delta, stores, undo, bandit_key(partition, imp[1], placement), 0, 1)
 
-    def _bump(self, delta: dict[str, list[int]], stores: Stores, key: str, imps: int, clicks: int) -> None:
+    def _bump(self, delta: dict[str, list[int]], stores: Stores, undo: _Undo, key: str, imps: int,
+              clicks: int) -> None:
         if key not in delta:
-            if key not in self._own_bandit:
-                raw = stores.bandit.get(key)
+            own = self._own_bandit.get(key)
+            undo.bandit[key] = None if own is None else list(own)
+            if own is None:
+                raw = _read(stores.bandit, key)
                 self._own_bandit[key] = orjson.loads(raw) if raw else [0, 0]
             delta[key] = self._own_bandit[key]
         delta[key][0] += imps
@@ -369,19 +511,22 @@ class BatchProcessor:
         The table returns its keys as bytes, the worker keeps its own as str: one key space, so
         that this worker's partitions are counted once (its newer counts replace the table's).
         """
-        counts = {_key(k): orjson.loads(v) for k, v in stores.bandit.items()}
+        try:
+            counts = {_key(k): orjson.loads(v) for k, v in stores.bandit.items()}
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot read the bandit counts: {type(exc).__name__}: {exc}") from exc
         counts.update(self._own_bandit)
         return _sum_counts(counts)
 
     def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
-                counts: dict[str, dict[str, tuple[int, int]]], now_ms: int) -> list[dict[str, Any]]:
+                counts: dict[str, dict[str, tuple[int, int]]], now_ms: int,
+                chosen: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
         """Decisions for the batch's ad requests against one posterior snapshot.
 
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
         worker that makes it, given the same snapshot.
         """
         snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = {}
-        chosen: dict[tuple[str, str], int] = {}
         out = []
         for event, context in ad_requests:
             if context not in snapshot:
@@ -389,16 +534,17 @@ class BatchProcessor:
                 snapshot[context] = (alpha, beta, propensities(alpha, beta), self.policy.arm_means(alpha, beta))
             alpha, beta, props, means = snapshot[context]
             rid = event["request_id"]
+            uid = event["user_id"]
             # default_rng([seed, crc]) builds exactly this generator, at twice the cost
             self.policy.rng = Generator(PCG64(SeedSequence([self.seed, zlib.crc32(rid.encode())])))
             d = self.policy.choose(alpha, beta, props, means)
             chosen[(context, d.arm)] = chosen.get((context, d.arm), 0) + 1
             out.append({
                 "schema_version": 1,
-                "decision_id": decision_id(self.policy_name, rid),
+                "decision_id": decision_id(self.policy_name, uid, rid),
                 "request_id": rid,
                 "event_id": event["event_id"],
-                "user_id": event["user_id"],
+                "user_id": uid,
                 "context": context,
                 "placement": d.arm,
                 "propensity": d.propensity,
@@ -407,11 +553,4 @@ class BatchProcessor:
                 "event_time": event["event_time"],
                 "decided_at": now_ms,
             })
-        for (context, arm), n in chosen.items():
-            self.metrics.decisions.labels(context=context, arm=arm).inc(n)
         return out
-
-
-def decision_id(policy: str, request_id: str) -> str:
-    """Deterministic, like prediction ids: a replayed request gets the same decision id."""
-    return hashlib.blake2b(f"{policy}|{request_id}".encode(), digest_size=16).hexdigest()

@@ -35,7 +35,7 @@ SCHEMA_DIR = ROOT / "schemas" / "json"
 SCHEMAS: tuple[str, ...] = ("session_event", "prediction", "bandit_decision", "dead_letter")
 SCHEMA_VERSION = 1
 
-ErrorKind = Literal["malformed", "oversized", "unknown_type", "invalid"]
+ErrorKind = Literal["malformed", "oversized", "unknown_type", "invalid", "processing_error"]
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 
 _MAX_VALUE_REPR = 80
@@ -104,18 +104,30 @@ def is_valid(name: str, record: Mapping[str, Any]) -> bool:
 def validate(name: str, record: Mapping[str, Any]) -> None:
     """Raise :class:`SchemaError` naming field, value and expectation if ``record`` is invalid."""
     if not _checker(name)(record):
-        raise SchemaError(_describe(name, _validator(name).iter_errors(record)))
+        raise SchemaError(_describe(name, _validator(name).iter_errors(record), record))
 
 
-def _describe(name: str, errors: Iterable[ValidationError]) -> str:
+def _describe(name: str, errors: Iterable[ValidationError], record: Any = None) -> str:
     """One line for the most useful error; errors of ``if``/``then`` rules come after direct ones."""
     ranked = sorted(errors, key=lambda e: ("then" in e.schema_path, len(e.absolute_path)))
-    if not ranked:  # pragma: no cover - only called for invalid records
-        return f"record does not match schema {name!r}"
+    if not ranked:
+        return _describe_rs(name, record)
     message = _message(name, ranked[0])
     if len(ranked) > 1:
         message += f" (and {len(ranked) - 1} more error{'s' if len(ranked) > 2 else ''})"
     return message
+
+
+def _describe_rs(name: str, record: Any) -> str:
+    """The error as jsonschema-rs, which rejected the record, sees it.
+
+    The two validators can disagree: Python's ``re`` lets ``$`` match before a final newline, so
+    jsonschema accepts ``"DE\\n"`` for the pattern ``^[A-Z]{2}$`` that jsonschema-rs refuses.
+    """
+    for error in jsonschema_rs.validator_for(_schema(name)).iter_errors(record):
+        path = ".".join(str(p) for p in error.instance_path)
+        return f"{f'field {path!r}' if path else 'record'}: {error.message}"
+    return f"record does not match schema {name!r}"  # pragma: no cover - only called for invalid records
 
 
 def _short(value: object) -> str:
@@ -182,10 +194,15 @@ def parse_event(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise EventRejected("malformed", f"record is not valid JSON: {exc}") from None
+        raise EventRejected("malformed", _not_json(raw, exc)) from None
     if not isinstance(event, dict):
         raise EventRejected("malformed", f"record is a JSON {type(event).__name__}, expected an object")
     if _checker("session_event")(event):
+        # JSON Schema's "integer" admits 1.5e12; downstream every time is integer milliseconds.
+        for name in _INTEGER_FIELDS:
+            value = event.get(name)
+            if value.__class__ is float:
+                event[name] = int(value)
         return event
     event_type = event.get("event_type")
     if "event_type" in event and (not isinstance(event_type, str) or event_type not in _event_types()):
@@ -194,7 +211,21 @@ def parse_event(raw: bytes | None, max_bytes: int) -> dict[str, Any]:
             "unknown_type", f"field 'event_type': value {_short(event_type)} is not one of {expected!r}"
         )
     errors = _validator("session_event").iter_errors(event)
-    raise EventRejected("invalid", _describe("session_event", errors))
+    raise EventRejected("invalid", _describe("session_event", errors, event))
+
+
+#: session_event fields of JSON Schema type "integer", which a valid event may carry as 3.0
+_INTEGER_FIELDS = ("event_time", "position", "duration_ms")
+
+
+def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    """Why ``raw`` is not JSON; orjson reports invalid UTF-8 as "surrogates not allowed" at 1:1."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return (f"record is not valid UTF-8: byte 0x{raw[bad.start]:02x} at offset {bad.start} "
+                f"({bad.reason}), expected a UTF-8 JSON session event")
+    return f"record is not valid JSON: {exc}"
 
 
 def dead_letter_envelope(

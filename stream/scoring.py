@@ -6,7 +6,6 @@ the offline backtest call the same code.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from stream.ids import prediction_id
 from stream.registry import ModelRegistry, ModelVersion, RegistryError, load_booster
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,8 @@ TRIGGERS: Mapping[str, str] = {
 MODEL_NAMES: tuple[str, ...] = ("churn", "click", "engagement")
 
 
-def prediction_id(model_name: str, model_version: str, event_id: str) -> str:
-    """Deterministic id: a replay of the same event through the same model gets the same id.
-
-    >>> prediction_id("churn", "1", "e1") == prediction_id("churn", "1", "e1")
-    True
-    >>> len(prediction_id("churn", "1", "e1"))
-    32
-    """
-    return hashlib.blake2b(f"{model_name}|{model_version}|{event_id}".encode(), digest_size=16).hexdigest()
+class ScoreError(ValueError):
+    """A model's output that cannot be published."""
 
 
 @dataclass
@@ -131,7 +124,9 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
                    now_ms: int) -> list[dict[str, Any]]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
-    Requests for a model that is not loaded are skipped (counted by the caller).
+    Requests for a model that is not loaded are skipped (counted by the caller). A score that is
+    not a finite number raises :class:`ScoreError`: JSON has no NaN, and consumers of the
+    predictions topic expect a number.
     """
     by_model: dict[str, list[ScoreRequest]] = {}
     for req in requests:
@@ -142,11 +137,15 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
         if model is None:
             continue
         scores = model.predict(np.array([r.row for r in reqs], dtype=np.float32))
+        if not np.isfinite(scores).all():
+            bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+            raise ScoreError(f"model {name} version {model.version} scored event "
+                             f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number")
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
             out.append({
                 "schema_version": 1,
-                "prediction_id": prediction_id(name, model.version, ev["event_id"]),
+                "prediction_id": prediction_id(name, model.version, ev["user_id"], ev["event_id"]),
                 "model_name": name,
                 "model_version": model.version,
                 "event_id": ev["event_id"],

@@ -99,7 +99,9 @@ PAGE_VIEW = (
         (b"", "record has an empty value, expected a JSON session event"),
         (None, "record has no value (a tombstone), expected a JSON session event"),
         (b'{"event_type": "page_view"', "record is not valid JSON"),
-        (b"\xff\xfe{}", "record is not valid JSON"),
+        (b"\xff\xfe{}", "record is not valid UTF-8: byte 0xff at offset 0 (invalid start byte)"),
+        (b'{"event_id": "caf\xc3(", "x": 1}',
+         "record is not valid UTF-8: byte 0xc3 at offset 17 (invalid continuation byte)"),
         (b"[1, 2]", "record is a JSON list, expected an object"),
         (b'"page_view"', "record is a JSON str, expected an object"),
         (b"null", "record is a JSON NoneType, expected an object"),
@@ -133,6 +135,20 @@ def test_parse_event_unknown_type_and_invalid() -> None:
         parse_event(PAGE_VIEW.replace(b'"u-1"', b'""'), MAX_BYTES)
     assert info.value.kind == "invalid"
     assert str(info.value) == "field 'user_id': value '' is shorter than the minimum length of 1"
+
+
+def test_parse_event_makes_integral_float_times_integers() -> None:
+    """JSON Schema's "integer" admits 1.5e12; predictions must carry integer milliseconds."""
+    raw = PAGE_VIEW.replace(b"1767225600000", b"1.7672256e12")
+    event = parse_event(raw, MAX_BYTES)
+    assert event["event_time"] == 1_767_225_600_000 and type(event["event_time"]) is int
+    impression = orjson.loads(PAGE_VIEW)
+    impression.update(event_type="article_impression", article_id="a-1", position=3.0)
+    event = parse_event(orjson.dumps(impression), MAX_BYTES)
+    assert event["position"] == 3 and type(event["position"]) is int
+    end = orjson.loads(PAGE_VIEW)
+    end.update(event_type="session_end", duration_ms=6e4)
+    assert type(parse_event(orjson.dumps(end), MAX_BYTES)["duration_ms"]) is int
 
 
 def test_event_rejected_is_a_schema_error() -> None:
