@@ -1,4 +1,4 @@
--- Model scores. prediction_id is deterministic (model, version, triggering event), so a replayed
+-- Model scores. prediction_id is deterministic (model, version, user_id, event_id: see stream/ids.py), so a replayed
 -- prediction replaces the earlier row instead of counting twice. Query with FINAL for exact counts.
 CREATE TABLE IF NOT EXISTS {db}.predictions
 (
