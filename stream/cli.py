@@ -25,18 +25,36 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def cmd_kafka_up(args: argparse.Namespace) -> int:
     """Run an embedded broker in the foreground until Ctrl-C / SIGTERM."""
     from stream.config import load_settings
+    from stream.errors import ConfigError
+    from stream.kafka.clients import for_embedded
     from stream.kafka.embedded import EmbeddedKafka
     from stream.topics import ensure_topics
 
     settings = load_settings()
+    users = None
+    if args.sasl:  # the user the clients will log in as: the same variables configure both sides
+        name, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+        if not name or not password:
+            raise ConfigError("`kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
+                              "STREAM_KAFKA_SASL_PASSWORD: set both")
+        users = {name: password}
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users)
     try:
         with broker:
+            if args.sasl:
+                bootstrap = broker.sasl_bootstrap
+                settings = load_settings(kafka_security_protocol="SASL_PLAINTEXT")
+            else:
+                bootstrap, settings = broker.bootstrap, for_embedded(settings)
             if not args.no_topics:
-                ensure_topics(broker.bootstrap, settings)
-            print(f"Kafka is up: bootstrap {broker.bootstrap}", flush=True)
-            print(f"  export STREAM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+                ensure_topics(bootstrap, settings)
+            print(f"Kafka is up: bootstrap {bootstrap}", flush=True)
+            print(f"  export STREAM_KAFKA_BOOTSTRAP={bootstrap}", flush=True)
+            if args.sasl:
+                print("  export STREAM_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT  # mechanisms PLAIN, SCRAM-SHA-256, "
+                      f"SCRAM-SHA-512 for user {settings.kafka_sasl_username!r}", flush=True)
+                print(f"  (plaintext listener, no login: {broker.bootstrap})", flush=True)
             print(f"  broker log: {broker.log_path}  (Ctrl-C to stop)", flush=True)
             assert broker.proc is not None
             broker.proc.wait()
@@ -148,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = kafka.add_subparsers(dest="kafka_command", required=True)
     up = ksub.add_parser("up", help="run an embedded broker in the foreground and print its address")
     up.add_argument("--no-topics", action="store_true", help="do not create the product's topics")
+    up.add_argument("--sasl", action="store_true",
+                    help="add a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) for the user "
+                         "STREAM_KAFKA_SASL_USERNAME / STREAM_KAFKA_SASL_PASSWORD")
     up.set_defaults(func=cmd_kafka_up)
     fetch = ksub.add_parser("fetch", help="fetch the broker's jars with Maven (done on first use anyway)")
     fetch.set_defaults(func=cmd_kafka_fetch)

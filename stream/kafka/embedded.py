@@ -19,17 +19,19 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stream.errors import InfraError
+from stream.errors import ConfigError, InfraError
+from stream.redact import protect, redact
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +116,54 @@ def new_cluster_id() -> str:
             return cid
 
 
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setpgrp()  # own process group: a Ctrl-C in the terminal reaches us, not the JVM twice
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+#: SASL mechanisms an embedded broker's SASL listener accepts (every user gets each of them).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: what a password of the embedded broker may hold: it is written into JAAS and ``--add-scram`` syntax
+_SAFE_PASSWORD = re.compile(r"^[A-Za-z0-9_.~!@#$%^&*()+:;?/{}|<>-]+$")
+
+
+def _sasl_properties(port: int, users: Mapping[str, str]) -> dict[str, str]:
+    """A SASL_PLAINTEXT listener on ``port`` accepting ``users`` by PLAIN and SCRAM."""
+    plain_users = " ".join(f'user_{name}="{pw}"' for name, pw in users.items())
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    return {
+        "sasl.enabled.mechanisms": ",".join(SASL_MECHANISMS),
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};",
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config": scram,
+        "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": scram,
+    }
+
+
+def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int,
+                       sasl_port: int | None = None, sasl_users: Mapping[str, str] | None = None) -> str:
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}"]
+    if sasl_port is not None:
+        listeners.append(f"SASL_PLAINTEXT://127.0.0.1:{sasl_port}")
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
+        # The broker talks to itself and to its controller in plaintext: only clients authenticate.
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": str(partitions),
@@ -148,25 +183,61 @@ def _server_properties(data_dir: Path, port: int, controller_port: int, partitio
         "num.io.threads": "4",
         "log.segment.bytes": str(64 * 1024 * 1024),
     }
+    if sasl_port is not None:
+        props.update(_sasl_properties(sasl_port, sasl_users or {}))
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _scram_args(users: Mapping[str, str]) -> list[str]:
+    """``kafka-storage format`` options that store each user's SCRAM credentials in the metadata log."""
+    return [arg for name, pw in users.items() for mech in SASL_MECHANISMS if mech.startswith("SCRAM")
+            for arg in ("--add-scram", f"{mech}=[name={name},password={pw}]")]
+
+
+def check_sasl_users(users: Mapping[str, str]) -> None:
+    """Refuse user names and passwords that the broker's JAAS and SCRAM syntax cannot hold."""
+    if not users:
+        raise ConfigError("a SASL listener needs at least one user (name and password)")
+    for name, pw in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"SASL user name {name!r} for the embedded broker: expected letters, digits, _ . -")
+        if not _SAFE_PASSWORD.match(pw):
+            # the message never repeats the password
+            raise ConfigError(f"the SASL password of {name!r} for the embedded broker must be non-empty, "
+                              "without spaces, quotes, backslashes, commas, brackets or '='")
 
 
 class EmbeddedKafka:
     """One single-node KRaft broker in a child JVM. Use as a context manager."""
 
     def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, sasl_users: Mapping[str, str] | None = None) -> None:
+        """``sasl_users`` ({name: password}) adds a SASL_PLAINTEXT listener (:attr:`sasl_bootstrap`)
+        that accepts them by PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, next to the plaintext one."""
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedded-kafka-"))
         self.heap = heap
         self.partitions = partitions
         self.start_timeout_s = start_timeout_s
+        self.sasl_users = dict(sasl_users) if sasl_users is not None else None
+        if self.sasl_users is not None:
+            check_sasl_users(self.sasl_users)
+            protect(*self.sasl_users.values())
         self.port = 0
+        self.sasl_port = 0
         self.controller_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
+        """The plaintext listener (the broker's own, and the one for clients without credentials)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT listener (only with ``sasl_users``)."""
+        if not self.sasl_port:
+            raise InfraError("this embedded broker has no SASL listener: pass sasl_users")
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -184,17 +255,21 @@ class EmbeddedKafka:
         ensure_jars()
         data_dir = self.workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = free_port(), free_port()
-        while self.controller_port == self.port:
-            self.controller_port = free_port()
+        ports = _distinct_free_ports(3 if self.sasl_users is not None else 2)
+        self.port, self.controller_port = ports[0], ports[1]
+        self.sasl_port = ports[2] if self.sasl_users is not None else 0
         props = self.workdir / "server.properties"
-        props.write_text(_server_properties(data_dir, self.port, self.controller_port, self.partitions))
+        props.touch(mode=0o600)  # may hold the SASL users' passwords
+        props.write_text(_server_properties(data_dir, self.port, self.controller_port, self.partitions,
+                                            self.sasl_port or None, self.sasl_users))
         fmt = subprocess.run(
-            self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)),
+            self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props),
+                       *_scram_args(self.sasl_users or {})),
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
-            raise InfraError(f"formatting the Kafka log dir failed: {(fmt.stdout + fmt.stderr).strip()[-500:]}")
+            said = redact((fmt.stdout + fmt.stderr).strip())
+            raise InfraError(f"formatting the Kafka log dir failed: {said[-500:]}")
         out = open(self.workdir / "broker.out", "wb")  # noqa: SIM115 - lives as long as the JVM
         self.proc = subprocess.Popen(
             self._java(java, "kafka.Kafka", str(props)),
