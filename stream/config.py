@@ -99,10 +99,6 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (required by SASL_*)")
     kafka_ssl_cafile: FilePath | None = Field(
         None, description="PEM CA bundle that signed the brokers' certificates; unset = the system CAs")
-    kafka_ssl_certfile: FilePath | None = Field(
-        None, description="PEM client certificate, for brokers that require TLS client authentication")
-    kafka_ssl_keyfile: FilePath | None = Field(None, description="PEM private key of the client certificate")
-    kafka_ssl_key_password: SecretStr = Field(SecretStr(""), description="password of the private key, if any")
 
     # --- Misc ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
@@ -130,9 +126,6 @@ class Settings(BaseSettings):
                                                   self.kafka_sasl_password.get_secret_value()):
             raise ValueError(f"STREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAM_KAFKA_SASL_USERNAME "
                              "and STREAM_KAFKA_SASL_PASSWORD")
-        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
-            raise ValueError("a TLS client certificate needs both STREAM_KAFKA_SSL_CERTFILE and "
-                             "STREAM_KAFKA_SSL_KEYFILE")
         return self
 
     def confluent_config(self) -> dict[str, str]:
@@ -143,14 +136,8 @@ class Settings(BaseSettings):
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
             conf["sasl.username"] = self.kafka_sasl_username or ""
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if protocol.endswith("SSL"):
-            if self.kafka_ssl_cafile:
-                conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
-            if self.kafka_ssl_certfile and self.kafka_ssl_keyfile:
-                conf["ssl.certificate.location"] = str(self.kafka_ssl_certfile)
-                conf["ssl.key.location"] = str(self.kafka_ssl_keyfile)
-                if self.kafka_ssl_key_password.get_secret_value():
-                    conf["ssl.key.password"] = self.kafka_ssl_key_password.get_secret_value()
+        if protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
         return conf
 
     def secrets(self) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 confluent-kafka clients (admin, producers, consumers of the CLI tools, the worker's output
 producer) take :func:`kafka_config`; the worker's faust app takes :func:`faust_credentials`.
 Both follow ``STREAM_KAFKA_SECURITY_PROTOCOL``: SASL_PLAINTEXT stays plaintext, SSL and
-SASL_SSL verify the broker against ``STREAM_KAFKA_SSL_CAFILE`` (else the system CAs) and
-present a client certificate when ``STREAM_KAFKA_SSL_CERTFILE`` is set.
+SASL_SSL verify the broker's certificate and host name against ``STREAM_KAFKA_SSL_CAFILE`` (else
+the system CAs).
 
 :func:`cluster_metadata` is the first contact of a command with the cluster: a wrong password
 becomes a one-line error within seconds instead of a timeout that says "cannot reach".
@@ -59,13 +59,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
         return None
     cafile = settings.kafka_ssl_cafile
-    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-    if settings.kafka_ssl_certfile is not None:
-        password = settings.kafka_ssl_key_password.get_secret_value() or None
-        context.load_cert_chain(str(settings.kafka_ssl_certfile),
-                                str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
-                                password)
-    return context
+    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
 
 
 def faust_credentials(settings: Settings) -> Any:
