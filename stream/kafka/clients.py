@@ -86,6 +86,7 @@ class _Errors:
 
     def __init__(self) -> None:
         self.auth: str | None = None
+        self.tls: str | None = None
         self.last: str | None = None
 
     def __call__(self, err: Any) -> None:
@@ -94,14 +95,16 @@ class _Errors:
         self.last = err.str()
         if err.code() == KafkaError._AUTHENTICATION and self.auth is None:
             self.auth = err.str()
+        if err.code() == KafkaError._SSL and self.tls is None:
+            self.tls = err.str()
 
 
 def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | None = None,
                      timeout_s: float = 30.0) -> Any:
     """The cluster's metadata, or a one-line :class:`InfraError`.
 
-    A rejected login fails within about a second and names the mechanism and the user (never
-    the password); an unreachable cluster fails after ``timeout_s``. The probe's own librdkafka
+    A rejected login or TLS handshake fails within about a second and names the mechanism and
+    the user (never the password) or the CA file; an unreachable cluster fails after ``timeout_s``. The probe's own librdkafka
     log lines are silenced: the error says what they would.
     """
     from confluent_kafka import KafkaException
@@ -116,6 +119,8 @@ def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | Non
             admin.poll(0)  # serves error_cb
             if errors.auth is not None:
                 raise InfraError(auth_failure(bootstrap, settings, errors.auth)) from None
+            if errors.tls is not None:
+                raise InfraError(tls_failure(bootstrap, settings, errors.tls)) from None
             if time.monotonic() >= deadline:
                 detail = errors.last or str(exc)
                 raise InfraError(f"cannot reach Kafka at {bootstrap}: {redact(detail)}") from None
@@ -130,3 +135,13 @@ def auth_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:
     why = reason.split("authentication error: ", 1)[-1].split(" (after ", 1)[0]
     return (f"Kafka at {bootstrap} refused the {who}: authentication failed ({redact(why)}); "
             "check STREAM_KAFKA_SASL_USERNAME, STREAM_KAFKA_SASL_PASSWORD and STREAM_KAFKA_SASL_MECHANISM")
+
+
+def tls_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:
+    """The one-line message of a failed TLS handshake: the broker's certificate and the CA file used."""
+    cafile = settings.kafka_ssl_cafile if settings is not None else None
+    trusted = f"the CA file {str(cafile)!r}" if cafile else "the system CAs (STREAM_KAFKA_SSL_CAFILE is unset)"
+    # librdkafka's text: "<listener>: SSL handshake failed: <reason> (after N ms in state X)"
+    why = reason.split("handshake failed: ", 1)[-1].split(" (after ", 1)[0]
+    return (f"TLS handshake with Kafka at {bootstrap} failed, checked against {trusted}: {redact(why)}; "
+            "check STREAM_KAFKA_SSL_CAFILE and STREAM_KAFKA_SECURITY_PROTOCOL")
