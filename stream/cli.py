@@ -38,23 +38,30 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
             raise ConfigError("`kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
                               "STREAM_KAFKA_SASL_PASSWORD: set both")
         users = {name: password}
+    protocol = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
+                (False, True): "SSL", (True, True): "SASL_SSL"}[(args.sasl, args.ssl)]
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users, tls=args.ssl)
     try:
         with broker:
-            if args.sasl:
-                bootstrap = broker.sasl_bootstrap
-                settings = load_settings(kafka_security_protocol="SASL_PLAINTEXT")
-            else:
-                bootstrap, settings = broker.bootstrap, for_embedded(settings)
+            bootstrap = broker.address(protocol)
+            settings = (load_settings(kafka_security_protocol=protocol, kafka_ssl_cafile=broker.ca_file)
+                        if protocol != "PLAINTEXT" else for_embedded(settings))
             if not args.no_topics:
                 ensure_topics(bootstrap, settings)
+            exports = {"STREAM_KAFKA_BOOTSTRAP": bootstrap}
+            if protocol != "PLAINTEXT":
+                exports["STREAM_KAFKA_SECURITY_PROTOCOL"] = protocol
+            if broker.ca_file is not None:
+                exports["STREAM_KAFKA_SSL_CAFILE"] = str(broker.ca_file)
             print(f"Kafka is up: bootstrap {bootstrap}", flush=True)
-            print(f"  export STREAM_KAFKA_BOOTSTRAP={bootstrap}", flush=True)
-            if args.sasl:
-                print("  export STREAM_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT  # mechanisms PLAIN, SCRAM-SHA-256, "
-                      f"SCRAM-SHA-512 for user {settings.kafka_sasl_username!r}", flush=True)
-                print(f"  (plaintext listener, no login: {broker.bootstrap})", flush=True)
+            for key, value in exports.items():
+                print(f"  export {key}={value}", flush=True)
+            if users:
+                print(f"  (SASL user {settings.kafka_sasl_username!r}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+                      flush=True)
+            others = [f"{name} {broker.address(name)}" for name in broker.ports if name != protocol]
+            print(f"  other listeners: {', '.join(others)}", flush=True)
             print(f"  broker log: {broker.log_path}  (Ctrl-C to stop)", flush=True)
             assert broker.proc is not None
             broker.proc.wait()
@@ -169,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sasl", action="store_true",
                     help="add a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) for the user "
                          "STREAM_KAFKA_SASL_USERNAME / STREAM_KAFKA_SASL_PASSWORD")
+    up.add_argument("--ssl", action="store_true",
+                    help="add an SSL listener (SASL_SSL too with --sasl) with a certificate of a throwaway CA")
     up.set_defaults(func=cmd_kafka_up)
     fetch = ksub.add_parser("fetch", help="fetch the broker's jars with Maven (done on first use anyway)")
     fetch.set_defaults(func=cmd_kafka_fetch)

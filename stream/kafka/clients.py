@@ -104,8 +104,8 @@ def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | Non
     """The cluster's metadata, or a one-line :class:`InfraError`.
 
     A rejected login or TLS handshake fails within about a second and names the mechanism and
-    the user (never the password) or the CA file; an unreachable cluster fails after ``timeout_s``. The probe's own librdkafka
-    log lines are silenced: the error says what they would.
+    the user (never the password) or the CA file; an unreachable cluster fails after
+    ``timeout_s``. The probe's own librdkafka log lines are silenced: the error says what they would.
     """
     from confluent_kafka import KafkaException
 
