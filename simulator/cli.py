@@ -213,6 +213,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         ds = _generate(args)
     n = stream(ds, settings.kafka_bootstrap, settings.topic(SESSION_EVENTS),
-               rate=None if args.fast else args.rate, shift_to_now=args.shift_to_now)
+               rate=None if args.fast else args.rate, shift_to_now=args.shift_to_now, settings=settings)
     print(f"produced {n} records to {settings.topic(SESSION_EVENTS)}", file=sys.stderr)
     return 0

@@ -12,7 +12,9 @@ import pyarrow as pa
 
 from simulator.dataset import Dataset
 from stream.clickhouse import ClickHouse
+from stream.config import Settings
 from stream.errors import InfraError
+from stream.kafka import clients
 
 #: ClickHouse columns holding epoch ms that must be inserted as DateTime64.
 _TIME_COLUMNS = {"event_time", "cutoff_time", "start_time", "day_start"}
@@ -52,16 +54,18 @@ def backfill(ch: ClickHouse, ds: Dataset, batch_rows: int = 1_000_000, progress:
 
 
 def stream(ds: Dataset, bootstrap: str, topic: str, rate: float | None = None,
-           shift_to_now: bool = False, progress: bool = True) -> int:
+           shift_to_now: bool = False, progress: bool = True, settings: Settings | None = None) -> int:
     """Produce every record (malformed ones interleaved) in delivery order, keyed by user_id.
 
     ``rate`` limits records per second (None = as fast as possible). ``shift_to_now`` moves
     all event times so that the last event is "now". Returns the number of records produced.
+    ``settings`` carry a secured cluster's credentials (None: a plaintext listener).
     """
-    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka import KafkaException
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "compression.type": "lz4",
-                         "queue.buffering.max.messages": 1_000_000, "enable.idempotence": True})
+    producer = clients.producer(bootstrap, settings, **{
+        "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
+        "enable.idempotence": True})
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:

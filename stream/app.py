@@ -7,7 +7,6 @@ Run it with ``python -m stream worker`` or ``faust -A stream.app worker`` (the m
 from __future__ import annotations
 
 import logging
-import ssl
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +18,7 @@ from stream.agents import articles, events
 from stream.agents.runtime import Runtime
 from stream.clickhouse import connect
 from stream.config import Settings, load_settings
-from stream.kafka import transport
+from stream.kafka import clients, transport
 from stream.kafka.schema import RawSchema
 from stream.metrics import WorkerMetrics
 from stream.processor import EXPECTED_FEATURES, BatchProcessor
@@ -31,17 +30,6 @@ from stream.tuning import tune_gc
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-
-
-def _credentials(s: Settings) -> Any:
-    if s.kafka_security_protocol == "PLAINTEXT":
-        return None
-    context = ssl.create_default_context(cafile=str(s.kafka_ssl_cafile) if s.kafka_ssl_cafile else None)
-    if s.kafka_sasl_mechanism:
-        return faust.SASLCredentials(username=s.kafka_sasl_username or "",
-                                     password=s.kafka_sasl_password.get_secret_value(),
-                                     mechanism=s.kafka_sasl_mechanism, ssl_context=context)
-    return faust.SSLCredentials(context)
 
 
 class WorkerApp(faust.App):
@@ -93,7 +81,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     app = WorkerApp(
         s.worker_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
-        broker_credentials=_credentials(s),
+        broker_credentials=clients.faust_credentials(s),
         store="rocksdb://",
         datadir=str(s.state_dir / s.worker_instance),
         topic_partitions=p,
@@ -156,10 +144,8 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
             on_backpressure=lambda on: _backpressure(metrics, on),
             on_insert=lambda table, n, secs: metrics.sink_inserted.labels(table=table).inc(n),
         )
-    from confluent_kafka import Producer
-
-    producer = Producer({
-        "bootstrap.servers": bootstrap, **s.confluent_config(), "linger.ms": 5, "compression.type": "lz4",
+    producer = clients.producer(bootstrap, s, **{
+        "linger.ms": 5, "compression.type": "lz4",
         "enable.idempotence": True, "partitioner": "murmur2_random",  # the Java clients' key hashing
         "queue.buffering.max.messages": 500_000,
     })

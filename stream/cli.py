@@ -25,18 +25,43 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def cmd_kafka_up(args: argparse.Namespace) -> int:
     """Run an embedded broker in the foreground until Ctrl-C / SIGTERM."""
     from stream.config import load_settings
+    from stream.errors import ConfigError
+    from stream.kafka.clients import for_embedded
     from stream.kafka.embedded import EmbeddedKafka
     from stream.topics import ensure_topics
 
     settings = load_settings()
+    users = None
+    if args.sasl:  # the user the clients will log in as: the same variables configure both sides
+        name, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
+        if not name or not password:
+            raise ConfigError("`kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
+                              "STREAM_KAFKA_SASL_PASSWORD: set both")
+        users = {name: password}
+    protocol = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
+                (False, True): "SSL", (True, True): "SASL_SSL"}[(args.sasl, args.ssl)]
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users, tls=args.ssl)
     try:
         with broker:
+            bootstrap = broker.address(protocol)
+            settings = (load_settings(kafka_security_protocol=protocol, kafka_ssl_cafile=broker.ca_file)
+                        if protocol != "PLAINTEXT" else for_embedded(settings))
             if not args.no_topics:
-                ensure_topics(broker.bootstrap, settings)
-            print(f"Kafka is up: bootstrap {broker.bootstrap}", flush=True)
-            print(f"  export STREAM_KAFKA_BOOTSTRAP={broker.bootstrap}", flush=True)
+                ensure_topics(bootstrap, settings)
+            exports = {"STREAM_KAFKA_BOOTSTRAP": bootstrap}
+            if protocol != "PLAINTEXT":
+                exports["STREAM_KAFKA_SECURITY_PROTOCOL"] = protocol
+            if broker.ca_file is not None:
+                exports["STREAM_KAFKA_SSL_CAFILE"] = str(broker.ca_file)
+            print(f"Kafka is up: bootstrap {bootstrap}", flush=True)
+            for key, value in exports.items():
+                print(f"  export {key}={value}", flush=True)
+            if users:
+                print(f"  (SASL user {settings.kafka_sasl_username!r}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
+                      flush=True)
+            others = [f"{name} {broker.address(name)}" for name in broker.ports if name != protocol]
+            print(f"  other listeners: {', '.join(others)}", flush=True)
             print(f"  broker log: {broker.log_path}  (Ctrl-C to stop)", flush=True)
             assert broker.proc is not None
             broker.proc.wait()
@@ -148,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = kafka.add_subparsers(dest="kafka_command", required=True)
     up = ksub.add_parser("up", help="run an embedded broker in the foreground and print its address")
     up.add_argument("--no-topics", action="store_true", help="do not create the product's topics")
+    up.add_argument("--sasl", action="store_true",
+                    help="add a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) for the user "
+                         "STREAM_KAFKA_SASL_USERNAME / STREAM_KAFKA_SASL_PASSWORD")
+    up.add_argument("--ssl", action="store_true",
+                    help="add an SSL listener (SASL_SSL too with --sasl) with a certificate of a throwaway CA")
     up.set_defaults(func=cmd_kafka_up)
     fetch = ksub.add_parser("fetch", help="fetch the broker's jars with Maven (done on first use anyway)")
     fetch.set_defaults(func=cmd_kafka_fetch)

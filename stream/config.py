@@ -10,10 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stream.errors import ConfigError
+from stream.redact import protect
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,13 +90,15 @@ class Settings(BaseSettings):
         10 * 60_000, ge=1, description="an ad_click joins its impression within this window"
     )
 
-    # --- Kafka security (passed to faust and to the confluent clients) ---------------------
+    # --- Kafka security (passed to faust and to the confluent clients: stream/kafka/clients.py) --
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol")
-    kafka_sasl_mechanism: str | None = Field(None, description="SASL mechanism, e.g. PLAIN or SCRAM-SHA-512")
-    kafka_sasl_username: str | None = Field(None, description="SASL user")
-    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
-    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL")
+        "PLAINTEXT", description="Kafka security protocol: SASL_* authenticate, *SSL encrypt")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)")
+    kafka_sasl_username: str | None = Field(None, description="SASL user (required by SASL_*)")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (required by SASL_*)")
+    kafka_ssl_cafile: FilePath | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates; unset = the system CAs")
 
     # --- Misc ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
@@ -116,17 +119,31 @@ class Settings(BaseSettings):
             raise ValueError("expected three whole numbers gen0,gen1,gen2 like 10000,50,100 (gen0 at least 1)")
         return tuple(int(p) for p in parts)
 
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and not (self.kafka_sasl_username and
+                                                  self.kafka_sasl_password.get_secret_value()):
+            raise ValueError(f"STREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAM_KAFKA_SASL_USERNAME "
+                             "and STREAM_KAFKA_SASL_PASSWORD")
+        return self
+
     def confluent_config(self) -> dict[str, str]:
-        """Security options for confluent-kafka clients (producers, admin, tools)."""
-        conf: dict[str, str] = {"security.protocol": self.kafka_security_protocol}
-        if self.kafka_sasl_mechanism:
+        """Security options for confluent-kafka clients (see stream/kafka/clients.py)."""
+        protocol = self.kafka_security_protocol
+        conf: dict[str, str] = {"security.protocol": protocol}
+        if protocol.startswith("SASL_"):
             conf["sasl.mechanism"] = self.kafka_sasl_mechanism
-        if self.kafka_sasl_username:
-            conf["sasl.username"] = self.kafka_sasl_username
+            conf["sasl.username"] = self.kafka_sasl_username or ""
             conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
-        if self.kafka_ssl_cafile:
+        if protocol.endswith("SSL") and self.kafka_ssl_cafile:
             conf["ssl.ca.location"] = str(self.kafka_ssl_cafile)
         return conf
+
+    def secrets(self) -> tuple[str, ...]:
+        """The values of every secret setting (for the log redaction, stream/redact.py)."""
+        return tuple(v.get_secret_value() for v in (getattr(self, n) for n in type(self).model_fields)
+                     if isinstance(v, SecretStr))
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic name."""
@@ -136,14 +153,18 @@ class Settings(BaseSettings):
 def load_settings(**overrides: object) -> Settings:
     """Read settings; a bad value raises :class:`ConfigError` with a one-line message."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        s = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         err = exc.errors()[0]
+        if not err["loc"]:  # a check across settings: its message names them (and no input: it holds secrets)
+            raise ConfigError(f"invalid configuration: {err['msg'].removeprefix('Value error, ')}") from None
         field = ".".join(str(p) for p in err["loc"])
         env = f"STREAM_{field.upper()}"
         raise ConfigError(
             f"invalid configuration {env}={err.get('input')!r}: {err['msg']}"
         ) from None
+    protect(*s.secrets())  # from now on no log record of this process shows them
+    return s
 
 
 @lru_cache(maxsize=1)

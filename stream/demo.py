@@ -29,6 +29,7 @@ from typing import Any
 
 from stream.config import Settings, load_settings
 from stream.errors import InfraError
+from stream.kafka import clients
 
 DAY_MS = 86_400_000
 
@@ -121,6 +122,8 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     worker: WorkerProcess | None = None
     where = f"server {settings.clickhouse_url}" if settings.clickhouse_url else f"embedded chdb in {settings.chdb_path}"
     with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions) as (bootstrap, jvm):
+        if jvm is not None:
+            settings = clients.for_embedded(settings)
         clock.say(f"Kafka at {bootstrap}; ClickHouse: {where}")
         ensure_topics(bootstrap, settings)
 
@@ -161,7 +164,7 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
             live = dataclasses.replace(live, table=live.table.slice(0, n_live))
             t_live = time.monotonic()
             sent = stream(live, bootstrap, settings.topic("session-events"), rate=rate, shift_to_now=True,
-                          progress=False)
+                          progress=False, settings=settings)
             clock.say(f"streamed {sent:,} live events in {time.monotonic() - t_live:.0f}s; waiting for the worker")
             deadline = time.monotonic() + 120
             m = _metrics(port)
@@ -171,13 +174,15 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
             processed = _sum(m, "stream_events_total")
             elapsed = time.monotonic() - t_live
             sample_msgs = consume(bootstrap, settings.topic("predictions"), until=lambda got: len(got) >= 3,
-                                  timeout_s=20)
-            console = _console_consumer(bootstrap, settings.topic("predictions"))
+                                  timeout_s=20, settings=settings)
+            console = (_console_consumer(bootstrap, settings.topic("predictions"))
+                       if settings.kafka_security_protocol == "PLAINTEXT"
+                       else ["(skipped: the console consumer would need the credentials in a properties file)"])
         finally:
             if worker is not None:
                 worker.stop()
         clock.say("worker stopped (clean shutdown: sink flushed, offsets committed)")
-        posteriors = _posteriors(bootstrap, "demo-worker")
+        posteriors = _posteriors(bootstrap, "demo-worker", settings)
 
     # 6. summary
     ch = connect(settings)
@@ -252,14 +257,14 @@ def _console_consumer(bootstrap: str, topic: str) -> list[str]:
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
-def _posteriors(bootstrap: str, worker_id: str) -> dict[str, dict[str, tuple[int, int]]]:
+def _posteriors(bootstrap: str, worker_id: str, settings: Settings) -> dict[str, dict[str, tuple[int, int]]]:
     """Merged bandit counts from the worker's compacted bandit-stats changelog."""
     from stream.processor import merged_counts
     from stream.testing import consume
 
     latest: dict[Any, bytes] = {}
     with contextlib.suppress(InfraError):
-        for msg in consume(bootstrap, f"{worker_id}-bandit-stats-changelog", timeout_s=20):
+        for msg in consume(bootstrap, f"{worker_id}-bandit-stats-changelog", timeout_s=20, settings=settings):
             value = msg.value()
             if value is not None:
                 latest[msg.key()] = value

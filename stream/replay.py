@@ -40,7 +40,9 @@ from typing import Any
 
 import orjson
 
+from stream.config import Settings
 from stream.errors import ConfigError, InfraError, StreamError
+from stream.kafka.clients import cluster_metadata, kafka_config
 
 CHECKPOINT_FORMAT = 1
 
@@ -186,12 +188,13 @@ class TopicSource(Source):
 
     def __init__(self, bootstrap: str, topic: str, *, from_offset: int | None = None,
                  to_offset: int | None = None, from_ms: int | None = None, to_ms: int | None = None,
-                 client_config: dict[str, str] | None = None, idle_timeout_s: float = 30.0) -> None:
+                 settings: Settings | None = None, idle_timeout_s: float = 30.0) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self.bootstrap, self.topic = bootstrap, topic
-        self.conf = {"bootstrap.servers": bootstrap, "group.id": f"replay-{os.getpid()}-{time.time_ns()}",
-                     "enable.auto.commit": False, "enable.partition.eof": False, **(client_config or {})}
+        self.conf = kafka_config(bootstrap, settings, **{
+            "group.id": f"replay-{os.getpid()}-{time.time_ns()}",
+            "enable.auto.commit": False, "enable.partition.eof": False})
         self.idle_timeout_s = idle_timeout_s
         self.spec = {"from_offset": from_offset, "to_offset": to_offset, "from_ms": from_ms, "to_ms": to_ms}
         consumer = Consumer(self.conf)
@@ -385,12 +388,13 @@ def _destination_tail(conf: dict[str, Any], topic: str, since: dict[int, int],
 def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | None = None,
                checkpoint_path: Path | None = None, resume: bool = False, max_events: int | None = None,
                checkpoint_every: int = 5000, timestamps: str = "now", progress: bool = True,
-               client_config: dict[str, str] | None = None) -> ReplayResult:
+               settings: Settings | None = None) -> ReplayResult:
     """Replay ``source`` into ``topic``. See the module docstring for the guarantees.
 
     ``speed``: None or 0 = as fast as possible, else that many times real time.
     ``timestamps``: ``now`` (record time = produce time) or ``event`` (the source's timestamps).
     ``max_events``: stop (cleanly, checkpointed) after producing that many records in this run.
+    ``settings``: the cluster's security settings (None: a plaintext listener, e.g. the embedded broker).
     """
     from confluent_kafka import Consumer, KafkaException, Producer
 
@@ -398,7 +402,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
         raise ConfigError(f"unknown timestamps option {timestamps!r}; expected 'now' or 'event'")
     if speed is not None and speed < 0:
         raise ConfigError(f"speed must be >= 0 (0 = as fast as possible), got {speed}")
-    conf = {"bootstrap.servers": bootstrap, **(client_config or {})}
+    conf = kafka_config(bootstrap, settings)
     meta = Consumer({**conf, "group.id": f"replay-meta-{time.time_ns()}"})
     try:
         parts = _partitions(meta, topic)
@@ -558,7 +562,7 @@ def cmd_replay(args: Any) -> int:
     bootstrap = args.bootstrap or settings.kafka_bootstrap
     if not bootstrap:
         raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
-    client = settings.confluent_config()
+    cluster_metadata(bootstrap, settings)  # a wrong password or address: one line, before reading any source
     source: Source
     if args.from_file:
         source = FileSource(args.from_file)
@@ -567,7 +571,7 @@ def cmd_replay(args: Any) -> int:
             raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
         source = TopicSource(bootstrap, settings.topic(args.from_topic), from_offset=args.from_offset,
                              to_offset=args.to_offset, from_ms=_time_ms(args.from_time),
-                             to_ms=_time_ms(args.to_time), client_config=client)
+                             to_ms=_time_ms(args.to_time), settings=settings)
         if source.total == 0:
             raise StreamError(f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records "
                               "in the requested range")
@@ -576,7 +580,7 @@ def cmd_replay(args: Any) -> int:
     res = run_replay(source, bootstrap, topic, speed=args.speed, checkpoint_path=ckpt, resume=args.resume,
                      max_events=args.max_events, checkpoint_every=args.checkpoint_every,
                      timestamps=args.timestamps, progress=not args.quiet,
-                     client_config=client)
+                     settings=settings)
     state = "complete" if res.complete else "stopped early (resume with --resume)"
     print(f"replayed {res.produced} records to {topic} in {res.seconds:.1f}s"
           + (f", skipped {res.skipped_already_delivered} already delivered" if res.skipped_already_delivered else "")

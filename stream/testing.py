@@ -19,17 +19,22 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
+from stream.config import Settings
 from stream.errors import InfraError
+from stream.kafka import clients
 
 
 def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]],
-            timestamps: Iterable[int] | None = None) -> int:
-    """Produce (key, value) pairs in order (idempotent producer: no duplicates, order per key kept)."""
+            timestamps: Iterable[int] | None = None, *, settings: Settings | None = None) -> int:
+    """Produce (key, value) pairs in order (idempotent producer: no duplicates, order per key kept).
+
+    ``settings`` carry a secured cluster's credentials (None: a plaintext listener).
+    """
     # lz4, as many production producers do: the worker must read compressed topics
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True,
-                         "compression.type": "lz4"})
+    producer = clients.producer(bootstrap, settings, **{"linger.ms": 20, "enable.idempotence": True,
+                                                        "compression.type": "lz4"})
     n = 0
     ts_iter = iter(timestamps) if timestamps is not None else None
     for key, value in payloads:
@@ -51,15 +56,15 @@ def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, b
 
 
 def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool] | None = None,
-            timeout_s: float = 60.0, idle_s: float | None = None) -> list[Message]:
+            timeout_s: float = 60.0, idle_s: float | None = None, settings: Settings | None = None) -> list[Message]:
     """Read ``topic`` from the beginning with a fresh consumer.
 
     Without ``until``: everything up to the high watermarks seen at the start. With ``until``:
     until ``until(messages)`` holds (then, with ``idle_s``, until nothing new came for that long).
-    Stops at ``timeout_s`` either way.
+    Stops at ``timeout_s`` either way. ``settings`` as for :func:`produce`.
     """
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = clients.consumer(bootstrap, settings, **{
+        "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
     got: list[Message] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from stream.config import Settings
 from stream.errors import InfraError
+from stream.kafka.clients import admin_client, cluster_metadata
 
 SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
@@ -49,12 +49,6 @@ def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return spec.partitions or settings.topic_partitions
 
 
-def admin_client(bootstrap: str) -> Any:
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient({"bootstrap.servers": bootstrap})
-
-
 def ensure_topics(bootstrap: str, settings: Settings,
                   specs: Iterable[TopicSpec] = TOPICS, timeout_s: float = 30.0) -> dict[str, str]:
     """Create missing topics; check existing ones. Returns ``{topic: "created" | "exists"}``.
@@ -65,11 +59,8 @@ def ensure_topics(bootstrap: str, settings: Settings,
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    admin = admin_client(bootstrap)
-    try:
-        existing = admin.list_topics(timeout=timeout_s).topics
-    except KafkaException as exc:
-        raise InfraError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    existing = cluster_metadata(bootstrap, settings, timeout_s=timeout_s).topics  # one-line errors
+    admin = admin_client(bootstrap, settings)
     result: dict[str, str] = {}
     to_create = []
     for spec in specs:

@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from stream.config import Settings
 from stream.errors import InfraError, PrerequisiteError
+from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
 from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
@@ -124,13 +126,11 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
 
 
 # --- end to end ---------------------------------------------------------------------------------
-def _read_topic(bootstrap: str, topic: str, expected: int | None, timeout_s: float,
+def _read_topic(bootstrap: str, settings: Settings, topic: str, expected: int | None, timeout_s: float,
                 idle_s: float, worker: WorkerProcess | None = None) -> list[Any]:
     """Every record of ``topic`` from the start: until ``expected`` records, else until idle."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"backtest-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = clients.consumer(bootstrap, settings, **{
+        "group.id": f"backtest-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -171,15 +171,18 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
     work.mkdir(parents=True, exist_ok=True)
     prefix = f"bt-{run_id}-"
     out = RunOutput("e2e")
-    with kafka_or_embedded(bootstrap, partitions) as (bs, _):
+    with kafka_or_embedded(bootstrap, partitions) as (bs, jvm):
         settings = load_settings(kafka_bootstrap=bs, topic_prefix=prefix, topic_partitions=partitions)
+        if jvm is not None:
+            settings = clients.for_embedded(settings)
         ensure_topics(bs, settings)
         worker = WorkerProcess(bs, {
             "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": str(partitions),
             "STREAM_WORKER_ID": f"backtest-{run_id}",
             "STREAM_STATE_DIR": str(work / "state"), "STREAM_MODELS_DIR": str(Path(models_dir).resolve()),
             "STREAM_CHDB_PATH": str(work / "chdb"), "STREAM_WORKER_WEB_PORT": "0",
-            "STREAM_DATA_DIR": str(work), **(env or {}),
+            "STREAM_DATA_DIR": str(work), "STREAM_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+            **(env or {}),
         }, work / "worker.log")
         worker.start()
         try:
@@ -187,13 +190,13 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
             worker.wait_for_log("Ready", timeout_s=120)
             began = time.monotonic()
             run_replay(PayloadSource(list(payloads), "backtest"), bs, settings.topic(SESSION_EVENTS),
-                       progress=False)
-            preds = _read_topic(bs, settings.topic(PREDICTIONS), expected_predictions, timeout_s, idle_s,
+                       progress=False, settings=settings)
+            preds = _read_topic(bs, settings, settings.topic(PREDICTIONS), expected_predictions, timeout_s, idle_s,
                                 worker)
-            decs = _read_topic(bs, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
+            decs = _read_topic(bs, settings, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
                                idle_s, worker)
             out.seconds = time.monotonic() - began
-            inputs = _read_topic(bs, settings.topic(SESSION_EVENTS), len(payloads), 60, idle_s)
+            inputs = _read_topic(bs, settings, settings.topic(SESSION_EVENTS), len(payloads), 60, idle_s)
         finally:
             worker.stop()
     sent_at: dict[str, int] = {}

@@ -19,17 +19,21 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stream.errors import InfraError
+from stream.errors import ConfigError, InfraError
+from stream.redact import protect, redact
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +118,107 @@ def new_cluster_id() -> str:
             return cid
 
 
+def _distinct_free_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     os.setpgrp()  # own process group: a Ctrl-C in the terminal reaches us, not the JVM twice
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+#: SASL mechanisms an embedded broker's SASL listeners accept (every user gets each of them).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: what a password of the embedded broker may hold: it is written into JAAS and ``--add-scram`` syntax
+_SAFE_PASSWORD = re.compile(r"^[A-Za-z0-9_.~!@#$%^&*()+:;?/{}|<>-]+$")
+
+
+@dataclass(frozen=True)
+class TestTls:
+    """A throwaway CA and the broker's key and certificate (signed by it, valid for 127.0.0.1)."""
+
+    ca_file: Path  # PEM: what clients trust (STREAM_KAFKA_SSL_CAFILE)
+    keystore: Path  # PKCS12: the broker's key and certificate chain
+    password: str  # of the keystore and its key
+
+    __test__ = False  # not a pytest test class
+
+
+def make_test_tls(directory: Path, java: str) -> TestTls:
+    """Make a CA and a broker certificate for 127.0.0.1 with the JDK's keytool (a few JVM starts)."""
+    keytool = Path(java).with_name("keytool")
+    tool = str(keytool) if keytool.exists() else require_tool("keytool", "it comes with the JDK that runs Kafka")
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = TestTls(directory / "ca.pem", directory / "broker.p12", secrets.token_hex(16))
+    protect(tls.password)
+    ca, csr, cert = directory / "ca.p12", directory / "broker.csr", directory / "broker.pem"
+    store = ["-storetype", "PKCS12", "-storepass:env", "KEYSTORE_PASSWORD"]
+    key = ["-keyalg", "EC", "-groupname", "secp256r1", "-validity", "30"]
+    steps = [
+        ["-genkeypair", "-alias", "ca", *key, "-dname", "CN=embedded-kafka test CA", "-ext", "bc:c",
+         "-keystore", str(ca), *store],
+        ["-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca), *store, "-file", str(tls.ca_file)],
+        ["-genkeypair", "-alias", "broker", *key, "-dname", "CN=localhost", "-keystore", str(tls.keystore), *store],
+        ["-certreq", "-alias", "broker", "-keystore", str(tls.keystore), *store, "-file", str(csr)],
+        ["-gencert", "-rfc", "-alias", "ca", "-keystore", str(ca), *store, "-infile", str(csr), "-outfile",
+         str(cert), "-validity", "30", "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-ext", "EKU=serverAuth"],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(tls.ca_file), "-keystore", str(tls.keystore),
+         *store],
+        ["-importcert", "-noprompt", "-alias", "broker", "-file", str(cert), "-keystore", str(tls.keystore), *store],
+    ]
+    env = {**os.environ, "KEYSTORE_PASSWORD": tls.password}  # not in the command line
+    for step in steps:
+        proc = subprocess.run([tool, *step], capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            said = redact((proc.stdout + proc.stderr).strip())
+            raise InfraError(f"keytool {step[0]} failed making the test CA: {said[-300:]}")
+    return tls
+
+
+def _listeners(sasl: bool, tls: bool) -> list[str]:
+    """The client listeners, named after their security protocol; PLAINTEXT always (the broker's own)."""
+    wanted = {"PLAINTEXT": True, "SASL_PLAINTEXT": sasl, "SSL": tls, "SASL_SSL": sasl and tls}
+    return [name for name, on in wanted.items() if on]
+
+
+def _security_properties(listeners: list[str], users: Mapping[str, str] | None,
+                         tls: TestTls | None) -> dict[str, str]:
+    """SASL users (PLAIN in the JAAS config, SCRAM in the metadata log) and the TLS keystore."""
+    props: dict[str, str] = {}
+    if users:
+        plain = " ".join(f'user_{name}="{pw}"' for name, pw in users.items())
+        props["sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+        for listener in (n.lower() for n in listeners if n.startswith("SASL_")):
+            props[f"listener.name.{listener}.plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};")
+            for mech in SASL_MECHANISMS[1:]:
+                props[f"listener.name.{listener}.{mech.lower()}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+    if tls is not None:
+        props.update({"ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(tls.keystore),
+                      "ssl.keystore.password": tls.password, "ssl.key.password": tls.password,
+                      "ssl.client.auth": "none"})
+    return props
+
+
+def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port: int, partitions: int,
+                       security: Mapping[str, str] | None = None) -> str:
+    listeners = [f"{name}://127.0.0.1:{port}" for name, port in ports.items()]
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
+        "listener.security.protocol.map": ",".join([*(f"{name}:{name}" for name in ports), "CONTROLLER:PLAINTEXT"]),
         "controller.listener.names": "CONTROLLER",
+        # The broker talks to itself and to its controller in plaintext: only clients authenticate.
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": str(partitions),
@@ -147,26 +237,76 @@ def _server_properties(data_dir: Path, port: int, controller_port: int, partitio
         "num.network.threads": "2",
         "num.io.threads": "4",
         "log.segment.bytes": str(64 * 1024 * 1024),
+        **(security or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def _scram_args(users: Mapping[str, str]) -> list[str]:
+    """``kafka-storage format`` options that store each user's SCRAM credentials in the metadata log."""
+    return [arg for name, pw in users.items() for mech in SASL_MECHANISMS if mech.startswith("SCRAM")
+            for arg in ("--add-scram", f"{mech}=[name={name},password={pw}]")]
+
+
+def check_sasl_users(users: Mapping[str, str]) -> None:
+    """Refuse user names and passwords that the broker's JAAS and SCRAM syntax cannot hold."""
+    if not users:
+        raise ConfigError("a SASL listener needs at least one user (name and password)")
+    for name, pw in users.items():
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise ConfigError(f"SASL user name {name!r} for the embedded broker: expected letters, digits, _ . -")
+        if not _SAFE_PASSWORD.match(pw):
+            # the message never repeats the password
+            raise ConfigError(f"the SASL password of {name!r} for the embedded broker must be non-empty, "
+                              "without spaces, quotes, backslashes, commas, brackets or '='")
 
 
 class EmbeddedKafka:
     """One single-node KRaft broker in a child JVM. Use as a context manager."""
 
     def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, sasl_users: Mapping[str, str] | None = None,
+                 tls: bool = False) -> None:
+        """Clients without credentials use the PLAINTEXT listener (:attr:`bootstrap`).
+
+        ``sasl_users`` ({name: password}) adds a SASL_PLAINTEXT listener that accepts them by PLAIN,
+        SCRAM-SHA-256 and SCRAM-SHA-512; ``tls`` adds an SSL listener with a certificate of a
+        throwaway CA (:attr:`ca_file`); both add a SASL_SSL listener. :meth:`address` gives each.
+        """
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedded-kafka-"))
         self.heap = heap
         self.partitions = partitions
         self.start_timeout_s = start_timeout_s
-        self.port = 0
+        self.sasl_users = dict(sasl_users) if sasl_users is not None else None
+        if self.sasl_users is not None:
+            check_sasl_users(self.sasl_users)
+            protect(*self.sasl_users.values())
+        self.tls = tls
+        self.ports: dict[str, int] = {}
         self.controller_port = 0
+        self.ca_file: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def port(self) -> int:
+        return self.ports.get("PLAINTEXT", 0)
+
+    @property
     def bootstrap(self) -> str:
+        """The plaintext listener (the broker's own, and the one for clients without credentials)."""
         return f"127.0.0.1:{self.port}"
+
+    def address(self, protocol: str) -> str:
+        """host:port of the listener of that security protocol."""
+        if protocol not in self.ports:
+            raise InfraError(f"this embedded broker has no {protocol} listener (it has {', '.join(self.ports)}): "
+                             "pass sasl_users for SASL_*, tls=True for *SSL")
+        return f"127.0.0.1:{self.ports[protocol]}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT listener (only with ``sasl_users``)."""
+        return self.address("SASL_PLAINTEXT")
 
     @property
     def log_path(self) -> Path:
@@ -184,17 +324,23 @@ class EmbeddedKafka:
         ensure_jars()
         data_dir = self.workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.port, self.controller_port = free_port(), free_port()
-        while self.controller_port == self.port:
-            self.controller_port = free_port()
+        listeners = _listeners(self.sasl_users is not None, self.tls)
+        *ports, self.controller_port = _distinct_free_ports(len(listeners) + 1)
+        self.ports = dict(zip(listeners, ports, strict=True))
+        tls = make_test_tls(self.workdir / "tls", java) if self.tls else None
+        self.ca_file = tls.ca_file if tls else None
         props = self.workdir / "server.properties"
-        props.write_text(_server_properties(data_dir, self.port, self.controller_port, self.partitions))
+        props.touch(mode=0o600)  # may hold the SASL users' and the keystore's passwords
+        props.write_text(_server_properties(data_dir, self.ports, self.controller_port, self.partitions,
+                                            _security_properties(listeners, self.sasl_users, tls)))
         fmt = subprocess.run(
-            self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)),
+            self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props),
+                       *_scram_args(self.sasl_users or {})),
             capture_output=True, text=True, check=False,
         )
         if fmt.returncode != 0:
-            raise InfraError(f"formatting the Kafka log dir failed: {(fmt.stdout + fmt.stderr).strip()[-500:]}")
+            said = redact((fmt.stdout + fmt.stderr).strip())
+            raise InfraError(f"formatting the Kafka log dir failed: {said[-500:]}")
         out = open(self.workdir / "broker.out", "wb")  # noqa: SIM115 - lives as long as the JVM
         self.proc = subprocess.Popen(
             self._java(java, "kafka.Kafka", str(props)),
