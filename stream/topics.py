@@ -11,7 +11,8 @@ session-events topic and the user tables must have the same count (``STREAM_TOPI
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,27 +50,62 @@ def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return spec.partitions or settings.topic_partitions
 
 
-def admin_client(bootstrap: str) -> Any:
+#: librdkafka's own log (a line per failed connection attempt, hundreds while a broker is
+#: unreachable) goes here, at DEBUG: the error that matters reaches the caller as one line.
+_CLIENT_LOG = logging.getLogger("stream.kafka.client")
+
+
+class _DebugLogger(logging.Logger):
+    """What librdkafka's ``logger`` option is given: every record at DEBUG on ``_CLIENT_LOG``."""
+
+    def __init__(self) -> None:
+        super().__init__(_CLIENT_LOG.name)
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        _CLIENT_LOG.debug(msg, *args, **kwargs)
+
+
+class LastError:
+    """A confluent client's ``error_cb``: keeps the latest error, the cause of a failed request."""
+
+    def __init__(self) -> None:
+        self.text: str | None = None
+
+    def __call__(self, err: Any) -> None:
+        self.text = err.str()
+
+
+def admin_client(bootstrap: str, config: Mapping[str, Any] | None = None) -> Any:
+    """An AdminClient for ``bootstrap``; ``config`` adds client options (security, ``error_cb``).
+
+    librdkafka logs to ``stream.kafka.client`` at DEBUG, when the client is polled.
+    """
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap})
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": _DebugLogger(), **(config or {})}
+    return AdminClient(conf)
 
 
-def ensure_topics(bootstrap: str, settings: Settings,
-                  specs: Iterable[TopicSpec] = TOPICS, timeout_s: float = 30.0) -> dict[str, str]:
+def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = TOPICS,
+                  timeout_s: float = 30.0, connect_timeout_s: float = 8.0) -> dict[str, str]:
     """Create missing topics; check existing ones. Returns ``{topic: "created" | "exists"}``.
 
+    A cluster that does not answer within ``connect_timeout_s`` is an :class:`InfraError` naming
+    the address and librdkafka's last error (refused, unresolvable, authentication).
     An existing topic whose partition count differs is refused: silently using it would break
     co-partitioning of the worker's tables.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    admin = admin_client(bootstrap)
+    last_error = LastError()
+    admin = admin_client(bootstrap, {"error_cb": last_error})
     try:
-        existing = admin.list_topics(timeout=timeout_s).topics
+        existing = admin.list_topics(timeout=connect_timeout_s).topics
     except KafkaException as exc:
-        raise InfraError(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+        admin.poll(0)  # serves error_cb (and the log) queued while waiting
+        cause = last_error.text or exc.args[0].str()
+        raise InfraError(f"cannot reach Kafka at {bootstrap} within {connect_timeout_s:g} s: {cause}") from exc
     result: dict[str, str] = {}
     to_create = []
     for spec in specs:
