@@ -89,8 +89,10 @@ class Settings(BaseSettings):
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
     )
     worker_session_timeout_s: float = Field(
-        10.0, ge=3, le=300, description="Kafka group session timeout: how fast a dead worker's partitions move")
-    model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
+        10.0, ge=3, le=300, allow_inf_nan=False,
+        description="Kafka group session timeout: how fast a dead worker's partitions move")
+    model_reload_s: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                  description="how often the worker checks the model alias")
 
     # --- Bandits -------------------------------------------------------------------------
     placements: Annotated[tuple[str, ...], NoDecode] = Field(

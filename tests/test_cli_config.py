@@ -76,6 +76,7 @@ def test_secret_is_never_printed(monkeypatch) -> None:
     ("STREAM_CLICKHOUSE_URL", "ftp://clickhouse:8123", "expected an http:// or https:// URL"),
     ("STREAM_KAFKA_BOOTSTRAP", "kafka:abc", "expected a comma-separated list of host:port"),
     ("STREAM_KAFKA_BOOTSTRAP", "kafka://kafka:9092", "expected a comma-separated list of host:port"),
+    ("STREAM_MODEL_RELOAD_S", "inf", "finite number"),
 ])
 def test_bad_value_names_variable_and_expectation(monkeypatch, variable, value, message) -> None:
     monkeypatch.setenv(variable, value)
