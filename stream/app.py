@@ -73,17 +73,18 @@ class WorkerApp(faust.App):
 
 
 def create_app(settings: Settings | None = None, bootstrap: str | None = None,
-               *, clickhouse: bool = True, seed: int = 0) -> tuple[WorkerApp, Runtime]:
+               *, clickhouse: bool = True, seed: int = 0,
+               metrics: WorkerMetrics | None = None) -> tuple[WorkerApp, Runtime]:
     s = settings or load_settings()
     bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
     p = s.topic_partitions
-    (s.state_dir / s.worker_instance).mkdir(parents=True, exist_ok=True)
+    datadir = s.ensure_dir("state_dir", s.worker_instance)
     app = WorkerApp(
         s.worker_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
         broker_credentials=clients.faust_credentials(s),
         store="rocksdb://",
-        datadir=str(s.state_dir / s.worker_instance),
+        datadir=str(datadir),
         topic_partitions=p,
         topic_replication_factor=s.topic_replication,
         web_enabled=False,
@@ -125,7 +126,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "articles": app.GlobalTable("article-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
         "bandit": app.GlobalTable("bandit-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
     }
-    metrics = WorkerMetrics()
+    metrics = metrics or WorkerMetrics()
     models = ModelSet(
         ModelRegistry(s.models_dir), EXPECTED_FEATURES,
         on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),

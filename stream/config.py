@@ -6,9 +6,12 @@ This is the only module that reads environment variables. Every other module rec
 
 from __future__ import annotations
 
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +20,15 @@ from stream.errors import ConfigError
 from stream.redact import protect
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Kafka's limit on topic names, and the characters it allows in them.
+MAX_TOPIC_LENGTH = 249
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
+#: The longest suffix faust adds to STREAM_WORKER_ID for an internal topic (stream/app.py's tables
+#: and faust's ``<id>-__assignor-__leader``), and the longest public topic name (stream/topics.py).
+_LONGEST_INTERNAL_SUFFIX = len("-article-stats-changelog")
+_LONGEST_PUBLIC_TOPIC = len("session-events-dlq")
+_DIRECTORIES = ("chdb_path", "data_dir", "models_dir", "reports_dir", "state_dir")
 
 
 class Settings(BaseSettings):
@@ -78,8 +90,10 @@ class Settings(BaseSettings):
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
     )
     worker_session_timeout_s: float = Field(
-        10.0, ge=3, le=300, description="Kafka group session timeout: how fast a dead worker's partitions move")
-    model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
+        10.0, ge=3, le=300, allow_inf_nan=False,
+        description="Kafka group session timeout: how fast a dead worker's partitions move")
+    model_reload_s: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                  description="how often the worker checks the model alias")
 
     # --- Bandits -------------------------------------------------------------------------
     placements: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -107,7 +121,60 @@ class Settings(BaseSettings):
     @classmethod
     def _split_placements(cls, v: object) -> object:
         if isinstance(v, str):
-            return tuple(p.strip() for p in v.split(",") if p.strip())
+            v = tuple(p.strip() for p in v.split(",") if p.strip())
+        if isinstance(v, list | tuple) and (not v or len(set(v)) != len(v)):
+            raise ValueError("expected a comma-separated list of distinct ad placement names, "
+                             "at least one, like top_banner,sidebar")
+        return v
+
+    @field_validator("worker_id")
+    @classmethod
+    def _check_worker_id(cls, v: str) -> str:
+        # The consumer group, and the first part of faust's internal topic names.
+        return _topic_part(v, MAX_TOPIC_LENGTH - _LONGEST_INTERNAL_SUFFIX, allow_empty=False)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_topic_prefix(cls, v: str) -> str:
+        return _topic_part(v, MAX_TOPIC_LENGTH - _LONGEST_PUBLIC_TOPIC, allow_empty=True)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, v: str | None) -> str | None:
+        if v and not all(_host_port(b.strip()) for b in v.split(",")):  # empty = unset
+            raise ValueError("expected a comma-separated list of host:port (no scheme), like kafka1:9092,kafka2:9092")
+        return v
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, v: str | None) -> str | None:
+        if v:  # empty = unset
+            parts = urlsplit(v)
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+                port_ok = True
+            except ValueError:
+                port_ok = False
+            if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+                raise ValueError("expected an http:// or https:// URL with a host and an optional port, "
+                                 "like http://clickhouse:8123")
+        return v
+
+    @field_validator(*_DIRECTORIES)
+    @classmethod
+    def _check_directory(cls, v: Path) -> Path:
+        # Only what can be told without writing: creating the directory is checked where it is
+        # created (Settings.ensure_dir), since a command that does not use it must not fail.
+        for p in (v, *v.parents):
+            try:
+                if not p.exists():
+                    continue
+                is_dir = p.is_dir()
+            except OSError:  # not ours to read: creating it will tell
+                break
+            if not is_dir:
+                raise ValueError(f"expected a directory, but {str(p)!r} is a file")
+            break
         return v
 
     @field_validator("gc_threshold", mode="before")
@@ -149,6 +216,48 @@ class Settings(BaseSettings):
         """The full topic name for a logical topic name."""
         return f"{self.topic_prefix}{name}"
 
+    def ensure_dir(self, field: str, *parts: str) -> Path:
+        """Create the directory of setting ``field`` (joined with ``parts``); fail with one line naming it."""
+        base: Path = getattr(self, field)
+        path = base.joinpath(*parts)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: cannot create "
+                              f"{str(path)!r} ({exc.strerror}); expected a writable directory") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: {str(path)!r} "
+                              "is not writable; expected a writable directory")
+        return path
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a setting."""
+    return f"STREAM_{field.upper()}"
+
+
+def _topic_part(v: str, max_length: int, *, allow_empty: bool) -> str:
+    """``v`` if it can be part of a Kafka topic name: legal characters, and short enough."""
+    if not _TOPIC_CHARS.fullmatch(v) or len(v) > max_length or (not v and not allow_empty):
+        raise ValueError(f"expected {'at most' if allow_empty else '1 to'} {max_length} characters "
+                         "from A-Z a-z 0-9 . _ - (it becomes part of Kafka topic names)")
+    return v
+
+
+def _host_port(entry: str) -> bool:
+    """Whether ``entry`` is ``host`` or ``host:port`` (IPv6 in brackets) with a port of 1-65535."""
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?", entry)
+    return m is not None and (m.group(2) is None or 1 <= int(m.group(2)) <= 65535)
+
+
+def _shown(field: str, value: object) -> object:
+    """A rejected value as the error message shows it: a URL's password is replaced by ``***``."""
+    if field == "clickhouse_url" and isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.password:
+            return value.replace(f":{parts.password}@", ":***@", 1)
+    return value
+
 
 def load_settings(**overrides: object) -> Settings:
     """Read settings; a bad value raises :class:`ConfigError` with a one-line message."""
@@ -159,9 +268,9 @@ def load_settings(**overrides: object) -> Settings:
         if not err["loc"]:  # a check across settings: its message names them (and no input: it holds secrets)
             raise ConfigError(f"invalid configuration: {err['msg'].removeprefix('Value error, ')}") from None
         field = ".".join(str(p) for p in err["loc"])
-        env = f"STREAM_{field.upper()}"
+        msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(
-            f"invalid configuration {env}={err.get('input')!r}: {err['msg']}"
+            f"invalid configuration {env_name(field)}={_shown(field, err.get('input'))!r}: {msg}"
         ) from None
     protect(*s.secrets())  # from now on no log record of this process shows them
     return s

@@ -1,7 +1,8 @@
 """Prometheus metrics of the worker (``_total`` counters, ``_seconds`` histograms).
 
 Each worker gets its own :class:`WorkerMetrics` on its own registry, so tests can start several
-workers in one process and read exact values.
+workers in one process and read exact values. The registry also carries prometheus_client's
+``process_*`` (memory, CPU, open files), ``python_gc_*`` and ``python_info`` metrics.
 """
 
 from __future__ import annotations
@@ -9,7 +10,18 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+from stream.errors import ConfigError
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -38,6 +50,10 @@ class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # The process-wide collectors read the process, not this object: registering the same
+        # ones on each worker's registry is safe.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.events = Counter("stream_events_total", "Events consumed, by type", ["event_type"], registry=r)
         self.invalid = Counter("stream_invalid_events_total", "Records sent to the dead-letter topic, by reason",
                                ["reason"], registry=r)
@@ -63,8 +79,8 @@ class WorkerMetrics:
         self.ingest_to_publish = Histogram("stream_ingest_to_publish_seconds",
                                            "Source record's Kafka timestamp to prediction publish",
                                            buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("stream_score_batch_size", "Rows per scoring batch", buckets=_BATCH_BUCKETS,
-                                    registry=r)
+        self.batch_size = Histogram("stream_score_batch_size_rows", "Rows per scoring batch",
+                                    buckets=_BATCH_BUCKETS, registry=r)
         self.model_version = Gauge("stream_model_info", "Loaded model versions (value 1)", ["model", "version"],
                                    registry=r)
         self.models_refused = Counter("stream_models_refused_total", "Models refused (feature list mismatch)",
@@ -77,13 +93,23 @@ class WorkerMetrics:
                                   registry=r)
         self.backpressure_total = Counter("stream_sink_backpressure_pauses", "Times consumption paused for the sink",
                                           registry=r)
-        self.lag = Gauge("stream_consumer_lag", "Messages behind the high watermark", ["topic", "partition"],
-                         registry=r)
+        self.lag = Gauge("stream_consumer_lag_messages", "Messages behind the high watermark",
+                         ["topic", "partition"], registry=r)
+        self._served_on: int | None = None
 
     def serve(self, port: int) -> None:
-        """Expose ``/metrics`` on ``port`` (0 = do not serve)."""
-        if port:
+        """Expose ``/metrics`` on ``port`` (0 = do not serve); serving again on that port is a no-op.
+
+        A port that cannot be bound is a :class:`ConfigError` naming ``STREAM_WORKER_WEB_PORT``.
+        """
+        if not port or port == self._served_on:
+            return
+        try:
             start_http_server(port, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve metrics on "
+                              f"port {port} ({exc.strerror}); expected a free port, or 0 for no metrics") from None
+        self._served_on = port
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (tests and the demo summary)."""

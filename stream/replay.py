@@ -118,7 +118,11 @@ def _event_time(value: bytes) -> int | None:
 
 
 class FileSource(Source):
-    """A simulator dataset directory, an ``events.parquet`` or an ``events.jsonl`` (delivery order)."""
+    """A simulator dataset directory, an ``events.parquet`` or an ``events.jsonl`` (delivery order).
+
+    A dataset directory is read when its records or their count are first asked for (a minute for
+    a few hundred MB), so that a replay checks its destination and checkpoint first.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -129,11 +133,24 @@ class FileSource(Source):
                               "or a simulator dataset directory")
         self.position = 0
         self._dataset: Any = None
+        self._total: int | None = None
+
+    @property
+    def total(self) -> int | None:
         if self.path.is_dir():
+            self._total = len(self._read()) + len(self._read().malformed)
+        return self._total
+
+    @total.setter
+    def total(self, value: int | None) -> None:
+        self._total = value
+
+    def _read(self) -> Any:
+        if self._dataset is None:
             from simulator.dataset import Dataset
 
             self._dataset = Dataset.read(self.path)
-            self.total = len(self._dataset) + len(self._dataset.malformed)
+        return self._dataset
 
     def fingerprint(self) -> str:
         files = sorted(self.path.glob("*")) if self.path.is_dir() else [self.path]
@@ -141,8 +158,8 @@ class FileSource(Source):
         return f"file:{self.path.resolve()}:{stats}"
 
     def _payloads(self) -> Iterator[tuple[bytes | None, bytes]]:
-        if self._dataset is not None:
-            for key, value in self._dataset.iter_payloads():
+        if self.path.is_dir():
+            for key, value in self._read().iter_payloads():
                 yield key or None, value
         elif self.path.suffix == ".jsonl":
             with open(self.path, "rb") as f:
@@ -342,7 +359,7 @@ class Checkpoint:
                                   f"expected {CHECKPOINT_FORMAT}")
             return cls(d["source"], d["topic"], d["position"], {int(p): int(o) for p, o in d["offsets"].items()},
                        int(d.get("produced", 0)), bool(d.get("done", False)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (OSError, AttributeError, KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON too
             raise ConfigError(f"checkpoint {str(path)!r} is not a replay checkpoint: {exc}") from exc
 
 
@@ -398,10 +415,8 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     """
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    if timestamps not in ("now", "event"):
-        raise ConfigError(f"unknown timestamps option {timestamps!r}; expected 'now' or 'event'")
-    if speed is not None and speed < 0:
-        raise ConfigError(f"speed must be >= 0 (0 = as fast as possible), got {speed}")
+    check_options(speed=speed, checkpoint_path=checkpoint_path, resume=resume, max_events=max_events,
+                  checkpoint_every=checkpoint_every, timestamps=timestamps)
     conf = kafka_config(bootstrap, settings)
     meta = Consumer({**conf, "group.id": f"replay-meta-{time.time_ns()}"})
     try:
@@ -420,9 +435,6 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
         if ckpt.source != source.fingerprint() or ckpt.topic != topic:
             raise ConfigError(f"checkpoint {str(checkpoint_path)!r} belongs to another replay "
                               f"({ckpt.source} -> {ckpt.topic}); remove it or pass another --checkpoint")
-    elif checkpoint_path is not None and checkpoint_path.exists() and not resume:
-        raise ConfigError(f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, "
-                          "or remove it to start over")
     result = ReplayResult()
     if ckpt is not None and ckpt.done:
         result.complete = True
@@ -521,6 +533,36 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     return result
 
 
+def check_options(*, speed: float | None, checkpoint_path: Path | None, resume: bool, max_events: int | None,
+                  checkpoint_every: int, timestamps: str) -> None:
+    """Refuse bad replay options with one line, before anything is read or loaded."""
+    if timestamps not in ("now", "event"):
+        raise ConfigError(f"unknown timestamps option {timestamps!r}; expected 'now' or 'event'")
+    if speed is not None and not speed >= 0:  # also refuses NaN
+        raise ConfigError(f"bad --speed {speed}; expected a number >= 0 (0 = as fast as possible)")
+    if max_events is not None and max_events < 1:
+        raise ConfigError(f"bad --max-events {max_events}; expected a positive number of records")
+    if checkpoint_every < 1:
+        raise ConfigError(f"bad --checkpoint-every {checkpoint_every}; expected a positive number of records")
+    if checkpoint_path is None:
+        if resume:
+            raise ConfigError("--resume needs --checkpoint FILE: the checkpoint is what it resumes from")
+        return
+    if checkpoint_path.exists() and not checkpoint_path.is_file():
+        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}; expected a file, not a directory")
+    if checkpoint_path.exists() and not resume:
+        raise ConfigError(f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, "
+                          "or remove it to start over")
+    parent = checkpoint_path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: cannot create {str(parent)!r} "
+                          f"({exc.strerror}); expected a file in a writable directory") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: {str(parent)!r} is not writable")
+
+
 class _NoBar:
     def update(self, n: int) -> None:
         pass
@@ -555,9 +597,27 @@ def _time_ms(text: str | None) -> int | None:
     return int(t.timestamp() * 1000)
 
 
+def _check_args(args: Any) -> None:
+    """The CLI's checks on top of :func:`check_options`: options that the chosen source ignores."""
+    if args.from_file:
+        given = [opt for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset),
+                                    ("--from-time", args.from_time), ("--to-time", args.to_time)) if v is not None]
+        if given:
+            raise ConfigError(f"{given[0]} applies to --from-topic only; a --from-file source is replayed whole")
+    for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset)):
+        if v is not None and v < 0:
+            raise ConfigError(f"bad {opt} {v}; expected an offset >= 0")
+    _time_ms(args.from_time)
+    _time_ms(args.to_time)
+    check_options(speed=args.speed, checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
+                  resume=args.resume, max_events=args.max_events, checkpoint_every=args.checkpoint_every,
+                  timestamps=args.timestamps)
+
+
 def cmd_replay(args: Any) -> int:
     from stream.config import load_settings
 
+    _check_args(args)  # every option, before a source is opened
     settings = load_settings()
     bootstrap = args.bootstrap or settings.kafka_bootstrap
     if not bootstrap:
@@ -603,7 +663,7 @@ def register(sub: Any) -> None:
     p.add_argument("--speed", type=float, default=0.0, help="k x real time by event timestamps (0 = max)")
     p.add_argument("--timestamps", choices=["now", "event"], default="now",
                    help="record timestamps: produce time (default) or the source's")
-    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (enables --resume)")
+    p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (needed by --resume)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--max-events", type=int, help="stop after this many records (checkpointed)")
     p.add_argument("--checkpoint-every", type=int, default=5000, help="records between checkpoints (default 5000)")

@@ -99,6 +99,21 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
     return got
 
 
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A worker's ``/metrics``: each sample name with the sum of its values over all label sets."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
+        body = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
 class WorkerProcess:
     """``python -m stream worker`` in a subprocess with its own settings; its log kept in a file."""
 

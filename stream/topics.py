@@ -49,17 +49,19 @@ def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return spec.partitions or settings.topic_partitions
 
 
-def ensure_topics(bootstrap: str, settings: Settings,
-                  specs: Iterable[TopicSpec] = TOPICS, timeout_s: float = 30.0) -> dict[str, str]:
+def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = TOPICS,
+                  timeout_s: float = 30.0, connect_timeout_s: float = 8.0) -> dict[str, str]:
     """Create missing topics; check existing ones. Returns ``{topic: "created" | "exists"}``.
 
+    A cluster that does not answer within ``connect_timeout_s``, or refuses the login, is a one-line
+    :class:`InfraError` (see :func:`~stream.kafka.clients.cluster_metadata`).
     An existing topic whose partition count differs is refused: silently using it would break
     co-partitioning of the worker's tables.
     """
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    existing = cluster_metadata(bootstrap, settings, timeout_s=timeout_s).topics  # one-line errors
+    existing = cluster_metadata(bootstrap, settings, timeout_s=connect_timeout_s).topics
     admin = admin_client(bootstrap, settings)
     result: dict[str, str] = {}
     to_create = []

@@ -60,7 +60,7 @@ def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
     else:
         from stream.clickhouse.chdb_backend import ChdbClickHouse
 
-        ch = ChdbClickHouse(settings.chdb_path, settings.clickhouse_database)
+        ch = ChdbClickHouse(settings.ensure_dir("chdb_path"), settings.clickhouse_database)
     if apply_schema:
         apply_ddl(ch)
     return ch

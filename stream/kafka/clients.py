@@ -100,7 +100,7 @@ class _Errors:
 
 
 def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | None = None,
-                     timeout_s: float = 30.0) -> Any:
+                     timeout_s: float = 8.0) -> Any:
     """The cluster's metadata, or a one-line :class:`InfraError`.
 
     A rejected login or TLS handshake fails within about a second and names the mechanism and
@@ -122,8 +122,8 @@ def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | Non
             if errors.tls is not None:
                 raise InfraError(tls_failure(bootstrap, settings, errors.tls)) from None
             if time.monotonic() >= deadline:
-                detail = errors.last or str(exc)
-                raise InfraError(f"cannot reach Kafka at {bootstrap}: {redact(detail)}") from None
+                detail = redact(errors.last or str(exc))
+                raise InfraError(f"cannot reach Kafka at {bootstrap} within {timeout_s:g} s: {detail}") from None
 
 
 def auth_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:

@@ -179,3 +179,54 @@ def _counts(payloads: list[tuple[bytes, bytes]]) -> dict[int, int]:
     for k, v in payloads:
         c[partition_for(k, v, PARTITIONS)] += 1
     return c
+
+
+@pytest.fixture
+def dataset_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The dataset directories read from now on (the real reader, observed)."""
+    from simulator.dataset import Dataset
+
+    read = Dataset.read.__func__  # type: ignore[attr-defined]
+    calls: list[Path] = []
+
+    def observed(cls: type[Dataset], directory: str | Path) -> Dataset:
+        calls.append(Path(directory))
+        return read(cls, directory)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(Dataset, "read", classmethod(observed))
+    return calls
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (["--speed", "-1"], "error: bad --speed -1.0; expected a number >= 0"),
+    (["--speed", "nan"], "error: bad --speed nan; expected a number >= 0"),
+    (["--resume"], "error: --resume needs --checkpoint FILE"),
+    (["--checkpoint-every", "0"], "error: bad --checkpoint-every 0; expected a positive number"),
+    (["--max-events", "0"], "error: bad --max-events 0; expected a positive number"),
+    (["--from-offset", "10"], "error: --from-offset applies to --from-topic only"),
+    (["--to-time", "2025-01-07T00:00"], "error: --to-time applies to --from-topic only"),
+    (["--checkpoint", "{tmp}"], "error: bad --checkpoint '{tmp}'; expected a file, not a directory"),
+    (["--checkpoint", "{tmp}/existing.ckpt"], "error: checkpoint '{tmp}/existing.ckpt' exists: pass --resume"),
+])
+def test_options_are_checked_before_the_dataset_is_loaded(dataset_dir: Path, dataset_reads: list[Path],
+                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                          options: list[str], expected: str) -> None:
+    (tmp_path / "existing.ckpt").write_text("{}")
+    options = [o.replace("{tmp}", str(tmp_path)) for o in options]
+    # No broker at this address: a replay that got past its checks would fail there instead.
+    code = main(["replay", "--from-file", str(dataset_dir), "--bootstrap", "127.0.0.1:1", "--quiet", *options])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected.replace("{tmp}", str(tmp_path))) and "\n" not in err, err
+    assert code == 2
+    assert dataset_reads == []
+
+
+@pytest.mark.kafka
+def test_unknown_destination_is_reported_before_the_dataset_is_loaded(
+        kafka_bootstrap: str, dataset_dir: Path, dataset_reads: list[Path], unique: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", "--from-file", str(dataset_dir), "--to-topic", f"nope-{unique}",
+                 "--bootstrap", kafka_bootstrap, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: unknown topic 'nope-{unique}'") and "\n" not in err
+    assert dataset_reads == []

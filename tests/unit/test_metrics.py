@@ -1,12 +1,16 @@
-"""observe_many gives the same histogram samples as one observe() per value."""
+"""Worker metrics: observe_many matches observe(); what /metrics serves; a port in use."""
 
 from __future__ import annotations
 
 import random
+import socket
 
+import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from stream.metrics import observe_many
+from stream.errors import ConfigError
+from stream.metrics import WorkerMetrics, observe_many
+from stream.testing import scrape_metrics
 
 BUCKETS = (0.005, 0.01, 0.1, 1.0, 10.0)
 
@@ -35,3 +39,41 @@ def test_same_samples_as_observe_one_by_one() -> None:
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert abs(got[key] - value) <= 1e-9 * max(1.0, abs(value)), key
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_served_metrics_include_the_process_and_carry_units() -> None:
+    metrics = WorkerMetrics()
+    metrics.batch_size.observe(3)
+    metrics.lag.labels(topic="t", partition="0").set(7)
+    port = _free_port()
+    metrics.serve(port)
+    metrics.serve(port)  # the app's start task serves again: a no-op, not "address in use"
+    samples = scrape_metrics(port)
+    assert samples["process_resident_memory_bytes"] > 0
+    assert samples["process_cpu_seconds_total"] >= 0
+    assert "python_gc_collections_total" in samples
+    assert samples["stream_score_batch_size_rows_count"] == 1
+    assert samples["stream_consumer_lag_messages"] == 7
+    assert "stream_score_batch_size_count" not in samples and "stream_consumer_lag" not in samples
+
+
+def test_two_workers_in_one_process_each_have_process_metrics() -> None:
+    first, second = WorkerMetrics(), WorkerMetrics()
+    for m in (first, second):
+        assert m.value("process_resident_memory_bytes") > 0
+
+
+def test_metrics_port_in_use_is_a_config_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve "
+                                              rf"metrics on port {port} \(Address already in use\)"):
+            WorkerMetrics().serve(port)

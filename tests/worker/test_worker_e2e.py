@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from stream.config import load_settings
 from stream.registry import ModelRegistry
-from stream.testing import WorkerProcess, consume, produce
+from stream.testing import WorkerProcess, consume, produce, scrape_metrics
 from stream.topics import ensure_topics
 from tests.support.models import offline_scores
 from tests.worker.conftest import query_worker_clickhouse
@@ -55,6 +56,22 @@ def _key(msg: Any) -> tuple[str, str]:
     return p["model_name"], p["event_id"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _metrics_once(port: int, name: str, timeout_s: float = 30) -> dict[str, float]:
+    """The worker's metrics once ``name`` is among them."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = scrape_metrics(port)
+        if name in metrics or time.monotonic() > deadline:
+            return metrics
+        time.sleep(0.5)
+
+
 def _unique_articles(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give every article event its own article, so no click row depends on cross-partition timing."""
     return [{**e, "article_id": f"a-{e['event_id']}"} if "article_id" in e else e for e in events]
@@ -73,12 +90,17 @@ def test_every_scorable_event_scored_once_and_matches_offline_scoring(
     # bad records in the middle: the events after them must still be processed
     produce(kafka_bootstrap, f"{prefix}session-events", payloads[:3000] + bad + payloads[3000:])
     expected = _expected(events)
-    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
+    port = _free_port()
+    with WorkerProcess(kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)}, tmp_path / "worker.log"):
         preds = _predictions(kafka_bootstrap, prefix, sum(expected.values()))
         dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 5,
                       timeout_s=30)
+        metrics = _metrics_once(port, "stream_consumer_lag_messages")  # set by a 5 s timer
     got = Counter((p["model_name"], p["event_id"]) for p in preds)
     assert got == expected  # exactly one prediction per scorable event and model
+    assert metrics["process_resident_memory_bytes"] > 0
+    assert metrics["stream_score_batch_size_rows_count"] > 0
+    assert metrics["stream_consumer_lag_messages"] >= 0
 
     reasons = sorted(orjson.loads(m.value())["error_kind"] for m in dlq)
     assert reasons == ["invalid", "malformed", "malformed", "oversized", "unknown_type"]
