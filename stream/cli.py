@@ -30,7 +30,7 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions, max_message_bytes=settings.max_message_bytes)
     try:
         with broker:
             if not args.no_topics:

@@ -10,10 +10,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stream.errors import ConfigError
+from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, record_budget
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
         65_536, ge=16_384, le=64 * 1024**2,
         description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",
     )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=MIN_MAX_MESSAGE_BYTES, le=1024**3,
+        description="largest Kafka record batch: the producer's limit, the topics' max.message.bytes "
+                    "and the embedded broker's message.max.bytes",
+    )
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
@@ -79,6 +85,14 @@ class Settings(BaseSettings):
     worker_session_timeout_s: float = Field(
         10.0, ge=3, le=300, description="Kafka group session timeout: how fast a dead worker's partitions move")
     model_reload_s: float = Field(10.0, gt=0, description="how often the worker checks the model alias")
+    settle_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="how long a shutdown or rebalance waits for batches in flight to be confirmed "
+                    "(the rest stay uncommitted and are read again)",
+    )
+    stall_warning_s: float = Field(
+        60.0, gt=0, description="a partition whose oldest unconfirmed batch is older than this is logged as stalled"
+    )
 
     # --- Bandits -------------------------------------------------------------------------
     placements: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -105,6 +119,16 @@ class Settings(BaseSettings):
     def _split_placements(cls, v: object) -> object:
         if isinstance(v, str):
             return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("max_event_bytes")
+    @classmethod
+    def _event_fits_a_record(cls, v: int, info: ValidationInfo) -> int:
+        # a valid event is forwarded whole (article events), so it must fit in one output record
+        limit = info.data.get("max_message_bytes")
+        if limit is not None and v > record_budget(limit) - 2:
+            raise ValueError(f"expected at most {record_budget(limit) - 2} bytes "
+                             f"(STREAM_MAX_MESSAGE_BYTES={limit} minus {limit - record_budget(limit) + 2} of framing)")
         return v
 
     @field_validator("gc_threshold", mode="before")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.errors import InfraError
+from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     os.setpgrp()  # own process group: a Ctrl-C in the terminal reaches us, not the JVM twice
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int) -> str:
+def _server_properties(data_dir: Path, port: int, controller_port: int, partitions: int,
+                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -147,6 +149,7 @@ def _server_properties(data_dir: Path, port: int, controller_port: int, partitio
         "num.network.threads": "2",
         "num.io.threads": "4",
         "log.segment.bytes": str(64 * 1024 * 1024),
+        "message.max.bytes": str(max_message_bytes),  # STREAM_MAX_MESSAGE_BYTES (stream/kafka/limits.py)
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -155,10 +158,11 @@ class EmbeddedKafka:
     """One single-node KRaft broker in a child JVM. Use as a context manager."""
 
     def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedded-kafka-"))
         self.heap = heap
         self.partitions = partitions
+        self.max_message_bytes = max_message_bytes
         self.start_timeout_s = start_timeout_s
         self.port = 0
         self.controller_port = 0
@@ -188,7 +192,8 @@ class EmbeddedKafka:
         while self.controller_port == self.port:
             self.controller_port = free_port()
         props = self.workdir / "server.properties"
-        props.write_text(_server_properties(data_dir, self.port, self.controller_port, self.partitions))
+        props.write_text(_server_properties(data_dir, self.port, self.controller_port, self.partitions,
+                                            self.max_message_bytes))
         fmt = subprocess.run(
             self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props)),
             capture_output=True, text=True, check=False,
@@ -267,10 +272,11 @@ def embedded_kafka(**kwargs: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def kafka_or_embedded(bootstrap: str | None, partitions: int = 4) -> Iterator[tuple[str, int | None]]:
+def kafka_or_embedded(bootstrap: str | None, partitions: int = 4,
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[tuple[str, int | None]]:
     """``(bootstrap, None)`` for a configured cluster, else an embedded broker: ``(address, JVM pid)``."""
     if bootstrap:
         yield bootstrap, None
         return
-    with EmbeddedKafka(partitions=partitions) as broker:
+    with EmbeddedKafka(partitions=partitions, max_message_bytes=max_message_bytes) as broker:
         yield broker.bootstrap, broker.pid
