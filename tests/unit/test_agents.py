@@ -307,7 +307,7 @@ async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
     w = worker
     w.producer.deliver.clear()
     w.producer.fail_topics.add(w.topic("dead_letter"))
-    first = payloads_of(sim_events[:BATCH - 1]) + [(b"u-bad", b"{not json")]
+    first = [*payloads_of(sim_events[:BATCH - 1]), (b"u-bad", b"{not json")]
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         batch1 = await feed(tc, first)
@@ -343,7 +343,7 @@ async def test_an_oversized_dead_letter_is_shrunk_and_the_partition_goes_on(
         worker: Worker, sim_events: list[dict[str, Any]]) -> None:
     w = worker
     huge = orjson.dumps({"schema_version": 1, "event_id": "big", "pad": "x" * 900_000})
-    payloads = payloads_of(sim_events[:10]) + [(b"u-big", huge)] + payloads_of(sim_events[10:30])
+    payloads = [*payloads_of(sim_events[:10]), (b"u-big", huge), *payloads_of(sim_events[10:30])]
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         messages = await feed(tc, payloads)
