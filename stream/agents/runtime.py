@@ -410,8 +410,8 @@ class Runtime:
             left = None if deadline is None else max(deadline - loop.time(), 0.0)
             _, pending = await asyncio.wait(list(self._settling), timeout=left)
             if pending and deadline is not None and loop.time() >= deadline:
-                log.warning("%d batches still unconfirmed after %.0f s (STREAM_SETTLE_TIMEOUT_S) on %s; they stay "
-                            "uncommitted and are read again after a restart", len(pending), timeout_s,
+                log.warning("%d batches still unconfirmed at the end of the wait for them (STREAM_SETTLE_TIMEOUT_S) "
+                            "on %s; they stay uncommitted and are read again after a restart", len(pending),
                             describe(self.unconfirmed()))
                 return False
         return True

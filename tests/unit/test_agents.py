@@ -379,7 +379,7 @@ async def test_a_stalled_partition_is_reported_and_draining_is_bounded(
         t0 = time.monotonic()
         assert await w.rt.drain(0.3) is False
         assert time.monotonic() - t0 < 2
-        assert any("still unconfirmed" in r.getMessage() for r in caplog.records)
+        assert any("still unconfirmed at the end of the wait" in r.getMessage() for r in caplog.records)
         assert not any(m.acked for m in messages)
 
         w.producer.deliver.set()
