@@ -316,9 +316,9 @@ async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
         await wait_until(lambda: w.rt.positions.get(key) == 2 * BATCH - 1)
         w.producer.deliver.set()
         await asyncio.wait_for(w.rt.drain(), 10)
-        assert [type(e) for e in w.fatal] == [OutputError]
-        assert not any(m.acked for m in batch1)
         assert not any(m.acked for m in batch2)
+        assert not any(m.acked for m in batch1)
+        assert [type(e) for e in w.fatal] == [OutputError]
 
 
 async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_retried(
