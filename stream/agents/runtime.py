@@ -353,7 +353,8 @@ class Runtime:
             assert self._inflight is not None
             self._inflight.release()
         if before is not None:
-            await asyncio.wait([before])  # not ``await before``: cancelling this task must not cancel it
+            if not before.done():
+                await asyncio.wait([before])  # not ``await before``: cancelling this task must not cancel it
             ok = ok and not before.cancelled() and before.exception() is None and before.result()
         if not ok:
             return False
