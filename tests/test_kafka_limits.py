@@ -39,7 +39,29 @@ def test_the_largest_records_the_worker_makes_are_accepted(kafka_bootstrap: str,
     for value in [*full, *small, *full]:
         producer.produce(topic, value, key, on_delivery=lambda err, msg: errors.append(err))
     assert producer.flush(30) == 0
-    assert errors == [None] * (2 * len(full) + len(small))
+    assert [str(e) if e else None for e in errors] == [None] * (2 * len(full) + len(small))
+
+
+def test_whatever_the_producer_accepts_the_topic_accepts(kafka_bootstrap: str, unique: str) -> None:
+    """The producer's limit leaves room for the batch header (with the topic's limit, the broker refused some)."""
+    from confluent_kafka import KafkaException
+
+    settings = load_settings(topic_prefix=f"{unique}.", topic_partitions=1, max_message_bytes=MIN_MAX_MESSAGE_BYTES)
+    ensure_topics(kafka_bootstrap, settings)
+    topic = settings.topic("predictions")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "compression.type": "lz4", "enable.idempotence": True,
+                         "message.max.bytes": producer_max_bytes(settings.max_message_bytes)})
+    rng = random.Random(5)
+    errors: list[object] = []
+    size = producer_max_bytes(settings.max_message_bytes)
+    while True:  # the largest value librdkafka takes at produce() (it subtracts its own record overhead)
+        try:
+            producer.produce(topic, rng.randbytes(size), b"k", on_delivery=lambda err, msg: errors.append(err))
+            break
+        except KafkaException:
+            size -= 1
+    assert producer.flush(30) == 0
+    assert [str(e) if e else None for e in errors] == [None], size
 
 
 def test_topics_are_created_with_the_limit_and_a_smaller_existing_one_is_refused(
