@@ -339,6 +339,30 @@ async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_r
         assert w.errors == []  # the agent ended instead of crashing (faust would restart it)
 
 
+async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
+        worker: Worker, sim_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust restarts a crashed actor on the same stream; the new actor acked later records, so
+    faust committed past the failed batch. Now the agent ends and the worker stops."""
+    w = worker
+
+    def broken(records: Any, stores: Any) -> Any:
+        raise RuntimeError("RocksDB is gone")
+
+    monkeypatch.setattr(w.rt.processor, "process", broken)
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        batch1 = await feed(tc, payloads_of(sim_events[:10]))  # cut by time: no later record follows
+        await wait_until(lambda: bool(w.fatal))
+        assert [str(e) for e in w.fatal] == ["RocksDB is gone"]
+        assert w.metrics_value("stream_fatal_errors_total", topic="", error="RuntimeError") == 1
+        monkeypatch.undo()
+        batch2 = await feed(tc, payloads_of(sim_events[10:20]), first_offset=10)
+        await asyncio.sleep(0.3)
+        assert not any(m.acked for m in batch1 + batch2)  # nothing processed or acked after it
+        assert w.producer.produced == []
+        assert w.errors == []  # ended, not crashed: faust's supervisor does not restart it
+
+
 async def test_an_oversized_dead_letter_is_shrunk_and_the_partition_goes_on(
         worker: Worker, sim_events: list[dict[str, Any]]) -> None:
     w = worker
