@@ -179,8 +179,8 @@ def test_an_output_the_cluster_refuses_stops_the_worker_without_committing_its_b
     envelope = orjson.loads(dlq[0].value())
     assert base64.b64decode(envelope["value_b64"]) == bad
     assert len(dlq) == 1
-    committed_before = {p: _committed(kafka_bootstrap, group, topic, p) for p in parts}
-    assert committed_before[envelope["source_partition"]] > envelope["source_offset"]  # now it is
+    committed = {p: _committed(kafka_bootstrap, group, topic, p) for p in parts}
+    assert committed[envelope["source_partition"]] > envelope["source_offset"]  # now it is
 
 
 def test_sigterm_ends_within_the_settle_timeout_when_a_batch_cannot_be_confirmed(
