@@ -6,6 +6,7 @@ Run it with ``python -m stream worker`` or ``faust -A stream.app worker`` (the m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from typing import Any
@@ -15,10 +16,11 @@ from faust.sensors import Sensor
 
 from stream import topics as T
 from stream.agents import articles, events
-from stream.agents.runtime import Runtime
+from stream.agents.runtime import Runtime, describe
 from stream.clickhouse import connect
 from stream.config import Settings, load_settings
 from stream.kafka import clients, transport
+from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
 from stream.metrics import WorkerMetrics
 from stream.processor import EXPECTED_FEATURES, BatchProcessor
@@ -63,6 +65,40 @@ class WorkerApp(faust.App):
         await super().on_first_start()
         if self.gc_tuning is not None:  # once everything long-lived exists: see stream/tuning.py
             tune_gc(*self.gc_tuning)
+
+    #: the worker's runtime (set by create_app)
+    runtime: Runtime | None = None
+
+    #: when the current shutdown must be done waiting for batches (loop time; set by on_stop)
+    _shutdown_deadline: float | None = None
+
+    async def on_stop(self) -> None:
+        self._shutdown_deadline = self.loop.time() + self.settle_timeout_s()
+        await super().on_stop()
+
+    def settle_timeout_s(self) -> float:
+        return self.runtime.settings.settle_timeout_s if self.runtime is not None else 30.0
+
+    def settle_time_left(self) -> float:
+        """What is left of ``STREAM_SETTLE_TIMEOUT_S``: of the shutdown's, or a whole one for a rebalance."""
+        if self._shutdown_deadline is None:
+            return self.settle_timeout_s()
+        return max(self._shutdown_deadline - self.loop.time(), 0.0)
+
+    async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
+        # faust waits, without a bound, until every message that reached a stream is acked: a
+        # batch that cannot be confirmed (Kafka or ClickHouse gone) hung SIGTERM and rebalances.
+        timeout = self.settle_time_left()
+        waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
+        done, _ = await asyncio.wait([waiting], timeout=timeout)
+        if not done:
+            ages = self.runtime.unconfirmed() if self.runtime is not None else {}
+            log.warning("gave up waiting for batches in flight after %.0f s (STREAM_SETTLE_TIMEOUT_S) on %s; "
+                        "they stay uncommitted and are read again", timeout, describe(ages))
+            # faust's wait swallows a cancel while it waits for an ack; forgetting what it waits
+            # for ends it within a second (the messages stay held: nothing more is committed).
+            consumer.unacked.clear()
+        await waiting
 
     def _new_transport(self) -> Any:
         if self.consumer_handoff == "faust":
@@ -114,7 +150,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
         "article_events": app.topic(f"{s.worker_id}-article-events", partitions=p, internal=True,
-                                    schema=RawSchema()),
+                                    schema=RawSchema(), config=T.record_limit_config(s)),
     }
     tables = {
         # RocksDB, changelog-backed, co-partitioned with session-events (key user_id).
@@ -148,15 +184,25 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     producer = clients.producer(bootstrap, s, **{
         "linger.ms": 5, "compression.type": "lz4",
         "enable.idempotence": True, "partitioner": "murmur2_random",  # the Java clients' key hashing
-        "queue.buffering.max.messages": 500_000,
+        "queue.buffering.max.messages": 500_000, "message.max.bytes": producer_max_bytes(s.max_message_bytes),
     })
     rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer,
                  topic_names={k: t.get_topic_name() for k, t in topics.items()},
-                 consumer=lambda: app.consumer)
+                 consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc))
+    app.runtime = rt
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
     return app, rt
+
+
+def _crash(app: faust.App, exc: BaseException) -> None:
+    """Stop the worker cleanly with exit code 1 (mode's Worker re-raises the crash reason)."""
+    _tasks.add(task := asyncio.ensure_future(app.crash(exc)))
+    task.add_done_callback(_tasks.discard)
+
+
+_tasks: set[asyncio.Future[Any]] = set()  # keeps the crash task alive until it ran
 
 
 def _backpressure(metrics: WorkerMetrics, on: bool) -> None:
@@ -194,16 +240,26 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
             if pos is not None and hw is not None:
                 rt.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
 
+    @app.timer(interval=min(5.0, s.stall_warning_s / 2))
+    async def stalled_partitions() -> None:
+        rt.check_stalls()
+
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         rt.on_revoked(revoked)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
-    async def flush_sink(app: faust.App, **kwargs: Any) -> None:
+    async def flush_sink(app: WorkerApp, **kwargs: Any) -> None:
+        # Bounded by what is left of STREAM_SETTLE_TIMEOUT_S: whatever is not confirmed by then
+        # stays uncommitted and is read again after the restart.
         if rt.sink is not None:
-            await rt.sink.stop()
-        await rt.drain()  # settle (ack) every batch whose outputs are confirmed
-        rt.close()
+            try:
+                await asyncio.wait_for(rt.sink.stop(), max(app.settle_time_left(), 1.0))
+            except Exception as exc:  # a timeout, or ClickHouse still failing
+                log.warning("ClickHouse rows not inserted at shutdown (%s); their batches stay uncommitted",
+                            type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+        await rt.drain(app.settle_time_left())  # settle (ack) every batch whose outputs are confirmed
+        rt.close(max(app.settle_time_left(), 1.0))
 
 
 def __getattr__(name: str) -> Any:

@@ -41,7 +41,8 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
     protocol = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
                 (False, True): "SSL", (True, True): "SASL_SSL"}[(args.sasl, args.ssl)]
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users, tls=args.ssl)
+    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users, tls=args.ssl,
+                           max_message_bytes=settings.max_message_bytes)
     try:
         with broker:
             bootstrap = broker.address(protocol)

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from stream.errors import ConfigError
+from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, MIN_MAX_MESSAGE_BYTES, record_budget
 from stream.redact import protect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,6 +86,11 @@ class Settings(BaseSettings):
         65_536, ge=16_384, le=64 * 1024**2,
         description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",
     )
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=MIN_MAX_MESSAGE_BYTES, le=1024**3,
+        description="largest Kafka record batch: the producer's limit, the topics' max.message.bytes "
+                    "and the embedded broker's message.max.bytes",
+    )
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
@@ -94,6 +100,15 @@ class Settings(BaseSettings):
         description="Kafka group session timeout: how fast a dead worker's partitions move")
     model_reload_s: float = Field(10.0, gt=0, allow_inf_nan=False,
                                   description="how often the worker checks the model alias")
+    settle_timeout_s: float = Field(
+        30.0, gt=0, le=3600, allow_inf_nan=False,
+        description="how long a shutdown or rebalance waits for batches in flight to be confirmed "
+                    "(the rest stay uncommitted and are read again)",
+    )
+    stall_warning_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False,
+        description="a partition whose oldest unconfirmed batch is older than this is logged as stalled"
+    )
 
     # --- Bandits -------------------------------------------------------------------------
     placements: Annotated[tuple[str, ...], NoDecode] = Field(
@@ -175,6 +190,16 @@ class Settings(BaseSettings):
             if not is_dir:
                 raise ValueError(f"expected a directory, but {str(p)!r} is a file")
             break
+        return v
+
+    @field_validator("max_event_bytes")
+    @classmethod
+    def _event_fits_a_record(cls, v: int, info: ValidationInfo) -> int:
+        # a valid event is forwarded whole (article events), so it must fit in one output record
+        limit = info.data.get("max_message_bytes")
+        if limit is not None and v > record_budget(limit) - 2:
+            raise ValueError(f"expected at most {record_budget(limit) - 2} bytes "
+                             f"(STREAM_MAX_MESSAGE_BYTES={limit} minus {limit - record_budget(limit) + 2} of framing)")
         return v
 
     @field_validator("gc_threshold", mode="before")

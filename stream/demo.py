@@ -121,7 +121,8 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
     worker: WorkerProcess | None = None
     where = f"server {settings.clickhouse_url}" if settings.clickhouse_url else f"embedded chdb in {settings.chdb_path}"
-    with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions) as (bootstrap, jvm):
+    with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions,
+                           settings.max_message_bytes) as (bootstrap, jvm):
         if jvm is not None:
             settings = clients.for_embedded(settings)
         clock.say(f"Kafka at {bootstrap}; ClickHouse: {where}")

@@ -93,6 +93,18 @@ class WorkerMetrics:
                                   registry=r)
         self.backpressure_total = Counter("stream_sink_backpressure_pauses", "Times consumption paused for the sink",
                                           registry=r)
+        self.fatal_errors = Counter(
+            "stream_fatal_errors_total",
+            "Errors that stopped the worker with their batch uncommitted: an output Kafka did not take "
+            "(topic, librdkafka error) or a failed batch (empty topic, exception type)", ["topic", "error"], registry=r)
+        self.dead_letters_shrunk = Counter(
+            "stream_dead_letters_shrunk_total",
+            "Dead letters too large for one record, sent with the first bytes, size and SHA-256 of the original",
+            registry=r)
+        self.unconfirmed_age = Gauge(
+            "stream_unconfirmed_batch_age_seconds",
+            "Per input partition: age of the oldest batch whose outputs are not confirmed yet (0 = none); "
+            "nothing after it is committed", ["topic", "partition"], registry=r)
         self.lag = Gauge("stream_consumer_lag_messages", "Messages behind the high watermark",
                          ["topic", "partition"], registry=r)
         self._served_on: int | None = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -255,3 +256,63 @@ def dead_letter_envelope(
         "value_b64": base64.b64encode(raw_value).decode("ascii"),
         "received_at": time.time_ns() // 1_000_000 if received_at_ms is None else received_at_ms,
     }
+
+
+#: bytes of the original value (and of a long key) that a shrunk dead letter keeps
+DEAD_LETTER_PREFIX_BYTES = 4096
+
+
+def fit_dead_letter(envelope: Mapping[str, Any], key: bytes | None,
+                    max_bytes: int) -> tuple[bytes | None, bytes, bool]:
+    """The dead letter's Kafka key and JSON value, together at most ``max_bytes``, and whether it was shrunk.
+
+    An envelope that does not fit (an original of about 750 KB or more, base64 adding a third,
+    or a larger one that arrived compressed) is shrunk by :func:`shrink_dead_letter`; its key
+    is cut like its ``key_b64``.
+    """
+    value = orjson.dumps(envelope)
+    size = len(value) + (len(key) if key else 0)
+    if size <= max_bytes:
+        return key, value, False
+    shrunk = shrink_dead_letter(envelope, size, max_bytes)
+    if key is not None and shrunk.get("key_truncated"):
+        key = key[:DEAD_LETTER_PREFIX_BYTES]
+    value = orjson.dumps(shrunk)
+    if len(value) + (len(key) if key else 0) > max_bytes:  # only below the smallest limit the settings allow
+        raise ValueError(f"a shrunk dead letter takes {len(value)} bytes, more than the limit of {max_bytes}")
+    return key, value, True
+
+
+def shrink_dead_letter(envelope: Mapping[str, Any], size: int, max_bytes: int) -> dict[str, Any]:
+    """``envelope`` as an ``oversized`` dead letter holding the first bytes of the original.
+
+    The value (and a key longer than :data:`DEAD_LETTER_PREFIX_BYTES`) keeps its first
+    :data:`DEAD_LETTER_PREFIX_BYTES` bytes, with its size and SHA-256; the reason says why and
+    keeps the original kind and reason.
+
+    >>> big = dead_letter_envelope(b"x" * 10_000, None, "too big", "oversized", "t", 0, 5, None, received_at_ms=1)
+    >>> small = shrink_dead_letter(big, 13_500, 8_000)
+    >>> small["value_size"], small["value_truncated"], len(base64.b64decode(small["value_b64"]))
+    (10000, True, 4096)
+    >>> small["error_kind"], small["reason"][:59]
+    ('oversized', 'dead letter of 13500 bytes is over the record limit of 8000')
+    >>> small["reason"][-36:]
+    'original reason (oversized): too big'
+    """
+    out = dict(envelope)
+    cut = ["value"]
+    out.update(_prefix("value", base64.b64decode(envelope["value_b64"])))
+    raw_key = None if envelope.get("key_b64") is None else base64.b64decode(envelope["key_b64"])
+    if raw_key is not None and len(raw_key) > DEAD_LETTER_PREFIX_BYTES:
+        out.update(_prefix("key", raw_key))
+        cut.append("key")
+    out["error_kind"] = "oversized"
+    out["reason"] = (f"dead letter of {size} bytes is over the record limit of {max_bytes}: kept the first "
+                     f"{DEAD_LETTER_PREFIX_BYTES} bytes of the {' and '.join(cut)}, its size and SHA-256; "
+                     f"original reason ({envelope['error_kind']}): {envelope['reason']}")[:2000]
+    return out
+
+
+def _prefix(name: str, raw: bytes) -> dict[str, Any]:
+    return {f"{name}_b64": base64.b64encode(raw[:DEAD_LETTER_PREFIX_BYTES]).decode("ascii"),
+            f"{name}_size": len(raw), f"{name}_sha256": hashlib.sha256(raw).hexdigest(), f"{name}_truncated": True}

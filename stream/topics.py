@@ -11,12 +11,16 @@ session-events topic and the user tables must have the same count (``STREAM_TOPI
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka.clients import admin_client, cluster_metadata
+
+log = logging.getLogger(__name__)
 
 SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
@@ -45,8 +49,22 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+#: the topics the worker writes (besides faust's own): their record limit must admit its records
+OUTPUTS = (PREDICTIONS, BANDIT_DECISIONS, DEAD_LETTER)
+
+
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
     return spec.partitions or settings.topic_partitions
+
+
+def record_limit_config(settings: Settings) -> dict[str, str]:
+    """Topic config admitting the largest record the worker produces (``STREAM_MAX_MESSAGE_BYTES``)."""
+    return {"max.message.bytes": str(settings.max_message_bytes)}
+
+
+def config_of(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    """The configs a new topic is created with."""
+    return {**spec.config, **record_limit_config(settings)}
 
 
 def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = TOPICS,
@@ -78,7 +96,9 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
             result[name] = "exists"
         else:
             to_create.append(NewTopic(name, num_partitions=want,
-                                      replication_factor=settings.topic_replication, config=spec.config))
+                                      replication_factor=settings.topic_replication, config=config_of(spec, settings)))
+    check_record_limits(admin, [settings.topic(sp.name) for sp in specs
+                                if sp.name in OUTPUTS and settings.topic(sp.name) in existing], settings, timeout_s)
     for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items() if to_create else []:
         try:
             fut.result()
@@ -89,3 +109,30 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
             else:
                 raise InfraError(f"cannot create topic {name!r}: {exc}") from exc
     return result
+
+
+def check_record_limits(admin: Any, names: list[str], settings: Settings, timeout_s: float) -> None:
+    """Refuse existing output topics that take smaller records than ``STREAM_MAX_MESSAGE_BYTES``.
+
+    The worker fits every record under that setting; a topic with a smaller ``max.message.bytes``
+    would refuse some of them later, and the worker would stop then. Without the right to read
+    topic configs this is skipped with a warning.
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource
+
+    if not names:
+        return
+    futures = admin.describe_configs([ConfigResource("topic", n) for n in names], request_timeout=timeout_s)
+    for resource, fut in futures.items():
+        try:
+            entry = fut.result().get("max.message.bytes")
+        except KafkaException as exc:
+            log.warning("cannot read the configs of topic %r (%s): its record limit is not checked",
+                        resource.name, exc.args[0].str())
+            continue
+        if entry is not None and int(entry.value) < settings.max_message_bytes:
+            raise InfraError(
+                f"topic {resource.name!r} takes records up to {entry.value} bytes (max.message.bytes), less than "
+                f"STREAM_MAX_MESSAGE_BYTES={settings.max_message_bytes}: raise the topic's max.message.bytes "
+                f"or lower the setting")

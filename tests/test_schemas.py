@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -252,3 +253,71 @@ def test_dead_letter_envelope_of_a_real_rejection() -> None:
 def test_dead_letter_envelope_rejects_unknown_kind() -> None:
     with pytest.raises(ValueError, match=r"unknown dead-letter kind 'timeout'"):
         dead_letter_envelope(b"x", None, "r", "timeout", "t", 0, 0, None)
+
+
+# --- fit_dead_letter: an envelope always fits in one record ---------------------------------
+
+
+def _envelope(value: bytes, key: bytes | None = b"u-1", reason: str = "record is too big") -> dict[str, Any]:
+    return dead_letter_envelope(value, key, reason, "oversized", "session-events", 3, 77, 1767225600000,
+                                received_at_ms=1767225600123)
+
+
+def test_a_dead_letter_that_fits_is_sent_whole() -> None:
+    envelope = _envelope(b"x" * 20_000)
+    key, value, shrunk = schemas.fit_dead_letter(envelope, b"u-1", 1_047_552)
+    assert (key, value, shrunk) == (b"u-1", orjson.dumps(envelope), False)
+
+
+def test_the_limit_is_exact() -> None:
+    envelope = _envelope(b"x" * 30_000)
+    size = len(orjson.dumps(envelope)) + len(b"u-1")
+    assert schemas.fit_dead_letter(envelope, b"u-1", size)[2] is False
+    assert schemas.fit_dead_letter(envelope, b"u-1", size - 1)[2] is True
+
+
+def test_an_oversized_dead_letter_keeps_size_hash_prefix_and_the_original_reason() -> None:
+    raw = bytes(range(256)) * 5000  # 1.28 MB: its base64 alone is over 1 MiB
+    envelope = _envelope(raw, reason="record is 1280000 bytes, more than the limit of 16384")
+    key, value, shrunk = schemas.fit_dead_letter(envelope, b"u-1", 1_047_552)
+    assert shrunk and key == b"u-1"
+    assert len(value) + len(key) <= 1_047_552
+    out = json.loads(value)
+    assert Draft202012Validator(_raw_schema("dead_letter")).is_valid(out)
+    schemas.validate("dead_letter", out)
+    assert out["error_kind"] == "oversized"
+    assert out["value_truncated"] is True
+    assert out["value_size"] == 1_280_000
+    assert out["value_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert base64.b64decode(out["value_b64"]) == raw[:4096]
+    assert out["reason"].startswith(f"dead letter of {len(orjson.dumps(envelope)) + 3} bytes is over the record "
+                                    "limit of 1047552: kept the first 4096 bytes of the value")
+    assert out["reason"].endswith("original reason (oversized): record is 1280000 bytes, more than the limit of 16384")
+    # where it came from is unchanged
+    for field in ("source_topic", "source_partition", "source_offset", "source_timestamp", "key_b64", "received_at"):
+        assert out[field] == envelope[field]
+    assert "key_truncated" not in out
+
+
+def test_a_long_key_is_cut_like_the_value() -> None:
+    long_key = b"k" * 100_000
+    envelope = _envelope(b"{}", long_key)
+    key, value, shrunk = schemas.fit_dead_letter(envelope, long_key, 65_536 - 1024)
+    assert shrunk and key == long_key[:4096]
+    out = json.loads(value)
+    schemas.validate("dead_letter", out)
+    assert base64.b64decode(out["key_b64"]) == long_key[:4096]
+    assert (out["key_size"], out["key_truncated"]) == (100_000, True)
+    assert base64.b64decode(out["value_b64"]) == b"{}" and out["value_size"] == 2
+    assert "of the value and key" in out["reason"]
+
+
+def test_the_largest_shrunk_dead_letter_fits_the_smallest_allowed_limit() -> None:
+    from stream.kafka.limits import MIN_MAX_MESSAGE_BYTES, record_budget
+
+    worst = dead_letter_envelope(b"\x00" * 2_000_000, b"\x01" * 2_000_000, "\x02" * 5000, "invalid", "t" * 249,
+                                 2**31 - 1, 2**63 - 1, 2**63 - 1)
+    budget = record_budget(MIN_MAX_MESSAGE_BYTES)
+    key, value, shrunk = schemas.fit_dead_letter(worst, b"\x01" * 2_000_000, budget)
+    assert shrunk and len(value) + len(key or b"") <= budget
+    assert json.loads(value)["reason"].count("\x02") > 1000  # control characters, escaped 6 bytes each

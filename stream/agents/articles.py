@@ -69,5 +69,7 @@ def register(app: Any, rt: Runtime) -> Any:
             await run_batches(stream, s.score_batch_size, s.score_batch_ms / 1000, handle)
         except asyncio.CancelledError:
             return  # partition revoked: end without a restart (see agents/events.py)
+        except Exception as exc:
+            rt.fail(exc)  # stop the worker rather than be restarted past the batch (see agents/events.py)
 
     return article_stats

@@ -29,7 +29,8 @@ Handler = Callable[[list[Any]], Awaitable[None]]
 async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
-    An exception from ``handle`` propagates (the agent crashes, as it would inside ``async for``).
+    An exception from ``handle`` ends the loop at once and propagates, even while no event
+    arrives: the failed batch and the buffered events stay held (uncommitted).
     """
     loop = asyncio.get_running_loop()
     buf: list[Any] = []
@@ -52,6 +53,14 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) ->
             await handle(batch)
 
     task = asyncio.ensure_future(flusher())
+    me = asyncio.current_task()
+    seen = False  # the loop below found the handler's error itself
+
+    def interrupt(flushed: asyncio.Future[None]) -> None:
+        if me is not None and not seen and not flushed.cancelled() and flushed.exception() is not None:
+            me.cancel()  # the loop may be waiting for an event that never comes
+
+    task.add_done_callback(interrupt)
     room: asyncio.Future[Any] | None = None
     try:
         async for event in stream.events():
@@ -67,7 +76,13 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) ->
                 await asyncio.wait([task, room], return_when=asyncio.FIRST_COMPLETED)
                 room.cancel()
             if task.done():
+                seen = True
                 task.result()  # the handler failed: raise it here
+    except asyncio.CancelledError:
+        if me is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            me.uncancel()
+            task.result()  # the cancel came from interrupt(): raise the handler's error instead
+        raise
     finally:
         for t in (room, task):
             if t is not None and not t.done():

@@ -44,5 +44,9 @@ def register(app: Any, rt: Runtime) -> Any:
             # new actor joins it and both process the partition (duplicate outputs, and scores
             # from state the other actor already advanced). Ending normally prevents the restart.
             return
+        except Exception as exc:
+            # faust would restart a crashed actor on the same stream: it would drop the buffered
+            # events and ack later ones, and faust commits past the failed batch. Stop instead.
+            rt.fail(exc)
 
     return session_events

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from confluent_kafka import KafkaError, KafkaException
 from faust.streams import _current_event
 
 from stream.config import Settings
+from stream.errors import InfraError
+from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
 from stream.metrics import WorkerMetrics, observe_many
 from stream.processor import BatchProcessor, Outputs
+from stream.schemas import fit_dead_letter
 from stream.scoring import ModelSet
 from stream.sinks import ClickHouseSink
+
+log = logging.getLogger(__name__)
 
 
 def enter_partition(event: Any) -> None:
@@ -32,25 +40,62 @@ def enter_partition(event: Any) -> None:
     _current_event.set(weakref.ref(event))
 
 
+class OutputError(InfraError):
+    """An output Kafka did not take: the worker stops, and its batch stays uncommitted.
+
+    ``error`` is librdkafka's name for the error (e.g. ``MSG_SIZE_TOO_LARGE``).
+    """
+
+    def __init__(self, topic: str, error: str, detail: str) -> None:
+        super().__init__(f"output to topic {topic!r} not delivered: {error} ({detail})")
+        self.topic = topic
+        self.error = error
+
+
+def produce_error(topic: str, err: KafkaError, max_message_bytes: int) -> OutputError | None:
+    """What a librdkafka error on an output record means: ``None`` to retry, else the error that stops the worker.
+
+    Only a full local queue is retried here: librdkafka itself retries what the broker reports as
+    transient until ``message.timeout.ms``, so any error it reports is final. Per-record causes
+    cannot occur: every record is fitted under the limit before it is produced (dead letters
+    shrunk, article events chunked by size; predictions and decisions are a few KB by schema).
+    A size error therefore means that the cluster accepts less than the worker was told.
+
+    >>> produce_error("t", KafkaError(KafkaError._QUEUE_FULL), 1024) is None
+    True
+    >>> str(produce_error("t", KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), 1024))  # doctest: +ELLIPSIS
+    "output to topic 't' not delivered: MSG_SIZE_TOO_LARGE (...; the topic's max.message.bytes is below \
+STREAM_MAX_MESSAGE_BYTES=1024)"
+    """
+    if err.code() == KafkaError._QUEUE_FULL:
+        return None
+    detail = err.str()
+    if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+        detail += f"; the topic's max.message.bytes is below STREAM_MAX_MESSAGE_BYTES={max_message_bytes}"
+    return OutputError(topic, err.name(), detail)
+
+
 class _Delivery:
     """One batch's Kafka deliveries: resolves ``future`` on the event loop once all are acknowledged.
 
     Called by librdkafka's delivery reports, which only the runtime's poll thread serves.
     """
 
-    __slots__ = ("error", "future", "loop", "remaining")
+    __slots__ = ("error", "future", "loop", "max_message_bytes", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, max_message_bytes: int) -> None:
         self.loop = loop
         self.remaining = n
-        self.error: str | None = None
+        self.max_message_bytes = max_message_bytes
+        self.error: OutputError | None = None
         self.future: asyncio.Future[None] = loop.create_future()
         if n == 0:
             self.future.set_result(None)
 
     def __call__(self, err: Any, msg: Any) -> None:
         if err is not None and self.error is None:
-            self.error = f"{msg.topic()}: {err}"
+            self.error = produce_error(msg.topic(), err, self.max_message_bytes) or OutputError(
+                msg.topic(), err.name(), err.str())
         self.remaining -= 1
         if self.remaining == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -59,31 +104,58 @@ class _Delivery:
         if self.future.done():
             return
         if self.error is not None:
-            self.future.set_exception(RuntimeError(f"output not delivered: {self.error}"))
+            self.future.set_exception(self.error)
         else:
             self.future.set_result(None)
 
 
-#: forwarded article events per repartition record (well under Kafka's 1 MB default record limit)
+#: most forwarded article events per repartition record
 ARTICLE_CHUNK = 500
 
 
-def article_messages(events: Sequence[tuple[str, bytes]], partitions: int) -> list[tuple[int, bytes]]:
+def article_messages(events: Sequence[tuple[str, bytes]], partitions: int,
+                     max_bytes: int) -> list[tuple[int, bytes]]:
     """Forwarded article events as (partition, JSON array) records, one per partition and chunk.
 
     Each event goes to the partition its ``article_id`` key would get from a Java producer, so an
     article still has a single writer, but one record carries many events: the article agent's
     per-record framework cost is paid once per batch and partition instead of once per event.
-    The values are the validated original bytes, so joining them makes a valid JSON array.
+    The values are the validated original bytes, so joining them makes a valid JSON array. A
+    chunk holds at most :data:`ARTICLE_CHUNK` events and ``max_bytes`` bytes (an event is at most
+    ``STREAM_MAX_EVENT_BYTES``, which the settings keep below one record).
 
-    >>> article_messages([("a1", b'{"n":1}'), ("a1", b'{"n":2}')], 1)
+    >>> article_messages([("a1", b'{"n":1}'), ("a1", b'{"n":2}')], 1, 1024)
     [(0, b'[{"n":1},{"n":2}]')]
+    >>> article_messages([("a1", b'{"n":1}'), ("a1", b'{"n":2}')], 1, 10)
+    [(0, b'[{"n":1}]'), (0, b'[{"n":2}]')]
     """
     groups: dict[int, list[bytes]] = {}
     for article_id, raw in events:
         groups.setdefault(partition_for(article_id.encode(), partitions), []).append(raw)
-    return [(p, b"[" + b",".join(raws[i:i + ARTICLE_CHUNK]) + b"]")
-            for p, raws in groups.items() for i in range(0, len(raws), ARTICLE_CHUNK)]
+    return [(p, b"[" + b",".join(chunk) + b"]") for p, raws in groups.items()
+            for chunk in _chunks(raws, ARTICLE_CHUNK, max_bytes)]
+
+
+def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[bytes]]:
+    """Consecutive runs of ``raws`` whose JSON array is at most ``max_bytes`` (and ``max_n`` long)."""
+    chunk: list[bytes] = []
+    size = 1  # "[" and "]", less the comma the first element does not need
+    for raw in raws:
+        if chunk and (len(chunk) == max_n or size + len(raw) + 1 > max_bytes):
+            yield chunk
+            chunk, size = [], 1
+        chunk.append(raw)
+        size += len(raw) + 1
+    if chunk:
+        yield chunk
+
+
+Partition = tuple[str, int]
+
+
+def _partition_of(batch: Sequence[Any]) -> Partition:
+    msg = batch[0].message
+    return msg.topic, msg.partition
 
 
 @dataclass
@@ -96,18 +168,31 @@ class Runtime:
     topics: dict[str, Any] = field(default_factory=dict)
     tables: dict[str, Any] = field(default_factory=dict)
     #: last offset handed to the processor, per (topic, partition): for the lag gauge
-    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    positions: dict[Partition, int] = field(default_factory=dict)
     producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the faust consumer that input offsets are acked to (set by the app)
     consumer: Callable[[], Any] | None = None
+    #: called once with the error that stops the worker (the app crashes itself: stream/app.py)
+    on_fatal: Callable[[BaseException], None] | None = None
     #: batches whose outputs may be in flight at once, over all partitions
     max_inflight_batches: int = 8
     _inflight: asyncio.Semaphore | None = None
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
     _closing: bool = False
-    _settling: set[asyncio.Future[None]] = field(default_factory=set)
+    _settling: set[asyncio.Task[bool]] = field(default_factory=set)
+    #: per input partition, the settling of its latest batch: a batch is acked after the ones before it
+    _tails: dict[Partition, asyncio.Task[bool]] = field(default_factory=dict)
+    #: per input partition, when each of its unconfirmed batches reached publish(), oldest first
+    _held: dict[Partition, dict[int, float]] = field(default_factory=dict)
+    _tokens: Iterator[int] = field(default_factory=itertools.count)
+    _stall_logged: dict[Partition, float] = field(default_factory=dict)
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the worker, if any."""
+        return self._failure
 
     def start_polling(self) -> None:
         """Serve the producer's delivery reports on one thread (they resolve each batch's future)."""
@@ -126,7 +211,29 @@ class Runtime:
             self._poller.join()
             self._poller = None
         if self.producer is not None:
-            self.producer.flush(timeout_s)
+            left = self.producer.flush(timeout_s)
+            if left:
+                log.warning("%d output records still undelivered after %.0f s at shutdown; their batches stay "
+                            "uncommitted and are read again after a restart", left, timeout_s)
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the worker for an error no single record explains (first call only).
+
+        The batch stays unacked, and so do the later batches of its partition
+        (see :meth:`_settle`), so nothing past it is committed: a restart reads it again.
+        """
+        if self._failure is not None:
+            return
+        self._failure = exc
+        if isinstance(exc, OutputError):
+            self.metrics.fatal_errors.labels(topic=exc.topic, error=exc.error).inc()
+            log.error("stopping the worker: %s; its batch stays uncommitted and is read again after a restart", exc)
+        else:
+            self.metrics.fatal_errors.labels(topic="", error=type(exc).__name__).inc()
+            log.error("stopping the worker: a batch failed with %s: %s; it stays uncommitted and is read again "
+                      "after a restart", type(exc).__name__, exc, exc_info=exc)
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
 
     def on_revoked(self, revoked: Any) -> None:
         """Forget per-partition caches of partitions another worker now owns."""
@@ -145,9 +252,11 @@ class Runtime:
 
         Returns as soon as the outputs are queued, so the next batch is processed while these are
         in flight (at most ``max_inflight_batches``). The batch's offsets become committable only
-        when Kafka acknowledged every record and the rows are in ClickHouse: at-least-once delivery.
-        Outputs go through one confluent-kafka producer (librdkafka: a few µs per record, where a
-        faust ``send`` costs tens); table changelogs stay with faust.
+        when Kafka acknowledged every record, the rows are in ClickHouse and the partition's
+        earlier batches are acked: at-least-once delivery. Outputs go through one confluent-kafka
+        producer (librdkafka: a few µs per record, where a faust ``send`` costs tens); table
+        changelogs stay with faust. Every record is fitted under ``STREAM_MAX_MESSAGE_BYTES``
+        first (stream/kafka/limits.py).
         """
         if self._failure is not None:
             raise self._failure  # crash the agent rather than carry on as if outputs existed
@@ -155,33 +264,56 @@ class Runtime:
         if self._inflight is None:
             self._inflight = asyncio.Semaphore(self.max_inflight_batches)
             self.start_polling()
-        await self._inflight.acquire()
+        tp = _partition_of(batch)
+        token = next(self._tokens)
+        held = self._held.setdefault(tp, {})
+        held[token] = time.monotonic()
         try:
-            names = self.topic_names
-            articles = article_messages(out.article_events, self.settings.topic_partitions)
-            n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
-            report = _Delivery(asyncio.get_running_loop(), n)
-            produce = self._produce
-            for key, envelope in out.dead_letters:
-                produce(names["dead_letter"], orjson.dumps(envelope), key, report)
-            for partition, value in articles:
-                produce(names["article_events"], value, None, report, partition)
-            for p in out.predictions:
-                produce(names["predictions"], orjson.dumps(p), p["user_id"].encode(), report)
-            for d in out.decisions:
-                produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
-            waits: list[asyncio.Future[None]] = [report.future]
-            if self.sink is not None:
-                if out.predictions:
-                    waits.append(await self.sink.put("predictions", out.predictions))
-                if out.decisions:
-                    waits.append(await self.sink.put("bandit_decisions", out.decisions))
-        except BaseException:  # e.g. cancelled by a rebalance: no settle task will release the slot
-            self._inflight.release()
+            await self._inflight.acquire()
+        except BaseException:
+            del held[token]
             raise
-        task = asyncio.ensure_future(self._settle(out, list(batch), waits))
+        try:
+            waits = await self._send(out)
+        except BaseException as exc:  # e.g. cancelled by a rebalance: no settle task will release the slot
+            self._inflight.release()
+            del held[token]
+            if isinstance(exc, OutputError):
+                self.fail(exc)
+            raise
+        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp)))
+        self._tails[tp] = task
         self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(lambda t: self._settled(tp, t))
+
+    async def _send(self, out: Outputs) -> list[asyncio.Future[None]]:
+        """Queue a batch's outputs; the futures resolve once Kafka and ClickHouse have them."""
+        names = self.topic_names
+        limit = self.settings.max_message_bytes
+        budget = record_budget(limit)
+        articles = article_messages(out.article_events, self.settings.topic_partitions, budget)
+        n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
+        report = _Delivery(asyncio.get_running_loop(), n, limit)
+        produce = self._produce
+        for key, envelope in out.dead_letters:
+            dl_key, value, shrunk = fit_dead_letter(envelope, key, budget)
+            if shrunk:
+                self.metrics.dead_letters_shrunk.inc()
+            produce(names["dead_letter"], value, dl_key, report)
+        for partition, value in articles:
+            produce(names["article_events"], value, None, report, partition)
+        # predictions and decisions are a few KB by schema: far below the smallest limit allowed
+        for p in out.predictions:
+            produce(names["predictions"], orjson.dumps(p), p["user_id"].encode(), report)
+        for d in out.decisions:
+            produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
+        waits: list[asyncio.Future[None]] = [report.future]
+        if self.sink is not None:
+            if out.predictions:
+                waits.append(await self.sink.put("predictions", out.predictions))
+            if out.decisions:
+                waits.append(await self.sink.put("bandit_decisions", out.decisions))
+        return waits
 
     def ack(self, batch: Sequence[Any]) -> None:
         """Release the hold on a batch's events: their offsets become committable."""
@@ -197,17 +329,37 @@ class Runtime:
                 return
             except BufferError:  # librdkafka's queue is full: let the poll thread drain it
                 time.sleep(0.01)
+            except KafkaException as exc:
+                error = produce_error(topic, exc.args[0], self.settings.max_message_bytes)
+                if error is not None:
+                    raise error from None
+                time.sleep(0.01)
 
-    async def _settle(self, out: Outputs, batch: list[Any], waits: list[asyncio.Future[None]]) -> None:
+    async def _settle(self, tp: Partition, token: int, out: Outputs, batch: list[Any],
+                      waits: list[asyncio.Future[None]], before: asyncio.Task[bool] | None) -> bool:
+        """Ack the batch once its outputs are confirmed and its partition's earlier batches are acked.
+
+        In order, because faust commits the first run of consecutive acked offsets even when an
+        unacked one precedes it (when nothing was committed on the partition yet, or the gap is
+        one offset): acking a later batch first would commit past an undelivered one.
+        """
+        ok = True
         try:
             await asyncio.gather(*waits)
-        except Exception as exc:  # the batch stays uncommitted; the next publish() raises it
-            self._failure = exc
-            return
+        except Exception as exc:  # the batch stays unacked, and so do its partition's later ones
+            self.fail(exc)
+            ok = False
         finally:
             assert self._inflight is not None
             self._inflight.release()
+        if before is not None:
+            if not before.done():
+                await asyncio.wait([before])  # not ``await before``: cancelling this task must not cancel it
+            ok = ok and not before.cancelled() and before.exception() is None and before.result()
+        if not ok:
+            return False
         self.ack(batch)
+        self._held.get(tp, {}).pop(token, None)
         now = time.time()
         m = self.metrics
         per_model: dict[str, int] = {}
@@ -217,8 +369,55 @@ class Runtime:
         observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
         for name, n in per_model.items():
             m.predictions.labels(model=name).inc(n)
+        return True
 
-    async def drain(self) -> None:
-        """Wait until every published batch is settled (before shutdown)."""
+    def _settled(self, tp: Partition, task: asyncio.Task[bool]) -> None:
+        self._settling.discard(task)
+        if self._tails.get(tp) is task:
+            del self._tails[tp]
+
+    def unconfirmed(self, now: float | None = None) -> dict[Partition, float]:
+        """Per input partition with unconfirmed batches: seconds since the oldest reached publish()."""
+        now = time.monotonic() if now is None else now
+        return {tp: now - next(iter(held.values())) for tp, held in self._held.items() if held}
+
+    def check_stalls(self, now: float | None = None) -> dict[Partition, float]:
+        """Set the per-partition gauge; log a partition whose oldest batch waits longer than allowed.
+
+        Such a partition commits nothing until that batch is confirmed; a WARNING is logged again
+        every ``STREAM_STALL_WARNING_S`` while it lasts.
+        """
+        now = time.monotonic() if now is None else now
+        ages = self.unconfirmed(now)
+        limit = self.settings.stall_warning_s
+        for tp in self._held:
+            age = ages.get(tp, 0.0)
+            self.metrics.unconfirmed_age.labels(topic=tp[0], partition=str(tp[1])).set(age)
+            if age > limit and now - self._stall_logged.get(tp, -limit) >= limit:
+                self._stall_logged[tp] = now
+                log.warning("partition %s[%d] makes no progress: its oldest batch has waited %.0f s for its "
+                            "outputs to be confirmed by Kafka and ClickHouse; nothing after it is committed",
+                            tp[0], tp[1], age)
+        return ages
+
+    async def drain(self, timeout_s: float | None = None) -> bool:
+        """Wait until every published batch is settled (before shutdown), at most ``timeout_s``.
+
+        Returns whether all settled; the others stay unacked (read again after a restart).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         while self._settling:
-            await asyncio.gather(*list(self._settling), return_exceptions=True)
+            left = None if deadline is None else max(deadline - loop.time(), 0.0)
+            _, pending = await asyncio.wait(list(self._settling), timeout=left)
+            if pending and deadline is not None and loop.time() >= deadline:
+                log.warning("%d batches still unconfirmed at the end of the wait for them (STREAM_SETTLE_TIMEOUT_S) "
+                            "on %s; they stay uncommitted and are read again after a restart", len(pending),
+                            describe(self.unconfirmed()))
+                return False
+        return True
+
+
+def describe(ages: dict[Partition, float]) -> str:
+    """``topic[partition] (age s)`` for each partition, for log lines."""
+    return ", ".join(f"{t}[{p}] ({age:.0f} s)" for (t, p), age in sorted(ages.items())) or "no partition"

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.errors import ConfigError, InfraError
+from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES
 from stream.redact import protect, redact
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ def _security_properties(listeners: list[str], users: Mapping[str, str] | None,
 
 
 def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port: int, partitions: int,
-                       security: Mapping[str, str] | None = None) -> str:
+                       security: Mapping[str, str] | None = None,
+                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
     listeners = [f"{name}://127.0.0.1:{port}" for name, port in ports.items()]
     props = {
         "process.roles": "broker,controller",
@@ -238,6 +240,7 @@ def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port
         "num.io.threads": "4",
         "log.segment.bytes": str(64 * 1024 * 1024),
         **(security or {}),
+        "message.max.bytes": str(max_message_bytes),  # STREAM_MAX_MESSAGE_BYTES (stream/kafka/limits.py)
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -266,16 +269,18 @@ class EmbeddedKafka:
 
     def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
                  start_timeout_s: float = 90.0, sasl_users: Mapping[str, str] | None = None,
-                 tls: bool = False) -> None:
+                 tls: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         """Clients without credentials use the PLAINTEXT listener (:attr:`bootstrap`).
 
         ``sasl_users`` ({name: password}) adds a SASL_PLAINTEXT listener that accepts them by PLAIN,
         SCRAM-SHA-256 and SCRAM-SHA-512; ``tls`` adds an SSL listener with a certificate of a
         throwaway CA (:attr:`ca_file`); both add a SASL_SSL listener. :meth:`address` gives each.
+        ``max_message_bytes`` is the broker's record limit (``STREAM_MAX_MESSAGE_BYTES``).
         """
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedded-kafka-"))
         self.heap = heap
         self.partitions = partitions
+        self.max_message_bytes = max_message_bytes
         self.start_timeout_s = start_timeout_s
         self.sasl_users = dict(sasl_users) if sasl_users is not None else None
         if self.sasl_users is not None:
@@ -332,7 +337,8 @@ class EmbeddedKafka:
         props = self.workdir / "server.properties"
         props.touch(mode=0o600)  # may hold the SASL users' and the keystore's passwords
         props.write_text(_server_properties(data_dir, self.ports, self.controller_port, self.partitions,
-                                            _security_properties(listeners, self.sasl_users, tls)))
+                                            _security_properties(listeners, self.sasl_users, tls),
+                                            self.max_message_bytes))
         fmt = subprocess.run(
             self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props),
                        *_scram_args(self.sasl_users or {})),
@@ -413,10 +419,11 @@ def embedded_kafka(**kwargs: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def kafka_or_embedded(bootstrap: str | None, partitions: int = 4) -> Iterator[tuple[str, int | None]]:
+def kafka_or_embedded(bootstrap: str | None, partitions: int = 4,
+                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[tuple[str, int | None]]:
     """``(bootstrap, None)`` for a configured cluster, else an embedded broker: ``(address, JVM pid)``."""
     if bootstrap:
         yield bootstrap, None
         return
-    with EmbeddedKafka(partitions=partitions) as broker:
+    with EmbeddedKafka(partitions=partitions, max_message_bytes=max_message_bytes) as broker:
         yield broker.bootstrap, broker.pid

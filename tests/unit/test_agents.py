@@ -11,6 +11,7 @@ conductor takes for the stream).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import Counter
@@ -21,10 +22,13 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from faust.types import TP, Message
 
+from stream.agents.runtime import OutputError
 from stream.app import create_app
 from stream.config import Settings, load_settings
+from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, producer_max_bytes, record_budget
 from stream.kafka.partitioner import partition_for
 from stream.processor import BatchProcessor, Record, Stores, merged_counts
 from stream.scoring import LoadedModel
@@ -57,19 +61,32 @@ class FakeMessage:
 
 
 class FakeProducer:
-    """``confluent_kafka.Producer`` stand-in: delivery reports are served by ``poll()`` once released."""
+    """``confluent_kafka.Producer`` stand-in: delivery reports are served by ``poll()`` once released.
 
-    def __init__(self, deliver: bool = True) -> None:
+    Like librdkafka it refuses, at ``produce()``, a record whose key and value exceed ``max_bytes``
+    (its ``message.max.bytes``). ``raises`` are raised by the next ``produce()`` calls, in order;
+    ``fail`` decides a delivery report's error per message.
+    """
+
+    def __init__(self, deliver: bool = True, max_bytes: int = producer_max_bytes(DEFAULT_MAX_MESSAGE_BYTES)) -> None:
         self.lock = threading.Lock()
         self.produced: list[FakeMessage] = []
         self.queued: list[tuple[FakeMessage, Callable[[Any, Any], None] | None]] = []
         self.deliver = threading.Event()
         if deliver:
             self.deliver.set()
+        self.max_bytes = max_bytes
         self.fail_topics: set[str] = set()
+        self.fail: Callable[[FakeMessage], KafkaError | None] = lambda m: (
+            KafkaError(KafkaError._TRANSPORT, "broker down") if m.topic() in self.fail_topics else None)
+        self.raises: list[BaseException] = []
 
     def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
                 on_delivery: Callable[[Any, Any], None] | None = None, **kwargs: Any) -> None:
+        if self.raises:
+            raise self.raises.pop(0)
+        if len(value or b"") + len(key or b"") > self.max_bytes:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
         msg = FakeMessage(topic, partition, key, value or b"")
         with self.lock:
             self.produced.append(msg)
@@ -83,7 +100,7 @@ class FakeProducer:
             queued, self.queued = self.queued, []
         for msg, cb in queued:
             if cb is not None:
-                cb("broker down" if msg.topic() in self.fail_topics else None, msg)
+                cb(self.fail(msg), msg)
         if not queued:
             time.sleep(timeout)
         return len(queued)
@@ -107,9 +124,14 @@ class Worker:
     producer: FakeProducer
     settings: Settings
     errors: list[BaseException] = field(default_factory=list)
+    #: what Runtime.fail handed to on_fatal (the real app crashes itself there)
+    fatal: list[BaseException] = field(default_factory=list)
 
     def topic(self, name: str) -> str:
         return str(self.rt.topic_names[name])
+
+    def metrics_value(self, name: str, **labels: str) -> float:
+        return float(self.rt.metrics.value(name, **labels))
 
 
 @pytest.fixture
@@ -122,6 +144,7 @@ async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
     producer = FakeProducer()
     rt.producer = producer  # the real one never produced anything; dropping it destroys it
     w = Worker(app, rt, producer, settings)
+    rt.on_fatal = w.fatal.append
     try:
         yield w
     finally:
@@ -247,8 +270,8 @@ async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,
         assert w.errors == []
 
 
-async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_agent(
-        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_worker(
+        worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
     w = worker
     w.producer.fail_topics.add(w.topic("predictions"))
     first = sim_events[:BATCH]  # exactly one batch
@@ -256,19 +279,138 @@ async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_agent(
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         batch1 = await feed(tc, payloads_of(first))
-        key = (w.topic("events"), 0)
-        await wait_until(lambda: w.rt.positions.get(key) == BATCH - 1)
-        await asyncio.wait_for(w.rt.drain(), 10)
-        assert not any(m.acked for m in batch1)
-        assert w.errors == []
+        # reported at once, with no later record needed (before: only when the next batch came)
+        await wait_until(lambda: bool(w.fatal))
+        assert isinstance(w.fatal[0], OutputError)
+        assert w.rt.failure is w.fatal[0]
+        assert w.metrics_value("stream_fatal_errors_total", topic=w.topic("predictions"), error="_TRANSPORT") == 1
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(lines) == 1
+        assert w.topic("predictions") in lines[0] and "_TRANSPORT" in lines[0] and "uncommitted" in lines[0]
 
-        # The next batch's publish reports the failure: the agent crashes instead of moving on.
-        await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
-        await wait_until(lambda: bool(w.errors))
-        assert isinstance(w.errors[0], RuntimeError)
-        assert "output not delivered" in str(w.errors[0])
-        assert w.topic("predictions") in str(w.errors[0])
+        # A later batch of the partition is not published, and nothing is acked.
+        produced = len(w.producer.produced)
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        await asyncio.sleep(0.2)
+        assert len(w.producer.produced) == produced
+        assert not any(m.acked for m in batch1 + batch2)
+        assert len(w.fatal) == 1
+
+
+async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
+        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    """faust commits the first run of consecutive acked offsets, even past an unacked one.
+
+    Both batches are in flight when the first one's dead letter is refused; the second one's
+    outputs are all delivered. Acking it would let faust commit past the first batch.
+    """
+    w = worker
+    w.producer.deliver.clear()
+    w.producer.fail_topics.add(w.topic("dead_letter"))
+    first = [*payloads_of(sim_events[:BATCH - 1]), (b"u-bad", b"{not json")]
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        batch1 = await feed(tc, first)
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        key = (w.topic("events"), 0)
+        await wait_until(lambda: w.rt.positions.get(key) == 2 * BATCH - 1)
+        w.producer.deliver.set()
+        await asyncio.wait_for(w.rt.drain(), 10)
+        assert not any(m.acked for m in batch2)
         assert not any(m.acked for m in batch1)
+        assert [type(e) for e in w.fatal] == [OutputError]
+
+
+async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_retried(
+        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        w.producer.raises = [KafkaException(KafkaError(KafkaError._QUEUE_FULL)), BufferError("queue full")]
+        batch1 = await feed(tc, payloads_of(sim_events[:BATCH]))
+        await wait_until(lambda: all(m.acked for m in batch1))  # retried until librdkafka took them
+
+        w.producer.raises = [KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, "Unknown topic"))]
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        await wait_until(lambda: bool(w.fatal))
+        assert isinstance(w.fatal[0], OutputError) and w.fatal[0].error == "_UNKNOWN_TOPIC"
+        await asyncio.sleep(0.1)
+        assert not any(m.acked for m in batch2)
+        assert w.errors == []  # the agent ended instead of crashing (faust would restart it)
+
+
+async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
+        worker: Worker, sim_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust restarts a crashed actor on the same stream; the new actor acked later records, so
+    faust committed past the failed batch. Now the agent ends and the worker stops."""
+    w = worker
+
+    def broken(records: Any, stores: Any) -> Any:
+        raise RuntimeError("RocksDB is gone")
+
+    monkeypatch.setattr(w.rt.processor, "process", broken)
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        batch1 = await feed(tc, payloads_of(sim_events[:10]))  # cut by time: no later record follows
+        await wait_until(lambda: bool(w.fatal))
+        assert [str(e) for e in w.fatal] == ["RocksDB is gone"]
+        assert w.metrics_value("stream_fatal_errors_total", topic="", error="RuntimeError") == 1
+        monkeypatch.undo()
+        batch2 = await feed(tc, payloads_of(sim_events[10:20]), first_offset=10)
+        await asyncio.sleep(0.3)
+        assert not any(m.acked for m in batch1 + batch2)  # nothing processed or acked after it
+        assert w.producer.produced == []
+        assert w.errors == []  # ended, not crashed: faust's supervisor does not restart it
+
+
+async def test_an_oversized_dead_letter_is_shrunk_and_the_partition_goes_on(
+        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    huge = orjson.dumps({"schema_version": 1, "event_id": "big", "pad": "x" * 900_000})
+    payloads = [*payloads_of(sim_events[:10]), (b"u-big", huge), *payloads_of(sim_events[10:30])]
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        messages = await feed(tc, payloads)
+        await wait_until(lambda: all(m.acked for m in messages))
+    assert w.fatal == [] and w.errors == []
+    [dead] = w.producer.on(w.topic("dead_letter"))
+    assert dead.key() == b"u-big"
+    assert len(dead.value()) + len(dead.key()) <= record_budget(DEFAULT_MAX_MESSAGE_BYTES)
+    envelope = orjson.loads(dead.value())
+    assert envelope["error_kind"] == "oversized" and envelope["source_offset"] == 10
+    assert envelope["value_size"] == len(huge)
+    assert envelope["value_sha256"] == hashlib.sha256(huge).hexdigest()
+    assert w.metrics_value("stream_dead_letters_shrunk_total") == 1
+
+
+async def test_a_stalled_partition_is_reported_and_draining_is_bounded(
+        worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+    w = worker
+    w.producer.deliver.clear()  # Kafka never confirms
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        messages = await feed(tc, payloads_of(sim_events[:BATCH]), partition=2)
+        await wait_until(lambda: (w.topic("events"), 2) in w.rt.unconfirmed())
+        labels = {"topic": w.topic("events"), "partition": "2"}
+        limit = w.settings.stall_warning_s
+        later = time.monotonic() + limit + 1
+        assert w.rt.check_stalls(later)[(w.topic("events"), 2)] > limit
+        assert w.metrics_value("stream_unconfirmed_batch_age_seconds", **labels) > limit
+        w.rt.check_stalls(later + 1)  # logged once per STREAM_STALL_WARNING_S
+        stalls = [r.getMessage() for r in caplog.records if "makes no progress" in r.getMessage()]
+        assert len(stalls) == 1 and f"{w.topic('events')}[2]" in stalls[0]
+
+        t0 = time.monotonic()
+        assert await w.rt.drain(0.3) is False
+        assert time.monotonic() - t0 < 2
+        assert any("still unconfirmed at the end of the wait" in r.getMessage() for r in caplog.records)
+        assert not any(m.acked for m in messages)
+
+        w.producer.deliver.set()
+        assert await asyncio.wait_for(w.rt.drain(), 10) is True
+        assert all(m.acked for m in messages)
+        w.rt.check_stalls()
+        assert w.metrics_value("stream_unconfirmed_batch_age_seconds", **labels) == 0
 
 
 async def test_article_agent_folds_forwarded_events_into_the_article_table(

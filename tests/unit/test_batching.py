@@ -130,6 +130,20 @@ async def test_a_handler_error_ends_the_loop_with_that_error() -> None:
         await asyncio.wait_for(task, 1)
 
 
+async def test_a_handler_error_ends_the_loop_even_when_no_event_follows() -> None:
+    """Before, the error surfaced only with the next event: on a quiet partition, never."""
+    stream = FakeStream()
+
+    async def handle(batch: list[Ev]) -> None:
+        raise RuntimeError("output not delivered")
+
+    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle))
+    evs = stream.put(0)  # a batch cut by the time limit: the loop waits for the stream
+    with pytest.raises(RuntimeError, match="output not delivered"):
+        await asyncio.wait_for(task, 1)
+    assert all(e.message.refcount >= 1 for e in evs)  # still held: never committed
+
+
 async def test_cancelling_stops_the_flusher_and_leaves_the_buffer_unacked() -> None:
     stream = FakeStream()
     handled: list[int] = []
