@@ -245,14 +245,10 @@ class Settings(BaseSettings):
         """Create the directory of setting ``field`` (joined with ``parts``); fail with one line naming it."""
         base: Path = getattr(self, field)
         path = base.joinpath(*parts)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: cannot create "
-                              f"{str(path)!r} ({exc.strerror}); expected a writable directory") from None
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: {str(path)!r} "
-                              "is not writable; expected a writable directory")
+        problem = make_writable_dir(path)
+        if problem:
+            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: {problem}; "
+                              "expected a writable directory")
         return path
 
 
@@ -282,6 +278,17 @@ def _shown(field: str, value: object) -> object:
         if parts.password:
             return value.replace(f":{parts.password}@", ":***@", 1)
     return value
+
+
+def make_writable_dir(path: Path) -> str | None:
+    """Create directory ``path`` (and its parents); None if it is then writable, else what is wrong."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create {str(path)!r} ({exc.strerror})"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{str(path)!r} is not writable"
+    return None
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from stream.config import Settings
+from stream.config import Settings, make_writable_dir
 from stream.errors import ConfigError, InfraError, StreamError
 from stream.kafka.clients import cluster_metadata, kafka_config
 
@@ -553,14 +553,10 @@ def check_options(*, speed: float | None, checkpoint_path: Path | None, resume: 
     if checkpoint_path.exists() and not resume:
         raise ConfigError(f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, "
                           "or remove it to start over")
-    parent = checkpoint_path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: cannot create {str(parent)!r} "
-                          f"({exc.strerror}); expected a file in a writable directory") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: {str(parent)!r} is not writable")
+    problem = make_writable_dir(checkpoint_path.parent)
+    if problem:
+        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: {problem}; "
+                          "expected a file in a writable directory")
 
 
 class _NoBar:

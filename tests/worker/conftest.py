@@ -6,15 +6,37 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from simulator import SimConfig, generate
+from stream.config import load_settings
+from stream.topics import ensure_topics
 from tests.support.models import train_and_register
 
 ROOT = Path(__file__).resolve().parents[2]
+#: the model each scorable event type triggers
+SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
+
+
+def create_topics(bootstrap: str, env: dict[str, str]) -> None:
+    """The product's topics for a test's worker settings (prefix and partitions)."""
+    ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
+                                           topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
+
+
+def payloads(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of events, keyed by user as producers do."""
+    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
+
+
+def expected_predictions(events: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """(model, event_id) of every prediction the events should get, once each."""
+    return Counter((SCORABLE[e["event_type"]], e["event_id"]) for e in events if e["event_type"] in SCORABLE)
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from stream.config import load_settings
 from stream.testing import WorkerProcess, consume, produce
 from stream.topics import ensure_topics
-from tests.worker.conftest import query_worker_clickhouse
+from tests.worker.conftest import SCORABLE, query_worker_clickhouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
 CORRUPT_USER = "u-corrupt-state"
 
 

@@ -12,28 +12,15 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.config import load_settings
 from stream.registry import ModelRegistry
 from stream.testing import WorkerProcess, consume, produce, scrape_metrics
-from stream.topics import ensure_topics
 from tests.support.models import offline_scores
+from tests.worker.conftest import create_topics as _topics
+from tests.worker.conftest import expected_predictions as _expected
+from tests.worker.conftest import payloads as _payloads
 from tests.worker.conftest import query_worker_clickhouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
-SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
-
-
-def _topics(bootstrap: str, env: dict[str, str]) -> None:
-    ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
-                                           topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
-
-
-def _payloads(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
-    return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
-
-
-def _expected(events: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    return Counter((SCORABLE[e["event_type"]], e["event_id"]) for e in events if e["event_type"] in SCORABLE)
 
 
 def _predictions(bootstrap: str, prefix: str, n: int, timeout_s: float = 120) -> list[dict[str, Any]]:
