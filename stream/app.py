@@ -149,18 +149,19 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
-        "article_events": app.topic(f"{s.worker_id}-article-events", partitions=p, internal=True,
+        "article_events": app.topic(T.internal_topic(s, T.ARTICLE_EVENTS), partitions=p, internal=True,
                                     schema=RawSchema(), config=T.record_limit_config(s)),
     }
+    kv: dict[str, Any] = {"default": None, "partitions": p, "key_type": bytes, "value_type": bytes}
     tables = {
         # RocksDB, changelog-backed, co-partitioned with session-events (key user_id).
-        "users": app.Table("users", default=None, partitions=p, key_type=bytes, value_type=bytes),
-        "ad_pending": app.Table("ad-pending", default=None, partitions=p, key_type=bytes, value_type=bytes),
+        "users": app.Table(T.USERS_TABLE, **kv),
+        "ad_pending": app.Table(T.AD_PENDING_TABLE, **kv),
         # Read by every worker, which keeps every partition of their changelogs in RocksDB like
         # the other tables (faust ignores store="memory://": yarl parses it as an empty URL and
         # the app's store applies). Their keys come back as bytes.
-        "articles": app.GlobalTable("article-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
-        "bandit": app.GlobalTable("bandit-stats", default=None, partitions=p, key_type=bytes, value_type=bytes),
+        "articles": app.GlobalTable(T.ARTICLE_STATS_TABLE, **kv),
+        "bandit": app.GlobalTable(T.BANDIT_STATS_TABLE, **kv),
     }
     metrics = metrics or WorkerMetrics()
     models = ModelSet(

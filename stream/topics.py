@@ -1,9 +1,12 @@
-"""The product's public Kafka topics, declared once, and an idempotent creator.
+"""The product's Kafka topics, declared once, and an idempotent creator.
 
-faust creates and owns the worker's internal topics itself (named after ``STREAM_WORKER_ID``):
-the table changelogs ``<id>-users-changelog``, ``<id>-ad-pending-changelog``,
-``<id>-article-stats-changelog`` and ``<id>-bandit-stats-changelog`` (compacted), and the
-repartition topic ``<id>-article-events``.
+Besides the public topics (:data:`TOPICS`), the worker has internal ones named after
+``STREAM_WORKER_ID`` (:func:`worker_topics`): the table changelogs ``<id>-users-changelog``,
+``<id>-ad-pending-changelog``, ``<id>-article-stats-changelog`` and ``<id>-bandit-stats-changelog``
+(compacted), and the repartition topic ``<id>-article-events``. faust would create them at start,
+but a topic created in the same moment the group subscribes can be missing from its first
+assignment ("Ignoring missing topic"): its agent then gets nothing until the next rebalance,
+minutes later. ``python -m stream worker`` creates them before faust starts.
 
 Partition counts matter: faust tables are co-partitioned with their source topic, so the
 session-events topic and the user tables must have the same count (``STREAM_TOPIC_PARTITIONS``).
@@ -26,6 +29,13 @@ SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
 BANDIT_DECISIONS = "bandit-decisions"
 DEAD_LETTER = "session-events-dlq"
+#: the worker's tables (faust names a table's changelog ``<worker id>-<table>-changelog``)
+USERS_TABLE = "users"
+AD_PENDING_TABLE = "ad-pending"
+ARTICLE_STATS_TABLE = "article-stats"
+BANDIT_STATS_TABLE = "bandit-stats"
+TABLES = (USERS_TABLE, AD_PENDING_TABLE, ARTICLE_STATS_TABLE, BANDIT_STATS_TABLE)
+ARTICLE_EVENTS = "article-events"
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,8 @@ class TopicSpec:
     description: str
     partitions: int | None = None
     config: dict[str, str] = field(default_factory=dict)
+    #: named after the worker (``<STREAM_WORKER_ID>-<name>``) instead of ``<STREAM_TOPIC_PREFIX><name>``
+    internal: bool = False
 
 
 TOPICS: tuple[TopicSpec, ...] = (
@@ -51,6 +63,24 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 #: the topics the worker writes (besides faust's own): their record limit must admit its records
 OUTPUTS = (PREDICTIONS, BANDIT_DECISIONS, DEAD_LETTER)
+
+
+def worker_topics() -> tuple[TopicSpec, ...]:
+    """The worker's internal topics, as faust would create them (changelogs compacted)."""
+    changelogs = tuple(TopicSpec(f"{table}-changelog", "table key", f"changelog of the {table} table",
+                                 config={"cleanup.policy": "compact"}, internal=True) for table in TABLES)
+    return (TopicSpec(ARTICLE_EVENTS, "article_id", "article events forwarded to their article's partition",
+                      internal=True), *changelogs)
+
+
+def internal_topic(settings: Settings, name: str) -> str:
+    """The full name of a worker's internal topic (faust's ``<app id>-<name>``)."""
+    return f"{settings.worker_id}-{name}"
+
+
+def name_of(spec: TopicSpec, settings: Settings) -> str:
+    """A topic's full name on the cluster."""
+    return internal_topic(settings, spec.name) if spec.internal else settings.topic(spec.name)
 
 
 def partitions_of(spec: TopicSpec, settings: Settings) -> int:
@@ -84,7 +114,7 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
     result: dict[str, str] = {}
     to_create = []
     for spec in specs:
-        name = settings.topic(spec.name)
+        name = name_of(spec, settings)
         want = partitions_of(spec, settings)
         if name in existing:
             have = len(existing[name].partitions)
@@ -97,8 +127,8 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
         else:
             to_create.append(NewTopic(name, num_partitions=want,
                                       replication_factor=settings.topic_replication, config=config_of(spec, settings)))
-    check_record_limits(admin, [settings.topic(sp.name) for sp in specs
-                                if sp.name in OUTPUTS and settings.topic(sp.name) in existing], settings, timeout_s)
+    check_record_limits(admin, [name_of(sp, settings) for sp in specs
+                                if sp.name in OUTPUTS and name_of(sp, settings) in existing], settings, timeout_s)
     for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items() if to_create else []:
         try:
             fut.result()

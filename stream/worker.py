@@ -11,7 +11,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
 
     from stream.app import create_app
     from stream.metrics import WorkerMetrics
-    from stream.topics import ensure_topics
+    from stream.topics import TOPICS, ensure_topics, worker_topics
     from stream.tuning import use_event_loop
 
     if not settings.kafka_bootstrap:
@@ -23,7 +23,8 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
         settings.ensure_dir("chdb_path")
     metrics = WorkerMetrics()
     metrics.serve(settings.worker_web_port)  # binds now; the app's start task finds it served
-    ensure_topics(settings.kafka_bootstrap, settings)
+    # the internal topics too: one created as the group subscribes can miss its first assignment
+    ensure_topics(settings.kafka_bootstrap, settings, TOPICS + worker_topics())
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings, metrics=metrics)
     worker = Worker(app, loglevel=loglevel)
