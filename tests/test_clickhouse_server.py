@@ -71,8 +71,8 @@ def test_connect_applies_the_ddl_and_inserts_come_back_final_exact(server: Click
         assert sorted(final["prediction_id"]) == sorted(f"p{i}" for i in range(40))
         by_id = final.set_index("prediction_id")
         assert by_id.loc["p25", "score"] == 0.99 and by_id.loc["p5", "score"] == 0.05
-        assert pd.isna(by_id.loc["p4", "session_id"]) and by_id.loc["p5", "session_id"] == "s5"
-        assert by_id.loc["p1", "article_id"] == "a1" and pd.isna(by_id.loc["p0", "article_id"])
+        assert by_id.loc["p4", "session_id"] is pd.NA and by_id.loc["p5", "session_id"] == "s5"
+        assert by_id.loc["p1", "article_id"] == "a1" and by_id.loc["p0", "article_id"] is pd.NA
         assert by_id.loc["p7", "model_name"] == "click" and by_id.loc["p7", "t"] == T0 + 7
         decisions = ch.query_arrow("SELECT count() AS n, uniqExact(decision_id) AS ids, "
                                    "countIf(event_id IS NULL) AS no_event FROM {db}.bandit_decisions FINAL")
