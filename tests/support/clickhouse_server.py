@@ -17,7 +17,7 @@ Protocol covered (https://clickhouse.com/docs/interfaces/http):
 * the query in the ``query`` parameter, the POST body, or both (the body appended); ``database``,
   ``default_format`` (else TabSeparated, or the statement's own ``FORMAT``), ``param_<name>``
   bound parameters, ``query_id``; other parameters are settings, applied with ``SET`` (an unknown
-  one fails with ``UNKNOWN_SETTING`` as on a server);
+  one fails with ``UNKNOWN_SETTING`` as on a server; a value set stays for later requests);
 * ``INSERT ... FORMAT <fmt>`` followed by data in the body (clickhouse-connect sends Native);
 * request bodies in chunked transfer encoding and with ``Content-Encoding`` lz4, zstd, gzip,
   deflate or br; responses compressed likewise when ``enable_http_compression=1`` and the client
