@@ -89,10 +89,12 @@ class WorkerMetrics:
                                    registry=r)
         self.sink_inserted = Counter("stream_sink_rows_total", "Rows inserted into ClickHouse", ["table"],
                                      registry=r)
-        self.backpressure = Gauge("stream_sink_backpressure_active", "1 while consumption waits for ClickHouse",
-                                  registry=r)
-        self.backpressure_total = Counter("stream_sink_backpressure_pauses", "Times consumption paused for the sink",
-                                          registry=r)
+        self.backpressure = Gauge(
+            "stream_sink_backpressure_active",
+            "1 while ClickHouse does not take the sink's rows (an insert is being retried, or the queue is full): "
+            "batches cannot settle and consumption stops at the in-flight limit", registry=r)
+        self.backpressure_total = Counter("stream_sink_backpressure_pauses_total",
+                                          "Times the sink's backpressure turned on", registry=r)
         self.fatal_errors = Counter(
             "stream_fatal_errors_total",
             "Errors that stopped the worker with their batch uncommitted: an output Kafka did not take "

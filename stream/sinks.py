@@ -4,10 +4,14 @@ Contract, in the spirit of a batching sink with backpressure:
 
 1. ``await sink.put(table, records)`` queues rows and returns a future that resolves when they
    are in ClickHouse. It *waits* while more than ``max_pending`` rows are queued, so a slow or
-   dead ClickHouse pauses the caller (the worker stops consuming) instead of growing memory.
+   dead ClickHouse pauses the caller instead of growing memory.
 2. A background task inserts one batch per table every ``flush_s`` (or at ``flush_rows``).
 3. A failed insert is retried with exponential backoff, forever: rows are never dropped. The
    futures resolve only after success, and the worker acks the source events only then.
+4. Backpressure (``on_backpressure``) is on from the first failed insert until an insert
+   succeeds, and while a ``put()`` waits for room. The worker stops consuming long before
+   ``max_pending``: its batches wait for these futures, and it holds at most a few batches in
+   flight (``Runtime.max_inflight_batches``), so a failing insert is what pauses it.
 """
 
 from __future__ import annotations
@@ -52,11 +56,26 @@ class ClickHouseSink:
         self._on_backpressure = on_backpressure
         self._on_insert = on_insert
         self._stopping = False
+        self._failing = False  # the last insert attempt failed; its rows wait for a retry
+        self._waiting_puts = 0  # put() calls waiting for room
+        self._backpressure = False
         self.inserted = 0
 
     @property
     def pending_rows(self) -> int:
         return self._rows
+
+    @property
+    def backpressure(self) -> bool:
+        """True while ClickHouse does not take the rows (inserts failing, or the queue full)."""
+        return self._backpressure
+
+    def _update_backpressure(self) -> None:
+        active = self._failing or self._waiting_puts > 0
+        if active != self._backpressure:
+            self._backpressure = active
+            if self._on_backpressure:
+                self._on_backpressure(active)
 
     async def put(self, table: str, records: Sequence[Mapping[str, Any]]) -> asyncio.Future[None]:
         """Queue rows; wait while the sink is full. The returned future resolves once inserted."""
@@ -66,12 +85,14 @@ class ClickHouseSink:
             return fut
         async with self._space:
             if self._rows >= self.max_pending:
-                if self._on_backpressure:
-                    self._on_backpressure(True)
                 log.warning("ClickHouse sink full (%d rows pending): pausing consumption", self._rows)
-                await self._space.wait_for(lambda: self._rows < self.max_pending)
-                if self._on_backpressure:
-                    self._on_backpressure(False)
+                self._waiting_puts += 1
+                self._update_backpressure()
+                try:
+                    await self._space.wait_for(lambda: self._rows < self.max_pending)
+                finally:
+                    self._waiting_puts -= 1
+                    self._update_backpressure()
             pending = self._pending.setdefault(table, _Pending())
             pending.records.extend(records)
             pending.futures.append(fut)
@@ -113,11 +134,15 @@ class ClickHouseSink:
                 except Exception as exc:
                     if self._on_error:
                         self._on_error(table, exc)
+                    self._failing = True
+                    self._update_backpressure()
                     log.warning("ClickHouse insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
                     if self._stopping and delay >= self.backoff_s[1]:
                         raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.backoff_s[1])
+            self._failing = False
+            self._update_backpressure()
             if self._on_insert:
                 self._on_insert(table, len(batch.records), time.perf_counter() - t0)
             self.inserted += len(batch.records)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 from stream.sinks import ClickHouseSink
+from tests.support.aio import wait_until
 
 T0 = 1_736_000_000_000
 
@@ -232,10 +233,37 @@ async def test_backpressure_releases_as_soon_as_space_frees(server: FakeServer, 
     server.failing = True
     await running(sink)
     futs = [await asyncio.wait_for(sink.put("predictions", rows(range(i * 33, i * 33 + 33))), 1) for i in range(3)]
-    assert backpressure == []  # 99 rows < 100: no put waited
+    await wait_until(lambda: len(server.failed_attempts) >= 2, 5)  # 99 rows < 100: no put waited
     server.failing = False
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert server.ids("predictions") == list(range(99))
+    assert backpressure == [True, False]  # on for the failing inserts, not for the queue
+    await sink.stop()
+
+
+async def test_backpressure_is_on_while_inserts_fail_far_below_max_pending(server: FakeServer, running: Any) -> None:
+    """The worker holds a few batches in flight, far fewer rows than ``max_pending``: during an
+    outage it stops consuming because its batches cannot settle, and the gauge must say so."""
+    backpressure: list[bool] = []
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, backoff_s=(0.005, 0.02),
+                          on_backpressure=backpressure.append)  # max_pending: the default 50,000
+    await running(sink)
+    first = await sink.put("predictions", rows(range(10)))
+    await asyncio.wait_for(first, 5)
+    assert backpressure == []  # inserts succeed: no backpressure
+    server.failing = True
+    fut = await sink.put("predictions", rows(range(10, 20)))
+    await wait_until(lambda: len(server.failed_attempts) >= 1, 5)
+    assert backpressure == [True]
+    assert sink.backpressure
+    n_failed = len(server.failed_attempts)
+    await wait_until(lambda: len(server.failed_attempts) >= n_failed + 2, 5)
+    assert backpressure == [True]  # one pause per outage, not one per failed attempt
+    server.failing = False
+    await asyncio.wait_for(fut, 5)
+    assert backpressure == [True, False]
+    assert not sink.backpressure
+    assert server.ids("predictions") == list(range(20))
     await sink.stop()
 
 
