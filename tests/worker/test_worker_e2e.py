@@ -184,9 +184,10 @@ def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts
     payloads = _payloads(events)
     half = len(payloads) // 2
     # Killed once ClickHouse has the rows of the first 40 % while the input still flows (live, paced so
-    # that the worker keeps up): the events since the last commit are then in the stored state, some
-    # with their rows in ClickHouse and some not yet, and are all scored again after the restart.
-    # (A backlog would be processed and committed before the kill.)
+    # that the worker keeps up): the events since the last commit are scored again after the restart,
+    # and those the stored state already holds are marked replayed; some of their first rows may be
+    # in ClickHouse (docs/worker.md, "Delivery", has the counts seen). A backlog would be processed
+    # and committed before the kill.
     inserted = sum(_expected(events[:len(events) * 2 // 5]).values()) + sum(
         e["event_type"] == "ad_request" for e in events[:len(events) * 2 // 5])  # predictions + decisions
     port = _free_port()
