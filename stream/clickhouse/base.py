@@ -75,7 +75,6 @@ def warn_old_predictions_engine(ch: ClickHouse) -> bool:
     if engine.empty or "row_version" in str(engine["engine_full"].iloc[0]):
         return False
     log.warning("table %s.predictions was created by an older version (ReplacingMergeTree(predicted_at)): after "
-                "a crash its FINAL may keep a replayed score over the exact one. Recreate it to get "
-                "ReplacingMergeTree(row_version): rename it, restart the worker, then INSERT INTO predictions "
-                "SELECT * FROM the renamed table (docs/worker.md, \"Delivery\")", ch.database)
+                "a crash its FINAL may keep a replayed score over the exact one; recreate it as docs/worker.md "
+                "(\"Delivery\") describes", ch.database)
     return True
