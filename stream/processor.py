@@ -10,6 +10,8 @@ One batch, step by step:
 2. Per valid event, in order: build the feature row the event triggers *before* applying it
    (click at ``article_impression``, engagement at ``session_start``), apply it to the user's
    state, then build rows that need it applied (churn at ``session_end``); record ad events.
+   An event the stored state already holds (a replay after a crash) is scored, not applied, and
+   its prediction is marked ``replayed`` when that state is not the one its row needs.
 3. Write each touched user's state once (not once per event).
 4. One vectorized predict per model for the whole batch.
 """
@@ -417,11 +419,16 @@ class BatchProcessor:
             applied_offset, state = cached
             ev = encode_event(event)
             model = TRIGGERS.get(kind)
+            # A row built before applying needs a state without this event; one built after, a state
+            # with nothing later. A replay has the stored state, which may hold both: its rows are
+            # marked, so that the first (exact) score can win downstream (docs/worker.md, "Delivery").
             if model == "click":
                 article = self._article(stores.articles, event["article_id"])
-                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms))
+                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms,
+                                             rec.offset <= applied_offset))
             elif model == "engagement":
-                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event, ingest_ms))
+                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event, ingest_ms,
+                                             rec.offset <= applied_offset))
             outcome = Outcome.DUPLICATE
             if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
                 outcome = apply_user(state, ev, cfg)
@@ -430,7 +437,8 @@ class BatchProcessor:
                 users[uid] = (rec.offset, state)
                 dirty[uid] = rec.offset
             if model == "churn":
-                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms))
+                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms,
+                                             rec.offset < applied_offset))
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded.
                 if outcome is Outcome.APPLIED:

@@ -118,13 +118,17 @@ class ScoreRequest:
     row: Sequence[float]
     event: Mapping[str, Any]
     ingest_ms: int
+    #: scored from a state that already held the event (a replay after a crash), not from the
+    #: state the model asks for: published with ``"replayed": true`` (docs/worker.md, "Delivery")
+    replayed: bool = False
 
 
 def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest],
                    now_ms: int) -> list[dict[str, Any]]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
-    Requests for a model that is not loaded are skipped (counted by the caller). A score that is
+    Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
+    record carries ``"replayed": true``; the field is absent otherwise. A score that is
     not a finite number raises :class:`ScoreError`: JSON has no NaN, and consumers of the
     predictions topic expect a number.
     """
@@ -143,7 +147,7 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
                              f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number")
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
-            out.append({
+            rec: dict[str, Any] = {
                 "schema_version": 1,
                 "prediction_id": prediction_id(name, model.version, ev["user_id"], ev["event_id"]),
                 "model_name": name,
@@ -156,5 +160,8 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
                 "score": float(score),
                 "predicted_at": now_ms,
                 "feature_version": model.feature_version,
-            })
+            }
+            if req.replayed:
+                rec["replayed"] = True
+            out.append(rec)
     return out

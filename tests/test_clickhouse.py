@@ -1,10 +1,13 @@
-"""chdb is a real ClickHouse: DDL is idempotent, batches go in and come back, ids collapse."""
+"""chdb is a real ClickHouse: DDL is idempotent, batches go in and come back, ids collapse to the right row."""
 
 from __future__ import annotations
 
-import pandas as pd
+import logging
 
-from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records
+import pandas as pd
+import pytest
+
+from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records, warn_old_predictions_engine
 
 
 def _event(i: int, **extra) -> dict:
@@ -62,3 +65,63 @@ def test_query_arrow_returns_arrow(ch) -> None:
     assert table.num_rows == 5
     assert table.column("event_id").to_pylist() == ["e0", "e1", "e2", "e3", "e4"]
     assert isinstance(table.to_pandas(), pd.DataFrame)
+
+
+_PREDICTION = {"prediction_id": "p1", "model_name": "engagement", "model_version": "3", "event_id": "e1",
+               "user_id": "u1", "session_id": "s1", "article_id": None, "event_time": 1_700_000_000_000,
+               "feature_version": "f1"}
+EXACT = dict(_PREDICTION, score=0.257, predicted_at=1_700_000_001_000)  # no "replayed": as published
+REPLAYED = dict(_PREDICTION, score=1.141, predicted_at=1_700_000_009_000, replayed=True)
+
+
+def _final_scores(ch) -> list[float]:
+    return ch.query_df("SELECT score FROM {db}.predictions FINAL")["score"].tolist()
+
+
+@pytest.mark.parametrize("order", ["exact_first", "replayed_first", "one_insert"])
+@pytest.mark.parametrize("merged", [False, True])
+def test_final_keeps_the_exact_prediction_over_a_later_replayed_one(ch, order: str, merged: bool) -> None:
+    """After a crash the same prediction_id comes again, scored from a state that already held its
+    event: FINAL (and a merge) keep the first, exact score whatever the insert order."""
+    if order == "one_insert":  # one batch mixing records with and without the field
+        insert_records(ch, "predictions", [REPLAYED, EXACT])
+    else:
+        for rec in ([EXACT, REPLAYED] if order == "exact_first" else [REPLAYED, EXACT]):
+            insert_records(ch, "predictions", [rec])
+    if merged:
+        ch.command("OPTIMIZE TABLE {db}.predictions FINAL")
+    final = ch.query_df("SELECT score, replayed FROM {db}.predictions FINAL")
+    assert final.to_dict("records") == [{"score": 0.257, "replayed": 0}]
+    stored = ch.query_df("SELECT replayed FROM {db}.predictions ORDER BY replayed")["replayed"].tolist()
+    assert stored == ([0, 1] if order != "one_insert" and not merged else [0])  # one insert is merged at once
+
+
+def test_final_keeps_the_latest_of_rows_of_one_kind(ch) -> None:
+    insert_records(ch, "predictions", [dict(REPLAYED, score=0.9, predicted_at=1_700_000_020_000)])
+    insert_records(ch, "predictions", [REPLAYED])  # earlier predicted_at, inserted later
+    assert _final_scores(ch) == [0.9]
+    insert_records(ch, "predictions", [dict(EXACT, score=0.3, predicted_at=1_700_000_000_500), EXACT])
+    assert _final_scores(ch) == [0.257]
+
+
+def test_a_predictions_table_of_an_older_version_takes_new_rows_and_is_reported(ch, caplog) -> None:
+    """CREATE TABLE IF NOT EXISTS keeps an existing table: the DDL adds the replayed column, and
+    the worker warns that its engine still keeps the latest row (it cannot be changed in place)."""
+    ch.command("DROP TABLE {db}.predictions")
+    ch.command("""CREATE TABLE {db}.predictions (
+        prediction_id String, model_name LowCardinality(String), model_version String, event_id String,
+        user_id String, session_id Nullable(String), article_id Nullable(String),
+        event_time DateTime64(3, 'UTC'), score Float64, predicted_at DateTime64(3, 'UTC'),
+        feature_version LowCardinality(String) DEFAULT '')
+        ENGINE = ReplacingMergeTree(predicted_at) PARTITION BY toYYYYMM(event_time) ORDER BY prediction_id""")
+    apply_ddl(ch)
+    apply_ddl(ch)
+    with caplog.at_level(logging.WARNING, logger="stream.clickhouse.base"):
+        assert warn_old_predictions_engine(ch)
+    assert "created by an older version" in caplog.text
+    insert_records(ch, "predictions", [EXACT, REPLAYED])
+    assert _final_scores(ch) == [1.141]  # the old behaviour, which the warning names
+
+    ch.command("DROP TABLE {db}.predictions")
+    apply_ddl(ch)
+    assert not warn_old_predictions_engine(ch)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl
+from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_predictions_engine
 from stream.config import Settings
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "frame_to_events",
     "insert_events",
     "insert_records",
+    "warn_old_predictions_engine",
 ]
 
 #: Flat event columns in table order; nested ``device``/``geo`` are flattened.
@@ -43,6 +44,8 @@ _NESTED = {"device_type": ("device", "type"), "device_os": ("device", "os"),
            "device_browser": ("device", "browser"), "country": ("geo", "country"),
            "city": ("geo", "city"), "timezone": ("geo", "timezone")}
 _INT_COLUMNS = ("position", "duration_ms")
+#: Optional boolean fields of output records, present only when true (e.g. a prediction's ``replayed``).
+_FLAG_COLUMNS = ("replayed",)
 
 
 def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
@@ -63,6 +66,7 @@ def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
         ch = ChdbClickHouse(settings.ensure_dir("chdb_path"), settings.clickhouse_database)
     if apply_schema:
         apply_ddl(ch)
+        warn_old_predictions_engine(ch)
     return ch
 
 
@@ -141,5 +145,8 @@ def insert_records(ch: ClickHouse, table: str, records: Sequence[Mapping[str, An
     for c in df.columns:
         if c in time_columns or c.endswith("_at"):
             df[c] = _ms_to_datetime(df[c].tolist())
+    for c in _FLAG_COLUMNS:
+        if c in df.columns:  # absent from some records: NaN there
+            df[c] = df[c].eq(True).astype("uint8")
     df = df.drop(columns=[c for c in ("schema_version", "arm_means") if c in df.columns])
     return ch.insert_df(table, df)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 DDL_DIR = Path(__file__).resolve().parents[2] / "schemas" / "clickhouse"
 
@@ -57,3 +60,21 @@ def apply_ddl(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[str]:
                 ch.command(body)
         applied.append(path.name)
     return applied
+
+
+def warn_old_predictions_engine(ch: ClickHouse) -> bool:
+    """Log a warning if ``predictions`` predates ``row_version`` (schemas/clickhouse/002_predictions.sql).
+
+    CREATE TABLE IF NOT EXISTS leaves such a table as it is, and ClickHouse cannot change a
+    ReplacingMergeTree's version column in place: its FINAL keeps the latest row even when that
+    row is a replayed score. Returns whether it warned.
+    """
+    engine = ch.query_df(
+        "SELECT engine_full FROM system.tables WHERE database = {d:String} AND name = 'predictions'",
+        params={"d": ch.database})
+    if engine.empty or "row_version" in str(engine["engine_full"].iloc[0]):
+        return False
+    log.warning("table %s.predictions was created by an older version (ReplacingMergeTree(predicted_at)): after "
+                "a crash its FINAL may keep a replayed score over the exact one; recreate it as docs/worker.md "
+                "(\"Delivery\") describes", ch.database)
+    return True
