@@ -16,6 +16,7 @@ from faust.sensors import Sensor
 
 from stream import topics as T
 from stream.agents import articles, events
+from stream.agents.gaps import GapFiller
 from stream.agents.runtime import Runtime, describe
 from stream.clickhouse import connect
 from stream.config import Settings, load_settings
@@ -187,7 +188,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "enable.idempotence": True, "partitioner": "murmur2_random",  # the Java clients' key hashing
         "queue.buffering.max.messages": 500_000, "message.max.bytes": producer_max_bytes(s.max_message_bytes),
     })
-    rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer,
+    gap_filler = GapFiller(lambda: clients.consumer(bootstrap, s, **{
+        "group.id": f"{s.worker_id}-gap-filler", "enable.auto.commit": False, "enable.partition.eof": True,
+    }))
+    rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
                  topic_names={k: t.get_topic_name() for k, t in topics.items()},
                  consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc))
     app.runtime = rt

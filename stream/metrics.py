@@ -61,6 +61,9 @@ class WorkerMetrics:
             "stream_processing_errors_total",
             "Records dead-lettered as processing_error (something raised while processing them), by exception type",
             ["error"], registry=r)
+        self.refetched = Counter(
+            "stream_refetched_records_total",
+            "Input records faust's consumer fetched but never delivered, read again from the broker", registry=r)
         self.isolated_batches = Counter(
             "stream_isolated_batches_total", "Batches that raised and were processed again record by record",
             registry=r)

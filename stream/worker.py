@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 from stream.config import Settings
 from stream.errors import StreamError
 
@@ -28,5 +32,16 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings, metrics=metrics)
     worker = Worker(app, loglevel=loglevel)
-    worker.execute_from_commandline()  # blocks; handles SIGINT/SIGTERM with a clean shutdown
-    return 0
+    try:
+        worker.execute_from_commandline()  # blocks; handles SIGINT/SIGTERM with a clean shutdown
+    except SystemExit as done:  # mode always ends with one: 0, or 1 after a crash
+        code = done.code if isinstance(done.code, int) else 1
+    else:  # pragma: no cover - execute_from_commandline does not return
+        code = 0
+    # Exit without Python's finalization: faust has stopped and closed its stores by now, and after
+    # a crash the teardown of C extensions' objects (RocksDB, librdkafka) could segfault, turning
+    # exit code 1 into -11.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

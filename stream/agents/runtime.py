@@ -16,6 +16,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from faust.streams import _current_event
 
+from stream.agents.gaps import GapFiller
 from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka.limits import record_budget
@@ -153,6 +154,20 @@ def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[byte
 Partition = tuple[str, int]
 
 
+def _ack_offsets(consumer: Any, tp: Partition, offsets: Sequence[int]) -> None:
+    """faust's ``Consumer.ack`` bookkeeping for offsets that have no message object."""
+    from faust.types import TP
+
+    ftp = TP(*tp)
+    committed = consumer._committed_offset[ftp]
+    index, acked = consumer._acked_index[ftp], consumer._acked[ftp]
+    for offset in offsets:
+        if (committed is None or offset >= committed) and offset not in index:
+            index.add(offset)
+            acked.append(offset)
+            consumer._n_acked += 1
+
+
 def _partition_of(batch: Sequence[Any]) -> Partition:
     msg = batch[0].message
     return msg.topic, msg.partition
@@ -169,6 +184,10 @@ class Runtime:
     tables: dict[str, Any] = field(default_factory=dict)
     #: last offset handed to the processor, per (topic, partition): for the lag gauge
     positions: dict[Partition, int] = field(default_factory=dict)
+    #: highest input offset handed to the processor per partition since it was assigned (holes: agents/gaps.py)
+    delivered: dict[Partition, int] = field(default_factory=dict)
+    #: reads input records faust's consumer fetched but never delivered (set by the app)
+    gap_filler: GapFiller | None = None
     producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the faust consumer that input offsets are acked to (set by the app)
@@ -210,6 +229,8 @@ class Runtime:
         if self._poller is not None:
             self._poller.join()
             self._poller = None
+        if self.gap_filler is not None:
+            self.gap_filler.close()
         if self.producer is not None:
             left = self.producer.flush(timeout_s)
             if left:
@@ -239,6 +260,8 @@ class Runtime:
         """Forget per-partition caches of partitions another worker now owns."""
         events = self.topics["events"].get_topic_name()
         articles = self.topics["article_events"].get_topic_name()
+        for tp in revoked:
+            self.delivered.pop((tp.topic, tp.partition), None)
         self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
         gone = {tp.partition for tp in revoked if tp.topic == articles}
         if gone:
@@ -247,7 +270,7 @@ class Runtime:
             for aid in [a for a in owned if partition_for(a.encode(), partitions) in gone]:
                 del owned[aid]  # its partition is where article_messages sent its events
 
-    async def publish(self, out: Outputs, batch: Sequence[Any]) -> None:
+    async def publish(self, out: Outputs, batch: Sequence[Any], refetched: Sequence[int] = ()) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.
 
         Returns as soon as the outputs are queued, so the next batch is processed while these are
@@ -281,7 +304,8 @@ class Runtime:
             if isinstance(exc, OutputError):
                 self.fail(exc)
             raise
-        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp)))
+        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp),
+                                                  refetched))
         self._tails[tp] = task
         self._settling.add(task)
         task.add_done_callback(lambda t: self._settled(tp, t))
@@ -315,12 +339,18 @@ class Runtime:
                 waits.append(await self.sink.put("bandit_decisions", out.decisions))
         return waits
 
-    def ack(self, batch: Sequence[Any]) -> None:
-        """Release the hold on a batch's events: their offsets become committable."""
+    def ack(self, batch: Sequence[Any], refetched: Sequence[int] = ()) -> None:
+        """Release the hold on a batch's events: their offsets become committable.
+
+        ``refetched``: offsets of the batch's partition that faust never delivered (agents/gaps.py),
+        processed with the batch: they are committable with it.
+        """
         consumer = self.consumer() if self.consumer is not None else None
         if consumer is not None:
             for event in batch:
                 event.message.ack(consumer)
+            if refetched:
+                _ack_offsets(consumer, _partition_of(batch), refetched)
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, report: _Delivery, partition: int = -1) -> None:
         while True:
@@ -336,7 +366,8 @@ class Runtime:
                 time.sleep(0.01)
 
     async def _settle(self, tp: Partition, token: int, out: Outputs, batch: list[Any],
-                      waits: list[asyncio.Future[None]], before: asyncio.Task[bool] | None) -> bool:
+                      waits: list[asyncio.Future[None]], before: asyncio.Task[bool] | None,
+                      refetched: Sequence[int] = ()) -> bool:
         """Ack the batch once its outputs are confirmed and its partition's earlier batches are acked.
 
         In order, because faust commits the first run of consecutive acked offsets even when an
@@ -358,7 +389,7 @@ class Runtime:
             ok = ok and not before.cancelled() and before.exception() is None and before.result()
         if not ok:
             return False
-        self.ack(batch)
+        self.ack(batch, refetched)
         self._held.get(tp, {}).pop(token, None)
         now = time.time()
         m = self.metrics

@@ -59,7 +59,8 @@ class _Interrupt:
         if self._task is None and not self.fired.done():
             self._task = asyncio.ensure_future(self._watch())
 
-    async def race(self, coro: Awaitable[Any]) -> None:
+    async def race(self, coro: Awaitable[Any]) -> bool:
+        """Run the hand-off ``coro`` unless the flow stops first; whether it ran to the end."""
         self._arm()
         task = asyncio.ensure_future(coro)
         if not self.fired.done():
@@ -85,9 +86,12 @@ class _Interrupt:
             await asyncio.sleep(0)
         if not task.done():
             task.cancel()
-            return
-        if not task.cancelled() and task.exception() is not None:
+            return False
+        if task.cancelled():
+            return False
+        if task.exception() is not None:
             task.result()  # propagate, as wait_first does
+        return True
 
     def close(self) -> None:
         if self._task is not None and not self._task.done():
@@ -132,8 +136,12 @@ class Consumer(driver.Consumer):
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            await interrupt.race(callback(message))
-                            set_read_offset(tp, offset)
+                            # Only a delivered record advances the read offset. faust advances it
+                            # either way, so a record whose hand-off its flow control interrupted
+                            # was dropped for good: the seek that ends a recovery refetches it,
+                            # and the drop rule (offset below the read offset) discarded it.
+                            if await interrupt.race(callback(message)):
+                                set_read_offset(tp, offset)
                         else:
                             self.log.dev("DROPPED MESSAGE ROFF %r: k=%r v=%r", offset, message.key, message.value)
                     unset_flag(CONSUMER_FETCHING)

@@ -26,7 +26,7 @@ async def test_a_hand_off_that_does_not_block_completes() -> None:
         done.append(i)
 
     for i in range(5):
-        await it.race(hand_off(i))
+        assert await it.race(hand_off(i)) is True  # delivered: the read offset may advance
     assert done == [0, 1, 2, 3, 4]
     it.close()
 
@@ -49,7 +49,7 @@ async def test_a_blocked_hand_off_is_cancelled_when_the_flow_is_suspended() -> N
     await asyncio.sleep(0.01)
     assert not race.done()
     suspend.set()  # a rebalance starts
-    await asyncio.wait_for(race, 1)
+    assert await asyncio.wait_for(race, 1) is False  # not delivered: the read offset must stay
     await asyncio.sleep(0)
     assert log == ["cancelled"]
 
@@ -89,8 +89,8 @@ async def test_with_the_flow_already_suspended_the_hand_off_still_gets_its_first
         await asyncio.Event().wait()
         done.append("blocked")  # pragma: no cover
 
-    await it.race(quick())  # wait_first: both finish in the same turn, the record is delivered
-    await it.race(blocked())  # ... while a hand-off that blocks is cancelled
+    assert await it.race(quick()) is True  # wait_first: both finish in the same turn, the record is delivered
+    assert await it.race(blocked()) is False  # ... while a hand-off that blocks is cancelled
     await asyncio.sleep(0)
     assert done == ["quick"]
     it.close()
