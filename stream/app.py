@@ -255,11 +255,9 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
     @app.timer(interval=5.0)
     async def consumer_lag() -> None:
         consumer = app.consumer
-        for tp in consumer.assignment():
-            pos = rt.positions.get((tp.topic, tp.partition))
-            hw = consumer.highwater(tp)
-            if pos is not None and hw is not None:
-                rt.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
+        # faust's record of the offsets it committed, or read as committed at the assignment
+        committed = getattr(consumer, "_committed_offset", {})
+        rt.export_lag(consumer.assignment(), consumer.highwater, committed.get)
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def stalled_partitions() -> None:

@@ -516,3 +516,37 @@ async def test_faust_stall_check_sees_partitions_that_process(worker: Worker, si
         assert _faust_stall_check(w, tp, backlog, 360, later_s=timeout - 5) == []
         assert any("Stream stopped processing" in line
                    for line in _faust_stall_check(w, tp, backlog, 360, later_s=timeout + 5))
+
+
+def _series(w: Worker, name: str) -> dict[tuple[str, str], float]:
+    """Each (topic, partition) series of a per-partition gauge, as the registry exports it."""
+    return {(s.labels["topic"], s.labels["partition"]): s.value
+            for metric in w.rt.metrics.registry.collect() for s in metric.samples if s.name == name}
+
+
+async def test_a_revoked_partition_is_no_longer_exported(worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    events = w.topic("events")
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        for partition in (1, 2):
+            messages = await feed(tc, payloads_of(sim_events[:BATCH]), partition=partition)
+            await wait_until(lambda messages=messages: all(m.acked for m in messages))
+    assigned = [TP(events, 1), TP(events, 2), TP(events, 3), TP(f"{w.settings.worker_id}-users-changelog", 0)]
+    committed = {TP(events, 3): 900}  # partition 3 had no batch yet: its lag counts from its commit
+    w.rt.export_lag(assigned, lambda tp: 1000, committed.get)
+    w.rt.check_stalls()
+    lag, age = "stream_consumer_lag_messages", "stream_unconfirmed_batch_age_seconds"
+    assert _series(w, lag) == {(events, "1"): 1000 - BATCH, (events, "2"): 1000 - BATCH, (events, "3"): 100}
+    assert _series(w, age) == {(events, "1"): 0, (events, "2"): 0}
+
+    w.rt.on_revoked({TP(events, 2), TP(events, 3)})  # another worker took them
+    assert _series(w, lag) == {(events, "1"): 1000 - BATCH}
+    assert _series(w, age) == {(events, "1"): 0}
+    assert (events, 2) not in w.rt.positions
+    w.rt.check_stalls()
+    w.rt.export_lag([TP(events, 1)], lambda tp: 1000, committed.get)
+    assert set(_series(w, lag)) == set(_series(w, age)) == {(events, "1")}
+    # whatever the revocation missed, the next export drops: only assigned partitions have a series
+    w.rt.export_lag([], lambda tp: 1000, committed.get)
+    assert _series(w, lag) == {}
