@@ -24,6 +24,7 @@ from stream.config import Settings, load_settings
 from stream.kafka import clients, transport
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
+from stream.logs import limit_repeats
 from stream.metrics import WorkerMetrics
 from stream.processor import EXPECTED_FEATURES, BatchProcessor
 from stream.registry import ModelRegistry
@@ -84,6 +85,10 @@ class WorkerApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.on_startup_finished is not None:
+            # set by the faust Worker that runs this app (``python -m stream worker`` or
+            # ``faust -A stream.app worker``), which has configured logging by now
+            limit_repeats()
         if self.gc_tuning is not None:  # once everything long-lived exists: see stream/tuning.py
             tune_gc(*self.gc_tuning)
 

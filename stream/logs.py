@@ -2,9 +2,10 @@
 
 During a broker outage aiokafka and faust log the same failure many times a second (55,565
 ERROR lines in 55 s were seen). :class:`RepeatFilter`, installed on the root logger's handlers
-by the worker (:func:`limit_repeats`), lets through the first record of each cause (logger,
-level and message template, whatever its arguments) per interval and drops the others; the next
-record of that cause let through says how many were dropped::
+when the worker's app starts (:func:`limit_repeats`, from ``WorkerApp.on_first_start``), lets
+through the first record of each cause (logger, level and message template, whatever its
+arguments) per interval and drops the others; the next record of that cause let through says
+how many were dropped::
 
     Unable connect to node with id 1: ... (412 similar lines suppressed in the last 10 s)
 

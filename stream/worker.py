@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
 from stream.config import Settings
 from stream.errors import StreamError
 
@@ -29,18 +26,6 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     ensure_topics(settings.kafka_bootstrap, settings)
     use_event_loop(settings.event_loop)
     app, _ = create_app(settings, metrics=metrics)
-    worker = _worker_class(Worker)(app, loglevel=loglevel)
+    worker = Worker(app, loglevel=loglevel)
     worker.execute_from_commandline()  # blocks; handles SIGINT/SIGTERM with a clean shutdown
     return 0
-
-
-def _worker_class(base: Any) -> Any:
-    """faust's Worker, with repeated log lines rate-limited (stream/logs.py) once it set up logging."""
-    from stream.logs import limit_repeats
-
-    class Worker(base):
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            super().on_setup_root_logger(logger, level)
-            limit_repeats(logger)
-
-    return Worker
