@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,31 @@ def test_many_causes_stay_bounded(clock: Clock) -> None:
         clock.now += 2
         assert f.filter(logging.LogRecord("t", logging.ERROR, __file__, 1, f"cause {i}", (), None))
     assert len(f._causes) <= 10
+
+
+async def test_the_worker_app_limits_repeats_only_when_a_faust_worker_runs_it(tmp_path: Path) -> None:
+    from stream.app import create_app
+    from stream.config import load_settings
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(io.StringIO())  # what the faust Worker's logging setup adds
+    root.addHandler(handler)
+    app, rt = create_app(load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "m"), "localhost:1",
+                         clickhouse=False)
+    app.gc_tuning = None  # the process's collector is not this test's business
+    try:
+        await app.on_first_start()  # built and started by a test or a tool: logging is theirs
+        assert not any(isinstance(f, RepeatFilter) for f in handler.filters)
+
+        async def startup_finished() -> None: ...
+
+        app.on_startup_finished = startup_finished  # what faust's Worker sets on the app it runs
+        await app.on_first_start()
+        assert [type(f) for f in handler.filters] == [RepeatFilter]
+    finally:
+        for h in root.handlers:  # pytest's own handlers got one too: they outlive this test
+            for f in [f for f in h.filters if isinstance(f, RepeatFilter)]:
+                h.removeFilter(f)
+        root.removeHandler(handler)
+        rt.close(timeout_s=0)
+        rt.producer = None
