@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import MutableMapping
 from dataclasses import replace
+from time import monotonic
 from typing import Any
 
 import faust
@@ -23,6 +25,7 @@ from stream.config import Settings, load_settings
 from stream.kafka import clients, transport
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
+from stream.logs import limit_repeats
 from stream.metrics import WorkerMetrics
 from stream.processor import EXPECTED_FEATURES, BatchProcessor
 from stream.registry import ModelRegistry
@@ -35,18 +38,37 @@ log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
 
 
+class StreamActivity(Sensor):
+    """Notes when each partition last handed an event to a stream, where faust's stall check reads it.
+
+    faust's consumer checks every 2.5 s that each assigned partition with records waiting hands
+    them to its stream (``verify_event_path``: "Stream has not started processing TP" or "Stream
+    stopped processing", after ``stream_processing_timeout``, 300 s). It reads the time of the last
+    event from ``app.monitor.stream_inbound_time``, which only the Monitor sensor fills: without
+    it, every busy partition was reported at ERROR every 2.5 s from the fifth minute on.
+    """
+
+    def __init__(self, inbound: MutableMapping[Any, float]) -> None:
+        super().__init__()
+        self.inbound = inbound
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        self.inbound[tp] = monotonic()
+
+
 class WorkerApp(faust.App):
     """A faust app without faust's in-memory ``Monitor`` sensor.
 
     The worker exports its own Prometheus metrics; the Monitor's callbacks on every message and
     stream event cost about 4 % of its throughput and feed only faust's web views (disabled).
-    A no-op sensor takes its place: faust warns about every rebalance when no sensor is left.
+    :class:`StreamActivity` takes its place: it keeps faust's stall check fed, and faust warns
+    about every rebalance when no sensor is left.
     """
 
     def on_init_dependencies(self) -> Any:
         services = super().on_init_dependencies()
         self.sensors.remove(self.monitor)
-        self.sensors.add(Sensor())
+        self.sensors.add(StreamActivity(self.monitor.stream_inbound_time))
         # Table writes queue changelog records in faust's producer buffer; past ``max_messages``
         # (100) faust stops delivering input until it drained. One batch writes up to one record
         # per touched key, so the bound follows the batch size.
@@ -64,6 +86,10 @@ class WorkerApp(faust.App):
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.on_startup_finished is not None:
+            # set by the faust Worker that runs this app (``python -m stream worker`` or
+            # ``faust -A stream.app worker``), which has configured logging by now
+            limit_repeats()
         if self.gc_tuning is not None:  # once everything long-lived exists: see stream/tuning.py
             tune_gc(*self.gc_tuning)
 
@@ -239,11 +265,9 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
     @app.timer(interval=5.0)
     async def consumer_lag() -> None:
         consumer = app.consumer
-        for tp in consumer.assignment():
-            pos = rt.positions.get((tp.topic, tp.partition))
-            hw = consumer.highwater(tp)
-            if pos is not None and hw is not None:
-                rt.metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(hw - pos - 1, 0))
+        # faust's record of the offsets it committed, or read as committed at the assignment
+        committed = getattr(consumer, "_committed_offset", {})
+        rt.export_lag(consumer.assignment(), consumer.highwater, committed.get)
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def stalled_partitions() -> None:

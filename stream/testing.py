@@ -101,17 +101,26 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
 
 def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """A worker's ``/metrics``: each sample name with the sum of its values over all label sets."""
+    out: dict[str, float] = {}
+    for name, _, value in _scrape(port, host):
+        out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def scrape_series(port: int, name: str, host: str = "127.0.0.1") -> list[tuple[dict[str, str], float]]:
+    """The labels and value of each series of the sample ``name`` in a worker's ``/metrics``."""
+    return [(labels, value) for sample, labels, value in _scrape(port, host) if sample == name]
+
+
+def _scrape(port: int, host: str) -> list[tuple[str, dict[str, str], float]]:
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
         body = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(body):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
+    return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(body)
+            for s in family.samples]
 
 
 class WorkerProcess:

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,8 @@ class Runtime:
     _held: dict[Partition, dict[int, float]] = field(default_factory=dict)
     _tokens: Iterator[int] = field(default_factory=itertools.count)
     _stall_logged: dict[Partition, float] = field(default_factory=dict)
+    #: the partitions the lag gauge has a series for
+    _lagging: set[Partition] = field(default_factory=set)
 
     @property
     def failure(self) -> BaseException | None:
@@ -257,11 +259,17 @@ class Runtime:
             self.on_fatal(exc)
 
     def on_revoked(self, revoked: Any) -> None:
-        """Forget per-partition caches of partitions another worker now owns."""
+        """Forget per-partition caches, gauges and positions of partitions another worker now owns.
+
+        faust revokes every partition at each rebalance (the group protocol is eager), also those
+        assigned again right after: their gauges come back at the next :meth:`export_lag` and
+        :meth:`check_stalls`. A batch of a revoked partition still unconfirmed here is no longer
+        reported as stalled: faust's wait for it has given up (logged), and the new owner reads it again.
+        """
+        for tp in revoked:
+            self._forget((tp.topic, tp.partition))
         events = self.topics["events"].get_topic_name()
         articles = self.topics["article_events"].get_topic_name()
-        for tp in revoked:
-            self.delivered.pop((tp.topic, tp.partition), None)
         self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
         gone = {tp.partition for tp in revoked if tp.topic == articles}
         if gone:
@@ -269,6 +277,40 @@ class Runtime:
             partitions = self.settings.topic_partitions
             for aid in [a for a in owned if partition_for(a.encode(), partitions) in gone]:
                 del owned[aid]  # its partition is where article_messages sent its events
+
+    def _forget(self, tp: Partition) -> None:
+        self.positions.pop(tp, None)
+        self.delivered.pop(tp, None)
+        self._held.pop(tp, None)
+        self._stall_logged.pop(tp, None)
+        self._lagging.discard(tp)
+        for gauge in (self.metrics.lag, self.metrics.unconfirmed_age):
+            gauge.remove(tp[0], str(tp[1]))
+
+    def export_lag(self, assigned: Iterable[Partition], highwater: Callable[[Any], int | None],
+                   committed: Callable[[Any], int | None]) -> dict[Partition, int]:
+        """Set the lag gauge of each assigned input partition whose lag is known; drop every other series.
+
+        The lag counts from the last offset handed to the processor or, on a partition that has
+        had no batch since it was assigned, from its committed offset: a partition that is stuck
+        after a rebalance still shows its lag.
+        """
+        events = self.topic_names.get("events")
+        lags: dict[Partition, int] = {}
+        for tp in assigned:
+            if tp[0] != events or (hw := highwater(tp)) is None:
+                continue
+            pos = self.positions.get((tp[0], tp[1]))
+            if pos is not None:
+                lags[(tp[0], tp[1])] = max(hw - pos - 1, 0)
+            elif (next_offset := committed(tp)) is not None:
+                lags[(tp[0], tp[1])] = max(hw - next_offset, 0)
+        for topic, partition in self._lagging - lags.keys():
+            self.metrics.lag.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            self.metrics.lag.labels(topic=topic, partition=str(partition)).set(lag)
+        self._lagging = set(lags)
+        return lags
 
     async def publish(self, out: Outputs, batch: Sequence[Any], refetched: Sequence[int] = ()) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.

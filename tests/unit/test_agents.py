@@ -457,3 +457,96 @@ async def test_article_agent_folds_forwarded_events_into_the_article_table(
     w.rt.on_revoked({TP(w.topic("article_events"), gone)})
     left = {aid for aid in expected if partition_for(aid.encode(), PARTITIONS) != gone}
     assert set(owned) == left and len(left) < len(expected)
+
+
+class _FetchState:
+    """aiokafka's state of one assigned partition: records up to ``highwater``, read up to ``position``."""
+
+    def __init__(self, highwater: int, position: int) -> None:
+        self.highwater, self.position, self.timestamp = highwater, position, None
+
+
+def _faust_stall_check(w: Worker, tp: TP, fetched: _FetchState, started_s_ago: float,
+                       later_s: float = 0.0) -> list[str]:
+    """faust's own per-partition liveness check, run on the worker's app; the ERROR lines it logs.
+
+    The check (``AIOKafkaConsumerThread.verify_event_path``) runs unchanged; what it reads of
+    aiokafka's fetcher (a partition with records not yet read) and of its own start time is given.
+    """
+    from types import SimpleNamespace
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    logged: list[str] = []
+    now = time.monotonic() + later_s
+    assignment = SimpleNamespace(state_value=lambda aiotp: fetched)
+    aiokafka = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
+        subscription=SimpleNamespace(assignment=assignment))))
+    thread = SimpleNamespace(
+        consumer=SimpleNamespace(app=w.app), time_started=now - started_s_ago,
+        tp_stream_timeout_secs=w.app.conf.stream_processing_timeout,
+        tp_commit_timeout_secs=w.app.conf.broker_commit_livelock_soft_timeout,
+        tp_last_committed_at={tp: now},
+        log=SimpleNamespace(error=lambda msg, *args: logged.append(msg % args)),
+        _ensure_consumer=lambda: aiokafka, _verify_aiokafka_event_path=lambda now, tp: False)
+    thread._log_slow_processing_stream = lambda msg, *args: logged.append(msg % args)
+    thread._log_slow_processing_commit = lambda msg, *args: logged.append(msg % args)
+    AIOKafkaConsumerThread.verify_event_path(thread, now, tp)
+    return logged
+
+
+async def test_faust_stall_check_sees_partitions_that_process(worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    tp = TP(w.topic("events"), 3)
+    w.app.on_init_dependencies()  # what starting the app does first: it sets up the sensors
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        w.app.topics.add(w.rt.topics["events"])  # what subscribing does: faust acks the topic, so the check applies
+        await w.app.topics._update_indices()
+        assert w.app.topics.acks_enabled_for(tp.topic)
+        backlog = _FetchState(highwater=10_000, position=BATCH)  # records are waiting to be read
+        # Six minutes after the start, no event reached the stream: faust reports it, rightly.
+        assert any("has not started processing" in line for line in _faust_stall_check(w, tp, backlog, 360))
+        messages = await feed(tc, payloads_of(sim_events[:BATCH]), partition=3)
+        await wait_until(lambda: all(m.acked for m in messages))
+        # Events are processed: nothing to report (before, this logged "has not started processing").
+        assert _faust_stall_check(w, tp, backlog, 360) == []
+        # A stream that stops taking events is still reported, once stream_processing_timeout passed.
+        timeout = w.app.conf.stream_processing_timeout
+        assert _faust_stall_check(w, tp, backlog, 360, later_s=timeout - 5) == []
+        assert any("Stream stopped processing" in line
+                   for line in _faust_stall_check(w, tp, backlog, 360, later_s=timeout + 5))
+
+
+def _series(w: Worker, name: str) -> dict[tuple[str, str], float]:
+    """Each (topic, partition) series of a per-partition gauge, as the registry exports it."""
+    return {(s.labels["topic"], s.labels["partition"]): s.value
+            for metric in w.rt.metrics.registry.collect() for s in metric.samples if s.name == name}
+
+
+async def test_a_revoked_partition_is_no_longer_exported(worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    w = worker
+    events = w.topic("events")
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        for partition in (1, 2):
+            messages = await feed(tc, payloads_of(sim_events[:BATCH]), partition=partition)
+            await wait_until(lambda messages=messages: all(m.acked for m in messages))
+    assigned = [TP(events, 1), TP(events, 2), TP(events, 3), TP(f"{w.settings.worker_id}-users-changelog", 0)]
+    committed = {TP(events, 3): 900}  # partition 3 had no batch yet: its lag counts from its commit
+    w.rt.export_lag(assigned, lambda tp: 1000, committed.get)
+    w.rt.check_stalls()
+    lag, age = "stream_consumer_lag_messages", "stream_unconfirmed_batch_age_seconds"
+    assert _series(w, lag) == {(events, "1"): 1000 - BATCH, (events, "2"): 1000 - BATCH, (events, "3"): 100}
+    assert _series(w, age) == {(events, "1"): 0, (events, "2"): 0}
+
+    w.rt.on_revoked({TP(events, 2), TP(events, 3)})  # another worker took them
+    assert _series(w, lag) == {(events, "1"): 1000 - BATCH}
+    assert _series(w, age) == {(events, "1"): 0}
+    assert (events, 2) not in w.rt.positions
+    w.rt.check_stalls()
+    w.rt.export_lag([TP(events, 1)], lambda tp: 1000, committed.get)
+    assert set(_series(w, lag)) == set(_series(w, age)) == {(events, "1")}
+    # whatever the revocation missed, the next export drops: only assigned partitions have a series
+    w.rt.export_lag([], lambda tp: 1000, committed.get)
+    assert _series(w, lag) == {}

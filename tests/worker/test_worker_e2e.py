@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from stream.registry import ModelRegistry
-from stream.testing import WorkerProcess, consume, produce, scrape_metrics
+from stream.testing import WorkerProcess, consume, produce, scrape_metrics, scrape_series
 from tests.support.models import offline_scores
 from tests.worker.conftest import create_topics as _topics
 from tests.worker.conftest import expected_predictions as _expected
@@ -57,6 +57,20 @@ def _metrics_once(port: int, name: str, timeout_s: float = 30) -> dict[str, floa
         metrics = scrape_metrics(port)
         if name in metrics or time.monotonic() > deadline:
             return metrics
+        time.sleep(0.5)
+
+
+def _lag_partitions_once_disjoint(ports: tuple[int, ...], topic: str, timeout_s: float = 20) -> list[set[str]]:
+    """Per worker, the partitions of ``topic`` it exports lag for, once no two workers export the same one.
+
+    The lag is set by a 5 s timer: a partition assigned in the rebalance may take that long to appear.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        owned = [{labels["partition"] for labels, _ in scrape_series(port, "stream_consumer_lag_messages")
+                  if labels["topic"] == topic} for port in ports]
+        if (all(owned) and not set.intersection(*owned)) or time.monotonic() > deadline:
+            return owned
         time.sleep(0.5)
 
 
@@ -240,11 +254,12 @@ def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
     _topics(kafka_bootstrap, worker_env)
     half = len(sim_events) // 2
     first_half, second_half = sim_events[:half], sim_events[half:]
-    with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "a.log"):
+    ports = _free_port(), _free_port()
+    with WorkerProcess(kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(ports[0])}, tmp_path / "a.log"):
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(first_half))
         _predictions(kafka_bootstrap, prefix, sum(_expected(first_half).values()))
         env_b = {**worker_env, "STREAM_STATE_DIR": str(tmp_path / "state-b"),
-                 "STREAM_CHDB_PATH": str(tmp_path / "ch-b")}
+                 "STREAM_CHDB_PATH": str(tmp_path / "ch-b"), "STREAM_WORKER_WEB_PORT": str(ports[1])}
         with WorkerProcess(kafka_bootstrap, env_b, tmp_path / "b.log", instance="1"):
             group = worker_env["STREAM_WORKER_ID"]
             admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
@@ -260,6 +275,9 @@ def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
             assert len(members) == 2, "both workers own session-events partitions"
             produce(kafka_bootstrap, f"{prefix}session-events", _payloads(second_half))
             preds = _predictions(kafka_bootstrap, prefix, sum(_expected(sim_events).values()), timeout_s=90)
+            # each worker exports lag for the partitions it owns, none for those the other one took
+            owned = _lag_partitions_once_disjoint(ports, f"{prefix}session-events")
+            assert all(owned) and not set.intersection(*owned), owned
     offline = offline_scores(models_dir, sim_events)
     latest = {(p["model_name"], p["event_id"]): p["score"] for p in preds}
     expected = set(_expected(sim_events))
