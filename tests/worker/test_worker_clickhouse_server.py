@@ -140,18 +140,24 @@ def test_worker_with_the_server_backend_inserts_every_row_once(
         assert _metric(env, PAUSES) == 0  # ClickHouse was up throughout: no backpressure
 
 
+def _ride_out_the_outage(worker: WorkerProcess, env: dict[str, str], server: ClickHouseServer,
+                         events: list[dict[str, Any]]) -> None:
+    """While the server is down: the inserts fail and backpressure is on; once it is up, every row arrives."""
+    worker.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
+    _wait_backpressure(env, on=True)
+    assert (_metric(env, PAUSES) or 0) >= 1
+    server.start()
+    _wait_all_inserted(env, events, timeout_s=90)
+    _wait_backpressure(env, on=False, timeout_s=10)
+
+
 def test_server_down_at_start_then_up_the_worker_waits_and_inserts_everything(
         kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
         tmp_path: Path) -> None:
     _topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
-        worker.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
-        _wait_backpressure(env, on=True)
-        assert (_metric(env, PAUSES) or 0) >= 1
-        server.start()
-        _wait_all_inserted(env, events, timeout_s=90)
-        _wait_backpressure(env, on=False, timeout_s=10)
+        _ride_out_the_outage(worker, env, server, events)
 
 
 def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
@@ -166,12 +172,7 @@ def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
         assert _metric(env, ACTIVE) == 0 and _metric(env, PAUSES) == 0
         server.stop()
         _produce(kafka_bootstrap, env, events[half:])
-        worker.wait_for_log("ClickHouse insert into predictions failed", timeout_s=60)
-        _wait_backpressure(env, on=True)
-        assert (_metric(env, PAUSES) or 0) >= 1
-        server.start()
-        _wait_all_inserted(env, events, timeout_s=90)
-        _wait_backpressure(env, on=False, timeout_s=10)
+        _ride_out_the_outage(worker, env, server, events)
         assert _metric(env, PAUSES) == 1  # one outage, one pause
 
 
