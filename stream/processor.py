@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 import logging
 import struct
-import sys
 import time
 import zlib
 from collections.abc import Mapping, MutableMapping, Sequence
@@ -319,9 +318,9 @@ class BatchProcessor:
             return self._process(records, stores, ingest_ms)
         except StoreUnavailable:
             raise
-        except Exception:
+        except Exception as exc:
             if len(records) == 1:
-                return self._failed(records[0], sys.exc_info()[1], ingest_ms)
+                return self._failed(records[0], exc, ingest_ms)
         self.metrics.isolated_batches.inc()
         out = Outputs(ingest_ms=ingest_ms)
         for rec in records:
@@ -334,7 +333,7 @@ class BatchProcessor:
             out.extend(part)
         return out
 
-    def _failed(self, rec: Record, exc: BaseException | None, ingest_ms: int) -> Outputs:
+    def _failed(self, rec: Record, exc: BaseException, ingest_ms: int) -> Outputs:
         """The dead letter of a record whose processing raised ``exc`` (its effects are undone)."""
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("dead-lettering %s[%d]@%d: processing_error %s", rec.topic, rec.partition, rec.offset, reason)

@@ -60,8 +60,9 @@ def register(app: Any, rt: Runtime) -> Any:
 async def _fill_gaps(rt: Runtime, records: list[Record]) -> tuple[list[Record], list[int]]:
     """The batch with the records faust skipped before or inside it (agents/gaps.py), in offset order."""
     tp = (records[0].topic, records[0].partition)
-    gaps = find_gaps(rt.delivered.get(tp), (r.offset for r in records))
-    rt.delivered[tp] = max(rt.delivered.get(tp, -1), max(r.offset for r in records))
+    gaps, high = find_gaps(rt.delivered.get(tp), (r.offset for r in records))
+    if high is not None:
+        rt.delivered[tp] = high
     if not gaps or rt.gap_filler is None:
         return records, []
     loop = asyncio.get_running_loop()

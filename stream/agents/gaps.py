@@ -21,15 +21,16 @@ from typing import Any
 from stream.processor import Record
 
 
-def find_gaps(last: int | None, offsets: Iterable[int]) -> list[tuple[int, int]]:
-    """Inclusive ranges of offsets missing after ``last`` (the partition's last delivered offset).
+def find_gaps(last: int | None, offsets: Iterable[int]) -> tuple[list[tuple[int, int]], int | None]:
+    """Inclusive ranges of offsets missing after ``last`` (the partition's last delivered offset),
+    and the highest offset delivered now.
 
     Offsets at or below the highest seen so far are redeliveries, not holes.
 
     >>> find_gaps(9, [10, 11, 13, 17, 12])
-    [(12, 12), (14, 16)]
+    ([(12, 12), (14, 16)], 17)
     >>> find_gaps(None, [5, 6]), find_gaps(9, [3, 10])
-    ([], [])
+    (([], 6), ([], 10))
     """
     gaps: list[tuple[int, int]] = []
     high = last
@@ -37,7 +38,7 @@ def find_gaps(last: int | None, offsets: Iterable[int]) -> list[tuple[int, int]]
         if high is not None and o > high + 1:
             gaps.append((high + 1, o - 1))
         high = o if high is None else max(high, o)
-    return gaps
+    return gaps, high
 
 
 class GapFiller:
