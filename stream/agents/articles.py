@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 
 from stream.agents.batching import run_batches
-from stream.agents.runtime import Runtime, enter_partition
+from stream.agents.runtime import Runtime, enter_partition, records_of
 from stream.state import DEFAULT_CONFIG, ArticleState, new_article_state, update_article
 from stream.state.config import DAY_MS
 
@@ -41,11 +41,10 @@ def register(app: Any, rt: Runtime) -> Any:
     # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
     owned: dict[str, ArticleState] = rt.processor.owned_articles
 
-    def fold(batch: list[Any]) -> None:
-        enter_partition(batch[-1])
+    def fold(values: list[bytes]) -> None:
         touched: dict[str, ArticleState] = {}
-        for ev in batch:
-            decoded = orjson.loads(ev.message.value)
+        for value in values:
+            decoded = orjson.loads(value)
             # A JSON array of events (see runtime.article_messages); one object from older workers.
             for event in decoded if isinstance(decoded, list) else (decoded,):
                 aid = event["article_id"]
@@ -60,8 +59,10 @@ def register(app: Any, rt: Runtime) -> Any:
             articles[aid] = state.to_bytes()
 
     async def handle(batch: list[Any]) -> None:
-        fold(batch)
-        rt.ack(batch)  # the table writes are queued to the changelog: the input may be committed
+        records, span = await rt.fill(records_of(batch))
+        enter_partition(batch[-1])
+        fold([r.value for r in records if r.value is not None])
+        rt.ack(batch, span)  # the table writes are queued to the changelog: the input may be committed
 
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:
