@@ -213,23 +213,22 @@ def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigki
     (offset 53 within 2 s) while ClickHouse had none of their rows: after a SIGKILL they were lost."""
     _topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
-    predictions, _ = _expected(events)
     port = int(env["STREAM_WORKER_WEB_PORT"])
     worker = WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-1.log").start()
     try:
-        # Kafka confirms every output while ClickHouse is down ...
+        # Kafka confirms outputs while ClickHouse is down (until backpressure pauses the input) ...
         on_topic = consume(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions",
-                           until=lambda got: len(got) >= len(predictions), timeout_s=120)
-        assert len(on_topic) >= len(predictions)
+                           until=lambda got: len(got) > 0, timeout_s=120)
+        assert on_topic
 
-        # ... and the batches have waited for ClickHouse over 3 commit intervals (1 s) of faust's.
+        # ... and batches have waited for ClickHouse over 3 of faust's commit intervals (1 s).
         def waited() -> bool:
             try:
-                return min((v for _, v in scrape_series(port, "stream_unconfirmed_batch_age_seconds")),
+                return max((v for _, v in scrape_series(port, "stream_unconfirmed_batch_age_seconds")),
                            default=0.0) > 3.0
             except OSError:
                 return False
-        _wait(waited, 60, "every input partition waiting 3 s for ClickHouse")
+        _wait(waited, 60, "a batch waiting 3 s for ClickHouse")
         committed = committed_offsets(kafka_bootstrap, env["STREAM_WORKER_ID"],
                                       f"{env['STREAM_TOPIC_PREFIX']}session-events")
         assert set(committed.values()) <= {None, 0}, f"committed while ClickHouse has no row: {committed}"
