@@ -4,7 +4,8 @@ What a replay guarantees:
 
 * Keys are kept, and each record goes to the partition Kafka's default (murmur2) partitioner
   would choose for its key, computed here and passed explicitly: per-key order is the source
-  order, and the offline backtest partitions exactly the same way (:func:`partition_for`).
+  order, and the offline backtest partitions exactly the same way
+  (:func:`stream.kafka.partitioner.record_partition`).
 * Pacing: as fast as possible, or ``speed`` times real time by event timestamps.
 * Resumable without skips or duplicates. A checkpoint file records the source position *and*
   the destination's end offsets, and is written only after the producer confirmed delivery of
@@ -43,48 +44,9 @@ import orjson
 from stream.config import Settings, make_writable_dir
 from stream.errors import ConfigError, InfraError, StreamError
 from stream.kafka.clients import cluster_metadata, kafka_config
+from stream.kafka.partitioner import record_partition
 
 CHECKPOINT_FORMAT = 1
-
-
-# --- partitioning -------------------------------------------------------------------------------
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (the Java client's ``Utils.murmur2``) as an unsigned 32-bit int.
-
-    >>> murmur2(b"21")
-    3321034988
-    """
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = length & 3
-    if extra >= 3:
-        h ^= data[n4 + 2] << 16
-    if extra >= 2:
-        h ^= data[n4 + 1] << 8
-    if extra >= 1:
-        h ^= data[n4]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def partition_for(key: bytes | None, value: bytes, partitions: int) -> int:
-    """The Java client's partition for a key; keyless records are spread by their value's hash.
-
-    >>> partition_for(b"user-1", b"{}", 4) == (murmur2(b"user-1") & 0x7FFFFFFF) % 4
-    True
-    """
-    return (murmur2(key if key else value) & 0x7FFFFFFF) % partitions
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -482,7 +444,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     try:
         for item in source.items(position):
             seen += 1
-            p = partition_for(item.key, item.value, n_parts)
+            p = record_partition(item.key, item.value, n_parts)
             pending = tail.get(p)
             if pending:
                 key, value = pending.popleft()

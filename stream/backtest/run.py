@@ -5,7 +5,7 @@ and the report do not care which mode produced them.
 
 Offline mode feeds :class:`~stream.processor.BatchProcessor` (the worker's own per-batch code)
 with :class:`~stream.processor.Record` batches, partitioned exactly as the replay partitions
-(:func:`stream.replay.partition_for`, Kafka's murmur2), with plain dicts as stores:
+(:func:`stream.kafka.partitioner.record_partition`, Kafka's murmur2), with plain dicts as stores:
 
 1. The stream is cut into rounds of ``batch_size`` records in delivery order.
 2. Each round is split by partition (order kept) and every partition's part is one batch.
@@ -41,9 +41,10 @@ from stream.config import Settings
 from stream.errors import InfraError, PrerequisiteError
 from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
+from stream.kafka.partitioner import record_partition
 from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
-from stream.replay import PayloadSource, partition_for, run_replay
+from stream.replay import PayloadSource, run_replay
 from stream.scoring import LoadedModel, ModelSet
 from stream.state import ARTICLE_MERGE_CONFIG, ArticleState, new_article_state, update_article
 from stream.testing import WorkerProcess
@@ -101,7 +102,7 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
     for start in range(0, len(payloads), batch_size):
         by_part: dict[int, list[Record]] = {}
         for key, value in payloads[start:start + batch_size]:
-            p = partition_for(key, value, partitions)
+            p = record_partition(key, value, partitions)
             by_part.setdefault(p, []).append(Record(key, value, "session-events", p, offsets[p], None))
             offsets[p] += 1
         touched: dict[str, ArticleState] = {}

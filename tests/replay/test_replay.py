@@ -9,20 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from simulator import SimConfig, generate
 from stream.cli import main
-from stream.replay import FileSource, Item, PayloadSource, TopicSource, murmur2, partition_for, run_replay
+from stream.kafka.partitioner import record_partition
+from stream.replay import FileSource, Item, PayloadSource, TopicSource, run_replay
 
 PARTITIONS = 4
-
-
-def test_murmur2_is_kafkas() -> None:
-    for key in [b"", b"a", b"ab", b"abc", b"abcd", b"21", "é-user-💡".encode(), bytes(range(37))]:
-        assert murmur2(key) == aiokafka_murmur2(key) & 0xFFFFFFFF
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +74,7 @@ def test_replay_preserves_keys_and_per_key_order(kafka_bootstrap: str, dataset_d
     got = _read(kafka_bootstrap, topic, len(expected))
     assert len(got) == len(expected)
     for p, k, v in got:  # Kafka's own partitioner would have put it there
-        assert p == partition_for(k, v, PARTITIONS)
+        assert p == record_partition(k, v, PARTITIONS)
     assert _per_key([(k, v) for _, k, v in got]) == _per_key(expected)
     # Parquet and JSONL sources give the same events for the same keys
     jsonl = [(i.key, i.value) for i in FileSource(dataset_dir / "events.jsonl").items(None)]
@@ -177,7 +172,7 @@ def test_topic_source_range_and_cli_errors(kafka_bootstrap: str, unique: str, da
 def _counts(payloads: list[tuple[bytes, bytes]]) -> dict[int, int]:
     c: dict[int, int] = defaultdict(int)
     for k, v in payloads:
-        c[partition_for(k, v, PARTITIONS)] += 1
+        c[record_partition(k, v, PARTITIONS)] += 1
     return c
 
 
