@@ -29,7 +29,6 @@ from simulator.population import NEVER, make_articles, make_users
 from simulator.sessions import (
     AD_IMPRESSION,
     ARTICLE_IMPRESSION,
-    EVENT_TYPES,
     NEWSLETTER_SIGNUP,
     SUBSCRIPTION,
     ad_ctr_by_day,
@@ -39,6 +38,7 @@ from simulator.sessions import (
 from simulator.truth import first_event_day, user_daily
 from simulator.world import BOT_PLACE, BRANDS, CATEGORIES, DEVICE_TYPES, PLACES, software_table, utc_offsets_minutes
 from stream.errors import ConfigError
+from stream.state.codes import EVENT_TYPES
 from stream.state.labels import DAY_MS
 
 #: Flat event columns (``stream.clickhouse.EVENT_COLUMNS`` order), event_time as int64 epoch ms.
