@@ -607,7 +607,7 @@ def cmd_replay(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``replay`` to the CLI (``stream.cli._extra_commands``)."""
+    """Add ``replay`` to the CLI (called by :func:`stream.cli.build_parser`)."""
     p = sub.add_parser("replay", help="replay events from a file or a topic range into a topic (resumable)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-file", metavar="PATH", help="simulator dataset dir, events.parquet or events.jsonl")
