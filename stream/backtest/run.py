@@ -46,7 +46,7 @@ from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
 from stream.replay import PayloadSource, run_replay
 from stream.scoring import LoadedModel, ModelSet
-from stream.state import ARTICLE_MERGE_CONFIG, ArticleState, new_article_state, update_article
+from stream.state import ArticleState, fold_article_events, new_article_state
 from stream.testing import WorkerProcess
 
 Payload = tuple[bytes | None, bytes]
@@ -105,7 +105,7 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
             p = record_partition(key, value, partitions)
             by_part.setdefault(p, []).append(Record(key, value, "session-events", p, offsets[p], None))
             offsets[p] += 1
-        touched: dict[str, ArticleState] = {}
+        round_articles: list[dict[str, Any]] = []
         for p in sorted(by_part):
             t0 = time.perf_counter()
             res = proc.process(by_part[p], stores)
@@ -113,17 +113,18 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
             out.predictions.extend(res.predictions)
             out.decisions.extend(res.decisions)
             out.dead_letters += len(res.dead_letters)
-            for aid, raw in res.article_events:
-                state = touched.get(aid)
-                if state is None:
-                    old = articles.get(aid)
-                    state = touched[aid] = ArticleState.from_bytes(old) if old else new_article_state()
-                update_article(state, orjson.loads(raw), ARTICLE_MERGE_CONFIG)
+            round_articles.extend(orjson.loads(raw) for _, raw in res.article_events)
+        touched = fold_article_events(round_articles, lambda aid: _stored_article(articles, aid))
         for aid, state in touched.items():  # the article agent's write, visible from the next round
             articles[aid] = state.to_bytes()
     out.seconds = time.perf_counter() - began
     out.events = len(payloads)
     return out
+
+
+def _stored_article(articles: Mapping[str, bytes], aid: str) -> ArticleState:
+    raw = articles.get(aid)
+    return ArticleState.from_bytes(raw) if raw else new_article_state()
 
 
 # --- end to end ---------------------------------------------------------------------------------
