@@ -44,6 +44,7 @@ import orjson
 from stream.config import Settings, make_writable_dir
 from stream.errors import ConfigError, InfraError, StreamError
 from stream.kafka.clients import cluster_metadata, kafka_config
+from stream.kafka.io import produce_blocking, read_to_end
 from stream.kafka.partitioner import record_partition
 
 CHECKPOINT_FORMAT = 1
@@ -338,29 +339,21 @@ class ReplayResult:
 def _destination_tail(conf: dict[str, Any], topic: str, since: dict[int, int],
                       until: dict[int, int]) -> dict[int, deque[tuple[bytes | None, bytes]]]:
     """Records on the destination between the checkpoint's offsets and the current end offsets."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
 
-    want = {p: (since.get(p, 0), hi) for p, hi in until.items() if hi > since.get(p, 0)}
-    out: dict[int, deque[tuple[bytes | None, bytes]]] = {p: deque() for p in want}
-    if not want:
+    start = {p: since.get(p, 0) for p in until}
+    out: dict[int, deque[tuple[bytes | None, bytes]]] = {p: deque() for p, hi in until.items() if hi > start[p]}
+    if not out:
         return out
     consumer = Consumer({**conf, "group.id": f"replay-resume-{time.time_ns()}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in want.items()])
-    left = {p: hi - lo for p, (lo, hi) in want.items()}
-    deadline = time.monotonic() + 60
     try:
-        while any(v > 0 for v in left.values()):
-            if time.monotonic() > deadline:
-                raise InfraError(f"could not read back the tail of {topic!r} to resume: {left}")
-            for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    continue
-                p = int(msg.partition() or 0)
-                if int(msg.offset() or 0) < want[p][1]:
-                    out[p].append((msg.key(), msg.value() or b""))
-                    left[p] -= 1
+        msgs = read_to_end(consumer, topic, start=start, end=until, timeout_s=60)
+    except InfraError as exc:
+        raise InfraError(f"could not read back the tail of {topic!r} to resume: {exc}") from None
     finally:
         consumer.close()
+    for msg in msgs:
+        out[int(msg.partition() or 0)].append((msg.key(), msg.value() or b""))
     return out
 
 
@@ -465,13 +458,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
             kwargs: dict[str, Any] = {}
             if timestamps == "event" and item.timestamp_ms is not None:
                 kwargs["timestamp"] = item.timestamp_ms
-            while True:
-                try:
-                    producer.produce(topic, value=item.value, key=item.key, partition=p, on_delivery=on_delivery,
-                                     **kwargs)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_blocking(producer, topic, item.value, item.key, partition=p, on_delivery=on_delivery, **kwargs)
             result.produced += 1
             result.per_partition[p] = result.per_partition.get(p, 0) + 1
             bar.update(1)

@@ -41,6 +41,7 @@ from stream.config import Settings
 from stream.errors import InfraError, PrerequisiteError
 from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
+from stream.kafka.io import read_topic
 from stream.kafka.partitioner import record_partition
 from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
@@ -198,7 +199,7 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
             decs = _read_topic(bs, settings, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
                                idle_s, worker)
             out.seconds = time.monotonic() - began
-            inputs = _read_topic(bs, settings, settings.topic(SESSION_EVENTS), len(payloads), 60, idle_s)
+            inputs = read_topic(bs, settings.topic(SESSION_EVENTS), settings=settings, timeout_s=60)
         finally:
             worker.stop()
     sent_at: dict[str, int] = {}
