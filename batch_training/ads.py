@@ -21,15 +21,7 @@ import pandas as pd
 
 from batch_training.context import Context
 from batch_training.modeling import write_json
-from stream.bandit import (
-    EpsilonGreedyPolicy,
-    FixedPolicy,
-    Policy,
-    ThompsonPolicy,
-    ThompsonSampling,
-    UniformPolicy,
-    simulate,
-)
+from stream import bandit
 
 REVENUE_PER_CLICK = 1.0
 ROUNDS = 60_000
@@ -85,15 +77,15 @@ def ads(ctx: Context) -> dict[str, Any]:
 POLICIES = ("fixed", "uniform", "epsilon_greedy", "thompson")
 
 
-def _policy(name: str, arms: list[str], fixed_arm: str, seed: int) -> Policy:
+def _policy(name: str, arms: list[str], fixed_arm: str, seed: int) -> bandit.Policy:
     """A fresh policy, seeded alike for every run."""
     if name == "fixed":
-        return FixedPolicy(arms.index(fixed_arm))
+        return bandit.FixedPolicy(arms.index(fixed_arm))
     if name == "uniform":
-        return UniformPolicy(len(arms), np.random.default_rng(seed + 1))
+        return bandit.UniformPolicy(len(arms), np.random.default_rng(seed + 1))
     if name == "epsilon_greedy":
-        return EpsilonGreedyPolicy(len(arms), EPSILON, np.random.default_rng(seed + 1))
-    return ThompsonPolicy(ThompsonSampling(arms, seed=seed + 2))
+        return bandit.EpsilonGreedyPolicy(len(arms), EPSILON, np.random.default_rng(seed + 1))
+    return bandit.ThompsonPolicy(bandit.ThompsonSampling(arms, seed=seed + 2))
 
 
 def simulate_policies(arms: list[str], contexts: list[tuple[int, str]], true_ctr: Callable[[int, str, str], float],
@@ -109,7 +101,7 @@ def simulate_policies(arms: list[str], contexts: list[tuple[int, str]], true_ctr
     results: dict[str, Any] = {}
     curves: dict[str, np.ndarray] = {}
     for name in POLICIES:
-        sim = simulate({name: _policy(name, arms, fixed_arm, seed)}, rounds, rng)[name]
+        sim = bandit.simulate({name: _policy(name, arms, fixed_arm, seed)}, rounds, rng)[name]
         reward = int(sim.clicked.sum())
         curves[name] = np.cumsum(best - sim.expected)
         results[name] = {"clicks": reward, "ctr": reward / len(contexts),
