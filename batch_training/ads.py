@@ -8,11 +8,12 @@ Simulation: ``ROUNDS`` impressions replayed day by day with the context mix of t
 reward of an arm is Bernoulli(true CTR of (day, placement, device)) from ``truth_ad_arms`` when
 the simulator wrote it, else the empirical CTR. Policies: fixed (the best arm of the first week's
 log), uniform, epsilon-greedy (ε = 0.1) and Thompson sampling (``stream.bandit.ThompsonSampling``),
-all seeded; regret is against the best arm per (day, device).
+all seeded and run by ``stream.bandit.simulate``; regret is against the best arm per (day, device).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import pandas as pd
 
 from batch_training.context import Context
 from batch_training.modeling import write_json
-from stream.bandit import ThompsonSampling
+from stream import bandit
 
 REVENUE_PER_CLICK = 1.0
 ROUNDS = 60_000
@@ -54,7 +55,6 @@ def ads(ctx: Context) -> dict[str, Any]:
                zip(t["day"].tolist(), t["placement"].tolist(), t["device"].tolist(), t["ctr"].tolist(), strict=True)}
         truth_source = "truth_ad_arms"
     emp = log.groupby(["day", "placement", "device"])["clicked"].mean().to_dict()
-    rng = np.random.default_rng(seed)
     sample = log.sample(min(ROUNDS, len(log)), random_state=seed).sort_values("day")
     contexts = list(zip(sample["day"].astype(int), sample["device"], strict=True))
 
@@ -63,38 +63,7 @@ def ads(ctx: Context) -> dict[str, Any]:
 
     first_week = log[log["day"] < d0 + 7].groupby("placement")["clicked"].mean()
     fixed_arm = str(first_week.idxmax())
-    results: dict[str, Any] = {}
-    curves: dict[str, np.ndarray] = {}
-    for policy in ("fixed", "uniform", "epsilon_greedy", "thompson"):
-        prng = np.random.default_rng(seed + 1)
-        ts = ThompsonSampling(arms, seed=seed + 2)
-        counts: dict[str, dict[str, list[int]]] = {}
-        regret = np.empty(len(contexts))
-        reward = 0
-        for i, (day, dev) in enumerate(contexts):
-            c = counts.setdefault(dev, {a: [0, 0] for a in arms})
-            if policy == "fixed":
-                arm = fixed_arm
-            elif policy == "uniform":
-                arm = arms[int(prng.integers(len(arms)))]
-            elif policy == "epsilon_greedy":
-                if prng.random() < EPSILON:
-                    arm = arms[int(prng.integers(len(arms)))]
-                else:
-                    arm = max(arms, key=lambda a: (c[a][1] + 1) / (c[a][0] + 2))
-            else:
-                alpha, beta = ts.posterior({a: (v[0], v[1]) for a, v in c.items()})
-                arm = arms[int(np.argmax(ts.rng.beta(alpha, beta)))]
-            p = true_ctr(day, arm, dev)
-            clicked = int(rng.random() < p)
-            c[arm][0] += 1
-            c[arm][1] += clicked
-            reward += clicked
-            regret[i] = max(true_ctr(day, a, dev) for a in arms) - p
-        curves[policy] = np.cumsum(regret)
-        results[policy] = {"clicks": reward, "ctr": reward / len(contexts),
-                           "cumulative_regret": float(curves[policy][-1]),
-                           "revenue": reward * REVENUE_PER_CLICK}
+    results, curves = simulate_policies(arms, contexts, true_ctr, fixed_arm, seed)
     _plot(curves, ctx)
     best_policy = min(results, key=lambda k: results[k]["cumulative_regret"])
     out = {"truth_source": truth_source, "rounds": len(contexts), "fixed_arm": fixed_arm, "policies": results,
@@ -103,6 +72,42 @@ def ads(ctx: Context) -> dict[str, Any]:
                        **{k: round(v["cumulative_regret"], 2) for k, v in results.items()}}}
     write_json(ctx.reports_dir / "ads.json", out)
     return out
+
+
+POLICIES = ("fixed", "uniform", "epsilon_greedy", "thompson")
+
+
+def _policy(name: str, arms: list[str], fixed_arm: str, seed: int) -> bandit.Policy:
+    """A fresh policy, seeded alike for every run."""
+    if name == "fixed":
+        return bandit.FixedPolicy(arms.index(fixed_arm))
+    if name == "uniform":
+        return bandit.UniformPolicy(len(arms), np.random.default_rng(seed + 1))
+    if name == "epsilon_greedy":
+        return bandit.EpsilonGreedyPolicy(len(arms), EPSILON, np.random.default_rng(seed + 1))
+    return bandit.ThompsonPolicy(bandit.ThompsonSampling(arms, seed=seed + 2))
+
+
+def simulate_policies(arms: list[str], contexts: list[tuple[int, str]], true_ctr: Callable[[int, str, str], float],
+                      fixed_arm: str, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Each policy over the same (day, device) impressions: clicks, CTR, regret and its cumulative curve.
+
+    Every policy starts from the same seeds; the clicks come from one generator across the
+    policies, in the order below.
+    """
+    rounds = [(dev, np.array([true_ctr(day, a, dev) for a in arms])) for day, dev in contexts]
+    best = np.array([ctr.max() for _, ctr in rounds])
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {}
+    curves: dict[str, np.ndarray] = {}
+    for name in POLICIES:
+        sim = bandit.simulate({name: _policy(name, arms, fixed_arm, seed)}, rounds, rng)[name]
+        reward = int(sim.clicked.sum())
+        curves[name] = np.cumsum(best - sim.expected)
+        results[name] = {"clicks": reward, "ctr": reward / len(contexts),
+                         "cumulative_regret": float(curves[name][-1]),
+                         "revenue": reward * REVENUE_PER_CLICK}
+    return results, curves
 
 
 def _plot(curves: dict[str, np.ndarray], ctx: Context) -> None:

@@ -10,7 +10,7 @@ from batch_training.context import Context
 from batch_training.datasets import build_training_sets
 from batch_training.modeling import write_json
 from stream.errors import PrerequisiteError
-from stream.state import CHURN_FEATURES, CLICK_FEATURES, CONVERSION_FEATURES, ENGAGEMENT_FEATURES
+from stream.models import MODELS
 
 SUPPORTED_SCHEMA_VERSIONS = {1}
 _BACKFILL = "python -m simulator backfill --users 3000 --days 45"
@@ -56,10 +56,9 @@ def features(ctx: Context) -> dict[str, Any]:
     out = ctx.data_dir
     for name, df in (("users", sets.users), ("clicks", sets.clicks), ("engagement", sets.engagement)):
         df.to_parquet(out / f"{name}.parquet", index=False)
-    lists = {"churn": CHURN_FEATURES.to_dict(), "conversion": CONVERSION_FEATURES.to_dict(),
-             "click": CLICK_FEATURES.to_dict(), "engagement": ENGAGEMENT_FEATURES.to_dict(),
-             "labels": {"users": ["churned", "converted", "high_value"], "clicks": ["clicked"],
-                        "engagement": ["engagement"]}}
+    lists: dict[str, Any] = {name: m.features.to_dict() for name, m in MODELS.items()}
+    lists["labels"] = {"users": ["churned", "converted", "high_value"], "clicks": ["clicked"],
+                       "engagement": ["engagement"]}
     (out / "feature_list.json").write_text(json.dumps(lists, indent=2))
     u = sets.users
     manifest = {

@@ -1,4 +1,7 @@
-"""The supervised models: which training set, feature list, label and split each one uses."""
+"""The supervised models' training: which training set, time column, metric and split each one uses.
+
+What a model is (features, label, task, library) comes from the model table, ``stream.models``.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +11,37 @@ import numpy as np
 import pandas as pd
 
 from batch_training.modeling import Split, time_split
-from stream.state import CHURN_FEATURES, CLICK_FEATURES, CONVERSION_FEATURES, ENGAGEMENT_FEATURES, FeatureList
+from stream.models import MODELS, Model
+from stream.state import FeatureList
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
+    model: Model
     table: str  # users | clicks | engagement (Parquet under data_dir/training)
-    features: FeatureList
-    label: str
     time_col: str
-    task: str  # binary | regression
-    library: str  # xgboost | lightgbm
     primary: str  # metric the promote gate compares
     id_cols: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def features(self) -> FeatureList:
+        return self.model.features
+
+    @property
+    def label(self) -> str:
+        return self.model.label
+
+    @property
+    def task(self) -> str:
+        return self.model.task
+
+    @property
+    def library(self) -> str:
+        return self.model.library
 
     def rows(self, df: pd.DataFrame) -> pd.DataFrame:
         """Rows with a defined label, in time order (stable)."""
@@ -37,13 +57,12 @@ class ModelSpec:
         return time_split(df[self.time_col].to_numpy())
 
 
-SPECS: dict[str, ModelSpec] = {
-    "churn": ModelSpec("churn", "users", CHURN_FEATURES, "churned", "cutoff_ms", "binary", "xgboost", "auc",
-                       ("user_id",)),
-    "conversion": ModelSpec("conversion", "users", CONVERSION_FEATURES, "converted", "cutoff_ms", "binary",
-                            "lightgbm", "auc", ("user_id",)),
-    "click": ModelSpec("click", "clicks", CLICK_FEATURES, "clicked", "event_time_ms", "binary", "xgboost", "auc",
-                       ("event_id",)),
-    "engagement": ModelSpec("engagement", "engagement", ENGAGEMENT_FEATURES, "engagement", "event_time_ms",
-                            "regression", "xgboost", "r2", ("event_id",)),
+#: model -> (training set, time column, promote metric, id columns)
+_TRAINING: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
+    "churn": ("users", "cutoff_ms", "auc", ("user_id",)),
+    "conversion": ("users", "cutoff_ms", "auc", ("user_id",)),
+    "click": ("clicks", "event_time_ms", "auc", ("event_id",)),
+    "engagement": ("engagement", "event_time_ms", "r2", ("event_id",)),
 }
+
+SPECS: dict[str, ModelSpec] = {name: ModelSpec(model, *_TRAINING[name]) for name, model in MODELS.items()}

@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from simulator import SimConfig, generate  # noqa: E402
 from stream.config import load_settings  # noqa: E402
 from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
+from stream.kafka.io import produce_blocking  # noqa: E402
 from stream.testing import produce  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 from tests.support.models import train_and_register  # noqa: E402
@@ -89,12 +90,7 @@ def raw_loop(bootstrap: str, topic: str, total: int) -> float:
         for msg in c.consume(1000, 1.0):
             if msg.error():
                 continue
-            while True:
-                try:
-                    p.produce(out, key=msg.key(), value=msg.value())
-                    break
-                except BufferError:
-                    p.poll(0.05)
+            produce_blocking(p, out, msg.value(), msg.key())
             n += 1
             if n == int(0.1 * total):
                 t10 = time.monotonic()

@@ -26,10 +26,10 @@ import pyarrow.parquet as pq
 from simulator import messy
 from simulator.config import SimConfig
 from simulator.population import NEVER, make_articles, make_users
+from simulator.records import batch_to_dicts
 from simulator.sessions import (
     AD_IMPRESSION,
     ARTICLE_IMPRESSION,
-    EVENT_TYPES,
     NEWSLETTER_SIGNUP,
     SUBSCRIPTION,
     ad_ctr_by_day,
@@ -39,6 +39,7 @@ from simulator.sessions import (
 from simulator.truth import first_event_day, user_daily
 from simulator.world import BOT_PLACE, BRANDS, CATEGORIES, DEVICE_TYPES, PLACES, software_table, utc_offsets_minutes
 from stream.errors import ConfigError
+from stream.state.codes import EVENT_TYPES
 from stream.state.labels import DAY_MS
 
 #: Flat event columns (``stream.clickhouse.EVENT_COLUMNS`` order), event_time as int64 epoch ms.
@@ -108,7 +109,7 @@ class Dataset:
     def iter_events(self, batch_size: int = 65_536) -> Iterator[dict[str, Any]]:
         """``session_event`` v1 dicts in delivery order (absent fields are left out)."""
         for batch in self.table.to_batches(max_chunksize=batch_size):
-            yield from _batch_to_dicts(batch)
+            yield from batch_to_dicts(batch)
 
     def iter_payloads(self) -> Iterator[tuple[bytes, bytes]]:
         """``(key, value)`` records as produced to Kafka, malformed ones interleaved."""
@@ -245,35 +246,6 @@ def _write_lines(f: Any, lines: pa.Array) -> None:
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset:lines.offset + len(lines) + 1]
     data = lines.buffers()[2]
     f.write(memoryview(data)[int(offsets[0]):int(offsets[-1])])
-
-
-def _batch_to_dicts(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
-    cols = batch.to_pydict()
-    top = ("article_id", "brand", "category", "position", "placement", "request_id", "revenue",
-           "duration_ms")
-    for i in range(batch.num_rows):
-        ev: dict[str, Any] = {
-            "schema_version": cols["schema_version"][i], "event_id": cols["event_id"][i],
-            "event_type": cols["event_type"][i], "user_id": cols["user_id"][i],
-            "session_id": cols["session_id"][i], "event_time": cols["event_time"][i],
-        }
-        for c in top:
-            v = cols[c][i]
-            if v is not None:
-                ev[c] = v
-        if cols["device_type"][i] is not None:
-            dev = {"type": cols["device_type"][i]}
-            for k, c in (("os", "device_os"), ("browser", "device_browser")):
-                if cols[c][i] is not None:
-                    dev[k] = cols[c][i]
-            ev["device"] = dev
-        if cols["country"][i] is not None:
-            geo = {"country": cols["country"][i]}
-            for k, c in (("city", "city"), ("timezone", "timezone")):
-                if cols[c][i] is not None:
-                    geo[k] = cols[c][i]
-            ev["geo"] = geo
-        yield ev
 
 
 def events_to_table(events: Sequence[dict[str, Any]]) -> pa.Table:

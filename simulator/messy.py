@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from simulator.config import SimConfig
+from simulator.records import batch_to_dicts
 
 #: Optional columns that may go missing one by one (schema stays satisfied).
 DROPPABLE = ("brand", "category", "duration_ms", "device_os", "device_browser", "city", "timezone")
@@ -87,11 +88,9 @@ def apply(cfg: SimConfig, table: pa.Table, rng: np.random.Generator) -> tuple[pa
     malformed: list[bytes] = []
     positions = np.zeros(0, np.int64)
     if cfg.malformed_share > 0 and table.num_rows:
-        from simulator.dataset import _batch_to_dicts
-
         k = max(1, round(cfg.malformed_share * table.num_rows))
         src = np.sort(rng.integers(0, table.num_rows, size=k))
-        sample = list(_batch_to_dicts(table.take(pa.array(src)).combine_chunks().to_batches()[0]))
+        sample = list(batch_to_dicts(table.take(pa.array(src)).combine_chunks().to_batches()[0]))
         kinds = rng.integers(0, len(MALFORMED_KINDS), size=k)
         malformed = [malformed_record(ev, MALFORMED_KINDS[c]) for ev, c in zip(sample, kinds, strict=True)]
         positions = np.sort(rng.integers(0, table.num_rows + 1, size=k))

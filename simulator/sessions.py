@@ -21,14 +21,21 @@ import numpy as np
 from simulator.config import SimConfig
 from simulator.population import DAY_MS, HOUR_MS, Articles, Users, sample_articles
 from simulator.world import PLACES
+from stream.state.codes import TYPE_CODE
 
-EVENT_TYPES: tuple[str, ...] = (
-    "session_start", "page_view", "article_view", "article_impression", "article_click",
-    "video_play", "newsletter_signup", "subscription", "ad_request", "ad_impression",
-    "ad_click", "session_end",
-)
-(SESSION_START, PAGE_VIEW, ARTICLE_VIEW, ARTICLE_IMPRESSION, ARTICLE_CLICK, VIDEO_PLAY,
- NEWSLETTER_SIGNUP, SUBSCRIPTION, AD_REQUEST, AD_IMPRESSION, AD_CLICK, SESSION_END) = range(12)
+# Event kinds are the state's type codes (stream.state.codes, checked against the schema's enum).
+SESSION_START = TYPE_CODE["session_start"]
+PAGE_VIEW = TYPE_CODE["page_view"]
+ARTICLE_VIEW = TYPE_CODE["article_view"]
+ARTICLE_IMPRESSION = TYPE_CODE["article_impression"]
+ARTICLE_CLICK = TYPE_CODE["article_click"]
+VIDEO_PLAY = TYPE_CODE["video_play"]
+NEWSLETTER_SIGNUP = TYPE_CODE["newsletter_signup"]
+SUBSCRIPTION = TYPE_CODE["subscription"]
+AD_REQUEST = TYPE_CODE["ad_request"]
+AD_IMPRESSION = TYPE_CODE["ad_impression"]
+AD_CLICK = TYPE_CODE["ad_click"]
+SESSION_END = TYPE_CODE["session_end"]
 
 MAX_DIRECT = 3
 SCROLL_MS = ((2_000, 10_000), (200, 1_000))      # humans, bots

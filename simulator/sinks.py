@@ -15,6 +15,7 @@ from stream.clickhouse import ClickHouse
 from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka import clients
+from stream.kafka.io import produce_blocking
 
 #: ClickHouse columns holding epoch ms that must be inserted as DateTime64.
 _TIME_COLUMNS = {"event_time", "cutoff_time", "start_time", "day_start"}
@@ -81,12 +82,7 @@ def stream(ds: Dataset, bootstrap: str, topic: str, rate: float | None = None,
     n = 0
     try:
         for key, value in _payloads(ds, shift):
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key or None, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_blocking(producer, topic, value, key or None, on_delivery=on_delivery)
             n += 1
             if n % 1000 == 0:
                 producer.poll(0)

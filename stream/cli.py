@@ -11,7 +11,6 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from stream.errors import StreamError
 
@@ -163,9 +162,9 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.backtest.cli import install_commands  # replay + backtest (idempotent)
+    from stream import replay
+    from stream.backtest import cli as backtest_cli
 
-    install_commands()
     parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -209,13 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=_positive_int, default=50)
     query.set_defaults(func=cmd_query)
 
-    for register in _extra_commands:
-        register(sub)
+    replay.register(sub)
+    backtest_cli.register(sub)
     return parser
-
-
-#: Later modules (worker, replay, backtest, demo) add their subcommands here.
-_extra_commands: list[Callable[[Any], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:

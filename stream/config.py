@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -306,9 +305,3 @@ def load_settings(**overrides: object) -> Settings:
         ) from None
     protect(*s.secrets())  # from now on no log record of this process shows them
     return s
-
-
-@lru_cache(maxsize=1)
-def settings() -> Settings:
-    """Process-wide settings, read once."""
-    return load_settings()

@@ -35,13 +35,11 @@ from stream.bandit import ThompsonSampling, propensities
 from stream.errors import InfraError
 from stream.ids import decision_id
 from stream.metrics import WorkerMetrics
+from stream.models import SERVED_FEATURES, TRIGGERS
 from stream.schemas import EventRejected, dead_letter_envelope, parse_event
-from stream.scoring import TRIGGERS, LoadedModel, ScoreRequest, score_requests
+from stream.scoring import LoadedModel, ScoreRequest, score_requests
 from stream.state import (
-    CHURN_FEATURES,
-    CLICK_FEATURES,
     DEFAULT_CONFIG,
-    ENGAGEMENT_FEATURES,
     ArticleState,
     Outcome,
     StateConfig,
@@ -57,8 +55,8 @@ from stream.state import (
 
 log = logging.getLogger(__name__)
 
-#: The feature list each model must have been trained on.
-EXPECTED_FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGAGEMENT_FEATURES}
+#: The feature list each model must have been trained on (from the model table).
+EXPECTED_FEATURES = SERVED_FEATURES
 ARTICLE_EVENTS = frozenset({"article_impression", "article_click", "article_view"})
 _OFFSET = struct.Struct(">q")
 _MAX_OFFSET = 2**63

@@ -4,7 +4,8 @@ What a replay guarantees:
 
 * Keys are kept, and each record goes to the partition Kafka's default (murmur2) partitioner
   would choose for its key, computed here and passed explicitly: per-key order is the source
-  order, and the offline backtest partitions exactly the same way (:func:`partition_for`).
+  order, and the offline backtest partitions exactly the same way
+  (:func:`stream.kafka.partitioner.record_partition`).
 * Pacing: as fast as possible, or ``speed`` times real time by event timestamps.
 * Resumable without skips or duplicates. A checkpoint file records the source position *and*
   the destination's end offsets, and is written only after the producer confirmed delivery of
@@ -43,48 +44,10 @@ import orjson
 from stream.config import Settings, make_writable_dir
 from stream.errors import ConfigError, InfraError, StreamError
 from stream.kafka.clients import cluster_metadata, kafka_config
+from stream.kafka.io import produce_blocking, read_to_end
+from stream.kafka.partitioner import record_partition
 
 CHECKPOINT_FORMAT = 1
-
-
-# --- partitioning -------------------------------------------------------------------------------
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (the Java client's ``Utils.murmur2``) as an unsigned 32-bit int.
-
-    >>> murmur2(b"21")
-    3321034988
-    """
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    n4 = length & ~3
-    for i in range(0, n4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    extra = length & 3
-    if extra >= 3:
-        h ^= data[n4 + 2] << 16
-    if extra >= 2:
-        h ^= data[n4 + 1] << 8
-    if extra >= 1:
-        h ^= data[n4]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def partition_for(key: bytes | None, value: bytes, partitions: int) -> int:
-    """The Java client's partition for a key; keyless records are spread by their value's hash.
-
-    >>> partition_for(b"user-1", b"{}", 4) == (murmur2(b"user-1") & 0x7FFFFFFF) % 4
-    True
-    """
-    return (murmur2(key if key else value) & 0x7FFFFFFF) % partitions
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -376,29 +339,21 @@ class ReplayResult:
 def _destination_tail(conf: dict[str, Any], topic: str, since: dict[int, int],
                       until: dict[int, int]) -> dict[int, deque[tuple[bytes | None, bytes]]]:
     """Records on the destination between the checkpoint's offsets and the current end offsets."""
-    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka import Consumer
 
-    want = {p: (since.get(p, 0), hi) for p, hi in until.items() if hi > since.get(p, 0)}
-    out: dict[int, deque[tuple[bytes | None, bytes]]] = {p: deque() for p in want}
-    if not want:
+    start = {p: since.get(p, 0) for p in until}
+    out: dict[int, deque[tuple[bytes | None, bytes]]] = {p: deque() for p, hi in until.items() if hi > start[p]}
+    if not out:
         return out
     consumer = Consumer({**conf, "group.id": f"replay-resume-{time.time_ns()}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, p, lo) for p, (lo, _) in want.items()])
-    left = {p: hi - lo for p, (lo, hi) in want.items()}
-    deadline = time.monotonic() + 60
     try:
-        while any(v > 0 for v in left.values()):
-            if time.monotonic() > deadline:
-                raise InfraError(f"could not read back the tail of {topic!r} to resume: {left}")
-            for msg in consumer.consume(500, 0.5):
-                if msg.error() is not None:
-                    continue
-                p = int(msg.partition() or 0)
-                if int(msg.offset() or 0) < want[p][1]:
-                    out[p].append((msg.key(), msg.value() or b""))
-                    left[p] -= 1
+        msgs = read_to_end(consumer, topic, start=start, end=until, timeout_s=60)
+    except InfraError as exc:
+        raise InfraError(f"could not read back the tail of {topic!r} to resume: {exc}") from None
     finally:
         consumer.close()
+    for msg in msgs:
+        out[int(msg.partition() or 0)].append((msg.key(), msg.value() or b""))
     return out
 
 
@@ -482,7 +437,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     try:
         for item in source.items(position):
             seen += 1
-            p = partition_for(item.key, item.value, n_parts)
+            p = record_partition(item.key, item.value, n_parts)
             pending = tail.get(p)
             if pending:
                 key, value = pending.popleft()
@@ -503,13 +458,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
             kwargs: dict[str, Any] = {}
             if timestamps == "event" and item.timestamp_ms is not None:
                 kwargs["timestamp"] = item.timestamp_ms
-            while True:
-                try:
-                    producer.produce(topic, value=item.value, key=item.key, partition=p, on_delivery=on_delivery,
-                                     **kwargs)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+            produce_blocking(producer, topic, item.value, item.key, partition=p, on_delivery=on_delivery, **kwargs)
             result.produced += 1
             result.per_partition[p] = result.per_partition.get(p, 0) + 1
             bar.update(1)
@@ -645,7 +594,7 @@ def cmd_replay(args: Any) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``replay`` to the CLI (``stream.cli._extra_commands``)."""
+    """Add ``replay`` to the CLI (called by :func:`stream.cli.build_parser`)."""
     p = sub.add_parser("replay", help="replay events from a file or a topic range into a topic (resumable)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-file", metavar="PATH", help="simulator dataset dir, events.parquet or events.jsonl")

@@ -18,14 +18,6 @@ from stream.registry import ModelRegistry, ModelVersion, RegistryError, load_boo
 
 log = logging.getLogger(__name__)
 
-#: Which event triggers which model.
-TRIGGERS: Mapping[str, str] = {
-    "article_impression": "click",
-    "session_start": "engagement",
-    "session_end": "churn",
-}
-MODEL_NAMES: tuple[str, ...] = ("churn", "click", "engagement")
-
 
 class ScoreError(ValueError):
     """A model's output that cannot be published."""

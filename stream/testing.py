@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka import clients
+from stream.kafka.io import produce_blocking, read_topic
 
 
 def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]],
@@ -41,12 +42,7 @@ def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, b
         kwargs: dict[str, Any] = {}
         if ts_iter is not None:
             kwargs["timestamp"] = next(ts_iter)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_blocking(producer, topic, value, key, wait_s=0.1, **kwargs)
         n += 1
         if n % 10_000 == 0:
             producer.poll(0)
@@ -59,44 +55,33 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
             timeout_s: float = 60.0, idle_s: float | None = None, settings: Settings | None = None) -> list[Message]:
     """Read ``topic`` from the beginning with a fresh consumer.
 
-    Without ``until``: everything up to the high watermarks seen at the start. With ``until``:
-    until ``until(messages)`` holds (then, with ``idle_s``, until nothing new came for that long).
-    Stops at ``timeout_s`` either way. ``settings`` as for :func:`produce`.
+    Without ``until``: everything up to the high watermarks seen at the start
+    (:func:`stream.kafka.io.read_to_end`; InfraError if not all came within ``timeout_s``). With
+    ``until``: until ``until(messages)`` holds (then, with ``idle_s``, until nothing new came for
+    that long), or what came within ``timeout_s``. ``settings`` as for :func:`produce`.
     """
+    if until is None:
+        return read_topic(bootstrap, topic, settings=settings, timeout_s=timeout_s)
     consumer = clients.consumer(bootstrap, settings, **{
         "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    got: list[Message] = []
-    deadline = time.monotonic() + timeout_s
     try:
         md = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
             raise InfraError(f"topic {topic!r} does not exist")
-        ends: dict[int, int] = {}
-        for p in md.partitions:
-            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            if hi > lo:
-                ends[p] = hi
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout_s
         last = time.monotonic()
         while time.monotonic() < deadline:
             msg = consumer.poll(0.2)
             if msg is not None and msg.error() is None:
                 got.append(msg)
                 last = time.monotonic()
-                part, offset = msg.partition() or 0, msg.offset() or 0
-                if until is None and offset + 1 >= ends.get(part, 0):
-                    ends.pop(part, None)
-                    if not ends:
-                        break
-                continue
-            if until is None:
-                if not ends:
-                    break
             elif until(got) and (idle_s is None or time.monotonic() - last >= idle_s):
                 break
+        return got
     finally:
         consumer.close()
-    return got
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, *,

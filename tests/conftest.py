@@ -48,14 +48,18 @@ def unique() -> str:
 
 
 @pytest.fixture
-def ch(unique: str) -> Iterator[object]:
+def ch() -> Iterator[object]:
     """A ClickHouse (embedded chdb) with the product's DDL applied, in a database of its own."""
-    from stream.clickhouse import connect
-    from stream.config import load_settings
+    from tests.support.chdb import fresh_database
 
-    store = connect(load_settings(clickhouse_database=f"t_{unique}"))
-    try:
+    with fresh_database() as store:
         yield store
-    finally:
-        store.command("DROP DATABASE IF EXISTS {db}")
-        store.close()
+
+
+@pytest.fixture(scope="module")
+def ch_module() -> Iterator[object]:
+    """:func:`ch` shared by the tests of one module (for data that is costly to load)."""
+    from tests.support.chdb import fresh_database
+
+    with fresh_database() as store:
+        yield store

@@ -164,12 +164,3 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="offline records per round (default 500)")
     p.add_argument("--seed", type=int, default=0, help="bandit seed (the worker's is 0)")
     p.set_defaults(func=cmd_backtest)
-
-
-def install_commands() -> None:
-    """Register ``replay`` and ``backtest`` in ``stream.cli`` (idempotent)."""
-    from stream import cli, replay
-
-    for reg in (replay.register, register):
-        if reg not in cli._extra_commands:
-            cli._extra_commands.append(reg)

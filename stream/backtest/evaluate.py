@@ -14,7 +14,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from stream.bandit import ThompsonSampling
+from stream.bandit import EpsilonGreedyPolicy, Policy, ThompsonPolicy, ThompsonSampling, simulate
 from stream.ope import Estimate, ips, replay, snips
 from stream.state.labels import CHURN_HORIZON_MS, DAY_MS, engagement_score
 
@@ -199,34 +199,25 @@ def bandit_comparison(log: pd.DataFrame, decisions: Sequence[Mapping[str, Any]],
     sampler are simulated over the same requests, learning from Bernoulli clicks drawn from the
     true CTRs (seeded). The worker's sampler learned from the site's logged (uniform) traffic.
     """
-    rng = np.random.default_rng(seed)
     idx = {a: i for i, a in enumerate(placements)}
     chosen = {d["request_id"]: d["placement"] for d in decisions}
     rows = log[log.request_id.isin(chosen.keys())]
-    k = len(placements)
     n = len(rows)
-    curves = {name: np.zeros(n) for name in ("oracle", "worker_thompson", "uniform", "epsilon_greedy",
-                                            "thompson_interactive")}
-    eg_counts: dict[str, np.ndarray] = {}
-    ts = ThompsonSampling(placements, seed=seed)
-    ts_counts: dict[str, dict[str, tuple[int, int]]] = {}
+    curves = {name: np.zeros(n) for name in ("oracle", "worker_thompson", "uniform")}
+    rounds = []
     for i, (rid, dev, day) in enumerate(rows[["request_id", "device_type", "day"]].itertuples(index=False)):
         p = ctr[(int(day), str(dev))]
         curves["oracle"][i] = p.max()
         curves["uniform"][i] = p.mean()
         curves["worker_thompson"][i] = p[idx[chosen[rid]]]
-        c = eg_counts.setdefault(dev, np.zeros((2, k)))
-        explore = rng.random() < epsilon or c[0].min() == 0
-        a = int(rng.integers(k)) if explore else int(np.argmax(c[1] / c[0]))
-        c[0, a] += 1
-        c[1, a] += rng.random() < p[a]
-        curves["epsilon_greedy"][i] = p[a]
-        counts = ts_counts.setdefault(dev, {})
-        alpha, beta = ts.posterior(counts)
-        b = int(np.argmax(ts.rng.beta(alpha, beta)))
-        imps, clicks = counts.get(placements[b], (0, 0))
-        counts[placements[b]] = (imps + 1, clicks + int(rng.random() < p[b]))
-        curves["thompson_interactive"][i] = p[b]
+        rounds.append((dev, p))
+    rng = np.random.default_rng(seed)
+    learners: dict[str, Policy] = {
+        "epsilon_greedy": EpsilonGreedyPolicy(len(placements), epsilon, rng, prior=None),
+        "thompson_interactive": ThompsonPolicy(ThompsonSampling(placements, seed=seed)),
+    }
+    for name, sim in simulate(learners, rounds, rng).items():
+        curves[name] = sim.expected
     cum = pd.DataFrame({name: np.cumsum(v) for name, v in curves.items()})
     summary = pd.DataFrame([{"policy": name, "requests": n, "mean_reward": float(v.mean()) if n else float("nan"),
                              "cumulative_reward": float(v.sum()),

@@ -5,7 +5,7 @@ and the report do not care which mode produced them.
 
 Offline mode feeds :class:`~stream.processor.BatchProcessor` (the worker's own per-batch code)
 with :class:`~stream.processor.Record` batches, partitioned exactly as the replay partitions
-(:func:`stream.replay.partition_for`, Kafka's murmur2), with plain dicts as stores:
+(:func:`stream.kafka.partitioner.record_partition`, Kafka's murmur2), with plain dicts as stores:
 
 1. The stream is cut into rounds of ``batch_size`` records in delivery order.
 2. Each round is split by partition (order kept) and every partition's part is one batch.
@@ -41,11 +41,13 @@ from stream.config import Settings
 from stream.errors import InfraError, PrerequisiteError
 from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
+from stream.kafka.io import read_topic
+from stream.kafka.partitioner import record_partition
 from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 from stream.registry import ModelRegistry
-from stream.replay import PayloadSource, partition_for, run_replay
+from stream.replay import PayloadSource, run_replay
 from stream.scoring import LoadedModel, ModelSet
-from stream.state import ARTICLE_MERGE_CONFIG, ArticleState, new_article_state, update_article
+from stream.state import ArticleState, fold_article_events, new_article_state
 from stream.testing import WorkerProcess
 
 Payload = tuple[bytes | None, bytes]
@@ -101,10 +103,10 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
     for start in range(0, len(payloads), batch_size):
         by_part: dict[int, list[Record]] = {}
         for key, value in payloads[start:start + batch_size]:
-            p = partition_for(key, value, partitions)
+            p = record_partition(key, value, partitions)
             by_part.setdefault(p, []).append(Record(key, value, "session-events", p, offsets[p], None))
             offsets[p] += 1
-        touched: dict[str, ArticleState] = {}
+        round_articles: list[dict[str, Any]] = []
         for p in sorted(by_part):
             t0 = time.perf_counter()
             res = proc.process(by_part[p], stores)
@@ -112,17 +114,18 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
             out.predictions.extend(res.predictions)
             out.decisions.extend(res.decisions)
             out.dead_letters += len(res.dead_letters)
-            for aid, raw in res.article_events:
-                state = touched.get(aid)
-                if state is None:
-                    old = articles.get(aid)
-                    state = touched[aid] = ArticleState.from_bytes(old) if old else new_article_state()
-                update_article(state, orjson.loads(raw), ARTICLE_MERGE_CONFIG)
+            round_articles.extend(orjson.loads(raw) for _, raw in res.article_events)
+        touched = fold_article_events(round_articles, lambda aid: _stored_article(articles, aid))
         for aid, state in touched.items():  # the article agent's write, visible from the next round
             articles[aid] = state.to_bytes()
     out.seconds = time.perf_counter() - began
     out.events = len(payloads)
     return out
+
+
+def _stored_article(articles: Mapping[str, bytes], aid: str) -> ArticleState:
+    raw = articles.get(aid)
+    return ArticleState.from_bytes(raw) if raw else new_article_state()
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
             decs = _read_topic(bs, settings, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
                                idle_s, worker)
             out.seconds = time.monotonic() - began
-            inputs = _read_topic(bs, settings, settings.topic(SESSION_EVENTS), len(payloads), 60, idle_s)
+            inputs = read_topic(bs, settings.topic(SESSION_EVENTS), settings=settings, timeout_s=60)
         finally:
             worker.stop()
     sent_at: dict[str, int] = {}

@@ -24,6 +24,7 @@ from stream.state.article import (
     new_article_state,
     update_article,
 )
+from stream.state.article_fold import fold_article_events
 from stream.state.codes import EVENT_TYPES, Ev, encode_event
 from stream.state.config import DEFAULT_CONFIG, StateConfig
 from stream.state.featurelist import FeatureList
@@ -79,6 +80,7 @@ __all__ = [
     "engagement_features",
     "engagement_features_batch",
     "engagement_row",
+    "fold_article_events",
     "new_article_state",
     "new_user_state",
     "update_article",

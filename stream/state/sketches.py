@@ -2,7 +2,7 @@
 
 Each one is order-independent where the state needs it to be (integer adds into absolute
 buckets, max-registers, bottom-k by hash), and each writes itself into a compact binary
-:class:`Writer` and reads back from a :class:`Reader`, so no pickle is involved.
+:class:`Writer`; the states' ``from_bytes`` read it back through :func:`decode`, so no pickle is involved.
 
 Why not a library: river's ``stats.EWMean`` decays per update rather than per unit of event time
 and ``utils.TimeRolling`` keeps every value of the window; no installed package has a HyperLogLog
@@ -128,45 +128,6 @@ class Writer:
         return body + _CRC.pack(zlib.crc32(body))
 
 
-class Reader:
-    """Reads what :class:`Writer` wrote: ``groups[i]`` lists with cursors, floats, raw bytes."""
-
-    __slots__ = ("c", "ci", "f", "fi", "n", "ni", "raw", "ri", "s", "si", "t", "ti", "w", "wi", "x", "xi")
-
-    def __init__(self, data: bytes, fmt: int, what: str) -> None:
-        groups, self.f, self.raw = decode(data, fmt, what)
-        self.w, self.t, self.s, self.n, self.x, self.c = groups
-        self.wi = self.ti = self.si = self.ni = self.xi = self.ci = self.fi = self.ri = 0
-
-    def take(self, group: str, n: int) -> list[int]:
-        """The next ``n`` values of integer group ``group``."""
-        i = getattr(self, group + "i")
-        setattr(self, group + "i", i + n)
-        values: list[int] = getattr(self, group)
-        return values[i:i + n]
-
-    def one(self, group: str) -> int:
-        i = getattr(self, group + "i")
-        setattr(self, group + "i", i + 1)
-        values: list[int] = getattr(self, group)
-        return values[i]
-
-    def floats(self, n: int) -> list[float]:
-        i = self.fi
-        self.fi = i + n
-        return self.f[i:i + n]
-
-    def blob(self, n: int) -> bytes:
-        i = self.ri
-        self.ri = i + n
-        return self.raw[i:i + n]
-
-    def done(self) -> bool:
-        return (self.wi == len(self.w) and self.ti == len(self.t) and self.si == len(self.s)
-                and self.ni == len(self.n) and self.xi == len(self.x) and self.ci == len(self.c)
-                and self.fi == len(self.f) and self.ri == len(self.raw))
-
-
 def decode(data: bytes, fmt: int, what: str) -> tuple[list[list[int]], list[float], bytes]:
     """The integer groups (in :data:`GROUPS` order), floats and raw bytes of a record.
 
@@ -281,21 +242,12 @@ class BucketCounts:
         s += [ref - k for k in keys]
         w.c += chain.from_iterable([c[k] for k in keys])
 
-    def read(self, r: Reader, ref_t: int) -> None:
-        ages = r.take("s", r.one("s"))
-        self.load(ref_t, ages, r.take("c", self.ntypes * len(ages)))
-
     def load(self, ref_t: int, ages: list[int], flat: list[int]) -> None:
         """Set the buckets from what :meth:`write` wrote (``flat`` = the rows, concatenated)."""
         ref = ref_t // self.width
         nt = self.ntypes
         self.c = {ref - a: flat[i:i + nt] for i, a in zip(range(0, len(flat), nt), ages, strict=True)}
         self.win = {}
-
-    def copy(self) -> BucketCounts:
-        b = BucketCounts(self.width, self.n, self.ntypes)
-        b.c = {k: list(v) for k, v in self.c.items()}
-        return b
 
 
 # --- distinct counting ---------------------------------------------------------------------------
@@ -372,19 +324,6 @@ class DistinctCounter:
             w.s.append(2 * len(self.regs) + 1)
             w.raw += self.regs
 
-    def read(self, r: Reader) -> None:
-        tag = r.one("s")
-        if tag & 1:
-            self.s, self.regs = None, bytearray(r.blob(tag >> 1))
-        else:
-            self.s, self.regs = set(r.take("x", tag >> 1)), None
-
-    def copy(self) -> DistinctCounter:
-        d = DistinctCounter()
-        d.s = None if self.s is None else set(self.s)
-        d.regs = None if self.regs is None else bytearray(self.regs)
-        return d
-
 
 # --- preferences ------------------------------------------------------------------------------------
 
@@ -447,17 +386,6 @@ class TopCounts:
         n += [c[k] for k in keys]
         w.x += keys
 
-    def read(self, r: Reader) -> None:
-        size = r.one("s")
-        self.other = r.one("n")
-        self.c = dict(zip(r.take("x", size), r.take("n", size), strict=True))
-
-    def copy(self) -> TopCounts:
-        t = TopCounts()
-        t.c = dict(self.c)
-        t.other = self.other
-        return t
-
 
 # --- decayed means ---------------------------------------------------------------------------------
 
@@ -496,10 +424,6 @@ class DecayedMeans:
         f = w.f
         f.append(self.w)
         f += self.means
-
-    def read(self, r: Reader) -> None:
-        self.t = r.one("w")
-        self.w, *self.means = r.floats(1 + len(self.means))
 
     def copy(self) -> DecayedMeans:
         d = DecayedMeans(len(self.means))

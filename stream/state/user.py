@@ -178,10 +178,6 @@ class UserState:
         #: by in-order events (see :func:`session_view`); None until a feature row asks for it
         self.view: tuple[int, Sessions] | None = None
 
-    def _prefs(self) -> tuple[TopCounts, ...]:
-        return (self.p_brand, self.p_device, self.p_os, self.p_browser, self.p_country, self.p_city,
-                self.p_tz)
-
     # -- serialization --
 
     def to_bytes(self) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,8 +9,8 @@ from typing import Any
 import pytest
 
 from batch_training.context import Context, get_profile
-from stream.clickhouse import connect
 from stream.config import load_settings
+from tests.support.chdb import fresh_database
 
 USERS, DAYS, SEED = 1500, 42, 11
 
@@ -33,15 +32,9 @@ def sim_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     from simulator import SimConfig, generate
     from simulator.sinks import backfill
 
-    db = f"batch_{uuid.uuid4().hex[:8]}"
-    ch = connect(load_settings(clickhouse_database=db))
-    backfill(ch, generate(SimConfig(n_users=USERS, days=DAYS, seed=SEED)))
-    ctx = make_context(tmp_path_factory.mktemp("batch"), db, ch)
-    try:
-        yield ctx
-    finally:
-        ch.command("DROP DATABASE IF EXISTS {db}")
-        ch.close()
+    with fresh_database("batch") as ch:
+        backfill(ch, generate(SimConfig(n_users=USERS, days=DAYS, seed=SEED)))
+        yield make_context(tmp_path_factory.mktemp("batch"), ch.database, ch)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ import pytest
 
 from simulator import SimConfig, generate
 from simulator.sinks import backfill, stream
+from stream.kafka.io import read_topic
 
 
 def test_backfill_inserts_events_and_truth(ch: object) -> None:
@@ -27,23 +28,12 @@ def test_backfill_inserts_events_and_truth(ch: object) -> None:
 
 @pytest.mark.kafka
 def test_stream_produces_every_record_keyed_by_user(kafka_bootstrap: str, unique: str) -> None:
-    from confluent_kafka import Consumer
-
     ds = generate(SimConfig(n_users=50, days=2, seed=9, malformed_share=0.01))
     topic = f"sim-{unique}"
     n = stream(ds, kafka_bootstrap, topic, rate=None, progress=False)
     assert n == len(ds) + len(ds.malformed)
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"g-{unique}",
-                         "auto.offset.reset": "earliest"})
-    consumer.subscribe([topic])
-    got = []
-    try:
-        while len(got) < n:
-            msgs = consumer.consume(1000, timeout=10)
-            assert msgs, f"only {len(got)} of {n} records arrived"
-            got.extend(m for m in msgs if m.error() is None)
-    finally:
-        consumer.close()
+    got = read_topic(kafka_bootstrap, topic, timeout_s=30)
+    assert len(got) == n
     valid = [m for m in got if m.key()]
     assert len(valid) == len(ds)
     ev = orjson.loads(valid[0].value())

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from batch_training.datasets import build_training_sets, frame_to_evs
-from stream.clickhouse import connect, events_to_frame, insert_events
-from stream.config import load_settings
+from stream.clickhouse import events_to_frame, insert_events
 from stream.state import (
     CLICK_FEATURES,
     ENGAGEMENT_FEATURES,
@@ -30,27 +26,15 @@ from stream.state.synthetic import generate_events
 
 
 @pytest.fixture(scope="module")
-def store() -> Iterator[object]:
-    ch = connect(load_settings(chdb_path=os.environ.get("STREAM_CHDB_PATH", "/tmp/publisher-stream-tests-chdb"),
-                               clickhouse_database="state_test"))
-    ch.command("TRUNCATE TABLE {db}.events")
-    try:
-        yield ch
-    finally:
-        ch.command("DROP DATABASE IF EXISTS {db}")
-        ch.close()
-
-
-@pytest.fixture(scope="module")
 def events() -> list[dict]:
     return generate_events(n_users=30, days=30, seed=21)
 
 
 @pytest.fixture(scope="module")
-def sets(store, events):
-    insert_events(store, events)
-    insert_events(store, events[:50])  # replayed duplicates must not change anything
-    return build_training_sets(store, users_per_chunk=10)
+def sets(ch_module, events):
+    insert_events(ch_module, events)
+    insert_events(ch_module, events[:50])  # replayed duplicates must not change anything
+    return build_training_sets(ch_module, users_per_chunk=10)
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> None:
@@ -123,8 +107,8 @@ def test_engagement_rows_equal_streamed_state(sets, events: list[dict]) -> None:
         assert row["engagement"] == pytest.approx(label)
 
 
-def test_parallel_build_equals_serial(store, sets) -> None:
-    par = build_training_sets(store, users_per_chunk=10, processes=2)
+def test_parallel_build_equals_serial(ch_module, sets) -> None:
+    par = build_training_sets(ch_module, users_per_chunk=10, processes=2)
     for a, b in ((sets.users, par.users), (sets.clicks, par.clicks), (sets.engagement, par.engagement)):
         key = [c for c in ("user_id", "cutoff_ms", "event_id") if c in a.columns]
         pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),

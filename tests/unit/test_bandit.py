@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from stream.bandit import ThompsonSampling, propensities
+from stream.bandit import (
+    EpsilonGreedyPolicy,
+    FixedPolicy,
+    Policy,
+    ThompsonPolicy,
+    ThompsonSampling,
+    UniformPolicy,
+    propensities,
+    simulate,
+)
 
 MC_DRAWS = 200_000
 
@@ -140,3 +151,46 @@ def test_posterior_ignores_counts_of_unknown_arms() -> None:
 def test_no_arms_is_refused() -> None:
     with pytest.raises(ValueError, match="at least one arm"):
         ThompsonSampling(())
+
+
+# --- offline simulation ---------------------------------------------------------------------------
+CTR = np.array([0.02, 0.10, 0.05])
+
+
+def _rounds(n: int) -> list[tuple[str, np.ndarray]]:
+    return [("mobile" if i % 2 else "desktop", CTR) for i in range(n)]
+
+
+def test_simulate_records_the_true_rate_of_the_arm_played_and_bernoulli_clicks() -> None:
+    sim = simulate({"fixed": FixedPolicy(1)}, _rounds(20_000), np.random.default_rng(3))["fixed"]
+    assert (sim.expected == 0.10).all()
+    assert abs(sim.clicked.mean() - 0.10) < 0.01  # 20k Bernoulli(0.1): sd 0.002
+
+
+def test_learning_policies_find_the_best_arm_and_uniform_does_not() -> None:
+    rng = np.random.default_rng(5)
+    policies: dict[str, Policy] = {
+        "uniform": UniformPolicy(3, np.random.default_rng(1)),
+        "epsilon_greedy": EpsilonGreedyPolicy(3, 0.1, np.random.default_rng(1)),
+        "thompson": ThompsonPolicy(ThompsonSampling(("a", "b", "c"), seed=2)),
+    }
+    sims = simulate(policies, _rounds(6_000), rng)
+    late = {name: float(s.expected[-2_000:].mean()) for name, s in sims.items()}
+    assert abs(late["uniform"] - CTR.mean()) < 0.005
+    assert late["thompson"] > 0.095
+    assert late["epsilon_greedy"] > 0.09  # 10% exploration costs at most 0.1 * (0.10 - 0.02)
+
+
+def test_epsilon_greedy_without_a_prior_tries_every_arm_in_every_context_first() -> None:
+    policy = EpsilonGreedyPolicy(3, 0.0, np.random.default_rng(0), prior=None)
+    simulate({"eg": policy}, _rounds(200), np.random.default_rng(0))
+    for counts in policy.counts.values():
+        assert counts[0].min() > 0
+
+
+def test_no_module_draws_from_a_samplers_generator_but_the_bandit() -> None:
+    """Thompson draws go through ThompsonSampling.sample; nothing else reaches into its ``rng``."""
+    root = Path(__file__).resolve().parents[2]
+    users = sorted(str(p.relative_to(root)) for d in ("stream", "batch_training", "simulator")
+                   for p in (root / d).rglob("*.py") if ".rng.beta(" in p.read_text())
+    assert users == ["stream/bandit.py"]

@@ -7,11 +7,14 @@ common/utils/UtilsTest.java): key bytes -> ``Utils.murmur2`` as a Java (signed 3
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-from stream.kafka.partitioner import murmur2, partition_for
+from stream.kafka.partitioner import murmur2, partition_for, record_partition
+
+ROOT = Path(__file__).resolve().parents[2]
 
 JAVA_MURMUR2 = {
     "21": -973932308,
@@ -68,3 +71,23 @@ def test_partition_for_stays_in_range_and_spreads_keys() -> None:
     # 500 expected per partition; a hash that ignores part of the key would be far off.
     assert min(counts) > 400
     assert max(counts) < 600
+
+
+def test_record_partition_matches_kafkas_hash_by_key_or_else_by_value() -> None:
+    """The replay's choice, against aiokafka's murmur2: keyed records by key, keyless ones by value."""
+    rng = random.Random(7)
+    for _ in range(200):
+        key = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 24)))
+        value = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 40)))
+        n = rng.choice([1, 3, 4, 12])
+        assert record_partition(key, value, n) == (aiokafka_murmur2(key) & 0x7FFFFFFF) % n
+        for no_key in (None, b""):
+            assert record_partition(no_key, value, n) == (aiokafka_murmur2(value) & 0x7FFFFFFF) % n
+
+
+def test_murmur2_has_one_home() -> None:
+    """Only stream/kafka/partitioner.py implements murmur2 (its multiplier is the tell)."""
+    roots = [ROOT / d for d in ("stream", "simulator", "batch_training", "bench", "scripts")]
+    homes = sorted(str(p.relative_to(ROOT)) for r in roots for p in r.rglob("*.py")
+                   if "5BD1E995" in p.read_text().upper())
+    assert homes == ["stream/kafka/partitioner.py"]
