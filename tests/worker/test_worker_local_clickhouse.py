@@ -84,10 +84,15 @@ def _wait_final(env: dict[str, str], events: list[dict[str, Any]], timeout_s: fl
 
 def _group_members(bootstrap: str, env: dict[str, str]) -> tuple[str, list[set[int]]]:
     """The group's state and, per member, the session-events partitions assigned to it."""
+    from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     group, topic = env["STREAM_WORKER_ID"], f"{env['STREAM_TOPIC_PREFIX']}session-events"
-    desc = AdminClient({"bootstrap.servers": bootstrap}).describe_consumer_groups([group])[group].result()
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept while its future runs: it resolves it
+    try:
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=20)
+    except KafkaException:  # no coordinator for the group yet
+        return "UNKNOWN", []
     owned = [{tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic} for m in desc.members]
     return str(desc.state).rsplit(".", 1)[-1], [o for o in owned if o]
 
@@ -176,16 +181,30 @@ def test_the_local_server_killed_mid_stream_is_restarted_and_nothing_is_lost(
         assert local_server.server_pids(path) == [second.pid]
 
 
+def _committed(bootstrap: str, env: dict[str, str]) -> list[int]:
+    """The group's committed offset of each session-events partition (-1001: none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"{env['STREAM_TOPIC_PREFIX']}session-events"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": env["STREAM_WORKER_ID"]})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(4)], timeout=10)
+    finally:
+        consumer.close()
+    return [tp.offset for tp in tps]
+
+
 def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
         kafka_bootstrap: str, env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
     """Workers A and C share the embedded ClickHouse; B's ClickHouse refuses every connection.
 
     C joining makes B give up its unconfirmed batches within STREAM_SETTLE_TIMEOUT_S: the rebalance
     completes and A and C keep processing; once B stops, its partitions' events arrive too.
+    The group is established first (A alone commits on every partition), as in production.
     """
     settle_s = 4
     env = {**env, "STREAM_SETTLE_TIMEOUT_S": str(settle_s)}
-    first, second = sim_events[:N_EVENTS], sim_events[N_EVENTS:2 * N_EVENTS]
+    warm, first, second = sim_events[:400], sim_events[400:1400], sim_events[1400:2400]
     create_topics(kafka_bootstrap, env)
     ports = {name: free_port() for name in "abc"}
     envs = {name: {**env, "STREAM_WORKER_WEB_PORT": str(port)} for name, port in ports.items()}
@@ -196,6 +215,10 @@ def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
                                                      instance=name))
 
         start("a")
+        _produce(kafka_bootstrap, env, warm)
+        _wait_final(env, warm, timeout_s=120)
+        _wait(lambda: min(_committed(kafka_bootstrap, env)) >= 0, 30, "A's commits on every partition")
+
         b = start("b")
         _wait_stable(kafka_bootstrap, env, members=2, timeout_s=120)
         _produce(kafka_bootstrap, env, first)
@@ -212,17 +235,22 @@ def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
         owned: dict[str, set[int]] = {}
 
         def assignment_seen() -> bool:
-            owned.update({name: _owned(port, env) for name, port in ports.items()})
-            return all(owned.values()) and sum(map(len, owned.values())) == len(set().union(*owned.values())) == 4
+            """A's and C's partitions (their lag gauges) are two members' assignments; B has the third's."""
+            state, members = _group_members(kafka_bootstrap, env)
+            a, c = _owned(ports["a"], env), _owned(ports["c"], env)
+            if state != "STABLE" or len(members) != 3 or a == c or a not in members or c not in members:
+                return False
+            owned["b"] = next(m for m in members if m not in (a, c))
+            return True
 
-        _wait(assignment_seen, 30, "each worker exporting lag for its partitions only")
+        _wait(assignment_seen, 30, "A and C exporting lag for the partitions assigned to them")
         _produce(kafka_bootstrap, env, second)
         partition = {orjson.loads(m.value() or b"")["event_id"]: m.partition() for m in consume(
             kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}session-events", timeout_s=60)}
-        predictions, _ = _expected([e for e in second if partition[e["event_id"]] not in owned["b"]])
+        predictions, _ = _expected([e for e in first + second if partition[e["event_id"]] not in owned["b"]])
         _wait(lambda: predictions <= set(_final(env)[0]), 90, "the events of A's and C's partitions in ClickHouse")
 
         assert b.proc is not None
         b.proc.send_signal(signal.SIGTERM)
         b.proc.wait(settle_s + 40)
-        _wait_final(env, first + second, timeout_s=120)  # B's partitions moved to A and C: nothing lost
+        _wait_final(env, warm + first + second, timeout_s=120)  # B's partitions moved to A and C: nothing lost
