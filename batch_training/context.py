@@ -60,7 +60,7 @@ def get_profile(name: str, **overrides: Any) -> Profile:
 
 @dataclass
 class Context:
-    """Shared by the steps of one run. ``ch`` is opened on first use (chdb: one per process)."""
+    """Shared by the steps of one run. ``ch`` is opened on first use."""
 
     settings: Settings
     profile: Profile

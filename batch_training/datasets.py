@@ -15,7 +15,7 @@ and fed one by one into a user state; a row is cut whenever the worker would sco
   ``labels.session_engagement`` of that session's events.
 
 Parallelism: users are split by ``cityHash64(user_id) % n_chunks``; the parent queries each chunk
-(chdb allows one data directory per process) and worker processes run the state.
+(one connection) and worker processes run the state.
 """
 
 from __future__ import annotations

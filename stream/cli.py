@@ -92,6 +92,13 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    value = int(text) if text.isdigit() else -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -161,6 +168,31 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clickhouse_up(args: argparse.Namespace) -> int:
+    """Serve the embedded ClickHouse of STREAM_CHDB_PATH in the foreground until Ctrl-C / SIGTERM."""
+    from stream.clickhouse.local_server import serve
+    from stream.config import load_settings
+
+    path = load_settings().ensure_dir("chdb_path")
+    code = serve(path, port=args.port)
+    if code != 0:
+        raise StreamError(f"another process serves the embedded ClickHouse of {path} (`python -m stream clickhouse "
+                          "stop` ends it)")
+    return 0
+
+
+def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
+    """Stop the embedded ClickHouse server of STREAM_CHDB_PATH, if one runs."""
+    from stream.clickhouse.local_server import stop
+    from stream.config import load_settings
+
+    path = load_settings().chdb_path
+    pids = stop(path)
+    print(f"stopped the ClickHouse server of {path} (pid {', '.join(map(str, pids))})" if pids
+          else f"no ClickHouse server serves {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stream import replay
     from stream.backtest import cli as backtest_cli
@@ -208,6 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     query.add_argument("--max-rows", type=_positive_int, default=50)
     query.set_defaults(func=cmd_query)
 
+    clickhouse = sub.add_parser("clickhouse", help="the embedded ClickHouse server of STREAM_CHDB_PATH")
+    csub = clickhouse.add_subparsers(dest="clickhouse_command", required=True)
+    ch_up = csub.add_parser("up", help="serve it in the foreground (clients find it; without this, the first "
+                                       "client starts one in the background)")
+    ch_up.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ch_up.set_defaults(func=cmd_clickhouse_up)
+    ch_stop = csub.add_parser("stop", help="stop it (the next client starts it again)")
+    ch_stop.set_defaults(func=cmd_clickhouse_stop)
     replay.register(sub)
     backtest_cli.register(sub)
     return parser

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password")
     clickhouse_database: str = Field("publisher", description="database holding all tables")
     chdb_path: Path = Field(ROOT / "var" / "chdb", description="directory of the embedded chdb data")
+    chdb_server_idle_s: float = Field(
+        300.0, gt=0, le=86_400, allow_inf_nan=False,
+        description="the embedded ClickHouse server of STREAM_CHDB_PATH exits after this long with no client",
+    )
 
     # --- Paths ---------------------------------------------------------------------------
     data_dir: Path = Field(ROOT / "var", description="root of runtime data (datasets, state, logs)")

@@ -120,7 +120,8 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     # enough live days for `minutes` of traffic at `rate` (the simulator makes ~8-12 events per user-day)
     live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
     worker: WorkerProcess | None = None
-    where = f"server {settings.clickhouse_url}" if settings.clickhouse_url else f"embedded chdb in {settings.chdb_path}"
+    where = (f"server {settings.clickhouse_url}" if settings.clickhouse_url
+             else f"embedded (chdb in {settings.chdb_path}, served to every process by a local server)")
     with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions,
                            settings.max_message_bytes) as (bootstrap, jvm):
         if jvm is not None:
@@ -226,6 +227,7 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     print("\nhow to query them:")
     print(f"  STREAM_CHDB_PATH={settings.chdb_path} STREAM_CLICKHOUSE_DATABASE={settings.clickhouse_database} "
           "python -m stream query \"SELECT model_name, count() FROM {db}.predictions FINAL GROUP BY model_name\"")
+    print("  (also while a worker runs: every process shares the directory's ClickHouse server)")
     print("  java -cp 'kafka/lib/*' org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server HOST:PORT "
           f"--topic {settings.topic('predictions')} --from-beginning --formatter-property print.key=true")
     print("  (run during the demo, that command printed:)")
@@ -239,8 +241,12 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     result = run_backtest(window, settings.models_dir, settings.reports_dir / "backtest", mode="offline")
     clock.say(f"backtest report: {result['report']}")
 
-    # 8. nothing left behind
-    left = [p for p in ([worker.proc.pid] if worker and worker.proc else []) + ([jvm] if jvm else []) if _alive(p)]
+    # 8. nothing left behind (the embedded ClickHouse's server too: a later query starts it again)
+    from stream.clickhouse import local_server
+
+    servers = local_server.stop(settings.chdb_path) if not settings.clickhouse_url else []
+    left = [p for p in ([worker.proc.pid] if worker and worker.proc else []) + ([jvm] if jvm else []) + servers
+            if _alive(p)]
     if left:
         raise InfraError(f"processes still running after the demo: {left}")
     clock.say(f"done in {time.monotonic() - clock.t0:.0f}s; no process left behind")

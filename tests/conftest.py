@@ -1,7 +1,10 @@
 """Shared fixtures: one real Kafka broker per test session, one chdb directory per session.
 
-chdb allows one data directory per process, so the whole session shares one (set through
-STREAM_CHDB_PATH before anything reads settings) and tests isolate themselves by database.
+The whole session shares one embedded ClickHouse directory (set through STREAM_CHDB_PATH before
+anything reads settings), served by its local server (stream/clickhouse/local_server.py), and
+tests isolate themselves by database. Local servers exit 5 s after their last client here, and
+any still running when the session ends (the session's, those of the tests' worker directories)
+are stopped then.
 """
 
 from __future__ import annotations
@@ -20,6 +23,18 @@ os.environ.setdefault("STREAM_DATA_DIR", str(_SESSION_DIR / "var"))
 os.environ.setdefault("STREAM_MODELS_DIR", str(_SESSION_DIR / "var" / "models"))
 os.environ.setdefault("STREAM_STATE_DIR", str(_SESSION_DIR / "var" / "state"))
 os.environ.setdefault("STREAM_REPORTS_DIR", str(_SESSION_DIR / "var" / "reports"))
+os.environ.setdefault("STREAM_CHDB_SERVER_IDLE_S", "5")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_clickhouse_server_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Stop the embedded ClickHouse servers the session started (they run detached)."""
+    from stream.clickhouse.local_server import servers_under, stop
+
+    yield
+    for root in (_SESSION_DIR, tmp_path_factory.getbasetemp()):
+        for _, path in servers_under(root):
+            stop(path)
 
 
 @pytest.fixture(scope="session")

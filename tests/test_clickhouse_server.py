@@ -107,3 +107,17 @@ def test_errors_come_back_with_clickhouses_code_and_a_restart_keeps_the_data(
         assert ch.query_df("SELECT count() AS n FROM {db}.predictions FINAL")["n"].iloc[0] == 3
     finally:
         ch.close()
+
+
+def test_an_insert_of_many_blocks_arrives_whole(server: ClickHouseServer, unique: str) -> None:
+    """clickhouse-connect sends a large insert as several lz4 frames; each one's rows must arrive."""
+    ch = _connect(server, unique)
+    try:
+        events = [{"schema_version": 1, "event_id": f"e{i}", "event_type": "page_view", "user_id": f"u{i % 97}",
+                   "session_id": "s1", "event_time": T0 + i} for i in range(40_000)]
+        assert insert_events(ch, events) == 40_000
+        got = ch.query_df("SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.events")
+        assert (int(got["n"].iloc[0]), int(got["ids"].iloc[0])) == (40_000, 40_000)
+    finally:
+        ch.command("DROP DATABASE IF EXISTS {db}")
+        ch.close()

@@ -166,6 +166,7 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
     Topics get a fresh prefix and the worker a fresh id, state directory and chdb directory, so
     a run never sees another run's data. With ``bootstrap`` None an embedded broker is started.
     """
+    from stream.clickhouse import local_server
     from stream.config import load_settings
     from stream.topics import BANDIT_DECISIONS, PREDICTIONS, SESSION_EVENTS, ensure_topics
 
@@ -202,6 +203,7 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
             inputs = read_topic(bs, settings.topic(SESSION_EVENTS), settings=settings, timeout_s=60)
         finally:
             worker.stop()
+            local_server.stop(work / "chdb")  # the worker's embedded ClickHouse: nothing reads it after the run
     sent_at: dict[str, int] = {}
     for m in inputs:
         with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError, KeyError):

@@ -49,21 +49,24 @@ _FLAG_COLUMNS = ("replayed",)
 
 
 def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
-    """Open the configured ClickHouse: a server if ``clickhouse_url`` is set, else chdb."""
+    """Open the configured ClickHouse: the server at ``clickhouse_url`` if set, else the embedded one.
+
+    The embedded ClickHouse is the host-local server of ``chdb_path`` (chdb behind ClickHouse's
+    HTTP protocol, started by whichever process needs it first: ``stream/clickhouse/local_server.py``),
+    so any number of processes can use one directory at once.
+    """
     ch: ClickHouse
     if settings.clickhouse_url:
         from stream.clickhouse.server_backend import ServerClickHouse
 
-        ch = ServerClickHouse(
-            settings.clickhouse_url,
-            settings.clickhouse_user,
-            settings.clickhouse_password.get_secret_value(),
-            settings.clickhouse_database,
-        )
+        ch = ServerClickHouse(settings.clickhouse_database, dsn=settings.clickhouse_url,
+                              username=settings.clickhouse_user,
+                              password=settings.clickhouse_password.get_secret_value())
     else:
-        from stream.clickhouse.chdb_backend import ChdbClickHouse
+        from stream.clickhouse.local_server import connect_local
 
-        ch = ChdbClickHouse(settings.ensure_dir("chdb_path"), settings.clickhouse_database)
+        ch = connect_local(settings.ensure_dir("chdb_path"), settings.clickhouse_database,
+                           settings.chdb_server_idle_s)
     if apply_schema:
         apply_ddl(ch)
         warn_old_predictions_engine(ch)

@@ -1,6 +1,9 @@
-"""Embedded ClickHouse through chdb: the real engine in-process, data in a directory.
+"""chdb opened in this process: the real engine in-process, data in a directory.
 
-chdb allows one data directory per process at a time, so sessions are shared per path and a
+Not what :func:`stream.clickhouse.connect` opens: chdb admits one *process* per directory, so the
+embedded ClickHouse is served by one process per directory (``local_server.py``) to every other.
+Kept for single-process use on a directory no server holds (e.g. comparing insert costs). chdb
+also allows one data directory per process at a time, so sessions are shared per path and a
 second path while the first is open is refused with a clear error.
 """
 

@@ -1,7 +1,9 @@
-"""A ClickHouse server reached through clickhouse-connect (HTTP)."""
+"""A ClickHouse server reached through clickhouse-connect (HTTP): a remote one, or the embedded one."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
@@ -12,32 +14,58 @@ from stream.errors import InfraError
 
 
 class ServerClickHouse:
-    """A :class:`~stream.clickhouse.base.ClickHouse` backed by a ClickHouse server."""
+    """A :class:`~stream.clickhouse.base.ClickHouse` backed by a ClickHouse server.
 
-    def __init__(self, url: str, user: str, password: str, database: str) -> None:
+    ``client_kwargs`` go to ``clickhouse_connect.get_client``; ``where`` names the server in
+    errors (never its DSN, which may carry credentials); ``on_close`` runs after the client closes.
+    """
+
+    def __init__(self, database: str, *, where: str = "the ClickHouse server configured by STREAM_CLICKHOUSE_URL",
+                 on_close: Callable[[], None] | None = None, **client_kwargs: Any) -> None:
         import clickhouse_connect
 
         self.database = database
+        self._on_close = on_close
         try:
-            self._client = clickhouse_connect.get_client(dsn=url, username=user, password=password)
+            # tz_mode: DateTime64(3, 'UTC') columns come back UTC-aware, as from chdb (every column is UTC)
+            self._client = clickhouse_connect.get_client(**{"tz_mode": "aware", **client_kwargs})
         except Exception as exc:
-            # The DSN may carry credentials: never echo it whole.
-            raise InfraError(f"cannot reach the ClickHouse server configured by STREAM_CLICKHOUSE_URL: {exc}") from exc
+            raise InfraError(f"cannot reach {where}: {exc}") from exc
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> None:
-        self._client.command(render(sql, self.database), parameters=params)
+        with _errors("query"):
+            self._client.command(render(sql, self.database), parameters=params)
 
     def query_df(self, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self._client.query_df(render(sql, self.database), parameters=params)
+        with _errors("query"):
+            return self._client.query_df(render(sql, self.database), parameters=params)
 
     def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-        return self._client.query_arrow(render(sql, self.database), parameters=params)
+        with _errors("query"):
+            return self._client.query_arrow(render(sql, self.database), parameters=params)
 
     def insert_df(self, table: str, df: pd.DataFrame) -> int:
         if df.empty:
             return 0
-        self._client.insert_df(table=table, df=df, database=self.database)
+        with _errors(f"insert into {table!r}"):
+            self._client.insert_df(table=table, df=df, database=self.database)
         return len(df)
 
     def close(self) -> None:
-        self._client.close()
+        try:
+            self._client.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+                self._on_close = None
+
+
+@contextlib.contextmanager
+def _errors(what: str) -> Iterator[None]:
+    """clickhouse-connect's errors as :class:`InfraError` (the CLI prints those as one line)."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    try:
+        yield
+    except ClickHouseError as exc:
+        raise InfraError(f"ClickHouse {what} failed: {exc}") from exc

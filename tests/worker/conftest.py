@@ -4,8 +4,6 @@ and per-test isolated settings (topic prefix, consumer group, state and chdb dir
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -67,16 +65,13 @@ def worker_env(tmp_path: Path, unique: str, models_dir: Path) -> dict[str, str]:
 
 
 def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
-    """Query the worker's chdb directory from a fresh process (chdb: one directory per process)."""
-    code = ("import json, sys; from stream.clickhouse import connect; from stream.config import load_settings; "
-            "ch = connect(load_settings()); df = ch.query_df(sys.argv[1]); "
-            "print(df.to_json(orient='records')); ch.close()")
-    proc = subprocess.run([sys.executable, "-c", code, sql], env={**_base_env(), **env}, capture_output=True,
-                          text=True, cwd=ROOT, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Query the worker's embedded ClickHouse (its directory's local server), also while it runs."""
+    from stream.clickhouse import connect
 
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
+    settings = load_settings(chdb_path=Path(env["STREAM_CHDB_PATH"]),
+                             clickhouse_database=env.get("STREAM_CLICKHOUSE_DATABASE", "publisher"))
+    ch = connect(settings, apply_schema=False)
+    try:
+        return list(json.loads(ch.query_df(sql).to_json(orient="records")))
+    finally:
+        ch.close()
