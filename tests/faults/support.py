@@ -135,3 +135,22 @@ def final_counts(rows: list[dict[str, Any]], expected: Iterable[tuple[str, str]]
     """(missing, duplicates) of (model_name, event_id) rows of a ``FINAL`` query."""
     got = Counter((r["model_name"], r["event_id"]) for r in rows)
     return len(set(expected) - set(got)), sum(n - 1 for n in got.values() if n > 1)
+
+
+def owners(bootstrap: str, group: str, topic: str) -> tuple[int, bool]:
+    """(members of ``group`` that own partitions of ``topic``, whether the group is stable)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:  # bounded: an unbounded wait here once hung for the whole test timeout
+        desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result(timeout=15)
+    except Exception:  # the coordinator is not ready yet: ask again
+        return 0, False
+    members = [m for m in desc.members if any(tp.topic == topic for tp in m.assignment.topic_partitions)]
+    return len(members), str(desc.state).endswith("STABLE")
+
+
+def wait_owners(bootstrap: str, group: str, topic: str, n: int, timeout_s: float = 90) -> float:
+    """Wait until exactly ``n`` members of a stable group own partitions of ``topic``."""
+    return wait(lambda: owners(bootstrap, group, topic) == (n, True), timeout_s,
+                f"{n} workers owning {topic} partitions in a stable group", every_s=0.5)
