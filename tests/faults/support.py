@@ -108,6 +108,8 @@ class PredictionWatch:
         self.bootstrap, self.topic = bootstrap, topic
         self.expected = set(expected)
         self.done_at: float | None = None
+        #: the score of the last prediction read for each (model, event)
+        self.latest: dict[tuple[str, str], float] = {}
 
     def read(self, timeout_s: float = 180.0, idle_s: float = 2.0) -> Counter[tuple[str, str]]:
         """Every prediction on the topic once all expected ones are there (then ``idle_s`` of quiet)."""
@@ -122,6 +124,9 @@ class PredictionWatch:
             return self.done_at is not None
 
         msgs = consume(self.bootstrap, self.topic, until=complete, timeout_s=timeout_s, idle_s=idle_s)
+        for m in msgs:
+            p = orjson.loads(m.value())
+            self.latest[(p["model_name"], p["event_id"])] = p["score"]
         return Counter(keys(msgs))
 
 
