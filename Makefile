@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint fmt bench kafka-up clean
+.PHONY: help install demo test test-fast test-faults lint fmt bench kafka-up clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +28,9 @@ test: $(STAMP) ## the whole test suite (starts its own Kafka broker)
 
 test-fast: $(STAMP) ## tests that need no Kafka broker
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
+
+test-faults: $(STAMP) ## the fault suite alone (broker, worker, ClickHouse failures; `make test` runs it too)
+	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check .
