@@ -23,7 +23,7 @@ class FaultRow:
 
     fault: str
     lost: int  # scorable events with no prediction on the topic (or rows missing from FINAL)
-    dup_topic: int  # predictions published more than once for the same (model, event)
+    dup_topic: int  # predictions published more than once for the same (model, event) (-1: not measured)
     dup_final: int  # (model, event) rows more than once in ClickHouse FINAL (-1: not measured)
     recover_s: float  # from the end of the fault until every expected prediction was published
 
@@ -49,9 +49,13 @@ def record(row: FaultRow) -> str:
 def table(rows: Iterable[FaultRow]) -> str:
     lines = ["| fault | events lost | duplicates on the topic | duplicates in FINAL | seconds to recover |",
              "|---|---|---|---|---|"]
-    lines += [f"| {r.fault} | {r.lost} | {r.dup_topic} | {r.dup_final if r.dup_final >= 0 else 'n/a'} | "
-              f"{r.recover_s:.1f} |" for r in rows]
+    lines += [f"| {r.fault} | {r.lost} | {_count(r.dup_topic)} | {_count(r.dup_final)} | {r.recover_s:.1f} |"
+              for r in rows]
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    return str(n) if n >= 0 else "n/a"
 
 
 def wait(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.2) -> float:
