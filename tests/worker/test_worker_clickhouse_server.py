@@ -201,7 +201,7 @@ def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
         body = readyz(port)[1]
         assert "outputs unconfirmed" in body["reasons"], body
         held = {u["partition"] for u in body["unconfirmed"]}
-        assert held and all(u["oldest_batch_age_s"] > 3 for u in body["unconfirmed"]), body
+        assert held and all(u["oldest_batch_age_s"] >= 3 for u in body["unconfirmed"]), body  # rounded to 0.1 s
         _ride_out_the_outage(worker, env, server, events, report=("ClickHouse down mid-stream", kafka_bootstrap))
         assert _metric(env, PAUSES) == 1  # one outage, one pause
         _wait(lambda: readyz(port)[0] == 200, 30, "/readyz 200 once ClickHouse is back")
