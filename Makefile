@@ -23,13 +23,13 @@ install: $(STAMP) ## create .venv, install pinned packages and fetch the Kafka j
 demo: $(STAMP) ## the main job end to end on embedded Kafka + chdb
 	$(BIN)/python -m stream demo
 
-test: $(STAMP) ## the whole test suite (starts its own Kafka broker)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## the test suite but the fault suite (starts its own Kafka broker)
+	$(BIN)/python -m pytest -m "not fault" $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## tests that need no Kafka broker
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
 
-test-faults: $(STAMP) ## the fault suite alone (broker, worker, ClickHouse failures; `make test` runs it too)
+test-faults: $(STAMP) ## the fault suite: broker, worker and ClickHouse failures (about 6 min; CI runs it after make test)
 	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff + mypy
