@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint fmt bench kafka-up clean
+.PHONY: help install demo test test-fast test-faults lint fmt bench kafka-up clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,11 +23,14 @@ install: $(STAMP) ## create .venv, install pinned packages and fetch the Kafka j
 demo: $(STAMP) ## the main job end to end on embedded Kafka + chdb
 	$(BIN)/python -m stream demo
 
-test: $(STAMP) ## the whole test suite (starts its own Kafka broker)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP) ## the test suite but the fault suite (starts its own Kafka broker)
+	$(BIN)/python -m pytest -m "not fault" $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## tests that need no Kafka broker
 	$(BIN)/python -m pytest -m "not kafka" $(PYTEST_ARGS)
+
+test-faults: $(STAMP) ## the fault suite: broker, worker and ClickHouse failures (about 6 min; CI runs it after make test)
+	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from stream.agents.gaps import GapFiller
 from stream.agents.runtime import Runtime, describe
 from stream.clickhouse import connect
 from stream.config import Settings, load_settings
+from stream.health import Health, StallDetector, readiness
 from stream.kafka import clients, transport
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
@@ -196,7 +197,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "articles": app.GlobalTable(T.ARTICLE_STATS_TABLE, **kv),
         "bandit": app.GlobalTable(T.BANDIT_STATS_TABLE, **kv),
     }
-    metrics = metrics or WorkerMetrics()
+    metrics = metrics or WorkerMetrics(health=Health(s.health_loop_timeout_s))
     models = ModelSet(
         ModelRegistry(s.models_dir), EXPECTED_FEATURES,
         on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),
@@ -226,7 +227,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     names = {k: t.get_topic_name() for k, t in topics.items()}
     rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
                  topic_names=names, ledger=Ledger((names["events"], names["article_events"])),
-                 consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc))
+                 consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc, metrics.health))
     app.runtime = rt
     events.register(app, rt)
     articles.register(app, rt)
@@ -234,8 +235,9 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     return app, rt
 
 
-def _crash(app: faust.App, exc: BaseException) -> None:
-    """Stop the worker cleanly with exit code 1 (mode's Worker re-raises the crash reason)."""
+def _crash(app: faust.App, exc: BaseException, health: Health) -> None:
+    """Stop the worker cleanly with exit code 1 (mode's Worker re-raises the crash reason); not live from now on."""
+    health.fail(f"{type(exc).__name__}: {exc}")
     _tasks.add(task := asyncio.ensure_future(app.crash(exc)))
     task.add_done_callback(_tasks.discard)
 
@@ -256,8 +258,27 @@ def _set_version_gauge(metrics: WorkerMetrics, name: str, version: str) -> None:
     metrics.model_version.labels(model=name, version=version).set(1)
 
 
+def _recovered(app: faust.App) -> bool:
+    """The tables of the current assignment are recovered and its streams resumed (not during a rebalance)."""
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    return (recovery.completed.is_set() and not getattr(app, "in_recovery", False)
+            and not app.rebalancing)
+
+
+def _watch_progress(rt: Runtime, detector: StallDetector, lags: dict[tuple[str, int], int]) -> None:
+    """Feed the stalled-partition detector and export each owned partition's idle time."""
+    before = set(detector.idle)
+    idle = detector.update(lags, rt.positions)
+    for topic, partition in before - idle.keys():
+        rt.metrics.idle.remove(topic, str(partition))
+    for (topic, partition), age in idle.items():
+        rt.metrics.idle.labels(topic=topic, partition=str(partition)).set(age)
+
+
 def _register_services(app: faust.App, rt: Runtime) -> None:
     s = rt.settings
+    health = rt.metrics.health
+    detector = StallDetector(s.stall_warning_s, on_stalled=lambda tp: rt.metrics.stalls.inc())
 
     @app.task
     async def start_runtime() -> None:
@@ -269,12 +290,20 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
     async def reload_models() -> None:
         rt.models.refresh()
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def consumer_lag() -> None:
         consumer = app.consumer
         # faust's record of the offsets it committed, or read as committed at the assignment
         committed = getattr(consumer, "_committed_offset", {})
-        rt.export_lag(consumer.assignment(), consumer.highwater, committed.get)
+        lags = rt.export_lag(consumer.assignment(), consumer.highwater, committed.get)
+        _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
+
+    @app.timer(interval=1.0)
+    async def health_check() -> None:
+        # the heartbeat that /healthz checks, and the readiness verdict /readyz answers with
+        health.beat()
+        health.set_ready(readiness(recovered=_recovered(app), unconfirmed=rt.unconfirmed(), idle=detector.idle,
+                                   limit_s=s.stall_warning_s))
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def stalled_partitions() -> None:
@@ -283,6 +312,10 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
         rt.on_revoked(revoked)
+        gone = [(tp.topic, tp.partition) for tp in revoked]
+        detector.forget(gone)
+        for topic, partition in gone:
+            rt.metrics.idle.remove(topic, str(partition))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def flush_sink(app: WorkerApp, **kwargs: Any) -> None:

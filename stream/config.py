@@ -110,7 +110,12 @@ class Settings(BaseSettings):
     )
     stall_warning_s: float = Field(
         60.0, gt=0, allow_inf_nan=False,
-        description="a partition whose oldest unconfirmed batch is older than this is logged as stalled"
+        description="a partition whose oldest unconfirmed batch is older than this, or that has messages "
+                    "waiting and processed none for this long, is logged as stalled and makes /readyz fail"
+    )
+    health_loop_timeout_s: float = Field(
+        30.0, gt=0, le=3600, allow_inf_nan=False,
+        description="/healthz fails once the worker's event loop has not run its 1 s heartbeat for this long"
     )
 
     # --- Bandits -------------------------------------------------------------------------

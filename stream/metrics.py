@@ -7,8 +7,10 @@ workers in one process and read exact values. The registry also carries promethe
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Sequence
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
     GC_COLLECTOR,
@@ -18,10 +20,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from stream.errors import ConfigError
+from stream.health import Health, web_app
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -46,9 +50,16 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
             bucket.inc(n)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """No line per request (probes come every few seconds)."""
+
+
 class WorkerMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, health: Health | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        #: what /healthz and /readyz answer (served with /metrics)
+        self.health = health or Health()
         r = self.registry
         # The process-wide collectors read the process, not this object: registering the same
         # ones on each worker's registry is safe.
@@ -112,20 +123,32 @@ class WorkerMetrics:
             "nothing after it is committed", ["topic", "partition"], registry=r)
         self.lag = Gauge("stream_consumer_lag_messages", "Messages behind the high watermark",
                          ["topic", "partition"], registry=r)
+        self.idle = Gauge(
+            "stream_partition_idle_seconds",
+            "Per owned input partition with messages waiting: seconds since one of its records was last "
+            "processed (0 = progressing or nothing to read)", ["topic", "partition"], registry=r)
+        self.stalls = Counter(
+            "stream_partition_stalls_total",
+            "Times an owned input partition with messages waiting processed none for STREAM_STALL_WARNING_S",
+            registry=r)
         self._served_on: int | None = None
 
-    def serve(self, port: int) -> None:
-        """Expose ``/metrics`` on ``port`` (0 = do not serve); serving again on that port is a no-op.
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - probes and scrapes come from outside
+        """Expose ``/metrics``, ``/healthz`` and ``/readyz`` on ``port`` (0 = do not serve); again on that port: no-op.
 
-        A port that cannot be bound is a :class:`ConfigError` naming ``STREAM_WORKER_WEB_PORT``.
+        One thread per request, none on the event loop: ``/healthz`` answers while the loop is
+        wedged (and says so). A port that cannot be bound is a :class:`ConfigError` naming
+        ``STREAM_WORKER_WEB_PORT``.
         """
         if not port or port == self._served_on:
             return
         try:
-            start_http_server(port, registry=self.registry)
+            server = make_server(addr, port, web_app(make_wsgi_app(self.registry), self.health),
+                                 ThreadingWSGIServer, handler_class=_QuietHandler)
         except OSError as exc:
             raise ConfigError(f"invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve metrics on "
                               f"port {port} ({exc.strerror}); expected a free port, or 0 for no metrics") from None
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._served_on = port
 
     def value(self, name: str, **labels: str) -> float:

@@ -14,6 +14,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     from faust.worker import Worker
 
     from stream.app import create_app
+    from stream.health import Health
     from stream.metrics import WorkerMetrics
     from stream.topics import TOPICS, ensure_topics, worker_topics
     from stream.tuning import use_event_loop
@@ -25,7 +26,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> int:
     settings.ensure_dir("state_dir", settings.worker_instance)
     if not settings.clickhouse_url:
         settings.ensure_dir("chdb_path")
-    metrics = WorkerMetrics()
+    metrics = WorkerMetrics(health=Health(settings.health_loop_timeout_s))
     metrics.serve(settings.worker_web_port)  # binds now; the app's start task finds it served
     # the internal topics too: one created as the group subscribes can miss its first assignment
     ensure_topics(settings.kafka_bootstrap, settings, TOPICS + worker_topics())

@@ -88,6 +88,8 @@ def test_healthchecks_and_startup_order(config: dict[str, Any]) -> None:
     assert services["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["worker"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     assert services["prometheus"]["depends_on"]["worker"]["condition"] == "service_started"
+    # the worker's liveness endpoint (an HTTP error status fails urlopen, so the check fails)
+    assert "http://127.0.0.1:6066/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
 
 
 def test_prometheus_scrapes_the_worker(config: dict[str, Any]) -> None:
@@ -105,6 +107,7 @@ def test_dockerfile_and_dockerignore() -> None:
     assert "pip install -c constraints.txt ." in dockerfile
     assert re.search(r"^EXPOSE 6066$", dockerfile, re.M)
     assert re.search(r'^CMD \["python", "-m", "stream", "worker"\]$', dockerfile, re.M)
+    assert "http://127.0.0.1:6066/healthz" in dockerfile
     assert (ROOT / "constraints.txt").is_file()
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".venv", "var", "kafka/lib", "**/__pycache__", ".mypy_cache", ".pytest_cache"} <= ignored

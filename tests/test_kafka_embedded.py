@@ -154,3 +154,28 @@ def test_missing_java_is_one_clear_line(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
     with pytest.raises(InfraError, match=r"^java not found on PATH: Kafka 4 needs Java 17\+"):
         EmbeddedKafka(workdir=tmp_path).start()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_restart_keeps_the_address_and_the_data(sig: int, unique: str) -> None:
+    """halt()/resume(): the same port and log dir, the records written before, and new writes after."""
+    topic = f"restart-{unique}"
+    with EmbeddedKafka(partitions=1) as broker:
+        before = (broker.bootstrap, broker.controller_port, broker.workdir)
+        old_pid = broker.pid
+        producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all"})
+        for i in range(5):
+            producer.produce(topic, value=f"before-{i}".encode())
+        assert producer.flush(30) == 0
+        broker.halt(sig)
+        assert old_pid is not None and not _alive(old_pid)
+        broker.resume()
+        with pytest.raises(InfraError, match=r"is running: halt\(\) it"):
+            broker.resume()
+        assert (broker.bootstrap, broker.controller_port, broker.workdir) == before
+        assert broker.pid != old_pid
+        for i in range(5):
+            producer.produce(topic, value=f"after-{i}".encode())  # the same producer reconnects
+        assert producer.flush(30) == 0
+        got = [m.value().decode() for m in _consume(broker.bootstrap, topic, 10)]
+        assert got == [f"before-{i}" for i in range(5)] + [f"after-{i}" for i in range(5)]

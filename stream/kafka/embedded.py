@@ -6,7 +6,9 @@
 
 The jars are fetched once by Maven (``kafka/pom.xml``) into ``kafka/lib/`` (git-ignored), so later
 starts need no network. Each broker gets free ports and a fresh temporary directory; its log
-(``broker.log``) is kept there after stop for debugging. The JVM is started with a parent-death
+(``broker.log``) is kept there after stop for debugging. ``halt(sig)`` and ``resume()`` (or
+``restart(sig)``) stop and start it again on the same ports and data, as a broker restart or crash
+looks to its clients (the fault tests, tests/faults/). The JVM is started with a parent-death
 signal, so it cannot outlive the Python process that started it, even on ``kill -9``.
 """
 
@@ -347,9 +349,13 @@ class EmbeddedKafka:
         if fmt.returncode != 0:
             said = redact((fmt.stdout + fmt.stderr).strip())
             raise InfraError(f"formatting the Kafka log dir failed: {said[-500:]}")
-        out = open(self.workdir / "broker.out", "wb")  # noqa: SIM115 - lives as long as the JVM
+        return self._launch(java)
+
+    def _launch(self, java: str) -> str:
+        """Start the JVM on the written server.properties and wait until a metadata request succeeds."""
+        out = open(self.workdir / "broker.out", "ab")  # noqa: SIM115 - lives as long as the JVM
         self.proc = subprocess.Popen(
-            self._java(java, "kafka.Kafka", str(props)),
+            self._java(java, "kafka.Kafka", str(self.workdir / "server.properties")),
             stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
         )
         out.close()
@@ -360,6 +366,35 @@ class EmbeddedKafka:
             raise
         log.info("embedded Kafka ready at %s (logs in %s)", self.bootstrap, self.workdir)
         return self.bootstrap
+
+    def halt(self, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+        """Stop the JVM with ``sig`` and keep its ports, log dir and data: :meth:`resume` brings it back.
+
+        SIGTERM is a clean shutdown (SIGKILL after ``timeout_s``); SIGKILL a crash, as a host or
+        container failure would be.
+        """
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def resume(self) -> str:
+        """Start the broker again after :meth:`halt`: same ports, same log dir, the data it had."""
+        if self.proc is not None:
+            raise InfraError("the embedded broker is running: halt() it before resume()")
+        if not (self.workdir / "data" / "meta.properties").exists():
+            raise InfraError(f"no formatted log dir in {self.workdir / 'data'} to resume: start() the broker first")
+        return self._launch(java_executable())
+
+    def restart(self, sig: int = signal.SIGTERM) -> str:
+        """:meth:`halt` with ``sig``, then :meth:`resume`: a broker restart clients see on the same address."""
+        self.halt(sig)
+        return self.resume()
 
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
@@ -388,14 +423,7 @@ class EmbeddedKafka:
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (clean shutdown), then SIGKILL after ``timeout_s``. Keeps the logs, drops the data."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.halt(signal.SIGTERM, timeout_s)
         shutil.rmtree(self.workdir / "data", ignore_errors=True)
 
     @property

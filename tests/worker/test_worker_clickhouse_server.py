@@ -5,7 +5,9 @@ engine (chdb) in a subprocess; stopping it refuses connections like a server tha
 starting it again on the same port and data directory is the server coming back.
 
 Each test ends with every expected prediction and decision in ClickHouse ``FINAL`` exactly once.
-The waits watch the worker's ``/metrics``, its log and ClickHouse itself; none sleeps a fixed time.
+The waits watch the worker's ``/metrics`` and ``/readyz``, its log and ClickHouse itself; none
+sleeps a fixed time. The outages are part of the fault suite (marker ``fault``, tests/faults/):
+each reports its row of the suite's table.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from stream.config import load_settings
 from stream.kafka.embedded import free_port
 from stream.testing import WorkerProcess, committed_offsets, consume, produce, scrape_metrics, scrape_series
 from stream.topics import ensure_topics
+from tests.faults.support import FaultRow, PredictionWatch, readyz, record, topic_counts, wait_owners
 from tests.support.clickhouse_server import ClickHouseServer
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.fault]
 SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
 ACTIVE = "stream_sink_backpressure_active"
 PAUSES = "stream_sink_backpressure_pauses_total"
@@ -113,12 +116,27 @@ def _assert_each_row_once(ch: ClickHouse, events: list[dict[str, Any]]) -> None:
     assert set(dec) == decisions and set(dec.values()) == {1}
 
 
-def _wait_all_inserted(env: dict[str, str], events: list[dict[str, Any]], timeout_s: float) -> None:
+def _wait_all_inserted(env: dict[str, str], events: list[dict[str, Any]], timeout_s: float,
+                       report: tuple[str, str, float] | None = None) -> None:
+    """Wait until FINAL has every row; then check each is there once.
+
+    ``report``: (fault name, Kafka bootstrap, when the fault ended): the fault suite's row is
+    recorded first, with the predictions topic's duplicates and the seconds since the fault ended.
+    """
     predictions, decisions = _expected(events)
     ch = _store(env)
     try:
-        _wait(lambda: _final_counts(ch) == (len(predictions), len(decisions)), timeout_s,
+        _wait(lambda: _final_counts(ch) >= (len(predictions), len(decisions)), timeout_s,
               "every prediction and decision in ClickHouse")
+        if report is not None:
+            name, bootstrap, ended = report
+            recover_s = time.monotonic() - ended
+            got = PredictionWatch(bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions", predictions).read(60)
+            lost, dup_topic = topic_counts(got, predictions)
+            final = Counter(zip(*ch.query_df("SELECT model_name, event_id FROM {db}.predictions FINAL")
+                                .to_dict("list").values(), strict=True))
+            record(FaultRow(name, lost + len(predictions - set(final)), dup_topic,
+                            sum(n - 1 for n in final.values()), recover_s))
         _assert_each_row_once(ch, events)
     finally:
         ch.close()
@@ -141,13 +159,16 @@ def test_worker_with_the_server_backend_inserts_every_row_once(
 
 
 def _ride_out_the_outage(worker: WorkerProcess, env: dict[str, str], server: ClickHouseServer,
-                         events: list[dict[str, Any]]) -> None:
-    """While the server is down: the inserts fail and backpressure is on; once it is up, every row arrives."""
+                         events: list[dict[str, Any]], report: tuple[str, str] | None = None) -> None:
+    """While the server is down: the inserts fail and backpressure is on; once it is up, every row arrives.
+
+    ``report``: (fault name, Kafka bootstrap) to record the fault suite's row.
+    """
     worker.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
     _wait_backpressure(env, on=True)
     assert (_metric(env, PAUSES) or 0) >= 1
     server.start()
-    _wait_all_inserted(env, events, timeout_s=90)
+    _wait_all_inserted(env, events, timeout_s=90, report=(*report, time.monotonic()) if report else None)
     _wait_backpressure(env, on=False, timeout_s=10)
 
 
@@ -157,12 +178,15 @@ def test_server_down_at_start_then_up_the_worker_waits_and_inserts_everything(
     _topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
-        _ride_out_the_outage(worker, env, server, events)
+        _ride_out_the_outage(worker, env, server, events, report=("ClickHouse down at start", kafka_bootstrap))
 
 
 def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
         kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
         tmp_path: Path) -> None:
+    """Also /readyz: 503 naming the held partitions once the outage outlasts STREAM_STALL_WARNING_S, then 200."""
+    env = {**env, "STREAM_STALL_WARNING_S": "3"}
+    port = int(env["STREAM_WORKER_WEB_PORT"])
     half = len(events) // 2
     server.start()
     _topics(kafka_bootstrap, env)
@@ -170,10 +194,17 @@ def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
         _wait_all_inserted(env, events[:half], timeout_s=90)
         assert _metric(env, ACTIVE) == 0 and _metric(env, PAUSES) == 0
+        _wait(lambda: readyz(port)[0] == 200, 30, "/readyz 200 while ClickHouse is up")
         server.stop()
         _produce(kafka_bootstrap, env, events[half:])
-        _ride_out_the_outage(worker, env, server, events)
+        _wait(lambda: readyz(port)[0] == 503, 60, "/readyz 503 during the outage")
+        body = readyz(port)[1]
+        assert "outputs unconfirmed" in body["reasons"], body
+        held = {u["partition"] for u in body["unconfirmed"]}
+        assert held and all(u["oldest_batch_age_s"] >= 3 for u in body["unconfirmed"]), body  # rounded to 0.1 s
+        _ride_out_the_outage(worker, env, server, events, report=("ClickHouse down mid-stream", kafka_bootstrap))
         assert _metric(env, PAUSES) == 1  # one outage, one pause
+        _wait(lambda: readyz(port)[0] == 200, 30, "/readyz 200 once ClickHouse is back")
 
 
 def test_sigterm_during_an_outage_exits_within_the_settle_timeout_and_a_restart_delivers_everything(
@@ -203,7 +234,8 @@ def test_sigterm_during_an_outage_exits_within_the_settle_timeout_and_a_restart_
 
     server.start()
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
-        _wait_all_inserted(env, events, timeout_s=90)
+        _wait_all_inserted(env, events, timeout_s=90,
+                           report=("SIGTERM during a ClickHouse outage, restart", kafka_bootstrap, time.monotonic()))
 
 
 def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigkill_loses_none(
@@ -235,5 +267,34 @@ def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigki
     finally:
         worker.kill(signal.SIGKILL)
     server.start()
+    back = time.monotonic()
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
-        _wait_all_inserted(env, events, timeout_s=120)
+        _wait_all_inserted(env, events, timeout_s=120,
+                           report=("new group, ClickHouse down, SIGKILL, restart", kafka_bootstrap, back))
+
+
+def test_rebalance_during_an_outage_second_worker_joins_and_leaves_then_every_row_once(
+        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
+        tmp_path: Path) -> None:
+    """Two rebalances while the server is down: neither stalls the group, and nothing is lost or doubled."""
+    env = {**env, "STREAM_SETTLE_TIMEOUT_S": "5", "STREAM_WORKER_SESSION_TIMEOUT_S": "6"}
+    env_b = {**env, "STREAM_WORKER_WEB_PORT": str(free_port())}
+    group, topic = env["STREAM_WORKER_ID"], f"{env['STREAM_TOPIC_PREFIX']}session-events"
+    half = len(events) // 2
+    server.start()
+    _topics(kafka_bootstrap, env)
+    _produce(kafka_bootstrap, env, events[:half])
+    with WorkerProcess(kafka_bootstrap, env, tmp_path / "a.log") as a:
+        _wait_all_inserted(env, events[:half], timeout_s=90)
+        server.stop()
+        _produce(kafka_bootstrap, env, events[half:])
+        a.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
+        _wait_backpressure(env, on=True)
+        with WorkerProcess(kafka_bootstrap, env_b, tmp_path / "b.log", instance="1") as b:
+            wait_owners(kafka_bootstrap, group, topic, 2)  # the join completes although A's batches wait
+            b.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
+        wait_owners(kafka_bootstrap, group, topic, 1)  # B left (SIGTERM) during the outage too
+        server.start()
+        _wait_all_inserted(env, events, timeout_s=120,
+                           report=("rebalance (join, leave) during a ClickHouse outage", kafka_bootstrap,
+                                   time.monotonic()))

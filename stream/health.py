@@ -1,0 +1,188 @@
+"""Liveness (``/healthz``), readiness (``/readyz``) and the stalled-partition detector of the worker.
+
+The verdicts are made on the worker's event loop (:func:`readiness`, by a 1 s timer in
+stream/app.py) and read by the HTTP server's threads (:class:`Health`): a request never touches
+faust's or the runtime's structures. Liveness adds one thing a request measures itself: the age
+of the loop's last heartbeat, so a wedged loop (a blocking call, a deadlock) shows as unhealthy
+even though the loop cannot say so.
+
+:class:`StallDetector` finds partitions that silently stop: assigned, with messages waiting
+(lag > 0), and no record handed to the processor for ``STREAM_STALL_WARNING_S``. The runtime's own
+check (``Runtime.check_stalls``) covers the other kind, a batch whose outputs are never confirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+Partition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """An endpoint's answer: 200 when ``ok``, else 503, with ``body`` as JSON."""
+
+    ok: bool
+    body: Mapping[str, Any]
+
+    @property
+    def status(self) -> str:
+        return "200 OK" if self.ok else "503 Service Unavailable"
+
+    def json(self) -> bytes:
+        return orjson.dumps({"status": "ok" if self.ok else "fail", **self.body}, option=orjson.OPT_SORT_KEYS)
+
+
+def _listing(ages: Mapping[Partition, float], key: str) -> list[dict[str, Any]]:
+    return [{"topic": t, "partition": p, key: round(age, 1)} for (t, p), age in sorted(ages.items())]
+
+
+def readiness(*, recovered: bool, unconfirmed: Mapping[Partition, float], idle: Mapping[Partition, float],
+              limit_s: float) -> Verdict:
+    """Ready when table recovery is done and no input partition is held up for more than ``limit_s``.
+
+    ``unconfirmed``: per partition, the age of its oldest batch whose outputs are not confirmed;
+    ``idle``: per partition with messages waiting, seconds since a record of it was last processed.
+
+    >>> readiness(recovered=True, unconfirmed={("e", 0): 1.0}, idle={}, limit_s=60).ok
+    True
+    >>> v = readiness(recovered=True, unconfirmed={}, idle={("e", 1): 75.0}, limit_s=60)
+    >>> v.ok, v.body["stalled"]
+    (False, [{'topic': 'e', 'partition': 1, 'idle_s': 75.0}])
+    """
+    unconfirmed_over = {tp: age for tp, age in unconfirmed.items() if age > limit_s}
+    stalled = {tp: age for tp, age in idle.items() if age > limit_s}
+    reasons = [why for why, on in (("recovering", not recovered),
+                                   ("outputs unconfirmed", bool(unconfirmed_over)),
+                                   ("partitions not progressing", bool(stalled))) if on]
+    return Verdict(not reasons, {"reasons": reasons, "recovered": recovered, "limit_s": limit_s,
+                                 "unconfirmed": _listing(unconfirmed_over, "oldest_batch_age_s"),
+                                 "stalled": _listing(stalled, "idle_s")})
+
+
+class Health:
+    """What ``/healthz`` and ``/readyz`` answer; written on the event loop, read by the HTTP threads.
+
+    Each attribute is replaced whole (never mutated), so a reader sees a consistent value without
+    a lock. The creation time counts as the first heartbeat: the loop has ``loop_timeout_s`` to start.
+    """
+
+    def __init__(self, loop_timeout_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.loop_timeout_s = loop_timeout_s
+        self.clock = clock
+        self._beat = clock()
+        self._failure: str | None = None
+        self._ready = Verdict(False, {"reasons": ["starting"]})
+
+    def beat(self) -> None:
+        """The event loop is running (called by a timer on it)."""
+        self._beat = self.clock()
+
+    def fail(self, reason: str) -> None:
+        """The worker hit a fatal error: not live from now on."""
+        self._failure = reason
+
+    def set_ready(self, verdict: Verdict) -> None:
+        self._ready = verdict
+
+    def live(self, now: float | None = None) -> Verdict:
+        """Live while the loop beats and nothing fatal happened.
+
+        >>> clock = iter([0.0, 10.0, 31.0]).__next__
+        >>> h = Health(30.0, clock)
+        >>> h.live().ok, h.live().ok
+        (True, False)
+        """
+        age = (self.clock() if now is None else now) - self._beat
+        reasons = []
+        if age > self.loop_timeout_s:
+            reasons.append(f"event loop unresponsive for {age:.0f} s (limit {self.loop_timeout_s:.0f} s)")
+        if self._failure is not None:
+            reasons.append(f"fatal error: {self._failure}")
+        return Verdict(not reasons, {"reasons": reasons, "loop_heartbeat_age_s": round(age, 1)})
+
+    def ready(self, now: float | None = None) -> Verdict:
+        """The last verdict of the loop, unless the worker is not live (then that verdict is stale)."""
+        live = self.live(now)
+        if not live.ok:
+            return Verdict(False, {**self._ready.body, "reasons": ["not live", *live.body["reasons"]]})
+        return self._ready
+
+
+def web_app(metrics_app: Callable[..., Any], health: Health) -> Callable[..., Any]:
+    """A WSGI app: ``/healthz`` and ``/readyz`` from ``health``, everything else from ``metrics_app``."""
+    endpoints = {"/healthz": health.live, "/readyz": health.ready}
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        check = endpoints.get(environ.get("PATH_INFO", ""))
+        if check is None:
+            return metrics_app(environ, start_response)
+        verdict = check()
+        body = verdict.json()
+        start_response(verdict.status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+                                        ("Cache-Control", "no-store")])
+        return [body]
+
+    return app
+
+
+@dataclass
+class StallDetector:
+    """Per assigned input partition with messages waiting: how long since a record of it was processed.
+
+    Fed every few seconds (:meth:`update`) with each owned partition's lag and position (the last
+    offset handed to the processor; absent before the first batch since the assignment). A
+    partition progresses when its position moves or it has nothing to read (lag 0); otherwise its
+    idle time grows from the first update that saw it stuck. Past ``limit_s`` it is stalled: one
+    WARNING, repeated every ``limit_s`` while it lasts, and ``on_stalled`` is called once per stall.
+    """
+
+    limit_s: float
+    on_stalled: Callable[[Partition], None] | None = None
+    #: per partition: its position at the last update, and since when that position has held with lag > 0
+    _since: dict[Partition, tuple[int | None, float]] = field(default_factory=dict)
+    _logged: dict[Partition, float] = field(default_factory=dict)
+    idle: dict[Partition, float] = field(default_factory=dict)
+
+    def update(self, lags: Mapping[Partition, int], positions: Mapping[Partition, int],
+               now: float | None = None) -> dict[Partition, float]:
+        """Per partition in ``lags`` (owned, lag known): seconds idle with lag > 0 (0 = progressing)."""
+        now = time.monotonic() if now is None else now
+        idle: dict[Partition, float] = {}
+        for tp, lag in lags.items():
+            position = positions.get(tp)
+            last = self._since.get(tp)
+            if lag <= 0 or last is None or last[0] != position:
+                self._since[tp] = (position, now)
+                idle[tp] = 0.0
+            else:
+                idle[tp] = now - last[1]
+        self.forget(tp for tp in list(self._since) if tp not in lags)
+        for tp, age in idle.items():
+            if age <= self.limit_s:
+                self._logged.pop(tp, None)
+                continue
+            first = tp not in self._logged
+            if first or now - self._logged[tp] >= self.limit_s:
+                self._logged[tp] = now
+                log.warning("partition %s[%d] is not progressing: %d message(s) waiting and none processed for "
+                            "%.0f s (STREAM_STALL_WARNING_S=%.0f)", tp[0], tp[1], lags[tp], age, self.limit_s)
+            if first and self.on_stalled is not None:
+                self.on_stalled(tp)
+        self.idle = idle
+        return idle
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """Drop what is known of partitions this worker no longer owns."""
+        for tp in partitions:
+            self._since.pop(tp, None)
+            self._logged.pop(tp, None)
+            self.idle.pop(tp, None)
