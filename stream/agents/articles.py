@@ -20,17 +20,14 @@ article's newest one (only retention changes; feature values do not depend on la
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from stream.agents.batching import run_batches
 from stream.agents.runtime import Runtime, enter_partition
-from stream.state import DEFAULT_CONFIG, ArticleState, new_article_state, update_article
-from stream.state.config import DAY_MS
-
-ARTICLE_MERGE_CONFIG = replace(DEFAULT_CONFIG, lateness_ms=DAY_MS)
+from stream.agents.watermarks import progress_key
+from stream.state import ArticleState, new_article_state, update_article
 
 
 def register(app: Any, rt: Runtime) -> Any:
@@ -40,14 +37,31 @@ def register(app: Any, rt: Runtime) -> Any:
     # changelog reader may briefly return an older value of a key this worker just wrote); the
     # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
     owned: dict[str, ArticleState] = rt.processor.owned_articles
+    #: per article partition, the last offset folded by this process: faust hands records fetched
+    #: before the seek that ends a recovery to the stream once more, and folding one twice would
+    #: count its events twice (the events agent skips them the same way, processor._handled)
+    folded_upto: dict[int, int] = {}
 
     def fold(batch: list[Any]) -> None:
         enter_partition(batch[-1])
         touched: dict[str, ArticleState] = {}
+        progress: dict[int, int] | None = None
         for ev in batch:
-            decoded = orjson.loads(ev.message.value)
+            msg = ev.message
+            if msg.offset <= folded_upto.get(msg.partition, -1):
+                rt.metrics.redelivered.inc()
+                continue
+            folded_upto[msg.partition] = msg.offset
+            decoded = orjson.loads(msg.value)
             # A JSON array of events (see runtime.article_messages); one object from older workers.
             for event in decoded if isinstance(decoded, list) else (decoded,):
+                src = event.get("wm_src")
+                if src is not None:  # an input partition's watermark (agents/watermarks.py)
+                    if progress is None:
+                        progress = rt.processor.article_progress.setdefault(ev.message.partition, {})
+                    if event["wm"] > progress.get(src, event["wm"] - 1):
+                        progress[src] = event["wm"]
+                    continue
                 aid = event["article_id"]
                 state = owned.get(aid)
                 if state is None:
@@ -55,9 +69,12 @@ def register(app: Any, rt: Runtime) -> Any:
                     state = ArticleState.from_bytes(raw) if raw else new_article_state()
                     owned[aid] = state
                 touched[aid] = state
-                update_article(state, event, ARTICLE_MERGE_CONFIG)
+                update_article(state, event)
         for aid, state in touched.items():
             articles[aid] = state.to_bytes()
+        if progress is not None:  # after the states: a reader that sees it has them (one changelog partition)
+            articles[progress_key(batch[-1].message.partition)] = orjson.dumps(
+                {str(k): v for k, v in progress.items()})
 
     async def handle(batch: list[Any]) -> None:
         fold(batch)

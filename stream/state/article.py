@@ -37,6 +37,10 @@ _FINE = 5 * MINUTE_MS
 #: Events this far behind an article's newest are no longer counted, and buckets are kept this long
 #: (plus their window): as-of reads are exact while readers trail the article state by less.
 ARTICLE_RETENTION_MS = 2 * DAY_MS
+#: An input partition forwards an article event only if it is at most this far behind the
+#: partition's newest event time, and so promises that every later one is at or after its newest
+#: minus this (the per-partition watermark of docs/worker.md, "Staleness contract").
+ARTICLE_LATENESS_MS = 2 * MINUTE_MS
 _NAN = float("nan")
 
 

@@ -104,7 +104,7 @@ def test_a_reader_trailing_the_fold_by_a_day_is_still_exact() -> None:
     """Input partitions read at different speeds: the state may be far ahead of a click's time
     (exact while less than ARTICLE_RETENTION_MS - 1 h ahead)."""
     events = _history(seed=5, n=400, span=DAY)
-    ahead = events + [_ev(T0 + 40 * HOUR)]  # one partition 38 h ahead of the first read
+    ahead = [*events, _ev(T0 + 40 * HOUR)]  # one partition 38 h ahead of the first read
     for t in (T0 + 2 * HOUR, T0 + 12 * HOUR, T0 + DAY):
         assert _same(article_row(_state(ahead), t), article_row(_state(events), t))
 

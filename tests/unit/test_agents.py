@@ -139,7 +139,8 @@ async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
     settings = load_settings(models_dir=models_dir, state_dir=tmp_path / "state", worker_web_port=0,
                              worker_id="unit-worker", topic_prefix="unit.", topic_partitions=PARTITIONS,
                              score_batch_size=BATCH, score_batch_ms=20,
-                             placements=("top_banner", "sidebar", "in_article", "footer"), bandit_context="device")
+                             placements=("top_banner", "sidebar", "in_article", "footer"), bandit_context="device",
+                             article_wait_ms=0)  # no article agent runs here: nothing to wait for (watermarks.py)
     app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)
     producer = FakeProducer()
     rt.producer = producer  # the real one never produced anything; dropping it destroys it
