@@ -1,20 +1,23 @@
 """Article popularity: article events repartitioned by ``article_id`` into a GlobalTable.
 
 Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
-partition (see :func:`stream.agents.runtime.article_messages`).
+partition (see :func:`stream.agents.runtime.article_messages`), and of watermark markers
+``{"wm_src": q, "wm": w}``: input partition ``q`` forwards no article event before ``w`` after it.
 
-Staleness: an impression reaches the click features of every worker after (1) the events agent
-forwards it to the repartition topic at the end of its batch, (2) this agent folds it in at the
-end of its batch and writes the table's changelog, and (3) every worker's GlobalTable reads
-that changelog. Each hop is one micro-batch (``STREAM_SCORE_BATCH_MS``) plus a produce/fetch
-round trip: typically well under a second. Under a backlog on the input the
-article records wait for the events of the fetch they came with
-(``STREAM_CONSUMER_MAX_FETCH_BYTES`` per partition), not for the whole backlog.
+Staleness contract (docs/worker.md): a click row at event time ``t`` reads popularity as of
+``t - 5 min`` floored to 5 minutes (``stream.state.article_watermark``), from the events before
+it only. This agent records per input partition the highest marker folded
+(``BatchProcessor.article_progress``, and the table key ``watermarks.progress_key`` written after
+the batch's states, for other workers); the events agent completes click rows only once every
+partition's marker has passed their watermark (``agents/watermarks.py``), so a score is the
+same whatever the read speed. Hops: the events agent forwards at the end of its batch, this agent
+folds at the end of its batch and writes the changelog, every worker's GlobalTable reads it: a
+few batches (``STREAM_SCORE_BATCH_MS``) and round trips, far below the 5-minute lag when live.
 
-Ordering: this agent merges article events from every input partition, so an article's events
-arrive here out of event-time order by as much as the input partitions are skewed. Article state
-is therefore updated with :data:`ARTICLE_MERGE_CONFIG`, which accepts events up to 24 h behind the
-article's newest one (only retention changes; feature values do not depend on lateness).
+Ordering: events of an article arrive out of event-time order by as much as the input partitions
+are skewed. Updates are commutative and the state keeps its buckets 2 days behind the article's
+newest event (``ARTICLE_RETENTION_MS``), so any order within that gives the same rows. A record
+faust hands over again (after the seek that ends a recovery) is folded once.
 """
 
 from __future__ import annotations
