@@ -18,6 +18,7 @@ from faust.sensors import Sensor
 
 from stream import topics as T
 from stream.agents import articles, events
+from stream.agents.delivery import Ledger
 from stream.agents.gaps import GapFiller
 from stream.agents.runtime import Runtime, describe
 from stream.clickhouse import connect
@@ -127,11 +128,16 @@ class WorkerApp(faust.App):
             consumer.unacked.clear()
         await waiting
 
+    @property
+    def ledger(self) -> Any:
+        """What the consumer may commit (stream/agents/delivery.py), once the runtime exists."""
+        return self.runtime.ledger if self.runtime is not None else None
+
     def _new_transport(self) -> Any:
+        # faust's aiokafka transport committing the worker's ledger, and by default with a
+        # cheaper hand-off of fetched records (same order and interleaving): stream/kafka/transport.py.
         if self.consumer_handoff == "faust":
-            return super()._new_transport()
-        # faust's aiokafka transport with a cheaper hand-off of fetched records (same order and
-        # interleaving); see stream/kafka/transport.py.
+            return transport.LedgerTransport(self.conf.broker_consumer, self)
         return transport.Transport(self.conf.broker_consumer, self)
 
 
@@ -217,8 +223,9 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     gap_filler = GapFiller(lambda: clients.consumer(bootstrap, s, **{
         "group.id": f"{s.worker_id}-gap-filler", "enable.auto.commit": False, "enable.partition.eof": True,
     }))
+    names = {k: t.get_topic_name() for k, t in topics.items()}
     rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
-                 topic_names={k: t.get_topic_name() for k, t in topics.items()},
+                 topic_names=names, ledger=Ledger((names["events"], names["article_events"])),
                  consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc))
     app.runtime = rt
     events.register(app, rt)

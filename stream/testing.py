@@ -99,6 +99,20 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
     return got
 
 
+def committed_offsets(bootstrap: str, group: str, topic: str, *,
+                      settings: Settings | None = None) -> dict[int, int | None]:
+    """The offsets ``group`` has committed on each partition of ``topic`` (None: nothing committed)."""
+    consumer = clients.consumer(bootstrap, settings, **{"group.id": group, "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise InfraError(f"topic {topic!r} does not exist")
+        got = consumer.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in got}
+
+
 def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
     """A worker's ``/metrics``: each sample name with the sum of its values over all label sets."""
     out: dict[str, float] = {}

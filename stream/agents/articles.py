@@ -28,8 +28,9 @@ from typing import Any
 import orjson
 
 from stream.agents.batching import run_batches
-from stream.agents.runtime import Runtime, enter_partition
+from stream.agents.runtime import Runtime, Span, enter_partition, records_of
 from stream.agents.watermarks import progress_key
+from stream.processor import Record
 from stream.state import ArticleState, new_article_state, update_article
 
 
@@ -40,28 +41,27 @@ def register(app: Any, rt: Runtime) -> Any:
     # changelog reader may briefly return an older value of a key this worker just wrote); the
     # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
     owned: dict[str, ArticleState] = rt.processor.owned_articles
-    #: per article partition, the last offset folded by this process: faust hands records fetched
-    #: before the seek that ends a recovery to the stream once more, and folding one twice would
-    #: count its events twice (the events agent skips them the same way, processor._handled)
-    folded_upto: dict[int, int] = {}
 
-    def fold(batch: list[Any]) -> None:
-        enter_partition(batch[-1])
+    def fold(records: list[Record], span: Span) -> None:
+        """Fold the records of ``span``: faust hands records fetched before the seek that ends a
+        recovery to the stream once more (below the span, ``Runtime.fill``), and folding one twice
+        would count its events twice (the events agent skips them the same way, processor._handled)."""
         touched: dict[str, ArticleState] = {}
         progress: dict[int, int] | None = None
-        for ev in batch:
-            msg = ev.message
-            if msg.offset <= folded_upto.get(msg.partition, -1):
+        first = span[0] if span is not None else None
+        for rec in records:
+            if first is None or rec.offset < first:
                 rt.metrics.redelivered.inc()
                 continue
-            folded_upto[msg.partition] = msg.offset
-            decoded = orjson.loads(msg.value)
+            if rec.value is None:
+                continue
+            decoded = orjson.loads(rec.value)
             # A JSON array of events (see runtime.article_messages); one object from older workers.
             for event in decoded if isinstance(decoded, list) else (decoded,):
                 src = event.get("wm_src")
                 if src is not None:  # an input partition's watermark (agents/watermarks.py)
                     if progress is None:
-                        progress = rt.processor.article_progress.setdefault(ev.message.partition, {})
+                        progress = rt.processor.article_progress.setdefault(rec.partition, {})
                     if event["wm"] > progress.get(src, event["wm"] - 1):
                         progress[src] = event["wm"]
                     continue
@@ -76,12 +76,14 @@ def register(app: Any, rt: Runtime) -> Any:
         for aid, state in touched.items():
             articles[aid] = state.to_bytes()
         if progress is not None:  # after the states: a reader that sees it has them (one changelog partition)
-            articles[progress_key(batch[-1].message.partition)] = orjson.dumps(
+            articles[progress_key(records[-1].partition)] = orjson.dumps(
                 {str(k): v for k, v in progress.items()})
 
     async def handle(batch: list[Any]) -> None:
-        fold(batch)
-        rt.ack(batch)  # the table writes are queued to the changelog: the input may be committed
+        records, span = await rt.fill(records_of(batch))
+        enter_partition(batch[-1])
+        fold(records, span)
+        rt.ack(batch, span)  # the table writes are queued to the changelog: the input may be committed
 
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:

@@ -12,8 +12,7 @@ import logging
 from typing import Any
 
 from stream.agents.batching import run_batches
-from stream.agents.gaps import find_gaps
-from stream.agents.runtime import Runtime, enter_partition
+from stream.agents.runtime import Runtime, enter_partition, records_of
 from stream.agents.watermarks import markers, wait_complete
 from stream.processor import Outputs, Record, Stores
 
@@ -70,13 +69,7 @@ def register(app: Any, rt: Runtime) -> Any:
         return sent
 
     async def handle(batch: list[Any]) -> None:
-        records = []
-        for ev in batch:
-            msg = ev.message
-            ts = msg.timestamp
-            records.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset,
-                                  int(ts * 1000) if ts else None))
-        records, refetched = await _fill_gaps(rt, records)
+        records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
         last = records[-1]
@@ -84,7 +77,7 @@ def register(app: Any, rt: Runtime) -> Any:
         if processor.defer_clicks:
             # its article events must be confirmed before the batch is acked by publish
             await asyncio.gather(*await complete_clicks(out, last))
-        await rt.publish(out, batch, refetched)  # acks the batch once its outputs are confirmed
+        await rt.publish(out, batch, span)  # acks the batch once its outputs are confirmed
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
@@ -103,20 +96,3 @@ def register(app: Any, rt: Runtime) -> Any:
 
     return session_events
 
-
-async def _fill_gaps(rt: Runtime, records: list[Record]) -> tuple[list[Record], list[int]]:
-    """The batch with the records faust skipped before or inside it (agents/gaps.py), in offset order."""
-    tp = (records[0].topic, records[0].partition)
-    gaps, high = find_gaps(rt.delivered.get(tp), (r.offset for r in records))
-    if high is not None:
-        rt.delivered[tp] = high
-    if not gaps or rt.gap_filler is None:
-        return records, []
-    loop = asyncio.get_running_loop()
-    extra = await loop.run_in_executor(None, rt.gap_filler.fetch, tp[0], tp[1], gaps)
-    if not extra:
-        return records, []  # offsets without a record (transaction markers, compaction)
-    rt.metrics.refetched.inc(len(extra))
-    log.warning("%s[%d]: %d record(s) at offsets %s were fetched but not delivered by the consumer; "
-                "read again from the broker", tp[0], tp[1], len(extra), [r.offset for r in extra])
-    return sorted([*records, *extra], key=lambda r: r.offset), [r.offset for r in extra]

@@ -83,6 +83,17 @@ class GapFiller:
             consumer.unassign()
         return out
 
+    def log_start(self, topic: str, partition: int) -> int:
+        """The partition's first offset on the broker (its low watermark)."""
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = self._make()
+            low, _ = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s,
+                                                          cached=False)
+        return int(low)
+
     def close(self) -> None:
         with self._lock:
             if self._consumer is not None:

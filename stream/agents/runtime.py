@@ -16,13 +16,14 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from faust.streams import _current_event
 
-from stream.agents.gaps import GapFiller
+from stream.agents.delivery import Ledger
+from stream.agents.gaps import GapFiller, find_gaps
 from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
 from stream.metrics import WorkerMetrics, observe_many
-from stream.processor import BatchProcessor, Outputs
+from stream.processor import BatchProcessor, Outputs, Record
 from stream.schemas import fit_dead_letter
 from stream.scoring import ModelSet
 from stream.sinks import ClickHouseSink
@@ -152,20 +153,18 @@ def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[byte
 
 
 Partition = tuple[str, int]
+#: the input offsets a batch completes, first and last (inclusive), or None if it completes none
+Span = tuple[int, int] | None
 
 
-def _ack_offsets(consumer: Any, tp: Partition, offsets: Sequence[int]) -> None:
-    """faust's ``Consumer.ack`` bookkeeping for offsets that have no message object."""
-    from faust.types import TP
-
-    ftp = TP(*tp)
-    committed = consumer._committed_offset[ftp]
-    index, acked = consumer._acked_index[ftp], consumer._acked[ftp]
-    for offset in offsets:
-        if (committed is None or offset >= committed) and offset not in index:
-            index.add(offset)
-            acked.append(offset)
-            consumer._n_acked += 1
+def records_of(batch: Sequence[Any]) -> list[Record]:
+    """The input records of a batch of faust events."""
+    out = []
+    for ev in batch:
+        msg = ev.message
+        ts = msg.timestamp
+        out.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset, int(ts * 1000) if ts else None))
+    return out
 
 
 def _partition_of(batch: Sequence[Any]) -> Partition:
@@ -188,6 +187,8 @@ class Runtime:
     delivered: dict[Partition, int] = field(default_factory=dict)
     #: reads input records faust's consumer fetched but never delivered (set by the app)
     gap_filler: GapFiller | None = None
+    #: the input offsets whose outputs are confirmed: what the consumer commits (set by the app)
+    ledger: Ledger = field(default_factory=lambda: Ledger(()))
     producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the faust consumer that input offsets are acked to (set by the app)
@@ -281,6 +282,7 @@ class Runtime:
     def _forget(self, tp: Partition) -> None:
         self.positions.pop(tp, None)
         self.delivered.pop(tp, None)
+        self.ledger.revoke(tp)
         self._held.pop(tp, None)
         self._stall_logged.pop(tp, None)
         self._lagging.discard(tp)
@@ -312,7 +314,58 @@ class Runtime:
         self._lagging = set(lags)
         return lags
 
-    async def publish(self, out: Outputs, batch: Sequence[Any], refetched: Sequence[int] = ()) -> None:
+    async def fill(self, records: list[Record]) -> tuple[list[Record], Span]:
+        """A batch of one partition made whole: with the records faust skipped before or inside it.
+
+        Returns the records in offset order and the span of offsets the batch completes: from the
+        one after the partition's previous batch to its highest offset. On a partition's first
+        batch since it was assigned, the span begins where the worker started reading it
+        (:meth:`start_offset`): a record faust skipped at the head is read too, and the ledger
+        starts there.
+        """
+        tp = (records[0].topic, records[0].partition)
+        last = self.delivered.get(tp)
+        if last is None:
+            start = await self.start_offset(tp)
+            if start is not None:
+                self.ledger.assign(tp, start)
+                last = start - 1
+        gaps, high = find_gaps(last, (r.offset for r in records))
+        if high is None or high == last:
+            return records, None  # only records delivered again
+        self.delivered[tp] = high
+        span = (records[0].offset if last is None else last + 1, high)
+        if not gaps or self.gap_filler is None:
+            return records, span
+        extra = await asyncio.get_running_loop().run_in_executor(None, self.gap_filler.fetch, tp[0], tp[1], gaps)
+        if not extra:
+            return records, span  # offsets without a record (transaction markers, compaction)
+        self.metrics.refetched.inc(len(extra))
+        log.warning("%s[%d]: %d record(s) at offsets %s were fetched but not delivered by the consumer; "
+                    "read again from the broker", tp[0], tp[1], len(extra), [r.offset for r in extra])
+        return sorted([*records, *extra], key=lambda r: r.offset), span
+
+    async def start_offset(self, tp: Partition) -> int | None:
+        """Where the worker started reading ``tp``: its committed offset, or the log start if there is none.
+
+        ``None`` when neither is known (no consumer or no gap filler: unit tests of the agents).
+        faust records a committed offset of 0 as unknown, and a committed offset below the
+        log start (records deleted by retention) is read from the log start: the larger of
+        both is where reading began.
+        """
+        consumer = self.consumer() if self.consumer is not None else None
+        committed = None
+        if consumer is not None:
+            from faust.types import TP
+
+            committed = getattr(consumer, "_committed_offset", {}).get(TP(*tp))
+        if self.gap_filler is None:
+            return committed
+        loop = asyncio.get_running_loop()
+        low = await loop.run_in_executor(None, self.gap_filler.log_start, tp[0], tp[1])
+        return max(committed or 0, low)
+
+    async def publish(self, out: Outputs, batch: Sequence[Any], span: Span = None) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.
 
         Returns as soon as the outputs are queued, so the next batch is processed while these are
@@ -346,8 +399,7 @@ class Runtime:
             if isinstance(exc, OutputError):
                 self.fail(exc)
             raise
-        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp),
-                                                  refetched))
+        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp), span))
         self._tails[tp] = task
         self._settling.add(task)
         task.add_done_callback(lambda t: self._settled(tp, t))
@@ -381,18 +433,18 @@ class Runtime:
                 waits.append(await self.sink.put("bandit_decisions", out.decisions))
         return waits
 
-    def ack(self, batch: Sequence[Any], refetched: Sequence[int] = ()) -> None:
-        """Release the hold on a batch's events: their offsets become committable.
+    def ack(self, batch: Sequence[Any], span: Span = None) -> None:
+        """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable.
 
-        ``refetched``: offsets of the batch's partition that faust never delivered (agents/gaps.py),
-        processed with the batch: they are committable with it.
+        The events are acked to faust's consumer too, which counts them to know when a
+        rebalance or shutdown may go on; what it commits is the ledger's (agents/delivery.py).
         """
+        if span is not None:
+            self.ledger.done(_partition_of(batch), *span)
         consumer = self.consumer() if self.consumer is not None else None
         if consumer is not None:
             for event in batch:
                 event.message.ack(consumer)
-            if refetched:
-                _ack_offsets(consumer, _partition_of(batch), refetched)
 
     def _produce(self, topic: str, value: bytes, key: bytes | None, report: _Delivery, partition: int = -1) -> None:
         while True:
@@ -409,12 +461,11 @@ class Runtime:
 
     async def _settle(self, tp: Partition, token: int, out: Outputs, batch: list[Any],
                       waits: list[asyncio.Future[None]], before: asyncio.Task[bool] | None,
-                      refetched: Sequence[int] = ()) -> bool:
+                      span: Span = None) -> bool:
         """Ack the batch once its outputs are confirmed and its partition's earlier batches are acked.
 
-        In order, because faust commits the first run of consecutive acked offsets even when an
-        unacked one precedes it (when nothing was committed on the partition yet, or the gap is
-        one offset): acking a later batch first would commit past an undelivered one.
+        In order, so that a batch's outputs are counted (metrics) once its partition's earlier
+        outputs are: commits would be in order anyway (agents/delivery.py).
         """
         ok = True
         try:
@@ -431,7 +482,7 @@ class Runtime:
             ok = ok and not before.cancelled() and before.exception() is None and before.result()
         if not ok:
             return False
-        self.ack(batch, refetched)
+        self.ack(batch, span)
         self._held.get(tp, {}).pop(token, None)
         now = time.time()
         m = self.metrics

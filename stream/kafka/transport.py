@@ -1,4 +1,8 @@
-"""faust's aiokafka transport with a cheaper hand-off of fetched records to the streams.
+"""faust's aiokafka transport: commits that the worker decides, and a cheaper hand-off of fetched records.
+
+:class:`LedgerConsumer` commits, on the topics the app's ledger tracks, the offsets the ledger
+allows (stream/agents/delivery.py) instead of those faust's acks would give; faust still moves
+the commits to the broker, on its schedule and at rebalances.
 
 faust's ``Consumer._drain_messages`` hands every fetched record over with
 ``wait_first(callback(message), suspend_flow.wait())``: four tasks and an ``asyncio.wait`` per
@@ -98,7 +102,23 @@ class _Interrupt:
             self._task.cancel()
 
 
-class Consumer(driver.Consumer):
+class LedgerConsumer(driver.Consumer):
+    def _new_offset(self, tp: Any) -> int | None:
+        ledger = getattr(self.app, "ledger", None)
+        if ledger is None or not ledger.tracks(tp.topic):
+            return super()._new_offset(tp)
+        # faust's acks of these partitions only count what is in flight (Consumer.unacked).
+        self._acked[tp].clear()
+        self._acked_index[tp].clear()
+        self._gap[tp].clear()
+        return ledger.committable((tp.topic, tp.partition))
+
+
+class LedgerTransport(driver.Transport):
+    Consumer = LedgerConsumer
+
+
+class Consumer(LedgerConsumer):
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - run by the worker tests
         # faust's loop (faust/transport/consumer.py) with only its wait_first replaced.
         callback = self.callback

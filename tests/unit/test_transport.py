@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from stream.kafka.transport import _Interrupt
+from stream.kafka.transport import LedgerConsumer, _Interrupt
 
 
 def _events() -> tuple[asyncio.Event, asyncio.Event, asyncio.Event]:
@@ -108,13 +108,15 @@ async def test_a_hand_off_error_propagates() -> None:
 
 
 @pytest.mark.parametrize(("handoff", "module"), [("lean", "stream.kafka.transport"),
-                                                 ("faust", "faust.transport.drivers.aiokafka")])
+                                                 ("faust", "faust.transport.consumer")])
 def test_the_handoff_setting_picks_the_consumer(handoff: str, module: str, tmp_path: Any) -> None:
+    """Either hand-off commits what the worker's ledger allows (stream/agents/delivery.py)."""
     from stream.app import create_app
     from stream.config import load_settings
 
     settings = load_settings(consumer_handoff=handoff, state_dir=tmp_path / "state", models_dir=tmp_path / "m")
     app, rt = create_app(settings, "localhost:1", clickhouse=False)
-    assert type(app.consumer).__module__ == module
+    assert type(app.consumer)._drain_messages.__module__ == module
+    assert isinstance(app.consumer, LedgerConsumer)
     rt.close(timeout_s=0)
     rt.producer = None  # drop the output producer now: it would keep retrying localhost:1

@@ -24,7 +24,7 @@ import pytest
 from stream.clickhouse import ClickHouse, connect
 from stream.config import load_settings
 from stream.kafka.embedded import free_port
-from stream.testing import WorkerProcess, produce, scrape_metrics
+from stream.testing import WorkerProcess, committed_offsets, consume, produce, scrape_metrics, scrape_series
 from stream.topics import ensure_topics
 from tests.support.clickhouse_server import ClickHouseServer
 
@@ -204,3 +204,36 @@ def test_sigterm_during_an_outage_exits_within_the_settle_timeout_and_a_restart_
     server.start()
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
         _wait_all_inserted(env, events, timeout_s=90)
+
+
+def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigkill_loses_none(
+        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
+        tmp_path: Path) -> None:
+    """Before the worker's own commit rule, faust committed the head of a new group's partitions
+    (offset 53 within 2 s) while ClickHouse had none of their rows: after a SIGKILL they were lost."""
+    _topics(kafka_bootstrap, env)
+    _produce(kafka_bootstrap, env, events)
+    port = int(env["STREAM_WORKER_WEB_PORT"])
+    worker = WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-1.log").start()
+    try:
+        # Kafka confirms outputs while ClickHouse is down (until backpressure pauses the input) ...
+        on_topic = consume(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions",
+                           until=lambda got: len(got) > 0, timeout_s=120)
+        assert on_topic
+
+        # ... and batches have waited for ClickHouse over 3 of faust's commit intervals (1 s).
+        def waited() -> bool:
+            try:
+                return max((v for _, v in scrape_series(port, "stream_unconfirmed_batch_age_seconds")),
+                           default=0.0) > 3.0
+            except OSError:
+                return False
+        _wait(waited, 60, "a batch waiting 3 s for ClickHouse")
+        committed = committed_offsets(kafka_bootstrap, env["STREAM_WORKER_ID"],
+                                      f"{env['STREAM_TOPIC_PREFIX']}session-events")
+        assert set(committed.values()) <= {None, 0}, f"committed while ClickHouse has no row: {committed}"
+    finally:
+        worker.kill(signal.SIGKILL)
+    server.start()
+    with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
+        _wait_all_inserted(env, events, timeout_s=120)
