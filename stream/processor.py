@@ -290,9 +290,12 @@ class BatchProcessor:
         #: Build click rows without their article part; the caller completes them with
         #: :meth:`finish_clicks` once article popularity is complete up to their watermark.
         self.defer_clicks = False
-        #: Per article partition this worker's article agent folded: per input partition, the
-        #: watermark up to which it has folded every article event (agents/watermarks.py).
-        self.article_progress: dict[int, dict[int, int]] = {}
+        #: Per article partition this worker's article agent folds: per input partition, the
+        #: watermark up to which it has folded every article event, and whether the latest marker
+        #: at it said idle (agents/watermarks.py ``Progress``).
+        self.article_progress: dict[int, dict[int, tuple[int, bool]]] = {}
+        #: Input partitions of this worker whose latest marker sent said idle (agents/watermarks.py).
+        self.idle_sources: set[int] = set()
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached state of partitions this worker no longer owns (after a rebalance)."""
@@ -301,6 +304,7 @@ class BatchProcessor:
         for p in partitions:
             self._users.pop(p, None)
             self._handled.pop(p, None)
+            self.idle_sources.discard(p)  # its next owner announces it
 
     def _article(self, table: Mapping[str, bytes], article_id: str) -> ArticleState:
         owned = self.owned_articles.get(article_id)
@@ -520,10 +524,6 @@ class BatchProcessor:
         """The partition's promise: every article event it forwards from now on is at or after this."""
         hwm = self.event_hwm.get(partition)
         return None if hwm is None else hwm - ARTICLE_LATENESS_MS
-
-    def hold_back(self, partition: int, watermark: int) -> None:
-        """Promise ``watermark`` for an idle partition: its later article events before it are not forwarded."""
-        self.event_hwm[partition] = max(self.event_hwm.get(partition, -1), watermark + ARTICLE_LATENESS_MS)
 
     def click_watermark(self, out: Outputs) -> int | None:
         """The newest watermark the pending click rows read article popularity at."""

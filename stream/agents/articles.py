@@ -29,7 +29,7 @@ import orjson
 
 from stream.agents.batching import run_batches
 from stream.agents.runtime import Runtime, Span, enter_partition, records_of
-from stream.agents.watermarks import progress_key
+from stream.agents.watermarks import Progress, decode_progress, encode_progress, fold_marker, progress_key
 from stream.processor import Record
 from stream.state import ArticleState, new_article_state, update_article
 
@@ -47,7 +47,7 @@ def register(app: Any, rt: Runtime) -> Any:
         recovery to the stream once more (below the span, ``Runtime.fill``), and folding one twice
         would count its events twice (the events agent skips them the same way, processor._handled)."""
         touched: dict[str, ArticleState] = {}
-        progress: dict[int, int] | None = None
+        progress: Progress | None = None
         first = span[0] if span is not None else None
         for rec in records:
             if first is None or rec.offset < first:
@@ -58,12 +58,13 @@ def register(app: Any, rt: Runtime) -> Any:
             decoded = orjson.loads(rec.value)
             # A JSON array of events (see runtime.article_messages); one object from older workers.
             for event in decoded if isinstance(decoded, list) else (decoded,):
-                src = event.get("wm_src")
-                if src is not None:  # an input partition's watermark (agents/watermarks.py)
+                if "wm_src" in event:  # an input partition's watermark (agents/watermarks.py)
                     if progress is None:
-                        progress = rt.processor.article_progress.setdefault(rec.partition, {})
-                    if event["wm"] > progress.get(src, event["wm"] - 1):
-                        progress[src] = event["wm"]
+                        progress = rt.processor.article_progress.get(rec.partition)
+                        if progress is None:  # first since assigned: go on from the previous owner's
+                            progress = decode_progress(articles.get(progress_key(rec.partition)))
+                            rt.processor.article_progress[rec.partition] = progress
+                    fold_marker(progress, event)
                     continue
                 aid = event["article_id"]
                 state = owned.get(aid)
@@ -76,8 +77,7 @@ def register(app: Any, rt: Runtime) -> Any:
         for aid, state in touched.items():
             articles[aid] = state.to_bytes()
         if progress is not None:  # after the states: a reader that sees it has them (one changelog partition)
-            articles[progress_key(records[-1].partition)] = orjson.dumps(
-                {str(k): v for k, v in progress.items()})
+            articles[progress_key(records[-1].partition)] = encode_progress(progress)
 
     async def handle(batch: list[Any]) -> None:
         records, span = await rt.fill(records_of(batch))

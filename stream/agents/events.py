@@ -13,7 +13,7 @@ from typing import Any
 
 from stream.agents.batching import run_batches
 from stream.agents.runtime import Runtime, enter_partition, records_of
-from stream.agents.watermarks import markers, wait_complete
+from stream.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
 from stream.processor import Outputs, Record, Stores
 
 log = logging.getLogger(__name__)
@@ -29,37 +29,48 @@ def register(app: Any, rt: Runtime) -> Any:
     processor = rt.processor
     processor.defer_clicks = wait_s > 0  # click rows wait for complete article popularity (agents/watermarks.py)
 
-    async def forward(events: list[tuple[str, bytes]]) -> list[asyncio.Future[None]]:
-        rt.start_polling()  # delivery reports resolve the futures
-        return await rt._send(Outputs(article_events=events))
+    events_topic = rt.topics["events"].get_topic_name()
 
-    def idle(topic: str, q: int) -> bool:
+    def is_caught_up(q: int) -> bool:
         """Input partition ``q`` is this worker's and every record of it so far is processed."""
         from faust.types import TP
 
-        tp = TP(topic, q)
+        tp = TP(events_topic, q)
         try:
             consumer = app.consumer
             if tp not in consumer.assignment():
                 return False
-            hw = consumer.highwater(tp)
-        except Exception:  # no consumer yet (starting): nothing is known to be idle
+            highwater = consumer.highwater(tp)
+            committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        except Exception:  # no consumer yet (starting): nothing is known to be caught up
             return False
-        return hw is not None and rt.positions.get((topic, q), -1) + 1 >= hw
+        return caught_up(rt.positions.get((events_topic, q)), committed, highwater)
+
+    async def release(q: int) -> None:
+        """Forward an idle marker for ``q`` if it is this worker's, caught up, and its last marker was not idle."""
+        if q in processor.idle_sources or not is_caught_up(q):
+            return
+        processor.idle_sources.add(q)  # before the await: a batch of q in between sets it again
+        try:
+            await asyncio.gather(*await rt.forward(markers(q, processor.source_watermark(q), partitions, idle=True)))
+        except Exception:
+            processor.idle_sources.discard(q)  # not delivered: announce it again at the next check
+            raise
 
     async def complete_clicks(out: Outputs, last: Record) -> list[asyncio.Future[None]]:
         """Forward the batch's article events and watermark, wait for the fold, score the click rows."""
-        wm = processor.source_watermark(last.partition)
-        events = out.article_events + (markers(last.partition, wm, partitions) if wm is not None else [])
+        q = last.partition
+        wm = processor.source_watermark(q)
+        events = out.article_events
+        if wm is not None:
+            idle = is_caught_up(q)  # no await since positions was set: the flag is this batch's
+            events = events + markers(q, wm, partitions, idle)
+            (processor.idle_sources.add if idle else processor.idle_sources.discard)(q)
         out.article_events = []
-        sent = await forward(events) if events else []
+        sent = await rt.forward(events) if events else []
         need = processor.click_watermark(out)
         if need is not None:
-            async def send(q: int, w: int) -> None:
-                await asyncio.gather(*await forward(markers(q, w, partitions)))
-
-            behind = await wait_complete(processor, stores.articles, partitions, need, wait_s,
-                                         lambda q: idle(last.topic, q), send)
+            behind = await wait_complete(processor, stores.articles, partitions, need, wait_s, release)
             if behind:
                 rt.metrics.article_incomplete.inc(len(out.pending_clicks))
                 log.warning("%s[%d]: article events of input partition(s) %s not all folded up to %d after "
@@ -67,6 +78,17 @@ def register(app: Any, rt: Runtime) -> Any:
                             sorted(behind), need, wait_s, len(out.pending_clicks))
         processor.finish_clicks(out, stores)
         return sent
+
+    if processor.defer_clicks:
+        @app.timer(interval=IDLE_CHECK_S)
+        async def announce_idle() -> None:
+            """Release the waits of every worker on this worker's idle input partitions (watermarks.py)."""
+            for q in range(partitions):
+                try:
+                    await release(q)
+                except Exception as exc:  # the broker is down: the batches report it; try again next time
+                    log.warning("idle marker of %s[%d] not delivered (%s); sent again at the next check",
+                                events_topic, q, exc)
 
     async def handle(batch: list[Any]) -> None:
         records, span = await rt.fill(records_of(batch))

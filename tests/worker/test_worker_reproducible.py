@@ -27,6 +27,7 @@ def _click_scores(bootstrap: str, env: dict[str, str], events: list[dict[str, An
     n = sum(expected_predictions(events).values())
     with WorkerProcess(bootstrap, env, log):
         msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=90)
+    assert "not all folded" not in log.read_text(errors="replace"), log  # no batch waited in vain
     preds = [orjson.loads(m.value()) for m in msgs]
     return {p["event_id"]: p["score"] for p in preds if p["model_name"] == "click"}
 
