@@ -2,15 +2,16 @@
 
 Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
 partition (see :func:`stream.agents.runtime.article_messages`), and of watermark markers
-``{"wm_src": q, "wm": w}``: input partition ``q`` forwards no article event before ``w`` after it.
+``{"wm_src": q, "wm": w, "idle": i}``: input partition ``q`` forwards no article event before ``w``
+after it (``i``: it was caught up).
 
 Staleness contract (docs/worker.md): a click row at event time ``t`` reads popularity as of
 ``t - 5 min`` floored to 5 minutes (``stream.state.article_watermark``), from the events before
 it only. This agent records per input partition the highest marker folded
 (``BatchProcessor.article_progress``, and the table key ``watermarks.progress_key`` written after
 the batch's states, for other workers); the events agent completes click rows only once every
-partition's marker has passed their watermark (``agents/watermarks.py``), so a score is the
-same whatever the read speed. Hops: the events agent forwards at the end of its batch, this agent
+partition's marker has passed their watermark or said it is idle (``agents/watermarks.py``), so
+a score is the same whatever the read speed. Hops: the events agent forwards at the end of its batch, this agent
 folds at the end of its batch and writes the changelog, every worker's GlobalTable reads it: a
 few batches (``STREAM_SCORE_BATCH_MS``) and round trips, far below the 5-minute lag when live.
 
