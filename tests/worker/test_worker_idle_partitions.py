@@ -8,6 +8,7 @@ batch would wait the full STREAM_ARTICLE_WAIT_MS. Its owner announces it idle in
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from stream.kafka.embedded import free_port
 from stream.kafka.partitioner import partition_for
-from stream.testing import WorkerProcess, consume, produce, scrape_metrics
+from stream.testing import WorkerProcess, consume, scrape_metrics
 from tests.worker.conftest import create_topics, expected_predictions, payloads
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -59,7 +60,9 @@ def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: l
         for i, (env, log) in enumerate(zip(envs, logs, strict=True)):
             stack.enter_context(WorkerProcess(bootstrap, env, log, instance=str(i)))
         owned = _owners(bootstrap, envs[0]["STREAM_WORKER_ID"], topic, len(envs))
-        produce(bootstrap, topic, payloads(events))
+        for log in logs:  # recovered after the last assignment: the article agents run
+            _wait_until(lambda log=log: _ready(log), f"{log} logs 'Worker ready' after its last assignment")
+        _produce_by_key(bootstrap, topic, events)
         n = sum(expected_predictions(events).values())
         started = time.monotonic()
         msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=90)
@@ -67,6 +70,30 @@ def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: l
         incomplete = [scrape_metrics(p).get("stream_click_rows_article_incomplete_total") for p in ports]
     got = {(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in msgs}
     return got, incomplete, owned, took
+
+
+def _ready(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.rfind("Worker ready") > text.rfind("newly assigned partitions") >= 0
+
+
+def _wait_until(cond: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def _produce_by_key(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+    """Each event to the partition Kafka's Java producers pick for its user (``partition_for``):
+    the test's producer partitions by another hash."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+    for key, value in payloads(events):
+        producer.produce(topic, value=value, key=key, partition=partition_for(key, PARTITIONS))
+    assert producer.flush(60) == 0
 
 
 @pytest.mark.parametrize("workers", [2, 1])
