@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from stream.agents.batching import run_batches
@@ -46,16 +47,28 @@ def register(app: Any, rt: Runtime) -> Any:
             return False
         return caught_up(rt.positions.get((events_topic, q)), committed, highwater)
 
+    def undo_on_failure(q: int) -> Callable[[asyncio.Future[None]], None]:
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                processor.idle_sources.discard(q)  # not delivered: announce it again at the next check
+        return done
+
     async def release(q: int) -> None:
-        """Forward an idle marker for ``q`` if it is this worker's, caught up, and its last marker was not idle."""
-        if q in processor.idle_sources or not is_caught_up(q):
+        """Forward an idle marker for ``q`` if it is this worker's, caught up, and its last marker was not idle.
+
+        Its delivery is not awaited: a stopping worker must not wait for it (the poll thread that
+        resolves it may be gone); a marker not delivered is sent again at the next check.
+        """
+        if rt.failure is not None or rt.closing or q in processor.idle_sources or not is_caught_up(q):
             return
-        processor.idle_sources.add(q)  # before the await: a batch of q in between sets it again
+        processor.idle_sources.add(q)
         try:
-            await asyncio.gather(*await rt.forward(markers(q, processor.source_watermark(q), partitions, idle=True)))
+            futures = await rt.forward(markers(q, processor.source_watermark(q), partitions, idle=True))
         except Exception:
-            processor.idle_sources.discard(q)  # not delivered: announce it again at the next check
+            processor.idle_sources.discard(q)
             raise
+        for future in futures:
+            future.add_done_callback(undo_on_failure(q))
 
     async def complete_clicks(out: Outputs, last: Record) -> list[asyncio.Future[None]]:
         """Forward the batch's article events and watermark, wait for the fold, score the click rows."""
@@ -86,8 +99,8 @@ def register(app: Any, rt: Runtime) -> Any:
             for q in range(partitions):
                 try:
                     await release(q)
-                except Exception as exc:  # the broker is down: the batches report it; try again next time
-                    log.warning("idle marker of %s[%d] not delivered (%s); sent again at the next check",
+                except Exception as exc:  # the output refused: the batches report it too; try again next time
+                    log.warning("idle marker of %s[%d] not sent (%s); sent again at the next check",
                                 events_topic, q, exc)
 
     async def handle(batch: list[Any]) -> None:

@@ -216,6 +216,11 @@ class Runtime:
         """The error that stopped the worker, if any."""
         return self._failure
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` has begun: nothing more is produced."""
+        return self._closing
+
     def start_polling(self) -> None:
         """Serve the producer's delivery reports on one thread (they resolve each batch's future)."""
         if self._poller is None and self.producer is not None:
