@@ -8,9 +8,11 @@ and fed one by one into a user state; a row is cut whenever the worker would sco
   UTC) from events at or before ``t``; labels strictly after ``t``. A cut-off is used when the
   conversion horizon (14 d) lies within the data; ``churned`` is NaN where its 30 d horizon does
   not. Only users with an event in the ``active_within_days`` before ``t``.
-* clicks: one row per article_impression; user state before the impression, article state as of
-  it (articles are a separate pass over all users' events in time order), label = an
-  article_click of the same user, session and article within ``click_window_ms`` after it.
+* clicks: one row per article_impression; user state before the impression, article popularity
+  as of the impression's watermark (``stream.state.article_watermark``: 5 min back, floored to
+  5 min; the worker's staleness contract, docs/worker.md), from a separate pass over all users'
+  events; label = an article_click of the same user, session and article within
+  ``click_window_ms`` after it.
 * engagement: one row per session_start with the user state before it; label =
   ``labels.session_engagement`` of that session's events.
 
@@ -237,7 +239,8 @@ def _any_in(times: list[int], lo: int, hi: int) -> int:
 
 
 def _article_pass(args: tuple[pd.DataFrame, StateConfig, Sampling]) -> dict[str, list[float]]:
-    """Article vectors as of each (sampled) impression (before applying it), events in global time order."""
+    """Article vectors of each (sampled) impression, as the worker reads them: the events before the
+    impression's watermark only (article_row), so the fold order does not matter."""
     df, cfg, smp = args
     share = smp.impression_share
     states: dict[str, Any] = {}
@@ -250,7 +253,7 @@ def _article_pass(args: tuple[pd.DataFrame, StateConfig, Sampling]) -> dict[str,
         typ = TYPE_CODE[kind]
         if typ == T_IMPRESSION and smp.keep(zlib.crc32(eid.encode()) or 1, share):
             out[eid] = article_row(st, t, cfg)
-        update_article(st, Ev(t, typ, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0), cfg)
+        update_article(st, Ev(t, typ, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, -1, 0))
     return out
 
 

@@ -75,6 +75,10 @@ class WorkerMetrics:
         self.refetched = Counter(
             "stream_refetched_records_total",
             "Input records faust's consumer fetched but never delivered, read again from the broker", registry=r)
+        self.article_incomplete = Counter(
+            "stream_click_rows_article_incomplete_total",
+            "Click rows scored after STREAM_ARTICLE_WAIT_MS without every input partition's article events "
+            "folded up to their watermark (their scores may differ in a replay)", registry=r)
         self.isolated_batches = Counter(
             "stream_isolated_batches_total", "Batches that raised and were processed again record by record",
             registry=r)

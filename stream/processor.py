@@ -39,12 +39,15 @@ from stream.models import SERVED_FEATURES, TRIGGERS
 from stream.schemas import EventRejected, dead_letter_envelope, parse_event
 from stream.scoring import LoadedModel, ScoreRequest, score_requests
 from stream.state import (
+    ARTICLE_FEATURES,
     DEFAULT_CONFIG,
+    USER_FEATURES,
     ArticleState,
     Outcome,
     StateConfig,
     UserState,
     apply_user,
+    article_row,
     click_row,
     encode_event,
     engagement_row,
@@ -52,6 +55,7 @@ from stream.state import (
     new_user_state,
     user_row,
 )
+from stream.state.article import ARTICLE_LATENESS_MS, article_watermark
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ _MAX_OFFSET = 2**63
 _MAX_RANGES = 1024
 _EMPTY_ARTICLE = new_article_state()  # read-only: click rows never modify the article state
 _MAX_CACHED_ARTICLES = 200_000
+#: where the article part of a click row starts and ends (click_row: user, article, position, context)
+_ART = slice(len(USER_FEATURES), len(USER_FEATURES) + len(ARTICLE_FEATURES))
 
 
 class Record(NamedTuple):
@@ -85,6 +91,9 @@ class Outputs:
     ingest_ms: int = 0
     #: per prediction: when its source record entered Kafka (record timestamp), else ``ingest_ms``
     prediction_ingest_ms: list[int] = field(default_factory=list)
+    #: click requests whose article part waits for :meth:`BatchProcessor.finish_clicks`
+    #: (``defer_clicks``): (request, article_id, record, ingest ms)
+    pending_clicks: list[tuple[ScoreRequest, str, Record, int]] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         """Append ``other``'s outputs (a later part of the same batch)."""
@@ -93,6 +102,7 @@ class Outputs:
         self.dead_letters += other.dead_letters
         self.article_events += other.article_events
         self.prediction_ingest_ms += other.prediction_ingest_ms
+        self.pending_clicks += other.pending_clicks
 
 
 class StoreUnavailable(InfraError):
@@ -109,13 +119,15 @@ def _read(store: Mapping[str, bytes], key: str) -> bytes | None:
 class _Undo:
     """What one attempt at a batch changed in the processor's own caches (see ``_undo``)."""
 
-    __slots__ = ("bandit", "handled", "users")
+    __slots__ = ("bandit", "handled", "hwm", "partition", "users")
 
-    def __init__(self, handled: OffsetRanges) -> None:
+    def __init__(self, partition: int, handled: OffsetRanges, hwm: int | None) -> None:
+        self.partition = partition
         self.handled = [r[:] for r in handled.ranges]  # a few ranges: offsets mostly come in order
         self.users: set[str] = set()
         #: own bandit counts before the attempt (None: the key was not cached)
         self.bandit: dict[str, list[int] | None] = {}
+        self.hwm = hwm  # the partition's newest event time before the attempt
 
 
 @dataclass
@@ -270,6 +282,18 @@ class BatchProcessor:
         #: up to date): read directly, they are never older than the table, and the table's
         #: GlobalTable lookup (every partition's RocksDB) is the costly part of an impression.
         self.owned_articles: dict[str, ArticleState] = {}
+        #: Per input partition, the newest event time seen: article events further behind it than
+        #: ARTICLE_LATENESS_MS are not forwarded, so its watermark (newest - that) is a promise.
+        self.event_hwm: dict[int, int] = {}
+        #: Build click rows without their article part; the caller completes them with
+        #: :meth:`finish_clicks` once article popularity is complete up to their watermark.
+        self.defer_clicks = False
+        #: Per article partition this worker's article agent folds: per input partition, the
+        #: watermark up to which it has folded every article event, and whether the latest marker
+        #: at it said idle (agents/watermarks.py ``Progress``).
+        self.article_progress: dict[int, dict[int, tuple[int, bool]]] = {}
+        #: Input partitions of this worker whose latest marker sent said idle (agents/watermarks.py).
+        self.idle_sources: set[int] = set()
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached state of partitions this worker no longer owns (after a rebalance)."""
@@ -278,6 +302,7 @@ class BatchProcessor:
         for p in partitions:
             self._users.pop(p, None)
             self._handled.pop(p, None)
+            self.idle_sources.discard(p)  # its next owner announces it
 
     def _article(self, table: Mapping[str, bytes], article_id: str) -> ArticleState:
         owned = self.owned_articles.get(article_id)
@@ -355,7 +380,7 @@ class BatchProcessor:
         partition = records[0].partition
         users = self._users.setdefault(partition, {})
         handled = self._handled.setdefault(partition, OffsetRanges())
-        undo = _Undo(handled)
+        undo = _Undo(partition, handled, self.event_hwm.get(partition))
         try:
             tally = self._run(records, stores, out, users, handled, undo)
         except BaseException:
@@ -367,6 +392,10 @@ class BatchProcessor:
     def _undo(self, undo: _Undo, users: dict[str, tuple[int, UserState]], handled: OffsetRanges) -> None:
         """Forget an abandoned attempt: the stores still hold every touched key's previous value."""
         handled.ranges = undo.handled
+        if undo.hwm is None:
+            self.event_hwm.pop(undo.partition, None)
+        else:
+            self.event_hwm[undo.partition] = undo.hwm
         for uid in undo.users:
             users.pop(uid, None)  # its cached state was changed in place: read it again
         for key, counts in undo.bandit.items():
@@ -389,6 +418,9 @@ class BatchProcessor:
         touched = undo.users
         cfg = self.state_config
         ingest_ms = out.ingest_ms
+        defer = self.defer_clicks
+        hwm_of = self.event_hwm
+        partition = records[0].partition
 
         for rec in records:
             if rec.offset in handled:
@@ -415,14 +447,22 @@ class BatchProcessor:
             users[uid] = cached
             applied_offset, state = cached
             ev = encode_event(event)
+            hwm = hwm_of.get(partition, -1)
+            if ev.t > hwm:
+                hwm_of[partition] = ev.t
             model = TRIGGERS.get(kind)
             # A row built before applying needs a state without this event; one built after, a state
             # with nothing later. A replay has the stored state, which may hold both: its rows are
             # marked, so that the first (exact) score can win downstream (docs/worker.md, "Delivery").
             if model == "click":
-                article = self._article(stores.articles, event["article_id"])
-                requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms,
-                                             rec.offset <= applied_offset))
+                if defer:  # the article part comes in finish_clicks
+                    req = ScoreRequest("click", click_row(state, _EMPTY_ARTICLE, ev, cfg), event, ingest_ms,
+                                       rec.offset <= applied_offset)
+                    out.pending_clicks.append((req, event["article_id"], rec, rec.timestamp_ms or ingest_ms))
+                else:
+                    article = self._article(stores.articles, event["article_id"])
+                    requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms,
+                                                 rec.offset <= applied_offset))
             elif model == "engagement":
                 requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event, ingest_ms,
                                              rec.offset <= applied_offset))
@@ -437,8 +477,9 @@ class BatchProcessor:
                 requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms,
                                              rec.offset < applied_offset))
             if kind in ARTICLE_EVENTS:
-                # Articles count each event once: duplicates and replays are not forwarded.
-                if outcome is Outcome.APPLIED:
+                # Articles count each event once: duplicates and replays are not forwarded; nor are
+                # events so late that the partition's watermark already passed them.
+                if outcome is Outcome.APPLIED and ev.t >= hwm - ARTICLE_LATENESS_MS:
                     out.article_events.append((event["article_id"], cast(bytes, rec.value)))  # parsed: not None
             elif kind == "ad_request":
                 if not ad_requests:  # posterior as of the batch's first request: no look-ahead
@@ -456,6 +497,10 @@ class BatchProcessor:
                                         for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
                 tally.unscored[name] = sum(r.model == name for r in requests)
+        if out.pending_clicks:
+            tally.rows += len(out.pending_clicks)
+            if "click" not in self.models:
+                tally.unscored["click"] = len(out.pending_clicks)
         if ad_requests:
             out.decisions = self._decide(ad_requests, snapshot, ingest_ms, tally.decisions)
 
@@ -472,6 +517,50 @@ class BatchProcessor:
         while len(users) > self.max_cached_users:
             del users[next(iter(users))]
         return tally
+
+    def source_watermark(self, partition: int) -> int | None:
+        """The partition's promise: every article event it forwards from now on is at or after this."""
+        hwm = self.event_hwm.get(partition)
+        return None if hwm is None else hwm - ARTICLE_LATENESS_MS
+
+    def click_watermark(self, out: Outputs) -> int | None:
+        """The newest watermark the pending click rows read article popularity at."""
+        if not out.pending_clicks:
+            return None
+        return max(article_watermark(req.event["event_time"], self.state_config) for req, *_ in out.pending_clicks)
+
+    def finish_clicks(self, out: Outputs, stores: Stores) -> None:
+        """Complete and score the pending click rows (article part as of each row's watermark).
+
+        The batch's state is already written: a row whose scoring raises alone goes to the
+        dead-letter topic as ``processing_error``, the others are published as usual.
+        """
+        pending, out.pending_clicks = out.pending_clicks, []
+        if not pending:
+            return
+        cfg = self.state_config
+        for req, article_id, _, _ in pending:
+            article = self._article(stores.articles, article_id)
+            cast(list[float], req.row)[_ART] = article_row(article, req.event["event_time"], cfg)
+        now = int(time.time() * 1000)
+        try:
+            parts = [(score_requests(self.models, [req for req, *_ in pending], now), pending)]
+        except StoreUnavailable:
+            raise
+        except Exception:
+            parts = []
+            for item in pending:
+                try:
+                    parts.append((score_requests(self.models, [item[0]], now), [item]))
+                except StoreUnavailable:
+                    raise
+                except Exception as exc:
+                    failed = self._failed(item[2], exc, out.ingest_ms)
+                    out.dead_letters += failed.dead_letters
+        for preds, items in parts:
+            ingest = {req.event["event_id"]: ms for req, _, _, ms in items}
+            out.predictions += preds
+            out.prediction_ingest_ms += [ingest[p["event_id"]] for p in preds]
 
     def _ad_event(self, event: Mapping[str, Any], kind: str, partition: int, stores: Stores,
                   pending_ads: dict[str, dict[str, list[Any]]], delta: dict[str, list[int]], undo: _Undo) -> None:

@@ -1,36 +1,38 @@
 """Article popularity: article events repartitioned by ``article_id`` into a GlobalTable.
 
 Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
-partition (see :func:`stream.agents.runtime.article_messages`).
+partition (see :func:`stream.agents.runtime.article_messages`), and of watermark markers
+``{"wm_src": q, "wm": w, "idle": i}``: input partition ``q`` forwards no article event before ``w``
+after it (``i``: it was caught up).
 
-Staleness: an impression reaches the click features of every worker after (1) the events agent
-forwards it to the repartition topic at the end of its batch, (2) this agent folds it in at the
-end of its batch and writes the table's changelog, and (3) every worker's GlobalTable reads
-that changelog. Each hop is one micro-batch (``STREAM_SCORE_BATCH_MS``) plus a produce/fetch
-round trip: typically well under a second. Under a backlog on the input the
-article records wait for the events of the fetch they came with
-(``STREAM_CONSUMER_MAX_FETCH_BYTES`` per partition), not for the whole backlog.
+Staleness contract (docs/worker.md): a click row at event time ``t`` reads popularity as of
+``t - 5 min`` floored to 5 minutes (``stream.state.article_watermark``), from the events before
+it only. This agent records per input partition the highest marker folded
+(``BatchProcessor.article_progress``, and the table key ``watermarks.progress_key`` written after
+the batch's states, for other workers); the events agent completes click rows only once every
+partition's marker has passed their watermark or said it is idle (``agents/watermarks.py``), so
+a score is the same whatever the read speed. Hops: the events agent forwards at the end of its batch, this agent
+folds at the end of its batch and writes the changelog, every worker's GlobalTable reads it: a
+few batches (``STREAM_SCORE_BATCH_MS``) and round trips, far below the 5-minute lag when live.
 
-Ordering: this agent merges article events from every input partition, so an article's events
-arrive here out of event-time order by as much as the input partitions are skewed. Article state
-is therefore updated with :data:`ARTICLE_MERGE_CONFIG`, which accepts events up to 24 h behind the
-article's newest one (only retention changes; feature values do not depend on lateness).
+Ordering: events of an article arrive out of event-time order by as much as the input partitions
+are skewed. Updates are commutative and the state keeps its buckets 2 days behind the article's
+newest event (``ARTICLE_RETENTION_MS``), so any order within that gives the same rows. A record
+faust hands over again (after the seek that ends a recovery) is folded once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from stream.agents.batching import run_batches
-from stream.agents.runtime import Runtime, enter_partition, records_of
-from stream.state import DEFAULT_CONFIG, ArticleState, new_article_state, update_article
-from stream.state.config import DAY_MS
-
-ARTICLE_MERGE_CONFIG = replace(DEFAULT_CONFIG, lateness_ms=DAY_MS)
+from stream.agents.runtime import Runtime, Span, enter_partition, records_of
+from stream.agents.watermarks import Progress, decode_progress, encode_progress, fold_marker, progress_key
+from stream.processor import Record
+from stream.state import ArticleState, fold_article_events, new_article_state
 
 
 def register(app: Any, rt: Runtime) -> Any:
@@ -41,27 +43,46 @@ def register(app: Any, rt: Runtime) -> Any:
     # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
     owned: dict[str, ArticleState] = rt.processor.owned_articles
 
-    def fold(values: list[bytes]) -> None:
-        touched: dict[str, ArticleState] = {}
-        for value in values:
-            decoded = orjson.loads(value)
-            # A JSON array of events (see runtime.article_messages); one object from older workers.
-            for event in decoded if isinstance(decoded, list) else (decoded,):
-                aid = event["article_id"]
-                state = owned.get(aid)
-                if state is None:
-                    raw = articles.get(aid)
-                    state = ArticleState.from_bytes(raw) if raw else new_article_state()
-                    owned[aid] = state
-                touched[aid] = state
-                update_article(state, event, ARTICLE_MERGE_CONFIG)
+    def state_of(aid: str) -> ArticleState:
+        state = owned.get(aid)
+        if state is None:
+            raw = articles.get(aid)
+            state = owned[aid] = ArticleState.from_bytes(raw) if raw else new_article_state()
+        return state
+
+    def fold(records: list[Record], span: Span) -> None:
+        """Fold the records of ``span``: faust hands records fetched before the seek that ends a
+        recovery to the stream once more (below the span, ``Runtime.fill``), and folding one twice
+        would count its events twice (the events agent skips them the same way, processor._handled)."""
+        events: list[dict[str, Any]] = []
+        progress: Progress | None = None
+        first = span[0] if span is not None else None
+        for rec in records:
+            if first is None or rec.offset < first:
+                rt.metrics.redelivered.inc()
+                continue
+            if rec.value is None:
+                continue
+            for event in orjson.loads(rec.value):  # a JSON array (runtime.article_messages)
+                if "wm_src" in event:  # an input partition's watermark (agents/watermarks.py)
+                    if progress is None:
+                        progress = rt.processor.article_progress.get(rec.partition)
+                        if progress is None:  # first since assigned: go on from the previous owner's
+                            progress = decode_progress(articles.get(progress_key(rec.partition)))
+                            rt.processor.article_progress[rec.partition] = progress
+                    fold_marker(progress, event)
+                else:
+                    events.append(event)
+        touched = fold_article_events(events, state_of)
         for aid, state in touched.items():
             articles[aid] = state.to_bytes()
+        if progress is not None:  # after the states: a reader that sees it has them (one changelog partition)
+            articles[progress_key(records[-1].partition)] = encode_progress(progress)
 
     async def handle(batch: list[Any]) -> None:
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
-        fold([r.value for r in records if r.value is not None])
+        fold(records, span)
         rt.ack(batch, span)  # the table writes are queued to the changelog: the input may be committed
 
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)

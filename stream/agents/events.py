@@ -8,11 +8,16 @@ and the user state can be written once per user per batch instead of once per ev
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from stream.agents.batching import run_batches
 from stream.agents.runtime import Runtime, enter_partition, records_of
-from stream.processor import Stores
+from stream.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
+from stream.processor import Outputs, Record, Stores
+
+log = logging.getLogger(__name__)
 
 
 def register(app: Any, rt: Runtime) -> Any:
@@ -20,13 +25,93 @@ def register(app: Any, rt: Runtime) -> Any:
     tables = rt.tables
     stores = Stores(users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"],
                     bandit=tables["bandit"])
+    partitions = s.topic_partitions
+    wait_s = s.article_wait_ms / 1000
+    processor = rt.processor
+    processor.defer_clicks = wait_s > 0  # click rows wait for complete article popularity (agents/watermarks.py)
+
+    events_topic = rt.topics["events"].get_topic_name()
+
+    def is_caught_up(q: int) -> bool:
+        """Input partition ``q`` is this worker's and every record of it so far is processed."""
+        from faust.types import TP
+
+        tp = TP(events_topic, q)
+        try:
+            consumer = app.consumer
+            if tp not in consumer.assignment():
+                return False
+            highwater = consumer.highwater(tp)
+            committed = getattr(consumer, "_committed_offset", {}).get(tp)
+        except Exception:  # no consumer yet (starting): nothing is known to be caught up
+            return False
+        return caught_up(rt.positions.get((events_topic, q)), committed, highwater)
+
+    def undo_on_failure(q: int) -> Callable[[asyncio.Future[None]], None]:
+        def done(future: asyncio.Future[None]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                processor.idle_sources.discard(q)  # not delivered: announce it again at the next check
+        return done
+
+    async def release(q: int) -> None:
+        """Forward an idle marker for ``q`` if it is this worker's, caught up, and its last marker was not idle.
+
+        Its delivery is not awaited: a stopping worker must not wait for it (the poll thread that
+        resolves it may be gone); a marker not delivered is sent again at the next check.
+        """
+        if rt.failure is not None or rt.closing or q in processor.idle_sources or not is_caught_up(q):
+            return
+        processor.idle_sources.add(q)
+        try:
+            futures = await rt.forward(markers(q, processor.source_watermark(q), partitions, idle=True))
+        except Exception:
+            processor.idle_sources.discard(q)
+            raise
+        for future in futures:
+            future.add_done_callback(undo_on_failure(q))
+
+    async def complete_clicks(out: Outputs, last: Record) -> list[asyncio.Future[None]]:
+        """Forward the batch's article events and watermark, wait for the fold, score the click rows."""
+        q = last.partition
+        wm = processor.source_watermark(q)
+        events = out.article_events
+        if wm is not None:
+            idle = is_caught_up(q)  # no await since positions was set: the flag is this batch's
+            events = events + markers(q, wm, partitions, idle)
+            (processor.idle_sources.add if idle else processor.idle_sources.discard)(q)
+        out.article_events = []
+        sent = await rt.forward(events) if events else []
+        need = processor.click_watermark(out)
+        if need is not None:
+            behind = await wait_complete(processor, stores.articles, partitions, need, wait_s, release)
+            if behind:
+                rt.metrics.article_incomplete.inc(len(out.pending_clicks))
+                log.warning("%s[%d]: article events of input partition(s) %s not all folded up to %d after "
+                            "%.1f s; %d click row(s) scored from what is folded", last.topic, last.partition,
+                            sorted(behind), need, wait_s, len(out.pending_clicks))
+        processor.finish_clicks(out, stores)
+        return sent
+
+    if processor.defer_clicks:
+        @app.timer(interval=IDLE_CHECK_S)
+        async def announce_idle() -> None:
+            """Release the waits of every worker on this worker's idle input partitions (watermarks.py)."""
+            for q in range(partitions):
+                try:
+                    await release(q)
+                except Exception as exc:  # the output refused: the batches report it too; try again next time
+                    log.warning("idle marker of %s[%d] not sent (%s); sent again at the next check",
+                                events_topic, q, exc)
 
     async def handle(batch: list[Any]) -> None:
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
-        out = rt.processor.process(records, stores)
+        out = processor.process(records, stores)
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
+        if processor.defer_clicks:
+            # its article events must be confirmed before the batch is acked by publish
+            await asyncio.gather(*await complete_clicks(out, last))
         await rt.publish(out, batch, span)  # acks the batch once its outputs are confirmed
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)

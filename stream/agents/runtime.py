@@ -216,6 +216,11 @@ class Runtime:
         """The error that stopped the worker, if any."""
         return self._failure
 
+    @property
+    def closing(self) -> bool:
+        """:meth:`close` has begun: nothing more is produced."""
+        return self._closing
+
     def start_polling(self) -> None:
         """Serve the producer's delivery reports on one thread (they resolve each batch's future)."""
         if self._poller is None and self.producer is not None:
@@ -273,6 +278,8 @@ class Runtime:
         articles = self.topics["article_events"].get_topic_name()
         self.processor.forget_partitions({tp.partition for tp in revoked if tp.topic == events})
         gone = {tp.partition for tp in revoked if tp.topic == articles}
+        for a in gone:
+            self.processor.article_progress.pop(a, None)  # the table's copy, from its next owner, is read instead
         if gone:
             owned = self.processor.owned_articles
             partitions = self.settings.topic_partitions
@@ -403,6 +410,15 @@ class Runtime:
         self._tails[tp] = task
         self._settling.add(task)
         task.add_done_callback(lambda t: self._settled(tp, t))
+
+    async def forward(self, article_events: list[tuple[str, bytes]]) -> list[asyncio.Future[None]]:
+        """Produce article events (and watermark markers) now, ahead of the rest of their batch.
+
+        Returns the futures that resolve once Kafka has them; the batch is acked later by
+        :meth:`publish`, which must come after they resolved.
+        """
+        self.start_polling()  # delivery reports resolve the futures
+        return await self._send(Outputs(article_events=article_events))
 
     async def _send(self, out: Outputs) -> list[asyncio.Future[None]]:
         """Queue a batch's outputs; the futures resolve once Kafka and ClickHouse have them."""

@@ -16,7 +16,6 @@ True
 
 from stream.state.article import (
     ARTICLE_FEATURES,
-    ARTICLE_MERGE_CONFIG,
     ArticleState,
     article_features,
     article_features_batch,
@@ -55,7 +54,6 @@ from stream.state.user import (
 
 __all__ = [
     "ARTICLE_FEATURES",
-    "ARTICLE_MERGE_CONFIG",
     "CHURN_FEATURES",
     "CLICK_FEATURES",
     "CONVERSION_FEATURES",

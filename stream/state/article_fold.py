@@ -1,8 +1,8 @@
 """The article table's fold: article events into their articles' states.
 
 One definition for the worker's ``article-stats`` agent and the offline backtest. Events come
-merged from every input partition, so they are applied with
-:data:`~stream.state.article.ARTICLE_MERGE_CONFIG` (24 h of lateness).
+merged from every input partition, out of event-time order: article updates commute within the
+state's retention (``ARTICLE_RETENTION_MS``), so any order gives the same state.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from stream.state.article import ARTICLE_MERGE_CONFIG, ArticleState, update_article
+from stream.state.article import ArticleState, update_article
 
 
 def fold_article_events(events: Iterable[Mapping[str, Any]],
@@ -27,5 +27,5 @@ def fold_article_events(events: Iterable[Mapping[str, Any]],
         state = touched.get(aid)
         if state is None:
             state = touched[aid] = state_of(aid)
-        update_article(state, event, ARTICLE_MERGE_CONFIG)
+        update_article(state, event)
     return touched

@@ -46,10 +46,15 @@ class StateConfig:
     article_ctr_strength: float = 20.0
     #: recency_score = exp(-days_since_last_event / recency_days).
     recency_days: float = 7.0
+    #: Click rows read article popularity as of ``event_time - article_lag_ms`` floored to 5 minutes
+    #: (:func:`stream.state.article.article_watermark`): the staleness contract of docs/worker.md.
+    article_lag_ms: int = 5 * MINUTE_MS
 
     def __post_init__(self) -> None:
         if not 0 <= self.lateness_ms <= DAY_MS:
             raise ConfigError(f"lateness_ms must be within [0, {DAY_MS}], got {self.lateness_ms}")
+        if not 0 <= self.article_lag_ms <= DAY_MS:
+            raise ConfigError(f"article_lag_ms must be within [0, {DAY_MS}], got {self.article_lag_ms}")
         if not 4 <= self.hll_p <= 12:
             raise ConfigError(f"hll_p must be within [4, 12], got {self.hll_p}")
         for name in ("dedup_ring", "max_pending", "distinct_cap", "pref_k", "brand_k"):

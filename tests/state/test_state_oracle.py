@@ -150,7 +150,21 @@ def test_windows_are_bucket_aligned_not_sliding() -> None:
     assert user_features(st, base + 60 * MIN)[i] == 0
 
 
+def _article_window(t: pd.Series, wm: int, width: int, k: int) -> int:
+    """Events before ``wm`` in the bucket holding ``wm - 1`` and the ``k - 1`` before it."""
+    return int(((t < wm) & (t // width > (wm - 1) // width - k)).sum())
+
+
+def _last_bucket_end(last: int, wm: int) -> int:
+    """End of the finest bucket (5 min within the hour, else hour, else day) holding ``last``."""
+    for width, k in ((5 * MIN, 12), (HOUR, 24), (DAY, 7)):
+        if last // width > (wm - 1) // width - k:
+            return (last // width + 1) * width
+    return ((wm - 1) // DAY - 6) * DAY
+
+
 def test_article_features_match_oracle(history: list[dict], history_df: pd.DataFrame) -> None:
+    """Features at ``as_of`` count the events before ``wm`` = as_of - 5 min floored to 5 min."""
     arts = history_df[history_df["event_type"].isin(["article_impression", "article_click", "article_view"])]
     top = arts["article_id"].value_counts().index[:3]
     rng = np.random.default_rng(5)
@@ -158,24 +172,29 @@ def test_article_features_match_oracle(history: list[dict], history_df: pd.DataF
         a = arts[arts["article_id"] == aid]
         for as_of in rng.choice(a["event_time"].to_numpy(), 4):
             st = new_article_state()
-            for e in history:
-                if e.get("article_id") == aid and e["event_time"] <= as_of:
+            for e in history:  # also a day of events after as_of (a fast fold): they must not count
+                if e.get("article_id") == aid and e["event_time"] <= as_of + DAY:
                     update_article(st, e)
             got = dict(zip(ARTICLE_FEATURES.names, article_features(st, int(as_of)).tolist(), strict=True))
-            x = a[a["event_time"] <= as_of]
+            wm = (int(as_of) - 5 * MIN) // (5 * MIN) * (5 * MIN)
+            x = a[a["event_time"] < wm]
             t = x["event_time"]
             p, s = CFG.article_ctr_prior, CFG.article_ctr_strength
             for w, width, k in (("1h", 5 * MIN, 12), ("24h", HOUR, 24), ("7d", DAY, 7)):
-                imp = _window_count(t[x["event_type"] == "article_impression"], as_of, width, k)
-                clk = _window_count(t[x["event_type"] == "article_click"], as_of, width, k)
+                imp = _article_window(t[x["event_type"] == "article_impression"], wm, width, k)
+                clk = _article_window(t[x["event_type"] == "article_click"], wm, width, k)
                 assert got[f"art_impressions_{w}"] == imp
                 assert got[f"art_clicks_{w}"] == clk
-                assert got[f"art_views_{w}"] == _window_count(t[x["event_type"] == "article_view"], as_of,
-                                                              width, k)
+                assert got[f"art_views_{w}"] == _article_window(t[x["event_type"] == "article_view"], wm,
+                                                                width, k)
                 assert got[f"art_ctr_{w}"] == pytest.approx((clk + p * s) / (imp + s), rel=1e-6)
             assert got["art_impressions_total"] == (x["event_type"] == "article_impression").sum()
-            assert got["art_age_hours"] == pytest.approx((as_of - t.min()) / HOUR, rel=1e-6)
-            assert got["art_hours_since_last"] == pytest.approx((as_of - t.max()) / HOUR, abs=1e-4)
+            if len(t):
+                assert got["art_age_hours"] == pytest.approx((as_of - t.min()) / HOUR, rel=1e-6)
+                assert got["art_hours_since_last"] == pytest.approx(
+                    (as_of - _last_bucket_end(int(t.max()), wm)) / HOUR, abs=1e-4)
+            else:
+                assert math.isnan(got["art_age_hours"]) and math.isnan(got["art_hours_since_last"])
 
 
 def test_distinct_counter_is_exact_then_close() -> None:

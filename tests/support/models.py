@@ -16,7 +16,6 @@ import xgboost as xgb
 
 from stream.registry import ModelRegistry
 from stream.state import (
-    ARTICLE_MERGE_CONFIG,
     CHURN_FEATURES,
     CLICK_FEATURES,
     ENGAGEMENT_FEATURES,
@@ -55,8 +54,7 @@ def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
         if kind == "session_end":
             rows["churn"].append((ev, user_features(st, ev["event_time"])))
         if kind in ("article_impression", "article_click", "article_view") and outcome is Outcome.APPLIED:
-            articles[ev["article_id"]] = update_article(articles.get(ev["article_id"]) or new_article_state(), ev,
-                                                     ARTICLE_MERGE_CONFIG)
+            articles[ev["article_id"]] = update_article(articles.get(ev["article_id"]) or new_article_state(), ev)
     return rows
 
 

@@ -1,0 +1,117 @@
+"""Idle input partitions do not hold back click rows (docs/worker.md, "Staleness contract").
+
+Click rows wait until every input partition's article events before their watermark are folded.
+A partition with no events sends no watermark of its own; if it belongs to another worker, every
+batch would wait the full STREAM_ARTICLE_WAIT_MS. Its owner announces it idle instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from stream.kafka.embedded import free_port
+from stream.kafka.partitioner import partition_for
+from stream.testing import WorkerProcess, consume, scrape_metrics
+from tests.worker.conftest import create_topics, expected_predictions, payloads
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTITIONS = 4
+BUSY = {0, 1}  # the input goes to these partitions only; 2 and 3 stay empty
+
+
+def _owners(bootstrap: str, group: str, topic: str, members: int, timeout_s: float = 90) -> list[set[int]]:
+    """Per member of the group, the partitions of ``topic`` it owns, once ``members`` own some and it is stable."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    owned: list[set[int]] = []
+    while time.monotonic() < deadline:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result()
+        except KafkaException:  # the group's coordinator is not known yet
+            time.sleep(0.5)
+            continue
+        owned = [{tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic} for m in desc.members]
+        owned = [o for o in owned if o]
+        if len(owned) == members and str(desc.state).endswith("STABLE"):
+            return owned
+        time.sleep(0.5)
+    raise AssertionError(f"{members} workers did not all own partitions of {topic} within {timeout_s:.0f} s: {owned}")
+
+
+def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: list[dict[str, Any]],
+         ports: list[int]) -> tuple[set[tuple[str, str]], list[float | None], list[set[int]], float]:
+    """Start a worker per env, produce ``events`` once every worker owns input partitions, read
+    every prediction: (model, event_id) scored, incomplete click rows per worker, owned partitions, seconds."""
+    from contextlib import ExitStack
+
+    prefix = envs[0]["STREAM_TOPIC_PREFIX"]
+    topic = f"{prefix}session-events"
+    with ExitStack() as stack:
+        for i, (env, log) in enumerate(zip(envs, logs, strict=True)):
+            stack.enter_context(WorkerProcess(bootstrap, env, log, instance=str(i)))
+        owned = _owners(bootstrap, envs[0]["STREAM_WORKER_ID"], topic, len(envs))
+        for log in logs:  # recovered after the last assignment: the article agents run
+            _wait_until(lambda log=log: _ready(log), f"{log} logs 'Worker ready' after its last assignment")
+        _produce_by_key(bootstrap, topic, events)
+        n = sum(expected_predictions(events).values())
+        started = time.monotonic()
+        msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=90)
+        took = time.monotonic() - started
+        incomplete = [scrape_metrics(p).get("stream_click_rows_article_incomplete_total") for p in ports]
+    got = {(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in msgs}
+    return got, incomplete, owned, took
+
+
+def _ready(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.rfind("Worker ready") > text.rfind("newly assigned partitions") >= 0
+
+
+def _wait_until(cond: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
+        time.sleep(0.2)
+
+
+def _produce_by_key(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:
+    """Each event to the partition Kafka's Java producers pick for its user (``partition_for``):
+    the test's producer partitions by another hash."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20})
+    for key, value in payloads(events):
+        producer.produce(topic, value=value, key=key, partition=partition_for(key, PARTITIONS))
+    assert producer.flush(60) == 0
+
+
+@pytest.mark.parametrize("workers", [2, 1])
+def test_idle_partitions_do_not_hold_back_click_rows(
+        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path,
+        workers: int) -> None:
+    """Two workers: whichever way the partitions fall, some worker waits on an idle partition of
+    the other one (before: every such batch timed out). One worker: its own idle partitions."""
+    events = [e for e in sim_events if partition_for(e["user_id"].encode(), PARTITIONS) in BUSY][:1500]
+    create_topics(kafka_bootstrap, worker_env)
+    ports = [free_port() for _ in range(workers)]
+    envs = [{**worker_env, "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"),
+             "STREAM_CHDB_PATH": str(tmp_path / f"ch-{i}"), "STREAM_WORKER_WEB_PORT": str(port)}
+            for i, port in enumerate(ports)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(workers)]
+    got, incomplete, owned, took = _run(kafka_bootstrap, envs, logs, events, ports)
+    print(f"{len(got)} predictions in {took:.1f} s; partitions {owned}; incomplete click rows per worker {incomplete}")
+    assert got == set(expected_predictions(events))
+    assert incomplete == [0] * workers, incomplete
+    for log in logs:
+        assert "not all folded" not in log.read_text(errors="replace"), log
