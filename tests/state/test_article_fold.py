@@ -16,8 +16,8 @@ def _ev(i: int, kind: str, article: str, t: int) -> dict[str, Any]:
 
 
 def _totals(state: ArticleState) -> list[float]:
-    """(impressions, clicks, views) as the article features report them."""
-    v = article_features(state, T0 + 10 * HOUR_MS)
+    """(impressions, clicks, views) as the article features report them once every event is past."""
+    v = article_features(state, T0 + 30 * HOUR_MS)  # features count the events before their as-of time
     return [float(v[ARTICLE_FEATURES.names.index(f"art_{k}_total")]) for k in ("impressions", "clicks", "views")]
 
 
