@@ -295,7 +295,9 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
         consumer = app.consumer
         # faust's record of the offsets it committed, or read as committed at the assignment
         committed = getattr(consumer, "_committed_offset", {})
-        lags = rt.export_lag(consumer.assignment(), consumer.highwater, committed.get)
+        assigned = consumer.assignment()
+        await rt.learn_starts(assigned)  # a new group has no committed offset to count the lag from
+        lags = rt.export_lag(assigned, consumer.highwater, committed.get)
         _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
 
     @app.timer(interval=1.0)

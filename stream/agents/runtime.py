@@ -210,6 +210,8 @@ class Runtime:
     _stall_logged: dict[Partition, float] = field(default_factory=dict)
     #: the partitions the lag gauge has a series for
     _lagging: set[Partition] = field(default_factory=set)
+    #: per input partition, where reading it began since it was assigned (:meth:`start_offset`)
+    _starts: dict[Partition, int] = field(default_factory=dict)
 
     @property
     def failure(self) -> BaseException | None:
@@ -290,6 +292,7 @@ class Runtime:
         self.positions.pop(tp, None)
         self.delivered.pop(tp, None)
         self.ledger.revoke(tp)
+        self._starts.pop(tp, None)
         self._held.pop(tp, None)
         self._stall_logged.pop(tp, None)
         self._lagging.discard(tp)
@@ -301,8 +304,9 @@ class Runtime:
         """Set the lag gauge of each assigned input partition whose lag is known; drop every other series.
 
         The lag counts from the last offset handed to the processor or, on a partition that has
-        had no batch since it was assigned, from its committed offset: a partition that is stuck
-        after a rebalance still shows its lag.
+        had no batch since it was assigned, from its committed offset, or where reading it
+        started (:meth:`learn_starts`) in a group that has committed none: a partition that is
+        stuck after a rebalance still shows its lag.
         """
         events = self.topic_names.get("events")
         lags: dict[Partition, int] = {}
@@ -312,7 +316,8 @@ class Runtime:
             pos = self.positions.get((tp[0], tp[1]))
             if pos is not None:
                 lags[(tp[0], tp[1])] = max(hw - pos - 1, 0)
-            elif (next_offset := committed(tp)) is not None:
+            elif (next_offset := committed(tp)) is not None or (
+                    next_offset := self._starts.get((tp[0], tp[1]))) is not None:
                 lags[(tp[0], tp[1])] = max(hw - next_offset, 0)
         for topic, partition in self._lagging - lags.keys():
             self.metrics.lag.remove(topic, str(partition))
@@ -352,6 +357,21 @@ class Runtime:
                     "read again from the broker", tp[0], tp[1], len(extra), [r.offset for r in extra])
         return sorted([*records, *extra], key=lambda r: r.offset), span
 
+    async def learn_starts(self, assigned: Iterable[Partition]) -> None:
+        """Find where reading began on each assigned input partition that has had no batch yet.
+
+        One broker round trip per partition and assignment; a partition whose lookup fails is
+        tried again at the next call.
+        """
+        events = self.topic_names.get("events")
+        for tp in assigned:
+            key = (tp[0], tp[1])
+            if tp[0] == events and key not in self.positions and key not in self._starts:
+                try:
+                    await self.start_offset(key)
+                except Exception as exc:  # the broker is away: the lag stays unknown meanwhile
+                    log.debug("cannot read where %s[%d] starts: %s", tp[0], tp[1], exc)
+
     async def start_offset(self, tp: Partition) -> int | None:
         """Where the worker started reading ``tp``: its committed offset, or the log start if there is none.
 
@@ -370,7 +390,8 @@ class Runtime:
             return committed
         loop = asyncio.get_running_loop()
         low = await loop.run_in_executor(None, self.gap_filler.log_start, tp[0], tp[1])
-        return max(committed or 0, low)
+        start = self._starts[tp] = max(committed or 0, low)
+        return start
 
     async def publish(self, out: Outputs, batch: Sequence[Any], span: Span = None) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.

@@ -575,3 +575,21 @@ async def test_a_revoked_partition_is_no_longer_exported(worker: Worker, sim_eve
     # whatever the revocation missed, the next export drops: only assigned partitions have a series
     w.rt.export_lag([], lambda tp: 1000, committed.get)
     assert _series(w, lag) == {}
+
+
+async def test_a_partition_of_a_new_group_shows_its_lag_before_its_first_batch(worker: Worker) -> None:
+    """With nothing committed, the lag counts from the log start: a partition the consumer never
+    delivers from is visible (to the stalled-partition detector and /readyz), not absent."""
+    w = worker
+    events = w.topic("events")
+    assigned = [TP(events, 0), TP(events, 1)]
+    nothing_committed: dict[Any, int] = {}
+    lag = "stream_consumer_lag_messages"
+    w.rt.export_lag(assigned, lambda tp: 1000, nothing_committed.get)
+    assert _series(w, lag) == {}  # where reading starts is not known yet
+    await w.rt.learn_starts(assigned)  # NoHoles: the logs start at offset 0
+    w.rt.export_lag(assigned, lambda tp: 1000, nothing_committed.get)
+    assert _series(w, lag) == {(events, "0"): 1000, (events, "1"): 1000}
+    w.rt.on_revoked({TP(events, 1)})
+    w.rt.export_lag([TP(events, 0)], lambda tp: 1000, nothing_committed.get)
+    assert _series(w, lag) == {(events, "0"): 1000}
