@@ -12,6 +12,7 @@ becomes a one-line error within seconds instead of a timeout that says "cannot r
 
 from __future__ import annotations
 
+import logging
 import ssl
 import time
 from collections.abc import Mapping
@@ -42,16 +43,23 @@ def admin_client(bootstrap: str, settings: Settings | None, **extra: Any) -> Any
     return AdminClient(kafka_config(bootstrap, settings, **extra))
 
 
+#: where producers' and consumers' librdkafka lines go (its own stderr otherwise): Python's logging
+#: masks secrets in them (stream/redact.py) and, in the worker, rate-limits them (stream/logs.py)
+LIBRDKAFKA_LOG = logging.getLogger("stream.kafka.librdkafka")
+
+
 def producer(bootstrap: str, settings: Settings | None, **extra: Any) -> Any:
+    """A producer; its log lines are served by its ``poll()`` and ``flush()``."""
     from confluent_kafka import Producer
 
-    return Producer(kafka_config(bootstrap, settings, **extra))
+    return Producer(kafka_config(bootstrap, settings, **{"logger": LIBRDKAFKA_LOG, **extra}))
 
 
 def consumer(bootstrap: str, settings: Settings | None, **extra: Any) -> Any:
+    """A consumer; its log lines are served by its ``poll()`` and ``consume()``."""
     from confluent_kafka import Consumer
 
-    return Consumer(kafka_config(bootstrap, settings, **extra))
+    return Consumer(kafka_config(bootstrap, settings, **{"logger": LIBRDKAFKA_LOG, **extra}))
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

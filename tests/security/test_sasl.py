@@ -69,8 +69,10 @@ def test_worker_scores_replayed_events_and_no_output_holds_the_password(
 
 
 def test_librdkafka_debug_log_holds_no_password(broker: EmbeddedKafka, password: str, unique: str) -> None:
-    """confluent-kafka's clients, built like the product builds them, with every debug context on."""
-    code = ("import sys; from stream.config import load_settings; from stream.kafka import clients\n"
+    """confluent-kafka's clients, built like the product builds them, with every debug context on
+    (their lines go to Python's logging, shown at DEBUG as ``-v`` does)."""
+    code = ("import logging, sys; from stream.config import load_settings; from stream.kafka import clients\n"
+            "logging.basicConfig(level=logging.DEBUG)\n"
             "p = clients.producer(sys.argv[1], load_settings(), debug='all')\n"
             "p.produce(sys.argv[2], b'x'); assert p.flush(30) == 0\n")
     proc, _ = run_cli(["-c", code, broker.sasl_bootstrap, f"dbg-{unique}"],
