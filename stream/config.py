@@ -73,9 +73,10 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
     article_wait_ms: int = Field(
-        2000, ge=0, le=600_000,
+        0, ge=0, le=600_000,
         description="max wait in ms for article popularity to be complete up to a batch's click watermark "
-                    "(0: no wait, scores then depend on read speed; docs/worker.md, staleness contract)")
+                    "(0: no wait, click scores then depend on read speed; 2000 makes a one-worker replay "
+                    "reproducible; docs/worker.md, staleness contract)")
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )

@@ -46,6 +46,7 @@ def compare(a: dict[str, float], b: dict[str, float]) -> tuple[int, int, float]:
 def test_two_runs_at_different_speeds_give_the_same_click_scores(
         kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
     events = sim_events[:3000]
+    worker_env = {**worker_env, "STREAM_ARTICLE_WAIT_MS": "2000"}  # what makes a one-worker replay reproducible
     fast = {**worker_env, "STREAM_SCORE_BATCH_SIZE": "150", "STREAM_SCORE_BATCH_MS": "200",  # see the bound below
             "STREAM_WORKER_WEB_PORT": str(free_port())}
     slow = {**worker_env, "STREAM_SCORE_BATCH_SIZE": "7", "STREAM_SCORE_BATCH_MS": "5",
