@@ -13,7 +13,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from stream.clickhouse import connect
 from stream.clickhouse import local_server as ls
 from stream.config import load_settings
+from tests.support.waits import wait
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,13 +36,7 @@ def chdb_dir(tmp_path: Path) -> Iterator[Path]:
         ls.stop(path)
 
 
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(0.05)
-
+_wait = partial(wait, every_s=0.05)
 
 _RACER = """
 import sys, time

@@ -8,13 +8,14 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
 from stream.testing import consume, scrape_metrics
+from tests.support.waits import wait
 
 
 @dataclass(frozen=True)
@@ -56,16 +57,6 @@ def table(rows: Iterable[FaultRow]) -> str:
 
 def _count(n: int) -> str:
     return str(n) if n >= 0 else "n/a"
-
-
-def wait(cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.2) -> float:
-    """Poll ``cond`` until it holds; return when it did (monotonic). Fails naming ``what``."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(every_s)
-    return time.monotonic()
 
 
 def metric(port: int, name: str) -> float | None:

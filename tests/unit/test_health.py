@@ -6,10 +6,9 @@ import asyncio
 import json
 import logging
 import threading
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import pytest
@@ -17,6 +16,9 @@ import pytest
 from stream.health import Health, StallDetector, readiness
 from stream.kafka.embedded import free_port
 from stream.metrics import WorkerMetrics
+from tests.support.waits import wait
+
+_wait = partial(wait, every_s=0.05)
 
 T = "events"
 
@@ -123,13 +125,6 @@ def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
-        time.sleep(0.05)
 
 
 def test_endpoints_answer_beside_metrics_and_healthz_sees_a_wedged_loop() -> None:

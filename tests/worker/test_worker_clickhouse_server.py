@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from stream.testing import WorkerProcess, committed_offsets, consume, produce, s
 from stream.topics import ensure_topics
 from tests.faults.support import FaultRow, PredictionWatch, readyz, record, topic_counts, wait_owners
 from tests.support.clickhouse_server import ClickHouseServer
+from tests.support.waits import wait as _wait
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.fault]
 SCORABLE = {"article_impression": "click", "session_start": "engagement", "session_end": "churn"}
@@ -73,14 +74,6 @@ def _produce(bootstrap: str, env: dict[str, str], events: list[dict[str, Any]]) 
 def _topics(bootstrap: str, env: dict[str, str]) -> None:
     ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
                                            topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _metric(env: dict[str, str], name: str) -> float | None:

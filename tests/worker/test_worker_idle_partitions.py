@@ -8,7 +8,6 @@ batch would wait the full STREAM_ARTICLE_WAIT_MS. Its owner announces it idle in
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 from stream.kafka.embedded import free_port
 from stream.kafka.partitioner import partition_for
 from stream.testing import WorkerProcess, consume, scrape_metrics
+from tests.support.waits import wait
 from tests.worker.conftest import create_topics, expected_predictions, payloads
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -63,7 +63,7 @@ def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: l
             stack.enter_context(WorkerProcess(bootstrap, env, log, instance=str(i)))
         owned = _owners(bootstrap, envs[0]["STREAM_WORKER_ID"], topic, len(envs))
         for log in logs:  # recovered after the last assignment: the article agents run
-            _wait_until(lambda log=log: _ready(log), f"{log} logs 'Worker ready' after its last assignment")
+            wait(lambda log=log: _ready(log), 90, f"{log} logs 'Worker ready' after its last assignment")
         # A first wave warms the workers up: right after start, the first batches can wait out
         # STREAM_ARTICLE_WAIT_MS once while no article agent has folded yet (docs/worker.md,
         # "Staleness contract", known limits). The claim is about the steady state after it.
@@ -88,14 +88,6 @@ def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: l
 def _ready(log: Path) -> bool:
     text = log.read_text(errors="replace") if log.exists() else ""
     return text.rfind("Worker ready") > text.rfind("newly assigned partitions") >= 0
-
-
-def _wait_until(cond: Callable[[], bool], what: str, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
 
 
 def _produce_by_key(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import pytest
 from stream.clickhouse import local_server
 from stream.kafka.embedded import free_port
 from stream.testing import WorkerProcess, consume, produce, scrape_metrics, scrape_series
+from tests.support.waits import wait as _wait
 from tests.worker.conftest import SCORABLE, create_topics, payloads, query_worker_clickhouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -43,14 +44,6 @@ def env(worker_env: dict[str, str]) -> Iterator[dict[str, str]]:
         yield worker_env
     finally:
         local_server.stop(Path(worker_env["STREAM_CHDB_PATH"]))
-
-
-def _wait(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _expected(events: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[str]]:

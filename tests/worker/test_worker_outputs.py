@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from stream.errors import InfraError
 from stream.kafka.embedded import free_port
 from stream.testing import WorkerProcess, consume, produce
+from tests.support.waits import wait as _wait
 from tests.worker.conftest import create_topics as _topics
 from tests.worker.conftest import expected_predictions as _expected
 from tests.worker.conftest import payloads as _payloads
@@ -44,14 +45,6 @@ def _committed(bootstrap: str, group: str, topic: str, partition: int) -> int:
         return int(tp.offset)
     finally:
         consumer.close()
-
-
-def _wait(cond: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout_s:.0f} s")
-        time.sleep(0.2)
 
 
 def _produce_one(bootstrap: str, topic: str, key: bytes, value: bytes, compression: str) -> None:
