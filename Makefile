@@ -32,9 +32,10 @@ test-fast: $(STAMP) ## tests that need no Kafka broker
 test-faults: $(STAMP) ## the fault suite: broker, worker and ClickHouse failures (about 6 min; CI runs it after make test)
 	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff + mypy
+lint: $(STAMP) ## ruff, mypy and the import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
 	$(BIN)/mypy stream simulator batch_training
+	$(BIN)/lint-imports
 
 fmt: $(STAMP) ## apply ruff's fixes
 	$(BIN)/ruff check --fix .

@@ -7,8 +7,8 @@ from the logged ad impressions (uniform logging policy, so unbiased), Beta(1, 1)
 Simulation: ``ROUNDS`` impressions replayed day by day with the context mix of the log; the
 reward of an arm is Bernoulli(true CTR of (day, placement, device)) from ``truth_ad_arms`` when
 the simulator wrote it, else the empirical CTR. Policies: fixed (the best arm of the first week's
-log), uniform, epsilon-greedy (ε = 0.1) and Thompson sampling (``stream.bandit.ThompsonSampling``),
-all seeded and run by ``stream.bandit.simulate``; regret is against the best arm per (day, device).
+log), uniform, epsilon-greedy (ε = 0.1) and Thompson sampling (``stream.bandits.thompson.ThompsonSampling``),
+all seeded and run by ``stream.bandits.thompson.simulate``; regret is against the best arm per (day, device).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pandas as pd
 
 from batch_training.context import Context
 from batch_training.modeling import write_json
-from stream import bandit
+from stream.bandits import thompson as bandit
 
 REVENUE_PER_CLICK = 1.0
 ROUNDS = 60_000

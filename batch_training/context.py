@@ -16,7 +16,7 @@ from batch_training.datasets import Sampling
 from stream.clickhouse import ClickHouse, connect
 from stream.config import Settings
 from stream.errors import ConfigError, PrerequisiteError
-from stream.registry import ModelRegistry
+from stream.models.registry import ModelRegistry
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from stream.registry import ModelKind, ModelRegistry, ModelVersion
+from stream.models.registry import ModelKind, ModelRegistry, ModelVersion
 from stream.state import FeatureList
 
 

@@ -17,7 +17,7 @@ from batch_training.context import Context
 from batch_training.specs import SPECS, ModelSpec
 from batch_training.supervised import score, spec_data
 from stream.errors import StreamError
-from stream.registry import ModelVersion, RegistryError, load_booster
+from stream.models.registry import ModelVersion, RegistryError, load_booster
 from stream.state import FeatureList
 
 

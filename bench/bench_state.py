@@ -61,8 +61,8 @@ def measure(users_n: int, days: int, runs: int) -> dict[str, float]:
     """Every metric of :data:`METRICS` for the ``stream`` package on ``sys.path``."""
     import numpy as np
 
-    from stream.bandit import propensities
-    from stream.schemas import parse_event
+    from stream.bandits.thompson import propensities
+    from stream.events.schema import parse_event
     from stream.state import (
         ArticleState,
         UserState,

@@ -4,7 +4,7 @@
 * ``naive``: per event, a RocksDB table read-modify-write of the user state and one
   ``inplace_predict`` per scorable event (the obvious implementation our worker is compared with).
 * ``naive-tuned``: ``naive`` with the worker's process settings (uvloop, GC thresholds and
-  freeze; stream/tuning.py), to show what those alone are worth.
+  freeze; stream/worker/tuning.py), to show what those alone are worth.
 
 Usage: python bench/faust_baselines.py MODE BOOTSTRAP IN_TOPIC OUT_TOPIC APP_ID DATADIR MODELS_DIR
 """
@@ -19,7 +19,7 @@ import orjson
 from faust.worker import Worker
 
 from stream.config import load_settings
-from stream.registry import ModelRegistry, load_booster
+from stream.models.registry import ModelRegistry, load_booster
 from stream.state import (
     UserState,
     click_features,
@@ -29,7 +29,7 @@ from stream.state import (
     update_user,
     user_features,
 )
-from stream.tuning import tune_gc, use_event_loop
+from stream.worker.tuning import tune_gc, use_event_loop
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ All variants consume the same preloaded topic of simulated events (4 partitions)
   (d) our worker (python -m stream worker).
 
 With ``--tuned-naive``, each repeat also runs (c') = (c) with the worker's process settings
-(uvloop and the GC tuning of stream/tuning.py), last: what those settings alone give the baseline.
+(uvloop and the GC tuning of stream/worker/tuning.py), last: what those settings alone give the baseline.
 
 Each repeat runs (b), (c) and (d) in another order (each runs first, and each follows each other
 one), and each starts only once the broker is quiet again (it compacts the changelogs a variant
@@ -43,9 +43,8 @@ sys.path.insert(0, str(ROOT))
 from simulator import SimConfig, generate  # noqa: E402
 from stream.config import load_settings  # noqa: E402
 from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
-from stream.kafka.io import produce_blocking  # noqa: E402
-from stream.testing import produce  # noqa: E402
-from stream.topics import ensure_topics  # noqa: E402
+from stream.kafka.io import produce, produce_blocking  # noqa: E402
+from stream.kafka.topics import ensure_topics  # noqa: E402
 from tests.support.models import train_and_register  # noqa: E402
 
 PARTITIONS = 4

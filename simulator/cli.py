@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(**overrides)
     if not settings.kafka_bootstrap:
         raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
-    from stream.topics import SESSION_EVENTS, ensure_topics
+    from stream.kafka.topics import SESSION_EVENTS, ensure_topics
 
     if not args.no_create_topics:
         ensure_topics(settings.kafka_bootstrap, settings)

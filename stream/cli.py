@@ -27,7 +27,7 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
     from stream.errors import ConfigError
     from stream.kafka.clients import for_embedded
     from stream.kafka.embedded import EmbeddedKafka
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
 
     settings = load_settings()
     users = None
@@ -81,7 +81,7 @@ def cmd_kafka_fetch(args: argparse.Namespace) -> int:
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from stream.config import load_settings
-    from stream.topics import ensure_topics
+    from stream.kafka.topics import ensure_topics
 
     settings = load_settings()
     bootstrap = args.bootstrap or settings.kafka_bootstrap
@@ -143,14 +143,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from stream.config import load_settings
-    from stream.worker import run_worker
+    from stream.worker.run import run_worker
 
     settings = load_settings()
     return run_worker(settings, loglevel=args.loglevel or settings.log_level.lower())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from stream.demo import run_demo
+    from stream.tools.demo import run_demo
 
     return run_demo(minutes=args.minutes, users=args.users, days=args.days, rate=args.rate, profile=args.profile)
 
@@ -194,8 +194,8 @@ def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream import replay
-    from stream.backtest import cli as backtest_cli
+    from stream.tools import replay
+    from stream.tools.backtest import cli as backtest_cli
 
     parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

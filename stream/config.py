@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 #: Kafka's limit on topic names, and the characters it allows in them.
 MAX_TOPIC_LENGTH = 249
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
-#: The longest suffix faust adds to STREAM_WORKER_ID for an internal topic (stream/app.py's tables
-#: and faust's ``<id>-__assignor-__leader``), and the longest public topic name (stream/topics.py).
+#: The longest suffix faust adds to STREAM_WORKER_ID for an internal topic (stream/worker/app.py's tables
+#: and faust's ``<id>-__assignor-__leader``), and the longest public topic name (stream/kafka/topics.py).
 _LONGEST_INTERNAL_SUFFIX = len("-article-stats-changelog")
 _LONGEST_PUBLIC_TOPIC = len("session-events-dlq")
 _DIRECTORIES = ("chdb_path", "data_dir", "models_dir", "reports_dir", "state_dir")

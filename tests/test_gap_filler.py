@@ -1,13 +1,13 @@
-"""stream.agents.gaps.GapFiller against the real broker: it reads exactly the records of the holes."""
+"""stream.worker.agents.gaps.GapFiller against the real broker: it reads exactly the records of the holes."""
 
 from __future__ import annotations
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from stream.agents.gaps import GapFiller, find_gaps
 from stream.kafka import clients
 from stream.testing import produce
+from stream.worker.agents.gaps import GapFiller, find_gaps
 
 pytestmark = pytest.mark.kafka
 

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer
 from stream.config import load_settings
 from stream.errors import InfraError
 from stream.kafka.embedded import EmbeddedKafka
-from stream.topics import TOPICS, ensure_topics, partitions_of
+from stream.kafka.topics import TOPICS, ensure_topics, partitions_of
 
 pytestmark = pytest.mark.kafka
 

@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from stream.config import load_settings
 from stream.errors import InfraError
 from stream.kafka.limits import MIN_MAX_MESSAGE_BYTES, producer_max_bytes, record_budget
-from stream.topics import TOPICS, ensure_topics
+from stream.kafka.topics import TOPICS, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -27,7 +27,7 @@ def test_the_largest_records_the_worker_makes_are_accepted(kafka_bootstrap: str,
     ensure_topics(kafka_bootstrap, settings)
     topic = settings.topic("predictions")
     assert _limit(AdminClient({"bootstrap.servers": kafka_bootstrap}), topic) == MIN_MAX_MESSAGE_BYTES
-    # the worker's producer settings (stream/app.py)
+    # the worker's producer settings (stream/worker/app.py)
     producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50, "compression.type": "lz4",
                          "enable.idempotence": True,
                          "message.max.bytes": producer_max_bytes(settings.max_message_bytes)})

@@ -1,4 +1,4 @@
-"""stream.schemas against hand-written examples, and parse_event / dead_letter_envelope contracts.
+"""stream.events.schema against hand-written examples, and parse_event / dead_letter_envelope contracts.
 
 Examples live in ``schemas/examples/<schema>/valid/<case>.json`` (a bare record) and
 ``schemas/examples/<schema>/invalid/<case>.json`` (``{"record": ..., "expect": "<message fragment>"}``,
@@ -19,9 +19,9 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
-from stream import schemas
 from stream.errors import SchemaError
-from stream.schemas import EventRejected, dead_letter_envelope, parse_event
+from stream.events import schema as schemas
+from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"
@@ -37,7 +37,7 @@ def _examples(kind: str) -> list[Any]:
 
 
 def _raw_schema(name: str) -> dict[str, Any]:
-    """The schema read straight from its file, independently of stream.schemas."""
+    """The schema read straight from its file, independently of stream.events.schema."""
     return json.loads((SCHEMA_FILES / f"{name}.v1.json").read_text())
 
 

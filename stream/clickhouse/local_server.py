@@ -16,7 +16,7 @@ Lifecycle (:func:`ensure`, called by :func:`stream.clickhouse.connect`):
   ``P/local-server.lock`` for its lifetime (a second one exits with status 3), and clients that
   start one do so under ``P/local-server.start.lock``, re-checking first.
 * A server that is gone (crashed, killed) is started again by the next client that needs it; to
-  the worker's sink that is a short outage, retried like any other (stream/sinks.py).
+  the worker's sink that is a short outage, retried like any other (stream/clickhouse/sink.py).
 * It ends on SIGTERM (``python -m stream clickhouse stop``), or by itself once no client is
   connected and no request came for ``STREAM_CHDB_SERVER_IDLE_S``: every connected client holds a
   shared ``flock`` on ``P/local-server.clients`` (released by the kernel when it dies), and the

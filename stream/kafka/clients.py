@@ -44,7 +44,7 @@ def admin_client(bootstrap: str, settings: Settings | None, **extra: Any) -> Any
 
 
 #: where producers' and consumers' librdkafka lines go (its own stderr otherwise): Python's logging
-#: masks secrets in them (stream/redact.py) and, in the worker, rate-limits them (stream/logs.py)
+#: masks secrets in them (stream/redact.py) and, in the worker, rate-limits them (stream/worker/logs.py)
 LIBRDKAFKA_LOG = logging.getLogger("stream.kafka.librdkafka")
 
 

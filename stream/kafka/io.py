@@ -1,7 +1,7 @@
-"""Two loops every Kafka tool needs: produce through a full queue, and read a topic to its end.
+"""Kafka I/O for tools and tests: produce through a full queue, read a topic to its end, committed offsets.
 
 For the confluent-kafka clients of the tools (replay, simulator, tests, benches). The worker's
-output producer has its own loop (``stream/agents/runtime.py``): a poll thread serves its
+output producer has its own loop (``stream/worker/agents/runtime.py``): a poll thread serves its
 delivery callbacks, and it maps produce errors to dead letters.
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
 from stream.config import Settings
 from stream.errors import InfraError
@@ -81,3 +83,74 @@ def read_topic(bootstrap: str, topic: str, *, settings: Settings | None = None, 
         return read_to_end(consumer, topic, timeout_s=timeout_s)
     finally:
         consumer.close()
+
+
+def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]],
+            timestamps: Iterable[int] | None = None, *, settings: Settings | None = None) -> int:
+    """Produce (key, value) pairs in order (idempotent producer: no duplicates, order per key kept).
+
+    ``settings`` carry a secured cluster's credentials (None: a plaintext listener).
+    """
+    # lz4, as many production producers do: the worker must read compressed topics
+    producer = clients.producer(bootstrap, settings, **{"linger.ms": 20, "enable.idempotence": True,
+                                                        "compression.type": "lz4"})
+    n = 0
+    ts_iter = iter(timestamps) if timestamps is not None else None
+    for key, value in payloads:
+        kwargs: dict[str, Any] = {}
+        if ts_iter is not None:
+            kwargs["timestamp"] = next(ts_iter)
+        produce_blocking(producer, topic, value, key, wait_s=0.1, **kwargs)
+        n += 1
+        if n % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(60) != 0:
+        raise InfraError(f"could not deliver every record to {topic!r} within 60 s")
+    return n
+
+
+def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool] | None = None,
+            timeout_s: float = 60.0, idle_s: float | None = None, settings: Settings | None = None) -> list[Message]:
+    """Read ``topic`` from the beginning with a fresh consumer.
+
+    Without ``until``: everything up to the high watermarks seen at the start
+    (:func:`stream.kafka.io.read_to_end`; InfraError if not all came within ``timeout_s``). With
+    ``until``: until ``until(messages)`` holds (then, with ``idle_s``, until nothing new came for
+    that long), or what came within ``timeout_s``. ``settings`` as for :func:`produce`.
+    """
+    if until is None:
+        return read_topic(bootstrap, topic, settings=settings, timeout_s=timeout_s)
+    consumer = clients.consumer(bootstrap, settings, **{
+        "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise InfraError(f"topic {topic!r} does not exist")
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in md.partitions])
+        got: list[Message] = []
+        deadline = time.monotonic() + timeout_s
+        last = time.monotonic()
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                got.append(msg)
+                last = time.monotonic()
+            elif until(got) and (idle_s is None or time.monotonic() - last >= idle_s):
+                break
+        return got
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, *,
+                      settings: Settings | None = None) -> dict[int, int | None]:
+    """The offsets ``group`` has committed on each partition of ``topic`` (None: nothing committed)."""
+    consumer = clients.consumer(bootstrap, settings, **{"group.id": group, "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if md is None or md.error is not None:
+            raise InfraError(f"topic {topic!r} does not exist")
+        got = consumer.committed([TopicPartition(topic, p) for p in md.partitions], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in got}

@@ -20,7 +20,7 @@ from __future__ import annotations
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 #: The smallest limit the worker accepts: every prediction, decision and shrunk dead letter
-#: (``stream.schemas.fit_dead_letter``) is far below it.
+#: (``stream.events.schema.fit_dead_letter``) is far below it.
 MIN_MAX_MESSAGE_BYTES = 64 * 1024
 
 #: Room for the record batch header (61 bytes) that librdkafka adds to a batch of at most its

@@ -1,7 +1,7 @@
 """faust's aiokafka transport: commits that the worker decides, and a cheaper hand-off of fetched records.
 
 :class:`LedgerConsumer` commits, on the topics the app's ledger tracks, the offsets the ledger
-allows (stream/agents/delivery.py) instead of those faust's acks would give; faust still moves
+allows (stream/worker/delivery.py) instead of those faust's acks would give; faust still moves
 the commits to the broker, on its schedule and at rebalances.
 
 faust's ``Consumer._drain_messages`` hands every fetched record over with

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from stream.registry import ModelRegistry
+from stream.models.registry import ModelRegistry
 from stream.state import (
     ARTICLE_FEATURES,
     CHURN_FEATURES,

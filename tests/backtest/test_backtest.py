@@ -8,9 +8,9 @@ import pytest
 
 from simulator import SimConfig, generate
 from simulator.dataset import epoch_ms
-from stream.backtest import evaluate as E
-from stream.backtest.run import compare, load_models, run_e2e, run_offline
 from stream.cli import main
+from stream.tools.backtest import evaluate as E
+from stream.tools.backtest.run import compare, load_models, run_e2e, run_offline
 from tests.backtest.models import train_models
 
 

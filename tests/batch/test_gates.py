@@ -19,7 +19,7 @@ from batch_training.promote import PromotionRefused, promote
 from batch_training.specs import SPECS
 from stream.clickhouse import connect, insert_events
 from stream.config import load_settings
-from stream.registry import ModelRegistry, load_booster
+from stream.models.registry import ModelRegistry, load_booster
 from stream.state import CHURN_FEATURES, USER_FEATURES
 from stream.state.labels import DAY_MS
 from stream.state.synthetic import generate_events

@@ -12,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from batch_training.cli import STEPS
 from batch_training.context import Context
 from batch_training.specs import SPECS
-from stream.registry import load_booster
+from stream.models.registry import load_booster
 
 
 def _result(ctx: Context, name: str) -> dict:

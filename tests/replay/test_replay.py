@@ -15,7 +15,7 @@ from simulator import SimConfig, generate
 from stream.cli import main
 from stream.kafka.io import read_topic
 from stream.kafka.partitioner import record_partition
-from stream.replay import FileSource, Item, PayloadSource, TopicSource, run_replay
+from stream.tools.replay import FileSource, Item, PayloadSource, TopicSource, run_replay
 
 PARTITIONS = 4
 

@@ -1,7 +1,7 @@
 """Small real XGBoost models for worker tests, and an independent offline scorer.
 
 The rows are built by replaying events through ``stream.state`` directly (not through
-``stream.processor``), so comparing the worker's scores with :func:`offline_scores` checks the
+``stream.worker.processor``), so comparing the worker's scores with :func:`offline_scores` checks the
 worker's plumbing (state tables, batching, ordering) against the definitions themselves.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
-from stream.registry import ModelRegistry
+from stream.models.registry import ModelRegistry
 from stream.state import (
     CHURN_FEATURES,
     CLICK_FEATURES,

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from simulator import SimConfig, generate
-from stream.processor import EXPECTED_FEATURES
-from stream.registry import ModelRegistry
-from stream.scoring import LoadedModel, ModelSet
+from stream.models.registry import ModelRegistry
+from stream.models.scoring import LoadedModel, ModelSet
+from stream.worker.processor import EXPECTED_FEATURES
 from tests.support.models import train_and_register
 
 #: ~950 events: 40 users over 3 days (generated in about half a second).

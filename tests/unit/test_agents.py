@@ -25,14 +25,14 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 from faust.types import TP, Message
 
-from stream.agents.runtime import OutputError
-from stream.app import create_app
 from stream.config import Settings, load_settings
 from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, producer_max_bytes, record_budget
 from stream.kafka.partitioner import partition_for
-from stream.processor import BatchProcessor, Record, Stores, merged_counts
-from stream.scoring import LoadedModel
+from stream.models.scoring import LoadedModel
 from stream.state import new_article_state, update_article
+from stream.worker.agents.runtime import OutputError
+from stream.worker.app import create_app
+from stream.worker.processor import BatchProcessor, Record, Stores, merged_counts
 from tests.support.aio import wait_until
 
 PARTITIONS = 4

@@ -1,4 +1,4 @@
-"""stream.bandit: exact propensities, reproducible Thompson draws, posteriors from counts."""
+"""stream.bandits.thompson: exact propensities, reproducible Thompson draws, posteriors from counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.bandit import (
+from stream.bandits.thompson import (
     EpsilonGreedyPolicy,
     FixedPolicy,
     Policy,
@@ -193,4 +193,4 @@ def test_no_module_draws_from_a_samplers_generator_but_the_bandit() -> None:
     root = Path(__file__).resolve().parents[2]
     users = sorted(str(p.relative_to(root)) for d in ("stream", "batch_training", "simulator")
                    for p in (root / d).rglob("*.py") if ".rng.beta(" in p.read_text())
-    assert users == ["stream/bandit.py"]
+    assert users == ["stream/bandits/thompson.py"]

@@ -1,4 +1,4 @@
-"""stream.agents.batching.run_batches: size and time limits, order, holds, backpressure, errors.
+"""stream.worker.agents.batching.run_batches: size and time limits, order, holds, backpressure, errors.
 
 The stream is a stand-in with faust's ``events()`` interface (a unit test of the batching logic;
 the agents' tests drive the real thing through faust's ``test_context``).
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stream.agents.batching import run_batches
+from stream.worker.agents.batching import run_batches
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The commit rule (stream/agents/delivery.py) and the consumer that applies it, without a broker."""
+"""The commit rule (stream/worker/delivery.py) and the consumer that applies it, without a broker."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
-from stream.agents.delivery import Ledger
 from stream.kafka.transport import LedgerConsumer
+from stream.worker.delivery import Ledger
 
 IN = ("in", 0)
 

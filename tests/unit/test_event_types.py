@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.schemas import load_schema, validate
+from stream.events.schema import load_schema, validate
 from stream.state.codes import EVENT_TYPES, TYPE_CODE, encode_event
 
 SCHEMA_TYPES: tuple[str, ...] = tuple(load_schema("session_event")["properties"]["event_type"]["enum"])

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from stream.health import Health, StallDetector, readiness
 from stream.kafka.embedded import free_port
-from stream.metrics import WorkerMetrics
+from stream.worker.health import Health, StallDetector, readiness
+from stream.worker.metrics import WorkerMetrics
 from tests.support.waits import wait
 
 _wait = partial(wait, every_s=0.05)
@@ -36,7 +36,7 @@ def test_a_partition_that_processes_or_has_nothing_to_read_is_never_idle() -> No
 
 def test_a_partition_with_messages_waiting_and_no_progress_stalls_once_and_recovers(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "stream.health")
+    caplog.set_level(logging.WARNING, "stream.worker.health")
     stalled: list[tuple[str, int]] = []
     d = StallDetector(limit_s=60, on_stalled=stalled.append)
     tp = (T, 3)

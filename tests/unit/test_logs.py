@@ -1,4 +1,4 @@
-"""Rate-limited logs (stream/logs.py): a real logger and handler, a clock the test moves."""
+"""Rate-limited logs (stream/worker/logs.py): a real logger and handler, a clock the test moves."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.logs import RepeatFilter, limit_repeats
 from stream.redact import MASK, protect
+from stream.worker.logs import RepeatFilter, limit_repeats
 
 
 class Clock:
@@ -132,8 +132,8 @@ def test_many_causes_stay_bounded(clock: Clock) -> None:
 
 
 async def test_the_worker_app_limits_repeats_only_when_a_faust_worker_runs_it(tmp_path: Path) -> None:
-    from stream.app import create_app
     from stream.config import load_settings
+    from stream.worker.app import create_app
 
     root = logging.getLogger()
     handler = logging.StreamHandler(io.StringIO())  # what the faust Worker's logging setup adds

@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from stream.errors import ConfigError
-from stream.metrics import WorkerMetrics, observe_many
 from stream.testing import scrape_metrics
+from stream.worker.metrics import WorkerMetrics, observe_many
 
 BUCKETS = (0.005, 0.01, 0.1, 1.0, 10.0)
 

@@ -9,10 +9,10 @@ import orjson
 from batch_training.cli import STEPS
 from batch_training.evaluate import TARGETS
 from batch_training.specs import SPECS
+from stream.events.schema import load_schema
 from stream.models import MODELS, SERVED_FEATURES, TRIGGERS
-from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
-from stream.schemas import load_schema
-from stream.scoring import LoadedModel
+from stream.models.scoring import LoadedModel
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 
 EVENT_TYPES = load_schema("session_event")["properties"]["event_type"]["enum"]
 

@@ -8,11 +8,11 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError
 
-from stream.agents.runtime import ARTICLE_CHUNK, OutputError, article_messages, produce_error
 from stream.config import load_settings
 from stream.errors import ConfigError
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
+from stream.worker.agents.runtime import ARTICLE_CHUNK, OutputError, article_messages, produce_error
 
 
 def _events(n: int, seed: int) -> list[tuple[str, bytes]]:

@@ -1,4 +1,4 @@
-"""stream.processor.BatchProcessor on plain-dict stores with real (small) XGBoost models.
+"""stream.worker.processor.BatchProcessor on plain-dict stores with real (small) XGBoost models.
 
 No Kafka: records are built here the way the events agent builds them from consumed messages.
 """
@@ -18,10 +18,10 @@ import orjson
 import pytest
 
 from simulator import generate
-from stream.processor import BatchProcessor, Outputs, Record, Stores, pack_user, unpack_user
-from stream.schemas import validate
-from stream.scoring import LoadedModel
+from stream.events.schema import validate
+from stream.models.scoring import LoadedModel
 from stream.state import new_user_state
+from stream.worker.processor import BatchProcessor, Outputs, Record, Stores, pack_user, unpack_user
 from tests.support.models import offline_scores
 from tests.unit.conftest import SIM
 

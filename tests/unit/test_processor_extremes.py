@@ -15,9 +15,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.processor import BatchProcessor, Record, Stores, unpack_user
-from stream.schemas import is_valid, load_schema, validate
-from stream.scoring import LoadedModel
+from stream.events.schema import is_valid, load_schema, validate
+from stream.models.scoring import LoadedModel
+from stream.worker.processor import BatchProcessor, Record, Stores, unpack_user
 
 SCHEMA = load_schema("session_event")
 PROPS: dict[str, Any] = SCHEMA["properties"]

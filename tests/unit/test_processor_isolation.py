@@ -8,9 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
-from stream.processor import BatchProcessor, Record, Stores, StoreUnavailable, unpack_user
-from stream.schemas import validate
-from stream.scoring import LoadedModel, ScoreError, ScoreRequest, score_requests
+from stream.events.schema import validate
+from stream.models.scoring import LoadedModel, ScoreError, ScoreRequest, score_requests
+from stream.worker.processor import BatchProcessor, Record, Stores, StoreUnavailable, unpack_user
 from tests.unit.test_processor import NOW_MS, PLACEMENTS, event_records, new_stores, scores_by_key
 
 BAD_USER = "u-corrupt"

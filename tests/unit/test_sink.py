@@ -1,4 +1,4 @@
-"""stream.sinks.ClickHouseSink against a fake ClickHouse (the sink's logic, not ClickHouse).
+"""stream.clickhouse.sink.ClickHouseSink against a fake ClickHouse (the sink's logic, not ClickHouse).
 
 The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)``, in a
 worker thread, and ``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the
@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from stream.sinks import ClickHouseSink
+from stream.clickhouse.sink import ClickHouseSink
 from tests.support.aio import wait_until
 
 T0 = 1_736_000_000_000

@@ -110,9 +110,9 @@ async def test_a_hand_off_error_propagates() -> None:
 @pytest.mark.parametrize(("handoff", "module"), [("lean", "stream.kafka.transport"),
                                                  ("faust", "faust.transport.consumer")])
 def test_the_handoff_setting_picks_the_consumer(handoff: str, module: str, tmp_path: Any) -> None:
-    """Either hand-off commits what the worker's ledger allows (stream/agents/delivery.py)."""
-    from stream.app import create_app
+    """Either hand-off commits what the worker's ledger allows (stream/worker/delivery.py)."""
     from stream.config import load_settings
+    from stream.worker.app import create_app
 
     settings = load_settings(consumer_handoff=handoff, state_dir=tmp_path / "state", models_dir=tmp_path / "m")
     app, rt = create_app(settings, "localhost:1", clickhouse=False)

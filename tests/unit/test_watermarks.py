@@ -6,7 +6,8 @@ import asyncio
 
 import orjson
 
-from stream.agents.watermarks import (
+from stream.kafka.partitioner import partition_for
+from stream.worker.agents.watermarks import (
     NO_WATERMARK,
     Progress,
     caught_up,
@@ -20,8 +21,7 @@ from stream.agents.watermarks import (
     progress_key,
     wait_complete,
 )
-from stream.kafka.partitioner import partition_for
-from stream.processor import BatchProcessor
+from stream.worker.processor import BatchProcessor
 
 
 def _fold(progress: Progress, *values: bytes) -> Progress:

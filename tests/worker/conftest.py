@@ -13,7 +13,7 @@ import pytest
 
 from simulator import SimConfig, generate
 from stream.config import load_settings
-from stream.topics import ensure_topics
+from stream.kafka.topics import ensure_topics
 from tests.support.models import train_and_register
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from stream.config import load_settings
+from stream.kafka.topics import ensure_topics
 from stream.testing import WorkerProcess, consume, produce
-from stream.topics import ensure_topics
 from tests.worker.conftest import SCORABLE, query_worker_clickhouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -26,8 +26,8 @@ import pytest
 from stream.clickhouse import ClickHouse, connect
 from stream.config import load_settings
 from stream.kafka.embedded import free_port
+from stream.kafka.topics import ensure_topics
 from stream.testing import WorkerProcess, committed_offsets, consume, produce, scrape_metrics, scrape_series
-from stream.topics import ensure_topics
 from tests.faults.support import FaultRow, PredictionWatch, readyz, record, topic_counts, wait_owners
 from tests.support.clickhouse_server import ClickHouseServer
 from tests.support.waits import wait as _wait

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.registry import ModelRegistry
+from stream.models.registry import ModelRegistry
 from stream.testing import WorkerProcess, consume, produce, scrape_metrics, scrape_series
 from tests.support.models import offline_scores
 from tests.worker.conftest import create_topics as _topics

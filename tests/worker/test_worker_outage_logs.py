@@ -1,4 +1,4 @@
-"""A worker's log during a broker outage: bounded, one line per cause per interval (stream/logs.py).
+"""A worker's log during a broker outage: bounded, one line per cause per interval (stream/worker/logs.py).
 
 The broker is a dedicated embedded one: the test stops it (the session's broker serves the other
 tests). Before the rate limit, aiokafka and faust logged about 80 ERROR lines a second here.
@@ -13,8 +13,8 @@ import pytest
 
 from stream.config import load_settings
 from stream.kafka.embedded import EmbeddedKafka
+from stream.kafka.topics import ensure_topics
 from stream.testing import WorkerProcess
-from stream.topics import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from stream.config import load_settings
+from stream.kafka.topics import TOPICS, ensure_topics, name_of, worker_topics
 from stream.testing import WorkerProcess, consume, produce
-from stream.topics import TOPICS, ensure_topics, name_of, worker_topics
 from tests.worker.conftest import payloads
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

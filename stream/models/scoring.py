@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from stream.ids import prediction_id
-from stream.registry import ModelRegistry, ModelVersion, RegistryError, load_booster
+from stream.events.ids import prediction_id
+from stream.models.registry import ModelRegistry, ModelVersion, RegistryError, load_booster
 
 log = logging.getLogger(__name__)
 

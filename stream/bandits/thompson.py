@@ -1,7 +1,7 @@
 """Thompson sampling for ad placement: Beta posteriors per (context, arm), exact propensities.
 
 Pure logic, no Kafka. The worker keeps click/impression counts per input partition and merges
-every partition's counts (see ``stream/agents/bandit.py``); this module turns counts into
+every partition's counts (see ``stream/worker/agents/bandit.py``); this module turns counts into
 decisions.
 
 >>> import numpy as np

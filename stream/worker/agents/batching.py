@@ -4,7 +4,7 @@ This replaces faust's ``Stream.take_events`` in both agents, for three reasons:
 
 * Every event is held (one extra reference on its message) the moment it arrives, so no ack of
   faust's (when the iteration moves on, or when a rebalance cancels the actor) can make its offset
-  committable before ``handle`` has acked it (:meth:`stream.agents.runtime.Runtime.ack`). Events
+  committable before ``handle`` has acked it (:meth:`stream.worker.agents.runtime.Runtime.ack`). Events
   of an abandoned batch stay uncommitted, and the partition's next owner reads them again.
 * A batch is exactly the events the stream yielded, in order: no pairing of buffered values with
   ``stream.current_event``.

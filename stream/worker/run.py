@@ -13,11 +13,11 @@ from stream.errors import StreamError
 def run_worker(settings: Settings, loglevel: str = "info") -> int:
     from faust.worker import Worker
 
-    from stream.app import create_app
-    from stream.health import Health
-    from stream.metrics import WorkerMetrics
-    from stream.topics import TOPICS, ensure_topics, worker_topics
-    from stream.tuning import use_event_loop
+    from stream.kafka.topics import TOPICS, ensure_topics, worker_topics
+    from stream.worker.app import create_app
+    from stream.worker.health import Health
+    from stream.worker.metrics import WorkerMetrics
+    from stream.worker.tuning import use_event_loop
 
     if not settings.kafka_bootstrap:
         raise StreamError("no Kafka address: set STREAM_KAFKA_BOOTSTRAP (or run `python -m stream kafka up`)")

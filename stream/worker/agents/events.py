@@ -12,10 +12,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from stream.agents.batching import run_batches
-from stream.agents.runtime import Runtime, enter_partition, records_of
-from stream.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
-from stream.processor import Outputs, Record, Stores
+from stream.worker.agents.batching import run_batches
+from stream.worker.agents.runtime import Runtime, enter_partition, records_of
+from stream.worker.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
+from stream.worker.processor import Outputs, Record, Stores
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from stream.kafka.partitioner import partition_for
-from stream.processor import BatchProcessor
+from stream.worker.processor import BatchProcessor
 
 _KEYS: dict[int, list[str]] = {}
 #: the watermark of a source that has forwarded nothing yet

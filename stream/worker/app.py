@@ -1,6 +1,6 @@
 """Wiring only: the faust app, its topics and tables, and the agents registered on them.
 
-Run it with ``python -m stream worker`` or ``faust -A stream.app worker`` (the module attribute
+Run it with ``python -m stream worker`` or ``faust -A stream.worker.app worker`` (the module attribute
 ``app`` is built on first access from the environment).
 """
 
@@ -16,25 +16,25 @@ from typing import Any
 import faust
 from faust.sensors import Sensor
 
-from stream import topics as T
-from stream.agents import articles, events
-from stream.agents.delivery import Ledger
-from stream.agents.gaps import GapFiller
-from stream.agents.runtime import Runtime, describe
 from stream.clickhouse import connect
+from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings, load_settings
-from stream.health import Health, StallDetector, readiness
 from stream.kafka import clients, transport
+from stream.kafka import topics as T
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
-from stream.logs import limit_repeats
-from stream.metrics import WorkerMetrics
-from stream.processor import EXPECTED_FEATURES, BatchProcessor
-from stream.registry import ModelRegistry
-from stream.scoring import ModelSet
-from stream.sinks import ClickHouseSink
+from stream.models.registry import ModelRegistry
+from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
-from stream.tuning import tune_gc
+from stream.worker.agents import articles, events
+from stream.worker.agents.gaps import GapFiller
+from stream.worker.agents.runtime import Runtime, describe
+from stream.worker.delivery import Ledger
+from stream.worker.health import Health, StallDetector, readiness
+from stream.worker.logs import limit_repeats
+from stream.worker.metrics import WorkerMetrics
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor
+from stream.worker.tuning import tune_gc
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -90,9 +90,9 @@ class WorkerApp(faust.App):
         await super().on_first_start()
         if self.on_startup_finished is not None:
             # set by the faust Worker that runs this app (``python -m stream worker`` or
-            # ``faust -A stream.app worker``), which has configured logging by now
+            # ``faust -A stream.worker.app worker``), which has configured logging by now
             limit_repeats()
-        if self.gc_tuning is not None:  # once everything long-lived exists: see stream/tuning.py
+        if self.gc_tuning is not None:  # once everything long-lived exists: see stream/worker/tuning.py
             tune_gc(*self.gc_tuning)
 
     #: the worker's runtime (set by create_app)
@@ -131,7 +131,7 @@ class WorkerApp(faust.App):
 
     @property
     def ledger(self) -> Any:
-        """What the consumer may commit (stream/agents/delivery.py), once the runtime exists."""
+        """What the consumer may commit (stream/worker/delivery.py), once the runtime exists."""
         return self.runtime.ledger if self.runtime is not None else None
 
     def _new_transport(self) -> Any:
@@ -334,7 +334,7 @@ def _register_services(app: faust.App, rt: Runtime) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """``faust -A stream.app worker`` reads ``stream.app.app``; build it only when asked."""
+    """``faust -A stream.worker.app worker`` reads ``stream.worker.app.app``; build it only when asked."""
     if name == "app":
         app, _ = create_app()
         globals()["app"] = app

@@ -14,8 +14,8 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 
-from stream.bandit import EpsilonGreedyPolicy, Policy, ThompsonPolicy, ThompsonSampling, simulate
-from stream.ope import Estimate, ips, replay, snips
+from stream.bandits.ope import Estimate, ips, replay, snips
+from stream.bandits.thompson import EpsilonGreedyPolicy, Policy, ThompsonPolicy, ThompsonSampling, simulate
 from stream.state.labels import CHURN_HORIZON_MS, DAY_MS, engagement_score
 
 

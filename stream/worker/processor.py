@@ -1,6 +1,6 @@
 """The worker's per-batch logic, independent of faust: parse, update state, score, decide.
 
-The faust agents (``stream/agents/``) feed it batches from one input partition and give it
+The faust agents (``stream/worker/agents/``) feed it batches from one input partition and give it
 dict-like stores backed by their tables; the offline backtest feeds it the same batches with
 plain dicts. Both therefore run exactly the same feature, scoring and bandit code.
 
@@ -31,13 +31,12 @@ import numpy as np
 import orjson
 from numpy.random import PCG64, Generator, SeedSequence
 
-from stream.bandit import ThompsonSampling, propensities
+from stream.bandits.thompson import ThompsonSampling, propensities
 from stream.errors import InfraError
-from stream.ids import decision_id
-from stream.metrics import WorkerMetrics
+from stream.events.ids import decision_id
+from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
 from stream.models import SERVED_FEATURES, TRIGGERS
-from stream.schemas import EventRejected, dead_letter_envelope, parse_event
-from stream.scoring import LoadedModel, ScoreRequest, score_requests
+from stream.models.scoring import LoadedModel, ScoreRequest, score_requests
 from stream.state import (
     ARTICLE_FEATURES,
     DEFAULT_CONFIG,
@@ -56,6 +55,7 @@ from stream.state import (
     user_row,
 )
 from stream.state.article import ARTICLE_LATENESS_MS, article_watermark
+from stream.worker.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 

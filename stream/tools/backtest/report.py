@@ -11,8 +11,8 @@ from typing import Any
 
 import pandas as pd
 
-from stream.backtest.evaluate import BanditResult, OpeRow, Quality
-from stream.backtest.run import RunOutput
+from stream.tools.backtest.evaluate import BanditResult, OpeRow, Quality
+from stream.tools.backtest.run import RunOutput
 
 
 @dataclass

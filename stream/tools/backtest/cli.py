@@ -43,7 +43,7 @@ def load_window(path: Path, days: tuple[int, int] | None = None,
         placements = tuple(ds.config.placements)
         end = start + ds.config.days * 86_400_000
     else:
-        from stream.replay import FileSource
+        from stream.tools.replay import FileSource
 
         payloads = [(i.key, i.value) for i in FileSource(path).items(None)]
         evs = []
@@ -82,9 +82,9 @@ def run_backtest(window: Window, models_dir: Path, out_dir: Path, *, mode: str =
                  bootstrap: str | None = None, partitions: int = 4, batch_size: int = 500,
                  seed: int = 0) -> dict[str, Any]:
     """Run, evaluate and report; returns the headline figures."""
-    from stream.backtest import evaluate as E
-    from stream.backtest.report import write_report
-    from stream.backtest.run import compare, load_models, run_e2e, run_offline
+    from stream.tools.backtest import evaluate as E
+    from stream.tools.backtest.report import write_report
+    from stream.tools.backtest.run import compare, load_models, run_e2e, run_offline
 
     if mode not in ("offline", "e2e", "both"):
         raise ConfigError(f"unknown mode {mode!r}; expected offline, e2e or both")

@@ -1,7 +1,7 @@
 """Liveness (``/healthz``), readiness (``/readyz``) and the stalled-partition detector of the worker.
 
 The verdicts are made on the worker's event loop (:func:`readiness`, by a 1 s timer in
-stream/app.py) and read by the HTTP server's threads (:class:`Health`): a request never touches
+stream/worker/app.py) and read by the HTTP server's threads (:class:`Health`): a request never touches
 faust's or the runtime's structures. Liveness adds one thing a request measures itself: the age
 of the loop's last heartbeat, so a wedged loop (a blocking call, a deadlock) shows as unhealthy
 even though the loop cannot say so.

@@ -11,7 +11,7 @@ False
 >>> parse_event(b'{"event_type": "tap"}', max_bytes=1024)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-stream.schemas.EventRejected: field 'event_type': value 'tap' is not one of ['session_start', ...]
+stream.events.schema.EventRejected: field 'event_type': value 'tap' is not one of ['session_start', ...]
 """
 
 from __future__ import annotations

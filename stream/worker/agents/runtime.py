@@ -16,17 +16,17 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException
 from faust.streams import _current_event
 
-from stream.agents.delivery import Ledger
-from stream.agents.gaps import GapFiller, find_gaps
+from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings
 from stream.errors import InfraError
+from stream.events.schema import fit_dead_letter
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
-from stream.metrics import WorkerMetrics, observe_many
-from stream.processor import BatchProcessor, Outputs, Record
-from stream.schemas import fit_dead_letter
-from stream.scoring import ModelSet
-from stream.sinks import ClickHouseSink
+from stream.models.scoring import ModelSet
+from stream.worker.agents.gaps import GapFiller, find_gaps
+from stream.worker.delivery import Ledger
+from stream.worker.metrics import WorkerMetrics, observe_many
+from stream.worker.processor import BatchProcessor, Outputs, Record
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class Runtime:
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the faust consumer that input offsets are acked to (set by the app)
     consumer: Callable[[], Any] | None = None
-    #: called once with the error that stops the worker (the app crashes itself: stream/app.py)
+    #: called once with the error that stops the worker (the app crashes itself: stream/worker/app.py)
     on_fatal: Callable[[BaseException], None] | None = None
     #: batches whose outputs may be in flight at once, over all partitions
     max_inflight_batches: int = 8

@@ -104,8 +104,9 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     from simulator.sinks import backfill, stream
     from stream.clickhouse import connect
     from stream.kafka.embedded import free_port, kafka_or_embedded
-    from stream.testing import WorkerProcess, consume
-    from stream.topics import ensure_topics
+    from stream.kafka.io import consume
+    from stream.kafka.topics import ensure_topics
+    from stream.tools.process import WorkerProcess
 
     clock = Clock()
     base = load_settings()
@@ -235,7 +236,7 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
         print("    " + line[:200])
 
     # 7. backtest of the live window
-    from stream.backtest.cli import load_window, run_backtest
+    from stream.tools.backtest.cli import load_window, run_backtest
 
     window = load_window(root / "data", days=(days, days + live_days))
     result = run_backtest(window, settings.models_dir, settings.reports_dir / "backtest", mode="offline")
@@ -266,8 +267,8 @@ def _console_consumer(bootstrap: str, topic: str) -> list[str]:
 
 def _posteriors(bootstrap: str, worker_id: str, settings: Settings) -> dict[str, dict[str, tuple[int, int]]]:
     """Merged bandit counts from the worker's compacted bandit-stats changelog."""
-    from stream.processor import merged_counts
-    from stream.testing import consume
+    from stream.kafka.io import consume
+    from stream.worker.processor import merged_counts
 
     latest: dict[Any, bytes] = {}
     with contextlib.suppress(InfraError):

@@ -1,7 +1,7 @@
 """Article popularity: article events repartitioned by ``article_id`` into a GlobalTable.
 
 Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
-partition (see :func:`stream.agents.runtime.article_messages`), and of watermark markers
+partition (see :func:`stream.worker.agents.runtime.article_messages`), and of watermark markers
 ``{"wm_src": q, "wm": w, "idle": i}``: input partition ``q`` forwards no article event before ``w``
 after it (``i``: it was caught up).
 
@@ -28,11 +28,11 @@ from typing import Any
 
 import orjson
 
-from stream.agents.batching import run_batches
-from stream.agents.runtime import Runtime, Span, enter_partition, records_of
-from stream.agents.watermarks import Progress, decode_progress, encode_progress, fold_marker, progress_key
-from stream.processor import Record
 from stream.state import ArticleState, fold_article_events, new_article_state
+from stream.worker.agents.batching import run_batches
+from stream.worker.agents.runtime import Runtime, Span, enter_partition, records_of
+from stream.worker.agents.watermarks import Progress, decode_progress, encode_progress, fold_marker, progress_key
+from stream.worker.processor import Record
 
 
 def register(app: Any, rt: Runtime) -> Any:

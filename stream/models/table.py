@@ -1,7 +1,7 @@
 """The one table of the models: what each predicts from which features, with which library, and when.
 
-Everything else reads it: the worker's triggers and expected feature lists (``stream.scoring``,
-``stream.processor``), the training specs (``batch_training.specs``), the feature-list file
+Everything else reads it: the worker's triggers and expected feature lists (``stream.models.scoring``,
+``stream.worker.processor``), the training specs (``batch_training.specs``), the feature-list file
 written by ``batch_training features``.
 
 >>> TRIGGERS["article_impression"], MODELS["click"].label

@@ -3,8 +3,8 @@
 Both return a :class:`RunOutput` with the predictions and bandit decisions, so the evaluation
 and the report do not care which mode produced them.
 
-Offline mode feeds :class:`~stream.processor.BatchProcessor` (the worker's own per-batch code)
-with :class:`~stream.processor.Record` batches, partitioned exactly as the replay partitions
+Offline mode feeds :class:`~stream.worker.processor.BatchProcessor` (the worker's own per-batch code)
+with :class:`~stream.worker.processor.Record` batches, partitioned exactly as the replay partitions
 (:func:`stream.kafka.partitioner.record_partition`, Kafka's murmur2), with plain dicts as stores:
 
 1. The stream is cut into rounds of ``batch_size`` records in delivery order.
@@ -16,7 +16,7 @@ What can differ from the worker, and why (see ``docs/replay.md``):
 
 * churn and engagement scores depend only on the user's own events, in partition order: equal.
 * click scores also read the article-popularity GlobalTable, which in the worker lags by a
-  couple of micro-batches and a changelog round trip (``stream/agents/articles.py``). Offline
+  couple of micro-batches and a changelog round trip (``stream/worker/agents/articles.py``). Offline
   models a lag of one round; the worker's actual lag depends on timing, so click scores agree
   only where the article features agree (always, for a click model that does not use them).
 * bandit decisions read every partition's counts from the ``bandit-stats`` GlobalTable, with
@@ -43,12 +43,12 @@ from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
 from stream.kafka.io import read_topic
 from stream.kafka.partitioner import record_partition
-from stream.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
-from stream.registry import ModelRegistry
-from stream.replay import PayloadSource, run_replay
-from stream.scoring import LoadedModel, ModelSet
+from stream.models.registry import ModelRegistry
+from stream.models.scoring import LoadedModel, ModelSet
 from stream.state import ArticleState, fold_article_events, new_article_state
-from stream.testing import WorkerProcess
+from stream.tools.process import WorkerProcess
+from stream.tools.replay import PayloadSource, run_replay
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
 
 Payload = tuple[bytes | None, bytes]
 
@@ -168,7 +168,7 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
     """
     from stream.clickhouse import local_server
     from stream.config import load_settings
-    from stream.topics import BANDIT_DECISIONS, PREDICTIONS, SESSION_EVENTS, ensure_topics
+    from stream.kafka.topics import BANDIT_DECISIONS, PREDICTIONS, SESSION_EVENTS, ensure_topics
 
     run_id = uuid.uuid4().hex[:8]
     work = Path(workdir or tempfile.mkdtemp(prefix=f"backtest-{run_id}-"))

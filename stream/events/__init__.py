@@ -1,0 +1,1 @@
+"""Session events: schema validation (``schema``) and event and prediction identities (``ids``)."""
