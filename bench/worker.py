@@ -1,6 +1,7 @@
 """Worker throughput and latency, side by side with three baselines, on the embedded broker.
 
     python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate 2000] [--tuned-naive]
+                           [--quix] [--floor] [--no-check]
 
 All variants consume the same preloaded topic of simulated events (4 partitions):
 
@@ -10,20 +11,48 @@ All variants consume the same preloaded topic of simulated events (4 partitions)
   (d) our worker (python -m stream worker).
 
 With ``--tuned-naive``, each repeat also runs (c') = (c) with the worker's process settings
-(uvloop and the GC tuning of stream/worker/tuning.py), last: what those settings alone give the baseline.
+(uvloop and the GC tuning of stream/worker/run/tuning.py), last: what those settings alone give the baseline.
 
-Each repeat runs (b), (c) and (d) in another order (each runs first, and each follows each other
-one), and each starts only once the broker is quiet again (it compacts the changelogs a variant
-wrote; the naive one writes one record per event).
+With ``--quix``, each repeat also runs the peer the worker is measured against (issue 17): the
+same pipeline in Quix Streams 3.x with the product's own functions (bench/quix/peer.py, in its own
+virtualenv var/venv-quix, built from bench/quix/requirements.txt on first use):
+
+  (q)  Quix, user/article/bandit state in Quix's RocksDB State (get/set per event), article
+       popularity and bandit counts through group_by repartitions, scoring batched in a BatchingSink,
+  (q+) the same with the decoded states written back once per key and checkpoint.
+
+With ``--floor``, each repeat also runs (f): the worker's BatchProcessor over the same records in
+memory, no Kafka and no faust (bench/floor.py): the floor our own code sets.
+
+Each repeat runs (b), (c), (d) and those in another order (a rotation, reversed every other
+repeat: each runs first, and each follows each other one), and each starts only once the broker
+is quiet again (it compacts the changelogs a variant wrote; the naive one writes one record per
+event).
 
 Throughput is measured from the consumer group's committed offsets (10% -> 90% of the input),
-so start-up and rebalancing are excluded. Latency: our worker alone, at a fixed offered load,
-event produced (with event_time = now) -> prediction read by a consumer.
+so start-up and rebalancing are excluded; the 90% mark also waits for 90% of what the group's
+internal topics hold (the worker's article agent, the Quix peer's repartitioned stages) to be
+committed, so that work left queued there is not counted as done. CPU per event over the same window, of the variant's
+process (/proc utime + stime, every thread) and of the broker. The worker's embedded ClickHouse
+server is a process of its own: its CPU is shown apart (the peers write no ClickHouse).
+
+The check (first repeat; ``--no-check`` skips it): (d), (q), (q+) and (f) run to the end of the
+input, and their predictions and decisions are compared with the worker's: counts and ids must be
+equal, churn and engagement scores equal within 1e-9 (they depend only on the user's events, in
+order). Click scores also read article popularity, and decisions the bandit counts of every
+partition, both as far as folded at that moment in the worker (``STREAM_ARTICLE_WAIT_MS=0``) and
+in the peers: the share that agrees is printed, not required.
+
+Latency: our worker alone, at a fixed offered load, event produced (with event_time = now) ->
+prediction read by a consumer.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
 import os
 import statistics
 import subprocess
@@ -32,10 +61,14 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,47 +77,106 @@ from simulator import SimConfig, generate  # noqa: E402
 from stream.config import load_settings  # noqa: E402
 from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
 from stream.kafka.io import produce, produce_blocking  # noqa: E402
-from stream.kafka.topics import ensure_topics  # noqa: E402
+from stream.kafka.topics import BANDIT_DECISIONS, PREDICTIONS, ensure_topics  # noqa: E402
 from tests.support.models import train_and_register  # noqa: E402
 
 PARTITIONS = 4
 
 
-def committed_rate(bootstrap: str, group: str, topic: str, total: int, timeout_s: float) -> float:
-    """Events/s between 10% and 90% of ``total`` committed by ``group``."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
-    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-    marks: dict[float, float] = {}
-    deadline = time.monotonic() + timeout_s
+@dataclass
+class Sample:
+    """One variant's run: events/s and CPU µs per event, between 10% and 90% of the input."""
+
+    rate: float
+    proc_us: float  # the variant's process
+    broker_us: float
+    other_us: float = 0.0  # the worker's ClickHouse server (not in the total)
+
+    @property
+    def cpu_us(self) -> float:
+        return self.proc_us + self.broker_us
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, every thread) used so far by the live processes of ``pids``."""
+    hz = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # not started yet, or gone
+            total += _cpu_ticks(pid)
+    return total / hz
+
+
+def internal_behind(admin: AdminClient, c: Consumer, group: str, topic: str, frac: float) -> bool:
+    """Whether ``group`` has committed less than ``frac`` of what was written to the other topics it
+    consumes (its own repartition topics: a Quix app's article and bandit stages, the worker's
+    article agent), so that work left queued there is not counted as done."""
+    req = [ConsumerGroupTopicPartitions(group)]
     try:
-        while time.monotonic() < deadline:
+        offsets = admin.list_consumer_group_offsets(req)[group].result(10).topic_partitions
+    except KafkaException:
+        return True
+    done = end = 0
+    for tp in offsets:
+        if tp.topic != topic:
+            done += max(tp.offset, 0)
+            end += c.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)[1]
+    return done < frac * end
+
+
+def committed_rate(bootstrap: str, group: str, topic: str, total: int, timeout_s: float,
+                   proc: Callable[[], list[int]], broker: list[int], other: Callable[[], list[int]] = list,
+                   to_end: bool = False) -> Sample:
+    """Events/s and CPU per event between 10% and 90% of ``total`` committed by ``group``.
+
+    The 90% mark also waits for 90% of what the group's internal topics hold to be committed
+    (:func:`internal_behind`). ``proc``, ``broker``, ``other``: the pids whose CPU is counted
+    (asked at each mark: a process may start late). ``to_end``: return only once everything is
+    committed.
+    """
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    marks: dict[float, tuple[float, float, float, float, int]] = {}
+    deadline = time.monotonic() + timeout_s
+    fracs = (0.1, 0.9, 1.0) if to_end else (0.1, 0.9)
+    polls = 0
+    try:
+        while time.monotonic() < deadline and fracs[-1] not in marks:
             try:
                 done = sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
             except KafkaException:  # e.g. NOT_COORDINATOR while the group coordinator moves: ask again
                 time.sleep(0.2)
                 continue
+            polls += 1
             now = time.monotonic()
-            for frac in (0.1, 0.9):
-                if frac not in marks and done >= frac * total:
-                    marks[frac] = now
-            if 0.9 in marks:
-                break
+            for frac in fracs:
+                if frac in marks or done < frac * total:
+                    continue
+                if frac > 0.1 and internal_behind(admin, c, group, topic, frac):
+                    break
+                marks[frac] = (now, cpu_s(proc()), cpu_s(broker), cpu_s(other()), polls)
             time.sleep(0.1)
     finally:
         c.close()
-    if 0.9 not in marks or 0.1 not in marks:
+    if any(f not in marks for f in fracs):
         raise RuntimeError(f"group {group} did not get through the input in {timeout_s:.0f}s")
-    return 0.8 * total / max(marks[0.9] - marks[0.1], 1e-9)
+    (t0, p0, b0, o0, n0), (t1, p1, b1, o1, n1) = marks[0.1], marks[0.9]
+    n = 0.8 * total
+    if n0 == n1:  # both marks at one commit: the input is too small to measure
+        return Sample(*[float("nan")] * 4)
+    return Sample(n / (t1 - t0), (p1 - p0) / n * 1e6, (b1 - b0) / n * 1e6, (o1 - o0) / n * 1e6)
 
 
-def raw_loop(bootstrap: str, topic: str, total: int) -> float:
+def raw_loop(bootstrap: str, topic: str, total: int, broker: list[int]) -> Sample:
     """(a): consume, produce each record to another topic, commit; events/s 10% -> 90%."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
     c.subscribe([topic])
     out = f"raw-out-{uuid.uuid4().hex[:6]}"
-    n, t10, t90 = 0, 0.0, 0.0
+    n = 0
+    t10 = t90 = (0.0, 0.0, 0.0)
     while n < total:
         for msg in c.consume(1000, 1.0):
             if msg.error():
@@ -92,14 +184,40 @@ def raw_loop(bootstrap: str, topic: str, total: int) -> float:
             produce_blocking(p, out, msg.value(), msg.key())
             n += 1
             if n == int(0.1 * total):
-                t10 = time.monotonic()
+                t10 = (time.monotonic(), time.process_time(), cpu_s(broker))
             if n == int(0.9 * total):
                 p.flush()
-                t90 = time.monotonic()
+                t90 = (time.monotonic(), time.process_time(), cpu_s(broker))
         p.poll(0)
         c.commit(asynchronous=True)
     c.close()
-    return 0.8 * total / (t90 - t10)
+    k = 0.8 * total
+    return Sample(k / (t90[0] - t10[0]), (t90[1] - t10[1]) / k * 1e6, (t90[2] - t10[2]) / k * 1e6)
+
+
+# --- the Quix peer's virtualenv -----------------------------------------------------------------
+QUIX_DIR = ROOT / "bench" / "quix"
+QUIX_VENV = ROOT / "var" / "venv-quix"
+
+
+def quix_python() -> Path:
+    """The Quix peer's interpreter: var/venv-quix, (re)built from bench/quix/requirements.txt when it changed.
+
+    A virtualenv of its own: quixstreams pins confluent-kafka < 2.13 and pydantic < 2.14, below
+    the project's. The project itself is not installed there: the peer puts the repository on
+    ``sys.path`` and imports only pure modules.
+    """
+    req = QUIX_DIR / "requirements.txt"
+    digest = hashlib.sha256(req.read_bytes()).hexdigest()
+    stamp = QUIX_VENV / ".installed"
+    python = QUIX_VENV / "bin" / "python"
+    if stamp.exists() and stamp.read_text() == digest and python.exists():
+        return python
+    print(f"building {QUIX_VENV.relative_to(ROOT)} from {req.relative_to(ROOT)} (once; about a minute)", flush=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(QUIX_VENV)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(req)], check=True)
+    stamp.write_text(digest)
+    return python
 
 
 def run_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -180,18 +298,104 @@ def settle(broker_pid: int | None, min_s: float, max_s: float = 120.0, quiet: fl
     return time.monotonic() - start
 
 
-#: Orders of (b), (c), (d) per repeat: each variant runs first, and each follows each other one.
-ORDERS = (("b", "c", "d"), ("d", "c", "b"), ("c", "b", "d"), ("d", "b", "c"), ("c", "d", "b"), ("b", "d", "c"))
+def orders(keys: list[str], r: int) -> tuple[str, ...]:
+    """The variants' order in repeat ``r``: a rotation, reversed every other repeat.
+
+    Over ``2 * len(keys)`` repeats each variant runs first, and each follows each other one
+    (for three variants: all six orders).
+    """
+    k = r % len(keys)
+    order = keys[k:] + keys[:k]
+    return tuple(reversed(order) if r % 2 else order)
 
 
-def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path) -> float:
-    """Events/s of variant ``key`` (b, c or d) in a fresh consumer group."""
+NAMES = {"a": "raw confluent-kafka loop (ceiling)", "b": "trivial faust agent (framework ceiling)",
+         "c": "naive faust agent (baseline)", "d": "our worker",
+         "c'": "naive agent, uvloop + worker's GC tuning",
+         "q": "Quix peer, batched scoring in a sink",
+         "q+": "Quix peer, + state written once per checkpoint",
+         "f": "compute floor: BatchProcessor in memory"}
+
+
+@dataclass
+class Outputs:
+    """What a variant published: predictions and decisions (read back for the check)."""
+
+    predictions: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+
+
+def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}"})
+    try:
+        return {(t, p): c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                for t in topics for p in range(PARTITIONS)}
+    finally:
+        c.close()
+
+
+def read_from(bootstrap: str, starts: dict[tuple[str, int], int]) -> dict[str, list[dict[str, Any]]]:
+    """Per topic, the JSON values from ``starts`` up to the end offsets of now."""
+    ends = end_offsets(bootstrap, sorted({t for t, _ in starts}))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    out: dict[str, list[dict[str, Any]]] = {t: [] for t, _ in starts}
+    todo = {tp for tp in starts if ends[tp] > starts[tp]}
+    c.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in todo])
+    deadline = time.monotonic() + 120
+    try:
+        while todo and time.monotonic() < deadline:
+            for msg in c.consume(1000, 1.0):
+                tp = (msg.topic(), msg.partition())
+                if msg.error() or tp not in todo:
+                    continue
+                out[tp[0]].append(orjson.loads(msg.value()))
+                if msg.offset() + 1 >= ends[tp]:
+                    todo.discard(tp)
+    finally:
+        c.close()
+    if todo:
+        raise RuntimeError(f"could not read the outputs of {sorted(todo)} within 120 s")
+    return out
+
+
+def create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the futures resolve
+    for f in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
+        f.result(30)
+
+
+def chdb_pids(chdb: Path) -> list[int]:
+    """The worker's embedded ClickHouse server (stream/clickhouse/local_server.py), once it runs."""
+    try:
+        return [int(json.loads((chdb / "local-server.json").read_text())["pid"])]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        return []
+
+
+def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path,
+                broker: list[int], check: bool) -> tuple[Sample, Outputs | None]:
+    """Events/s and CPU per event of variant ``key`` in a fresh consumer group; with ``check`` (for
+    the variants that publish) it runs to the end of the input and its outputs are read back."""
+    if key == "f":
+        return run_floor(work, models, check)
+    other: Callable[[], list[int]] = list
+    outputs: dict[tuple[str, int], int] = {}
     if key in ("b", "c", "c'"):
         mode = {"b": "forward", "c": "naive", "c'": "naive-tuned"}[key]
         group = f"{mode}-{r}-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "bench/faust_baselines.py", mode, bootstrap, topic, f"{group}-out", group,
                str(work / group), str(models)]
         env: dict[str, str] = {}
+        check = False
+    elif key in ("q", "q+"):
+        group = f"quix{'-wb' if key == 'q+' else ''}-{r}-{uuid.uuid4().hex[:6]}"
+        names = [f"{group}-predictions", f"{group}-decisions"]
+        create_topics(bootstrap, names)
+        outputs = {(n, p): 0 for n in names for p in range(PARTITIONS)}
+        cmd = [str(quix_python()), "bench/quix/peer.py", "checkpoint" if key == "q+" else "per-event", bootstrap,
+               topic, f"{group}-", group, str(work / group), str(models)]
+        env = {}
     else:
         group = f"bench-worker-{r}-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "-m", "stream", "worker"]
@@ -199,11 +403,87 @@ def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: 
                "STREAM_STATE_DIR": str(work / group), "STREAM_CHDB_PATH": str(work / f"{group}-chdb"),
                "STREAM_MODELS_DIR": str(models), "STREAM_WORKER_WEB_PORT": "0",
                "STREAM_TOPIC_PARTITIONS": str(PARTITIONS)}
+        chdb = work / f"{group}-chdb"
+        other = lambda: chdb_pids(chdb)  # noqa: E731
+        if check:  # every run writes the same output topics: this one's start where they end now
+            outputs = end_offsets(bootstrap, [f"bench.{PREDICTIONS}", f"bench.{BANDIT_DECISIONS}"])
     proc = run_process(cmd, env, work / f"{group}.log")
     try:
-        return committed_rate(bootstrap, group, topic, total, timeout_s=900)
+        sample = committed_rate(bootstrap, group, topic, total, timeout_s=900, proc=lambda: [proc.pid],
+                                broker=broker, other=other, to_end=check)
     finally:
         stop(proc)
+    if not check:
+        return sample, None
+    got = read_from(bootstrap, outputs)
+    preds = [v for t, vs in got.items() if t.endswith(PREDICTIONS) for v in vs]
+    decs = [v for t, vs in got.items() if t.endswith("decisions") for v in vs]
+    return sample, Outputs(preds, decs)
+
+
+def run_floor(work: Path, models: Path, check: bool) -> tuple[Sample, Outputs | None]:
+    """(f): bench/floor.py over the records file written by :func:`main`."""
+    keep = work / "floor-outputs.jsonl"
+    cmd = [sys.executable, "bench/floor.py", str(work / "records.jsonl"), str(models)] + ([str(keep)] if check else [])
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True)
+    fig = json.loads(res.stdout.decode().strip().splitlines()[-1])
+    sample = Sample(fig["events"] / fig["seconds"], fig["cpu_s"] / fig["events"] * 1e6, 0.0)
+    if not check:
+        return sample, None
+    rows = [orjson.loads(line) for line in keep.read_bytes().splitlines() if line]
+    return sample, Outputs([x for x in rows if "prediction_id" in x], [x for x in rows if "decision_id" in x])
+
+
+def dump_records(bootstrap: str, topic: str, total: int, path: Path) -> None:
+    """The input topic as JSON lines [partition, offset, key, value], for the floor."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dump-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    n = 0
+    with path.open("wb") as f:
+        while n < total:
+            for msg in c.consume(1000, 1.0):
+                if msg.error():
+                    continue
+                key = msg.key().decode() if msg.key() is not None else None
+                f.write(orjson.dumps([msg.partition(), msg.offset(), key, msg.value().decode()]) + b"\n")
+                n += 1
+    c.close()
+
+
+def compare(ref: Outputs, other: Outputs) -> tuple[bool, list[str]]:
+    """Does ``other`` publish what the worker (``ref``) does? Lines to print, and the verdict.
+
+    Exact: counts and ids of predictions (per model) and decisions, churn and engagement scores
+    within 1e-9. Reported only: click scores and the decisions' arms (timing-dependent reads).
+    """
+    ok, lines = True, []
+    for name in sorted({p["model_name"] for p in ref.predictions + other.predictions}):
+        a = {p["prediction_id"]: p["score"] for p in ref.predictions if p["model_name"] == name}
+        b = {p["prediction_id"]: p["score"] for p in other.predictions if p["model_name"] == name}
+        common = a.keys() & b.keys()
+        diff = max((abs(a[k] - b[k]) for k in common), default=0.0)
+        same = sum(abs(a[k] - b[k]) <= 1e-9 for k in common)
+        exact = name != "click"
+        good = len(a) == len(b) == len(common) and (diff <= 1e-9 or not exact)
+        ok = ok and good
+        lines.append(f"{name:10s} {len(a):>6} vs {len(b):>6}, ids in both {len(common):>6}, max |diff| {diff:.1e}, "
+                     f"{same / max(len(common), 1):6.1%} within 1e-9"
+                     + ("" if exact else " (article popularity as folded: not required)")
+                     + ("" if good else "  <-- MISMATCH"))
+    da = {d["decision_id"]: d["placement"] for d in ref.decisions}
+    db = {d["decision_id"]: d["placement"] for d in other.decisions}
+    common = da.keys() & db.keys()
+    good = len(da) == len(db) == len(common)
+    ok = ok and good
+    arms = sum(da[k] == db[k] for k in common) / max(len(common), 1)
+    lines.append(f"{'decisions':10s} {len(da):>6} vs {len(db):>6}, ids in both {len(common):>6}, same arm {arms:6.1%} "
+                 "(posterior snapshot timing: not required)" + ("" if good else "  <-- MISMATCH"))
+    return ok, lines
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 0 else "n/a"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -220,10 +500,18 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument("--tuned-naive", action="store_true",
                     help="also run (c') = (c) with uvloop and the worker's GC tuning, last in each repeat")
+    ap.add_argument("--quix", action="store_true",
+                    help="also run the Quix Streams peer, (q) and (q+) (bench/quix/peer.py, own virtualenv)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run (f), the worker's BatchProcessor over the records in memory (bench/floor.py)")
+    ap.add_argument("--no-check", action="store_true",
+                    help="skip the check that the variants publish the worker's predictions (first repeat)")
     ap.add_argument("--pause", type=float, default=5.0,
                     help="idle seconds before each variant, after which it waits for a quiet broker")
     args = ap.parse_args()
 
+    if args.quix:
+        quix_python()  # build its virtualenv before anything is measured
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
     total = len(events)
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
@@ -231,46 +519,79 @@ def main() -> None:
     train_and_register(models, events[: min(total, 30_000)], seed=1)
     payloads = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     print(f"input: {total} simulated events ({args.users} users x {args.days} days), {PARTITIONS} partitions")
-    results: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
-    if args.tuned_naive:
-        results["c'"] = []
+    keys = ["b", "c", "d"] + (["q", "q+"] if args.quix else []) + (["f"] if args.floor else [])
+    results: dict[str, list[Sample]] = {k: [] for k in ["a", *keys] + (["c'"] if args.tuned_naive else [])}
+    checks: dict[str, Outputs] = {}
     with EmbeddedKafka(workdir=work / "kafka") as broker:
         bootstrap = broker.bootstrap
+        broker_pids = [broker.pid] if broker.pid is not None else []
         settings = load_settings(topic_prefix="bench.", topic_partitions=PARTITIONS)
         ensure_topics(bootstrap, settings)
         topic = "bench.session-events"
         produce(bootstrap, topic, payloads)
+        if args.floor:
+            dump_records(bootstrap, topic, total, work / "records.jsonl")
         for r in range(args.repeats):
-            results["a"].append(raw_loop(bootstrap, topic, total))
+            results["a"].append(raw_loop(bootstrap, topic, total, broker_pids))
             # Vary the order, and start each variant on a quiet broker: right after the naive
             # variant the broker compacts its changelog, which measured ~20 % off the next variant.
-            order = ORDERS[r % len(ORDERS)] + (("c'",) if args.tuned_naive else ())
+            order = orders(keys, r) + (("c'",) if args.tuned_naive else ())
             waited = []
             for key in order:
                 waited.append(settle(broker.pid, args.pause))
-                results[key].append(run_variant(key, r, bootstrap, topic, total, work, models))
+                sample, out = run_variant(key, r, bootstrap, topic, total, work, models, broker_pids,
+                                          check=r == 0 and not args.no_check)
+                results[key].append(sample)
+                if out is not None:
+                    checks[key] = out
             print(f"repeat {r + 1} (order {'-'.join(order)}, settled {'/'.join(f'{w:.0f}' for w in waited)} s): "
-                  + ", ".join(f"({k}) {v[-1]:,.0f}/s" for k, v in results.items()), flush=True)
+                  + ", ".join(f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs" for k, v in results.items()),
+                  flush=True)
         lat = latency(bootstrap, work, models, events, args.rate, args.latency_seconds)
 
-    med = {k: statistics.median(v) for k, v in results.items()}
-    names = {"a": "raw confluent-kafka loop (ceiling)", "b": "trivial faust agent (framework ceiling)",
-             "c": "naive faust agent (baseline)", "d": "our worker",
-             "c'": "naive agent, uvloop + worker's GC tuning"}
-    print(f"\nsustained events/s, median of {args.repeats} (10% -> 90% of {total} events committed):")
+    med = {k: statistics.median(s.rate for s in v) for k, v in results.items()}
+    cpu = {k: statistics.median(s.cpu_us for s in v) for k, v in results.items()}
+    print(f"\nsustained events/s and CPU µs per event, median of {args.repeats} (10% -> 90% of {total} events "
+          "committed; CPU of the variant's process + the broker's):")
+    print(f"       {'variant':48s} {'events/s':>10} {'CPU µs/event':>13} {'= process':>10} {'+ broker':>9}")
     for k in med:
-        print(f"  ({k}) {names[k]:42s} {med[k]:>10,.0f}")
+        proc = statistics.median(s.proc_us for s in results[k])
+        brk = statistics.median(s.broker_us for s in results[k])
+        label = f"({k})".ljust(5)
+        print(f"  {label}{NAMES[k]:48s} {med[k]:>10,.0f} {cpu[k]:>13,.0f} {proc:>10,.0f} {brk:>9,.0f}")
+    chdb = statistics.median(s.other_us for s in results["d"])
+    print(f"  (d)'s embedded ClickHouse server, not in its figures: {chdb:,.0f} µs/event")
     print(f"\n  (d)/(c) = {med['d'] / med['c']:.2f}   target >= 5")
     print(f"  (d)/(b) = {med['d'] / med['b']:.2f}   target >= 0.5")
     print(f"  (d)/(a) = {med['d'] / med['a']:.2f}")
     if "c'" in med:
         tuned = med["c'"]
         print(f"  (d)/(c') = {med['d'] / tuned:.2f}   (c) with the worker's process settings")
+    for q in ("q", "q+"):
+        if q in med:
+            print(f"  (d)/({q}) = {ratio(med['d'], med[q])} events/s, target >= 1.5;   CPU/event (d)/({q}) = "
+                  f"{ratio(cpu['d'], cpu[q])}, target <= 0.67")
+    if "f" in med:
+        print(f"  (d)/(f) = {ratio(med['d'], med['f'])} events/s, target >= 0.5;   CPU/event (f)/(d) = "
+              f"{ratio(cpu['f'], cpu['d'])}")
+    if checks:
+        print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")
+        verdicts = []
+        for k, out in checks.items():
+            if k == "d":
+                continue
+            ok, lines = compare(checks["d"], out)
+            verdicts.append(ok)
+            print(f"  ({k}) {'PASS' if ok else 'FAIL'}")
+            for line in lines:
+                print(f"      {line}")
     if lat:
         print(f"\nlatency at {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f}s, "
               f"event -> prediction read ({len(lat)} predictions): "
               f"p50 {pct(lat, 0.5) * 1000:.0f} ms, p99 {pct(lat, 0.99) * 1000:.0f} ms")
     print(f"logs: {work}")
+    if checks and not all(verdicts):
+        sys.exit(1)
 
 
 if __name__ == "__main__":
