@@ -101,9 +101,9 @@ class _Errors:
         from confluent_kafka import KafkaError
 
         self.last = err.str()
-        if err.code() == KafkaError._AUTHENTICATION and self.auth is None:
+        if err.code() == KafkaError._AUTHENTICATION and self.auth is None:  # noqa: SLF001 - librdkafka names local errors with "_"
             self.auth = err.str()
-        if err.code() == KafkaError._SSL and self.tls is None:
+        if err.code() == KafkaError._SSL and self.tls is None:  # noqa: SLF001 - librdkafka's local error code
             self.tls = err.str()
 
 

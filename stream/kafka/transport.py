@@ -124,7 +124,7 @@ class Consumer(LedgerConsumer):
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set  # noqa: SLF001 - faust's own loop, copied
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         set_flag = self.diag.set_flag

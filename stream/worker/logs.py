@@ -50,7 +50,7 @@ class RepeatFilter(logging.Filter):
         if decided is not None:
             return bool(decided)
         passed = record.levelno < self.min_level or self._admit(record)
-        record._repeat_filter_pass = passed
+        record._repeat_filter_pass = passed  # noqa: SLF001 - our own mark on the record, kept out of format fields
         return passed
 
     def _admit(self, record: logging.LogRecord) -> bool:

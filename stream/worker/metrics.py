@@ -40,12 +40,12 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     """
     if not amounts:
         return
-    bounds = histogram._upper_bounds
+    bounds = histogram._upper_bounds  # noqa: SLF001 - checked by tests/unit/test_private_apis.py
     counts = [0] * len(bounds)
     for a in amounts:
         counts[bisect_left(bounds, a)] += 1  # the first bucket with a <= bound, as observe() picks
-    histogram._sum.inc(sum(amounts))
-    for bucket, n in zip(histogram._buckets, counts, strict=True):
+    histogram._sum.inc(sum(amounts))  # noqa: SLF001 - as above
+    for bucket, n in zip(histogram._buckets, counts, strict=True):  # noqa: SLF001 - as above
         if n:
             bucket.inc(n)
 

@@ -71,7 +71,7 @@ class GapFiller:
                         raise TimeoutError(f"cannot read offsets {lo}..{hi} of {topic}[{partition}] "
                                            f"within {self.timeout_s:g} s")
                     if msg.error() is not None:
-                        if msg.error().code() == KafkaError._PARTITION_EOF:
+                        if msg.error().code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - librdkafka's local error code
                             break
                         raise RuntimeError(f"reading {topic}[{partition}]@{lo}: {msg.error().str()}")
                     if msg.offset() > hi:

@@ -69,7 +69,7 @@ def produce_error(topic: str, err: KafkaError, max_message_bytes: int) -> Output
     "output to topic 't' not delivered: MSG_SIZE_TOO_LARGE (...; the topic's max.message.bytes is below \
 STREAM_MAX_MESSAGE_BYTES=1024)"
     """
-    if err.code() == KafkaError._QUEUE_FULL:
+    if err.code() == KafkaError._QUEUE_FULL:  # noqa: SLF001 - librdkafka's local error code
         return None
     detail = err.str()
     if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
