@@ -38,8 +38,8 @@ def backfill(ch: ClickHouse, ds: Dataset, batch_rows: int = 1_000_000, progress:
     """Insert events into ``{db}.events`` and truth into ``{db}.truth_*``, in big batches.
 
     The events table is partitioned by day: each batch goes in as groups of at most 100 days
-    (:func:`stream.clickhouse.insert_by_day`). Returns rows inserted per table. Re-running inserts again (events is a plain MergeTree):
-    backfill into a fresh database.
+    (:func:`stream.clickhouse.insert_by_day`). Returns rows inserted per table. Re-running
+    inserts again (events is a plain MergeTree): backfill into a fresh database.
     """
     counts: dict[str, int] = {}
     tables = [("events", ds.table)] + [(f"truth_{k}", t) for k, t in ds.truth_tables.items()]
