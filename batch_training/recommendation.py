@@ -108,7 +108,9 @@ def recommendation(ctx: Context) -> dict[str, Any]:
                              dtype=float).to_numpy()
     content /= np.linalg.norm(content, axis=1, keepdims=True).clip(1e-9)
     pop = np.bincount(ai, minlength=len(arts)).astype(float)
-    held = test.groupby("user_id")["article_id"].agg(lambda s: set(arts.get_indexer(list(s)).tolist()))
+    held: dict[str, set[int]] = {}
+    for user, a in zip(test["user_id"].tolist(), arts.get_indexer(test["article_id"]).tolist(), strict=True):
+        held.setdefault(user, set()).add(a)
     uidx = users.get_indexer(eval_users)
     truth = [held[u] for u in eval_users]
     # per user and weight: hits of the hybrid; and of the single rankers
@@ -156,9 +158,10 @@ def recommendation(ctx: Context) -> dict[str, Any]:
         path.write_text(json.dumps(params))
         np.savez_compressed(path.parent / "user_factors.npz", user_ids=np.array(users.tolist()), factors=w)
 
-    metrics = {f"{n}_{m}@{K}": v[f"{m}@{K}"] for n, v in models.items() for m in ("precision", "recall")}
+    metrics: dict[str, Any] = {f"{n}_{m}@{K}": v[f"{m}@{K}"] for n, v in models.items()
+                               for m in ("precision", "recall")}
     mv = register(ctx.registry, "recommendation", "json", write, features=None, metrics=metrics,
-                  window={"split": evaluation["split"], "end_ms": int(cons["t"].max())},
+                  window={"start_ms": int(cons["t"].min()), "end_ms": int(cons["t"].max())},
                   rows={"interactions": len(train), "users": len(users), "items": len(arts)},
                   fingerprint=data_fingerprint(train, ["user_id", "article_id", "t"]))
     result = {"metrics": metrics, "weight_cf": best_w, "evaluation": evaluation, "cold_start_item_share": cold_items,

@@ -55,7 +55,7 @@ MIN_ROWS = 200
 def spec_data(ctx: Context, spec: ModelSpec) -> pd.DataFrame:
     df = spec.rows(load_table(ctx, spec.table))
     if len(df) < MIN_ROWS:
-        raise Skipped(f"{spec.name}: only {len(df)} labelled rows (needs {MIN_ROWS}): too few users or too "
+        raise Skipped(f"only {len(df)} labelled rows (needs {MIN_ROWS}): too few users or too "
                       "short a history")
     return df
 
@@ -67,15 +67,15 @@ def check_label(spec: ModelSpec, y: np.ndarray, parts: dict[str, np.ndarray]) ->
     """
     if spec.task != "binary":
         if float(np.nanstd(y)) == 0.0:
-            raise Skipped(f"{spec.name}: the label {spec.label!r} is constant ({y[0]:g} in all {len(y)} rows)")
+            raise Skipped(f"the label {spec.label!r} is constant ({y[0]:g} in all {len(y)} rows)")
         return
     classes = np.unique(y)
     if len(classes) < 2:
-        raise Skipped(f"{spec.name}: the label {spec.label!r} has a single class ({int(classes[0])} in all "
+        raise Skipped(f"the label {spec.label!r} has a single class ({int(classes[0])} in all "
                       f"{len(y)} rows)")
     for part, idx in parts.items():
         if len(np.unique(y[idx])) < 2:
-            raise Skipped(f"{spec.name}: the label {spec.label!r} has a single class in the {part} split "
+            raise Skipped(f"the label {spec.label!r} has a single class in the {part} split "
                           f"({len(idx)} rows, all {int(y[idx][0])})")
 
 
@@ -156,7 +156,7 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     x, y = spec.xy(df)
     sp = spec.split(df)
     if min(len(sp.train), len(sp.val), len(sp.test)) == 0:
-        raise Skipped(f"{name}: the data spans too little time for a train/validation/test split")
+        raise Skipped("the data spans too little time for a train/validation/test split")
     tr = cap_rows(sp.train, prof.max_train_rows, prof.seed)
     va = cap_rows(sp.val, prof.max_train_rows // 3, prof.seed)
     te = sp.test
