@@ -70,7 +70,7 @@ def label_warnings(labels: dict[str, pd.Series], at_cap: float | None) -> list[s
                        + (f": the {model} model will be skipped" if model else ""))
     if at_cap is not None and at_cap > CAP_WARN_SHARE:
         out.append(f"{at_cap:.0%} of sessions reach the engagement cap of {ENGAGEMENT_CAP:g} points: the label "
-                   "saturates on this history (docs/features.md, \"Engagement label\")")
+                   "saturates on this history (docs/features.md, section Engagement label)")
     return out
 
 

@@ -4,11 +4,14 @@ Interactions = article views, clicks and video plays. Split: leave the last ``LE
 distinct articles of each user out (by the time the user first consumed them); a user is
 eligible with at least ``LEAVE_LAST + MIN_TRAIN`` distinct articles, and every eligible user is
 evaluated. The model is fit on everything else (all users' other interactions). For each user,
-all articles the user has not consumed in training are ranked, and precision@K / recall@K are
-computed against the held-out articles. Articles without CF factors (seen only in held-out
-interactions: item cold start) are scored by the content part (brand + category).
+the candidates are the articles alive while the user read the held-out ones (some event of the
+article between its first and last event spans them: news articles are short-lived) and not
+consumed in training; precision@K / recall@K are computed against the held-out articles.
+Articles without CF factors (seen only in held-out interactions: item cold start) are scored by
+the content part (brand + category).
 
-The CF/content weight is cross-fitted: users are split in two seeded halves; each half is scored
+The hybrid mixes the max-normalised CF, content and popularity scores; its weights (a grid on
+the simplex) are cross-fitted: users are split in two seeded halves; each half is scored
 with the weight tuned on the other, so every eligible user counts once, untuned. Each metric has
 a 95 % bootstrap interval over users, and the hybrid is compared with the popularity ranking on
 the same users (paired bootstrap of the per-user difference): it "beats popularity" only if that
@@ -30,7 +33,9 @@ LEAVE_LAST = 2
 MIN_TRAIN = 3
 MIN_USERS = 20
 K = 10
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: (CF, content, popularity) weights of the hybrid: a grid on the simplex, steps of 0.25
+WEIGHTS: tuple[tuple[float, float, float], ...] = tuple(
+    (a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a))
 BOOTSTRAP = 1000
 USER_BATCH = 2_000
 
@@ -40,7 +45,9 @@ def _load(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
         "SELECT user_id, article_id, min(toUnixTimestamp64Milli(event_time)) AS t FROM {db}.events "
         "WHERE article_id IS NOT NULL AND event_type IN ('article_view', 'article_click', 'video_play') "
         "GROUP BY user_id, article_id")
-    items = ctx.ch.query_df("SELECT article_id, any(brand) AS brand, any(category) AS category FROM {db}.events "
+    items = ctx.ch.query_df("SELECT article_id, any(brand) AS brand, any(category) AS category, "
+                            "toUnixTimestamp64Milli(min(event_time)) AS first_t, "
+                            "toUnixTimestamp64Milli(max(event_time)) AS last_t FROM {db}.events "
                             "WHERE article_id IS NOT NULL GROUP BY article_id")
     return cons, items
 
@@ -111,6 +118,9 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     held: dict[str, set[int]] = {}
     for user, a in zip(test["user_id"].tolist(), arts.get_indexer(test["article_id"]).tolist(), strict=True):
         held.setdefault(user, set()).add(a)
+    span = test.groupby("user_id")["t"].agg(["min", "max"]).reindex(eval_users)
+    alive_from = items.set_index("article_id").reindex(arts)["first_t"].to_numpy(dtype=np.int64)
+    alive_to = items.set_index("article_id").reindex(arts)["last_t"].to_numpy(dtype=np.int64)
     uidx = users.get_indexer(eval_users)
     truth = [held[u] for u in eval_users]
     # per user and weight: hits of the hybrid; and of the single rankers
@@ -119,21 +129,24 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     for lo in range(0, len(uidx), USER_BATCH):
         sl = slice(lo, lo + USER_BATCH)
         u, t = uidx[sl], truth[sl]
-        seen = r[u].toarray() > 0
-        penalty = np.where(seen, -1e9, 0.0)
+        lo_t, hi_t = span["min"].to_numpy()[sl, None], span["max"].to_numpy()[sl, None]
+        # candidates: articles not consumed in training and alive while the user read the held-out ones
+        out = (r[u].toarray() > 0) | (alive_from[None, :] > hi_t) | (alive_to[None, :] < lo_t)
+        penalty = np.where(out, -1e9, 0.0)
         cf = _norm(w[u] @ h)
         prof = np.asarray(r[u] @ content)
         prof /= np.linalg.norm(prof, axis=1, keepdims=True).clip(1e-9)
         cb = _norm(prof @ content.T)
-        for j, wt in enumerate(WEIGHTS):
-            hyb_hits[sl, j] = _hits(wt * cf + (1 - wt) * cb + penalty, t, K)
+        popn = _norm(np.tile(pop, (len(u), 1)))
+        for j, (w_cf, w_cb, w_pop) in enumerate(WEIGHTS):
+            hyb_hits[sl, j] = _hits(w_cf * cf + w_cb * cb + w_pop * popn + penalty, t, K)
         single["collaborative"][sl] = _hits(cf + penalty, t, K)
         single["content"][sl] = _hits(cb + penalty, t, K)
         single["popularity"][sl] = _hits(np.tile(pop, (len(u), 1)) + penalty, t, K)
 
     def best_weight(rows: np.ndarray) -> int:
         means = hyb_hits[rows].mean(axis=0)
-        return int(max(range(len(WEIGHTS)), key=lambda j: (means[j], -abs(WEIGHTS[j] - 0.5))))
+        return int(max(range(len(WEIGHTS)), key=lambda j: (means[j], -max(WEIGHTS[j]))))  # ties: the mix
 
     half = np.random.default_rng(seed).permutation(len(uidx)) % 2 == 0
     hybrid = np.where(half, hyb_hits[:, best_weight(~half)], hyb_hits[:, best_weight(half)])
@@ -144,14 +157,16 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     diff = hybrid / K - single["popularity"] / K
     diff_ci = bootstrap_ci(diff, seed + 99)
     verdict = "better" if diff_ci[0] > 0 else ("worse" if diff_ci[1] < 0 else "no significant difference")
-    best_w = WEIGHTS[best_weight(np.ones(len(uidx), dtype=bool))]
+    best_w = dict(zip(("cf", "content", "popularity"), WEIGHTS[best_weight(np.ones(len(uidx), dtype=bool))],
+                      strict=True))
     cold_items = float((pop == 0).mean())
     evaluation = {"split": f"leave-last-{LEAVE_LAST}-per-user", "k": K, "eligible_users": len(eval_users),
-                  "users": len(uidx), "candidates": "every article the user has not consumed in training",
-                  "tuning": "CF weight cross-fitted over two seeded halves of the users", "models": models,
+                  "users": len(uidx),
+                  "candidates": "articles alive while the user read the held-out ones, not consumed in training",
+                  "tuning": "weights cross-fitted over two seeded halves of the users", "models": models,
                   "hybrid_minus_popularity_precision": {"mean": float(diff.mean()), "ci95": list(diff_ci),
                                                         "verdict": verdict}}
-    params = {"weight_cf": best_w, "k": K, "n_components": n_components, "split": evaluation["split"],
+    params = {"weights": best_w, "k": K, "n_components": n_components, "split": evaluation["split"],
               "item_ids": arts.tolist(), "item_factors": h.T.round(5).tolist()}
 
     def write(path: Any) -> None:
@@ -164,11 +179,11 @@ def recommendation(ctx: Context) -> dict[str, Any]:
                   window={"start_ms": int(cons["t"].min()), "end_ms": int(cons["t"].max())},
                   rows={"interactions": len(train), "users": len(users), "items": len(arts)},
                   fingerprint=data_fingerprint(train, ["user_id", "article_id", "t"]))
-    result = {"metrics": metrics, "weight_cf": best_w, "evaluation": evaluation, "cold_start_item_share": cold_items,
+    result = {"metrics": metrics, "weights": best_w, "evaluation": evaluation, "cold_start_item_share": cold_items,
               "version": mv.version, "beats_popularity": verdict == "better",
               "summary": {"split": evaluation["split"], "users": len(uidx),
                           **{f"{n} precision@{K}": _ci_text(v, f"precision@{K}") for n, v in models.items()},
-                          "hybrid vs popularity": verdict, "weight_cf": best_w,
+                          "hybrid vs popularity": verdict, "weights": best_w,
                           "cold_start_item_share": round(cold_items, 3)}}
     write_json(ctx.reports_dir / "recommendation.json", result)
     return result
