@@ -187,10 +187,13 @@ class _Dedupe:
         self.ch.command(f"DROP TABLE IF EXISTS {{db}}.`{self.table}`")
 
 
-def check_options(*, checkpoint_path: Path | None, resume: bool, rejects_path: Path, chunk_rows: int) -> None:
+def check_options(*, checkpoint_path: Path | None, resume: bool, rejects_path: Path, chunk_rows: int,
+                  max_records: int | None = None) -> None:
     """Refuse bad ingest options with one line, before anything is read."""
     if chunk_rows < 1:
         raise ConfigError(f"bad --chunk-rows {chunk_rows}; expected a positive number of events")
+    if max_records is not None and max_records < 1:
+        raise ConfigError(f"bad --max-records {max_records}; expected a positive number of records")
     for opt, path in (("--checkpoint", checkpoint_path), ("--rejects", rejects_path)):
         if path is None:
             continue
@@ -216,7 +219,8 @@ def run_ingest(source: Any, ch: ClickHouse, *, rejects_path: Path, max_bytes: in
     (checkpointed; for tests and trial runs).
     """
     began, cpu0 = time.monotonic(), time.process_time()
-    check_options(checkpoint_path=checkpoint_path, resume=resume, rejects_path=rejects_path, chunk_rows=chunk_rows)
+    check_options(checkpoint_path=checkpoint_path, resume=resume, rejects_path=rejects_path, chunk_rows=chunk_rows,
+                  max_records=max_records)
     fingerprint = source.fingerprint()
     ckpt = IngestCheckpoint(fingerprint, None, IngestCounts())
     if resume and checkpoint_path is not None:
@@ -310,7 +314,8 @@ def cmd_ingest(args: Any) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     rejects = Path(args.rejects) if args.rejects else _default_rejects(settings, args)
     _check_source_args(args)
-    check_options(checkpoint_path=ckpt, resume=args.resume, rejects_path=rejects, chunk_rows=args.chunk_rows)
+    check_options(checkpoint_path=ckpt, resume=args.resume, rejects_path=rejects, chunk_rows=args.chunk_rows,
+                  max_records=args.max_records)
     source: Any
     if args.from_file:
         source = FileSource(args.from_file)
@@ -341,8 +346,6 @@ def cmd_ingest(args: Any) -> int:
 
 def register(sub: Any) -> None:
     """Add ``ingest`` to the CLI (called by :func:`stream.cli.build_parser`)."""
-    from stream.cli import _positive_int
-
     p = sub.add_parser("ingest", help="load an event history from a file or a topic range into ClickHouse's "
                                       "events table (validated, idempotent, resumable)")
     src = p.add_mutually_exclusive_group()
@@ -359,9 +362,9 @@ def register(sub: Any) -> None:
     p.add_argument("--rejects", metavar="FILE",
                    help="invalid records with reasons, JSON lines (default: STREAM_DATA_DIR/ingest/<source>"
                         ".rejects.jsonl)")
-    p.add_argument("--chunk-rows", type=_positive_int, default=DEFAULT_CHUNK_ROWS,
+    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
                    help=f"valid events per insert round (default {DEFAULT_CHUNK_ROWS})")
-    p.add_argument("--max-records", type=_positive_int, help="stop after this many records (checkpointed)")
+    p.add_argument("--max-records", type=int, help="stop after this many records (checkpointed)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_ingest)
 

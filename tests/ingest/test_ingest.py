@@ -129,6 +129,7 @@ def test_topic_source_between_offsets(ch: Any, history: list[dict[str, Any]], ka
 @pytest.mark.parametrize(("extra", "expected"), [
     (["--from-offset", "5"], "--from-offset applies to --from-topic only"),
     (["--resume"], "--resume needs --checkpoint FILE"),
+    (["--chunk-rows", "0"], "bad --chunk-rows 0; expected a positive number of events"),
 ])
 def test_bad_options_print_one_line(extra: list[str], expected: str, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
