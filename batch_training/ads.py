@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from batch_training.context import Context
+from batch_training.context import Context, Skipped
 from batch_training.modeling import write_json
 from stream.bandits import thompson as bandit
 
@@ -38,6 +38,8 @@ def _log(ctx: Context) -> pd.DataFrame:
 def ads(ctx: Context) -> dict[str, Any]:
     seed = ctx.profile.seed
     log = _log(ctx)
+    if log.empty:
+        raise Skipped("no ad events: the history has no ad_impression, so there is no placement to learn")
     log["device"] = log["device"].fillna("unknown").astype(str)
     log["placement"] = log["placement"].astype(str)
     arms = sorted(log["placement"].unique())

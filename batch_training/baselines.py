@@ -14,7 +14,7 @@ import numpy as np
 from batch_training.context import Context
 from batch_training.modeling import best_f1_threshold, cap_rows, classification_metrics, plot_roc, write_json
 from batch_training.specs import SPECS
-from batch_training.supervised import code_columns, spec_data
+from batch_training.supervised import check_label, code_columns, spec_data
 
 
 def baselines(ctx: Context) -> dict[str, Any]:
@@ -32,6 +32,7 @@ def baselines(ctx: Context) -> dict[str, Any]:
     sp = spec.split(df)
     tr = cap_rows(sp.train, min(ctx.profile.max_train_rows, 60_000), seed)
     va, te = sp.val, sp.test
+    check_label(spec, y, {"training": tr, "validation": va, "test": te})
     cols = code_columns(spec.features.names)
     pos = max(float(y[tr].mean()), 1e-6)
 

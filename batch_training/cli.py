@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from batch_training.context import PROFILES, Context, get_profile
+from batch_training.context import PROFILES, Context, Skipped, get_profile
 from stream.config import load_settings
 from stream.errors import ConfigError, StreamError
 
@@ -85,21 +85,39 @@ def build_parser() -> argparse.ArgumentParser:
 def pipeline(ctx: Context, *, skip_exploration: bool = False, skip_features: bool = False,
              skip_prerequisites: bool = False, force: bool = False,
              log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run the steps in order, then promote; returns wall seconds per step."""
+    """Run the steps in order, then promote; returns wall seconds per step.
+
+    A step that cannot run on this history raises :class:`Skipped`: its one-line reason is logged
+    and written to ``steps.json``, its stale report removed, and the other steps still run.
+    """
+    from batch_training.modeling import write_json
     from batch_training.promote import promote
 
     timings: dict[str, float] = {}
+    steps: dict[str, dict[str, Any]] = {}
     t_all = time.perf_counter()
     for name, fn in STEPS.items():
         if (name == "prerequisites" and skip_prerequisites) or (name == "explore" and skip_exploration) or (
                 name == "features" and skip_features):
             continue
         t = time.perf_counter()
-        fn(ctx)
-        timings[name] = time.perf_counter() - t
-        log(f"{name:<15} {timings[name]:7.1f} s")
+        try:
+            result = fn(ctx)
+        except Skipped as exc:
+            timings[name] = time.perf_counter() - t
+            steps[name] = {"status": "skipped", "reason": str(exc)}
+            (ctx.reports_dir / f"{name}.json").unlink(missing_ok=True)  # not last run's result
+            log(f"{name:<15} skipped: {exc}")
+        else:
+            timings[name] = time.perf_counter() - t
+            steps[name] = {"status": "ran", "seconds": round(timings[name], 3)}
+            log(f"{name:<15} {timings[name]:7.1f} s")
+            for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
+                log(f"{name:<15} warning: {warning}")
+        write_json(ctx.reports_dir / "steps.json", steps)  # evaluate lists the skipped steps
     t = time.perf_counter()
-    promote(ctx, force=force)
+    skipped = {n: s["reason"] for n, s in steps.items() if s["status"] == "skipped"}
+    promote(ctx, force=force, skipped=skipped)
     timings["promote"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
     log(f"{'promote':<15} {timings['promote']:7.1f} s")
@@ -135,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             result = STEPS[args.cmd](ctx)
             _summary(args.cmd, result)
+    except Skipped as exc:
+        print(f"{args.cmd} skipped: {exc}", file=sys.stderr)
+        return 0
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2

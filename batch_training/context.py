@@ -15,8 +15,16 @@ from typing import Any
 from batch_training.datasets import Sampling
 from stream.clickhouse import ClickHouse, connect
 from stream.config import Settings
-from stream.errors import ConfigError, PrerequisiteError
+from stream.errors import ConfigError, PrerequisiteError, StreamError
 from stream.models.registry import ModelRegistry
+
+
+class Skipped(StreamError):
+    """A step that cannot run on this history; the message is the one-line reason.
+
+    ``run`` reports it and goes on with the other steps (a missing prerequisite of the whole
+    pipeline, such as an empty events table, is a :class:`PrerequisiteError` and stops it).
+    """
 
 
 @dataclass(frozen=True)

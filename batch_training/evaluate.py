@@ -53,20 +53,39 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
+def _steps(ctx: Context) -> dict[str, Any]:
+    f = ctx.reports_dir / "steps.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def evaluate(ctx: Context) -> dict[str, Any]:
     names = ["baselines", "churn", "conversion", "click", "engagement", "segmentation", "recommendation", "ads"]
     results = {n: r for n in names if (r := _load(ctx, n)) is not None}
     rows = evaluation_rows(results)
-    lines = ["# Model evaluation", "",
-             "Test split = the latest 15 % of each set's time range. Precision/recall/F1 at the threshold with "
-             "the best F1 on the validation split (stated per model below). Oracle = the simulator's true "
-             f"probability (expected engagement) on the same test rows; the bar is ratio >= {ORACLE_BAR}.", "",
-             "| model | metric | value | oracle | ratio | target | target | oracle bar | linear baseline |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    truth = ctx.has_table_rows("truth_users")
+    intro = ("Test split = the latest 15 % of each set's time range. Precision/recall/F1 at the threshold with "
+             "the best F1 on the validation split (stated per model below). ")
+    if truth:
+        intro += ("Oracle = the simulator's true probability (expected engagement) on the same test rows; the bar "
+                  f"is ratio >= {ORACLE_BAR}.")
+        head = ["model", "metric", "value", "oracle", "ratio", "target", "target", "oracle bar", "linear baseline"]
+    else:
+        intro += ("There is no ground truth for this history (no simulator truth tables): models are compared with "
+                  "the original targets and their baselines only.")
+        head = ["model", "metric", "value", "target", "target", "linear baseline"]
+    lines = ["# Model evaluation", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['metric']} | {_fmt(r['value'])} | {_fmt(r['oracle'])} | "
-                     f"{_fmt(r['ratio'], 3)} | {r['target']} | {_fmt(r['target_pass'])} | {_fmt(r['oracle_pass'])} | "
-                     f"{_fmt(r['baseline'])} |")
+        cells = [r["model"], r["metric"], _fmt(r["value"])]
+        if truth:
+            cells += [_fmt(r["oracle"]), _fmt(r["ratio"], 3)]
+        cells += [r["target"], _fmt(r["target_pass"])]
+        if truth:
+            cells.append(_fmt(r["oracle_pass"]))
+        cells.append(_fmt(r["baseline"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    skipped = {n: s["reason"] for n, s in _steps(ctx).items() if s.get("status") == "skipped"}
+    if skipped:
+        lines += ["", "## Skipped steps", ""] + [f"- {n}: {reason}" for n, reason in skipped.items()]
     lines += ["", "| model | version | threshold | train s | rows train/val/test | CV scores | "
               "latency 1 row µs | latency batched µs/row |", "|---|---|---|---|---|---|---|---|"]
     for name in ("churn", "conversion", "click", "engagement"):
@@ -90,16 +109,23 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         if r:
             lines += ["", f"## {name}", "", "```", json.dumps(r.get("summary", r), indent=1, default=str)[:3000], "```"]
     (ctx.reports_dir / "evaluation.md").write_text("\n".join(lines) + "\n")
-    out = {"rows": rows, "models": sorted(results)}
+    out = {"rows": rows, "models": sorted(results), "ground_truth": truth, "skipped": skipped}
     write_json(ctx.reports_dir / "evaluation.json", out)
     return out
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'model':<11} {'metric':<9} {'value':>7} {'oracle':>7} {'ratio':>6} {'target':>8} {'tgt':>5} {'>=.97':>5}"
+    """The console table; the oracle columns only when some row has an oracle (simulator truth)."""
+    oracle = any(r["oracle"] is not None for r in rows)
+    head = f"{'model':<11} {'metric':<9} {'value':>7} "
+    head += f"{'oracle':>7} {'ratio':>6} " if oracle else ""
+    head += f"{'target':>8} {'tgt':>5}" + (f" {'>=.97':>5}" if oracle else "")
     out = [head]
     for r in rows:
-        out.append(f"{r['model']:<11} {r['metric']:<9} {_fmt(r['value']):>7} {_fmt(r['oracle']):>7} "
-                   f"{_fmt(r['ratio'], 3):>6} {r['target']:>8} {_fmt(r['target_pass']):>5} "
-                   f"{_fmt(r['oracle_pass']):>5}")
+        line = f"{r['model']:<11} {r['metric']:<9} {_fmt(r['value']):>7} "
+        line += f"{_fmt(r['oracle']):>7} {_fmt(r['ratio'], 3):>6} " if oracle else ""
+        line += f"{r['target']:>8} {_fmt(r['target_pass']):>5}" + (f" {_fmt(r['oracle_pass']):>5}" if oracle else "")
+        out.append(line)
+    if not oracle:
+        out.append("(no ground truth for this history: no oracle comparison)")
     return "\n".join(out)

@@ -16,6 +16,7 @@ import pandas as pd
 from batch_training.context import Context
 from batch_training.modeling import write_json
 from stream.clickhouse import EVENT_COLUMNS
+from stream.state.labels import ENGAGEMENT_CAP
 
 _SESSION_SQL = """
 SELECT session_id, any(user_id) AS user_id, count() AS events,
@@ -59,9 +60,9 @@ def explore(ctx: Context) -> dict[str, Any]:
     plt.close(fig)
     targets = _targets(ctx, sess)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    rates = {k: v for k, v in targets.items() if k.endswith("_rate")}
-    axes[0].bar(list(rates), list(rates.values()))
-    axes[0].set_title("class balance (positive share)")
+    rates = dict(targets)
+    axes[0].bar([k.split(" (")[0][:28] for k in rates], list(rates.values()))
+    axes[0].set_title("label rates" if any("label rate" in k for k in rates) else "label proxies (not labels)")
     axes[0].tick_params(axis="x", labelrotation=30)
     from batch_training.datasets import _engagement_labels  # same label as the engagement model
 
@@ -73,7 +74,10 @@ def explore(ctx: Context) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(out / "targets.png", dpi=80)
     plt.close(fig)
-    targets["engagement_mean"] = float(eng_values.mean()) if len(eng_values) else float("nan")
+    targets["session engagement, mean (the engagement label, 5 % of sessions)"] = (
+        float(eng_values.mean()) if len(eng_values) else float("nan"))
+    targets[f"sessions at the engagement cap of {ENGAGEMENT_CAP:g} (share)"] = (
+        float((eng_values >= ENGAGEMENT_CAP).mean()) if len(eng_values) else float("nan"))
     summary = {"events": int(tot["events"]), "users": int(tot["users"]), "sessions": int(tot["sessions"]),
                "articles": int(tot["articles"]), "first": str(tot["first"]), "last": str(tot["last"]),
                "events_by_type": dict(zip(by_type["event_type"], by_type["n"].astype(int), strict=True)),
@@ -86,19 +90,29 @@ def explore(ctx: Context) -> dict[str, Any]:
 
 
 def _targets(ctx: Context, sess: pd.DataFrame) -> dict[str, float]:
-    """Label balance from the training sets when built, else quick SQL proxies."""
+    """Label rates from the training sets when built; else SQL measures named for what they measure.
+
+    The measures are not the labels (those need the point-in-time pass of the features step): a
+    user inactive for the last 30 days of the data is not a churn label, and clicks per impression
+    is not the share of impressions clicked within the click window.
+    """
     f = ctx.data_dir / "users.parquet"
     if f.exists():
         u = pd.read_parquet(f, columns=["churned", "converted", "high_value"])
         c = pd.read_parquet(ctx.data_dir / "clicks.parquet", columns=["clicked"])
-        return {"churn_rate": float(u["churned"].mean()), "conversion_rate": float(u["converted"].mean()),
-                "high_value_rate": float(u["high_value"].mean()), "click_rate": float(c["clicked"].mean())}
+        return {"churned label rate": float(u["churned"].mean()), "converted label rate": float(u["converted"].mean()),
+                "high_value label rate": float(u["high_value"].mean()),
+                "clicked label rate": float(c["clicked"].mean())}
     last = ctx.ch.query_df("SELECT toUnixTimestamp64Milli(max(event_time)) AS last FROM {db}.events "
                            "GROUP BY user_id")["last"].to_numpy()
-    churn_proxy = float((last < last.max() - 30 * 86_400_000).mean()) if len(last) else float("nan")
+    inactive = float((last < last.max() - 30 * 86_400_000).mean()) if len(last) else float("nan")
     conv = float((sess["newsletter_signups"] + sess["subscriptions"] > 0).mean())
-    click = float(sess["article_clicks"].sum() / max(sess["events"].sum(), 1))
-    return {"churn_rate": churn_proxy, "conversion_rate": conv, "click_rate": click}
+    n = ctx.ch.query_df("SELECT countIf(event_type = 'article_click') AS clicks, "
+                        "countIf(event_type = 'article_impression') AS impressions FROM {db}.events").iloc[0]
+    per_impression = float(n["clicks"]) / float(n["impressions"]) if int(n["impressions"]) else float("nan")
+    return {"users inactive in the last 30 days (share; not the churn label)": inactive,
+            "sessions with a sign-up or subscription (share; not the conversion label)": conv,
+            "article clicks per article impression (not the click label)": per_impression}
 
 
 def _markdown(s: dict[str, Any], stats: pd.DataFrame) -> str:

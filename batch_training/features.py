@@ -6,14 +6,22 @@ import json
 import time
 from typing import Any
 
+import pandas as pd
+
 from batch_training.context import Context
 from batch_training.datasets import build_training_sets
 from batch_training.modeling import write_json
 from stream.errors import PrerequisiteError
 from stream.models import MODELS
+from stream.state.labels import ENGAGEMENT_CAP
 
 SUPPORTED_SCHEMA_VERSIONS = {1}
-_BACKFILL = "python -m simulator backfill --users 3000 --days 45"
+_BACKFILL = ("python -m stream ingest --from-file PATH` (a history of your own) or "
+             "`python -m simulator backfill --users 3000 --days 45")
+#: label column -> the model trained on it (high_value has none)
+_MODEL_OF_LABEL = {"churned": "churn", "converted": "conversion", "clicked": "click"}
+#: above this share of sessions at the engagement cap, the features step warns (docs/features.md)
+CAP_WARN_SHARE = 0.05
 
 
 def prerequisites(ctx: Context) -> dict[str, Any]:
@@ -44,6 +52,28 @@ def prerequisites(ctx: Context) -> dict[str, Any]:
             "schema_versions": sorted(versions), "truth": ctx.has_table_rows("truth_users")}
 
 
+def cap_share(engagement: pd.Series) -> float | None:
+    """Share of sessions whose engagement label is at ``ENGAGEMENT_CAP`` (None without sessions)."""
+    y = engagement.dropna()
+    return float((y >= ENGAGEMENT_CAP).mean()) if len(y) else None
+
+
+def label_warnings(labels: dict[str, pd.Series], at_cap: float | None) -> list[str]:
+    """One line per label a model cannot learn from as it is: a single class, or a saturated cap."""
+    out = []
+    for name, values in labels.items():
+        y = values.dropna()
+        classes = sorted(set(y.astype(int).tolist()))
+        if len(classes) == 1:
+            model = _MODEL_OF_LABEL.get(name)
+            out.append(f"label {name!r} has a single class ({classes[0]} in all {len(y)} rows)"
+                       + (f": the {model} model will be skipped" if model else ""))
+    if at_cap is not None and at_cap > CAP_WARN_SHARE:
+        out.append(f"{at_cap:.0%} of sessions reach the engagement cap of {ENGAGEMENT_CAP:g} points: the label "
+                   "saturates on this history (docs/features.md, section Engagement label)")
+    return out
+
+
 def features(ctx: Context) -> dict[str, Any]:
     prof = ctx.profile
     t0 = time.perf_counter()
@@ -61,7 +91,8 @@ def features(ctx: Context) -> dict[str, Any]:
                        "engagement": ["engagement"]}
     (out / "feature_list.json").write_text(json.dumps(lists, indent=2))
     u = sets.users
-    manifest = {
+    at_cap = cap_share(sets.engagement["engagement"])
+    manifest: dict[str, Any] = {
         "profile": prof.name, "sampling": prof.sampling.__dict__, "seconds": sets.seconds,
         "rows": {"users": len(u), "clicks": len(sets.clicks), "engagement": len(sets.engagement)},
         "label_rates": {"churned": float(u["churned"].mean()) if len(u) else None,
@@ -70,7 +101,11 @@ def features(ctx: Context) -> dict[str, Any]:
                         "clicked": float(sets.clicks["clicked"].mean()) if len(sets.clicks) else None,
                         "engagement_mean": float(sets.engagement["engagement"].mean()) if len(sets.engagement)
                         else None},
+        "engagement_at_cap_share": at_cap,
         "build_seconds": time.perf_counter() - t0,
     }
+    manifest["warnings"] = label_warnings({"churned": u["churned"], "converted": u["converted"],
+                                           "high_value": u["high_value"], "clicked": sets.clicks["clicked"]},
+                                          at_cap)
     write_json(out / "manifest.json", manifest)
     return manifest

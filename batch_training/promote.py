@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from batch_training.context import Context
+from batch_training.modeling import write_json
 from batch_training.specs import SPECS, ModelSpec
 from batch_training.supervised import score, spec_data
 from stream.errors import StreamError
@@ -43,13 +44,20 @@ def evaluate_version(spec: ModelSpec, mv: ModelVersion, x: np.ndarray, y: np.nda
 
 
 def promote(ctx: Context, names: list[str] | None = None, *, version: str | None = None,
-            force: bool = False) -> dict[str, Any]:
-    """Promote the latest (or given) version of each model; raises PromotionRefused on a worse one."""
+            force: bool = False, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """Promote the latest (or given) version of each model; raises PromotionRefused on a worse one.
+
+    ``skipped``: models whose training step was skipped in this run, with the reason (they keep
+    their production version). The outcome is written to ``promotion.json``.
+    """
     reg = ctx.registry
     out: dict[str, Any] = {}
     refused = []
     for name in names or list(SPECS):
         spec = SPECS[name]
+        if skipped and name in skipped:
+            out[name] = {"status": "skipped", "reason": skipped[name]}
+            continue
         versions = reg.versions(name)
         if not versions:
             out[name] = {"status": "skipped",
@@ -78,6 +86,7 @@ def promote(ctx: Context, names: list[str] | None = None, *, version: str | None
             reg.set_alias(name, "production", cand.version)
             entry["status"] = "promoted" + (" (forced)" if force and p_score is not None and c_score < p_score else "")
         out[name] = entry
+    write_json(ctx.reports_dir / "promotion.json", out)
     if refused:
         detail = "; ".join(f"{n} v{out[n]['candidate']} {out[n]['metric']}={_f(out[n]['candidate_score'])} < "
                            f"production v{out[n]['production']} {_f(out[n]['production_score'])}" for n in refused)

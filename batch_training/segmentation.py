@@ -1,7 +1,11 @@
 """Step 4 (segmentation): scaling, PCA, K-Means with k chosen by silhouette and Davies-Bouldin.
 
 One row per user: the latest snapshot in the training set. Segments get readable names from
-their profiles (largest lift of the defining feature over the population, each name used once).
+what they contain: a name of :data:`NAMES` goes to the segment that stands out most on its column,
+only if that segment's mean lies at least ``MIN_Z`` population standard deviations from the
+population's in the named direction (and is non-zero for a "+" name: no "video consumers" without
+video plays). Other segments are named by their most distinctive column ("high ..."/"low ...").
+Each name states its evidence (segment mean vs population mean).
 The model (scaler, PCA, centroids) is registered as JSON; no pickle.
 """
 
@@ -13,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from batch_training.context import Context
+from batch_training.context import Context, Skipped
 from batch_training.modeling import data_fingerprint, register, write_json
 from batch_training.supervised import load_table
 
@@ -40,15 +44,38 @@ def user_matrix(users: pd.DataFrame) -> pd.DataFrame:
     return last[PROFILE_COLUMNS].astype(float)
 
 
-def name_segments(profiles: pd.DataFrame) -> dict[int, str]:
-    z = (profiles - profiles.mean()) / profiles.std(ddof=0).replace(0, 1)
-    names: dict[int, str] = {}
+MIN_Z = 0.5
+MIN_USERS = 30
+
+
+def name_segments(profiles: pd.DataFrame, users: pd.DataFrame) -> dict[int, tuple[str, str]]:
+    """segment -> (name, evidence), from segment means (``profiles``) against the users' distribution."""
+    mean, std = users.mean(), users.std(ddof=0)
+    z = ((profiles - mean) / std.where(std > 0)).fillna(0.0)  # a constant column distinguishes nobody
+    names: dict[int, tuple[str, str]] = {}
+
+    def evidence(k: Any, col: str) -> str:
+        return f"{col} {profiles.loc[k, col]:.3g} vs {mean[col]:.3g} overall"
+
     for label, col, sign in NAMES:
         free = [k for k in z.index if k not in names]
         if not free:
             break
         k = max(free, key=lambda i: sign * z.loc[i, col])
-        names[int(k)] = label
+        if sign * z.loc[k, col] >= MIN_Z and (sign < 0 or profiles.loc[k, col] > 0):
+            names[int(k)] = (label, evidence(k, col))
+    used = {n for n, _ in names.values()}
+    for k in z.index:
+        if int(k) in names:
+            continue
+        col = str(z.loc[k].abs().idxmax())
+        v = z.loc[k, col]
+        label = f"{'high' if v > 0 else 'low'} {col.replace('_', ' ')}" if abs(v) > 0 else "average users"
+        base, n = label, 2
+        while label in used:
+            label, n = f"{base} ({n})", n + 1
+        used.add(label)
+        names[int(k)] = (label, evidence(k, col))
     return names
 
 
@@ -60,6 +87,8 @@ def segmentation(ctx: Context) -> dict[str, Any]:
 
     seed = ctx.profile.seed
     m = user_matrix(load_table(ctx, "users"))
+    if len(m) < MIN_USERS:
+        raise Skipped(f"too few users to segment: {len(m)} (needs {MIN_USERS})")
     x = m.fillna(m.median()).fillna(0.0).to_numpy()
     x = np.log1p(np.clip(x, 0, None))  # heavy-tailed counts
     scaler = StandardScaler().fit(x)
@@ -82,8 +111,10 @@ def segmentation(ctx: Context) -> dict[str, Any]:
     labels = km.labels_
     prof = m.assign(segment=labels).groupby("segment").mean()
     prof["users"] = np.bincount(labels, minlength=k)
-    names = name_segments(prof[PROFILE_COLUMNS])
-    prof["name"] = [names.get(i, f"segment {i}") for i in prof.index]
+    named = name_segments(prof[PROFILE_COLUMNS], m)
+    names = {k2: n for k2, (n, _) in named.items()}
+    prof["name"] = [names[int(i)] for i in prof.index]
+    prof["because"] = [named[int(i)][1] for i in prof.index]
     out = ctx.reports_dir / "segmentation"
     out.mkdir(exist_ok=True)
     prof.to_csv(out / "segment_profiles.csv")
@@ -103,6 +134,7 @@ def segmentation(ctx: Context) -> dict[str, Any]:
                   fingerprint=data_fingerprint(seg, ["user_id"]))
     result = {"k": k, "selection": scores, "version": mv.version, "users": len(m),
               "summary": {"k": k, "segments": {prof.loc[i, "name"]: int(prof.loc[i, "users"]) for i in prof.index},
+                          "named_for": {prof.loc[i, "name"]: prof.loc[i, "because"] for i in prof.index},
                           "silhouette": scores[k - 3]["silhouette"], "davies_bouldin": scores[k - 3]["davies_bouldin"]}}
     write_json(ctx.reports_dir / "segmentation.json", result)
     return result

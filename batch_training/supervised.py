@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from batch_training.context import Context
+from batch_training.context import Context, Skipped
 from batch_training.modeling import (
     Fitted,
     cap_rows,
@@ -33,7 +33,6 @@ from batch_training.modeling import (
 )
 from batch_training.oracle import oracle_predictions
 from batch_training.specs import SPECS, ModelSpec
-from stream.errors import PrerequisiteError
 
 LGB_SPACE: dict[str, tuple[Any, ...]] = {
     "num_leaves": (15, 31, 63),
@@ -50,12 +49,34 @@ def load_table(ctx: Context, table: str) -> pd.DataFrame:
     return pd.read_parquet(ctx.data_dir / f"{table}.parquet")
 
 
+MIN_ROWS = 200
+
+
 def spec_data(ctx: Context, spec: ModelSpec) -> pd.DataFrame:
     df = spec.rows(load_table(ctx, spec.table))
-    if len(df) < 200:
-        raise PrerequisiteError(f"only {len(df)} labelled rows for {spec.name}: backfill more data "
-                                "(`python -m simulator backfill --users 3000 --days 45`)")
+    if len(df) < MIN_ROWS:
+        raise Skipped(f"only {len(df)} labelled rows (needs {MIN_ROWS}): too few users or too "
+                      "short a history")
     return df
+
+
+def check_label(spec: ModelSpec, y: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    """Skip a model whose label cannot be learnt or scored: one class (binary), or a constant value.
+
+    ``parts`` are the row positions of the splits, each of which needs both classes (AUC, thresholds).
+    """
+    if spec.task != "binary":
+        if float(np.nanstd(y)) == 0.0:
+            raise Skipped(f"the label {spec.label!r} is constant ({y[0]:g} in all {len(y)} rows)")
+        return
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise Skipped(f"the label {spec.label!r} has a single class ({int(classes[0])} in all "
+                      f"{len(y)} rows)")
+    for part, idx in parts.items():
+        if len(np.unique(y[idx])) < 2:
+            raise Skipped(f"the label {spec.label!r} has a single class in the {part} split "
+                          f"({len(idx)} rows, all {int(y[idx][0])})")
 
 
 def code_columns(names: tuple[str, ...]) -> list[int]:
@@ -135,10 +156,11 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     x, y = spec.xy(df)
     sp = spec.split(df)
     if min(len(sp.train), len(sp.val), len(sp.test)) == 0:
-        raise PrerequisiteError(f"{name}: the data spans too little time for a train/validation/test split")
+        raise Skipped("the data spans too little time for a train/validation/test split")
     tr = cap_rows(sp.train, prof.max_train_rows, prof.seed)
     va = cap_rows(sp.val, prof.max_train_rows // 3, prof.seed)
     te = sp.test
+    check_label(spec, y, {"training": tr, "validation": va, "test": te})
     t0 = time.perf_counter()
     if spec.library == "lightgbm":
         pos = max(float(y[tr].mean()), 1e-6)

@@ -11,7 +11,7 @@ All variants consume the same preloaded topic of simulated events (4 partitions)
   (d) our worker (python -m stream worker).
 
 With ``--tuned-naive``, each repeat also runs (c') = (c) with the worker's process settings
-(uvloop and the GC tuning of stream/worker/run/tuning.py), last: what those settings alone give the baseline.
+(uvloop and the GC tuning of stream/worker/tuning.py), last: what those settings alone give the baseline.
 
 With ``--quix``, each repeat also runs the peer the worker is measured against (issue 17): the
 same pipeline in Quix Streams 3.x with the product's own functions (bench/quix/peer.py, in its own

@@ -194,7 +194,7 @@ def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.tools import replay
+    from stream.tools import ingest, replay
     from stream.tools.backtest import cli as backtest_cli
 
     parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch_stop = csub.add_parser("stop", help="stop it (the next client starts it again)")
     ch_stop.set_defaults(func=cmd_clickhouse_stop)
     replay.register(sub)
+    ingest.register(sub)
     backtest_cli.register(sub)
     return parser
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_predictions_engine
+from stream.clickhouse.partitions import insert_by_day
 from stream.config import Settings
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "connect",
     "events_to_frame",
     "frame_to_events",
+    "insert_by_day",
     "insert_events",
     "insert_records",
     "warn_old_predictions_engine",
@@ -135,8 +137,8 @@ def frame_to_events(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
-    """Insert session events in one columnar batch; returns the row count."""
-    return ch.insert_df("events", events_to_frame(events))
+    """Insert session events in columnar batches of at most 100 days each; returns the row count."""
+    return insert_by_day(ch, "events", events_to_frame(events))
 
 
 def insert_records(ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]],
