@@ -212,7 +212,7 @@ def _security_properties(listeners: list[str], users: Mapping[str, str] | None,
 
 def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port: int, partitions: int,
                        security: Mapping[str, str] | None = None,
-                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> str:
+                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, group_join_delay_ms: int = 0) -> str:
     listeners = [f"{name}://127.0.0.1:{port}" for name, port in ports.items()]
     props = {
         "process.roles": "broker,controller",
@@ -234,7 +234,7 @@ def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "share.coordinator.state.topic.num.partitions": "1",
-        "group.initial.rebalance.delay.ms": "0",
+        "group.initial.rebalance.delay.ms": str(group_join_delay_ms),
         "log.cleaner.dedupe.buffer.size": str(8 * 1024 * 1024),
         "log.cleaner.backoff.ms": "1000",
         "auto.create.topics.enable": "true",
@@ -271,18 +271,22 @@ class EmbeddedKafka:
 
     def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
                  start_timeout_s: float = 90.0, sasl_users: Mapping[str, str] | None = None,
-                 tls: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 tls: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 group_join_delay_ms: int = 0) -> None:
         """Clients without credentials use the PLAINTEXT listener (:attr:`bootstrap`).
 
         ``sasl_users`` ({name: password}) adds a SASL_PLAINTEXT listener that accepts them by PLAIN,
         SCRAM-SHA-256 and SCRAM-SHA-512; ``tls`` adds an SSL listener with a certificate of a
         throwaway CA (:attr:`ca_file`); both add a SASL_SSL listener. :meth:`address` gives each.
         ``max_message_bytes`` is the broker's record limit (``STREAM_MAX_MESSAGE_BYTES``).
+        ``group_join_delay_ms``: how long a new group waits for more members before its first
+        assignment (``group.initial.rebalance.delay.ms``; 0: at once).
         """
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="embedded-kafka-"))
         self.heap = heap
         self.partitions = partitions
         self.max_message_bytes = max_message_bytes
+        self.group_join_delay_ms = group_join_delay_ms
         self.start_timeout_s = start_timeout_s
         self.sasl_users = dict(sasl_users) if sasl_users is not None else None
         if self.sasl_users is not None:
@@ -340,7 +344,7 @@ class EmbeddedKafka:
         props.touch(mode=0o600)  # may hold the SASL users' and the keystore's passwords
         props.write_text(_server_properties(data_dir, self.ports, self.controller_port, self.partitions,
                                             _security_properties(listeners, self.sasl_users, tls),
-                                            self.max_message_bytes))
+                                            self.max_message_bytes, self.group_join_delay_ms))
         fmt = subprocess.run(
             self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props),
                        *_scram_args(self.sasl_users or {})),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from time import monotonic
 from typing import Any
@@ -193,9 +193,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "ad_pending": app.Table(T.AD_PENDING_TABLE, **kv),
         # Read by every worker, which keeps every partition of their changelogs in RocksDB like
         # the other tables (faust ignores store="memory://": yarl parses it as an empty URL and
-        # the app's store applies). Their keys come back as bytes.
-        "articles": app.GlobalTable(T.ARTICLE_STATS_TABLE, **kv),
-        "bandit": app.GlobalTable(T.BANDIT_STATS_TABLE, **kv),
+        # the app's store applies). Their keys come back as bytes. Other workers' writes are
+        # applied as they arrive (see _apply_at_once).
+        "articles": app.GlobalTable(T.ARTICLE_STATS_TABLE, on_changelog_event=_apply_at_once(app), **kv),
+        "bandit": app.GlobalTable(T.BANDIT_STATS_TABLE, on_changelog_event=_apply_at_once(app), **kv),
     }
     metrics = metrics or WorkerMetrics(health=Health(s.health_loop_timeout_s))
     models = ModelSet(
@@ -233,6 +234,25 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     articles.register(app, rt)
     _register_services(app, rt)
     return app, rt
+
+
+def _apply_at_once(app: faust.App) -> Callable[[Any], Awaitable[None]]:
+    """A GlobalTable's ``on_changelog_event``: apply what other workers write as it arrives.
+
+    faust assigns every partition of a GlobalTable's changelog to every worker as active (so that
+    it is recovered at start) and, those another worker writes, as standby too. Its changelog
+    reader takes the active path first, which applies records only once ``recovery_buffer_size``
+    (1000) are buffered, also after the recovery: another worker's article states, watermark
+    progress and bandit counts stayed invisible until 1000 records had come, and every click wait
+    on them timed out. Outside a recovery the buffer is applied at once (as faust does for a plain
+    standby, ``standby_buffer_size=1``); a recovery still applies it in batches.
+    """
+    async def on_changelog_event(event: Any) -> None:
+        recovery = app.tables.recovery  # type: ignore[attr-defined]
+        if not recovery.in_recovery:
+            recovery.flush_buffers()  # the reader appended ``event`` to its table's buffer before this call
+
+    return on_changelog_event
 
 
 def _crash(app: faust.App, exc: BaseException, health: Health) -> None:

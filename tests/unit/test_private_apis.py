@@ -51,3 +51,11 @@ def test_prometheus_histogram_fields_used_by_observe_many() -> None:
 def test_librdkafka_local_error_codes_exist() -> None:
     for name in ("_AUTHENTICATION", "_SSL", "_PARTITION_EOF", "_QUEUE_FULL", "_MSG_TIMED_OUT", "_UNKNOWN_TOPIC"):
         assert isinstance(getattr(KafkaError, name), int), name
+
+
+def test_faust_recovery_flushes_buffers_on_demand() -> None:
+    # app._apply_at_once applies other workers' GlobalTable writes at once through these
+    from faust.tables.recovery import Recovery
+
+    assert isinstance(inspect.getattr_static(Recovery, "in_recovery"), property | bool)
+    assert list(inspect.signature(Recovery.flush_buffers).parameters) == ["self"]

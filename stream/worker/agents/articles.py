@@ -31,7 +31,14 @@ import orjson
 from stream.state import ArticleState, fold_article_events, new_article_state
 from stream.worker.agents.batching import run_batches
 from stream.worker.agents.runtime import Runtime, Span, enter_partition, records_of
-from stream.worker.agents.watermarks import Progress, decode_progress, encode_progress, fold_marker, progress_key
+from stream.worker.agents.watermarks import (
+    FOLD_WINDOW_S,
+    Progress,
+    decode_progress,
+    encode_progress,
+    fold_marker,
+    progress_key,
+)
 from stream.worker.processor import Record
 
 
@@ -85,10 +92,14 @@ def register(app: Any, rt: Runtime) -> Any:
         fold(records, span)
         rt.ack(batch, span)  # the table writes are queued to the changelog: the input may be committed
 
+    window_s = s.score_batch_ms / 1000
+    if s.article_wait_ms > 0:  # click rows wait for this agent's folds: no batch window on top
+        window_s = min(window_s, FOLD_WINDOW_S)
+
     @app.agent(rt.topics["article_events"], name="article-stats", isolated_partitions=True)
     async def article_stats(stream: Any) -> None:
         try:
-            await run_batches(stream, s.score_batch_size, s.score_batch_ms / 1000, handle)
+            await run_batches(stream, s.score_batch_size, window_s, handle)
         except asyncio.CancelledError:
             return  # partition revoked: end without a restart (see agents/events.py)
         except Exception as exc:

@@ -36,6 +36,10 @@ _KEYS: dict[int, list[str]] = {}
 NO_WATERMARK = -(2**62)
 #: how often a worker checks its input partitions for idleness (seconds)
 IDLE_CHECK_S = 0.25
+#: the article agent's batch window while click rows wait (instead of STREAM_SCORE_BATCH_MS): each
+#: repartition record already carries a whole scoring batch, and a waiting batch waits for every
+#: hop of the fold; with 200 ms windows, chains of batches waiting on each other outran a 2 s wait
+FOLD_WINDOW_S = 0.005
 #: per input partition: (highest watermark folded, its latest marker at that watermark was idle)
 Progress = dict[int, tuple[int, bool]]
 
