@@ -12,11 +12,11 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from batch_training.context import PROFILES, Context, Skipped, get_profile
+from stream import arguments
 from stream.config import load_settings
-from stream.errors import ConfigError, StreamError
 
 
 def _step(module: str, func: str) -> Callable[[Context], Any]:
@@ -54,19 +54,15 @@ STEPS: dict[str, Callable[[Context], Any]] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _Parser(add_help=False)
+    common = arguments.Parser(add_help=False)
     common.add_argument("--profile", default="default", choices=sorted(PROFILES),
                         help="size/time knobs: default (20k-user demo data), fast (tests), full (every row)")
-    common.add_argument("--processes", type=int, default=None, help="worker processes for the training sets")
+    common.add_argument("--processes", type=arguments.positive_int, default=None,
+                        help="worker processes for the training sets")
     common.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
-    p = _Parser(prog="python -m batch_training", description="Batch training: ClickHouse history -> models")
-    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    p = arguments.Parser(prog="python -m batch_training", description="Batch training: ClickHouse history -> models")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=arguments.Parser)
     run = sub.add_parser("run", parents=[common], help="the whole pipeline, then promote")
     run.add_argument("--skip-exploration", action="store_true", help="skip step 2 (exploration report)")
     run.add_argument("--skip-features", action="store_true", help="reuse the training sets on disk")
@@ -126,15 +122,13 @@ def pipeline(ctx: Context, *, skip_exploration: bool = False, skip_features: boo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if args.processes is not None and args.processes < 1:
-            raise ConfigError(f"--processes must be >= 1, got {args.processes}")
-        ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes),
-                      progress=not args.no_progress)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+    return arguments.run_command("batch_training", lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes),
+                  progress=not args.no_progress)
     try:
         if args.cmd == "run":
             pipeline(ctx, skip_exploration=args.skip_exploration or args.models_only,
@@ -155,13 +149,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             _summary(args.cmd, result)
     except Skipped as exc:
         print(f"{args.cmd} skipped: {exc}", file=sys.stderr)
-        return 0
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except StreamError as exc:
-        print(str(exc), file=sys.stderr)
-        return 1
     finally:
         ctx.close()
     return 0

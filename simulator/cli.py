@@ -6,7 +6,6 @@ Bad arguments get one line naming the value and what was expected, never a trace
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 import time
@@ -14,46 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stream.errors import ConfigError, StreamError
-
-
-def _int_at_least(lo: int) -> Any:
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer (expected >= {lo})") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is too small (expected an integer >= {lo})")
-        return v
-    return parse
-
-
-def _share(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (expected a share in [0, 1])") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is outside [0, 1] (expected a share)")
-    return v
-
-
-def _positive(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (expected > 0)") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} is not > 0 (expected events per second)")
-    return v
-
-
-def _date(text: str) -> dt.date:
-    try:
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date (expected YYYY-MM-DD)") from None
+from stream import arguments
+from stream.errors import ConfigError
 
 
 def _setting(text: str) -> tuple[str, Any]:
@@ -78,16 +39,16 @@ def _formats(text: str) -> tuple[str, ...]:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("simulation")
-    g.add_argument("--users", type=_int_at_least(1), help="number of users (default 20000)")
-    g.add_argument("--days", type=_int_at_least(1), help="days of activity (default 60)")
-    g.add_argument("--seed", type=_int_at_least(0), help="random seed (default 42)")
-    g.add_argument("--start", type=_date, help="first day, YYYY-MM-DD (00:00 UTC)")
-    g.add_argument("--bots", type=_share, help="share of bot users")
-    g.add_argument("--late", type=_share, help="share of events delivered late (messy)")
-    g.add_argument("--late-max-ms", type=_int_at_least(1), help="maximum lateness in ms")
-    g.add_argument("--duplicates", type=_share, help="share of events delivered twice (messy)")
-    g.add_argument("--missing", type=_share, help="share of optional fields dropped (messy)")
-    g.add_argument("--malformed", type=_share, help="share of extra malformed records (messy)")
+    g.add_argument("--users", type=arguments.integer(lo=1), help="number of users (default 20000)")
+    g.add_argument("--days", type=arguments.integer(lo=1), help="days of activity (default 60)")
+    g.add_argument("--seed", type=arguments.integer(lo=0), help="random seed (default 42)")
+    g.add_argument("--start", type=arguments.date, help="first day, YYYY-MM-DD (00:00 UTC)")
+    g.add_argument("--bots", type=arguments.share, help="share of bot users")
+    g.add_argument("--late", type=arguments.share, help="share of events delivered late (messy)")
+    g.add_argument("--late-max-ms", type=arguments.integer(lo=1), help="maximum lateness in ms")
+    g.add_argument("--duplicates", type=arguments.share, help="share of events delivered twice (messy)")
+    g.add_argument("--missing", type=arguments.share, help="share of optional fields dropped (messy)")
+    g.add_argument("--malformed", type=arguments.share, help="share of extra malformed records (messy)")
     g.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                    metavar="KNOB=VALUE", help="any SimConfig knob (JSON value), repeatable")
 
@@ -107,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulator", description=__doc__.splitlines()[0])
+    p = arguments.Parser(prog="python -m simulator", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", help="write a dataset (events + ground truth) to a directory")
@@ -121,13 +82,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("backfill", help="generate and insert into the configured ClickHouse")
     b.add_argument("--database", help="ClickHouse database (default: STREAM_CLICKHOUSE_DATABASE)")
-    b.add_argument("--batch-rows", type=_int_at_least(1000), default=1_000_000, help="rows per insert")
+    b.add_argument("--batch-rows", type=arguments.integer(lo=1000), default=1_000_000, help="rows per insert")
     _add_config_args(b)
 
     s = sub.add_parser("stream", help="produce a dataset to Kafka in delivery (event-time) order")
     s.add_argument("--bootstrap", help="Kafka host:port (default: STREAM_KAFKA_BOOTSTRAP)")
     speed = s.add_mutually_exclusive_group(required=True)
-    speed.add_argument("--rate", type=_positive, help="records per second")
+    speed.add_argument("--rate", type=arguments.number(0, lo_open=True), help="records per second")
     speed.add_argument("--fast", action="store_true", help="as fast as the broker takes them")
     s.add_argument("--from", dest="source", type=Path, help="stream a dataset directory instead of generating")
     s.add_argument("--shift-to-now", action="store_true", help="shift event times so the last is now")
@@ -148,15 +109,7 @@ def _generate(args: argparse.Namespace) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except StreamError as exc:
-        print(f"simulator: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return arguments.run_command("simulator", lambda: _run(_build_parser().parse_args(argv)))
 
 
 def _run(args: argparse.Namespace) -> int:

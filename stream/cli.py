@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from stream import arguments
 from stream.errors import StreamError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -90,23 +91,6 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     for name, status in ensure_topics(bootstrap, settings).items():
         print(f"{name}: {status}")
     return 0
-
-
-def _port(text: str) -> int:
-    value = int(text) if text.isdigit() else -1
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def config_table() -> str:
@@ -197,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     from stream.tools import ingest, replay
     from stream.tools.backtest import cli as backtest_cli
 
-    parser = argparse.ArgumentParser(prog="python -m stream", description=__doc__.splitlines()[0])
+    parser = arguments.Parser(prog="python -m stream", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -228,23 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     config.set_defaults(func=cmd_config)
 
     demo = sub.add_parser("demo", help="run the whole product end to end on embedded Kafka + chdb")
-    demo.add_argument("--minutes", type=float, default=2.0, help="minutes of live traffic (default 2)")
-    demo.add_argument("--users", type=_positive_int, default=2000, help="simulated users (default 2000)")
-    demo.add_argument("--days", type=_positive_int, default=45, help="days of backfilled history (default 45)")
-    demo.add_argument("--rate", type=float, default=1500.0, help="live events per second (default 1500)")
+    positive = arguments.number(0, lo_open=True)
+    demo.add_argument("--minutes", type=positive, default=2.0, help="minutes of live traffic (default 2)")
+    demo.add_argument("--users", type=arguments.positive_int, default=2000, help="simulated users (default 2000)")
+    demo.add_argument("--days", type=arguments.positive_int, default=45, help="days of backfilled history (default 45)")
+    demo.add_argument("--rate", type=positive, default=1500.0, help="live events per second (default 1500)")
     demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
     demo.set_defaults(func=cmd_demo)
 
     query = sub.add_parser("query", help="run SQL on the configured ClickHouse ({db} = the database)")
     query.add_argument("sql")
-    query.add_argument("--max-rows", type=_positive_int, default=50)
+    query.add_argument("--max-rows", type=arguments.positive_int, default=50)
     query.set_defaults(func=cmd_query)
 
     clickhouse = sub.add_parser("clickhouse", help="the embedded ClickHouse server of STREAM_CHDB_PATH")
     csub = clickhouse.add_subparsers(dest="clickhouse_command", required=True)
     ch_up = csub.add_parser("up", help="serve it in the foreground (clients find it; without this, the first "
                                        "client starts one in the background)")
-    ch_up.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1 (default: a free one)")
+    ch_up.add_argument("--port", type=arguments.port, default=0, help="port on 127.0.0.1 (default: a free one)")
     ch_up.set_defaults(func=cmd_clickhouse_up)
     ch_stop = csub.add_parser("stop", help="stop it (the next client starts it again)")
     ch_stop.set_defaults(func=cmd_clickhouse_stop)
@@ -255,15 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return arguments.run_command(None, lambda: _run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     func: Handler = args.func
-    try:
-        return func(args)
-    except StreamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return func(args)
