@@ -69,6 +69,7 @@ from stream.bandits.thompson import ThompsonSampling, propensities  # noqa: E402
 from stream.config import load_settings  # noqa: E402
 from stream.events.ids import decision_id  # noqa: E402
 from stream.events.schema import EventRejected, parse_event  # noqa: E402
+from stream.kafka.io import produce_blocking  # noqa: E402
 from stream.models import SERVED_FEATURES, TRIGGERS  # noqa: E402
 from stream.models.registry import ModelRegistry  # noqa: E402
 from stream.models.scoring import ModelSet, ScoreRequest, score_requests  # noqa: E402
@@ -175,12 +176,7 @@ class ScoringSink(BatchingSink):
 
     def _produce(self, topic: str, value: bytes, key: bytes) -> None:
         assert self.producer is not None
-        while True:
-            try:
-                self.producer.produce(topic, value, key)
-                return
-            except BufferError:
-                self.producer.poll(0.01)
+        produce_blocking(self.producer, topic, value, key, wait_s=0.01)
 
     def flush(self) -> None:
         self.before_flush()  # state written back before the checkpoint produces the changelogs
