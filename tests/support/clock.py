@@ -14,6 +14,7 @@ import itertools
 import time
 
 from stream.clock import Clock
+from tests.support.aio import settle
 
 #: the default start: far from 0, so a stray ``0.0`` in the code under test shows
 START = 1000.0
@@ -75,9 +76,3 @@ class VirtualClock(Clock):
         """Move time on without waking anyone: a synchronous wait (e.g. replay pacing) on this clock."""
         assert not self.pending(), "advance_sync with async sleepers pending; use advance()"
         self.now += seconds
-
-
-async def settle(rounds: int = 20) -> None:
-    """Let every task that is ready run until it blocks again (no real time passes)."""
-    for _ in range(rounds):
-        await asyncio.sleep(0)

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from stream.worker.agents.batching import run_batches
-from tests.support.clock import VirtualClock, settle
+from tests.support.aio import settle
+from tests.support.clock import VirtualClock
 
 
 @dataclass

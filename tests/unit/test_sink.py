@@ -19,7 +19,8 @@ import pyarrow as pa
 import pytest
 
 from stream.clickhouse.sink import ClickHouseSink
-from tests.support.clock import VirtualClock, settle
+from tests.support.aio import settle
+from tests.support.clock import VirtualClock
 
 T0 = 1_736_000_000_000
 
