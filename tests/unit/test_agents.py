@@ -188,7 +188,7 @@ async def feed(tc: Any, payloads: Sequence[tuple[bytes | None, bytes]], partitio
 
 def ended(tc: Any) -> bool:
     """The agent's actors have all returned: nothing after this is read from the stream."""
-    actors = list(tc._actors)  # noqa: SLF001 - faust has no public view of whether an actor ended
+    actors = list(tc._actors)  # private: faust has no public view of whether an actor ended
     return bool(actors) and all(a.actor_task is not None and a.actor_task.done() for a in actors)
 
 
