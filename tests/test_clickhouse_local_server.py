@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -107,9 +106,17 @@ def test_a_killed_server_is_replaced_by_the_next_client_and_the_data_stays(chdb_
         ch.close()
 
 
-def test_the_server_stays_while_a_client_holds_a_lease_and_exits_once_idle(chdb_dir: Path) -> None:
+def test_the_server_stays_while_a_client_holds_a_lease_and_exits_once_idle(chdb_dir: Path, tmp_path: Path) -> None:
     ep, lease = ls.ensure(chdb_dir, idle_s=1)
-    time.sleep(3)  # three idle periods: it must not leave while the lease is held
+    # A control server started after it, with no lease, leaving for idleness: by then the leased
+    # server has been idle at least as long, and must not have left.
+    control = tmp_path / "control"
+    try:
+        _, control_lease = ls.ensure(control, idle_s=1)
+        control_lease.close()
+        _wait(lambda: ls.server_pids(control) == [], 15, "the control server gone for idleness")
+    finally:
+        ls.stop(control)
     assert ls.reachable(chdb_dir) == ep
     lease.close()
     _wait(lambda: ls.server_pids(chdb_dir) == [], 15, "the idle server gone")

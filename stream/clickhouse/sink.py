@@ -12,6 +12,9 @@ Contract, in the spirit of a batching sink with backpressure:
    succeeds, and while a ``put()`` waits for room. The worker stops consuming long before
    ``max_pending``: its batches wait for these futures, and it holds at most a few batches in
    flight (``Runtime.max_inflight_batches``), so a failing insert is what pauses it.
+
+The flush interval, the backoff and the insert durations run on an injected clock
+(:mod:`stream.clock`), so the unit tests check the exact schedule on a virtual one.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stream.clickhouse import ClickHouse, insert_records
+from stream.clock import SYSTEM, Clock, wait_event
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,9 @@ class ClickHouseSink:
                  max_pending: int = 50_000, backoff_s: tuple[float, float] = (0.2, 10.0),
                  on_error: Callable[[str, BaseException], None] | None = None,
                  on_backpressure: Callable[[bool], None] | None = None,
-                 on_insert: Callable[[str, int, float], None] | None = None) -> None:
+                 on_insert: Callable[[str, int, float], None] | None = None, clock: Clock = SYSTEM) -> None:
         self._connect = connect
+        self._clock = clock
         self._ch: ClickHouse | None = None
         self.flush_rows = flush_rows
         self.flush_s = flush_s
@@ -127,7 +131,7 @@ class ClickHouseSink:
             batch = self._pending.pop(table)
             delay = self.backoff_s[0]
             while True:
-                t0 = time.perf_counter()
+                t0 = self._clock.monotonic()
                 try:
                     await asyncio.to_thread(self._insert, table, batch.records)
                     break
@@ -139,12 +143,12 @@ class ClickHouseSink:
                     log.warning("ClickHouse insert into %s failed (%s); retrying in %.1fs", table, exc, delay)
                     if self._stopping and delay >= self.backoff_s[1]:
                         raise
-                    await asyncio.sleep(delay)
+                    await self._clock.sleep(delay)
                     delay = min(delay * 2, self.backoff_s[1])
             self._failing = False
             self._update_backpressure()
             if self._on_insert:
-                self._on_insert(table, len(batch.records), time.perf_counter() - t0)
+                self._on_insert(table, len(batch.records), self._clock.monotonic() - t0)
             self.inserted += len(batch.records)
             async with self._space:
                 self._rows -= len(batch.records)
@@ -156,8 +160,7 @@ class ClickHouseSink:
     async def run(self) -> None:
         """Background loop: flush every ``flush_s`` or as soon as ``flush_rows`` are queued."""
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_s)
+            await wait_event(self._wake, self.flush_s, self._clock)
             self._wake.clear()
             await self.flush()
 

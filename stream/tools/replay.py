@@ -6,7 +6,8 @@ What a replay guarantees:
   would choose for its key, computed here and passed explicitly: per-key order is the source
   order, and the offline backtest partitions exactly the same way
   (:func:`stream.kafka.partitioner.record_partition`).
-* Pacing: as fast as possible, or ``speed`` times real time by event timestamps.
+* Pacing: as fast as possible, or ``speed`` times real time by event timestamps
+  (:class:`Pacer`, on an injected clock).
 * Resumable without skips or duplicates. A checkpoint file records the source position *and*
   the destination's end offsets, and is written only after the producer confirmed delivery of
   everything before it. On resume, records the previous run delivered after its last checkpoint
@@ -34,13 +35,14 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from stream.clock import SYSTEM, Clock
 from stream.config import Settings, make_writable_dir
 from stream.errors import ConfigError, InfraError, StreamError
 from stream.kafka.clients import cluster_metadata, kafka_config
@@ -357,16 +359,45 @@ def _destination_tail(conf: dict[str, Any], topic: str, since: dict[int, int],
     return out
 
 
+class Pacer:
+    """Holds each record until ``speed`` times its event-time offset from the first paced record has passed.
+
+    The offsets count from the first record with a timestamp, and the elapsed time from ``start``
+    (the replay's start on ``clock``): time spent producing counts against the wait.
+    """
+
+    #: the longest single wait, so the producer keeps serving delivery reports while pacing
+    max_wait_s = 0.1
+
+    def __init__(self, speed: float, clock: Clock, start: float) -> None:
+        self.speed = speed
+        self.clock = clock
+        self.start = start
+        self.first_ms: int | None = None
+
+    def ahead(self, timestamp_ms: int) -> float:
+        """Seconds until the record with this event time is due (<= 0: due now)."""
+        if self.first_ms is None:
+            self.first_ms = timestamp_ms
+        return (timestamp_ms - self.first_ms) / 1000 / self.speed - (self.clock.monotonic() - self.start)
+
+    def wait_for(self, timestamp_ms: int, wait: Callable[[float], object]) -> None:
+        """Call ``wait(seconds)``, ``max_wait_s`` at most at a time, until the record is due."""
+        while (left := self.ahead(timestamp_ms)) > 0:
+            wait(min(left, self.max_wait_s))
+
+
 def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | None = None,
                checkpoint_path: Path | None = None, resume: bool = False, max_events: int | None = None,
                checkpoint_every: int = 5000, timestamps: str = "now", progress: bool = True,
-               settings: Settings | None = None) -> ReplayResult:
+               settings: Settings | None = None, clock: Clock = SYSTEM) -> ReplayResult:
     """Replay ``source`` into ``topic``. See the module docstring for the guarantees.
 
     ``speed``: None or 0 = as fast as possible, else that many times real time.
     ``timestamps``: ``now`` (record time = produce time) or ``event`` (the source's timestamps).
     ``max_events``: stop (cleanly, checkpointed) after producing that many records in this run.
     ``settings``: the cluster's security settings (None: a plaintext listener, e.g. the embedded broker).
+    ``clock``: paces the records and times the run.
     """
     from confluent_kafka import Consumer, KafkaException, Producer
 
@@ -431,8 +462,8 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
             ckpt.write(checkpoint_path)
 
     bar = _progress(source.total, progress)
-    began = time.monotonic()
-    t0_event: int | None = None
+    began = clock.monotonic()
+    pacer = Pacer(speed, clock, began) if speed else None
     seen = 0
     try:
         for item in source.items(position):
@@ -448,13 +479,8 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
                 result.skipped_already_delivered += 1
                 bar.update(1)
                 continue
-            if speed and item.timestamp_ms is not None:
-                if t0_event is None:
-                    t0_event = item.timestamp_ms
-                ahead = (item.timestamp_ms - t0_event) / 1000 / speed - (time.monotonic() - began)
-                while ahead > 0:
-                    producer.poll(min(ahead, 0.1))
-                    ahead = (item.timestamp_ms - t0_event) / 1000 / speed - (time.monotonic() - began)
+            if pacer is not None and item.timestamp_ms is not None:
+                pacer.wait_for(item.timestamp_ms, producer.poll)  # poll: serve delivery reports while waiting
             kwargs: dict[str, Any] = {}
             if timestamps == "event" and item.timestamp_ms is not None:
                 kwargs["timestamp"] = item.timestamp_ms
@@ -468,7 +494,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
                 checkpoint()
             if max_events is not None and result.produced >= max_events:
                 checkpoint()
-                result.seconds = time.monotonic() - began
+                result.seconds = clock.monotonic() - began
                 return result
         if seen == 0 and produced_before == 0:
             raise StreamError(f"nothing to replay: the source {source.fingerprint().split(':')[0]} range is empty")
@@ -478,7 +504,7 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
         raise InfraError(f"producing to {topic!r} at {bootstrap} failed: {exc}") from exc
     finally:
         bar.close()
-    result.seconds = time.monotonic() - began
+    result.seconds = clock.monotonic() - began
     return result
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from stream.cli import main
 from stream.kafka.io import read_topic
 from stream.kafka.partitioner import record_partition
 from stream.tools.replay import FileSource, Item, PayloadSource, TopicSource, run_replay
+from tests.support.waits import topic_size, wait
 
 PARTITIONS = 4
 
@@ -83,16 +83,22 @@ class Crash(Exception):
 
 
 class CrashingSource(FileSource):
-    """Stops the process-like run abruptly after ``at`` items, once the producer had time to send them."""
+    """Stops the run abruptly after ``at`` items, once the destination holds ``delivered`` records.
 
-    def __init__(self, path: Path, at: int) -> None:
+    librdkafka delivers in the background: the crash comes after delivery, but with no flush and
+    no checkpoint of the run's own.
+    """
+
+    def __init__(self, path: Path, at: int, bootstrap: str, topic: str, delivered: int) -> None:
         super().__init__(path)
         self.at = at
+        self.bootstrap, self.topic, self.delivered = bootstrap, topic, delivered
 
     def items(self, position: Any) -> Iterator[Item]:
         for n, item in enumerate(super().items(position)):
             if n == self.at:
-                time.sleep(1.5)  # librdkafka delivers in the background; no flush, no checkpoint
+                wait(lambda: topic_size(self.bootstrap, self.topic) >= self.delivered, 30,
+                     f"{self.delivered} records on {self.topic}", every_s=0.05)
                 raise Crash
             yield item
 
@@ -111,8 +117,8 @@ def test_resume_neither_skips_nor_duplicates(kafka_bootstrap: str, dataset_dir: 
     assert r1.produced == 700 and not r1.complete
     # 2. a crash: 900 more records handed to the producer, the last checkpoint 150 records before it
     with pytest.raises(Crash):
-        run_replay(CrashingSource(dataset_dir, at=900), kafka_bootstrap, topic, checkpoint_path=ckpt, resume=True,
-                   checkpoint_every=250, progress=False)
+        run_replay(CrashingSource(dataset_dir, 900, kafka_bootstrap, topic, delivered=700 + 900), kafka_bootstrap,
+                   topic, checkpoint_path=ckpt, resume=True, checkpoint_every=250, progress=False)
     # 3. resume to the end: the 150 delivered-but-not-checkpointed records are found and skipped
     r3 = run_replay(FileSource(dataset_dir), kafka_bootstrap, topic, checkpoint_path=ckpt, resume=True,
                     checkpoint_every=250, progress=False)

@@ -14,3 +14,9 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+async def settle(rounds: int = 20) -> None:
+    """Let every task that is ready run until it blocks again (no time passes, no thread is waited for)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)

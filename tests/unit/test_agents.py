@@ -33,7 +33,7 @@ from stream.state import new_article_state, update_article
 from stream.worker.agents.runtime import OutputError
 from stream.worker.app import create_app
 from stream.worker.processor import BatchProcessor, Record, Stores, merged_counts
-from tests.support.aio import wait_until
+from tests.support.aio import settle, wait_until
 
 PARTITIONS = 4
 BATCH = 50
@@ -186,6 +186,12 @@ async def feed(tc: Any, payloads: Sequence[tuple[bytes | None, bytes]], partitio
     return messages
 
 
+def ended(tc: Any) -> bool:
+    """The agent's actors have all returned: nothing after this is read from the stream."""
+    actors = list(tc._actors)  # private: faust has no public view of whether an actor ended
+    return bool(actors) and all(a.actor_task is not None and a.actor_task.done() for a in actors)
+
+
 def payloads_of(events: Sequence[Mapping[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     return [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
 
@@ -273,8 +279,8 @@ async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,
     async with agent.test_context(on_error=_on_error(w)) as tc:
         messages = await feed(tc, payloads_of(events))
         key = (w.topic("events"), 0)
-        await wait_until(lambda: w.rt.positions.get(key) == len(events) - 1)
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: w.rt.positions.get(key) == len(events) - 1)  # the last batch reached publish
+        await settle()  # all that is left of publish runs on the loop; an early ack would happen now
         assert w.producer.produced, "outputs were produced"
         assert not any(m.acked for m in messages), "acked before Kafka confirmed the outputs"
         assert all(m.refcount == 1 for m in messages)
@@ -308,7 +314,7 @@ async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_worker(
         # A later batch of the partition is not published, and nothing is acked.
         produced = len(w.producer.produced)
         batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
-        await asyncio.sleep(0.2)
+        await wait_until(lambda: ended(tc))
         assert len(w.producer.produced) == produced
         assert not any(m.acked for m in batch1 + batch2)
         assert len(w.fatal) == 1
@@ -351,7 +357,7 @@ async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_r
         batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
         await wait_until(lambda: bool(w.fatal))
         assert isinstance(w.fatal[0], OutputError) and w.fatal[0].error == "_UNKNOWN_TOPIC"
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: ended(tc))
         assert not any(m.acked for m in batch2)
         assert w.errors == []  # the agent ended instead of crashing (faust would restart it)
 
@@ -374,7 +380,7 @@ async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
         assert w.metrics_value("stream_fatal_errors_total", topic="", error="RuntimeError") == 1
         monkeypatch.undo()
         batch2 = await feed(tc, payloads_of(sim_events[10:20]), first_offset=10)
-        await asyncio.sleep(0.3)
+        await wait_until(lambda: ended(tc))
         assert not any(m.acked for m in batch1 + batch2)  # nothing processed or acked after it
         assert w.producer.produced == []
         assert w.errors == []  # ended, not crashed: faust's supervisor does not restart it

@@ -1,7 +1,8 @@
 """stream.worker.agents.batching.run_batches: size and time limits, order, holds, backpressure, errors.
 
 The stream is a stand-in with faust's ``events()`` interface (a unit test of the batching logic;
-the agents' tests drive the real thing through faust's ``test_context``).
+the agents' tests drive the real thing through faust's ``test_context``). Time is a virtual clock
+(tests/support/clock.py): the timings asserted are exact, and no test sleeps.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import pytest
 
 from stream.worker.agents.batching import run_batches
+from tests.support.aio import settle
+from tests.support.clock import VirtualClock
 
 
 @dataclass
@@ -49,42 +52,109 @@ class FakeStream:
         return evs
 
 
-async def _settle() -> None:
-    for _ in range(20):
-        await asyncio.sleep(0)
+T = 1000.0  # the virtual clock's start
 
 
-async def test_full_batches_go_at_once_and_the_rest_after_the_time_limit() -> None:
+def offsets(batch: list[Ev]) -> list[int]:
+    return [e.message.offset for e in batch]
+
+
+async def test_full_batches_go_at_once_and_the_rest_exactly_at_the_time_limit() -> None:
+    clock = VirtualClock(start=T)
     stream = FakeStream()
     batches: list[tuple[float, list[int]]] = []
-    loop = asyncio.get_running_loop()
 
     async def handle(batch: list[Ev]) -> None:
-        batches.append((loop.time(), [e.message.offset for e in batch]))
+        batches.append((clock.monotonic(), offsets(batch)))
 
-    start = loop.time()
-    task = asyncio.ensure_future(run_batches(stream, 4, 0.2, handle))
+    task = asyncio.ensure_future(run_batches(stream, 4, 0.25, handle, clock))
     stream.put(*range(10))
-    await _settle()
-    assert [b for _, b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert all(t - start < 0.1 for t, _ in batches)  # full batches do not wait for the timer
-    await asyncio.sleep(0.3)
-    assert [b for _, b in batches][2:] == [[8, 9]]
-    assert batches[2][0] - start >= 0.2 - 0.01  # a partial batch waits for its first event's deadline
+    await clock.sleeping()
+    assert batches == [(T, [0, 1, 2, 3]), (T, [4, 5, 6, 7])]  # full batches do not wait for the timer
+    assert clock.sleeps == [0.25]  # the partial batch waits for its first event's deadline
+    await clock.advance(0.125)
+    assert len(batches) == 2
+    await clock.advance(0.125)
+    assert batches[2:] == [(T + 0.25, [8, 9])]
     stream.queue.put_nowait(None)
     await asyncio.wait_for(task, 1)
 
 
+async def test_the_time_limit_counts_from_the_first_event_of_the_batch() -> None:
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock))
+    await clock.advance(2.0)  # idle before the first event: does not count
+    stream.put(0)
+    await clock.sleeping()
+    await clock.advance(0.25)
+    stream.put(1)  # a later event does not push the deadline back
+    await settle()
+    await clock.advance(0.125)
+    stream.put(2)
+    await settle()
+    assert batches == []
+    await clock.advance(0.125)
+    assert batches == [(T + 2.5, [0, 1, 2])]
+    assert clock.sleeps == [0.5]  # one timer for the batch, not one per event
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_events_that_arrive_during_a_slow_handler_keep_their_first_events_deadline() -> None:
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    release = asyncio.Event()
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+        if len(batches) == 1:
+            await release.wait()
+
+    task = asyncio.ensure_future(run_batches(stream, 3, 0.5, handle, clock))
+    stream.put(0, 1, 2)  # a full batch: into the handler at once, which holds it
+    await settle()
+    await clock.advance(0.25)
+    stream.put(3)  # first event of the next batch: due at T + 0.75
+    await settle()
+    await clock.advance(0.25)
+    stream.put(4)
+    await settle()
+    await clock.advance(0.125)
+    release.set()  # at T + 0.625: the next batch waits only what is left of event 3's time
+    await clock.sleeping()
+    assert clock.sleeps == [0.125]
+    await clock.advance(0.125)
+    assert batches == [(T, [0, 1, 2]), (T + 0.75, [3, 4])]
+    stream.put(5)
+    await clock.sleeping()
+    release.clear()
+    await clock.advance(0.5)
+    assert batches[2:] == [(T + 1.25, [5])]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
 async def test_every_event_is_held_until_the_handler_acks_it() -> None:
+    clock = VirtualClock()
     stream = FakeStream()
     seen: list[Ev] = []
 
     async def handle(batch: list[Ev]) -> None:
         seen.extend(batch)
 
-    task = asyncio.ensure_future(run_batches(stream, 3, 0.05, handle))
+    task = asyncio.ensure_future(run_batches(stream, 3, 0.05, handle, clock))
     evs = stream.put(*range(7))
-    await asyncio.sleep(0.15)
+    await clock.sleeping()
+    await clock.advance(0.05)
     assert seen == evs  # each event exactly once, in order
     # faust's ack on moving on leaves each message with the batcher's reference only
     assert [e.message.refcount for e in evs[:-1]] == [1] * 6
@@ -94,37 +164,41 @@ async def test_every_event_is_held_until_the_handler_acks_it() -> None:
 
 
 async def test_a_slow_handler_stops_the_stream_after_one_more_full_buffer() -> None:
+    clock = VirtualClock()
     stream = FakeStream()
     release = asyncio.Event()
     handled: list[list[int]] = []
 
     async def handle(batch: list[Ev]) -> None:
-        handled.append([e.message.offset for e in batch])
+        handled.append(offsets(batch))
         await release.wait()
 
-    task = asyncio.ensure_future(run_batches(stream, 5, 0.01, handle))
+    task = asyncio.ensure_future(run_batches(stream, 5, 0.01, handle, clock))
     stream.put(*range(30))
-    await asyncio.sleep(0.1)
+    await settle()
+    await clock.advance(1.0)
     assert handled == [[0, 1, 2, 3, 4]]
     # one batch in the handler, one full buffer waiting: the stream is not read any further
     assert stream.yielded == 10
     release.set()
-    await asyncio.sleep(0.1)
+    await settle()
     assert [o for b in handled for o in b] == list(range(30))
+    assert clock.sleeps == []  # only full batches: the timer never ran
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
 async def test_a_handler_error_ends_the_loop_with_that_error() -> None:
+    clock = VirtualClock()
     stream = FakeStream()
 
     async def handle(batch: list[Ev]) -> None:
         raise RuntimeError("output not delivered")
 
-    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle))
+    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle, clock))
     stream.put(0, 1)
-    await asyncio.sleep(0.05)
+    await settle()
     stream.put(2)  # the next event surfaces the failure
     with pytest.raises(RuntimeError, match="output not delivered"):
         await asyncio.wait_for(task, 1)
@@ -132,29 +206,33 @@ async def test_a_handler_error_ends_the_loop_with_that_error() -> None:
 
 async def test_a_handler_error_ends_the_loop_even_when_no_event_follows() -> None:
     """Before, the error surfaced only with the next event: on a quiet partition, never."""
+    clock = VirtualClock()
     stream = FakeStream()
 
     async def handle(batch: list[Ev]) -> None:
         raise RuntimeError("output not delivered")
 
-    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle))
+    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle, clock))
     evs = stream.put(0)  # a batch cut by the time limit: the loop waits for the stream
+    await clock.sleeping()
+    await clock.advance(0.01)
     with pytest.raises(RuntimeError, match="output not delivered"):
         await asyncio.wait_for(task, 1)
     assert all(e.message.refcount >= 1 for e in evs)  # still held: never committed
 
 
 async def test_cancelling_stops_the_flusher_and_leaves_the_buffer_unacked() -> None:
+    clock = VirtualClock()
     stream = FakeStream()
     handled: list[int] = []
     started = asyncio.Event()
 
     async def handle(batch: list[Ev]) -> None:
         started.set()
-        await asyncio.sleep(10)
+        await clock.sleep(10)  # never advanced: a handler that does not finish
         handled.extend(e.message.offset for e in batch)  # pragma: no cover - cancelled first
 
-    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle))
+    task = asyncio.ensure_future(run_batches(stream, 2, 0.01, handle, clock))
     evs = stream.put(0, 1, 2)
     await asyncio.wait_for(started.wait(), 1)
     task.cancel()
@@ -162,3 +240,4 @@ async def test_cancelling_stops_the_flusher_and_leaves_the_buffer_unacked() -> N
         await task
     assert handled == []
     assert all(e.message.refcount >= 1 for e in evs)  # still held: never committed
+    assert clock.pending() == []  # the handler's sleep was cancelled with the flusher, nothing left behind

@@ -2,15 +2,14 @@
 
 The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)``, in a
 worker thread, and ``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the
-next try) and at ``stop()``. The fake records every call.
+next try) and at ``stop()``. The fake records every call. The flush interval and the backoff run on
+a virtual clock (tests/support/clock.py): the schedules asserted are exact, and no test sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -20,7 +19,8 @@ import pyarrow as pa
 import pytest
 
 from stream.clickhouse.sink import ClickHouseSink
-from tests.support.aio import wait_until
+from tests.support.aio import settle
+from tests.support.clock import VirtualClock
 
 T0 = 1_736_000_000_000
 
@@ -28,12 +28,13 @@ T0 = 1_736_000_000_000
 class FakeServer:
     """What the fake connections write to; thread-safe (inserts run in a worker thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
         self.lock = threading.Lock()
         self.rows: dict[str, list[int]] = {}
         self.batches: list[tuple[str, int]] = []
         self.failing = False
-        self.failed_attempts: list[float] = []  # monotonic times of failed inserts
+        self.failed_attempts: list[float] = []  # virtual times of failed inserts
         self.connects = 0
         self.closes = 0
         self.gate: threading.Event | None = None  # when set: inserts wait for it
@@ -78,7 +79,7 @@ class FakeClickHouse:
                 s.gate.wait(10)
             with s.lock:
                 if s.failing:
-                    s.failed_attempts.append(time.monotonic())
+                    s.failed_attempts.append(s.clock.monotonic())
                     raise ConnectionError("ClickHouse is down")
                 assert pd.api.types.is_datetime64_any_dtype(df["event_time"])  # converted from epoch ms
                 s.rows.setdefault(table, []).extend(int(i) for i in df["id"])
@@ -99,9 +100,17 @@ def rows(ids: range) -> list[dict[str, Any]]:
     return [{"id": i, "event_time": T0 + i, "model_name": "churn", "score": 0.5} for i in ids]
 
 
+T = 1000.0  # the virtual clock's start
+
+
 @pytest.fixture
-def server() -> FakeServer:
-    return FakeServer()
+def clock() -> VirtualClock:
+    return VirtualClock(start=T)
+
+
+@pytest.fixture
+def server(clock: VirtualClock) -> FakeServer:
+    return FakeServer(clock)
 
 
 @pytest.fixture
@@ -123,14 +132,19 @@ def running() -> Iterator[Callable[[ClickHouseSink], Awaitable[asyncio.Task[None
 # --- (a) batched inserts, futures ---------------------------------------------------------------
 
 
-async def test_rows_are_inserted_in_batches_and_futures_resolve(server: FakeServer, running: Any) -> None:
+async def test_rows_are_inserted_in_batches_every_flush_s_and_futures_resolve(
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
     inserted: list[tuple[str, int]] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.05,
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.5, clock=clock,
                           on_insert=lambda table, n, secs: inserted.append((table, n)))
     await running(sink)
+    await clock.sleeping()
     futs = [await sink.put("predictions", rows(range(i * 10, i * 10 + 10))) for i in range(8)]
     futs.append(await sink.put("bandit_decisions", rows(range(1000, 1005))))
     assert sink.pending_rows == 85
+    await clock.advance(0.375)
+    assert server.batches == []  # not before flush_s
+    await clock.advance(0.125)
     await asyncio.wait_for(asyncio.gather(*futs), 5)
 
     assert server.ids("predictions") == list(range(80))  # once each, in order
@@ -140,16 +154,21 @@ async def test_rows_are_inserted_in_batches_and_futures_resolve(server: FakeServ
     assert sorted(inserted) == sorted(server.batches)
     assert sink.inserted == 85
     assert sink.pending_rows == 0
+    await clock.sleeping()
+    assert clock.pending() == [T + 1.0]  # the next flush: flush_s after this one
     await sink.stop()
 
 
-async def test_future_resolves_only_once_the_rows_are_inserted(server: FakeServer, running: Any) -> None:
+async def test_future_resolves_only_once_the_rows_are_inserted(
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
     server.gate = threading.Event()
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01)
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, clock=clock)
     await running(sink)
+    await clock.sleeping()
     fut = await sink.put("predictions", rows(range(5)))
+    await clock.advance(0.25)
     await asyncio.to_thread(server.insert_started.wait, 5)
-    await asyncio.sleep(0.05)
+    await settle()
     assert not fut.done()  # the insert is in progress, not finished
     assert server.ids("predictions") == []
     server.gate.set()
@@ -158,15 +177,17 @@ async def test_future_resolves_only_once_the_rows_are_inserted(server: FakeServe
     await sink.stop()
 
 
-async def test_flush_rows_triggers_an_insert_before_flush_s(server: FakeServer, running: Any) -> None:
-    sink = ClickHouseSink(server.connect, flush_rows=50, flush_s=30.0)
+async def test_flush_rows_triggers_an_insert_before_flush_s(
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=50, flush_s=30.0, clock=clock)
     await running(sink)
-    await asyncio.sleep(0.01)  # let run() start waiting
+    await clock.sleeping()
     small = await sink.put("predictions", rows(range(10)))
-    await asyncio.sleep(0.2)
-    assert not small.done()  # below flush_rows and long before flush_s
+    await clock.advance(29.875)
+    assert not small.done()  # below flush_rows and before flush_s
     big = await sink.put("predictions", rows(range(10, 50)))  # 50 queued now
     await asyncio.wait_for(asyncio.gather(small, big), 2)
+    assert clock.monotonic() == T + 29.875  # at once, not at flush_s
     assert server.ids("predictions") == list(range(50))
     await sink.stop()
 
@@ -183,40 +204,46 @@ async def test_put_of_no_rows_resolves_at_once(server: FakeServer) -> None:
 
 
 async def test_outage_retries_with_backoff_applies_backpressure_and_loses_nothing(
-        server: FakeServer, running: Any) -> None:
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
     backpressure: list[bool] = []
     errors: list[str] = []
-    backoff = (0.005, 0.04)
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, max_pending=100, backoff_s=backoff,
-                          on_error=lambda table, exc: errors.append(table), on_backpressure=backpressure.append)
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=1.0, max_pending=100, backoff_s=(0.25, 2.0),
+                          clock=clock, on_error=lambda table, exc: errors.append(table),
+                          on_backpressure=backpressure.append)
     server.failing = True
     await running(sink)
+    await clock.sleeping()
     f1 = await sink.put("predictions", rows(range(0, 60)))
     f2 = await sink.put("predictions", rows(range(60, 120)))  # 120 >= max_pending: the next put waits
     blocked = asyncio.create_task(sink.put("predictions", rows(range(120, 130))))
-    await asyncio.sleep(0.4)
-
-    assert not blocked.done()
-    assert backpressure == [True]
-    assert not f1.done() and not f2.done()
+    await settle()
+    assert backpressure == [True]  # the queue is full
+    await clock.advance(1.0)  # the first flush, at T + 1
+    # Backoff doubles from 0.25 s and stays at the 2 s cap.
+    for delay in (0.25, 0.5, 1.0, 2.0, 2.0):
+        await clock.sleeping()
+        assert clock.pending() == [clock.monotonic() + delay]
+        assert not blocked.done()
+        assert not f1.done() and not f2.done()
+        await clock.advance(delay)
+    await clock.sleeping()
+    assert server.failed_attempts == [T + 1.0, T + 1.25, T + 1.75, T + 2.75, T + 4.75, T + 6.75]
     assert server.ids("predictions") == []
-    n_failed = len(server.failed_attempts)
-    assert n_failed >= 4
-    assert n_failed < 40, "retries must back off, not spin"
+    assert backpressure == [True]  # one pause for the whole outage, not one per attempt
 
     server.failing = False
+    await clock.advance(2.0)  # the retry at T + 8.75 succeeds
     f3 = await asyncio.wait_for(blocked, 5)
-    await asyncio.wait_for(asyncio.gather(f1, f2, f3), 5)
-    failed = list(server.failed_attempts)
-    assert errors == ["predictions"] * len(failed)
-    # Backoff doubles from 5 ms up to 40 ms: the gaps between attempts are at least that long.
-    gaps = [b - a for a, b in itertools.pairwise(failed)]
-    floors = [min(backoff[0] * 2**i, backoff[1]) for i in range(len(gaps))]
-    assert all(g >= 0.9 * f for g, f in zip(gaps, floors, strict=True)), (gaps, floors)
-    # Each failure dropped its connection; every retry connected anew.
-    assert server.closes == len(failed)
-    assert server.connects == len(failed) + 1
+    await asyncio.wait_for(asyncio.gather(f1, f2), 5)
     assert backpressure == [True, False]
+    await clock.sleeping()
+    await clock.advance(1.0)  # the blocked put's rows go with the next flush
+    await asyncio.wait_for(f3, 5)
+    assert errors == ["predictions"] * 6
+    assert clock.sleeps == [1.0, 0.25, 0.5, 1.0, 2.0, 2.0, 2.0, 1.0, 1.0]
+    # Each failure dropped its connection; every retry connected anew.
+    assert server.closes == 6
+    assert server.connects == 7
     ids = server.ids("predictions")
     assert Counter(ids) == Counter(range(130))  # every row exactly once
     assert ids == list(range(130))  # and in order
@@ -225,41 +252,57 @@ async def test_outage_retries_with_backoff_applies_backpressure_and_loses_nothin
     await sink.stop()
 
 
-async def test_backpressure_releases_as_soon_as_space_frees(server: FakeServer, running: Any) -> None:
+async def test_backpressure_releases_as_soon_as_space_frees(
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
     """A put that does not reach ``max_pending`` is never blocked, even during an outage."""
     backpressure: list[bool] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, max_pending=100,
-                          backoff_s=(0.005, 0.02), on_backpressure=backpressure.append)
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, max_pending=100,
+                          backoff_s=(0.25, 1.0), clock=clock, on_backpressure=backpressure.append)
     server.failing = True
     await running(sink)
+    await clock.sleeping()
     futs = [await asyncio.wait_for(sink.put("predictions", rows(range(i * 33, i * 33 + 33))), 1) for i in range(3)]
-    await wait_until(lambda: len(server.failed_attempts) >= 2, 5)  # 99 rows < 100: no put waited
+    await clock.advance(0.25)
+    await clock.sleeping()
+    await clock.advance(0.25)
+    await clock.sleeping()
+    assert len(server.failed_attempts) == 2  # 99 rows < 100: no put waited
     server.failing = False
+    await clock.advance(0.5)
     await asyncio.wait_for(asyncio.gather(*futs), 5)
     assert server.ids("predictions") == list(range(99))
     assert backpressure == [True, False]  # on for the failing inserts, not for the queue
     await sink.stop()
 
 
-async def test_backpressure_is_on_while_inserts_fail_far_below_max_pending(server: FakeServer, running: Any) -> None:
+async def test_backpressure_is_on_while_inserts_fail_far_below_max_pending(
+        server: FakeServer, clock: VirtualClock, running: Any) -> None:
     """The worker holds a few batches in flight, far fewer rows than ``max_pending``: during an
     outage it stops consuming because its batches cannot settle, and the gauge must say so."""
     backpressure: list[bool] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.01, backoff_s=(0.005, 0.02),
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, backoff_s=(0.25, 1.0), clock=clock,
                           on_backpressure=backpressure.append)  # max_pending: the default 50,000
     await running(sink)
+    await clock.sleeping()
     first = await sink.put("predictions", rows(range(10)))
+    await clock.advance(0.25)
     await asyncio.wait_for(first, 5)
     assert backpressure == []  # inserts succeed: no backpressure
     server.failing = True
     fut = await sink.put("predictions", rows(range(10, 20)))
-    await wait_until(lambda: len(server.failed_attempts) >= 1, 5)
+    await clock.sleeping()
+    await clock.advance(0.25)
+    await clock.sleeping()
+    assert len(server.failed_attempts) == 1
     assert backpressure == [True]
     assert sink.backpressure
-    n_failed = len(server.failed_attempts)
-    await wait_until(lambda: len(server.failed_attempts) >= n_failed + 2, 5)
+    for delay in (0.25, 0.5):
+        await clock.advance(delay)
+        await clock.sleeping()
+    assert len(server.failed_attempts) == 3
     assert backpressure == [True]  # one pause per outage, not one per failed attempt
     server.failing = False
+    await clock.advance(1.0)
     await asyncio.wait_for(fut, 5)
     assert backpressure == [True, False]
     assert not sink.backpressure
@@ -283,8 +326,8 @@ async def test_stop_flushes_what_is_pending(server: FakeServer) -> None:
     assert server.closes == server.connects == 1  # the connection is closed at stop
 
 
-async def test_stop_ends_the_background_loop(server: FakeServer, running: Any) -> None:
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.02)
+async def test_stop_ends_the_background_loop(server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=30.0, clock=clock)
     task = await running(sink)
     fut = await sink.put("predictions", rows(range(3)))
     await sink.stop()
@@ -293,14 +336,14 @@ async def test_stop_ends_the_background_loop(server: FakeServer, running: Any) -
     assert server.ids("predictions") == [0, 1, 2]
 
 
-async def test_stop_waits_for_an_insert_in_progress(server: FakeServer, running: Any) -> None:
+async def test_stop_waits_for_an_insert_in_progress(server: FakeServer, clock: VirtualClock, running: Any) -> None:
     server.gate = threading.Event()
-    sink = ClickHouseSink(server.connect, flush_rows=10, flush_s=0.01)
+    sink = ClickHouseSink(server.connect, flush_rows=10, flush_s=30.0, clock=clock)
     await running(sink)
     fut = await sink.put("predictions", rows(range(20)))
     await asyncio.to_thread(server.insert_started.wait, 5)  # run() has taken the batch and is inserting it
     stopping = asyncio.create_task(sink.stop())
-    await asyncio.sleep(0.1)
+    await settle()  # stop() has run as far as it can without the insert finishing
     try:
         assert not stopping.done(), "stop() returned while rows were still being inserted"
         assert server.closed_while_inserting == 0, "stop() closed the connection of an insert in progress"

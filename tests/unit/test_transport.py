@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from stream.kafka.transport import LedgerConsumer, _Interrupt
+from tests.support.aio import settle
 
 
 def _events() -> tuple[asyncio.Event, asyncio.Event, asyncio.Event]:
@@ -46,7 +47,7 @@ async def test_a_blocked_hand_off_is_cancelled_when_the_flow_is_suspended() -> N
             raise
 
     race = asyncio.ensure_future(it.race(hand_off()))
-    await asyncio.sleep(0.01)
+    await settle()  # the race has started and is blocked
     assert not race.done()
     suspend.set()  # a rebalance starts
     assert await asyncio.wait_for(race, 1) is False  # not delivered: the read offset must stay
@@ -70,7 +71,7 @@ async def test_stop_or_crash_interrupts_like_the_flow(which: int) -> None:
         await asyncio.Event().wait()
 
     race = asyncio.ensure_future(it.race(blocked()))
-    await asyncio.sleep(0.01)
+    await settle()  # the race has started and is blocked
     events[which].set()
     await asyncio.wait_for(race, 1)
     it.close()

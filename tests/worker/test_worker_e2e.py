@@ -16,6 +16,7 @@ import pytest
 from stream.models.registry import ModelRegistry
 from stream.testing import WorkerProcess, consume, produce, scrape_metrics, scrape_series
 from tests.support.models import offline_scores
+from tests.support.waits import wait
 from tests.worker.conftest import create_topics as _topics
 from tests.worker.conftest import expected_predictions as _expected
 from tests.worker.conftest import payloads as _payloads
@@ -124,8 +125,11 @@ def test_article_popularity_reaches_click_features(
     One input partition, so the article agent sees events in input order and its state can be
     compared exactly with an in-order replay (with several partitions, a fast replay of days of
     history skews partitions by more than the article lateness bound; see agents/articles.py).
+    The probes' click rows wait until the history's article events before their watermark are
+    folded (STREAM_ARTICLE_WAIT_MS, docs/worker.md "Staleness contract"): the worker waits on that,
+    not the test on a clock.
     """
-    worker_env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1"}
+    worker_env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1", "STREAM_ARTICLE_WAIT_MS": "60000"}
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
     history = sim_events[:6000]
@@ -139,7 +143,6 @@ def test_article_popularity_reaches_click_features(
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(history))
         _predictions(kafka_bootstrap, prefix, expected_history)
-        time.sleep(3.0)  # the documented staleness bound is far below this
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(probes))
         preds = _predictions(kafka_bootstrap, prefix, expected_history + len(probes))
     offline = offline_scores(models_dir, history + probes)["click"]
@@ -316,7 +319,7 @@ def test_model_promotion_is_picked_up_and_a_mismatched_model_is_refused(
         n1 = sum(_expected(first).values())
         _predictions(kafka_bootstrap, prefix, n1)
         v2 = train_and_register(models, sim_events, seed=99, rounds=7)["churn"]
-        time.sleep(3)  # reload interval is 1 s in these tests
+        worker.wait_for_log(f"loaded model churn version {v2}", timeout_s=30)  # reloads every 1 s here
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(second))
         n2 = n1 + sum(_expected(second).values())
         _predictions(kafka_bootstrap, prefix, n2)
@@ -358,22 +361,33 @@ def _ad_traffic(n: int, ctr: dict[str, float], seed: int) -> list[dict[str, Any]
     return out
 
 
-def test_bandit_decisions_shift_toward_the_best_arm(
+def test_bandit_decisions_shift_toward_the_best_arm_and_land_in_clickhouse(
         kafka_bootstrap: str, worker_env: dict[str, str], tmp_path: Path) -> None:
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
     ctr = {"top_banner": 0.04, "sidebar": 0.04, "in_article": 0.12, "footer": 0.04}
     traffic = _ad_traffic(6000, ctr, seed=5)
     n = sum(e["event_type"] == "ad_request" for e in traffic)
+    count = "SELECT count() AS n FROM `publisher`.bandit_decisions"
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "w.log"):
-        # in slices, so later requests are decided after earlier rewards were counted
+        # in slices, each once the previous one is decided, so later requests are decided after
+        # earlier rewards were counted
         for i in range(0, len(traffic), 2000):
             produce(kafka_bootstrap, f"{prefix}session-events", _payloads(traffic[i:i + 2000]))
-            time.sleep(0.5)
-        msgs = consume(kafka_bootstrap, f"{prefix}bandit-decisions", until=lambda got: len(got) >= n,
-                       timeout_s=120)
+            decided = sum(e["event_type"] == "ad_request" for e in traffic[:i + 2000])
+            msgs = consume(kafka_bootstrap, f"{prefix}bandit-decisions", timeout_s=120,
+                           until=lambda got, decided=decided: len(got) >= decided)
+        # the same decisions reach ClickHouse (the sink's rows settle the batch: by now they are due)
+        wait(lambda: query_worker_clickhouse(worker_env, count) == [{"n": n}], 60,
+             f"{n} bandit decision rows in the worker's ClickHouse")
     decisions = sorted((orjson.loads(m.value()) for m in msgs), key=lambda d: int(d["request_id"][4:]))
     assert len({d["request_id"] for d in decisions}) == n
+    keys = ["decision_id", "request_id", "user_id", "context", "placement", "policy"]
+    rows = query_worker_clickhouse(worker_env, f"SELECT {', '.join(keys)}, propensity "
+                                               "FROM `publisher`.bandit_decisions FINAL")
+    assert sorted(tuple(r[k] for k in keys) for r in rows) == sorted(tuple(d[k] for k in keys) for d in decisions)
+    propensity = {d["decision_id"]: d["propensity"] for d in decisions}
+    assert all(abs(r["propensity"] - propensity[r["decision_id"]]) < 1e-9 for r in rows)  # JSON keeps 10 digits
     early = [d["placement"] == "in_article" for d in decisions[:100]]
     late = [d["placement"] == "in_article" for d in decisions[-1500:]]
     share_early, share_late = sum(early) / len(early), sum(late) / len(late)

@@ -8,7 +8,8 @@ This replaces faust's ``Stream.take_events`` in both agents, for three reasons:
   of an abandoned batch stay uncommitted, and the partition's next owner reads them again.
 * A batch is exactly the events the stream yielded, in order: no pairing of buffered values with
   ``stream.current_event``.
-* The time limit counts from the batch's first event.
+* The time limit counts from the batch's first event, on an injected clock
+  (:mod:`stream.clock`; the unit tests move a virtual one).
 
 One task iterates the stream and fills the buffer; a second one hands the buffer to ``handle``
 when it is full or its first event is ``max_s`` old. While ``handle`` runs, the next buffer
@@ -19,20 +20,20 @@ faust's flow control, the fetching of that partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from stream.clock import SYSTEM, Clock, wait_event
 
 Handler = Callable[[list[Any]], Awaitable[None]]
 
 
-async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) -> None:
+async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, clock: Clock = SYSTEM) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
     """
-    loop = asyncio.get_running_loop()
     buf: list[Any] = []
     first_at = 0.0
     arrived = asyncio.Event()  # the buffer has at least one event
@@ -44,8 +45,7 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) ->
         while True:
             await arrived.wait()
             if not full.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(full.wait(), timeout=max(first_at + max_s - loop.time(), 0.0))
+                await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
             batch, buf = buf, []
             arrived.clear()
             full.clear()
@@ -66,7 +66,7 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler) ->
         async for event in stream.events():
             event.message.incref()  # hold: see the module docstring
             if not buf:
-                first_at = loop.time()
+                first_at = clock.monotonic()
                 arrived.set()
             buf.append(event)
             if len(buf) >= max_n:
