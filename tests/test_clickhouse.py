@@ -7,7 +7,7 @@ import logging
 import pandas as pd
 import pytest
 
-from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records, warn_old_predictions_engine
+from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records, warn_old_engines
 
 
 def _event(i: int, **extra) -> dict:
@@ -117,11 +117,29 @@ def test_a_predictions_table_of_an_older_version_takes_new_rows_and_is_reported(
     apply_ddl(ch)
     apply_ddl(ch)
     with caplog.at_level(logging.WARNING, logger="stream.clickhouse.base"):
-        assert warn_old_predictions_engine(ch)
+        assert warn_old_engines(ch) == ["predictions"]
     assert "created by an older version" in caplog.text
     insert_records(ch, "predictions", [EXACT, REPLAYED])
     assert _final_scores(ch) == [1.141]  # the old behaviour, which the warning names
 
     ch.command("DROP TABLE {db}.predictions")
     apply_ddl(ch)
-    assert not warn_old_predictions_engine(ch)
+    assert not warn_old_engines(ch)
+
+
+def test_archived_events_are_one_row_per_event_and_an_older_events_table_is_reported(ch, caplog) -> None:
+    """The worker may archive an event again after a crash: FINAL shows it once."""
+    event = {"event_id": "e1", "event_type": "page_view", "user_id": "u1", "session_id": "s1",
+             "event_time": 1_700_000_000_000, "schema_version": 1}
+    insert_events(ch, [event])
+    insert_events(ch, [event, {**event, "event_id": "e2"}])
+    rows = ch.query_df("SELECT event_id, count() AS n FROM {db}.events FINAL GROUP BY event_id ORDER BY event_id")
+    assert rows["event_id"].tolist() == ["e1", "e2"] and rows["n"].tolist() == [1, 1]
+    assert not warn_old_engines(ch)
+
+    ch.command("DROP TABLE {db}.events")
+    ch.command("""CREATE TABLE {db}.events (event_id String, user_id String, event_time DateTime64(3, 'UTC'))
+        ENGINE = MergeTree PARTITION BY toDate(event_time) ORDER BY (user_id, event_time, event_id)""")
+    with caplog.at_level(logging.WARNING, logger="stream.clickhouse.base"):
+        assert warn_old_engines(ch) == ["events"]
+    assert "events the worker archives again after a crash stay there twice" in caplog.text

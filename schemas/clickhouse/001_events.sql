@@ -24,6 +24,8 @@ CREATE TABLE IF NOT EXISTS {db}.events
     schema_version  UInt8 DEFAULT 1,
     ingested_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
-ENGINE = MergeTree
+-- Replacing: an event archived twice (the worker re-reads uncommitted input after a crash, an ingest is
+-- run again) is one row after merges, and at once with FINAL or LIMIT 1 BY event_id.
+ENGINE = ReplacingMergeTree
 PARTITION BY toDate(event_time)
 ORDER BY (user_id, event_time, event_id)

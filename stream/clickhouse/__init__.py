@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_predictions_engine
+from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_engines
 from stream.clickhouse.partitions import insert_by_day
 from stream.config import Settings
 
@@ -31,7 +31,7 @@ __all__ = [
     "insert_by_day",
     "insert_events",
     "insert_records",
-    "warn_old_predictions_engine",
+    "warn_old_engines",
 ]
 
 #: Flat event columns in table order; nested ``device``/``geo`` are flattened.
@@ -71,7 +71,7 @@ def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
                            settings.chdb_server_idle_s)
     if apply_schema:
         apply_ddl(ch)
-        warn_old_predictions_engine(ch)
+        warn_old_engines(ch)
     return ch
 
 

@@ -62,19 +62,29 @@ def apply_ddl(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[str]:
     return applied
 
 
-def warn_old_predictions_engine(ch: ClickHouse) -> bool:
-    """Log a warning if ``predictions`` predates ``row_version`` (schemas/clickhouse/002_predictions.sql).
+#: table -> (what its current engine declares, what an older table lacks and what that costs)
+_ENGINES = {
+    "predictions": ("row_version", "was created by an older version (ReplacingMergeTree(predicted_at)): after "
+                    "a crash its FINAL may keep a replayed score over the exact one"),
+    "events": ("ReplacingMergeTree", "was created by an older version (MergeTree): events the worker archives "
+               "again after a crash stay there twice"),
+}
 
-    CREATE TABLE IF NOT EXISTS leaves such a table as it is, and ClickHouse cannot change a
-    ReplacingMergeTree's version column in place: its FINAL keeps the latest row even when that
-    row is a replayed score. Returns whether it warned.
+
+def warn_old_engines(ch: ClickHouse) -> list[str]:
+    """Log a warning for each table created by an older schema (schemas/clickhouse/); returns their names.
+
+    CREATE TABLE IF NOT EXISTS leaves such a table as it is, and ClickHouse cannot change a table's
+    engine or a ReplacingMergeTree's version column in place.
     """
-    engine = ch.query_df(
-        "SELECT engine_full FROM system.tables WHERE database = {d:String} AND name = 'predictions'",
-        params={"d": ch.database})
-    if engine.empty or "row_version" in str(engine["engine_full"].iloc[0]):
-        return False
-    log.warning("table %s.predictions was created by an older version (ReplacingMergeTree(predicted_at)): after "
-                "a crash its FINAL may keep a replayed score over the exact one; recreate it as docs/worker.md "
-                "(\"Delivery\") describes", ch.database)
-    return True
+    tables = ch.query_df(
+        "SELECT name, engine_full FROM system.tables WHERE database = {d:String} AND name IN {names:Array(String)}",
+        params={"d": ch.database, "names": list(_ENGINES)})
+    old = []
+    for name, engine in zip(tables["name"], tables["engine_full"], strict=True):
+        needle, cost = _ENGINES[name]
+        if needle not in str(engine):
+            log.warning("table %s.%s %s; recreate it as docs/worker.md (\"Delivery\") describes",
+                        ch.database, name, cost)
+            old.append(name)
+    return sorted(old)

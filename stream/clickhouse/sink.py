@@ -26,10 +26,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.clickhouse import ClickHouse, insert_records
+from stream.clickhouse import ClickHouse, insert_events, insert_records
 from stream.clock import SYSTEM, Clock, wait_event
 
 log = logging.getLogger(__name__)
+
+#: tables whose rows are not flat records: archived session events are flattened and cut by day
+_INSERTERS: dict[str, Callable[[ClickHouse, Sequence[Mapping[str, Any]]], int]] = {"events": insert_events}
 
 
 @dataclass
@@ -109,7 +112,11 @@ class ClickHouseSink:
         if self._ch is None:
             self._ch = self._connect()
         try:
-            insert_records(self._ch, table, records)
+            inserter = _INSERTERS.get(table)
+            if inserter is not None:
+                inserter(self._ch, records)
+            else:
+                insert_records(self._ch, table, records)
         except BaseException:
             # Reconnect on the next try: the connection may be what broke.
             ch, self._ch = self._ch, None
