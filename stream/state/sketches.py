@@ -416,7 +416,8 @@ class DecayedMeans:
     def weight_at(self, t: int, half_life: int) -> float:
         if self.t < 0:
             return 0.0
-        return self.w * 2.0 ** (-max(t - self.t, 0) / half_life)
+        decay: float = 2.0 ** (-max(t - self.t, 0) / half_life)  # float ** float is typed Any (complex)
+        return self.w * decay
 
     def write(self, w: Writer) -> None:
         """The time (group w), the weight and the means (floats)."""
