@@ -34,6 +34,7 @@ from numpy.random import PCG64, Generator, SeedSequence
 from stream.bandits.thompson import ThompsonSampling, propensities
 from stream.errors import InfraError
 from stream.events.ids import decision_id
+from stream.events.records import DeadLetterRecord, DecisionRecord, PredictionRecord
 from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
 from stream.models import SERVED_FEATURES, TRIGGERS
 from stream.models.scoring import LoadedModel, ScoreRequest, score_requests
@@ -84,9 +85,9 @@ class Record(NamedTuple):
 
 @dataclass
 class Outputs:
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, DeadLetterRecord]] = field(default_factory=list)
     article_events: list[tuple[str, bytes]] = field(default_factory=list)
     ingest_ms: int = 0
     #: per prediction: when its source record entered Kafka (record timestamp), else ``ingest_ms``
@@ -614,14 +615,14 @@ class BatchProcessor:
 
     def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
                 counts: dict[str, dict[str, tuple[int, int]]], now_ms: int,
-                chosen: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+                chosen: dict[tuple[str, str], int]) -> list[DecisionRecord]:
         """Decisions for the batch's ad requests against one posterior snapshot.
 
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
         worker that makes it, given the same snapshot.
         """
         snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = {}
-        out = []
+        out: list[DecisionRecord] = []
         for event, context in ad_requests:
             if context not in snapshot:
                 alpha, beta = self.policy.posterior(counts.get(context, {}))
