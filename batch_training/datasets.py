@@ -29,7 +29,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -160,6 +160,41 @@ class _Job:
     sampling: Sampling = FULL
 
 
+class UserSnapshot(NamedTuple):
+    """One row of the ``users`` set: a user's features as of a daily cut-off, and its labels."""
+
+    user_id: str
+    cutoff_ms: int
+    features: list[float]  # USER_FEATURES order
+    churned: float  # NaN when the 30-day horizon lies beyond the data
+    converted: int
+    high_value: int
+
+
+class ClickRow(NamedTuple):
+    """One row of the ``clicks`` set but its article part (joined by event_id after the article pass)."""
+
+    event_id: str
+    user_id: str
+    session_id: str
+    article_id: str
+    event_time_ms: int
+    user_part: list[float]  # USER_FEATURES order
+    tail: list[float]  # position, then the context features
+    clicked: int
+
+
+class EngagementRow(NamedTuple):
+    """One row of the ``engagement`` set: the user state before a session_start, and the session's engagement."""
+
+    event_id: str
+    user_id: str
+    session_id: str
+    event_time_ms: int
+    features: list[float]  # ENGAGEMENT_FEATURES order
+    engagement: float  # NaN when the session's events were not read
+
+
 def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
     imp = df[df["event_type"] == "article_impression"][["event_id", "user_id", "session_id", "article_id", "t"]]
     clk = df[df["event_type"] == "article_click"][["user_id", "session_id", "article_id", "t"]]
@@ -177,7 +212,7 @@ def _engagement_labels(df: pd.DataFrame) -> dict[str, float]:
     return dict(zip(score.index.tolist(), score.astype(float).tolist(), strict=True))
 
 
-def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:
+def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[EngagementRow]]:
     """Feed each user's events in order; cut snapshot, click and engagement rows on the way."""
     df, cfg, smp = job.df, job.config, job.sampling
     imp_share, sess_share = smp.impression_share, smp.session_share
@@ -188,9 +223,9 @@ def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:
     ids = df["event_id"].astype(str).tolist()
     sids = df["session_id"].astype(str).tolist()
     arts = df["article_id"].tolist()
-    snaps: list[Any] = []
-    clicks: list[Any] = []
-    engage: list[Any] = []
+    snaps: list[UserSnapshot] = []
+    clicks: list[ClickRow] = []
+    engage: list[EngagementRow] = []
     cutoffs = job.cutoffs
     i, n = 0, len(evs)
     while i < n:
@@ -212,18 +247,18 @@ def _user_pass(job: _Job) -> tuple[list[Any], list[Any], list[Any]]:
                 conv = _any_in(conv_t, c, c + CONVERSION_HORIZON_MS)
                 high = _any_in(sub_t, c, c + CONVERSION_HORIZON_MS)
                 churn = float(churned(nxt, c)) if c + CHURN_HORIZON_MS <= job.data_end else math.nan
-                snaps.append((uid, c, user_row(st, c, cfg), churn, conv, high))
+                snaps.append(UserSnapshot(uid, c, user_row(st, c, cfg), churn, conv, high))
             if k == j:
                 break
             ev = evs[k]
             if ev.typ == T_IMPRESSION and smp.keep(ev.idh, imp_share):
                 # the article part is joined later (click_row = user, article, position, context)
                 tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev)]
-                clicks.append((ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail,
-                               clicks_y.get(ids[k], 0)))
+                clicks.append(ClickRow(ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail,
+                                       clicks_y.get(ids[k], 0)))
             elif ev.typ == T_SESSION_START and smp.keep(ev.sidh, sess_share):
-                engage.append((ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg),
-                               eng_y.get(sids[k], math.nan)))
+                engage.append(EngagementRow(ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg),
+                                            eng_y.get(sids[k], math.nan)))
             apply_user(st, ev, cfg)
         i = j
     return snaps, clicks, engage
@@ -317,9 +352,9 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
     if progress is not None and hasattr(progress, "total"):
         progress.total = n_chunks + n_art_chunks
         progress.refresh()
-    snaps: list[Any] = []
-    clicks: list[Any] = []
-    engage: list[Any] = []
+    snaps: list[UserSnapshot] = []
+    clicks: list[ClickRow] = []
+    engage: list[EngagementRow] = []
     art_rows: dict[str, list[float]] = {}
     if processes > 1:
         with mp.get_context("spawn").Pool(processes) as pool:
@@ -350,34 +385,37 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
     return out
 
 
-def _users_frame(snaps: list[Any]) -> pd.DataFrame:
-    x = np.array([s[2] for s in snaps], dtype=np.float32).reshape(len(snaps), len(USER_FEATURES))
+def _users_frame(snaps: list[UserSnapshot]) -> pd.DataFrame:
+    x = np.array([s.features for s in snaps], dtype=np.float32).reshape(len(snaps), len(USER_FEATURES))
     df = pd.DataFrame(x, columns=list(USER_FEATURES.names))
-    df.insert(0, "user_id", [s[0] for s in snaps])
-    df.insert(1, "cutoff_ms", np.array([s[1] for s in snaps], dtype=np.int64))
-    df["churned"] = np.array([s[3] for s in snaps], dtype=np.float32)
-    df["converted"] = np.array([s[4] for s in snaps], dtype=np.int8)
-    df["high_value"] = np.array([s[5] for s in snaps], dtype=np.int8)
+    df.insert(0, "user_id", [s.user_id for s in snaps])
+    df.insert(1, "cutoff_ms", np.array([s.cutoff_ms for s in snaps], dtype=np.int64))
+    df["churned"] = np.array([s.churned for s in snaps], dtype=np.float32)
+    df["converted"] = np.array([s.converted for s in snaps], dtype=np.int8)
+    df["high_value"] = np.array([s.high_value for s in snaps], dtype=np.int8)
     return df
 
 
-def _clicks_frame(clicks: list[Any], art_rows: dict[str, list[float]]) -> pd.DataFrame:
+def _clicks_frame(clicks: list[ClickRow], art_rows: dict[str, list[float]]) -> pd.DataFrame:
     nan_art = [math.nan] * len(ARTICLE_FEATURES)
-    rows = [[*c[5], *art_rows.get(c[0], nan_art), *c[6]] for c in clicks]
+    rows = [[*c.user_part, *art_rows.get(c.event_id, nan_art), *c.tail] for c in clicks]
     x = np.array(rows, dtype=np.float32).reshape(len(rows), len(CLICK_FEATURES))
     df = pd.DataFrame(x, columns=list(CLICK_FEATURES.names))
-    for i, name in enumerate(("event_id", "user_id", "session_id", "article_id")):
-        df.insert(i, name, [c[i] for c in clicks])
-    df.insert(4, "event_time_ms", np.array([c[4] for c in clicks], dtype=np.int64))
-    df["clicked"] = np.array([c[7] for c in clicks], dtype=np.int8)
+    df.insert(0, "event_id", [c.event_id for c in clicks])
+    df.insert(1, "user_id", [c.user_id for c in clicks])
+    df.insert(2, "session_id", [c.session_id for c in clicks])
+    df.insert(3, "article_id", [c.article_id for c in clicks])
+    df.insert(4, "event_time_ms", np.array([c.event_time_ms for c in clicks], dtype=np.int64))
+    df["clicked"] = np.array([c.clicked for c in clicks], dtype=np.int8)
     return df
 
 
-def _engagement_frame(engage: list[Any]) -> pd.DataFrame:
-    x = np.array([e[4] for e in engage], dtype=np.float32).reshape(len(engage), len(ENGAGEMENT_FEATURES))
+def _engagement_frame(engage: list[EngagementRow]) -> pd.DataFrame:
+    x = np.array([e.features for e in engage], dtype=np.float32).reshape(len(engage), len(ENGAGEMENT_FEATURES))
     df = pd.DataFrame(x, columns=list(ENGAGEMENT_FEATURES.names))
-    for i, name in enumerate(("event_id", "user_id", "session_id")):
-        df.insert(i, name, [e[i] for e in engage])
-    df.insert(3, "event_time_ms", np.array([e[3] for e in engage], dtype=np.int64))
-    df["engagement"] = np.array([e[5] for e in engage], dtype=np.float32)
+    df.insert(0, "event_id", [e.event_id for e in engage])
+    df.insert(1, "user_id", [e.user_id for e in engage])
+    df.insert(2, "session_id", [e.session_id for e in engage])
+    df.insert(3, "event_time_ms", np.array([e.event_time_ms for e in engage], dtype=np.int64))
+    df["engagement"] = np.array([e.engagement for e in engage], dtype=np.float32)
     return df

@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{settings.clickhouse_database}.{table}: {n} rows")
         return 0
 
-    from simulator.sinks import stream
+    from simulator.sinks import produce_dataset
 
     if args.bootstrap:
         overrides["kafka_bootstrap"] = args.bootstrap
@@ -165,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
         ds = Dataset.read(args.source)
     else:
         ds = _generate(args)
-    n = stream(ds, settings.kafka_bootstrap, settings.topic(SESSION_EVENTS),
-               rate=None if args.fast else args.rate, shift_to_now=args.shift_to_now, settings=settings)
+    n = produce_dataset(ds, settings.kafka_bootstrap, settings.topic(SESSION_EVENTS),
+                        rate=None if args.fast else args.rate, shift_to_now=args.shift_to_now, settings=settings)
     print(f"produced {n} records to {settings.topic(SESSION_EVENTS)}", file=sys.stderr)
     return 0

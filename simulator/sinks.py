@@ -56,8 +56,8 @@ def backfill(ch: ClickHouse, ds: Dataset, batch_rows: int = 1_000_000, progress:
     return counts
 
 
-def stream(ds: Dataset, bootstrap: str, topic: str, rate: float | None = None,
-           shift_to_now: bool = False, progress: bool = True, settings: Settings | None = None) -> int:
+def produce_dataset(ds: Dataset, bootstrap: str, topic: str, rate: float | None = None,
+                    shift_to_now: bool = False, progress: bool = True, settings: Settings | None = None) -> int:
     """Produce every record (malformed ones interleaved) in delivery order, keyed by user_id.
 
     ``rate`` limits records per second (None = as fast as possible). ``shift_to_now`` moves

@@ -13,13 +13,14 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
 from stream.errors import SchemaError
+from stream.events import records
 from stream.events import schema as schemas
 from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
 
@@ -201,6 +202,25 @@ def test_validate_does_not_mutate_its_input() -> None:
     before = copy.deepcopy(record)
     schemas.validate("session_event", record)
     assert record == before
+
+
+# --- the record types ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "record_type"), [
+    ("prediction", records.PredictionRecord),
+    ("bandit_decision", records.DecisionRecord),
+    ("dead_letter", records.DeadLetterRecord),
+])
+def test_record_types_have_their_schema_keys(name: str, record_type: Any) -> None:
+    """A TypedDict key is required exactly when its schema requires it, and has no key the schema lacks."""
+    schema = _raw_schema(name)
+    assert set(record_type.__required_keys__) == set(schema["required"])
+    assert set(record_type.__required_keys__) | set(record_type.__optional_keys__) == set(schema["properties"])
+
+
+def test_error_kinds_are_the_schema_enum() -> None:
+    assert set(get_args(records.ErrorKind)) == set(_raw_schema("dead_letter")["properties"]["error_kind"]["enum"])
 
 
 # --- dead_letter_envelope ------------------------------------------------------------------

@@ -71,7 +71,8 @@ def deterministic_probs(logged_actions: ArrayLike, target_actions: ArrayLike) ->
     >>> deterministic_probs([0, 1, 2], [0, 0, 2]).tolist()
     [1.0, 0.0, 1.0]
     """
-    return (np.asarray(logged_actions) == np.asarray(target_actions)).astype(float)
+    probs: np.ndarray = (np.asarray(logged_actions) == np.asarray(target_actions)).astype(float)
+    return probs
 
 
 def _ess(w: np.ndarray) -> float:

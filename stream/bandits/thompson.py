@@ -60,7 +60,8 @@ def propensities(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
     log_cdf = np.log(np.clip(cdf, 1e-300, None))
     p = np.exp(log_pdf + log_cdf.sum(axis=0) - log_cdf) @ w  # f_i(x) Π_{j≠i} F_j(x)
     p = np.clip(p, MIN_PROPENSITY, None)
-    return p / p.sum()
+    probs: np.ndarray = p / p.sum()
+    return probs
 
 
 @dataclass

@@ -1,1 +1,2 @@
-"""Session events: schema validation (``schema``) and event and prediction identities (``ids``)."""
+"""Session events: schema validation (``schema``), the output records' types (``records``) and event and
+prediction identities (``ids``)."""

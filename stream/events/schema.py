@@ -23,7 +23,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from functools import cache
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import jsonschema_rs
 import orjson
@@ -31,12 +31,12 @@ from jsonschema import Draft202012Validator, ValidationError
 
 from stream.config import ROOT
 from stream.errors import SchemaError
+from stream.events.records import DeadLetterRecord, ErrorKind
 
 SCHEMA_DIR = ROOT / "schemas" / "json"
 SCHEMAS: tuple[str, ...] = ("session_event", "prediction", "bandit_decision", "dead_letter")
 SCHEMA_VERSION = 1
 
-ErrorKind = Literal["malformed", "oversized", "unknown_type", "invalid", "processing_error"]
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 
 _MAX_VALUE_REPR = 80
@@ -233,14 +233,14 @@ def dead_letter_envelope(
     raw_value: bytes,
     raw_key: bytes | None,
     reason: str,
-    kind: str,
+    kind: ErrorKind,
     topic: str,
     partition: int,
     offset: int,
     timestamp_ms: int | None,
     *,
     received_at_ms: int | None = None,
-) -> dict[str, Any]:
+) -> DeadLetterRecord:
     """A ``dead_letter`` v1 record carrying the original bytes (base64) and where they came from."""
     if kind not in ERROR_KINDS:
         raise ValueError(f"unknown dead-letter kind {kind!r}; valid kinds are {list(ERROR_KINDS)}")
@@ -262,7 +262,7 @@ def dead_letter_envelope(
 DEAD_LETTER_PREFIX_BYTES = 4096
 
 
-def fit_dead_letter(envelope: Mapping[str, Any], key: bytes | None,
+def fit_dead_letter(envelope: DeadLetterRecord, key: bytes | None,
                     max_bytes: int) -> tuple[bytes | None, bytes, bool]:
     """The dead letter's Kafka key and JSON value, together at most ``max_bytes``, and whether it was shrunk.
 
@@ -283,7 +283,7 @@ def fit_dead_letter(envelope: Mapping[str, Any], key: bytes | None,
     return key, value, True
 
 
-def shrink_dead_letter(envelope: Mapping[str, Any], size: int, max_bytes: int) -> dict[str, Any]:
+def shrink_dead_letter(envelope: DeadLetterRecord, size: int, max_bytes: int) -> DeadLetterRecord:
     """``envelope`` as an ``oversized`` dead letter holding the first bytes of the original.
 
     The value (and a key longer than :data:`DEAD_LETTER_PREFIX_BYTES`) keeps its first
@@ -299,12 +299,16 @@ def shrink_dead_letter(envelope: Mapping[str, Any], size: int, max_bytes: int) -
     >>> small["reason"][-36:]
     'original reason (oversized): too big'
     """
-    out = dict(envelope)
+    out = envelope.copy()
     cut = ["value"]
-    out.update(_prefix("value", base64.b64decode(envelope["value_b64"])))
-    raw_key = None if envelope.get("key_b64") is None else base64.b64decode(envelope["key_b64"])
+    raw_value = base64.b64decode(envelope["value_b64"])
+    out["value_b64"], out["value_size"], out["value_sha256"] = _prefix(raw_value)
+    out["value_truncated"] = True
+    key_b64 = envelope.get("key_b64")
+    raw_key = None if key_b64 is None else base64.b64decode(key_b64)
     if raw_key is not None and len(raw_key) > DEAD_LETTER_PREFIX_BYTES:
-        out.update(_prefix("key", raw_key))
+        out["key_b64"], out["key_size"], out["key_sha256"] = _prefix(raw_key)
+        out["key_truncated"] = True
         cut.append("key")
     out["error_kind"] = "oversized"
     out["reason"] = (f"dead letter of {size} bytes is over the record limit of {max_bytes}: kept the first "
@@ -313,6 +317,7 @@ def shrink_dead_letter(envelope: Mapping[str, Any], size: int, max_bytes: int) -
     return out
 
 
-def _prefix(name: str, raw: bytes) -> dict[str, Any]:
-    return {f"{name}_b64": base64.b64encode(raw[:DEAD_LETTER_PREFIX_BYTES]).decode("ascii"),
-            f"{name}_size": len(raw), f"{name}_sha256": hashlib.sha256(raw).hexdigest(), f"{name}_truncated": True}
+def _prefix(raw: bytes) -> tuple[str, int, str]:
+    """(base64 of the first bytes, size, SHA-256) of a value or key too long to keep whole."""
+    return (base64.b64encode(raw[:DEAD_LETTER_PREFIX_BYTES]).decode("ascii"), len(raw),
+            hashlib.sha256(raw).hexdigest())

@@ -41,7 +41,8 @@ class ModelVersion:
 
     @property
     def kind(self) -> ModelKind:
-        return self.metadata["kind"]
+        kind: ModelKind = self.metadata["kind"]
+        return kind
 
     @property
     def model_file(self) -> Path:
@@ -50,7 +51,8 @@ class ModelVersion:
     @property
     def features(self) -> dict[str, Any]:
         """The serialized FeatureList the model was trained on."""
-        return self.metadata.get("features", {})
+        features: dict[str, Any] = self.metadata.get("features", {})
+        return features
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from stream.events.ids import prediction_id
+from stream.events.records import PredictionRecord
 from stream.models.registry import ModelRegistry, ModelVersion, RegistryError, load_booster
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class ScoreRequest:
 
 
 def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest],
-                   now_ms: int) -> list[dict[str, Any]]:
+                   now_ms: int) -> list[PredictionRecord]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
     Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
@@ -127,7 +128,7 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
     by_model: dict[str, list[ScoreRequest]] = {}
     for req in requests:
         by_model.setdefault(req.model, []).append(req)
-    out: list[dict[str, Any]] = []
+    out: list[PredictionRecord] = []
     for name, reqs in by_model.items():
         model = models.get(name)
         if model is None:
@@ -139,14 +140,15 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
                              f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number")
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
-            rec: dict[str, Any] = {
+            rec: PredictionRecord = {
                 "schema_version": 1,
                 "prediction_id": prediction_id(name, model.version, ev["user_id"], ev["event_id"]),
                 "model_name": name,
                 "model_version": model.version,
                 "event_id": ev["event_id"],
                 "user_id": ev["user_id"],
-                "session_id": ev.get("session_id"),
+                # a str in every validated event; None only for the bare events of unit tests
+                "session_id": ev.get("session_id"),  # type: ignore[typeddict-item]
                 "article_id": ev.get("article_id"),
                 "event_time": ev["event_time"],
                 "score": float(score),

@@ -37,15 +37,11 @@ from stream.state.features import (
     engagement_features_batch,
     engagement_row,
 )
-from stream.state.user import (
+from stream.state.user import Outcome, UserState, apply_user, new_user_state, update_user
+from stream.state.user_features import (
     CHURN_FEATURES,
     CONVERSION_FEATURES,
     USER_FEATURES,
-    Outcome,
-    UserState,
-    apply_user,
-    new_user_state,
-    update_user,
     user_feature_list,
     user_features,
     user_features_batch,

@@ -23,9 +23,8 @@ import numpy as np
 from stream.errors import SchemaError
 from stream.state.codes import T_ARTICLE_VIEW, T_CLICK, T_IMPRESSION, TYPE_CODE, Ev
 from stream.state.config import DAY_MS, DEFAULT_CONFIG, HOUR_MS, MINUTE_MS, StateConfig
-from stream.state.featurelist import FeatureList
+from stream.state.featurelist import DEFINITION_VERSION, FeatureList
 from stream.state.sketches import BucketCounts, Writer, decode
-from stream.state.user import DEFINITION_VERSION
 
 #: First byte of :meth:`ArticleState.to_bytes` (1 was the deflated format, never persisted).
 _FORMAT = 2
@@ -61,10 +60,10 @@ class ArticleState:
     def to_bytes(self) -> bytes:
         w = Writer()
         max_t = self.max_t
-        w.w.append(max_t)
+        w.wide.append(max_t)
         if max_t >= 0:
-            w.w.append(self.first_t)
-            w.n += (self.late, *self.tot)
+            w.wide.append(self.first_t)
+            w.counters += (self.late, *self.tot)
             for b in self.buckets:
                 b.write(w, max_t)
         return w.finish(_FORMAT)
@@ -72,27 +71,28 @@ class ArticleState:
     @classmethod
     def from_bytes(cls, data: bytes) -> ArticleState:
         """Inverse of :meth:`to_bytes`; raises SchemaError on another format or corrupt bytes."""
-        (gw, gt, gs, gn, gx, gc), floats, raw = decode(data, _FORMAT, "article")
+        g = decode(data, _FORMAT, "article")
+        wide, small, bucket_counts = g.wide, g.small, g.bucket_counts
         st = cls()
-        max_t = st.max_t = gw[0]
+        max_t = st.max_t = wide[0]
         if max_t >= 0:
             try:
-                _, st.first_t = gw
-                st.late, *st.tot = gn
-                si = ci = 0
+                _, st.first_t = wide
+                st.late, *st.tot = g.counters
+                at_small = at_count = 0  # read positions in small and bucket_counts
                 for b in st.buckets:
-                    k = gs[si]
-                    ce = ci + 3 * k
-                    b.load(max_t, gs[si + 1:si + 1 + k], gc[ci:ce])
-                    si += 1 + k
-                    ci = ce
+                    k = small[at_small]
+                    end = at_count + 3 * k
+                    b.load(max_t, small[at_small + 1:at_small + 1 + k], bucket_counts[at_count:end])
+                    at_small += 1 + k
+                    at_count = end
             except (IndexError, ValueError) as exc:
                 raise SchemaError(f"article state: inconsistent contents ({exc})") from None
-            if si != len(gs) or ci != len(gc) or len(st.tot) != 3:
+            if at_small != len(small) or at_count != len(bucket_counts) or len(st.tot) != 3:
                 raise SchemaError("article state has trailing data")
-        elif len(gw) != 1 or gs or gn or gc:
+        elif len(wide) != 1 or small or g.counters or bucket_counts:
             raise SchemaError("article state has trailing data")
-        if gt or gx or floats or raw:
+        if g.times or g.hashes or g.floats or g.raw:
             raise SchemaError("article state has trailing data")
         return st
 

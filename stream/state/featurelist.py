@@ -21,6 +21,10 @@ import orjson
 
 from stream.errors import SchemaError
 
+#: Bumped whenever a feature's meaning changes (user, article, click, engagement); part of every
+#: feature list's version.
+DEFINITION_VERSION = 1
+
 
 @dataclass(frozen=True, slots=True)
 class FeatureList:

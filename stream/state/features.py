@@ -17,8 +17,9 @@ import numpy as np
 from stream.state.article import ARTICLE_FEATURES, ArticleState, article_row
 from stream.state.codes import Ev, encode_event, local_time
 from stream.state.config import DEFAULT_CONFIG, StateConfig
-from stream.state.featurelist import FeatureList
-from stream.state.user import DEFINITION_VERSION, USER_FEATURES, UserState, primary_tz, user_row
+from stream.state.featurelist import DEFINITION_VERSION, FeatureList
+from stream.state.user import UserState
+from stream.state.user_features import USER_FEATURES, primary_tz, user_row
 
 _CONTEXT = ["ctx_device_desktop", "ctx_device_mobile", "ctx_device_tablet", "ctx_os_code",
             "ctx_browser_code", "ctx_local_hour", "ctx_weekday"]

@@ -26,6 +26,7 @@ import sys
 import zlib
 from array import array
 from itertools import chain
+from typing import NamedTuple
 
 from stream.errors import SchemaError
 
@@ -39,11 +40,11 @@ from stream.errors import SchemaError
 # Layout: format byte, then per int group (count uint32, typecode byte), float count, raw length,
 # then the arrays in group order (little-endian), the floats, the raw bytes, and the CRC-32.
 
-#: Integer groups a :class:`Writer` has; components put values where they keep the group narrow.
-#: ``w`` wide (epoch times, money), ``t`` times relative to the latest event and durations,
-#: ``s`` small structural values (lengths, type codes, bucket ages), ``n`` counters,
-#: ``x`` 32-bit hashes, ``c`` bucket counts (saturating at 65535).
-GROUPS = ("w", "t", "s", "n", "x", "c")
+#: Integer groups a :class:`Writer` has, in their order in the record; components put values where
+#: they keep the group narrow. ``wide``: epoch times, money; ``times``: times relative to the latest
+#: event, and durations; ``small``: structural values (lengths, type codes, bucket ages);
+#: ``counters``; ``hashes``: 32-bit hashes; ``bucket_counts`` (saturating at 65535).
+GROUPS = ("wide", "times", "small", "counters", "hashes", "bucket_counts")
 _NG = len(GROUPS)
 _HEAD = struct.Struct("<B" + "IB" * _NG + "II")
 _CRC = struct.Struct("<I")
@@ -98,20 +99,21 @@ class Writer:
     Components ``extend`` whole lists at a time; :meth:`finish` converts each group once.
     """
 
-    __slots__ = ("c", "f", "n", "raw", "s", "t", "w", "x")
+    __slots__ = ("bucket_counts", "counters", "floats", "hashes", "raw", "small", "times", "wide")
 
     def __init__(self) -> None:
-        self.w: list[int] = []
-        self.t: list[int] = []
-        self.s: list[int] = []
-        self.n: list[int] = []
-        self.x: list[int] = []
-        self.c: list[int] = []
-        self.f: list[float] = []
+        self.wide: list[int] = []
+        self.times: list[int] = []
+        self.small: list[int] = []
+        self.counters: list[int] = []
+        self.hashes: list[int] = []
+        self.bucket_counts: list[int] = []
+        self.floats: list[float] = []
         self.raw = bytearray()
 
     def finish(self, fmt: int) -> bytes:
-        w, t, s, n, x, c, f = self.w, self.t, self.s, self.n, self.x, self.c, self.f
+        w, t, s, n, x, c = self.wide, self.times, self.small, self.counters, self.hashes, self.bucket_counts
+        f = self.floats
         cw, bw = _packed(w, "q")
         ct, bt = _packed(t, _typecode(t))
         cs, bs = _packed(s, _unsigned_code(s))
@@ -128,8 +130,21 @@ class Writer:
         return body + _CRC.pack(zlib.crc32(body))
 
 
-def decode(data: bytes, fmt: int, what: str) -> tuple[list[list[int]], list[float], bytes]:
-    """The integer groups (in :data:`GROUPS` order), floats and raw bytes of a record.
+class Groups(NamedTuple):
+    """What :func:`decode` read: the integer groups of :data:`GROUPS`, the floats and the raw bytes."""
+
+    wide: list[int]
+    times: list[int]
+    small: list[int]
+    counters: list[int]
+    hashes: list[int]
+    bucket_counts: list[int]
+    floats: list[float]
+    raw: bytes
+
+
+def decode(data: bytes, fmt: int, what: str) -> Groups:
+    """The integer groups, floats and raw bytes of a record (see :class:`Writer`).
 
     Raises SchemaError for another format byte, a bad checksum or inconsistent lengths.
     """
@@ -154,13 +169,15 @@ def decode(data: bytes, fmt: int, what: str) -> tuple[list[list[int]], list[floa
     p7 = p6 + 8 * nf
     if p7 + nraw != end:
         raise SchemaError(f"{what} state: {len(data)} bytes, the header says otherwise")
-    arrays = (array(codes[0], data[p0:p1]), array(codes[1], data[p1:p2]), array(codes[2], data[p2:p3]),
-              array(codes[3], data[p3:p4]), array(codes[4], data[p4:p5]), array(codes[5], data[p5:p6]),
-              array("d", data[p6:p7]))
+    ints = (array(codes[0], data[p0:p1]), array(codes[1], data[p1:p2]), array(codes[2], data[p2:p3]),
+            array(codes[3], data[p3:p4]), array(codes[4], data[p4:p5]), array(codes[5], data[p5:p6]))
+    floats = array("d", data[p6:p7])
     if _BIG:  # pragma: no cover
-        for a in arrays:
+        for a in ints:
             a.byteswap()
-    return [a.tolist() for a in arrays[:6]], arrays[6].tolist(), data[p7:end]
+        floats.byteswap()
+    return Groups(ints[0].tolist(), ints[1].tolist(), ints[2].tolist(), ints[3].tolist(), ints[4].tolist(),
+                  ints[5].tolist(), floats.tolist(), data[p7:end])
 
 
 # --- windowed counts ---------------------------------------------------------------------------
@@ -233,14 +250,14 @@ class BucketCounts:
         return sum(1 for idx in self.c if idx > lo)
 
     def write(self, w: Writer, ref_t: int) -> None:
-        """Number of buckets and their ages relative to ``ref_t`` (group s), the rows (group c)."""
+        """Number of buckets and their ages relative to ``ref_t`` (small), the rows (bucket_counts)."""
         ref = ref_t // self.width
         c = self.c
         keys = sorted(c)
-        s = w.s
-        s.append(len(keys))
-        s += [ref - k for k in keys]
-        w.c += chain.from_iterable([c[k] for k in keys])
+        small = w.small
+        small.append(len(keys))
+        small += [ref - k for k in keys]
+        w.bucket_counts += chain.from_iterable([c[k] for k in keys])
 
     def load(self, ref_t: int, ages: list[int], flat: list[int]) -> None:
         """Set the buckets from what :meth:`write` wrote (``flat`` = the rows, concatenated)."""
@@ -315,13 +332,13 @@ class DistinctCounter:
         return float(est)
 
     def write(self, w: Writer) -> None:
-        """``2 * size`` (exact set, hashes sorted in group x) or ``2 * registers + 1`` (raw) in group s."""
+        """``2 * size`` (exact set, its hashes sorted in hashes) or ``2 * registers + 1`` (raw) in small."""
         if self.s is not None:
-            w.s.append(2 * len(self.s))
-            w.x += sorted(self.s)
+            w.small.append(2 * len(self.s))
+            w.hashes += sorted(self.s)
         else:
             assert self.regs is not None
-            w.s.append(2 * len(self.regs) + 1)
+            w.small.append(2 * len(self.regs) + 1)
             w.raw += self.regs
 
 
@@ -371,20 +388,20 @@ class TopCounts:
         return best, m, sum(c.values()) + self.other
 
     def write(self, w: Writer) -> None:
-        """Size (group s), ``other`` and the counts (group n), the codes in order (group x)."""
+        """Size (small), ``other`` and the counts (counters), the codes in order (hashes)."""
         c = self.c
         if len(c) == 1:
             ((code, count),) = c.items()
-            w.s.append(1)
-            w.n += (self.other, count)
-            w.x.append(code)
+            w.small.append(1)
+            w.counters += (self.other, count)
+            w.hashes.append(code)
             return
         keys = sorted(c)
-        w.s.append(len(keys))
-        n = w.n
-        n.append(self.other)
-        n += [c[k] for k in keys]
-        w.x += keys
+        w.small.append(len(keys))
+        counters = w.counters
+        counters.append(self.other)
+        counters += [c[k] for k in keys]
+        w.hashes += keys
 
 
 # --- decayed means ---------------------------------------------------------------------------------
@@ -416,14 +433,15 @@ class DecayedMeans:
     def weight_at(self, t: int, half_life: int) -> float:
         if self.t < 0:
             return 0.0
-        return self.w * 2.0 ** (-max(t - self.t, 0) / half_life)
+        decay: float = 2.0 ** (-max(t - self.t, 0) / half_life)  # float ** float is typed Any (complex)
+        return self.w * decay
 
     def write(self, w: Writer) -> None:
-        """The time (group w), the weight and the means (floats)."""
-        w.w.append(self.t)
-        f = w.f
-        f.append(self.w)
-        f += self.means
+        """The time (wide), the weight and the means (floats)."""
+        w.wide.append(self.t)
+        floats = w.floats
+        floats.append(self.w)
+        floats += self.means
 
     def copy(self) -> DecayedMeans:
         d = DecayedMeans(len(self.means))

@@ -101,7 +101,7 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
 def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: float = 1500.0,
              profile: str = "demo") -> int:
     from simulator import SimConfig, generate
-    from simulator.sinks import backfill, stream
+    from simulator.sinks import backfill, produce_dataset
     from stream.clickhouse import connect
     from stream.kafka.embedded import free_port, kafka_or_embedded
     from stream.kafka.io import consume
@@ -166,8 +166,8 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
             n_live = int(minutes * 60 * rate)
             live = dataclasses.replace(live, table=live.table.slice(0, n_live))
             t_live = time.monotonic()
-            sent = stream(live, bootstrap, settings.topic("session-events"), rate=rate, shift_to_now=True,
-                          progress=False, settings=settings)
+            sent = produce_dataset(live, bootstrap, settings.topic("session-events"), rate=rate,
+                                   shift_to_now=True, progress=False, settings=settings)
             clock.say(f"streamed {sent:,} live events in {time.monotonic() - t_live:.0f}s; waiting for the worker")
             deadline = time.monotonic() + 120
             m = _metrics(port)

@@ -34,6 +34,7 @@ from numpy.random import PCG64, Generator, SeedSequence
 from stream.bandits.thompson import ThompsonSampling, propensities
 from stream.errors import InfraError
 from stream.events.ids import decision_id
+from stream.events.records import DeadLetterRecord, DecisionRecord, PredictionRecord
 from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
 from stream.models import SERVED_FEATURES, TRIGGERS
 from stream.models.scoring import LoadedModel, ScoreRequest, score_requests
@@ -69,6 +70,9 @@ _EMPTY_ARTICLE = new_article_state()  # read-only: click rows never modify the a
 _MAX_CACHED_ARTICLES = 200_000
 #: where the article part of a click row starts and ends (click_row: user, article, position, context)
 _ART = slice(len(USER_FEATURES), len(USER_FEATURES) + len(ARTICLE_FEATURES))
+#: A pending ad (the ``ad-pending`` table: per user, request_id -> a JSON list) is
+#: [placement, context, impression time, clicked 0/1]; these name its positions.
+_AD_PLACEMENT, _AD_CONTEXT, _AD_SHOWN_AT, _AD_CLICKED = range(4)
 
 
 class Record(NamedTuple):
@@ -84,9 +88,9 @@ class Record(NamedTuple):
 
 @dataclass
 class Outputs:
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[tuple[bytes | None, dict[str, Any]]] = field(default_factory=list)
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, DeadLetterRecord]] = field(default_factory=list)
     article_events: list[tuple[str, bytes]] = field(default_factory=list)
     ingest_ms: int = 0
     #: per prediction: when its source record entered Kafka (record timestamp), else ``ingest_ms``
@@ -572,7 +576,7 @@ class BatchProcessor:
         if uid not in pending_ads:
             raw = _read(stores.ad_pending, uid)
             ads = orjson.loads(raw) if raw else {}
-            pending_ads[uid] = {r: v for r, v in ads.items() if t - v[2] <= self.click_join_window_ms}
+            pending_ads[uid] = {r: v for r, v in ads.items() if t - v[_AD_SHOWN_AT] <= self.click_join_window_ms}
         ads = pending_ads[uid]
         if kind == "ad_impression":
             if rid in ads:  # duplicate delivery of the impression
@@ -582,10 +586,13 @@ class BatchProcessor:
             self._bump(delta, stores, undo, bandit_key(partition, context, placement), 1, 0)
         else:
             imp = ads.get(rid)
-            if imp is None or imp[3] or imp[0] != placement or not 0 <= t - imp[2] <= self.click_join_window_ms:
-                return  # no impression in the window, or already clicked
-            imp[3] = 1
-            self._bump(delta, stores, undo, bandit_key(partition, imp[1], placement), 0, 1)
+            if imp is None:
+                return  # no impression
+            shown_placement, context, shown_at, clicked = imp
+            if clicked or shown_placement != placement or not 0 <= t - shown_at <= self.click_join_window_ms:
+                return  # already clicked, another placement, or outside the window
+            imp[_AD_CLICKED] = 1
+            self._bump(delta, stores, undo, bandit_key(partition, context, placement), 0, 1)
 
     def _bump(self, delta: dict[str, list[int]], stores: Stores, undo: _Undo, key: str, imps: int,
               clicks: int) -> None:
@@ -614,14 +621,14 @@ class BatchProcessor:
 
     def _decide(self, ad_requests: list[tuple[dict[str, Any], str]],
                 counts: dict[str, dict[str, tuple[int, int]]], now_ms: int,
-                chosen: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+                chosen: dict[tuple[str, str], int]) -> list[DecisionRecord]:
         """Decisions for the batch's ad requests against one posterior snapshot.
 
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
         worker that makes it, given the same snapshot.
         """
         snapshot: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = {}
-        out = []
+        out: list[DecisionRecord] = []
         for event, context in ad_requests:
             if context not in snapshot:
                 alpha, beta = self.policy.posterior(counts.get(context, {}))

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from simulator import SimConfig, generate
-from simulator.sinks import backfill, stream
+from simulator.sinks import backfill, produce_dataset
 from stream.kafka.io import read_topic
 
 
@@ -30,7 +30,7 @@ def test_backfill_inserts_events_and_truth(ch: object) -> None:
 def test_stream_produces_every_record_keyed_by_user(kafka_bootstrap: str, unique: str) -> None:
     ds = generate(SimConfig(n_users=50, days=2, seed=9, malformed_share=0.01))
     topic = f"sim-{unique}"
-    n = stream(ds, kafka_bootstrap, topic, rate=None, progress=False)
+    n = produce_dataset(ds, kafka_bootstrap, topic, rate=None, progress=False)
     assert n == len(ds) + len(ds.malformed)
     got = read_topic(kafka_bootstrap, topic, timeout_s=30)
     assert len(got) == n

@@ -39,6 +39,7 @@ import orjson
 
 from stream.config import Settings
 from stream.errors import InfraError, PrerequisiteError
+from stream.events.records import DecisionRecord, PredictionRecord
 from stream.kafka import clients
 from stream.kafka.embedded import kafka_or_embedded
 from stream.kafka.io import read_topic
@@ -58,8 +59,8 @@ class RunOutput:
     """What a run produced, plus its throughput and latency figures."""
 
     mode: str
-    predictions: list[dict[str, Any]] = field(default_factory=list)
-    decisions: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    decisions: list[DecisionRecord] = field(default_factory=list)
     dead_letters: int = 0
     events: int = 0
     seconds: float = 0.0
