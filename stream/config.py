@@ -77,6 +77,9 @@ class Settings(BaseSettings):
         description="max wait in ms for article popularity to be complete up to a batch's click watermark "
                     "(0: no wait, click scores then depend on read speed; 2000 makes a one-worker replay "
                     "reproducible; docs/worker.md, staleness contract)")
+    archive_events: bool = Field(
+        True, description="write every valid input event to the ClickHouse events table that batch training reads "
+                          "(one row per event identity: a ReplacingMergeTree)")
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )

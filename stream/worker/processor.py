@@ -98,6 +98,8 @@ class Outputs:
     #: click requests whose article part waits for :meth:`BatchProcessor.finish_clicks`
     #: (``defer_clicks``): (request, article_id, record, ingest ms)
     pending_clicks: list[tuple[ScoreRequest, str, Record, int]] = field(default_factory=list)
+    #: the valid events, for the ClickHouse archive (``STREAM_ARCHIVE_EVENTS``)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         """Append ``other``'s outputs (a later part of the same batch)."""
@@ -107,6 +109,7 @@ class Outputs:
         self.article_events += other.article_events
         self.prediction_ingest_ms += other.prediction_ingest_ms
         self.pending_clicks += other.pending_clicks
+        self.events += other.events
 
 
 class StoreUnavailable(InfraError):
@@ -439,6 +442,7 @@ class BatchProcessor:
                     rec.value or b"", rec.key, str(exc), exc.kind, rec.topic, rec.partition, rec.offset,
                     rec.timestamp_ms, received_at_ms=ingest_ms)))
                 continue
+            out.events.append(event)
             kind = event["event_type"]
             kinds[kind] = kinds.get(kind, 0) + 1
             uid = event["user_id"]

@@ -62,3 +62,9 @@ def test_three_sigkills_under_load_lose_nothing(kafka_bootstrap: str, worker_env
     line = record(FaultRow(f"{KILLS} SIGKILLs of the worker under load", lost + missing_final, dup_topic,
                            dup_final, recover_s))
     assert (lost, missing_final, dup_final) == (0, 0, 0), line
+    # The archive (STREAM_ARCHIVE_EVENTS, on by default): every input event once in events FINAL,
+    # although the killed workers' uncommitted batches were archived again by their successors.
+    archived = query_worker_clickhouse(
+        env, "SELECT user_id, event_id, count() AS n FROM `publisher`.events FINAL GROUP BY user_id, event_id")
+    assert {(r["user_id"], r["event_id"]) for r in archived} == {(e["user_id"], e["event_id"]) for e in sim_events}
+    assert {r["n"] for r in archived} == {1}

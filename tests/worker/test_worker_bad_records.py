@@ -108,6 +108,11 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it
         dead = consume(kafka_bootstrap, f"{prefix}session-events-dlq")
     # (chdb admits one process per directory: ask once the worker has stopped)
     rows = query_worker_clickhouse(env, "SELECT count() AS n FROM publisher.predictions FINAL WHERE event_id = 'twin'")
+    archived = query_worker_clickhouse(env, "SELECT user_id, event_id FROM publisher.events FINAL")
+    # the archive: every event the worker processed, once per (user, event id); none of the dead-lettered
+    assert sorted((r["user_id"], r["event_id"]) for r in archived) == sorted(
+        [(e["user_id"], e["event_id"]) for e in valid] + [("u-float", "float"), ("u-twin-a", "twin"),
+                                                          ("u-twin-b", "twin")])
 
     got = Counter((p["model_name"], p["user_id"], p["event_id"]) for p in (orjson.loads(m.value()) for m in preds))
     assert got == expected  # every valid event around the bad ones scored, exactly once

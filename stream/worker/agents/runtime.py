@@ -468,6 +468,8 @@ class Runtime:
                 waits.append(await self.sink.put("predictions", out.predictions))
             if out.decisions:
                 waits.append(await self.sink.put("bandit_decisions", out.decisions))
+            if out.events and self.settings.archive_events:
+                waits.append(await self.sink.put("events", out.events))
         return waits
 
     def ack(self, batch: Sequence[Any], span: Span = None) -> None:
