@@ -289,31 +289,15 @@ def _default_rejects(settings: Any, args: Any) -> Path:
     return Path(settings.data_dir) / "ingest" / f"{name}.rejects.jsonl"
 
 
-def _check_source_args(args: Any) -> None:
-    """Options that the chosen source ignores, or that no source accepts."""
-    from stream.tools.replay import _time_ms
-
-    if args.from_file:
-        given = [opt for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset),
-                                    ("--from-time", args.from_time), ("--to-time", args.to_time)) if v is not None]
-        if given:
-            raise ConfigError(f"{given[0]} applies to --from-topic only; a --from-file source is ingested whole")
-    for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset)):
-        if v is not None and v < 0:
-            raise ConfigError(f"bad {opt} {v}; expected an offset >= 0")
-    _time_ms(args.from_time)
-    _time_ms(args.to_time)
-
-
 def cmd_ingest(args: Any) -> int:
     from stream.clickhouse import connect
     from stream.config import load_settings
-    from stream.tools.replay import FileSource, TopicSource, _time_ms
+    from stream.tools.replay import FileSource, TopicSource, check_source_args, time_ms
 
     settings = load_settings(**({"clickhouse_database": args.database} if args.database else {}))
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     rejects = Path(args.rejects) if args.rejects else _default_rejects(settings, args)
-    _check_source_args(args)
+    check_source_args(args, "ingested")
     check_options(checkpoint_path=ckpt, resume=args.resume, rejects_path=rejects, chunk_rows=args.chunk_rows,
                   max_records=args.max_records)
     source: Any
@@ -324,8 +308,8 @@ def cmd_ingest(args: Any) -> int:
         if not bootstrap:
             raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
         source = TopicSource(bootstrap, settings.topic(args.from_topic), from_offset=args.from_offset,
-                             to_offset=args.to_offset, from_ms=_time_ms(args.from_time),
-                             to_ms=_time_ms(args.to_time), settings=settings)
+                             to_offset=args.to_offset, from_ms=time_ms(args.from_time),
+                             to_ms=time_ms(args.to_time), settings=settings)
     else:
         raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
     ch = connect(settings)

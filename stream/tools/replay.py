@@ -551,7 +551,7 @@ def _progress(total: int | None, enabled: bool) -> Any:
 
 
 # --- CLI ----------------------------------------------------------------------------------------
-def _time_ms(text: str | None) -> int | None:
+def time_ms(text: str | None) -> int | None:
     """Epoch ms or an ISO-8601 time (UTC unless it names an offset)."""
     if text is None:
         return None
@@ -568,18 +568,23 @@ def _time_ms(text: str | None) -> int | None:
     return int(t.timestamp() * 1000)
 
 
-def _check_args(args: Any) -> None:
-    """The CLI's checks on top of :func:`check_options`: options that the chosen source ignores."""
+def check_source_args(args: Any, verb: str = "replayed") -> None:
+    """Source options the chosen source ignores, or that no source accepts (replay's and ingest's CLI)."""
     if args.from_file:
         given = [opt for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset),
                                     ("--from-time", args.from_time), ("--to-time", args.to_time)) if v is not None]
         if given:
-            raise ConfigError(f"{given[0]} applies to --from-topic only; a --from-file source is replayed whole")
+            raise ConfigError(f"{given[0]} applies to --from-topic only; a --from-file source is {verb} whole")
     for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset)):
         if v is not None and v < 0:
             raise ConfigError(f"bad {opt} {v}; expected an offset >= 0")
-    _time_ms(args.from_time)
-    _time_ms(args.to_time)
+    time_ms(args.from_time)
+    time_ms(args.to_time)
+
+
+def _check_args(args: Any) -> None:
+    """The CLI's checks: the source options, then :func:`check_options`."""
+    check_source_args(args)
     check_options(speed=args.speed, checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
                   resume=args.resume, max_events=args.max_events, checkpoint_every=args.checkpoint_every,
                   timestamps=args.timestamps)
@@ -601,8 +606,8 @@ def cmd_replay(args: Any) -> int:
         if args.from_topic is None:
             raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
         source = TopicSource(bootstrap, settings.topic(args.from_topic), from_offset=args.from_offset,
-                             to_offset=args.to_offset, from_ms=_time_ms(args.from_time),
-                             to_ms=_time_ms(args.to_time), settings=settings)
+                             to_offset=args.to_offset, from_ms=time_ms(args.from_time),
+                             to_ms=time_ms(args.to_time), settings=settings)
         if source.total == 0:
             raise StreamError(f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records "
                               "in the requested range")
