@@ -33,7 +33,7 @@ from stream.worker.delivery import Ledger
 from stream.worker.health import Health, StallDetector, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
-from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
 from stream.worker.tuning import tune_gc
 
 log = logging.getLogger(__name__)
@@ -205,10 +205,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         on_loaded=lambda m: _set_version_gauge(metrics, m.name, m.version),
     )
     models.refresh()  # before any event is consumed: a worker that has models never skips scoring
-    processor = BatchProcessor(models.models, s.placements, bandit_context=s.bandit_context,
-                               click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes,
-                               seed=seed, metrics=metrics,
-                               state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
+    config = ProcessorConfig(bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms,
+                             max_event_bytes=s.max_event_bytes, seed=seed,
+                             state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
+    processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
     sink = None
     if clickhouse:
         sink = ClickHouseSink(
