@@ -29,7 +29,7 @@ from stream.config import load_settings  # noqa: E402
 from stream.models.registry import ModelRegistry  # noqa: E402
 from stream.models.scoring import ModelSet  # noqa: E402
 from stream.state import ArticleState, fold_article_events, new_article_state  # noqa: E402
-from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores  # noqa: E402
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig, Record, Stores  # noqa: E402
 from stream.worker.tuning import tune_gc  # noqa: E402
 
 
@@ -51,8 +51,9 @@ def main() -> None:
     s = load_settings()
     models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
     models.refresh()
-    proc = BatchProcessor(models.models, s.placements, bandit_context=s.bandit_context,
-                          click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes)
+    config = ProcessorConfig(bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms,
+                             max_event_bytes=s.max_event_bytes)
+    proc = BatchProcessor(models.models, s.placements, config)
     records = []
     for line in records_file.read_bytes().splitlines():
         p, o, k, v = orjson.loads(line)

@@ -74,4 +74,4 @@ def test_produce_retry_has_one_home() -> None:
     """Outside stream/kafka/io.py only the worker's output producer (its own loop) catches BufferError."""
     homes = sorted(str(p.relative_to(ROOT)) for d in ("stream", "simulator", "batch_training", "bench")
                    for p in (ROOT / d).rglob("*.py") if "except BufferError" in p.read_text())
-    assert homes == ["stream/kafka/io.py", "stream/worker/agents/runtime.py"]
+    assert homes == ["stream/kafka/io.py", "stream/worker/publisher.py"]

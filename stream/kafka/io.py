@@ -1,7 +1,7 @@
 """Kafka I/O for tools and tests: produce through a full queue, read a topic to its end, committed offsets.
 
 For the confluent-kafka clients of the tools (replay, simulator, tests, benches). The worker's
-output producer has its own loop (``stream/worker/agents/runtime.py``): a poll thread serves its
+output producer has its own loop (``stream/worker/publisher.py``): a poll thread serves its
 delivery callbacks, and it maps produce errors to dead letters.
 """
 

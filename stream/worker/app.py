@@ -28,12 +28,12 @@ from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
 from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
-from stream.worker.agents.runtime import Runtime, describe
-from stream.worker.delivery import Ledger
+from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
 from stream.worker.health import Health, StallDetector, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
-from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
+from stream.worker.publisher import Publisher
 from stream.worker.tuning import tune_gc
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,8 @@ class WorkerApp(faust.App):
         if self.gc_tuning is not None:  # once everything long-lived exists: see stream/worker/tuning.py
             tune_gc(*self.gc_tuning)
 
-    #: the worker's runtime (set by create_app)
-    runtime: Runtime | None = None
+    #: the worker's output publisher (set by create_app)
+    publisher: Publisher | None = None
 
     #: when the current shutdown must be done waiting for batches (loop time; set by on_stop)
     _shutdown_deadline: float | None = None
@@ -106,7 +106,7 @@ class WorkerApp(faust.App):
         await super().on_stop()
 
     def settle_timeout_s(self) -> float:
-        return self.runtime.settings.settle_timeout_s if self.runtime is not None else 30.0
+        return self.publisher.settings.settle_timeout_s if self.publisher is not None else 30.0
 
     def settle_time_left(self) -> float:
         """What is left of ``STREAM_SETTLE_TIMEOUT_S``: of the shutdown's, or a whole one for a rebalance."""
@@ -121,7 +121,7 @@ class WorkerApp(faust.App):
         waiting = asyncio.ensure_future(super()._consumer_wait_empty(consumer, logger))
         done, _ = await asyncio.wait([waiting], timeout=timeout)
         if not done:
-            ages = self.runtime.unconfirmed() if self.runtime is not None else {}
+            ages = self.publisher.unconfirmed() if self.publisher is not None else {}
             log.warning("gave up waiting for batches in flight after %.0f s (STREAM_SETTLE_TIMEOUT_S) on %s; "
                         "they stay uncommitted and are read again", timeout, describe(ages))
             # faust's wait swallows a cancel while it waits for an ack; forgetting what it waits
@@ -131,8 +131,8 @@ class WorkerApp(faust.App):
 
     @property
     def ledger(self) -> Any:
-        """What the consumer may commit (stream/worker/delivery.py), once the runtime exists."""
-        return self.runtime.ledger if self.runtime is not None else None
+        """What the consumer may commit (stream/worker/delivery.py), once the publisher exists."""
+        return self.publisher.ledger if self.publisher is not None else None
 
     def _new_transport(self) -> Any:
         # faust's aiokafka transport committing the worker's ledger, and by default with a
@@ -144,7 +144,7 @@ class WorkerApp(faust.App):
 
 def create_app(settings: Settings | None = None, bootstrap: str | None = None,
                *, clickhouse: bool = True, seed: int = 0,
-               metrics: WorkerMetrics | None = None) -> tuple[WorkerApp, Runtime]:
+               metrics: WorkerMetrics | None = None) -> tuple[WorkerApp, Publisher]:
     s = settings or load_settings()
     bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
     p = s.topic_partitions
@@ -161,7 +161,7 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
         producer_compression_type="lz4",
-        broker_commit_interval=1.0,
+        broker_commit_interval=COMMIT_INTERVAL_S,  # the commit protocol's step 4 (delivery.py)
         broker_session_timeout=s.worker_session_timeout_s,
         broker_heartbeat_interval=max(s.worker_session_timeout_s / 5, 1.0),
         consumer_auto_offset_reset="earliest",
@@ -205,10 +205,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         on_loaded=lambda m: _set_version_gauge(metrics, m.name, m.version),
     )
     models.refresh()  # before any event is consumed: a worker that has models never skips scoring
-    processor = BatchProcessor(models.models, s.placements, bandit_context=s.bandit_context,
-                               click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes,
-                               seed=seed, metrics=metrics,
-                               state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
+    config = ProcessorConfig(bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms,
+                             max_event_bytes=s.max_event_bytes, seed=seed,
+                             state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
+    processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
     sink = None
     if clickhouse:
         sink = ClickHouseSink(
@@ -226,10 +226,10 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "group.id": f"{s.worker_id}-gap-filler", "enable.auto.commit": False, "enable.partition.eof": True,
     }))
     names = {k: t.get_topic_name() for k, t in topics.items()}
-    rt = Runtime(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
+    rt = Publisher(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
                  topic_names=names, ledger=Ledger((names["events"], names["article_events"])),
                  consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc, metrics.health))
-    app.runtime = rt
+    app.publisher = rt
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
@@ -285,7 +285,7 @@ def _recovered(app: faust.App) -> bool:
             and not app.rebalancing)
 
 
-def _watch_progress(rt: Runtime, detector: StallDetector, lags: dict[tuple[str, int], int]) -> None:
+def _watch_progress(rt: Publisher, detector: StallDetector, lags: dict[tuple[str, int], int]) -> None:
     """Feed the stalled-partition detector and export each owned partition's idle time."""
     before = set(detector.idle)
     idle = detector.update(lags, rt.positions)
@@ -295,13 +295,13 @@ def _watch_progress(rt: Runtime, detector: StallDetector, lags: dict[tuple[str, 
         rt.metrics.idle.labels(topic=topic, partition=str(partition)).set(age)
 
 
-def _register_services(app: faust.App, rt: Runtime) -> None:
+def _register_services(app: faust.App, rt: Publisher) -> None:
     s = rt.settings
     health = rt.metrics.health
     detector = StallDetector(s.stall_warning_s, on_stalled=lambda tp: rt.metrics.stalls.inc())
 
     @app.task
-    async def start_runtime() -> None:
+    async def start_services() -> None:
         rt.metrics.serve(s.worker_web_port)
         if rt.sink is not None:
             await rt.sink.run()

@@ -2,13 +2,13 @@
 
 The verdicts are made on the worker's event loop (:func:`readiness`, by a 1 s timer in
 stream/worker/app.py) and read by the HTTP server's threads (:class:`Health`): a request never touches
-faust's or the runtime's structures. Liveness adds one thing a request measures itself: the age
+faust's or the publisher's structures. Liveness adds one thing a request measures itself: the age
 of the loop's last heartbeat, so a wedged loop (a blocking call, a deadlock) shows as unhealthy
 even though the loop cannot say so.
 
 :class:`StallDetector` finds partitions that silently stop: assigned, with messages waiting
-(lag > 0), and no record handed to the processor for ``STREAM_STALL_WARNING_S``. The runtime's own
-check (``Runtime.check_stalls``) covers the other kind, a batch whose outputs are never confirmed.
+(lag > 0), and no record handed to the processor for ``STREAM_STALL_WARNING_S``. The publisher's own
+check (``Publisher.check_stalls``) covers the other kind, a batch whose outputs are never confirmed.
 """
 
 from __future__ import annotations

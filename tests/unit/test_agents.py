@@ -1,7 +1,7 @@
 """The faust agents without a broker: ``agent.test_context()`` on the app ``create_app`` builds.
 
 What is real: the faust app, its RocksDB / in-memory tables (under ``tmp_path``), the agents'
-micro-batching (agents/batching.py), the runtime's publish / delivery / ack logic and its poll thread.
+micro-batching (agents/batching.py), the publisher's publish / delivery / ack logic and its poll thread.
 What is fake: the confluent-kafka producer (:class:`FakeProducer`, which records ``produce()``
 calls and serves delivery reports from ``poll()`` like librdkafka) and the consumer's delivery
 of messages (:func:`feed` puts them on the agent's channel, taking the reference faust's
@@ -30,9 +30,9 @@ from stream.kafka.limits import DEFAULT_MAX_MESSAGE_BYTES, producer_max_bytes, r
 from stream.kafka.partitioner import partition_for
 from stream.models.scoring import LoadedModel
 from stream.state import new_article_state, update_article
-from stream.worker.agents.runtime import OutputError
 from stream.worker.app import create_app
 from stream.worker.processor import BatchProcessor, Record, Stores, merged_counts
+from stream.worker.publisher import OutputError
 from tests.support.aio import settle, wait_until
 
 PARTITIONS = 4
@@ -137,7 +137,7 @@ class Worker:
     producer: FakeProducer
     settings: Settings
     errors: list[BaseException] = field(default_factory=list)
-    #: what Runtime.fail handed to on_fatal (the real app crashes itself there)
+    #: what Publisher.fail handed to on_fatal (the real app crashes itself there)
     fatal: list[BaseException] = field(default_factory=list)
 
     def topic(self, name: str) -> str:

@@ -12,7 +12,7 @@ from stream.config import load_settings
 from stream.errors import ConfigError
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
-from stream.worker.agents.runtime import ARTICLE_CHUNK, OutputError, article_messages, produce_error
+from stream.worker.publisher import ARTICLE_CHUNK, OutputError, article_messages, produce_error
 
 
 def _events(n: int, seed: int) -> list[tuple[str, bytes]]:

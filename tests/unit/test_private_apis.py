@@ -28,7 +28,7 @@ def test_faust_drain_messages_is_the_loop_the_transport_copies() -> None:
 
 
 def test_faust_current_event_is_a_context_variable() -> None:
-    # runtime.set_current_event sets it so table writes of a batch task find their partition
+    # agents/batching.enter_partition sets it so table writes of a batch task find their partition
     assert isinstance(faust.streams._current_event, contextvars.ContextVar)
 
 

@@ -21,7 +21,7 @@ from simulator import generate
 from stream.events.schema import validate
 from stream.models.scoring import LoadedModel
 from stream.state import new_user_state
-from stream.worker.processor import BatchProcessor, Outputs, Record, Stores, pack_user, unpack_user
+from stream.worker.processor import BatchProcessor, Outputs, ProcessorConfig, Record, Stores, pack_user, unpack_user
 from tests.support.models import offline_scores
 from tests.unit.conftest import SIM
 
@@ -64,7 +64,7 @@ def scores_by_key(preds: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], l
 
 
 def processor(models: Mapping[str, LoadedModel], **kwargs: Any) -> BatchProcessor:
-    return BatchProcessor(models, PLACEMENTS, **kwargs)
+    return BatchProcessor(models, PLACEMENTS, ProcessorConfig(**kwargs))
 
 
 # --- (a) dead letters -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from stream.events.schema import is_valid, load_schema, validate
 from stream.models.scoring import LoadedModel
-from stream.worker.processor import BatchProcessor, Record, Stores, unpack_user
+from stream.worker.processor import BatchProcessor, ProcessorConfig, Record, Stores, unpack_user
 
 SCHEMA = load_schema("session_event")
 PROPS: dict[str, Any] = SCHEMA["properties"]
@@ -104,7 +104,7 @@ def test_schema_valid_extremes_are_processed_without_error(models: dict[str, Loa
     records = [Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None)
                for i, e in enumerate(events)]
     stores = Stores(users={}, ad_pending={}, articles={}, bandit={})
-    proc = BatchProcessor(models, PLACEMENTS, max_event_bytes=1 << 20)
+    proc = BatchProcessor(models, PLACEMENTS, ProcessorConfig(max_event_bytes=1 << 20))
     outs = [proc.process(records[i:i + batch], stores, now_ms=1_767_225_600_000)
             for i in range(0, len(records), batch)]
 

@@ -59,7 +59,7 @@ def test_a_record_that_raises_is_dead_lettered_and_costs_no_other_record(
     # (ad_pending may differ: expired impressions are pruned when a user's ads are read, which
     # record-by-record processing does more often)
     assert stores.bandit == clean_stores.bandit
-    assert proc._own_bandit == clean._own_bandit
+    assert proc.ads.own == clean.ads.own
     for name in ("stream_duplicate_events_total", "stream_redelivered_events_total"):
         assert proc.metrics.value(name) == clean.metrics.value(name) == 0
     assert proc.metrics.value("stream_events_total", event_type="session_start") == \

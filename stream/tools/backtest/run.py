@@ -49,7 +49,7 @@ from stream.models.scoring import LoadedModel, ModelSet
 from stream.state import ArticleState, fold_article_events, new_article_state
 from stream.tools.process import WorkerProcess
 from stream.tools.replay import PayloadSource, run_replay
-from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
+from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig, Record, Stores
 
 Payload = tuple[bytes | None, bytes]
 
@@ -91,8 +91,8 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
                 placements: Sequence[str], partitions: int = 4, batch_size: int = 500, seed: int = 0,
                 bandit_context: str = "device", click_join_window_ms: int = 600_000) -> RunOutput:
     """The worker's per-batch code over ``payloads`` without a broker (see the module docstring)."""
-    proc = BatchProcessor(models, placements, bandit_context=bandit_context,
-                          click_join_window_ms=click_join_window_ms, seed=seed)
+    proc = BatchProcessor(models, placements, ProcessorConfig(bandit_context=bandit_context,
+                                                              click_join_window_ms=click_join_window_ms, seed=seed))
     users: dict[str, bytes] = {}
     pending: dict[str, bytes] = {}
     articles: dict[str, bytes] = {}

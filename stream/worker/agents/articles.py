@@ -1,7 +1,7 @@
 """Article popularity: article events repartitioned by ``article_id`` into a GlobalTable.
 
 Each record of the repartition topic is a JSON array of events whose ``article_id`` maps to its
-partition (see :func:`stream.worker.agents.runtime.article_messages`), and of watermark markers
+partition (see :func:`stream.worker.publisher.article_messages`), and of watermark markers
 ``{"wm_src": q, "wm": w, "idle": i}``: input partition ``q`` forwards no article event before ``w``
 after it (``i``: it was caught up).
 
@@ -29,8 +29,7 @@ from typing import Any
 import orjson
 
 from stream.state import ArticleState, fold_article_events, new_article_state
-from stream.worker.agents.batching import run_batches
-from stream.worker.agents.runtime import Runtime, Span, enter_partition, records_of
+from stream.worker.agents.batching import enter_partition, records_of, run_batches
 from stream.worker.agents.watermarks import (
     FOLD_WINDOW_S,
     Progress,
@@ -39,15 +38,17 @@ from stream.worker.agents.watermarks import (
     fold_marker,
     progress_key,
 )
-from stream.worker.processor import Record
+from stream.worker.delivery import Span
+from stream.worker.parsing import Record
+from stream.worker.publisher import Publisher
 
 
-def register(app: Any, rt: Runtime) -> Any:
+def register(app: Any, rt: Publisher) -> Any:
     s = rt.settings
     articles = rt.tables["articles"]
     # The authoritative states of the articles of this worker's partitions (the GlobalTable's
     # changelog reader may briefly return an older value of a key this worker just wrote); the
-    # events agent's click rows read them too. Runtime.on_revoked drops a revoked partition's.
+    # events agent's click rows read them too. Publisher.on_revoked drops a revoked partition's.
     owned: dict[str, ArticleState] = rt.processor.owned_articles
 
     def state_of(aid: str) -> ArticleState:
@@ -59,8 +60,8 @@ def register(app: Any, rt: Runtime) -> Any:
 
     def fold(records: list[Record], span: Span) -> None:
         """Fold the records of ``span``: faust hands records fetched before the seek that ends a
-        recovery to the stream once more (below the span, ``Runtime.fill``), and folding one twice
-        would count its events twice (the events agent skips them the same way, processor._handled)."""
+        recovery to the stream once more (below the span, ``Publisher.fill``), and folding one twice
+        would count its events twice (the events agent skips them the same way, delivery.Redeliveries)."""
         events: list[dict[str, Any]] = []
         progress: Progress | None = None
         first = span[0] if span is not None else None
@@ -70,7 +71,7 @@ def register(app: Any, rt: Runtime) -> Any:
                 continue
             if rec.value is None:
                 continue
-            for event in orjson.loads(rec.value):  # a JSON array (runtime.article_messages)
+            for event in orjson.loads(rec.value):  # a JSON array (publisher.article_messages)
                 if "wm_src" in event:  # an input partition's watermark (agents/watermarks.py)
                     if progress is None:
                         progress = rt.processor.article_progress.get(rec.partition)

@@ -2,9 +2,9 @@
 
 This replaces faust's ``Stream.take_events`` in both agents, for three reasons:
 
-* Every event is held (one extra reference on its message) the moment it arrives, so no ack of
+* Every event is held (:func:`stream.worker.delivery.hold`) the moment it arrives, so no ack of
   faust's (when the iteration moves on, or when a rebalance cancels the actor) can make its offset
-  committable before ``handle`` has acked it (:meth:`stream.worker.agents.runtime.Runtime.ack`). Events
+  committable before ``handle`` has acked it (:meth:`stream.worker.delivery.Acks.ack`). Events
   of an abandoned batch stay uncommitted, and the partition's next owner reads them again.
 * A batch is exactly the events the stream yielded, in order: no pairing of buffered values with
   ``stream.current_event``.
@@ -20,10 +20,15 @@ faust's flow control, the fetching of that partition.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from faust.streams import _current_event
+
 from stream.clock import SYSTEM, Clock, wait_event
+from stream.worker.delivery import hold
+from stream.worker.parsing import Record
 
 Handler = Callable[[list[Any]], Awaitable[None]]
 
@@ -64,7 +69,7 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, cl
     room: asyncio.Future[Any] | None = None
     try:
         async for event in stream.events():
-            event.message.incref()  # hold: see the module docstring
+            hold(event)  # see the module docstring
             if not buf:
                 first_at = clock.monotonic()
                 arrived.set()
@@ -88,3 +93,24 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, cl
             if t is not None and not t.done():
                 t.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def records_of(batch: Sequence[Any]) -> list[Record]:
+    """The input records of a batch of faust events."""
+    out = []
+    for ev in batch:
+        msg = ev.message
+        ts = msg.timestamp
+        out.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset, int(ts * 1000) if ts else None))
+    return out
+
+
+def enter_partition(event: Any) -> None:
+    """Make ``event`` the current event of this task, as faust does inside ``async for``.
+
+    faust derives a table write's changelog partition from the current event, which the batch
+    handler (a task of its own, see :func:`run_batches`) does not have. With
+    ``isolated_partitions`` every event of a batch comes from the same partition, so any event of
+    the batch is the right one.
+    """
+    _current_event.set(weakref.ref(event))

@@ -12,15 +12,15 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from stream.worker.agents.batching import run_batches
-from stream.worker.agents.runtime import Runtime, enter_partition, records_of
+from stream.worker.agents.batching import enter_partition, records_of, run_batches
 from stream.worker.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
 from stream.worker.processor import Outputs, Record, Stores
+from stream.worker.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
 
-def register(app: Any, rt: Runtime) -> Any:
+def register(app: Any, rt: Publisher) -> Any:
     s = rt.settings
     tables = rt.tables
     stores = Stores(users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"],

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from stream.worker.processor import Record
+from stream.worker.parsing import Record
 
 
 def find_gaps(last: int | None, offsets: Iterable[int]) -> tuple[list[tuple[int, int]], int | None]:

@@ -1,20 +1,24 @@
-"""What the agents share: settings, tables, topics, models, the sink and metrics."""
+"""The worker's output publisher: it produces each batch's outputs and acks the batch once they are confirmed.
+
+:class:`Publisher` queues a batch's predictions, decisions, dead letters and forwarded article
+events on one confluent-kafka producer and its rows on the ClickHouse sink, then hands the batch
+to the commit protocol (stream/worker/delivery.py), which acks it once all of them are confirmed
+and the partition's earlier batches are acked. It also holds what the agents share: settings,
+tables, topics, models, the processor, the sink and metrics.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException
-from faust.streams import _current_event
 
 from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings
@@ -24,22 +28,12 @@ from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
 from stream.models.scoring import ModelSet
 from stream.worker.agents.gaps import GapFiller, find_gaps
-from stream.worker.delivery import Ledger
+from stream.worker.delivery import Acks, Ledger, Partition, Span
 from stream.worker.metrics import WorkerMetrics, observe_many
-from stream.worker.processor import BatchProcessor, Outputs, Record
+from stream.worker.parsing import Record
+from stream.worker.processor import BatchProcessor, Outputs
 
 log = logging.getLogger(__name__)
-
-
-def enter_partition(event: Any) -> None:
-    """Make ``event`` the current event of this task, as faust does inside ``async for``.
-
-    faust derives a table write's changelog partition from the current event, which the batch
-    handler (a task of its own, see agents/batching.py) does not have. With
-    ``isolated_partitions`` every event of a batch comes from the same partition, so any event of
-    the batch is the right one.
-    """
-    _current_event.set(weakref.ref(event))
 
 
 class OutputError(InfraError):
@@ -77,10 +71,10 @@ STREAM_MAX_MESSAGE_BYTES=1024)"
     return OutputError(topic, err.name(), detail)
 
 
-class _Delivery:
-    """One batch's Kafka deliveries: resolves ``future`` on the event loop once all are acknowledged.
+class _Reports:
+    """One batch's Kafka delivery reports: resolves ``future`` on the event loop once all are acknowledged.
 
-    Called by librdkafka's delivery reports, which only the runtime's poll thread serves.
+    Called by librdkafka's delivery reports, which only the publisher's poll thread serves.
     """
 
     __slots__ = ("error", "future", "loop", "max_message_bytes", "remaining")
@@ -152,28 +146,13 @@ def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[byte
         yield chunk
 
 
-Partition = tuple[str, int]
-#: the input offsets a batch completes, first and last (inclusive), or None if it completes none
-Span = tuple[int, int] | None
-
-
-def records_of(batch: Sequence[Any]) -> list[Record]:
-    """The input records of a batch of faust events."""
-    out = []
-    for ev in batch:
-        msg = ev.message
-        ts = msg.timestamp
-        out.append(Record(msg.key, msg.value, msg.topic, msg.partition, msg.offset, int(ts * 1000) if ts else None))
-    return out
-
-
 def _partition_of(batch: Sequence[Any]) -> Partition:
     msg = batch[0].message
     return msg.topic, msg.partition
 
 
 @dataclass
-class Runtime:
+class Publisher:
     settings: Settings
     metrics: WorkerMetrics
     models: ModelSet
@@ -201,17 +180,16 @@ class Runtime:
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
     _closing: bool = False
-    _settling: set[asyncio.Task[bool]] = field(default_factory=set)
-    #: per input partition, the settling of its latest batch: a batch is acked after the ones before it
-    _tails: dict[Partition, asyncio.Task[bool]] = field(default_factory=dict)
-    #: per input partition, when each of its unconfirmed batches reached publish(), oldest first
-    _held: dict[Partition, dict[int, float]] = field(default_factory=dict)
-    _tokens: Iterator[int] = field(default_factory=itertools.count)
+    #: the commit protocol's settle and ack of published batches (made from ``ledger`` and ``consumer``)
+    acks: Acks = field(init=False)
     _stall_logged: dict[Partition, float] = field(default_factory=dict)
     #: the partitions the lag gauge has a series for
     _lagging: set[Partition] = field(default_factory=set)
     #: per input partition, where reading it began since it was assigned (:meth:`start_offset`)
     _starts: dict[Partition, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.acks = Acks(self.ledger, self.consumer)
 
     @property
     def failure(self) -> BaseException | None:
@@ -291,9 +269,8 @@ class Runtime:
     def _forget(self, tp: Partition) -> None:
         self.positions.pop(tp, None)
         self.delivered.pop(tp, None)
-        self.ledger.revoke(tp)
+        self.acks.forget(tp)
         self._starts.pop(tp, None)
-        self._held.pop(tp, None)
         self._stall_logged.pop(tp, None)
         self._lagging.discard(tp)
         for gauge in (self.metrics.lag, self.metrics.unconfirmed_age):
@@ -411,26 +388,21 @@ class Runtime:
             self._inflight = asyncio.Semaphore(self.max_inflight_batches)
             self.start_polling()
         tp = _partition_of(batch)
-        token = next(self._tokens)
-        held = self._held.setdefault(tp, {})
-        held[token] = time.monotonic()
+        token = self.acks.hold(tp)
         try:
             await self._inflight.acquire()
         except BaseException:
-            del held[token]
+            self.acks.release(tp, token)
             raise
         try:
             waits = await self._send(out)
         except BaseException as exc:  # e.g. cancelled by a rebalance: no settle task will release the slot
             self._inflight.release()
-            del held[token]
+            self.acks.release(tp, token)
             if isinstance(exc, OutputError):
                 self.fail(exc)
             raise
-        task = asyncio.ensure_future(self._settle(tp, token, out, list(batch), waits, self._tails.get(tp), span))
-        self._tails[tp] = task
-        self._settling.add(task)
-        task.add_done_callback(lambda t: self._settled(tp, t))
+        self.acks.settle(tp, token, batch, span, lambda: self._confirmed(waits), lambda: self._count(out))
 
     async def forward(self, article_events: list[tuple[str, bytes]]) -> list[asyncio.Future[None]]:
         """Produce article events (and watermark markers) now, ahead of the rest of their batch.
@@ -448,7 +420,7 @@ class Runtime:
         budget = record_budget(limit)
         articles = article_messages(out.article_events, self.settings.topic_partitions, budget)
         n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
-        report = _Delivery(asyncio.get_running_loop(), n, limit)
+        report = _Reports(asyncio.get_running_loop(), n, limit)
         produce = self._produce
         for key, envelope in out.dead_letters:
             dl_key, value, shrunk = fit_dead_letter(envelope, key, budget)
@@ -473,19 +445,10 @@ class Runtime:
         return waits
 
     def ack(self, batch: Sequence[Any], span: Span = None) -> None:
-        """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable.
+        """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable."""
+        self.acks.ack(batch, span)
 
-        The events are acked to faust's consumer too, which counts them to know when a
-        rebalance or shutdown may go on; what it commits is the ledger's (agents/delivery.py).
-        """
-        if span is not None:
-            self.ledger.done(_partition_of(batch), *span)
-        consumer = self.consumer() if self.consumer is not None else None
-        if consumer is not None:
-            for event in batch:
-                event.message.ack(consumer)
-
-    def _produce(self, topic: str, value: bytes, key: bytes | None, report: _Delivery, partition: int = -1) -> None:
+    def _produce(self, topic: str, value: bytes, key: bytes | None, report: _Reports, partition: int = -1) -> None:
         while True:
             try:
                 self.producer.produce(topic, value, key, partition, on_delivery=report)
@@ -498,31 +461,23 @@ class Runtime:
                     raise error from None
                 time.sleep(0.01)
 
-    async def _settle(self, tp: Partition, token: int, out: Outputs, batch: list[Any],
-                      waits: list[asyncio.Future[None]], before: asyncio.Task[bool] | None,
-                      span: Span = None) -> bool:
-        """Ack the batch once its outputs are confirmed and its partition's earlier batches are acked.
+    async def _confirmed(self, waits: list[asyncio.Future[None]]) -> bool:
+        """Whether Kafka and ClickHouse confirmed a batch's outputs; an error stops the worker.
 
-        In order, so that a batch's outputs are counted (metrics) once its partition's earlier
-        outputs are: commits would be in order anyway (agents/delivery.py).
+        Its batch then stays unacked, and so do its partition's later ones (delivery.py).
         """
-        ok = True
         try:
             await asyncio.gather(*waits)
-        except Exception as exc:  # the batch stays unacked, and so do its partition's later ones
+        except Exception as exc:
             self.fail(exc)
-            ok = False
+            return False
         finally:
             assert self._inflight is not None
             self._inflight.release()
-        if before is not None:
-            if not before.done():
-                await asyncio.wait([before])  # not ``await before``: cancelling this task must not cancel it
-            ok = ok and not before.cancelled() and before.exception() is None and before.result()
-        if not ok:
-            return False
-        self.ack(batch, span)
-        self._held.get(tp, {}).pop(token, None)
+        return True
+
+    def _count(self, out: Outputs) -> None:
+        """Count an acked batch's outputs: in order, after its partition's earlier ones (delivery.py)."""
         now = time.time()
         m = self.metrics
         per_model: dict[str, int] = {}
@@ -532,17 +487,10 @@ class Runtime:
         observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
         for name, n in per_model.items():
             m.predictions.labels(model=name).inc(n)
-        return True
-
-    def _settled(self, tp: Partition, task: asyncio.Task[bool]) -> None:
-        self._settling.discard(task)
-        if self._tails.get(tp) is task:
-            del self._tails[tp]
 
     def unconfirmed(self, now: float | None = None) -> dict[Partition, float]:
         """Per input partition with unconfirmed batches: seconds since the oldest reached publish()."""
-        now = time.monotonic() if now is None else now
-        return {tp: now - next(iter(held.values())) for tp, held in self._held.items() if held}
+        return self.acks.unconfirmed(now)
 
     def check_stalls(self, now: float | None = None) -> dict[Partition, float]:
         """Set the per-partition gauge; log a partition whose oldest batch waits longer than allowed.
@@ -553,7 +501,7 @@ class Runtime:
         now = time.monotonic() if now is None else now
         ages = self.unconfirmed(now)
         limit = self.settings.stall_warning_s
-        for tp in self._held:
+        for tp in self.acks.held:
             age = ages.get(tp, 0.0)
             self.metrics.unconfirmed_age.labels(topic=tp[0], partition=str(tp[1])).set(age)
             if age > limit and now - self._stall_logged.get(tp, -limit) >= limit:
@@ -568,19 +516,4 @@ class Runtime:
 
         Returns whether all settled; the others stay unacked (read again after a restart).
         """
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        while self._settling:
-            left = None if deadline is None else max(deadline - loop.time(), 0.0)
-            _, pending = await asyncio.wait(list(self._settling), timeout=left)
-            if pending and deadline is not None and loop.time() >= deadline:
-                log.warning("%d batches still unconfirmed at the end of the wait for them (STREAM_SETTLE_TIMEOUT_S) "
-                            "on %s; they stay uncommitted and are read again after a restart", len(pending),
-                            describe(self.unconfirmed()))
-                return False
-        return True
-
-
-def describe(ages: dict[Partition, float]) -> str:
-    """``topic[partition] (age s)`` for each partition, for log lines."""
-    return ", ".join(f"{t}[{p}] ({age:.0f} s)" for (t, p), age in sorted(ages.items())) or "no partition"
+        return await self.acks.drain(timeout_s)
