@@ -1,5 +1,5 @@
 -- Online model quality per model version and window (stream/monitoring/outputs.py quality_rows). A window is the last
--- N joined (outcome, prediction) pairs; window_start/window_end are its first and last outcome times. A window
+-- N joined (outcome, prediction) pairs, and window_start/window_end are its first and last outcome times. A window
 -- published again (more outcomes, a replay) has the same key: FINAL keeps the latest computed_at.
 -- Metrics that do not apply to the model's task, or are undefined in the window (AUC with one class), are null.
 CREATE TABLE IF NOT EXISTS {db}.model_quality

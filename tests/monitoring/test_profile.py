@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def test_numeric_bins_are_training_deciles_with_their_counts() -> None:
     assert prof.kind == "numeric"
     np.testing.assert_allclose(prof.edges, deciles)
     bounds = [-np.inf, *deciles, np.inf]
-    direct = [int(((v > lo) & (v <= hi)).sum()) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+    direct = [int(((v > lo) & (v <= hi)).sum()) for lo, hi in pairwise(bounds)]
     assert prof.counts.tolist() == [*direct, 0]
     assert prof.bin_counts(v).tolist() == prof.counts.tolist()
 
