@@ -4,8 +4,9 @@ The window is **count-based**: the last ``size`` joined pairs (default 1000). Ou
 very different delays (a click within minutes, churn after its 30-day horizon), so a time window
 would hold a few dozen pairs for one model and a hundred thousand for another; a metric's noise
 depends on the number of pairs, not on the time they span, so a fixed count gives every model the
-same precision (AUC's standard error at 1000 pairs and a 10 % positive rate is about 0.015). The
-window's first and last outcome times are kept, so a snapshot still says when it was measured.
+same precision (at 1000 pairs, a 10 % positive rate and an AUC of 0.75, AUC's standard error is
+about 0.03, by Hanley & McNeil). The window's first and last outcome times are kept, so a snapshot
+still says when it was measured.
 
 Metrics (``nan`` where undefined):
 
