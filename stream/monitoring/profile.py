@@ -139,15 +139,16 @@ class ReferenceProfile:
         return [c for c in self.columns if c != PREDICTION]
 
     def to_dict(self) -> dict[str, Any]:
+        # a list, not a mapping: the registry writes JSON with sorted keys, and the order is the feature order
         return {"profile_version": PROFILE_VERSION, "bins": self.bins,
-                "columns": {name: c.to_dict() for name, c in self.columns.items()}}
+                "columns": [{"name": name, **c.to_dict()} for name, c in self.columns.items()]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ReferenceProfile:
         if d.get("profile_version") != PROFILE_VERSION:
             raise SchemaError(f"reference profile version {d.get('profile_version')!r} is not supported; "
                               f"expected {PROFILE_VERSION}")
-        return cls({name: ColumnProfile.from_dict(c) for name, c in d["columns"].items()}, int(d["bins"]))
+        return cls({c["name"]: ColumnProfile.from_dict(c) for c in d["columns"]}, int(d["bins"]))
 
 
 def build_profile(names: Sequence[str], x: np.ndarray, predictions: np.ndarray | None = None, *,

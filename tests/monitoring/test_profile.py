@@ -60,11 +60,13 @@ def test_missing_values_have_their_own_bin_and_the_cdf_ignores_them() -> None:
 
 def test_profile_survives_json_and_loads_from_the_registry(tmp_path) -> None:
     x, p = rows(3000, np.random.default_rng(4))
-    prof = build_profile(NAMES, x, p)
+    prof = build_profile(NAMES, x, p)  # NAMES are not in alphabetical order
     assert prof.features == NAMES and list(prof.columns)[-1] == "prediction"
     reg = ModelRegistry(tmp_path)
     mv = reg.register("click", "json", lambda path: path.write_text("{}"), {METADATA_KEY: prof.to_dict()})
-    assert load_profile(reg.get("click", mv.version)) == prof
+    loaded = load_profile(reg.get("click", mv.version))
+    assert loaded == prof
+    assert list(loaded.columns) == [*NAMES, "prediction"]  # feature order, though metadata.json sorts its keys
     bare = reg.register("click", "json", lambda path: path.write_text("{}"), {})
     assert load_profile(bare) is None
     assert ReferenceProfile.from_dict(json.loads(json.dumps(prof.to_dict()))) == prof
