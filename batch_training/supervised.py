@@ -33,6 +33,7 @@ from batch_training.modeling import (
 )
 from batch_training.oracle import oracle_predictions
 from batch_training.specs import SPECS, ModelSpec
+from stream.monitoring.profile import METADATA_KEY, build_profile
 
 LGB_SPACE: dict[str, tuple[Any, ...]] = {
     "num_leaves": (15, 31, 63),
@@ -201,6 +202,7 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     plots = _plots(spec, fitted.model, y[te], p_te, {"linear baseline": p_base}, out)
     result["plots"] = [str(p) for p in plots]
+    profile = reference_profile(spec, x[base_tr], p_te)
     mv = register(ctx.registry, name, "lightgbm" if spec.library == "lightgbm" else "xgboost",
                   lambda path: _save(spec, fitted.model, path), features=spec.features,
                   metrics={**metrics, "holdout": "test split"}, window=sp.bounds,
@@ -208,10 +210,20 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
                   extra={"task": spec.task, "threshold": threshold, "params": fitted.params,
                          "objective": "binary:logistic" if spec.task == "binary" and spec.library == "xgboost"
                          else ("binary" if spec.task == "binary" else "reg:squarederror"),
-                         "label": spec.label, "profile": prof.name})
+                         "label": spec.label, "profile": prof.name, METADATA_KEY: profile})
     result["version"] = mv.version
     write_json(ctx.reports_dir / f"{name}.json", result)
     return result
+
+
+def reference_profile(spec: ModelSpec, x_fit: np.ndarray, p_test: np.ndarray) -> dict[str, Any]:
+    """The drift reference stored with the model (stream/monitoring/profile.py).
+
+    Features: the rows the final model was fitted on (training + validation, capped as for the
+    baseline), the distribution it learnt. Predictions: the test split, the only rows the final
+    model never saw, so they are spread like live scores rather than like fitted ones.
+    """
+    return build_profile(spec.features.names, x_fit, p_test).to_dict()
 
 
 def _threshold(spec: ModelSpec, y: np.ndarray, p: np.ndarray) -> float:

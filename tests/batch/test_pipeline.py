@@ -13,6 +13,7 @@ from batch_training.cli import STEPS
 from batch_training.context import Context
 from batch_training.specs import SPECS
 from stream.models.registry import load_booster
+from stream.monitoring import load_profile
 
 
 def _result(ctx: Context, name: str) -> dict:
@@ -47,6 +48,18 @@ def test_registered_models_carry_the_worker_feature_lists(sim_ctx: Context, pipe
     churn = load_booster(reg.resolve("churn"))
     assert churn.num_features() == len(SPECS["churn"].features.names)
     assert json.loads(churn.save_config())["learner"]["objective"]["name"] == "binary:logistic"
+
+
+def test_registered_models_carry_a_reference_profile(sim_ctx: Context, pipeline_run: dict) -> None:
+    """Drift monitoring needs each model's training-time profile: every feature, then the prediction."""
+    for name, spec in SPECS.items():
+        mv = sim_ctx.registry.resolve(name)
+        prof = load_profile(mv)
+        assert prof is not None, name
+        assert prof.features == list(spec.features.names)
+        rows = mv.metadata["rows"]
+        assert prof.columns["prediction"].rows == rows["test"]
+        assert prof.columns[spec.features.names[0]].rows == min(rows["train"] + rows["validation"], 60_000)
 
 
 def test_models_beat_their_baselines(sim_ctx: Context, pipeline_run: dict) -> None:

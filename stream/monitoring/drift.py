@@ -1,0 +1,207 @@
+"""Drift of live features and predictions against the reference profile, and of the loss over time.
+
+**Feature and prediction drift** (:class:`DriftWindow`): live rows are counted into the profile's
+bins over tumbling windows of ``size`` rows; at the end of each window every column gets
+
+* PSI = sum over bins of (a - e) · ln(a / e), live shares ``a`` against reference shares ``e``, both
+  with half a pseudo-count per bin (an empty bin would make the log infinite); bins empty on both
+  sides are left out;
+* for numeric columns, KS = max |F_live - F_ref| over the profile's CDF points.
+
+Thresholds come from each statistic's distribution when nothing changed, so they grow for small
+windows instead of firing on noise:
+
+* PSI is a symmetrised KL divergence; to second order it is Pearson's X²/n, so for a window of n rows
+  against a reference of m rows, PSI ≈ (1/n + 1/m) · χ²(k - 1), k the bins the reference fills. The
+  threshold is that χ² quantile at ``1 - alpha'`` times (1/n + 1/m), but never below ``min_psi``
+  (default 0.1, the usual "moderate shift" level: with thousands of rows per window the null
+  quantile is far below any change worth an alert). At n = 100 and 10 bins the null 99th percentile is
+  about 0.2, so a fixed 0.1 fires on most unchanged windows (tests/monitoring/test_drift.py shows it).
+* KS: the two-sample critical value sqrt(-ln(alpha'/2) / 2) · sqrt(1/n + 1/m) (asymptotic; for
+  discrete data and on a grid of CDF points the test is conservative).
+* alpha' = alpha / (number of tests in the window): a Bonferroni split over all columns and both
+  statistics, so a window of unchanged data raises any alarm with probability at most ``alpha``
+  (default 0.01). Windows come one after another, so alarms per day = alpha × windows per day.
+
+**Loss drift** (:class:`LossDrift`): river's ADWIN on each joined prediction's loss (Brier score for
+classifiers, absolute error for regression). ADWIN also fires when the loss *drops*; only a rise
+is reported as drift.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import chi2
+
+from stream.monitoring.profile import PREDICTION, ColumnProfile, ReferenceProfile
+from stream.monitoring.quality import Task, pointwise_loss
+
+DEFAULT_ALPHA = 0.01
+DEFAULT_MIN_PSI = 0.1
+
+
+def psi(ref_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """Population stability index of live bin counts against reference bin counts (same bins)."""
+    ref = np.asarray(ref_counts, dtype=np.float64)
+    live = np.asarray(live_counts, dtype=np.float64)
+    used = (ref > 0) | (live > 0)
+    ref, live = ref[used] + 0.5, live[used] + 0.5
+    e, a = ref / ref.sum(), live / live.sum()
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def psi_threshold(n: int, m: int, bins: int, alpha: float, min_psi: float = DEFAULT_MIN_PSI) -> float:
+    """PSI above which a window of ``n`` rows differs from a reference of ``m`` rows over ``bins``
+    filled bins, at false-alarm probability ``alpha`` (chi-square approximation, floored at ``min_psi``)."""
+    df = max(bins - 1, 1)
+    return max(min_psi, float(chi2.ppf(1 - alpha, df)) * (1 / max(n, 1) + 1 / max(m, 1)))
+
+
+def ks_threshold(n: int, m: int, alpha: float) -> float:
+    """Two-sample KS critical value at ``alpha`` for samples of ``n`` and ``m`` (asymptotic)."""
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt(1 / max(n, 1) + 1 / max(m, 1))
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """One column's statistics in one window (``ks`` is nan for discrete columns)."""
+
+    psi: float
+    psi_threshold: float
+    ks: float
+    ks_threshold: float
+
+    @property
+    def drifted(self) -> bool:
+        return self.psi > self.psi_threshold or (not math.isnan(self.ks) and self.ks > self.ks_threshold)
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One window's drift of every profiled column."""
+
+    model: str
+    version: str
+    window_start_ms: int
+    window_end_ms: int
+    n: int
+    columns: dict[str, ColumnDrift]
+
+    @property
+    def drifted(self) -> list[str]:
+        """The columns over their threshold."""
+        return [c for c, d in self.columns.items() if d.drifted]
+
+
+def column_drift(ref: ColumnProfile, live_bins: np.ndarray, live_cdf: np.ndarray, alpha: float,
+                 min_psi: float) -> ColumnDrift:
+    """PSI and (numeric columns) KS of accumulated live counts; ``alpha`` is this column's share."""
+    n = int(live_bins.sum())
+    a_psi = alpha / 2 if ref.kind == "numeric" else alpha
+    value = psi(ref.counts, live_bins)
+    thr = psi_threshold(n, ref.rows, int((ref.counts > 0).sum()), a_psi, min_psi)
+    if ref.kind != "numeric":
+        return ColumnDrift(value, thr, float("nan"), float("nan"))
+    n_finite = int(live_bins[:-1].sum())
+    m_finite = ref.rows - int(ref.counts[-1])
+    if n_finite == 0 or m_finite == 0 or len(ref.cdf_x) == 0:
+        return ColumnDrift(value, thr, float("nan"), float("nan"))
+    ks = float(np.max(np.abs(live_cdf / n_finite - ref.cdf_p)))
+    return ColumnDrift(value, thr, ks, ks_threshold(n_finite, m_finite, alpha / 2))
+
+
+class DriftWindow:
+    """Tumbling windows of ``size`` live rows of one model version, compared with its profile.
+
+    ``update`` takes a batch (a feature matrix in the profile's feature order, the predictions, the
+    event times) and returns the reports of the windows it completed. Only bin counts are kept, so
+    memory does not grow with the window.
+    """
+
+    def __init__(self, model: str, version: str, profile: ReferenceProfile, size: int = 1000, *,
+                 alpha: float = DEFAULT_ALPHA, min_psi: float = DEFAULT_MIN_PSI) -> None:
+        if size < 10:
+            raise ValueError(f"drift window size {size} is too small; expected at least 10 rows")
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha {alpha} is not a probability in (0, 1)")
+        self.model, self.version, self.profile, self.size = model, str(version), profile, size
+        self.min_psi = min_psi
+        cols = profile.columns.values()
+        tests = sum(2 if c.kind == "numeric" else 1 for c in cols)
+        self._alpha = {name: alpha * (2 if c.kind == "numeric" else 1) / tests
+                       for name, c in profile.columns.items()}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n = 0
+        self._start: int | None = None
+        self._end = 0
+        self._bins = {k: np.zeros(len(c.counts), dtype=np.int64) for k, c in self.profile.columns.items()}
+        self._cdf = {k: np.zeros(len(c.cdf_x), dtype=np.int64) for k, c in self.profile.columns.items()}
+
+    def update(self, x: np.ndarray, predictions: np.ndarray | None, t_ms: np.ndarray) -> list[DriftReport]:
+        x = np.asarray(x, dtype=np.float64)
+        t_ms = np.asarray(t_ms, dtype=np.int64)
+        features = self.profile.features
+        if x.ndim != 2 or x.shape[1] != len(features):
+            raise ValueError(f"feature batch has shape {x.shape}; expected (rows, {len(features)})")
+        reports = []
+        i = 0
+        while i < len(x):
+            j = min(len(x), i + self.size - self.n)
+            self._add(x[i:j], None if predictions is None else np.asarray(predictions)[i:j], t_ms[i:j])
+            if self.n == self.size:
+                reports.append(self.report())
+                self._reset()
+            i = j
+        return reports
+
+    def _add(self, x: np.ndarray, p: np.ndarray | None, t: np.ndarray) -> None:
+        cols = {name: x[:, k] for k, name in enumerate(self.profile.features)}
+        if p is not None and PREDICTION in self.profile.columns:
+            cols[PREDICTION] = p
+        for name, values in cols.items():
+            ref = self.profile.columns[name]
+            self._bins[name] += ref.bin_counts(values)
+            if ref.kind == "numeric":
+                self._cdf[name] += ref.cdf_counts(values)
+        self.n += len(x)
+        if len(t):
+            self._start = int(t.min()) if self._start is None else min(self._start, int(t.min()))
+            self._end = max(self._end, int(t.max()))
+
+    def report(self) -> DriftReport:
+        """The statistics of the rows so far in this window (columns with no live rows are left out)."""
+        cols = {name: column_drift(ref, self._bins[name], self._cdf[name], self._alpha[name], self.min_psi)
+                for name, ref in self.profile.columns.items() if self._bins[name].sum() > 0}
+        return DriftReport(self.model, self.version, self._start or 0, self._end, self.n, cols)
+
+
+class LossDrift:
+    """ADWIN on one model version's per-prediction loss; ``update`` says whether the loss rose.
+
+    ``delta`` is ADWIN's confidence (river's default 0.002); it checks every ``clock`` pairs.
+    """
+
+    def __init__(self, task: Task, delta: float = 0.002, clock: int = 32) -> None:
+        from river.drift import ADWIN
+
+        self.task = task
+        self._adwin = ADWIN(delta=delta, clock=clock)
+        #: rises detected (ADWIN's detections in the other direction are not counted)
+        self.detections = 0
+
+    @property
+    def mean_loss(self) -> float:
+        return float(self._adwin.estimation)
+
+    def update(self, y: float, p: float) -> bool:
+        before = self._adwin.estimation
+        self._adwin.update(pointwise_loss(self.task, y, p))
+        if self._adwin.drift_detected and self._adwin.estimation > before:
+            self.detections += 1
+            return True
+        return False
