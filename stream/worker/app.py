@@ -298,9 +298,12 @@ def _watch_progress(rt: Runtime, detector: StallDetector, lags: dict[tuple[str, 
 async def _waiting(app: faust.App, rt: Runtime, watch: StartWatch, assigned: Any) -> list[tuple[str, int]]:
     """The watched input partitions (no record since their assignment) with records past the committed offset.
 
-    Asked of the broker: a partition whose fetch never ran has no high watermark in the consumer.
+    Asked of the broker, unless the consumer's high watermark shows nothing to read: a partition
+    whose fetch never ran has none in the consumer, and the broker's low watermark tells a log
+    whose records were all deleted.
     """
-    committed = getattr(app.consumer, "_committed_offset", {})
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
     inputs = {rt.topic_names.get("events"), rt.topic_names.get("article_events")}
     loop = asyncio.get_running_loop()
     out = []
@@ -308,6 +311,8 @@ async def _waiting(app: faust.App, rt: Runtime, watch: StartWatch, assigned: Any
         key = (tp[0], tp[1])
         if tp[0] not in inputs or not watch.watching(key) or rt.gap_filler is None:
             continue
+        if (seen := consumer.highwater(tp)) is not None and seen <= (committed.get(tp) or 0):
+            continue  # nothing to read
         try:
             low, high = await loop.run_in_executor(None, rt.gap_filler.watermarks, *key)
         except Exception as exc:  # the broker is away: tried again at the next check
