@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         description="a partition whose oldest unconfirmed batch is older than this, or that has messages "
                     "waiting and processed none for this long, is logged as stalled and makes /readyz fail"
     )
+    start_stall_s: float = Field(
+        20.0, gt=0, allow_inf_nan=False,
+        description="an assigned input partition with messages waiting that delivered none since its assignment "
+                    "for this long makes the worker re-join its group (a rebalance), once per this period"
+    )
     health_loop_timeout_s: float = Field(
         30.0, gt=0, le=3600, allow_inf_nan=False,
         description="/healthz fails once the worker's event loop has not run its 1 s heartbeat for this long"

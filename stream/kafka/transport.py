@@ -114,6 +114,19 @@ class LedgerConsumer(driver.Consumer):
         return ledger.committable((tp.topic, tp.partition))
 
 
+    async def rejoin(self) -> None:
+        """Leave the current assignment and join the group again: a rebalance of the whole group.
+
+        aiokafka's coordinator re-joins once asked; the new assignment gives every partition a
+        fresh fetch state in aiokafka, and faust runs its assignment, recovery and seek again.
+        """
+        async def request(consumer: Any) -> None:
+            consumer._coordinator.request_rejoin()  # noqa: SLF001 - aiokafka's way to ask for a rejoin
+
+        thread = self._thread  # faust runs aiokafka on this thread's loop
+        await thread.call_thread(request, thread._ensure_consumer())  # noqa: SLF001 - faust's aiokafka consumer
+
+
 class LedgerTransport(driver.Transport):
     Consumer = LedgerConsumer
 

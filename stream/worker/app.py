@@ -29,7 +29,7 @@ from stream.state import DEFAULT_CONFIG
 from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
 from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
-from stream.worker.health import Health, StallDetector, readiness
+from stream.worker.health import Health, StallDetector, StartWatch, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
@@ -295,10 +295,55 @@ def _watch_progress(rt: Publisher, detector: StallDetector, lags: dict[tuple[str
         rt.metrics.idle.labels(topic=topic, partition=str(partition)).set(age)
 
 
+async def _waiting(app: faust.App, rt: Publisher, watch: StartWatch, assigned: Any) -> list[tuple[str, int]]:
+    """The watched input partitions (no record since their assignment) with records past the committed offset.
+
+    Asked of the broker, unless the consumer's high watermark shows nothing to read: a partition
+    whose fetch never ran has none in the consumer, and the broker's low watermark tells a log
+    whose records were all deleted.
+    """
+    consumer = app.consumer
+    committed = getattr(consumer, "_committed_offset", {})
+    inputs = {rt.topic_names.get("events"), rt.topic_names.get("article_events")}
+    loop = asyncio.get_running_loop()
+    out = []
+    for tp in assigned:
+        key = (tp[0], tp[1])
+        if tp[0] not in inputs or not watch.watching(key) or rt.gap_filler is None:
+            continue
+        if (seen := consumer.highwater(tp)) is not None and seen <= (committed.get(tp) or 0):
+            continue  # nothing to read
+        try:
+            low, high = await loop.run_in_executor(None, rt.gap_filler.watermarks, *key)
+        except Exception as exc:  # the broker is away: tried again at the next check
+            log.debug("cannot read the watermarks of %s[%d]: %s", key[0], key[1], exc)
+            continue
+        if high > max(committed.get(tp) or 0, low):
+            out.append(key)
+    return out
+
+
+async def _rejoin_if_stuck(app: faust.App, rt: Publisher, watch: StartWatch, waiting: list[tuple[str, int]]) -> None:
+    """Re-join the group when an owned partition has delivered nothing since its assignment (health.StartWatch)."""
+    inbound = app.monitor.stream_inbound_time  # StreamActivity's record of each partition's last event
+    stuck = watch.update(waiting, lambda tp: inbound.get(tp))  # type: ignore[call-overload]  # TP is a (topic, partition) tuple
+    if not stuck:
+        return
+    rt.metrics.rejoins.inc()
+    log.warning("%s delivered no record since the assignment for %.0f s while records wait "
+                "(STREAM_START_STALL_S); re-joining the group", ", ".join(f"{t}[{p}]" for t, p in stuck),
+                watch.limit_s)
+    watch.restart(stuck)
+    consumer = app.consumer
+    assert isinstance(consumer, transport.LedgerConsumer)  # the app's transport (WorkerApp._new_transport)
+    await consumer.rejoin()
+
+
 def _register_services(app: faust.App, rt: Publisher) -> None:
     s = rt.settings
     health = rt.metrics.health
     detector = StallDetector(s.stall_warning_s, on_stalled=lambda tp: rt.metrics.stalls.inc())
+    watch = StartWatch(s.start_stall_s)
 
     @app.task
     async def start_services() -> None:
@@ -319,6 +364,8 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
         await rt.learn_starts(assigned)  # a new group has no committed offset to count the lag from
         lags = rt.export_lag(assigned, consumer.highwater, committed.get)
         _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
+        if _recovered(app):
+            await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))
 
     @app.timer(interval=1.0)
     async def health_check() -> None:
@@ -336,8 +383,13 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
         rt.on_revoked(revoked)
         gone = [(tp.topic, tp.partition) for tp in revoked]
         detector.forget(gone)
+        watch.forget(gone)
         for topic, partition in gone:
             rt.metrics.idle.remove(topic, str(partition))
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def watch_assigned(app: faust.App, assigned: Any, **kwargs: Any) -> None:
+        watch.assigned((tp.topic, tp.partition) for tp in assigned)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def flush_sink(app: WorkerApp, **kwargs: Any) -> None:

@@ -186,3 +186,71 @@ class StallDetector:
             self._since.pop(tp, None)
             self._logged.pop(tp, None)
             self.idle.pop(tp, None)
+
+
+
+@dataclass
+class StartWatch:
+    """Assigned input partitions that have delivered no record to their stream since they were assigned.
+
+    Under heavy load a fresh worker was seen assigned a partition whose consumer then never handed
+    a record of it to the stream while records waited (issue 14, the start-up race; the cause was
+    not found, see docs/worker.md, "Start-up stalls"). Told of each assignment (:meth:`assigned`)
+    and fed every few seconds (:meth:`update`) with the owned partitions that have records
+    waiting, it returns those that have waited more than ``limit_s`` with no record arriving since
+    their assignment; the app then re-joins the group, and the rebalance rebuilds every
+    partition's fetch state. A partition that delivered once is not watched until its next assignment.
+    """
+
+    limit_s: float
+    _assigned_at: dict[Partition, float] = field(default_factory=dict)
+    #: per partition watched: since when it has had records waiting
+    _since: dict[Partition, float] = field(default_factory=dict)
+
+    def assigned(self, partitions: Iterable[Partition], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        for tp in partitions:
+            self._assigned_at[tp] = now
+            self._since.pop(tp, None)
+
+    def update(self, waiting: Iterable[Partition], last_in: Callable[[Partition], float | None],
+               now: float | None = None) -> list[Partition]:
+        """The partitions of ``waiting`` stuck past the limit; ``last_in``: when a record of one last arrived.
+
+        >>> watch = StartWatch(10.0)
+        >>> watch.assigned([("e", 0), ("e", 1)], now=90.0)
+        >>> watch.update([("e", 0), ("e", 1)], {("e", 1): 95.0}.get, now=100.0)
+        []
+        >>> watch.update([("e", 0), ("e", 1)], {("e", 1): 95.0}.get, now=111.0)
+        [('e', 0)]
+        """
+        now = time.monotonic() if now is None else now
+        waiting = {tp for tp in waiting if tp in self._assigned_at}
+        for tp in [tp for tp in self._since if tp not in waiting]:
+            del self._since[tp]  # nothing waits now: a later record starts a new wait
+        stuck = []
+        for tp in sorted(waiting):
+            arrived = last_in(tp)
+            if arrived is not None and arrived >= self._assigned_at[tp]:
+                del self._assigned_at[tp]  # it delivers: not watched until its next assignment
+                self._since.pop(tp, None)
+            elif now - self._since.setdefault(tp, now) > self.limit_s:
+                stuck.append(tp)
+        return stuck
+
+    def watching(self, tp: Partition) -> bool:
+        """``tp`` is owned and has delivered nothing since its assignment."""
+        return tp in self._assigned_at
+
+    def restart(self, partitions: Iterable[Partition], now: float | None = None) -> None:
+        """Count the partitions' wait from ``now`` (the app acted on them)."""
+        now = time.monotonic() if now is None else now
+        for tp in partitions:
+            if tp in self._since:
+                self._since[tp] = now
+
+    def forget(self, partitions: Iterable[Partition]) -> None:
+        """Drop what is known of partitions this worker no longer owns."""
+        for tp in partitions:
+            self._assigned_at.pop(tp, None)
+            self._since.pop(tp, None)

@@ -131,6 +131,11 @@ class WorkerMetrics:
             "stream_partition_idle_seconds",
             "Per owned input partition with messages waiting: seconds since one of its records was last "
             "processed (0 = progressing or nothing to read)", ["topic", "partition"], registry=r)
+        self.rejoins = Counter(
+            "stream_start_stall_rejoins_total",
+            "Times the worker re-joined its group because an assigned input partition delivered nothing since "
+            "its assignment for STREAM_START_STALL_S while messages waited",
+            registry=r)
         self.stalls = Counter(
             "stream_partition_stalls_total",
             "Times an owned input partition with messages waiting processed none for STREAM_STALL_WARNING_S",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stream.kafka.embedded import free_port
-from stream.worker.health import Health, StallDetector, readiness
+from stream.worker.health import Health, StallDetector, StartWatch, readiness
 from stream.worker.metrics import WorkerMetrics
 from tests.support.waits import wait
 
@@ -166,3 +166,20 @@ def test_endpoints_answer_beside_metrics_and_healthz_sees_a_wedged_loop() -> Non
         wedge.set()
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_start_watch_reports_only_partitions_silent_since_their_assignment_while_records_wait() -> None:
+    watch = StartWatch(10.0)
+    e0, e1, e2 = ("e", 0), ("e", 1), ("e", 2)
+    watch.assigned([e0, e1, e2], now=0.0)
+    arrived = {e1: 2.0, e2: -5.0}  # e2's last record came before this assignment: it does not count
+    assert watch.update([e0, e1, e2], arrived.get, now=1.0) == []
+    assert watch.update([e0, e2], arrived.get, now=20.0) == [e0, e2]
+    assert not watch.watching(e1)  # it delivered: not watched until its next assignment
+    watch.restart([e0], now=20.0)
+    assert watch.update([e0, e2], arrived.get, now=25.0) == [e2]
+    assert watch.update([e2], arrived.get, now=26.0) == [e2]
+    assert watch.update([], arrived.get, now=27.0) == []  # caught up: a later record starts a new wait
+    assert watch.update([e2], arrived.get, now=30.0) == []
+    watch.forget([e2])
+    assert watch.update([e2], arrived.get, now=60.0) == []  # revoked: not watched

@@ -59,3 +59,12 @@ def test_faust_recovery_flushes_buffers_on_demand() -> None:
 
     assert isinstance(inspect.getattr_static(Recovery, "in_recovery"), property | bool)
     assert list(inspect.signature(Recovery.flush_buffers).parameters) == ["self"]
+
+
+def test_aiokafka_rejoin_request_and_faust_consumer_thread() -> None:
+    # LedgerConsumer.rejoin (the start-up stall recovery) asks aiokafka's coordinator through these
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    assert list(inspect.signature(GroupCoordinator.request_rejoin).parameters) == ["self"]
+    assert list(inspect.signature(AIOKafkaConsumerThread._ensure_consumer).parameters) == ["self"]

@@ -85,14 +85,18 @@ class GapFiller:
 
     def log_start(self, topic: str, partition: int) -> int:
         """The partition's first offset on the broker (its low watermark)."""
+        return self.watermarks(topic, partition)[0]
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """The partition's first offset and the offset after its last, asked of the broker."""
         from confluent_kafka import TopicPartition
 
         with self._lock:
             if self._consumer is None:
                 self._consumer = self._make()
-            low, _ = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s,
-                                                          cached=False)
-        return int(low)
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                             timeout=self.timeout_s, cached=False)
+        return int(low), int(high)
 
     def close(self) -> None:
         with self._lock:
