@@ -32,13 +32,15 @@ test-fast: $(STAMP) ## tests that need no Kafka broker
 test-faults: $(STAMP) ## the fault suite: broker, worker and ClickHouse failures (about 6 min; CI runs it after make test)
 	$(BIN)/python -m pytest -m fault $(PYTEST_ARGS)
 
-lint: $(STAMP) ## ruff, mypy and the import contracts (pyproject.toml [tool.importlinter])
+lint: $(STAMP) ## ruff (lint and format check), mypy and the import contracts (pyproject.toml [tool.importlinter])
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy stream simulator batch_training
 	$(BIN)/lint-imports
 
-fmt: $(STAMP) ## apply ruff's fixes
+fmt: $(STAMP) ## apply ruff's fixes and format
 	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: $(STAMP) ## run every benchmark in bench/ and print its figures
 	@for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

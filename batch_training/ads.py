@@ -32,7 +32,8 @@ def _log(ctx: Context) -> pd.DataFrame:
     return ctx.ch.query_df(
         "SELECT placement, device_type AS device, intDiv(toUnixTimestamp64Milli(event_time), 86400000) AS day, "
         "toUInt8(request_id IN (SELECT request_id FROM {db}.events WHERE event_type = 'ad_click')) AS clicked "
-        "FROM {db}.events WHERE event_type = 'ad_impression' LIMIT 1 BY request_id")
+        "FROM {db}.events WHERE event_type = 'ad_impression' LIMIT 1 BY request_id"
+    )
 
 
 def ads(ctx: Context) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def ads(ctx: Context) -> dict[str, Any]:
     log["device"] = log["device"].fillna("unknown").astype(str)
     log["placement"] = log["placement"].astype(str)
     arms = sorted(log["placement"].unique())
-    rev = (log.groupby(["placement", "device"])["clicked"].agg(["sum", "count"]).reset_index())
+    rev = log.groupby(["placement", "device"])["clicked"].agg(["sum", "count"]).reset_index()
     rev["ctr"] = (rev["sum"] + 1) / (rev["count"] + 2)
     rev["revenue_per_1000"] = 1000 * rev["ctr"] * REVENUE_PER_CLICK
     days = sorted(log["day"].unique())
@@ -51,10 +52,16 @@ def ads(ctx: Context) -> dict[str, Any]:
     truth_source = "empirical"
     ctr: dict[tuple[int, str, str], float] = {}
     if ctx.has_table_rows("truth_ad_arms"):
-        t = ctx.ch.query_df("SELECT intDiv(toUnixTimestamp64Milli(day_start), 86400000) AS day, placement, "
-                            "device_type AS device, ctr FROM {db}.truth_ad_arms")
-        ctr = {(int(d), str(p), str(v)): float(c) for d, p, v, c in
-               zip(t["day"].tolist(), t["placement"].tolist(), t["device"].tolist(), t["ctr"].tolist(), strict=True)}
+        t = ctx.ch.query_df(
+            "SELECT intDiv(toUnixTimestamp64Milli(day_start), 86400000) AS day, placement, "
+            "device_type AS device, ctr FROM {db}.truth_ad_arms"
+        )
+        ctr = {
+            (int(d), str(p), str(v)): float(c)
+            for d, p, v, c in zip(
+                t["day"].tolist(), t["placement"].tolist(), t["device"].tolist(), t["ctr"].tolist(), strict=True
+            )
+        }
         truth_source = "truth_ad_arms"
     emp = log.groupby(["day", "placement", "device"])["clicked"].mean().to_dict()
     sample = log.sample(min(ROUNDS, len(log)), random_state=seed).sort_values("day")
@@ -68,10 +75,19 @@ def ads(ctx: Context) -> dict[str, Any]:
     results, curves = simulate_policies(arms, contexts, true_ctr, fixed_arm, seed)
     _plot(curves, ctx)
     best_policy = min(results, key=lambda k: results[k]["cumulative_regret"])
-    out = {"truth_source": truth_source, "rounds": len(contexts), "fixed_arm": fixed_arm, "policies": results,
-           "best_policy": best_policy, "revenue_model": rev.to_dict(orient="records"),
-           "summary": {"truth": truth_source, "best_policy": best_policy,
-                       **{k: round(v["cumulative_regret"], 2) for k, v in results.items()}}}
+    out = {
+        "truth_source": truth_source,
+        "rounds": len(contexts),
+        "fixed_arm": fixed_arm,
+        "policies": results,
+        "best_policy": best_policy,
+        "revenue_model": rev.to_dict(orient="records"),
+        "summary": {
+            "truth": truth_source,
+            "best_policy": best_policy,
+            **{k: round(v["cumulative_regret"], 2) for k, v in results.items()},
+        },
+    }
     write_json(ctx.reports_dir / "ads.json", out)
     return out
 
@@ -90,8 +106,13 @@ def _policy(name: str, arms: list[str], fixed_arm: str, seed: int) -> bandit.Pol
     return bandit.ThompsonPolicy(bandit.ThompsonSampling(arms, seed=seed + 2))
 
 
-def simulate_policies(arms: list[str], contexts: list[tuple[int, str]], true_ctr: Callable[[int, str, str], float],
-                      fixed_arm: str, seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def simulate_policies(
+    arms: list[str],
+    contexts: list[tuple[int, str]],
+    true_ctr: Callable[[int, str, str], float],
+    fixed_arm: str,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Each policy over the same (day, device) impressions: clicks, CTR, regret and its cumulative curve.
 
     Every policy starts from the same seeds; the clicks come from one generator across the
@@ -106,9 +127,12 @@ def simulate_policies(arms: list[str], contexts: list[tuple[int, str]], true_ctr
         sim = bandit.simulate({name: _policy(name, arms, fixed_arm, seed)}, rounds, rng)[name]
         reward = int(sim.clicked.sum())
         curves[name] = np.cumsum(best - sim.expected)
-        results[name] = {"clicks": reward, "ctr": reward / len(contexts),
-                         "cumulative_regret": float(curves[name][-1]),
-                         "revenue": reward * REVENUE_PER_CLICK}
+        results[name] = {
+            "clicks": reward,
+            "ctr": reward / len(contexts),
+            "cumulative_regret": float(curves[name][-1]),
+            "revenue": reward * REVENUE_PER_CLICK,
+        }
     return results, curves
 
 

@@ -40,17 +40,35 @@ def baselines(ctx: Context) -> dict[str, Any]:
         return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), est)
 
     models: dict[str, tuple[Any, list[int]]] = {
-        "logistic_regression": (prep(LogisticRegression(max_iter=500, class_weight="balanced", random_state=seed)),
-                                cols),
-        "random_forest": (make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True),
-                                        RandomForestClassifier(n_estimators=150, min_samples_leaf=5, n_jobs=2,
-                                                               class_weight="balanced_subsample", random_state=seed)),
-                          list(range(x.shape[1]))),
-        "mlp": (prep(MLPClassifier(hidden_layer_sizes=(64, 32), early_stopping=True, max_iter=200, random_state=seed)),
-                cols),
-        "xgboost": (xgb.XGBClassifier(n_estimators=300, max_depth=5, learning_rate=0.08, tree_method="hist",
-                                      n_jobs=2, random_state=seed, scale_pos_weight=((1 - pos) / pos) ** 0.5),
-                    list(range(x.shape[1]))),
+        "logistic_regression": (
+            prep(LogisticRegression(max_iter=500, class_weight="balanced", random_state=seed)),
+            cols,
+        ),
+        "random_forest": (
+            make_pipeline(
+                SimpleImputer(strategy="median", keep_empty_features=True),
+                RandomForestClassifier(
+                    n_estimators=150, min_samples_leaf=5, n_jobs=2, class_weight="balanced_subsample", random_state=seed
+                ),
+            ),
+            list(range(x.shape[1])),
+        ),
+        "mlp": (
+            prep(MLPClassifier(hidden_layer_sizes=(64, 32), early_stopping=True, max_iter=200, random_state=seed)),
+            cols,
+        ),
+        "xgboost": (
+            xgb.XGBClassifier(
+                n_estimators=300,
+                max_depth=5,
+                learning_rate=0.08,
+                tree_method="hist",
+                n_jobs=2,
+                random_state=seed,
+                scale_pos_weight=((1 - pos) / pos) ** 0.5,
+            ),
+            list(range(x.shape[1])),
+        ),
     }
     out: dict[str, Any] = {}
     curves = {}
@@ -66,10 +84,13 @@ def baselines(ctx: Context) -> dict[str, Any]:
     plot_dir.mkdir(exist_ok=True)
     plot_roc(y[te], curves, plot_dir / "roc_comparison.png", "churn: baselines vs XGBoost")
     best_base = max((n for n in out if n != "xgboost"), key=lambda n: out[n]["auc"])
-    result = {"models": out, "best_baseline": best_base,
-              "summary": {n: round(m["auc"], 4) for n, m in out.items()},
-              "xgboost_beats_baselines": bool(out["xgboost"]["auc"] > out[best_base]["auc"]),
-              "rows": {"train": len(tr), "validation": len(va), "test": len(te)}}
+    result = {
+        "models": out,
+        "best_baseline": best_base,
+        "summary": {n: round(m["auc"], 4) for n, m in out.items()},
+        "xgboost_beats_baselines": bool(out["xgboost"]["auc"] > out[best_base]["auc"]),
+        "rows": {"train": len(tr), "validation": len(va), "test": len(te)},
+    }
     write_json(ctx.reports_dir / "baselines.json", result)
     return result
 

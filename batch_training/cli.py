@@ -56,10 +56,15 @@ STEPS: dict[str, Callable[[Context], Any]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     common = arguments.Parser(add_help=False)
-    common.add_argument("--profile", default="default", choices=sorted(PROFILES),
-                        help="size/time knobs: default (20k-user demo data), fast (tests), full (every row)")
-    common.add_argument("--processes", type=arguments.positive_int, default=None,
-                        help="worker processes for the training sets")
+    common.add_argument(
+        "--profile",
+        default="default",
+        choices=sorted(PROFILES),
+        help="size/time knobs: default (20k-user demo data), fast (tests), full (every row)",
+    )
+    common.add_argument(
+        "--processes", type=arguments.positive_int, default=None, help="worker processes for the training sets"
+    )
     common.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     p = arguments.Parser(prog="python -m batch_training", description="Batch training: ClickHouse history -> models")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=arguments.Parser)
@@ -78,9 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pipeline(ctx: Context, *, skip_exploration: bool = False, skip_features: bool = False,
-             skip_prerequisites: bool = False, force: bool = False,
-             log: Callable[[str], None] = print) -> dict[str, float]:
+def pipeline(
+    ctx: Context,
+    *,
+    skip_exploration: bool = False,
+    skip_features: bool = False,
+    skip_prerequisites: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, float]:
     """Run the steps in order, then promote; returns wall seconds per step.
 
     A step that cannot run on this history raises :class:`Skipped`: its one-line reason is logged
@@ -93,8 +104,11 @@ def pipeline(ctx: Context, *, skip_exploration: bool = False, skip_features: boo
     steps: dict[str, dict[str, Any]] = {}
     t_all = time.perf_counter()
     for name, fn in STEPS.items():
-        if (name == "prerequisites" and skip_prerequisites) or (name == "explore" and skip_exploration) or (
-                name == "features" and skip_features):
+        if (
+            (name == "prerequisites" and skip_prerequisites)
+            or (name == "explore" and skip_exploration)
+            or (name == "features" and skip_features)
+        ):
             continue
         t = time.perf_counter()
         try:
@@ -127,13 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes),
-                  progress=not args.no_progress)
+    ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes), progress=not args.no_progress)
     try:
         if args.cmd == "run":
-            pipeline(ctx, skip_exploration=args.skip_exploration or args.models_only,
-                     skip_features=args.skip_features or args.models_only,
-                     skip_prerequisites=args.skip_prerequisites, force=args.force)
+            pipeline(
+                ctx,
+                skip_exploration=args.skip_exploration or args.models_only,
+                skip_features=args.skip_features or args.models_only,
+                skip_prerequisites=args.skip_prerequisites,
+                force=args.force,
+            )
             from batch_training.evaluate import format_table
 
             ev = json.loads((ctx.reports_dir / "evaluation.json").read_text())

@@ -46,16 +46,28 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # 20k users x 60 d (12.7 M events) in < 10 min on 2 cores: rows from a 35 % user sample,
     # snapshots every 3 days, a quarter of the impressions.
-    "default": Profile("default", Sampling(cutoff_every_days=3, user_share=0.35, impression_share=0.25,
-                                           session_share=1.0, seed=7)),
+    "default": Profile(
+        "default", Sampling(cutoff_every_days=3, user_share=0.35, impression_share=0.25, session_share=1.0, seed=7)
+    ),
     # tests and the demo: every user, snapshots every 2 days, smaller search
-    "fast": Profile("fast", Sampling(cutoff_every_days=2, user_share=1.0, impression_share=0.3,
-                                     session_share=1.0, seed=7), search_iter=3, cv_folds=2,
-                    n_estimators=250, min_events=1_000),
+    "fast": Profile(
+        "fast",
+        Sampling(cutoff_every_days=2, user_share=1.0, impression_share=0.3, session_share=1.0, seed=7),
+        search_iter=3,
+        cv_folds=2,
+        n_estimators=250,
+        min_events=1_000,
+    ),
     # the README's demo: a few thousand users, about a minute of training on 2 cores
-    "demo": Profile("demo", Sampling(cutoff_every_days=3, user_share=0.6, impression_share=0.15,
-                                     session_share=1.0, seed=7), search_iter=2, cv_folds=2,
-                    n_estimators=150, max_train_rows=40_000, min_events=1_000),
+    "demo": Profile(
+        "demo",
+        Sampling(cutoff_every_days=3, user_share=0.6, impression_share=0.15, session_share=1.0, seed=7),
+        search_iter=2,
+        cv_folds=2,
+        n_estimators=150,
+        max_train_rows=40_000,
+        min_events=1_000,
+    ),
     "full": Profile("full", Sampling()),
 }
 

@@ -73,9 +73,11 @@ from stream.state.labels import (
     session_engagement_frame,
 )
 
-_COLS = ("event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
-         "brand, category, position, revenue, duration_ms, device_type, device_os, device_browser, "
-         "country, city, timezone")
+_COLS = (
+    "event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
+    "brand, category, position, revenue, duration_ms, device_type, device_os, device_browser, "
+    "country, city, timezone"
+)
 
 
 @dataclass
@@ -113,11 +115,23 @@ def frame_to_evs(df: pd.DataFrame) -> list[Ev]:
     rev = df["revenue"].astype("Float64")
     cents = [0 if pd.isna(v) else round(float(v) * 100) for v in rev.tolist()] if rev.notna().any() else [0] * n
     pos = df["position"].astype("Float64").fillna(0).astype("int64").tolist()
-    cols = [t, typ, idh, _codes(df["session_id"], str_hash), _codes(df["brand"], str_hash),
-            _codes(df["category"], str_hash), _codes(df["device_type"], device_code),
-            _codes(df["device_os"], os_code), _codes(df["device_browser"], browser_code),
-            _codes(df["country"], country_code), _codes(df["city"], str_hash),
-            _codes(df["timezone"], tz_code), dur, cents, pos]
+    cols = [
+        t,
+        typ,
+        idh,
+        _codes(df["session_id"], str_hash),
+        _codes(df["brand"], str_hash),
+        _codes(df["category"], str_hash),
+        _codes(df["device_type"], device_code),
+        _codes(df["device_os"], os_code),
+        _codes(df["device_browser"], browser_code),
+        _codes(df["country"], country_code),
+        _codes(df["city"], str_hash),
+        _codes(df["timezone"], tz_code),
+        dur,
+        cents,
+        pos,
+    ]
     return [Ev._make(r) for r in zip(*cols, strict=True)]
 
 
@@ -254,11 +268,15 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
             if ev.typ == T_IMPRESSION and smp.keep(ev.idh, imp_share):
                 # the article part is joined later (click_row = user, article, position, context)
                 tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev)]
-                clicks.append(ClickRow(ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail,
-                                       clicks_y.get(ids[k], 0)))
+                clicks.append(
+                    ClickRow(
+                        ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail, clicks_y.get(ids[k], 0)
+                    )
+                )
             elif ev.typ == T_SESSION_START and smp.keep(ev.sidh, sess_share):
-                engage.append(EngagementRow(ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg),
-                                            eng_y.get(sids[k], math.nan)))
+                engage.append(
+                    EngagementRow(ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg), eng_y.get(sids[k], math.nan))
+                )
             apply_user(st, ev, cfg)
         i = j
     return snaps, clicks, engage
@@ -280,8 +298,9 @@ def _article_pass(args: tuple[pd.DataFrame, StateConfig, Sampling]) -> dict[str,
     share = smp.impression_share
     states: dict[str, Any] = {}
     out: dict[str, list[float]] = {}
-    for eid, aid, kind, t in zip(df["event_id"].tolist(), df["article_id"].tolist(),
-                                 df["event_type"].tolist(), df["t"].tolist(), strict=True):
+    for eid, aid, kind, t in zip(
+        df["event_id"].tolist(), df["article_id"].tolist(), df["event_type"].tolist(), df["t"].tolist(), strict=True
+    ):
         st = states.get(aid)
         if st is None:
             st = states[aid] = new_article_state()
@@ -299,7 +318,8 @@ def _chunks(ch: ClickHouse, n_chunks: int, where: str, user_filter: str = "") ->
     for k in range(n_chunks):
         df = ch.query_df(
             f"SELECT {_COLS} FROM {{db}}.events WHERE cityHash64(user_id) % {n_chunks} = {k} {where} {user_filter} "
-            "ORDER BY user_id, event_time, event_id LIMIT 1 BY event_id")
+            "ORDER BY user_id, event_time, event_id LIMIT 1 BY event_id"
+        )
         if len(df):
             yield df
 
@@ -310,15 +330,25 @@ def _article_chunks(ch: ClickHouse, n_chunks: int, where: str) -> Iterator[pd.Da
             "SELECT event_id, article_id, event_type, toUnixTimestamp64Milli(event_time) AS t "
             f"FROM {{db}}.events WHERE article_id IS NOT NULL AND cityHash64(article_id) % {n_chunks} = {k} "
             "AND event_type IN ('article_impression', 'article_click', 'article_view') "
-            f"{where} ORDER BY event_time, event_id LIMIT 1 BY event_id")
+            f"{where} ORDER BY event_time, event_id LIMIT 1 BY event_id"
+        )
         if len(df):
             yield df
 
 
-def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: int | None = None,
-                        processes: int = 1, users_per_chunk: int = 2_000, active_within_days: int = 30,
-                        click_window_ms: int = 30 * 60_000, config: StateConfig = DEFAULT_CONFIG,
-                        sampling: Sampling = FULL, progress: Any = None) -> TrainingSets:
+def build_training_sets(
+    ch: ClickHouse,
+    *,
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    processes: int = 1,
+    users_per_chunk: int = 2_000,
+    active_within_days: int = 30,
+    click_window_ms: int = 30 * 60_000,
+    config: StateConfig = DEFAULT_CONFIG,
+    sampling: Sampling = FULL,
+    progress: Any = None,
+) -> TrainingSets:
     """Build the user-snapshot, click and engagement sets from ``{db}.events``.
 
     ``start_ms``/``end_ms`` bound the history read (default: all of it); the data end used for
@@ -330,8 +360,10 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
         where += f" AND event_time >= fromUnixTimestamp64Milli({int(start_ms)})"
     if end_ms is not None:
         where += f" AND event_time <= fromUnixTimestamp64Milli({int(end_ms)})"
-    stats = ch.query_df(f"SELECT uniqExact(user_id) AS n, toUnixTimestamp64Milli(min(event_time)) AS lo, "
-                        f"toUnixTimestamp64Milli(max(event_time)) AS hi FROM {{db}}.events WHERE 1 {where}")
+    stats = ch.query_df(
+        f"SELECT uniqExact(user_id) AS n, toUnixTimestamp64Milli(min(event_time)) AS lo, "
+        f"toUnixTimestamp64Milli(max(event_time)) AS hi FROM {{db}}.events WHERE 1 {where}"
+    )
     n_users = int(stats["n"].iloc[0])
     if n_users == 0:
         return TrainingSets(_users_frame([]), _clicks_frame([], {}), _engagement_frame([]))
@@ -340,12 +372,13 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
     cutoffs = list(range(first_cut, hi - CONVERSION_HORIZON_MS + 1, DAY_MS * sampling.cutoff_every_days))
     user_filter = ""
     if sampling.user_share < 1.0:
-        user_filter = (f"AND cityHash64(user_id, {int(sampling.seed)}) % 10000 < "
-                       f"{round(sampling.user_share * 10_000)}")
+        user_filter = f"AND cityHash64(user_id, {int(sampling.seed)}) % 10000 < {round(sampling.user_share * 10_000)}"
         n_users = max(1, round(n_users * sampling.user_share))
     n_chunks = max(1, math.ceil(n_users / users_per_chunk))
-    jobs = (_Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config, sampling)
-            for df in _chunks(ch, n_chunks, where, user_filter))
+    jobs = (
+        _Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config, sampling)
+        for df in _chunks(ch, n_chunks, where, user_filter)
+    )
     n_art_chunks = max(1, min(n_chunks, 4))
     arts = ((df, config, sampling) for df in _article_chunks(ch, n_art_chunks, where))
     tick = progress.update if progress is not None else (lambda _n: None)
@@ -380,8 +413,12 @@ def build_training_sets(ch: ClickHouse, *, start_ms: int | None = None, end_ms: 
             tick(1)
     t2 = time.perf_counter()
     out = TrainingSets(_users_frame(snaps), _clicks_frame(clicks, art_rows), _engagement_frame(engage))
-    out.seconds = {"user_pass": t1 - t0, "article_pass": t2 - t1, "assemble": time.perf_counter() - t2,
-                   "total": time.perf_counter() - t0}
+    out.seconds = {
+        "user_pass": t1 - t0,
+        "article_pass": t2 - t1,
+        "assemble": time.perf_counter() - t2,
+        "total": time.perf_counter() - t0,
+    }
     return out
 
 

@@ -33,13 +33,21 @@ def evaluation_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for metric, op, bound in targets:
             v = m[metric]
             o = oracle.get("oracle") if oracle.get("metric") == metric else oracle.get(f"oracle_{metric}")
-            ratio = (oracle.get("ratio") if oracle.get("metric") == metric else None)
+            ratio = oracle.get("ratio") if oracle.get("metric") == metric else None
             ok = None if bound is None else (v > bound if op == ">" else v < bound)
-            rows.append({"model": name, "metric": metric, "value": v, "oracle": o, "ratio": ratio,
-                         "target": "–" if bound is None else f"{op} {bound}",
-                         "target_pass": None if ok is None else bool(ok),
-                         "oracle_pass": None if ratio is None else bool(ratio >= ORACLE_BAR),
-                         "baseline": r.get("baselines", {}).get("linear", {}).get(metric)})
+            rows.append(
+                {
+                    "model": name,
+                    "metric": metric,
+                    "value": v,
+                    "oracle": o,
+                    "ratio": ratio,
+                    "target": "–" if bound is None else f"{op} {bound}",
+                    "target_pass": None if ok is None else bool(ok),
+                    "oracle_pass": None if ratio is None else bool(ratio >= ORACLE_BAR),
+                    "baseline": r.get("baselines", {}).get("linear", {}).get(metric),
+                }
+            )
     return rows
 
 
@@ -63,15 +71,21 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     results = {n: r for n in names if (r := _load(ctx, n)) is not None}
     rows = evaluation_rows(results)
     truth = ctx.has_table_rows("truth_users")
-    intro = ("Test split = the latest 15 % of each set's time range. Precision/recall/F1 at the threshold with "
-             "the best F1 on the validation split (stated per model below). ")
+    intro = (
+        "Test split = the latest 15 % of each set's time range. Precision/recall/F1 at the threshold with "
+        "the best F1 on the validation split (stated per model below). "
+    )
     if truth:
-        intro += ("Oracle = the simulator's true probability (expected engagement) on the same test rows; the bar "
-                  f"is ratio >= {ORACLE_BAR}.")
+        intro += (
+            "Oracle = the simulator's true probability (expected engagement) on the same test rows; the bar "
+            f"is ratio >= {ORACLE_BAR}."
+        )
         head = ["model", "metric", "value", "oracle", "ratio", "target", "target", "oracle bar", "linear baseline"]
     else:
-        intro += ("There is no ground truth for this history (no simulator truth tables): models are compared with "
-                  "the original targets and their baselines only.")
+        intro += (
+            "There is no ground truth for this history (no simulator truth tables): models are compared with "
+            "the original targets and their baselines only."
+        )
         head = ["model", "metric", "value", "target", "target", "linear baseline"]
     lines = ["# Model evaluation", "", intro, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -86,8 +100,12 @@ def evaluate(ctx: Context) -> dict[str, Any]:
     skipped = {n: s["reason"] for n, s in _steps(ctx).items() if s.get("status") == "skipped"}
     if skipped:
         lines += ["", "## Skipped steps", ""] + [f"- {n}: {reason}" for n, reason in skipped.items()]
-    lines += ["", "| model | version | threshold | train s | rows train/val/test | CV scores | "
-              "latency 1 row µs | latency batched µs/row |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | version | threshold | train s | rows train/val/test | CV scores | "
+        "latency 1 row µs | latency batched µs/row |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name in ("churn", "conversion", "click", "engagement"):
         r = results.get(name)
         if r is None:
@@ -95,13 +113,20 @@ def evaluate(ctx: Context) -> dict[str, Any]:
         rw, lat = r["rows"], r["latency"]
         cv = ", ".join(f"{s:.3f}" for s in r["cv_scores"]) or "–"
         thr = f"{r['threshold']:.3f}" if r["task"] == "binary" else "–"
-        lines.append(f"| {name} | {r.get('version', '?')} | {thr} | {r['train_seconds']:.1f} | "
-                     f"{rw['train']}/{rw['validation']}/{rw['test']} | {cv} | {lat['single_row_us']:.0f} | "
-                     f"{lat['batched_per_row_us']:.2f} |")
+        lines.append(
+            f"| {name} | {r.get('version', '?')} | {thr} | {r['train_seconds']:.1f} | "
+            f"{rw['train']}/{rw['validation']}/{rw['test']} | {cv} | {lat['single_row_us']:.0f} | "
+            f"{lat['batched_per_row_us']:.2f} |"
+        )
     b = results.get("baselines")
     if b:
-        lines += ["", "## Churn: baselines vs XGBoost (same split)", "", "| model | AUC | precision | recall | F1 |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Churn: baselines vs XGBoost (same split)",
+            "",
+            "| model | AUC | precision | recall | F1 |",
+            "|---|---|---|---|---|",
+        ]
         for name, m in b["models"].items():
             lines.append(f"| {name} | {m['auc']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} |")
     for name in ("segmentation", "recommendation", "ads"):

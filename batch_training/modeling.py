@@ -60,8 +60,9 @@ def time_split(times: np.ndarray | pd.Series, fractions: tuple[float, float] = (
     train = np.flatnonzero(t <= a)
     val = np.flatnonzero((t > a) & (t <= b))
     test = np.flatnonzero(t > b)
-    return Split(train, val, test, {"train_end_ms": int(a), "val_end_ms": int(b), "min_ms": int(t.min()),
-                                    "max_ms": int(t.max())})
+    return Split(
+        train, val, test, {"train_end_ms": int(a), "val_end_ms": int(b), "min_ms": int(t.min()), "max_ms": int(t.max())}
+    )
 
 
 def cap_rows(idx: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -94,16 +95,25 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
     y = np.asarray(y, dtype=int)
     pred = (np.asarray(p) >= threshold).astype(int)
     auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return {"auc": auc, "accuracy": float(accuracy_score(y, pred)),
-            "precision": float(precision_score(y, pred, zero_division=0)),
-            "recall": float(recall_score(y, pred, zero_division=0)),
-            "f1": float(f1_score(y, pred, zero_division=0)), "threshold": float(threshold),
-            "positive_rate": float(y.mean()), "rows": len(y)}
+    return {
+        "auc": auc,
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "threshold": float(threshold),
+        "positive_rate": float(y.mean()),
+        "rows": len(y),
+    }
 
 
 def regression_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    return {"r2": float(r2_score(y, p)), "rmse": float(np.sqrt(mean_squared_error(y, p))),
-            "mae": float(mean_absolute_error(y, p)), "rows": len(y)}
+    return {
+        "r2": float(r2_score(y, p)),
+        "rmse": float(np.sqrt(mean_squared_error(y, p))),
+        "mae": float(mean_absolute_error(y, p)),
+        "rows": len(y),
+    }
 
 
 # --- XGBoost with a bounded search -----------------------------------------------------------------
@@ -142,9 +152,20 @@ class Fitted:
     val_pred: np.ndarray | None = None
 
 
-def fit_xgb(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, *, objective: str,
-            n_iter: int, cv_folds: int, n_estimators: int, seed: int,
-            extra: dict[str, Any] | None = None, space: dict[str, Sequence[Any]] | None = None) -> Fitted:
+def fit_xgb(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    *,
+    objective: str,
+    n_iter: int,
+    cv_folds: int,
+    n_estimators: int,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+    space: dict[str, Sequence[Any]] | None = None,
+) -> Fitted:
     """Seeded random search (``n_iter`` candidates, early stopping on validation), then time-series
     CV of the best candidate on the training part, then the final model on train + validation."""
     import xgboost as xgb
@@ -152,8 +173,15 @@ def fit_xgb(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarr
     t0 = time.perf_counter()
     binary = objective == "binary:logistic"
     score = _auc_score if binary else _r2_score
-    base = {"objective": objective, "tree_method": "hist", "n_jobs": 2, "random_state": seed,
-            "eval_metric": "auc" if binary else "rmse", "early_stopping_rounds": 30, **(extra or {})}
+    base = {
+        "objective": objective,
+        "tree_method": "hist",
+        "n_jobs": 2,
+        "random_state": seed,
+        "eval_metric": "auc" if binary else "rmse",
+        "early_stopping_rounds": 30,
+        **(extra or {}),
+    }
     trials = []
     best: tuple[float, dict[str, Any], int] | None = None
     best_pred: np.ndarray | None = None
@@ -175,8 +203,9 @@ def fit_xgb(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarr
     final_params = {k: v for k, v in {**base, **params}.items() if k != "early_stopping_rounds"}
     final = final_cls(n_estimators=n_final, **final_params)
     final.fit(np.vstack([x_tr, x_va]), np.concatenate([y_tr, y_va]), verbose=False)
-    return Fitted(final, {**params, "n_estimators": n_final}, val_score, cv, trials,
-                  time.perf_counter() - t0, best_it, best_pred)
+    return Fitted(
+        final, {**params, "n_estimators": n_final}, val_score, cv, trials, time.perf_counter() - t0, best_it, best_pred
+    )
 
 
 def _time_series_cv(x: np.ndarray, y: np.ndarray, binary: bool, params: dict[str, Any], folds: int) -> list[float]:
@@ -211,15 +240,16 @@ def _r2_score(y: np.ndarray, p: np.ndarray) -> float:
 # --- latency ---------------------------------------------------------------------------------------
 
 
-def latency(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int = 200,
-            batch: int = 1000) -> dict[str, float]:
+def latency(
+    predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int = 200, batch: int = 1000
+) -> dict[str, float]:
     """Median single-row latency and per-row latency of ``batch``-row calls, in microseconds."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     rows = x[: max(1, min(len(x), repeats))]
     times = []
     for i in range(len(rows)):
         t = time.perf_counter()
-        predict(rows[i: i + 1])
+        predict(rows[i : i + 1])
         times.append(time.perf_counter() - t)
     xb = x[:batch] if len(x) >= batch else np.resize(x, (batch, x.shape[1]))
     predict(xb)
@@ -227,8 +257,7 @@ def latency(predict: Callable[[np.ndarray], Any], x: np.ndarray, repeats: int = 
     for _ in range(5):
         predict(xb)
     per_row = (time.perf_counter() - t) / (5 * len(xb))
-    return {"single_row_us": float(np.median(times) * 1e6), "batched_per_row_us": per_row * 1e6,
-            "batch_size": len(xb)}
+    return {"single_row_us": float(np.median(times) * 1e6), "batched_per_row_us": per_row * 1e6, "batch_size": len(xb)}
 
 
 # --- plots -----------------------------------------------------------------------------------------
@@ -292,17 +321,37 @@ def library_versions() -> dict[str, str]:
     import sklearn
     import xgboost
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__,
-            "lightgbm": lightgbm.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "scikit-learn": sklearn.__version__,
+        "xgboost": xgboost.__version__,
+        "lightgbm": lightgbm.__version__,
+    }
 
 
-def register(registry: ModelRegistry, name: str, kind: ModelKind, write: Callable[[Path], None], *,
-             features: FeatureList | None, metrics: dict[str, Any], window: dict[str, int],
-             rows: dict[str, int], fingerprint: str, extra: dict[str, Any] | None = None) -> ModelVersion:
+def register(
+    registry: ModelRegistry,
+    name: str,
+    kind: ModelKind,
+    write: Callable[[Path], None],
+    *,
+    features: FeatureList | None,
+    metrics: dict[str, Any],
+    window: dict[str, int],
+    rows: dict[str, int],
+    fingerprint: str,
+    extra: dict[str, Any] | None = None,
+) -> ModelVersion:
     meta: dict[str, Any] = {
-        "metrics": metrics, "training_window": window, "rows": rows, "data_fingerprint": fingerprint,
-        "trained_at": int(time.time() * 1000), "libraries": library_versions(), **(extra or {}),
+        "metrics": metrics,
+        "training_window": window,
+        "rows": rows,
+        "data_fingerprint": fingerprint,
+        "trained_at": int(time.time() * 1000),
+        "libraries": library_versions(),
+        **(extra or {}),
     }
     if features is not None:
         meta["features"] = features.to_dict()

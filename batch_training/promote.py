@@ -43,8 +43,14 @@ def evaluate_version(spec: ModelSpec, mv: ModelVersion, x: np.ndarray, y: np.nda
     return float(score(spec, y, np.asarray(p))[spec.primary])
 
 
-def promote(ctx: Context, names: list[str] | None = None, *, version: str | None = None,
-            force: bool = False, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+def promote(
+    ctx: Context,
+    names: list[str] | None = None,
+    *,
+    version: str | None = None,
+    force: bool = False,
+    skipped: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Promote the latest (or given) version of each model; raises PromotionRefused on a worse one.
 
     ``skipped``: models whose training step was skipped in this run, with the reason (they keep
@@ -60,8 +66,10 @@ def promote(ctx: Context, names: list[str] | None = None, *, version: str | None
             continue
         versions = reg.versions(name)
         if not versions:
-            out[name] = {"status": "skipped",
-                          "reason": f"no registered {name} model: run `python -m batch_training {name}`"}
+            out[name] = {
+                "status": "skipped",
+                "reason": f"no registered {name} model: run `python -m batch_training {name}`",
+            }
             continue
         cand = reg.get(name, version or versions[-1])
         try:
@@ -74,8 +82,14 @@ def promote(ctx: Context, names: list[str] | None = None, *, version: str | None
         x, y = holdout(ctx, spec)
         c_score = evaluate_version(spec, cand, x, y)
         p_score = evaluate_version(spec, prod, x, y) if prod is not None else None
-        entry = {"candidate": cand.version, "candidate_score": c_score, "production": prod and prod.version,
-                 "production_score": p_score, "metric": spec.primary, "holdout_rows": len(y)}
+        entry = {
+            "candidate": cand.version,
+            "candidate_score": c_score,
+            "production": prod and prod.version,
+            "production_score": p_score,
+            "metric": spec.primary,
+            "holdout_rows": len(y),
+        }
         if c_score is None:
             entry["status"] = "refused (candidate features do not match this code)"
             refused.append(name)
@@ -88,8 +102,11 @@ def promote(ctx: Context, names: list[str] | None = None, *, version: str | None
         out[name] = entry
     write_json(ctx.reports_dir / "promotion.json", out)
     if refused:
-        detail = "; ".join(f"{n} v{out[n]['candidate']} {out[n]['metric']}={_f(out[n]['candidate_score'])} < "
-                           f"production v{out[n]['production']} {_f(out[n]['production_score'])}" for n in refused)
+        detail = "; ".join(
+            f"{n} v{out[n]['candidate']} {out[n]['metric']}={_f(out[n]['candidate_score'])} < "
+            f"production v{out[n]['production']} {_f(out[n]['production_score'])}"
+            for n in refused
+        )
         raise PromotionRefused(f"promotion refused: {detail} (use --force to override)")
     return out
 

@@ -35,7 +35,8 @@ MIN_USERS = 20
 K = 10
 #: (CF, content, popularity) weights of the hybrid: a grid on the simplex, steps of 0.25
 WEIGHTS: tuple[tuple[float, float, float], ...] = tuple(
-    (a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a))
+    (a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a)
+)
 BOOTSTRAP = 1000
 USER_BATCH = 2_000
 
@@ -44,16 +45,20 @@ def _load(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
     cons = ctx.ch.query_df(
         "SELECT user_id, article_id, min(toUnixTimestamp64Milli(event_time)) AS t FROM {db}.events "
         "WHERE article_id IS NOT NULL AND event_type IN ('article_view', 'article_click', 'video_play') "
-        "GROUP BY user_id, article_id")
-    items = ctx.ch.query_df("SELECT article_id, any(brand) AS brand, any(category) AS category, "
-                            "toUnixTimestamp64Milli(min(event_time)) AS first_t, "
-                            "toUnixTimestamp64Milli(max(event_time)) AS last_t FROM {db}.events "
-                            "WHERE article_id IS NOT NULL GROUP BY article_id")
+        "GROUP BY user_id, article_id"
+    )
+    items = ctx.ch.query_df(
+        "SELECT article_id, any(brand) AS brand, any(category) AS category, "
+        "toUnixTimestamp64Milli(min(event_time)) AS first_t, "
+        "toUnixTimestamp64Milli(max(event_time)) AS last_t FROM {db}.events "
+        "WHERE article_id IS NOT NULL GROUP BY article_id"
+    )
     return cons, items
 
 
-def leave_last_n(cons: pd.DataFrame, n: int = LEAVE_LAST, min_train: int = MIN_TRAIN) -> tuple[pd.DataFrame,
-                                                                                                pd.DataFrame]:
+def leave_last_n(
+    cons: pd.DataFrame, n: int = LEAVE_LAST, min_train: int = MIN_TRAIN
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(training, held out): each eligible user's last ``n`` distinct articles by first consumption.
 
     ``cons`` has one row per (user_id, article_id) with its first time ``t``; users with fewer than
@@ -101,8 +106,10 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     train, test = leave_last_n(cons)
     eval_users = sorted(test["user_id"].unique())
     if len(eval_users) < MIN_USERS:
-        raise Skipped(f"too few users to evaluate: {len(eval_users)} with >= {LEAVE_LAST + MIN_TRAIN} distinct "
-                      f"articles (needs {MIN_USERS})")
+        raise Skipped(
+            f"too few users to evaluate: {len(eval_users)} with >= {LEAVE_LAST + MIN_TRAIN} distinct "
+            f"articles (needs {MIN_USERS})"
+        )
     users = pd.Index(sorted(cons["user_id"].unique()))
     arts = pd.Index(sorted(items["article_id"].unique()))
     ui, ai = users.get_indexer(train["user_id"]), arts.get_indexer(train["article_id"])
@@ -111,8 +118,9 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     nmf = NMF(n_components=n_components, init="nndsvda", max_iter=150, random_state=seed)
     w = nmf.fit_transform(r)
     h = nmf.components_
-    content = pd.get_dummies(items.set_index("article_id").reindex(arts)[["brand", "category"]].fillna("?"),
-                             dtype=float).to_numpy()
+    content = pd.get_dummies(
+        items.set_index("article_id").reindex(arts)[["brand", "category"]].fillna("?"), dtype=float
+    ).to_numpy()
     content /= np.linalg.norm(content, axis=1, keepdims=True).clip(1e-9)
     pop = np.bincount(ai, minlength=len(arts)).astype(float)
     held: dict[str, set[int]] = {}
@@ -157,45 +165,77 @@ def recommendation(ctx: Context) -> dict[str, Any]:
     diff = hybrid / K - single["popularity"] / K
     diff_ci = bootstrap_ci(diff, seed + 99)
     verdict = "better" if diff_ci[0] > 0 else ("worse" if diff_ci[1] < 0 else "no significant difference")
-    best_w = dict(zip(("cf", "content", "popularity"), WEIGHTS[best_weight(np.ones(len(uidx), dtype=bool))],
-                      strict=True))
+    best_w = dict(
+        zip(("cf", "content", "popularity"), WEIGHTS[best_weight(np.ones(len(uidx), dtype=bool))], strict=True)
+    )
     cold_items = float((pop == 0).mean())
-    evaluation = {"split": f"leave-last-{LEAVE_LAST}-per-user", "k": K, "eligible_users": len(eval_users),
-                  "users": len(uidx),
-                  "candidates": "articles alive while the user read the held-out ones, not consumed in training",
-                  "tuning": "weights cross-fitted over two seeded halves of the users", "models": models,
-                  "hybrid_minus_popularity_precision": {"mean": float(diff.mean()), "ci95": list(diff_ci),
-                                                        "verdict": verdict}}
-    params = {"weights": best_w, "k": K, "n_components": n_components, "split": evaluation["split"],
-              "item_ids": arts.tolist(), "item_factors": h.T.round(5).tolist()}
+    evaluation = {
+        "split": f"leave-last-{LEAVE_LAST}-per-user",
+        "k": K,
+        "eligible_users": len(eval_users),
+        "users": len(uidx),
+        "candidates": "articles alive while the user read the held-out ones, not consumed in training",
+        "tuning": "weights cross-fitted over two seeded halves of the users",
+        "models": models,
+        "hybrid_minus_popularity_precision": {"mean": float(diff.mean()), "ci95": list(diff_ci), "verdict": verdict},
+    }
+    params = {
+        "weights": best_w,
+        "k": K,
+        "n_components": n_components,
+        "split": evaluation["split"],
+        "item_ids": arts.tolist(),
+        "item_factors": h.T.round(5).tolist(),
+    }
 
     def write(path: Any) -> None:
         path.write_text(json.dumps(params))
         np.savez_compressed(path.parent / "user_factors.npz", user_ids=np.array(users.tolist()), factors=w)
 
-    metrics: dict[str, Any] = {f"{n}_{m}@{K}": v[f"{m}@{K}"] for n, v in models.items()
-                               for m in ("precision", "recall")}
-    mv = register(ctx.registry, "recommendation", "json", write, features=None, metrics=metrics,
-                  window={"start_ms": int(cons["t"].min()), "end_ms": int(cons["t"].max())},
-                  rows={"interactions": len(train), "users": len(users), "items": len(arts)},
-                  fingerprint=data_fingerprint(train, ["user_id", "article_id", "t"]))
-    result = {"metrics": metrics, "weights": best_w, "evaluation": evaluation, "cold_start_item_share": cold_items,
-              "version": mv.version, "beats_popularity": verdict == "better",
-              "summary": {"split": evaluation["split"], "users": len(uidx),
-                          **{f"{n} precision@{K}": _ci_text(v, f"precision@{K}") for n, v in models.items()},
-                          "hybrid vs popularity": verdict, "weights": best_w,
-                          "cold_start_item_share": round(cold_items, 3)}}
+    metrics: dict[str, Any] = {
+        f"{n}_{m}@{K}": v[f"{m}@{K}"] for n, v in models.items() for m in ("precision", "recall")
+    }
+    mv = register(
+        ctx.registry,
+        "recommendation",
+        "json",
+        write,
+        features=None,
+        metrics=metrics,
+        window={"start_ms": int(cons["t"].min()), "end_ms": int(cons["t"].max())},
+        rows={"interactions": len(train), "users": len(users), "items": len(arts)},
+        fingerprint=data_fingerprint(train, ["user_id", "article_id", "t"]),
+    )
+    result = {
+        "metrics": metrics,
+        "weights": best_w,
+        "evaluation": evaluation,
+        "cold_start_item_share": cold_items,
+        "version": mv.version,
+        "beats_popularity": verdict == "better",
+        "summary": {
+            "split": evaluation["split"],
+            "users": len(uidx),
+            **{f"{n} precision@{K}": _ci_text(v, f"precision@{K}") for n, v in models.items()},
+            "hybrid vs popularity": verdict,
+            "weights": best_w,
+            "cold_start_item_share": round(cold_items, 3),
+        },
+    }
     write_json(ctx.reports_dir / "recommendation.json", result)
     return result
 
 
 def _metrics(hits: np.ndarray, n_held: np.ndarray, seed: int) -> dict[str, Any]:
     prec, rec = hits / K, hits / n_held
-    return {f"precision@{K}": float(prec.mean()), "ci95": list(bootstrap_ci(prec, seed)),
-            f"recall@{K}": float(rec.mean()), "recall_ci95": list(bootstrap_ci(rec, seed))}
+    return {
+        f"precision@{K}": float(prec.mean()),
+        "ci95": list(bootstrap_ci(prec, seed)),
+        f"recall@{K}": float(rec.mean()),
+        "recall_ci95": list(bootstrap_ci(rec, seed)),
+    }
 
 
 def _ci_text(m: dict[str, Any], key: str) -> str:
     lo, hi = m["ci95"]
     return f"{m[key]:.4f} [{lo:.4f}, {hi:.4f}]"
-

@@ -22,9 +22,20 @@ from batch_training.modeling import data_fingerprint, register, write_json
 from batch_training.supervised import load_table
 
 PROFILE_COLUMNS = [
-    "total_sessions", "session_frequency", "avg_session_minutes", "avg_events_per_session",
-    "avg_session_engagement", "active_days_30d", "n_article_view_30d", "n_video_play_30d", "ctr_lifetime",
-    "distinct_categories", "newsletter_flag", "subscription_flag", "device_mobile", "device_desktop",
+    "total_sessions",
+    "session_frequency",
+    "avg_session_minutes",
+    "avg_events_per_session",
+    "avg_session_engagement",
+    "active_days_30d",
+    "n_article_view_30d",
+    "n_video_play_30d",
+    "ctr_lifetime",
+    "distinct_categories",
+    "newsletter_flag",
+    "subscription_flag",
+    "device_mobile",
+    "device_desktop",
     "days_since_last_event",
 ]
 #: name -> (column, sign): the segment with the largest standardized mean (sign +1) or smallest (-1)
@@ -101,8 +112,13 @@ def segmentation(ctx: Context) -> dict[str, Any]:
     for k in range(3, 9):
         km = KMeans(k, n_init=4, random_state=seed).fit(xp)
         lab = km.labels_[sample]
-        scores.append({"k": k, "silhouette": float(silhouette_score(xp[sample], lab)),
-                       "davies_bouldin": float(davies_bouldin_score(xp[sample], lab))})
+        scores.append(
+            {
+                "k": k,
+                "silhouette": float(silhouette_score(xp[sample], lab)),
+                "davies_bouldin": float(davies_bouldin_score(xp[sample], lab)),
+            }
+        )
     s = pd.DataFrame(scores)
     # rank-sum: high silhouette and low Davies-Bouldin
     s["rank"] = s["silhouette"].rank(ascending=False) + s["davies_bouldin"].rank(ascending=True)
@@ -118,24 +134,50 @@ def segmentation(ctx: Context) -> dict[str, Any]:
     out = ctx.reports_dir / "segmentation"
     out.mkdir(exist_ok=True)
     prof.to_csv(out / "segment_profiles.csv")
-    seg = pd.DataFrame({"user_id": m.index, "segment": labels, "name": [names.get(int(i), f"segment {i}")
-                                                                         for i in labels]})
+    seg = pd.DataFrame(
+        {"user_id": m.index, "segment": labels, "name": [names.get(int(i), f"segment {i}") for i in labels]}
+    )
     seg.to_csv(out / "user_segments.csv", index=False)
     _plot(xp, labels, out)
-    params = {"columns": PROFILE_COLUMNS, "transform": "log1p(clip(x, 0))", "fill": m.median().to_dict(),
-              "scaler_mean": scaler.mean_.tolist(), "scaler_scale": scaler.scale_.tolist(),
-              "pca_components": pca.components_.tolist(), "pca_mean": pca.mean_.tolist(),
-              "centroids": km.cluster_centers_.tolist(), "names": {str(k2): v for k2, v in names.items()}}
+    params = {
+        "columns": PROFILE_COLUMNS,
+        "transform": "log1p(clip(x, 0))",
+        "fill": m.median().to_dict(),
+        "scaler_mean": scaler.mean_.tolist(),
+        "scaler_scale": scaler.scale_.tolist(),
+        "pca_components": pca.components_.tolist(),
+        "pca_mean": pca.mean_.tolist(),
+        "centroids": km.cluster_centers_.tolist(),
+        "names": {str(k2): v for k2, v in names.items()},
+    }
+
     def write(path: Any) -> None:
         path.write_text(json.dumps(params))
 
-    mv = register(ctx.registry, "segmentation", "json", write,
-                  features=None, metrics={"k": k, **scores[k - 3]}, window={}, rows={"users": len(m)},
-                  fingerprint=data_fingerprint(seg, ["user_id"]))
-    result = {"k": k, "selection": scores, "version": mv.version, "users": len(m),
-              "summary": {"k": k, "segments": {prof.loc[i, "name"]: int(prof.loc[i, "users"]) for i in prof.index},
-                          "named_for": {prof.loc[i, "name"]: prof.loc[i, "because"] for i in prof.index},
-                          "silhouette": scores[k - 3]["silhouette"], "davies_bouldin": scores[k - 3]["davies_bouldin"]}}
+    mv = register(
+        ctx.registry,
+        "segmentation",
+        "json",
+        write,
+        features=None,
+        metrics={"k": k, **scores[k - 3]},
+        window={},
+        rows={"users": len(m)},
+        fingerprint=data_fingerprint(seg, ["user_id"]),
+    )
+    result = {
+        "k": k,
+        "selection": scores,
+        "version": mv.version,
+        "users": len(m),
+        "summary": {
+            "k": k,
+            "segments": {prof.loc[i, "name"]: int(prof.loc[i, "users"]) for i in prof.index},
+            "named_for": {prof.loc[i, "name"]: prof.loc[i, "because"] for i in prof.index},
+            "silhouette": scores[k - 3]["silhouette"],
+            "davies_bouldin": scores[k - 3]["davies_bouldin"],
+        },
+    }
     write_json(ctx.reports_dir / "segmentation.json", result)
     return result
 

@@ -56,8 +56,7 @@ MIN_ROWS = 200
 def spec_data(ctx: Context, spec: ModelSpec) -> pd.DataFrame:
     df = spec.rows(load_table(ctx, spec.table))
     if len(df) < MIN_ROWS:
-        raise Skipped(f"only {len(df)} labelled rows (needs {MIN_ROWS}): too few users or too "
-                      "short a history")
+        raise Skipped(f"only {len(df)} labelled rows (needs {MIN_ROWS}): too few users or too short a history")
     return df
 
 
@@ -72,12 +71,13 @@ def check_label(spec: ModelSpec, y: np.ndarray, parts: dict[str, np.ndarray]) ->
         return
     classes = np.unique(y)
     if len(classes) < 2:
-        raise Skipped(f"the label {spec.label!r} has a single class ({int(classes[0])} in all "
-                      f"{len(y)} rows)")
+        raise Skipped(f"the label {spec.label!r} has a single class ({int(classes[0])} in all {len(y)} rows)")
     for part, idx in parts.items():
         if len(np.unique(y[idx])) < 2:
-            raise Skipped(f"the label {spec.label!r} has a single class in the {part} split "
-                          f"({len(idx)} rows, all {int(y[idx][0])})")
+            raise Skipped(
+                f"the label {spec.label!r} has a single class in the {part} split "
+                f"({len(idx)} rows, all {int(y[idx][0])})"
+            )
 
 
 def code_columns(names: tuple[str, ...]) -> list[int]:
@@ -85,37 +85,56 @@ def code_columns(names: tuple[str, ...]) -> list[int]:
     return [i for i, n in enumerate(names) if not n.endswith("_code")]
 
 
-def linear_baseline(task: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, cols: list[int],
-                    seed: int) -> np.ndarray:
+def linear_baseline(
+    task: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, cols: list[int], seed: int
+) -> np.ndarray:
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    est = (LogisticRegression(max_iter=400, C=0.5, random_state=seed) if task == "binary" else Ridge(alpha=1.0))
+    est = LogisticRegression(max_iter=400, C=0.5, random_state=seed) if task == "binary" else Ridge(alpha=1.0)
     pipe = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), est)
     pipe.fit(x_tr[:, cols], y_tr)
     return np.asarray(pipe.predict_proba(x_te[:, cols])[:, 1] if task == "binary" else pipe.predict(x_te[:, cols]))
 
 
-def fit_lgb(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarray, *, n_iter: int,
-            cv_folds: int, n_estimators: int, seed: int, pos_weight: float) -> Fitted:
+def fit_lgb(
+    x_tr: np.ndarray,
+    y_tr: np.ndarray,
+    x_va: np.ndarray,
+    y_va: np.ndarray,
+    *,
+    n_iter: int,
+    cv_folds: int,
+    n_estimators: int,
+    seed: int,
+    pos_weight: float,
+) -> Fitted:
     import lightgbm as lgb
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import TimeSeriesSplit
 
     t0 = time.perf_counter()
     space = {**LGB_SPACE, "scale_pos_weight": (1.0, float(pos_weight))}
-    base = {"objective": "binary", "metric": "auc", "verbosity": -1, "num_threads": 2, "seed": seed,
-            "bagging_freq": 1, "deterministic": True}
+    base = {
+        "objective": "binary",
+        "metric": "auc",
+        "verbosity": -1,
+        "num_threads": 2,
+        "seed": seed,
+        "bagging_freq": 1,
+        "deterministic": True,
+    }
     dtr = lgb.Dataset(x_tr, y_tr, free_raw_data=False, params={"feature_pre_filter": False})
     dva = lgb.Dataset(x_va, y_va, reference=dtr)
     best: tuple[float, dict[str, Any], int] | None = None
     best_pred = None
     trials = []
     for params in sample_params(space, n_iter, seed):
-        b = lgb.train({**base, **params}, dtr, n_estimators, valid_sets=[dva],
-                      callbacks=[lgb.early_stopping(30, verbose=False)])
+        b = lgb.train(
+            {**base, **params}, dtr, n_estimators, valid_sets=[dva], callbacks=[lgb.early_stopping(30, verbose=False)]
+        )
         p_va = np.asarray(b.predict(x_va, num_iteration=b.best_iteration))
         s = float(roc_auc_score(y_va, p_va))
         trials.append({**params, "val_score": s, "best_iteration": int(b.best_iteration)})
@@ -133,8 +152,9 @@ def fit_lgb(x_tr: np.ndarray, y_tr: np.ndarray, x_va: np.ndarray, y_va: np.ndarr
             if 0 < yv.sum() < len(yv):
                 cv.append(float(roc_auc_score(yv, b.predict(x_tr[va]))))
     final = lgb.train({**base, **params}, lgb.Dataset(np.vstack([x_tr, x_va]), np.concatenate([y_tr, y_va])), n_final)
-    return Fitted(final, {**params, "n_estimators": n_final}, val_score, cv, trials, time.perf_counter() - t0,
-                  best_it, best_pred)
+    return Fitted(
+        final, {**params, "n_estimators": n_final}, val_score, cv, trials, time.perf_counter() - t0, best_it, best_pred
+    )
 
 
 def predictor(spec: ModelSpec, model: Any) -> Any:
@@ -165,17 +185,34 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     if spec.library == "lightgbm":
         pos = max(float(y[tr].mean()), 1e-6)
-        fitted = fit_lgb(x[tr], y[tr], x[va], y[va], n_iter=prof.search_iter, cv_folds=prof.cv_folds,
-                         n_estimators=prof.n_estimators * 2, seed=prof.seed, pos_weight=((1 - pos) / pos) ** 0.5)
+        fitted = fit_lgb(
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            n_iter=prof.search_iter,
+            cv_folds=prof.cv_folds,
+            n_estimators=prof.n_estimators * 2,
+            seed=prof.seed,
+            pos_weight=((1 - pos) / pos) ** 0.5,
+        )
     else:
         space: dict[str, Any] = {}
         if spec.task == "binary":
             pos = max(float(y[tr].mean()), 1e-6)
             space["scale_pos_weight"] = (1.0, round(((1 - pos) / pos) ** 0.5, 3))
-        fitted = fit_xgb(x[tr], y[tr], x[va], y[va],
-                         objective="binary:logistic" if spec.task == "binary" else "reg:squarederror",
-                         n_iter=prof.search_iter, cv_folds=prof.cv_folds, n_estimators=prof.n_estimators,
-                         seed=prof.seed, space=space)
+        fitted = fit_xgb(
+            x[tr],
+            y[tr],
+            x[va],
+            y[va],
+            objective="binary:logistic" if spec.task == "binary" else "reg:squarederror",
+            n_iter=prof.search_iter,
+            cv_folds=prof.cv_folds,
+            n_estimators=prof.n_estimators,
+            seed=prof.seed,
+            space=space,
+        )
     train_seconds = time.perf_counter() - t0
     pred = predictor(spec, fitted.model)
     # Operating threshold: best F1 on validation predictions of the best candidate, which was
@@ -189,13 +226,21 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     p_base = linear_baseline(spec.task, x[base_tr], y[base_tr], x[te], cols, prof.seed)
     baseline = score(spec, y[te], p_base, _threshold(spec, y[te], p_base) if spec.task == "binary" else 0.5)
     result: dict[str, Any] = {
-        "model": name, "library": spec.library, "task": spec.task, "metrics": metrics,
-        "validation_score": fitted.val_score, "cv_scores": fitted.cv_scores, "params": fitted.params,
-        "search": fitted.search, "threshold": threshold,
+        "model": name,
+        "library": spec.library,
+        "task": spec.task,
+        "metrics": metrics,
+        "validation_score": fitted.val_score,
+        "cv_scores": fitted.cv_scores,
+        "params": fitted.params,
+        "search": fitted.search,
+        "threshold": threshold,
         "operating_point": "threshold maximising F1 on the validation split" if spec.task == "binary" else None,
-        "baselines": {"linear": baseline}, "train_seconds": train_seconds,
+        "baselines": {"linear": baseline},
+        "train_seconds": train_seconds,
         "rows": {"train": len(tr), "validation": len(va), "test": len(te), "available": len(df)},
-        "window": sp.bounds, "latency": latency(pred, x[te]),
+        "window": sp.bounds,
+        "latency": latency(pred, x[te]),
     }
     result["oracle"] = _oracle(ctx, spec, df.iloc[te], y[te], p_te, threshold)
     out = ctx.reports_dir / name
@@ -203,14 +248,28 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     plots = _plots(spec, fitted.model, y[te], p_te, {"linear baseline": p_base}, out)
     result["plots"] = [str(p) for p in plots]
     profile = reference_profile(spec, x[base_tr], p_te)
-    mv = register(ctx.registry, name, "lightgbm" if spec.library == "lightgbm" else "xgboost",
-                  lambda path: _save(spec, fitted.model, path), features=spec.features,
-                  metrics={**metrics, "holdout": "test split"}, window=sp.bounds,
-                  rows=result["rows"], fingerprint=data_fingerprint(df, [*spec.id_cols, spec.time_col, spec.label]),
-                  extra={"task": spec.task, "threshold": threshold, "params": fitted.params,
-                         "objective": "binary:logistic" if spec.task == "binary" and spec.library == "xgboost"
-                         else ("binary" if spec.task == "binary" else "reg:squarederror"),
-                         "label": spec.label, "profile": prof.name, METADATA_KEY: profile})
+    mv = register(
+        ctx.registry,
+        name,
+        "lightgbm" if spec.library == "lightgbm" else "xgboost",
+        lambda path: _save(spec, fitted.model, path),
+        features=spec.features,
+        metrics={**metrics, "holdout": "test split"},
+        window=sp.bounds,
+        rows=result["rows"],
+        fingerprint=data_fingerprint(df, [*spec.id_cols, spec.time_col, spec.label]),
+        extra={
+            "task": spec.task,
+            "threshold": threshold,
+            "params": fitted.params,
+            "objective": "binary:logistic"
+            if spec.task == "binary" and spec.library == "xgboost"
+            else ("binary" if spec.task == "binary" else "reg:squarederror"),
+            "label": spec.label,
+            "profile": prof.name,
+            METADATA_KEY: profile,
+        },
+    )
     result["version"] = mv.version
     write_json(ctx.reports_dir / f"{name}.json", result)
     return result
@@ -239,8 +298,9 @@ def _save(spec: ModelSpec, model: Any, path: Path) -> None:
         model.get_booster().save_model(str(path))
 
 
-def _oracle(ctx: Context, spec: ModelSpec, rows: pd.DataFrame, y: np.ndarray, p: np.ndarray,
-            threshold: float) -> dict[str, Any] | None:
+def _oracle(
+    ctx: Context, spec: ModelSpec, rows: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float
+) -> dict[str, Any] | None:
     if not ctx.has_table_rows("truth_users"):
         return None
     q = oracle_predictions(ctx.ch, spec.name, rows)
@@ -252,15 +312,28 @@ def _oracle(ctx: Context, spec: ModelSpec, rows: pd.DataFrame, y: np.ndarray, p:
 
         yy = y[ok]
         model_auc, oracle_auc = float(roc_auc_score(yy, p[ok])), float(roc_auc_score(yy, q[ok]))
-        return {"metric": "auc", "model": model_auc, "oracle": oracle_auc, "ratio": model_auc / oracle_auc,
-                "rows": int(ok.sum())}
+        return {
+            "metric": "auc",
+            "model": model_auc,
+            "oracle": oracle_auc,
+            "ratio": model_auc / oracle_auc,
+            "rows": int(ok.sum()),
+        }
     m, o = regression_metrics(y[ok], p[ok]), regression_metrics(y[ok], q[ok])
-    return {"metric": "r2", "model": m["r2"], "oracle": o["r2"], "ratio": m["r2"] / o["r2"],
-            "oracle_rmse": o["rmse"], "oracle_mae": o["mae"], "rows": int(ok.sum())}
+    return {
+        "metric": "r2",
+        "model": m["r2"],
+        "oracle": o["r2"],
+        "ratio": m["r2"] / o["r2"],
+        "oracle_rmse": o["rmse"],
+        "oracle_mae": o["mae"],
+        "rows": int(ok.sum()),
+    }
 
 
-def _plots(spec: ModelSpec, model: Any, y: np.ndarray, p: np.ndarray, others: dict[str, np.ndarray],
-           out: Path) -> list[Path]:
+def _plots(
+    spec: ModelSpec, model: Any, y: np.ndarray, p: np.ndarray, others: dict[str, np.ndarray], out: Path
+) -> list[Path]:
     names = spec.features.names
     if spec.library == "lightgbm":
         imp = np.asarray(model.feature_importance(importance_type="gain"), dtype=float)

@@ -50,29 +50,41 @@ def main() -> int:
 
     t = time.perf_counter()
     users = max(1, round(args.events / 61_000 * 150 * 150 / args.days))  # ~61k events per 150 users x 150 days
-    events = foreign_events(n_users=users, days=args.days, seed=1)[:args.events]
+    events = foreign_events(n_users=users, days=args.days, seed=1)[: args.events]
     path = work / "events.jsonl"
     write_jsonl(path, events)
-    print(f"wrote {len(events)} events ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
-          file=sys.stderr)
+    print(
+        f"wrote {len(events)} events ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
+        file=sys.stderr,
+    )
     del events
     settings = load_settings(clickhouse_database="bench_ingest")
     ch = connect(settings)
     try:
         servers = server_pids(settings.chdb_path)
         cpu0 = {pid: _cpu_s(pid) for pid in servers}
-        res = run_ingest(FileSource(path), ch, rejects_path=work / "rejects.jsonl",
-                         max_bytes=settings.max_event_bytes, chunk_rows=args.chunk_rows, progress=False)
+        res = run_ingest(
+            FileSource(path),
+            ch,
+            rejects_path=work / "rejects.jsonl",
+            max_bytes=settings.max_event_bytes,
+            chunk_rows=args.chunk_rows,
+            progress=False,
+        )
         server_cpu = sum(_cpu_s(pid) - cpu0[pid] for pid in servers)
         stored = int(ch.query_df("SELECT count() AS n FROM {db}.events")["n"].iloc[0])
     finally:
         ch.close()
     n = res.counts.read
-    print(f"ingest: {n} events in {res.seconds:.1f} s = {n / res.seconds:,.0f} events/s "
-          f"({stored} stored, {res.counts.rejected} rejected)")
-    print(f"CPU: ingest process {1e6 * res.cpu_seconds / n:.1f} µs/event, ClickHouse server "
-          f"{1e6 * server_cpu / n:.1f} µs/event, total {1e6 * (res.cpu_seconds + server_cpu) / n:.1f} µs/event "
-          f"({os.cpu_count()} cores)")
+    print(
+        f"ingest: {n} events in {res.seconds:.1f} s = {n / res.seconds:,.0f} events/s "
+        f"({stored} stored, {res.counts.rejected} rejected)"
+    )
+    print(
+        f"CPU: ingest process {1e6 * res.cpu_seconds / n:.1f} µs/event, ClickHouse server "
+        f"{1e6 * server_cpu / n:.1f} µs/event, total {1e6 * (res.cpu_seconds + server_cpu) / n:.1f} µs/event "
+        f"({os.cpu_count()} cores)"
+    )
     return 0 if stored == n else 1
 
 

@@ -176,6 +176,7 @@ def measure(users_n: int, days: int, runs: int) -> dict[str, float]:
         posteriors[k] = [(1 + c, 1 + i - c) for c, i in zip(clicks, imps, strict=True)]
 
     for k in (2, 4):
+
         def prop(k: int = k) -> int:
             for alpha, beta in posteriors[k]:
                 propensities(alpha, beta)
@@ -196,8 +197,17 @@ def _run_tree(tree: Path | None, args: argparse.Namespace) -> dict[str, float]:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ)
     env["PYTHONPATH"] = str(tree or root)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--json", "--users", str(args.users), "--days",
-           str(args.days), "--runs", str(args.runs)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--json",
+        "--users",
+        str(args.users),
+        "--days",
+        str(args.days),
+        "--runs",
+        str(args.runs),
+    ]
     proc = subprocess.run(cmd, env=env, cwd="/", capture_output=True, check=True)
     res: dict[str, float] = orjson.loads(proc.stdout)
     return res
@@ -215,8 +225,10 @@ def main() -> None:
     if args.json:
         sys.stdout.write(orjson.dumps(measure(args.users, args.days, args.runs)).decode())
         return
-    print(f"synthetic history of {args.users} users over {args.days} days; median of {args.runs} runs; "
-          f"microseconds per call")
+    print(
+        f"synthetic history of {args.users} users over {args.days} days; median of {args.runs} runs; "
+        f"microseconds per call"
+    )
     if args.ref is None:
         _print_one(measure(args.users, args.days, args.runs), "this tree")
         return
@@ -225,8 +237,10 @@ def main() -> None:
     for _ in range(args.rounds):
         ref.append(_run_tree(args.ref, args))
         mine.append(_run_tree(None, args))
-    print(f"{'metric':<40} {'ref':>12} {'this tree':>12} {'ref/this':>9}   (median of {args.rounds} "
-          f"alternating rounds; ref = {args.ref})")
+    print(
+        f"{'metric':<40} {'ref':>12} {'this tree':>12} {'ref/this':>9}   (median of {args.rounds} "
+        f"alternating rounds; ref = {args.ref})"
+    )
     for key, label, unit, _ in METRICS:
         r = statistics.median(x[key] for x in ref)
         m = statistics.median(x[key] for x in mine)

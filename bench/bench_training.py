@@ -49,8 +49,10 @@ def main() -> int:
         t = time.perf_counter()
         ds = generate(SimConfig(n_users=args.users, days=args.days, seed=args.seed))
         backfill(ch, ds)
-        print(f"dataset: {args.users} users x {args.days} days, {len(ds)} events "
-              f"(generated + backfilled in {time.perf_counter() - t:.1f} s)")
+        print(
+            f"dataset: {args.users} users x {args.days} days, {len(ds)} events "
+            f"(generated + backfilled in {time.perf_counter() - t:.1f} s)"
+        )
     n_events = int(ch.query_df("SELECT count() AS n FROM {db}.events")["n"].iloc[0])
     ctx = Context(settings, get_profile(args.profile), progress=False, _ch=ch)
     print(f"profile {args.profile}: {ctx.profile.sampling}, processes {ctx.profile.processes}")
@@ -67,11 +69,20 @@ def main() -> int:
     share = args.baseline_share
     base = rate(Sampling(user_share=share, seed=1), 1)
     prof = ctx.profile
-    new = rate(Sampling(**{**prof.sampling.__dict__, "user_share": share * prof.sampling.user_share
-                           if prof.sampling.user_share < 1 else share}), prof.processes)
-    print(f"training-set build on a {share:.0%} user sample: baseline (all rows, daily, 1 process) "
-          f"{base[0]:,.0f} rows/s ({base[2]} rows, {base[1]:.1f} s); profile {args.profile} "
-          f"{new[0]:,.0f} rows/s ({new[2]} rows, {new[1]:.1f} s)")
+    new = rate(
+        Sampling(
+            **{
+                **prof.sampling.__dict__,
+                "user_share": share * prof.sampling.user_share if prof.sampling.user_share < 1 else share,
+            }
+        ),
+        prof.processes,
+    )
+    print(
+        f"training-set build on a {share:.0%} user sample: baseline (all rows, daily, 1 process) "
+        f"{base[0]:,.0f} rows/s ({base[2]} rows, {base[1]:.1f} s); profile {args.profile} "
+        f"{new[0]:,.0f} rows/s ({new[2]} rows, {new[1]:.1f} s)"
+    )
     ch.close()
     return 0
 

@@ -37,14 +37,25 @@ def main() -> None:
     tuned = mode == "naive-tuned"
     if tuned:
         use_event_loop("uvloop")
-    app = faust.App(app_id, broker=f"kafka://{bootstrap}", store="rocksdb://", datadir=datadir,
-                    web_enabled=False, key_serializer="raw", value_serializer="raw",
-                    consumer_auto_offset_reset="earliest", broker_commit_interval=1.0, topic_partitions=4,
-                    table_standby_replicas=0, producer_linger_ms=5)
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="rocksdb://",
+        datadir=datadir,
+        web_enabled=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        topic_partitions=4,
+        table_standby_replicas=0,
+        producer_linger_ms=5,
+    )
     source = app.topic(in_topic, key_serializer="raw", value_serializer="raw")
     sink = app.topic(out_topic, key_serializer="raw", value_serializer="raw")
 
     if mode == "forward":
+
         @app.agent(source)
         async def forward(stream):  # type: ignore[no-untyped-def]
             async for event in stream.events():

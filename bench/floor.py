@@ -38,7 +38,7 @@ def batches(records: list[Record], size: int) -> list[list[Record]]:
     parts: dict[int, list[Record]] = {}
     for rec in records:
         parts.setdefault(rec.partition, []).append(rec)
-    runs = {p: [recs[i:i + size] for i in range(0, len(recs), size)] for p, recs in sorted(parts.items())}
+    runs = {p: [recs[i : i + size] for i in range(0, len(recs), size)] for p, recs in sorted(parts.items())}
     out = []
     for i in range(max(len(r) for r in runs.values())):
         out += [r[i] for r in runs.values() if i < len(r)]
@@ -51,8 +51,9 @@ def main() -> None:
     s = load_settings()
     models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
     models.refresh()
-    config = ProcessorConfig(bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms,
-                             max_event_bytes=s.max_event_bytes)
+    config = ProcessorConfig(
+        bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes
+    )
     proc = BatchProcessor(models.models, s.placements, config)
     records = []
     for line in records_file.read_bytes().splitlines():
@@ -74,7 +75,7 @@ def main() -> None:
     per_round = len({r[0].partition for r in runs})
     for start in range(0, len(runs), per_round):
         round_events = []
-        for batch in runs[start:start + per_round]:
+        for batch in runs[start : start + per_round]:
             out = proc.process(batch, stores)
             round_events += [orjson.loads(raw) for _, raw in out.article_events]
             if keep is not None:

@@ -124,9 +124,17 @@ def internal_behind(admin: AdminClient, c: Consumer, group: str, topic: str, fra
     return done < frac * end
 
 
-def committed_rate(bootstrap: str, group: str, topic: str, total: int, timeout_s: float,
-                   proc: Callable[[], list[int]], broker: list[int], other: Callable[[], list[int]] = list,
-                   to_end: bool = False) -> Sample:
+def committed_rate(
+    bootstrap: str,
+    group: str,
+    topic: str,
+    total: int,
+    timeout_s: float,
+    proc: Callable[[], list[int]],
+    broker: list[int],
+    other: Callable[[], list[int]] = list,
+    to_end: bool = False,
+) -> Sample:
     """Events/s and CPU per event between 10% and 90% of ``total`` committed by ``group``.
 
     The 90% mark also waits for 90% of what the group's internal topics hold to be committed
@@ -170,8 +178,14 @@ def committed_rate(bootstrap: str, group: str, topic: str, total: int, timeout_s
 
 def raw_loop(bootstrap: str, topic: str, total: int, broker: list[int]) -> Sample:
     """(a): consume, produce each record to another topic, commit; events/s 10% -> 90%."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"raw-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"raw-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "compression.type": "lz4"})
     c.subscribe([topic])
     out = f"raw-out-{uuid.uuid4().hex[:6]}"
@@ -221,8 +235,13 @@ def quix_python() -> Path:
 
 
 def run_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        cmd,
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -237,9 +256,15 @@ def latency(bootstrap: str, work: Path, models: Path, events: list[dict], rate: 
     """Our worker at ``rate`` events/s: seconds from produce (event_time = now) to prediction read."""
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
-    env = {"STREAM_KAFKA_BOOTSTRAP": bootstrap, "STREAM_TOPIC_PREFIX": prefix, "STREAM_WORKER_ID": f"lat-{prefix}",
-           "STREAM_STATE_DIR": str(work / "lat-state"), "STREAM_CHDB_PATH": str(work / "lat-chdb"),
-           "STREAM_MODELS_DIR": str(models), "STREAM_WORKER_WEB_PORT": "0"}
+    env = {
+        "STREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAM_TOPIC_PREFIX": prefix,
+        "STREAM_WORKER_ID": f"lat-{prefix}",
+        "STREAM_STATE_DIR": str(work / "lat-state"),
+        "STREAM_CHDB_PATH": str(work / "lat-chdb"),
+        "STREAM_MODELS_DIR": str(models),
+        "STREAM_WORKER_WEB_PORT": "0",
+    }
     worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / "latency-worker.log")
     lat: list[float] = []
     stop_at = [0.0]
@@ -309,12 +334,16 @@ def orders(keys: list[str], r: int) -> tuple[str, ...]:
     return tuple(reversed(order) if r % 2 else order)
 
 
-NAMES = {"a": "raw confluent-kafka loop (ceiling)", "b": "trivial faust agent (framework ceiling)",
-         "c": "naive faust agent (baseline)", "d": "our worker",
-         "c'": "naive agent, uvloop + worker's GC tuning",
-         "q": "Quix peer, batched scoring in a sink",
-         "q+": "Quix peer, + state written once per checkpoint",
-         "f": "compute floor: BatchProcessor in memory"}
+NAMES = {
+    "a": "raw confluent-kafka loop (ceiling)",
+    "b": "trivial faust agent (framework ceiling)",
+    "c": "naive faust agent (baseline)",
+    "d": "our worker",
+    "c'": "naive agent, uvloop + worker's GC tuning",
+    "q": "Quix peer, batched scoring in a sink",
+    "q+": "Quix peer, + state written once per checkpoint",
+    "f": "compute floor: BatchProcessor in memory",
+}
 
 
 @dataclass
@@ -328,8 +357,11 @@ class Outputs:
 def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ends-{uuid.uuid4().hex}"})
     try:
-        return {(t, p): c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-                for t in topics for p in range(PARTITIONS)}
+        return {
+            (t, p): c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+            for t in topics
+            for p in range(PARTITIONS)
+        }
     finally:
         c.close()
 
@@ -337,8 +369,7 @@ def end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]
 def read_from(bootstrap: str, starts: dict[tuple[str, int], int]) -> dict[str, list[dict[str, Any]]]:
     """Per topic, the JSON values from ``starts`` up to the end offsets of now."""
     ends = end_offsets(bootstrap, sorted({t for t, _ in starts}))
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}", "enable.auto.commit": False})
     out: dict[str, list[dict[str, Any]]] = {t: [] for t, _ in starts}
     todo = {tp for tp in starts if ends[tp] > starts[tp]}
     c.assign([TopicPartition(t, p, starts[(t, p)]) for t, p in todo])
@@ -373,8 +404,9 @@ def chdb_pids(chdb: Path) -> list[int]:
         return []
 
 
-def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path,
-                broker: list[int], check: bool) -> tuple[Sample, Outputs | None]:
+def run_variant(
+    key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path, broker: list[int], check: bool
+) -> tuple[Sample, Outputs | None]:
     """Events/s and CPU per event of variant ``key`` in a fresh consumer group; with ``check`` (for
     the variants that publish) it runs to the end of the input and its outputs are read back."""
     if key == "f":
@@ -384,8 +416,17 @@ def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: 
     if key in ("b", "c", "c'"):
         mode = {"b": "forward", "c": "naive", "c'": "naive-tuned"}[key]
         group = f"{mode}-{r}-{uuid.uuid4().hex[:6]}"
-        cmd = [sys.executable, "bench/faust_baselines.py", mode, bootstrap, topic, f"{group}-out", group,
-               str(work / group), str(models)]
+        cmd = [
+            sys.executable,
+            "bench/faust_baselines.py",
+            mode,
+            bootstrap,
+            topic,
+            f"{group}-out",
+            group,
+            str(work / group),
+            str(models),
+        ]
         env: dict[str, str] = {}
         check = False
     elif key in ("q", "q+"):
@@ -393,24 +434,48 @@ def run_variant(key: str, r: int, bootstrap: str, topic: str, total: int, work: 
         names = [f"{group}-predictions", f"{group}-decisions"]
         create_topics(bootstrap, names)
         outputs = {(n, p): 0 for n in names for p in range(PARTITIONS)}
-        cmd = [str(quix_python()), "bench/quix/peer.py", "checkpoint" if key == "q+" else "per-event", bootstrap,
-               topic, f"{group}-", group, str(work / group), str(models)]
+        cmd = [
+            str(quix_python()),
+            "bench/quix/peer.py",
+            "checkpoint" if key == "q+" else "per-event",
+            bootstrap,
+            topic,
+            f"{group}-",
+            group,
+            str(work / group),
+            str(models),
+        ]
         env = {}
     else:
         group = f"bench-worker-{r}-{uuid.uuid4().hex[:6]}"
         cmd = [sys.executable, "-m", "stream", "worker"]
-        env = {"STREAM_KAFKA_BOOTSTRAP": bootstrap, "STREAM_TOPIC_PREFIX": "bench.", "STREAM_WORKER_ID": group,
-               "STREAM_STATE_DIR": str(work / group), "STREAM_CHDB_PATH": str(work / f"{group}-chdb"),
-               "STREAM_MODELS_DIR": str(models), "STREAM_WORKER_WEB_PORT": "0",
-               "STREAM_TOPIC_PARTITIONS": str(PARTITIONS)}
+        env = {
+            "STREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "STREAM_TOPIC_PREFIX": "bench.",
+            "STREAM_WORKER_ID": group,
+            "STREAM_STATE_DIR": str(work / group),
+            "STREAM_CHDB_PATH": str(work / f"{group}-chdb"),
+            "STREAM_MODELS_DIR": str(models),
+            "STREAM_WORKER_WEB_PORT": "0",
+            "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+        }
         chdb = work / f"{group}-chdb"
         other = lambda: chdb_pids(chdb)  # noqa: E731
         if check:  # every run writes the same output topics: this one's start where they end now
             outputs = end_offsets(bootstrap, [f"bench.{PREDICTIONS}", f"bench.{BANDIT_DECISIONS}"])
     proc = run_process(cmd, env, work / f"{group}.log")
     try:
-        sample = committed_rate(bootstrap, group, topic, total, timeout_s=900, proc=lambda: [proc.pid],
-                                broker=broker, other=other, to_end=check)
+        sample = committed_rate(
+            bootstrap,
+            group,
+            topic,
+            total,
+            timeout_s=900,
+            proc=lambda: [proc.pid],
+            broker=broker,
+            other=other,
+            to_end=check,
+        )
     finally:
         stop(proc)
     if not check:
@@ -436,8 +501,7 @@ def run_floor(work: Path, models: Path, check: bool) -> tuple[Sample, Outputs | 
 
 def dump_records(bootstrap: str, topic: str, total: int, path: Path) -> None:
     """The input topic as JSON lines [partition, offset, key, value], for the floor."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dump-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"dump-{uuid.uuid4().hex}", "enable.auto.commit": False})
     c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     n = 0
     with path.open("wb") as f:
@@ -467,18 +531,22 @@ def compare(ref: Outputs, other: Outputs) -> tuple[bool, list[str]]:
         exact = name != "click"
         good = len(a) == len(b) == len(common) and (diff <= 1e-9 or not exact)
         ok = ok and good
-        lines.append(f"{name:10s} {len(a):>6} vs {len(b):>6}, ids in both {len(common):>6}, max |diff| {diff:.1e}, "
-                     f"{same / max(len(common), 1):6.1%} within 1e-9"
-                     + ("" if exact else " (article popularity as folded: not required)")
-                     + ("" if good else "  <-- MISMATCH"))
+        lines.append(
+            f"{name:10s} {len(a):>6} vs {len(b):>6}, ids in both {len(common):>6}, max |diff| {diff:.1e}, "
+            f"{same / max(len(common), 1):6.1%} within 1e-9"
+            + ("" if exact else " (article popularity as folded: not required)")
+            + ("" if good else "  <-- MISMATCH")
+        )
     da = {d["decision_id"]: d["placement"] for d in ref.decisions}
     db = {d["decision_id"]: d["placement"] for d in other.decisions}
     common = da.keys() & db.keys()
     good = len(da) == len(db) == len(common)
     ok = ok and good
     arms = sum(da[k] == db[k] for k in common) / max(len(common), 1)
-    lines.append(f"{'decisions':10s} {len(da):>6} vs {len(db):>6}, ids in both {len(common):>6}, same arm {arms:6.1%} "
-                 "(posterior snapshot timing: not required)" + ("" if good else "  <-- MISMATCH"))
+    lines.append(
+        f"{'decisions':10s} {len(da):>6} vs {len(db):>6}, ids in both {len(common):>6}, same arm {arms:6.1%} "
+        "(posterior snapshot timing: not required)" + ("" if good else "  <-- MISMATCH")
+    )
     return ok, lines
 
 
@@ -498,16 +566,32 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--rate", type=float, default=2000.0, help="offered load for the latency run (events/s)")
     ap.add_argument("--latency-seconds", type=float, default=30.0)
-    ap.add_argument("--tuned-naive", action="store_true",
-                    help="also run (c') = (c) with uvloop and the worker's GC tuning, last in each repeat")
-    ap.add_argument("--quix", action="store_true",
-                    help="also run the Quix Streams peer, (q) and (q+) (bench/quix/peer.py, own virtualenv)")
-    ap.add_argument("--floor", action="store_true",
-                    help="also run (f), the worker's BatchProcessor over the records in memory (bench/floor.py)")
-    ap.add_argument("--no-check", action="store_true",
-                    help="skip the check that the variants publish the worker's predictions (first repeat)")
-    ap.add_argument("--pause", type=float, default=5.0,
-                    help="idle seconds before each variant, after which it waits for a quiet broker")
+    ap.add_argument(
+        "--tuned-naive",
+        action="store_true",
+        help="also run (c') = (c) with uvloop and the worker's GC tuning, last in each repeat",
+    )
+    ap.add_argument(
+        "--quix",
+        action="store_true",
+        help="also run the Quix Streams peer, (q) and (q+) (bench/quix/peer.py, own virtualenv)",
+    )
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run (f), the worker's BatchProcessor over the records in memory (bench/floor.py)",
+    )
+    ap.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the check that the variants publish the worker's predictions (first repeat)",
+    )
+    ap.add_argument(
+        "--pause",
+        type=float,
+        default=5.0,
+        help="idle seconds before each variant, after which it waits for a quiet broker",
+    )
     args = ap.parse_args()
 
     if args.quix:
@@ -539,20 +623,25 @@ def main() -> None:
             waited = []
             for key in order:
                 waited.append(settle(broker.pid, args.pause))
-                sample, out = run_variant(key, r, bootstrap, topic, total, work, models, broker_pids,
-                                          check=r == 0 and not args.no_check)
+                sample, out = run_variant(
+                    key, r, bootstrap, topic, total, work, models, broker_pids, check=r == 0 and not args.no_check
+                )
                 results[key].append(sample)
                 if out is not None:
                     checks[key] = out
-            print(f"repeat {r + 1} (order {'-'.join(order)}, settled {'/'.join(f'{w:.0f}' for w in waited)} s): "
-                  + ", ".join(f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs" for k, v in results.items()),
-                  flush=True)
+            print(
+                f"repeat {r + 1} (order {'-'.join(order)}, settled {'/'.join(f'{w:.0f}' for w in waited)} s): "
+                + ", ".join(f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs" for k, v in results.items()),
+                flush=True,
+            )
         lat = latency(bootstrap, work, models, events, args.rate, args.latency_seconds)
 
     med = {k: statistics.median(s.rate for s in v) for k, v in results.items()}
     cpu = {k: statistics.median(s.cpu_us for s in v) for k, v in results.items()}
-    print(f"\nsustained events/s and CPU µs per event, median of {args.repeats} (10% -> 90% of {total} events "
-          "committed; CPU of the variant's process + the broker's):")
+    print(
+        f"\nsustained events/s and CPU µs per event, median of {args.repeats} (10% -> 90% of {total} events "
+        "committed; CPU of the variant's process + the broker's):"
+    )
     print(f"       {'variant':48s} {'events/s':>10} {'CPU µs/event':>13} {'= process':>10} {'+ broker':>9}")
     for k in med:
         proc = statistics.median(s.proc_us for s in results[k])
@@ -569,11 +658,15 @@ def main() -> None:
         print(f"  (d)/(c') = {med['d'] / tuned:.2f}   (c) with the worker's process settings")
     for q in ("q", "q+"):
         if q in med:
-            print(f"  (d)/({q}) = {ratio(med['d'], med[q])} events/s, target >= 1.5;   CPU/event (d)/({q}) = "
-                  f"{ratio(cpu['d'], cpu[q])}, target <= 0.67")
+            print(
+                f"  (d)/({q}) = {ratio(med['d'], med[q])} events/s, target >= 1.5;   CPU/event (d)/({q}) = "
+                f"{ratio(cpu['d'], cpu[q])}, target <= 0.67"
+            )
     if "f" in med:
-        print(f"  (d)/(f) = {ratio(med['d'], med['f'])} events/s, target >= 0.5;   CPU/event (f)/(d) = "
-              f"{ratio(cpu['f'], cpu['d'])}")
+        print(
+            f"  (d)/(f) = {ratio(med['d'], med['f'])} events/s, target >= 0.5;   CPU/event (f)/(d) = "
+            f"{ratio(cpu['f'], cpu['d'])}"
+        )
     if checks:
         print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")
         verdicts = []
@@ -586,9 +679,11 @@ def main() -> None:
             for line in lines:
                 print(f"      {line}")
     if lat:
-        print(f"\nlatency at {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f}s, "
-              f"event -> prediction read ({len(lat)} predictions): "
-              f"p50 {pct(lat, 0.5) * 1000:.0f} ms, p99 {pct(lat, 0.99) * 1000:.0f} ms")
+        print(
+            f"\nlatency at {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f}s, "
+            f"event -> prediction read ({len(lat)} predictions): "
+            f"p50 {pct(lat, 0.5) * 1000:.0f} ms, p99 {pct(lat, 0.99) * 1000:.0f} ms"
+        )
     print(f"logs: {work}")
     if checks and not all(verdicts):
         sys.exit(1)

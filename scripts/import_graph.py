@@ -20,7 +20,7 @@ PACKAGES = ("stream", "simulator", "batch_training")
 
 
 def group(module: str, depth: int) -> str:
-    return ".".join(module.split(".")[:depth if module.startswith("stream.") else 1])
+    return ".".join(module.split(".")[: depth if module.startswith("stream.") else 1])
 
 
 def main() -> None:

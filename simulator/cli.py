@@ -49,18 +49,33 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--duplicates", type=arguments.share, help="share of events delivered twice (messy)")
     g.add_argument("--missing", type=arguments.share, help="share of optional fields dropped (messy)")
     g.add_argument("--malformed", type=arguments.share, help="share of extra malformed records (messy)")
-    g.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
-                   metavar="KNOB=VALUE", help="any SimConfig knob (JSON value), repeatable")
+    g.add_argument(
+        "--set",
+        dest="settings",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KNOB=VALUE",
+        help="any SimConfig knob (JSON value), repeatable",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from simulator.config import SimConfig
 
     knobs: dict[str, Any] = dict(args.settings)
-    for arg, knob in (("users", "n_users"), ("days", "days"), ("seed", "seed"), ("start", "start"),
-                      ("bots", "bot_share"), ("late", "late_share"), ("late_max_ms", "late_max_ms"),
-                      ("duplicates", "duplicate_share"), ("missing", "missing_share"),
-                      ("malformed", "malformed_share")):
+    for arg, knob in (
+        ("users", "n_users"),
+        ("days", "days"),
+        ("seed", "seed"),
+        ("start", "start"),
+        ("bots", "bot_share"),
+        ("late", "late_share"),
+        ("late_max_ms", "late_max_ms"),
+        ("duplicates", "duplicate_share"),
+        ("missing", "missing_share"),
+        ("malformed", "malformed_share"),
+    ):
         v = getattr(args, arg, None)
         if v is not None:
             knobs[knob] = v
@@ -103,8 +118,10 @@ def _generate(args: argparse.Namespace) -> Any:
     cfg = config_from_args(args)
     t = time.perf_counter()
     ds = generate(cfg)
-    print(f"generated {len(ds)} events for {cfg.n_users} users x {cfg.days} days "
-          f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    print(
+        f"generated {len(ds)} events for {cfg.n_users} users x {cfg.days} days in {time.perf_counter() - t:.1f} s",
+        file=sys.stderr,
+    )
     return ds
 
 
@@ -165,7 +182,13 @@ def _run(args: argparse.Namespace) -> int:
         ds = Dataset.read(args.source)
     else:
         ds = _generate(args)
-    n = produce_dataset(ds, settings.kafka_bootstrap, settings.topic(SESSION_EVENTS),
-                        rate=None if args.fast else args.rate, shift_to_now=args.shift_to_now, settings=settings)
+    n = produce_dataset(
+        ds,
+        settings.kafka_bootstrap,
+        settings.topic(SESSION_EVENTS),
+        rate=None if args.fast else args.rate,
+        shift_to_now=args.shift_to_now,
+        settings=settings,
+    )
     print(f"produced {n} records to {settings.topic(SESSION_EVENTS)}", file=sys.stderr)
     return 0

@@ -39,8 +39,30 @@ class SimConfig:
     weekly_rhythm: tuple[float, ...] = (1.05, 1.05, 1.0, 1.0, 1.0, 0.9, 1.0)
     #: relative session-start weight per LOCAL hour 0..23
     daily_rhythm: tuple[float, ...] = (
-        0.35, 0.18, 0.08, 0.05, 0.05, 0.12, 0.45, 1.00, 1.30, 1.00, 0.85, 0.85,
-        1.10, 1.00, 0.80, 0.75, 0.80, 0.95, 1.20, 1.60, 1.75, 1.65, 1.20, 0.70,
+        0.35,
+        0.18,
+        0.08,
+        0.05,
+        0.05,
+        0.12,
+        0.45,
+        1.00,
+        1.30,
+        1.00,
+        0.85,
+        0.85,
+        1.10,
+        1.00,
+        0.80,
+        0.75,
+        0.80,
+        0.95,
+        1.20,
+        1.60,
+        1.75,
+        1.65,
+        1.20,
+        0.70,
     )
     #: share of users whose usual device is a phone / a desktop (the rest: tablet)
     mobile_first_share: float = 0.58
@@ -118,25 +140,43 @@ class SimConfig:
         _check(self.n_users >= 1, "n_users", self.n_users, "an integer >= 1")
         _check(1 <= self.days <= 3660, "days", self.days, "an integer in 1..3660")
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        for name in ("initial_user_share", "mobile_first_share", "desktop_first_share",
-                     "device_stickiness", "bot_share", "bot_click_prob", "bot_ad_ctr",
-                     "late_share", "duplicate_share", "missing_share", "malformed_share",
-                     "activity_engagement_corr"):
+        for name in (
+            "initial_user_share",
+            "mobile_first_share",
+            "desktop_first_share",
+            "device_stickiness",
+            "bot_share",
+            "bot_click_prob",
+            "bot_ad_ctr",
+            "late_share",
+            "duplicate_share",
+            "missing_share",
+            "malformed_share",
+            "activity_engagement_corr",
+        ):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
-        _check(self.mobile_first_share + self.desktop_first_share <= 1.0, "mobile_first_share",
-               self.mobile_first_share, "mobile_first_share + desktop_first_share <= 1")
+        _check(
+            self.mobile_first_share + self.desktop_first_share <= 1.0,
+            "mobile_first_share",
+            self.mobile_first_share,
+            "mobile_first_share + desktop_first_share <= 1",
+        )
         _check(len(self.weekly_rhythm) == 7, "weekly_rhythm", self.weekly_rhythm, "7 numbers")
         _check(len(self.daily_rhythm) == 24, "daily_rhythm", self.daily_rhythm, "24 numbers")
         _check(len(self.placements) >= 1, "placements", self.placements, "at least one placement")
-        _check(len(self.ad_ctr) == len(self.placements) and all(len(r) == 3 for r in self.ad_ctr),
-               "ad_ctr", self.ad_ctr, "one (desktop, mobile, tablet) triple per placement")
-        _check(self.activity_median_per_day > 0, "activity_median_per_day",
-               self.activity_median_per_day, "a number > 0")
+        _check(
+            len(self.ad_ctr) == len(self.placements) and all(len(r) == 3 for r in self.ad_ctr),
+            "ad_ctr",
+            self.ad_ctr,
+            "one (desktop, mobile, tablet) triple per placement",
+        )
+        _check(
+            self.activity_median_per_day > 0, "activity_median_per_day", self.activity_median_per_day, "a number > 0"
+        )
         _check(self.articles_per_day >= 1, "articles_per_day", self.articles_per_day, "an integer >= 1")
         _check(0 < self.late_max_ms <= 86_400_000, "late_max_ms", self.late_max_ms, "1..86400000 ms")
-        _check(all(3 <= n <= 16 for n in self.feed_length), "feed_length", self.feed_length,
-               "three integers in 3..16")
+        _check(all(3 <= n <= 16 for n in self.feed_length), "feed_length", self.feed_length, "three integers in 3..16")
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -183,7 +223,6 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             return tuple(kind(x) for x in seq)
     except (TypeError, ValueError):
         raise ConfigError(
-            f"invalid simulator setting {name}={value!r}: expected {type(default).__name__} "
-            f"like {default!r}"
+            f"invalid simulator setting {name}={value!r}: expected {type(default).__name__} like {default!r}"
         ) from None
     return value

@@ -43,15 +43,30 @@ from stream.state.codes import EVENT_TYPES
 from stream.state.labels import DAY_MS
 
 #: Flat event columns (``stream.clickhouse.EVENT_COLUMNS`` order), event_time as int64 epoch ms.
-EVENT_SCHEMA = pa.schema([
-    ("event_id", pa.string()), ("event_type", pa.string()), ("user_id", pa.string()),
-    ("session_id", pa.string()), ("event_time", pa.int64()), ("article_id", pa.string()),
-    ("brand", pa.string()), ("category", pa.string()), ("position", pa.int32()),
-    ("placement", pa.string()), ("request_id", pa.string()), ("revenue", pa.float64()),
-    ("duration_ms", pa.int64()), ("device_type", pa.string()), ("device_os", pa.string()),
-    ("device_browser", pa.string()), ("country", pa.string()), ("city", pa.string()),
-    ("timezone", pa.string()), ("schema_version", pa.uint8()),
-])
+EVENT_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_type", pa.string()),
+        ("user_id", pa.string()),
+        ("session_id", pa.string()),
+        ("event_time", pa.int64()),
+        ("article_id", pa.string()),
+        ("brand", pa.string()),
+        ("category", pa.string()),
+        ("position", pa.int32()),
+        ("placement", pa.string()),
+        ("request_id", pa.string()),
+        ("revenue", pa.float64()),
+        ("duration_ms", pa.int64()),
+        ("device_type", pa.string()),
+        ("device_os", pa.string()),
+        ("device_browser", pa.string()),
+        ("country", pa.string()),
+        ("city", pa.string()),
+        ("timezone", pa.string()),
+        ("schema_version", pa.uint8()),
+    ]
+)
 TRUTH_TABLES = ("users", "user_daily", "sessions", "article_impressions", "ad_impressions", "ad_arms")
 FORMATS = ("parquet", "jsonl")
 
@@ -159,8 +174,11 @@ class Dataset:
         cfg = SimConfig.from_dict(json.loads((src / "config.json").read_text()))
         if (src / "events.parquet").exists():
             table = pq.read_table(src / "events.parquet")
-            truth = {n: pq.read_table(src / "truth" / f"{n}.parquet") for n in TRUTH_TABLES
-                     if (src / "truth" / f"{n}.parquet").exists()}
+            truth = {
+                n: pq.read_table(src / "truth" / f"{n}.parquet")
+                for n in TRUTH_TABLES
+                if (src / "truth" / f"{n}.parquet").exists()
+            }
         elif (src / "events.jsonl").exists():
             table = _events_from_jsonl(src / "events.jsonl")
             truth = {}
@@ -211,18 +229,45 @@ def event_json_lines(t: pa.Table) -> pa.Array:
     Generated strings never contain quotes, backslashes or control characters (ids and a fixed
     vocabulary), so they need no escaping; a test compares lines with orjson's output.
     """
-    top = ["schema_version", "event_id", "event_type", "user_id", "session_id", "event_time",
-           "article_id", "brand", "category", "position", "placement", "request_id", "revenue",
-           "duration_ms"]
+    top = [
+        "schema_version",
+        "event_id",
+        "event_type",
+        "user_id",
+        "session_id",
+        "event_time",
+        "article_id",
+        "brand",
+        "category",
+        "position",
+        "placement",
+        "request_id",
+        "revenue",
+        "duration_ms",
+    ]
     parts = [_field(c, t[c], c not in _NUMERIC) for c in top]
-    parts.append(_object("device", [_field("type", t["device_type"], True),
-                                    _field("os", t["device_os"], True),
-                                    _field("browser", t["device_browser"], True)],
-                         pc.is_valid(t["device_type"])))
-    parts.append(_object("geo", [_field("country", t["country"], True),
-                                 _field("city", t["city"], True),
-                                 _field("timezone", t["timezone"], True)],
-                         pc.is_valid(t["country"])))
+    parts.append(
+        _object(
+            "device",
+            [
+                _field("type", t["device_type"], True),
+                _field("os", t["device_os"], True),
+                _field("browser", t["device_browser"], True),
+            ],
+            pc.is_valid(t["device_type"]),
+        )
+    )
+    parts.append(
+        _object(
+            "geo",
+            [
+                _field("country", t["country"], True),
+                _field("city", t["city"], True),
+                _field("timezone", t["timezone"], True),
+            ],
+            pc.is_valid(t["country"]),
+        )
+    )
     body = pc.binary_join_element_wise(*parts, ",", null_handling="skip")
     return _combine(pc.binary_join_element_wise("{", body, "}\n", ""))
 
@@ -243,17 +288,22 @@ def _write_lines(f: Any, lines: pa.Array) -> None:
     if len(lines) == 0:
         return
     lines = lines.cast(pa.large_string()) if lines.type != pa.large_string() else lines
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset:lines.offset + len(lines) + 1]
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)[lines.offset : lines.offset + len(lines) + 1]
     data = lines.buffers()[2]
-    f.write(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+    f.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
 
 def events_to_table(events: Sequence[dict[str, Any]]) -> pa.Table:
     """Flatten ``session_event`` dicts into ``EVENT_SCHEMA`` columns."""
     cols: dict[str, list[Any]] = {f.name: [] for f in EVENT_SCHEMA}
-    nested = {"device_type": ("device", "type"), "device_os": ("device", "os"),
-              "device_browser": ("device", "browser"), "country": ("geo", "country"),
-              "city": ("geo", "city"), "timezone": ("geo", "timezone")}
+    nested = {
+        "device_type": ("device", "type"),
+        "device_os": ("device", "os"),
+        "device_browser": ("device", "browser"),
+        "country": ("geo", "country"),
+        "city": ("geo", "city"),
+        "timezone": ("geo", "timezone"),
+    }
     for ev in events:
         for name, values in cols.items():
             if name in nested:
@@ -305,28 +355,31 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
     place = np.where(place < 0, len(PLACES), place)
     art = ev.article
     article_ids = _ids(f"{tag}a", arts.n)
-    table = pa.table({
-        "event_id": event_ids,
-        "event_type": _lookup(EVENT_TYPES, ev.kind),
-        "user_id": _lookup(user_ids, ev_user),
-        "session_id": sid,
-        "event_time": pa.array(ev.time_ms, pa.int64()),
-        "article_id": _lookup(article_ids, art),
-        "brand": _lookup(BRANDS, np.where(art >= 0, arts.brand[np.maximum(art, 0)], -1)),
-        "category": _lookup(CATEGORIES, np.where(art >= 0, arts.category[np.maximum(art, 0)], -1)),
-        "position": pa.array(ev.position.astype(np.int32), mask=ev.position == 0),
-        "placement": _lookup(cfg.placements, ev.placement),
-        "request_id": request_ids,
-        "revenue": pa.array(ev.revenue, mask=np.isnan(ev.revenue)),
-        "duration_ms": pa.array(ev.duration_ms, mask=ev.duration_ms < 0),
-        "device_type": _lookup(DEVICE_TYPES, dev),
-        "device_os": _lookup(os_names, users.os_code[ev_user, dev]),
-        "device_browser": _lookup(browsers, users.browser_code[ev_user, dev]),
-        "country": _lookup(countries, place),
-        "city": _lookup(cities, place),
-        "timezone": _lookup(tzs, place),
-        "schema_version": pa.array(np.ones(ev.n, np.uint8)),
-    }, schema=EVENT_SCHEMA)
+    table = pa.table(
+        {
+            "event_id": event_ids,
+            "event_type": _lookup(EVENT_TYPES, ev.kind),
+            "user_id": _lookup(user_ids, ev_user),
+            "session_id": sid,
+            "event_time": pa.array(ev.time_ms, pa.int64()),
+            "article_id": _lookup(article_ids, art),
+            "brand": _lookup(BRANDS, np.where(art >= 0, arts.brand[np.maximum(art, 0)], -1)),
+            "category": _lookup(CATEGORIES, np.where(art >= 0, arts.category[np.maximum(art, 0)], -1)),
+            "position": pa.array(ev.position.astype(np.int32), mask=ev.position == 0),
+            "placement": _lookup(cfg.placements, ev.placement),
+            "request_id": request_ids,
+            "revenue": pa.array(ev.revenue, mask=np.isnan(ev.revenue)),
+            "duration_ms": pa.array(ev.duration_ms, mask=ev.duration_ms < 0),
+            "device_type": _lookup(DEVICE_TYPES, dev),
+            "device_os": _lookup(os_names, users.os_code[ev_user, dev]),
+            "device_browser": _lookup(browsers, users.browser_code[ev_user, dev]),
+            "country": _lookup(countries, place),
+            "city": _lookup(cities, place),
+            "timezone": _lookup(tzs, place),
+            "schema_version": pa.array(np.ones(ev.n, np.uint8)),
+        },
+        schema=EVENT_SCHEMA,
+    )
 
     # Step 4. Ground truth.
     s_day = sess.day.astype(np.int64)
@@ -338,63 +391,76 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
     ads = np.flatnonzero(for_kind[AD_IMPRESSION])
     ads_pa = pa.array(ads)
     n_pl = len(cfg.placements)
-    arm_day, arm_pl, arm_dev = (a.ravel() for a in np.meshgrid(np.arange(cfg.days), np.arange(n_pl),
-                                                               np.arange(3), indexing="ij"))
+    arm_day, arm_pl, arm_dev = (
+        a.ravel() for a in np.meshgrid(np.arange(cfg.days), np.arange(n_pl), np.arange(3), indexing="ij")
+    )
     place_u = np.where(users.place < 0, len(PLACES), users.place).astype(np.int64)
     truth = {
-        "users": pa.table({
-            "user_id": user_ids,
-            "is_bot": pa.array(users.is_bot),
-            "join_day": pa.array(users.join_day.astype(np.int32)),
-            "churn_day": pa.array(users.death_day.astype(np.int32), mask=users.death_day >= NEVER),
-            "engagement": pa.array(users.engagement),
-            "sessions_per_day": pa.array(users.rate),
-            "churn_hazard_daily": pa.array(users.hazard),
-            "click_logit": pa.array(users.click_logit),
-            "video_prob": pa.array(users.video_prob),
-            "newsletter_prob": pa.array(users.newsletter_prob),
-            "subscription_prob": pa.array(users.subscription_prob),
-            "newsletter_member_at_start": pa.array(users.newsletter_init),
-            "subscriber_at_start": pa.array(users.subscriber_init),
-            "primary_device": _lookup(DEVICE_TYPES, users.primary_device.astype(np.int64)),
-            "country": _lookup(countries, place_u),
-            "city": _lookup(cities, place_u),
-            "timezone": _lookup(tzs, place_u),
-        }),
-        "user_daily": pa.table({
-            "user_id": _lookup(user_ids, daily["user"]),
-            "day": pa.array(daily["day"].astype(np.int32)),
-            "cutoff_time": pa.array(t0 + daily["day"].astype(np.int64) * DAY_MS),
-            "alive": pa.array(daily["alive"]),
-            "p_churn_30d": pa.array(daily["p_churn_30d"]),
-            "p_convert_14d": pa.array(daily["p_convert_14d"]),
-            "p_high_value_14d": pa.array(daily["p_high_value_14d"]),
-        }),
-        "sessions": pa.table({
-            "session_id": session_ids,
-            "user_id": _lookup(user_ids, sess.user),
-            "start_time": pa.array(sess.start_ms),
-            "device_type": _lookup(DEVICE_TYPES, sess.device.astype(np.int64)),
-            "expected_engagement": pa.array(sess.expected_engagement),
-        }),
-        "article_impressions": pa.table({
-            "event_id": event_ids.take(pa.array(imp)),
-            "p_click": pa.array(ev.p_click[imp]),
-        }),
-        "ad_impressions": pa.table({
-            "event_id": event_ids.take(ads_pa),
-            "request_id": table["request_id"].take(ads_pa),
-            "placement": table["placement"].take(ads_pa),
-            "device_type": table["device_type"].take(ads_pa),
-            "p_click": pa.array(ev.p_click[ads]),
-        }),
-        "ad_arms": pa.table({
-            "day": pa.array(arm_day.astype(np.int32)),
-            "day_start": pa.array(t0 + arm_day.astype(np.int64) * DAY_MS),
-            "placement": _lookup(cfg.placements, arm_pl),
-            "device_type": _lookup(DEVICE_TYPES, arm_dev),
-            "ctr": pa.array(ctr[arm_day, arm_pl, arm_dev]),
-        }),
+        "users": pa.table(
+            {
+                "user_id": user_ids,
+                "is_bot": pa.array(users.is_bot),
+                "join_day": pa.array(users.join_day.astype(np.int32)),
+                "churn_day": pa.array(users.death_day.astype(np.int32), mask=users.death_day >= NEVER),
+                "engagement": pa.array(users.engagement),
+                "sessions_per_day": pa.array(users.rate),
+                "churn_hazard_daily": pa.array(users.hazard),
+                "click_logit": pa.array(users.click_logit),
+                "video_prob": pa.array(users.video_prob),
+                "newsletter_prob": pa.array(users.newsletter_prob),
+                "subscription_prob": pa.array(users.subscription_prob),
+                "newsletter_member_at_start": pa.array(users.newsletter_init),
+                "subscriber_at_start": pa.array(users.subscriber_init),
+                "primary_device": _lookup(DEVICE_TYPES, users.primary_device.astype(np.int64)),
+                "country": _lookup(countries, place_u),
+                "city": _lookup(cities, place_u),
+                "timezone": _lookup(tzs, place_u),
+            }
+        ),
+        "user_daily": pa.table(
+            {
+                "user_id": _lookup(user_ids, daily["user"]),
+                "day": pa.array(daily["day"].astype(np.int32)),
+                "cutoff_time": pa.array(t0 + daily["day"].astype(np.int64) * DAY_MS),
+                "alive": pa.array(daily["alive"]),
+                "p_churn_30d": pa.array(daily["p_churn_30d"]),
+                "p_convert_14d": pa.array(daily["p_convert_14d"]),
+                "p_high_value_14d": pa.array(daily["p_high_value_14d"]),
+            }
+        ),
+        "sessions": pa.table(
+            {
+                "session_id": session_ids,
+                "user_id": _lookup(user_ids, sess.user),
+                "start_time": pa.array(sess.start_ms),
+                "device_type": _lookup(DEVICE_TYPES, sess.device.astype(np.int64)),
+                "expected_engagement": pa.array(sess.expected_engagement),
+            }
+        ),
+        "article_impressions": pa.table(
+            {
+                "event_id": event_ids.take(pa.array(imp)),
+                "p_click": pa.array(ev.p_click[imp]),
+            }
+        ),
+        "ad_impressions": pa.table(
+            {
+                "event_id": event_ids.take(ads_pa),
+                "request_id": table["request_id"].take(ads_pa),
+                "placement": table["placement"].take(ads_pa),
+                "device_type": table["device_type"].take(ads_pa),
+                "p_click": pa.array(ev.p_click[ads]),
+            }
+        ),
+        "ad_arms": pa.table(
+            {
+                "day": pa.array(arm_day.astype(np.int32)),
+                "day_start": pa.array(t0 + arm_day.astype(np.int64) * DAY_MS),
+                "placement": _lookup(cfg.placements, arm_pl),
+                "device_type": _lookup(DEVICE_TYPES, arm_dev),
+                "ctr": pa.array(ctr[arm_day, arm_pl, arm_dev]),
+            }
+        ),
     }
 
     # Step 5. Messy reality (each off unless its share is > 0).

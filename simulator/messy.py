@@ -15,8 +15,16 @@ from simulator.records import batch_to_dicts
 
 #: Optional columns that may go missing one by one (schema stays satisfied).
 DROPPABLE = ("brand", "category", "duration_ms", "device_os", "device_browser", "city", "timezone")
-MALFORMED_KINDS = ("truncated", "not_utf8", "no_event_id", "time_as_string", "unknown_type",
-                   "extra_field", "not_an_object", "bad_device_type")
+MALFORMED_KINDS = (
+    "truncated",
+    "not_utf8",
+    "no_event_id",
+    "time_as_string",
+    "unknown_type",
+    "extra_field",
+    "not_an_object",
+    "bad_device_type",
+)
 
 
 def _null_where(col: Any, mask: np.ndarray) -> Any:
@@ -38,8 +46,9 @@ def drop_fields(table: pa.Table, share: float, rng: np.random.Generator) -> pa.T
     return pa.table(cols, schema=table.schema)
 
 
-def delivery_order(times: np.ndarray, late_share: float, late_max_ms: int, dup_share: float,
-                   dup_max_ms: int, rng: np.random.Generator) -> np.ndarray:
+def delivery_order(
+    times: np.ndarray, late_share: float, late_max_ms: int, dup_share: float, dup_max_ms: int, rng: np.random.Generator
+) -> np.ndarray:
     """Row indices in delivery order: late rows are delayed by up to ``late_max_ms``; duplicated
     rows appear a second time up to ``dup_max_ms`` after their first delivery."""
     n = len(times)
@@ -82,8 +91,9 @@ def apply(cfg: SimConfig, table: pa.Table, rng: np.random.Generator) -> tuple[pa
         table = drop_fields(table, cfg.missing_share, rng)
     if cfg.late_share > 0 or cfg.duplicate_share > 0:
         times = table["event_time"].to_numpy()
-        order = delivery_order(times, cfg.late_share, cfg.late_max_ms, cfg.duplicate_share,
-                               cfg.duplicate_max_delay_ms, rng)
+        order = delivery_order(
+            times, cfg.late_share, cfg.late_max_ms, cfg.duplicate_share, cfg.duplicate_max_delay_ms, rng
+        )
         table = table.take(pa.array(order))
     malformed: list[bytes] = []
     positions = np.zeros(0, np.int64)

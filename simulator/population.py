@@ -29,22 +29,22 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 class Users:
     """Latent traits of every user; index = user number."""
 
-    is_bot: np.ndarray          # bool
-    join_day: np.ndarray        # first possible active day
-    death_day: np.ndarray       # first day of permanent inactivity (NEVER for bots)
-    engagement: np.ndarray      # the latent trait z ~ N(0, 1) that drives everything below
-    rate: np.ndarray            # expected sessions per day (before the weekly rhythm)
-    hazard: np.ndarray          # daily churn hazard
-    place: np.ndarray           # index into world.PLACES (-1 = bot place)
+    is_bot: np.ndarray  # bool
+    join_day: np.ndarray  # first possible active day
+    death_day: np.ndarray  # first day of permanent inactivity (NEVER for bots)
+    engagement: np.ndarray  # the latent trait z ~ N(0, 1) that drives everything below
+    rate: np.ndarray  # expected sessions per day (before the weekly rhythm)
+    hazard: np.ndarray  # daily churn hazard
+    place: np.ndarray  # index into world.PLACES (-1 = bot place)
     primary_device: np.ndarray  # index into world.DEVICE_TYPES
-    os_code: np.ndarray         # (n, 3): os per device type
-    browser_code: np.ndarray    # (n, 3): browser per device type
-    brand_logaff: np.ndarray    # (n, n_brands) clipped log of relative affinity
+    os_code: np.ndarray  # (n, 3): os per device type
+    browser_code: np.ndarray  # (n, 3): browser per device type
+    brand_logaff: np.ndarray  # (n, n_brands) clipped log of relative affinity
     category_logaff: np.ndarray  # (n, n_categories)
     click_logit: np.ndarray
     video_prob: np.ndarray
-    direct_prob: np.ndarray     # per-slot probability of a direct (non-feed) article visit
-    dwell_minutes: np.ndarray   # mean reading time per article view
+    direct_prob: np.ndarray  # per-slot probability of a direct (non-feed) article visit
+    dwell_minutes: np.ndarray  # mean reading time per article view
     newsletter_prob: np.ndarray  # per session
     subscription_prob: np.ndarray  # per session
     newsletter_init: np.ndarray  # already a newsletter member on day 0
@@ -67,9 +67,7 @@ def make_users(cfg: SimConfig, rng: np.random.Generator) -> Users:
 
     rho = cfg.activity_engagement_corr
     eps = rng.standard_normal(n)
-    log_rate = np.log(cfg.activity_median_per_day) + cfg.activity_log_sd * (
-        rho * z + np.sqrt(1.0 - rho * rho) * eps
-    )
+    log_rate = np.log(cfg.activity_median_per_day) + cfg.activity_log_sd * (rho * z + np.sqrt(1.0 - rho * rho) * eps)
     rate = np.exp(log_rate)
     rate[is_bot] = cfg.bot_sessions_per_day * np.exp(0.5 * rng.standard_normal(int(is_bot.sum())))
 
@@ -113,7 +111,8 @@ def make_users(cfg: SimConfig, rng: np.random.Generator) -> Users:
     direct_prob = sigmoid(d0 + d1 * z)
     dwell = np.clip(
         cfg.dwell_minutes_base * np.exp(cfg.dwell_minutes_per_engagement * z + 0.15 * rng.standard_normal(n)),
-        0.2, MAX_DWELL_MINUTES,
+        0.2,
+        MAX_DWELL_MINUTES,
     )
     n0, n1 = cfg.newsletter_logit
     s0, s1 = cfg.subscription_logit
@@ -133,12 +132,26 @@ def make_users(cfg: SimConfig, rng: np.random.Generator) -> Users:
     newsletter_init[is_bot] = False
     subscriber_init[is_bot] = False
     return Users(
-        is_bot=is_bot, join_day=join_day, death_day=death_day, engagement=z, rate=rate,
-        hazard=hazard, place=place, primary_device=primary, os_code=os_code,
-        browser_code=browser_code, brand_logaff=brand_logaff, category_logaff=category_logaff,
-        click_logit=click_logit, video_prob=video_prob, direct_prob=direct_prob,
-        dwell_minutes=dwell, newsletter_prob=newsletter_prob, subscription_prob=subscription_prob,
-        newsletter_init=newsletter_init, subscriber_init=subscriber_init,
+        is_bot=is_bot,
+        join_day=join_day,
+        death_day=death_day,
+        engagement=z,
+        rate=rate,
+        hazard=hazard,
+        place=place,
+        primary_device=primary,
+        os_code=os_code,
+        browser_code=browser_code,
+        brand_logaff=brand_logaff,
+        category_logaff=category_logaff,
+        click_logit=click_logit,
+        video_prob=video_prob,
+        direct_prob=direct_prob,
+        dwell_minutes=dwell,
+        newsletter_prob=newsletter_prob,
+        subscription_prob=subscription_prob,
+        newsletter_init=newsletter_init,
+        subscriber_init=subscriber_init,
     )
 
 
@@ -176,13 +189,14 @@ def make_articles(cfg: SimConfig, rng: np.random.Generator) -> Articles:
     quality = rng.standard_normal(n)
     order = np.argsort(publish, kind="stable")
     return Articles(
-        publish_ms=publish[order], brand=brand[order].astype(np.int16),
-        category=category[order].astype(np.int16), quality=quality[order],
+        publish_ms=publish[order],
+        brand=brand[order].astype(np.int16),
+        category=category[order].astype(np.int16),
+        quality=quality[order],
     )
 
 
-def sample_articles(cfg: SimConfig, arts: Articles, pool_end_ms: np.ndarray,
-                    rng: np.random.Generator) -> np.ndarray:
+def sample_articles(cfg: SimConfig, arts: Articles, pool_end_ms: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One article per request, drawn by popularity among those published before ``pool_end_ms``.
 
     Popularity is ``exp(quality_popularity * quality - age_hours / popularity_decay_hours)`` over
@@ -197,12 +211,13 @@ def sample_articles(cfg: SimConfig, arts: Articles, pool_end_ms: np.ndarray,
     bounds = np.append(starts, len(order))
     u = rng.random(len(pool_end_ms))
     for i, d in enumerate(days):
-        idx = order[bounds[i]:bounds[i + 1]]
+        idx = order[bounds[i] : bounds[i + 1]]
         base = int(d) * DAY_MS
         lo = int(np.searchsorted(arts.publish_ms, base - max_age, side="left"))
         hi = int(np.searchsorted(arts.publish_ms, base + DAY_MS, side="left"))
-        expo = (cfg.quality_popularity * arts.quality[lo:hi]
-                + (arts.publish_ms[lo:hi] - base) / (cfg.popularity_decay_hours * HOUR_MS))
+        expo = cfg.quality_popularity * arts.quality[lo:hi] + (arts.publish_ms[lo:hi] - base) / (
+            cfg.popularity_decay_hours * HOUR_MS
+        )
         cw = np.cumsum(np.exp(expo))
         cw0 = np.concatenate(([0.0], cw))
         end = pool_end_ms[idx]

@@ -11,13 +11,15 @@ import pyarrow as pa
 def batch_to_dicts(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
     """The ``session_event`` dicts of a batch of flat event columns (absent values left out)."""
     cols = batch.to_pydict()
-    top = ("article_id", "brand", "category", "position", "placement", "request_id", "revenue",
-           "duration_ms")
+    top = ("article_id", "brand", "category", "position", "placement", "request_id", "revenue", "duration_ms")
     for i in range(batch.num_rows):
         ev: dict[str, Any] = {
-            "schema_version": cols["schema_version"][i], "event_id": cols["event_id"][i],
-            "event_type": cols["event_type"][i], "user_id": cols["user_id"][i],
-            "session_id": cols["session_id"][i], "event_time": cols["event_time"][i],
+            "schema_version": cols["schema_version"][i],
+            "event_id": cols["event_id"][i],
+            "event_type": cols["event_type"][i],
+            "user_id": cols["user_id"][i],
+            "session_id": cols["session_id"][i],
+            "event_time": cols["event_time"][i],
         }
         for c in top:
             v = cols[c][i]

@@ -61,7 +61,8 @@ def oracle_metrics(ds: Dataset) -> dict[str, Any]:
     clicks = ev.loc[kinds == "article_click", ["session_id", "position"]].drop_duplicates()
     clicks["clicked"] = 1
     imp = imp.merge(truth["article_impressions"], on="event_id").merge(
-        clicks, on=["session_id", "position"], how="left")
+        clicks, on=["session_id", "position"], how="left"
+    )
     y = imp["clicked"].fillna(0).to_numpy(dtype=int)
     out["click_auc"] = _auc(y, imp["p_click"].to_numpy())
     out["click_rate"] = float(y.mean()) if len(y) else float("nan")
@@ -117,13 +118,17 @@ def oracle_metrics(ds: Dataset) -> dict[str, Any]:
 def format_metrics(m: dict[str, Any]) -> str:
     lines = [f"dataset: {m['users']} users, {m['days']} days, {m['events']} events"]
     for key, label in (("churn", "churn 30d"), ("conversion", "conversion 14d"), ("high_value", "high-value 14d")):
-        lines.append(f"{label:<16} AUC {m[f'{key}_auc']:.4f}   label rate {m[f'{key}_rate']:.4f}   "
-                     f"mean p {m[f'{key}_mean_p']:.4f}   rows {m[f'{key}_rows']}")
+        lines.append(
+            f"{label:<16} AUC {m[f'{key}_auc']:.4f}   label rate {m[f'{key}_rate']:.4f}   "
+            f"mean p {m[f'{key}_mean_p']:.4f}   rows {m[f'{key}_rows']}"
+        )
     lines.append(f"{'article click':<16} AUC {m['click_auc']:.4f}   click rate {m['click_rate']:.4f}")
     lines.append(f"{'ad click':<16} AUC {m['ad_click_auc']:.4f}   CTR {m['ad_ctr']:.4f}")
-    lines.append(f"{'engagement':<16} R2  {m['engagement_r2']:.4f}   RMSE {m['engagement_rmse']:.3f}   "
-                 f"mean {m['engagement_mean']:.2f}   bias {m['engagement_bias']:+.3f}   "
-                 f"at cap {m['sessions_at_cap']:.5f}")
+    lines.append(
+        f"{'engagement':<16} R2  {m['engagement_r2']:.4f}   RMSE {m['engagement_rmse']:.3f}   "
+        f"mean {m['engagement_mean']:.2f}   bias {m['engagement_bias']:+.3f}   "
+        f"at cap {m['sessions_at_cap']:.5f}"
+    )
     for key, (lo, hi) in TARGETS.items():
         v = m[key]
         verdict = "ok" if lo < v < hi else ("n/a (window too short)" if v != v else "OUT OF RANGE")

@@ -38,7 +38,7 @@ AD_CLICK = TYPE_CODE["ad_click"]
 SESSION_END = TYPE_CODE["session_end"]
 
 MAX_DIRECT = 3
-SCROLL_MS = ((2_000, 10_000), (200, 1_000))      # humans, bots
+SCROLL_MS = ((2_000, 10_000), (200, 1_000))  # humans, bots
 TAIL_MS = ((3_000, 60_000), (1_000, 2_000))
 FEED_BASE_MS = 1_200
 FEED_STEP_MS = 40
@@ -51,7 +51,7 @@ class Sessions:
 
     user: np.ndarray
     day: np.ndarray
-    start_ms: np.ndarray       # absolute epoch ms
+    start_ms: np.ndarray  # absolute epoch ms
     device: np.ndarray
     duration_ms: np.ndarray
     expected_engagement: np.ndarray
@@ -68,16 +68,16 @@ class Events:
     """Columnar events (codes, not strings), sorted by event time. -1 / NaN = absent."""
 
     session: np.ndarray
-    seq: np.ndarray             # position within the session (for event_id)
+    seq: np.ndarray  # position within the session (for event_id)
     time_ms: np.ndarray
     kind: np.ndarray
     article: np.ndarray
-    position: np.ndarray        # 0 = absent
+    position: np.ndarray  # 0 = absent
     placement: np.ndarray
-    request: np.ndarray         # row index of the event's ad_request (-1 = none)
+    request: np.ndarray  # row index of the event's ad_request (-1 = none)
     revenue: np.ndarray
-    duration_ms: np.ndarray     # -1 = absent
-    p_click: np.ndarray         # truth for article and ad impressions, NaN otherwise
+    duration_ms: np.ndarray  # -1 = absent
+    p_click: np.ndarray  # truth for article and ad impressions, NaN otherwise
 
     @property
     def n(self) -> int:
@@ -116,9 +116,15 @@ def _once_per_user(user: np.ndarray, draw: np.ndarray, init: np.ndarray) -> tupl
     return draw & ~done_before, done_before
 
 
-def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndarray,
-                      tz_offsets: np.ndarray, place_tz: np.ndarray,
-                      rng: np.random.Generator) -> tuple[Sessions, Events]:
+def generate_sessions(
+    cfg: SimConfig,
+    users: Users,
+    arts: Articles,
+    ctr: np.ndarray,
+    tz_offsets: np.ndarray,
+    place_tz: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[Sessions, Events]:
     """Draw every session of the window and lay out its events (see the module docstring)."""
     start_ms0 = _epoch_ms(cfg)
     n, days = users.n, cfg.days
@@ -138,13 +144,17 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
 
     # Step 2. Device, feed length, direct visits.
     stick = rng.random(ns) < cfg.device_stickiness
-    other = rng.choice(3, size=ns, p=[cfg.desktop_first_share, cfg.mobile_first_share,
-                                      1.0 - cfg.mobile_first_share - cfg.desktop_first_share])
+    other = rng.choice(
+        3,
+        size=ns,
+        p=[cfg.desktop_first_share, cfg.mobile_first_share, 1.0 - cfg.mobile_first_share - cfg.desktop_first_share],
+    )
     device = np.where(stick, users.primary_device[s_user], other).astype(np.int8)
     device[bot] = 0
     z = users.engagement[s_user]
-    feed = np.clip(np.rint(np.asarray(cfg.feed_length)[device] + cfg.feed_length_per_engagement * z),
-                   3, 16).astype(np.int64)
+    feed = np.clip(np.rint(np.asarray(cfg.feed_length)[device] + cfg.feed_length_per_engagement * z), 3, 16).astype(
+        np.int64
+    )
     feed[bot] = BOT_FEED
     n_direct = rng.binomial(MAX_DIRECT, users.direct_prob[s_user])
 
@@ -157,7 +167,7 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     offset_ms[bot] = 0
     tod = np.mod(local_ms - offset_ms, DAY_MS)
     tod[bot] = rng.integers(0, DAY_MS, size=int(bot.sum()))
-    rel_start = s_day.astype(np.int64) * DAY_MS + tod      # ms since window start (unclipped)
+    rel_start = s_day.astype(np.int64) * DAY_MS + tod  # ms since window start (unclipped)
     # Articles must exist when shown: pools end a full hour before the (unclipped) start hour,
     # so clipping the start earlier by < 1 h (below) never shows an unpublished article.
     pool_end = (rel_start // HOUR_MS - 1) * HOUR_MS
@@ -167,11 +177,14 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     imp_pos = _rank_in_group(feed) + 1
     imp_art = sample_articles(cfg, arts, pool_end[imp_sess], rng)
     iu = s_user[imp_sess]
-    logit = (users.click_logit[iu] + cfg.quality_weight * arts.quality[imp_art]
-             + cfg.affinity_weight * (users.brand_logaff[iu, arts.brand[imp_art]]
-                                      + users.category_logaff[iu, arts.category[imp_art]])
-             - cfg.position_decay * np.log(imp_pos)
-             + np.asarray(cfg.device_click_shift)[device[imp_sess]])
+    logit = (
+        users.click_logit[iu]
+        + cfg.quality_weight * arts.quality[imp_art]
+        + cfg.affinity_weight
+        * (users.brand_logaff[iu, arts.brand[imp_art]] + users.category_logaff[iu, arts.category[imp_art]])
+        - cfg.position_decay * np.log(imp_pos)
+        + np.asarray(cfg.device_click_shift)[device[imp_sess]]
+    )
     imp_p = 1.0 / (1.0 + np.exp(-logit))
     imp_p[bot[imp_sess]] = cfg.bot_click_prob
     clicked = rng.random(len(imp_p)) < imp_p
@@ -224,14 +237,23 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     # Step 8. Expected engagement (labels.engagement_score) given the user, device and feed.
     # Scroll and tail are uniform, dwell is mean * (0.5 + Beta(2,2)) with mean 1 * mean.
     exp_views = exp_clicks + MAX_DIRECT * users.direct_prob[s_user]
-    exp_duration = (FEED_BASE_MS + FEED_STEP_MS * feed
-                    + np.asarray(SCROLL_MS)[kind_idx].sum(axis=1) / 2.0 - 0.5
-                    + exp_views * dwell_mean_ms
-                    + np.asarray(TAIL_MS)[kind_idx].sum(axis=1) / 2.0 - 0.5)
-    expected = (2.0 * exp_views + 4.0 * exp_clicks + 5.0 * users.video_prob[s_user] * exp_views
-                + 15.0 * users.newsletter_prob[s_user] * ~nl_before
-                + 25.0 * users.subscription_prob[s_user] * ~sub_before
-                + 0.5 * exp_duration / 60_000.0)
+    exp_duration = (
+        FEED_BASE_MS
+        + FEED_STEP_MS * feed
+        + np.asarray(SCROLL_MS)[kind_idx].sum(axis=1) / 2.0
+        - 0.5
+        + exp_views * dwell_mean_ms
+        + np.asarray(TAIL_MS)[kind_idx].sum(axis=1) / 2.0
+        - 0.5
+    )
+    expected = (
+        2.0 * exp_views
+        + 4.0 * exp_clicks
+        + 5.0 * users.video_prob[s_user] * exp_views
+        + 15.0 * users.newsletter_prob[s_user] * ~nl_before
+        + 25.0 * users.subscription_prob[s_user] * ~sub_before
+        + 0.5 * exp_duration / 60_000.0
+    )
 
     # Step 9. Ads: one request per page (landing + each view), uniform placement.
     n_pl = len(cfg.placements)
@@ -257,8 +279,7 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     add(all_s, np.zeros(ns, np.int64), SESSION_START)
     add(all_s, np.full(ns, 200, np.int64), PAGE_VIEW)
     add(imp_sess, 800 + FEED_STEP_MS * imp_pos, ARTICLE_IMPRESSION, art=imp_art, pos=imp_pos, p=imp_p)
-    add(v_sess[v_from_click], v_start[v_from_click], ARTICLE_CLICK, art=v_art[v_from_click],
-        pos=v_pos[v_from_click])
+    add(v_sess[v_from_click], v_start[v_from_click], ARTICLE_CLICK, art=v_art[v_from_click], pos=v_pos[v_from_click])
     add(v_sess, v_start + 200, PAGE_VIEW)
     add(v_sess, v_start + 250, ARTICLE_VIEW, art=v_art)
     add(v_sess[v_video], video_off[v_video], VIDEO_PLAY, art=v_art[v_video])
@@ -271,8 +292,9 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     add(all_s, duration, SESSION_END, dur=duration)
 
     def cat(name: str, fill: float, dtype: type) -> np.ndarray:
-        return np.concatenate([p[name] if name in p else np.full(len(p["sess"]), fill, dtype)
-                               for p in parts]).astype(dtype)
+        return np.concatenate([p[name] if name in p else np.full(len(p["sess"]), fill, dtype) for p in parts]).astype(
+            dtype
+        )
 
     e_sess = cat("sess", 0, np.int64)
     e_off = cat("off", 0, np.int64)
@@ -290,16 +312,26 @@ def generate_sessions(cfg: SimConfig, users: Users, arts: Articles, ctr: np.ndar
     is_req = e_kind_o == AD_REQUEST
     req_row[e_ad[is_req]] = np.flatnonzero(is_req)
     events = Events(
-        session=e_sess[order], seq=seq[order], time_ms=e_time[order], kind=e_kind_o,
-        article=cat("art", -1, np.int64)[order], position=cat("pos", 0, np.int64)[order],
+        session=e_sess[order],
+        seq=seq[order],
+        time_ms=e_time[order],
+        kind=e_kind_o,
+        article=cat("art", -1, np.int64)[order],
+        position=cat("pos", 0, np.int64)[order],
         placement=cat("pl", -1, np.int64)[order],
         request=np.where(e_ad >= 0, req_row[np.maximum(e_ad, 0)], -1),
-        revenue=cat("rev", np.nan, np.float64)[order], duration_ms=cat("dur", -1, np.int64)[order],
+        revenue=cat("rev", np.nan, np.float64)[order],
+        duration_ms=cat("dur", -1, np.int64)[order],
         p_click=cat("p", np.nan, np.float64)[order],
     )
     sessions = Sessions(
-        user=s_user, day=s_day, start_ms=start, device=device, duration_ms=duration,
-        expected_engagement=expected, newsletter_done_before=nl_before,
+        user=s_user,
+        day=s_day,
+        start_ms=start,
+        device=device,
+        duration_ms=duration,
+        expected_engagement=expected,
+        newsletter_done_before=nl_before,
         subscription_done_before=sub_before,
     )
     return sessions, events
@@ -321,5 +353,3 @@ def place_timezones() -> tuple[list[str], np.ndarray]:
             names.append(tz)
         idx.append(names.index(tz))
     return names, np.array(idx, dtype=np.int64)
-
-

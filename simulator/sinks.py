@@ -56,8 +56,15 @@ def backfill(ch: ClickHouse, ds: Dataset, batch_rows: int = 1_000_000, progress:
     return counts
 
 
-def produce_dataset(ds: Dataset, bootstrap: str, topic: str, rate: float | None = None,
-                    shift_to_now: bool = False, progress: bool = True, settings: Settings | None = None) -> int:
+def produce_dataset(
+    ds: Dataset,
+    bootstrap: str,
+    topic: str,
+    rate: float | None = None,
+    shift_to_now: bool = False,
+    progress: bool = True,
+    settings: Settings | None = None,
+) -> int:
     """Produce every record (malformed ones interleaved) in delivery order, keyed by user_id.
 
     ``rate`` limits records per second (None = as fast as possible). ``shift_to_now`` moves
@@ -66,9 +73,16 @@ def produce_dataset(ds: Dataset, bootstrap: str, topic: str, rate: float | None 
     """
     from confluent_kafka import KafkaException
 
-    producer = clients.producer(bootstrap, settings, **{
-        "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000,
-        "enable.idempotence": True})
+    producer = clients.producer(
+        bootstrap,
+        settings,
+        **{
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 1_000_000,
+            "enable.idempotence": True,
+        },
+    )
     errors: list[str] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:

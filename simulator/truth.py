@@ -27,15 +27,16 @@ CHURN_DAYS = CHURN_HORIZON_MS // DAY_MS
 CONVERSION_DAYS = CONVERSION_HORIZON_MS // DAY_MS
 
 
-def p_nothing(hazard: np.ndarray, rate: np.ndarray, weekday: np.ndarray, weekly: np.ndarray,
-              horizon_days: int, q: np.ndarray) -> np.ndarray:
+def p_nothing(
+    hazard: np.ndarray, rate: np.ndarray, weekday: np.ndarray, weekly: np.ndarray, horizon_days: int, q: np.ndarray
+) -> np.ndarray:
     """P(no converting session over the horizon) for rows alive at the cut-off.
 
     ``weekday`` is the weekday (Monday = 0) of the cut-off day; the expected sessions of
     horizon day i are ``rate * weekly[(weekday + i) % 7]``.
     """
-    surv = np.ones(len(hazard))          # (1-h)^k
-    cum = np.zeros(len(hazard))          # L_k
+    surv = np.ones(len(hazard))  # (1-h)^k
+    cum = np.zeros(len(hazard))  # L_k
     total = np.zeros(len(hazard))
     for k in range(horizon_days):
         total += surv * hazard * np.exp(-q * cum)
@@ -51,8 +52,9 @@ def first_event_day(n_users: int, user: np.ndarray, day: np.ndarray, happened: n
     return out
 
 
-def user_daily(cfg: SimConfig, users: Users, first_nl_day: np.ndarray,
-               first_sub_day: np.ndarray) -> dict[str, np.ndarray]:
+def user_daily(
+    cfg: SimConfig, users: Users, first_nl_day: np.ndarray, first_sub_day: np.ndarray
+) -> dict[str, np.ndarray]:
     """Truth rows for every (user, cut-off day d) with join_day < d <= days."""
     days = cfg.days
     cut = np.arange(1, days + 1)
@@ -71,5 +73,4 @@ def user_daily(cfg: SimConfig, users: Users, first_nl_day: np.ndarray,
     churn = np.where(alive, p_nothing(h, rate, wd, weekly, CHURN_DAYS, np.ones(len(uu))), 1.0)
     conv = np.where(alive, 1.0 - p_nothing(h, rate, wd, weekly, CONVERSION_DAYS, q_conv), 0.0)
     hv = np.where(alive, 1.0 - p_nothing(h, rate, wd, weekly, CONVERSION_DAYS, p_sub), 0.0)
-    return {"user": uu, "day": dd, "alive": alive, "p_churn_30d": churn,
-            "p_convert_14d": conv, "p_high_value_14d": hv}
+    return {"user": uu, "day": dd, "alive": alive, "p_churn_30d": churn, "p_convert_14d": conv, "p_high_value_14d": hv}

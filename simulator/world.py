@@ -42,29 +42,49 @@ PLACES: tuple[tuple[str, str, str, float], ...] = (
 BOT_PLACE = ("US", "Ashburn", "America/New_York")
 
 BRANDS: tuple[str, ...] = (
-    "daily_herald", "tech_pulse", "sport_arena", "money_week", "style_edit", "travel_scout",
+    "daily_herald",
+    "tech_pulse",
+    "sport_arena",
+    "money_week",
+    "style_edit",
+    "travel_scout",
 )
 CATEGORIES: tuple[str, ...] = (
-    "news", "politics", "business", "technology", "science", "sports", "entertainment",
-    "lifestyle", "travel", "opinion",
+    "news",
+    "politics",
+    "business",
+    "technology",
+    "science",
+    "sports",
+    "entertainment",
+    "lifestyle",
+    "travel",
+    "opinion",
 )
 #: Which categories each brand mostly publishes (unnormalised weights, BRANDS x CATEGORIES).
-BRAND_CATEGORY_MIX = np.array([
-    [6, 5, 2, 1, 1, 1, 1, 1, 0.5, 3],
-    [1, 0.2, 2, 8, 4, 0.1, 0.5, 0.5, 0.2, 1],
-    [1, 0.2, 0.5, 0.2, 0.1, 10, 1, 0.5, 0.2, 1],
-    [1, 2, 8, 2, 0.5, 0.2, 0.2, 1, 0.2, 2],
-    [0.5, 0.1, 0.5, 0.5, 0.2, 0.5, 4, 8, 2, 1],
-    [0.5, 0.1, 0.5, 0.2, 0.5, 0.5, 1, 3, 10, 0.5],
-])
+BRAND_CATEGORY_MIX = np.array(
+    [
+        [6, 5, 2, 1, 1, 1, 1, 1, 0.5, 3],
+        [1, 0.2, 2, 8, 4, 0.1, 0.5, 0.5, 0.2, 1],
+        [1, 0.2, 0.5, 0.2, 0.1, 10, 1, 0.5, 0.2, 1],
+        [1, 2, 8, 2, 0.5, 0.2, 0.2, 1, 0.2, 2],
+        [0.5, 0.1, 0.5, 0.5, 0.2, 0.5, 4, 8, 2, 1],
+        [0.5, 0.1, 0.5, 0.2, 0.5, 0.5, 1, 3, 10, 0.5],
+    ]
+)
 
 DEVICE_TYPES: tuple[str, ...] = ("desktop", "mobile", "tablet")
 #: (os, browser, weight) per device type; a user has one os/browser per device type.
 SOFTWARE: tuple[tuple[tuple[str, str, float], ...], ...] = (
-    (("Windows", "Chrome", 5.0), ("Windows", "Edge", 2.0), ("macOS", "Safari", 2.0),
-     ("macOS", "Chrome", 2.0), ("Windows", "Firefox", 0.8), ("Linux", "Firefox", 0.4)),
-    (("Android", "Chrome", 5.0), ("iOS", "Safari", 4.5), ("Android", "Samsung Internet", 1.0),
-     ("iOS", "Chrome", 0.8)),
+    (
+        ("Windows", "Chrome", 5.0),
+        ("Windows", "Edge", 2.0),
+        ("macOS", "Safari", 2.0),
+        ("macOS", "Chrome", 2.0),
+        ("Windows", "Firefox", 0.8),
+        ("Linux", "Firefox", 0.4),
+    ),
+    (("Android", "Chrome", 5.0), ("iOS", "Safari", 4.5), ("Android", "Samsung Internet", 1.0), ("iOS", "Chrome", 0.8)),
     (("iPadOS", "Safari", 3.0), ("Android", "Chrome", 1.5)),
 )
 BOT_SOFTWARE = ("Linux", "HeadlessChrome")

@@ -62,8 +62,9 @@ def integer(lo: int | None = None, hi: int | None = None, what: str = "an intege
     return parse
 
 
-def number(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           what: str = "a number") -> Callable[[str], float]:
+def number(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False, what: str = "a number"
+) -> Callable[[str], float]:
     """An argparse type: a finite number within ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
     expected = what + _bounds(lo, hi, lo_open)
 

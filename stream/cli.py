@@ -35,19 +35,32 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
     if args.sasl:  # the user the clients will log in as: the same variables configure both sides
         name, password = settings.kafka_sasl_username, settings.kafka_sasl_password.get_secret_value()
         if not name or not password:
-            raise ConfigError("`kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
-                              "STREAM_KAFKA_SASL_PASSWORD: set both")
+            raise ConfigError(
+                "`kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
+                "STREAM_KAFKA_SASL_PASSWORD: set both"
+            )
         users = {name: password}
-    protocol = {(False, False): "PLAINTEXT", (True, False): "SASL_PLAINTEXT",
-                (False, True): "SSL", (True, True): "SASL_SSL"}[(args.sasl, args.ssl)]
+    protocol = {
+        (False, False): "PLAINTEXT",
+        (True, False): "SASL_PLAINTEXT",
+        (False, True): "SSL",
+        (True, True): "SASL_SSL",
+    }[(args.sasl, args.ssl)]
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    broker = EmbeddedKafka(partitions=settings.topic_partitions, sasl_users=users, tls=args.ssl,
-                           max_message_bytes=settings.max_message_bytes)
+    broker = EmbeddedKafka(
+        partitions=settings.topic_partitions,
+        sasl_users=users,
+        tls=args.ssl,
+        max_message_bytes=settings.max_message_bytes,
+    )
     try:
         with broker:
             bootstrap = broker.address(protocol)
-            settings = (load_settings(kafka_security_protocol=protocol, kafka_ssl_cafile=broker.ca_file)
-                        if protocol != "PLAINTEXT" else for_embedded(settings))
+            settings = (
+                load_settings(kafka_security_protocol=protocol, kafka_ssl_cafile=broker.ca_file)
+                if protocol != "PLAINTEXT"
+                else for_embedded(settings)
+            )
             if not args.no_topics:
                 ensure_topics(bootstrap, settings)
             exports = {"STREAM_KAFKA_BOOTSTRAP": bootstrap}
@@ -59,8 +72,9 @@ def cmd_kafka_up(args: argparse.Namespace) -> int:
             for key, value in exports.items():
                 print(f"  export {key}={value}", flush=True)
             if users:
-                print(f"  (SASL user {settings.kafka_sasl_username!r}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)",
-                      flush=True)
+                print(
+                    f"  (SASL user {settings.kafka_sasl_username!r}: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", flush=True
+                )
             others = [f"{name} {broker.address(name)}" for name in broker.ports if name != protocol]
             print(f"  other listeners: {', '.join(others)}", flush=True)
             print(f"  broker log: {broker.log_path}  (Ctrl-C to stop)", flush=True)
@@ -160,8 +174,9 @@ def cmd_clickhouse_up(args: argparse.Namespace) -> int:
     path = load_settings().ensure_dir("chdb_path")
     code = serve(path, port=args.port)
     if code != 0:
-        raise StreamError(f"another process serves the embedded ClickHouse of {path} (`python -m stream clickhouse "
-                          "stop` ends it)")
+        raise StreamError(
+            f"another process serves the embedded ClickHouse of {path} (`python -m stream clickhouse stop` ends it)"
+        )
     return 0
 
 
@@ -172,8 +187,11 @@ def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
 
     path = load_settings().chdb_path
     pids = stop(path)
-    print(f"stopped the ClickHouse server of {path} (pid {', '.join(map(str, pids))})" if pids
-          else f"no ClickHouse server serves {path}")
+    print(
+        f"stopped the ClickHouse server of {path} (pid {', '.join(map(str, pids))})"
+        if pids
+        else f"no ClickHouse server serves {path}"
+    )
     return 0
 
 
@@ -189,11 +207,17 @@ def build_parser() -> argparse.ArgumentParser:
     ksub = kafka.add_subparsers(dest="kafka_command", required=True)
     up = ksub.add_parser("up", help="run an embedded broker in the foreground and print its address")
     up.add_argument("--no-topics", action="store_true", help="do not create the product's topics")
-    up.add_argument("--sasl", action="store_true",
-                    help="add a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) for the user "
-                         "STREAM_KAFKA_SASL_USERNAME / STREAM_KAFKA_SASL_PASSWORD")
-    up.add_argument("--ssl", action="store_true",
-                    help="add an SSL listener (SASL_SSL too with --sasl) with a certificate of a throwaway CA")
+    up.add_argument(
+        "--sasl",
+        action="store_true",
+        help="add a SASL_PLAINTEXT listener (PLAIN, SCRAM-SHA-256/512) for the user "
+        "STREAM_KAFKA_SASL_USERNAME / STREAM_KAFKA_SASL_PASSWORD",
+    )
+    up.add_argument(
+        "--ssl",
+        action="store_true",
+        help="add an SSL listener (SASL_SSL too with --sasl) with a certificate of a throwaway CA",
+    )
     up.set_defaults(func=cmd_kafka_up)
     fetch = ksub.add_parser("fetch", help="fetch the broker's jars with Maven (done on first use anyway)")
     fetch.set_defaults(func=cmd_kafka_fetch)
@@ -203,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     topics.set_defaults(func=cmd_topics_create)
 
     worker = sub.add_parser("worker", help="run the streaming worker (faust) in the foreground")
-    worker.add_argument("--loglevel", default=None, choices=["debug", "info", "warning", "error"],
-                        help="default: STREAM_LOG_LEVEL")
+    worker.add_argument(
+        "--loglevel", default=None, choices=["debug", "info", "warning", "error"], help="default: STREAM_LOG_LEVEL"
+    )
     worker.set_defaults(func=cmd_worker)
 
     config = sub.add_parser("config", help="print the effective configuration")
@@ -227,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     clickhouse = sub.add_parser("clickhouse", help="the embedded ClickHouse server of STREAM_CHDB_PATH")
     csub = clickhouse.add_subparsers(dest="clickhouse_command", required=True)
-    ch_up = csub.add_parser("up", help="serve it in the foreground (clients find it; without this, the first "
-                                       "client starts one in the background)")
+    ch_up = csub.add_parser(
+        "up",
+        help="serve it in the foreground (clients find it; without this, the first "
+        "client starts one in the background)",
+    )
     ch_up.add_argument("--port", type=arguments.port, default=0, help="port on 127.0.0.1 (default: a free one)")
     ch_up.set_defaults(func=cmd_clickhouse_up)
     ch_stop = csub.add_parser("stop", help="stop it (the next client starts it again)")
@@ -245,7 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     func: Handler = args.func
     return func(args)

@@ -34,9 +34,7 @@ _DIRECTORIES = ("chdb_path", "data_dir", "models_dir", "reports_dir", "state_dir
 class Settings(BaseSettings):
     """Runtime settings. Unset Kafka/ClickHouse addresses mean "use the embedded defaults"."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="STREAM_", env_file=".env", extra="ignore", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="STREAM_", env_file=".env", extra="ignore", frozen=True)
 
     # --- Kafka ---------------------------------------------------------------------------
     kafka_bootstrap: str | None = Field(
@@ -55,7 +53,10 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field("publisher", description="database holding all tables")
     chdb_path: Path = Field(ROOT / "var" / "chdb", description="directory of the embedded chdb data")
     chdb_server_idle_s: float = Field(
-        300.0, gt=0, le=86_400, allow_inf_nan=False,
+        300.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
         description="the embedded ClickHouse server of STREAM_CHDB_PATH exits after this long with no client",
     )
 
@@ -66,20 +67,28 @@ class Settings(BaseSettings):
 
     # --- Worker --------------------------------------------------------------------------
     worker_id: str = Field("stream-worker", description="faust app id = Kafka consumer group")
-    worker_instance: str = Field("0", pattern=r"^[A-Za-z0-9_.-]+$",
-                                 description="name of this worker process; its RocksDB dir is state_dir/<instance>")
+    worker_instance: str = Field(
+        "0",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="name of this worker process; its RocksDB dir is state_dir/<instance>",
+    )
     worker_web_port: int = Field(6066, ge=0, le=65535, description="Prometheus /metrics port (0 = off)")
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
     article_wait_ms: int = Field(
-        0, ge=0, le=600_000,
+        0,
+        ge=0,
+        le=600_000,
         description="max wait in ms for article popularity to be complete up to a batch's click watermark "
-                    "(0: no wait, click scores then depend on read speed; 2000 makes a one-worker replay "
-                    "reproducible; docs/worker.md, staleness contract)")
+        "(0: no wait, click scores then depend on read speed; 2000 makes a one-worker replay "
+        "reproducible; docs/worker.md, staleness contract)",
+    )
     archive_events: bool = Field(
-        True, description="write every valid input event to the ClickHouse events table that batch training reads "
-                          "(one row per event identity: a ReplacingMergeTree)")
+        True,
+        description="write every valid input event to the ClickHouse events table that batch training reads "
+        "(one row per event identity: a ReplacingMergeTree)",
+    )
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )
@@ -94,41 +103,60 @@ class Settings(BaseSettings):
         8192, ge=16, le=1_000_000, description="records buffered per input partition between the consumer and an agent"
     )
     consumer_max_fetch_bytes: int = Field(
-        65_536, ge=16_384, le=64 * 1024**2,
+        65_536,
+        ge=16_384,
+        le=64 * 1024**2,
         description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",
     )
     max_message_bytes: int = Field(
-        DEFAULT_MAX_MESSAGE_BYTES, ge=MIN_MAX_MESSAGE_BYTES, le=1024**3,
+        DEFAULT_MAX_MESSAGE_BYTES,
+        ge=MIN_MAX_MESSAGE_BYTES,
+        le=1024**3,
         description="largest Kafka record batch: the producer's limit, the topics' max.message.bytes "
-                    "and the embedded broker's message.max.bytes",
+        "and the embedded broker's message.max.bytes",
     )
     max_event_bytes: int = Field(16_384, ge=256, description="larger records go to the dead-letter topic")
     allowed_lateness_ms: int = Field(
         5 * 60_000, ge=0, description="out-of-order events within this bound are applied in order"
     )
     worker_session_timeout_s: float = Field(
-        10.0, ge=3, le=300, allow_inf_nan=False,
-        description="Kafka group session timeout: how fast a dead worker's partitions move")
-    model_reload_s: float = Field(10.0, gt=0, allow_inf_nan=False,
-                                  description="how often the worker checks the model alias")
+        10.0,
+        ge=3,
+        le=300,
+        allow_inf_nan=False,
+        description="Kafka group session timeout: how fast a dead worker's partitions move",
+    )
+    model_reload_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="how often the worker checks the model alias"
+    )
     settle_timeout_s: float = Field(
-        30.0, gt=0, le=3600, allow_inf_nan=False,
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
         description="how long a shutdown or rebalance waits for batches in flight to be confirmed "
-                    "(the rest stay uncommitted and are read again)",
+        "(the rest stay uncommitted and are read again)",
     )
     stall_warning_s: float = Field(
-        60.0, gt=0, allow_inf_nan=False,
+        60.0,
+        gt=0,
+        allow_inf_nan=False,
         description="a partition whose oldest unconfirmed batch is older than this, or that has messages "
-                    "waiting and processed none for this long, is logged as stalled and makes /readyz fail"
+        "waiting and processed none for this long, is logged as stalled and makes /readyz fail",
     )
     start_stall_s: float = Field(
-        20.0, gt=0, allow_inf_nan=False,
+        20.0,
+        gt=0,
+        allow_inf_nan=False,
         description="an assigned input partition with messages waiting that delivered none since its assignment "
-                    "for this long makes the worker re-join its group (a rebalance), once per this period"
+        "for this long makes the worker re-join its group (a rebalance), once per this period",
     )
     health_loop_timeout_s: float = Field(
-        30.0, gt=0, le=3600, allow_inf_nan=False,
-        description="/healthz fails once the worker's event loop has not run its 1 s heartbeat for this long"
+        30.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="/healthz fails once the worker's event loop has not run its 1 s heartbeat for this long",
     )
 
     # --- Bandits -------------------------------------------------------------------------
@@ -142,13 +170,16 @@ class Settings(BaseSettings):
 
     # --- Kafka security (passed to faust and to the confluent clients: stream/kafka/clients.py) --
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        "PLAINTEXT", description="Kafka security protocol: SASL_* authenticate, *SSL encrypt")
+        "PLAINTEXT", description="Kafka security protocol: SASL_* authenticate, *SSL encrypt"
+    )
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
-        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)")
+        "PLAIN", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)"
+    )
     kafka_sasl_username: str | None = Field(None, description="SASL user (required by SASL_*)")
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (required by SASL_*)")
     kafka_ssl_cafile: FilePath | None = Field(
-        None, description="PEM CA bundle that signed the brokers' certificates; unset = the system CAs")
+        None, description="PEM CA bundle that signed the brokers' certificates; unset = the system CAs"
+    )
 
     # --- Misc ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
@@ -159,8 +190,9 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             v = tuple(p.strip() for p in v.split(",") if p.strip())
         if isinstance(v, list | tuple) and (not v or len(set(v)) != len(v)):
-            raise ValueError("expected a comma-separated list of distinct ad placement names, "
-                             "at least one, like top_banner,sidebar")
+            raise ValueError(
+                "expected a comma-separated list of distinct ad placement names, at least one, like top_banner,sidebar"
+            )
         return v
 
     @field_validator("worker_id")
@@ -192,8 +224,9 @@ class Settings(BaseSettings):
             except ValueError:
                 port_ok = False
             if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
-                raise ValueError("expected an http:// or https:// URL with a host and an optional port, "
-                                 "like http://clickhouse:8123")
+                raise ValueError(
+                    "expected an http:// or https:// URL with a host and an optional port, like http://clickhouse:8123"
+                )
         return v
 
     @field_validator(*_DIRECTORIES)
@@ -219,26 +252,35 @@ class Settings(BaseSettings):
         # a valid event is forwarded whole (article events), so it must fit in one output record
         limit = info.data.get("max_message_bytes")
         if limit is not None and v > record_budget(limit) - 2:
-            raise ValueError(f"expected at most {record_budget(limit) - 2} bytes "
-                             f"(STREAM_MAX_MESSAGE_BYTES={limit} minus {limit - record_budget(limit) + 2} of framing)")
+            raise ValueError(
+                f"expected at most {record_budget(limit) - 2} bytes "
+                f"(STREAM_MAX_MESSAGE_BYTES={limit} minus {limit - record_budget(limit) + 2} of framing)"
+            )
         return v
 
     @field_validator("gc_threshold", mode="before")
     @classmethod
     def _parse_threshold(cls, v: object) -> object:
         parts = [p.strip() for p in v.split(",")] if isinstance(v, str) else v
-        if (not isinstance(parts, list | tuple) or len(parts) != 3
-                or not all(str(p).isdigit() for p in parts) or int(parts[0]) < 1):
+        if (
+            not isinstance(parts, list | tuple)
+            or len(parts) != 3
+            or not all(str(p).isdigit() for p in parts)
+            or int(parts[0]) < 1
+        ):
             raise ValueError("expected three whole numbers gen0,gen1,gen2 like 10000,50,100 (gen0 at least 1)")
         return tuple(int(p) for p in parts)
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> Settings:
         protocol = self.kafka_security_protocol
-        if protocol.startswith("SASL_") and not (self.kafka_sasl_username and
-                                                  self.kafka_sasl_password.get_secret_value()):
-            raise ValueError(f"STREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAM_KAFKA_SASL_USERNAME "
-                             "and STREAM_KAFKA_SASL_PASSWORD")
+        if protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"STREAM_KAFKA_SECURITY_PROTOCOL={protocol} needs STREAM_KAFKA_SASL_USERNAME "
+                "and STREAM_KAFKA_SASL_PASSWORD"
+            )
         return self
 
     def confluent_config(self) -> dict[str, str]:
@@ -255,8 +297,11 @@ class Settings(BaseSettings):
 
     def secrets(self) -> tuple[str, ...]:
         """The values of every secret setting (for the log redaction, stream/redact.py)."""
-        return tuple(v.get_secret_value() for v in (getattr(self, n) for n in type(self).model_fields)
-                     if isinstance(v, SecretStr))
+        return tuple(
+            v.get_secret_value()
+            for v in (getattr(self, n) for n in type(self).model_fields)
+            if isinstance(v, SecretStr)
+        )
 
     def topic(self, name: str) -> str:
         """The full topic name for a logical topic name."""
@@ -268,8 +313,9 @@ class Settings(BaseSettings):
         path = base.joinpath(*parts)
         problem = make_writable_dir(path)
         if problem:
-            raise ConfigError(f"invalid configuration {env_name(field)}={str(base)!r}: {problem}; "
-                              "expected a writable directory")
+            raise ConfigError(
+                f"invalid configuration {env_name(field)}={str(base)!r}: {problem}; expected a writable directory"
+            )
         return path
 
 
@@ -281,8 +327,10 @@ def env_name(field: str) -> str:
 def _topic_part(v: str, max_length: int, *, allow_empty: bool) -> str:
     """``v`` if it can be part of a Kafka topic name: legal characters, and short enough."""
     if not _TOPIC_CHARS.fullmatch(v) or len(v) > max_length or (not v and not allow_empty):
-        raise ValueError(f"expected {'at most' if allow_empty else '1 to'} {max_length} characters "
-                         "from A-Z a-z 0-9 . _ - (it becomes part of Kafka topic names)")
+        raise ValueError(
+            f"expected {'at most' if allow_empty else '1 to'} {max_length} characters "
+            "from A-Z a-z 0-9 . _ - (it becomes part of Kafka topic names)"
+        )
     return v
 
 

@@ -37,5 +37,6 @@ def _scrape(port: int, host: str) -> list[tuple[str, dict[str, str], float]]:
 
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as response:
         body = response.read().decode()
-    return [(s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(body)
-            for s in family.samples]
+    return [
+        (s.name, dict(s.labels), s.value) for family in text_string_to_metric_families(body) for s in family.samples
+    ]

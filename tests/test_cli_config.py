@@ -47,8 +47,14 @@ def test_bad_gc_threshold_names_the_value_and_the_format(monkeypatch, bad) -> No
 
 
 def test_cli_bad_config_prints_one_line_and_exits_2() -> None:
-    proc = subprocess.run([sys.executable, "-m", "stream", "config"], capture_output=True, text=True,
-                          env={"STREAM_TOPIC_PARTITIONS": "0", "PATH": "/usr/bin:/bin"}, cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "config"],
+        capture_output=True,
+        text=True,
+        env={"STREAM_TOPIC_PARTITIONS": "0", "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == [
@@ -57,27 +63,35 @@ def test_cli_bad_config_prints_one_line_and_exits_2() -> None:
 
 
 def test_secret_is_never_printed(monkeypatch) -> None:
-    proc = subprocess.run([sys.executable, "-m", "stream", "config"], capture_output=True, text=True,
-                          env={"STREAM_CLICKHOUSE_PASSWORD": "hunter2-secret", "PATH": "/usr/bin:/bin"},
-                          cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "config"],
+        capture_output=True,
+        text=True,
+        env={"STREAM_CLICKHOUSE_PASSWORD": "hunter2-secret", "PATH": "/usr/bin:/bin"},
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0
     assert "hunter2-secret" not in proc.stdout + proc.stderr
 
 
 # --- values that used to give a traceback (or nothing) instead of one line ---------------------------
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("STREAM_PLACEMENTS", "", "expected a comma-separated list of distinct ad placement names"),
-    ("STREAM_PLACEMENTS", "top,top", "expected a comma-separated list of distinct ad placement names"),
-    ("STREAM_WORKER_ID", "stream worker", "expected 1 to 225 characters from A-Z a-z 0-9 . _ -"),
-    ("STREAM_WORKER_ID", "w" * 226, "expected 1 to 225 characters"),
-    ("STREAM_TOPIC_PREFIX", "tenant/", "expected at most 231 characters from A-Z a-z 0-9 . _ -"),
-    ("STREAM_CLICKHOUSE_URL", "not-a-url", "expected an http:// or https:// URL with a host"),
-    ("STREAM_CLICKHOUSE_URL", "http://clickhouse:81230", "expected an http:// or https:// URL"),
-    ("STREAM_CLICKHOUSE_URL", "ftp://clickhouse:8123", "expected an http:// or https:// URL"),
-    ("STREAM_KAFKA_BOOTSTRAP", "kafka:abc", "expected a comma-separated list of host:port"),
-    ("STREAM_KAFKA_BOOTSTRAP", "kafka://kafka:9092", "expected a comma-separated list of host:port"),
-    ("STREAM_MODEL_RELOAD_S", "inf", "finite number"),
-])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("STREAM_PLACEMENTS", "", "expected a comma-separated list of distinct ad placement names"),
+        ("STREAM_PLACEMENTS", "top,top", "expected a comma-separated list of distinct ad placement names"),
+        ("STREAM_WORKER_ID", "stream worker", "expected 1 to 225 characters from A-Z a-z 0-9 . _ -"),
+        ("STREAM_WORKER_ID", "w" * 226, "expected 1 to 225 characters"),
+        ("STREAM_TOPIC_PREFIX", "tenant/", "expected at most 231 characters from A-Z a-z 0-9 . _ -"),
+        ("STREAM_CLICKHOUSE_URL", "not-a-url", "expected an http:// or https:// URL with a host"),
+        ("STREAM_CLICKHOUSE_URL", "http://clickhouse:81230", "expected an http:// or https:// URL"),
+        ("STREAM_CLICKHOUSE_URL", "ftp://clickhouse:8123", "expected an http:// or https:// URL"),
+        ("STREAM_KAFKA_BOOTSTRAP", "kafka:abc", "expected a comma-separated list of host:port"),
+        ("STREAM_KAFKA_BOOTSTRAP", "kafka://kafka:9092", "expected a comma-separated list of host:port"),
+        ("STREAM_MODEL_RELOAD_S", "inf", "finite number"),
+    ],
+)
 def test_bad_value_names_variable_and_expectation(monkeypatch, variable, value, message) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as exc:
@@ -86,12 +100,19 @@ def test_bad_value_names_variable_and_expectation(monkeypatch, variable, value, 
     assert message in str(exc.value)
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("STREAM_WORKER_ID", "w" * 225), ("STREAM_WORKER_ID", "tenant_a.worker-2"), ("STREAM_TOPIC_PREFIX", ""),
-    ("STREAM_KAFKA_BOOTSTRAP", "k1:9092, k2:9093,k3,[::1]:9094"), ("STREAM_KAFKA_BOOTSTRAP", ""),
-    ("STREAM_CLICKHOUSE_URL", "https://user:pw@ch.example.com:8443/"), ("STREAM_CLICKHOUSE_URL", "http://[::1]"),
-    ("STREAM_CLICKHOUSE_URL", ""),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STREAM_WORKER_ID", "w" * 225),
+        ("STREAM_WORKER_ID", "tenant_a.worker-2"),
+        ("STREAM_TOPIC_PREFIX", ""),
+        ("STREAM_KAFKA_BOOTSTRAP", "k1:9092, k2:9093,k3,[::1]:9094"),
+        ("STREAM_KAFKA_BOOTSTRAP", ""),
+        ("STREAM_CLICKHOUSE_URL", "https://user:pw@ch.example.com:8443/"),
+        ("STREAM_CLICKHOUSE_URL", "http://[::1]"),
+        ("STREAM_CLICKHOUSE_URL", ""),
+    ],
+)
 def test_good_values_pass(monkeypatch, variable, value) -> None:
     monkeypatch.setenv(variable, value)
     load_settings()
@@ -105,23 +126,33 @@ def test_a_rejected_url_does_not_show_its_password(monkeypatch) -> None:
     assert "hunter2-secret" not in str(exc.value)
 
 
-@pytest.mark.parametrize("variable", ["STREAM_CHDB_PATH", "STREAM_DATA_DIR", "STREAM_MODELS_DIR",
-                                      "STREAM_REPORTS_DIR", "STREAM_STATE_DIR"])
+@pytest.mark.parametrize(
+    "variable", ["STREAM_CHDB_PATH", "STREAM_DATA_DIR", "STREAM_MODELS_DIR", "STREAM_REPORTS_DIR", "STREAM_STATE_DIR"]
+)
 def test_directory_setting_that_is_a_file(monkeypatch, tmp_path: Path, variable: str) -> None:
     (tmp_path / "a-file").write_text("x")
     for value in (tmp_path / "a-file", tmp_path / "a-file" / "sub"):
         monkeypatch.setenv(variable, str(value))
         with pytest.raises(ConfigError) as exc:
             load_settings()
-        assert str(exc.value) == (f"invalid configuration {variable}={str(value)!r}: expected a directory, "
-                                  f"but {str(tmp_path / 'a-file')!r} is a file")
+        assert str(exc.value) == (
+            f"invalid configuration {variable}={str(value)!r}: expected a directory, "
+            f"but {str(tmp_path / 'a-file')!r} is a file"
+        )
 
 
 def _run(args: list[str], env: dict[str, str], timeout_s: float = 90) -> tuple[int, str, float]:
     """``python -m stream ARGS`` with the test session's settings plus ``env``: (exit code, output, seconds)."""
     began = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "stream", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=ROOT, timeout=timeout_s, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        timeout=timeout_s,
+        check=False,
+    )
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - began
 
 
@@ -132,29 +163,60 @@ def _free_port() -> int:
 
 
 @pytest.mark.kafka
-@pytest.mark.parametrize(("variable", "value", "expected"), [
-    ("STREAM_PLACEMENTS", "", "error: invalid configuration STREAM_PLACEMENTS='': expected a comma-separated "
-                              "list of distinct ad placement names"),
-    ("STREAM_WORKER_ID", "stream worker", "error: invalid configuration STREAM_WORKER_ID='stream worker': expected "
-                                          "1 to 225 characters"),
-    ("STREAM_CLICKHOUSE_URL", "not-a-url", "error: invalid configuration STREAM_CLICKHOUSE_URL='not-a-url': expected "
-                                           "an http:// or https:// URL"),
-    ("STREAM_STATE_DIR", "{file}/state", "error: invalid configuration STREAM_STATE_DIR='{file}/state': expected a "
-                                         "directory, but '{file}' is a file"),
-    ("STREAM_STATE_DIR", "/proc/publisher-stream/state", "error: invalid configuration STREAM_STATE_DIR="
-                                                         "'/proc/publisher-stream/state': cannot create"),
-    ("STREAM_CHDB_PATH", "{file}", "error: invalid configuration STREAM_CHDB_PATH='{file}': expected a directory, "
-                                   "but '{file}' is a file"),
-    ("STREAM_CHDB_PATH", "/proc/publisher-stream/chdb", "error: invalid configuration STREAM_CHDB_PATH="
-                                                        "'/proc/publisher-stream/chdb': cannot create"),
-])
-def test_worker_refuses_bad_setting_with_one_line(kafka_bootstrap: str, tmp_path: Path, variable: str, value: str,
-                                                  expected: str) -> None:
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        (
+            "STREAM_PLACEMENTS",
+            "",
+            "error: invalid configuration STREAM_PLACEMENTS='': expected a comma-separated "
+            "list of distinct ad placement names",
+        ),
+        (
+            "STREAM_WORKER_ID",
+            "stream worker",
+            "error: invalid configuration STREAM_WORKER_ID='stream worker': expected 1 to 225 characters",
+        ),
+        (
+            "STREAM_CLICKHOUSE_URL",
+            "not-a-url",
+            "error: invalid configuration STREAM_CLICKHOUSE_URL='not-a-url': expected an http:// or https:// URL",
+        ),
+        (
+            "STREAM_STATE_DIR",
+            "{file}/state",
+            "error: invalid configuration STREAM_STATE_DIR='{file}/state': expected a "
+            "directory, but '{file}' is a file",
+        ),
+        (
+            "STREAM_STATE_DIR",
+            "/proc/publisher-stream/state",
+            "error: invalid configuration STREAM_STATE_DIR='/proc/publisher-stream/state': cannot create",
+        ),
+        (
+            "STREAM_CHDB_PATH",
+            "{file}",
+            "error: invalid configuration STREAM_CHDB_PATH='{file}': expected a directory, but '{file}' is a file",
+        ),
+        (
+            "STREAM_CHDB_PATH",
+            "/proc/publisher-stream/chdb",
+            "error: invalid configuration STREAM_CHDB_PATH='/proc/publisher-stream/chdb': cannot create",
+        ),
+    ],
+)
+def test_worker_refuses_bad_setting_with_one_line(
+    kafka_bootstrap: str, tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
     """Against a reachable broker, so that nothing but the setting can stop the worker."""
     file = tmp_path / "a-file"
     file.write_text("x")
-    env = {"STREAM_KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAM_WORKER_WEB_PORT": "0",
-           "STREAM_STATE_DIR": str(tmp_path / "state"), variable: value.replace("{file}", str(file))}
+    env = {
+        "STREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_STATE_DIR": str(tmp_path / "state"),
+        variable: value.replace("{file}", str(file)),
+    }
     code, out, _ = _run(["worker"], env)
     assert "Traceback" not in out
     assert out.strip().splitlines()[-1].startswith(expected.replace("{file}", str(file))), out[-3000:]
@@ -167,21 +229,28 @@ def test_worker_refuses_a_metrics_port_in_use_before_it_starts(kafka_bootstrap: 
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {"STREAM_KAFKA_BOOTSTRAP": kafka_bootstrap, "STREAM_WORKER_WEB_PORT": str(port),
-               "STREAM_STATE_DIR": str(tmp_path / "state")}
+        env = {
+            "STREAM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "STREAM_WORKER_WEB_PORT": str(port),
+            "STREAM_STATE_DIR": str(tmp_path / "state"),
+        }
         code, out, _ = _run(["worker"], env)
     assert "Traceback" not in out
     assert out.strip().splitlines() == [
         f"error: invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve metrics on port {port} "
-        "(Address already in use); expected a free port, or 0 for no metrics"]
+        "(Address already in use); expected a free port, or 0 for no metrics"
+    ]
     assert code == 2
 
 
 @pytest.mark.parametrize("command", [["worker"], ["topics"]])
 def test_unreachable_broker_is_one_line_within_seconds(tmp_path: Path, command: list[str]) -> None:
     port = _free_port()  # nothing listens there: connections are refused
-    env = {"STREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "STREAM_WORKER_WEB_PORT": "0",
-           "STREAM_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        "STREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}",
+        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_STATE_DIR": str(tmp_path / "state"),
+    }
     code, out, seconds = _run(command, env)
     lines = out.strip().splitlines()
     assert len(lines) == 1, out[-3000:]  # none of librdkafka's log lines

@@ -11,18 +11,27 @@ from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_
 
 
 def _event(i: int, **extra) -> dict:
-    ev = {"schema_version": 1, "event_id": f"e{i}", "event_type": "article_impression",
-          "user_id": f"u{i % 3}", "session_id": f"s{i % 3}", "event_time": 1_700_000_000_000 + i * 1000,
-          "article_id": f"a{i}", "position": 1 + i % 5, "device": {"type": "mobile", "os": "ios"},
-          "geo": {"country": "DE", "city": "Berlin", "timezone": "Europe/Berlin"}}
+    ev = {
+        "schema_version": 1,
+        "event_id": f"e{i}",
+        "event_type": "article_impression",
+        "user_id": f"u{i % 3}",
+        "session_id": f"s{i % 3}",
+        "event_time": 1_700_000_000_000 + i * 1000,
+        "article_id": f"a{i}",
+        "position": 1 + i % 5,
+        "device": {"type": "mobile", "os": "ios"},
+        "geo": {"country": "DE", "city": "Berlin", "timezone": "Europe/Berlin"},
+    }
     ev.update(extra)
     return ev
 
 
 def test_ddl_twice_then_insert_and_query_back(ch) -> None:
     assert apply_ddl(ch) == apply_ddl(ch)  # second run is a no-op, not an error
-    events = [_event(i) for i in range(50)] + [_event(99, event_type="subscription", revenue=9.99,
-                                                      article_id=None, position=None)]
+    events = [_event(i) for i in range(50)] + [
+        _event(99, event_type="subscription", revenue=9.99, article_id=None, position=None)
+    ]
     events[-1] = {k: v for k, v in events[-1].items() if v is not None}
     assert insert_events(ch, events) == 51
     df = ch.query_df("SELECT * FROM {db}.events ORDER BY event_id")
@@ -45,13 +54,26 @@ def test_events_table_is_partitioned_by_day(ch) -> None:
 
 
 def test_predictions_collapse_duplicate_prediction_id(ch) -> None:
-    base = {"model_name": "churn", "model_version": "3", "event_id": "e1", "user_id": "u1",
-            "session_id": "s1", "article_id": None, "event_time": 1_700_000_000_000,
-            "feature_version": "f1"}
+    base = {
+        "model_name": "churn",
+        "model_version": "3",
+        "event_id": "e1",
+        "user_id": "u1",
+        "session_id": "s1",
+        "article_id": None,
+        "event_time": 1_700_000_000_000,
+        "feature_version": "f1",
+    }
     insert_records(ch, "predictions", [dict(base, prediction_id="p1", score=0.2, predicted_at=1_700_000_001_000)])
     # a replay produces the same prediction id again (later), plus one new prediction
-    insert_records(ch, "predictions", [dict(base, prediction_id="p1", score=0.2, predicted_at=1_700_000_009_000),
-                                       dict(base, prediction_id="p2", score=0.7, predicted_at=1_700_000_009_000)])
+    insert_records(
+        ch,
+        "predictions",
+        [
+            dict(base, prediction_id="p1", score=0.2, predicted_at=1_700_000_009_000),
+            dict(base, prediction_id="p2", score=0.7, predicted_at=1_700_000_009_000),
+        ],
+    )
     raw = ch.query_df("SELECT count() AS n FROM {db}.predictions")["n"].iloc[0]
     final = ch.query_df("SELECT prediction_id, score FROM {db}.predictions FINAL ORDER BY prediction_id")
     assert raw == 3
@@ -67,9 +89,17 @@ def test_query_arrow_returns_arrow(ch) -> None:
     assert isinstance(table.to_pandas(), pd.DataFrame)
 
 
-_PREDICTION = {"prediction_id": "p1", "model_name": "engagement", "model_version": "3", "event_id": "e1",
-               "user_id": "u1", "session_id": "s1", "article_id": None, "event_time": 1_700_000_000_000,
-               "feature_version": "f1"}
+_PREDICTION = {
+    "prediction_id": "p1",
+    "model_name": "engagement",
+    "model_version": "3",
+    "event_id": "e1",
+    "user_id": "u1",
+    "session_id": "s1",
+    "article_id": None,
+    "event_time": 1_700_000_000_000,
+    "feature_version": "f1",
+}
 EXACT = dict(_PREDICTION, score=0.257, predicted_at=1_700_000_001_000)  # no "replayed": as published
 REPLAYED = dict(_PREDICTION, score=1.141, predicted_at=1_700_000_009_000, replayed=True)
 
@@ -86,7 +116,7 @@ def test_final_keeps_the_exact_prediction_over_a_later_replayed_one(ch, order: s
     if order == "one_insert":  # one batch mixing records with and without the field
         insert_records(ch, "predictions", [REPLAYED, EXACT])
     else:
-        for rec in ([EXACT, REPLAYED] if order == "exact_first" else [REPLAYED, EXACT]):
+        for rec in [EXACT, REPLAYED] if order == "exact_first" else [REPLAYED, EXACT]:
             insert_records(ch, "predictions", [rec])
     if merged:
         ch.command("OPTIMIZE TABLE {db}.predictions FINAL")
@@ -129,8 +159,14 @@ def test_a_predictions_table_of_an_older_version_takes_new_rows_and_is_reported(
 
 def test_archived_events_are_one_row_per_event_and_an_older_events_table_is_reported(ch, caplog) -> None:
     """The worker may archive an event again after a crash: FINAL shows it once."""
-    event = {"event_id": "e1", "event_type": "page_view", "user_id": "u1", "session_id": "s1",
-             "event_time": 1_700_000_000_000, "schema_version": 1}
+    event = {
+        "event_id": "e1",
+        "event_type": "page_view",
+        "user_id": "u1",
+        "session_id": "s1",
+        "event_time": 1_700_000_000_000,
+        "schema_version": 1,
+    }
     insert_events(ch, [event])
     insert_events(ch, [event, {**event, "event_id": "e2"}])
     rows = ch.query_df("SELECT event_id, count() AS n FROM {db}.events FINAL GROUP BY event_id ORDER BY event_id")

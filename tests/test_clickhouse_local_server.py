@@ -51,11 +51,18 @@ lease.close()
 """
 
 
-def test_clients_racing_to_start_the_server_of_a_directory_end_with_one_server(
-        chdb_dir: Path, tmp_path: Path) -> None:
+def test_clients_racing_to_start_the_server_of_a_directory_end_with_one_server(chdb_dir: Path, tmp_path: Path) -> None:
     go = tmp_path / "go"
-    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(chdb_dir), str(go)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(chdb_dir), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     for r in racers:  # every racer has imported and polls for the go file: start them at once
         assert r.stdout is not None and r.stdout.readline().strip() == "ready"
     go.touch()
@@ -70,16 +77,29 @@ def test_clients_racing_to_start_the_server_of_a_directory_end_with_one_server(
 def test_a_second_server_for_a_directory_exits_with_status_3_and_the_first_keeps_serving(chdb_dir: Path) -> None:
     ep, lease = ls.ensure(chdb_dir, idle_s=60)
     try:
-        second = subprocess.run([sys.executable, "-m", ls.MODULE, "--path", str(chdb_dir)], cwd=ROOT,
-                                capture_output=True, text=True, timeout=60, check=False)
+        second = subprocess.run(
+            [sys.executable, "-m", ls.MODULE, "--path", str(chdb_dir)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert second.returncode == ls.EXIT_BUSY
         assert f"a ClickHouse server already serves {chdb_dir.resolve()} (pid {ep.pid}" in second.stderr
         assert ls.reachable(chdb_dir) == ep
     finally:
         lease.close()
     # `python -m stream clickhouse stop` ends it
-    proc = subprocess.run([sys.executable, "-m", "stream", "clickhouse", "stop"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=False, env={**os.environ, "STREAM_CHDB_PATH": str(chdb_dir)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "clickhouse", "stop"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "STREAM_CHDB_PATH": str(chdb_dir)},
+    )
     assert proc.returncode == 0 and f"(pid {ep.pid})" in proc.stdout
     assert ls.server_pids(chdb_dir) == [] and ls.read_endpoint(chdb_dir) is None
 
@@ -87,8 +107,10 @@ def test_a_second_server_for_a_directory_exits_with_status_3_and_the_first_keeps
 def test_a_killed_server_is_replaced_by_the_next_client_and_the_data_stays(chdb_dir: Path, unique: str) -> None:
     settings = load_settings(chdb_path=chdb_dir, clickhouse_database=f"t_{unique}")
     ch = connect(settings)
-    ch.command("INSERT INTO {db}.events (event_id, event_type, user_id, session_id, event_time) "
-               "VALUES ('e1', 'page_view', 'u1', 's1', now64(3))")
+    ch.command(
+        "INSERT INTO {db}.events (event_id, event_type, user_id, session_id, event_time) "
+        "VALUES ('e1', 'page_view', 'u1', 's1', now64(3))"
+    )
     first = ls.read_endpoint(chdb_dir)
     assert first is not None
     os.kill(first.pid, signal.SIGKILL)
@@ -130,8 +152,10 @@ def test_the_server_refuses_a_wrong_password_and_never_logs_it(chdb_dir: Path) -
         assert oct((chdb_dir / ls.STATE_FILE).stat().st_mode & 0o777) == "0o600"
 
         def select_one(password: str) -> int:
-            req = urllib.request.Request(f"{ep.url}/?query=SELECT%201", headers={
-                "Authorization": "Basic " + base64.b64encode(f"default:{password}".encode()).decode()})
+            req = urllib.request.Request(
+                f"{ep.url}/?query=SELECT%201",
+                headers={"Authorization": "Basic " + base64.b64encode(f"default:{password}".encode()).decode()},
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as response:
                     return int(response.status)

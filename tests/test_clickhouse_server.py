@@ -33,39 +33,64 @@ def _connect(server: ClickHouseServer, unique: str) -> ClickHouse:
 
 
 def _prediction(i: int, predicted_at: int, **extra: Any) -> dict[str, Any]:
-    return {"prediction_id": f"p{i}", "model_name": ("churn", "click", "engagement")[i % 3], "model_version": "3",
-            "event_id": f"e{i}", "user_id": f"u{i % 7}", "session_id": None if i % 4 == 0 else f"s{i}",
-            "article_id": f"a{i}" if i % 3 == 1 else None, "event_time": T0 + i, "score": i / 100,
-            "predicted_at": predicted_at, "feature_version": "f1", "schema_version": 1, **extra}
+    return {
+        "prediction_id": f"p{i}",
+        "model_name": ("churn", "click", "engagement")[i % 3],
+        "model_version": "3",
+        "event_id": f"e{i}",
+        "user_id": f"u{i % 7}",
+        "session_id": None if i % 4 == 0 else f"s{i}",
+        "article_id": f"a{i}" if i % 3 == 1 else None,
+        "event_time": T0 + i,
+        "score": i / 100,
+        "predicted_at": predicted_at,
+        "feature_version": "f1",
+        "schema_version": 1,
+        **extra,
+    }
 
 
 def _decision(i: int, decided_at: int) -> dict[str, Any]:
-    return {"decision_id": f"d{i}", "request_id": f"r{i}", "event_id": None if i % 2 else f"e{i}",
-            "user_id": f"u{i % 7}", "context": "mobile", "placement": ("top_banner", "sidebar")[i % 2],
-            "propensity": 0.25, "policy": "thompson", "event_time": T0 + i, "decided_at": decided_at,
-            "schema_version": 1, "arm_means": {"top_banner": 0.1}}
+    return {
+        "decision_id": f"d{i}",
+        "request_id": f"r{i}",
+        "event_id": None if i % 2 else f"e{i}",
+        "user_id": f"u{i % 7}",
+        "context": "mobile",
+        "placement": ("top_banner", "sidebar")[i % 2],
+        "propensity": 0.25,
+        "policy": "thompson",
+        "event_time": T0 + i,
+        "decided_at": decided_at,
+        "schema_version": 1,
+        "arm_means": {"top_banner": 0.1},
+    }
 
 
 def test_connect_applies_the_ddl_and_inserts_come_back_final_exact(server: ClickHouseServer, unique: str) -> None:
     ch = _connect(server, unique)
     try:
         assert isinstance(ch, ServerClickHouse)
-        tables = ch.query_df("SELECT name FROM system.tables WHERE database = {d:String} ORDER BY name",
-                             params={"d": ch.database})["name"].tolist()
+        tables = ch.query_df(
+            "SELECT name FROM system.tables WHERE database = {d:String} ORDER BY name", params={"d": ch.database}
+        )["name"].tolist()
         assert {"events", "predictions", "bandit_decisions"} <= set(tables)
 
         # The product's insert path: DESCRIBE, then a Native insert (LowCardinality, Nullable, DateTime64).
         assert insert_records(ch, "predictions", [_prediction(i, T0 + 1000) for i in range(30)]) == 30
         # A replay: the same prediction ids later (ReplacingMergeTree keeps the later row), and new ones.
-        replay = [_prediction(i, T0 + 2000, score=0.99) for i in range(20, 30)] + \
-                 [_prediction(i, T0 + 2000) for i in range(30, 40)]
+        replay = [_prediction(i, T0 + 2000, score=0.99) for i in range(20, 30)] + [
+            _prediction(i, T0 + 2000) for i in range(30, 40)
+        ]
         assert insert_records(ch, "predictions", replay) == 20
         assert insert_records(ch, "bandit_decisions", [_decision(i, T0 + 1000) for i in range(12)]) == 12
         assert insert_records(ch, "bandit_decisions", [_decision(i, T0 + 2000) for i in range(6)]) == 6
 
         raw = ch.query_df("SELECT count() AS n FROM {db}.predictions")["n"].iloc[0]
-        final = ch.query_df("SELECT prediction_id, score, session_id, article_id, model_name, "
-                            "toUnixTimestamp64Milli(event_time) AS t FROM {db}.predictions FINAL")
+        final = ch.query_df(
+            "SELECT prediction_id, score, session_id, article_id, model_name, "
+            "toUnixTimestamp64Milli(event_time) AS t FROM {db}.predictions FINAL"
+        )
         assert raw == 50
         assert len(final) == 40
         assert sorted(final["prediction_id"]) == sorted(f"p{i}" for i in range(40))
@@ -74,14 +99,27 @@ def test_connect_applies_the_ddl_and_inserts_come_back_final_exact(server: Click
         assert by_id.loc["p4", "session_id"] is pd.NA and by_id.loc["p5", "session_id"] == "s5"
         assert by_id.loc["p1", "article_id"] == "a1" and by_id.loc["p0", "article_id"] is pd.NA
         assert by_id.loc["p7", "model_name"] == "click" and by_id.loc["p7", "t"] == T0 + 7
-        decisions = ch.query_arrow("SELECT count() AS n, uniqExact(decision_id) AS ids, "
-                                   "countIf(event_id IS NULL) AS no_event FROM {db}.bandit_decisions FINAL")
+        decisions = ch.query_arrow(
+            "SELECT count() AS n, uniqExact(decision_id) AS ids, "
+            "countIf(event_id IS NULL) AS no_event FROM {db}.bandit_decisions FINAL"
+        )
         assert decisions.to_pylist() == [{"n": 12, "ids": 12, "no_event": 6}]
 
         # events: the widest Nullable table, through the product's own flattening
-        events = [{"schema_version": 1, "event_id": f"e{i}", "event_type": "article_impression", "user_id": "u1",
-                   "session_id": "s1", "event_time": T0 + i, "article_id": f"a{i}", "position": i,
-                   "device": {"type": "mobile"}} for i in range(5)]
+        events = [
+            {
+                "schema_version": 1,
+                "event_id": f"e{i}",
+                "event_type": "article_impression",
+                "user_id": "u1",
+                "session_id": "s1",
+                "event_time": T0 + i,
+                "article_id": f"a{i}",
+                "position": i,
+                "device": {"type": "mobile"},
+            }
+            for i in range(5)
+        ]
         assert insert_events(ch, events) == 5
         back = frame_to_events(ch.query_df("SELECT * FROM {db}.events ORDER BY event_id"))
         assert back == events
@@ -91,7 +129,8 @@ def test_connect_applies_the_ddl_and_inserts_come_back_final_exact(server: Click
 
 
 def test_errors_come_back_with_clickhouses_code_and_a_restart_keeps_the_data(
-        server: ClickHouseServer, unique: str) -> None:
+    server: ClickHouseServer, unique: str
+) -> None:
     ch = _connect(server, unique)
     insert_records(ch, "predictions", [_prediction(i, T0) for i in range(3)])
     with pytest.raises(Exception, match=r"code: 60.*UNKNOWN_TABLE"):
@@ -113,8 +152,17 @@ def test_an_insert_of_many_blocks_arrives_whole(server: ClickHouseServer, unique
     """clickhouse-connect sends a large insert as several lz4 frames; each one's rows must arrive."""
     ch = _connect(server, unique)
     try:
-        events = [{"schema_version": 1, "event_id": f"e{i}", "event_type": "page_view", "user_id": f"u{i % 97}",
-                   "session_id": "s1", "event_time": T0 + i} for i in range(40_000)]
+        events = [
+            {
+                "schema_version": 1,
+                "event_id": f"e{i}",
+                "event_type": "page_view",
+                "user_id": f"u{i % 97}",
+                "session_id": "s1",
+                "event_time": T0 + i,
+            }
+            for i in range(40_000)
+        ]
         assert insert_events(ch, events) == 40_000
         got = ch.query_df("SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.events")
         assert (int(got["n"].iloc[0]), int(got["ids"].iloc[0])) == (40_000, 40_000)

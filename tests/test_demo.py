@@ -44,12 +44,26 @@ def test_short_demo_runs_every_step_and_leaves_nothing_running(tmp_path: Path) -
     env = {**os.environ, "STREAM_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1"}
     env.pop("STREAM_CHDB_PATH", None)  # the demo keeps its own under STREAM_DATA_DIR/demo
     args = ["--minutes", "0.25", "--users", "600", "--days", "40", "--rate", "800", "--profile", "fast"]
-    proc = subprocess.run([sys.executable, "-m", "stream", "demo", *args], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "demo", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for step in ("backfilled", "trained and promoted models", "worker running", "streamed",
-                 "worker stopped", "backtest report", "no process left behind"):
+    for step in (
+        "backfilled",
+        "trained and promoted models",
+        "worker running",
+        "streamed",
+        "worker stopped",
+        "backtest report",
+        "no process left behind",
+    ):
         assert step in out, step
     assert "predictions per model" in out and "bandit posteriors" in out
     for model in ("churn", "click", "engagement"):

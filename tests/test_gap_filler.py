@@ -20,8 +20,13 @@ def test_gap_filler_reads_the_records_of_the_holes(kafka_bootstrap: str, unique:
     delivered = [0, 1, 2, 6, 7, 9, 15]  # as if the consumer had dropped the others
     gaps, high = find_gaps(None, delivered)
     assert (gaps, high) == ([(3, 5), (8, 8), (10, 14)], 15)
-    filler = GapFiller(lambda: clients.consumer(kafka_bootstrap, None, **{
-        "group.id": f"g-{unique}", "enable.auto.commit": False, "enable.partition.eof": True}))
+    filler = GapFiller(
+        lambda: clients.consumer(
+            kafka_bootstrap,
+            None,
+            **{"group.id": f"g-{unique}", "enable.auto.commit": False, "enable.partition.eof": True},
+        )
+    )
     try:
         got = filler.fetch(topic, 0, gaps)
         again = filler.fetch(topic, 0, [(19, 19)])  # the same consumer, reused

@@ -21,8 +21,14 @@ pytestmark = pytest.mark.kafka
 
 
 def _consume(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{topic}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{topic}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     out, deadline = [], time.monotonic() + timeout_s
     while len(out) < n and time.monotonic() < deadline:
@@ -60,13 +66,18 @@ def test_aiokafka_round_trip_keeps_key_headers_timestamp(kafka_bootstrap: str, u
         await producer.start()
         try:
             for i in range(10):
-                await producer.send_and_wait(topic, f"v{i}".encode(), key=f"k{i}".encode(),
-                                             timestamp_ms=1_700_000_000_000 + i,
-                                             headers=[("n", str(i).encode())])
+                await producer.send_and_wait(
+                    topic,
+                    f"v{i}".encode(),
+                    key=f"k{i}".encode(),
+                    timestamp_ms=1_700_000_000_000 + i,
+                    headers=[("n", str(i).encode())],
+                )
         finally:
             await producer.stop()
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap,
-                                    auto_offset_reset="earliest", group_id=f"g-{unique}")
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=f"g-{unique}"
+        )
         await consumer.start()
         got = []
         try:
@@ -81,8 +92,7 @@ def test_aiokafka_round_trip_keeps_key_headers_timestamp(kafka_bootstrap: str, u
 
     got = asyncio.run(run())
     assert sorted((m.key, m.value, m.timestamp, tuple(m.headers)) for m in got) == sorted(
-        (f"k{i}".encode(), f"v{i}".encode(), 1_700_000_000_000 + i, (("n", str(i).encode()),))
-        for i in range(10)
+        (f"k{i}".encode(), f"v{i}".encode(), 1_700_000_000_000 + i, (("n", str(i).encode()),)) for i in range(10)
     )
 
 

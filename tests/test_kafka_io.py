@@ -23,8 +23,7 @@ def _topic(bootstrap: str, name: str, partitions: int) -> str:
 
 
 def _consumer(bootstrap: str) -> Consumer:
-    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"io-{uuid.uuid4().hex}",
-                     "enable.auto.commit": False})
+    return Consumer({"bootstrap.servers": bootstrap, "group.id": f"io-{uuid.uuid4().hex}", "enable.auto.commit": False})
 
 
 def test_produce_blocking_gets_every_record_through_a_tiny_queue(kafka_bootstrap: str, unique: str) -> None:
@@ -39,8 +38,7 @@ def test_produce_blocking_gets_every_record_through_a_tiny_queue(kafka_bootstrap
     assert [int(m.value()) for m in read_topic(kafka_bootstrap, topic)] == list(range(300))
 
 
-def test_read_to_end_reads_each_partition_to_its_watermark_or_a_given_range(kafka_bootstrap: str,
-                                                                           unique: str) -> None:
+def test_read_to_end_reads_each_partition_to_its_watermark_or_a_given_range(kafka_bootstrap: str, unique: str) -> None:
     topic = _topic(kafka_bootstrap, f"io-end-{unique}", 3)
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     for i in range(10):
@@ -72,6 +70,10 @@ def test_read_to_end_fails_in_one_line_when_the_end_never_comes(kafka_bootstrap:
 
 def test_produce_retry_has_one_home() -> None:
     """Outside stream/kafka/io.py only the worker's output producer (its own loop) catches BufferError."""
-    homes = sorted(str(p.relative_to(ROOT)) for d in ("stream", "simulator", "batch_training", "bench")
-                   for p in (ROOT / d).rglob("*.py") if "except BufferError" in p.read_text())
+    homes = sorted(
+        str(p.relative_to(ROOT))
+        for d in ("stream", "simulator", "batch_training", "bench")
+        for p in (ROOT / d).rglob("*.py")
+        if "except BufferError" in p.read_text()
+    )
     assert homes == ["stream/kafka/io.py", "stream/worker/publisher.py"]

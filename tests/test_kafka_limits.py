@@ -28,9 +28,15 @@ def test_the_largest_records_the_worker_makes_are_accepted(kafka_bootstrap: str,
     topic = settings.topic("predictions")
     assert _limit(AdminClient({"bootstrap.servers": kafka_bootstrap}), topic) == MIN_MAX_MESSAGE_BYTES
     # the worker's producer settings (stream/worker/app.py)
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "linger.ms": 50, "compression.type": "lz4",
-                         "enable.idempotence": True,
-                         "message.max.bytes": producer_max_bytes(settings.max_message_bytes)})
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "linger.ms": 50,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "message.max.bytes": producer_max_bytes(settings.max_message_bytes),
+        }
+    )
     rng = random.Random(3)
     key = b"user-123"
     full = [rng.randbytes(record_budget(settings.max_message_bytes, key)) for _ in range(4)]
@@ -49,8 +55,14 @@ def test_whatever_the_producer_accepts_the_topic_accepts(kafka_bootstrap: str, u
     settings = load_settings(topic_prefix=f"{unique}.", topic_partitions=1, max_message_bytes=MIN_MAX_MESSAGE_BYTES)
     ensure_topics(kafka_bootstrap, settings)
     topic = settings.topic("predictions")
-    producer = Producer({"bootstrap.servers": kafka_bootstrap, "compression.type": "lz4", "enable.idempotence": True,
-                         "message.max.bytes": producer_max_bytes(settings.max_message_bytes)})
+    producer = Producer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "message.max.bytes": producer_max_bytes(settings.max_message_bytes),
+        }
+    )
     rng = random.Random(5)
     errors: list[object] = []
     size = producer_max_bytes(settings.max_message_bytes)
@@ -65,7 +77,8 @@ def test_whatever_the_producer_accepts_the_topic_accepts(kafka_bootstrap: str, u
 
 
 def test_topics_are_created_with_the_limit_and_a_smaller_existing_one_is_refused(
-        kafka_bootstrap: str, unique: str) -> None:
+    kafka_bootstrap: str, unique: str
+) -> None:
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     settings = load_settings(topic_prefix=f"{unique}.", topic_partitions=1, max_message_bytes=2 * 1024 * 1024)
     ensure_topics(kafka_bootstrap, settings)
@@ -78,6 +91,8 @@ def test_topics_are_created_with_the_limit_and_a_smaller_existing_one_is_refused
         fut.result()
     with pytest.raises(InfraError) as info:
         ensure_topics(kafka_bootstrap, other)
-    assert str(info.value) == (f"topic {dlq!r} takes records up to 100000 bytes (max.message.bytes), less than "
-                               "STREAM_MAX_MESSAGE_BYTES=1048576: raise the topic's max.message.bytes or lower "
-                               "the setting")
+    assert str(info.value) == (
+        f"topic {dlq!r} takes records up to 100000 bytes (max.message.bytes), less than "
+        "STREAM_MAX_MESSAGE_BYTES=1048576: raise the topic's max.message.bytes or lower "
+        "the setting"
+    )

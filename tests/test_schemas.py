@@ -102,8 +102,10 @@ PAGE_VIEW = (
         (None, "record has no value (a tombstone), expected a JSON session event"),
         (b'{"event_type": "page_view"', "record is not valid JSON"),
         (b"\xff\xfe{}", "record is not valid UTF-8: byte 0xff at offset 0 (invalid start byte)"),
-        (b'{"event_id": "caf\xc3(", "x": 1}',
-         "record is not valid UTF-8: byte 0xc3 at offset 17 (invalid continuation byte)"),
+        (
+            b'{"event_id": "caf\xc3(", "x": 1}',
+            "record is not valid UTF-8: byte 0xc3 at offset 17 (invalid continuation byte)",
+        ),
         (b"[1, 2]", "record is a JSON list, expected an object"),
         (b'"page_view"', "record is a JSON str, expected an object"),
         (b"null", "record is a JSON NoneType, expected an object"),
@@ -207,11 +209,14 @@ def test_validate_does_not_mutate_its_input() -> None:
 # --- the record types ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "record_type"), [
-    ("prediction", records.PredictionRecord),
-    ("bandit_decision", records.DecisionRecord),
-    ("dead_letter", records.DeadLetterRecord),
-])
+@pytest.mark.parametrize(
+    ("name", "record_type"),
+    [
+        ("prediction", records.PredictionRecord),
+        ("bandit_decision", records.DecisionRecord),
+        ("dead_letter", records.DeadLetterRecord),
+    ],
+)
 def test_record_types_have_their_schema_keys(name: str, record_type: Any) -> None:
     """A TypedDict key is required exactly when its schema requires it, and has no key the schema lacks."""
     schema = _raw_schema(name)
@@ -279,8 +284,9 @@ def test_dead_letter_envelope_rejects_unknown_kind() -> None:
 
 
 def _envelope(value: bytes, key: bytes | None = b"u-1", reason: str = "record is too big") -> dict[str, Any]:
-    return dead_letter_envelope(value, key, reason, "oversized", "session-events", 3, 77, 1767225600000,
-                                received_at_ms=1767225600123)
+    return dead_letter_envelope(
+        value, key, reason, "oversized", "session-events", 3, 77, 1767225600000, received_at_ms=1767225600123
+    )
 
 
 def test_a_dead_letter_that_fits_is_sent_whole() -> None:
@@ -310,8 +316,10 @@ def test_an_oversized_dead_letter_keeps_size_hash_prefix_and_the_original_reason
     assert out["value_size"] == 1_280_000
     assert out["value_sha256"] == hashlib.sha256(raw).hexdigest()
     assert base64.b64decode(out["value_b64"]) == raw[:4096]
-    assert out["reason"].startswith(f"dead letter of {len(orjson.dumps(envelope)) + 3} bytes is over the record "
-                                    "limit of 1047552: kept the first 4096 bytes of the value")
+    assert out["reason"].startswith(
+        f"dead letter of {len(orjson.dumps(envelope)) + 3} bytes is over the record "
+        "limit of 1047552: kept the first 4096 bytes of the value"
+    )
     assert out["reason"].endswith("original reason (oversized): record is 1280000 bytes, more than the limit of 16384")
     # where it came from is unchanged
     for field in ("source_topic", "source_partition", "source_offset", "source_timestamp", "key_b64", "received_at"):
@@ -335,8 +343,9 @@ def test_a_long_key_is_cut_like_the_value() -> None:
 def test_the_largest_shrunk_dead_letter_fits_the_smallest_allowed_limit() -> None:
     from stream.kafka.limits import MIN_MAX_MESSAGE_BYTES, record_budget
 
-    worst = dead_letter_envelope(b"\x00" * 2_000_000, b"\x01" * 2_000_000, "\x02" * 5000, "invalid", "t" * 249,
-                                 2**31 - 1, 2**63 - 1, 2**63 - 1)
+    worst = dead_letter_envelope(
+        b"\x00" * 2_000_000, b"\x01" * 2_000_000, "\x02" * 5000, "invalid", "t" * 249, 2**31 - 1, 2**63 - 1, 2**63 - 1
+    )
     budget = record_budget(MIN_MAX_MESSAGE_BYTES)
     key, value, shrunk = schemas.fit_dead_letter(worst, b"\x01" * 2_000_000, budget)
     assert shrunk and len(value) + len(key or b"") <= budget

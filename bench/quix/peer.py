@@ -108,8 +108,9 @@ class Keyed:
     the ``State`` of its last event (whose transaction is the open checkpoint's).
     """
 
-    def __init__(self, name: bytes, decode: Callable[[bytes | None], Any], encode: Callable[[Any], bytes],
-                 write_back: bool) -> None:
+    def __init__(
+        self, name: bytes, decode: Callable[[bytes | None], Any], encode: Callable[[Any], bytes], write_back: bool
+    ) -> None:
         self.name, self.decode, self.encode, self.cached = name, decode, encode, write_back
         self.values: dict[Any, Any] = {}
         self.dirty: dict[Any, Any] = {}
@@ -149,8 +150,13 @@ def _json(raw: bytes | None) -> Any:
 
 def _brief(event: dict[str, Any]) -> dict[str, Any]:
     """What a prediction record needs of its event (stream.models.scoring.score_requests)."""
-    return {"event_id": event["event_id"], "user_id": event["user_id"], "session_id": event.get("session_id"),
-            "article_id": event.get("article_id"), "event_time": event["event_time"]}
+    return {
+        "event_id": event["event_id"],
+        "user_id": event["user_id"],
+        "session_id": event.get("session_id"),
+        "article_id": event.get("article_id"),
+        "event_time": event["event_time"],
+    }
 
 
 def _row(row: list[float]) -> list[float | None]:
@@ -161,8 +167,14 @@ def _row(row: list[float]) -> list[float | None]:
 class ScoringSink(BatchingSink):
     """Scores a checkpoint's rows per partition (one predict per model) and makes the decisions."""
 
-    def __init__(self, bootstrap: str, out_prefix: str, models: Any, placements: tuple[str, ...],
-                 before_flush: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        out_prefix: str,
+        models: Any,
+        placements: tuple[str, ...],
+        before_flush: Callable[[], None],
+    ) -> None:
         super().__init__()
         self.bootstrap, self.models, self.before_flush = bootstrap, models, before_flush
         self.predictions, self.decisions = f"{out_prefix}predictions", f"{out_prefix}decisions"
@@ -205,16 +217,35 @@ class ScoringSink(BatchingSink):
                     self.posteriors.clear()
                 alpha, beta = self.policy.posterior({a: (i, c) for a, i, c in counts})
                 post = self.posteriors[(context, counts)] = (
-                    alpha, beta, propensities(alpha, beta), self.policy.arm_means(alpha, beta))
+                    alpha,
+                    beta,
+                    propensities(alpha, beta),
+                    self.policy.arm_means(alpha, beta),
+                )
             alpha, beta, props, means = post
             rid, uid = req["request_id"], req["user_id"]
             self.policy.rng = Generator(PCG64(SeedSequence([0, zlib.crc32(rid.encode())])))
             d = self.policy.choose(alpha, beta, props, means)
-            self._produce(self.decisions, orjson.dumps({
-                "schema_version": 1, "decision_id": decision_id(POLICY, uid, rid), "request_id": rid,
-                "event_id": req["event_id"], "user_id": uid, "context": context, "placement": d.arm,
-                "propensity": d.propensity, "policy": POLICY, "arm_means": d.arm_means,
-                "event_time": req["event_time"], "decided_at": now}), uid.encode())
+            self._produce(
+                self.decisions,
+                orjson.dumps(
+                    {
+                        "schema_version": 1,
+                        "decision_id": decision_id(POLICY, uid, rid),
+                        "request_id": rid,
+                        "event_id": req["event_id"],
+                        "user_id": uid,
+                        "context": context,
+                        "placement": d.arm,
+                        "propensity": d.propensity,
+                        "policy": POLICY,
+                        "arm_means": d.arm_means,
+                        "event_time": req["event_time"],
+                        "decided_at": now,
+                    }
+                ),
+                uid.encode(),
+            )
 
 
 def main() -> None:
@@ -252,8 +283,15 @@ def main() -> None:
         out: list[dict[str, Any]] = []
         click = None
         if model == "click":
-            click = {"k": "art", "aid": event["article_id"], "t": ev.t, "type": kind, "fold": False,
-                     "row": _row(click_row(st, _EMPTY_ARTICLE, ev, cfg)), "ev": _brief(event)}
+            click = {
+                "k": "art",
+                "aid": event["article_id"],
+                "t": ev.t,
+                "type": kind,
+                "fold": False,
+                "row": _row(click_row(st, _EMPTY_ARTICLE, ev, cfg)),
+                "ev": _brief(event),
+            }
             out.append(click)
         elif model == "engagement":
             out.append({"k": "row", "m": "engagement", "row": _row(engagement_row(st, ev, cfg)), "ev": _brief(event)})
@@ -268,9 +306,18 @@ def main() -> None:
                 else:
                     out.append({"k": "art", "aid": event["article_id"], "t": ev.t, "type": kind, "fold": True})
         elif kind == "ad_request":
-            out.append({"k": "ad", "ctx": context_of(event), "req": {
-                "request_id": event["request_id"], "event_id": event["event_id"], "user_id": uid,
-                "event_time": event["event_time"]}})
+            out.append(
+                {
+                    "k": "ad",
+                    "ctx": context_of(event),
+                    "req": {
+                        "request_id": event["request_id"],
+                        "event_id": event["event_id"],
+                        "user_id": uid,
+                        "event_time": event["event_time"],
+                    },
+                }
+            )
         elif kind in ("ad_impression", "ad_click"):
             update = ad_event(state, event, kind)
             if update is not None:
@@ -326,9 +373,15 @@ def main() -> None:
         for keyed in (users, pending, articles, counts):
             keyed.write_back()
 
-    app = Application(broker_address=bootstrap, consumer_group=group, auto_offset_reset="earliest",
-                      commit_interval=1.0, state_dir=state_dir, loglevel="WARNING",
-                      producer_extra_config={"linger.ms": 5, "compression.type": "lz4"})
+    app = Application(
+        broker_address=bootstrap,
+        consumer_group=group,
+        auto_offset_reset="earliest",
+        commit_interval=1.0,
+        state_dir=state_dir,
+        loglevel="WARNING",
+        producer_extra_config={"linger.ms": 5, "compression.type": "lz4"},
+    )
     sink = ScoringSink(bootstrap, out_prefix, model_set.models, placements, write_back)
     source = app.topic(in_topic, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(source).apply(user_step, stateful=True, expand=True)

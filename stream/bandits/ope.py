@@ -127,5 +127,5 @@ def snips(rewards: ArrayLike, logging_propensities: ArrayLike, target_probs: Arr
     value = float((r * w).sum() / total)
     n = len(r)
     resid = w * (r - value) / (total / n)
-    se = float(np.sqrt((resid ** 2).sum()) / n) if n > 1 else float("nan")
+    se = float(np.sqrt((resid**2).sum()) / n) if n > 1 else float("nan")
     return Estimate("snips", value, se, n, _ess(w))

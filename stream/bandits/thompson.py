@@ -89,8 +89,13 @@ class ThompsonSampling:
         clicks = np.minimum(np.array([counts.get(a, (0, 0))[1] for a in self.arms], dtype=float), imps)
         return self.prior[0] + clicks, self.prior[1] + imps - clicks
 
-    def choose(self, alpha: np.ndarray, beta: np.ndarray, props: np.ndarray | None = None,
-               means: dict[str, float] | None = None) -> Decision:
+    def choose(
+        self,
+        alpha: np.ndarray,
+        beta: np.ndarray,
+        props: np.ndarray | None = None,
+        means: dict[str, float] | None = None,
+    ) -> Decision:
         """Draw one sample per arm and pick the largest; report the arm's exact propensity.
 
         ``props`` and ``means`` (posterior mean per arm) may be passed in when many decisions
@@ -158,8 +163,9 @@ class EpsilonGreedyPolicy:
     exploring while an arm is untried in the context.
     """
 
-    def __init__(self, arms: int, epsilon: float, rng: np.random.Generator,
-                 prior: tuple[float, float] | None = (1.0, 1.0)) -> None:
+    def __init__(
+        self, arms: int, epsilon: float, rng: np.random.Generator, prior: tuple[float, float] | None = (1.0, 1.0)
+    ) -> None:
         self.arms, self.epsilon, self.rng, self.prior = arms, epsilon, rng, prior
         self.counts: dict[Hashable, np.ndarray] = {}  # context -> [impressions, clicks] per arm
 
@@ -204,8 +210,9 @@ class Simulation:
     clicked: np.ndarray
 
 
-def simulate(policies: Mapping[str, Policy], rounds: Sequence[tuple[Hashable, np.ndarray]],
-             rng: np.random.Generator) -> dict[str, Simulation]:
+def simulate(
+    policies: Mapping[str, Policy], rounds: Sequence[tuple[Hashable, np.ndarray]], rng: np.random.Generator
+) -> dict[str, Simulation]:
     """Play ``rounds`` of (context, true click rate per arm) with each policy, learning from Bernoulli clicks.
 
     In every round each policy in turn chooses, then its click is drawn from ``rng``: with one

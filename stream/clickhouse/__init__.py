@@ -36,15 +36,36 @@ __all__ = [
 
 #: Flat event columns in table order; nested ``device``/``geo`` are flattened.
 EVENT_COLUMNS: tuple[str, ...] = (
-    "event_id", "event_type", "user_id", "session_id", "event_time", "article_id", "brand",
-    "category", "position", "placement", "request_id", "revenue", "duration_ms", "device_type",
-    "device_os", "device_browser", "country", "city", "timezone", "schema_version",
+    "event_id",
+    "event_type",
+    "user_id",
+    "session_id",
+    "event_time",
+    "article_id",
+    "brand",
+    "category",
+    "position",
+    "placement",
+    "request_id",
+    "revenue",
+    "duration_ms",
+    "device_type",
+    "device_os",
+    "device_browser",
+    "country",
+    "city",
+    "timezone",
+    "schema_version",
 )
-_TOP_OPTIONAL = ("article_id", "brand", "category", "position", "placement", "request_id",
-                 "revenue", "duration_ms")
-_NESTED = {"device_type": ("device", "type"), "device_os": ("device", "os"),
-           "device_browser": ("device", "browser"), "country": ("geo", "country"),
-           "city": ("geo", "city"), "timezone": ("geo", "timezone")}
+_TOP_OPTIONAL = ("article_id", "brand", "category", "position", "placement", "request_id", "revenue", "duration_ms")
+_NESTED = {
+    "device_type": ("device", "type"),
+    "device_os": ("device", "os"),
+    "device_browser": ("device", "browser"),
+    "country": ("geo", "country"),
+    "city": ("geo", "city"),
+    "timezone": ("geo", "timezone"),
+}
 _INT_COLUMNS = ("position", "duration_ms")
 #: Optional boolean fields of output records, present only when true (e.g. a prediction's ``replayed``).
 _FLAG_COLUMNS = ("replayed",)
@@ -61,14 +82,16 @@ def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
     if settings.clickhouse_url:
         from stream.clickhouse.server_backend import ServerClickHouse
 
-        ch = ServerClickHouse(settings.clickhouse_database, dsn=settings.clickhouse_url,
-                              username=settings.clickhouse_user,
-                              password=settings.clickhouse_password.get_secret_value())
+        ch = ServerClickHouse(
+            settings.clickhouse_database,
+            dsn=settings.clickhouse_url,
+            username=settings.clickhouse_user,
+            password=settings.clickhouse_password.get_secret_value(),
+        )
     else:
         from stream.clickhouse.local_server import connect_local
 
-        ch = connect_local(settings.ensure_dir("chdb_path"), settings.clickhouse_database,
-                           settings.chdb_server_idle_s)
+        ch = connect_local(settings.ensure_dir("chdb_path"), settings.clickhouse_database, settings.chdb_server_idle_s)
     if apply_schema:
         apply_ddl(ch)
         warn_old_engines(ch)
@@ -109,7 +132,7 @@ def frame_to_events(df: pd.DataFrame) -> list[dict[str, Any]]:
     """Inverse of :func:`events_to_frame`: rebuild ``session_event`` dicts (missing = absent)."""
     times = df["event_time"]
     if pd.api.types.is_datetime64_any_dtype(times):
-        ms = (times.dt.tz_convert("UTC") if times.dt.tz is not None else times.dt.tz_localize("UTC"))
+        ms = times.dt.tz_convert("UTC") if times.dt.tz is not None else times.dt.tz_localize("UTC")
         ms_values = ms.astype("datetime64[ms, UTC]").astype("int64").tolist()
     else:
         ms_values = times.astype("int64").tolist()
@@ -141,8 +164,9 @@ def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
     return insert_by_day(ch, "events", events_to_frame(events))
 
 
-def insert_records(ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]],
-                   time_columns: Sequence[str] = ("event_time",)) -> int:
+def insert_records(
+    ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]], time_columns: Sequence[str] = ("event_time",)
+) -> int:
     """Insert prediction / decision records (flat dicts); ``*_at`` and event times are epoch ms."""
     if not records:
         return 0

@@ -53,9 +53,7 @@ def apply_ddl(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[str]:
     applied = []
     for path in sorted(ddl_dir.glob("*.sql")):
         for statement in path.read_text().split(";"):
-            body = "\n".join(
-                line for line in statement.splitlines() if not line.strip().startswith("--")
-            ).strip()
+            body = "\n".join(line for line in statement.splitlines() if not line.strip().startswith("--")).strip()
             if body:
                 ch.command(body)
         applied.append(path.name)
@@ -64,10 +62,15 @@ def apply_ddl(ch: ClickHouse, ddl_dir: Path = DDL_DIR) -> list[str]:
 
 #: table -> (what its current engine declares, what an older table lacks and what that costs)
 _ENGINES = {
-    "predictions": ("row_version", "was created by an older version (ReplacingMergeTree(predicted_at)): after "
-                    "a crash its FINAL may keep a replayed score over the exact one"),
-    "events": ("ReplacingMergeTree", "was created by an older version (MergeTree): events the worker archives "
-               "again after a crash stay there twice"),
+    "predictions": (
+        "row_version",
+        "was created by an older version (ReplacingMergeTree(predicted_at)): after "
+        "a crash its FINAL may keep a replayed score over the exact one",
+    ),
+    "events": (
+        "ReplacingMergeTree",
+        "was created by an older version (MergeTree): events the worker archives again after a crash stay there twice",
+    ),
 }
 
 
@@ -79,12 +82,12 @@ def warn_old_engines(ch: ClickHouse) -> list[str]:
     """
     tables = ch.query_df(
         "SELECT name, engine_full FROM system.tables WHERE database = {d:String} AND name IN {names:Array(String)}",
-        params={"d": ch.database, "names": list(_ENGINES)})
+        params={"d": ch.database, "names": list(_ENGINES)},
+    )
     old = []
     for name, engine in zip(tables["name"], tables["engine_full"], strict=True):
         needle, cost = _ENGINES[name]
         if needle not in str(engine):
-            log.warning("table %s.%s %s; recreate it as docs/worker.md (\"Delivery\") describes",
-                        ch.database, name, cost)
+            log.warning('table %s.%s %s; recreate it as docs/worker.md ("Delivery") describes', ch.database, name, cost)
             old.append(name)
     return sorted(old)

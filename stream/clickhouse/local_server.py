@@ -83,20 +83,42 @@ DISPLAY_NAME = "stream-local-clickhouse"
 INSTANCE_HEADER = "X-Stream-Instance"
 
 #: query-string parameters that are part of the HTTP interface, not settings
-_HTTP_PARAMS = frozenset({
-    "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
-    "user", "password", "quota_key", "compress", "decompress", "client_protocol_version", "wait_end_of_query",
-    "enable_http_compression", "send_progress_in_http_headers", "http_headers_progress_interval_ms",
-    "cancel_http_readonly_queries_on_client_close", "buffer_size",
-})
+_HTTP_PARAMS = frozenset(
+    {
+        "query",
+        "database",
+        "default_format",
+        "query_id",
+        "session_id",
+        "session_timeout",
+        "session_check",
+        "user",
+        "password",
+        "quota_key",
+        "compress",
+        "decompress",
+        "client_protocol_version",
+        "wait_end_of_query",
+        "enable_http_compression",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "cancel_http_readonly_queries_on_client_close",
+        "buffer_size",
+    }
+)
 _FORMAT_AT_END = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
-_INSERT_WITH_DATA = re.compile(rb"\A\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|\Z)",
-                               re.IGNORECASE | re.DOTALL)
+_INSERT_WITH_DATA = re.compile(
+    rb"\A\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|\Z)", re.IGNORECASE | re.DOTALL
+)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 #: ClickHouse's HTTP status for a few error codes (the rest are 500)
 _STATUS = {62: 400, 115: 400, 81: 404, 60: 404, 516: 401}
-_CONTENT_TYPES = {"TabSeparated": "text/tab-separated-values; charset=UTF-8", "JSON": "application/json; charset=UTF-8",
-                  "JSONEachRow": "application/x-ndjson; charset=UTF-8", "CSV": "text/csv; charset=UTF-8; header=absent"}
+_CONTENT_TYPES = {
+    "TabSeparated": "text/tab-separated-values; charset=UTF-8",
+    "JSON": "application/json; charset=UTF-8",
+    "JSONEachRow": "application/x-ndjson; charset=UTF-8",
+    "CSV": "text/csv; charset=UTF-8; header=absent",
+}
 
 
 class QueryError(Exception):
@@ -185,13 +207,13 @@ class Engine:
 
     def execute(self, query: bytes, params: dict[str, str]) -> tuple[bytes, str, dict[str, str]]:
         """Run one request's SQL; returns (output, format, summary)."""
-        binds = {k[len("param_"):]: v for k, v in params.items() if k.startswith("param_")}
+        binds = {k[len("param_") :]: v for k, v in params.items() if k.startswith("param_")}
         settings = {k: v for k, v in params.items() if k not in _HTTP_PARAMS and not k.startswith("param_")}
         unknown = sorted(set(settings) - self.settings)
         if unknown:
             raise QueryError(115, f"Code: 115. DB::Exception: Unknown setting '{unknown[0]}'. (UNKNOWN_SETTING)")
         insert = _INSERT_WITH_DATA.match(query)
-        data = query[insert.end():] if insert else b""
+        data = query[insert.end() :] if insert else b""
         with self._lock:
             self._run("USE `{}`".format(params.get("database", "default").replace("`", "``")), {})
             for name, value in settings.items():
@@ -235,10 +257,16 @@ def _quote(value: str) -> str:
 
 def _summary(res: Any) -> dict[str, str]:
     # ClickHouse sends every number of X-ClickHouse-Summary as a string
-    return {"read_rows": str(res.rows_read()), "read_bytes": str(res.bytes_read()),
-            "written_rows": str(res.rows_written()), "written_bytes": str(res.bytes_written()),
-            "total_rows_to_read": "0", "result_rows": str(res.rows_read()), "result_bytes": str(res.bytes_read()),
-            "elapsed_ns": str(int(res.elapsed() * 1e9))}
+    return {
+        "read_rows": str(res.rows_read()),
+        "read_bytes": str(res.bytes_read()),
+        "written_rows": str(res.rows_written()),
+        "written_bytes": str(res.bytes_written()),
+        "total_rows_to_read": "0",
+        "result_rows": str(res.rows_read()),
+        "result_bytes": str(res.bytes_read()),
+        "elapsed_ns": str(int(res.elapsed() * 1e9)),
+    }
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
@@ -275,10 +303,16 @@ class Handler(BaseHTTPRequestHandler):
         if url.path != "/":
             self._send(404, f"There is no handle {url.path}\n".encode(), {"Content-Type": "text/plain; charset=UTF-8"})
             return
-        if not self.server.authorized(self.headers.get("Authorization"), self.headers.get("X-ClickHouse-Key"),
-                                      params.get("password")):
-            self._error(QueryError(516, "Code: 516. DB::Exception: Authentication failed: password is incorrect. "
-                                        "(AUTHENTICATION_FAILED)"), params)
+        if not self.server.authorized(
+            self.headers.get("Authorization"), self.headers.get("X-ClickHouse-Key"), params.get("password")
+        ):
+            self._error(
+                QueryError(
+                    516,
+                    "Code: 516. DB::Exception: Authentication failed: password is incorrect. (AUTHENTICATION_FAILED)",
+                ),
+                params,
+            )
             return
         query = params.get("query", "").encode()
         if query and body:
@@ -290,12 +324,18 @@ class Handler(BaseHTTPRequestHandler):
         except QueryError as exc:
             self._error(exc, params, query_id)
             return
-        headers = {"Content-Type": _CONTENT_TYPES.get(fmt, "application/octet-stream"),
-                   "X-ClickHouse-Query-Id": query_id, "X-ClickHouse-Format": fmt,
-                   "X-ClickHouse-Timezone": self.server.engine.timezone,
-                   "X-ClickHouse-Summary": json.dumps(summary)}
-        encoding = pick_encoding(self.headers.get("Accept-Encoding", "")) \
-            if params.get("enable_http_compression") == "1" else None
+        headers = {
+            "Content-Type": _CONTENT_TYPES.get(fmt, "application/octet-stream"),
+            "X-ClickHouse-Query-Id": query_id,
+            "X-ClickHouse-Format": fmt,
+            "X-ClickHouse-Timezone": self.server.engine.timezone,
+            "X-ClickHouse-Summary": json.dumps(summary),
+        }
+        encoding = (
+            pick_encoding(self.headers.get("Accept-Encoding", ""))
+            if params.get("enable_http_compression") == "1"
+            else None
+        )
         if encoding:
             out = CODECS[encoding][0](out)
             headers["Content-Encoding"] = encoding
@@ -324,9 +364,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, exc: QueryError, params: dict[str, str], query_id: str | None = None) -> None:
         message = f"{exc} (version {self.server.engine.version})\n"
-        self._send(_STATUS.get(exc.code, 500), message.encode(), {
-            "Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": str(exc.code),
-            "X-ClickHouse-Query-Id": query_id or params.get("query_id", "")})
+        self._send(
+            _STATUS.get(exc.code, 500),
+            message.encode(),
+            {
+                "Content-Type": "text/plain; charset=UTF-8",
+                "X-ClickHouse-Exception-Code": str(exc.code),
+                "X-ClickHouse-Query-Id": query_id or params.get("query_id", ""),
+            },
+        )
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
@@ -499,8 +545,15 @@ def _start(path: Path, idle_s: float, deadline: float) -> Endpoint:
         try:
             with open(log_path, "ab") as log:
                 # the launcher returns once its detached child serves (0) or found another server (3)
-                rc = subprocess.run(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=max(left, 1.0), check=False).returncode
+                rc = subprocess.run(
+                    cmd,
+                    cwd=ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=max(left, 1.0),
+                    check=False,
+                ).returncode
         except subprocess.TimeoutExpired:
             rc = None
         ep = reachable(path)
@@ -508,13 +561,21 @@ def _start(path: Path, idle_s: float, deadline: float) -> Endpoint:
             return ep
         if rc not in (0, EXIT_BUSY) or time.monotonic() > deadline:
             # 0 or 3 without an answer: a server that holds the directory but does not answer
-            raise InfraError(f"the embedded ClickHouse server for {path} did not start "
-                             f"({'timed out' if rc is None else f'exit status {rc}'}); see {log_path}")
+            raise InfraError(
+                f"the embedded ClickHouse server for {path} did not start "
+                f"({'timed out' if rc is None else f'exit status {rc}'}); see {log_path}"
+            )
         time.sleep(0.1)  # another server holds the directory: it is starting or exiting
 
 
-def serve(path: Path, *, port: int = 0, idle_s: float | None = None, any_user: bool = False,
-          on_ready: Callable[[Endpoint], None] | None = None) -> int:
+def serve(
+    path: Path,
+    *,
+    port: int = 0,
+    idle_s: float | None = None,
+    any_user: bool = False,
+    on_ready: Callable[[Endpoint], None] | None = None,
+) -> int:
     """Serve ``path`` until SIGTERM / SIGINT or, with ``idle_s``, until idle; returns the exit status."""
     path = Path(path).resolve()
     path.mkdir(parents=True, exist_ok=True)
@@ -523,8 +584,11 @@ def serve(path: Path, *, port: int = 0, idle_s: float | None = None, any_user: b
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         other = read_endpoint(path)
-        print(f"a ClickHouse server already serves {path}"
-              + (f" (pid {other.pid}, port {other.port})" if other else ""), file=sys.stderr, flush=True)
+        print(
+            f"a ClickHouse server already serves {path}" + (f" (pid {other.pid}, port {other.port})" if other else ""),
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_BUSY
     engine = Engine(path)
     server = Server(port, engine, password=None if any_user else secrets.token_urlsafe(24))
@@ -629,9 +693,16 @@ def connect_local(path: Path, database: str, idle_s: float) -> Any:
         lease.close()
 
     try:
-        return ServerClickHouse(database, where=f"the embedded ClickHouse server of {path}", on_close=release,
-                                host="127.0.0.1", port=ep.port, username="default", password=ep.password,
-                                pool_mgr=pool)
+        return ServerClickHouse(
+            database,
+            where=f"the embedded ClickHouse server of {path}",
+            on_close=release,
+            host="127.0.0.1",
+            port=ep.port,
+            username="default",
+            password=ep.password,
+            pool_mgr=pool,
+        )
     except BaseException:
         release()
         raise
@@ -643,8 +714,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--idle-s", type=float, default=None, help="exit after this long without clients")
     parser.add_argument("--any-user", action="store_true", help="accept every request (no password)")
-    parser.add_argument("--detach", action="store_true",
-                        help="serve from a child in a new session; return once it serves (0) or another does (3)")
+    parser.add_argument(
+        "--detach",
+        action="store_true",
+        help="serve from a child in a new session; return once it serves (0) or another does (3)",
+    )
     args = parser.parse_args(argv)
     if not args.detach:
         return serve(args.path, port=args.port, idle_s=args.idle_s, any_user=args.any_user)
@@ -664,8 +738,7 @@ def main(argv: list[str] | None = None) -> int:
             os.close(write_end)
             write_end = -1
 
-    code = serve(args.path, port=args.port, idle_s=args.idle_s, any_user=args.any_user,
-                 on_ready=lambda _: report(0))
+    code = serve(args.path, port=args.port, idle_s=args.idle_s, any_user=args.any_user, on_ready=lambda _: report(0))
     report(code)
     return code
 

@@ -47,8 +47,9 @@ def day_groups(times: pd.Series, limit: int = MAX_PARTITIONS_PER_INSERT) -> list
     return np.split(order, bounds)
 
 
-def insert_by_day(ch: ClickHouse, table: str, df: pd.DataFrame, column: str = "event_time",
-                  limit: int = MAX_PARTITIONS_PER_INSERT) -> int:
+def insert_by_day(
+    ch: ClickHouse, table: str, df: pd.DataFrame, column: str = "event_time", limit: int = MAX_PARTITIONS_PER_INSERT
+) -> int:
     """Insert ``df`` into a table partitioned by ``toDate(column)``, at most ``limit`` days per INSERT.
 
     Returns the row count. One group (the usual case) inserts the frame as it is.

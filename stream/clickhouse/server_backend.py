@@ -20,8 +20,14 @@ class ServerClickHouse:
     errors (never its DSN, which may carry credentials); ``on_close`` runs after the client closes.
     """
 
-    def __init__(self, database: str, *, where: str = "the ClickHouse server configured by STREAM_CLICKHOUSE_URL",
-                 on_close: Callable[[], None] | None = None, **client_kwargs: Any) -> None:
+    def __init__(
+        self,
+        database: str,
+        *,
+        where: str = "the ClickHouse server configured by STREAM_CLICKHOUSE_URL",
+        on_close: Callable[[], None] | None = None,
+        **client_kwargs: Any,
+    ) -> None:
         import clickhouse_connect
 
         self.database = database

@@ -42,11 +42,19 @@ class _Pending:
 
 
 class ClickHouseSink:
-    def __init__(self, connect: Callable[[], ClickHouse], *, flush_rows: int = 5000, flush_s: float = 1.0,
-                 max_pending: int = 50_000, backoff_s: tuple[float, float] = (0.2, 10.0),
-                 on_error: Callable[[str, BaseException], None] | None = None,
-                 on_backpressure: Callable[[bool], None] | None = None,
-                 on_insert: Callable[[str, int, float], None] | None = None, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], ClickHouse],
+        *,
+        flush_rows: int = 5000,
+        flush_s: float = 1.0,
+        max_pending: int = 50_000,
+        backoff_s: tuple[float, float] = (0.2, 10.0),
+        on_error: Callable[[str, BaseException], None] | None = None,
+        on_backpressure: Callable[[bool], None] | None = None,
+        on_insert: Callable[[str, int, float], None] | None = None,
+        clock: Clock = SYSTEM,
+    ) -> None:
         self._connect = connect
         self._clock = clock
         self._ch: ClickHouse | None = None

@@ -224,8 +224,10 @@ def _not_json(raw: bytes, exc: orjson.JSONDecodeError) -> str:
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as bad:
-        return (f"record is not valid UTF-8: byte 0x{raw[bad.start]:02x} at offset {bad.start} "
-                f"({bad.reason}), expected a UTF-8 JSON session event")
+        return (
+            f"record is not valid UTF-8: byte 0x{raw[bad.start]:02x} at offset {bad.start} "
+            f"({bad.reason}), expected a UTF-8 JSON session event"
+        )
     return f"record is not valid JSON: {exc}"
 
 
@@ -262,8 +264,7 @@ def dead_letter_envelope(
 DEAD_LETTER_PREFIX_BYTES = 4096
 
 
-def fit_dead_letter(envelope: DeadLetterRecord, key: bytes | None,
-                    max_bytes: int) -> tuple[bytes | None, bytes, bool]:
+def fit_dead_letter(envelope: DeadLetterRecord, key: bytes | None, max_bytes: int) -> tuple[bytes | None, bytes, bool]:
     """The dead letter's Kafka key and JSON value, together at most ``max_bytes``, and whether it was shrunk.
 
     An envelope that does not fit (an original of about 750 KB or more, base64 adding a third,
@@ -311,13 +312,14 @@ def shrink_dead_letter(envelope: DeadLetterRecord, size: int, max_bytes: int) ->
         out["key_truncated"] = True
         cut.append("key")
     out["error_kind"] = "oversized"
-    out["reason"] = (f"dead letter of {size} bytes is over the record limit of {max_bytes}: kept the first "
-                     f"{DEAD_LETTER_PREFIX_BYTES} bytes of the {' and '.join(cut)}, its size and SHA-256; "
-                     f"original reason ({envelope['error_kind']}): {envelope['reason']}")[:2000]
+    out["reason"] = (
+        f"dead letter of {size} bytes is over the record limit of {max_bytes}: kept the first "
+        f"{DEAD_LETTER_PREFIX_BYTES} bytes of the {' and '.join(cut)}, its size and SHA-256; "
+        f"original reason ({envelope['error_kind']}): {envelope['reason']}"
+    )[:2000]
     return out
 
 
 def _prefix(raw: bytes) -> tuple[str, int, str]:
     """(base64 of the first bytes, size, SHA-256) of a value or key too long to keep whole."""
-    return (base64.b64encode(raw[:DEAD_LETTER_PREFIX_BYTES]).decode("ascii"), len(raw),
-            hashlib.sha256(raw).hexdigest())
+    return (base64.b64encode(raw[:DEAD_LETTER_PREFIX_BYTES]).decode("ascii"), len(raw), hashlib.sha256(raw).hexdigest())

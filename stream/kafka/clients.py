@@ -84,9 +84,12 @@ def faust_credentials(settings: Settings) -> Any:
     context = ssl_context(settings)
     if protocol == "SSL":
         return faust.SSLCredentials(context)
-    return faust.SASLCredentials(username=settings.kafka_sasl_username or "",
-                                 password=settings.kafka_sasl_password.get_secret_value(),
-                                 mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.SASLCredentials(
+        username=settings.kafka_sasl_username or "",
+        password=settings.kafka_sasl_password.get_secret_value(),
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=context,
+    )
 
 
 class _Errors:
@@ -107,8 +110,9 @@ class _Errors:
             self.tls = err.str()
 
 
-def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | None = None,
-                     timeout_s: float = 8.0) -> Any:
+def cluster_metadata(
+    bootstrap: str, settings: Settings | None, topic: str | None = None, timeout_s: float = 8.0
+) -> Any:
     """The cluster's metadata, or a one-line :class:`InfraError`.
 
     A rejected login or TLS handshake fails within about a second and names the mechanism and
@@ -137,12 +141,17 @@ def cluster_metadata(bootstrap: str, settings: Settings | None, topic: str | Non
 def auth_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:
     """The one-line message of a rejected login: who tried how, and the broker's reason."""
     conf: Mapping[str, Any] = settings.confluent_config() if settings is not None else {}
-    who = (f"SASL {conf.get('sasl.mechanism', 'PLAIN')} login of user {conf.get('sasl.username', '')!r}"
-           if "sasl.username" in conf else f"{conf.get('security.protocol', 'PLAINTEXT')} connection")
+    who = (
+        f"SASL {conf.get('sasl.mechanism', 'PLAIN')} login of user {conf.get('sasl.username', '')!r}"
+        if "sasl.username" in conf
+        else f"{conf.get('security.protocol', 'PLAINTEXT')} connection"
+    )
     # librdkafka's text: "<listener>: SASL authentication error: <broker reason> (after N ms in state X)"
     why = reason.split("authentication error: ", 1)[-1].split(" (after ", 1)[0]
-    return (f"Kafka at {bootstrap} refused the {who}: authentication failed ({redact(why)}); "
-            "check STREAM_KAFKA_SASL_USERNAME, STREAM_KAFKA_SASL_PASSWORD and STREAM_KAFKA_SASL_MECHANISM")
+    return (
+        f"Kafka at {bootstrap} refused the {who}: authentication failed ({redact(why)}); "
+        "check STREAM_KAFKA_SASL_USERNAME, STREAM_KAFKA_SASL_PASSWORD and STREAM_KAFKA_SASL_MECHANISM"
+    )
 
 
 def tls_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:
@@ -151,5 +160,7 @@ def tls_failure(bootstrap: str, settings: Settings | None, reason: str) -> str:
     trusted = f"the CA file {str(cafile)!r}" if cafile else "the system CAs (STREAM_KAFKA_SSL_CAFILE is unset)"
     # librdkafka's text: "<listener>: SSL handshake failed: <reason> (after N ms in state X)"
     why = reason.split("handshake failed: ", 1)[-1].split(" (after ", 1)[0]
-    return (f"TLS handshake with Kafka at {bootstrap} failed, checked against {trusted}: {redact(why)}; "
-            "check STREAM_KAFKA_SSL_CAFILE and STREAM_KAFKA_SECURITY_PROTOCOL")
+    return (
+        f"TLS handshake with Kafka at {bootstrap} failed, checked against {trusted}: {redact(why)}; "
+        "check STREAM_KAFKA_SSL_CAFILE and STREAM_KAFKA_SECURITY_PROTOCOL"
+    )

@@ -90,8 +90,15 @@ def ensure_jars(quiet: bool = True) -> Path:
         if _STAMP.exists() and _STAMP.read_text().strip() == digest:
             return LIB_DIR
         staging = Path(tempfile.mkdtemp(prefix="lib.", dir=KAFKA_DIR))
-        cmd = [mvn, "-B", "-f", str(POM), "dependency:copy-dependencies",
-               "-DincludeScope=runtime", f"-DoutputDirectory={staging}"]
+        cmd = [
+            mvn,
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]
         if quiet:
             cmd.insert(2, "-q")
         log.info("fetching Kafka jars with Maven into %s", LIB_DIR)
@@ -164,15 +171,42 @@ def make_test_tls(directory: Path, java: str) -> TestTls:
     store = ["-storetype", "PKCS12", "-storepass:env", "KEYSTORE_PASSWORD"]
     key = ["-keyalg", "EC", "-groupname", "secp256r1", "-validity", "30"]
     steps = [
-        ["-genkeypair", "-alias", "ca", *key, "-dname", "CN=embedded-kafka test CA", "-ext", "bc:c",
-         "-keystore", str(ca), *store],
+        [
+            "-genkeypair",
+            "-alias",
+            "ca",
+            *key,
+            "-dname",
+            "CN=embedded-kafka test CA",
+            "-ext",
+            "bc:c",
+            "-keystore",
+            str(ca),
+            *store,
+        ],
         ["-exportcert", "-rfc", "-alias", "ca", "-keystore", str(ca), *store, "-file", str(tls.ca_file)],
         ["-genkeypair", "-alias", "broker", *key, "-dname", "CN=localhost", "-keystore", str(tls.keystore), *store],
         ["-certreq", "-alias", "broker", "-keystore", str(tls.keystore), *store, "-file", str(csr)],
-        ["-gencert", "-rfc", "-alias", "ca", "-keystore", str(ca), *store, "-infile", str(csr), "-outfile",
-         str(cert), "-validity", "30", "-ext", "SAN=ip:127.0.0.1,dns:localhost", "-ext", "EKU=serverAuth"],
-        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(tls.ca_file), "-keystore", str(tls.keystore),
-         *store],
+        [
+            "-gencert",
+            "-rfc",
+            "-alias",
+            "ca",
+            "-keystore",
+            str(ca),
+            *store,
+            "-infile",
+            str(csr),
+            "-outfile",
+            str(cert),
+            "-validity",
+            "30",
+            "-ext",
+            "SAN=ip:127.0.0.1,dns:localhost",
+            "-ext",
+            "EKU=serverAuth",
+        ],
+        ["-importcert", "-noprompt", "-alias", "ca", "-file", str(tls.ca_file), "-keystore", str(tls.keystore), *store],
         ["-importcert", "-noprompt", "-alias", "broker", "-file", str(cert), "-keystore", str(tls.keystore), *store],
     ]
     env = {**os.environ, "KEYSTORE_PASSWORD": tls.password}  # not in the command line
@@ -190,8 +224,7 @@ def _listeners(sasl: bool, tls: bool) -> list[str]:
     return [name for name, on in wanted.items() if on]
 
 
-def _security_properties(listeners: list[str], users: Mapping[str, str] | None,
-                         tls: TestTls | None) -> dict[str, str]:
+def _security_properties(listeners: list[str], users: Mapping[str, str] | None, tls: TestTls | None) -> dict[str, str]:
     """SASL users (PLAIN in the JAAS config, SCRAM in the metadata log) and the TLS keystore."""
     props: dict[str, str] = {}
     if users:
@@ -199,20 +232,34 @@ def _security_properties(listeners: list[str], users: Mapping[str, str] | None,
         props["sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
         for listener in (n.lower() for n in listeners if n.startswith("SASL_")):
             props[f"listener.name.{listener}.plain.sasl.jaas.config"] = (
-                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};")
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain};"
+            )
             for mech in SASL_MECHANISMS[1:]:
                 props[f"listener.name.{listener}.{mech.lower()}.sasl.jaas.config"] = (
-                    "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
     if tls is not None:
-        props.update({"ssl.keystore.type": "PKCS12", "ssl.keystore.location": str(tls.keystore),
-                      "ssl.keystore.password": tls.password, "ssl.key.password": tls.password,
-                      "ssl.client.auth": "none"})
+        props.update(
+            {
+                "ssl.keystore.type": "PKCS12",
+                "ssl.keystore.location": str(tls.keystore),
+                "ssl.keystore.password": tls.password,
+                "ssl.key.password": tls.password,
+                "ssl.client.auth": "none",
+            }
+        )
     return props
 
 
-def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port: int, partitions: int,
-                       security: Mapping[str, str] | None = None,
-                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, group_join_delay_ms: int = 0) -> str:
+def _server_properties(
+    data_dir: Path,
+    ports: Mapping[str, int],
+    controller_port: int,
+    partitions: int,
+    security: Mapping[str, str] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    group_join_delay_ms: int = 0,
+) -> str:
     listeners = [f"{name}://127.0.0.1:{port}" for name, port in ports.items()]
     props = {
         "process.roles": "broker,controller",
@@ -249,8 +296,13 @@ def _server_properties(data_dir: Path, ports: Mapping[str, int], controller_port
 
 def _scram_args(users: Mapping[str, str]) -> list[str]:
     """``kafka-storage format`` options that store each user's SCRAM credentials in the metadata log."""
-    return [arg for name, pw in users.items() for mech in SASL_MECHANISMS if mech.startswith("SCRAM")
-            for arg in ("--add-scram", f"{mech}=[name={name},password={pw}]")]
+    return [
+        arg
+        for name, pw in users.items()
+        for mech in SASL_MECHANISMS
+        if mech.startswith("SCRAM")
+        for arg in ("--add-scram", f"{mech}=[name={name},password={pw}]")
+    ]
 
 
 def check_sasl_users(users: Mapping[str, str]) -> None:
@@ -262,17 +314,26 @@ def check_sasl_users(users: Mapping[str, str]) -> None:
             raise ConfigError(f"SASL user name {name!r} for the embedded broker: expected letters, digits, _ . -")
         if not _SAFE_PASSWORD.match(pw):
             # the message never repeats the password
-            raise ConfigError(f"the SASL password of {name!r} for the embedded broker must be non-empty, "
-                              "without spaces, quotes, backslashes, commas, brackets or '='")
+            raise ConfigError(
+                f"the SASL password of {name!r} for the embedded broker must be non-empty, "
+                "without spaces, quotes, backslashes, commas, brackets or '='"
+            )
 
 
 class EmbeddedKafka:
     """One single-node KRaft broker in a child JVM. Use as a context manager."""
 
-    def __init__(self, workdir: Path | None = None, heap: str = "512m", partitions: int = 4,
-                 start_timeout_s: float = 90.0, sasl_users: Mapping[str, str] | None = None,
-                 tls: bool = False, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 group_join_delay_ms: int = 0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        heap: str = "512m",
+        partitions: int = 4,
+        start_timeout_s: float = 90.0,
+        sasl_users: Mapping[str, str] | None = None,
+        tls: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        group_join_delay_ms: int = 0,
+    ) -> None:
         """Clients without credentials use the PLAINTEXT listener (:attr:`bootstrap`).
 
         ``sasl_users`` ({name: password}) adds a SASL_PLAINTEXT listener that accepts them by PLAIN,
@@ -310,8 +371,10 @@ class EmbeddedKafka:
     def address(self, protocol: str) -> str:
         """host:port of the listener of that security protocol."""
         if protocol not in self.ports:
-            raise InfraError(f"this embedded broker has no {protocol} listener (it has {', '.join(self.ports)}): "
-                             "pass sasl_users for SASL_*, tls=True for *SSL")
+            raise InfraError(
+                f"this embedded broker has no {protocol} listener (it has {', '.join(self.ports)}): "
+                "pass sasl_users for SASL_*, tls=True for *SSL"
+            )
         return f"127.0.0.1:{self.ports[protocol]}"
 
     @property
@@ -324,10 +387,20 @@ class EmbeddedKafka:
         return self.workdir / "broker.log"
 
     def _java(self, java: str, main: str, *args: str) -> list[str]:
-        return [java, f"-Xmx{self.heap}", "-Xms128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                "-Djava.awt.headless=true", f"-Dkafka.logs.dir={self.workdir}",
-                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                "-cp", f"{LIB_DIR}/*", main, *args]
+        return [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={self.workdir}",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp",
+            f"{LIB_DIR}/*",
+            main,
+            *args,
+        ]
 
     def start(self) -> str:
         """Format a fresh log dir, start the JVM, and wait until a metadata request succeeds."""
@@ -342,13 +415,31 @@ class EmbeddedKafka:
         self.ca_file = tls.ca_file if tls else None
         props = self.workdir / "server.properties"
         props.touch(mode=0o600)  # may hold the SASL users' and the keystore's passwords
-        props.write_text(_server_properties(data_dir, self.ports, self.controller_port, self.partitions,
-                                            _security_properties(listeners, self.sasl_users, tls),
-                                            self.max_message_bytes, self.group_join_delay_ms))
+        props.write_text(
+            _server_properties(
+                data_dir,
+                self.ports,
+                self.controller_port,
+                self.partitions,
+                _security_properties(listeners, self.sasl_users, tls),
+                self.max_message_bytes,
+                self.group_join_delay_ms,
+            )
+        )
         fmt = subprocess.run(
-            self._java(java, "kafka.tools.StorageTool", "format", "-t", new_cluster_id(), "-c", str(props),
-                       *_scram_args(self.sasl_users or {})),
-            capture_output=True, text=True, check=False,
+            self._java(
+                java,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                new_cluster_id(),
+                "-c",
+                str(props),
+                *_scram_args(self.sasl_users or {}),
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if fmt.returncode != 0:
             said = redact((fmt.stdout + fmt.stderr).strip())
@@ -360,7 +451,9 @@ class EmbeddedKafka:
         out = open(self.workdir / "broker.out", "ab")  # noqa: SIM115 - lives as long as the JVM
         self.proc = subprocess.Popen(
             self._java(java, "kafka.Kafka", str(self.workdir / "server.properties")),
-            stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         out.close()
         try:
@@ -403,8 +496,11 @@ class EmbeddedKafka:
     def _wait_ready(self) -> None:
         from confluent_kafka.admin import AdminClient
 
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "log_level": 0,
-                                "logger": logging.getLogger("embedded-kafka.admin")}
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "log_level": 0,
+            "logger": logging.getLogger("embedded-kafka.admin"),
+        }
         admin = AdminClient(conf)
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -421,8 +517,9 @@ class EmbeddedKafka:
             except Exception:  # noqa: S110 - not ready yet; retried until the deadline
                 pass
             if time.monotonic() > deadline:
-                raise InfraError(f"the Kafka broker did not become ready within {self.start_timeout_s:.0f}s; "
-                                 f"see {self.log_path}")
+                raise InfraError(
+                    f"the Kafka broker did not become ready within {self.start_timeout_s:.0f}s; see {self.log_path}"
+                )
             time.sleep(0.2)
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -451,8 +548,9 @@ def embedded_kafka(**kwargs: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def kafka_or_embedded(bootstrap: str | None, partitions: int = 4,
-                      max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Iterator[tuple[str, int | None]]:
+def kafka_or_embedded(
+    bootstrap: str | None, partitions: int = 4, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> Iterator[tuple[str, int | None]]:
     """``(bootstrap, None)`` for a configured cluster, else an embedded broker: ``(address, JVM pid)``."""
     if bootstrap:
         yield bootstrap, None

@@ -19,8 +19,9 @@ from stream.errors import InfraError
 from stream.kafka import clients
 
 
-def produce_blocking(producer: Any, topic: str, value: bytes | None, key: bytes | None = None, *,
-                     wait_s: float = 0.05, **kwargs: Any) -> None:
+def produce_blocking(
+    producer: Any, topic: str, value: bytes | None, key: bytes | None = None, *, wait_s: float = 0.05, **kwargs: Any
+) -> None:
     """``producer.produce(...)``, serving delivery callbacks for ``wait_s`` while librdkafka's queue is full."""
     while True:
         try:
@@ -30,8 +31,14 @@ def produce_blocking(producer: Any, topic: str, value: bytes | None, key: bytes 
             producer.poll(wait_s)
 
 
-def read_to_end(consumer: Any, topic: str, *, start: Mapping[int, int] | None = None,
-                end: Mapping[int, int] | None = None, timeout_s: float = 60.0) -> list[Any]:
+def read_to_end(
+    consumer: Any,
+    topic: str,
+    *,
+    start: Mapping[int, int] | None = None,
+    end: Mapping[int, int] | None = None,
+    timeout_s: float = 60.0,
+) -> list[Any]:
     """The records of ``topic`` from ``start`` up to ``end``, each partition's in offset order.
 
     ``start`` and ``end`` map partitions to offsets (``end`` exclusive); by default every
@@ -57,8 +64,10 @@ def read_to_end(consumer: Any, topic: str, *, start: Mapping[int, int] | None = 
     deadline = time.monotonic() + timeout_s
     while left:
         if time.monotonic() > deadline:
-            raise InfraError(f"read {len(got)} records of {topic!r} in {timeout_s:.0f}s; partitions {sorted(left)} "
-                             f"did not reach their end offsets {left}")
+            raise InfraError(
+                f"read {len(got)} records of {topic!r} in {timeout_s:.0f}s; partitions {sorted(left)} "
+                f"did not reach their end offsets {left}"
+            )
         msgs = consumer.consume(500, 0.2)
         for msg in msgs:
             if msg.error() is not None:
@@ -77,23 +86,31 @@ def read_to_end(consumer: Any, topic: str, *, start: Mapping[int, int] | None = 
 
 def read_topic(bootstrap: str, topic: str, *, settings: Settings | None = None, timeout_s: float = 60.0) -> list[Any]:
     """Every record of ``topic`` up to its high watermarks now, with a consumer of its own (see :func:`read_to_end`)."""
-    consumer = clients.consumer(bootstrap, settings, **{"group.id": f"read-{uuid.uuid4().hex}",
-                                                        "enable.auto.commit": False})
+    consumer = clients.consumer(
+        bootstrap, settings, **{"group.id": f"read-{uuid.uuid4().hex}", "enable.auto.commit": False}
+    )
     try:
         return read_to_end(consumer, topic, timeout_s=timeout_s)
     finally:
         consumer.close()
 
 
-def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, bytes | None]],
-            timestamps: Iterable[int] | None = None, *, settings: Settings | None = None) -> int:
+def produce(
+    bootstrap: str,
+    topic: str,
+    payloads: Iterable[tuple[bytes | None, bytes | None]],
+    timestamps: Iterable[int] | None = None,
+    *,
+    settings: Settings | None = None,
+) -> int:
     """Produce (key, value) pairs in order (idempotent producer: no duplicates, order per key kept).
 
     ``settings`` carry a secured cluster's credentials (None: a plaintext listener).
     """
     # lz4, as many production producers do: the worker must read compressed topics
-    producer = clients.producer(bootstrap, settings, **{"linger.ms": 20, "enable.idempotence": True,
-                                                        "compression.type": "lz4"})
+    producer = clients.producer(
+        bootstrap, settings, **{"linger.ms": 20, "enable.idempotence": True, "compression.type": "lz4"}
+    )
     n = 0
     ts_iter = iter(timestamps) if timestamps is not None else None
     for key, value in payloads:
@@ -109,8 +126,15 @@ def produce(bootstrap: str, topic: str, payloads: Iterable[tuple[bytes | None, b
     return n
 
 
-def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool] | None = None,
-            timeout_s: float = 60.0, idle_s: float | None = None, settings: Settings | None = None) -> list[Message]:
+def consume(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Message]], bool] | None = None,
+    timeout_s: float = 60.0,
+    idle_s: float | None = None,
+    settings: Settings | None = None,
+) -> list[Message]:
     """Read ``topic`` from the beginning with a fresh consumer.
 
     Without ``until``: everything up to the high watermarks seen at the start
@@ -120,8 +144,11 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
     """
     if until is None:
         return read_topic(bootstrap, topic, settings=settings, timeout_s=timeout_s)
-    consumer = clients.consumer(bootstrap, settings, **{
-        "group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = clients.consumer(
+        bootstrap,
+        settings,
+        **{"group.id": f"test-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False},
+    )
     try:
         md = consumer.list_topics(topic, timeout=10).topics.get(topic)
         if md is None or md.error is not None:
@@ -142,8 +169,9 @@ def consume(bootstrap: str, topic: str, *, until: Callable[[list[Message]], bool
         consumer.close()
 
 
-def committed_offsets(bootstrap: str, group: str, topic: str, *,
-                      settings: Settings | None = None) -> dict[int, int | None]:
+def committed_offsets(
+    bootstrap: str, group: str, topic: str, *, settings: Settings | None = None
+) -> dict[int, int | None]:
     """The offsets ``group`` has committed on each partition of ``topic`` (None: nothing committed)."""
     consumer = clients.consumer(bootstrap, settings, **{"group.id": group, "enable.auto.commit": False})
     try:

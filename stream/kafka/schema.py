@@ -18,8 +18,14 @@ class RawSchema(faust.Schema):
     def __init__(self) -> None:
         super().__init__(key_serializer="raw", value_serializer="raw")
 
-    def compile(self, app: Any, *, on_key_decode_error: Any = None, on_value_decode_error: Any = None,
-                default_propagate: bool = False) -> Any:
+    def compile(
+        self,
+        app: Any,
+        *,
+        on_key_decode_error: Any = None,
+        on_value_decode_error: Any = None,
+        default_propagate: bool = False,
+    ) -> Any:
         event_class = app.conf.Event  # what App.create_event instantiates, looked up once
 
         async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:

@@ -52,12 +52,17 @@ class TopicSpec:
 
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(SESSION_EVENTS, "user_id", "input: session_event v1 (JSON)",
-              config={"retention.ms": str(7 * 86_400_000)}),
+    TopicSpec(
+        SESSION_EVENTS, "user_id", "input: session_event v1 (JSON)", config={"retention.ms": str(7 * 86_400_000)}
+    ),
     TopicSpec(PREDICTIONS, "user_id", "output: prediction v1 for churn, click, engagement"),
     TopicSpec(BANDIT_DECISIONS, "user_id", "output: bandit_decision v1, one per ad_request"),
-    TopicSpec(DEAD_LETTER, "original key", "rejected input in the dead_letter v1 envelope",
-              config={"retention.ms": str(30 * 86_400_000)}),
+    TopicSpec(
+        DEAD_LETTER,
+        "original key",
+        "rejected input in the dead_letter v1 envelope",
+        config={"retention.ms": str(30 * 86_400_000)},
+    ),
 )
 
 
@@ -67,10 +72,20 @@ OUTPUTS = (PREDICTIONS, BANDIT_DECISIONS, DEAD_LETTER)
 
 def worker_topics() -> tuple[TopicSpec, ...]:
     """The worker's internal topics, as faust would create them (changelogs compacted)."""
-    changelogs = tuple(TopicSpec(f"{table}-changelog", "table key", f"changelog of the {table} table",
-                                 config={"cleanup.policy": "compact"}, internal=True) for table in TABLES)
-    return (TopicSpec(ARTICLE_EVENTS, "article_id", "article events forwarded to their article's partition",
-                      internal=True), *changelogs)
+    changelogs = tuple(
+        TopicSpec(
+            f"{table}-changelog",
+            "table key",
+            f"changelog of the {table} table",
+            config={"cleanup.policy": "compact"},
+            internal=True,
+        )
+        for table in TABLES
+    )
+    return (
+        TopicSpec(ARTICLE_EVENTS, "article_id", "article events forwarded to their article's partition", internal=True),
+        *changelogs,
+    )
 
 
 def internal_topic(settings: Settings, name: str) -> str:
@@ -97,8 +112,13 @@ def config_of(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return {**spec.config, **record_limit_config(settings)}
 
 
-def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec] = TOPICS,
-                  timeout_s: float = 30.0, connect_timeout_s: float = 8.0) -> dict[str, str]:
+def ensure_topics(
+    bootstrap: str,
+    settings: Settings,
+    specs: Iterable[TopicSpec] = TOPICS,
+    timeout_s: float = 30.0,
+    connect_timeout_s: float = 8.0,
+) -> dict[str, str]:
     """Create missing topics; check existing ones. Returns ``{topic: "created" | "exists"}``.
 
     A cluster that does not answer within ``connect_timeout_s``, or refuses the login, is a one-line
@@ -125,10 +145,20 @@ def ensure_topics(bootstrap: str, settings: Settings, specs: Iterable[TopicSpec]
                 )
             result[name] = "exists"
         else:
-            to_create.append(NewTopic(name, num_partitions=want,
-                                      replication_factor=settings.topic_replication, config=config_of(spec, settings)))
-    check_record_limits(admin, [name_of(sp, settings) for sp in specs
-                                if sp.name in OUTPUTS and name_of(sp, settings) in existing], settings, timeout_s)
+            to_create.append(
+                NewTopic(
+                    name,
+                    num_partitions=want,
+                    replication_factor=settings.topic_replication,
+                    config=config_of(spec, settings),
+                )
+            )
+    check_record_limits(
+        admin,
+        [name_of(sp, settings) for sp in specs if sp.name in OUTPUTS and name_of(sp, settings) in existing],
+        settings,
+        timeout_s,
+    )
     for name, fut in admin.create_topics(to_create, operation_timeout=timeout_s).items() if to_create else []:
         try:
             fut.result()
@@ -158,11 +188,15 @@ def check_record_limits(admin: Any, names: list[str], settings: Settings, timeou
         try:
             entry = fut.result().get("max.message.bytes")
         except KafkaException as exc:
-            log.warning("cannot read the configs of topic %r (%s): its record limit is not checked",
-                        resource.name, exc.args[0].str())
+            log.warning(
+                "cannot read the configs of topic %r (%s): its record limit is not checked",
+                resource.name,
+                exc.args[0].str(),
+            )
             continue
         if entry is not None and int(entry.value) < settings.max_message_bytes:
             raise InfraError(
                 f"topic {resource.name!r} takes records up to {entry.value} bytes (max.message.bytes), less than "
                 f"STREAM_MAX_MESSAGE_BYTES={settings.max_message_bytes}: raise the topic's max.message.bytes "
-                f"or lower the setting")
+                f"or lower the setting"
+            )

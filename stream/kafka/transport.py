@@ -113,13 +113,13 @@ class LedgerConsumer(driver.Consumer):
         self._gap[tp].clear()
         return ledger.committable((tp.topic, tp.partition))
 
-
     async def rejoin(self) -> None:
         """Leave the current assignment and join the group again: a rebalance of the whole group.
 
         aiokafka's coordinator re-joins once asked; the new assignment gives every partition a
         fresh fetch state in aiokafka, and faust runs its assignment, recovery and seek again.
         """
+
         async def request(consumer: Any) -> None:
             consumer._coordinator.request_rejoin()  # noqa: SLF001 - aiokafka's way to ask for a rejoin
 

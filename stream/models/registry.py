@@ -93,8 +93,7 @@ class ModelRegistry:
                 continue
         path = vdir / version
         write_model(path / _FILES[kind])
-        meta = {"name": name, "version": version, "kind": kind, "registered_at": int(time.time() * 1000),
-                **metadata}
+        meta = {"name": name, "version": version, "kind": kind, "registered_at": int(time.time() * 1000), **metadata}
         _atomic_write(path / "metadata.json", json.dumps(meta, indent=2, sort_keys=True).encode())
         return ModelVersion(name, version, path, meta)
 

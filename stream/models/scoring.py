@@ -48,10 +48,14 @@ class ModelSet:
     (logged, counted, and the previous version keeps serving).
     """
 
-    def __init__(self, registry: ModelRegistry, expected_features: Mapping[str, Any],
-                 alias: str = "production",
-                 on_refused: Callable[[str, str, str], None] | None = None,
-                 on_loaded: Callable[[LoadedModel], None] | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        expected_features: Mapping[str, Any],
+        alias: str = "production",
+        on_refused: Callable[[str, str, str], None] | None = None,
+        on_loaded: Callable[[LoadedModel], None] | None = None,
+    ) -> None:
         self.registry = registry
         self.expected = expected_features  # model name -> FeatureList
         self.alias = alias
@@ -65,8 +69,10 @@ class ModelSet:
         want = self.expected[mv.name]
         got = mv.features
         if got.get("version") != want.version or list(got.get("names", [])) != list(want.names):
-            return (f"feature list {got.get('version')!r} ({len(got.get('names', []))} features) does not match "
-                    f"the worker's {want.version!r} ({len(want.names)} features)")
+            return (
+                f"feature list {got.get('version')!r} ({len(got.get('names', []))} features) does not match "
+                f"the worker's {want.version!r} ({len(want.names)} features)"
+            )
         return None
 
     def refresh(self) -> list[str]:
@@ -116,8 +122,9 @@ class ScoreRequest:
     replayed: bool = False
 
 
-def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest],
-                   now_ms: int) -> list[PredictionRecord]:
+def score_requests(
+    models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest], now_ms: int
+) -> list[PredictionRecord]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
     Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
@@ -136,8 +143,10 @@ def score_requests(models: Mapping[str, LoadedModel], requests: Sequence[ScoreRe
         scores = model.predict(np.array([r.row for r in reqs], dtype=np.float32))
         if not np.isfinite(scores).all():
             bad = int(np.flatnonzero(~np.isfinite(scores))[0])
-            raise ScoreError(f"model {name} version {model.version} scored event "
-                             f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number")
+            raise ScoreError(
+                f"model {name} version {model.version} scored event "
+                f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number"
+            )
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
             rec: PredictionRecord = {

@@ -33,12 +33,15 @@ class Model:
     task: Literal["binary", "regression"]
 
 
-MODELS: Mapping[str, Model] = {m.name: m for m in (
-    Model("churn", "session_end", CHURN_FEATURES, "xgboost", "churned", "binary"),
-    Model("conversion", None, CONVERSION_FEATURES, "lightgbm", "converted", "binary"),
-    Model("click", "article_impression", CLICK_FEATURES, "xgboost", "clicked", "binary"),
-    Model("engagement", "session_start", ENGAGEMENT_FEATURES, "xgboost", "engagement", "regression"),
-)}
+MODELS: Mapping[str, Model] = {
+    m.name: m
+    for m in (
+        Model("churn", "session_end", CHURN_FEATURES, "xgboost", "churned", "binary"),
+        Model("conversion", None, CONVERSION_FEATURES, "lightgbm", "converted", "binary"),
+        Model("click", "article_impression", CLICK_FEATURES, "xgboost", "clicked", "binary"),
+        Model("engagement", "session_start", ENGAGEMENT_FEATURES, "xgboost", "engagement", "regression"),
+    )
+}
 
 #: event type -> the model it triggers
 TRIGGERS: Mapping[str, str] = {m.trigger: m.name for m in MODELS.values() if m.trigger is not None}

@@ -96,8 +96,9 @@ class DriftReport:
         return [c for c, d in self.columns.items() if d.drifted]
 
 
-def column_drift(ref: ColumnProfile, live_bins: np.ndarray, live_cdf: np.ndarray, alpha: float,
-                 min_psi: float) -> ColumnDrift:
+def column_drift(
+    ref: ColumnProfile, live_bins: np.ndarray, live_cdf: np.ndarray, alpha: float, min_psi: float
+) -> ColumnDrift:
     """PSI and (numeric columns) KS of accumulated live counts; ``alpha`` is this column's share."""
     n = int(live_bins.sum())
     a_psi = alpha / 2 if ref.kind == "numeric" else alpha
@@ -121,8 +122,16 @@ class DriftWindow:
     memory does not grow with the window.
     """
 
-    def __init__(self, model: str, version: str, profile: ReferenceProfile, size: int = 1000, *,
-                 alpha: float = DEFAULT_ALPHA, min_psi: float = DEFAULT_MIN_PSI) -> None:
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        profile: ReferenceProfile,
+        size: int = 1000,
+        *,
+        alpha: float = DEFAULT_ALPHA,
+        min_psi: float = DEFAULT_MIN_PSI,
+    ) -> None:
         if size < 10:
             raise ValueError(f"drift window size {size} is too small; expected at least 10 rows")
         if not 0 < alpha < 1:
@@ -131,8 +140,7 @@ class DriftWindow:
         self.min_psi = min_psi
         cols = profile.columns.values()
         tests = sum(2 if c.kind == "numeric" else 1 for c in cols)
-        self._alpha = {name: alpha * (2 if c.kind == "numeric" else 1) / tests
-                       for name, c in profile.columns.items()}
+        self._alpha = {name: alpha * (2 if c.kind == "numeric" else 1) / tests for name, c in profile.columns.items()}
         self._reset()
 
     def _reset(self) -> None:
@@ -175,8 +183,11 @@ class DriftWindow:
 
     def report(self) -> DriftReport:
         """The statistics of the rows so far in this window (columns with no live rows are left out)."""
-        cols = {name: column_drift(ref, self._bins[name], self._cdf[name], self._alpha[name], self.min_psi)
-                for name, ref in self.profile.columns.items() if self._bins[name].sum() > 0}
+        cols = {
+            name: column_drift(ref, self._bins[name], self._cdf[name], self._alpha[name], self.min_psi)
+            for name, ref in self.profile.columns.items()
+            if self._bins[name].sum() > 0
+        }
         return DriftReport(self.model, self.version, self._start or 0, self._end, self.n, cols)
 
 

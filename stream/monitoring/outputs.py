@@ -29,8 +29,11 @@ QUALITY_METRICS = ("auc", "log_loss", "ece", "r2", "mae")
 _TIME_COLUMNS = ("window_start", "window_end", "computed_at")
 
 
-def gauge_values(quality: Iterable[QualitySnapshot] = (), drift: Iterable[DriftReport] = (),
-                 loss_drifts: Mapping[tuple[str, str], int] | None = None) -> dict[GaugeKey, float]:
+def gauge_values(
+    quality: Iterable[QualitySnapshot] = (),
+    drift: Iterable[DriftReport] = (),
+    loss_drifts: Mapping[tuple[str, str], int] | None = None,
+) -> dict[GaugeKey, float]:
     """Current values for labelled gauges; undefined metrics (nan) are left out, not exported as nan."""
     out: dict[GaugeKey, float] = {}
     for s in quality:
@@ -52,19 +55,41 @@ def _num(v: float) -> float | None:
 
 def quality_rows(snapshots: Iterable[QualitySnapshot], computed_at_ms: int) -> list[dict[str, Any]]:
     """``model_quality`` rows (times in epoch ms; metrics that do not apply or are undefined are null)."""
-    return [{"model_name": s.model, "model_version": s.version, "window_start": s.window_start_ms,
-             "window_end": s.window_end_ms, "pairs": s.n,
-             **{m: _num(s.metrics.get(m, math.nan)) for m in QUALITY_METRICS}, "computed_at": computed_at_ms}
-            for s in snapshots if s.n > 0]
+    return [
+        {
+            "model_name": s.model,
+            "model_version": s.version,
+            "window_start": s.window_start_ms,
+            "window_end": s.window_end_ms,
+            "pairs": s.n,
+            **{m: _num(s.metrics.get(m, math.nan)) for m in QUALITY_METRICS},
+            "computed_at": computed_at_ms,
+        }
+        for s in snapshots
+        if s.n > 0
+    ]
 
 
 def drift_rows(reports: Iterable[DriftReport], computed_at_ms: int) -> list[dict[str, Any]]:
     """``feature_drift`` rows: one per model version, window and column (the prediction is a column)."""
-    return [{"model_name": r.model, "model_version": r.version, "window_start": r.window_start_ms,
-             "window_end": r.window_end_ms, "feature": name, "rows": r.n, "psi": d.psi,
-             "psi_threshold": d.psi_threshold, "ks": _num(d.ks), "ks_threshold": _num(d.ks_threshold),
-             "drifted": int(d.drifted), "computed_at": computed_at_ms}
-            for r in reports for name, d in r.columns.items()]
+    return [
+        {
+            "model_name": r.model,
+            "model_version": r.version,
+            "window_start": r.window_start_ms,
+            "window_end": r.window_end_ms,
+            "feature": name,
+            "rows": r.n,
+            "psi": d.psi,
+            "psi_threshold": d.psi_threshold,
+            "ks": _num(d.ks),
+            "ks_threshold": _num(d.ks_threshold),
+            "drifted": int(d.drifted),
+            "computed_at": computed_at_ms,
+        }
+        for r in reports
+        for name, d in r.columns.items()
+    ]
 
 
 def insert_monitoring(ch: ClickHouse, quality: list[dict[str, Any]], drift: list[dict[str, Any]]) -> int:

@@ -80,18 +80,29 @@ class ColumnProfile:
         return np.searchsorted(v, self.cdf_x, side="right").astype(np.int64)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "edges": self.edges.tolist(), "counts": self.counts.tolist(),
-                "cdf": [self.cdf_x.tolist(), self.cdf_p.tolist()]}
+        return {
+            "kind": self.kind,
+            "edges": self.edges.tolist(),
+            "counts": self.counts.tolist(),
+            "cdf": [self.cdf_x.tolist(), self.cdf_p.tolist()],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ColumnProfile:
         edges = np.asarray(d["edges"], dtype=np.float64)
         counts = np.asarray(d["counts"], dtype=np.int64)
         if len(counts) != len(edges) + 2:
-            raise SchemaError(f"column profile has {len(edges)} edges and {len(counts)} counts; "
-                              f"expected {len(edges) + 2} counts (one per bin, then missing)")
-        return cls(d["kind"], edges, counts, np.asarray(d["cdf"][0], dtype=np.float64),
-                   np.asarray(d["cdf"][1], dtype=np.float64))
+            raise SchemaError(
+                f"column profile has {len(edges)} edges and {len(counts)} counts; "
+                f"expected {len(edges) + 2} counts (one per bin, then missing)"
+            )
+        return cls(
+            d["kind"],
+            edges,
+            counts,
+            np.asarray(d["cdf"][0], dtype=np.float64),
+            np.asarray(d["cdf"][1], dtype=np.float64),
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ColumnProfile) and self.to_dict() == other.to_dict()
@@ -111,8 +122,9 @@ def column_profile(values: np.ndarray, bins: int = 10, cdf_points: int = 101) ->
         kind = "discrete"
         if len(distinct):
             # below the smallest | one bin per value (split at midpoints) | above the largest
-            edges = np.concatenate([[np.nextafter(distinct[0], -np.inf)], (distinct[:-1] + distinct[1:]) / 2,
-                                    [distinct[-1]]])
+            edges = np.concatenate(
+                [[np.nextafter(distinct[0], -np.inf)], (distinct[:-1] + distinct[1:]) / 2, [distinct[-1]]]
+            )
         else:
             edges = np.zeros(0)
     else:
@@ -140,19 +152,24 @@ class ReferenceProfile:
 
     def to_dict(self) -> dict[str, Any]:
         # a list, not a mapping: the registry writes JSON with sorted keys, and the order is the feature order
-        return {"profile_version": PROFILE_VERSION, "bins": self.bins,
-                "columns": [{"name": name, **c.to_dict()} for name, c in self.columns.items()]}
+        return {
+            "profile_version": PROFILE_VERSION,
+            "bins": self.bins,
+            "columns": [{"name": name, **c.to_dict()} for name, c in self.columns.items()],
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ReferenceProfile:
         if d.get("profile_version") != PROFILE_VERSION:
-            raise SchemaError(f"reference profile version {d.get('profile_version')!r} is not supported; "
-                              f"expected {PROFILE_VERSION}")
+            raise SchemaError(
+                f"reference profile version {d.get('profile_version')!r} is not supported; expected {PROFILE_VERSION}"
+            )
         return cls({c["name"]: ColumnProfile.from_dict(c) for c in d["columns"]}, int(d["bins"]))
 
 
-def build_profile(names: Sequence[str], x: np.ndarray, predictions: np.ndarray | None = None, *,
-                  bins: int = 10, cdf_points: int = 101) -> ReferenceProfile:
+def build_profile(
+    names: Sequence[str], x: np.ndarray, predictions: np.ndarray | None = None, *, bins: int = 10, cdf_points: int = 101
+) -> ReferenceProfile:
     """The profile of a feature matrix (columns in ``names`` order) and, if given, of the predictions.
 
     ``x`` and ``predictions`` may come from different rows (batch training profiles the features

@@ -93,8 +93,11 @@ def r2(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def mae(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.mean(np.abs(np.asarray(y, dtype=np.float64) - np.asarray(p, dtype=np.float64)))) \
-        if len(y) else float("nan")
+    return (
+        float(np.mean(np.abs(np.asarray(y, dtype=np.float64) - np.asarray(p, dtype=np.float64))))
+        if len(y)
+        else float("nan")
+    )
 
 
 def quality(task: Task, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -161,6 +164,12 @@ class RollingQuality:
 
     def snapshot(self) -> QualitySnapshot:
         y, p, t = self.pairs()
-        return QualitySnapshot(self.model, self.version, self.task, len(y),
-                               int(t.min()) if len(t) else 0, int(t.max()) if len(t) else 0,
-                               quality(self.task, y, p))
+        return QualitySnapshot(
+            self.model,
+            self.version,
+            self.task,
+            len(y),
+            int(t.min()) if len(t) else 0,
+            int(t.max()) if len(t) else 0,
+            quality(self.task, y, p),
+        )

@@ -83,7 +83,7 @@ class ArticleState:
                 for b in st.buckets:
                     k = small[at_small]
                     end = at_count + 3 * k
-                    b.load(max_t, small[at_small + 1:at_small + 1 + k], bucket_counts[at_count:end])
+                    b.load(max_t, small[at_small + 1 : at_small + 1 + k], bucket_counts[at_count:end])
                     at_small += 1 + k
                     at_count = end
             except (IndexError, ValueError) as exc:
@@ -152,13 +152,20 @@ def _article_names() -> list[str]:
     names = []
     for w, _, _ in ARTICLE_WINDOWS:
         names += [f"art_impressions_{w}", f"art_clicks_{w}", f"art_views_{w}", f"art_ctr_{w}"]
-    names += ["art_impressions_total", "art_clicks_total", "art_views_total", "art_ctr_total",
-              "art_age_hours", "art_hours_since_last"]
+    names += [
+        "art_impressions_total",
+        "art_clicks_total",
+        "art_views_total",
+        "art_ctr_total",
+        "art_age_hours",
+        "art_hours_since_last",
+    ]
     return names
 
 
-ARTICLE_FEATURES = FeatureList.create("article", _article_names(), definition_version=DEFINITION_VERSION,
-                                      params=DEFAULT_CONFIG.fingerprint())
+ARTICLE_FEATURES = FeatureList.create(
+    "article", _article_names(), definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint()
+)
 
 
 def article_watermark(t: int, config: StateConfig = DEFAULT_CONFIG) -> int:
@@ -257,8 +264,9 @@ def article_features(state: ArticleState, as_of: int, config: StateConfig = DEFA
     return np.asarray(article_row(state, as_of, config), dtype=np.float32)
 
 
-def article_features_batch(states: Sequence[ArticleState], as_of: Sequence[int] | int,
-                           config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def article_features_batch(
+    states: Sequence[ArticleState], as_of: Sequence[int] | int, config: StateConfig = DEFAULT_CONFIG
+) -> np.ndarray:
     ts = [as_of] * len(states) if isinstance(as_of, int) else list(as_of)
     out = np.empty((len(states), len(ARTICLE_FEATURES)), dtype=np.float32)
     for i, (st, t) in enumerate(zip(states, ts, strict=True)):

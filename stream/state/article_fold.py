@@ -13,8 +13,9 @@ from typing import Any
 from stream.state.article import ArticleState, update_article
 
 
-def fold_article_events(events: Iterable[Mapping[str, Any]],
-                        state_of: Callable[[str], ArticleState]) -> dict[str, ArticleState]:
+def fold_article_events(
+    events: Iterable[Mapping[str, Any]], state_of: Callable[[str], ArticleState]
+) -> dict[str, ArticleState]:
     """Apply ``events`` in order to their articles' states; return the states touched, by article id.
 
     ``state_of(article_id)`` gives the article's current state (a new one if it has none); it is

@@ -21,9 +21,18 @@ from typing import Any, NamedTuple
 #: the session_event schema's enum, spelled out because the codes are stored (states, models):
 #: tests/unit/test_event_types.py fails until a type added to the schema is appended here.
 EVENT_TYPES: tuple[str, ...] = (
-    "session_start", "page_view", "article_view", "article_impression", "article_click",
-    "video_play", "newsletter_signup", "subscription", "ad_request", "ad_impression",
-    "ad_click", "session_end",
+    "session_start",
+    "page_view",
+    "article_view",
+    "article_impression",
+    "article_click",
+    "video_play",
+    "newsletter_signup",
+    "subscription",
+    "ad_request",
+    "ad_impression",
+    "ad_click",
+    "session_end",
 )
 TYPE_CODE: dict[str, int] = {name: i for i, name in enumerate(EVENT_TYPES)}
 T_SESSION_START = TYPE_CODE["session_start"]
@@ -47,10 +56,22 @@ _DEVICE = {d: i + 1 for i, d in enumerate(DEVICE_TYPES)}
 OS_VOCAB: tuple[str, ...] = ("windows", "macos", "ios", "android", "linux", "chromeos")
 BROWSER_VOCAB: tuple[str, ...] = ("chrome", "safari", "firefox", "edge", "samsung", "opera")
 OTHER = 99
-_OS_ALIASES = {"mac os": "macos", "mac os x": "macos", "os x": "macos", "osx": "macos", "ipados": "ios",
-               "chrome os": "chromeos", "win": "windows"}
-_BROWSER_ALIASES = {"samsung internet": "samsung", "samsungbrowser": "samsung", "microsoft edge": "edge",
-                    "mobile safari": "safari", "chrome mobile": "chrome"}
+_OS_ALIASES = {
+    "mac os": "macos",
+    "mac os x": "macos",
+    "os x": "macos",
+    "osx": "macos",
+    "ipados": "ios",
+    "chrome os": "chromeos",
+    "win": "windows",
+}
+_BROWSER_ALIASES = {
+    "samsung internet": "samsung",
+    "samsungbrowser": "samsung",
+    "microsoft edge": "edge",
+    "mobile safari": "safari",
+    "chrome mobile": "chrome",
+}
 
 
 @lru_cache(maxsize=65_536)

@@ -38,15 +38,23 @@ class FeatureList:
     version: str
 
     @classmethod
-    def create(cls, kind: str, names: list[str] | tuple[str, ...], *, definition_version: int,
-               params: str = "", dtype: str = "float32") -> FeatureList:
+    def create(
+        cls,
+        kind: str,
+        names: list[str] | tuple[str, ...],
+        *,
+        definition_version: int,
+        params: str = "",
+        dtype: str = "float32",
+    ) -> FeatureList:
         names = tuple(names)
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
             raise SchemaError(f"feature list {kind!r} has duplicate names: {dup}")
         dtypes = (dtype,) * len(names)
-        return cls(kind, names, dtypes, definition_version, params,
-                   _version(kind, names, dtypes, definition_version, params))
+        return cls(
+            kind, names, dtypes, definition_version, params, _version(kind, names, dtypes, definition_version, params)
+        )
 
     def __len__(self) -> int:
         return len(self.names)
@@ -60,9 +68,14 @@ class FeatureList:
         return self.version == other.version and self.names == other.names
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "names": list(self.names), "dtypes": list(self.dtypes),
-                "definition_version": self.definition_version, "params": self.params,
-                "version": self.version}
+        return {
+            "kind": self.kind,
+            "names": list(self.names),
+            "dtypes": list(self.dtypes),
+            "definition_version": self.definition_version,
+            "params": self.params,
+            "version": self.version,
+        }
 
     def to_json(self) -> str:
         return orjson.dumps(self.to_dict()).decode()
@@ -72,18 +85,24 @@ class FeatureList:
         """Parse and verify: a stored version that does not match its own content is an error."""
         d = orjson.loads(text)
         try:
-            fl = cls(d["kind"], tuple(d["names"]), tuple(d["dtypes"]), int(d["definition_version"]),
-                     d.get("params", ""), d["version"])
+            fl = cls(
+                d["kind"],
+                tuple(d["names"]),
+                tuple(d["dtypes"]),
+                int(d["definition_version"]),
+                d.get("params", ""),
+                d["version"],
+            )
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"not a feature list: missing or bad field {exc}") from exc
         expected = _version(fl.kind, fl.names, fl.dtypes, fl.definition_version, fl.params)
         if expected != fl.version:
-            raise SchemaError(f"feature list {fl.kind!r} claims version {fl.version!r} but its "
-                              f"content hashes to {expected!r}")
+            raise SchemaError(
+                f"feature list {fl.kind!r} claims version {fl.version!r} but its content hashes to {expected!r}"
+            )
         return fl
 
 
-def _version(kind: str, names: tuple[str, ...], dtypes: tuple[str, ...], definition_version: int,
-             params: str) -> str:
+def _version(kind: str, names: tuple[str, ...], dtypes: tuple[str, ...], definition_version: int, params: str) -> str:
     blob = orjson.dumps([kind, list(names), list(dtypes), definition_version, params])
     return f"{kind}-v{definition_version}-{hashlib.sha256(blob).hexdigest()[:12]}"

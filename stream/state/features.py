@@ -21,15 +21,28 @@ from stream.state.featurelist import DEFINITION_VERSION, FeatureList
 from stream.state.user import UserState
 from stream.state.user_features import USER_FEATURES, primary_tz, user_row
 
-_CONTEXT = ["ctx_device_desktop", "ctx_device_mobile", "ctx_device_tablet", "ctx_os_code",
-            "ctx_browser_code", "ctx_local_hour", "ctx_weekday"]
+_CONTEXT = [
+    "ctx_device_desktop",
+    "ctx_device_mobile",
+    "ctx_device_tablet",
+    "ctx_os_code",
+    "ctx_browser_code",
+    "ctx_local_hour",
+    "ctx_weekday",
+]
 
 CLICK_FEATURES = FeatureList.create(
-    "click", [*USER_FEATURES.names, *ARTICLE_FEATURES.names, "position", *_CONTEXT],
-    definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint())
+    "click",
+    [*USER_FEATURES.names, *ARTICLE_FEATURES.names, "position", *_CONTEXT],
+    definition_version=DEFINITION_VERSION,
+    params=DEFAULT_CONFIG.fingerprint(),
+)
 ENGAGEMENT_FEATURES = FeatureList.create(
-    "engagement", [*USER_FEATURES.names, *_CONTEXT],
-    definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint())
+    "engagement",
+    [*USER_FEATURES.names, *_CONTEXT],
+    definition_version=DEFINITION_VERSION,
+    params=DEFAULT_CONFIG.fingerprint(),
+)
 
 
 def _ev(event: Mapping[str, Any] | Ev) -> Ev:
@@ -40,25 +53,29 @@ def context_row(user: UserState, ev: Ev) -> list[float]:
     """Device one-hot, os/browser codes, local hour and weekday of the event being scored."""
     hour, weekday, _ = local_time(ev.t, ev.tz or primary_tz(user))
     d = ev.device
-    return [float(d == 1), float(d == 2), float(d == 3), float(ev.os), float(ev.browser),
-            float(hour), float(weekday)]
+    return [float(d == 1), float(d == 2), float(d == 3), float(ev.os), float(ev.browser), float(hour), float(weekday)]
 
 
-def click_row(user: UserState, article: ArticleState, event: Mapping[str, Any] | Ev,
-              config: StateConfig = DEFAULT_CONFIG) -> list[float]:
+def click_row(
+    user: UserState, article: ArticleState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG
+) -> list[float]:
     ev = _ev(event)
-    return [*user_row(user, ev.t, config), *article_row(article, ev.t, config),
-            float(ev.pos) if ev.pos else float("nan"), *context_row(user, ev)]
+    return [
+        *user_row(user, ev.t, config),
+        *article_row(article, ev.t, config),
+        float(ev.pos) if ev.pos else float("nan"),
+        *context_row(user, ev),
+    ]
 
 
-def engagement_row(user: UserState, event: Mapping[str, Any] | Ev,
-                   config: StateConfig = DEFAULT_CONFIG) -> list[float]:
+def engagement_row(user: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> list[float]:
     ev = _ev(event)
     return [*user_row(user, ev.t, config), *context_row(user, ev)]
 
 
-def click_features(user: UserState, article: ArticleState, event: Mapping[str, Any] | Ev,
-                   config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def click_features(
+    user: UserState, article: ArticleState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG
+) -> np.ndarray:
     """One click-model row (float32, :data:`CLICK_FEATURES` order) for an article_impression.
 
     Call it *before* applying the impression to either state.
@@ -66,8 +83,9 @@ def click_features(user: UserState, article: ArticleState, event: Mapping[str, A
     return np.asarray(click_row(user, article, event, config), dtype=np.float32)
 
 
-def engagement_features(user: UserState, event: Mapping[str, Any] | Ev,
-                        config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def engagement_features(
+    user: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG
+) -> np.ndarray:
     """One engagement-model row (float32, :data:`ENGAGEMENT_FEATURES` order) at a session_start.
 
     Call it *before* applying the session_start to the user state.
@@ -75,9 +93,12 @@ def engagement_features(user: UserState, event: Mapping[str, Any] | Ev,
     return np.asarray(engagement_row(user, event, config), dtype=np.float32)
 
 
-def click_features_batch(users: Sequence[UserState], articles: Sequence[ArticleState],
-                         events: Sequence[Mapping[str, Any] | Ev],
-                         config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def click_features_batch(
+    users: Sequence[UserState],
+    articles: Sequence[ArticleState],
+    events: Sequence[Mapping[str, Any] | Ev],
+    config: StateConfig = DEFAULT_CONFIG,
+) -> np.ndarray:
     """2-D float32 matrix of click rows for a micro-batch."""
     out = np.empty((len(events), len(CLICK_FEATURES)), dtype=np.float32)
     for i, (u, a, e) in enumerate(zip(users, articles, events, strict=True)):
@@ -85,8 +106,9 @@ def click_features_batch(users: Sequence[UserState], articles: Sequence[ArticleS
     return out
 
 
-def engagement_features_batch(users: Sequence[UserState], events: Sequence[Mapping[str, Any] | Ev],
-                              config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def engagement_features_batch(
+    users: Sequence[UserState], events: Sequence[Mapping[str, Any] | Ev], config: StateConfig = DEFAULT_CONFIG
+) -> np.ndarray:
     """2-D float32 matrix of engagement rows for a micro-batch."""
     out = np.empty((len(events), len(ENGAGEMENT_FEATURES)), dtype=np.float32)
     for i, (u, e) in enumerate(zip(users, events, strict=True)):

@@ -70,12 +70,18 @@ def session_engagement_frame(events: pd.DataFrame, time_col: str = "event_time")
     """
     kinds = events["event_type"].astype(str)
     points = kinds.map(dict(ENGAGEMENT_WEIGHTS)).fillna(0.0).astype(float)
-    g = pd.DataFrame({"s": events["session_id"].astype(str).to_numpy(), "pts": points.to_numpy(),
-                      "t": events[time_col].astype("int64").to_numpy(),
-                      "dur": events["duration_ms"].astype("Float64").where(kinds == "session_end")
-                      .to_numpy(dtype=float, na_value=float("nan"))})
-    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"),
-                                         dur=("dur", "max"))
+    g = pd.DataFrame(
+        {
+            "s": events["session_id"].astype(str).to_numpy(),
+            "pts": points.to_numpy(),
+            "t": events[time_col].astype("int64").to_numpy(),
+            "dur": events["duration_ms"]
+            .astype("Float64")
+            .where(kinds == "session_end")
+            .to_numpy(dtype=float, na_value=float("nan")),
+        }
+    )
+    agg = g.groupby("s", sort=False).agg(pts=("pts", "sum"), t0=("t", "min"), t1=("t", "max"), dur=("dur", "max"))
     dur = agg["dur"].fillna(agg["t1"] - agg["t0"]).astype(float).clip(lower=0)
     minutes = (dur / 60_000.0).clip(upper=ENGAGEMENT_MAX_MINUTES)
     return (agg["pts"] + ENGAGEMENT_POINTS_PER_MINUTE * minutes).clip(upper=ENGAGEMENT_CAP)

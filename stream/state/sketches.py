@@ -124,9 +124,21 @@ class Writer:
         if _BIG:  # pragma: no cover
             fa.byteswap()
         raw = self.raw
-        body = b"".join((_HEAD.pack(fmt, len(w), cw, len(t), ct, len(s), cs, len(n), cn, len(x), cx,
-                                    len(c), cc, len(f), len(raw)),
-                         bw, bt, bs, bn, bx, bc, fa.tobytes(), raw))
+        body = b"".join(
+            (
+                _HEAD.pack(
+                    fmt, len(w), cw, len(t), ct, len(s), cs, len(n), cn, len(x), cx, len(c), cc, len(f), len(raw)
+                ),
+                bw,
+                bt,
+                bs,
+                bn,
+                bx,
+                bc,
+                fa.tobytes(),
+                raw,
+            )
+        )
         return body + _CRC.pack(zlib.crc32(body))
 
 
@@ -169,15 +181,29 @@ def decode(data: bytes, fmt: int, what: str) -> Groups:
     p7 = p6 + 8 * nf
     if p7 + nraw != end:
         raise SchemaError(f"{what} state: {len(data)} bytes, the header says otherwise")
-    ints = (array(codes[0], data[p0:p1]), array(codes[1], data[p1:p2]), array(codes[2], data[p2:p3]),
-            array(codes[3], data[p3:p4]), array(codes[4], data[p4:p5]), array(codes[5], data[p5:p6]))
+    ints = (
+        array(codes[0], data[p0:p1]),
+        array(codes[1], data[p1:p2]),
+        array(codes[2], data[p2:p3]),
+        array(codes[3], data[p3:p4]),
+        array(codes[4], data[p4:p5]),
+        array(codes[5], data[p5:p6]),
+    )
     floats = array("d", data[p6:p7])
     if _BIG:  # pragma: no cover
         for a in ints:
             a.byteswap()
         floats.byteswap()
-    return Groups(ints[0].tolist(), ints[1].tolist(), ints[2].tolist(), ints[3].tolist(), ints[4].tolist(),
-                  ints[5].tolist(), floats.tolist(), data[p7:end])
+    return Groups(
+        ints[0].tolist(),
+        ints[1].tolist(),
+        ints[2].tolist(),
+        ints[3].tolist(),
+        ints[4].tolist(),
+        ints[5].tolist(),
+        floats.tolist(),
+        data[p7:end],
+    )
 
 
 # --- windowed counts ---------------------------------------------------------------------------
@@ -263,7 +289,7 @@ class BucketCounts:
         """Set the buckets from what :meth:`write` wrote (``flat`` = the rows, concatenated)."""
         ref = ref_t // self.width
         nt = self.ntypes
-        self.c = {ref - a: flat[i:i + nt] for i, a in zip(range(0, len(flat), nt), ages, strict=True)}
+        self.c = {ref - a: flat[i : i + nt] for i, a in zip(range(0, len(flat), nt), ages, strict=True)}
         self.win = {}
 
 
@@ -325,7 +351,7 @@ class DistinctCounter:
         assert regs is not None
         m = len(regs)
         alpha = {16: 0.673, 32: 0.697, 64: 0.709}.get(m, 0.7213 / (1 + 1.079 / m))
-        est = alpha * m * m / sum(2.0 ** -r for r in regs)
+        est = alpha * m * m / sum(2.0**-r for r in regs)
         zeros = regs.count(0)
         if est <= 2.5 * m and zeros:
             est = m * math.log(m / zeros)

@@ -20,16 +20,28 @@ START_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 
 BRANDS = ("daily", "tech", "sport", "money", "style", "auto")
 CATEGORIES = tuple(f"cat{i}" for i in range(18))
-PLACES = (("DE", "Berlin", "Europe/Berlin"), ("DE", "Munich", "Europe/Berlin"),
-          ("GB", "London", "Europe/London"), ("US", "New York", "America/New_York"),
-          ("US", "Chicago", "America/Chicago"), ("FR", "Paris", "Europe/Paris"),
-          ("JP", "Tokyo", "Asia/Tokyo"))
-DEVICES = (("desktop", "Windows", "Chrome"), ("desktop", "macOS", "Safari"), ("mobile", "iOS", "Safari"),
-           ("mobile", "Android", "Chrome"), ("tablet", "iPadOS", "Safari"), ("mobile", "Android", "Samsung Internet"))
+PLACES = (
+    ("DE", "Berlin", "Europe/Berlin"),
+    ("DE", "Munich", "Europe/Berlin"),
+    ("GB", "London", "Europe/London"),
+    ("US", "New York", "America/New_York"),
+    ("US", "Chicago", "America/Chicago"),
+    ("FR", "Paris", "Europe/Paris"),
+    ("JP", "Tokyo", "Asia/Tokyo"),
+)
+DEVICES = (
+    ("desktop", "Windows", "Chrome"),
+    ("desktop", "macOS", "Safari"),
+    ("mobile", "iOS", "Safari"),
+    ("mobile", "Android", "Chrome"),
+    ("tablet", "iPadOS", "Safari"),
+    ("mobile", "Android", "Samsung Internet"),
+)
 
 
-def generate_events(n_users: int = 100, days: int = 30, seed: int = 0, start_ms: int = START_MS,
-                    n_articles: int = 400) -> list[dict[str, Any]]:
+def generate_events(
+    n_users: int = 100, days: int = 30, seed: int = 0, start_ms: int = START_MS, n_articles: int = 400
+) -> list[dict[str, Any]]:
     """Events of ``n_users`` over ``days`` days, sorted by (event_time, event_id)."""
     rng = random.Random(seed)
     out: list[dict[str, Any]] = []
@@ -39,8 +51,7 @@ def generate_events(n_users: int = 100, days: int = 30, seed: int = 0, start_ms:
     return out
 
 
-def _user(rng: random.Random, uid: str, days: int, start_ms: int, n_articles: int,
-          out: list[dict[str, Any]]) -> None:
+def _user(rng: random.Random, uid: str, days: int, start_ms: int, n_articles: int, out: list[dict[str, Any]]) -> None:
     rate = rng.choice((0.1, 0.3, 0.7, 1.5, 3.0))  # sessions per day
     stop = start_ms + int(rng.uniform(0.2, 1.5) * days * DAY_MS)  # some users churn
     place = rng.choice(PLACES)
@@ -55,12 +66,15 @@ def _user(rng: random.Random, uid: str, days: int, start_ms: int, n_articles: in
         s += 1
         d = dev if rng.random() < 0.9 else rng.choice(DEVICES)
         p = place if rng.random() < 0.95 else rng.choice(PLACES)
-        base = {"schema_version": 1, "user_id": uid, "session_id": sid,
-                "device": {"type": d[0], "os": d[1], "browser": d[2]},
-                "geo": {"country": p[0], "city": p[1], "timezone": p[2]}}
+        base = {
+            "schema_version": 1,
+            "user_id": uid,
+            "session_id": sid,
+            "device": {"type": d[0], "os": d[1], "browser": d[2]},
+            "geo": {"country": p[0], "city": p[1], "timezone": p[2]},
+        }
 
-        def emit(kind: str, at: int, extra: dict[str, Any] | None = None,
-                 base: dict[str, Any] = base) -> None:
+        def emit(kind: str, at: int, extra: dict[str, Any] | None = None, base: dict[str, Any] = base) -> None:
             nonlocal n
             ev = dict(base, event_id=f"{uid}-{n}", event_type=kind, event_time=at, **(extra or {}))
             n += 1
@@ -72,8 +86,11 @@ def _user(rng: random.Random, uid: str, days: int, start_ms: int, n_articles: in
             t += rng.randint(3_000, 90_000)
             r = rng.random()
             brand = rng.choice(fav) if rng.random() < 0.7 else rng.choice(BRANDS)
-            art: dict[str, Any] = {"article_id": f"a{min(int(rng.paretovariate(1.2)), n_articles)}", "brand": brand,
-                   "category": rng.choice(CATEGORIES)}
+            art: dict[str, Any] = {
+                "article_id": f"a{min(int(rng.paretovariate(1.2)), n_articles)}",
+                "brand": brand,
+                "category": rng.choice(CATEGORIES),
+            }
             if r < 0.45:
                 pos = rng.randint(1, 10)
                 emit("article_impression", t, {"position": pos, **art})

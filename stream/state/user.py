@@ -74,8 +74,7 @@ class UserState(UserFields):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return (f"UserState(max_t={self.max_t}, events={sum(self.tot)}, pending={len(self.pending)}, "
-                f"late={self.late})")
+        return f"UserState(max_t={self.max_t}, events={sum(self.tot)}, pending={len(self.pending)}, late={self.late})"
 
 
 def new_user_state() -> UserState:
@@ -87,8 +86,7 @@ def _as_ev(event: Mapping[str, Any] | Ev) -> Ev:
     return event if isinstance(event, Ev) else encode_event(event)
 
 
-def apply_user(state: UserState, event: Mapping[str, Any] | Ev,
-               config: StateConfig = DEFAULT_CONFIG) -> Outcome:
+def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> Outcome:
     """Apply one event in place; returns whether it was applied, a duplicate, or too late."""
     ev = _as_ev(event)
     idh = ev.idh
@@ -164,8 +162,7 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev,
     return Outcome.APPLIED
 
 
-def update_user(state: UserState, event: Mapping[str, Any] | Ev,
-                config: StateConfig = DEFAULT_CONFIG) -> UserState:
+def update_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> UserState:
     """Apply one event (dict following session_event v1, or an encoded :class:`Ev`); returns ``state``."""
     apply_user(state, event, config)
     return state

@@ -121,12 +121,12 @@ def decode_user(data: bytes, cls: type[U]) -> U:
         _, st.min_t, st.last_ss, st.nl_t, st.sub_t, st.cents, s.dm.t = wide
         n_pending, n_ring, n_closed, has_cur = small[:4]
         st.late, s.n = counters[:2]
-        st.tot = counters[2:2 + _N_TYPES]
+        st.tot = counters[2 : 2 + _N_TYPES]
         # read positions in each group
         at_small, at_counter, at_hash, at_bucket, at_raw = 4, 2 + _N_TYPES, 0, 0, 0
         for bc in st.buckets:
             k = small[at_small]
-            ages = small[at_small + 1:at_small + 1 + k]
+            ages = small[at_small + 1 : at_small + 1 + k]
             at_small += 1 + k
             end = at_bucket + k * bc.ntypes
             bc.load(ref, ages, bucket_counts[at_bucket:end])
@@ -136,34 +136,47 @@ def decode_user(data: bytes, cls: type[U]) -> U:
             at_small += 1
             k = tag >> 1
             if tag & 1:
-                d.s, d.regs = None, bytearray(raw[at_raw:at_raw + k])
+                d.s, d.regs = None, bytearray(raw[at_raw : at_raw + k])
                 at_raw += k
             else:
-                d.s, d.regs = set(hashes[at_hash:at_hash + k]), None
+                d.s, d.regs = set(hashes[at_hash : at_hash + k]), None
                 at_hash += k
         for p in (st.p_brand, st.p_device, st.p_os, st.p_browser, st.p_country, st.p_city, st.p_tz):
             k = small[at_small]
             at_small += 1
             p.other = counters[at_counter]
-            p.c = dict(zip(hashes[at_hash:at_hash + k], counters[at_counter + 1:at_counter + 1 + k], strict=True))
+            p.c = dict(zip(hashes[at_hash : at_hash + k], counters[at_counter + 1 : at_counter + 1 + k], strict=True))
             at_hash += k
             at_counter += 1 + k
         if n_pending:
-            types = small[at_small:at_small + n_pending]
+            types = small[at_small : at_small + n_pending]
             at_small += n_pending
-            st.pending = list(zip([ref - d for d in times[:n_pending]], [TYPE_RANK[c] for c in types],
-                                  hashes[at_hash:at_hash + n_pending], types,
-                                  hashes[at_hash + n_pending:at_hash + 2 * n_pending],
-                                  times[n_pending:2 * n_pending], strict=True))
+            st.pending = list(
+                zip(
+                    [ref - d for d in times[:n_pending]],
+                    [TYPE_RANK[c] for c in types],
+                    hashes[at_hash : at_hash + n_pending],
+                    types,
+                    hashes[at_hash + n_pending : at_hash + 2 * n_pending],
+                    times[n_pending : 2 * n_pending],
+                    strict=True,
+                )
+            )
             at_hash += 2 * n_pending
         at_time = 2 * n_pending
-        st.ring = hashes[at_hash:at_hash + n_ring]
+        st.ring = hashes[at_hash : at_hash + n_ring]
         at_hash += n_ring
-        s.closed = hashes[at_hash:at_hash + n_closed]
+        s.closed = hashes[at_hash : at_hash + n_closed]
         at_hash += n_closed
         if has_cur:
-            s.cur = OpenSession(hashes[at_hash], ref - times[at_time], ref - times[at_time + 1], counters[at_counter],
-                                counters[at_counter + 1:at_counter + 1 + _N_ENGAGEMENT], times[at_time + 2])
+            s.cur = OpenSession(
+                hashes[at_hash],
+                ref - times[at_time],
+                ref - times[at_time + 1],
+                counters[at_counter],
+                counters[at_counter + 1 : at_counter + 1 + _N_ENGAGEMENT],
+                times[at_time + 2],
+            )
             at_hash += 1
             at_time += 3
             at_counter += 1 + _N_ENGAGEMENT
@@ -171,7 +184,9 @@ def decode_user(data: bytes, cls: type[U]) -> U:
         consumed = (at_small, at_counter, at_hash, at_bucket, at_raw, at_time, len(s.dm.means))
     except (IndexError, ValueError, TypeError) as exc:
         raise SchemaError(f"user state: inconsistent contents ({exc})") from None
-    if (consumed != (len(small), len(counters), len(hashes), len(bucket_counts), len(raw), len(times), 3)
-            or len(wide) != _N_WIDE):
+    if (
+        consumed != (len(small), len(counters), len(hashes), len(bucket_counts), len(raw), len(times), 3)
+        or len(wide) != _N_WIDE
+    ):
         raise SchemaError("user state: contents do not match their counts (trailing data)")
     return st

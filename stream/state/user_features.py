@@ -25,40 +25,68 @@ _NAN = float("nan")
 def _user_names() -> list[str]:
     names = [f"n_{typ}_{w}" for typ in EVENT_TYPES for w, _, _ in WINDOWS]
     names += [
-        "total_events", "total_sessions", "tenure_days",
-        "days_since_last_event", "days_since_last_session", "recency_score",
-        "session_open", "session_events", "session_minutes", "session_engagement",
-        "sessions_closed", "avg_session_minutes", "avg_events_per_session", "avg_session_engagement",
-        "session_frequency", "engagement_per_minute",
-        "active_days_7d", "active_days_30d", "activity_score",
-        "ctr_30d", "ctr_lifetime",
-        "distinct_brands", "distinct_categories", "brand_loyalty", "primary_brand_code",
-        "primary_country_code", "primary_city_code", "primary_tz_code", "tz_offset_hours",
-        "device_desktop", "device_mobile", "device_tablet", "device_types_seen",
-        "primary_os_code", "primary_browser_code",
-        "newsletter_flag", "subscription_flag", "days_since_newsletter", "days_since_subscription",
+        "total_events",
+        "total_sessions",
+        "tenure_days",
+        "days_since_last_event",
+        "days_since_last_session",
+        "recency_score",
+        "session_open",
+        "session_events",
+        "session_minutes",
+        "session_engagement",
+        "sessions_closed",
+        "avg_session_minutes",
+        "avg_events_per_session",
+        "avg_session_engagement",
+        "session_frequency",
+        "engagement_per_minute",
+        "active_days_7d",
+        "active_days_30d",
+        "activity_score",
+        "ctr_30d",
+        "ctr_lifetime",
+        "distinct_brands",
+        "distinct_categories",
+        "brand_loyalty",
+        "primary_brand_code",
+        "primary_country_code",
+        "primary_city_code",
+        "primary_tz_code",
+        "tz_offset_hours",
+        "device_desktop",
+        "device_mobile",
+        "device_tablet",
+        "device_types_seen",
+        "primary_os_code",
+        "primary_browser_code",
+        "newsletter_flag",
+        "subscription_flag",
+        "days_since_newsletter",
+        "days_since_subscription",
         "revenue_total",
     ]
     return names
 
 
-USER_FEATURES = FeatureList.create("user", _user_names(), definition_version=DEFINITION_VERSION,
-                                   params=DEFAULT_CONFIG.fingerprint())
-CHURN_FEATURES = FeatureList.create("churn", USER_FEATURES.names, definition_version=DEFINITION_VERSION,
-                                    params=DEFAULT_CONFIG.fingerprint())
-CONVERSION_FEATURES = FeatureList.create("conversion", USER_FEATURES.names,
-                                         definition_version=DEFINITION_VERSION,
-                                         params=DEFAULT_CONFIG.fingerprint())
+USER_FEATURES = FeatureList.create(
+    "user", _user_names(), definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint()
+)
+CHURN_FEATURES = FeatureList.create(
+    "churn", USER_FEATURES.names, definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint()
+)
+CONVERSION_FEATURES = FeatureList.create(
+    "conversion", USER_FEATURES.names, definition_version=DEFINITION_VERSION, params=DEFAULT_CONFIG.fingerprint()
+)
 
 
 def user_feature_list(config: StateConfig = DEFAULT_CONFIG) -> FeatureList:
     """The user feature list for a non-default config (its version differs when values would)."""
     if config.fingerprint() == DEFAULT_CONFIG.fingerprint():
         return USER_FEATURES
-    return FeatureList.create("user", USER_FEATURES.names, definition_version=DEFINITION_VERSION,
-                              params=config.fingerprint())
-
-
+    return FeatureList.create(
+        "user", USER_FEATURES.names, definition_version=DEFINITION_VERSION, params=config.fingerprint()
+    )
 
 
 def primary_tz(state: UserState) -> int:
@@ -76,17 +104,29 @@ def user_row(state: UserState, as_of: int, config: StateConfig = DEFAULT_CONFIG)
     a = as_of if as_of > max_t else max_t
     b5m, b1h, b1d = state.buckets
     w7d, w30 = b1d.windows(a, (7, 30))
-    row: list[float] = list(map(float, chain.from_iterable(zip(b5m.window(a, 12), b1h.window(a, 24), w7d, w30,
-                                                                strict=True))))
+    row: list[float] = list(
+        map(float, chain.from_iterable(zip(b5m.window(a, 12), b1h.window(a, 24), w7d, w30, strict=True)))
+    )
     tot = state.tot
     if max_t >= 0:
         days_last = (a - max_t) / DAY_MS
-        row += (float(sum(tot)), float(tot[T_SESSION_START]), (a - state.min_t) / DAY_MS, days_last,
-                (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN,
-                math.exp(-days_last / config.recency_days))
+        row += (
+            float(sum(tot)),
+            float(tot[T_SESSION_START]),
+            (a - state.min_t) / DAY_MS,
+            days_last,
+            (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN,
+            math.exp(-days_last / config.recency_days),
+        )
     else:
-        row += (float(sum(tot)), float(tot[T_SESSION_START]), _NAN, _NAN,
-                (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN, 0.0)
+        row += (
+            float(sum(tot)),
+            float(tot[T_SESSION_START]),
+            _NAN,
+            _NAN,
+            (a - state.last_ss) / DAY_MS if state.last_ss >= 0 else _NAN,
+            0.0,
+        )
     sv = session_view(state, config)
     cur = sv.cur
     if cur is not None and a - cur.last <= config.session_timeout_ms:
@@ -97,8 +137,7 @@ def user_row(state: UserState, as_of: int, config: StateConfig = DEFAULT_CONFIG)
     if sv.n:
         dm = sv.dm
         m_min, m_ev, m_eng = dm.means
-        row += (float(sv.n), m_min, m_ev, m_eng, dm.weight_at(a, config.session_half_life_ms),
-                m_eng / max(m_min, 1.0))
+        row += (float(sv.n), m_min, m_ev, m_eng, dm.weight_at(a, config.session_half_life_ms), m_eng / max(m_min, 1.0))
     else:
         row += (0.0, _NAN, _NAN, _NAN, 0.0, _NAN)
     d30 = b1d.active(a, 30)
@@ -108,18 +147,32 @@ def user_row(state: UserState, as_of: int, config: StateConfig = DEFAULT_CONFIG)
     p_device = state.p_device
     dev = p_device.top()[0]
     nl_t, sub_t = state.nl_t, state.sub_t
-    row += (float(b1d.active(a, 7)), float(d30), d30 / 30.0,
-            (w30[T_CLICK] + prior * strength) / (w30[T_IMPRESSION] + strength),
-            (tot[T_CLICK] + prior * strength) / (tot[T_IMPRESSION] + strength),
-            state.brands.count(), state.cats.count(), b_n / b_total if b_total else _NAN, feature_code(b_code),
-            float(state.p_country.top()[0]), feature_code(state.p_city.top()[0]), feature_code(tz),
-            local_time(a, tz)[2] if tz else _NAN,
-            float(dev == 1), float(dev == 2), float(dev == 3), float(len(p_device.c) + (p_device.other > 0)),
-            float(state.p_os.top()[0]), float(state.p_browser.top()[0]),
-            float(nl_t >= 0), float(sub_t >= 0),
-            (a - nl_t) / DAY_MS if nl_t >= 0 else _NAN,
-            (a - sub_t) / DAY_MS if sub_t >= 0 else _NAN,
-            state.cents / 100.0)
+    row += (
+        float(b1d.active(a, 7)),
+        float(d30),
+        d30 / 30.0,
+        (w30[T_CLICK] + prior * strength) / (w30[T_IMPRESSION] + strength),
+        (tot[T_CLICK] + prior * strength) / (tot[T_IMPRESSION] + strength),
+        state.brands.count(),
+        state.cats.count(),
+        b_n / b_total if b_total else _NAN,
+        feature_code(b_code),
+        float(state.p_country.top()[0]),
+        feature_code(state.p_city.top()[0]),
+        feature_code(tz),
+        local_time(a, tz)[2] if tz else _NAN,
+        float(dev == 1),
+        float(dev == 2),
+        float(dev == 3),
+        float(len(p_device.c) + (p_device.other > 0)),
+        float(state.p_os.top()[0]),
+        float(state.p_browser.top()[0]),
+        float(nl_t >= 0),
+        float(sub_t >= 0),
+        (a - nl_t) / DAY_MS if nl_t >= 0 else _NAN,
+        (a - sub_t) / DAY_MS if sub_t >= 0 else _NAN,
+        state.cents / 100.0,
+    )
     return row
 
 
@@ -128,8 +181,9 @@ def user_features(state: UserState, as_of: int, config: StateConfig = DEFAULT_CO
     return np.asarray(user_row(state, as_of, config), dtype=np.float32)
 
 
-def user_features_batch(states: Sequence[UserState], as_of: Sequence[int] | int,
-                        config: StateConfig = DEFAULT_CONFIG) -> np.ndarray:
+def user_features_batch(
+    states: Sequence[UserState], as_of: Sequence[int] | int, config: StateConfig = DEFAULT_CONFIG
+) -> np.ndarray:
     """2-D float32 matrix, one row per state (one XGBoost ``inplace_predict`` per micro-batch)."""
     ts = [as_of] * len(states) if isinstance(as_of, int) else list(as_of)
     out = np.empty((len(states), len(USER_FEATURES)), dtype=np.float32)

@@ -32,8 +32,9 @@ class OpenSession:
 
     __slots__ = ("end_duration", "engagement_counts", "events", "last", "session_hash", "start")
 
-    def __init__(self, session_hash: int, start: int, last: int, events: int, engagement_counts: list[int],
-                 end_duration: int) -> None:
+    def __init__(
+        self, session_hash: int, start: int, last: int, events: int, engagement_counts: list[int], end_duration: int
+    ) -> None:
         self.session_hash = session_hash
         self.start = start
         self.last = last
@@ -49,8 +50,9 @@ class OpenSession:
         return dur, engagement_score(dict(zip(ENGAGEMENT_TYPES, self.engagement_counts, strict=True)), dur)
 
     def copy(self) -> OpenSession:
-        return OpenSession(self.session_hash, self.start, self.last, self.events, list(self.engagement_counts),
-                           self.end_duration)
+        return OpenSession(
+            self.session_hash, self.start, self.last, self.events, list(self.engagement_counts), self.end_duration
+        )
 
 
 class Sessions:
@@ -113,9 +115,30 @@ class Sessions:
 class UserFields:
     """The fields of a user state, empty as for a user never seen."""
 
-    __slots__ = ("brands", "buckets", "cats", "cents", "last_ss", "late", "max_t", "min_t", "nl_t",
-                 "p_brand", "p_browser", "p_city", "p_country", "p_device", "p_os", "p_tz", "pending",
-                 "ring", "sess", "sub_t", "tot", "view")
+    __slots__ = (
+        "brands",
+        "buckets",
+        "cats",
+        "cents",
+        "last_ss",
+        "late",
+        "max_t",
+        "min_t",
+        "nl_t",
+        "p_brand",
+        "p_browser",
+        "p_city",
+        "p_country",
+        "p_device",
+        "p_os",
+        "p_tz",
+        "pending",
+        "ring",
+        "sess",
+        "sub_t",
+        "tot",
+        "view",
+    )
 
     def __init__(self) -> None:
         self.max_t = -1

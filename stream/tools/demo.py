@@ -44,8 +44,11 @@ class Clock:
 
 def _env(settings: Settings, bootstrap: str) -> dict[str, str]:
     """The demo's settings as STREAM_* variables for the subprocesses."""
-    env = {f"STREAM_{k.upper()}": str(v) for k, v in settings.model_dump().items()
-           if v is not None and not hasattr(v, "get_secret_value") and not isinstance(v, tuple)}
+    env = {
+        f"STREAM_{k.upper()}": str(v)
+        for k, v in settings.model_dump().items()
+        if v is not None and not hasattr(v, "get_secret_value") and not isinstance(v, tuple)
+    }
     env["STREAM_PLACEMENTS"] = ",".join(settings.placements)
     env["STREAM_KAFKA_BOOTSTRAP"] = bootstrap
     return env
@@ -83,8 +86,11 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     >>> round(hist_quantile(m, "h", 0.75), 3)
     0.15
     """
-    buckets = sorted((float(k.split("le=")[1].rstrip("}").split(",")[0]), v)
-                     for k, v in metrics.items() if k.startswith(name + "_bucket{"))
+    buckets = sorted(
+        (float(k.split("le=")[1].rstrip("}").split(",")[0]), v)
+        for k, v in metrics.items()
+        if k.startswith(name + "_bucket{")
+    )
     total = buckets[-1][1] if buckets else 0.0
     if total == 0:
         return float("nan")
@@ -98,8 +104,9 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return lo_bound
 
 
-def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: float = 1500.0,
-             profile: str = "demo") -> int:
+def run_demo(
+    minutes: float = 2.0, users: int = 2000, days: int = 45, rate: float = 1500.0, profile: str = "demo"
+) -> int:
     from simulator import SimConfig, generate
     from simulator.sinks import backfill, produce_dataset
     from stream.clickhouse import connect
@@ -115,16 +122,27 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     root.mkdir(parents=True)
     port = free_port()
     settings = load_settings(
-        data_dir=root, chdb_path=root / "chdb", models_dir=root / "models", reports_dir=root / "reports",
-        state_dir=root / "state", worker_web_port=port, worker_id="demo-worker",
-        clickhouse_database=base.clickhouse_database if base.clickhouse_url else "demo")
+        data_dir=root,
+        chdb_path=root / "chdb",
+        models_dir=root / "models",
+        reports_dir=root / "reports",
+        state_dir=root / "state",
+        worker_web_port=port,
+        worker_id="demo-worker",
+        clickhouse_database=base.clickhouse_database if base.clickhouse_url else "demo",
+    )
     # enough live days for `minutes` of traffic at `rate` (the simulator makes ~8-12 events per user-day)
     live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
     worker: WorkerProcess | None = None
-    where = (f"server {settings.clickhouse_url}" if settings.clickhouse_url
-             else f"embedded (chdb in {settings.chdb_path}, served to every process by a local server)")
-    with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions,
-                           settings.max_message_bytes) as (bootstrap, jvm):
+    where = (
+        f"server {settings.clickhouse_url}"
+        if settings.clickhouse_url
+        else f"embedded (chdb in {settings.chdb_path}, served to every process by a local server)"
+    )
+    with kafka_or_embedded(settings.kafka_bootstrap, settings.topic_partitions, settings.max_message_bytes) as (
+        bootstrap,
+        jvm,
+    ):
         if jvm is not None:
             settings = clients.for_embedded(settings)
         clock.say(f"Kafka at {bootstrap}; ClickHouse: {where}")
@@ -149,8 +167,13 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
 
         # 3. train and promote
         env = _env(settings, bootstrap)
-        proc = subprocess.run([sys.executable, "-m", "batch_training", "run", "--profile", profile, "--no-progress"],
-                              env={**os.environ, **env}, capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "batch_training", "run", "--profile", profile, "--no-progress"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         (root / "training.log").write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:
             raise InfraError(f"training failed; see {root / 'training.log'}")
@@ -166,8 +189,15 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
             n_live = int(minutes * 60 * rate)
             live = dataclasses.replace(live, table=live.table.slice(0, n_live))
             t_live = time.monotonic()
-            sent = produce_dataset(live, bootstrap, settings.topic("session-events"), rate=rate,
-                                   shift_to_now=True, progress=False, settings=settings)
+            sent = produce_dataset(
+                live,
+                bootstrap,
+                settings.topic("session-events"),
+                rate=rate,
+                shift_to_now=True,
+                progress=False,
+                settings=settings,
+            )
             clock.say(f"streamed {sent:,} live events in {time.monotonic() - t_live:.0f}s; waiting for the worker")
             deadline = time.monotonic() + 120
             m = _metrics(port)
@@ -176,11 +206,18 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
                 m = _metrics(port)
             processed = _sum(m, "stream_events_total")
             elapsed = time.monotonic() - t_live
-            sample_msgs = consume(bootstrap, settings.topic("predictions"), until=lambda got: len(got) >= 3,
-                                  timeout_s=20, settings=settings)
-            console = (_console_consumer(bootstrap, settings.topic("predictions"))
-                       if settings.kafka_security_protocol == "PLAINTEXT"
-                       else ["(skipped: the console consumer would need the credentials in a properties file)"])
+            sample_msgs = consume(
+                bootstrap,
+                settings.topic("predictions"),
+                until=lambda got: len(got) >= 3,
+                timeout_s=20,
+                settings=settings,
+            )
+            console = (
+                _console_consumer(bootstrap, settings.topic("predictions"))
+                if settings.kafka_security_protocol == "PLAINTEXT"
+                else ["(skipped: the console consumer would need the credentials in a properties file)"]
+            )
         finally:
             if worker is not None:
                 worker.stop()
@@ -190,20 +227,28 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     # 6. summary
     ch = connect(settings)
     try:
-        per_model = ch.query_df("SELECT model_name, model_version, count() AS predictions, round(avg(score), 4) AS "
-                                "mean_score FROM {db}.predictions FINAL GROUP BY model_name, model_version "
-                                "ORDER BY model_name")
-        decisions = ch.query_df("SELECT context, placement, count() AS decisions, round(avg(propensity), 3) AS "
-                                "mean_propensity FROM {db}.bandit_decisions FINAL GROUP BY context, placement "
-                                "ORDER BY context, decisions DESC")
+        per_model = ch.query_df(
+            "SELECT model_name, model_version, count() AS predictions, round(avg(score), 4) AS "
+            "mean_score FROM {db}.predictions FINAL GROUP BY model_name, model_version "
+            "ORDER BY model_name"
+        )
+        decisions = ch.query_df(
+            "SELECT context, placement, count() AS decisions, round(avg(propensity), 3) AS "
+            "mean_propensity FROM {db}.bandit_decisions FINAL GROUP BY context, placement "
+            "ORDER BY context, decisions DESC"
+        )
     finally:
         ch.close()
     q50, q90, q99 = (hist_quantile(m, "stream_ingest_to_publish_seconds", q) * 1000 for q in (0.5, 0.9, 0.99))
     print("\n================ summary ================")
-    print(f"events processed by the worker : {processed:,.0f} of {sent:,} streamed "
-          f"({processed / max(elapsed, 1e-9):,.0f} events/s over {elapsed:.0f}s, offered {rate:,.0f}/s)")
-    print(f"ingest -> prediction latency    : p50 {q50:,.0f} ms, p90 {q90:,.0f} ms, p99 {q99:,.0f} ms "
-          "(input record's Kafka timestamp to publish; worker histogram)")
+    print(
+        f"events processed by the worker : {processed:,.0f} of {sent:,} streamed "
+        f"({processed / max(elapsed, 1e-9):,.0f} events/s over {elapsed:.0f}s, offered {rate:,.0f}/s)"
+    )
+    print(
+        f"ingest -> prediction latency    : p50 {q50:,.0f} ms, p90 {q90:,.0f} ms, p99 {q99:,.0f} ms "
+        "(input record's Kafka timestamp to publish; worker histogram)"
+    )
     print(f"dead-lettered records           : {_sum(m, 'stream_invalid_events_total'):,.0f}")
     print("\npredictions per model (ClickHouse, FINAL):")
     print(per_model.to_string(index=False))
@@ -212,25 +257,34 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
         print("  " + (msg.value() or b"").decode()[:220])
     print("\nbandit posteriors (Beta alpha/beta per context and placement, all partitions merged):")
     for ctx, arms in sorted(posteriors.items()):
-        cells = ", ".join(f"{arm} {1 + c}/{1 + i - c} (mean {(1 + c) / (2 + i):.3f})"
-                          for arm, (i, c) in sorted(arms.items()))
+        cells = ", ".join(
+            f"{arm} {1 + c}/{1 + i - c} (mean {(1 + c) / (2 + i):.3f})" for arm, (i, c) in sorted(arms.items())
+        )
         print(f"  {ctx:8s} {cells}")
     print("\nbandit decisions (ClickHouse):")
     print(decisions.to_string(index=False))
     print("\nwhere the outputs live:")
     topics = ", ".join(settings.topic(t) for t in ("predictions", "bandit-decisions", "session-events-dlq"))
-    print(f"  Kafka topics      : {topics} (the embedded broker is gone after the demo; "
-          "`python -m stream kafka up` runs one that stays)")
-    print(f"  ClickHouse        : database `{settings.clickhouse_database}`, tables predictions, bandit_decisions, "
-          f"events, truth_* ({settings.chdb_path})")
+    print(
+        f"  Kafka topics      : {topics} (the embedded broker is gone after the demo; "
+        "`python -m stream kafka up` runs one that stays)"
+    )
+    print(
+        f"  ClickHouse        : database `{settings.clickhouse_database}`, tables predictions, bandit_decisions, "
+        f"events, truth_* ({settings.chdb_path})"
+    )
     print(f"  models (registry) : {settings.models_dir}")
     print(f"  reports           : {settings.reports_dir}")
     print("\nhow to query them:")
-    print(f"  STREAM_CHDB_PATH={settings.chdb_path} STREAM_CLICKHOUSE_DATABASE={settings.clickhouse_database} "
-          "python -m stream query \"SELECT model_name, count() FROM {db}.predictions FINAL GROUP BY model_name\"")
+    print(
+        f"  STREAM_CHDB_PATH={settings.chdb_path} STREAM_CLICKHOUSE_DATABASE={settings.clickhouse_database} "
+        'python -m stream query "SELECT model_name, count() FROM {db}.predictions FINAL GROUP BY model_name"'
+    )
     print("  (also while a worker runs: every process shares the directory's ClickHouse server)")
-    print("  java -cp 'kafka/lib/*' org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server HOST:PORT "
-          f"--topic {settings.topic('predictions')} --from-beginning --formatter-property print.key=true")
+    print(
+        "  java -cp 'kafka/lib/*' org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server HOST:PORT "
+        f"--topic {settings.topic('predictions')} --from-beginning --formatter-property print.key=true"
+    )
     print("  (run during the demo, that command printed:)")
     for line in console[:3]:
         print("    " + line[:200])
@@ -246,8 +300,9 @@ def run_demo(minutes: float = 2.0, users: int = 2000, days: int = 45, rate: floa
     from stream.clickhouse import local_server
 
     servers = local_server.stop(settings.chdb_path) if not settings.clickhouse_url else []
-    left = [p for p in ([worker.proc.pid] if worker and worker.proc else []) + ([jvm] if jvm else []) + servers
-            if _alive(p)]
+    left = [
+        p for p in ([worker.proc.pid] if worker and worker.proc else []) + ([jvm] if jvm else []) + servers if _alive(p)
+    ]
     if left:
         raise InfraError(f"processes still running after the demo: {left}")
     clock.say(f"done in {time.monotonic() - clock.t0:.0f}s; no process left behind")
@@ -258,9 +313,24 @@ def _console_consumer(bootstrap: str, topic: str) -> list[str]:
     """Run the Kafka CLI's console consumer for a few records (shows the subscription works)."""
     from stream.kafka.embedded import LIB_DIR, java_executable
 
-    cmd = [java_executable(), "-Xmx256m", "-cp", f"{LIB_DIR}/*", "org.apache.kafka.tools.consumer.ConsoleConsumer",
-           "--bootstrap-server", bootstrap, "--topic", topic, "--from-beginning", "--max-messages", "3",
-           "--formatter-property", "print.key=true", "--timeout-ms", "20000"]
+    cmd = [
+        java_executable(),
+        "-Xmx256m",
+        "-cp",
+        f"{LIB_DIR}/*",
+        "org.apache.kafka.tools.consumer.ConsoleConsumer",
+        "--bootstrap-server",
+        bootstrap,
+        "--topic",
+        topic,
+        "--from-beginning",
+        "--max-messages",
+        "3",
+        "--formatter-property",
+        "print.key=true",
+        "--timeout-ms",
+        "20000",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=90)
     return [line for line in proc.stdout.splitlines() if line.strip()]
 
@@ -277,4 +347,3 @@ def _posteriors(bootstrap: str, worker_id: str, settings: Settings) -> dict[str,
             if value is not None:
                 latest[msg.key()] = value
     return merged_counts(latest)
-

@@ -71,8 +71,15 @@ class IngestCheckpoint:
     done: bool = False
 
     def write(self, path: Path) -> None:
-        data = {"format": CHECKPOINT_FORMAT, "kind": "ingest", "source": self.source, "position": self.position,
-                "counts": asdict(self.counts), "rejects_bytes": self.rejects_bytes, "done": self.done}
+        data = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": "ingest",
+            "source": self.source,
+            "position": self.position,
+            "counts": asdict(self.counts),
+            "rejects_bytes": self.rejects_bytes,
+            "done": self.done,
+        }
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
         os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint
@@ -82,10 +89,12 @@ class IngestCheckpoint:
         try:
             d = json.loads(path.read_text())
             if d.get("kind") != "ingest" or d.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"kind {d.get('kind')!r} format {d.get('format')!r}, expected 'ingest' "
-                                 f"format {CHECKPOINT_FORMAT}")
-            return cls(d["source"], d["position"], IngestCounts(**d["counts"]), int(d["rejects_bytes"]),
-                       bool(d["done"]))
+                raise ValueError(
+                    f"kind {d.get('kind')!r} format {d.get('format')!r}, expected 'ingest' format {CHECKPOINT_FORMAT}"
+                )
+            return cls(
+                d["source"], d["position"], IngestCounts(**d["counts"]), int(d["rejects_bytes"]), bool(d["done"])
+            )
         except (OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"checkpoint {str(path)!r} is not an ingest checkpoint: {exc}") from exc
 
@@ -94,8 +103,7 @@ class IngestCheckpoint:
 class Progress:
     """A tqdm bar on a terminal; elsewhere (a log file, CI) one plain line every ``every_s`` seconds."""
 
-    def __init__(self, total: int | None, enabled: bool, stream: IO[str] | None = None,
-                 every_s: float = 10.0) -> None:
+    def __init__(self, total: int | None, enabled: bool, stream: IO[str] | None = None, every_s: float = 10.0) -> None:
         self.stream = stream or sys.stderr
         self.total, self.done, self.every_s = total, 0, every_s
         self.began = self.last = time.monotonic()
@@ -142,8 +150,13 @@ class _Rejects:
 
     def write(self, position: Any, exc: EventRejected, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace")
-        rec = {"position": position, "error_kind": exc.kind, "reason": str(exc),
-               "record": text[:MAX_REJECT_CHARS], "truncated": len(text) > MAX_REJECT_CHARS}
+        rec = {
+            "position": position,
+            "error_kind": exc.kind,
+            "reason": str(exc),
+            "record": text[:MAX_REJECT_CHARS],
+            "truncated": len(text) > MAX_REJECT_CHARS,
+        }
         self.open().write(orjson.dumps(rec) + b"\n")
 
     def tell(self) -> int:
@@ -178,7 +191,9 @@ class _Dedupe:
         stored = self.ch.query_df(
             "SELECT DISTINCT event_id FROM {db}.events WHERE event_time >= fromUnixTimestamp64Milli({lo:Int64}) "
             f"AND event_time <= fromUnixTimestamp64Milli({{hi:Int64}}) AND event_id IN "
-            f"(SELECT event_id FROM {{db}}.`{self.table}`)", params={"lo": int(ms.min()), "hi": int(ms.max())})
+            f"(SELECT event_id FROM {{db}}.`{self.table}`)",
+            params={"lo": int(ms.min()), "hi": int(ms.max())},
+        )
         if len(stored):
             unique = unique[~unique["event_id"].isin(stored["event_id"])]
         return unique.reset_index(drop=True), len(df) - len(unique)
@@ -187,8 +202,9 @@ class _Dedupe:
         self.ch.command(f"DROP TABLE IF EXISTS {{db}}.`{self.table}`")
 
 
-def check_options(*, checkpoint_path: Path | None, resume: bool, rejects_path: Path, chunk_rows: int,
-                  max_records: int | None = None) -> None:
+def check_options(
+    *, checkpoint_path: Path | None, resume: bool, rejects_path: Path, chunk_rows: int, max_records: int | None = None
+) -> None:
     """Refuse bad ingest options with one line, before anything is read."""
     if chunk_rows < 1:
         raise ConfigError(f"bad --chunk-rows {chunk_rows}; expected a positive number of events")
@@ -206,28 +222,44 @@ def check_options(*, checkpoint_path: Path | None, resume: bool, rejects_path: P
         if resume:
             raise ConfigError("--resume needs --checkpoint FILE: the checkpoint is what it resumes from")
     elif checkpoint_path.exists() and not resume:
-        raise ConfigError(f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, "
-                          "or remove it to start over")
+        raise ConfigError(
+            f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, or remove it to start over"
+        )
 
 
-def run_ingest(source: Any, ch: ClickHouse, *, rejects_path: Path, max_bytes: int,
-               checkpoint_path: Path | None = None, resume: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               max_records: int | None = None, progress: bool = True) -> IngestResult:
+def run_ingest(
+    source: Any,
+    ch: ClickHouse,
+    *,
+    rejects_path: Path,
+    max_bytes: int,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    max_records: int | None = None,
+    progress: bool = True,
+) -> IngestResult:
     """Validate ``source``'s records and store the new ones in ``{db}.events``, chunk by chunk.
 
     ``source`` is a :class:`stream.tools.replay.Source`. ``max_records`` stops after that many records
     (checkpointed; for tests and trial runs).
     """
     began, cpu0 = time.monotonic(), time.process_time()
-    check_options(checkpoint_path=checkpoint_path, resume=resume, rejects_path=rejects_path, chunk_rows=chunk_rows,
-                  max_records=max_records)
+    check_options(
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        rejects_path=rejects_path,
+        chunk_rows=chunk_rows,
+        max_records=max_records,
+    )
     fingerprint = source.fingerprint()
     ckpt = IngestCheckpoint(fingerprint, None, IngestCounts())
     if resume and checkpoint_path is not None:
         ckpt = IngestCheckpoint.read(checkpoint_path)
         if ckpt.source != fingerprint:
-            raise ConfigError(f"checkpoint {str(checkpoint_path)!r} belongs to another source ({ckpt.source}); "
-                              f"expected {fingerprint}")
+            raise ConfigError(
+                f"checkpoint {str(checkpoint_path)!r} belongs to another source ({ckpt.source}); expected {fingerprint}"
+            )
     counts = ckpt.counts
     result = IngestResult(counts, rejects_path=rejects_path)
     if ckpt.done:
@@ -298,8 +330,13 @@ def cmd_ingest(args: Any) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     rejects = Path(args.rejects) if args.rejects else _default_rejects(settings, args)
     check_source_args(args, "ingested")
-    check_options(checkpoint_path=ckpt, resume=args.resume, rejects_path=rejects, chunk_rows=args.chunk_rows,
-                  max_records=args.max_records)
+    check_options(
+        checkpoint_path=ckpt,
+        resume=args.resume,
+        rejects_path=rejects,
+        chunk_rows=args.chunk_rows,
+        max_records=args.max_records,
+    )
     source: Any
     if args.from_file:
         source = FileSource(args.from_file)
@@ -307,31 +344,50 @@ def cmd_ingest(args: Any) -> int:
         bootstrap = args.bootstrap or settings.kafka_bootstrap
         if not bootstrap:
             raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
-        source = TopicSource(bootstrap, settings.topic(args.from_topic), from_offset=args.from_offset,
-                             to_offset=args.to_offset, from_ms=time_ms(args.from_time),
-                             to_ms=time_ms(args.to_time), settings=settings)
+        source = TopicSource(
+            bootstrap,
+            settings.topic(args.from_topic),
+            from_offset=args.from_offset,
+            to_offset=args.to_offset,
+            from_ms=time_ms(args.from_time),
+            to_ms=time_ms(args.to_time),
+            settings=settings,
+        )
     else:
         raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
     ch = connect(settings)
     try:
-        res = run_ingest(source, ch, rejects_path=rejects, max_bytes=settings.max_event_bytes,
-                         checkpoint_path=ckpt, resume=args.resume, chunk_rows=args.chunk_rows,
-                         max_records=args.max_records, progress=not args.quiet)
+        res = run_ingest(
+            source,
+            ch,
+            rejects_path=rejects,
+            max_bytes=settings.max_event_bytes,
+            checkpoint_path=ckpt,
+            resume=args.resume,
+            chunk_rows=args.chunk_rows,
+            max_records=args.max_records,
+            progress=not args.quiet,
+        )
     finally:
         ch.close()
     c = res.counts
     state = "complete" if res.complete else "stopped early (continue with --resume)"
     rate = c.read / res.seconds if res.seconds > 0 else 0.0
-    print(f"ingested {c.inserted} events into {settings.clickhouse_database}.events from {c.read} records "
-          f"in {res.seconds:.1f}s ({rate:,.0f} records/s): {c.duplicates} already stored or repeated, "
-          f"{c.rejected} rejected" + (f" (reasons in {res.rejects_path})" if c.rejected else "") + f"; {state}")
+    print(
+        f"ingested {c.inserted} events into {settings.clickhouse_database}.events from {c.read} records "
+        f"in {res.seconds:.1f}s ({rate:,.0f} records/s): {c.duplicates} already stored or repeated, "
+        f"{c.rejected} rejected" + (f" (reasons in {res.rejects_path})" if c.rejected else "") + f"; {state}"
+    )
     return 0
 
 
 def register(sub: Any) -> None:
     """Add ``ingest`` to the CLI (called by :func:`stream.cli.build_parser`)."""
-    p = sub.add_parser("ingest", help="load an event history from a file or a topic range into ClickHouse's "
-                                      "events table (validated, idempotent, resumable)")
+    p = sub.add_parser(
+        "ingest",
+        help="load an event history from a file or a topic range into ClickHouse's "
+        "events table (validated, idempotent, resumable)",
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--from-file", metavar="PATH", help="events.jsonl, events.parquet or a simulator dataset dir")
     src.add_argument("--from-topic", metavar="NAME", help="source topic (STREAM_TOPIC_PREFIX applies)")
@@ -343,12 +399,17 @@ def register(sub: Any) -> None:
     p.add_argument("--database", help="ClickHouse database (default: STREAM_CLICKHOUSE_DATABASE)")
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file, written after every chunk")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    p.add_argument("--rejects", metavar="FILE",
-                   help="invalid records with reasons, JSON lines (default: STREAM_DATA_DIR/ingest/<source>"
-                        ".rejects.jsonl)")
-    p.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
-                   help=f"valid events per insert round (default {DEFAULT_CHUNK_ROWS})")
+    p.add_argument(
+        "--rejects",
+        metavar="FILE",
+        help="invalid records with reasons, JSON lines (default: STREAM_DATA_DIR/ingest/<source>.rejects.jsonl)",
+    )
+    p.add_argument(
+        "--chunk-rows",
+        type=int,
+        default=DEFAULT_CHUNK_ROWS,
+        help=f"valid events per insert round (default {DEFAULT_CHUNK_ROWS})",
+    )
     p.add_argument("--max-records", type=int, help="stop after this many records (checkpointed)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_ingest)
-

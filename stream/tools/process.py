@@ -17,16 +17,22 @@ class WorkerProcess:
     """``python -m stream worker`` in a subprocess with its own settings; its log kept in a file."""
 
     def __init__(self, bootstrap: str, env: Mapping[str, str], log_path: Path, instance: str = "0") -> None:
-        self.env = {**os.environ, **env, "STREAM_KAFKA_BOOTSTRAP": bootstrap, "STREAM_WORKER_INSTANCE": instance,
-                    "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            **env,
+            "STREAM_KAFKA_BOOTSTRAP": bootstrap,
+            "STREAM_WORKER_INSTANCE": instance,
+            "PYTHONUNBUFFERED": "1",
+        }
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
         log.close()
         return self
 

@@ -94,8 +94,10 @@ class FileSource(Source):
         if not self.path.exists():
             raise ConfigError(f"no such file or directory: {str(self.path)!r}")
         if self.path.is_file() and self.path.suffix not in (".parquet", ".jsonl"):
-            raise ConfigError(f"unknown event file {str(self.path)!r}; expected a .parquet or .jsonl file "
-                              "or a simulator dataset directory")
+            raise ConfigError(
+                f"unknown event file {str(self.path)!r}; expected a .parquet or .jsonl file "
+                "or a simulator dataset directory"
+            )
         self.position = 0
         self._dataset: Any = None
         self._total: int | None = None
@@ -168,15 +170,30 @@ class TopicSource(Source):
     position ``{partition: next offset}`` resumes exactly the same sequence.
     """
 
-    def __init__(self, bootstrap: str, topic: str, *, from_offset: int | None = None,
-                 to_offset: int | None = None, from_ms: int | None = None, to_ms: int | None = None,
-                 settings: Settings | None = None, idle_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        from_offset: int | None = None,
+        to_offset: int | None = None,
+        from_ms: int | None = None,
+        to_ms: int | None = None,
+        settings: Settings | None = None,
+        idle_timeout_s: float = 30.0,
+    ) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
         self.bootstrap, self.topic = bootstrap, topic
-        self.conf = kafka_config(bootstrap, settings, **{
-            "group.id": f"replay-{os.getpid()}-{time.time_ns()}",
-            "enable.auto.commit": False, "enable.partition.eof": False})
+        self.conf = kafka_config(
+            bootstrap,
+            settings,
+            **{
+                "group.id": f"replay-{os.getpid()}-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+            },
+        )
         self.idle_timeout_s = idle_timeout_s
         self.spec = {"from_offset": from_offset, "to_offset": to_offset, "from_ms": from_ms, "to_ms": to_ms}
         consumer = Consumer(self.conf)
@@ -187,11 +204,15 @@ class TopicSource(Source):
             starts_by_time = ends_by_time = None
             # offsets_for_times may answer in another order than asked: index by partition.
             if from_ms is not None:
-                starts_by_time = {tp.partition: tp for tp in consumer.offsets_for_times(
-                    [TopicPartition(topic, p, from_ms) for p in parts], 30)}
+                starts_by_time = {
+                    tp.partition: tp
+                    for tp in consumer.offsets_for_times([TopicPartition(topic, p, from_ms) for p in parts], 30)
+                }
             if to_ms is not None:
-                ends_by_time = {tp.partition: tp for tp in consumer.offsets_for_times(
-                    [TopicPartition(topic, p, to_ms) for p in parts], 30)}
+                ends_by_time = {
+                    tp.partition: tp
+                    for tp in consumer.offsets_for_times([TopicPartition(topic, p, to_ms) for p in parts], 30)
+                }
             for p in parts:
                 lo, hi = _watermarks(consumer, topic, p)
                 if from_offset is not None:
@@ -249,8 +270,10 @@ class TopicSource(Source):
                         if tp.offset >= self.end[tp.partition]:  # gaps: compaction, transaction markers
                             fetched[tp.partition] = self.end[tp.partition]
                     if time.monotonic() - idle_since > self.idle_timeout_s:
-                        raise InfraError(f"no records from {self.topic!r} for {self.idle_timeout_s:.0f}s "
-                                         f"while partitions {sorted(live)} are not at their end offsets")
+                        raise InfraError(
+                            f"no records from {self.topic!r} for {self.idle_timeout_s:.0f}s "
+                            f"while partitions {sorted(live)} are not at their end offsets"
+                        )
                 live = {p for p in live if buffers[p] or fetched[p] < self.end[p]}
                 if not heads:
                     break
@@ -307,9 +330,15 @@ class Checkpoint:
     done: bool = False
 
     def write(self, path: Path) -> None:
-        data = {"format": CHECKPOINT_FORMAT, "source": self.source, "topic": self.topic,
-                "position": self.position, "offsets": {str(p): o for p, o in self.offsets.items()},
-                "produced": self.produced, "done": self.done}
+        data = {
+            "format": CHECKPOINT_FORMAT,
+            "source": self.source,
+            "topic": self.topic,
+            "position": self.position,
+            "offsets": {str(p): o for p, o in self.offsets.items()},
+            "produced": self.produced,
+            "done": self.done,
+        }
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
@@ -320,10 +349,17 @@ class Checkpoint:
         try:
             d = json.loads(path.read_text())
             if d.get("format") != CHECKPOINT_FORMAT:
-                raise ConfigError(f"checkpoint {str(path)!r} has format {d.get('format')!r}, "
-                                  f"expected {CHECKPOINT_FORMAT}")
-            return cls(d["source"], d["topic"], d["position"], {int(p): int(o) for p, o in d["offsets"].items()},
-                       int(d.get("produced", 0)), bool(d.get("done", False)))
+                raise ConfigError(
+                    f"checkpoint {str(path)!r} has format {d.get('format')!r}, expected {CHECKPOINT_FORMAT}"
+                )
+            return cls(
+                d["source"],
+                d["topic"],
+                d["position"],
+                {int(p): int(o) for p, o in d["offsets"].items()},
+                int(d.get("produced", 0)),
+                bool(d.get("done", False)),
+            )
         except (OSError, AttributeError, KeyError, TypeError, ValueError) as exc:  # ValueError: bad JSON too
             raise ConfigError(f"checkpoint {str(path)!r} is not a replay checkpoint: {exc}") from exc
 
@@ -338,8 +374,9 @@ class ReplayResult:
     per_partition: dict[int, int] = field(default_factory=dict)
 
 
-def _destination_tail(conf: dict[str, Any], topic: str, since: dict[int, int],
-                      until: dict[int, int]) -> dict[int, deque[tuple[bytes | None, bytes]]]:
+def _destination_tail(
+    conf: dict[str, Any], topic: str, since: dict[int, int], until: dict[int, int]
+) -> dict[int, deque[tuple[bytes | None, bytes]]]:
     """Records on the destination between the checkpoint's offsets and the current end offsets."""
     from confluent_kafka import Consumer
 
@@ -387,10 +424,21 @@ class Pacer:
             wait(min(left, self.max_wait_s))
 
 
-def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | None = None,
-               checkpoint_path: Path | None = None, resume: bool = False, max_events: int | None = None,
-               checkpoint_every: int = 5000, timestamps: str = "now", progress: bool = True,
-               settings: Settings | None = None, clock: Clock = SYSTEM) -> ReplayResult:
+def run_replay(
+    source: Source,
+    bootstrap: str,
+    topic: str,
+    *,
+    speed: float | None = None,
+    checkpoint_path: Path | None = None,
+    resume: bool = False,
+    max_events: int | None = None,
+    checkpoint_every: int = 5000,
+    timestamps: str = "now",
+    progress: bool = True,
+    settings: Settings | None = None,
+    clock: Clock = SYSTEM,
+) -> ReplayResult:
     """Replay ``source`` into ``topic``. See the module docstring for the guarantees.
 
     ``speed``: None or 0 = as fast as possible, else that many times real time.
@@ -401,8 +449,14 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     """
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    check_options(speed=speed, checkpoint_path=checkpoint_path, resume=resume, max_events=max_events,
-                  checkpoint_every=checkpoint_every, timestamps=timestamps)
+    check_options(
+        speed=speed,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        max_events=max_events,
+        checkpoint_every=checkpoint_every,
+        timestamps=timestamps,
+    )
     conf = kafka_config(bootstrap, settings)
     meta = Consumer({**conf, "group.id": f"replay-meta-{time.time_ns()}"})
     try:
@@ -419,8 +473,10 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     if resume and checkpoint_path is not None and checkpoint_path.exists():
         ckpt = Checkpoint.read(checkpoint_path)
         if ckpt.source != source.fingerprint() or ckpt.topic != topic:
-            raise ConfigError(f"checkpoint {str(checkpoint_path)!r} belongs to another replay "
-                              f"({ckpt.source} -> {ckpt.topic}); remove it or pass another --checkpoint")
+            raise ConfigError(
+                f"checkpoint {str(checkpoint_path)!r} belongs to another replay "
+                f"({ckpt.source} -> {ckpt.topic}); remove it or pass another --checkpoint"
+            )
     result = ReplayResult()
     if ckpt is not None and ckpt.done:
         result.complete = True
@@ -429,15 +485,23 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     tail = _destination_tail(conf, topic, ckpt.offsets, ends) if ckpt else {}
     offsets = dict(ckpt.offsets) if ckpt else dict(ends)
     produced_before = ckpt.produced if ckpt else 0
-    ckpt = Checkpoint(source.fingerprint(), topic, position if position is not None else source.position,
-                      offsets, produced_before)
+    ckpt = Checkpoint(
+        source.fingerprint(), topic, position if position is not None else source.position, offsets, produced_before
+    )
     if checkpoint_path is not None:
         ckpt.write(checkpoint_path)
 
     # Step 2. Produce, pacing and checkpointing.
-    producer = Producer({**conf, "enable.idempotence": True, "acks": "all", "linger.ms": 10,
-                         # No compression: aiokafka (the worker's client) cannot decode lz4 without an extra library.
-                         "queue.buffering.max.messages": 500_000})
+    producer = Producer(
+        {
+            **conf,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 10,
+            # No compression: aiokafka (the worker's client) cannot decode lz4 without an extra library.
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
     errors: list[str] = []
     delivered: dict[int, int] = {}
 
@@ -473,8 +537,10 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
             if pending:
                 key, value = pending.popleft()
                 if key != item.key or value != item.value:
-                    raise StreamError(f"cannot resume: partition {p} of {topic!r} holds a record that is not the "
-                                      "next one of this replay (another writer?); remove the checkpoint to start over")
+                    raise StreamError(
+                        f"cannot resume: partition {p} of {topic!r} holds a record that is not the "
+                        "next one of this replay (another writer?); remove the checkpoint to start over"
+                    )
                 ckpt.offsets[p] = ckpt.offsets.get(p, 0) + 1
                 result.skipped_already_delivered += 1
                 bar.update(1)
@@ -508,8 +574,15 @@ def run_replay(source: Source, bootstrap: str, topic: str, *, speed: float | Non
     return result
 
 
-def check_options(*, speed: float | None, checkpoint_path: Path | None, resume: bool, max_events: int | None,
-                  checkpoint_every: int, timestamps: str) -> None:
+def check_options(
+    *,
+    speed: float | None,
+    checkpoint_path: Path | None,
+    resume: bool,
+    max_events: int | None,
+    checkpoint_every: int,
+    timestamps: str,
+) -> None:
     """Refuse bad replay options with one line, before anything is read or loaded."""
     if timestamps not in ("now", "event"):
         raise ConfigError(f"unknown timestamps option {timestamps!r}; expected 'now' or 'event'")
@@ -526,12 +599,14 @@ def check_options(*, speed: float | None, checkpoint_path: Path | None, resume: 
     if checkpoint_path.exists() and not checkpoint_path.is_file():
         raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}; expected a file, not a directory")
     if checkpoint_path.exists() and not resume:
-        raise ConfigError(f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, "
-                          "or remove it to start over")
+        raise ConfigError(
+            f"checkpoint {str(checkpoint_path)!r} exists: pass --resume to continue it, or remove it to start over"
+        )
     problem = make_writable_dir(checkpoint_path.parent)
     if problem:
-        raise ConfigError(f"bad --checkpoint {str(checkpoint_path)!r}: {problem}; "
-                          "expected a file in a writable directory")
+        raise ConfigError(
+            f"bad --checkpoint {str(checkpoint_path)!r}: {problem}; expected a file in a writable directory"
+        )
 
 
 class _NoBar:
@@ -571,8 +646,16 @@ def time_ms(text: str | None) -> int | None:
 def check_source_args(args: Any, verb: str = "replayed") -> None:
     """Source options the chosen source ignores, or that no source accepts (replay's and ingest's CLI)."""
     if args.from_file:
-        given = [opt for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset),
-                                    ("--from-time", args.from_time), ("--to-time", args.to_time)) if v is not None]
+        given = [
+            opt
+            for opt, v in (
+                ("--from-offset", args.from_offset),
+                ("--to-offset", args.to_offset),
+                ("--from-time", args.from_time),
+                ("--to-time", args.to_time),
+            )
+            if v is not None
+        ]
         if given:
             raise ConfigError(f"{given[0]} applies to --from-topic only; a --from-file source is {verb} whole")
     for opt, v in (("--from-offset", args.from_offset), ("--to-offset", args.to_offset)):
@@ -585,9 +668,14 @@ def check_source_args(args: Any, verb: str = "replayed") -> None:
 def _check_args(args: Any) -> None:
     """The CLI's checks: the source options, then :func:`check_options`."""
     check_source_args(args)
-    check_options(speed=args.speed, checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
-                  resume=args.resume, max_events=args.max_events, checkpoint_every=args.checkpoint_every,
-                  timestamps=args.timestamps)
+    check_options(
+        speed=args.speed,
+        checkpoint_path=Path(args.checkpoint) if args.checkpoint else None,
+        resume=args.resume,
+        max_events=args.max_events,
+        checkpoint_every=args.checkpoint_every,
+        timestamps=args.timestamps,
+    )
 
 
 def cmd_replay(args: Any) -> int:
@@ -605,22 +693,40 @@ def cmd_replay(args: Any) -> int:
     else:
         if args.from_topic is None:
             raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
-        source = TopicSource(bootstrap, settings.topic(args.from_topic), from_offset=args.from_offset,
-                             to_offset=args.to_offset, from_ms=time_ms(args.from_time),
-                             to_ms=time_ms(args.to_time), settings=settings)
+        source = TopicSource(
+            bootstrap,
+            settings.topic(args.from_topic),
+            from_offset=args.from_offset,
+            to_offset=args.to_offset,
+            from_ms=time_ms(args.from_time),
+            to_ms=time_ms(args.to_time),
+            settings=settings,
+        )
         if source.total == 0:
-            raise StreamError(f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records "
-                              "in the requested range")
+            raise StreamError(
+                f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records in the requested range"
+            )
     topic = settings.topic(args.to_topic)
     ckpt = Path(args.checkpoint) if args.checkpoint else None
-    res = run_replay(source, bootstrap, topic, speed=args.speed, checkpoint_path=ckpt, resume=args.resume,
-                     max_events=args.max_events, checkpoint_every=args.checkpoint_every,
-                     timestamps=args.timestamps, progress=not args.quiet,
-                     settings=settings)
+    res = run_replay(
+        source,
+        bootstrap,
+        topic,
+        speed=args.speed,
+        checkpoint_path=ckpt,
+        resume=args.resume,
+        max_events=args.max_events,
+        checkpoint_every=args.checkpoint_every,
+        timestamps=args.timestamps,
+        progress=not args.quiet,
+        settings=settings,
+    )
     state = "complete" if res.complete else "stopped early (resume with --resume)"
-    print(f"replayed {res.produced} records to {topic} in {res.seconds:.1f}s"
-          + (f", skipped {res.skipped_already_delivered} already delivered" if res.skipped_already_delivered else "")
-          + f": {state}")
+    print(
+        f"replayed {res.produced} records to {topic} in {res.seconds:.1f}s"
+        + (f", skipped {res.skipped_already_delivered} already delivered" if res.skipped_already_delivered else "")
+        + f": {state}"
+    )
     return 0
 
 
@@ -637,8 +743,12 @@ def register(sub: Any) -> None:
     p.add_argument("--to-topic", default="session-events", help="destination topic (default session-events)")
     p.add_argument("--bootstrap", help="Kafka bootstrap servers (default: STREAM_KAFKA_BOOTSTRAP)")
     p.add_argument("--speed", type=float, default=0.0, help="k x real time by event timestamps (0 = max)")
-    p.add_argument("--timestamps", choices=["now", "event"], default="now",
-                   help="record timestamps: produce time (default) or the source's")
+    p.add_argument(
+        "--timestamps",
+        choices=["now", "event"],
+        default="now",
+        help="record timestamps: produce time (default) or the source's",
+    )
     p.add_argument("--checkpoint", metavar="FILE", help="checkpoint file (needed by --resume)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--max-events", type=int, help="stop after this many records (checkpointed)")

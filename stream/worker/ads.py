@@ -51,8 +51,15 @@ def _sum_counts(counts: Mapping[str, Sequence[int]]) -> Counts:
 class Ads:
     """Thompson sampling over ``placements`` per context, with this worker's own counts."""
 
-    def __init__(self, placements: Sequence[str], *, context: str = "device", join_window_ms: int = 600_000,
-                 seed: int = 0, policy_name: str = "thompson") -> None:
+    def __init__(
+        self,
+        placements: Sequence[str],
+        *,
+        context: str = "device",
+        join_window_ms: int = 600_000,
+        seed: int = 0,
+        policy_name: str = "thompson",
+    ) -> None:
         self.policy = ThompsonSampling(placements, seed=seed)
         self.placements = tuple(placements)
         self.context = context
@@ -92,8 +99,13 @@ class Ads:
         counts.update(self.own)
         return _sum_counts(counts)
 
-    def decide(self, requests: list[tuple[dict[str, Any], str]], counts: Counts, now_ms: int,
-               chosen: dict[tuple[str, str], int]) -> list[DecisionRecord]:
+    def decide(
+        self,
+        requests: list[tuple[dict[str, Any], str]],
+        counts: Counts,
+        now_ms: int,
+        chosen: dict[tuple[str, str], int],
+    ) -> list[DecisionRecord]:
         """Decisions for ad requests (event, context) against one posterior snapshot; ``chosen`` counts them.
 
         Each draw is seeded by (seed, request_id), so a decision is reproducible whatever the
@@ -112,20 +124,22 @@ class Ads:
             self.policy.rng = Generator(PCG64(SeedSequence([self.seed, zlib.crc32(rid.encode())])))
             d = self.policy.choose(alpha, beta, props, means)
             chosen[(context, d.arm)] = chosen.get((context, d.arm), 0) + 1
-            out.append({
-                "schema_version": 1,
-                "decision_id": decision_id(self.policy_name, uid, rid),
-                "request_id": rid,
-                "event_id": event["event_id"],
-                "user_id": uid,
-                "context": context,
-                "placement": d.arm,
-                "propensity": d.propensity,
-                "policy": self.policy_name,
-                "arm_means": d.arm_means,
-                "event_time": event["event_time"],
-                "decided_at": now_ms,
-            })
+            out.append(
+                {
+                    "schema_version": 1,
+                    "decision_id": decision_id(self.policy_name, uid, rid),
+                    "request_id": rid,
+                    "event_id": event["event_id"],
+                    "user_id": uid,
+                    "context": context,
+                    "placement": d.arm,
+                    "propensity": d.propensity,
+                    "policy": self.policy_name,
+                    "arm_means": d.arm_means,
+                    "event_time": event["event_time"],
+                    "decided_at": now_ms,
+                }
+            )
         return out
 
 
@@ -137,8 +151,7 @@ class AdBatch:
 
     __slots__ = ("ads", "bandit", "before", "counts", "delta", "pending", "pending_store", "requests")
 
-    def __init__(self, ads: Ads, pending: MutableMapping[str, bytes],
-                 bandit: MutableMapping[str, bytes]) -> None:
+    def __init__(self, ads: Ads, pending: MutableMapping[str, bytes], bandit: MutableMapping[str, bytes]) -> None:
         self.ads = ads
         self.pending_store = pending
         self.bandit = bandit

@@ -122,8 +122,12 @@ class WorkerApp(faust.App):
         done, _ = await asyncio.wait([waiting], timeout=timeout)
         if not done:
             ages = self.publisher.unconfirmed() if self.publisher is not None else {}
-            log.warning("gave up waiting for batches in flight after %.0f s (STREAM_SETTLE_TIMEOUT_S) on %s; "
-                        "they stay uncommitted and are read again", timeout, describe(ages))
+            log.warning(
+                "gave up waiting for batches in flight after %.0f s (STREAM_SETTLE_TIMEOUT_S) on %s; "
+                "they stay uncommitted and are read again",
+                timeout,
+                describe(ages),
+            )
             # faust's wait swallows a cancel while it waits for an ack; forgetting what it waits
             # for ends it within a second (the messages stay held: nothing more is committed).
             consumer.unacked.clear()
@@ -142,9 +146,14 @@ class WorkerApp(faust.App):
         return transport.Transport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings | None = None, bootstrap: str | None = None,
-               *, clickhouse: bool = True, seed: int = 0,
-               metrics: WorkerMetrics | None = None) -> tuple[WorkerApp, Publisher]:
+def create_app(
+    settings: Settings | None = None,
+    bootstrap: str | None = None,
+    *,
+    clickhouse: bool = True,
+    seed: int = 0,
+    metrics: WorkerMetrics | None = None,
+) -> tuple[WorkerApp, Publisher]:
     s = settings or load_settings()
     bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
     p = s.topic_partitions
@@ -183,8 +192,13 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
-        "article_events": app.topic(T.internal_topic(s, T.ARTICLE_EVENTS), partitions=p, internal=True,
-                                    schema=RawSchema(), config=T.record_limit_config(s)),
+        "article_events": app.topic(
+            T.internal_topic(s, T.ARTICLE_EVENTS),
+            partitions=p,
+            internal=True,
+            schema=RawSchema(),
+            config=T.record_limit_config(s),
+        ),
     }
     kv: dict[str, Any] = {"default": None, "partitions": p, "key_type": bytes, "value_type": bytes}
     tables = {
@@ -200,35 +214,70 @@ def create_app(settings: Settings | None = None, bootstrap: str | None = None,
     }
     metrics = metrics or WorkerMetrics(health=Health(s.health_loop_timeout_s))
     models = ModelSet(
-        ModelRegistry(s.models_dir), EXPECTED_FEATURES,
+        ModelRegistry(s.models_dir),
+        EXPECTED_FEATURES,
         on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),
         on_loaded=lambda m: _set_version_gauge(metrics, m.name, m.version),
     )
     models.refresh()  # before any event is consumed: a worker that has models never skips scoring
-    config = ProcessorConfig(bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms,
-                             max_event_bytes=s.max_event_bytes, seed=seed,
-                             state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms))
+    config = ProcessorConfig(
+        bandit_context=s.bandit_context,
+        click_join_window_ms=s.click_join_window_ms,
+        max_event_bytes=s.max_event_bytes,
+        seed=seed,
+        state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms),
+    )
     processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
     sink = None
     if clickhouse:
         sink = ClickHouseSink(
-            lambda: connect(s), flush_rows=5000, flush_s=0.2, max_pending=50_000,
+            lambda: connect(s),
+            flush_rows=5000,
+            flush_s=0.2,
+            max_pending=50_000,
             on_error=lambda table, exc: metrics.sink_errors.labels(table=table).inc(),
             on_backpressure=lambda on: _backpressure(metrics, on),
             on_insert=lambda table, n, secs: metrics.sink_inserted.labels(table=table).inc(n),
         )
-    producer = clients.producer(bootstrap, s, **{
-        "linger.ms": 5, "compression.type": "lz4",
-        "enable.idempotence": True, "partitioner": "murmur2_random",  # the Java clients' key hashing
-        "queue.buffering.max.messages": 500_000, "message.max.bytes": producer_max_bytes(s.max_message_bytes),
-    })
-    gap_filler = GapFiller(lambda: clients.consumer(bootstrap, s, **{
-        "group.id": f"{s.worker_id}-gap-filler", "enable.auto.commit": False, "enable.partition.eof": True,
-    }))
+    producer = clients.producer(
+        bootstrap,
+        s,
+        **{
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",  # the Java clients' key hashing
+            "queue.buffering.max.messages": 500_000,
+            "message.max.bytes": producer_max_bytes(s.max_message_bytes),
+        },
+    )
+    gap_filler = GapFiller(
+        lambda: clients.consumer(
+            bootstrap,
+            s,
+            **{
+                "group.id": f"{s.worker_id}-gap-filler",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            },
+        )
+    )
     names = {k: t.get_topic_name() for k, t in topics.items()}
-    rt = Publisher(s, metrics, models, processor, sink, topics, tables, producer=producer, gap_filler=gap_filler,
-                 topic_names=names, ledger=Ledger((names["events"], names["article_events"])),
-                 consumer=lambda: app.consumer, on_fatal=lambda exc: _crash(app, exc, metrics.health))
+    rt = Publisher(
+        s,
+        metrics,
+        models,
+        processor,
+        sink,
+        topics,
+        tables,
+        producer=producer,
+        gap_filler=gap_filler,
+        topic_names=names,
+        ledger=Ledger((names["events"], names["article_events"])),
+        consumer=lambda: app.consumer,
+        on_fatal=lambda exc: _crash(app, exc, metrics.health),
+    )
     app.publisher = rt
     events.register(app, rt)
     articles.register(app, rt)
@@ -247,6 +296,7 @@ def _apply_at_once(app: faust.App) -> Callable[[Any], Awaitable[None]]:
     on them timed out. Outside a recovery the buffer is applied at once (as faust does for a plain
     standby, ``standby_buffer_size=1``); a recovery still applies it in batches.
     """
+
     async def on_changelog_event(event: Any) -> None:
         recovery = app.tables.recovery  # type: ignore[attr-defined]
         if not recovery.in_recovery:
@@ -281,8 +331,7 @@ def _set_version_gauge(metrics: WorkerMetrics, name: str, version: str) -> None:
 def _recovered(app: faust.App) -> bool:
     """The tables of the current assignment are recovered and its streams resumed (not during a rebalance)."""
     recovery = app.tables.recovery  # type: ignore[attr-defined]
-    return (recovery.completed.is_set() and not getattr(app, "in_recovery", False)
-            and not app.rebalancing)
+    return recovery.completed.is_set() and not getattr(app, "in_recovery", False) and not app.rebalancing
 
 
 def _watch_progress(rt: Publisher, detector: StallDetector, lags: dict[tuple[str, int], int]) -> None:
@@ -330,9 +379,12 @@ async def _rejoin_if_stuck(app: faust.App, rt: Publisher, watch: StartWatch, wai
     if not stuck:
         return
     rt.metrics.rejoins.inc()
-    log.warning("%s delivered no record since the assignment for %.0f s while records wait "
-                "(STREAM_START_STALL_S); re-joining the group", ", ".join(f"{t}[{p}]" for t, p in stuck),
-                watch.limit_s)
+    log.warning(
+        "%s delivered no record since the assignment for %.0f s while records wait "
+        "(STREAM_START_STALL_S); re-joining the group",
+        ", ".join(f"{t}[{p}]" for t, p in stuck),
+        watch.limit_s,
+    )
     watch.restart(stuck)
     consumer = app.consumer
     assert isinstance(consumer, transport.LedgerConsumer)  # the app's transport (WorkerApp._new_transport)
@@ -371,8 +423,11 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
     async def health_check() -> None:
         # the heartbeat that /healthz checks, and the readiness verdict /readyz answers with
         health.beat()
-        health.set_ready(readiness(recovered=_recovered(app), unconfirmed=rt.unconfirmed(), idle=detector.idle,
-                                   limit_s=s.stall_warning_s))
+        health.set_ready(
+            readiness(
+                recovered=_recovered(app), unconfirmed=rt.unconfirmed(), idle=detector.idle, limit_s=s.stall_warning_s
+            )
+        )
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def stalled_partitions() -> None:
@@ -399,8 +454,10 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
             try:
                 await asyncio.wait_for(rt.sink.stop(), max(app.settle_time_left(), 1.0))
             except Exception as exc:  # a timeout, or ClickHouse still failing
-                log.warning("ClickHouse rows not inserted at shutdown (%s); their batches stay uncommitted",
-                            type(exc).__name__ if isinstance(exc, TimeoutError) else exc)
+                log.warning(
+                    "ClickHouse rows not inserted at shutdown (%s); their batches stay uncommitted",
+                    type(exc).__name__ if isinstance(exc, TimeoutError) else exc,
+                )
         await rt.drain(app.settle_time_left())  # settle (ack) every batch whose outputs are confirmed
         rt.close(max(app.settle_time_left(), 1.0))
 

@@ -129,7 +129,7 @@ def unpack_user(value: bytes | None) -> tuple[int, UserState]:
     """The offset last applied (-1: none) and the state of a :func:`pack_user` value."""
     if not value:
         return -1, new_user_state()
-    return _OFFSET.unpack_from(value)[0], UserState.from_bytes(value[_OFFSET.size:])
+    return _OFFSET.unpack_from(value)[0], UserState.from_bytes(value[_OFFSET.size :])
 
 
 _MAX_OFFSET = 2**63
@@ -252,8 +252,9 @@ class Acks:
     committed, and a restart reads it again.
     """
 
-    def __init__(self, ledger: Ledger, consumer: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ledger: Ledger, consumer: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ledger = ledger
         #: the faust consumer that input offsets are acked to
         self.consumer = consumer
@@ -275,21 +276,34 @@ class Acks:
         """The batch will not be settled (it failed before its outputs were queued)."""
         self.held.get(tp, {}).pop(token, None)
 
-    def settle(self, tp: Partition, token: int, batch: Sequence[Any], span: Span,
-               confirm: Callable[[], Awaitable[bool]], on_acked: Callable[[], None]) -> None:
+    def settle(
+        self,
+        tp: Partition,
+        token: int,
+        batch: Sequence[Any],
+        span: Span,
+        confirm: Callable[[], Awaitable[bool]],
+        on_acked: Callable[[], None],
+    ) -> None:
         """Ack the batch once ``confirm()`` returns True and the partition's earlier batches are acked.
 
         ``on_acked`` runs right after the ack (the publisher counts the outputs then).
         """
-        task = asyncio.ensure_future(self._settle(tp, token, list(batch), span, confirm, self._tails.get(tp),
-                                                  on_acked))
+        task = asyncio.ensure_future(self._settle(tp, token, list(batch), span, confirm, self._tails.get(tp), on_acked))
         self._tails[tp] = task
         self._settling.add(task)
         task.add_done_callback(lambda t: self._settled(tp, t))
 
-    async def _settle(self, tp: Partition, token: int, batch: list[Any], span: Span,
-                      confirm: Callable[[], Awaitable[bool]], before: asyncio.Task[bool] | None,
-                      on_acked: Callable[[], None]) -> bool:
+    async def _settle(
+        self,
+        tp: Partition,
+        token: int,
+        batch: list[Any],
+        span: Span,
+        confirm: Callable[[], Awaitable[bool]],
+        before: asyncio.Task[bool] | None,
+        on_acked: Callable[[], None],
+    ) -> bool:
         ok = await confirm()
         if before is not None:
             if not before.done():
@@ -342,9 +356,12 @@ class Acks:
             left = None if deadline is None else max(deadline - loop.time(), 0.0)
             _, pending = await asyncio.wait(list(self._settling), timeout=left)
             if pending and deadline is not None and loop.time() >= deadline:
-                log.warning("%d batches still unconfirmed at the end of the wait for them (STREAM_SETTLE_TIMEOUT_S) "
-                            "on %s; they stay uncommitted and are read again after a restart", len(pending),
-                            describe(self.unconfirmed()))
+                log.warning(
+                    "%d batches still unconfirmed at the end of the wait for them (STREAM_SETTLE_TIMEOUT_S) "
+                    "on %s; they stay uncommitted and are read again after a restart",
+                    len(pending),
+                    describe(self.unconfirmed()),
+                )
                 return False
         return True
 

@@ -45,8 +45,9 @@ def _listing(ages: Mapping[Partition, float], key: str) -> list[dict[str, Any]]:
     return [{"topic": t, "partition": p, key: round(age, 1)} for (t, p), age in sorted(ages.items())]
 
 
-def readiness(*, recovered: bool, unconfirmed: Mapping[Partition, float], idle: Mapping[Partition, float],
-              limit_s: float) -> Verdict:
+def readiness(
+    *, recovered: bool, unconfirmed: Mapping[Partition, float], idle: Mapping[Partition, float], limit_s: float
+) -> Verdict:
     """Ready when table recovery is done and no input partition is held up for more than ``limit_s``.
 
     ``unconfirmed``: per partition, the age of its oldest batch whose outputs are not confirmed;
@@ -60,12 +61,25 @@ def readiness(*, recovered: bool, unconfirmed: Mapping[Partition, float], idle: 
     """
     unconfirmed_over = {tp: age for tp, age in unconfirmed.items() if age > limit_s}
     stalled = {tp: age for tp, age in idle.items() if age > limit_s}
-    reasons = [why for why, on in (("recovering", not recovered),
-                                   ("outputs unconfirmed", bool(unconfirmed_over)),
-                                   ("partitions not progressing", bool(stalled))) if on]
-    return Verdict(not reasons, {"reasons": reasons, "recovered": recovered, "limit_s": limit_s,
-                                 "unconfirmed": _listing(unconfirmed_over, "oldest_batch_age_s"),
-                                 "stalled": _listing(stalled, "idle_s")})
+    reasons = [
+        why
+        for why, on in (
+            ("recovering", not recovered),
+            ("outputs unconfirmed", bool(unconfirmed_over)),
+            ("partitions not progressing", bool(stalled)),
+        )
+        if on
+    ]
+    return Verdict(
+        not reasons,
+        {
+            "reasons": reasons,
+            "recovered": recovered,
+            "limit_s": limit_s,
+            "unconfirmed": _listing(unconfirmed_over, "oldest_batch_age_s"),
+            "stalled": _listing(stalled, "idle_s"),
+        },
+    )
 
 
 class Health:
@@ -127,8 +141,10 @@ def web_app(metrics_app: Callable[..., Any], health: Health) -> Callable[..., An
             return metrics_app(environ, start_response)
         verdict = check()
         body = verdict.json()
-        start_response(verdict.status, [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                                        ("Cache-Control", "no-store")])
+        start_response(
+            verdict.status,
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")],
+        )
         return [body]
 
     return app
@@ -152,8 +168,9 @@ class StallDetector:
     _logged: dict[Partition, float] = field(default_factory=dict)
     idle: dict[Partition, float] = field(default_factory=dict)
 
-    def update(self, lags: Mapping[Partition, int], positions: Mapping[Partition, int],
-               now: float | None = None) -> dict[Partition, float]:
+    def update(
+        self, lags: Mapping[Partition, int], positions: Mapping[Partition, int], now: float | None = None
+    ) -> dict[Partition, float]:
         """Per partition in ``lags`` (owned, lag known): seconds idle with lag > 0 (0 = progressing)."""
         now = time.monotonic() if now is None else now
         idle: dict[Partition, float] = {}
@@ -173,8 +190,15 @@ class StallDetector:
             first = tp not in self._logged
             if first or now - self._logged[tp] >= self.limit_s:
                 self._logged[tp] = now
-                log.warning("partition %s[%d] is not progressing: %d message(s) waiting and none processed for "
-                            "%.0f s (STREAM_STALL_WARNING_S=%.0f)", tp[0], tp[1], lags[tp], age, self.limit_s)
+                log.warning(
+                    "partition %s[%d] is not progressing: %d message(s) waiting and none processed for "
+                    "%.0f s (STREAM_STALL_WARNING_S=%.0f)",
+                    tp[0],
+                    tp[1],
+                    lags[tp],
+                    age,
+                    self.limit_s,
+                )
             if first and self.on_stalled is not None:
                 self.on_stalled(tp)
         self.idle = idle
@@ -186,7 +210,6 @@ class StallDetector:
             self._since.pop(tp, None)
             self._logged.pop(tp, None)
             self.idle.pop(tp, None)
-
 
 
 @dataclass
@@ -213,8 +236,9 @@ class StartWatch:
             self._assigned_at[tp] = now
             self._since.pop(tp, None)
 
-    def update(self, waiting: Iterable[Partition], last_in: Callable[[Partition], float | None],
-               now: float | None = None) -> list[Partition]:
+    def update(
+        self, waiting: Iterable[Partition], last_in: Callable[[Partition], float | None], now: float | None = None
+    ) -> list[Partition]:
         """The partitions of ``waiting`` stuck past the limit; ``last_in``: when a record of one last arrived.
 
         >>> watch = StartWatch(10.0)

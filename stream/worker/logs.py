@@ -33,8 +33,13 @@ _Key = tuple[str, int, str]
 class RepeatFilter(logging.Filter):
     """Lets through one record per (logger, level, message template) per ``interval_s``."""
 
-    def __init__(self, interval_s: float = INTERVAL_S, min_level: int = logging.WARNING,
-                 clock: Callable[[], float] = time.monotonic, max_causes: int = 1000) -> None:
+    def __init__(
+        self,
+        interval_s: float = INTERVAL_S,
+        min_level: int = logging.WARNING,
+        clock: Callable[[], float] = time.monotonic,
+        max_causes: int = 1000,
+    ) -> None:
         super().__init__()
         self.interval_s = interval_s
         self.min_level = min_level
@@ -65,8 +70,10 @@ class RepeatFilter(logging.Filter):
                 self._forget_quiet(now)
             self._causes[key] = (now, 0)
         if last is not None and last[1]:
-            _annotate(record, f" ({last[1]} similar line{'s' if last[1] > 1 else ''} suppressed "
-                              f"in the last {now - last[0]:.0f} s)")
+            _annotate(
+                record,
+                f" ({last[1]} similar line{'s' if last[1] > 1 else ''} suppressed in the last {now - last[0]:.0f} s)",
+            )
         return True
 
     def _forget_quiet(self, now: float) -> None:

@@ -66,80 +66,113 @@ class WorkerMetrics:
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
         self.events = Counter("stream_events_total", "Events consumed, by type", ["event_type"], registry=r)
-        self.invalid = Counter("stream_invalid_events_total", "Records sent to the dead-letter topic, by reason",
-                               ["reason"], registry=r)
+        self.invalid = Counter(
+            "stream_invalid_events_total", "Records sent to the dead-letter topic, by reason", ["reason"], registry=r
+        )
         self.processing_errors = Counter(
             "stream_processing_errors_total",
             "Records dead-lettered as processing_error (something raised while processing them), by exception type",
-            ["error"], registry=r)
+            ["error"],
+            registry=r,
+        )
         self.refetched = Counter(
             "stream_refetched_records_total",
-            "Input records faust's consumer fetched but never delivered, read again from the broker", registry=r)
+            "Input records faust's consumer fetched but never delivered, read again from the broker",
+            registry=r,
+        )
         self.article_incomplete = Counter(
             "stream_click_rows_article_incomplete_total",
             "Click rows scored after STREAM_ARTICLE_WAIT_MS without every input partition's article events "
-            "folded up to their watermark (their scores may differ in a replay)", registry=r)
+            "folded up to their watermark (their scores may differ in a replay)",
+            registry=r,
+        )
         self.isolated_batches = Counter(
-            "stream_isolated_batches_total", "Batches that raised and were processed again record by record",
-            registry=r)
+            "stream_isolated_batches_total", "Batches that raised and were processed again record by record", registry=r
+        )
         self.duplicates = Counter("stream_duplicate_events_total", "Events ignored as duplicates", registry=r)
-        self.redelivered = Counter("stream_redelivered_events_total",
-                                   "Records delivered again to the process that already handled them (skipped)",
-                                   registry=r)
-        self.predictions = Counter("stream_predictions_total", "Predictions published, by model", ["model"],
-                                   registry=r)
-        self.unscored = Counter("stream_unscored_events_total", "Scorable events with no loaded model",
-                                ["model"], registry=r)
-        self.decisions = Counter("stream_bandit_decisions_total", "Bandit decisions, by context and arm",
-                                 ["context", "arm"], registry=r)
-        self.event_to_publish = Histogram("stream_event_to_publish_seconds",
-                                          "Event time to prediction publish", buckets=_LATENCY_BUCKETS, registry=r)
-        self.ingest_to_publish = Histogram("stream_ingest_to_publish_seconds",
-                                           "Source record's Kafka timestamp to prediction publish",
-                                           buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("stream_score_batch_size_rows", "Rows per scoring batch",
-                                    buckets=_BATCH_BUCKETS, registry=r)
-        self.model_version = Gauge("stream_model_info", "Loaded model versions (value 1)", ["model", "version"],
-                                   registry=r)
-        self.models_refused = Counter("stream_models_refused_total", "Models refused (feature list mismatch)",
-                                      ["model"], registry=r)
-        self.sink_errors = Counter("stream_sink_errors_total", "Failed ClickHouse inserts (retried)", ["table"],
-                                   registry=r)
-        self.sink_inserted = Counter("stream_sink_rows_total", "Rows inserted into ClickHouse", ["table"],
-                                     registry=r)
+        self.redelivered = Counter(
+            "stream_redelivered_events_total",
+            "Records delivered again to the process that already handled them (skipped)",
+            registry=r,
+        )
+        self.predictions = Counter("stream_predictions_total", "Predictions published, by model", ["model"], registry=r)
+        self.unscored = Counter(
+            "stream_unscored_events_total", "Scorable events with no loaded model", ["model"], registry=r
+        )
+        self.decisions = Counter(
+            "stream_bandit_decisions_total", "Bandit decisions, by context and arm", ["context", "arm"], registry=r
+        )
+        self.event_to_publish = Histogram(
+            "stream_event_to_publish_seconds", "Event time to prediction publish", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.ingest_to_publish = Histogram(
+            "stream_ingest_to_publish_seconds",
+            "Source record's Kafka timestamp to prediction publish",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "stream_score_batch_size_rows", "Rows per scoring batch", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.model_version = Gauge(
+            "stream_model_info", "Loaded model versions (value 1)", ["model", "version"], registry=r
+        )
+        self.models_refused = Counter(
+            "stream_models_refused_total", "Models refused (feature list mismatch)", ["model"], registry=r
+        )
+        self.sink_errors = Counter(
+            "stream_sink_errors_total", "Failed ClickHouse inserts (retried)", ["table"], registry=r
+        )
+        self.sink_inserted = Counter("stream_sink_rows_total", "Rows inserted into ClickHouse", ["table"], registry=r)
         self.backpressure = Gauge(
             "stream_sink_backpressure_active",
             "1 while ClickHouse does not take the sink's rows (an insert is being retried, or the queue is full): "
-            "batches cannot settle and consumption stops at the in-flight limit", registry=r)
-        self.backpressure_total = Counter("stream_sink_backpressure_pauses_total",
-                                          "Times the sink's backpressure turned on", registry=r)
+            "batches cannot settle and consumption stops at the in-flight limit",
+            registry=r,
+        )
+        self.backpressure_total = Counter(
+            "stream_sink_backpressure_pauses_total", "Times the sink's backpressure turned on", registry=r
+        )
         self.fatal_errors = Counter(
             "stream_fatal_errors_total",
             "Errors that stopped the worker with their batch uncommitted: an output Kafka did not take "
-            "(topic, librdkafka error) or a failed batch (empty topic, exception type)", ["topic", "error"], registry=r)
+            "(topic, librdkafka error) or a failed batch (empty topic, exception type)",
+            ["topic", "error"],
+            registry=r,
+        )
         self.dead_letters_shrunk = Counter(
             "stream_dead_letters_shrunk_total",
             "Dead letters too large for one record, sent with the first bytes, size and SHA-256 of the original",
-            registry=r)
+            registry=r,
+        )
         self.unconfirmed_age = Gauge(
             "stream_unconfirmed_batch_age_seconds",
             "Per input partition: age of the oldest batch whose outputs are not confirmed yet (0 = none); "
-            "nothing after it is committed", ["topic", "partition"], registry=r)
-        self.lag = Gauge("stream_consumer_lag_messages", "Messages behind the high watermark",
-                         ["topic", "partition"], registry=r)
+            "nothing after it is committed",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "stream_consumer_lag_messages", "Messages behind the high watermark", ["topic", "partition"], registry=r
+        )
         self.idle = Gauge(
             "stream_partition_idle_seconds",
             "Per owned input partition with messages waiting: seconds since one of its records was last "
-            "processed (0 = progressing or nothing to read)", ["topic", "partition"], registry=r)
+            "processed (0 = progressing or nothing to read)",
+            ["topic", "partition"],
+            registry=r,
+        )
         self.rejoins = Counter(
             "stream_start_stall_rejoins_total",
             "Times the worker re-joined its group because an assigned input partition delivered nothing since "
             "its assignment for STREAM_START_STALL_S while messages waited",
-            registry=r)
+            registry=r,
+        )
         self.stalls = Counter(
             "stream_partition_stalls_total",
             "Times an owned input partition with messages waiting processed none for STREAM_STALL_WARNING_S",
-            registry=r)
+            registry=r,
+        )
         self._served_on: int | None = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - probes and scrapes come from outside
@@ -152,11 +185,18 @@ class WorkerMetrics:
         if not port or port == self._served_on:
             return
         try:
-            server = make_server(addr, port, web_app(make_wsgi_app(self.registry), self.health),
-                                 ThreadingWSGIServer, handler_class=_QuietHandler)
+            server = make_server(
+                addr,
+                port,
+                web_app(make_wsgi_app(self.registry), self.health),
+                ThreadingWSGIServer,
+                handler_class=_QuietHandler,
+            )
         except OSError as exc:
-            raise ConfigError(f"invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve metrics on "
-                              f"port {port} ({exc.strerror}); expected a free port, or 0 for no metrics") from None
+            raise ConfigError(
+                f"invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve metrics on "
+                f"port {port} ({exc.strerror}); expected a free port, or 0 for no metrics"
+            ) from None
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._served_on = port
 

@@ -25,8 +25,17 @@ class Record(NamedTuple):
 
 def dead_letter(rec: Record, reason: str, kind: ErrorKind, received_at_ms: int) -> DeadLetter:
     """The dead letter of ``rec``: rejected as ``kind`` for ``reason``."""
-    return rec.key, dead_letter_envelope(rec.value or b"", rec.key, reason, kind, rec.topic, rec.partition,
-                                         rec.offset, rec.timestamp_ms, received_at_ms=received_at_ms)
+    return rec.key, dead_letter_envelope(
+        rec.value or b"",
+        rec.key,
+        reason,
+        kind,
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        rec.timestamp_ms,
+        received_at_ms=received_at_ms,
+    )
 
 
 class Parsed(NamedTuple):

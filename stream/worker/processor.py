@@ -54,8 +54,17 @@ from stream.worker.parsing import DeadLetter, Record, dead_letter, parse_records
 from stream.worker.stores import Stores, StoreUnavailable
 
 __all__ = [
-    "EXPECTED_FEATURES", "BatchProcessor", "Outputs", "ProcessorConfig", "Record", "StoreUnavailable", "Stores",
-    "bandit_key", "merged_counts", "pack_user", "unpack_user",
+    "EXPECTED_FEATURES",
+    "BatchProcessor",
+    "Outputs",
+    "ProcessorConfig",
+    "Record",
+    "StoreUnavailable",
+    "Stores",
+    "bandit_key",
+    "merged_counts",
+    "pack_user",
+    "unpack_user",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,17 +147,28 @@ class _Tally:
 
 
 class BatchProcessor:
-    def __init__(self, models: Mapping[str, LoadedModel], placements: Sequence[str],
-                 config: ProcessorConfig = ProcessorConfig(), *, metrics: WorkerMetrics | None = None,
-                 max_cached_users: int = 250_000) -> None:
+    def __init__(
+        self,
+        models: Mapping[str, LoadedModel],
+        placements: Sequence[str],
+        config: ProcessorConfig = ProcessorConfig(),
+        *,
+        metrics: WorkerMetrics | None = None,
+        max_cached_users: int = 250_000,
+    ) -> None:
         self.models = models
         self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.redeliveries = Redeliveries()
         self.users = UserStates(max_cached_users)
         self.articles = ArticleStates()
-        self.ads = Ads(placements, context=config.bandit_context, join_window_ms=config.click_join_window_ms,
-                       seed=config.seed, policy_name=config.policy_name)
+        self.ads = Ads(
+            placements,
+            context=config.bandit_context,
+            join_window_ms=config.click_join_window_ms,
+            seed=config.seed,
+            policy_name=config.policy_name,
+        )
         #: Per input partition, the newest event time seen: article events further behind it than
         #: ARTICLE_LATENESS_MS are not forwarded, so its watermark (newest - that) is a promise.
         self.event_hwm: dict[int, int] = {}
@@ -247,12 +267,14 @@ class BatchProcessor:
         tally.publish(self.metrics)
         return out
 
-    def _run(self, records: Sequence[Record], stores: Stores, ingest_ms: int, users: UserBatch,
-             ads: AdBatch) -> tuple[Outputs, _Tally]:
+    def _run(
+        self, records: Sequence[Record], stores: Stores, ingest_ms: int, users: UserBatch, ads: AdBatch
+    ) -> tuple[Outputs, _Tally]:
         fresh = self.redeliveries.fresh(records)
         parsed = parse_records(fresh, self.config.max_event_bytes, ingest_ms)
-        out = Outputs(dead_letters=parsed.dead_letters, ingest_ms=ingest_ms,
-                      events=[event for _, event in parsed.events])
+        out = Outputs(
+            dead_letters=parsed.dead_letters, ingest_ms=ingest_ms, events=[event for _, event in parsed.events]
+        )
         tally = _Tally(invalid=parsed.invalid, redelivered=len(records) - len(fresh))
         requests, ingest = self._apply(records[0].partition, parsed.events, stores, out, tally, users, ads)
 
@@ -261,8 +283,7 @@ class BatchProcessor:
         if requests:
             tally.rows = len(requests)
             out.predictions = score_requests(self.models, requests, int(time.time() * 1000))
-            out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms)
-                                        for p in out.predictions]
+            out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
                 tally.unscored[name] = sum(r.model == name for r in requests)
         if out.pending_clicks:
@@ -277,9 +298,16 @@ class BatchProcessor:
         users.trim()
         return out, tally
 
-    def _apply(self, partition: int, events: list[tuple[Record, dict[str, Any]]], stores: Stores, out: Outputs,
-               tally: _Tally, users: UserBatch,
-               ads: AdBatch) -> tuple[list[ScoreRequest], dict[tuple[str, str], int]]:
+    def _apply(
+        self,
+        partition: int,
+        events: list[tuple[Record, dict[str, Any]]],
+        stores: Stores,
+        out: Outputs,
+        tally: _Tally,
+        users: UserBatch,
+        ads: AdBatch,
+    ) -> tuple[list[ScoreRequest], dict[tuple[str, str], int]]:
         """Per valid event of ``partition``, in order: its feature rows, its state update, its article and ad effects.
 
         Returns the score requests, and per (user_id, event_id) the record timestamp (ingest time).
@@ -310,16 +338,27 @@ class BatchProcessor:
             # marked, so that the first (exact) score can win downstream (docs/worker.md, "Delivery").
             if model == "click":
                 if defer:  # the article part comes in finish_clicks
-                    req = ScoreRequest("click", click_row(state, EMPTY_ARTICLE, ev, cfg), event, ingest_ms,
-                                       rec.offset <= applied_offset)
+                    req = ScoreRequest(
+                        "click",
+                        click_row(state, EMPTY_ARTICLE, ev, cfg),
+                        event,
+                        ingest_ms,
+                        rec.offset <= applied_offset,
+                    )
                     out.pending_clicks.append((req, event["article_id"], rec, rec.timestamp_ms or ingest_ms))
                 else:
                     article = article_of(stores.articles, event["article_id"])
-                    requests.append(ScoreRequest("click", click_row(state, article, ev, cfg), event, ingest_ms,
-                                                 rec.offset <= applied_offset))
+                    requests.append(
+                        ScoreRequest(
+                            "click", click_row(state, article, ev, cfg), event, ingest_ms, rec.offset <= applied_offset
+                        )
+                    )
             elif model == "engagement":
-                requests.append(ScoreRequest("engagement", engagement_row(state, ev, cfg), event, ingest_ms,
-                                             rec.offset <= applied_offset))
+                requests.append(
+                    ScoreRequest(
+                        "engagement", engagement_row(state, ev, cfg), event, ingest_ms, rec.offset <= applied_offset
+                    )
+                )
             outcome = Outcome.DUPLICATE
             if rec.offset > applied_offset:  # not a replay of an event the stored state already holds
                 outcome = apply_user(state, ev, cfg)
@@ -327,8 +366,9 @@ class BatchProcessor:
                     tally.duplicates += 1
                 users.applied(uid, rec.offset, state)
             if model == "churn":
-                requests.append(ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms,
-                                             rec.offset < applied_offset))
+                requests.append(
+                    ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms, rec.offset < applied_offset)
+                )
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded; nor are
                 # events so late that the partition's watermark already passed them.
@@ -349,8 +389,9 @@ class BatchProcessor:
         """The newest watermark the pending click rows read article popularity at."""
         if not out.pending_clicks:
             return None
-        return max(article_watermark(req.event["event_time"], self.config.state_config)
-                   for req, *_ in out.pending_clicks)
+        return max(
+            article_watermark(req.event["event_time"], self.config.state_config) for req, *_ in out.pending_clicks
+        )
 
     def finish_clicks(self, out: Outputs, stores: Stores) -> None:
         """Complete and score the pending click rows (article part as of each row's watermark).

@@ -91,7 +91,8 @@ class _Reports:
     def __call__(self, err: Any, msg: Any) -> None:
         if err is not None and self.error is None:
             self.error = produce_error(msg.topic(), err, self.max_message_bytes) or OutputError(
-                msg.topic(), err.name(), err.str())
+                msg.topic(), err.name(), err.str()
+            )
         self.remaining -= 1
         if self.remaining == 0:
             self.loop.call_soon_threadsafe(self._resolve)
@@ -109,8 +110,7 @@ class _Reports:
 ARTICLE_CHUNK = 500
 
 
-def article_messages(events: Sequence[tuple[str, bytes]], partitions: int,
-                     max_bytes: int) -> list[tuple[int, bytes]]:
+def article_messages(events: Sequence[tuple[str, bytes]], partitions: int, max_bytes: int) -> list[tuple[int, bytes]]:
     """Forwarded article events as (partition, JSON array) records, one per partition and chunk.
 
     Each event goes to the partition its ``article_id`` key would get from a Java producer, so an
@@ -128,8 +128,11 @@ def article_messages(events: Sequence[tuple[str, bytes]], partitions: int,
     groups: dict[int, list[bytes]] = {}
     for article_id, raw in events:
         groups.setdefault(partition_for(article_id.encode(), partitions), []).append(raw)
-    return [(p, b"[" + b",".join(chunk) + b"]") for p, raws in groups.items()
-            for chunk in _chunks(raws, ARTICLE_CHUNK, max_bytes)]
+    return [
+        (p, b"[" + b",".join(chunk) + b"]")
+        for p, raws in groups.items()
+        for chunk in _chunks(raws, ARTICLE_CHUNK, max_bytes)
+    ]
 
 
 def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[bytes]]:
@@ -222,8 +225,12 @@ class Publisher:
         if self.producer is not None:
             left = self.producer.flush(timeout_s)
             if left:
-                log.warning("%d output records still undelivered after %.0f s at shutdown; their batches stay "
-                            "uncommitted and are read again after a restart", left, timeout_s)
+                log.warning(
+                    "%d output records still undelivered after %.0f s at shutdown; their batches stay "
+                    "uncommitted and are read again after a restart",
+                    left,
+                    timeout_s,
+                )
 
     def fail(self, exc: BaseException) -> None:
         """Stop the worker for an error no single record explains (first call only).
@@ -239,8 +246,13 @@ class Publisher:
             log.error("stopping the worker: %s; its batch stays uncommitted and is read again after a restart", exc)
         else:
             self.metrics.fatal_errors.labels(topic="", error=type(exc).__name__).inc()
-            log.error("stopping the worker: a batch failed with %s: %s; it stays uncommitted and is read again "
-                      "after a restart", type(exc).__name__, exc, exc_info=exc)
+            log.error(
+                "stopping the worker: a batch failed with %s: %s; it stays uncommitted and is read again "
+                "after a restart",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
         if self.on_fatal is not None:
             self.on_fatal(exc)
 
@@ -276,8 +288,12 @@ class Publisher:
         for gauge in (self.metrics.lag, self.metrics.unconfirmed_age):
             gauge.remove(tp[0], str(tp[1]))
 
-    def export_lag(self, assigned: Iterable[Partition], highwater: Callable[[Any], int | None],
-                   committed: Callable[[Any], int | None]) -> dict[Partition, int]:
+    def export_lag(
+        self,
+        assigned: Iterable[Partition],
+        highwater: Callable[[Any], int | None],
+        committed: Callable[[Any], int | None],
+    ) -> dict[Partition, int]:
         """Set the lag gauge of each assigned input partition whose lag is known; drop every other series.
 
         The lag counts from the last offset handed to the processor or, on a partition that has
@@ -294,7 +310,8 @@ class Publisher:
             if pos is not None:
                 lags[(tp[0], tp[1])] = max(hw - pos - 1, 0)
             elif (next_offset := committed(tp)) is not None or (
-                    next_offset := self._starts.get((tp[0], tp[1]))) is not None:
+                next_offset := self._starts.get((tp[0], tp[1]))
+            ) is not None:
                 lags[(tp[0], tp[1])] = max(hw - next_offset, 0)
         for topic, partition in self._lagging - lags.keys():
             self.metrics.lag.remove(topic, str(partition))
@@ -330,8 +347,14 @@ class Publisher:
         if not extra:
             return records, span  # offsets without a record (transaction markers, compaction)
         self.metrics.refetched.inc(len(extra))
-        log.warning("%s[%d]: %d record(s) at offsets %s were fetched but not delivered by the consumer; "
-                    "read again from the broker", tp[0], tp[1], len(extra), [r.offset for r in extra])
+        log.warning(
+            "%s[%d]: %d record(s) at offsets %s were fetched but not delivered by the consumer; "
+            "read again from the broker",
+            tp[0],
+            tp[1],
+            len(extra),
+            [r.offset for r in extra],
+        )
         return sorted([*records, *extra], key=lambda r: r.offset), span
 
     async def learn_starts(self, assigned: Iterable[Partition]) -> None:
@@ -506,9 +529,13 @@ class Publisher:
             self.metrics.unconfirmed_age.labels(topic=tp[0], partition=str(tp[1])).set(age)
             if age > limit and now - self._stall_logged.get(tp, -limit) >= limit:
                 self._stall_logged[tp] = now
-                log.warning("partition %s[%d] makes no progress: its oldest batch has waited %.0f s for its "
-                            "outputs to be confirmed by Kafka and ClickHouse; nothing after it is committed",
-                            tp[0], tp[1], age)
+                log.warning(
+                    "partition %s[%d] makes no progress: its oldest batch has waited %.0f s for its "
+                    "outputs to be confirmed by Kafka and ClickHouse; nothing after it is committed",
+                    tp[0],
+                    tp[1],
+                    age,
+                )
         return ages
 
     async def drain(self, timeout_s: float | None = None) -> bool:

@@ -16,6 +16,7 @@ import logging
 
 log = logging.getLogger(__name__)
 
+
 def tune_gc(threshold: tuple[int, int, int], freeze: bool) -> None:
     """Set the collector's thresholds; with ``freeze``, collect once and freeze the survivors."""
     gc.set_threshold(*threshold)

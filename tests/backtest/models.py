@@ -29,8 +29,9 @@ FEATURES = {"churn": CHURN_FEATURES, "click": CLICK_FEATURES, "engagement": ENGA
 ARTICLE_COLUMNS = [CLICK_FEATURES.index(n) for n in ARTICLE_FEATURES.names]
 
 
-def train_models(models_dir: Path, events: list[Mapping[str, Any]], *, article_blind: bool = False,
-                 seed: int = 0, rounds: int = 30) -> dict[str, str]:
+def train_models(
+    models_dir: Path, events: list[Mapping[str, Any]], *, article_blind: bool = False, seed: int = 0, rounds: int = 30
+) -> dict[str, str]:
     """Train churn / click / engagement on ``events``, register them and set ``production``."""
     rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
@@ -57,10 +58,10 @@ def train_models(models_dir: Path, events: list[Mapping[str, Any]], *, article_b
                 last_seen[e["user_id"]] = e["event_time"]
             y = (rng.random(len(x)) < 0.2).astype(float)
             params = {"objective": "binary:logistic"}
-        booster = xgb.train({**params, "nthread": 1, "max_depth": 4, "eta": 0.3, "seed": seed},
-                            xgb.DMatrix(x, y), rounds)
-        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)),
-                               {"features": fl.to_dict()})
+        booster = xgb.train(
+            {**params, "nthread": 1, "max_depth": 4, "eta": 0.3, "seed": seed}, xgb.DMatrix(x, y), rounds
+        )
+        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), {"features": fl.to_dict()})
         registry.set_alias(name, "production", mv.version)
         versions[name] = mv.version
     return versions

@@ -25,26 +25,33 @@ def window(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object
 
 
 @pytest.mark.kafka
-def test_offline_and_end_to_end_agree(kafka_bootstrap: str, window: tuple[Path, Path, object],
-                                      tmp_path: Path) -> None:
+def test_offline_and_end_to_end_agree(kafka_bootstrap: str, window: tuple[Path, Path, object], tmp_path: Path) -> None:
     _, models_dir, ds = window
     payloads = list(ds.iter_payloads())  # type: ignore[attr-defined]
     off = run_offline(payloads, load_models(models_dir), placements=ds.config.placements)  # type: ignore[attr-defined]
-    e2e = run_e2e(payloads, models_dir, bootstrap=kafka_bootstrap, expected_predictions=len(off.predictions),
-                  expected_decisions=len(off.decisions), workdir=tmp_path / "e2e", timeout_s=120)
+    e2e = run_e2e(
+        payloads,
+        models_dir,
+        bootstrap=kafka_bootstrap,
+        expected_predictions=len(off.predictions),
+        expected_decisions=len(off.decisions),
+        workdir=tmp_path / "e2e",
+        timeout_s=120,
+    )
     agreement = compare(off, e2e)
     assert set(agreement["models"]) == {"churn", "click", "engagement"}
     for name, m in agreement["models"].items():
         assert m["offline"] > 50, name
-        assert m["only_offline"] == 0 and m["only_e2e"] == 0, (name, m)   # same prediction ids
-        assert m["max_abs_diff"] <= 1e-6, (name, m)                        # same scores
+        assert m["only_offline"] == 0 and m["only_e2e"] == 0, (name, m)  # same prediction ids
+        assert m["max_abs_diff"] <= 1e-6, (name, m)  # same scores
     d = agreement["decisions"]
     assert d["offline"] > 100 and d["common"] == d["offline"] == d["e2e"]  # same decision ids
     assert e2e.latencies_ms and e2e.events_per_s > 0
 
 
-def test_backtest_cli_writes_report(window: tuple[Path, Path, object], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_backtest_cli_writes_report(
+    window: tuple[Path, Path, object], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data, models_dir, _ = window
     out = tmp_path / "report"
     assert main(["backtest", str(data), "--models", str(models_dir), "--out", str(out)]) == 0

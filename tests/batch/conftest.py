@@ -16,8 +16,9 @@ USERS, DAYS, SEED = 1500, 42, 11
 
 
 def make_context(tmp: Path, database: str, ch: Any = None) -> Context:
-    settings = load_settings(clickhouse_database=database, data_dir=tmp / "var", models_dir=tmp / "models",
-                             reports_dir=tmp / "reports")
+    settings = load_settings(
+        clickhouse_database=database, data_dir=tmp / "var", models_dir=tmp / "models", reports_dir=tmp / "reports"
+    )
     prof = get_profile("fast", search_iter=2, cv_folds=2, n_estimators=200, processes=2)
     return Context(settings, prof, progress=False, _ch=ch)
 

@@ -29,8 +29,21 @@ def foreign_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cont
     path = tmp / "history.jsonl"
     write_jsonl(path, foreign_events(n_users=150, days=150, seed=8), bad_every=5000)
     with fresh_database("foreign") as ch:
-        assert stream_main(["ingest", "--from-file", str(path), "--database", ch.database, "--quiet",
-                            "--rejects", str(tmp / "rejects.jsonl")]) == 0
+        assert (
+            stream_main(
+                [
+                    "ingest",
+                    "--from-file",
+                    str(path),
+                    "--database",
+                    ch.database,
+                    "--quiet",
+                    "--rejects",
+                    str(tmp / "rejects.jsonl"),
+                ]
+            )
+            == 0
+        )
         ctx = make_context(tmp, ch.database, ch)
         lines: list[str] = []
         timings = pipeline(ctx, log=lines.append)
@@ -57,7 +70,11 @@ def test_every_model_is_promoted_or_skipped_with_its_reason(foreign_run: tuple[C
     ctx, _, _ = foreign_run
     promoted = _json(ctx, "promotion")
     assert {n: p["status"] for n, p in promoted.items()} == {
-        "churn": "promoted", "conversion": "promoted", "engagement": "promoted", "click": "skipped"}
+        "churn": "promoted",
+        "conversion": "promoted",
+        "engagement": "promoted",
+        "click": "skipped",
+    }
     assert "single class" in promoted["click"]["reason"]
     for name in ("churn", "conversion", "engagement"):
         assert ctx.registry.resolve(name).version == promoted[name]["candidate"]

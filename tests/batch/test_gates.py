@@ -30,8 +30,13 @@ def test_a_planted_future_event_changes_the_label_not_the_features(unique: str) 
     uid = events[0]["user_id"]
     last = max(e["event_time"] for e in events if e["user_id"] == uid)
     cutoff = (events[0]["event_time"] // DAY_MS + 3) * DAY_MS  # a cut-off early in the data
-    planted = {**next(e for e in events if e["user_id"] == uid), "event_id": "planted-sub",
-               "event_type": "subscription", "event_time": cutoff + 2 * DAY_MS, "revenue": 999.0}
+    planted = {
+        **next(e for e in events if e["user_id"] == uid),
+        "event_id": "planted-sub",
+        "event_type": "subscription",
+        "event_time": cutoff + 2 * DAY_MS,
+        "revenue": 999.0,
+    }
     planted.pop("article_id", None)
     sets = []
     for tag, evs in (("a", events), ("b", [*events, planted])):
@@ -59,16 +64,26 @@ def test_registry_round_trip_gives_identical_predictions(tmp_path: Path) -> None
     y = (x[:, 0] + 0.5 * rng.normal(size=400) > 0).astype(int)
     model = xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(x, y)
     reg = ModelRegistry(tmp_path)
-    mv = register(reg, "churn", "xgboost", lambda p: model.get_booster().save_model(str(p)),
-                  features=CHURN_FEATURES, metrics={}, window={}, rows={"train": 400}, fingerprint="x")
+    mv = register(
+        reg,
+        "churn",
+        "xgboost",
+        lambda p: model.get_booster().save_model(str(p)),
+        features=CHURN_FEATURES,
+        metrics={},
+        window={},
+        rows={"train": 400},
+        fingerprint="x",
+    )
     assert mv.model_file.suffix == ".ubj"
     again = load_booster(reg.get("churn", mv.version))
     np.testing.assert_array_equal(again.inplace_predict(x), model.get_booster().inplace_predict(x))
     np.testing.assert_allclose(again.inplace_predict(x), model.predict_proba(x)[:, 1], rtol=1e-6)
 
 
-def test_promote_refuses_a_worse_model_unless_forced(sim_ctx: Context, pipeline_run: dict, tmp_path: Path,
-                                                     make_ctx: Any) -> None:
+def test_promote_refuses_a_worse_model_unless_forced(
+    sim_ctx: Context, pipeline_run: dict, tmp_path: Path, make_ctx: Any
+) -> None:
     shutil.copytree(sim_ctx.settings.models_dir, tmp_path / "models")
     ctx = make_ctx(tmp_path, sim_ctx.db, sim_ctx.ch)
     shutil.copytree(sim_ctx.data_dir, ctx.data_dir, dirs_exist_ok=True)
@@ -77,8 +92,17 @@ def test_promote_refuses_a_worse_model_unless_forced(sim_ctx: Context, pipeline_
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, len(CHURN_FEATURES))).astype(np.float32)
     bad = xgb.XGBClassifier(n_estimators=5, max_depth=2).fit(x, rng.integers(0, 2, 300))  # noise
-    worse = register(reg, "churn", "xgboost", lambda p: bad.get_booster().save_model(str(p)),
-                     features=SPECS["churn"].features, metrics={}, window={}, rows={}, fingerprint="noise")
+    worse = register(
+        reg,
+        "churn",
+        "xgboost",
+        lambda p: bad.get_booster().save_model(str(p)),
+        features=SPECS["churn"].features,
+        metrics={},
+        window={},
+        rows={},
+        fingerprint="noise",
+    )
     with pytest.raises(PromotionRefused, match="churn"):
         promote(ctx, ["churn"])
     assert reg.resolve("churn").version == before
@@ -93,8 +117,9 @@ def test_cli_bad_argument_is_one_line_exit_2(capsys: pytest.CaptureFixture[str])
     assert main(["churn", "--profile", "huge"]) == 2
 
 
-def test_cli_missing_data_says_what_to_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                           sim_ctx: Context) -> None:
+def test_cli_missing_data_says_what_to_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sim_ctx: Context
+) -> None:
     monkeypatch.setenv("STREAM_CLICKHOUSE_DATABASE", f"empty_{uuid.uuid4().hex[:8]}")
     assert main(["prerequisites", "--no-progress"]) == 1
     err = capsys.readouterr().err.strip()

@@ -23,10 +23,19 @@ def _result(ctx: Context, name: str) -> dict:
 def test_every_step_ran_and_wrote_its_outputs(sim_ctx: Context, pipeline_run: dict[str, float]) -> None:
     assert set(STEPS) | {"promote", "total"} == set(pipeline_run)
     rep = sim_ctx.reports_dir
-    for f in ("exploration/report.md", "exploration/report.html", "exploration/correlation.png",
-              "churn/roc_curve.png", "churn/feature_importance.png", "engagement/residuals.png",
-              "engagement/prediction_vs_actual.png", "segmentation/user_segments.csv",
-              "segmentation/segment_profiles.csv", "ads/cumulative_regret.png", "evaluation.md"):
+    for f in (
+        "exploration/report.md",
+        "exploration/report.html",
+        "exploration/correlation.png",
+        "churn/roc_curve.png",
+        "churn/feature_importance.png",
+        "engagement/residuals.png",
+        "engagement/prediction_vs_actual.png",
+        "segmentation/user_segments.csv",
+        "segmentation/segment_profiles.csv",
+        "ads/cumulative_regret.png",
+        "evaluation.md",
+    ):
         assert (rep / f).exists(), f
     for f in ("users.parquet", "clicks.parquet", "engagement.parquet", "feature_list.json"):
         assert (sim_ctx.data_dir / f).exists(), f

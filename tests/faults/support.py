@@ -29,8 +29,10 @@ class FaultRow:
     recover_s: float  # from the end of the fault until every expected prediction was published
 
     def line(self) -> str:
-        return (f"{self.fault}: lost={self.lost} dup_topic={self.dup_topic} dup_final={self.dup_final} "
-                f"recover_s={self.recover_s:.1f}")
+        return (
+            f"{self.fault}: lost={self.lost} dup_topic={self.dup_topic} dup_final={self.dup_final} "
+            f"recover_s={self.recover_s:.1f}"
+        )
 
 
 ROWS: list[FaultRow] = []
@@ -48,10 +50,13 @@ def record(row: FaultRow) -> str:
 
 
 def table(rows: Iterable[FaultRow]) -> str:
-    lines = ["| fault | events lost | duplicates on the topic | duplicates in FINAL | seconds to recover |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {r.fault} | {r.lost} | {_count(r.dup_topic)} | {_count(r.dup_final)} | {r.recover_s:.1f} |"
-              for r in rows]
+    lines = [
+        "| fault | events lost | duplicates on the topic | duplicates in FINAL | seconds to recover |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.fault} | {r.lost} | {_count(r.dup_topic)} | {_count(r.dup_final)} | {r.recover_s:.1f} |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -112,7 +117,7 @@ class PredictionWatch:
         read = [0]
 
         def complete(got: list[Any]) -> bool:
-            seen.update(keys(got[read[0]:]))
+            seen.update(keys(got[read[0] :]))
             read[0] = len(got)
             if self.done_at is None and seen >= self.expected:
                 self.done_at = time.monotonic()
@@ -152,5 +157,9 @@ def owners(bootstrap: str, group: str, topic: str) -> tuple[int, bool]:
 
 def wait_owners(bootstrap: str, group: str, topic: str, n: int, timeout_s: float = 90) -> float:
     """Wait until exactly ``n`` members of a stable group own partitions of ``topic``."""
-    return wait(lambda: owners(bootstrap, group, topic) == (n, True), timeout_s,
-                f"{n} workers owning {topic} partitions in a stable group", every_s=0.5)
+    return wait(
+        lambda: owners(bootstrap, group, topic) == (n, True),
+        timeout_s,
+        f"{n} workers owning {topic} partitions in a stable group",
+        every_s=0.5,
+    )

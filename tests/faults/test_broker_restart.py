@@ -30,8 +30,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
-def test_broker_restart_loses_nothing(broker: EmbeddedKafka, sig: int, worker_env: dict[str, str],
-                                      sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+def test_broker_restart_loses_nothing(
+    broker: EmbeddedKafka, sig: int, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     bootstrap = broker.bootstrap
     port = free_port()
     env = {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)}

@@ -30,8 +30,7 @@ def _has_records(bootstrap: str, topic: str) -> bool:
         md = consumer.list_topics(topic, timeout=5).topics.get(topic)
         if md is None or md.error is not None:
             return False
-        return any(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] > 0
-                   for p in md.partitions)
+        return any(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1] > 0 for p in md.partitions)
     except KafkaException:  # just created: no leader yet
         return False
     finally:
@@ -39,26 +38,46 @@ def _has_records(bootstrap: str, topic: str) -> bool:
 
 
 def test_ten_fresh_starts_each_have_the_article_agent_processing_within_10_s(
-        kafka_bootstrap: str, worker_env: dict[str, str], unique: str, sim_events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], unique: str, sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     # impressions of many articles: every article-events partition gets some
     events = [e for e in sim_events if e["event_type"] == "article_impression"][:200]
     took: list[float] = []
     for i in range(STARTS):
-        env = {**worker_env, "STREAM_TOPIC_PREFIX": f"{unique}-{i}.", "STREAM_WORKER_ID": f"worker-{unique}-{i}",
-               "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"), "STREAM_CHDB_PATH": str(tmp_path / f"chdb-{i}")}
+        env = {
+            **worker_env,
+            "STREAM_TOPIC_PREFIX": f"{unique}-{i}.",
+            "STREAM_WORKER_ID": f"worker-{unique}-{i}",
+            "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"),
+            "STREAM_CHDB_PATH": str(tmp_path / f"chdb-{i}"),
+        }
         create_topics(kafka_bootstrap, env)
         produce(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}session-events", payloads(events))
         changelog = f"{env['STREAM_WORKER_ID']}-article-stats-changelog"
         started = time.monotonic()
         with WorkerProcess(kafka_bootstrap, env, tmp_path / f"worker-{i}.log"):
-            took.append(wait(lambda: _has_records(kafka_bootstrap, changelog), 60,  # noqa: B023 - used at once
-                             f"start {i}: the article agent's first write") - started)
+            took.append(
+                wait(
+                    lambda changelog=changelog: _has_records(kafka_bootstrap, changelog),
+                    60,
+                    f"start {i}: the article agent's first write",
+                )
+                - started
+            )
         log = (tmp_path / f"worker-{i}.log").read_text()
         assert "Ignoring missing topic" not in log, f"start {i} missed a topic at its first assignment"
-    summary = (f"article agent's first write after a fresh start: median {statistics.median(took):.1f} s, "
-               f"max {max(took):.1f} s over {STARTS} starts ({', '.join(f'{t:.1f}' for t in took)})")
+    summary = (
+        f"article agent's first write after a fresh start: median {statistics.median(took):.1f} s, "
+        f"max {max(took):.1f} s over {STARTS} starts ({', '.join(f'{t:.1f}' for t in took)})"
+    )
     print(f"\n{summary}")
-    record(FaultRow(f"{STARTS} fresh starts (seconds: the slowest start to the article agent's first write)",
-                    0, -1, -1, max(took)))
+    record(
+        FaultRow(
+            f"{STARTS} fresh starts (seconds: the slowest start to the article agent's first write)",
+            0,
+            -1,
+            -1,
+            max(took),
+        )
+    )
     assert max(took) <= WITHIN_S, summary

@@ -41,20 +41,30 @@ def server(tmp_path: Path) -> Iterator[ClickHouseServer]:
 
 
 def test_scale_out_to_three_and_in_by_sigkill_loses_nothing(
-        kafka_bootstrap: str, worker_env: dict[str, str], server: ClickHouseServer, unique: str,
-        sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
-    base = {**worker_env, "STREAM_CLICKHOUSE_URL": server.url, "STREAM_CLICKHOUSE_DATABASE": f"w_{unique}",
-            "STREAM_WORKER_SESSION_TIMEOUT_S": "6"}
+    kafka_bootstrap: str,
+    worker_env: dict[str, str],
+    server: ClickHouseServer,
+    unique: str,
+    sim_events: list[dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    base = {
+        **worker_env,
+        "STREAM_CLICKHOUSE_URL": server.url,
+        "STREAM_CLICKHOUSE_DATABASE": f"w_{unique}",
+        "STREAM_WORKER_SESSION_TIMEOUT_S": "6",
+    }
     ports = [free_port() for _ in range(3)]
     envs = [{**base, "STREAM_WORKER_WEB_PORT": str(p)} for p in ports]
     prefix, group = base["STREAM_TOPIC_PREFIX"], base["STREAM_WORKER_ID"]
     topic = f"{prefix}session-events"
     create_topics(kafka_bootstrap, base)
     third = len(sim_events) // 3
-    parts = sim_events[:third], sim_events[third:2 * third], sim_events[2 * third:]
+    parts = sim_events[:third], sim_events[third : 2 * third], sim_events[2 * third :]
     expected = expected_predictions(sim_events)
-    workers = [WorkerProcess(kafka_bootstrap, env, tmp_path / f"w{i}.log", instance=str(i))
-               for i, env in enumerate(envs)]
+    workers = [
+        WorkerProcess(kafka_bootstrap, env, tmp_path / f"w{i}.log", instance=str(i)) for i, env in enumerate(envs)
+    ]
     try:
         workers[0].start()
         produce(kafka_bootstrap, topic, payloads(parts[0]))
@@ -81,6 +91,7 @@ def test_scale_out_to_three_and_in_by_sigkill_loses_nothing(
         ch.close()
     lost, dup_topic = topic_counts(got, expected)
     missing_final, dup_final = final_counts(rows, expected)
-    line = record(FaultRow("scale out to 3 workers, in by SIGKILL of one", lost + missing_final, dup_topic,
-                           dup_final, recover_s))
+    line = record(
+        FaultRow("scale out to 3 workers, in by SIGKILL of one", lost + missing_final, dup_topic, dup_final, recover_s)
+    )
     assert (lost, missing_final, dup_final) == (0, 0, 0), line

@@ -31,8 +31,8 @@ def _until_ready(port: int, started: float, what: str) -> float:
 
 
 def test_state_dir_loss_rebuilds_the_tables_and_scores_as_an_uninterrupted_run(
-        kafka_bootstrap: str, worker_env: dict[str, str], events: list[dict[str, Any]], models_dir: Path,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
+) -> None:
     port = free_port()
     env = {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)}
     prefix = env["STREAM_TOPIC_PREFIX"]
@@ -60,8 +60,10 @@ def test_state_dir_loss_rebuilds_the_tables_and_scores_as_an_uninterrupted_run(
     recover_s = (watch.done_at or time.monotonic()) - restarted
     users = len({e["user_id"] for e in first})
     per_10k = max(rebuilt_s - fresh_s, 0.0) * 10_000 / users
-    print(f"\nstate dir loss: ready {rebuilt_s:.1f} s after the restart (a fresh start: {fresh_s:.1f} s) for "
-          f"{users} users: about {per_10k:.0f} s of rebuild per 10k users")
+    print(
+        f"\nstate dir loss: ready {rebuilt_s:.1f} s after the restart (a fresh start: {fresh_s:.1f} s) for "
+        f"{users} users: about {per_10k:.0f} s of rebuild per 10k users"
+    )
 
     # churn and engagement are functions of the user state only: an uninterrupted run scores them alike
     offline = offline_scores(models_dir, events)

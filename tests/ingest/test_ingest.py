@@ -33,19 +33,31 @@ def history() -> list[dict[str, Any]]:
 
 
 def _stored(ch: Any) -> pd.DataFrame:
-    return ch.query_df("SELECT count() AS n, uniqExact(event_id) AS ids, uniqExact(toDate(event_time)) AS days "
-                       "FROM {db}.events")
+    return ch.query_df(
+        "SELECT count() AS n, uniqExact(event_id) AS ids, uniqExact(toDate(event_time)) AS days FROM {db}.events"
+    )
 
 
 def test_cli_ingests_a_long_history_with_rejects_and_a_second_run_adds_nothing(
-        ch: Any, history: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ch: Any, history: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "events.jsonl"
     n_bad = write_jsonl(path, history, bad_every=1000)
     with open(path, "ab") as f:  # the same event twice in the file: stored once
         f.write(orjson.dumps(history[7]) + b"\n")
     rejects = tmp_path / "rejects.jsonl"
-    argv = ["ingest", "--from-file", str(path), "--database", ch.database, "--rejects", str(rejects),
-            "--chunk-rows", "2500", "--quiet"]
+    argv = [
+        "ingest",
+        "--from-file",
+        str(path),
+        "--database",
+        ch.database,
+        "--rejects",
+        str(rejects),
+        "--chunk-rows",
+        "2500",
+        "--quiet",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert f"ingested {len(history)} events" in out and f"{n_bad} rejected" in out and "1 already stored" in out
@@ -65,13 +77,19 @@ def test_cli_ingests_a_long_history_with_rejects_and_a_second_run_adds_nothing(
     assert int(_stored(ch)["n"].iloc[0]) == len(history)
 
 
-def test_resume_after_a_crash_between_insert_and_checkpoint(ch: Any, history: list[dict[str, Any]],
-                                                            tmp_path: Path) -> None:
+def test_resume_after_a_crash_between_insert_and_checkpoint(
+    ch: Any, history: list[dict[str, Any]], tmp_path: Path
+) -> None:
     path = tmp_path / "events.jsonl"
     n_bad = write_jsonl(path, history, bad_every=700)
     ckpt, rejects = tmp_path / "ingest.ckpt", tmp_path / "rejects.jsonl"
-    kw: dict[str, Any] = {"rejects_path": rejects, "max_bytes": MAX_BYTES, "checkpoint_path": ckpt,
-                          "chunk_rows": 1000, "progress": False}
+    kw: dict[str, Any] = {
+        "rejects_path": rejects,
+        "max_bytes": MAX_BYTES,
+        "checkpoint_path": ckpt,
+        "chunk_rows": 1000,
+        "progress": False,
+    }
     first = run_ingest(FileSource(path), ch, max_records=3000, **kw)
     assert not first.complete and first.counts.read == 3000
     saved = tmp_path / "saved.ckpt"
@@ -97,15 +115,17 @@ def test_parquet_source(ch: Any, history: list[dict[str, Any]], tmp_path: Path) 
     events_to_frame(history[:5000]).to_parquet(path, index=False)
     res = run_ingest(FileSource(path), ch, rejects_path=tmp_path / "r.jsonl", max_bytes=MAX_BYTES, progress=False)
     assert res.complete and res.counts.inserted == 5000 and res.rejects_path is None
-    back = ch.query_df("SELECT event_id, user_id, toUnixTimestamp64Milli(event_time) AS t FROM {db}.events "
-                       "ORDER BY event_id")
+    back = ch.query_df(
+        "SELECT event_id, user_id, toUnixTimestamp64Milli(event_time) AS t FROM {db}.events ORDER BY event_id"
+    )
     want = sorted((e["event_id"], e["user_id"], e["event_time"]) for e in history[:5000])
     assert list(back.itertuples(index=False, name=None)) == want
 
 
 @pytest.mark.kafka
-def test_topic_source_between_offsets(ch: Any, history: list[dict[str, Any]], kafka_bootstrap: str,
-                                      unique: str, tmp_path: Path) -> None:
+def test_topic_source_between_offsets(
+    ch: Any, history: list[dict[str, Any]], kafka_bootstrap: str, unique: str, tmp_path: Path
+) -> None:
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -126,13 +146,17 @@ def test_topic_source_between_offsets(ch: Any, history: list[dict[str, Any]], ka
     assert ids == {e["event_id"] for e in sent[1000:]}
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    (["--from-offset", "5"], "--from-offset applies to --from-topic only"),
-    (["--resume"], "--resume needs --checkpoint FILE"),
-    (["--chunk-rows", "0"], "bad --chunk-rows 0; expected a positive number of events"),
-])
-def test_bad_options_print_one_line(extra: list[str], expected: str, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--from-offset", "5"], "--from-offset applies to --from-topic only"),
+        (["--resume"], "--resume needs --checkpoint FILE"),
+        (["--chunk-rows", "0"], "bad --chunk-rows 0; expected a positive number of events"),
+    ],
+)
+def test_bad_options_print_one_line(
+    extra: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("")
     assert main(["ingest", "--from-file", str(path), *extra]) == 2

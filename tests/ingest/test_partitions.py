@@ -13,8 +13,17 @@ T0 = 1_700_000_000_000
 
 
 def test_insert_events_takes_150_days_in_one_call(ch) -> None:
-    events = [{"schema_version": 1, "event_id": f"e{d}", "event_type": "page_view", "user_id": "u1",
-               "session_id": f"s{d}", "event_time": T0 + d * DAY_MS} for d in range(150)]
+    events = [
+        {
+            "schema_version": 1,
+            "event_id": f"e{d}",
+            "event_type": "page_view",
+            "user_id": "u1",
+            "session_id": f"s{d}",
+            "event_time": T0 + d * DAY_MS,
+        }
+        for d in range(150)
+    ]
     assert insert_events(ch, events) == 150
     days = ch.query_df("SELECT uniqExact(toDate(event_time)) AS d, count() AS n FROM {db}.events")
     assert (int(days["d"].iloc[0]), int(days["n"].iloc[0])) == (150, 150)

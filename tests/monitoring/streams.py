@@ -8,8 +8,9 @@ import numpy as np
 NAMES = ["normal", "skewed", "zero_mass", "discrete", "constant", "gappy"]
 
 
-def rows(n: int, rng: np.random.Generator, *, shift: float = 0.0,
-         missing: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def rows(
+    n: int, rng: np.random.Generator, *, shift: float = 0.0, missing: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
     """(features in NAMES order, a model's predictions); ``shift`` moves the mean of ``normal``
     by that many standard deviations; ``missing`` is the NaN share of ``gappy``."""
     x = np.empty((n, len(NAMES)))

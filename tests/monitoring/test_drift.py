@@ -38,8 +38,7 @@ def _reports(profile, size: int, x: np.ndarray, p: np.ndarray):
 
 
 @pytest.mark.parametrize(("size", "windows", "bound"), [(100, 2000, 0.015), (1000, 300, 0.015)])
-def test_stationary_stream_false_alarm_rate_is_at_most_alpha(profile, size: int, windows: int,
-                                                             bound: float) -> None:
+def test_stationary_stream_false_alarm_rate_is_at_most_alpha(profile, size: int, windows: int, bound: float) -> None:
     """At alpha = 1 % per window; the bound leaves room for the sampling error of the measured rate
     (2000 windows: one standard error of 1 % is 0.22 %)."""
     x, p = rows(size * windows, np.random.default_rng(2))
@@ -67,7 +66,7 @@ def test_each_threshold_matches_its_null_distribution(profile, size: int, window
     values = p if column == "prediction" else x[:, NAMES.index(column)]
     over_psi, over_ks = [], []
     for w in range(windows):
-        v = values[w * size:(w + 1) * size]
+        v = values[w * size : (w + 1) * size]
         b = ref.bin_counts(v)
         over_psi.append(psi(ref.counts, b) > psi_threshold(size, ref.rows, int((ref.counts > 0).sum()), 0.05, 0.0))
         if ref.kind == "numeric":

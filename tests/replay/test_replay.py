@@ -22,8 +22,7 @@ PARTITIONS = 4
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = generate(SimConfig(n_users=150, days=2, seed=21, malformed_share=0.01, late_share=0.02,
-                            duplicate_share=0.01))
+    ds = generate(SimConfig(n_users=150, days=2, seed=21, malformed_share=0.01, late_share=0.02, duplicate_share=0.01))
     return ds.write(tmp_path_factory.mktemp("ds"), formats=("parquet", "jsonl"))
 
 
@@ -97,51 +96,83 @@ class CrashingSource(FileSource):
     def items(self, position: Any) -> Iterator[Item]:
         for n, item in enumerate(super().items(position)):
             if n == self.at:
-                wait(lambda: topic_size(self.bootstrap, self.topic) >= self.delivered, 30,
-                     f"{self.delivered} records on {self.topic}", every_s=0.05)
+                wait(
+                    lambda: topic_size(self.bootstrap, self.topic) >= self.delivered,
+                    30,
+                    f"{self.delivered} records on {self.topic}",
+                    every_s=0.05,
+                )
                 raise Crash
             yield item
 
 
 @pytest.mark.kafka
-def test_resume_neither_skips_nor_duplicates(kafka_bootstrap: str, dataset_dir: Path, unique: str,
-                                             tmp_path: Path) -> None:
+def test_resume_neither_skips_nor_duplicates(
+    kafka_bootstrap: str, dataset_dir: Path, unique: str, tmp_path: Path
+) -> None:
     topic = _topic(kafka_bootstrap, f"replay-resume-{unique}")
     ckpt = tmp_path / "replay.ckpt"
     expected = _expected(dataset_dir)
     n = len(expected)
 
     # 1. a clean stop after 700 records (checkpointed)
-    r1 = run_replay(FileSource(dataset_dir), kafka_bootstrap, topic, checkpoint_path=ckpt, max_events=700,
-                    checkpoint_every=250, progress=False)
+    r1 = run_replay(
+        FileSource(dataset_dir),
+        kafka_bootstrap,
+        topic,
+        checkpoint_path=ckpt,
+        max_events=700,
+        checkpoint_every=250,
+        progress=False,
+    )
     assert r1.produced == 700 and not r1.complete
     # 2. a crash: 900 more records handed to the producer, the last checkpoint 150 records before it
     with pytest.raises(Crash):
-        run_replay(CrashingSource(dataset_dir, 900, kafka_bootstrap, topic, delivered=700 + 900), kafka_bootstrap,
-                   topic, checkpoint_path=ckpt, resume=True, checkpoint_every=250, progress=False)
+        run_replay(
+            CrashingSource(dataset_dir, 900, kafka_bootstrap, topic, delivered=700 + 900),
+            kafka_bootstrap,
+            topic,
+            checkpoint_path=ckpt,
+            resume=True,
+            checkpoint_every=250,
+            progress=False,
+        )
     # 3. resume to the end: the 150 delivered-but-not-checkpointed records are found and skipped
-    r3 = run_replay(FileSource(dataset_dir), kafka_bootstrap, topic, checkpoint_path=ckpt, resume=True,
-                    checkpoint_every=250, progress=False)
+    r3 = run_replay(
+        FileSource(dataset_dir),
+        kafka_bootstrap,
+        topic,
+        checkpoint_path=ckpt,
+        resume=True,
+        checkpoint_every=250,
+        progress=False,
+    )
     assert r3.complete
     assert r3.skipped_already_delivered == 150
     assert 700 + 900 + r3.produced == n
     # 4. once complete, resuming again is a no-op
-    assert run_replay(FileSource(dataset_dir), kafka_bootstrap, topic, checkpoint_path=ckpt, resume=True,
-                      progress=False).produced == 0
+    assert (
+        run_replay(
+            FileSource(dataset_dir), kafka_bootstrap, topic, checkpoint_path=ckpt, resume=True, progress=False
+        ).produced
+        == 0
+    )
 
     got = _read(kafka_bootstrap, topic)
     assert len(got) == n
     assert sorted((k or b"", v) for _, k, v in got) == sorted((k or b"", v) for k, v in expected)  # exact multiset
-    assert _per_key([(k, v) for _, k, v in got]) == _per_key(expected)                          # per-key order
+    assert _per_key([(k, v) for _, k, v in got]) == _per_key(expected)  # per-key order
 
 
 @pytest.mark.kafka
-def test_topic_source_range_and_cli_errors(kafka_bootstrap: str, unique: str, dataset_dir: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_topic_source_range_and_cli_errors(
+    kafka_bootstrap: str, unique: str, dataset_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     src = _topic(kafka_bootstrap, f"replay-src-{unique}")
     dst = _topic(kafka_bootstrap, f"replay-dst-{unique}")
-    payloads = [(f"u{i % 7}".encode(), b'{"user_id":"u%d","event_time":%d,"i":%d}' % (i % 7, 1000 + i, i))
-                for i in range(200)]
+    payloads = [
+        (f"u{i % 7}".encode(), b'{"user_id":"u%d","event_time":%d,"i":%d}' % (i % 7, 1000 + i, i)) for i in range(200)
+    ]
     run_replay(PayloadSource(payloads), kafka_bootstrap, src, timestamps="event", progress=False)
     source = TopicSource(kafka_bootstrap, src, from_offset=5, to_offset=20)
     in_range = sum(min(20, c) - 5 for c in _counts(payloads).values() if c > 5)
@@ -152,12 +183,40 @@ def test_topic_source_range_and_cli_errors(kafka_bootstrap: str, unique: str, da
     by_time = TopicSource(kafka_bootstrap, src, from_ms=1000 + 50, to_ms=1000 + 60)
     assert by_time.total == 10
 
-    assert main(["replay", "--from-file", str(dataset_dir), "--to-topic", f"nope-{unique}",
-                 "--bootstrap", kafka_bootstrap, "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "replay",
+                "--from-file",
+                str(dataset_dir),
+                "--to-topic",
+                f"nope-{unique}",
+                "--bootstrap",
+                kafka_bootstrap,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: unknown topic 'nope-{unique}'") and "\n" not in err
-    assert main(["replay", "--from-topic", src, "--from-offset", "500", "--to-topic", dst,
-                 "--bootstrap", kafka_bootstrap, "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "replay",
+                "--from-topic",
+                src,
+                "--from-offset",
+                "500",
+                "--to-topic",
+                dst,
+                "--bootstrap",
+                kafka_bootstrap,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: nothing to replay") and "\n" not in err
 
@@ -185,20 +244,28 @@ def dataset_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     return calls
 
 
-@pytest.mark.parametrize(("options", "expected"), [
-    (["--speed", "-1"], "error: bad --speed -1.0; expected a number >= 0"),
-    (["--speed", "nan"], "error: bad --speed nan; expected a number >= 0"),
-    (["--resume"], "error: --resume needs --checkpoint FILE"),
-    (["--checkpoint-every", "0"], "error: bad --checkpoint-every 0; expected a positive number"),
-    (["--max-events", "0"], "error: bad --max-events 0; expected a positive number"),
-    (["--from-offset", "10"], "error: --from-offset applies to --from-topic only"),
-    (["--to-time", "2025-01-07T00:00"], "error: --to-time applies to --from-topic only"),
-    (["--checkpoint", "{tmp}"], "error: bad --checkpoint '{tmp}'; expected a file, not a directory"),
-    (["--checkpoint", "{tmp}/existing.ckpt"], "error: checkpoint '{tmp}/existing.ckpt' exists: pass --resume"),
-])
-def test_options_are_checked_before_the_dataset_is_loaded(dataset_dir: Path, dataset_reads: list[Path],
-                                                          tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                          options: list[str], expected: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--speed", "-1"], "error: bad --speed -1.0; expected a number >= 0"),
+        (["--speed", "nan"], "error: bad --speed nan; expected a number >= 0"),
+        (["--resume"], "error: --resume needs --checkpoint FILE"),
+        (["--checkpoint-every", "0"], "error: bad --checkpoint-every 0; expected a positive number"),
+        (["--max-events", "0"], "error: bad --max-events 0; expected a positive number"),
+        (["--from-offset", "10"], "error: --from-offset applies to --from-topic only"),
+        (["--to-time", "2025-01-07T00:00"], "error: --to-time applies to --from-topic only"),
+        (["--checkpoint", "{tmp}"], "error: bad --checkpoint '{tmp}'; expected a file, not a directory"),
+        (["--checkpoint", "{tmp}/existing.ckpt"], "error: checkpoint '{tmp}/existing.ckpt' exists: pass --resume"),
+    ],
+)
+def test_options_are_checked_before_the_dataset_is_loaded(
+    dataset_dir: Path,
+    dataset_reads: list[Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    expected: str,
+) -> None:
     (tmp_path / "existing.ckpt").write_text("{}")
     options = [o.replace("{tmp}", str(tmp_path)) for o in options]
     # No broker at this address: a replay that got past its checks would fail there instead.
@@ -211,10 +278,23 @@ def test_options_are_checked_before_the_dataset_is_loaded(dataset_dir: Path, dat
 
 @pytest.mark.kafka
 def test_unknown_destination_is_reported_before_the_dataset_is_loaded(
-        kafka_bootstrap: str, dataset_dir: Path, dataset_reads: list[Path], unique: str,
-        capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["replay", "--from-file", str(dataset_dir), "--to-topic", f"nope-{unique}",
-                 "--bootstrap", kafka_bootstrap, "--quiet"]) == 2
+    kafka_bootstrap: str, dataset_dir: Path, dataset_reads: list[Path], unique: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main(
+            [
+                "replay",
+                "--from-file",
+                str(dataset_dir),
+                "--to-topic",
+                f"nope-{unique}",
+                "--bootstrap",
+                kafka_bootstrap,
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: unknown topic 'nope-{unique}'") and "\n" not in err
     assert dataset_reads == []

@@ -47,8 +47,13 @@ def cluster_env(broker: EmbeddedKafka, protocol: str, password: str, mechanism: 
     """The ``STREAM_KAFKA_*`` variables of a client of ``broker``'s ``protocol`` listener."""
     env = {"STREAM_KAFKA_BOOTSTRAP": broker.address(protocol), "STREAM_KAFKA_SECURITY_PROTOCOL": protocol}
     if protocol.startswith("SASL_"):
-        env.update({"STREAM_KAFKA_SASL_MECHANISM": mechanism, "STREAM_KAFKA_SASL_USERNAME": USER,
-                    "STREAM_KAFKA_SASL_PASSWORD": password})
+        env.update(
+            {
+                "STREAM_KAFKA_SASL_MECHANISM": mechanism,
+                "STREAM_KAFKA_SASL_USERNAME": USER,
+                "STREAM_KAFKA_SASL_PASSWORD": password,
+            }
+        )
     if protocol.endswith("SSL"):
         env["STREAM_KAFKA_SSL_CAFILE"] = str(broker.ca_file)
     return env
@@ -62,8 +67,15 @@ def cluster_settings(broker: EmbeddedKafka, protocol: str, password: str, mechan
 def run_cli(args: list[str], env: dict[str, str], timeout_s: float) -> tuple[subprocess.CompletedProcess[str], float]:
     """``python <args>`` with ``env``; killed (and the test failed) after ``timeout_s``."""
     began = time.monotonic()
-    proc = subprocess.run([sys.executable, *args], env={**os.environ, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
+    proc = subprocess.run(
+        [sys.executable, *args],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
     return proc, time.monotonic() - began
 
 
@@ -83,8 +95,9 @@ def expected_scores(events: list[dict[str, Any]]) -> set[tuple[str, str]]:
     return {(SCORABLE[e["event_type"]], e["event_id"]) for e in events if e["event_type"] in SCORABLE}
 
 
-def score_through_worker(broker: EmbeddedKafka, env: dict[str, str], settings: Settings, tmp_path: Path,
-                         unique: str) -> tuple[str, str]:
+def score_through_worker(
+    broker: EmbeddedKafka, env: dict[str, str], settings: Settings, tmp_path: Path, unique: str
+) -> tuple[str, str]:
     """`topics`, then a worker (STREAM_LOG_LEVEL=DEBUG) fed by `replay`; asserts every scorable event is scored.
 
     Returns the worker's log and the other commands' output, for the caller's checks.
@@ -99,18 +112,30 @@ def score_through_worker(broker: EmbeddedKafka, env: dict[str, str], settings: S
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
     prefix = f"{unique}."
-    env = {**env, "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": "2", "STREAM_WORKER_ID": f"w-{unique}",
-           "STREAM_STATE_DIR": str(tmp_path / "state"), "STREAM_CHDB_PATH": str(tmp_path / "chdb"),
-           "STREAM_MODELS_DIR": str(models), "STREAM_WORKER_WEB_PORT": "0", "STREAM_LOG_LEVEL": "DEBUG"}
+    env = {
+        **env,
+        "STREAM_TOPIC_PREFIX": prefix,
+        "STREAM_TOPIC_PARTITIONS": "2",
+        "STREAM_WORKER_ID": f"w-{unique}",
+        "STREAM_STATE_DIR": str(tmp_path / "state"),
+        "STREAM_CHDB_PATH": str(tmp_path / "chdb"),
+        "STREAM_MODELS_DIR": str(models),
+        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_LOG_LEVEL": "DEBUG",
+    }
     topics, _ = run_cli(["-m", "stream", "topics"], env, timeout_s=60)
     assert topics.returncode == 0, topics.stderr
     with WorkerProcess(env["STREAM_KAFKA_BOOTSTRAP"], env, tmp_path / "worker.log") as worker:
-        replay, _ = run_cli(["-m", "stream", "-v", "replay", "--from-file", str(source), "--quiet"], env,
-                            timeout_s=120)
+        replay, _ = run_cli(["-m", "stream", "-v", "replay", "--from-file", str(source), "--quiet"], env, timeout_s=120)
         assert replay.returncode == 0, replay.stderr
         assert f"replayed {len(events)} records to {prefix}session-events" in replay.stdout
-        got = consume(env["STREAM_KAFKA_BOOTSTRAP"], f"{prefix}predictions", timeout_s=120, settings=settings,
-                      until=lambda got: scored(got) >= expected_scores(events) or worker.proc.poll() is not None)
+        got = consume(
+            env["STREAM_KAFKA_BOOTSTRAP"],
+            f"{prefix}predictions",
+            timeout_s=120,
+            settings=settings,
+            until=lambda got: scored(got) >= expected_scores(events) or worker.proc.poll() is not None,
+        )
         assert worker.proc is not None and worker.proc.poll() is None, worker.log_path.read_text()[-3000:]
     assert scored(got) == expected_scores(events)
     return worker.log_path.read_text(), topics.stdout + topics.stderr + replay.stdout + replay.stderr

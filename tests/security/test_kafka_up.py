@@ -18,11 +18,19 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 def test_kafka_up_with_sasl_and_ssl_prints_what_the_clients_need() -> None:
     password = "pw-" + secrets.token_hex(16)
-    creds = {"STREAM_KAFKA_SASL_USERNAME": "dev", "STREAM_KAFKA_SASL_PASSWORD": password,
-             "STREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256"}
-    proc = subprocess.Popen([sys.executable, "-m", "stream", "kafka", "up", "--sasl", "--ssl"],
-                            env={**os.environ, **creds}, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    creds = {
+        "STREAM_KAFKA_SASL_USERNAME": "dev",
+        "STREAM_KAFKA_SASL_PASSWORD": password,
+        "STREAM_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "kafka", "up", "--sasl", "--ssl"],
+        env={**os.environ, **creds},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     lines: list[str] = []
     ready = threading.Event()
@@ -55,4 +63,5 @@ def test_kafka_up_sasl_without_credentials_is_one_line() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "error: `kafka up --sasl` creates the user STREAM_KAFKA_SASL_USERNAME with the password "
-        "STREAM_KAFKA_SASL_PASSWORD: set both"]
+        "STREAM_KAFKA_SASL_PASSWORD: set both"
+    ]

@@ -82,8 +82,8 @@ def test_event_structure_links_requests_clicks_and_sessions() -> None:
     kinds = ev["event_type"].astype(str)
     req = set(ev.loc[kinds == "ad_request", "request_id"])
     imp = ev.loc[kinds == "ad_impression"]
-    assert set(imp["request_id"]) == req                       # one impression per request
-    assert set(imp["placement"]) == set(SMALL.placements)      # uniform logging policy
+    assert set(imp["request_id"]) == req  # one impression per request
+    assert set(imp["placement"]) == set(SMALL.placements)  # uniform logging policy
     assert set(ev.loc[kinds == "ad_click", "request_id"]) <= req
     first = ev.groupby("session_id", sort=False)["event_type"].first()
     last = ev.groupby("session_id", sort=False)["event_type"].last()
@@ -144,7 +144,7 @@ def test_sessions_follow_the_local_daily_rhythm(medium: Dataset) -> None:
 
 def test_churn_rate_is_in_band_and_matches_truth(medium_metrics: dict[str, float]) -> None:
     m = medium_metrics
-    assert 0.10 < m["churn_rate"] < 0.40          # documented band for the default knobs
+    assert 0.10 < m["churn_rate"] < 0.40  # documented band for the default knobs
     assert abs(m["churn_rate"] - m["churn_mean_p"]) < 0.03
     assert abs(m["conversion_rate"] - m["conversion_mean_p"]) < 0.01
 
@@ -217,33 +217,57 @@ def test_malformed_records_fail_parse_or_schema(tmp_path: Path) -> None:
 
 def test_cli_generate_and_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "d"
-    assert main(["generate", "--users", "100", "--days", "3", "--seed", "1", "--out", str(out),
-                 "--formats", "parquet", "--set", "bot_share=0"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--users",
+                "100",
+                "--days",
+                "3",
+                "--seed",
+                "1",
+                "--out",
+                str(out),
+                "--formats",
+                "parquet",
+                "--set",
+                "bot_share=0",
+            ]
+        )
+        == 0
+    )
     assert (out / "events.parquet").exists() and not (out / "events.jsonl").exists()
     assert main(["report", str(out), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["users"] == 100
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["generate", "--users", "many", "--out", "x"], "expected an integer >= 1, got 'many'"),
-    (["generate", "--late", "2", "--out", "x"], "expected a share in [0, 1], got '2'"),
-    (["generate", "--formats", "csv", "--out", "x"], "unknown format"),
-    (["stream", "--bootstrap", "h:1", "--rate", "0"], "expected a number > 0, got '0'"),
-])
-def test_cli_rejects_bad_arguments_in_one_line(argv: list[str], needle: str,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["generate", "--users", "many", "--out", "x"], "expected an integer >= 1, got 'many'"),
+        (["generate", "--late", "2", "--out", "x"], "expected a share in [0, 1], got '2'"),
+        (["generate", "--formats", "csv", "--out", "x"], "unknown format"),
+        (["stream", "--bootstrap", "h:1", "--rate", "0"], "expected a number > 0, got '0'"),
+    ],
+)
+def test_cli_rejects_bad_arguments_in_one_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "Traceback" not in err and "\n" not in err
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["generate", "--out", "x", "--set", "no_such_knob=1"], "unknown simulator setting 'no_such_knob'"),
-    (["generate", "--out", "x", "--set", "feed_length=[1,2,3]"], "feed_length"),
-    (["report", "/nonexistent/dataset"], "does not exist"),
-])
-def test_cli_config_errors_are_one_line(argv: list[str], needle: str,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["generate", "--out", "x", "--set", "no_such_knob=1"], "unknown simulator setting 'no_such_knob'"),
+        (["generate", "--out", "x", "--set", "feed_length=[1,2,3]"], "feed_length"),
+        (["report", "/nonexistent/dataset"], "does not exist"),
+    ],
+)
+def test_cli_config_errors_are_one_line(argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err

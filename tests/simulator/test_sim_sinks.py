@@ -21,8 +21,9 @@ def test_backfill_inserts_events_and_truth(ch: object) -> None:
     assert int(got["t"].astype("datetime64[ms, UTC]").astype("int64")[0]) == first_ms
     for name, table in ds.truth_tables.items():
         assert int(q(f"SELECT count() AS n FROM {{db}}.truth_{name}")["n"][0]) == table.num_rows
-    joined = q("SELECT count() AS n FROM {db}.truth_article_impressions t "
-               "INNER JOIN {db}.events e ON e.event_id = t.event_id")
+    joined = q(
+        "SELECT count() AS n FROM {db}.truth_article_impressions t INNER JOIN {db}.events e ON e.event_id = t.event_id"
+    )
     assert int(joined["n"][0]) == ds.truth_tables["article_impressions"].num_rows
 
 

@@ -19,7 +19,14 @@ def history_df(history: list[dict]) -> pd.DataFrame:
     rows = []
     for e in history:
         dev, geo = e.get("device") or {}, e.get("geo") or {}
-        rows.append({**{k: v for k, v in e.items() if k not in ("device", "geo")},
-                     "device_type": dev.get("type"), "device_os": dev.get("os"),
-                     "country": geo.get("country"), "city": geo.get("city"), "timezone": geo.get("timezone")})
+        rows.append(
+            {
+                **{k: v for k, v in e.items() if k not in ("device", "geo")},
+                "device_type": dev.get("type"),
+                "device_os": dev.get("os"),
+                "country": geo.get("country"),
+                "city": geo.get("city"),
+                "timezone": geo.get("timezone"),
+            }
+        )
     return pd.DataFrame(rows)

@@ -11,8 +11,16 @@ T0 = 1_736_000_000_000
 
 
 def _ev(i: int, kind: str, article: str, t: int) -> dict[str, Any]:
-    return {"schema_version": 1, "event_id": f"e{i}", "event_type": kind, "user_id": "u", "session_id": "s",
-            "event_time": t, "article_id": article, "position": 1}
+    return {
+        "schema_version": 1,
+        "event_id": f"e{i}",
+        "event_type": kind,
+        "user_id": "u",
+        "session_id": "s",
+        "event_time": t,
+        "article_id": article,
+        "position": 1,
+    }
 
 
 def _totals(state: ArticleState) -> list[float]:
@@ -22,9 +30,13 @@ def _totals(state: ArticleState) -> list[float]:
 
 
 def test_counts_each_articles_events_and_asks_for_each_state_once() -> None:
-    events = [_ev(0, "article_impression", "a", T0), _ev(1, "article_click", "a", T0 + 1),
-              _ev(2, "article_impression", "b", T0 + 2), _ev(3, "article_view", "a", T0 + 3),
-              _ev(4, "article_impression", "a", T0 + 4)]
+    events = [
+        _ev(0, "article_impression", "a", T0),
+        _ev(1, "article_click", "a", T0 + 1),
+        _ev(2, "article_impression", "b", T0 + 2),
+        _ev(3, "article_view", "a", T0 + 3),
+        _ev(4, "article_impression", "a", T0 + 4),
+    ]
     asked: list[str] = []
 
     def state_of(aid: str) -> ArticleState:
@@ -39,8 +51,9 @@ def test_counts_each_articles_events_and_asks_for_each_state_once() -> None:
 
 def test_continues_from_the_stored_state() -> None:
     stored = fold_article_events([_ev(0, "article_impression", "a", T0)], lambda _: new_article_state())["a"]
-    again = fold_article_events([_ev(1, "article_impression", "a", T0 + 1)],
-                                lambda _: ArticleState.from_bytes(stored.to_bytes()))
+    again = fold_article_events(
+        [_ev(1, "article_impression", "a", T0 + 1)], lambda _: ArticleState.from_bytes(stored.to_bytes())
+    )
     assert _totals(again["a"]) == [2.0, 0.0, 0.0]
 
 

@@ -28,8 +28,9 @@ from stream.state.synthetic import generate_events
 
 def test_lists_compose_and_are_float32() -> None:
     assert CLICK_FEATURES.names[: len(USER_FEATURES)] == USER_FEATURES.names
-    assert CLICK_FEATURES.names[len(USER_FEATURES): len(USER_FEATURES) + len(ARTICLE_FEATURES)] == \
-        ARTICLE_FEATURES.names
+    assert (
+        CLICK_FEATURES.names[len(USER_FEATURES) : len(USER_FEATURES) + len(ARTICLE_FEATURES)] == ARTICLE_FEATURES.names
+    )
     assert ENGAGEMENT_FEATURES.names[: len(USER_FEATURES)] == USER_FEATURES.names
     assert CHURN_FEATURES.names == CONVERSION_FEATURES.names == USER_FEATURES.names
     assert set(USER_FEATURES.dtypes) == {"float32"}
@@ -63,8 +64,11 @@ def test_batched_builders_equal_single_rows() -> None:
     a = [arts[e["article_id"]] for e in tail]
     t = evs[-1]["event_time"]
     np.testing.assert_array_equal(user_features_batch(u, t), np.stack([user_features(s, t) for s in u]))
-    np.testing.assert_array_equal(click_features_batch(u, a, tail),
-                                  np.stack([click_features(x, y, e) for x, y, e in zip(u, a, tail, strict=True)]))
-    np.testing.assert_array_equal(engagement_features_batch(u, tail),
-                                  np.stack([engagement_features(x, e) for x, e in zip(u, tail, strict=True)]))
+    np.testing.assert_array_equal(
+        click_features_batch(u, a, tail),
+        np.stack([click_features(x, y, e) for x, y, e in zip(u, a, tail, strict=True)]),
+    )
+    np.testing.assert_array_equal(
+        engagement_features_batch(u, tail), np.stack([engagement_features(x, e) for x, e in zip(u, tail, strict=True)])
+    )
     assert article_features_batch(a, t).shape == (len(a), len(ARTICLE_FEATURES))

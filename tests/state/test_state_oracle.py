@@ -58,9 +58,20 @@ def _oracle(u: pd.DataFrame, as_of: int) -> dict[str, float]:
     u = u[u["event_time"] <= as_of].sort_values(["event_time"], kind="stable")
     t = u["event_time"]
     exp: dict[str, float] = {}
-    for typ in ["session_start", "page_view", "article_view", "article_impression", "article_click",
-                "video_play", "newsletter_signup", "subscription", "ad_request", "ad_impression",
-                "ad_click", "session_end"]:
+    for typ in [
+        "session_start",
+        "page_view",
+        "article_view",
+        "article_impression",
+        "article_click",
+        "video_play",
+        "newsletter_signup",
+        "subscription",
+        "ad_request",
+        "ad_impression",
+        "ad_click",
+        "session_end",
+    ]:
         tt = t[u["event_type"] == typ]
         exp[f"n_{typ}_1h"] = _window_count(tt, as_of, 5 * MIN, 12)
         exp[f"n_{typ}_24h"] = _window_count(tt, as_of, HOUR, 24)
@@ -88,8 +99,11 @@ def _oracle(u: pd.DataFrame, as_of: int) -> dict[str, float]:
     bc = consumed["brand"].dropna().value_counts()
     exp["brand_loyalty"] = bc.iloc[0] / bc.sum() if len(bc) else math.nan
     # modes (ties never matter here: checked by value only when unique)
-    for col, name, enc in (("device_type", "device", None), ("country", "primary_country_code", country_code),
-                           ("city", "primary_city_code", lambda v: feature_code(str_hash(v)))):
+    for col, name, enc in (
+        ("device_type", "device", None),
+        ("country", "primary_country_code", country_code),
+        ("city", "primary_city_code", lambda v: feature_code(str_hash(v))),
+    ):
         vc = u[col].dropna().value_counts()
         if len(vc) and (len(vc) == 1 or vc.iloc[0] > vc.iloc[1]):
             if enc is None:
@@ -106,8 +120,10 @@ def _oracle(u: pd.DataFrame, as_of: int) -> dict[str, float]:
     ends = u[u["event_type"] == "session_end"].set_index("session_id")["duration_ms"]
     sess["dur"] = [ends.get(s, np.nan) for s in sess.index]
     sess["dur"] = sess["dur"].fillna(sess["last"] - sess["start"])
-    sess["eng"] = [engagement_score(u[u["session_id"] == s]["event_type"].value_counts().to_dict(), int(d))
-                   for s, d in zip(sess.index, sess["dur"], strict=True)]
+    sess["eng"] = [
+        engagement_score(u[u["session_id"] == s]["event_type"].value_counts().to_dict(), int(d))
+        for s, d in zip(sess.index, sess["dur"], strict=True)
+    ]
     sess = sess.sort_values("start")
     closed = sess[[(s in ends.index) or (i < len(sess) - 1) for i, s in enumerate(sess.index)]]
     exp["sessions_closed"] = len(closed)
@@ -129,8 +145,7 @@ def _oracle(u: pd.DataFrame, as_of: int) -> dict[str, float]:
 def test_user_features_match_pandas_oracle(history: list[dict], history_df: pd.DataFrame) -> None:
     checked = 0
     for uid, as_of in _checkpoints(history_df, 25, seed=3):
-        got = dict(zip(USER_FEATURES.names, user_features(_state_at(history, uid, as_of), as_of).tolist(),
-                       strict=True))
+        got = dict(zip(USER_FEATURES.names, user_features(_state_at(history, uid, as_of), as_of).tolist(), strict=True))
         exp = _oracle(history_df[history_df["user_id"] == uid], as_of)
         for name, v in exp.items():
             assert got[name] == pytest.approx(v, rel=1e-5, abs=1e-4, nan_ok=True), (uid, as_of, name)
@@ -142,8 +157,9 @@ def test_windows_are_bucket_aligned_not_sliding() -> None:
     """1 h = the current 5-minute bucket and the 11 before it: an event 61 min back may count."""
     base = 1_735_689_600_000  # a 5-minute boundary
     st = new_user_state()
-    update_user(st, {"event_id": "a", "event_type": "page_view", "user_id": "u", "session_id": "s",
-                     "event_time": base + 1})
+    update_user(
+        st, {"event_id": "a", "event_type": "page_view", "user_id": "u", "session_id": "s", "event_time": base + 1}
+    )
     i = USER_FEATURES.index("n_page_view_1h")
     assert user_features(st, base + 59 * MIN)[i] == 1
     assert user_features(st, base + 60 * MIN - 1)[i] == 1
@@ -185,14 +201,14 @@ def test_article_features_match_oracle(history: list[dict], history_df: pd.DataF
                 clk = _article_window(t[x["event_type"] == "article_click"], wm, width, k)
                 assert got[f"art_impressions_{w}"] == imp
                 assert got[f"art_clicks_{w}"] == clk
-                assert got[f"art_views_{w}"] == _article_window(t[x["event_type"] == "article_view"], wm,
-                                                                width, k)
+                assert got[f"art_views_{w}"] == _article_window(t[x["event_type"] == "article_view"], wm, width, k)
                 assert got[f"art_ctr_{w}"] == pytest.approx((clk + p * s) / (imp + s), rel=1e-6)
             assert got["art_impressions_total"] == (x["event_type"] == "article_impression").sum()
             if len(t):
                 assert got["art_age_hours"] == pytest.approx((as_of - t.min()) / HOUR, rel=1e-6)
                 assert got["art_hours_since_last"] == pytest.approx(
-                    (as_of - _last_bucket_end(int(t.max()), wm)) / HOUR, abs=1e-4)
+                    (as_of - _last_bucket_end(int(t.max()), wm)) / HOUR, abs=1e-4
+                )
             else:
                 assert math.isnan(got["art_age_hours"]) and math.isnan(got["art_hours_since_last"])
 

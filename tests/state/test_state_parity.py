@@ -63,8 +63,11 @@ def test_user_snapshots_equal_streamed_state(sets, events: list[dict]) -> None:
         after = [e["event_time"] for e in mine if e["event_time"] > c]
         if not np.isnan(row["churned"]):
             assert row["churned"] == churned(min(after) if after else None, c)
-        conv = any(c < e["event_time"] <= c + CONVERSION_HORIZON_MS
-                   and e["event_type"] in ("newsletter_signup", "subscription") for e in mine)
+        conv = any(
+            c < e["event_time"] <= c + CONVERSION_HORIZON_MS
+            and e["event_type"] in ("newsletter_signup", "subscription")
+            for e in mine
+        )
         assert row["converted"] == conv
 
 
@@ -86,9 +89,13 @@ def test_click_rows_equal_streamed_state(sets, events: list[dict]) -> None:
             if e.get("article_id") == imp["article_id"]:
                 update_article(art, e)
         _same(row[list(CLICK_FEATURES.names)].to_numpy(dtype=np.float32), click_features(user, art, imp))
-        clicked = any(e["event_type"] == "article_click" and e["session_id"] == imp["session_id"]
-                      and e["article_id"] == imp["article_id"]
-                      and 0 <= e["event_time"] - imp["event_time"] <= 30 * 60_000 for e in events)
+        clicked = any(
+            e["event_type"] == "article_click"
+            and e["session_id"] == imp["session_id"]
+            and e["article_id"] == imp["article_id"]
+            and 0 <= e["event_time"] - imp["event_time"] <= 30 * 60_000
+            for e in events
+        )
         assert row["clicked"] == clicked
 
 
@@ -111,5 +118,6 @@ def test_parallel_build_equals_serial(ch_module, sets) -> None:
     par = build_training_sets(ch_module, users_per_chunk=10, processes=2)
     for a, b in ((sets.users, par.users), (sets.clicks, par.clicks), (sets.engagement, par.engagement)):
         key = [c for c in ("user_id", "cutoff_ms", "event_id") if c in a.columns]
-        pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
-                                      b.sort_values(key).reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+        )

@@ -35,16 +35,29 @@ def user_events(draw: st.DrawFn, max_size: int = 60) -> list[dict]:
     for i in range(n):
         t += draw(st.sampled_from([0, 1, 999, 30_000, 200_000, 3_600_000, 86_400_000, 9 * 86_400_000]))
         kind = draw(st.sampled_from(EVENT_TYPES))
-        ev = {"schema_version": 1, "event_id": f"e{i}", "event_type": kind, "user_id": "u",
-              "session_id": f"s{draw(st.integers(0, 4))}", "event_time": t,
-              "device": {"type": draw(st.sampled_from(["desktop", "mobile", "tablet"])),
-                         "os": draw(st.sampled_from(["iOS", "Android", "Windows", "Plan9"]))},
-              "geo": {"country": draw(st.sampled_from(["DE", "FR", "US", "JP", "BR", "IN"])),
-                      "city": draw(st.sampled_from(["a", "b", "c", "d", "e", "f"])),
-                      "timezone": "Europe/Berlin"}}
+        ev = {
+            "schema_version": 1,
+            "event_id": f"e{i}",
+            "event_type": kind,
+            "user_id": "u",
+            "session_id": f"s{draw(st.integers(0, 4))}",
+            "event_time": t,
+            "device": {
+                "type": draw(st.sampled_from(["desktop", "mobile", "tablet"])),
+                "os": draw(st.sampled_from(["iOS", "Android", "Windows", "Plan9"])),
+            },
+            "geo": {
+                "country": draw(st.sampled_from(["DE", "FR", "US", "JP", "BR", "IN"])),
+                "city": draw(st.sampled_from(["a", "b", "c", "d", "e", "f"])),
+                "timezone": "Europe/Berlin",
+            },
+        }
         if kind in ("article_view", "article_click", "article_impression", "video_play"):
-            ev.update(article_id=f"a{draw(st.integers(0, 3))}", brand=f"b{draw(st.integers(0, 30))}",
-                      category=f"c{draw(st.integers(0, 40))}")
+            ev.update(
+                article_id=f"a{draw(st.integers(0, 3))}",
+                brand=f"b{draw(st.integers(0, 30))}",
+                category=f"c{draw(st.integers(0, 40))}",
+            )
         if kind == "article_impression":
             ev["position"] = draw(st.integers(1, 10))
         if kind == "session_end":

@@ -66,7 +66,10 @@ class ClickHouseServer:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", MODULE, "--port", str(self.port), "--path", str(self.path), "--any-user"],
-                cwd=root, stdout=log, stderr=subprocess.STDOUT)
+                cwd=root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout_s
         while not self.is_up():
             if self.proc.poll() is not None:
@@ -87,6 +90,7 @@ class ClickHouseServer:
     def __enter__(self) -> ClickHouseServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -55,8 +55,9 @@ class VirtualClock(Clock):
         deadline = time.monotonic() + timeout_s
         while len(self.pending()) < n:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{n} sleeps on the virtual clock within {timeout_s} s; "
-                                     f"{len(self.pending())} in progress")
+                raise AssertionError(
+                    f"{n} sleeps on the virtual clock within {timeout_s} s; {len(self.pending())} in progress"
+                )
             await asyncio.sleep(0.001)
 
     async def advance(self, seconds: float) -> None:

@@ -28,23 +28,54 @@ import orjson
 
 DAY_MS = 86_400_000
 START_MS = 1_735_689_600_000  # 2025-01-01 00:00 UTC
-EVENT_TYPES = ("session_start", "page_view", "article_impression", "article_click", "article_view",
-               "newsletter_signup", "subscription", "session_end")
-_DEVICES = (("mobile", "ios", "safari"), ("mobile", "android", "chrome"), ("desktop", "windows", "edge"),
-            ("desktop", "macos", "safari"), ("tablet", "ios", "safari"))
+EVENT_TYPES = (
+    "session_start",
+    "page_view",
+    "article_impression",
+    "article_click",
+    "article_view",
+    "newsletter_signup",
+    "subscription",
+    "session_end",
+)
+_DEVICES = (
+    ("mobile", "ios", "safari"),
+    ("mobile", "android", "chrome"),
+    ("desktop", "windows", "edge"),
+    ("desktop", "macos", "safari"),
+    ("tablet", "ios", "safari"),
+)
 _GEO = (("NO", "Oslo", "Europe/Oslo"), ("SE", "Stockholm", "Europe/Stockholm"), ("DK", "Aarhus", "Europe/Copenhagen"))
 _BRANDS = ("north", "daily", "sport")
 _CATEGORIES = ("news", "sport", "culture", "economy", "weather")
 
 
-def _session(rng: np.random.Generator, uid: str, sid: str, t: int, common: dict[str, Any], reader: bool,
-             articles: list[tuple[str, str, str]], taste: np.ndarray) -> list[dict[str, Any]]:
+def _session(
+    rng: np.random.Generator,
+    uid: str,
+    sid: str,
+    t: int,
+    common: dict[str, Any],
+    reader: bool,
+    articles: list[tuple[str, str, str]],
+    taste: np.ndarray,
+) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     t0 = t
 
     def ev(kind: str, at: int, **extra: Any) -> None:
-        out.append({"schema_version": 1, "event_id": f"{sid}-{len(out) + 1:03d}", "event_type": kind,
-                    "user_id": uid, "session_id": sid, "event_time": at, **common, **extra})
+        out.append(
+            {
+                "schema_version": 1,
+                "event_id": f"{sid}-{len(out) + 1:03d}",
+                "event_type": kind,
+                "user_id": uid,
+                "session_id": sid,
+                "event_time": at,
+                **common,
+                **extra,
+            }
+        )
 
     ev("session_start", t)
     ev("page_view", t + 500)
@@ -66,13 +97,16 @@ def _session(rng: np.random.Generator, uid: str, sid: str, t: int, common: dict[
     return out
 
 
-def _user_events(rng: np.random.Generator, u: int, days: int, articles: list[tuple[str, str, str]],
-                 taste: np.ndarray) -> Iterator[dict[str, Any]]:
+def _user_events(
+    rng: np.random.Generator, u: int, days: int, articles: list[tuple[str, str, str]], taste: np.ndarray
+) -> Iterator[dict[str, Any]]:
     uid = f"user-{u:06d}"
     device, os_, browser = _DEVICES[int(rng.integers(len(_DEVICES)))]
     country, city, tz = _GEO[int(rng.integers(len(_GEO)))]
-    common = {"device": {"type": device, "os": os_, "browser": browser},
-              "geo": {"country": country, "city": city, "timezone": tz}}
+    common = {
+        "device": {"type": device, "os": os_, "browser": browser},
+        "geo": {"country": country, "city": city, "timezone": tz},
+    }
     reader = bool(rng.random() < 0.5)  # long sessions
     n_bursts = 1 + int(rng.poisson(2.0))
     s = 0
@@ -99,10 +133,16 @@ def foreign_events(n_users: int = 150, days: int = 150, seed: int = 0) -> list[d
 
 #: Records the worker would dead-letter, with the reason kind ``parse_event`` gives them.
 BAD_RECORDS: tuple[tuple[bytes, str], ...] = (
-    (b'{"schema_version": 1, "event_id": "bad-1", "event_type": "tap", "user_id": "u", "session_id": "s", '
-     b'"event_time": 1735689600000}', "unknown_type"),
-    (b'{"schema_version": 1, "event_id": "bad-2", "event_type": "page_view", "user_id": "u", '
-     b'"event_time": 1735689600000}', "invalid"),
+    (
+        b'{"schema_version": 1, "event_id": "bad-1", "event_type": "tap", "user_id": "u", "session_id": "s", '
+        b'"event_time": 1735689600000}',
+        "unknown_type",
+    ),
+    (
+        b'{"schema_version": 1, "event_id": "bad-2", "event_type": "page_view", "user_id": "u", '
+        b'"event_time": 1735689600000}',
+        "invalid",
+    ),
     (b'{"schema_version": 1, "event_id": "bad-3"', "malformed"),
 )
 

@@ -58,8 +58,9 @@ def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
     return rows
 
 
-def train_and_register(models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0,
-                       rounds: int = 20) -> dict[str, str]:
+def train_and_register(
+    models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0, rounds: int = 20
+) -> dict[str, str]:
     """Train churn/click/engagement boosters on rows from ``events`` and promote them."""
     rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
@@ -78,8 +79,7 @@ def train_and_register(models_dir: Path, events: list[Mapping[str, Any]], seed: 
             y = np.nan_to_num(x[:, 0]) + rng.normal(size=len(x))
             params = {"objective": "reg:squarederror"}
         booster = xgb.train({**params, "nthread": 1, "max_depth": 4, "seed": seed}, xgb.DMatrix(x, y), rounds)
-        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)),
-                               {"features": fl.to_dict()})
+        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), {"features": fl.to_dict()})
         registry.set_alias(name, "production", mv.version)
         versions[name] = mv.version
     return versions

@@ -91,11 +91,19 @@ class FakeProducer:
         self.max_bytes = max_bytes
         self.fail_topics: set[str] = set()
         self.fail: Callable[[FakeMessage], KafkaError | None] = lambda m: (
-            KafkaError(KafkaError._TRANSPORT, "broker down") if m.topic() in self.fail_topics else None)
+            KafkaError(KafkaError._TRANSPORT, "broker down") if m.topic() in self.fail_topics else None
+        )
         self.raises: list[BaseException] = []
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
-                on_delivery: Callable[[Any, Any], None] | None = None, **kwargs: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.raises:
             raise self.raises.pop(0)
         if len(value or b"") + len(key or b"") > self.max_bytes:
@@ -149,11 +157,19 @@ class Worker:
 
 @pytest.fixture
 async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
-    settings = load_settings(models_dir=models_dir, state_dir=tmp_path / "state", worker_web_port=0,
-                             worker_id="unit-worker", topic_prefix="unit.", topic_partitions=PARTITIONS,
-                             score_batch_size=BATCH, score_batch_ms=20,
-                             placements=("top_banner", "sidebar", "in_article", "footer"), bandit_context="device",
-                             article_wait_ms=0)  # no article agent runs here: nothing to wait for (watermarks.py)
+    settings = load_settings(
+        models_dir=models_dir,
+        state_dir=tmp_path / "state",
+        worker_web_port=0,
+        worker_id="unit-worker",
+        topic_prefix="unit.",
+        topic_partitions=PARTITIONS,
+        score_batch_size=BATCH,
+        score_batch_ms=20,
+        placements=("top_banner", "sidebar", "in_article", "footer"),
+        bandit_context="device",
+        article_wait_ms=0,
+    )  # no article agent runs here: nothing to wait for (watermarks.py)
     app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)
     producer = FakeProducer()
     rt.producer = producer  # the real one never produced anything; dropping it destroys it
@@ -169,17 +185,28 @@ async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
 def _on_error(w: Worker) -> Callable[[Any, BaseException], Any]:
     async def on_error(agent: Any, exc: BaseException) -> None:
         w.errors.append(exc)
+
     return on_error
 
 
-async def feed(tc: Any, payloads: Sequence[tuple[bytes | None, bytes]], partition: int = 0,
-               first_offset: int = 0, timestamps: Sequence[float] | None = None) -> list[Message]:
+async def feed(
+    tc: Any,
+    payloads: Sequence[tuple[bytes | None, bytes]],
+    partition: int = 0,
+    first_offset: int = 0,
+    timestamps: Sequence[float] | None = None,
+) -> list[Message]:
     """Deliver records to the agent as the consumer would (one stream reference per message)."""
     channel = tc.stream().channel
     messages = []
     for i, (key, value) in enumerate(payloads):
-        msg = tc.to_message(key, value, partition=partition, offset=first_offset + i,
-                            timestamp=timestamps[i] if timestamps is not None else None)
+        msg = tc.to_message(
+            key,
+            value,
+            partition=partition,
+            offset=first_offset + i,
+            timestamp=timestamps[i] if timestamps is not None else None,
+        )
         msg.incref()
         messages.append(msg)
         await channel.put(await channel.decode(msg))
@@ -206,14 +233,16 @@ def forwarded_article_events(w: Worker) -> list[tuple[int, dict[str, Any]]]:
     return out
 
 
-async def test_events_agent_outputs_state_and_acks(worker: Worker, sim_events: list[dict[str, Any]],
-                                                   models: dict[str, LoadedModel]) -> None:
+async def test_events_agent_outputs_state_and_acks(
+    worker: Worker, sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     w = worker
     events = sim_events[:400]
     bad = [(b"bad-1", b"{not json"), (None, orjson.dumps({**events[0], "event_type": "tap"}))]
     payloads = payloads_of(events[:200]) + bad + payloads_of(events[200:])
-    timestamps = [e["event_time"] / 1000 for e in events[:200]] + [1.0, 1.0] + [e["event_time"] / 1000
-                                                                                 for e in events[200:]]
+    timestamps = (
+        [e["event_time"] / 1000 for e in events[:200]] + [1.0, 1.0] + [e["event_time"] / 1000 for e in events[200:]]
+    )
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         messages = await feed(tc, payloads, partition=1, timestamps=timestamps)
@@ -241,12 +270,15 @@ async def test_events_agent_outputs_state_and_acks(worker: Worker, sim_events: l
         # Dead letters: the two bad records, with their source position.
         dead = [(m.key(), orjson.loads(m.value())) for m in w.producer.on(w.topic("dead_letter"))]
         assert [(k, d["error_kind"], d["source_partition"], d["source_offset"]) for k, d in dead] == [
-            (b"bad-1", "malformed", 1, 200), (None, "unknown_type", 1, 201)]
+            (b"bad-1", "malformed", 1, 200),
+            (None, "unknown_type", 1, 201),
+        ]
 
         # Article events: each forwarded once, to the partition its article_id hashes to.
         forwarded = forwarded_article_events(w)
         assert sorted(ev["event_id"] for _, ev in forwarded) == sorted(
-            e["event_id"] for e in events if e["event_type"] in ARTICLE_EVENTS)
+            e["event_id"] for e in events if e["event_type"] in ARTICLE_EVENTS
+        )
         assert all(p == partition_for(ev["article_id"].encode(), PARTITIONS) for p, ev in forwarded)
 
         # The users table holds what the processor computes on plain dicts for the same records.
@@ -259,22 +291,29 @@ async def test_events_agent_outputs_state_and_acks(worker: Worker, sim_events: l
             assert users.get(uid) == raw, uid
 
         # Bandit counts went to the bandit table, under this partition's keys.
-        bandit = {(k.decode() if isinstance(k, bytes) else k): orjson.loads(v)  # raw keys come back as bytes
-                  for k, v in w.rt.tables["bandit"].items()}
+        bandit = {
+            (k.decode() if isinstance(k, bytes) else k): orjson.loads(v)  # raw keys come back as bytes
+            for k, v in w.rt.tables["bandit"].items()
+        }
         assert bandit == {k: orjson.loads(v) for k, v in reference.bandit.items()}
         assert bandit and all(k.startswith("1|") for k in bandit)
         # The posterior the next decisions use counts every impression once: the table's entries
         # (bytes keys) and the worker's own newer counts (str keys) are one entry per key.
-        stores = Stores(users=users, ad_pending=w.rt.tables["ad_pending"], articles=w.rt.tables["articles"],
-                        bandit=w.rt.tables["bandit"])
+        stores = Stores(
+            users=users,
+            ad_pending=w.rt.tables["ad_pending"],
+            articles=w.rt.tables["articles"],
+            bandit=w.rt.tables["bandit"],
+        )
         assert w.rt.processor.posterior_snapshot(stores) == merged_counts(reference.bandit)
 
 
-async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,
-                                                               sim_events: list[dict[str, Any]]) -> None:
+async def test_input_is_acked_only_after_outputs_are_delivered(
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
     w = worker
     w.producer.deliver.clear()  # Kafka does not acknowledge anything yet
-    events = sim_events[:2 * BATCH]
+    events = sim_events[: 2 * BATCH]
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         messages = await feed(tc, payloads_of(events))
@@ -294,7 +333,8 @@ async def test_input_is_acked_only_after_outputs_are_delivered(worker: Worker,
 
 
 async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_worker(
-        worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     w = worker
     w.producer.fail_topics.add(w.topic("predictions"))
     first = sim_events[:BATCH]  # exactly one batch
@@ -313,7 +353,7 @@ async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_worker(
 
         # A later batch of the partition is not published, and nothing is acked.
         produced = len(w.producer.produced)
-        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH : 2 * BATCH]), first_offset=BATCH)
         await wait_until(lambda: ended(tc))
         assert len(w.producer.produced) == produced
         assert not any(m.acked for m in batch1 + batch2)
@@ -321,7 +361,8 @@ async def test_failed_delivery_keeps_the_batch_unacked_and_stops_the_worker(
 
 
 async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
-        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
     """faust commits the first run of consecutive acked offsets, even past an unacked one.
 
     Both batches are in flight when the first one's dead letter is refused; the second one's
@@ -330,11 +371,11 @@ async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
     w = worker
     w.producer.deliver.clear()
     w.producer.fail_topics.add(w.topic("dead_letter"))
-    first = [*payloads_of(sim_events[:BATCH - 1]), (b"u-bad", b"{not json")]
+    first = [*payloads_of(sim_events[: BATCH - 1]), (b"u-bad", b"{not json")]
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         batch1 = await feed(tc, first)
-        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH : 2 * BATCH]), first_offset=BATCH)
         key = (w.topic("events"), 0)
         await wait_until(lambda: w.rt.positions.get(key) == 2 * BATCH - 1)
         w.producer.deliver.set()
@@ -345,7 +386,8 @@ async def test_a_later_batch_is_not_acked_before_an_earlier_one_that_failed(
 
 
 async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_retried(
-        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
     w = worker
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
@@ -354,7 +396,7 @@ async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_r
         await wait_until(lambda: all(m.acked for m in batch1))  # retried until librdkafka took them
 
         w.producer.raises = [KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC, "Unknown topic"))]
-        batch2 = await feed(tc, payloads_of(sim_events[BATCH:2 * BATCH]), first_offset=BATCH)
+        batch2 = await feed(tc, payloads_of(sim_events[BATCH : 2 * BATCH]), first_offset=BATCH)
         await wait_until(lambda: bool(w.fatal))
         assert isinstance(w.fatal[0], OutputError) and w.fatal[0].error == "_UNKNOWN_TOPIC"
         await wait_until(lambda: ended(tc))
@@ -363,7 +405,8 @@ async def test_an_error_raised_by_produce_stops_the_worker_and_a_full_queue_is_r
 
 
 async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
-        worker: Worker, sim_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """faust restarts a crashed actor on the same stream; the new actor acked later records, so
     faust committed past the failed batch. Now the agent ends and the worker stops."""
     w = worker
@@ -387,7 +430,8 @@ async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
 
 
 async def test_an_oversized_dead_letter_is_shrunk_and_the_partition_goes_on(
-        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
     w = worker
     huge = orjson.dumps({"schema_version": 1, "event_id": "big", "pad": "x" * 900_000})
     payloads = [*payloads_of(sim_events[:10]), (b"u-big", huge), *payloads_of(sim_events[10:30])]
@@ -407,7 +451,8 @@ async def test_an_oversized_dead_letter_is_shrunk_and_the_partition_goes_on(
 
 
 async def test_a_stalled_partition_is_reported_and_draining_is_bounded(
-        worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
     w = worker
     w.producer.deliver.clear()  # Kafka never confirms
     agent = w.app.agents["session-events"]
@@ -437,7 +482,8 @@ async def test_a_stalled_partition_is_reported_and_draining_is_bounded(
 
 
 async def test_article_agent_folds_forwarded_events_into_the_article_table(
-        worker: Worker, sim_events: list[dict[str, Any]]) -> None:
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
     w = worker
     events = sim_events[:600]
     async with w.app.agents["session-events"].test_context(on_error=_on_error(w)) as tc:
@@ -463,8 +509,7 @@ async def test_article_agent_folds_forwarded_events_into_the_article_table(
         # faust hands records fetched before the seek that ends a recovery over once more: the
         # redelivered ones are folded once (the ledger still ends at the partition's last offset)
         part, msgs = next(iter(sorted(by_partition.items())))
-        again = await feed(tc, [(m.key(), m.value()) for m in msgs[-3:]], partition=part,
-                           first_offset=len(msgs) - 3)
+        again = await feed(tc, [(m.key(), m.value()) for m in msgs[-3:]], partition=part, first_offset=len(msgs) - 3)
         await wait_until(lambda: all(m.acked for m in again))
         assert w.rt.ledger.committable((w.topic("article_events"), part)) == len(msgs)
         assert w.errors == []
@@ -497,8 +542,9 @@ class _FetchState:
         self.highwater, self.position, self.timestamp = highwater, position, None
 
 
-def _faust_stall_check(w: Worker, tp: TP, fetched: _FetchState, started_s_ago: float,
-                       later_s: float = 0.0) -> list[str]:
+def _faust_stall_check(
+    w: Worker, tp: TP, fetched: _FetchState, started_s_ago: float, later_s: float = 0.0
+) -> list[str]:
     """faust's own per-partition liveness check, run on the worker's app; the ERROR lines it logs.
 
     The check (``AIOKafkaConsumerThread.verify_event_path``) runs unchanged; what it reads of
@@ -511,15 +557,19 @@ def _faust_stall_check(w: Worker, tp: TP, fetched: _FetchState, started_s_ago: f
     logged: list[str] = []
     now = time.monotonic() + later_s
     assignment = SimpleNamespace(state_value=lambda aiotp: fetched)
-    aiokafka = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(
-        subscription=SimpleNamespace(assignment=assignment))))
+    aiokafka = SimpleNamespace(
+        _fetcher=SimpleNamespace(_subscriptions=SimpleNamespace(subscription=SimpleNamespace(assignment=assignment)))
+    )
     thread = SimpleNamespace(
-        consumer=SimpleNamespace(app=w.app), time_started=now - started_s_ago,
+        consumer=SimpleNamespace(app=w.app),
+        time_started=now - started_s_ago,
         tp_stream_timeout_secs=w.app.conf.stream_processing_timeout,
         tp_commit_timeout_secs=w.app.conf.broker_commit_livelock_soft_timeout,
         tp_last_committed_at={tp: now},
         log=SimpleNamespace(error=lambda msg, *args: logged.append(msg % args)),
-        _ensure_consumer=lambda: aiokafka, _verify_aiokafka_event_path=lambda now, tp: False)
+        _ensure_consumer=lambda: aiokafka,
+        _verify_aiokafka_event_path=lambda now, tp: False,
+    )
     thread._log_slow_processing_stream = lambda msg, *args: logged.append(msg % args)
     thread._log_slow_processing_commit = lambda msg, *args: logged.append(msg % args)
     AIOKafkaConsumerThread.verify_event_path(thread, now, tp)
@@ -545,14 +595,19 @@ async def test_faust_stall_check_sees_partitions_that_process(worker: Worker, si
         # A stream that stops taking events is still reported, once stream_processing_timeout passed.
         timeout = w.app.conf.stream_processing_timeout
         assert _faust_stall_check(w, tp, backlog, 360, later_s=timeout - 5) == []
-        assert any("Stream stopped processing" in line
-                   for line in _faust_stall_check(w, tp, backlog, 360, later_s=timeout + 5))
+        assert any(
+            "Stream stopped processing" in line for line in _faust_stall_check(w, tp, backlog, 360, later_s=timeout + 5)
+        )
 
 
 def _series(w: Worker, name: str) -> dict[tuple[str, str], float]:
     """Each (topic, partition) series of a per-partition gauge, as the registry exports it."""
-    return {(s.labels["topic"], s.labels["partition"]): s.value
-            for metric in w.rt.metrics.registry.collect() for s in metric.samples if s.name == name}
+    return {
+        (s.labels["topic"], s.labels["partition"]): s.value
+        for metric in w.rt.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == name
+    }
 
 
 async def test_a_revoked_partition_is_no_longer_exported(worker: Worker, sim_events: list[dict[str, Any]]) -> None:

@@ -191,6 +191,10 @@ def test_epsilon_greedy_without_a_prior_tries_every_arm_in_every_context_first()
 def test_no_module_draws_from_a_samplers_generator_but_the_bandit() -> None:
     """Thompson draws go through ThompsonSampling.sample; nothing else reaches into its ``rng``."""
     root = Path(__file__).resolve().parents[2]
-    users = sorted(str(p.relative_to(root)) for d in ("stream", "batch_training", "simulator")
-                   for p in (root / d).rglob("*.py") if ".rng.beta(" in p.read_text())
+    users = sorted(
+        str(p.relative_to(root))
+        for d in ("stream", "batch_training", "simulator")
+        for p in (root / d).rglob("*.py")
+        if ".rng.beta(" in p.read_text()
+    )
     assert users == ["stream/bandits/thompson.py"]

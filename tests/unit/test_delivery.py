@@ -62,7 +62,7 @@ def test_the_commit_offset_is_the_first_offset_not_done(start: int, sizes: list[
     for n in sizes:
         ranges.append((first, first + n - 1))
         first += n
-    confirmed = data.draw(st.permutations(ranges))[:data.draw(st.integers(0, len(ranges)))]
+    confirmed = data.draw(st.permutations(ranges))[: data.draw(st.integers(0, len(ranges)))]
     ledger = Ledger({"in"})
     ledger.assign(IN, start)
     for lo, hi in confirmed:
@@ -113,6 +113,7 @@ def test_topics_the_ledger_does_not_track_keep_faust_s_rule() -> None:
 
 # --- the redelivery filter and the offset stored with each user --------------------------------
 
+
 def test_offset_ranges_merge_out_of_order_offsets() -> None:
     seen = OffsetRanges()
     for o in (10, 12, 11, 3, 4, 20):
@@ -161,6 +162,7 @@ def test_the_user_value_carries_the_offset_last_applied() -> None:
 
 
 # --- settle and ack ---------------------------------------------------------------------------
+
 
 @dataclass
 class Msg:

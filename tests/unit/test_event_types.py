@@ -18,15 +18,27 @@ SCHEMA_TYPES: tuple[str, ...] = tuple(load_schema("session_event")["properties"]
 def test_state_codes_are_the_schema_enum_in_its_order() -> None:
     assert EVENT_TYPES == SCHEMA_TYPES, (
         "stream/state/codes.py EVENT_TYPES must equal the session_event schema's enum, in order "
-        "(append a new type at the end: the codes are stored)")
+        "(append a new type at the end: the codes are stored)"
+    )
 
 
 @pytest.mark.parametrize("event_type", SCHEMA_TYPES)
 def test_every_type_the_schema_accepts_encodes(event_type: str) -> None:
     # Every optional field filled in: the schema's per-type requirements are all met.
-    event = {"schema_version": 1, "event_id": "e1", "event_type": event_type, "user_id": "u1",
-             "session_id": "s1", "event_time": 1_700_000_000_000, "article_id": "a1", "position": 1,
-             "request_id": "r1", "placement": "top", "revenue": 1.5, "duration_ms": 10}
+    event = {
+        "schema_version": 1,
+        "event_id": "e1",
+        "event_type": event_type,
+        "user_id": "u1",
+        "session_id": "s1",
+        "event_time": 1_700_000_000_000,
+        "article_id": "a1",
+        "position": 1,
+        "request_id": "r1",
+        "placement": "top",
+        "revenue": 1.5,
+        "duration_ms": 10,
+    }
     validate("session_event", event)
     assert encode_event(event).typ == SCHEMA_TYPES.index(event_type)
 

@@ -35,7 +35,8 @@ def test_a_partition_that_processes_or_has_nothing_to_read_is_never_idle() -> No
 
 
 def test_a_partition_with_messages_waiting_and_no_progress_stalls_once_and_recovers(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING, "stream.worker.health")
     stalled: list[tuple[str, int]] = []
     d = StallDetector(limit_s=60, on_stalled=stalled.append)

@@ -72,15 +72,21 @@ def test_an_outage_flood_is_one_line_per_cause_per_interval_with_a_count(out: io
 def test_the_cause_is_logger_level_and_template(out: io.StringIO, clock: Clock) -> None:
     a, b = logging.getLogger("t.a"), logging.getLogger("t.b")
     a.error("down: %s", "x")
-    a.error("down: %s", "y")      # same cause: dropped
-    a.warning("down: %s", "x")    # another level
-    b.error("down: %s", "x")      # another logger
-    a.error("gone: %s", "x")      # another template
+    a.error("down: %s", "y")  # same cause: dropped
+    a.warning("down: %s", "x")  # another level
+    b.error("down: %s", "x")  # another logger
+    a.error("gone: %s", "x")  # another template
     clock.now += 10.0
-    a.error("down: %s", "z")      # the interval is over: through, with the count
-    a.error("gone: %s", "x")      # through, nothing was dropped
-    assert lines(out) == ["t.a ERROR down: x", "t.a WARNING down: x", "t.b ERROR down: x", "t.a ERROR gone: x",
-                          "t.a ERROR down: z (1 similar line suppressed in the last 10 s)", "t.a ERROR gone: x"]
+    a.error("down: %s", "z")  # the interval is over: through, with the count
+    a.error("gone: %s", "x")  # through, nothing was dropped
+    assert lines(out) == [
+        "t.a ERROR down: x",
+        "t.a WARNING down: x",
+        "t.b ERROR down: x",
+        "t.a ERROR gone: x",
+        "t.a ERROR down: z (1 similar line suppressed in the last 10 s)",
+        "t.a ERROR gone: x",
+    ]
 
 
 def test_progress_lines_below_warning_always_pass(out: io.StringIO) -> None:
@@ -138,8 +144,9 @@ async def test_the_worker_app_limits_repeats_only_when_a_faust_worker_runs_it(tm
     root = logging.getLogger()
     handler = logging.StreamHandler(io.StringIO())  # what the faust Worker's logging setup adds
     root.addHandler(handler)
-    app, rt = create_app(load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "m"), "localhost:1",
-                         clickhouse=False)
+    app, rt = create_app(
+        load_settings(state_dir=tmp_path / "state", models_dir=tmp_path / "m"), "localhost:1", clickhouse=False
+    )
     app.gc_tuning = None  # the process's collector is not this test's business
     try:
         await app.on_first_start()  # built and started by a test or a tool: logging is theirs

@@ -16,8 +16,12 @@ BUCKETS = (0.005, 0.01, 0.1, 1.0, 10.0)
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for metric in registry.collect() for s in metric.samples if not s.name.endswith("_created")}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for metric in registry.collect()
+        for s in metric.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def test_same_samples_as_observe_one_by_one() -> None:
@@ -74,6 +78,9 @@ def test_metrics_port_in_use_is_a_config_error() -> None:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(ConfigError, match=rf"^invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve "
-                                              rf"metrics on port {port} \(Address already in use\)"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^invalid configuration STREAM_WORKER_WEB_PORT={port}: cannot serve "
+            rf"metrics on port {port} \(Address already in use\)",
+        ):
             WorkerMetrics().serve(port)

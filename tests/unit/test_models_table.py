@@ -33,11 +33,13 @@ def test_the_worker_and_the_training_read_the_table() -> None:
     assert set(MODELS) <= set(STEPS)
 
 
-def test_the_worker_scores_each_served_model_on_its_trigger(sim_events: list[dict[str, Any]],
-                                                          models: dict[str, LoadedModel]) -> None:
+def test_the_worker_scores_each_served_model_on_its_trigger(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     proc = BatchProcessor(models, ("top", "side"))
-    records = [Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None)
-               for i, e in enumerate(sim_events)]
+    records = [
+        Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None) for i, e in enumerate(sim_events)
+    ]
     out = proc.process(records, Stores(users={}, ad_pending={}, articles={}, bandit={}))
     by_event = {e["event_id"]: e["event_type"] for e in sim_events}
     got = {(p["model_name"], by_event[p["event_id"]]) for p in out.predictions}

@@ -17,8 +17,7 @@ from stream.worker.publisher import ARTICLE_CHUNK, OutputError, article_messages
 
 def _events(n: int, seed: int) -> list[tuple[str, bytes]]:
     rng = random.Random(seed)
-    return [(f"a{rng.randrange(7)}", orjson.dumps({"i": i, "pad": "p" * rng.randrange(0, 16_000)}))
-            for i in range(n)]
+    return [(f"a{rng.randrange(7)}", orjson.dumps({"i": i, "pad": "p" * rng.randrange(0, 16_000)})) for i in range(n)]
 
 
 def test_article_records_stay_under_the_limit_and_keep_every_event_in_order() -> None:
@@ -53,14 +52,17 @@ def test_a_full_local_queue_is_retried(code: int) -> None:
     assert produce_error("t", KafkaError(code), 1_048_576) is None
 
 
-@pytest.mark.parametrize(("code", "name"), [
-    (KafkaError.MSG_SIZE_TOO_LARGE, "MSG_SIZE_TOO_LARGE"),
-    (KafkaError._MSG_TIMED_OUT, "_MSG_TIMED_OUT"),
-    (KafkaError.UNKNOWN_TOPIC_OR_PART, "UNKNOWN_TOPIC_OR_PART"),
-    (KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC"),
-    (KafkaError.TOPIC_AUTHORIZATION_FAILED, "TOPIC_AUTHORIZATION_FAILED"),
-    (KafkaError._FATAL, "_FATAL"),
-])
+@pytest.mark.parametrize(
+    ("code", "name"),
+    [
+        (KafkaError.MSG_SIZE_TOO_LARGE, "MSG_SIZE_TOO_LARGE"),
+        (KafkaError._MSG_TIMED_OUT, "_MSG_TIMED_OUT"),
+        (KafkaError.UNKNOWN_TOPIC_OR_PART, "UNKNOWN_TOPIC_OR_PART"),
+        (KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC"),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, "TOPIC_AUTHORIZATION_FAILED"),
+        (KafkaError._FATAL, "_FATAL"),
+    ],
+)
 def test_every_other_error_stops_the_worker_naming_topic_and_error(code: int, name: str) -> None:
     err = produce_error("out-topic", KafkaError(code), 1_048_576)
     assert isinstance(err, OutputError)
@@ -77,8 +79,11 @@ def test_a_size_error_names_the_setting() -> None:
 def test_an_event_limit_over_one_record_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAM_MAX_MESSAGE_BYTES", "65536")
     monkeypatch.setenv("STREAM_MAX_EVENT_BYTES", "65000")
-    with pytest.raises(ConfigError, match=r"^invalid configuration STREAM_MAX_EVENT_BYTES='65000': .*at most 64510 "
-                                          r"bytes \(STREAM_MAX_MESSAGE_BYTES=65536 minus 1026 of framing\)$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^invalid configuration STREAM_MAX_EVENT_BYTES='65000': .*at most 64510 "
+        r"bytes \(STREAM_MAX_MESSAGE_BYTES=65536 minus 1026 of framing\)$",
+    ):
         load_settings()
     monkeypatch.setenv("STREAM_MAX_EVENT_BYTES", "64510")
     assert load_settings().max_event_bytes == 64510

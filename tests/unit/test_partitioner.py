@@ -88,6 +88,7 @@ def test_record_partition_matches_kafkas_hash_by_key_or_else_by_value() -> None:
 def test_murmur2_has_one_home() -> None:
     """Only stream/kafka/partitioner.py implements murmur2 (its multiplier is the tell)."""
     roots = [ROOT / d for d in ("stream", "simulator", "batch_training", "bench", "scripts")]
-    homes = sorted(str(p.relative_to(ROOT)) for r in roots for p in r.rglob("*.py")
-                   if "5BD1E995" in p.read_text().upper())
+    homes = sorted(
+        str(p.relative_to(ROOT)) for r in roots for p in r.rglob("*.py") if "5BD1E995" in p.read_text().upper()
+    )
     assert homes == ["stream/kafka/partitioner.py"]

@@ -24,7 +24,8 @@ DRAIN_MESSAGES_SHA256 = "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f7
 def test_faust_drain_messages_is_the_loop_the_transport_copies() -> None:
     source = inspect.getsource(Consumer._drain_messages)
     assert hashlib.sha256(source.encode()).hexdigest() == DRAIN_MESSAGES_SHA256, (
-        "faust's Consumer._drain_messages changed: re-copy it into stream/kafka/transport.py")
+        "faust's Consumer._drain_messages changed: re-copy it into stream/kafka/transport.py"
+    )
 
 
 def test_faust_current_event_is_a_context_variable() -> None:

@@ -35,20 +35,29 @@ def new_stores() -> Stores:
     return Stores(users={}, ad_pending={}, articles={}, bandit={})
 
 
-def to_records(payloads: Iterable[tuple[bytes | None, bytes | None]], partition: int = 0, first_offset: int = 0,
-               timestamps: Iterable[int | None] | None = None) -> list[Record]:
+def to_records(
+    payloads: Iterable[tuple[bytes | None, bytes | None]],
+    partition: int = 0,
+    first_offset: int = 0,
+    timestamps: Iterable[int | None] | None = None,
+) -> list[Record]:
     ts = iter(timestamps) if timestamps is not None else None
-    return [Record(key, value, TOPIC, partition, first_offset + i, next(ts) if ts is not None else None)
-            for i, (key, value) in enumerate(payloads)]
+    return [
+        Record(key, value, TOPIC, partition, first_offset + i, next(ts) if ts is not None else None)
+        for i, (key, value) in enumerate(payloads)
+    ]
 
 
 def event_records(events: Sequence[Mapping[str, Any]], first_offset: int = 0) -> list[Record]:
-    return to_records(((e["user_id"].encode(), orjson.dumps(e)) for e in events), first_offset=first_offset,
-                      timestamps=(e["event_time"] for e in events))
+    return to_records(
+        ((e["user_id"].encode(), orjson.dumps(e)) for e in events),
+        first_offset=first_offset,
+        timestamps=(e["event_time"] for e in events),
+    )
 
 
 def run(processor: BatchProcessor, records: Sequence[Record], stores: Stores, batch: int) -> list[Outputs]:
-    return [processor.process(records[i:i + batch], stores, now_ms=NOW_MS) for i in range(0, len(records), batch)]
+    return [processor.process(records[i : i + batch], stores, now_ms=NOW_MS) for i in range(0, len(records), batch)]
 
 
 def predictions(outs: Iterable[Outputs]) -> list[dict[str, Any]]:
@@ -71,13 +80,20 @@ def processor(models: Mapping[str, LoadedModel], **kwargs: Any) -> BatchProcesso
 
 
 def _event(**fields: Any) -> dict[str, Any]:
-    base = {"schema_version": 1, "event_id": "e-x", "event_type": "page_view", "user_id": "u-x",
-            "session_id": "s-x", "event_time": 1_736_200_000_000}
+    base = {
+        "schema_version": 1,
+        "event_id": "e-x",
+        "event_type": "page_view",
+        "user_id": "u-x",
+        "session_id": "s-x",
+        "event_time": 1_736_200_000_000,
+    }
     return {**base, **fields}
 
 
 def test_rejected_records_become_dead_letters_and_valid_ones_are_still_processed(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     valid = sim_events[:60]
     assert {"session_start", "article_impression"} <= {e["event_type"] for e in valid}
     oversized = orjson.dumps(_event(event_id="e-big", user_id="ghost-big")) + b" " * 3000  # valid JSON, too long
@@ -91,8 +107,11 @@ def test_rejected_records_become_dead_letters_and_valid_ones_are_still_processed
         (b"k-tap", orjson.dumps(_event(event_type="tap", user_id="ghost-tap")), "unknown_type"),
         (b"k-notype", orjson.dumps(_event(event_type=17, user_id="ghost-17")), "unknown_type"),
         (b"k-time", orjson.dumps(_event(event_time="yesterday", user_id="ghost-time")), "invalid"),
-        (b"k-noart", orjson.dumps(_event(event_type="article_impression", position=1, user_id="ghost-art")),
-         "invalid"),  # article_impression requires article_id
+        (
+            b"k-noart",
+            orjson.dumps(_event(event_type="article_impression", position=1, user_id="ghost-art")),
+            "invalid",
+        ),  # article_impression requires article_id
         (b"k-extra", orjson.dumps(_event(user_id="ghost-extra", colour="red")), "invalid"),
     ]
     # Interleave: bad record j goes after valid event 5 * j.
@@ -147,8 +166,9 @@ def test_size_limit_is_inclusive(models: dict[str, LoadedModel]) -> None:
 # --- (b) predictions --------------------------------------------------------------------------
 
 
-def test_exactly_one_prediction_per_scorable_event(sim_events: list[dict[str, Any]],
-                                                   models: dict[str, LoadedModel]) -> None:
+def test_exactly_one_prediction_per_scorable_event(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     outs = run(processor(models), event_records(sim_events), new_stores(), batch=100)
     preds = predictions(outs)
     by_id = {e["event_id"]: e for e in sim_events}
@@ -171,8 +191,9 @@ def test_exactly_one_prediction_per_scorable_event(sim_events: list[dict[str, An
     assert len({p["prediction_id"] for p in preds}) == len(preds)
 
 
-def test_prediction_id_depends_on_event_and_model_version_only(sim_events: list[dict[str, Any]],
-                                                              models: dict[str, LoadedModel]) -> None:
+def test_prediction_id_depends_on_event_and_model_version_only(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     records = event_records(sim_events[:300])
 
     def ids(ms: Mapping[str, LoadedModel], batch: int) -> dict[tuple[str, str], str]:
@@ -193,7 +214,8 @@ def test_prediction_id_depends_on_event_and_model_version_only(sim_events: list[
 
 
 def test_churn_and_engagement_scores_match_an_independent_replay(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel], models_dir: Path) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel], models_dir: Path
+) -> None:
     """``offline_scores`` rebuilds rows from ``stream.state`` directly and predicts with a DMatrix.
 
     (Click rows also need the article table, which this processor run leaves empty.)
@@ -208,8 +230,9 @@ def test_churn_and_engagement_scores_match_an_independent_replay(
             assert got[(model, event_id)] == [pytest.approx(score, abs=1e-6)]
 
 
-def test_events_without_a_loaded_model_are_counted_not_scored(sim_events: list[dict[str, Any]],
-                                                              models: dict[str, LoadedModel]) -> None:
+def test_events_without_a_loaded_model_are_counted_not_scored(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     proc = processor({"churn": models["churn"]})
     outs = run(proc, event_records(sim_events), new_stores(), batch=200)
     assert {p["model_name"] for p in predictions(outs)} == {"churn"}
@@ -225,14 +248,14 @@ def test_events_without_a_loaded_model_are_counted_not_scored(sim_events: list[d
 @pytest.fixture(scope="module")
 def messy_records() -> list[Record]:
     """The same small history with late and duplicate deliveries and malformed records mixed in."""
-    cfg = dataclasses.replace(SIM, late_share=0.05, late_max_ms=120_000, duplicate_share=0.05,
-                              malformed_share=0.01)
+    cfg = dataclasses.replace(SIM, late_share=0.05, late_max_ms=120_000, duplicate_share=0.05, malformed_share=0.01)
     return to_records(generate(cfg).iter_payloads(), timestamps=None)
 
 
 @pytest.mark.parametrize("batch", [7, 500])
-def test_batch_size_does_not_change_state_or_scores(messy_records: list[Record], models: dict[str, LoadedModel],
-                                                    batch: int) -> None:
+def test_batch_size_does_not_change_state_or_scores(
+    messy_records: list[Record], models: dict[str, LoadedModel], batch: int
+) -> None:
     one_stores, big_stores = new_stores(), new_stores()
     one = run(processor(models), messy_records, one_stores, batch=1)
     big = run(processor(models), messy_records, big_stores, batch=batch)
@@ -251,8 +274,9 @@ def test_batch_size_does_not_change_state_or_scores(messy_records: list[Record],
 # --- (d) replays ------------------------------------------------------------------------------
 
 
-def test_stored_offset_is_the_last_offset_applied_per_user(sim_events: list[dict[str, Any]],
-                                                          models: dict[str, LoadedModel]) -> None:
+def test_stored_offset_is_the_last_offset_applied_per_user(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     records = event_records(sim_events, first_offset=500)
     stores = new_stores()
     run(processor(models), records, stores, batch=64)
@@ -269,13 +293,16 @@ def _replay_setup(sim_events: list[dict[str, Any]], models: dict[str, LoadedMode
     run(processor(models), records, reference, batch=50)
     stores = new_stores()
     proc = processor(models)
-    original = {(p["model_name"], p["event_id"]): p["prediction_id"]
-                for p in predictions(run(proc, records[:half], stores, batch=50))}
+    original = {
+        (p["model_name"], p["event_id"]): p["prediction_id"]
+        for p in predictions(run(proc, records[:half], stores, batch=50))
+    }
     return records, half, reference, stores, proc, original
 
 
 def test_replayed_records_after_a_crash_are_scored_but_do_not_change_state(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     records, half, reference, stores, _, original = _replay_setup(sim_events, models)
     replay_from = half - 150
     before = dict(stores.users)
@@ -296,7 +323,8 @@ def test_replayed_records_after_a_crash_are_scored_but_do_not_change_state(
 
 
 def test_predictions_scored_from_a_state_that_already_holds_their_event_are_marked_replayed(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel], models_dir: Path) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel], models_dir: Path
+) -> None:
     """After a crash, click and engagement rows (built before their event is applied) see the
     stored state, which holds the event; a churn row sees it with the user's later events. Those
     predictions say ``"replayed": true`` so that ClickHouse keeps the first, exact score."""
@@ -327,53 +355,59 @@ def test_predictions_scored_from_a_state_that_already_holds_their_event_are_mark
     # marked ones include some that differ, which is why the mark matters.
     offline = offline_scores(models_dir, list(sim_events))
     exact = [p for p in replayed + after if "replayed" not in p and p["model_name"] != "click"]
-    assert exact and all(p["score"] == pytest.approx(offline[p["model_name"]][p["event_id"]], abs=1e-6)
-                         for p in exact)
-    assert any(abs(p["score"] - offline[p["model_name"]][p["event_id"]]) > 1e-6
-               for p in replayed if p.get("replayed") and p["model_name"] != "click")
+    assert exact and all(p["score"] == pytest.approx(offline[p["model_name"]][p["event_id"]], abs=1e-6) for p in exact)
+    assert any(
+        abs(p["score"] - offline[p["model_name"]][p["event_id"]]) > 1e-6
+        for p in replayed
+        if p.get("replayed") and p["model_name"] != "click"
+    )
 
 
 def test_records_delivered_again_to_the_same_process_are_skipped(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     """faust can hand a record to the stream twice (seek at the end of a recovery): no second
     prediction, whose score would come from state that already includes later events."""
     records, half, reference, stores, proc, _ = _replay_setup(sim_events, models)
     before = dict(stores.users)
     # A batch that goes on past the handled records, then jumps back into them (as seen live).
-    batch = records[half:half + 30] + records[half - 100:half + 40]
+    batch = records[half : half + 30] + records[half - 100 : half + 40]
     out = proc.process(batch, stores, now_ms=NOW_MS)
-    fresh = {e["event_id"] for e in sim_events[half:half + 40]}
+    fresh = {e["event_id"] for e in sim_events[half : half + 40]}
     assert {p["event_id"] for p in out.predictions} <= fresh
-    n_new = sum(e["event_type"] in TRIGGER_OF.values() for e in sim_events[half:half + 40])
+    n_new = sum(e["event_type"] in TRIGGER_OF.values() for e in sim_events[half : half + 40])
     assert len(out.predictions) == n_new
     assert proc.metrics.value("stream_redelivered_events_total") == 100 + 30
     assert stores.users != before
-    run(proc, records[half + 40:], stores, batch=50)
+    run(proc, records[half + 40 :], stores, batch=50)
     assert stores.users == reference.users
 
     # After a revocation the partition's mark is forgotten: a later owner's replay is scored.
     proc.forget_partitions({records[0].partition})
-    again = proc.process(records[half - 10:half], stores, now_ms=NOW_MS)
-    assert len(again.predictions) == sum(e["event_type"] in TRIGGER_OF.values() for e in sim_events[half - 10:half])
+    again = proc.process(records[half - 10 : half], stores, now_ms=NOW_MS)
+    assert len(again.predictions) == sum(e["event_type"] in TRIGGER_OF.values() for e in sim_events[half - 10 : half])
 
 
 def test_records_skipped_before_a_redelivery_are_still_processed(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     """Only offsets actually handled are skipped: a gap in an earlier delivery is filled later."""
     records, half, _ref, stores, proc, _ = _replay_setup(sim_events, models)
-    gap = records[half + 10:half + 20]
-    first = proc.process(records[half:half + 10] + records[half + 20:half + 30], stores, now_ms=NOW_MS)
-    again = proc.process(records[half:half + 40], stores, now_ms=NOW_MS)  # the gap and 10 new ones
+    gap = records[half + 10 : half + 20]
+    first = proc.process(records[half : half + 10] + records[half + 20 : half + 30], stores, now_ms=NOW_MS)
+    again = proc.process(records[half : half + 40], stores, now_ms=NOW_MS)  # the gap and 10 new ones
     scored = {p["event_id"] for p in first.predictions} | {p["event_id"] for p in again.predictions}
-    expected = {e["event_id"] for e in sim_events[half:half + 40] if e["event_type"] in TRIGGER_OF.values()}
+    expected = {e["event_id"] for e in sim_events[half : half + 40] if e["event_type"] in TRIGGER_OF.values()}
     assert scored == expected
     assert {p["event_id"] for p in again.predictions} >= {
-        orjson.loads(r.value)["event_id"] for r in gap if orjson.loads(r.value)["event_type"] in TRIGGER_OF.values()}
+        orjson.loads(r.value)["event_id"] for r in gap if orjson.loads(r.value)["event_type"] in TRIGGER_OF.values()
+    }
     assert proc.metrics.value("stream_redelivered_events_total") == 20
 
 
-def test_replay_of_a_batch_mixing_old_and_new_records(sim_events: list[dict[str, Any]],
-                                                      models: dict[str, LoadedModel]) -> None:
+def test_replay_of_a_batch_mixing_old_and_new_records(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     """A batch that straddles the stored offsets: old records are skipped, new ones applied."""
     records = event_records(sim_events)
     reference = new_stores()
@@ -409,10 +443,18 @@ WINDOW = 60_000
 _AD_EVENT_IDS = itertools.count()
 
 
-def _ad(kind: str, rid: str, placement: str, t: int, *, user: str = "u1",
-        device: str | None = "mobile") -> dict[str, Any]:
-    ev = _event(event_type=kind, event_id=f"ad-{next(_AD_EVENT_IDS)}", user_id=user, session_id=f"s-{user}",
-                event_time=t, request_id=rid, placement=placement)
+def _ad(
+    kind: str, rid: str, placement: str, t: int, *, user: str = "u1", device: str | None = "mobile"
+) -> dict[str, Any]:
+    ev = _event(
+        event_type=kind,
+        event_id=f"ad-{next(_AD_EVENT_IDS)}",
+        user_id=user,
+        session_id=f"s-{user}",
+        event_time=t,
+        request_id=rid,
+        placement=placement,
+    )
     if device is not None:
         ev["device"] = {"type": device}
     return ev
@@ -421,23 +463,23 @@ def _ad(kind: str, rid: str, placement: str, t: int, *, user: str = "u1",
 def ad_script() -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
     """Ad events and the bandit counts they must produce, worked out by hand."""
     events = [
-        _ad("ad_impression", "r1", "top_banner", T0),                   # trial    mobile|top_banner
-        _ad("ad_click", "r1", "top_banner", T0 + 30_000),               # success  mobile|top_banner
-        _ad("ad_impression", "r2", "sidebar", T0 + 1_000),              # trial    mobile|sidebar
-        _ad("ad_click", "r2", "top_banner", T0 + 2_000),                # other placement: no success
-        _ad("ad_impression", "r3", "top_banner", T0 + 3_000),           # trial    mobile|top_banner
-        _ad("ad_click", "r3", "top_banner", T0 + 3_000 + WINDOW + 1),   # 1 ms outside the window: nothing
-        _ad("ad_impression", "r4", "in_article", T0 + 4_000),           # trial    mobile|in_article
-        _ad("ad_click", "r4", "in_article", T0 + 4_000 + WINDOW),       # exactly at the window edge: success
-        _ad("ad_click", "r5", "footer", T0 + 5_000),                    # no impression: nothing
-        _ad("ad_click", "r1", "top_banner", T0 + 40_000),               # second click on r1: nothing
-        _ad("ad_impression", "r1", "top_banner", T0 + 41_000),          # duplicate impression: nothing
-        _ad("ad_impression", "r6", "popup", T0 + 6_000),                # unknown placement: nothing
-        _ad("ad_click", "r6", "popup", T0 + 7_000),                     # unknown placement: nothing
+        _ad("ad_impression", "r1", "top_banner", T0),  # trial    mobile|top_banner
+        _ad("ad_click", "r1", "top_banner", T0 + 30_000),  # success  mobile|top_banner
+        _ad("ad_impression", "r2", "sidebar", T0 + 1_000),  # trial    mobile|sidebar
+        _ad("ad_click", "r2", "top_banner", T0 + 2_000),  # other placement: no success
+        _ad("ad_impression", "r3", "top_banner", T0 + 3_000),  # trial    mobile|top_banner
+        _ad("ad_click", "r3", "top_banner", T0 + 3_000 + WINDOW + 1),  # 1 ms outside the window: nothing
+        _ad("ad_impression", "r4", "in_article", T0 + 4_000),  # trial    mobile|in_article
+        _ad("ad_click", "r4", "in_article", T0 + 4_000 + WINDOW),  # exactly at the window edge: success
+        _ad("ad_click", "r5", "footer", T0 + 5_000),  # no impression: nothing
+        _ad("ad_click", "r1", "top_banner", T0 + 40_000),  # second click on r1: nothing
+        _ad("ad_impression", "r1", "top_banner", T0 + 41_000),  # duplicate impression: nothing
+        _ad("ad_impression", "r6", "popup", T0 + 6_000),  # unknown placement: nothing
+        _ad("ad_click", "r6", "popup", T0 + 7_000),  # unknown placement: nothing
         _ad("ad_impression", "r7", "top_banner", T0 + 8_000, user="u2", device="tablet"),  # tablet|top_banner
-        _ad("ad_click", "r7", "top_banner", T0 + 9_000, user="u1"),     # u1 never saw r7: nothing
+        _ad("ad_click", "r7", "top_banner", T0 + 9_000, user="u1"),  # u1 never saw r7: nothing
         _ad("ad_impression", "r8", "footer", T0 + 10_000, user="u3", device=None),  # unknown|footer
-        _ad("ad_click", "r8", "footer", T0 + 11_000, user="u3", device=None),       # success unknown|footer
+        _ad("ad_click", "r8", "footer", T0 + 11_000, user="u3", device=None),  # success unknown|footer
     ]
     expected = {
         "0|mobile|top_banner": [2, 1],
@@ -469,8 +511,9 @@ def test_click_joins_an_impression_of_an_earlier_batch_after_a_crash(models: dic
     stores = new_stores()
     processor(models, click_join_window_ms=WINDOW).process(event_records([imp]), stores, now_ms=NOW_MS)
     assert _decoded(stores.bandit) == {"0|mobile|sidebar": [1, 0]}
-    processor(models, click_join_window_ms=WINDOW).process(event_records([click], first_offset=1), stores,
-                                                           now_ms=NOW_MS)
+    processor(models, click_join_window_ms=WINDOW).process(
+        event_records([click], first_offset=1), stores, now_ms=NOW_MS
+    )
     assert _decoded(stores.bandit) == {"0|mobile|sidebar": [1, 1]}
 
 
@@ -484,8 +527,10 @@ def test_bandit_counts_add_to_what_the_store_already_holds(models: dict[str, Loa
 
 
 def test_bandit_context_none_pools_devices(models: dict[str, LoadedModel]) -> None:
-    events = [_ad("ad_impression", "r1", "footer", T0, device="mobile"),
-              _ad("ad_impression", "r2", "footer", T0 + 1, device="desktop", user="u2")]
+    events = [
+        _ad("ad_impression", "r1", "footer", T0, device="mobile"),
+        _ad("ad_impression", "r2", "footer", T0 + 1, device="desktop", user="u2"),
+    ]
     stores = new_stores()
     processor(models, bandit_context="none").process(event_records(events), stores, now_ms=NOW_MS)
     assert _decoded(stores.bandit) == {"0|all|footer": [2, 0]}
@@ -495,8 +540,17 @@ def test_bandit_context_none_pools_devices(models: dict[str, LoadedModel]) -> No
 
 
 def _requests(n: int, device: str = "mobile") -> list[dict[str, Any]]:
-    return [_event(event_type="ad_request", event_id=f"req-{device}-{i}", request_id=f"rid-{device}-{i}",
-                   user_id=f"u{i % 5}", event_time=T0 + i, device={"type": device}) for i in range(n)]
+    return [
+        _event(
+            event_type="ad_request",
+            event_id=f"req-{device}-{i}",
+            request_id=f"rid-{device}-{i}",
+            user_id=f"u{i % 5}",
+            event_time=T0 + i,
+            device={"type": device},
+        )
+        for i in range(n)
+    ]
 
 
 def test_one_decision_per_ad_request(sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
@@ -517,8 +571,9 @@ def test_one_decision_per_ad_request(sim_events: list[dict[str, Any]], models: d
     assert len({d["placement"] for d in decisions}) > 1
 
 
-def test_decisions_are_reproducible_with_the_same_seed(sim_events: list[dict[str, Any]],
-                                                       models: dict[str, LoadedModel]) -> None:
+def test_decisions_are_reproducible_with_the_same_seed(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     records = event_records(sim_events)
 
     def decide(seed: int) -> list[dict[str, Any]]:
@@ -545,11 +600,15 @@ def test_decisions_without_counts_are_uniform(models: dict[str, LoadedModel]) ->
 def test_decisions_use_the_counts_of_their_context(models: dict[str, LoadedModel]) -> None:
     stores = new_stores()
     # mobile: in_article clearly best (200/1000 vs 10/1000), counted on two partitions.
-    stores.bandit.update({
-        "0|mobile|in_article": orjson.dumps([600, 120]), "3|mobile|in_article": orjson.dumps([400, 80]),
-        "0|mobile|top_banner": orjson.dumps([1000, 10]), "0|mobile|sidebar": orjson.dumps([1000, 10]),
-        "0|mobile|footer": orjson.dumps([1000, 10]),
-    })
+    stores.bandit.update(
+        {
+            "0|mobile|in_article": orjson.dumps([600, 120]),
+            "3|mobile|in_article": orjson.dumps([400, 80]),
+            "0|mobile|top_banner": orjson.dumps([1000, 10]),
+            "0|mobile|sidebar": orjson.dumps([1000, 10]),
+            "0|mobile|footer": orjson.dumps([1000, 10]),
+        }
+    )
     reqs = _requests(30, "mobile") + _requests(30, "desktop")
     out = processor(models, seed=5).process(event_records(reqs), stores, now_ms=NOW_MS)
     mobile = [d for d in out.decisions if d["context"] == "mobile"]
@@ -568,8 +627,10 @@ def test_decisions_use_the_counts_as_of_the_batch_first_request(models: dict[str
     """No look-ahead: ad events after a batch's first request do not reach that batch's decisions."""
     wins = []
     for i in range(40):  # 40 footer impressions, all clicked: footer becomes the clear favourite
-        wins += [_ad("ad_impression", f"w{i}", "footer", T0 + 10 * i),
-                 _ad("ad_click", f"w{i}", "footer", T0 + 10 * i + 1)]
+        wins += [
+            _ad("ad_impression", f"w{i}", "footer", T0 + 10 * i),
+            _ad("ad_click", f"w{i}", "footer", T0 + 10 * i + 1),
+        ]
     first, second, third = (_requests(3)[i] for i in range(3))
     stores = new_stores()
     proc = processor(models, seed=1)

@@ -24,8 +24,12 @@ PROPS: dict[str, Any] = SCHEMA["properties"]
 EVENT_TYPES: list[str] = PROPS["event_type"]["enum"]
 PLACEMENTS = ("top_banner", "sidebar", "in_article", "footer")
 TRIGGERS = {"article_impression", "session_start", "session_end"}
-SETTINGS = settings(max_examples=80, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 # Any code point JSON can carry (no lone surrogates), control characters included.
 CHARS = st.characters(blacklist_categories=("Cs",))
@@ -62,9 +66,14 @@ def _field(name: str) -> st.SearchStrategy[Any]:
 @st.composite
 def extreme_event(draw: st.DrawFn, user_ids: list[str], request_ids: list[str]) -> dict[str, Any]:
     kind = draw(st.sampled_from(EVENT_TYPES))
-    ev: dict[str, Any] = {"schema_version": 1, "event_id": draw(_field("event_id")), "event_type": kind,
-                          "user_id": draw(st.sampled_from(user_ids)), "session_id": draw(_field("session_id")),
-                          "event_time": draw(_field("event_time"))}
+    ev: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": draw(_field("event_id")),
+        "event_type": kind,
+        "user_id": draw(st.sampled_from(user_ids)),
+        "session_id": draw(_field("session_id")),
+        "event_time": draw(_field("event_time")),
+    }
     for name in ("article_id", "brand", "category", "position", "placement", "revenue", "duration_ms"):
         if draw(st.booleans()):
             ev[name] = draw(_field(name))
@@ -98,15 +107,18 @@ HISTORIES = st.lists(extreme_event(["u1", "u2", "ü" * 64], ["r1", "r2"]), min_s
 
 @SETTINGS
 @given(events=HISTORIES, batch=st.sampled_from([1, 7, 500]))
-def test_schema_valid_extremes_are_processed_without_error(models: dict[str, LoadedModel],
-                                                           events: list[dict[str, Any]], batch: int) -> None:
+def test_schema_valid_extremes_are_processed_without_error(
+    models: dict[str, LoadedModel], events: list[dict[str, Any]], batch: int
+) -> None:
     assert all(is_valid("session_event", e) for e in events)  # the strategy makes valid events only
-    records = [Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None)
-               for i, e in enumerate(events)]
+    records = [
+        Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None) for i, e in enumerate(events)
+    ]
     stores = Stores(users={}, ad_pending={}, articles={}, bandit={})
     proc = BatchProcessor(models, PLACEMENTS, ProcessorConfig(max_event_bytes=1 << 20))
-    outs = [proc.process(records[i:i + batch], stores, now_ms=1_767_225_600_000)
-            for i in range(0, len(records), batch)]
+    outs = [
+        proc.process(records[i : i + batch], stores, now_ms=1_767_225_600_000) for i in range(0, len(records), batch)
+    ]
 
     assert [env for o in outs for _, env in o.dead_letters] == []
     assert proc.metrics.value("stream_isolated_batches_total") == 0

@@ -21,7 +21,8 @@ def _bad_user_events(template: dict[str, Any], n: int) -> list[dict[str, Any]]:
 
 
 def test_a_record_that_raises_is_dead_lettered_and_costs_no_other_record(
-        sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]) -> None:
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     valid = sim_events
     assert {"ad_impression", "ad_click", "ad_request"} <= {e["event_type"] for e in valid}
     bad = _bad_user_events(next(e for e in valid if e["event_type"] == "session_start"), 2)
@@ -62,8 +63,9 @@ def test_a_record_that_raises_is_dead_lettered_and_costs_no_other_record(
     assert proc.ads.own == clean.ads.own
     for name in ("stream_duplicate_events_total", "stream_redelivered_events_total"):
         assert proc.metrics.value(name) == clean.metrics.value(name) == 0
-    assert proc.metrics.value("stream_events_total", event_type="session_start") == \
-        clean.metrics.value("stream_events_total", event_type="session_start")
+    assert proc.metrics.value("stream_events_total", event_type="session_start") == clean.metrics.value(
+        "stream_events_total", event_type="session_start"
+    )
 
     # Every record, the dead-lettered ones too, has its output: a redelivery is skipped.
     again = proc.process(records, stores, now_ms=NOW_MS)
@@ -76,8 +78,9 @@ class _FailingWrites(dict):  # type: ignore[type-arg]
         raise OSError("disk full")
 
 
-def test_a_failing_store_is_not_blamed_on_a_record(sim_events: list[dict[str, Any]],
-                                                   models: dict[str, LoadedModel]) -> None:
+def test_a_failing_store_is_not_blamed_on_a_record(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
     records = event_records(sim_events[:50])
     proc = BatchProcessor(models, PLACEMENTS)
     broken = Stores(users=_FailingWrites(), ad_pending={}, articles={}, bandit={})
@@ -110,10 +113,17 @@ def test_a_score_that_is_not_a_number_names_its_event() -> None:
 
 def test_prediction_ids_tell_users_apart(models: dict[str, LoadedModel]) -> None:
     """An event is (user_id, event_id): two users' events with one event_id are two predictions."""
-    base = {"schema_version": 1, "event_id": "same", "event_type": "session_start", "session_id": "s",
-            "event_time": 1_767_225_600_000}
-    records = [Record(u.encode(), orjson.dumps({**base, "user_id": u}), "session-events", 0, i, None)
-               for i, u in enumerate(["u1", "u2"])]
+    base = {
+        "schema_version": 1,
+        "event_id": "same",
+        "event_type": "session_start",
+        "session_id": "s",
+        "event_time": 1_767_225_600_000,
+    }
+    records = [
+        Record(u.encode(), orjson.dumps({**base, "user_id": u}), "session-events", 0, i, None)
+        for i, u in enumerate(["u1", "u2"])
+    ]
     out = BatchProcessor(models, PLACEMENTS).process(records, new_stores(), now_ms=NOW_MS)
     assert [p["user_id"] for p in out.predictions] == ["u1", "u2"]
     assert len({p["prediction_id"] for p in out.predictions}) == 2

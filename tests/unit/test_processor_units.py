@@ -15,10 +15,16 @@ from stream.worker.delivery import pack_user, unpack_user
 from stream.worker.parsing import Record, parse_records
 from stream.worker.stores import StoreUnavailable
 
-EVENT = {"schema_version": 1, "event_id": "s1-0", "event_type": "session_start", "user_id": "u1",
-         "session_id": "s1", "event_time": 1_736_124_396_111,
-         "device": {"type": "desktop", "os": "Windows", "browser": "Edge"},
-         "geo": {"country": "GB", "city": "London", "timezone": "Europe/London"}}
+EVENT = {
+    "schema_version": 1,
+    "event_id": "s1-0",
+    "event_type": "session_start",
+    "user_id": "u1",
+    "session_id": "s1",
+    "event_time": 1_736_124_396_111,
+    "device": {"type": "desktop", "os": "Windows", "browser": "Edge"},
+    "geo": {"country": "GB", "city": "London", "timezone": "Europe/London"},
+}
 
 
 def rec(value: bytes | None, offset: int, key: bytes | None = b"u1") -> Record:
@@ -26,6 +32,7 @@ def rec(value: bytes | None, offset: int, key: bytes | None = b"u1") -> Record:
 
 
 # --- parsing ----------------------------------------------------------------------------------
+
 
 def test_valid_records_become_events_in_order_and_the_others_dead_letters() -> None:
     good = orjson.dumps(EVENT)
@@ -42,6 +49,7 @@ def test_valid_records_become_events_in_order_and_the_others_dead_letters() -> N
 
 
 # --- user states ------------------------------------------------------------------------------
+
 
 class CountingStore(dict[str, bytes]):
     """A dict that counts reads and writes, and fails when told to."""
@@ -131,6 +139,7 @@ def test_a_user_store_that_fails_is_the_store_s_fault() -> None:
 
 # --- article states ---------------------------------------------------------------------------
 
+
 def test_owned_articles_are_read_directly_and_others_decoded_once_per_value() -> None:
     articles = ArticleStates()
     mine = new_article_state()
@@ -154,8 +163,15 @@ T0 = 1_736_124_396_000
 
 
 def ad(kind: str, rid: str, t: int, placement: str = "top", user: str = "u1", device: str = "mobile") -> dict[str, Any]:
-    return {"event_type": kind, "user_id": user, "request_id": rid, "event_time": t, "placement": placement,
-            "event_id": f"{rid}-{kind}", "device": {"type": device}}
+    return {
+        "event_type": kind,
+        "user_id": user,
+        "request_id": rid,
+        "event_time": t,
+        "placement": placement,
+        "event_id": f"{rid}-{kind}",
+        "device": {"type": device},
+    }
 
 
 def test_impressions_are_trials_and_a_click_in_the_window_a_success() -> None:
@@ -195,8 +211,11 @@ def test_an_undone_batch_leaves_the_counts_of_before() -> None:
 def test_the_posterior_takes_this_worker_s_counts_over_the_table_s() -> None:
     ads = Ads(("top", "side"))
     ads.own["0|mobile|top"] = [10, 4]
-    table = {b"0|mobile|top": orjson.dumps([8, 3]), b"1|mobile|top": orjson.dumps([1, 1]),
-             b"1|all|side": orjson.dumps([2, 0])}
+    table = {
+        b"0|mobile|top": orjson.dumps([8, 3]),
+        b"1|mobile|top": orjson.dumps([1, 1]),
+        b"1|all|side": orjson.dumps([2, 0]),
+    }
     assert ads.posterior_snapshot(table) == {"mobile": {"top": (11, 5)}, "all": {"side": (2, 0)}}
     assert merged_counts(table) == {"mobile": {"top": (9, 4)}, "all": {"side": (2, 0)}}
     ads.forget({0})
@@ -213,7 +232,9 @@ def test_decisions_are_taken_against_the_counts_of_the_batch_s_first_request() -
     chosen: dict[tuple[str, str], int] = {}
     decisions = batch.decide(T0 + 5, chosen)
     assert [(d["request_id"], d["context"], d["decided_at"]) for d in decisions] == [
-        ("q1", "mobile", T0 + 5), ("q2", "tablet", T0 + 5)]
+        ("q1", "mobile", T0 + 5),
+        ("q2", "tablet", T0 + 5),
+    ]
     assert [d["arm_means"] for d in decisions] == [{"top": 0.5, "side": 0.5}] * 2  # Beta(1, 1) priors
     assert sum(chosen.values()) == 2
     for d in decisions:

@@ -12,16 +12,29 @@ from stream.kafka.schema import RawSchema
 
 
 def _message(key: bytes | None, value: bytes | None, headers: Any) -> Message:
-    return Message(topic="t", partition=3, offset=17, timestamp=1.5, timestamp_type=0, headers=headers,
-                   key=key, value=value, checksum=None, tp=TP("t", 3))
+    return Message(
+        topic="t",
+        partition=3,
+        offset=17,
+        timestamp=1.5,
+        timestamp_type=0,
+        headers=headers,
+        key=key,
+        value=value,
+        checksum=None,
+        tp=TP("t", 3),
+    )
 
 
-@pytest.mark.parametrize(("key", "value", "headers"), [
-    (b"u-1", b'{"a": 1}', []),
-    (None, b"\xff\x00 not json", [("h", b"1")]),
-    (b"u-2", None, None),  # a tombstone
-    (b"", b"", {"x": b"y"}),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "headers"),
+    [
+        (b"u-1", b'{"a": 1}', []),
+        (None, b"\xff\x00 not json", [("h", b"1")]),
+        (b"u-2", None, None),  # a tombstone
+        (b"", b"", {"x": b"y"}),
+    ],
+)
 async def test_decodes_like_fausts_raw_schema(key: bytes | None, value: bytes | None, headers: Any) -> None:
     app = faust.App("raw-schema-test", broker="kafka://localhost:1")
     faust_decode = faust.Schema(key_serializer="raw", value_serializer="raw").compile(app)

@@ -16,8 +16,11 @@ from stream.kafka import clients
 from stream.redact import MASK, protect
 
 ROOT = Path(__file__).resolve().parents[2]
-SASL = {"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_username": "app",
-        "kafka_sasl_password": "pw-unit-7c1e"}
+SASL = {
+    "kafka_security_protocol": "SASL_PLAINTEXT",
+    "kafka_sasl_username": "app",
+    "kafka_sasl_password": "pw-unit-7c1e",
+}
 
 
 def _aiokafka_auth(settings: object) -> dict[str, object]:
@@ -44,27 +47,44 @@ def test_sasl_ssl_and_ssl_get_a_tls_context() -> None:
 
 def test_every_confluent_client_gets_the_security_config() -> None:
     conf = clients.kafka_config("h:1", load_settings(**SASL), **{"group.id": "g"})
-    assert conf == {"bootstrap.servers": "h:1", "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
-                    "sasl.username": "app", "sasl.password": "pw-unit-7c1e", "group.id": "g"}
+    assert conf == {
+        "bootstrap.servers": "h:1",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "app",
+        "sasl.password": "pw-unit-7c1e",
+        "group.id": "g",
+    }
 
 
 def test_sasl_without_password_is_one_line_that_shows_no_secret() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid configuration: STREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs "
-                                          r"STREAM_KAFKA_SASL_USERNAME and STREAM_KAFKA_SASL_PASSWORD$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^invalid configuration: STREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs "
+        r"STREAM_KAFKA_SASL_USERNAME and STREAM_KAFKA_SASL_PASSWORD$",
+    ):
         load_settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="app")
 
 
 def test_unknown_mechanism_names_the_value_and_the_choices() -> None:
-    with pytest.raises(ConfigError, match=r"^invalid configuration STREAM_KAFKA_SASL_MECHANISM='GSSAPI': "
-                                          r"Input should be 'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^invalid configuration STREAM_KAFKA_SASL_MECHANISM='GSSAPI': "
+        r"Input should be 'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'",
+    ):
         load_settings(**SASL, kafka_sasl_mechanism="GSSAPI")
 
 
 def test_config_command_masks_the_sasl_password() -> None:
-    env = {"PATH": "/usr/bin:/bin", "STREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-           "STREAM_KAFKA_SASL_USERNAME": "app", "STREAM_KAFKA_SASL_PASSWORD": "pw-config-93af"}
-    proc = subprocess.run([sys.executable, "-m", "stream", "config"], capture_output=True, text=True, env=env,
-                          cwd=ROOT, check=False)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "STREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "STREAM_KAFKA_SASL_USERNAME": "app",
+        "STREAM_KAFKA_SASL_PASSWORD": "pw-config-93af",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream", "config"], capture_output=True, text=True, env=env, cwd=ROOT, check=False
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"STREAM_KAFKA_SASL_PASSWORD={MASK}" in proc.stdout.splitlines()
     assert "pw-config-93af" not in proc.stdout + proc.stderr

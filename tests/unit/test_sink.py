@@ -133,10 +133,16 @@ def running() -> Iterator[Callable[[ClickHouseSink], Awaitable[asyncio.Task[None
 
 
 async def test_rows_are_inserted_in_batches_every_flush_s_and_futures_resolve(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     inserted: list[tuple[str, int]] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.5, clock=clock,
-                          on_insert=lambda table, n, secs: inserted.append((table, n)))
+    sink = ClickHouseSink(
+        server.connect,
+        flush_rows=10_000,
+        flush_s=0.5,
+        clock=clock,
+        on_insert=lambda table, n, secs: inserted.append((table, n)),
+    )
     await running(sink)
     await clock.sleeping()
     futs = [await sink.put("predictions", rows(range(i * 10, i * 10 + 10))) for i in range(8)]
@@ -160,7 +166,8 @@ async def test_rows_are_inserted_in_batches_every_flush_s_and_futures_resolve(
 
 
 async def test_future_resolves_only_once_the_rows_are_inserted(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     server.gate = threading.Event()
     sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, clock=clock)
     await running(sink)
@@ -178,7 +185,8 @@ async def test_future_resolves_only_once_the_rows_are_inserted(
 
 
 async def test_flush_rows_triggers_an_insert_before_flush_s(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     sink = ClickHouseSink(server.connect, flush_rows=50, flush_s=30.0, clock=clock)
     await running(sink)
     await clock.sleeping()
@@ -204,12 +212,20 @@ async def test_put_of_no_rows_resolves_at_once(server: FakeServer) -> None:
 
 
 async def test_outage_retries_with_backoff_applies_backpressure_and_loses_nothing(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     backpressure: list[bool] = []
     errors: list[str] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=1.0, max_pending=100, backoff_s=(0.25, 2.0),
-                          clock=clock, on_error=lambda table, exc: errors.append(table),
-                          on_backpressure=backpressure.append)
+    sink = ClickHouseSink(
+        server.connect,
+        flush_rows=10_000,
+        flush_s=1.0,
+        max_pending=100,
+        backoff_s=(0.25, 2.0),
+        clock=clock,
+        on_error=lambda table, exc: errors.append(table),
+        on_backpressure=backpressure.append,
+    )
     server.failing = True
     await running(sink)
     await clock.sleeping()
@@ -253,11 +269,19 @@ async def test_outage_retries_with_backoff_applies_backpressure_and_loses_nothin
 
 
 async def test_backpressure_releases_as_soon_as_space_frees(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     """A put that does not reach ``max_pending`` is never blocked, even during an outage."""
     backpressure: list[bool] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, max_pending=100,
-                          backoff_s=(0.25, 1.0), clock=clock, on_backpressure=backpressure.append)
+    sink = ClickHouseSink(
+        server.connect,
+        flush_rows=10_000,
+        flush_s=0.25,
+        max_pending=100,
+        backoff_s=(0.25, 1.0),
+        clock=clock,
+        on_backpressure=backpressure.append,
+    )
     server.failing = True
     await running(sink)
     await clock.sleeping()
@@ -276,12 +300,19 @@ async def test_backpressure_releases_as_soon_as_space_frees(
 
 
 async def test_backpressure_is_on_while_inserts_fail_far_below_max_pending(
-        server: FakeServer, clock: VirtualClock, running: Any) -> None:
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
     """The worker holds a few batches in flight, far fewer rows than ``max_pending``: during an
     outage it stops consuming because its batches cannot settle, and the gauge must say so."""
     backpressure: list[bool] = []
-    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.25, backoff_s=(0.25, 1.0), clock=clock,
-                          on_backpressure=backpressure.append)  # max_pending: the default 50,000
+    sink = ClickHouseSink(
+        server.connect,
+        flush_rows=10_000,
+        flush_s=0.25,
+        backoff_s=(0.25, 1.0),
+        clock=clock,
+        on_backpressure=backpressure.append,
+    )  # max_pending: the default 50,000
     await running(sink)
     await clock.sleeping()
     first = await sink.put("predictions", rows(range(10)))

@@ -108,8 +108,9 @@ async def test_a_hand_off_error_propagates() -> None:
     it.close()
 
 
-@pytest.mark.parametrize(("handoff", "module"), [("lean", "stream.kafka.transport"),
-                                                 ("faust", "faust.transport.consumer")])
+@pytest.mark.parametrize(
+    ("handoff", "module"), [("lean", "stream.kafka.transport"), ("faust", "faust.transport.consumer")]
+)
 def test_the_handoff_setting_picks_the_consumer(handoff: str, module: str, tmp_path: Any) -> None:
     """Either hand-off commits what the worker's ledger allows (stream/worker/delivery.py)."""
     from stream.config import load_settings

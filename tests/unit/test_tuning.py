@@ -46,8 +46,9 @@ async def test_the_app_applies_the_settings_when_it_first_starts(tmp_path: Any, 
 
     applied: list[tuple[Any, ...]] = []
     monkeypatch.setattr(stream.worker.app, "tune_gc", lambda *args: applied.append(args))
-    settings = load_settings(gc_threshold="3000,7,9", gc_freeze=False, state_dir=tmp_path / "state",
-                             models_dir=tmp_path / "m")
+    settings = load_settings(
+        gc_threshold="3000,7,9", gc_freeze=False, state_dir=tmp_path / "state", models_dir=tmp_path / "m"
+    )
     app, rt = stream.worker.app.create_app(settings, "localhost:1", clickhouse=False)
     try:
         assert applied == []  # not while the app is only being built (e.g. for faust's CLI or tests)
@@ -61,7 +62,9 @@ async def test_the_app_applies_the_settings_when_it_first_starts(tmp_path: Any, 
 @pytest.mark.parametrize(("name", "loop_module"), [("uvloop", "uvloop"), ("asyncio", "asyncio.unix_events")])
 def test_the_event_loop_setting_picks_the_loop(name: str, loop_module: str) -> None:
     # In a child process: the choice is process-wide (an event loop policy).
-    code = ("import asyncio; from stream.worker.tuning import use_event_loop; "
-            f"use_event_loop({name!r}); print(type(asyncio.new_event_loop()).__module__)")
+    code = (
+        "import asyncio; from stream.worker.tuning import use_event_loop; "
+        f"use_event_loop({name!r}); print(type(asyncio.new_event_loop()).__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == loop_module

@@ -41,8 +41,10 @@ def test_this_workers_progress_wins_for_the_partitions_it_folds() -> None:
     p = BatchProcessor({}, ["a"])
     p.article_progress = {0: {0: (100, False), 1: (50, False)}}
     # the table's copy of partition 0 lags this worker's; partition 1 is another worker's
-    table = {progress_key(0): encode_progress({0: (90, False)}),
-             progress_key(1): encode_progress({0: (100, False), 1: (100, True)})}
+    table = {
+        progress_key(0): encode_progress({0: (90, False)}),
+        progress_key(1): encode_progress({0: (100, False), 1: (100, True)}),
+    }
     done = folded(p, table, 2)
     assert done == [{0: (100, False), 1: (50, False)}, {0: (100, False), 1: (100, True)}]
     assert lagging(done, 50, 2) == set()

@@ -23,8 +23,10 @@ SCORABLE = {"article_impression": "click", "session_start": "engagement", "sessi
 
 def create_topics(bootstrap: str, env: dict[str, str]) -> None:
     """The product's topics for a test's worker settings (prefix and partitions)."""
-    ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
-                                           topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
+    ensure_topics(
+        bootstrap,
+        load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"], topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])),
+    )
 
 
 def payloads(events: list[dict[str, Any]]) -> list[tuple[bytes, bytes]]:
@@ -68,8 +70,9 @@ def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any
     """Query the worker's embedded ClickHouse (its directory's local server), also while it runs."""
     from stream.clickhouse import connect
 
-    settings = load_settings(chdb_path=Path(env["STREAM_CHDB_PATH"]),
-                             clickhouse_database=env.get("STREAM_CLICKHOUSE_DATABASE", "publisher"))
+    settings = load_settings(
+        chdb_path=Path(env["STREAM_CHDB_PATH"]), clickhouse_database=env.get("STREAM_CLICKHOUSE_DATABASE", "publisher")
+    )
     ch = connect(settings, apply_schema=False)
     try:
         return list(json.loads(ch.query_df(sql).to_json(orient="records")))

@@ -49,7 +49,8 @@ def _wait_committed(bootstrap: str, group: str, topic: str, end: int, timeout_s:
 
 
 def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1"}  # one partition: every record in one sequence
     prefix = env["STREAM_TOPIC_PREFIX"]
     topic = f"{prefix}session-events"
@@ -63,15 +64,31 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it
 
     # (key, value, expected error_kind or None when the record is valid, a fragment of the reason)
     cases: list[tuple[bytes | None, bytes | None, str | None, str]] = [
-        (b"u-rev", orjson.dumps(ev(event_type="subscription", user_id="u-rev", event_id="rev", revenue=1e308)),
-         "invalid", "field 'revenue': value 1e+308 is greater than the maximum"),
-        (b"u-utf8", b'{"schema_version": 1, "user_id": "caf\xc3(", "x": 1}', "malformed",
-         "not valid UTF-8: byte 0xc3 at offset 37"),
-        (b"u-ctl", orjson.dumps(ev(user_id="u-ctl", event_id="ctl", geo={"country": "DE\n"})), "invalid",
-         "field 'geo.country'"),
+        (
+            b"u-rev",
+            orjson.dumps(ev(event_type="subscription", user_id="u-rev", event_id="rev", revenue=1e308)),
+            "invalid",
+            "field 'revenue': value 1e+308 is greater than the maximum",
+        ),
+        (
+            b"u-utf8",
+            b'{"schema_version": 1, "user_id": "caf\xc3(", "x": 1}',
+            "malformed",
+            "not valid UTF-8: byte 0xc3 at offset 37",
+        ),
+        (
+            b"u-ctl",
+            orjson.dumps(ev(user_id="u-ctl", event_id="ctl", geo={"country": "DE\n"})),
+            "invalid",
+            "field 'geo.country'",
+        ),
         (b"u-tomb", None, "malformed", "tombstone"),
-        (CORRUPT_USER.encode(), orjson.dumps(ev(user_id=CORRUPT_USER, event_id="corrupt")), "processing_error",
-         "SchemaError: "),
+        (
+            CORRUPT_USER.encode(),
+            orjson.dumps(ev(user_id=CORRUPT_USER, event_id="corrupt")),
+            "processing_error",
+            "SchemaError: ",
+        ),
         # valid: an integral float time, and two users sharing one event_id
         (b"u-float", orjson.dumps(ev(user_id="u-float", event_id="float", event_time=float(t0))), None, ""),
         (b"u-twin-a", orjson.dumps(ev(user_id="u-twin-a", event_id="twin")), None, ""),
@@ -87,7 +104,8 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it
     users_changelog = f"{env['STREAM_WORKER_ID']}-users-changelog"
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     created = admin.create_topics(
-        [NewTopic(users_changelog, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"})])
+        [NewTopic(users_changelog, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"})]
+    )
     created[users_changelog].result(30)
     changelog = Producer({"bootstrap.servers": kafka_bootstrap})
     changelog.produce(users_changelog, struct.pack(">q", -1) + b"\x00garbage", CORRUPT_USER.encode(), partition=0)
@@ -97,8 +115,9 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it
 
     scorable = [e for e in valid if e["event_type"] in SCORABLE]
     expected = Counter((SCORABLE[e["event_type"]], e["user_id"], e["event_id"]) for e in scorable)
-    expected.update({("engagement", u, i): 1 for u, i in [("u-float", "float"), ("u-twin-a", "twin"),
-                                                           ("u-twin-b", "twin")]})
+    expected.update(
+        {("engagement", u, i): 1 for u, i in [("u-float", "float"), ("u-twin-a", "twin"), ("u-twin-b", "twin")]}
+    )
     n_dead = sum(kind is not None for _, _, kind, _ in cases)
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
         committed = _wait_committed(kafka_bootstrap, env["STREAM_WORKER_ID"], topic, end)
@@ -111,8 +130,9 @@ def test_each_kind_of_bad_record_is_dead_lettered_and_the_worker_commits_past_it
     archived = query_worker_clickhouse(env, "SELECT user_id, event_id FROM publisher.events FINAL")
     # the archive: every event the worker processed, once per (user, event id); none of the dead-lettered
     assert sorted((r["user_id"], r["event_id"]) for r in archived) == sorted(
-        [(e["user_id"], e["event_id"]) for e in valid] + [("u-float", "float"), ("u-twin-a", "twin"),
-                                                          ("u-twin-b", "twin")])
+        [(e["user_id"], e["event_id"]) for e in valid]
+        + [("u-float", "float"), ("u-twin-a", "twin"), ("u-twin-b", "twin")]
+    )
 
     got = Counter((p["model_name"], p["user_id"], p["event_id"]) for p in (orjson.loads(m.value()) for m in preds))
     assert got == expected  # every valid event around the bad ones scored, exactly once

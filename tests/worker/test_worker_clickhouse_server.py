@@ -50,8 +50,12 @@ def server(tmp_path: Path) -> Iterator[ClickHouseServer]:
 
 @pytest.fixture
 def env(worker_env: dict[str, str], server: ClickHouseServer, unique: str) -> dict[str, str]:
-    return {**worker_env, "STREAM_CLICKHOUSE_URL": server.url, "STREAM_CLICKHOUSE_DATABASE": f"w_{unique}",
-            "STREAM_WORKER_WEB_PORT": str(free_port())}
+    return {
+        **worker_env,
+        "STREAM_CLICKHOUSE_URL": server.url,
+        "STREAM_CLICKHOUSE_DATABASE": f"w_{unique}",
+        "STREAM_WORKER_WEB_PORT": str(free_port()),
+    }
 
 
 @pytest.fixture
@@ -67,13 +71,18 @@ def _expected(events: list[dict[str, Any]]) -> tuple[set[tuple[str, str]], set[s
 
 
 def _produce(bootstrap: str, env: dict[str, str], events: list[dict[str, Any]]) -> None:
-    produce(bootstrap, f"{env['STREAM_TOPIC_PREFIX']}session-events",
-            [(e["user_id"].encode(), orjson.dumps(e)) for e in events])
+    produce(
+        bootstrap,
+        f"{env['STREAM_TOPIC_PREFIX']}session-events",
+        [(e["user_id"].encode(), orjson.dumps(e)) for e in events],
+    )
 
 
 def _topics(bootstrap: str, env: dict[str, str]) -> None:
-    ensure_topics(bootstrap, load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"],
-                                           topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])))
+    ensure_topics(
+        bootstrap,
+        load_settings(topic_prefix=env["STREAM_TOPIC_PREFIX"], topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])),
+    )
 
 
 def _metric(env: dict[str, str], name: str) -> float | None:
@@ -85,8 +94,12 @@ def _metric(env: dict[str, str], name: str) -> float | None:
 
 
 def _store(env: dict[str, str]) -> ClickHouse:
-    return connect(load_settings(clickhouse_url=env["STREAM_CLICKHOUSE_URL"],
-                                 clickhouse_database=env["STREAM_CLICKHOUSE_DATABASE"]), apply_schema=False)
+    return connect(
+        load_settings(
+            clickhouse_url=env["STREAM_CLICKHOUSE_URL"], clickhouse_database=env["STREAM_CLICKHOUSE_DATABASE"]
+        ),
+        apply_schema=False,
+    )
 
 
 def _final_counts(ch: ClickHouse) -> tuple[int, int]:
@@ -109,8 +122,9 @@ def _assert_each_row_once(ch: ClickHouse, events: list[dict[str, Any]]) -> None:
     assert set(dec) == decisions and set(dec.values()) == {1}
 
 
-def _wait_all_inserted(env: dict[str, str], events: list[dict[str, Any]], timeout_s: float,
-                       report: tuple[str, str, float] | None = None) -> None:
+def _wait_all_inserted(
+    env: dict[str, str], events: list[dict[str, Any]], timeout_s: float, report: tuple[str, str, float] | None = None
+) -> None:
     """Wait until FINAL has every row; then check each is there once.
 
     ``report``: (fault name, Kafka bootstrap, when the fault ended): the fault suite's row is
@@ -119,30 +133,39 @@ def _wait_all_inserted(env: dict[str, str], events: list[dict[str, Any]], timeou
     predictions, decisions = _expected(events)
     ch = _store(env)
     try:
-        _wait(lambda: _final_counts(ch) >= (len(predictions), len(decisions)), timeout_s,
-              "every prediction and decision in ClickHouse")
+        _wait(
+            lambda: _final_counts(ch) >= (len(predictions), len(decisions)),
+            timeout_s,
+            "every prediction and decision in ClickHouse",
+        )
         if report is not None:
             name, bootstrap, ended = report
             recover_s = time.monotonic() - ended
             got = PredictionWatch(bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions", predictions).read(60)
             lost, dup_topic = topic_counts(got, predictions)
-            final = Counter(zip(*ch.query_df("SELECT model_name, event_id FROM {db}.predictions FINAL")
-                                .to_dict("list").values(), strict=True))
-            record(FaultRow(name, lost + len(predictions - set(final)), dup_topic,
-                            sum(n - 1 for n in final.values()), recover_s))
+            final = Counter(
+                zip(
+                    *ch.query_df("SELECT model_name, event_id FROM {db}.predictions FINAL").to_dict("list").values(),
+                    strict=True,
+                )
+            )
+            record(
+                FaultRow(
+                    name, lost + len(predictions - set(final)), dup_topic, sum(n - 1 for n in final.values()), recover_s
+                )
+            )
         _assert_each_row_once(ch, events)
     finally:
         ch.close()
 
 
 def _wait_backpressure(env: dict[str, str], on: bool, timeout_s: float = 60) -> None:
-    _wait(lambda: _metric(env, ACTIVE) == (1.0 if on else 0.0), timeout_s,
-          f"{ACTIVE} = {int(on)}")
+    _wait(lambda: _metric(env, ACTIVE) == (1.0 if on else 0.0), timeout_s, f"{ACTIVE} = {int(on)}")
 
 
 def test_worker_with_the_server_backend_inserts_every_row_once(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     server.start()
     _topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
@@ -151,8 +174,13 @@ def test_worker_with_the_server_backend_inserts_every_row_once(
         assert _metric(env, PAUSES) == 0  # ClickHouse was up throughout: no backpressure
 
 
-def _ride_out_the_outage(worker: WorkerProcess, env: dict[str, str], server: ClickHouseServer,
-                         events: list[dict[str, Any]], report: tuple[str, str] | None = None) -> None:
+def _ride_out_the_outage(
+    worker: WorkerProcess,
+    env: dict[str, str],
+    server: ClickHouseServer,
+    events: list[dict[str, Any]],
+    report: tuple[str, str] | None = None,
+) -> None:
     """While the server is down: the inserts fail and backpressure is on; once it is up, every row arrives.
 
     ``report``: (fault name, Kafka bootstrap) to record the fault suite's row.
@@ -166,8 +194,8 @@ def _ride_out_the_outage(worker: WorkerProcess, env: dict[str, str], server: Cli
 
 
 def test_server_down_at_start_then_up_the_worker_waits_and_inserts_everything(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     _topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
@@ -175,8 +203,8 @@ def test_server_down_at_start_then_up_the_worker_waits_and_inserts_everything(
 
 
 def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """Also /readyz: 503 naming the held partitions once the outage outlasts STREAM_STALL_WARNING_S, then 200."""
     env = {**env, "STREAM_STALL_WARNING_S": "3"}
     port = int(env["STREAM_WORKER_WEB_PORT"])
@@ -201,8 +229,8 @@ def test_server_down_mid_stream_then_up_the_worker_inserts_everything(
 
 
 def test_sigterm_during_an_outage_exits_within_the_settle_timeout_and_a_restart_delivers_everything(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     settle_s = 5
     env = {**env, "STREAM_SETTLE_TIMEOUT_S": str(settle_s)}
     _topics(kafka_bootstrap, env)
@@ -227,13 +255,17 @@ def test_sigterm_during_an_outage_exits_within_the_settle_timeout_and_a_restart_
 
     server.start()
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
-        _wait_all_inserted(env, events, timeout_s=90,
-                           report=("SIGTERM during a ClickHouse outage, restart", kafka_bootstrap, time.monotonic()))
+        _wait_all_inserted(
+            env,
+            events,
+            timeout_s=90,
+            report=("SIGTERM during a ClickHouse outage, restart", kafka_bootstrap, time.monotonic()),
+        )
 
 
 def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigkill_loses_none(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """Before the worker's own commit rule, faust committed the head of a new group's partitions
     (offset 53 within 2 s) while ClickHouse had none of their rows: after a SIGKILL they were lost."""
     _topics(kafka_bootstrap, env)
@@ -242,33 +274,38 @@ def test_a_new_group_commits_nothing_while_clickhouse_lacks_its_rows_and_a_sigki
     worker = WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-1.log").start()
     try:
         # Kafka confirms outputs while ClickHouse is down (until backpressure pauses the input) ...
-        on_topic = consume(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions",
-                           until=lambda got: len(got) > 0, timeout_s=120)
+        on_topic = consume(
+            kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions", until=lambda got: len(got) > 0, timeout_s=120
+        )
         assert on_topic
 
         # ... and batches have waited for ClickHouse over 3 of faust's commit intervals (1 s).
         def waited() -> bool:
             try:
-                return max((v for _, v in scrape_series(port, "stream_unconfirmed_batch_age_seconds")),
-                           default=0.0) > 3.0
+                return (
+                    max((v for _, v in scrape_series(port, "stream_unconfirmed_batch_age_seconds")), default=0.0) > 3.0
+                )
             except OSError:
                 return False
+
         _wait(waited, 60, "a batch waiting 3 s for ClickHouse")
-        committed = committed_offsets(kafka_bootstrap, env["STREAM_WORKER_ID"],
-                                      f"{env['STREAM_TOPIC_PREFIX']}session-events")
+        committed = committed_offsets(
+            kafka_bootstrap, env["STREAM_WORKER_ID"], f"{env['STREAM_TOPIC_PREFIX']}session-events"
+        )
         assert set(committed.values()) <= {None, 0}, f"committed while ClickHouse has no row: {committed}"
     finally:
         worker.kill(signal.SIGKILL)
     server.start()
     back = time.monotonic()
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
-        _wait_all_inserted(env, events, timeout_s=120,
-                           report=("new group, ClickHouse down, SIGKILL, restart", kafka_bootstrap, back))
+        _wait_all_inserted(
+            env, events, timeout_s=120, report=("new group, ClickHouse down, SIGKILL, restart", kafka_bootstrap, back)
+        )
 
 
 def test_rebalance_during_an_outage_second_worker_joins_and_leaves_then_every_row_once(
-        kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], server: ClickHouseServer, events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """Two rebalances while the server is down: neither stalls the group, and nothing is lost or doubled."""
     env = {**env, "STREAM_SETTLE_TIMEOUT_S": "5", "STREAM_WORKER_SESSION_TIMEOUT_S": "6"}
     env_b = {**env, "STREAM_WORKER_WEB_PORT": str(free_port())}
@@ -288,6 +325,9 @@ def test_rebalance_during_an_outage_second_worker_joins_and_leaves_then_every_ro
             b.wait_for_log("ClickHouse insert into predictions failed", timeout_s=90)
         wait_owners(kafka_bootstrap, group, topic, 1)  # B left (SIGTERM) during the outage too
         server.start()
-        _wait_all_inserted(env, events, timeout_s=120,
-                           report=("rebalance (join, leave) during a ClickHouse outage", kafka_bootstrap,
-                                   time.monotonic()))
+        _wait_all_inserted(
+            env,
+            events,
+            timeout_s=120,
+            report=("rebalance (join, leave) during a ClickHouse outage", kafka_bootstrap, time.monotonic()),
+        )

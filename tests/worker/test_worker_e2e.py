@@ -31,12 +31,13 @@ def _predictions(bootstrap: str, prefix: str, n: int, timeout_s: float = 120) ->
     read = [0]  # messages already added to ``seen``
 
     def distinct(got: list[Any]) -> int:
-        seen.update(_key(m) for m in got[read[0]:])
+        seen.update(_key(m) for m in got[read[0] :])
         read[0] = len(got)
         return len(seen)
 
-    msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: distinct(got) >= n, timeout_s=timeout_s,
-                   idle_s=2.0)
+    msgs = consume(
+        bootstrap, f"{prefix}predictions", until=lambda got: distinct(got) >= n, timeout_s=timeout_s, idle_s=2.0
+    )
     return [orjson.loads(m.value()) for m in msgs]
 
 
@@ -68,8 +69,14 @@ def _lag_partitions_once_disjoint(ports: tuple[int, ...], topic: str, timeout_s:
     """
     deadline = time.monotonic() + timeout_s
     while True:
-        owned = [{labels["partition"] for labels, _ in scrape_series(port, "stream_consumer_lag_messages")
-                  if labels["topic"] == topic} for port in ports]
+        owned = [
+            {
+                labels["partition"]
+                for labels, _ in scrape_series(port, "stream_consumer_lag_messages")
+                if labels["topic"] == topic
+            }
+            for port in ports
+        ]
         if (all(owned) and not set.intersection(*owned)) or time.monotonic() > deadline:
             return owned
         time.sleep(0.5)
@@ -81,14 +88,18 @@ def _unique_articles(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def test_every_scorable_event_scored_once_and_matches_offline_scoring(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
+) -> None:
     events = _unique_articles(sim_events)
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
-    bad = [(b"u-bad", b"{not json"), (b"u-bad", orjson.dumps({"event_type": "teleport", "user_id": "x"})),
-           (b"u-bad", b"x" * 20_000), (b"u-bad", orjson.dumps({**events[0], "event_time": "yesterday"})),
-           (b"u-bad", None)]  # a tombstone
+    bad = [
+        (b"u-bad", b"{not json"),
+        (b"u-bad", orjson.dumps({"event_type": "teleport", "user_id": "x"})),
+        (b"u-bad", b"x" * 20_000),
+        (b"u-bad", orjson.dumps({**events[0], "event_time": "yesterday"})),
+        (b"u-bad", None),
+    ]  # a tombstone
     payloads = _payloads(events)
     # bad records in the middle: the events after them must still be processed
     produce(kafka_bootstrap, f"{prefix}session-events", payloads[:3000] + bad + payloads[3000:])
@@ -96,8 +107,7 @@ def test_every_scorable_event_scored_once_and_matches_offline_scoring(
     port = _free_port()
     with WorkerProcess(kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)}, tmp_path / "worker.log"):
         preds = _predictions(kafka_bootstrap, prefix, sum(expected.values()))
-        dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 5,
-                      timeout_s=30)
+        dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 5, timeout_s=30)
         metrics = _metrics_once(port, "stream_consumer_lag_messages")  # set by a 5 s timer
     got = Counter((p["model_name"], p["event_id"]) for p in preds)
     assert got == expected  # exactly one prediction per scorable event and model
@@ -118,8 +128,8 @@ def test_every_scorable_event_scored_once_and_matches_offline_scoring(
 
 
 def test_article_popularity_reaches_click_features(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
+) -> None:
     """Popularity reaches click features through the repartition topic and the GlobalTable.
 
     One input partition, so the article agent sees events in input order and its state can be
@@ -135,10 +145,20 @@ def test_article_popularity_reaches_click_features(
     history = sim_events[:6000]
     popular = Counter(e["article_id"] for e in history if e["event_type"] == "article_impression")
     last_t = history[-1]["event_time"]
-    probes = [{"schema_version": 1, "event_id": f"probe-{i}", "event_type": "article_impression",
-               "user_id": f"probe-user-{i}", "session_id": f"probe-s-{i}", "event_time": last_t + 1000 + i,
-               "article_id": aid, "position": 1, "device": {"type": "mobile"}}
-              for i, (aid, _) in enumerate(popular.most_common(20))]
+    probes = [
+        {
+            "schema_version": 1,
+            "event_id": f"probe-{i}",
+            "event_type": "article_impression",
+            "user_id": f"probe-user-{i}",
+            "session_id": f"probe-s-{i}",
+            "event_time": last_t + 1000 + i,
+            "article_id": aid,
+            "position": 1,
+            "device": {"type": "mobile"},
+        }
+        for i, (aid, _) in enumerate(popular.most_common(20))
+    ]
     expected_history = sum(_expected(history).values())
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(history))
@@ -153,7 +173,8 @@ def test_article_popularity_reaches_click_features(
 
 
 def test_article_agent_keeps_up_while_the_input_has_a_backlog(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """Article records are not held back until the whole input backlog is processed.
 
     faust hands every record of one fetch to the streams before it fetches again; with a fetch
@@ -169,8 +190,12 @@ def test_article_agent_keeps_up_while_the_input_has_a_backlog(
     n = sum(_expected(sim_events).values())
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log"):
         preds = consume(kafka_bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=120)
-        stats = consume(kafka_bootstrap, f"{worker_env['STREAM_WORKER_ID']}-article-stats-changelog",
-                        until=lambda got: len(got) > 0, timeout_s=30)
+        stats = consume(
+            kafka_bootstrap,
+            f"{worker_env['STREAM_WORKER_ID']}-article-stats-changelog",
+            until=lambda got: len(got) > 0,
+            timeout_s=30,
+        )
     first_article_write = min(m.timestamp()[1] for m in stats)
     before = sum(m.timestamp()[1] < first_article_write for m in preds) / len(preds)
     print(f"predictions published before the first article-stats write: {before:.0%}")
@@ -178,8 +203,8 @@ def test_article_agent_keeps_up_while_the_input_has_a_backlog(
 
 
 def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts_once(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
+) -> None:
     events = _unique_articles(sim_events)  # click scores then depend on the user state only, as in offline
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
@@ -192,17 +217,19 @@ def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts
     # and those the stored state already holds are marked replayed; some of their first rows may be
     # in ClickHouse (docs/worker.md, "Delivery", has the counts seen). A backlog would be processed
     # and committed before the kill.
-    inserted = sum(_expected(events[:len(events) * 2 // 5]).values()) + sum(
-        e["event_type"] == "ad_request" for e in events[:len(events) * 2 // 5])  # predictions + decisions
+    inserted = sum(_expected(events[: len(events) * 2 // 5]).values()) + sum(
+        e["event_type"] == "ad_request" for e in events[: len(events) * 2 // 5]
+    )  # predictions + decisions
     port = _free_port()
 
     def live_input() -> None:
         for i in range(0, half, 100):
-            produce(kafka_bootstrap, f"{prefix}session-events", payloads[i:min(i + 100, half)])
+            produce(kafka_bootstrap, f"{prefix}session-events", payloads[i : min(i + 100, half)])
             time.sleep(0.05)  # pacing the input, not waiting for a condition
 
-    first = WorkerProcess(kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)},
-                          tmp_path / "worker-1.log").start()
+    first = WorkerProcess(
+        kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(port)}, tmp_path / "worker-1.log"
+    ).start()
     feeder = threading.Thread(target=live_input)
     try:
         first.wait_for_log("Ready", timeout_s=120)
@@ -217,16 +244,24 @@ def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts
             feeder.join()
     produce(kafka_bootstrap, f"{prefix}session-events", payloads[half:])
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker-2.log"):
-        preds = consume(kafka_bootstrap, f"{prefix}predictions", timeout_s=180, idle_s=3.0,
-                        until=lambda got: {(orjson.loads(m.value())["model_name"],
-                                            orjson.loads(m.value())["event_id"]) for m in got} >= set(expected))
+        preds = consume(
+            kafka_bootstrap,
+            f"{prefix}predictions",
+            timeout_s=180,
+            idle_s=3.0,
+            until=lambda got: (
+                {(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in got}
+                >= set(expected)
+            ),
+        )
     published = [orjson.loads(m.value()) for m in preds]
     seen = Counter((p["model_name"], p["event_id"]) for p in published)
     assert set(seen) == set(expected)  # nothing left unscored
     duplicates = sum(seen.values()) - len(seen)
     print(f"\nduplicate predictions on the topic after SIGKILL + restart: {duplicates} of {sum(seen.values())}")
     rows = query_worker_clickhouse(
-        worker_env, f"SELECT count() AS n, uniqExact(prediction_id) AS ids FROM `{'publisher'}`.predictions FINAL")
+        worker_env, f"SELECT count() AS n, uniqExact(prediction_id) AS ids FROM `{'publisher'}`.predictions FINAL"
+    )
     assert rows == [{"n": total, "ids": total}]
 
     # Re-scored events: only scores from the state before their event are unmarked, and FINAL keeps
@@ -244,13 +279,15 @@ def test_sigkill_mid_stream_then_restart_scores_everything_and_clickhouse_counts
     both = len(exact.keys() & {r["prediction_id"] for r in stored if r["replayed"]})
     only_replayed = sum(r["replayed"] for r in final.values())
     differing = sum(abs(r["score"] - offline[r["model_name"]][r["event_id"]]) > 1e-6 for r in final.values())
-    print(f"ClickHouse: {both} predictions with an exact and a replayed row (FINAL: the exact one); "
-          f"{only_replayed} with a replayed row only (FINAL scores differing from offline: {differing})")
+    print(
+        f"ClickHouse: {both} predictions with an exact and a replayed row (FINAL: the exact one); "
+        f"{only_replayed} with a replayed row only (FINAL scores differing from offline: {differing})"
+    )
 
 
 def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path,
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
+) -> None:
     from confluent_kafka.admin import AdminClient
 
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
@@ -261,8 +298,12 @@ def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
     with WorkerProcess(kafka_bootstrap, {**worker_env, "STREAM_WORKER_WEB_PORT": str(ports[0])}, tmp_path / "a.log"):
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(first_half))
         _predictions(kafka_bootstrap, prefix, sum(_expected(first_half).values()))
-        env_b = {**worker_env, "STREAM_STATE_DIR": str(tmp_path / "state-b"),
-                 "STREAM_CHDB_PATH": str(tmp_path / "ch-b"), "STREAM_WORKER_WEB_PORT": str(ports[1])}
+        env_b = {
+            **worker_env,
+            "STREAM_STATE_DIR": str(tmp_path / "state-b"),
+            "STREAM_CHDB_PATH": str(tmp_path / "ch-b"),
+            "STREAM_WORKER_WEB_PORT": str(ports[1]),
+        }
         with WorkerProcess(kafka_bootstrap, env_b, tmp_path / "b.log", instance="1"):
             group = worker_env["STREAM_WORKER_ID"]
             admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
@@ -270,8 +311,11 @@ def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
                 desc = admin.describe_consumer_groups([group])[group].result()
-                members = [m for m in desc.members
-                           if any(tp.topic == f"{prefix}session-events" for tp in m.assignment.topic_partitions)]
+                members = [
+                    m
+                    for m in desc.members
+                    if any(tp.topic == f"{prefix}session-events" for tp in m.assignment.topic_partitions)
+                ]
                 if len(members) == 2 and str(desc.state).endswith("STABLE"):
                     break
                 time.sleep(1)
@@ -299,8 +343,8 @@ def test_second_worker_rebalances_and_recovered_state_matches_uninterrupted_run(
 
 
 def test_model_promotion_is_picked_up_and_a_mismatched_model_is_refused(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     import shutil
 
     from tests.support.models import FEATURES, train_and_register
@@ -311,7 +355,7 @@ def test_model_promotion_is_picked_up_and_a_mismatched_model_is_refused(
     prefix = env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, env)
     k = len(sim_events) // 3
-    first, second, third = sim_events[:k], sim_events[k:2 * k], sim_events[2 * k:]
+    first, second, third = sim_events[:k], sim_events[k : 2 * k], sim_events[2 * k :]
     registry = ModelRegistry(models)
     v1 = registry.resolve("churn").version
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "w.log") as worker:
@@ -324,8 +368,12 @@ def test_model_promotion_is_picked_up_and_a_mismatched_model_is_refused(
         n2 = n1 + sum(_expected(second).values())
         _predictions(kafka_bootstrap, prefix, n2)
         # a churn model built on the click feature list must be refused; v2 keeps serving
-        bad = registry.register("churn", "xgboost", lambda p: shutil.copy(registry.resolve("click").model_file, p),
-                                {"features": FEATURES["click"].to_dict()})
+        bad = registry.register(
+            "churn",
+            "xgboost",
+            lambda p: shutil.copy(registry.resolve("click").model_file, p),
+            {"features": FEATURES["click"].to_dict()},
+        )
         registry.set_alias("churn", "production", bad.version)
         worker.wait_for_log(f"refusing model churn version {bad.version}", timeout_s=30)
         produce(kafka_bootstrap, f"{prefix}session-events", _payloads(third))
@@ -348,21 +396,41 @@ def _ad_traffic(n: int, ctr: dict[str, float], seed: int) -> list[dict[str, Any]
     t = 1_767_225_600_000
     for i in range(n):
         user, rid = f"ad-user-{i % 97}", f"req-{i}"
-        base = {"schema_version": 1, "user_id": user, "session_id": f"ad-s-{i % 97}", "request_id": rid,
-                "device": {"type": "mobile"}}
+        base = {
+            "schema_version": 1,
+            "user_id": user,
+            "session_id": f"ad-s-{i % 97}",
+            "request_id": rid,
+            "device": {"type": "mobile"},
+        }
         placement = arms[int(rng.integers(len(arms)))]
         out.append({**base, "event_id": f"{rid}-r", "event_type": "ad_request", "event_time": t})
-        out.append({**base, "event_id": f"{rid}-i", "event_type": "ad_impression", "event_time": t + 50,
-                    "placement": placement})
+        out.append(
+            {
+                **base,
+                "event_id": f"{rid}-i",
+                "event_type": "ad_impression",
+                "event_time": t + 50,
+                "placement": placement,
+            }
+        )
         if rng.random() < ctr[placement]:
-            out.append({**base, "event_id": f"{rid}-c", "event_type": "ad_click", "event_time": t + 900,
-                        "placement": placement})
+            out.append(
+                {
+                    **base,
+                    "event_id": f"{rid}-c",
+                    "event_type": "ad_click",
+                    "event_time": t + 900,
+                    "placement": placement,
+                }
+            )
         t += 1000
     return out
 
 
 def test_bandit_decisions_shift_toward_the_best_arm_and_land_in_clickhouse(
-        kafka_bootstrap: str, worker_env: dict[str, str], tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], tmp_path: Path
+) -> None:
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
     ctr = {"top_banner": 0.04, "sidebar": 0.04, "in_article": 0.12, "footer": 0.04}
@@ -373,18 +441,26 @@ def test_bandit_decisions_shift_toward_the_best_arm_and_land_in_clickhouse(
         # in slices, each once the previous one is decided, so later requests are decided after
         # earlier rewards were counted
         for i in range(0, len(traffic), 2000):
-            produce(kafka_bootstrap, f"{prefix}session-events", _payloads(traffic[i:i + 2000]))
-            decided = sum(e["event_type"] == "ad_request" for e in traffic[:i + 2000])
-            msgs = consume(kafka_bootstrap, f"{prefix}bandit-decisions", timeout_s=120,
-                           until=lambda got, decided=decided: len(got) >= decided)
+            produce(kafka_bootstrap, f"{prefix}session-events", _payloads(traffic[i : i + 2000]))
+            decided = sum(e["event_type"] == "ad_request" for e in traffic[: i + 2000])
+            msgs = consume(
+                kafka_bootstrap,
+                f"{prefix}bandit-decisions",
+                timeout_s=120,
+                until=lambda got, decided=decided: len(got) >= decided,
+            )
         # the same decisions reach ClickHouse (the sink's rows settle the batch: by now they are due)
-        wait(lambda: query_worker_clickhouse(worker_env, count) == [{"n": n}], 60,
-             f"{n} bandit decision rows in the worker's ClickHouse")
+        wait(
+            lambda: query_worker_clickhouse(worker_env, count) == [{"n": n}],
+            60,
+            f"{n} bandit decision rows in the worker's ClickHouse",
+        )
     decisions = sorted((orjson.loads(m.value()) for m in msgs), key=lambda d: int(d["request_id"][4:]))
     assert len({d["request_id"] for d in decisions}) == n
     keys = ["decision_id", "request_id", "user_id", "context", "placement", "policy"]
-    rows = query_worker_clickhouse(worker_env, f"SELECT {', '.join(keys)}, propensity "
-                                               "FROM `publisher`.bandit_decisions FINAL")
+    rows = query_worker_clickhouse(
+        worker_env, f"SELECT {', '.join(keys)}, propensity FROM `publisher`.bandit_decisions FINAL"
+    )
     assert sorted(tuple(r[k] for k in keys) for r in rows) == sorted(tuple(d[k] for k in keys) for d in decisions)
     propensity = {d["decision_id"]: d["propensity"] for d in decisions}
     assert all(abs(r["propensity"] - propensity[r["decision_id"]]) < 1e-9 for r in rows)  # JSON keeps 10 digits

@@ -49,8 +49,9 @@ def _owners(bootstrap: str, group: str, topic: str, members: int, timeout_s: flo
     raise AssertionError(f"{members} workers did not all own partitions of {topic} within {timeout_s:.0f} s: {owned}")
 
 
-def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: list[dict[str, Any]],
-         ports: list[int]) -> tuple[set[tuple[str, str]], list[float], list[set[int]], float, list[str]]:
+def _run(
+    bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: list[dict[str, Any]], ports: list[int]
+) -> tuple[set[tuple[str, str]], list[float], list[set[int]], float, list[str]]:
     """Start a worker per env, produce ``events`` once every worker owns input partitions (a warm-up
     wave first), read every prediction: (model, event_id) scored, click rows scored incomplete per
     worker after the warm-up, owned partitions, seconds, and each worker's log after the warm-up."""
@@ -78,8 +79,10 @@ def _run(bootstrap: str, envs: list[dict[str, str]], logs: list[Path], events: l
         started = time.monotonic()
         msgs = consume(bootstrap, f"{prefix}predictions", until=lambda got: len(got) >= n, timeout_s=90)
         took = time.monotonic() - started
-        incomplete = [(scrape_metrics(p).get("stream_click_rows_article_incomplete_total") or 0.0) - b
-                      for p, b in zip(ports, before, strict=True)]
+        incomplete = [
+            (scrape_metrics(p).get("stream_click_rows_article_incomplete_total") or 0.0) - b
+            for p, b in zip(ports, before, strict=True)
+        ]
         late = [log.read_bytes()[mark:].decode(errors="replace") for log, mark in zip(logs, marks, strict=True)]
     got = {(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in msgs}
     return got, incomplete, owned, took, late
@@ -103,8 +106,8 @@ def _produce_by_key(bootstrap: str, topic: str, events: list[dict[str, Any]]) ->
 
 @pytest.mark.parametrize("workers", [2, 1])
 def test_idle_partitions_do_not_hold_back_click_rows(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path,
-        workers: int) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path, workers: int
+) -> None:
     """Two workers: whichever way the partitions fall, a worker's click rows wait on article
     partitions the other worker folds, and on its idle input partitions. One worker: its own.
 
@@ -115,9 +118,16 @@ def test_idle_partitions_do_not_hold_back_click_rows(
     events = [e for e in sim_events if partition_for(e["user_id"].encode(), PARTITIONS) in BUSY][:1500]
     create_topics(kafka_bootstrap, worker_env)
     ports = [free_port() for _ in range(workers)]
-    envs = [{**worker_env, "STREAM_ARTICLE_WAIT_MS": "2000", "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"),
-             "STREAM_CHDB_PATH": str(tmp_path / f"ch-{i}"), "STREAM_WORKER_WEB_PORT": str(port)}
-            for i, port in enumerate(ports)]
+    envs = [
+        {
+            **worker_env,
+            "STREAM_ARTICLE_WAIT_MS": "2000",
+            "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"),
+            "STREAM_CHDB_PATH": str(tmp_path / f"ch-{i}"),
+            "STREAM_WORKER_WEB_PORT": str(port),
+        }
+        for i, port in enumerate(ports)
+    ]
     logs = [tmp_path / f"worker-{i}.log" for i in range(workers)]
     got, incomplete, owned, took, late = _run(kafka_bootstrap, envs, logs, events, ports)
     print(f"{len(got)} predictions in {took:.1f} s; partitions {owned}; incomplete click rows per worker {incomplete}")

@@ -65,6 +65,7 @@ def _final(env: dict[str, str]) -> tuple[Counter[tuple[str, str]], Counter[str]]
 def _wait_final(env: dict[str, str], events: list[dict[str, Any]], timeout_s: float) -> None:
     """Every expected prediction and decision in ClickHouse FINAL, each once, nothing else."""
     predictions, decisions = _expected(events)
+
     def complete() -> bool:
         preds, decs = _final(env)
         return len(preds) >= len(predictions) and len(decs) >= len(decisions)
@@ -116,20 +117,30 @@ def _owned(port: int, env: dict[str, str]) -> set[int]:
     """The session-events partitions a worker exports lag for (the ones it owns; set every 5 s)."""
     topic = f"{env['STREAM_TOPIC_PREFIX']}session-events"
     try:
-        return {int(labels["partition"]) for labels, _ in scrape_series(port, "stream_consumer_lag_messages")
-                if labels["topic"] == topic}
+        return {
+            int(labels["partition"])
+            for labels, _ in scrape_series(port, "stream_consumer_lag_messages")
+            if labels["topic"] == topic
+        }
     except OSError:
         return set()
 
 
 def test_two_workers_on_one_host_share_the_embedded_clickhouse_and_score_each_event_once(
-        kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     create_topics(kafka_bootstrap, env)
     ports = free_port(), free_port()
     with ExitStack() as stack:
         for i, port in enumerate(ports):  # docs/worker.md's recipe: own instance and metrics port, nothing else
-            stack.enter_context(WorkerProcess(kafka_bootstrap, {**env, "STREAM_WORKER_WEB_PORT": str(port)},
-                                              tmp_path / f"w{i}.log", instance=str(i)))
+            stack.enter_context(
+                WorkerProcess(
+                    kafka_bootstrap,
+                    {**env, "STREAM_WORKER_WEB_PORT": str(port)},
+                    tmp_path / f"w{i}.log",
+                    instance=str(i),
+                )
+            )
         _wait_stable(kafka_bootstrap, env, members=2, timeout_s=120)
         _produce(kafka_bootstrap, env, events)
         _wait_final(env, events, timeout_s=120)  # queried while both run
@@ -142,21 +153,29 @@ def test_two_workers_on_one_host_share_the_embedded_clickhouse_and_score_each_ev
 
 
 def test_query_while_the_worker_runs_prints_the_count(
-        kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     create_topics(kafka_bootstrap, env)
     _produce(kafka_bootstrap, env, events)
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "w.log") as worker:
         _wait_final(env, events, timeout_s=120)
         proc = subprocess.run(
             [sys.executable, "-m", "stream", "query", "SELECT count() AS n FROM {db}.predictions FINAL"],
-            env={**os.environ, **env}, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+            env={**os.environ, **env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert worker.proc is not None and worker.proc.poll() is None  # still running
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.split() == ["n", str(len(_expected(events)[0]))]
 
 
 def test_the_local_server_killed_mid_stream_is_restarted_and_nothing_is_lost(
-        kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     half = len(events) // 2
     path = Path(env["STREAM_CHDB_PATH"])
     create_topics(kafka_bootstrap, env)
@@ -188,7 +207,8 @@ def _committed(bootstrap: str, env: dict[str, str]) -> list[int]:
 
 
 def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
-        kafka_bootstrap: str, env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     """Workers A and C share the embedded ClickHouse; B's ClickHouse refuses every connection.
 
     C joining makes B give up its unconfirmed batches within STREAM_SETTLE_TIMEOUT_S: the rebalance
@@ -203,9 +223,11 @@ def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
     envs = {name: {**env, "STREAM_WORKER_WEB_PORT": str(port)} for name, port in ports.items()}
     envs["b"]["STREAM_CLICKHOUSE_URL"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with ExitStack() as stack:
+
         def start(name: str) -> WorkerProcess:
-            return stack.enter_context(WorkerProcess(kafka_bootstrap, envs[name], tmp_path / f"{name}.log",
-                                                     instance=name))
+            return stack.enter_context(
+                WorkerProcess(kafka_bootstrap, envs[name], tmp_path / f"{name}.log", instance=name)
+            )
 
         start("a")
         _produce(kafka_bootstrap, env, warm)
@@ -238,8 +260,10 @@ def test_a_worker_whose_clickhouse_cannot_write_does_not_stall_the_group(
 
         _wait(assignment_seen, 30, "A and C exporting lag for the partitions assigned to them")
         _produce(kafka_bootstrap, env, second)
-        partition = {orjson.loads(m.value() or b"")["event_id"]: m.partition() for m in consume(
-            kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}session-events", timeout_s=60)}
+        partition = {
+            orjson.loads(m.value() or b"")["event_id"]: m.partition()
+            for m in consume(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}session-events", timeout_s=60)
+        }
         predictions, _ = _expected([e for e in first + second if partition[e["event_id"]] not in owned["b"]])
         _wait(lambda: predictions <= set(_final(env)[0]), 90, "the events of A's and C's partitions in ClickHouse")
 

@@ -24,8 +24,13 @@ SUPPRESSED = "similar lines suppressed in the last"
 
 def test_a_broker_outage_logs_a_bounded_number_of_lines(worker_env: dict[str, str], tmp_path: Path) -> None:
     with EmbeddedKafka(workdir=tmp_path / "kafka") as broker:
-        ensure_topics(broker.bootstrap, load_settings(topic_prefix=worker_env["STREAM_TOPIC_PREFIX"],
-                                                      topic_partitions=int(worker_env["STREAM_TOPIC_PARTITIONS"])))
+        ensure_topics(
+            broker.bootstrap,
+            load_settings(
+                topic_prefix=worker_env["STREAM_TOPIC_PREFIX"],
+                topic_partitions=int(worker_env["STREAM_TOPIC_PARTITIONS"]),
+            ),
+        )
         log = tmp_path / "worker.log"
         worker = WorkerProcess(broker.bootstrap, worker_env, log).start()
         try:
@@ -40,8 +45,11 @@ def test_a_broker_outage_logs_a_bounded_number_of_lines(worker_env: dict[str, st
 
             # The span measured: until the rate limit reports what it held back, one interval
             # (stream/worker/logs.py INTERVAL_S) after the first line of a cause.
-            wait(lambda: any(SUPPRESSED in line and "[ERROR]" in line for line in since()), 30,
-                 "an ERROR line reporting suppressed repeats")
+            wait(
+                lambda: any(SUPPRESSED in line and "[ERROR]" in line for line in since()),
+                30,
+                "an ERROR line reporting suppressed repeats",
+            )
             span = time.monotonic() - began
             during = since()
         finally:

@@ -49,15 +49,22 @@ def _committed(bootstrap: str, group: str, topic: str, partition: int) -> int:
 
 def _produce_one(bootstrap: str, topic: str, key: bytes, value: bytes, compression: str) -> None:
     """One record with its own producer (librdkafka checks ``message.max.bytes`` before compressing)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "compression.type": compression,
-                         "message.max.bytes": 8 * 1024 * 1024, "enable.idempotence": True})
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "compression.type": compression,
+            "message.max.bytes": 8 * 1024 * 1024,
+            "enable.idempotence": True,
+        }
+    )
     errors: list[Any] = []
     producer.produce(topic, value, key, on_delivery=lambda err, msg: errors.append(err))
     assert producer.flush(30) == 0 and [str(e) if e else None for e in errors] == [None]
 
 
 def test_oversized_records_between_valid_events_are_dead_lettered_and_the_partition_moves_on(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     topic = f"{prefix}session-events"
     _topics(kafka_bootstrap, worker_env)
@@ -80,9 +87,16 @@ def test_oversized_records_between_valid_events_are_dead_lettered_and_the_partit
 
     expected = _expected(events)
     with WorkerProcess(kafka_bootstrap, worker_env, tmp_path / "worker.log") as worker:
-        preds = consume(kafka_bootstrap, f"{prefix}predictions", timeout_s=120, idle_s=2.0,
-                        until=lambda got: len({(orjson.loads(m.value())["model_name"],
-                                                orjson.loads(m.value())["event_id"]) for m in got}) >= len(expected))
+        preds = consume(
+            kafka_bootstrap,
+            f"{prefix}predictions",
+            timeout_s=120,
+            idle_s=2.0,
+            until=lambda got: (
+                len({(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in got})
+                >= len(expected)
+            ),
+        )
         dlq = consume(kafka_bootstrap, f"{prefix}session-events-dlq", until=lambda got: len(got) >= 2, timeout_s=60)
         assert len(dlq) == 2, f"dead letters: {len(dlq)}"
         envelopes = {base64.b64decode(d["value_b64"])[:40]: d for d in (orjson.loads(m.value()) for m in dlq)}
@@ -90,8 +104,11 @@ def test_oversized_records_between_valid_events_are_dead_lettered_and_the_partit
         ends = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "x"})
         _, high = ends.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
         ends.close()
-        _wait(lambda: _committed(kafka_bootstrap, worker_env["STREAM_WORKER_ID"], topic, partition) == high, 60,
-              "the worker did not commit its partition up to the end")
+        _wait(
+            lambda: _committed(kafka_bootstrap, worker_env["STREAM_WORKER_ID"], topic, partition) == high,
+            60,
+            "the worker did not commit its partition up to the end",
+        )
         assert worker.proc is not None and worker.proc.poll() is None  # still up
     got = Counter((orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in preds)
     assert set(got) == set(expected)  # every valid event around them was scored
@@ -112,7 +129,8 @@ def test_oversized_records_between_valid_events_are_dead_lettered_and_the_partit
 
 
 def test_an_output_the_cluster_refuses_stops_the_worker_without_committing_its_batch(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     topic, dlq_topic = f"{prefix}session-events", f"{prefix}session-events-dlq"
     group = worker_env["STREAM_WORKER_ID"]
@@ -121,8 +139,9 @@ def test_an_output_the_cluster_refuses_stops_the_worker_without_committing_its_b
 
     def dlq_limit(n: int) -> None:
         entry = ConfigEntry("max.message.bytes", str(n), incremental_operation=AlterConfigOpType.SET)
-        for fut in admin.incremental_alter_configs([ConfigResource("topic", dlq_topic,
-                                                                   incremental_configs=[entry])]).values():
+        for fut in admin.incremental_alter_configs(
+            [ConfigResource("topic", dlq_topic, incremental_configs=[entry])]
+        ).values():
             fut.result()
 
     first = sim_events[:300]
@@ -164,9 +183,14 @@ def test_an_output_the_cluster_refuses_stops_the_worker_without_committing_its_b
 
 
 def test_sigterm_ends_within_the_settle_timeout_when_a_batch_cannot_be_confirmed(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path) -> None:
-    env = {**worker_env, "STREAM_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-           "STREAM_SETTLE_TIMEOUT_S": "3", "STREAM_STALL_WARNING_S": "1"}
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    env = {
+        **worker_env,
+        "STREAM_CLICKHOUSE_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "STREAM_SETTLE_TIMEOUT_S": "3",
+        "STREAM_STALL_WARNING_S": "1",
+    }
     prefix = env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, env)
     produce(kafka_bootstrap, f"{prefix}session-events", _payloads(sim_events[:300]))

@@ -48,8 +48,8 @@ driver.ConsumerRebalanceListener.on_partitions_assigned = on_partitions_assigned
 
 
 def test_a_partition_that_delivers_nothing_after_the_assignment_is_taken_again_by_a_rejoin(
-        kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]],
-        tmp_path: Path) -> None:
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
     env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1", "STREAM_START_STALL_S": "3"}
     topic = f"{env['STREAM_TOPIC_PREFIX']}session-events"
     fault = tmp_path / "fault"
@@ -62,8 +62,12 @@ def test_a_partition_that_delivers_nothing_after_the_assignment_is_taken_again_b
     produce(kafka_bootstrap, topic, payloads(events))
     log = tmp_path / "worker.log"
     with WorkerProcess(kafka_bootstrap, env, log):
-        msgs = consume(kafka_bootstrap, f"{env['STREAM_TOPIC_PREFIX']}predictions",
-                       until=lambda got: len(got) >= sum(want.values()), timeout_s=60)
+        msgs = consume(
+            kafka_bootstrap,
+            f"{env['STREAM_TOPIC_PREFIX']}predictions",
+            until=lambda got: len(got) >= sum(want.values()),
+            timeout_s=60,
+        )
     text = log.read_text(errors="replace")
     assert "FAULT: paused" in text, "the fault was not injected"
     got = {(orjson.loads(m.value())["model_name"], orjson.loads(m.value())["event_id"]) for m in msgs}

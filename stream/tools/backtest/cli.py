@@ -24,8 +24,11 @@ class Window:
     name: str
 
 
-def load_window(path: Path, days: tuple[int, int] | None = None,
-                placements: tuple[str, ...] = ("top_banner", "sidebar", "in_article", "footer")) -> Window:
+def load_window(
+    path: Path,
+    days: tuple[int, int] | None = None,
+    placements: tuple[str, ...] = ("top_banner", "sidebar", "in_article", "footer"),
+) -> Window:
     """A simulator dataset directory (with truth) or an events file, optionally cut to ``[day0, day1)``."""
     import orjson
     import pandas as pd
@@ -78,9 +81,17 @@ def load_window(path: Path, days: tuple[int, int] | None = None,
     return Window(payloads, events, truth, placements, start, end, str(path))
 
 
-def run_backtest(window: Window, models_dir: Path, out_dir: Path, *, mode: str = "offline",
-                 bootstrap: str | None = None, partitions: int = 4, batch_size: int = 500,
-                 seed: int = 0) -> dict[str, Any]:
+def run_backtest(
+    window: Window,
+    models_dir: Path,
+    out_dir: Path,
+    *,
+    mode: str = "offline",
+    bootstrap: str | None = None,
+    partitions: int = 4,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run, evaluate and report; returns the headline figures."""
     from stream.tools.backtest import evaluate as E
     from stream.tools.backtest.report import write_report
@@ -92,13 +103,24 @@ def run_backtest(window: Window, models_dir: Path, out_dir: Path, *, mode: str =
     runs = []
     offline = e2e = None
     if mode in ("offline", "both"):
-        offline = run_offline(window.payloads, models, placements=window.placements, partitions=partitions,
-                              batch_size=batch_size, seed=seed)
+        offline = run_offline(
+            window.payloads,
+            models,
+            placements=window.placements,
+            partitions=partitions,
+            batch_size=batch_size,
+            seed=seed,
+        )
         runs.append(offline)
     if mode in ("e2e", "both"):
-        e2e = run_e2e(window.payloads, models_dir, bootstrap=bootstrap, partitions=partitions,
-                      expected_predictions=len(offline.predictions) if offline else None,
-                      expected_decisions=len(offline.decisions) if offline else None)
+        e2e = run_e2e(
+            window.payloads,
+            models_dir,
+            bootstrap=bootstrap,
+            partitions=partitions,
+            expected_predictions=len(offline.predictions) if offline else None,
+            expected_decisions=len(offline.decisions) if offline else None,
+        )
         runs.append(e2e)
     main = offline or e2e
     assert main is not None
@@ -108,12 +130,25 @@ def run_backtest(window: Window, models_dir: Path, out_dir: Path, *, mode: str =
     bandits = E.bandit_comparison(log, main.decisions, ctr, window.placements, seed=seed) if ctr else None
     ope = E.off_policy(log, window.placements, E.target_policies(window.placements, ctr), ctr) if len(log) else None
     agreement = compare(offline, e2e) if offline and e2e else None
-    context = {"data": window.name, "window": f"{_iso(window.start_ms)} .. {_iso(window.end_ms)}",
-               "events": str(len(window.payloads)), "mode": mode,
-               "models": ", ".join(f"{k} v{v}" for k, v in sorted(main.models.items())),
-               "partitions": str(partitions), "batch size (offline)": str(batch_size)}
-    md = write_report(out_dir, title="Backtest report", runs=runs, quality=quality, bandits=bandits, ope=ope,
-                      agreement=agreement, context=context)
+    context = {
+        "data": window.name,
+        "window": f"{_iso(window.start_ms)} .. {_iso(window.end_ms)}",
+        "events": str(len(window.payloads)),
+        "mode": mode,
+        "models": ", ".join(f"{k} v{v}" for k, v in sorted(main.models.items())),
+        "partitions": str(partitions),
+        "batch size (offline)": str(batch_size),
+    }
+    md = write_report(
+        out_dir,
+        title="Backtest report",
+        runs=runs,
+        quality=quality,
+        bandits=bandits,
+        ope=ope,
+        agreement=agreement,
+        context=context,
+    )
     return {"report": md, "runs": runs, "quality": quality, "bandits": bandits, "ope": ope, "agreement": agreement}
 
 
@@ -137,12 +172,21 @@ def cmd_backtest(args: Any) -> int:
         raise ConfigError(f"no such dataset: {str(data)!r} (generate one with `python -m simulator generate`)")
     window = load_window(data, days, tuple(settings.placements))
     out = Path(args.out) if args.out else settings.reports_dir / f"backtest-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = run_backtest(window, Path(args.models) if args.models else settings.models_dir, out, mode=args.mode,
-                       bootstrap=args.bootstrap or settings.kafka_bootstrap, partitions=settings.topic_partitions,
-                       batch_size=args.batch_size, seed=args.seed)
+    res = run_backtest(
+        window,
+        Path(args.models) if args.models else settings.models_dir,
+        out,
+        mode=args.mode,
+        bootstrap=args.bootstrap or settings.kafka_bootstrap,
+        partitions=settings.topic_partitions,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
     for run in res["runs"]:
-        print(f"{run.mode}: {run.events} events in {run.seconds:.1f}s ({run.events_per_s:,.0f}/s), "
-              f"{len(run.predictions)} predictions, {len(run.decisions)} decisions")
+        print(
+            f"{run.mode}: {run.events} events in {run.seconds:.1f}s ({run.events_per_s:,.0f}/s), "
+            f"{len(run.predictions)} predictions, {len(run.decisions)} decisions"
+        )
     for name, v in res["quality"].overall.items():
         print(f"{name}: {res['quality'].metric[name]} {v['model']:.4f} (oracle {v['oracle']:.4f}, n={int(v['n'])})")
     if res["bandits"] is not None:
@@ -155,8 +199,12 @@ def cmd_backtest(args: Any) -> int:
 def register(sub: Any) -> None:
     p = sub.add_parser("backtest", help="run the worker's code over a window and write a report")
     p.add_argument("data", help="simulator dataset directory (with truth) or an events .parquet/.jsonl file")
-    p.add_argument("--mode", choices=["offline", "e2e", "both"], default="offline",
-                   help="offline (no broker, default), e2e (broker + worker subprocess) or both (and compare)")
+    p.add_argument(
+        "--mode",
+        choices=["offline", "e2e", "both"],
+        default="offline",
+        help="offline (no broker, default), e2e (broker + worker subprocess) or both (and compare)",
+    )
     p.add_argument("--days", help="window FIRST:END in days from the data's start (default: all)")
     p.add_argument("--models", help="model registry directory (default: STREAM_MODELS_DIR)")
     p.add_argument("--out", help="report directory (default: STREAM_REPORTS_DIR/backtest-<time>)")

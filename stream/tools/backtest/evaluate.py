@@ -33,8 +33,19 @@ def _r2(y: np.ndarray, p: np.ndarray) -> float:
 
 def predictions_frame(predictions: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per prediction id (duplicates of an at-least-once run dropped)."""
-    df = pd.DataFrame(list(predictions), columns=["prediction_id", "model_name", "event_id", "user_id",
-                                                  "session_id", "article_id", "event_time", "score"])
+    df = pd.DataFrame(
+        list(predictions),
+        columns=[
+            "prediction_id",
+            "model_name",
+            "event_id",
+            "user_id",
+            "session_id",
+            "article_id",
+            "event_time",
+            "score",
+        ],
+    )
     return df.drop_duplicates("prediction_id")
 
 
@@ -51,8 +62,12 @@ def realized_labels(events: pd.DataFrame, window_end_ms: int) -> dict[str, pd.Da
     imp = ev[ev.event_type == "article_impression"][["event_id", "session_id", "article_id", "event_time"]]
     clicks = ev[ev.event_type == "article_click"].groupby(["session_id", "article_id"])["event_time"].max()
     j = imp.join(clicks.rename("click_time"), on=["session_id", "article_id"])
-    out["click"] = pd.DataFrame({"event_id": j.event_id.to_numpy(),
-                                 "label": (j.click_time.notna() & (j.click_time >= j.event_time)).to_numpy(float)})
+    out["click"] = pd.DataFrame(
+        {
+            "event_id": j.event_id.to_numpy(),
+            "label": (j.click_time.notna() & (j.click_time >= j.event_time)).to_numpy(float),
+        }
+    )
 
     counts = ev.groupby(["session_id", "event_type"]).size().unstack(fill_value=0)
     span = ev.groupby("session_id")["event_time"].agg(["min", "max"])
@@ -61,12 +76,18 @@ def realized_labels(events: pd.DataFrame, window_end_ms: int) -> dict[str, pd.Da
     if len(ends):
         duration.loc[ends.dropna().index] = ends.dropna().astype("float64")
     dur = {str(k): float(v) for k, v in duration.items()}
-    eng = {str(sid): engagement_score({str(k): int(v) for k, v in row.items() if v}, int(dur[str(sid)]))
-           for sid, row in counts.to_dict("index").items()}
+    eng = {
+        str(sid): engagement_score({str(k): int(v) for k, v in row.items() if v}, int(dur[str(sid)]))
+        for sid, row in counts.to_dict("index").items()
+    }
     starts = ev[ev.event_type == "session_start"][["event_id", "session_id"]]
-    out["engagement"] = pd.DataFrame({"event_id": starts.event_id.to_numpy(),
-                                      "label": starts.session_id.map(eng).to_numpy(float),
-                                      "session_id": starts.session_id.to_numpy()})
+    out["engagement"] = pd.DataFrame(
+        {
+            "event_id": starts.event_id.to_numpy(),
+            "label": starts.session_id.map(eng).to_numpy(float),
+            "session_id": starts.session_id.to_numpy(),
+        }
+    )
 
     ends_df = ev[ev.event_type == "session_end"][["event_id", "user_id", "event_time"]]
     times = ev.sort_values("event_time")[["user_id", "event_time"]]
@@ -112,8 +133,13 @@ class Quality:
     notes: list[str] = field(default_factory=list)
 
 
-def model_quality(predictions: Sequence[Mapping[str, Any]], events: pd.DataFrame,
-                  truth: Mapping[str, pd.DataFrame] | None, start_ms: int, window_end_ms: int) -> Quality:
+def model_quality(
+    predictions: Sequence[Mapping[str, Any]],
+    events: pd.DataFrame,
+    truth: Mapping[str, pd.DataFrame] | None,
+    start_ms: int,
+    window_end_ms: int,
+) -> Quality:
     """AUC (churn, click) or R² (engagement) per day and overall, next to the oracle's."""
     from sklearn.calibration import calibration_curve
 
@@ -129,20 +155,31 @@ def model_quality(predictions: Sequence[Mapping[str, Any]], events: pd.DataFrame
         if name in oracle:
             df["oracle"] = df.event_id.map(oracle[name]).astype(float)
         if df.empty:
-            q.notes.append(f"{name}: no realized labels in the window"
-                           + (" (its 30-day horizon does not fit)" if name == "churn" else ""))
+            q.notes.append(
+                f"{name}: no realized labels in the window"
+                + (" (its 30-day horizon does not fit)" if name == "churn" else "")
+            )
             continue
         fn = _r2 if metric == "R2" else _auc
         df["day"] = (df.event_time - start_ms) // DAY_MS
         rows = []
         for day, g in df.groupby("day"):
             assert isinstance(day, int | np.integer)
-            rows.append({"day": int(day), "n": len(g), "model": fn(g.label.to_numpy(), g.score.to_numpy()),
-                         "oracle": fn(g.label.to_numpy(), g.oracle.to_numpy()) if "oracle" in g else float("nan")})
+            rows.append(
+                {
+                    "day": int(day),
+                    "n": len(g),
+                    "model": fn(g.label.to_numpy(), g.score.to_numpy()),
+                    "oracle": fn(g.label.to_numpy(), g.oracle.to_numpy()) if "oracle" in g else float("nan"),
+                }
+            )
         q.per_day[name] = pd.DataFrame(rows)
-        q.overall[name] = {"n": float(len(df)), "label_mean": float(df.label.mean()),
-                           "model": fn(df.label.to_numpy(), df.score.to_numpy()),
-                           "oracle": fn(df.label.to_numpy(), df.oracle.to_numpy()) if "oracle" in df else float("nan")}
+        q.overall[name] = {
+            "n": float(len(df)),
+            "label_mean": float(df.label.mean()),
+            "model": fn(df.label.to_numpy(), df.score.to_numpy()),
+            "oracle": fn(df.label.to_numpy(), df.oracle.to_numpy()) if "oracle" in df else float("nan"),
+        }
         if metric == "AUC" and df.label.nunique() == 2:
             cal = {}
             for col in ("score", "oracle"):
@@ -150,7 +187,8 @@ def model_quality(predictions: Sequence[Mapping[str, Any]], events: pd.DataFrame
                     frac, mean = calibration_curve(df.label, df[col].clip(0, 1), n_bins=10, strategy="quantile")
                     cal[col] = (mean, frac)
             q.calibration[name] = pd.concat(
-                {k: pd.DataFrame({"predicted": v[0], "observed": v[1]}) for k, v in cal.items()}, names=["who"])
+                {k: pd.DataFrame({"predicted": v[0], "observed": v[1]}) for k, v in cal.items()}, names=["who"]
+            )
     return q
 
 
@@ -163,8 +201,9 @@ def ad_log(events: pd.DataFrame, truth: Mapping[str, pd.DataFrame] | None, start
     ev = events.drop_duplicates("event_id")
     imp = ev[ev.event_type == "ad_impression"][["request_id", "user_id", "placement", "device_type", "event_time"]]
     clicked = set(ev[ev.event_type == "ad_click"].request_id)
-    log = imp.assign(click=imp.request_id.isin(clicked).astype(float),
-                     day=((imp.event_time - start_ms) // DAY_MS).astype(int))
+    log = imp.assign(
+        click=imp.request_id.isin(clicked).astype(float), day=((imp.event_time - start_ms) // DAY_MS).astype(int)
+    )
     if truth and "users" in truth:
         bots = set(truth["users"].loc[truth["users"].is_bot, "user_id"])
         log = log[~log.user_id.isin(bots)]
@@ -186,12 +225,18 @@ class BanditResult:
     """Expected cumulative reward per policy over the request stream, and summary figures."""
 
     cumulative: pd.DataFrame  # columns: policies, index: request number
-    summary: pd.DataFrame     # policy, mean reward, regret vs oracle
+    summary: pd.DataFrame  # policy, mean reward, regret vs oracle
 
 
-def bandit_comparison(log: pd.DataFrame, decisions: Sequence[Mapping[str, Any]],
-                      ctr: Mapping[tuple[int, str], np.ndarray], placements: Sequence[str], *,
-                      epsilon: float = 0.1, seed: int = 0) -> BanditResult:
+def bandit_comparison(
+    log: pd.DataFrame,
+    decisions: Sequence[Mapping[str, Any]],
+    ctr: Mapping[tuple[int, str], np.ndarray],
+    placements: Sequence[str],
+    *,
+    epsilon: float = 0.1,
+    seed: int = 0,
+) -> BanditResult:
     """The worker's Thompson-sampling decisions against the oracle arm, uniform and epsilon-greedy.
 
     Rewards are *expected* clicks (the true CTR of the chosen arm that day, for that device),
@@ -219,16 +264,26 @@ def bandit_comparison(log: pd.DataFrame, decisions: Sequence[Mapping[str, Any]],
     for name, sim in simulate(learners, rounds, rng).items():
         curves[name] = sim.expected
     cum = pd.DataFrame({name: np.cumsum(v) for name, v in curves.items()})
-    summary = pd.DataFrame([{"policy": name, "requests": n, "mean_reward": float(v.mean()) if n else float("nan"),
-                             "cumulative_reward": float(v.sum()),
-                             "regret_vs_oracle": float(curves["oracle"].sum() - v.sum())}
-                            for name, v in curves.items()])
+    summary = pd.DataFrame(
+        [
+            {
+                "policy": name,
+                "requests": n,
+                "mean_reward": float(v.mean()) if n else float("nan"),
+                "cumulative_reward": float(v.sum()),
+                "regret_vs_oracle": float(curves["oracle"].sum() - v.sum()),
+            }
+            for name, v in curves.items()
+        ]
+    )
     return BanditResult(cum, summary)
 
 
 # --- off-policy evaluation ----------------------------------------------------------------------
-def target_policies(placements: Sequence[str], ctr: Mapping[tuple[int, str], np.ndarray] | None,
-                    ) -> dict[str, dict[str, np.ndarray]]:
+def target_policies(
+    placements: Sequence[str],
+    ctr: Mapping[tuple[int, str], np.ndarray] | None,
+) -> dict[str, dict[str, np.ndarray]]:
     """Alternative policies as ``device -> probability per placement``.
 
     Each fixed placement, a stochastic mix, and (with truth) the best placement per device on day 0.
@@ -242,8 +297,7 @@ def target_policies(placements: Sequence[str], ctr: Mapping[tuple[int, str], np.
     mix[0] = 0.6
     pols[f"60% {placements[0]}, rest uniform"] = {d: mix for d in devices}
     if ctr is not None:
-        pols["best per device on day 0"] = {d: np.eye(k)[int(np.argmax(ctr[(0, d)]))] for d in devices
-                                            if (0, d) in ctr}
+        pols["best per device on day 0"] = {d: np.eye(k)[int(np.argmax(ctr[(0, d)]))] for d in devices if (0, d) in ctr}
     return pols
 
 
@@ -256,9 +310,13 @@ class OpeRow:
     snips: Estimate
 
 
-def off_policy(log: pd.DataFrame, placements: Sequence[str], policies: Mapping[str, Mapping[str, np.ndarray]],
-               ctr: Mapping[tuple[int, str], np.ndarray] | None, logging_propensity: float | None = None,
-               ) -> list[OpeRow]:
+def off_policy(
+    log: pd.DataFrame,
+    placements: Sequence[str],
+    policies: Mapping[str, Mapping[str, np.ndarray]],
+    ctr: Mapping[tuple[int, str], np.ndarray] | None,
+    logging_propensity: float | None = None,
+) -> list[OpeRow]:
     """Replay / IPS / SNIPS of each policy from the logged (context, placement, click) data.
 
     The logging propensity defaults to uniform over ``placements`` (the simulator's site policy).

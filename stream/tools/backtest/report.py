@@ -59,9 +59,17 @@ def _fig(path: Path, draw: Any) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], quality: Quality | None,
-                 bandits: BanditResult | None, ope: list[OpeRow] | None, agreement: dict[str, Any] | None,
-                 context: dict[str, str]) -> Path:
+def write_report(
+    out_dir: Path,
+    *,
+    title: str,
+    runs: Sequence[RunOutput],
+    quality: Quality | None,
+    bandits: BanditResult | None,
+    ope: list[OpeRow] | None,
+    agreement: dict[str, Any] | None,
+    context: dict[str, str],
+) -> Path:
     """Write ``report.md``, ``report.html`` and the PNGs into ``out_dir``; returns the Markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = _Doc()
@@ -70,8 +78,17 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
 
     if quality is not None:
         doc.heading("Model quality against labels realized later")
-        rows = [{"model": m, "metric": quality.metric[m], "n": int(v["n"]), "label mean": v["label_mean"],
-                 "model score": v["model"], "oracle": v["oracle"]} for m, v in quality.overall.items()]
+        rows = [
+            {
+                "model": m,
+                "metric": quality.metric[m],
+                "n": int(v["n"]),
+                "label mean": v["label_mean"],
+                "model score": v["model"],
+                "oracle": v["oracle"],
+            }
+            for m, v in quality.overall.items()
+        ]
         if rows:
             doc.table(pd.DataFrame(rows))
         for note in quality.notes:
@@ -98,8 +115,13 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
                     ax.plot(g.predicted, g.observed, "o-", label="model" if who == "score" else "oracle")
                 ax.plot([0, 1], [0, 1], "k:", lw=1)
                 hi = float(max(c.predicted.max(), c.observed.max()))
-                ax.set(xlim=(0, hi * 1.05), ylim=(0, hi * 1.05), xlabel="predicted", ylabel="observed rate",
-                       title=f"{n}: calibration (quantile bins)")
+                ax.set(
+                    xlim=(0, hi * 1.05),
+                    ylim=(0, hi * 1.05),
+                    xlabel="predicted",
+                    ylabel="observed rate",
+                    title=f"{n}: calibration (quantile bins)",
+                )
                 ax.legend()
 
             _fig(out_dir / png, draw_cal)
@@ -108,9 +130,11 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
 
     if bandits is not None:
         doc.heading("Bandits: expected reward and regret")
-        doc.para("Expected clicks per request (true CTR of the chosen placement for the day and device). "
-                 "worker_thompson = the worker's decisions; epsilon_greedy (10%) and thompson_interactive "
-                 "are simulated over the same requests with Bernoulli feedback from the true CTRs.")
+        doc.para(
+            "Expected clicks per request (true CTR of the chosen placement for the day and device). "
+            "worker_thompson = the worker's decisions; epsilon_greedy (10%) and thompson_interactive "
+            "are simulated over the same requests with Bernoulli feedback from the true CTRs."
+        )
         doc.table(bandits.summary)
         cum = bandits.cumulative
 
@@ -118,8 +142,7 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
             for col in cum.columns:
                 if col != "oracle":
                     ax.plot(cum.index, cum["oracle"] - cum[col], label=col)
-            ax.set(xlabel="ad requests", ylabel="cumulative regret (expected clicks)",
-                   title="regret vs the oracle arm")
+            ax.set(xlabel="ad requests", ylabel="cumulative regret (expected clicks)", title="regret vs the oracle arm")
             ax.legend()
 
         _fig(out_dir / "bandit_regret.png", draw_regret)
@@ -162,20 +185,33 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
         rows = [{"model": m, **v} for m, v in agreement["models"].items()]
         doc.table(pd.DataFrame(rows))
         d = agreement["decisions"]
-        doc.para(f"Decisions: {d['offline']} offline, {d['e2e']} end to end, {d['common']} common ids; "
-                 f"same placement for {d['same_arm']:.1%} (the bandit-stats GlobalTable lags in the worker).")
-        doc.para("Churn and engagement scores depend only on the user's own events and must agree exactly. "
-                 "Click scores also read article popularity from a GlobalTable that lags by a few "
-                 "micro-batches in the worker; they agree only where that lag does not change the features "
-                 "(see docs/replay.md).")
+        doc.para(
+            f"Decisions: {d['offline']} offline, {d['e2e']} end to end, {d['common']} common ids; "
+            f"same placement for {d['same_arm']:.1%} (the bandit-stats GlobalTable lags in the worker)."
+        )
+        doc.para(
+            "Churn and engagement scores depend only on the user's own events and must agree exactly. "
+            "Click scores also read article popularity from a GlobalTable that lags by a few "
+            "micro-batches in the worker; they agree only where that lag does not change the features "
+            "(see docs/replay.md)."
+        )
 
     doc.heading("Throughput and latency")
     rows = []
     for run in runs:
-        rows.append({"mode": run.mode, "events": run.events, "seconds": run.seconds, "events/s": run.events_per_s,
-                     "predictions": len(run.predictions), "decisions": len(run.decisions),
-                     "latency p50 ms": run.latency(50), "latency p99 ms": run.latency(99),
-                     "latency is": "per batch" if run.mode == "offline" else "event in -> prediction out"})
+        rows.append(
+            {
+                "mode": run.mode,
+                "events": run.events,
+                "seconds": run.seconds,
+                "events/s": run.events_per_s,
+                "predictions": len(run.predictions),
+                "decisions": len(run.decisions),
+                "latency p50 ms": run.latency(50),
+                "latency p99 ms": run.latency(99),
+                "latency is": "per batch" if run.mode == "offline" else "event in -> prediction out",
+            }
+        )
     doc.table(pd.DataFrame(rows))
     for run in runs:
         for note in run.notes:
@@ -187,5 +223,7 @@ def write_report(out_dir: Path, *, title: str, runs: Sequence[RunOutput], qualit
         "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
         "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
-        + "\n".join(doc.html) + "</body></html>\n")
+        + "\n".join(doc.html)
+        + "</body></html>\n"
+    )
     return md

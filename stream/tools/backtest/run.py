@@ -82,17 +82,29 @@ def load_models(models_dir: Path) -> dict[str, LoadedModel]:
     models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
     models.refresh()
     if not models.models:
-        raise PrerequisiteError(f"no production model in {models_dir}: run `python -m batch_training run` "
-                                "or pass --models DIR")
+        raise PrerequisiteError(
+            f"no production model in {models_dir}: run `python -m batch_training run` or pass --models DIR"
+        )
     return models.models
 
 
-def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], *,
-                placements: Sequence[str], partitions: int = 4, batch_size: int = 500, seed: int = 0,
-                bandit_context: str = "device", click_join_window_ms: int = 600_000) -> RunOutput:
+def run_offline(
+    payloads: Sequence[Payload],
+    models: Mapping[str, LoadedModel],
+    *,
+    placements: Sequence[str],
+    partitions: int = 4,
+    batch_size: int = 500,
+    seed: int = 0,
+    bandit_context: str = "device",
+    click_join_window_ms: int = 600_000,
+) -> RunOutput:
     """The worker's per-batch code over ``payloads`` without a broker (see the module docstring)."""
-    proc = BatchProcessor(models, placements, ProcessorConfig(bandit_context=bandit_context,
-                                                              click_join_window_ms=click_join_window_ms, seed=seed))
+    proc = BatchProcessor(
+        models,
+        placements,
+        ProcessorConfig(bandit_context=bandit_context, click_join_window_ms=click_join_window_ms, seed=seed),
+    )
     users: dict[str, bytes] = {}
     pending: dict[str, bytes] = {}
     articles: dict[str, bytes] = {}
@@ -103,7 +115,7 @@ def run_offline(payloads: Sequence[Payload], models: Mapping[str, LoadedModel], 
     began = time.perf_counter()
     for start in range(0, len(payloads), batch_size):
         by_part: dict[int, list[Record]] = {}
-        for key, value in payloads[start:start + batch_size]:
+        for key, value in payloads[start : start + batch_size]:
             p = record_partition(key, value, partitions)
             by_part.setdefault(p, []).append(Record(key, value, "session-events", p, offsets[p], None))
             offsets[p] += 1
@@ -130,11 +142,21 @@ def _stored_article(articles: Mapping[str, bytes], aid: str) -> ArticleState:
 
 
 # --- end to end ---------------------------------------------------------------------------------
-def _read_topic(bootstrap: str, settings: Settings, topic: str, expected: int | None, timeout_s: float,
-                idle_s: float, worker: WorkerProcess | None = None) -> list[Any]:
+def _read_topic(
+    bootstrap: str,
+    settings: Settings,
+    topic: str,
+    expected: int | None,
+    timeout_s: float,
+    idle_s: float,
+    worker: WorkerProcess | None = None,
+) -> list[Any]:
     """Every record of ``topic`` from the start: until ``expected`` records, else until idle."""
-    consumer = clients.consumer(bootstrap, settings, **{
-        "group.id": f"backtest-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = clients.consumer(
+        bootstrap,
+        settings,
+        **{"group.id": f"backtest-{uuid.uuid4().hex}", "auto.offset.reset": "earliest", "enable.auto.commit": False},
+    )
     consumer.subscribe([topic])
     got: list[Any] = []
     deadline = time.monotonic() + timeout_s
@@ -158,10 +180,19 @@ def _read_topic(bootstrap: str, settings: Settings, topic: str, expected: int | 
     return got
 
 
-def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | None = None,
-            partitions: int = 4, expected_predictions: int | None = None,
-            expected_decisions: int | None = None, timeout_s: float = 180.0, idle_s: float = 10.0,
-            workdir: Path | None = None, env: Mapping[str, str] | None = None) -> RunOutput:
+def run_e2e(
+    payloads: Sequence[Payload],
+    models_dir: Path,
+    *,
+    bootstrap: str | None = None,
+    partitions: int = 4,
+    expected_predictions: int | None = None,
+    expected_decisions: int | None = None,
+    timeout_s: float = 180.0,
+    idle_s: float = 10.0,
+    workdir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> RunOutput:
     """Replay ``payloads`` through a broker and a real ``python -m stream worker``; read outputs back.
 
     Topics get a fresh prefix and the worker a fresh id, state directory and chdb directory, so
@@ -181,25 +212,40 @@ def run_e2e(payloads: Sequence[Payload], models_dir: Path, *, bootstrap: str | N
         if jvm is not None:
             settings = clients.for_embedded(settings)
         ensure_topics(bs, settings)
-        worker = WorkerProcess(bs, {
-            "STREAM_TOPIC_PREFIX": prefix, "STREAM_TOPIC_PARTITIONS": str(partitions),
-            "STREAM_WORKER_ID": f"backtest-{run_id}",
-            "STREAM_STATE_DIR": str(work / "state"), "STREAM_MODELS_DIR": str(Path(models_dir).resolve()),
-            "STREAM_CHDB_PATH": str(work / "chdb"), "STREAM_WORKER_WEB_PORT": "0",
-            "STREAM_DATA_DIR": str(work), "STREAM_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
-            **(env or {}),
-        }, work / "worker.log")
+        worker = WorkerProcess(
+            bs,
+            {
+                "STREAM_TOPIC_PREFIX": prefix,
+                "STREAM_TOPIC_PARTITIONS": str(partitions),
+                "STREAM_WORKER_ID": f"backtest-{run_id}",
+                "STREAM_STATE_DIR": str(work / "state"),
+                "STREAM_MODELS_DIR": str(Path(models_dir).resolve()),
+                "STREAM_CHDB_PATH": str(work / "chdb"),
+                "STREAM_WORKER_WEB_PORT": "0",
+                "STREAM_DATA_DIR": str(work),
+                "STREAM_KAFKA_SECURITY_PROTOCOL": settings.kafka_security_protocol,
+                **(env or {}),
+            },
+            work / "worker.log",
+        )
         worker.start()
         try:
             worker.wait_for_log("loaded model", timeout_s=120)
             worker.wait_for_log("Ready", timeout_s=120)
             began = time.monotonic()
-            run_replay(PayloadSource(list(payloads), "backtest"), bs, settings.topic(SESSION_EVENTS),
-                       progress=False, settings=settings)
-            preds = _read_topic(bs, settings, settings.topic(PREDICTIONS), expected_predictions, timeout_s, idle_s,
-                                worker)
-            decs = _read_topic(bs, settings, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2,
-                               idle_s, worker)
+            run_replay(
+                PayloadSource(list(payloads), "backtest"),
+                bs,
+                settings.topic(SESSION_EVENTS),
+                progress=False,
+                settings=settings,
+            )
+            preds = _read_topic(
+                bs, settings, settings.topic(PREDICTIONS), expected_predictions, timeout_s, idle_s, worker
+            )
+            decs = _read_topic(
+                bs, settings, settings.topic(BANDIT_DECISIONS), expected_decisions, timeout_s / 2, idle_s, worker
+            )
             out.seconds = time.monotonic() - began
             inputs = read_topic(bs, settings.topic(SESSION_EVENTS), settings=settings, timeout_s=60)
         finally:
@@ -236,14 +282,21 @@ def compare(offline: RunOutput, e2e: RunOutput) -> dict[str, Any]:
         both = a.keys() & b.keys()
         diffs = np.array([abs(a[k] - b[k]) for k in both]) if both else np.zeros(0)
         res["models"][name] = {
-            "offline": len(a), "e2e": len(b), "common": len(both),
-            "only_offline": len(a.keys() - b.keys()), "only_e2e": len(b.keys() - a.keys()),
+            "offline": len(a),
+            "e2e": len(b),
+            "common": len(both),
+            "only_offline": len(a.keys() - b.keys()),
+            "only_e2e": len(b.keys() - a.keys()),
             "max_abs_diff": float(diffs.max()) if len(diffs) else 0.0,
             "share_differing": float((diffs > 1e-6).mean()) if len(diffs) else 0.0,
         }
     da = {d["decision_id"]: d["placement"] for d in offline.decisions}
     db = {d["decision_id"]: d["placement"] for d in e2e.decisions}
     common = da.keys() & db.keys()
-    res["decisions"] = {"offline": len(da), "e2e": len(db), "common": len(common),
-                        "same_arm": float(np.mean([da[k] == db[k] for k in common])) if common else float("nan")}
+    res["decisions"] = {
+        "offline": len(da),
+        "e2e": len(db),
+        "common": len(common),
+        "same_arm": float(np.mean([da[k] == db[k] for k in common])) if common else float("nan"),
+    }
     return res

@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 def register(app: Any, rt: Publisher) -> Any:
     s = rt.settings
     tables = rt.tables
-    stores = Stores(users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"],
-                    bandit=tables["bandit"])
+    stores = Stores(
+        users=tables["users"], ad_pending=tables["ad_pending"], articles=tables["articles"], bandit=tables["bandit"]
+    )
     partitions = s.topic_partitions
     wait_s = s.article_wait_ms / 1000
     processor = rt.processor
@@ -51,6 +52,7 @@ def register(app: Any, rt: Publisher) -> Any:
         def done(future: asyncio.Future[None]) -> None:
             if future.cancelled() or future.exception() is not None:
                 processor.idle_sources.discard(q)  # not delivered: announce it again at the next check
+
         return done
 
     async def release(q: int) -> None:
@@ -86,13 +88,21 @@ def register(app: Any, rt: Publisher) -> Any:
             behind = await wait_complete(processor, stores.articles, partitions, need, wait_s, release)
             if behind:
                 rt.metrics.article_incomplete.inc(len(out.pending_clicks))
-                log.warning("%s[%d]: article events of input partition(s) %s not all folded up to %d after "
-                            "%.1f s; %d click row(s) scored from what is folded", last.topic, last.partition,
-                            sorted(behind), need, wait_s, len(out.pending_clicks))
+                log.warning(
+                    "%s[%d]: article events of input partition(s) %s not all folded up to %d after "
+                    "%.1f s; %d click row(s) scored from what is folded",
+                    last.topic,
+                    last.partition,
+                    sorted(behind),
+                    need,
+                    wait_s,
+                    len(out.pending_clicks),
+                )
         processor.finish_clicks(out, stores)
         return sent
 
     if processor.defer_clicks:
+
         @app.timer(interval=IDLE_CHECK_S)
         async def announce_idle() -> None:
             """Release the waits of every worker on this worker's idle input partitions (watermarks.py)."""
@@ -100,8 +110,9 @@ def register(app: Any, rt: Publisher) -> Any:
                 try:
                     await release(q)
                 except Exception as exc:  # the output refused: the batches report it too; try again next time
-                    log.warning("idle marker of %s[%d] not sent (%s); sent again at the next check",
-                                events_topic, q, exc)
+                    log.warning(
+                        "idle marker of %s[%d] not sent (%s); sent again at the next check", events_topic, q, exc
+                    )
 
     async def handle(batch: list[Any]) -> None:
         records, span = await rt.fill(records_of(batch))
@@ -130,4 +141,3 @@ def register(app: Any, rt: Publisher) -> Any:
             rt.fail(exc)
 
     return session_events
-

@@ -68,8 +68,9 @@ class GapFiller:
                 while True:
                     msg = consumer.poll(self.timeout_s)
                     if msg is None:
-                        raise TimeoutError(f"cannot read offsets {lo}..{hi} of {topic}[{partition}] "
-                                           f"within {self.timeout_s:g} s")
+                        raise TimeoutError(
+                            f"cannot read offsets {lo}..{hi} of {topic}[{partition}] within {self.timeout_s:g} s"
+                        )
                     if msg.error() is not None:
                         if msg.error().code() == KafkaError._PARTITION_EOF:  # noqa: SLF001 - librdkafka's local error code
                             break
@@ -94,8 +95,9 @@ class GapFiller:
         with self._lock:
             if self._consumer is None:
                 self._consumer = self._make()
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                             timeout=self.timeout_s, cached=False)
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=self.timeout_s, cached=False
+            )
         return int(low), int(high)
 
     def close(self) -> None:

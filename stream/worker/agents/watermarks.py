@@ -129,8 +129,14 @@ def caught_up(position: int | None, committed: int | None, highwater: int | None
     return done >= highwater
 
 
-async def wait_complete(processor: BatchProcessor, table: Mapping[Any, bytes], partitions: int, watermark: int,
-                        timeout_s: float, release: Callable[[int], Awaitable[Any]]) -> set[int]:
+async def wait_complete(
+    processor: BatchProcessor,
+    table: Mapping[Any, bytes],
+    partitions: int,
+    watermark: int,
+    timeout_s: float,
+    release: Callable[[int], Awaitable[Any]],
+) -> set[int]:
     """Wait until every input partition's article events before ``watermark`` are folded.
 
     ``release(q)`` forwards an idle marker for ``q`` if it is this worker's and caught up (once).
