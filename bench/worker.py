@@ -1,7 +1,7 @@
 """Worker throughput and latency, side by side with three baselines, on the embedded broker.
 
     python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate 2000] [--tuned-naive]
-                           [--quix] [--floor] [--no-check]
+                           [--quix] [--floor] [--no-check] [--archive-off] [--baseline REV]
 
 All variants consume the same preloaded topic of simulated events (4 partitions):
 
@@ -23,6 +23,11 @@ virtualenv var/venv-quix, built from bench/quix/requirements.txt on first use):
 
 With ``--floor``, each repeat also runs (f): the worker's BatchProcessor over the same records in
 memory, no Kafka and no faust (bench/floor.py): the floor our own code sets.
+
+With ``--archive-off``, each repeat also runs (d-) = (d) with ``STREAM_ARCHIVE_EVENTS=false``: what
+archiving every event into ClickHouse costs. With ``--baseline REV``, each repeat also runs (d0):
+the worker of git revision REV (checked out into the work directory, same virtualenv), so that a
+change is measured against the code before it in the same run.
 
 Each repeat runs (b), (c), (d) and those in another order (a rotation, reversed every other
 repeat: each runs first, and each follows each other one), and each starts only once the broker
@@ -234,11 +239,11 @@ def quix_python() -> Path:
     return python
 
 
-def run_process(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def run_process(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd,
         env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
-        cwd=ROOT,
+        cwd=cwd,
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
     )
@@ -343,6 +348,8 @@ NAMES = {
     "q": "Quix peer, batched scoring in a sink",
     "q+": "Quix peer, + state written once per checkpoint",
     "f": "compute floor: BatchProcessor in memory",
+    "d-": "our worker, event archive off",
+    "d0": "our worker at the --baseline revision",
 }
 
 
@@ -404,8 +411,26 @@ def chdb_pids(chdb: Path) -> list[int]:
         return []
 
 
+def checkout(rev: str, work: Path) -> Path:
+    """The tree of git revision ``rev`` (for (d0)), exported into ``work``."""
+    tree = work / f"baseline-{rev}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 def run_variant(
-    key: str, r: int, bootstrap: str, topic: str, total: int, work: Path, models: Path, broker: list[int], check: bool
+    key: str,
+    r: int,
+    bootstrap: str,
+    topic: str,
+    total: int,
+    work: Path,
+    models: Path,
+    broker: list[int],
+    check: bool,
+    baseline: Path | None = None,
 ) -> tuple[Sample, Outputs | None]:
     """Events/s and CPU per event of variant ``key`` in a fresh consumer group; with ``check`` (for
     the variants that publish) it runs to the end of the input and its outputs are read back."""
@@ -459,11 +484,16 @@ def run_variant(
             "STREAM_WORKER_WEB_PORT": "0",
             "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
         }
+        if key == "d-":
+            env["STREAM_ARCHIVE_EVENTS"] = "false"
+        if key == "d0":
+            assert baseline is not None
+            env["PYTHONPATH"] = str(baseline)
         chdb = work / f"{group}-chdb"
         other = lambda: chdb_pids(chdb)  # noqa: E731
         if check:  # every run writes the same output topics: this one's start where they end now
             outputs = end_offsets(bootstrap, [f"bench.{PREDICTIONS}", f"bench.{BANDIT_DECISIONS}"])
-    proc = run_process(cmd, env, work / f"{group}.log")
+    proc = run_process(cmd, env, work / f"{group}.log", cwd=baseline if key == "d0" and baseline else ROOT)
     try:
         sample = committed_rate(
             bootstrap,
@@ -592,6 +622,8 @@ def main() -> None:
         default=5.0,
         help="idle seconds before each variant, after which it waits for a quiet broker",
     )
+    ap.add_argument("--archive-off", action="store_true", help="also run (d-): the worker without its event archive")
+    ap.add_argument("--baseline", metavar="REV", help="also run (d0): the worker at git revision REV")
     args = ap.parse_args()
 
     if args.quix:
@@ -603,7 +635,14 @@ def main() -> None:
     train_and_register(models, events[: min(total, 30_000)], seed=1)
     payloads = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     print(f"input: {total} simulated events ({args.users} users x {args.days} days), {PARTITIONS} partitions")
-    keys = ["b", "c", "d"] + (["q", "q+"] if args.quix else []) + (["f"] if args.floor else [])
+    keys = (
+        ["b", "c", "d"]
+        + (["q", "q+"] if args.quix else [])
+        + (["f"] if args.floor else [])
+        + (["d-"] if args.archive_off else [])
+        + (["d0"] if args.baseline else [])
+    )
+    baseline = checkout(args.baseline, work) if args.baseline else None
     results: dict[str, list[Sample]] = {k: [] for k in ["a", *keys] + (["c'"] if args.tuned_naive else [])}
     checks: dict[str, Outputs] = {}
     with EmbeddedKafka(workdir=work / "kafka") as broker:
@@ -623,8 +662,9 @@ def main() -> None:
             waited = []
             for key in order:
                 waited.append(settle(broker.pid, args.pause))
+                check = r == 0 and not args.no_check and key not in ("d-", "d0")
                 sample, out = run_variant(
-                    key, r, bootstrap, topic, total, work, models, broker_pids, check=r == 0 and not args.no_check
+                    key, r, bootstrap, topic, total, work, models, broker_pids, check=check, baseline=baseline
                 )
                 results[key].append(sample)
                 if out is not None:
@@ -666,6 +706,16 @@ def main() -> None:
         print(
             f"  (d)/(f) = {ratio(med['d'], med['f'])} events/s, target >= 0.5;   CPU/event (f)/(d) = "
             f"{ratio(cpu['f'], cpu['d'])}"
+        )
+    if "d-" in med:
+        print(
+            f"  (d)/(d-) = {ratio(med['d'], med['d-'])} events/s;   CPU/event (d)/(d-) = {ratio(cpu['d'], cpu['d-'])}"
+            "   (the event archive's cost, goal <= 10 %)"
+        )
+    if "d0" in med:
+        print(
+            f"  (d-)/(d0) = {ratio(med.get('d-', med['d']), med['d0'])} events/s;   CPU/event (d-)/(d0) = "
+            f"{ratio(cpu.get('d-', cpu['d']), cpu['d0'])}   (this code, archive off, against {args.baseline})"
         )
     if checks:
         print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")
