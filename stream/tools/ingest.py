@@ -324,7 +324,7 @@ def _default_rejects(settings: Any, args: Any) -> Path:
 def cmd_ingest(args: Any) -> int:
     from stream.clickhouse import connect
     from stream.config import load_settings
-    from stream.tools.replay import FileSource, TopicSource, check_source_args, time_ms
+    from stream.tools.replay import check_source_args, source_from_args
 
     settings = load_settings(**({"clickhouse_database": args.database} if args.database else {}))
     ckpt = Path(args.checkpoint) if args.checkpoint else None
@@ -337,24 +337,7 @@ def cmd_ingest(args: Any) -> int:
         chunk_rows=args.chunk_rows,
         max_records=args.max_records,
     )
-    source: Any
-    if args.from_file:
-        source = FileSource(args.from_file)
-    elif args.from_topic:
-        bootstrap = args.bootstrap or settings.kafka_bootstrap
-        if not bootstrap:
-            raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
-        source = TopicSource(
-            bootstrap,
-            settings.topic(args.from_topic),
-            from_offset=args.from_offset,
-            to_offset=args.to_offset,
-            from_ms=time_ms(args.from_time),
-            to_ms=time_ms(args.to_time),
-            settings=settings,
-        )
-    else:
-        raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
+    source = source_from_args(args, settings, args.bootstrap or settings.kafka_bootstrap)
     ch = connect(settings)
     try:
         res = run_ingest(

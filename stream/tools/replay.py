@@ -665,6 +665,25 @@ def check_source_args(args: Any, verb: str = "replayed") -> None:
     time_ms(args.to_time)
 
 
+def source_from_args(args: Any, settings: Settings, bootstrap: str | None) -> Source:
+    """The source ``--from-file`` or ``--from-topic`` (with its range options) names (replay's and ingest's CLI)."""
+    if args.from_file:
+        return FileSource(args.from_file)
+    if args.from_topic is None:
+        raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
+    if not bootstrap:
+        raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
+    return TopicSource(
+        bootstrap,
+        settings.topic(args.from_topic),
+        from_offset=args.from_offset,
+        to_offset=args.to_offset,
+        from_ms=time_ms(args.from_time),
+        to_ms=time_ms(args.to_time),
+        settings=settings,
+    )
+
+
 def _check_args(args: Any) -> None:
     """The CLI's checks: the source options, then :func:`check_options`."""
     check_source_args(args)
@@ -687,25 +706,11 @@ def cmd_replay(args: Any) -> int:
     if not bootstrap:
         raise ConfigError("no Kafka address: pass --bootstrap HOST:PORT or set STREAM_KAFKA_BOOTSTRAP")
     cluster_metadata(bootstrap, settings)  # a wrong password or address: one line, before reading any source
-    source: Source
-    if args.from_file:
-        source = FileSource(args.from_file)
-    else:
-        if args.from_topic is None:
-            raise ConfigError("nothing to read: pass --from-file PATH or --from-topic NAME")
-        source = TopicSource(
-            bootstrap,
-            settings.topic(args.from_topic),
-            from_offset=args.from_offset,
-            to_offset=args.to_offset,
-            from_ms=time_ms(args.from_time),
-            to_ms=time_ms(args.to_time),
-            settings=settings,
+    source = source_from_args(args, settings, bootstrap)
+    if isinstance(source, TopicSource) and source.total == 0:
+        raise StreamError(
+            f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records in the requested range"
         )
-        if source.total == 0:
-            raise StreamError(
-                f"nothing to replay: topic {settings.topic(args.from_topic)!r} has no records in the requested range"
-            )
     topic = settings.topic(args.to_topic)
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     res = run_replay(
