@@ -1,10 +1,9 @@
 """Command-line plumbing shared by ``python -m stream``, ``simulator`` and ``batch_training``.
 
 A parser whose errors are one line (:class:`Parser`), argument types whose errors name the value
-and what was expected, and :func:`run_command`,
-the one way a command's error becomes one line on stderr: exit 1 when the data a command needs is
-not there yet (it says what to run first), 2 for any other error of ours (bad input, settings, an
-unreachable or refusing cluster), 130 for Ctrl-C.
+and what was expected, and :func:`run_command`, the one way a command's error becomes one line on
+stderr: exit 1 when the data a command needs is not there yet (it says what to run first), 2 for
+any other error of ours (bad input, settings, an unreachable or refusing cluster), 130 for Ctrl-C.
 
 >>> integer(lo=1)("3")
 3
