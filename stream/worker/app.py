@@ -87,8 +87,13 @@ class WorkerApp(faust.App):
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
 
+    #: the HTTP API (stream/worker/api/; set by create_app when STREAM_API_PORT is set)
+    api: Any = None
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.api is not None:  # from the start: it answers 503 until the first assignment is recovered
+            await self.api.start()
         if self.on_startup_finished is not None:
             # set by the faust Worker that runs this app (``python -m stream worker`` or
             # ``faust -A stream.worker.app worker``), which has configured logging by now
@@ -285,7 +290,7 @@ def create_app(
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
-    api.register(app, rt, recovered=lambda: _recovered(app))  # STREAM_API_PORT: stream/worker/api/
+    app.api = api.register(app, rt, recovered=lambda: _recovered(app))  # STREAM_API_PORT: stream/worker/api/
     return app, rt
 
 

@@ -24,6 +24,7 @@ from stream.client import ApiError, WorkerClient
 from stream.kafka.embedded import free_port
 from stream.kafka.io import committed_offsets
 from stream.testing import WorkerProcess, consume, produce
+from tests.support.openapi import check_answer
 from tests.support.waits import wait
 from tests.worker.conftest import create_topics, payloads, query_worker_clickhouse
 
@@ -39,6 +40,13 @@ def call(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int,
     except urllib.error.HTTPError as exc:
         raw = exc.read()
         return exc.code, dict(exc.headers), orjson.loads(raw) if raw else None
+
+
+def checked(base: str, route: str, path: str, method: str = "GET", body: bytes | None = None) -> tuple[int, Any]:
+    """``call``, the answer checked against the OpenAPI document's ``route``."""
+    status, headers, doc = call(base + path, method, body)
+    check_answer(route, method, status, headers, doc)
+    return status, doc
 
 
 def truth(events: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
@@ -128,13 +136,22 @@ def test_one_worker_answers_every_endpoint(
         assert later["features"]["days_since_last_event"] == pytest.approx(1.0)
         assert later["features"]["total_events"] == want[uid]["events"]
 
+        # every answer as the OpenAPI document describes it
+        users = "/v1/users/{user_id}"
+        assert checked(base, users, f"/v1/users/{uid}")[0] == 200
+        assert checked(base, users, f"/v1/users/{uid}?as_of={want[uid]['last'] + 1}")[0] == 200
+        assert checked(base, "/v1/models", "/v1/models")[0] == 200
+        assert checked(base, "/v1/decide", "/v1/decide", "POST", b'{"user_id": "u"}')[0] == 200
+        assert checked(base, "/healthz", "/healthz")[0] == 200
+        assert checked(base, "/readyz", "/readyz")[0] == 200
+
         # errors: unknown user, bad input, one-line JSON reasons
-        status, _, body = call(f"{base}/v1/users/nobody-at-all")
+        status, body = checked(base, users, "/v1/users/nobody-at-all")
         assert status == 404 and "unknown user" in body["error"]
-        status, _, body = call(f"{base}/v1/users/{'x' * 65}")
+        status, body = checked(base, users, f"/v1/users/{'x' * 65}")
         assert status == 400 and "user_id" in body["error"]
-        status, _, body = call(f"{base}/v1/users/{uid}?as_of=yesterday")
-        assert status == 400 and "as_of" in body["error"] and "\n" not in body["error"]
+        status, body = checked(base, users, f"/v1/users/{uid}?as_of=yesterday")
+        assert status == 400 and "as_of" in body["error"]
 
         # models: the versions the predictions were made with
         models = {m["name"]: m["version"] for m in client.models()["models"]}
@@ -158,13 +175,12 @@ def test_one_worker_answers_every_endpoint(
             for m in consume(
                 kafka_bootstrap,
                 f"{prefix}bandit-decisions",
-                until=lambda got: sum(b'"thompson-api"' in m.value() for m in got) >= 3,
+                until=lambda got: sum(b'"thompson-api"' in m.value() for m in got) >= 4,
                 timeout_s=30,
             )
         ]
-        mine = [x for x in logged if x["policy"] == "thompson-api"]
+        mine = [x for x in logged if x["policy"] == "thompson-api" and x["user_id"] == uid]
         assert {x["decision_id"] for x in mine} == {d["decision_id"], only["decision_id"]}
-        assert all(x["user_id"] == uid for x in mine)
         wait(
             lambda: bool(
                 query_worker_clickhouse(
@@ -183,9 +199,9 @@ def test_one_worker_answers_every_endpoint(
             (b'{"user_id": "u", "placements": ["nowhere"]}', "unknown placement"),
             (b'{"user_id": "u", "colour": 1}', "unknown field"),
         ):
-            status, _, body = call(f"{base}/v1/decide", "POST", bad)
-            assert status == 400 and reason in body["error"] and "\n" not in body["error"], (bad, body)
-        status, _, body = call(f"{base}/v1/decide", "POST", b'{"user_id": "' + b"u" * 20_000 + b'"}')
+            status, body = checked(base, "/v1/decide", "/v1/decide", "POST", bad)
+            assert status == 400 and reason in body["error"], (bad, body)
+        status, body = checked(base, "/v1/decide", "/v1/decide", "POST", b'{"user_id": "' + b"u" * 20_000 + b'"}')
         assert status == 413 and "STREAM_API_MAX_BODY_BYTES" in body["error"]
 
         # probes and metrics on the same port
@@ -240,6 +256,10 @@ def test_two_workers_answer_for_each_others_users(
                 except (urllib.error.URLError, ConnectionError):
                     continue  # b not listening yet
                 seen[url].append((status, headers.get("X-Stream-Served-By")))
+                try:
+                    check_answer("/v1/users/{user_id}", "GET", status, headers, body)
+                except Exception as exc:  # not as documented (AssertionError or ValidationError)
+                    wrong.append((url, uid, status, str(exc)[:300]))
                 if status == 503:
                     if "Retry-After" not in headers:
                         wrong.append((url, uid, status, headers))
@@ -260,6 +280,9 @@ def test_two_workers_answer_for_each_others_users(
         for t in pollers:
             t.join(30)
         assert not wrong, wrong[:5]
+        for url in urls:
+            statuses = [st for st, _ in seen[url]]
+            print(f"{url} while b joined: {len(statuses)} answers, {statuses.count(503)} of them 503")
         b_statuses = [s for s, _ in seen[urls[1]]]
         assert 503 in b_statuses and b_statuses.index(503) < b_statuses.index(200)  # b said 503 until it could answer
 

@@ -37,6 +37,15 @@ HOP = "X-Stream-Forwarded"
 SERVED_BY = "X-Stream-Served-By"
 RETRY_AFTER_S = 1
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: (method, path, handler): what schemas/openapi/worker-api.v1.yaml describes
+ROUTES = (
+    ("GET", "/v1/users/{user_id}", "get_user"),
+    ("POST", "/v1/decide", "post_decide"),
+    ("GET", "/v1/models", "get_models"),
+    ("GET", "/healthz", "healthz"),
+    ("GET", "/readyz", "readyz"),
+    ("GET", "/metrics", "metrics"),
+)
 
 
 def bind(port: int, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - clients and other workers come from outside
@@ -108,12 +117,8 @@ class Api:
 
     def web_app(self) -> web.Application:
         app = web.Application(client_max_size=self.max_body, middlewares=[self._measure])
-        app.router.add_get("/v1/users/{user_id}", self.get_user)
-        app.router.add_post("/v1/decide", self.post_decide)
-        app.router.add_get("/v1/models", self.get_models)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.metrics)
+        for method, path, handler in ROUTES:
+            app.router.add_route(method, path, getattr(self, handler))
         return app
 
     async def start(self) -> None:
@@ -313,15 +318,11 @@ class Api:
 
 
 def register(app: Any, rt: Publisher, recovered: Callable[[], bool]) -> Api | None:
-    """Wire the API into the faust app when ``STREAM_API_PORT`` is set: bind now, serve once the app runs."""
+    """Wire the API into the faust app when ``STREAM_API_PORT`` is set: bind now; the app calls ``start``."""
     s = rt.settings
     if not s.api_port:
         return None
     api = Api(app, rt, recovered, bind(s.api_port))
-
-    @app.task
-    async def start_api() -> None:
-        await api.start()
 
     @app.on_partitions_revoked.connect
     async def api_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
