@@ -164,6 +164,7 @@ def create_app(
     bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
     p = s.topic_partitions
     datadir = s.ensure_dir("state_dir", s.worker_instance)
+    api_socket = api.bind(s.api_port) if s.api_port else None  # a port in use: one line, before anything starts
     app = WorkerApp(
         s.worker_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
@@ -290,7 +291,7 @@ def create_app(
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
-    app.api = api.register(app, rt, recovered=lambda: _recovered(app))  # STREAM_API_PORT: stream/worker/api/
+    app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app))  # stream/worker/api/
     return app, rt
 
 

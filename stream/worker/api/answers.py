@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 from numpy.random import PCG64, Generator, SeedSequence
 
@@ -161,6 +162,11 @@ def context_key(ads: Ads, device: str | None) -> str:
     return ads.context_of({"device": {"type": device}} if device is not None else {})
 
 
+#: propensities by posterior (the arms' Beta parameters): most requests share the current one
+_PROPENSITIES: dict[tuple[float, ...], np.ndarray] = {}
+_MAX_CACHED = 1024
+
+
 def decide(ads: Ads, counts: Counts, req: DecideRequest, now_ms: int) -> DecisionRecord:
     """Thompson sampling among ``req.placements`` from the posterior ``counts``, with the chosen arm's propensity.
 
@@ -172,7 +178,12 @@ def decide(ads: Ads, counts: Counts, req: DecideRequest, now_ms: int) -> Decisio
     alpha, beta = policy.posterior(counts.get(context, {}))
     idx = [policy.arms.index(p) for p in req.placements]
     a, b = alpha[idx], beta[idx]
-    props = propensities(a, b)
+    key = (*a.tolist(), *b.tolist())
+    props = _PROPENSITIES.get(key)
+    if props is None:  # the quadrature is most of a decision's cost
+        if len(_PROPENSITIES) >= _MAX_CACHED:
+            _PROPENSITIES.clear()
+        props = _PROPENSITIES[key] = propensities(a, b)
     rng = Generator(PCG64(SeedSequence([ads.seed, zlib.crc32(req.request_id.encode())])))
     i = int(rng.beta(a, b).argmax())
     name = ads.policy_name + API_POLICY_SUFFIX

@@ -317,12 +317,11 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def register(app: Any, rt: Publisher, recovered: Callable[[], bool]) -> Api | None:
-    """Wire the API into the faust app when ``STREAM_API_PORT`` is set: bind now; the app calls ``start``."""
-    s = rt.settings
-    if not s.api_port:
+def register(app: Any, rt: Publisher, sock: socket.socket | None, recovered: Callable[[], bool]) -> Api | None:
+    """Wire the API into the faust app when it has a socket (:func:`bind`); the app calls ``start``."""
+    if sock is None:
         return None
-    api = Api(app, rt, recovered, bind(s.api_port))
+    api = Api(app, rt, recovered, sock)
 
     @app.on_partitions_revoked.connect
     async def api_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
