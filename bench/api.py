@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -151,6 +152,7 @@ def main() -> None:
     ap.add_argument("--rps", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers and the broker (finally) on a timeout
 
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
     third = len(events) // 3
