@@ -116,8 +116,22 @@ async def measure(
             "decide": ("POST", [f"{a}/v1/decide"], b'{"user_id": "bench", "context": {"device": "mobile"}}'),
         }
         for name, (method, urls, body) in cases.items():
+            if until is None:  # first, one request at a time: the service time without queueing
+                one_by_one = []
+                for i in range(300):
+                    began = time.perf_counter()
+                    async with session.request(method, urls[i % len(urls)], data=body) as r:
+                        await r.read()
+                    one_by_one.append(time.perf_counter() - began)
+                out[f"{name} (one at a time)"] = {
+                    "n": len(one_by_one),
+                    "statuses": {},
+                    "p50_ms": pct(one_by_one, 0.5),
+                    "p99_ms": pct(one_by_one, 0.99),
+                    "max_ms": max(one_by_one) * 1000,
+                }
             lat, statuses = await load(session, method, urls, body, rps, seconds)
-            out[name] = {
+            out[f"{name} at {rps:.0f}/s"] = {
                 "n": len(lat),
                 "statuses": statuses,
                 "p50_ms": pct(lat, 0.5),
@@ -225,7 +239,7 @@ def main() -> None:
                 p.terminate()
             for p in procs:
                 p.wait(60)
-    print(f"\n{args.rps:.0f} requests/s for {args.seconds:.0f} s per row, sent to worker a (of 2):")
+    print(f"\nrequests sent to worker a (of 2); at {args.rps:.0f}/s for {args.seconds:.0f} s, open loop:")
     print("| condition | request | n | statuses | p50 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|---|")
     for cond, rows in results.items():
