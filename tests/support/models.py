@@ -59,9 +59,9 @@ def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
 
 
 def train_and_register(
-    models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0, rounds: int = 20
+    models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0, rounds: int = 20, alias: str = "production"
 ) -> dict[str, str]:
-    """Train churn/click/engagement boosters on rows from ``events`` and promote them."""
+    """Train churn/click/engagement boosters on rows from ``events`` and point ``alias`` at them."""
     rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
     rng = np.random.default_rng(seed)
@@ -80,17 +80,19 @@ def train_and_register(
             params = {"objective": "reg:squarederror"}
         booster = xgb.train({**params, "nthread": 1, "max_depth": 4, "seed": seed}, xgb.DMatrix(x, y), rounds)
         mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), {"features": fl.to_dict()})
-        registry.set_alias(name, "production", mv.version)
+        registry.set_alias(name, alias, mv.version)
         versions[name] = mv.version
     return versions
 
 
-def offline_scores(models_dir: Path, events: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """model -> event_id -> score, scoring each row with ``Booster.predict`` on a DMatrix."""
+def offline_scores(
+    models_dir: Path, events: list[Mapping[str, Any]], alias: str = "production"
+) -> dict[str, dict[str, float]]:
+    """model -> event_id -> score of the ``alias`` version, scoring each row with ``Booster.predict`` on a DMatrix."""
     registry = ModelRegistry(models_dir)
     out: dict[str, dict[str, float]] = {}
     for name, rows in replay_rows(events).items():
-        mv = registry.resolve(name)
+        mv = registry.resolve(name, alias)
         booster = xgb.Booster()
         booster.load_model(str(mv.model_file))
         x = np.vstack([r for _, r in rows]).astype(np.float32)
