@@ -73,6 +73,25 @@ class Settings(BaseSettings):
         description="name of this worker process; its RocksDB dir is state_dir/<instance>",
     )
     worker_web_port: int = Field(6066, ge=0, le=65535, description="Prometheus /metrics port (0 = off)")
+    api_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="port of the worker's HTTP API /v1 with /metrics and health (0 = off; docs/api.md)",
+    )
+    api_url: str | None = Field(
+        None,
+        description="this worker's API URL as the other workers reach it (distinct per worker); "
+        "unset = http://<hostname>:<STREAM_API_PORT>",
+    )
+    api_max_body_bytes: int = Field(16_384, ge=256, le=1024**2, description="larger API request bodies get 413")
+    api_forward_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="how long a worker waits for the owner of a request it forwards",
+    )
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
@@ -200,6 +219,24 @@ class Settings(BaseSettings):
                 "expected a comma-separated list of distinct ad placement names, at least one, like top_banner,sidebar"
             )
         return v
+
+    @field_validator("api_url")
+    @classmethod
+    def _check_api_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+            raise ValueError("expected http(s)://host:port of this worker's API, like http://worker-0.stream:8080")
+        return v.rstrip("/")
+
+    def api_advertised_url(self) -> str:
+        """The URL the other workers forward requests for this worker's users to."""
+        if self.api_url:
+            return self.api_url
+        import socket
+
+        return f"http://{socket.gethostname()}:{self.api_port}"
 
     @field_validator("worker_id")
     @classmethod

@@ -69,6 +69,8 @@ def test_worker_build_and_environment(config: dict[str, Any]) -> None:
         "STREAM_CLICKHOUSE_PASSWORD": PASSWORD,
         "STREAM_CLICKHOUSE_DATABASE": "publisher",
         "STREAM_WORKER_WEB_PORT": "6066",
+        "STREAM_API_PORT": "8080",
+        "STREAM_API_URL": "http://worker:8080",
         "STREAM_LOG_LEVEL": "INFO",
     }
     assert config["services"]["clickhouse"]["environment"]["CLICKHOUSE_PASSWORD"] == PASSWORD

@@ -77,3 +77,17 @@ def test_produce_retry_has_one_home() -> None:
         if "except BufferError" in p.read_text()
     )
     assert homes == ["stream/kafka/io.py", "stream/worker/publisher.py"]
+
+
+def test_produce_partitions_keys_like_the_java_clients(kafka_bootstrap: str, unique: str) -> None:
+    # murmur2 (Kafka's DefaultPartitioner), not librdkafka's CRC32 default: the worker's API
+    # finds a user's owner by this partition (docs/api.md)
+    from stream.kafka.io import produce
+    from stream.kafka.partitioner import partition_for
+
+    topic = _topic(kafka_bootstrap, f"io-keys-{unique}", 8)
+    keys = [f"user-{i}".encode() for i in range(200)]
+    produce(kafka_bootstrap, topic, [(k, b"{}") for k in keys])
+    got = {m.key(): m.partition() for m in read_topic(kafka_bootstrap, topic)}
+    assert got == {k: partition_for(k, 8) for k in keys}
+    assert len(set(got.values())) == 8

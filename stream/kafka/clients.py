@@ -49,10 +49,15 @@ LIBRDKAFKA_LOG = logging.getLogger("stream.kafka.librdkafka")
 
 
 def producer(bootstrap: str, settings: Settings | None, **extra: Any) -> Any:
-    """A producer; its log lines are served by its ``poll()`` and ``flush()``."""
+    """A producer; its log lines are served by its ``poll()`` and ``flush()``.
+
+    Keys are partitioned as Kafka's Java clients do (murmur2), not by librdkafka's default
+    (CRC32): the worker's API finds a user's owner by that partition (stream/kafka/partitioner.py).
+    """
     from confluent_kafka import Producer
 
-    return Producer(kafka_config(bootstrap, settings, **{"logger": LIBRDKAFKA_LOG, **extra}))
+    conf = {"logger": LIBRDKAFKA_LOG, "partitioner": "murmur2_random", **extra}
+    return Producer(kafka_config(bootstrap, settings, **conf))
 
 
 def consumer(bootstrap: str, settings: Settings | None, **extra: Any) -> Any:

@@ -29,6 +29,7 @@ from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
 from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
+from stream.worker.api import server as api
 from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
 from stream.worker.health import Health, StallDetector, StartWatch, readiness
 from stream.worker.logs import limit_repeats
@@ -87,8 +88,13 @@ class WorkerApp(faust.App):
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
 
+    #: the HTTP API (stream/worker/api/; set by create_app when STREAM_API_PORT is set)
+    api: Any = None
+
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.api is not None:  # from the start: it answers 503 until the first assignment is recovered
+            await self.api.start()
         if self.on_startup_finished is not None:
             # set by the faust Worker that runs this app (``python -m stream worker`` or
             # ``faust -A stream.worker.app worker``), which has configured logging by now
@@ -159,6 +165,7 @@ def create_app(
     bootstrap = bootstrap or s.kafka_bootstrap or "localhost:9092"
     p = s.topic_partitions
     datadir = s.ensure_dir("state_dir", s.worker_instance)
+    api_socket = api.bind(s.api_port) if s.api_port else None  # a port in use: one line, before anything starts
     app = WorkerApp(
         s.worker_id,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
@@ -167,7 +174,9 @@ def create_app(
         datadir=str(datadir),
         topic_partitions=p,
         topic_replication_factor=s.topic_replication,
-        web_enabled=False,
+        web_enabled=False,  # the API is an aiohttp site of its own (stream/worker/api/)
+        # what faust's assignor tells the other members this worker's URL is (the API's owner map)
+        canonical_url=s.api_advertised_url(),
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
         producer_compression_type="lz4",
@@ -299,6 +308,7 @@ def create_app(
     events.register(app, rt)
     articles.register(app, rt)
     _register_services(app, rt)
+    app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app))  # stream/worker/api/
     return app, rt
 
 
@@ -363,6 +373,18 @@ def _watch_progress(rt: Publisher, detector: StallDetector, lags: dict[tuple[str
         rt.metrics.idle.labels(topic=topic, partition=str(partition)).set(age)
 
 
+def _highwater(consumer: Any, tp: Any) -> int | None:
+    """The consumer's high watermark of ``tp``; None once a rebalance has taken ``tp`` away.
+
+    aiokafka asserts that ``tp`` is assigned, and its consumer thread can revoke it between the
+    read of the assignment and this call: the assertion crashed the worker at a rebalance.
+    """
+    try:
+        return consumer.highwater(tp)
+    except AssertionError:
+        return None
+
+
 async def _waiting(app: faust.App, rt: Publisher, watch: StartWatch, assigned: Any) -> list[tuple[str, int]]:
     """The watched input partitions (no record since their assignment) with records past the committed offset.
 
@@ -379,7 +401,7 @@ async def _waiting(app: faust.App, rt: Publisher, watch: StartWatch, assigned: A
         key = (tp[0], tp[1])
         if tp[0] not in inputs or not watch.watching(key) or rt.gap_filler is None:
             continue
-        if (seen := consumer.highwater(tp)) is not None and seen <= (committed.get(tp) or 0):
+        if (seen := _highwater(consumer, tp)) is not None and seen <= (committed.get(tp) or 0):
             continue  # nothing to read
         try:
             low, high = await loop.run_in_executor(None, rt.gap_filler.watermarks, *key)
@@ -435,7 +457,7 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
         committed = getattr(consumer, "_committed_offset", {})
         assigned = consumer.assignment()
         await rt.learn_starts(assigned)  # a new group has no committed offset to count the lag from
-        lags = rt.export_lag(assigned, consumer.highwater, committed.get)
+        lags = rt.export_lag(assigned, lambda tp: _highwater(consumer, tp), committed.get)
         _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
         if _recovered(app):
             await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))

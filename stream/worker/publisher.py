@@ -23,6 +23,7 @@ from confluent_kafka import KafkaError, KafkaException
 from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings
 from stream.errors import InfraError
+from stream.events.records import DecisionRecord
 from stream.events.schema import fit_dead_letter
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
@@ -32,6 +33,7 @@ from stream.worker.delivery import Acks, Ledger, Partition, Span
 from stream.worker.metrics import WorkerMetrics, observe_many
 from stream.worker.parsing import Record
 from stream.worker.processor import BatchProcessor, Outputs
+from stream.worker.scores import LatestScores
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,8 @@ class Publisher:
     _lagging: set[Partition] = field(default_factory=set)
     #: per input partition, where reading it began since it was assigned (:meth:`start_offset`)
     _starts: dict[Partition, int] = field(default_factory=dict)
+    #: the latest score per user and model, for the HTTP API (stream/worker/api/)
+    latest: LatestScores = field(default_factory=LatestScores)
 
     def __post_init__(self) -> None:
         self.acks = Acks(self.ledger, self.consumer)
@@ -473,6 +477,20 @@ class Publisher:
             if out.events and self.settings.archive_events:
                 waits.append(await self.sink.put("events", out.events))
         return waits
+
+    async def log_decisions(self, decisions: list[DecisionRecord], timeout_s: float) -> None:
+        """Produce decisions made outside a batch (``POST /v1/decide``) like a batch's; return once Kafka has them.
+
+        Their ClickHouse rows go with the sink's next flush (not awaited). Raises
+        :class:`OutputError` (or ``TimeoutError``) when Kafka did not confirm them in ``timeout_s``.
+        """
+        if self._failure is not None or self._closing:
+            raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
+        self.start_polling()  # delivery reports resolve the future
+        waits = await self._send(Outputs(decisions=decisions))
+        for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
+            sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
 
     def ack(self, batch: Sequence[Any], span: Span = None) -> None:
         """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable."""

@@ -123,6 +123,7 @@ def register(app: Any, rt: Publisher) -> Any:
         if processor.defer_clicks:
             # its article events must be confirmed before the batch is acked by publish
             await asyncio.gather(*await complete_clicks(out, last))
+        rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
         await rt.publish(out, batch, span)  # acks the batch once its outputs are confirmed
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)

@@ -1,0 +1,105 @@
+"""A small client of the worker's HTTP API (docs/api.md), standard library only.
+
+>>> client = WorkerClient("http://localhost:8080")  # doctest: +SKIP
+>>> client.user("u42")["features"]["total_events"]  # doctest: +SKIP
+17.0
+>>> client.decide("u42", context={"device": "mobile"})["placement"]  # doctest: +SKIP
+'sidebar'
+
+Any worker of the group answers for any user. A 503 (rebalancing, recovering, owner unreachable)
+is retried after its ``Retry-After``, at most ``retries`` times; other errors raise :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error answer: its status, the API's one-line reason, and ``Retry-After`` (s) of a 503."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class WorkerClient:
+    """``GET /v1/users/{id}``, ``POST /v1/decide``, ``GET /v1/models`` and the probes of one worker."""
+
+    def __init__(self, base_url: str, timeout_s: float = 5.0, retries: int = 5) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http(s):// URL of a worker's API, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+
+    def user(self, user_id: str, as_of: int | None = None) -> dict[str, Any]:
+        """The user's current features and latest scores (404: unknown user, as :class:`ApiError`)."""
+        path = "/v1/users/" + urllib.parse.quote(user_id, safe="")
+        if as_of is not None:
+            path += f"?as_of={int(as_of)}"
+        return self.request("GET", path)
+
+    def decide(
+        self,
+        user_id: str,
+        context: dict[str, str] | None = None,
+        placements: list[str] | None = None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """A placement from the current posterior, its propensity and decision id (logged like streamed ones)."""
+        body: dict[str, Any] = {"user_id": user_id}
+        if context is not None:
+            body["context"] = context
+        if placements is not None:
+            body["placements"] = placements
+        if request_id is not None:
+            body["request_id"] = request_id
+        return self.request("POST", "/v1/decide", body)
+
+    def models(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/models")
+
+    def ready(self) -> bool:
+        try:
+            self.request("GET", "/readyz", retry=False)
+        except ApiError:
+            return False
+        return True
+
+    def request(self, method: str, path: str, body: Any = None, *, retry: bool = True) -> dict[str, Any]:
+        """One call; a 503 is retried after its ``Retry-After`` (``retries`` times)."""
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in range(self.retries + 1):
+            req = urllib.request.Request(self.base_url + path, data=data, method=method)  # noqa: S310 - checked in __init__
+            req.add_header("Accept", "application/json")
+            if data is not None:
+                req.add_header("Content-Type", "application/json")
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as response:  # noqa: S310 - as above
+                    result: dict[str, Any] = json.loads(response.read())
+                    return result
+            except urllib.error.HTTPError as exc:
+                err = _api_error(exc)
+                if err.status != 503 or not retry or attempt == self.retries:
+                    raise err from None
+                time.sleep(err.retry_after or 1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _api_error(exc: urllib.error.HTTPError) -> ApiError:
+    raw = exc.read()
+    try:
+        doc = json.loads(raw)
+        reason = str(doc.get("error") or doc.get("reasons") or doc)
+    except ValueError:
+        reason = raw.decode(errors="replace")[:200]
+    retry = exc.headers.get("Retry-After")
+    return ApiError(exc.code, reason, float(retry) if retry else None)

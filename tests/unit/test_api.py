@@ -1,0 +1,148 @@
+"""The API's pure parts: the owner map, the latest scores, request parsing, decisions and user views."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from stream.bandits.thompson import propensities
+from stream.events.ids import decision_id
+from stream.state import DEFAULT_CONFIG, USER_FEATURES, new_user_state, update_user
+from stream.worker.ads import Ads
+from stream.worker.api.answers import BadRequest, DecideRequest, decide, parse_as_of, parse_decide, user_view
+from stream.worker.api.routing import Routing, owner_map
+from stream.worker.scores import LatestScores
+
+PLACEMENTS = ("top_banner", "sidebar", "in_article", "footer")
+
+
+def test_owner_map_refuses_partitions_with_no_single_owner() -> None:
+    # faust's leader keys the map by URL: two members sharing one URL leave one entry, and the
+    # partitions of the other are simply absent
+    collapsed = {"http://w:6066": {"users-changelog": [2, 3], "other": [0, 1]}}
+    owners, missing = owner_map(collapsed, "users-changelog", 4)
+    assert owners == {2: "http://w:6066", 3: "http://w:6066"} and missing == [0, 1]
+    owners, missing = owner_map({"http://a": {"t": [0, 1]}, "http://b": {"t": [1, 2]}}, "t", 3)
+    assert owners == {0: "http://a", 2: "http://b"} and missing == [1]
+
+
+def test_routing_knows_no_owner_between_revocation_and_assignment() -> None:
+    routing = Routing("http://a")
+    assert routing.owner(0) is None  # before the first assignment
+    routing.update({"http://a": {"t": [0]}, "http://b": {"t": [1]}}, "t", 2)
+    assert (routing.owner(0), routing.owner(1)) == ("http://a", "http://b")
+    routing.clear()
+    assert routing.owner(0) is None and routing.owner(1) is None
+
+
+def _prediction(uid: str, model: str, t: int, score: float, event_id: str = "e") -> dict[str, object]:
+    return {
+        "user_id": uid,
+        "model_name": model,
+        "model_version": "3",
+        "event_id": event_id,
+        "event_time": t,
+        "score": score,
+        "predicted_at": t + 5,
+    }
+
+
+def test_latest_scores_keep_the_newest_by_event_time_per_model_and_are_bounded() -> None:
+    latest = LatestScores(max_users=2)
+    latest.record(0, [_prediction("u1", "churn", 100, 0.1, "a"), _prediction("u1", "click", 90, 0.7, "b")])
+    latest.record(0, [_prediction("u1", "churn", 50, 0.9, "late")])  # older event: not the latest
+    assert latest.get(0, "u1") == {"churn": (0.1, "3", "a", 100, 105), "click": (0.7, "3", "b", 90, 95)}
+    latest.record(0, [_prediction("u2", "churn", 1, 0.5), _prediction("u3", "churn", 1, 0.5)])
+    assert latest.get(0, "u1") == {}  # least recently scored, dropped past the bound
+    assert 0 in latest.since
+    latest.forget([0])
+    assert latest.get(0, "u2") == {} and 0 not in latest.since
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "not JSON"),
+        (b'"u1"', "JSON object"),
+        (b"{}", "user_id must be a string"),
+        (b'{"user_id": "' + b"x" * 65 + b'"}', "1 to 64"),
+        (b'{"user_id": "u", "context": "mobile"}', "context must be an object"),
+        (b'{"user_id": "u", "context": {"os": "x"}}', "context: unknown field"),
+        (b'{"user_id": "u", "placements": []}', "non-empty list"),
+        (b'{"user_id": "u", "placements": ["sidebar", "sidebar"]}', "distinct"),
+        (b'{"user_id": "u", "placements": ["moon"]}', "unknown placement 'moon'"),
+        (b'{"user_id": "u", "extra": 1}', "unknown field(s): extra"),
+    ],
+)
+def test_bad_decide_bodies_get_a_one_line_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_decide(body, PLACEMENTS)
+    assert reason in str(info.value) and "\n" not in str(info.value)
+
+
+def test_decide_restricted_to_the_offered_placements_reports_their_propensity() -> None:
+    ads = Ads(PLACEMENTS, seed=5)
+    counts = {"mobile": {"top_banner": (1000, 10), "sidebar": (1000, 30), "footer": (50, 1)}}
+    req = parse_decide(
+        b'{"user_id": "u1", "context": {"device": "mobile"}, "placements": ["footer", "top_banner"], '
+        b'"request_id": "r1"}',
+        PLACEMENTS,
+    )
+    assert req == DecideRequest("u1", "r1", "mobile", ("top_banner", "footer"))  # configured order
+    d = decide(ads, counts, req, 1_000)
+    # Beta(1 + clicks, 1 + impressions - clicks) of the two offered arms only
+    alpha, beta = np.array([11.0, 2.0]), np.array([991.0, 50.0])
+    expected = dict(zip(("top_banner", "footer"), propensities(alpha, beta), strict=True))
+    assert d["placement"] in ("top_banner", "footer")
+    assert d["propensity"] == pytest.approx(expected[d["placement"]])
+    assert d["policy"] == "thompson-api" and d["context"] == "mobile"
+    assert d["decision_id"] == decision_id("thompson-api", "u1", "r1")
+    assert decide(ads, counts, req, 2_000)["placement"] == d["placement"]  # seeded by the request id
+    single = decide(ads, counts, DecideRequest("u1", "r2", None, ("sidebar",)), 1_000)
+    assert (single["placement"], single["propensity"], single["context"]) == ("sidebar", 1.0, "unknown")
+
+
+def test_decide_draws_follow_the_propensities() -> None:
+    ads = Ads(PLACEMENTS, seed=1, context="none")
+    counts = {"all": {"top_banner": (100, 5), "sidebar": (100, 6)}}
+    picks = [
+        decide(ads, counts, DecideRequest("u", f"r{i}", "mobile", ("top_banner", "sidebar")), 0)["placement"]
+        for i in range(4000)
+    ]
+    share = picks.count("sidebar") / len(picks)
+    want = float(propensities(np.array([6.0, 7.0]), np.array([96.0, 95.0]))[1])
+    assert abs(share - want) < 4 * math.sqrt(want * (1 - want) / len(picks))
+
+
+def test_user_view_counts_events_and_shows_undefined_features_as_null() -> None:
+    st = new_user_state()
+    t0 = 1_700_000_000_000
+    for i, kind in enumerate(("session_start", "page_view", "page_view")):
+        update_user(
+            st,
+            {
+                "schema_version": 1,
+                "event_id": f"e{i}",
+                "event_type": kind,
+                "user_id": "u1",
+                "session_id": "s1",
+                "event_time": t0 + i * 1000,
+            },
+        )
+    view = user_view("u1", 2, 41, st, {}, None, None, DEFAULT_CONFIG)
+    assert view["as_of"] == view["last_event_time"] == t0 + 2000
+    assert view["features"]["total_events"] == 3.0 and view["features"]["total_sessions"] == 1.0
+    assert list(view["features"]) == list(USER_FEATURES.names)
+    assert view["features"]["days_since_newsletter"] is None  # never signed up: NaN in the row
+    assert view["scores"] == {} and view["offset"] == 41 and view["partition"] == 2
+    earlier = user_view("u1", 2, 41, st, {}, None, t0, DEFAULT_CONFIG)
+    assert earlier["as_of"] == t0 + 2000  # raised to the last event: the state cannot un-see events
+
+
+def test_as_of_must_be_whole_milliseconds() -> None:
+    assert parse_as_of(None) is None and parse_as_of("12") == 12
+    for bad in ("soon", "-1", "1.5"):
+        with pytest.raises(BadRequest, match="as_of"):
+            parse_as_of(bad)
