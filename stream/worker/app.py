@@ -26,6 +26,7 @@ from stream.kafka.schema import RawSchema
 from stream.models.registry import ModelRegistry
 from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
+from stream.worker import monitor as monitoring
 from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
 from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
@@ -228,6 +229,9 @@ def create_app(
         state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms),
     )
     processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
+    # STREAM_MONITORING: online quality and drift (stream/worker/monitor.py)
+    monitor = monitoring.build_monitor(s, models.registry, metrics.registry) if s.monitoring else None
+    processor.keep_scored = monitor is not None
     sink = None
     if clickhouse:
         sink = ClickHouseSink(
@@ -279,7 +283,9 @@ def create_app(
         on_fatal=lambda exc: _crash(app, exc, metrics.health),
     )
     app.publisher = rt
-    events.register(app, rt)
+    events.register(app, rt, monitor)
+    if monitor is not None:
+        monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"])
     articles.register(app, rt)
     _register_services(app, rt)
     return app, rt
