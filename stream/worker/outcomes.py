@@ -48,6 +48,7 @@ from stream.state.labels import CLICK_WINDOW_MS, engagement_score
 JOINED_MODELS = ("click", "engagement")
 #: how far (event time) a partition advances between two sweeps of its quiet users
 SWEEP_EVERY_MS = 60_000
+_NEVER = 2**63
 
 
 class Joined(NamedTuple):
@@ -77,11 +78,14 @@ class _Session:
 
 
 class _User:
-    __slots__ = ("clicks", "sessions")
+    __slots__ = ("clicks", "closes", "sessions")
 
     def __init__(self) -> None:
         #: pending click predictions by prediction_id (a prediction published twice waits once)
         self.clicks: dict[str, _Click] = {}
+        #: the end of the earliest pending click window: only a click, a session end or an event
+        #: past it can resolve a click, so other events skip the clicks
+        self.closes = _NEVER
         #: pending engagement predictions by session_id
         self.sessions: dict[str, _Session] = {}
 
@@ -128,17 +132,34 @@ class OutcomeJoiner:
         out: list[Joined] = []
         hwm = self._hwm.get(partition, -1)
         if users:
-            observe = self._observe
+            # the common case inline (this runs for every event): a session's counts, and the clicks
+            # only when the event can resolve one
+            get = users.get
             for ev in events:
                 t = ev["event_time"]
                 if t > hwm:
                     hwm = t
-                uid = ev["user_id"]
-                user = users.get(uid)
-                if user is not None:
-                    observe(user, ev, t, out)
-                    if not len(user):
-                        del users[uid]
+                user = get(ev["user_id"])
+                if user is None:
+                    continue
+                kind = ev["event_type"]
+                sessions = user.sessions
+                if sessions:
+                    session = sessions.get(ev["session_id"])
+                    if session is not None:
+                        counts = session.counts
+                        counts[kind] = counts.get(kind, 0) + 1
+                        if t < session.first:
+                            session.first = t
+                        elif t > session.last:
+                            session.last = t
+                        if kind == "session_end":
+                            self._end_session(user, ev, session, t, out)
+                clicks = user.clicks
+                if clicks and (kind == "article_click" or kind == "session_end" or t > user.closes):
+                    self._close_clicks(user, ev, kind, t, out)
+                if not clicks and not sessions:
+                    del users[ev["user_id"]]
         elif events:
             hwm = max(hwm, max(ev["event_time"] for ev in events))
         self._hwm[partition] = hwm
@@ -159,32 +180,28 @@ class OutcomeJoiner:
             pid = p["prediction_id"]
             if pid not in user.clicks:
                 self.pending += 1
-            user.clicks[pid] = _Click(p["model_version"], p["score"], p["event_time"], p["session_id"], p["article_id"])
+            t = p["event_time"]
+            user.clicks[pid] = _Click(p["model_version"], p["score"], t, p["session_id"], p["article_id"])
+            user.closes = min(user.closes, t + self.click_window_ms)
         else:
             sid = p["session_id"]
             if sid not in user.sessions:
                 self.pending += 1
             user.sessions[sid] = _Session(p["model_version"], p["score"], p["event_time"])
 
-    def _observe(self, user: _User, ev: Mapping[str, Any], t: int, out: list[Joined]) -> None:
-        kind = ev["event_type"]
-        sid = ev["session_id"]
-        session = user.sessions.get(sid)
-        if session is not None:
-            session.counts[kind] = session.counts.get(kind, 0) + 1
-            session.first = min(session.first, t)
-            session.last = max(session.last, t)
-            if kind == "session_end":
-                duration = ev.get("duration_ms")
-                y = engagement_score(session.counts, session.last - session.first if duration is None else duration)
-                out.append(Joined("engagement", session.version, y, session.score, t))
-                del user.sessions[sid]
-                self.pending -= 1
-        if not user.clicks:
-            return
+    def _end_session(self, user: _User, ev: Mapping[str, Any], session: _Session, t: int, out: list[Joined]) -> None:
+        duration = ev.get("duration_ms")
+        y = engagement_score(session.counts, session.last - session.first if duration is None else duration)
+        out.append(Joined("engagement", session.version, y, session.score, t))
+        del user.sessions[ev["session_id"]]
+        self.pending -= 1
+
+    def _close_clicks(self, user: _User, ev: Mapping[str, Any], kind: str, t: int, out: list[Joined]) -> None:
+        """Resolve the user's pending clicks that ``ev`` decides: its click, its session's end, or its time."""
         window = self.click_window_ms
         clicked = kind == "article_click"
         ended = kind == "session_end"
+        sid = ev["session_id"]
         done = []
         for pid, c in user.clicks.items():
             if clicked and c.session == sid and c.article == ev.get("article_id") and c.t <= t <= c.t + window:
@@ -194,9 +211,11 @@ class OutcomeJoiner:
             else:
                 continue
             done.append(pid)
-        for pid in done:
-            del user.clicks[pid]
-        self.pending -= len(done)
+        if done:
+            for pid in done:
+                del user.clicks[pid]
+            self.pending -= len(done)
+            user.closes = min((c.t for c in user.clicks.values()), default=_NEVER - window) + window
 
     def _sweep(self, users: dict[str, _User], hwm: int, out: list[Joined]) -> None:
         """Close what the partition's event time has left behind: click windows, sessions that never ended."""
@@ -208,6 +227,8 @@ class OutcomeJoiner:
                 c = user.clicks.pop(pid)
                 out.append(Joined("click", c.version, 0.0, c.score, c.t + self.click_window_ms))
                 self.pending -= 1
+                user.closes = min((c.t for c in user.clicks.values()), default=_NEVER - self.click_window_ms)
+                user.closes += self.click_window_ms
             for sid in [sid for sid, s in user.sessions.items() if s.last < session_by]:
                 del user.sessions[sid]
                 self.pending -= 1

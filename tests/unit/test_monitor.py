@@ -129,6 +129,8 @@ def test_drift_windows_export_psi_count_alarms_and_log_one_warning_per_interval(
     same, sp = rows(500, rng)
     mon.observe(0, Outputs(scored=[_scored(same[:200], sp[:200], T0)]))
     mon.observe(0, Outputs(scored=[_scored(same[200:], sp[200:], T0 + 200)]))
+    assert value("stream_drift_windows_total", {"model": "click", "version": "3"}) is None  # rows wait for a chunk
+    drift = mon.publish(now_ms=T0)[1]  # or for the timer
     assert value("stream_drift_windows_total", {"model": "click", "version": "3"}) == 1
     assert value("stream_drift_alarms_total", {"model": "click", "version": "3", "feature": "normal"}) is None
     assert value("stream_drift_psi", {"model": "click", "version": "3", "feature": "normal"}) < 0.1
@@ -137,9 +139,11 @@ def test_drift_windows_export_psi_count_alarms_and_log_one_warning_per_interval(
             shifted, spp = rows(500, rng, shift=2.0)
             clock.now = 10.0 * k
             mon.observe(1, Outputs(scored=[_scored(shifted, spp, T0 + 1000 * (k + 1))]))
+            drift += mon.publish(now_ms=T0)[1]
         clock.now = 61.0
         shifted, spp = rows(500, rng, shift=2.0)
         mon.observe(1, Outputs(scored=[_scored(shifted, spp, T0 + 5000)]))
+        drift += mon.publish(now_ms=T0)[1]
     assert asked == [("click", "3")]  # once per version
     assert value("stream_drift_alarms_total", {"model": "click", "version": "3", "feature": "normal"}) == 4
     assert value("stream_drift_alarms_total", {"model": "click", "version": "3", "feature": "skewed"}) is None
@@ -149,7 +153,6 @@ def test_drift_windows_export_psi_count_alarms_and_log_one_warning_per_interval(
     assert len(lines) == 2, lines
     assert "model click version 3" in lines[0] and "normal (PSI" in lines[0] and "skewed" not in lines[0]
     assert lines[1].endswith("(2 more drifted windows not logged)")
-    _, drift = mon.publish(now_ms=T0)
     assert len(drift) == 5 * len(profile.columns)
     assert sum(r["drifted"] for r in drift if r["feature"] == "normal") == 4
 
@@ -158,6 +161,7 @@ def test_a_version_without_profile_has_no_drift() -> None:
     mon, reg = _monitor()
     x, p = rows(2000, np.random.default_rng(3))
     mon.observe(0, Outputs(scored=[_scored(x, p, T0)]))
+    mon.publish(now_ms=T0)
     assert mon.drift == {("click", "3"): None}
     assert reg.get_sample_value("stream_drift_windows_total", {"model": "click", "version": "3"}) is None
 
