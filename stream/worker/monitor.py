@@ -97,6 +97,12 @@ class MonitorMetrics:
         self.pending = Gauge(
             "stream_outcomes_pending_predictions", "Predictions waiting in memory for their outcome", registry=r
         )
+        self.errors = Counter(
+            "stream_monitoring_errors_total",
+            "Batches or timer ticks the monitor skipped because it raised (the batch itself is processed as usual)",
+            ["error"],
+            registry=r,
+        )
         self.loss_drift = Counter(
             "stream_loss_drift_detections_total",
             "Rises of the per-prediction loss of joined outcomes detected by ADWIN, by model version",
@@ -170,7 +176,18 @@ class Monitor:
     # --- hot path ---------------------------------------------------------------------------
 
     def observe(self, partition: int, out: Outputs) -> None:
-        """One processed batch of ``partition``: its scored rows (drift) and its predictions and events (join)."""
+        """One processed batch of ``partition``: its scored rows (drift) and its predictions and events (join).
+
+        Monitoring never stops the worker: should it raise, the batch is not monitored (counted,
+        logged) and goes on to be published as usual.
+        """
+        try:
+            self._observe(partition, out)
+        except Exception as exc:
+            self.metrics.errors.labels(error=type(exc).__name__).inc()
+            log.warning("monitoring skipped a batch of partition %d: %s: %s", partition, type(exc).__name__, exc)
+
+    def _observe(self, partition: int, out: Outputs) -> None:
         for s in out.scored:
             self._drift_rows(s)
         joined = self.joiner.join(partition, out.predictions, out.events)
@@ -375,7 +392,12 @@ def register(app: Any, monitor: Monitor, sink: ClickHouseSink | None, interval_s
 
     @app.timer(interval=interval_s)
     async def publish_monitoring() -> None:
-        quality, drift = monitor.publish()
+        try:
+            quality, drift = monitor.publish()
+        except Exception as exc:  # monitoring never stops the worker
+            monitor.metrics.errors.labels(error=type(exc).__name__).inc()
+            log.warning("monitoring skipped a publication: %s: %s", type(exc).__name__, exc)
+            return
         # monitoring rows are not any batch's output: nothing waits for their futures
         if sink is not None and quality:
             await sink.put("model_quality", quality)

@@ -186,3 +186,14 @@ def test_a_loss_that_rises_is_detected_on_joined_outcomes() -> None:
     for i in range(2000, 4000):
         mon.observe(0, batch(i, informative=False))
     assert reg.get_sample_value("stream_loss_drift_detections_total", {"model": "click", "version": "3"}) >= 1
+
+
+def test_a_monitor_that_raises_skips_the_batch_and_counts_it(caplog: pytest.LogCaptureFixture) -> None:
+    mon, reg = _monitor()
+    with caplog.at_level(logging.WARNING):
+        mon.observe(0, Outputs(predictions=[{"model_name": "click"}]))  # no user, no score: a KeyError
+    assert reg.get_sample_value("stream_monitoring_errors_total", {"error": "KeyError"}) == 1
+    assert "monitoring skipped a batch of partition 0: KeyError" in caplog.text
+    events, preds, _, _ = _session(np.random.default_rng(2), 0)
+    mon.observe(0, Outputs(predictions=preds, events=events))  # and it goes on
+    assert reg.get_sample_value("stream_outcomes_joined_total", {"model": "click", "version": "3"}) == 3
