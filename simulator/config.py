@@ -122,6 +122,15 @@ class SimConfig:
     ad_drift_amplitude: float = 0.3
     ad_drift_period_days: float = 28.0
 
+    # --- a change of the world (off by default) ------------------------------------------
+    #: from this day on (0 = never) the feed is redesigned: longer feeds, a weaker position bias
+    #: and other device effects, so click models trained before it lose accuracy until retrained
+    #: on later data; position's distribution shifts with the feed length (feature drift)
+    drift_day: int = 0
+    drift_feed_length: tuple[int, int, int] = (14, 10, 12)
+    drift_position_decay: float = 0.1
+    drift_device_click_shift: tuple[float, float, float] = (0.3, -0.3, 0.0)
+
     # --- bots ----------------------------------------------------------------------------
     bot_share: float = 0.001
     bot_sessions_per_day: float = 30.0
@@ -177,6 +186,19 @@ class SimConfig:
         _check(self.articles_per_day >= 1, "articles_per_day", self.articles_per_day, "an integer >= 1")
         _check(0 < self.late_max_ms <= 86_400_000, "late_max_ms", self.late_max_ms, "1..86400000 ms")
         _check(all(3 <= n <= 16 for n in self.feed_length), "feed_length", self.feed_length, "three integers in 3..16")
+        _check(0 <= self.drift_day <= self.days, "drift_day", self.drift_day, f"a day in 0..{self.days} (0 = no drift)")
+        _check(
+            len(self.drift_feed_length) == 3 and all(3 <= n <= 16 for n in self.drift_feed_length),
+            "drift_feed_length",
+            self.drift_feed_length,
+            "three integers in 3..16",
+        )
+        _check(
+            len(self.drift_device_click_shift) == 3,
+            "drift_device_click_shift",
+            self.drift_device_click_shift,
+            "three numbers (desktop, mobile, tablet)",
+        )
 
     # --- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -73,7 +73,10 @@ FORMATS = ("parquet", "jsonl")
 
 def run_tag(cfg: SimConfig) -> str:
     """Short id prefix derived from the config, so datasets of different configs never collide."""
-    blob = json.dumps(cfg.to_dict(), sort_keys=True).encode()
+    d = cfg.to_dict()
+    if not cfg.drift_day:  # the drift knobs do nothing then: ids stay those of the same world without them
+        d = {k: v for k, v in d.items() if not k.startswith("drift_")}
+    blob = json.dumps(d, sort_keys=True).encode()
     return hashlib.blake2b(blob, digest_size=3).hexdigest()
 
 

@@ -152,9 +152,9 @@ def generate_sessions(
     device = np.where(stick, users.primary_device[s_user], other).astype(np.int8)
     device[bot] = 0
     z = users.engagement[s_user]
-    feed = np.clip(np.rint(np.asarray(cfg.feed_length)[device] + cfg.feed_length_per_engagement * z), 3, 16).astype(
-        np.int64
-    )
+    drifted = s_day >= cfg.drift_day if cfg.drift_day else np.zeros(ns, dtype=bool)
+    base_feed = np.where(drifted, np.asarray(cfg.drift_feed_length)[device], np.asarray(cfg.feed_length)[device])
+    feed = np.clip(np.rint(base_feed + cfg.feed_length_per_engagement * z), 3, 16).astype(np.int64)
     feed[bot] = BOT_FEED
     n_direct = rng.binomial(MAX_DIRECT, users.direct_prob[s_user])
 
@@ -177,13 +177,18 @@ def generate_sessions(
     imp_pos = _rank_in_group(feed) + 1
     imp_art = sample_articles(cfg, arts, pool_end[imp_sess], rng)
     iu = s_user[imp_sess]
+    imp_drifted = drifted[imp_sess]
     logit = (
         users.click_logit[iu]
         + cfg.quality_weight * arts.quality[imp_art]
         + cfg.affinity_weight
         * (users.brand_logaff[iu, arts.brand[imp_art]] + users.category_logaff[iu, arts.category[imp_art]])
-        - cfg.position_decay * np.log(imp_pos)
-        + np.asarray(cfg.device_click_shift)[device[imp_sess]]
+        - np.where(imp_drifted, cfg.drift_position_decay, cfg.position_decay) * np.log(imp_pos)
+        + np.where(
+            imp_drifted,
+            np.asarray(cfg.drift_device_click_shift)[device[imp_sess]],
+            np.asarray(cfg.device_click_shift)[device[imp_sess]],
+        )
     )
     imp_p = 1.0 / (1.0 + np.exp(-logit))
     imp_p[bot[imp_sess]] = cfg.bot_click_prob

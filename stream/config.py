@@ -126,6 +126,12 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="Kafka group session timeout: how fast a dead worker's partitions move",
     )
+    shadow_alias: str = Field(
+        "challenger",
+        pattern=r"^([A-Za-z0-9_.-]{1,64})?$",
+        description="registry alias scored in shadow next to production, on the same rows (empty: none); its "
+        "scores go to predictions-shadow only and never drive a decision",
+    )
     model_reload_s: float = Field(
         10.0, gt=0, allow_inf_nan=False, description="how often the worker checks the model alias"
     )

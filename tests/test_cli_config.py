@@ -257,4 +257,6 @@ def test_unreachable_broker_is_one_line_within_seconds(tmp_path: Path, command: 
     assert lines[0].startswith(f"error: cannot reach Kafka at 127.0.0.1:{port} within 8 s: ")
     assert "Connection refused" in lines[0]  # the cause, not only "transport failure"
     assert code == 2
-    assert seconds < 15
+    # it gives up after its 8 s instead of retrying forever; the rest of the bound is start-up
+    # (imports took 20 s of a 29 s run on a 2-core host under load)
+    assert seconds < 60

@@ -44,7 +44,7 @@ def config() -> dict[str, Any]:
 
 def test_services(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert set(services) == {"kafka", "clickhouse", "worker", "prometheus"}
+    assert set(services) == {"kafka", "clickhouse", "worker", "prometheus", "grafana"}
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server")
     assert services["prometheus"]["image"].startswith("prom/prometheus")
@@ -78,16 +78,21 @@ def test_password_defaults_to_empty_and_is_never_literal() -> None:
     unset = _compose_config()
     assert unset["services"]["worker"]["environment"]["STREAM_CLICKHOUSE_PASSWORD"] == ""
     text = COMPOSE.read_text()
-    assert re.findall(r"PASSWORD:\s*(\S+)", text) == ["${CLICKHOUSE_PASSWORD:-}", "${CLICKHOUSE_PASSWORD:-}"]
+    assert re.findall(r"PASSWORD:\s*(\S+)", text) == [
+        "${CLICKHOUSE_PASSWORD:-}",
+        "${CLICKHOUSE_PASSWORD:-}",
+        "${GRAFANA_ADMIN_PASSWORD:-}",
+    ]
 
 
 def test_healthchecks_and_startup_order(config: dict[str, Any]) -> None:
     services = config["services"]
-    for name in ("kafka", "clickhouse", "worker", "prometheus"):
+    for name in ("kafka", "clickhouse", "worker", "prometheus", "grafana"):
         assert services[name]["healthcheck"]["test"], name
     assert services["worker"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     assert services["worker"]["depends_on"]["clickhouse"]["condition"] == "service_healthy"
     assert services["prometheus"]["depends_on"]["worker"]["condition"] == "service_started"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     # the worker's liveness endpoint (an HTTP error status fails urlopen, so the check fails)
     assert "http://127.0.0.1:6066/healthz" in " ".join(services["worker"]["healthcheck"]["test"])
 
@@ -99,6 +104,18 @@ def test_prometheus_scrapes_the_worker(config: dict[str, Any]) -> None:
     assert re.search(r"^\s+metrics_path: /metrics$", scrape, re.M)
     assert re.search(r'^\s+- targets: \["worker:6066"\]$', scrape, re.M)
     assert "6066" in config["services"]["worker"]["expose"]
+
+
+def test_grafana_provisions_prometheus_and_the_dashboard(config: dict[str, Any]) -> None:
+    mounts = {v["target"]: Path(v["source"]) for v in config["services"]["grafana"]["volumes"] if v["type"] == "bind"}
+    assert mounts["/etc/grafana/provisioning"] == ROOT / "deploy" / "grafana" / "provisioning"
+    assert mounts["/var/lib/grafana/dashboards"] == ROOT / "deploy" / "grafana" / "dashboards"
+    datasource = (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    assert re.search(r"^\s+url: http://prometheus:9090$", datasource, re.M)
+    provider = (ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yml").read_text()
+    assert re.search(r"^\s+path: /var/lib/grafana/dashboards$", provider, re.M)
+    home = config["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy/grafana/dashboards" / Path(home).name).is_file()
 
 
 def test_dockerfile_and_dockerignore() -> None:

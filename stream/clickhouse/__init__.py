@@ -177,5 +177,6 @@ def insert_records(
     for c in _FLAG_COLUMNS:
         if c in df.columns:  # absent from some records: NaN there
             df[c] = df[c].eq(True).astype("uint8")
-    df = df.drop(columns=[c for c in ("schema_version", "arm_means") if c in df.columns])
+    # not stored: the schema version, the decision's arm means, and "shadow" (its table says so)
+    df = df.drop(columns=[c for c in ("schema_version", "arm_means", "shadow") if c in df.columns])
     return ch.insert_df(table, df)

@@ -34,6 +34,8 @@ class PredictionRecord(TypedDict):
     feature_version: NotRequired[str]
     #: present (and true) only on a score made from a state that already held the event
     replayed: NotRequired[bool]
+    #: present (and true) only on a challenger's score (the predictions-shadow topic and table)
+    shadow: NotRequired[bool]
 
 
 class DecisionRecord(TypedDict):

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
+PREDICTIONS_SHADOW = "predictions-shadow"
 BANDIT_DECISIONS = "bandit-decisions"
 DEAD_LETTER = "session-events-dlq"
 #: the worker's tables (faust names a table's changelog ``<worker id>-<table>-changelog``)
@@ -56,6 +57,11 @@ TOPICS: tuple[TopicSpec, ...] = (
         SESSION_EVENTS, "user_id", "input: session_event v1 (JSON)", config={"retention.ms": str(7 * 86_400_000)}
     ),
     TopicSpec(PREDICTIONS, "user_id", "output: prediction v1 for churn, click, engagement"),
+    TopicSpec(
+        PREDICTIONS_SHADOW,
+        "user_id",
+        'output: prediction v1 of challenger models scored in shadow ("shadow": true; never drives a decision)',
+    ),
     TopicSpec(BANDIT_DECISIONS, "user_id", "output: bandit_decision v1, one per ad_request"),
     TopicSpec(
         DEAD_LETTER,
@@ -67,7 +73,7 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 
 #: the topics the worker writes (besides faust's own): their record limit must admit its records
-OUTPUTS = (PREDICTIONS, BANDIT_DECISIONS, DEAD_LETTER)
+OUTPUTS = (PREDICTIONS, PREDICTIONS_SHADOW, BANDIT_DECISIONS, DEAD_LETTER)
 
 
 def worker_topics() -> tuple[TopicSpec, ...]:

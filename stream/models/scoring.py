@@ -45,7 +45,9 @@ class ModelSet:
     """The worker's production models; reloads a model when its alias changes.
 
     A model whose stored feature list does not match the worker's feature definition is refused
-    (logged, counted, and the previous version keeps serving).
+    (logged, counted, and the previous version keeps serving). With ``required=False`` (the
+    challengers) a model without the alias is normal: it is not loaded, or unloaded once the alias
+    is gone.
     """
 
     def __init__(
@@ -55,6 +57,9 @@ class ModelSet:
         alias: str = "production",
         on_refused: Callable[[str, str, str], None] | None = None,
         on_loaded: Callable[[LoadedModel], None] | None = None,
+        *,
+        required: bool = True,
+        on_unloaded: Callable[[str], None] | None = None,
     ) -> None:
         self.registry = registry
         self.expected = expected_features  # model name -> FeatureList
@@ -63,6 +68,8 @@ class ModelSet:
         self._tokens: dict[str, int | None] = {}
         self._on_refused = on_refused
         self._on_loaded = on_loaded
+        self.required = required
+        self._on_unloaded = on_unloaded
 
     def _accept(self, mv: ModelVersion) -> str | None:
         """None if the model fits the worker's features, else the reason it does not."""
@@ -86,7 +93,12 @@ class ModelSet:
             try:
                 mv = self.registry.resolve(name, self.alias)
             except RegistryError as exc:
-                if name not in self.models:
+                if not self.required:
+                    if self.models.pop(name, None) is not None:
+                        log.info("stopped scoring %s: no %r version any more", name, self.alias)
+                        if self._on_unloaded:
+                            self._on_unloaded(name)
+                elif name not in self.models:
                     log.warning("no %s model yet: %s", name, exc)
                 continue
             current = self.models.get(name)
@@ -102,7 +114,7 @@ class ModelSet:
             self.models[name] = model
             if self._on_loaded:
                 self._on_loaded(model)
-            log.info("loaded model %s version %s", name, mv.version)
+            log.info("loaded model %s version %s (%s)", name, mv.version, self.alias)
             loaded.append(f"{name}:{mv.version}")
         return loaded
 
@@ -131,6 +143,38 @@ class Scored:
     x: np.ndarray
     scores: np.ndarray
     event_time_ms: np.ndarray
+
+
+def score_shadow(
+    challengers: Mapping[str, LoadedModel],
+    production: Mapping[str, LoadedModel],
+    requests: Sequence[ScoreRequest],
+    now_ms: int,
+) -> tuple[list[PredictionRecord], dict[str, str]]:
+    """The challengers' scores of the rows production scored, each record marked ``"shadow": true``.
+
+    A challenger that is the production version is not scored twice; one whose scores cannot be
+    published (:class:`ScoreError`) is left out and named with its reason in the second result, so
+    that a bad challenger never costs a production output.
+    """
+    out: list[PredictionRecord] = []
+    failed: dict[str, str] = {}
+    for name, model in challengers.items():
+        current = production.get(name)
+        if current is None or current.version == model.version:
+            continue
+        reqs = [r for r in requests if r.model == name]
+        if not reqs:
+            continue
+        try:
+            preds = score_requests({name: model}, reqs, now_ms)
+        except ScoreError as exc:
+            failed[name] = str(exc)
+            continue
+        for p in preds:
+            p["shadow"] = True
+        out += preds
+    return out, failed
 
 
 def score_requests(

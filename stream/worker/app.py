@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 from faust.sensors import Sensor
+from prometheus_client import Gauge
 
 from stream.clickhouse import connect
 from stream.clickhouse.sink import ClickHouseSink
@@ -191,6 +192,7 @@ def create_app(
         # Consumed topics decode without the serializer registry (stream/kafka/schema.py).
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, schema=RawSchema()),
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
+        "predictions_shadow": app.topic(s.topic(T.PREDICTIONS_SHADOW), partitions=p, **RAW),
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
         "article_events": app.topic(
@@ -218,9 +220,21 @@ def create_app(
         ModelRegistry(s.models_dir),
         EXPECTED_FEATURES,
         on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),
-        on_loaded=lambda m: _set_version_gauge(metrics, m.name, m.version),
+        on_loaded=lambda m: _set_version_gauge(metrics.model_version, m.name, m.version),
     )
     models.refresh()  # before any event is consumed: a worker that has models never skips scoring
+    shadow = None
+    if s.shadow_alias:
+        shadow = ModelSet(
+            ModelRegistry(s.models_dir),
+            EXPECTED_FEATURES,
+            alias=s.shadow_alias,
+            on_refused=lambda name, version, reason: metrics.models_refused.labels(model=name).inc(),
+            on_loaded=lambda m: _set_version_gauge(metrics.shadow_model_version, m.name, m.version),
+            required=False,
+            on_unloaded=lambda name: _set_version_gauge(metrics.shadow_model_version, name, None),
+        )
+        shadow.refresh()
     config = ProcessorConfig(
         bandit_context=s.bandit_context,
         click_join_window_ms=s.click_join_window_ms,
@@ -229,6 +243,8 @@ def create_app(
         state_config=replace(DEFAULT_CONFIG, lateness_ms=s.allowed_lateness_ms),
     )
     processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
+    if shadow is not None:
+        processor.shadow = shadow.models  # the same dict: refresh() updates what the processor scores with
     # STREAM_MONITORING: online quality and drift (stream/worker/monitor.py)
     monitor = monitoring.build_monitor(s, models.registry, metrics.registry) if s.monitoring else None
     processor.keep_scored = monitor is not None
@@ -279,6 +295,7 @@ def create_app(
         gap_filler=gap_filler,
         topic_names=names,
         ledger=Ledger((names["events"], names["article_events"])),
+        shadow=shadow,
         consumer=lambda: app.consumer,
         on_fatal=lambda exc: _crash(app, exc, metrics.health),
     )
@@ -327,11 +344,13 @@ def _backpressure(metrics: WorkerMetrics, on: bool) -> None:
         metrics.backpressure_total.inc()
 
 
-def _set_version_gauge(metrics: WorkerMetrics, name: str, version: str) -> None:
-    for sample in list(next(iter(metrics.model_version.collect())).samples):
+def _set_version_gauge(gauge: Gauge, name: str, version: str | None) -> None:
+    """``gauge{model=name}`` says ``version`` only (no series for ``None``)."""
+    for sample in list(next(iter(gauge.collect())).samples):
         if sample.labels.get("model") == name:
-            metrics.model_version.remove(name, sample.labels["version"])
-    metrics.model_version.labels(model=name, version=version).set(1)
+            gauge.remove(name, sample.labels["version"])
+    if version is not None:
+        gauge.labels(model=name, version=version).set(1)
 
 
 def _recovered(app: faust.App) -> bool:
@@ -412,6 +431,8 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
     @app.timer(interval=s.model_reload_s)
     async def reload_models() -> None:
         rt.models.refresh()
+        if rt.shadow is not None:
+            rt.shadow.refresh()
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def consumer_lag() -> None:

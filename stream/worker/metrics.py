@@ -117,6 +117,24 @@ class WorkerMetrics:
         self.model_version = Gauge(
             "stream_model_info", "Loaded model versions (value 1)", ["model", "version"], registry=r
         )
+        self.shadow_model_version = Gauge(
+            "stream_shadow_model_info",
+            "Challenger versions scored in shadow (value 1; STREAM_SHADOW_ALIAS)",
+            ["model", "version"],
+            registry=r,
+        )
+        self.shadow_predictions = Counter(
+            "stream_shadow_predictions_total",
+            "Challenger scores published to predictions-shadow",
+            ["model"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "stream_shadow_errors_total",
+            "Batches a challenger could not score (production scores were published)",
+            ["model"],
+            registry=r,
+        )
         self.models_refused = Counter(
             "stream_models_refused_total", "Models refused (feature list mismatch)", ["model"], registry=r
         )

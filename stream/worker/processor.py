@@ -17,7 +17,8 @@ One batch, step by step:
    An event the stored state already holds (a replay after a crash) is scored, not applied, and
    its prediction is marked ``replayed`` when that state is not the one its row needs.
 3. Write each touched user's state once (not once per event).
-4. One vectorized predict per model for the whole batch.
+4. One vectorized predict per model for the whole batch, and the same rows scored by the
+   challengers in shadow (their failure costs no production output).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, cast
 
 from stream.events.records import DecisionRecord, PredictionRecord
 from stream.models import SERVED_FEATURES, TRIGGERS
-from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests
+from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
 from stream.state import (
     ARTICLE_FEATURES,
     DEFAULT_CONFIG,
@@ -105,6 +106,8 @@ class Outputs:
     pending_clicks: list[tuple[ScoreRequest, str, Record, int]] = field(default_factory=list)
     #: the valid events, for the ClickHouse archive (``STREAM_ARCHIVE_EVENTS``)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: the challengers' scores of the same rows (``"shadow": true``), for predictions-shadow only
+    shadow_predictions: list[PredictionRecord] = field(default_factory=list)
     #: each model's feature matrix and scores, with ``BatchProcessor.keep_scored`` (drift monitoring)
     scored: list[Scored] = field(default_factory=list)
 
@@ -117,6 +120,7 @@ class Outputs:
         self.prediction_ingest_ms += other.prediction_ingest_ms
         self.pending_clicks += other.pending_clicks
         self.events += other.events
+        self.shadow_predictions += other.shadow_predictions
         self.scored += other.scored
 
 
@@ -160,6 +164,8 @@ class BatchProcessor:
         max_cached_users: int = 250_000,
     ) -> None:
         self.models = models
+        #: challenger models scored in shadow on the same rows (model name -> model; the app fills it)
+        self.shadow: Mapping[str, LoadedModel] = {}
         self.config = config
         self.metrics = metrics or WorkerMetrics()
         self.redeliveries = Redeliveries()
@@ -287,8 +293,10 @@ class BatchProcessor:
         # the tables hold nothing of this attempt.
         if requests:
             tally.rows = len(requests)
+            now = int(time.time() * 1000)
             kept = out.scored if self.keep_scored else None
-            out.predictions = score_requests(self.models, requests, int(time.time() * 1000), kept)
+            out.predictions = score_requests(self.models, requests, now, kept)
+            self._score_shadow(requests, now, out)
             out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
                 tally.unscored[name] = sum(r.model == name for r in requests)
@@ -386,6 +394,16 @@ class BatchProcessor:
                 ads.event(event, kind, rec.partition)
         return requests, ingest
 
+    def _score_shadow(self, requests: Sequence[ScoreRequest], now_ms: int, out: Outputs) -> None:
+        """The challengers' scores of ``requests``; a challenger that fails is counted, not raised."""
+        if not self.shadow:
+            return
+        preds, failed = score_shadow(self.shadow, self.models, requests, now_ms)
+        out.shadow_predictions += preds
+        for name, reason in failed.items():
+            self.metrics.shadow_errors.labels(model=name).inc()
+            log.warning("shadow model %s failed on a batch (its production scores are published): %s", name, reason)
+
     def source_watermark(self, partition: int) -> int | None:
         """The partition's promise: every article event it forwards from now on is at or after this."""
         hwm = self.event_hwm.get(partition)
@@ -432,3 +450,4 @@ class BatchProcessor:
             ingest = {req.event["event_id"]: ms for req, _, _, ms in items}
             out.predictions += preds
             out.prediction_ingest_ms += [ingest[p["event_id"]] for p in preds]
+        self._score_shadow([req for _, items in parts for req, *_ in items], now, out)

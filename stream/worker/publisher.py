@@ -173,6 +173,8 @@ class Publisher:
     ledger: Ledger = field(default_factory=lambda: Ledger(()))
     producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
+    #: the challengers scored in shadow (``STREAM_SHADOW_ALIAS``), or None
+    shadow: ModelSet | None = None
     #: the faust consumer that input offsets are acked to (set by the app)
     consumer: Callable[[], Any] | None = None
     #: called once with the error that stops the worker (the app crashes itself: stream/worker/app.py)
@@ -443,6 +445,7 @@ class Publisher:
         budget = record_budget(limit)
         articles = article_messages(out.article_events, self.settings.topic_partitions, budget)
         n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
+        n += len(out.shadow_predictions)
         report = _Reports(asyncio.get_running_loop(), n, limit)
         produce = self._produce
         for key, envelope in out.dead_letters:
@@ -457,12 +460,16 @@ class Publisher:
             produce(names["predictions"], orjson.dumps(p), p["user_id"].encode(), report)
         for d in out.decisions:
             produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
+        for p in out.shadow_predictions:
+            produce(names["predictions_shadow"], orjson.dumps(p), p["user_id"].encode(), report)
         waits: list[asyncio.Future[None]] = [report.future]
         if self.sink is not None:
             if out.predictions:
                 waits.append(await self.sink.put("predictions", out.predictions))
             if out.decisions:
                 waits.append(await self.sink.put("bandit_decisions", out.decisions))
+            if out.shadow_predictions:
+                waits.append(await self.sink.put("predictions_shadow", out.shadow_predictions))
             if out.events and self.settings.archive_events:
                 waits.append(await self.sink.put("events", out.events))
         return waits
@@ -510,6 +517,11 @@ class Publisher:
         observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
         for name, n in per_model.items():
             m.predictions.labels(model=name).inc(n)
+        shadow: dict[str, int] = {}
+        for p in out.shadow_predictions:
+            shadow[p["model_name"]] = shadow.get(p["model_name"], 0) + 1
+        for name, n in shadow.items():
+            m.shadow_predictions.labels(model=name).inc(n)
 
     def unconfirmed(self, now: float | None = None) -> dict[Partition, float]:
         """Per input partition with unconfirmed batches: seconds since the oldest reached publish()."""

@@ -17,8 +17,9 @@ from jsonschema import Draft202012Validator
 
 from simulator import Dataset, SimConfig, generate
 from simulator.cli import main
+from simulator.dataset import epoch_ms
 from simulator.report import TARGETS, oracle_metrics, session_engagement_frame
-from stream.state.labels import session_engagement
+from stream.state.labels import DAY_MS, session_engagement
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "schemas/json/session_event.v1.json").read_text())
 VALIDATOR = Draft202012Validator(SCHEMA)
@@ -271,3 +272,38 @@ def test_cli_config_errors_are_one_line(argv: list[str], needle: str, capsys: py
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert needle in err and "\n" not in err
+
+
+def _click_odds_ratio_1_to_9(ev: pd.DataFrame) -> float:
+    """Click odds at position 1 over position 9, in sessions whose feed reaches position 10."""
+    kinds = ev["event_type"].astype(str)
+    imp = ev.loc[kinds == "article_impression", ["session_id", "position"]]
+    imp = imp[imp["session_id"].map(imp.groupby("session_id")["position"].max() >= 10)]
+    clicks = ev.loc[kinds == "article_click", ["session_id", "position"]].assign(c=1)
+    rate = imp.merge(clicks, how="left").fillna({"c": 0}).groupby("position")["c"].mean()
+    return float(rate[1] / (1 - rate[1]) / (rate[9] / (1 - rate[9])))
+
+
+def test_the_drift_switch_redesigns_the_feed_from_its_day_on() -> None:
+    # Drift on day 10 of 20: after it feeds are longer (config: 14/10/12 instead of 10/6/8) and
+    # the click odds at position 1 are about exp(0.1 ln 9) = 1.25x those at position 9, before
+    # about exp(0.55 ln 9) = 3.3x (mixing users of different click rates pulls both towards 1; this
+    # seed measured 2.5 and 1.18). The bounds separate the two worlds with room for the sample.
+    cfg = SimConfig(n_users=3000, days=20, seed=5, bot_share=0.0, drift_day=10)
+    ev = generate(cfg).events
+    day = (ev["event_time"] - epoch_ms(cfg.start)) // DAY_MS
+    before, after = ev[day < 10], ev[day >= 10]
+    feed = {
+        name: part.loc[part["event_type"].astype(str) == "article_impression"].groupby("session_id")["position"].max()
+        for name, part in (("before", before), ("after", after))
+    }
+    assert feed["after"].mean() > feed["before"].mean() + 2.5
+    odds_before, odds_after = _click_odds_ratio_1_to_9(before), _click_odds_ratio_1_to_9(after)
+    assert odds_before > 2.0, odds_before
+    assert odds_after < 1.5, odds_after
+
+
+def test_drift_knobs_without_a_drift_day_change_nothing() -> None:
+    cfg = SimConfig(n_users=50, days=3, seed=1)
+    same = cfg.replace(drift_position_decay=0.9, drift_feed_length=(3, 3, 3))
+    assert generate(cfg).events.equals(generate(same).events)

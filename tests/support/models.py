@@ -60,9 +60,15 @@ def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
 
 
 def train_and_register(
-    models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0, rounds: int = 20, *, profile: bool = False
+    models_dir: Path,
+    events: list[Mapping[str, Any]],
+    seed: int = 0,
+    rounds: int = 20,
+    alias: str = "production",
+    *,
+    profile: bool = False,
 ) -> dict[str, str]:
-    """Train churn/click/engagement boosters on rows from ``events`` and promote them.
+    """Train churn/click/engagement boosters on rows from ``events`` and point ``alias`` at them.
 
     With ``profile``, each version stores a reference profile of its training rows and their
     scores (what batch training stores for drift monitoring: stream/monitoring/profile.py).
@@ -88,17 +94,19 @@ def train_and_register(
         if profile:
             meta[METADATA_KEY] = build_profile(fl.names, x, booster.predict(xgb.DMatrix(x))).to_dict()
         mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), meta)
-        registry.set_alias(name, "production", mv.version)
+        registry.set_alias(name, alias, mv.version)
         versions[name] = mv.version
     return versions
 
 
-def offline_scores(models_dir: Path, events: list[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """model -> event_id -> score, scoring each row with ``Booster.predict`` on a DMatrix."""
+def offline_scores(
+    models_dir: Path, events: list[Mapping[str, Any]], alias: str = "production"
+) -> dict[str, dict[str, float]]:
+    """model -> event_id -> score of the ``alias`` version, scoring each row with ``Booster.predict`` on a DMatrix."""
     registry = ModelRegistry(models_dir)
     out: dict[str, dict[str, float]] = {}
     for name, rows in replay_rows(events).items():
-        mv = registry.resolve(name)
+        mv = registry.resolve(name, alias)
         booster = xgb.Booster()
         booster.load_model(str(mv.model_file))
         x = np.vstack([r for _, r in rows]).astype(np.float32)
