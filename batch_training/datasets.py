@@ -12,7 +12,7 @@ and fed one by one into a user state; a row is cut whenever the worker would sco
   as of the impression's watermark (``stream.state.article_watermark``: 5 min back, floored to
   5 min; the worker's staleness contract, docs/worker.md), from a separate pass over all users'
   events; label = an article_click of the same user, session and article within
-  ``click_window_ms`` after it.
+  ``click_window_ms`` after it (``labels.CLICK_WINDOW_MS``, which the worker's online join uses too).
 * engagement: one row per session_start with the user state before it; label =
   ``labels.session_engagement`` of that session's events.
 
@@ -67,6 +67,7 @@ from stream.state.codes import (
 from stream.state.features import context_row
 from stream.state.labels import (
     CHURN_HORIZON_MS,
+    CLICK_WINDOW_MS,
     CONVERSION_HORIZON_MS,
     DAY_MS,
     churned,
@@ -344,7 +345,7 @@ def build_training_sets(
     processes: int = 1,
     users_per_chunk: int = 2_000,
     active_within_days: int = 30,
-    click_window_ms: int = 30 * 60_000,
+    click_window_ms: int = CLICK_WINDOW_MS,
     config: StateConfig = DEFAULT_CONFIG,
     sampling: Sampling = FULL,
     progress: Any = None,

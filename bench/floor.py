@@ -9,16 +9,28 @@ producing the outputs, and the changelogs.
 
 Prints one JSON line: events, seconds and CPU seconds between 10% and 90% of the input.
 
-Usage: python bench/floor.py RECORDS_FILE MODELS_DIR [PREDICTIONS_FILE]
+Usage: python bench/floor.py RECORDS_FILE MODELS_DIR [PREDICTIONS_FILE] [--monitoring]
 (RECORDS_FILE: JSON lines [partition, offset, key, value]; PREDICTIONS_FILE: where to write the
-predictions and decisions, for the bench's check.)
+predictions and decisions, for the bench's check.) ``--monitoring`` also feeds each batch to the
+worker's monitor (STREAM_MONITORING: outcome join, online quality, drift; stream/worker/monitor.py)
+as the session-events agent does, and publishes it every 10,000 events.
+
+    python bench/floor.py --simulate [--users 300] [--days 6] [--repeats 2]
+
+runs without Kafka: simulated events (4 partitions by user) and models with reference profiles
+trained on them, then the floor without and with monitoring, alternating, ``--repeats`` times
+each; prints each run and the median CPU µs per event of both, and their difference.
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -26,9 +38,11 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from stream.config import load_settings  # noqa: E402
+from stream.kafka.partitioner import partition_for  # noqa: E402
 from stream.models.registry import ModelRegistry  # noqa: E402
 from stream.models.scoring import ModelSet  # noqa: E402
 from stream.state import ArticleState, fold_article_events, new_article_state  # noqa: E402
+from stream.worker.monitor import Monitor, build_monitor  # noqa: E402
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig, Record, Stores  # noqa: E402
 from stream.worker.tuning import tune_gc  # noqa: E402
 
@@ -45,9 +59,16 @@ def batches(records: list[Record], size: int) -> list[list[Record]]:
     return out
 
 
-def main() -> None:
-    records_file, models_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    keep = Path(sys.argv[3]) if len(sys.argv) > 3 else None
+def load_records(records_file: Path) -> list[Record]:
+    records = []
+    for line in records_file.read_bytes().splitlines():
+        p, o, k, v = orjson.loads(line)
+        records.append(Record(k.encode() if k is not None else None, v.encode(), "session-events", p, o, None))
+    return records
+
+
+def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path | None = None) -> dict[str, Any]:
+    """One pass of the processor (and, with ``monitoring``, the monitor) over ``records``."""
     s = load_settings()
     models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
     models.refresh()
@@ -55,10 +76,10 @@ def main() -> None:
         bandit_context=s.bandit_context, click_join_window_ms=s.click_join_window_ms, max_event_bytes=s.max_event_bytes
     )
     proc = BatchProcessor(models.models, s.placements, config)
-    records = []
-    for line in records_file.read_bytes().splitlines():
-        p, o, k, v = orjson.loads(line)
-        records.append(Record(k.encode() if k is not None else None, v.encode(), "session-events", p, o, None))
+    monitor: Monitor | None = None
+    if monitoring:
+        monitor = build_monitor(s, models.registry, proc.metrics.registry)
+        proc.keep_scored = True
     runs = batches(records, s.score_batch_size)
     articles: dict[str, bytes] = {}
     stores = Stores(users={}, ad_pending={}, articles=articles, bandit={})
@@ -71,16 +92,27 @@ def main() -> None:
     total, done = len(records), 0
     marks = {0.0: (time.perf_counter(), time.process_time(), 0)}
     kept: list[dict] = []
+    published = 0
+    in_monitor = 0.0  # CPU seconds in the monitor, over the whole input
     # a round: one batch per partition, then the article agent's fold (what the worker interleaves)
     per_round = len({r[0].partition for r in runs})
     for start in range(0, len(runs), per_round):
         round_events = []
         for batch in runs[start : start + per_round]:
             out = proc.process(batch, stores)
+            if monitor is not None:
+                c = time.process_time()
+                monitor.observe(batch[-1].partition, out)
+                in_monitor += time.process_time() - c
             round_events += [orjson.loads(raw) for _, raw in out.article_events]
             if keep is not None:
                 kept += out.predictions + out.decisions
             done += len(batch)
+        if monitor is not None and done - published >= 10_000:  # the worker's timer, in event terms
+            c = time.process_time()
+            monitor.publish()
+            in_monitor += time.process_time() - c
+            published = done
         for aid, state in fold_article_events(round_events, article).items():
             articles[aid] = state.to_bytes()
         for frac in (0.1, 0.9):
@@ -91,7 +123,73 @@ def main() -> None:
     (t0, c0, n0), (t1, c1, n1) = marks[0.1], marks[0.9]
     if keep is not None:
         keep.write_bytes(b"\n".join(orjson.dumps(x) for x in kept))
-    print(orjson.dumps({"events": n1 - n0, "seconds": t1 - t0, "cpu_s": c1 - c0}).decode())
+    fig: dict[str, Any] = {"events": n1 - n0, "seconds": t1 - t0, "cpu_s": c1 - c0}
+    if monitor is not None:
+        m = proc.metrics.registry.get_sample_value
+        fig["joined"] = sum(
+            m("stream_outcomes_joined_total", {"model": name, "version": ver}) or 0.0
+            for name, ver in {(k[0], k[1]) for k in monitor.quality}
+        )
+        fig["drift_windows"] = sum(1 for w in monitor.drift.values() if w is not None)
+        fig["monitor_cpu_us_per_event"] = in_monitor / total * 1e6
+    return fig
+
+
+def simulated(work: Path, users: int, days: int) -> tuple[list[Record], Path]:
+    """Simulated events as records of 4 partitions (keyed by user), and models with profiles trained on them."""
+    from simulator import SimConfig, generate
+    from tests.support.models import train_and_register
+
+    events = list(generate(SimConfig(n_users=users, days=days, seed=7)).iter_events())
+    models = work / "models"
+    train_and_register(models, events[:30_000], seed=1, profile=True)
+    offsets = [0, 0, 0, 0]
+    records = []
+    for e in events:
+        key = e["user_id"].encode()
+        p = partition_for(key, 4)
+        records.append(Record(key, orjson.dumps(e), "session-events", p, offsets[p], None))
+        offsets[p] += 1
+    return records, models
+
+
+def compare_monitoring(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        records, models = simulated(Path(tmp), args.users, args.days)
+        print(f"{len(records)} events, {args.users} users, {args.days} days", flush=True)
+        us: dict[bool, list[float]] = {False: [], True: []}
+        inside: list[float] = []
+        for r in range(args.repeats):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                fig = run(records, models, monitoring=on)
+                us[on].append(fig["cpu_s"] / fig["events"] * 1e6)
+                if on:
+                    inside.append(fig["monitor_cpu_us_per_event"])
+                print(orjson.dumps({"monitoring": on, **fig, "cpu_us_per_event": us[on][-1]}).decode(), flush=True)
+    off, on = statistics.median(us[False]), statistics.median(us[True])
+    print(f"median CPU per event in the monitor itself: {statistics.median(inside):.1f} µs")
+    diff = f"{on - off:+.1f} µs, {on / off - 1:+.1%}"
+    print(f"median CPU per event: {off:.1f} µs without monitoring, {on:.1f} µs with ({diff})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("records_file", nargs="?", type=Path)
+    ap.add_argument("models_dir", nargs="?", type=Path)
+    ap.add_argument("predictions_file", nargs="?", type=Path)
+    ap.add_argument("--monitoring", action="store_true", help="feed every batch to the worker's monitor too")
+    ap.add_argument("--simulate", action="store_true", help="simulated input; runs without and with monitoring")
+    ap.add_argument("--users", type=int, default=300)
+    ap.add_argument("--days", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    if args.simulate:
+        compare_monitoring(args)
+        return
+    if args.records_file is None or args.models_dir is None:
+        ap.error("RECORDS_FILE and MODELS_DIR are required without --simulate")
+    fig = run(load_records(args.records_file), args.models_dir, monitoring=args.monitoring, keep=args.predictions_file)
+    print(orjson.dumps(fig).decode())
 
 
 if __name__ == "__main__":

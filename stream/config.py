@@ -193,6 +193,25 @@ class Settings(BaseSettings):
         10 * 60_000, ge=1, description="an ad_click joins its impression within this window"
     )
 
+    # --- Model monitoring (docs/monitoring.md) -----------------------------------------------
+    monitoring: bool = Field(
+        True,
+        description="join click and engagement predictions with their outcomes, and export online quality and "
+        "feature/loss drift per model version (Prometheus, ClickHouse model_quality and feature_drift)",
+    )
+    quality_window: int = Field(
+        1000, ge=10, le=1_000_000, description="joined outcomes per model version that online quality is computed over"
+    )
+    drift_window: int = Field(
+        1000, ge=10, le=1_000_000, description="scored rows per tumbling drift window of a model version"
+    )
+    monitoring_interval_s: float = Field(
+        10.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="how often online quality is computed, exported and written to ClickHouse",
+    )
+
     # --- Kafka security (passed to faust and to the confluent clients: stream/kafka/clients.py) --
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol: SASL_* authenticate, *SSL encrypt"

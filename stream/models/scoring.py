@@ -134,6 +134,17 @@ class ScoreRequest:
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One model's rows of a batch as scored: kept for drift monitoring (stream/worker/monitor.py)."""
+
+    model: str
+    version: str
+    x: np.ndarray
+    scores: np.ndarray
+    event_time_ms: np.ndarray
+
+
 def score_shadow(
     challengers: Mapping[str, LoadedModel],
     production: Mapping[str, LoadedModel],
@@ -167,14 +178,18 @@ def score_shadow(
 
 
 def score_requests(
-    models: Mapping[str, LoadedModel], requests: Sequence[ScoreRequest], now_ms: int
+    models: Mapping[str, LoadedModel],
+    requests: Sequence[ScoreRequest],
+    now_ms: int,
+    scored: list[Scored] | None = None,
 ) -> list[PredictionRecord]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
     Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
     record carries ``"replayed": true``; the field is absent otherwise. A score that is
     not a finite number raises :class:`ScoreError`: JSON has no NaN, and consumers of the
-    predictions topic expect a number.
+    predictions topic expect a number. With ``scored``, each model's feature matrix and scores are
+    appended to it.
     """
     by_model: dict[str, list[ScoreRequest]] = {}
     for req in requests:
@@ -184,13 +199,17 @@ def score_requests(
         model = models.get(name)
         if model is None:
             continue
-        scores = model.predict(np.array([r.row for r in reqs], dtype=np.float32))
+        x = np.array([r.row for r in reqs], dtype=np.float32)
+        scores = model.predict(x)
         if not np.isfinite(scores).all():
             bad = int(np.flatnonzero(~np.isfinite(scores))[0])
             raise ScoreError(
                 f"model {name} version {model.version} scored event "
                 f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number"
             )
+        if scored is not None:
+            t = np.array([r.event["event_time"] for r in reqs], dtype=np.int64)
+            scored.append(Scored(name, model.version, x, scores, t))
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
             rec: PredictionRecord = {

@@ -17,6 +17,9 @@ DAY_MS = 86_400_000
 CHURN_HORIZON_MS = 30 * DAY_MS
 #: Converted = a newsletter sign-up or a subscription within this horizon after the cut-off.
 CONVERSION_HORIZON_MS = 14 * DAY_MS
+#: Clicked = an article_click of the same user, session and article at most this long after the
+#: article_impression (batch training's click label and the worker's online join).
+CLICK_WINDOW_MS = 30 * 60_000
 
 #: Engagement points per event type; session duration adds points per minute (capped).
 ENGAGEMENT_WEIGHTS: Mapping[str, float] = {

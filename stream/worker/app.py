@@ -27,6 +27,7 @@ from stream.kafka.schema import RawSchema
 from stream.models.registry import ModelRegistry
 from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
+from stream.worker import monitor as monitoring
 from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
 from stream.worker.api import server as api
@@ -253,6 +254,9 @@ def create_app(
     processor = BatchProcessor(models.models, s.placements, config, metrics=metrics)
     if shadow is not None:
         processor.shadow = shadow.models  # the same dict: refresh() updates what the processor scores with
+    # STREAM_MONITORING: online quality and drift (stream/worker/monitor.py)
+    monitor = monitoring.build_monitor(s, models.registry, metrics.registry) if s.monitoring else None
+    processor.keep_scored = monitor is not None
     sink = None
     if clickhouse:
         sink = ClickHouseSink(
@@ -305,7 +309,9 @@ def create_app(
         on_fatal=lambda exc: _crash(app, exc, metrics.health),
     )
     app.publisher = rt
-    events.register(app, rt)
+    events.register(app, rt, monitor)
+    if monitor is not None:
+        monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"])
     articles.register(app, rt)
     _register_services(app, rt)
     app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app))  # stream/worker/api/

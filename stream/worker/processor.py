@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from stream.events.records import DecisionRecord, PredictionRecord
 from stream.models import SERVED_FEATURES, TRIGGERS
-from stream.models.scoring import LoadedModel, ScoreRequest, score_requests, score_shadow
+from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
 from stream.state import (
     ARTICLE_FEATURES,
     DEFAULT_CONFIG,
@@ -108,6 +108,8 @@ class Outputs:
     events: list[dict[str, Any]] = field(default_factory=list)
     #: the challengers' scores of the same rows (``"shadow": true``), for predictions-shadow only
     shadow_predictions: list[PredictionRecord] = field(default_factory=list)
+    #: each model's feature matrix and scores, with ``BatchProcessor.keep_scored`` (drift monitoring)
+    scored: list[Scored] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         """Append ``other``'s outputs (a later part of the same batch)."""
@@ -119,6 +121,7 @@ class Outputs:
         self.pending_clicks += other.pending_clicks
         self.events += other.events
         self.shadow_predictions += other.shadow_predictions
+        self.scored += other.scored
 
 
 @dataclass
@@ -187,6 +190,8 @@ class BatchProcessor:
         self.article_progress: dict[int, dict[int, tuple[int, bool]]] = {}
         #: Input partitions of this worker whose latest marker sent said idle (agents/watermarks.py).
         self.idle_sources: set[int] = set()
+        #: Keep each batch's feature matrices in ``Outputs.scored`` (STREAM_MONITORING: drift).
+        self.keep_scored = False
 
     @property
     def owned_articles(self) -> dict[str, ArticleState]:
@@ -289,7 +294,8 @@ class BatchProcessor:
         if requests:
             tally.rows = len(requests)
             now = int(time.time() * 1000)
-            out.predictions = score_requests(self.models, requests, now)
+            kept = out.scored if self.keep_scored else None
+            out.predictions = score_requests(self.models, requests, now, kept)
             self._score_shadow(requests, now, out)
             out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
@@ -425,15 +431,16 @@ class BatchProcessor:
             article = self.articles.get(stores.articles, article_id)
             cast(list[float], req.row)[_ART] = article_row(article, req.event["event_time"], cfg)
         now = int(time.time() * 1000)
+        kept = out.scored if self.keep_scored else None
         try:
-            parts = [(score_requests(self.models, [req for req, *_ in pending], now), pending)]
+            parts = [(score_requests(self.models, [req for req, *_ in pending], now, kept), pending)]
         except StoreUnavailable:
             raise
         except Exception:
             parts = []
             for item in pending:
                 try:
-                    parts.append((score_requests(self.models, [item[0]], now), [item]))
+                    parts.append((score_requests(self.models, [item[0]], now, kept), [item]))
                 except StoreUnavailable:
                     raise
                 except Exception as exc:

@@ -17,11 +17,13 @@ Figures measured with these generators and seeds, over more seeds than the tests
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from stream.monitoring import DriftWindow, LossDrift, build_profile
-from stream.monitoring.drift import ks_threshold, psi, psi_threshold
+from stream.monitoring.drift import column_drift, ks_threshold, psi, psi_threshold
 from tests.monitoring.streams import NAMES, rows
 
 REF_ROWS = 20_000
@@ -155,3 +157,26 @@ def test_loss_detector_fires_on_a_regression_offset_and_ignores_an_improvement()
     y2 = pr + rng.normal(0, 5, len(pr))
     y2[4000:] = pr[4000:] + rng.normal(0, 1, 4000)  # the loss falls: not drift
     assert _rises(better, y2, pr) == []
+
+
+@pytest.mark.parametrize("shift", [0.0, 1.0])
+def test_a_windows_report_equals_column_drift_of_each_column(shift: float) -> None:
+    """The window computes all columns at once; column_drift, one column from its own counts, agrees."""
+    x, p = rows(5000, np.random.default_rng(21))
+    prof = build_profile(NAMES, x, p)
+    w = DriftWindow("m", "1", prof, 1000)
+    lx, lp = rows(700, np.random.default_rng(22), shift=shift, missing=0.2)
+    w.update(lx, lp, np.arange(700))
+    got = w.report()
+    tests = sum(2 if c.kind == "numeric" else 1 for c in prof.columns.values())
+    live = {**{n: lx[:, i] for i, n in enumerate(NAMES)}, "prediction": lp}
+    for name, ref in prof.columns.items():
+        alpha = 0.01 * (2 if ref.kind == "numeric" else 1) / tests
+        want = column_drift(ref, ref.bin_counts(live[name]), ref.cdf_counts(live[name]), alpha, 0.1)
+        have = got.columns[name]
+        assert have.psi == pytest.approx(want.psi, rel=1e-12, abs=1e-15), name
+        assert have.psi_threshold == want.psi_threshold, name
+        assert (math.isnan(have.ks) and math.isnan(want.ks)) or have.ks == pytest.approx(want.ks, abs=1e-15), name
+        assert (math.isnan(have.ks_threshold) and math.isnan(want.ks_threshold)) or have.ks_threshold == pytest.approx(
+            want.ks_threshold, rel=1e-15
+        ), name

@@ -15,6 +15,7 @@ import numpy as np
 import xgboost as xgb
 
 from stream.models.registry import ModelRegistry
+from stream.monitoring.profile import METADATA_KEY, build_profile
 from stream.state import (
     CHURN_FEATURES,
     CLICK_FEATURES,
@@ -59,9 +60,19 @@ def replay_rows(events: Iterable[Mapping[str, Any]]) -> Rows:
 
 
 def train_and_register(
-    models_dir: Path, events: list[Mapping[str, Any]], seed: int = 0, rounds: int = 20, alias: str = "production"
+    models_dir: Path,
+    events: list[Mapping[str, Any]],
+    seed: int = 0,
+    rounds: int = 20,
+    alias: str = "production",
+    *,
+    profile: bool = False,
 ) -> dict[str, str]:
-    """Train churn/click/engagement boosters on rows from ``events`` and point ``alias`` at them."""
+    """Train churn/click/engagement boosters on rows from ``events`` and point ``alias`` at them.
+
+    With ``profile``, each version stores a reference profile of its training rows and their
+    scores (what batch training stores for drift monitoring: stream/monitoring/profile.py).
+    """
     rows = replay_rows(events)
     clicked = {(e["session_id"], e["article_id"]) for e in events if e["event_type"] == "article_click"}
     rng = np.random.default_rng(seed)
@@ -79,7 +90,10 @@ def train_and_register(
             y = np.nan_to_num(x[:, 0]) + rng.normal(size=len(x))
             params = {"objective": "reg:squarederror"}
         booster = xgb.train({**params, "nthread": 1, "max_depth": 4, "seed": seed}, xgb.DMatrix(x, y), rounds)
-        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), {"features": fl.to_dict()})
+        meta: dict[str, Any] = {"features": fl.to_dict()}
+        if profile:
+            meta[METADATA_KEY] = build_profile(fl.names, x, booster.predict(xgb.DMatrix(x))).to_dict()
+        mv = registry.register(name, "xgboost", lambda p, b=booster: b.save_model(str(p)), meta)
         registry.set_alias(name, alias, mv.version)
         versions[name] = mv.version
     return versions

@@ -645,3 +645,24 @@ def test_decisions_use_the_counts_as_of_the_batch_first_request(models: dict[str
     for d in later + same_batch:
         assert d["arm_means"]["footer"] == pytest.approx(41 / 42)
         assert d["propensity"] == pytest.approx(41 / 44 if d["placement"] == "footer" else 1 / 44, abs=1e-6)
+
+
+def test_scored_matrices_are_kept_only_when_asked_and_match_the_predictions(
+    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+) -> None:
+    """``keep_scored`` (STREAM_MONITORING): each model's rows and scores, in its predictions' order."""
+    records = event_records(sim_events[:400])
+    off = BatchProcessor(models, ["a", "b"])
+    assert off.process(records, new_stores()).scored == []
+    on = BatchProcessor(models, ["a", "b"])
+    on.keep_scored = True
+    out = on.process(records, new_stores())
+    assert (
+        {s.model for s in out.scored} == {p["model_name"] for p in out.predictions} == {"click", "engagement", "churn"}
+    )
+    for s in out.scored:
+        preds = [p for p in out.predictions if p["model_name"] == s.model]
+        assert s.version == models[s.model].version and len(s.x) == len(preds)
+        assert s.scores.tolist() == [p["score"] for p in preds]
+        assert s.event_time_ms.tolist() == [p["event_time"] for p in preds]
+        assert np.array_equal(models[s.model].predict(s.x), s.scores)

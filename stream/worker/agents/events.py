@@ -14,13 +14,14 @@ from typing import Any
 
 from stream.worker.agents.batching import enter_partition, records_of, run_batches
 from stream.worker.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wait_complete
+from stream.worker.monitor import Monitor
 from stream.worker.processor import Outputs, Record, Stores
 from stream.worker.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
 
-def register(app: Any, rt: Publisher) -> Any:
+def register(app: Any, rt: Publisher, monitor: Monitor | None = None) -> Any:
     s = rt.settings
     tables = rt.tables
     stores = Stores(
@@ -124,6 +125,8 @@ def register(app: Any, rt: Publisher) -> Any:
             # its article events must be confirmed before the batch is acked by publish
             await asyncio.gather(*await complete_clicks(out, last))
         rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
+        if monitor is not None:  # the batch's predictions are all made: join outcomes, count drift
+            monitor.observe(last.partition, out)
         await rt.publish(out, batch, span)  # acks the batch once its outputs are confirmed
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
