@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dashboards" / "stream-worker.json"
-SEL = '{instance=~"$instance"}'
+INST = 'instance=~"$instance"'
+SEL = "{" + INST + "}"
 LATENCY = "stream_ingest_to_publish_seconds"
 
 
@@ -111,6 +112,42 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 ],
             ),
             ("Worker CPU", "percentunit", [("{{instance}}", f"rate(process_cpu_seconds_total{SEL}[1m])")]),
+        ],
+    ),
+    (
+        "Model quality and drift (joined outcomes, docs/monitoring.md)",
+        [
+            (
+                "Online AUC (click) per version",
+                "short",
+                [("{{model}} v{{version}}", f'max by (model, version) (stream_model_quality{{metric="auc", {INST}}})')],
+            ),
+            (
+                "Online R² (engagement) per version",
+                "short",
+                [("{{model}} v{{version}}", f'max by (model, version) (stream_model_quality{{metric="r2", {INST}}})')],
+            ),
+            (
+                "Drift alarms by feature",
+                "short",
+                [("{{model}} {{feature}}", f"sum by (model, feature) (increase(stream_drift_alarms_total{SEL}[15m]))")],
+            ),
+            (
+                "Loss drift (ADWIN) and outcomes joined",
+                "short",
+                [
+                    (
+                        "loss drift {{model}}",
+                        f"sum by (model) (increase(stream_loss_drift_detections_total{SEL}[15m]))",
+                    ),
+                    ("joined/s {{model}}", f"sum by (model) (rate(stream_outcomes_joined_total{SEL}[5m]))"),
+                ],
+            ),
+            (
+                "Shadow (challenger) scores",
+                "ops",
+                [("{{model}}", f"sum by (model) (rate(stream_shadow_predictions_total{SEL}[1m]))")],
+            ),
         ],
     ),
     (

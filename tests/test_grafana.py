@@ -10,6 +10,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from stream.worker.metrics import WorkerMetrics
+from stream.worker.monitor import MonitorMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "stream-worker.json"
@@ -20,6 +21,7 @@ METRIC = re.compile(r"\b([a-z_]+(?:_total|_seconds|_messages|_rows|_active|_info
 def _exported_names() -> set[str]:
     registry = CollectorRegistry()
     WorkerMetrics(registry=registry)
+    MonitorMetrics(registry)
     # a labelled metric has no samples until it is used: name its series from its type
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",), "info": ("_info",)}
     names = set()
@@ -38,7 +40,13 @@ def _queried_names() -> set[str]:
 
 def test_every_queried_metric_is_exported_by_the_worker() -> None:
     queried = _queried_names()
-    assert {"stream_events_total", "stream_ingest_to_publish_seconds_bucket", "process_cpu_seconds_total"} <= queried
+    assert {
+        "stream_events_total",
+        "stream_ingest_to_publish_seconds_bucket",
+        "process_cpu_seconds_total",
+        "stream_model_quality",
+        "stream_drift_alarms_total",
+    } <= queried
     assert queried - _exported_names() == set()
 
 
