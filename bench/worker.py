@@ -24,8 +24,9 @@ virtualenv var/venv-quix, built from bench/quix/requirements.txt on first use):
 With ``--floor``, each repeat also runs (f): the worker's BatchProcessor over the same records in
 memory, no Kafka and no faust (bench/floor.py): the floor our own code sets.
 
-With ``--archive-off``, each repeat also runs (d-) = (d) with ``STREAM_ARCHIVE_EVENTS=false``: what
-archiving every event into ClickHouse costs. With ``--baseline REV``, each repeat also runs (d0):
+With ``--archive-off``, each repeat also runs (d-) = (d) with ``STREAM_ARCHIVE_EVENTS=false`` and
+``STREAM_MONITORING=false``: what archiving every event into ClickHouse and monitoring the models
+(outcome joins, quality, drift) cost together. With ``--baseline REV``, each repeat also runs (d0):
 the worker of git revision REV (checked out into the work directory, same virtualenv), so that a
 change is measured against the code before it in the same run.
 
@@ -348,7 +349,7 @@ NAMES = {
     "q": "Quix peer, batched scoring in a sink",
     "q+": "Quix peer, + state written once per checkpoint",
     "f": "compute floor: BatchProcessor in memory",
-    "d-": "our worker, event archive off",
+    "d-": "our worker, event archive and monitoring off",
     "d0": "our worker at the --baseline revision",
 }
 
@@ -486,6 +487,7 @@ def run_variant(
         }
         if key == "d-":
             env["STREAM_ARCHIVE_EVENTS"] = "false"
+            env["STREAM_MONITORING"] = "false"
         if key == "d0":
             assert baseline is not None
             env["PYTHONPATH"] = str(baseline)
@@ -622,7 +624,9 @@ def main() -> None:
         default=5.0,
         help="idle seconds before each variant, after which it waits for a quiet broker",
     )
-    ap.add_argument("--archive-off", action="store_true", help="also run (d-): the worker without its event archive")
+    ap.add_argument(
+        "--archive-off", action="store_true", help="also run (d-): the worker without its event archive and monitoring"
+    )
     ap.add_argument("--baseline", metavar="REV", help="also run (d0): the worker at git revision REV")
     args = ap.parse_args()
 
@@ -710,12 +714,12 @@ def main() -> None:
     if "d-" in med:
         print(
             f"  (d)/(d-) = {ratio(med['d'], med['d-'])} events/s;   CPU/event (d)/(d-) = {ratio(cpu['d'], cpu['d-'])}"
-            "   (the event archive's cost, goal <= 10 %)"
+            "   (the cost of the event archive and monitoring, goal <= 10 %)"
         )
     if "d0" in med:
         print(
             f"  (d-)/(d0) = {ratio(med.get('d-', med['d']), med['d0'])} events/s;   CPU/event (d-)/(d0) = "
-            f"{ratio(cpu.get('d-', cpu['d']), cpu['d0'])}   (this code, archive off, against {args.baseline})"
+            f"{ratio(cpu.get('d-', cpu['d']), cpu['d0'])}   (this code, archive + monitoring off, vs {args.baseline})"
         )
     if checks:
         print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")
