@@ -18,6 +18,7 @@ from stream.clickhouse import (
     insert_records,
     warn_old_engines,
 )
+from stream.events.schema import parse_event
 from tests.support.archive import assert_same_rows, edge_events, random_events, stored_events
 from tests.support.chdb import fresh_database
 
@@ -236,3 +237,14 @@ def test_archived_json_rows_are_those_of_the_frame_insert_column_by_column(ch) -
     assert unicode["user_id"] == 'Zoë \u05d0\u0627 日本 \x00\x01\n\t"\\/ \u2028\ufeff'
     assert unicode["session_id"] == "e\u0301\U0001f1e9\U0001f1ea"
     assert (unicode["device_os"], unicode["city"]) == ("iOS\u200f", "Köln")
+
+
+def test_the_archive_stores_the_event_the_worker_parsed_not_its_raw_bytes(ch) -> None:
+    """Of a repeated key orjson (the worker) keeps the last value, ClickHouse the first; 3.0 is an integer."""
+    raw = (
+        b'{"schema_version": 1, "event_id": "e1", "event_type": "article_impression", "user_id": "first",'
+        b' "user_id": "last", "session_id": "s1", "event_time": 1.7e12, "article_id": "a1", "position": 3.0}'
+    )
+    insert_events(ch, [parse_event(raw, 10_000)])
+    rows = ch.query_df("SELECT user_id, toUnixTimestamp64Milli(event_time) AS t, position FROM {db}.events")
+    assert rows.to_dict("records") == [{"user_id": "last", "t": 1_700_000_000_000, "position": 3}]

@@ -18,7 +18,7 @@ import orjson
 import pandas as pd
 
 from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_engines
-from stream.clickhouse.partitions import MAX_PARTITIONS_PER_INSERT, insert_by_day
+from stream.clickhouse.partitions import DAY_MS, MAX_PARTITIONS_PER_INSERT, insert_by_day
 from stream.config import Settings
 
 __all__ = [
@@ -192,7 +192,6 @@ INSERT_EVENTS_SETTINGS = {
     "input_format_json_named_tuples_as_objects": 1,
     "input_format_json_defaults_for_missing_elements_in_named_tuple": 1,
 }
-DAY_MS = 86_400_000
 
 
 def event_day_groups(events: Sequence[Mapping[str, Any]], limit: int = MAX_PARTITIONS_PER_INSERT) -> list[list[Any]]:
@@ -218,12 +217,14 @@ def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
     columns (:data:`INSERT_EVENTS_SQL`): the rows are those of ``events_to_frame``, for about a
     tenth of the client's CPU of a DataFrame in Native format. At most 100 days per INSERT
     (:mod:`stream.clickhouse.partitions`). The events are serialized again rather than sent as the
-    bytes they came in: orjson accepts a repeated key (the last one counts, where ClickHouse would
-    refuse the row) and ``1.0`` for an integer (parse_event makes it ``1``).
+    bytes they came in: JSON with a repeated key is valid to orjson, which keeps the last value, where
+    ClickHouse keeps the first; and ``1.0`` for an integer is valid (parse_event makes it ``1``),
+    which ClickHouse would not read as one.
     """
     events = events if isinstance(events, list) else list(events)
     for group in event_day_groups(events):
-        ch.insert_data(INSERT_EVENTS_SQL, orjson.dumps(group, default=dict), INSERT_EVENTS_SETTINGS)
+        data = orjson.dumps(group, default=dict, option=orjson.OPT_SERIALIZE_NUMPY)  # default: other Mappings
+        ch.insert_data(INSERT_EVENTS_SQL, data, INSERT_EVENTS_SETTINGS)
     return len(events)
 
 
