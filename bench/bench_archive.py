@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> int:
     finally:
         admin.close()
         stop(work / "chdb")
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"{'way':6} {'process µs/event':>17} {'server µs/event':>16} {'total µs/event':>15} {'wall s':>7}")
     medians = {}
