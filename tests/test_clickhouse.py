@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
+import orjson
 import pandas as pd
 import pytest
 
-from stream.clickhouse import apply_ddl, frame_to_events, insert_events, insert_records, warn_old_engines
+from stream.clickhouse import (
+    apply_ddl,
+    events_to_frame,
+    frame_to_events,
+    insert_by_day,
+    insert_events,
+    insert_records,
+    warn_old_engines,
+)
+from stream.events.schema import parse_event
+from tests.support.archive import assert_same_rows, edge_events, random_events, stored_events
+from tests.support.chdb import fresh_database
 
 
 def _event(i: int, **extra) -> dict:
@@ -179,3 +192,59 @@ def test_archived_events_are_one_row_per_event_and_an_older_events_table_is_repo
     with caplog.at_level(logging.WARNING, logger="stream.clickhouse.base"):
         assert warn_old_engines(ch) == ["events"]
     assert "events the worker archives again after a crash stay there twice" in caplog.text
+
+
+def test_archived_json_rows_are_those_of_the_frame_insert_column_by_column(ch) -> None:
+    """insert_events (JSON, flattened by ClickHouse) stores what events_to_frame + a Native insert stored."""
+    from simulator import SimConfig, generate
+
+    dataset = generate(SimConfig(n_users=40, days=3, seed=11))
+    simulated = [orjson.loads(orjson.dumps(ev)) for ev in dataset.iter_events()]  # as the worker parses them
+    events = edge_events() + random_events(3000, seed=5) + simulated
+    assert insert_events(ch, events) == len(events)
+    with fresh_database() as reference:
+        assert insert_by_day(reference, "events", events_to_frame(events)) == len(events)
+        want = stored_events(reference)
+    got = stored_events(ch)
+    assert_same_rows(got, want)
+    assert len({t.date() for t in got.column("event_time").to_pylist()}) > 100  # cut by day, in both
+
+    # and what both hold is what the events say, for the bounds (written out here, not computed)
+    edge_ids = {ev["event_id"] for ev in edge_events()}
+    rows = {r["event_id"]: r for r in got.to_pylist() if r["event_id"] in edge_ids}
+    utc = dt.UTC
+    assert rows["lowest"] == {
+        "event_id": "lowest", "event_type": "subscription", "user_id": "u1", "session_id": "s1",
+        "event_time": dt.datetime(2000, 1, 1, tzinfo=utc), "article_id": None, "brand": None, "category": None,
+        "position": 1, "placement": None, "request_id": None, "revenue": 0.0, "duration_ms": 0,
+        "device_type": "tablet", "device_os": "", "device_browser": "", "country": "AA", "city": "",
+        "timezone": "", "schema_version": 1,
+    }  # fmt: skip
+    assert rows["highest"]["event_time"] == dt.datetime(2100, 1, 1, tzinfo=utc)
+    assert (rows["highest"]["position"], rows["highest"]["duration_ms"], rows["highest"]["revenue"]) == (
+        100,
+        86_400_000,
+        1e9,
+    )
+    assert rows["highest"]["device_os"] == "o" * 32 and rows["highest"]["timezone"] == "z" * 64
+    assert rows["minimal"]["event_time"] == dt.datetime(2023, 11, 14, 22, 13, 20, 123_000, tzinfo=utc)
+    assert rows["minimal"]["device_type"] is None and rows["minimal"]["country"] is None
+    assert rows["tiny-revenue"]["revenue"] == 5e-324 and rows["integer-revenue"]["revenue"] == 7.0
+    assert rows["long-digits"]["revenue"] == 999_999_999.9999999
+    assert rows["only-nested-required"]["device_os"] is None and rows["only-nested-required"]["city"] is None
+    assert rows["explicit-nulls"]["article_id"] is None and rows["explicit-nulls"]["device_type"] is None
+    unicode = rows["\U0001f600" * 64]
+    assert unicode["user_id"] == 'Zoë \u05d0\u0627 日本 \x00\x01\n\t"\\/ \u2028\ufeff'
+    assert unicode["session_id"] == "e\u0301\U0001f1e9\U0001f1ea"
+    assert (unicode["device_os"], unicode["city"]) == ("iOS\u200f", "Köln")
+
+
+def test_the_archive_stores_the_event_the_worker_parsed_not_its_raw_bytes(ch) -> None:
+    """Of a repeated key orjson (the worker) keeps the last value, ClickHouse the first; 3.0 is an integer."""
+    raw = (
+        b'{"schema_version": 1, "event_id": "e1", "event_type": "article_impression", "user_id": "first",'
+        b' "user_id": "last", "session_id": "s1", "event_time": 1.7e12, "article_id": "a1", "position": 3.0}'
+    )
+    insert_events(ch, [parse_event(raw, 10_000)])
+    rows = ch.query_df("SELECT user_id, toUnixTimestamp64Milli(event_time) AS t, position FROM {db}.events")
+    assert rows.to_dict("records") == [{"user_id": "last", "t": 1_700_000_000_000, "position": 3}]

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from functools import partial
@@ -168,3 +169,32 @@ def test_the_server_refuses_a_wrong_password_and_never_logs_it(chdb_dir: Path) -
     finally:
         lease.close()
     assert ep.password not in (chdb_dir / ls.LOG_FILE).read_text()
+
+
+def test_an_insert_select_from_input_and_settings_a_set_statement_changes(chdb_dir: Path) -> None:
+    """INSERT ... SELECT ... FROM input('<structure>') FORMAT f reads the body as a server does; a setting
+    given with a request holds for it even after a SET statement changed the session's value."""
+    ep, lease = ls.ensure(chdb_dir, idle_s=60)
+    auth = {"Authorization": "Basic " + base64.b64encode(f"default:{ep.password}".encode()).decode()}
+
+    def run(query: str, body: bytes = b"", **params: str) -> str:
+        url = f"{ep.url}/?" + urllib.parse.urlencode({"query": query, **params})
+        req = urllib.request.Request(url, data=body or None, headers=auth)
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.read().decode().strip()
+
+    try:
+        run("CREATE TABLE default.doubled (n UInt32, s String) ENGINE = Memory")
+        run(
+            "INSERT INTO default.doubled SELECT a * 2, upper(b) FROM input('a UInt16, b String') FORMAT CSV",
+            b'1,"x"\n300,"y, z"\n',
+        )
+        assert run("SELECT n, s FROM default.doubled ORDER BY n") == "2\tX\n600\tY, Z"
+
+        query = "SELECT getSetting('max_block_size')"
+        assert run(query, max_block_size="1234") == "1234"
+        run("SET max_block_size = 999")
+        assert run(query, max_block_size="1234") == "1234"
+        assert run(query) == "1234"  # a value set stays, as it did before
+    finally:
+        lease.close()

@@ -14,9 +14,18 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from stream.clickhouse import ClickHouse, connect, frame_to_events, insert_events, insert_records
+from stream.clickhouse import (
+    ClickHouse,
+    connect,
+    events_to_frame,
+    frame_to_events,
+    insert_by_day,
+    insert_events,
+    insert_records,
+)
 from stream.clickhouse.server_backend import ServerClickHouse
 from stream.config import load_settings
+from tests.support.archive import assert_same_rows, edge_events, random_events, stored_events
 from tests.support.clickhouse_server import ClickHouseServer
 
 T0 = 1_736_000_000_000
@@ -149,7 +158,7 @@ def test_errors_come_back_with_clickhouses_code_and_a_restart_keeps_the_data(
 
 
 def test_an_insert_of_many_blocks_arrives_whole(server: ClickHouseServer, unique: str) -> None:
-    """clickhouse-connect sends a large insert as several lz4 frames; each one's rows must arrive."""
+    """clickhouse-connect sends a large Native insert as several lz4 frames; each one's rows must arrive."""
     ch = _connect(server, unique)
     try:
         events = [
@@ -163,9 +172,29 @@ def test_an_insert_of_many_blocks_arrives_whole(server: ClickHouseServer, unique
             }
             for i in range(40_000)
         ]
-        assert insert_events(ch, events) == 40_000
+        assert insert_by_day(ch, "events", events_to_frame(events)) == 40_000
         got = ch.query_df("SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.events")
         assert (int(got["n"].iloc[0]), int(got["ids"].iloc[0])) == (40_000, 40_000)
     finally:
         ch.command("DROP DATABASE IF EXISTS {db}")
         ch.close()
+
+
+def test_archived_events_as_compressed_json_are_the_rows_of_the_frame_insert(
+    server: ClickHouseServer, unique: str
+) -> None:
+    """To a server, insert_events sends lz4-compressed JSON that the server flattens with input(): the
+    rows equal those of a Native insert of events_to_frame, column by column, and a re-archive adds none."""
+    events = edge_events() + random_events(600, seed=8, days=150)
+    json_ch, frame_ch = _connect(server, unique), _connect(server, unique + "_frame")
+    try:
+        assert insert_events(json_ch, events) == len(events)
+        assert insert_by_day(frame_ch, "events", events_to_frame(events)) == len(events)
+        assert_same_rows(stored_events(json_ch), stored_events(frame_ch))
+        assert insert_events(json_ch, events[:100]) == 100  # archived again after a crash
+        final = json_ch.query_df("SELECT count() AS n, uniqExact(event_id) AS ids FROM {db}.events FINAL")
+        assert (int(final["n"].iloc[0]), int(final["ids"].iloc[0])) == (len(events), len(events))
+    finally:
+        for ch in (json_ch, frame_ch):
+            ch.command("DROP DATABASE IF EXISTS {db}")
+            ch.close()

@@ -14,18 +14,21 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from stream.clickhouse.base import DDL_DIR, ClickHouse, apply_ddl, warn_old_engines
-from stream.clickhouse.partitions import insert_by_day
+from stream.clickhouse.partitions import DAY_MS, MAX_PARTITIONS_PER_INSERT, insert_by_day
 from stream.config import Settings
 
 __all__ = [
     "DDL_DIR",
     "EVENT_COLUMNS",
+    "INSERT_EVENTS_SQL",
     "ClickHouse",
     "apply_ddl",
     "connect",
+    "event_day_groups",
     "events_to_frame",
     "frame_to_events",
     "insert_by_day",
@@ -159,9 +162,70 @@ def frame_to_events(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+#: How ClickHouse reads a session event (``session_event`` v1 as JSON): the types of the table,
+#: nested ``device``/``geo`` as named tuples (a missing member or object is NULL), times as epoch ms.
+_EVENT_INPUT = (
+    "event_id String, event_type String, user_id String, session_id String, event_time Int64, "
+    "article_id Nullable(String), brand Nullable(String), category Nullable(String), position Nullable(UInt8), "
+    "placement Nullable(String), request_id Nullable(String), revenue Nullable(Float64), "
+    "duration_ms Nullable(UInt32), device Tuple(type Nullable(String), os Nullable(String), "
+    "browser Nullable(String)), geo Tuple(country Nullable(String), city Nullable(String), "
+    "timezone Nullable(String)), schema_version Nullable(UInt8)"
+)
+#: The flattening of :func:`events_to_frame`, done by ClickHouse on the JSON the worker already has.
+_EVENT_SELECT = {
+    **{c: c for c in EVENT_COLUMNS},
+    "event_time": "fromUnixTimestamp64Milli(event_time, 'UTC')",
+    **{c: f"tupleElement({outer}, '{inner}')" for c, (outer, inner) in _NESTED.items()},
+    "schema_version": "ifNull(schema_version, 1)",
+}
+INSERT_EVENTS_SQL = (
+    f"INSERT INTO {{db}}.events ({', '.join(EVENT_COLUMNS)}) "
+    f"SELECT {', '.join(_EVENT_SELECT[c] for c in EVENT_COLUMNS)} "
+    f"FROM input('{_EVENT_INPUT}') FORMAT JSONEachRow"
+)
+#: precise_float_parsing: the default parser may round a Float64 one unit off (revenue must round-trip)
+INSERT_EVENTS_SETTINGS = {
+    "precise_float_parsing": 1,
+    "input_format_skip_unknown_fields": 1,
+    "input_format_null_as_default": 1,
+    "input_format_json_named_tuples_as_objects": 1,
+    "input_format_json_defaults_for_missing_elements_in_named_tuple": 1,
+}
+
+
+def event_day_groups(events: Sequence[Mapping[str, Any]], limit: int = MAX_PARTITIONS_PER_INSERT) -> list[list[Any]]:
+    """``events`` cut into groups of at most ``limit`` UTC days each (one group, as it is, if they span fewer).
+
+    >>> [len(g) for g in event_day_groups([{"event_time": d * DAY_MS} for d in (0, 1, 2, 1)], limit=2)]
+    [3, 1]
+    """
+    days = {ev["event_time"] // DAY_MS for ev in events}
+    if len(days) <= limit:
+        return [list(events)] if events else []
+    group_of = {day: i // limit for i, day in enumerate(sorted(days))}
+    groups: list[list[Any]] = [[] for _ in range((len(days) + limit - 1) // limit)]
+    for ev in events:
+        groups[group_of[ev["event_time"] // DAY_MS]].append(ev)
+    return groups
+
+
 def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
-    """Insert session events in columnar batches of at most 100 days each; returns the row count."""
-    return insert_by_day(ch, "events", events_to_frame(events))
+    """Insert session events (dicts following ``session_event`` v1); returns the row count.
+
+    They go as JSON (orjson, one array per INSERT), and ClickHouse flattens them into the table's
+    columns (:data:`INSERT_EVENTS_SQL`): the rows are those of ``events_to_frame``, for about a
+    tenth of the client's CPU of a DataFrame in Native format. At most 100 days per INSERT
+    (:mod:`stream.clickhouse.partitions`). The events are serialized again rather than sent as the
+    bytes they came in: JSON with a repeated key is valid to orjson, which keeps the last value, where
+    ClickHouse keeps the first; and ``1.0`` for an integer is valid (parse_event makes it ``1``),
+    which ClickHouse would not read as one.
+    """
+    events = events if isinstance(events, list) else list(events)
+    for group in event_day_groups(events):
+        data = orjson.dumps(group, default=dict, option=orjson.OPT_SERIALIZE_NUMPY)  # default: other Mappings
+        ch.insert_data(INSERT_EVENTS_SQL, data, INSERT_EVENTS_SETTINGS)
+    return len(events)
 
 
 def insert_records(

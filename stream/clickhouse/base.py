@@ -1,4 +1,4 @@
-"""The ClickHouse contract: five methods, two real backends (embedded chdb, a server)."""
+"""The ClickHouse contract: six methods, two real backends (embedded chdb, a server)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ class ClickHouse(Protocol):
 
     def insert_df(self, table: str, df: pd.DataFrame) -> int:
         """Insert a DataFrame (column names = table columns) in one columnar batch."""
+
+    def insert_data(self, sql: str, data: bytes, settings: dict[str, Any] | None = None) -> None:
+        """Run ``sql``, an ``INSERT ... FORMAT <format>`` (whose SELECT may read ``input('<structure>')``),
+        with ``data`` in that format as its input; ``settings`` are ClickHouse settings for it."""
 
     def close(self) -> None:
         """Release the connection."""

@@ -29,7 +29,9 @@ Protocol covered (https://clickhouse.com/docs/interfaces/http), as clickhouse-co
   ``default_format`` (else TabSeparated, or the statement's own ``FORMAT``), ``param_<name>``
   bound parameters, ``query_id``; other parameters are settings, applied with ``SET`` (an unknown
   one fails with ``UNKNOWN_SETTING`` as on a server; a value set stays for later requests);
-* ``INSERT ... FORMAT <fmt>`` followed by data in the body (clickhouse-connect sends Native);
+* ``INSERT ... FORMAT <fmt>`` followed by data in the body (clickhouse-connect sends Native), also
+  ``INSERT INTO t SELECT <expressions> FROM input('<structure>') FORMAT <fmt>`` (the events archive
+  sends JSONEachRow so: ``stream.clickhouse.insert_events``);
 * request bodies in chunked transfer encoding and with ``Content-Encoding`` lz4, zstd, gzip,
   deflate or br; responses compressed likewise when ``enable_http_compression=1`` and the client
   accepts one of them;
@@ -110,6 +112,9 @@ _FORMAT_AT_END = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _INSERT_WITH_DATA = re.compile(
     rb"\A\s*(INSERT\s+INTO\s+.+?)\s+FORMAT\s+(\w+)[ \t]*(?:\r?\n|\Z)", re.IGNORECASE | re.DOTALL
 )
+#: the ``input('<structure>')`` table function of an ``INSERT ... SELECT ... FROM input(...) FORMAT f``
+_INPUT = re.compile(r"\binput\s*\(\s*('(?:[^'\\]|\\.)*')\s*\)", re.IGNORECASE)
+_SET_STATEMENT = re.compile(r"\s*SET\b", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 #: ClickHouse's HTTP status for a few error codes (the rest are 500)
 _STATUS = {62: 400, 115: 400, 81: 404, 60: 404, 516: 401}
@@ -204,6 +209,8 @@ class Engine:
         self.version, self.timezone = version, tz
         names = self._session.query("SELECT name FROM system.settings", "TabSeparated").bytes().decode()
         self.settings = frozenset(names.split())
+        #: the values this server SET in the session (each SET is a chdb query: ~0.3 ms a request)
+        self._set: dict[str, str] = {}
 
     def execute(self, query: bytes, params: dict[str, str]) -> tuple[bytes, str, dict[str, str]]:
         """Run one request's SQL; returns (output, format, summary)."""
@@ -217,21 +224,31 @@ class Engine:
         with self._lock:
             self._run("USE `{}`".format(params.get("database", "default").replace("`", "``")), {})
             for name, value in settings.items():
-                self._run(f"SET {name} = '{_quote(value)}'", {})
+                if self._set.get(name) != value:
+                    self._run(f"SET {name} = '{_quote(value)}'", {})
+                    self._set[name] = value
             if insert and data.strip():
                 return self._insert(insert.group(1).decode(), insert.group(2).decode(), data)
             sql = query.decode()
+            if _SET_STATEMENT.match(sql):
+                self._set.clear()  # it may change what was SET
             m = _FORMAT_AT_END.search(sql)
             fmt = m.group(1) if m else params.get("default_format", "TabSeparated")
             res = self._run(sql, binds, fmt)
             return res.bytes(), fmt, _summary(res)
 
     def _insert(self, statement: str, fmt: str, data: bytes) -> tuple[bytes, str, dict[str, str]]:
-        # chdb's Python API takes SQL text, not a data stream: the rows go through a file.
+        # chdb's Python API takes SQL text, not a data stream: the rows go through a file, read
+        # with the structure of the statement's input('<structure>') where it has one.
         spool = self.spool / f"{uuid.uuid4().hex}.{fmt.lower()}"
         spool.write_bytes(data)
+        source = f"file('{_quote(str(spool))}', '{fmt}'"
         try:
-            res = self._run(f"{statement} SELECT * FROM file('{_quote(str(spool))}', '{fmt}')", {})
+            if _INPUT.search(statement):
+                sql = _INPUT.sub(lambda m: f"{source}, {m.group(1)})", statement, count=1)
+            else:
+                sql = f"{statement} SELECT * FROM {source})"
+            res = self._run(sql, {})
         finally:
             spool.unlink(missing_ok=True)
         return b"", "TabSeparated", _summary(res)
@@ -274,6 +291,7 @@ def _summary(res: Any) -> dict[str, str]:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as clickhouse-connect's connection pool expects
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms wait for a delayed ACK
     server: Server
 
     def do_GET(self) -> None:
@@ -702,6 +720,7 @@ def connect_local(path: Path, database: str, idle_s: float) -> Any:
             username="default",
             password=ep.password,
             pool_mgr=pool,
+            compress_data=False,  # on this host: compressing costs both processes more than it saves
         )
     except BaseException:
         release()

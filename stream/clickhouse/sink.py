@@ -31,7 +31,7 @@ from stream.clock import SYSTEM, Clock, wait_event
 
 log = logging.getLogger(__name__)
 
-#: tables whose rows are not flat records: archived session events are flattened and cut by day
+#: tables whose rows are not flat records: archived session events go as JSON that ClickHouse flattens, cut by day
 _INSERTERS: dict[str, Callable[[ClickHouse, Sequence[Mapping[str, Any]]], int]] = {"events": insert_events}
 
 

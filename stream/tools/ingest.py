@@ -11,7 +11,8 @@ This is how a history that did not come from the simulator reaches batch trainin
   in ``{db}.events`` (looked up within the chunk's time range) are skipped. Running the same ingest
   twice inserts nothing the second time.
 * Chunked: ``chunk_rows`` valid events per round trip, each inserted in groups of at most 100 days
-  (:func:`stream.clickhouse.insert_by_day`: ClickHouse's partitions-per-insert limit).
+  (:func:`stream.clickhouse.insert_events`, as the worker archives them: JSON flattened by
+  ClickHouse; ClickHouse's partitions-per-insert limit).
 * Resumable: with a checkpoint file, the source position and the counts are written after every
   chunk is stored; ``--resume`` continues from there (the rejects file is cut back to what the
   checkpoint counted, so no reject is listed twice).
@@ -31,7 +32,7 @@ from typing import IO, Any
 import orjson
 import pandas as pd
 
-from stream.clickhouse import ClickHouse, events_to_frame, insert_by_day
+from stream.clickhouse import ClickHouse, insert_events
 from stream.config import make_writable_dir
 from stream.errors import ConfigError
 from stream.events.schema import EventRejected, parse_event
@@ -182,21 +183,25 @@ class _Dedupe:
         self.table = f"ingest_ids_{uuid.uuid4().hex[:12]}"
         ch.command(f"CREATE TABLE {{db}}.`{self.table}` (event_id String) ENGINE = Memory")
 
-    def fresh(self, df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-        """The events of ``df`` not stored yet (first of each id); and how many were dropped."""
-        unique = df.drop_duplicates("event_id", keep="first")
-        ms = unique["event_time"].astype("datetime64[ms, UTC]").astype("int64")
+    def fresh(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        """The events not stored yet (the first of each id, in order); and how many were dropped."""
+        first: dict[str, dict[str, Any]] = {}
+        for ev in events:
+            first.setdefault(ev["event_id"], ev)
+        unique = list(first.values())
+        times = [ev["event_time"] for ev in unique]
         self.ch.command(f"TRUNCATE TABLE {{db}}.`{self.table}`")
-        self.ch.insert_df(self.table, unique[["event_id"]])
+        self.ch.insert_df(self.table, pd.DataFrame({"event_id": list(first)}))
         stored = self.ch.query_df(
             "SELECT DISTINCT event_id FROM {db}.events WHERE event_time >= fromUnixTimestamp64Milli({lo:Int64}) "
             f"AND event_time <= fromUnixTimestamp64Milli({{hi:Int64}}) AND event_id IN "
             f"(SELECT event_id FROM {{db}}.`{self.table}`)",
-            params={"lo": int(ms.min()), "hi": int(ms.max())},
+            params={"lo": int(min(times)), "hi": int(max(times))},
         )
         if len(stored):
-            unique = unique[~unique["event_id"].isin(stored["event_id"])]
-        return unique.reset_index(drop=True), len(df) - len(unique)
+            known = set(stored["event_id"])
+            unique = [ev for ev in unique if ev["event_id"] not in known]
+        return unique, len(events) - len(unique)
 
     def close(self) -> None:
         self.ch.command(f"DROP TABLE IF EXISTS {{db}}.`{self.table}`")
@@ -275,8 +280,8 @@ def run_ingest(
 
     def store(done: bool) -> None:
         if chunk:
-            fresh, dropped = dedupe.fresh(events_to_frame(chunk))
-            counts.inserted += insert_by_day(ch, "events", fresh)
+            fresh, dropped = dedupe.fresh(chunk)
+            counts.inserted += insert_events(ch, fresh)
             counts.duplicates += dropped
             chunk.clear()
         if checkpoint_path is not None:

@@ -1,8 +1,9 @@
 """stream.clickhouse.sink.ClickHouseSink against a fake ClickHouse (the sink's logic, not ClickHouse).
 
-The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)``, in a
-worker thread, and ``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the
-next try) and at ``stop()``. The fake records every call. The flush interval and the backoff run on
+The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)`` (for
+archived events ``insert_events``, i.e. ``ch.insert_data(sql, json)``), in a worker thread, and
+``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the next try) and at
+``stop()``. The fake records every call. The flush interval and the backoff run on
 a virtual clock (tests/support/clock.py): the schedules asserted are exact, and no test sleeps.
 """
 
@@ -14,10 +15,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
 
+from stream.clickhouse import INSERT_EVENTS_SQL
 from stream.clickhouse.sink import ClickHouseSink
 from tests.support.aio import settle
 from tests.support.clock import VirtualClock
@@ -70,6 +73,14 @@ class FakeClickHouse:
         raise AssertionError("the sink does not query")
 
     def insert_df(self, table: str, df: pd.DataFrame) -> int:
+        assert pd.api.types.is_datetime64_any_dtype(df["event_time"])  # converted from epoch ms
+        return self._store(table, [int(i) for i in df["id"]])
+
+    def insert_data(self, sql: str, data: bytes, settings: dict[str, Any] | None = None) -> None:
+        assert sql == INSERT_EVENTS_SQL  # the archive's JSON insert, flattened by ClickHouse
+        self._store("events", [int(ev["id"]) for ev in orjson.loads(data)])
+
+    def _store(self, table: str, ids: list[int]) -> int:
         s = self.server
         with s.lock:
             s.inserting += 1
@@ -81,10 +92,9 @@ class FakeClickHouse:
                 if s.failing:
                     s.failed_attempts.append(s.clock.monotonic())
                     raise ConnectionError("ClickHouse is down")
-                assert pd.api.types.is_datetime64_any_dtype(df["event_time"])  # converted from epoch ms
-                s.rows.setdefault(table, []).extend(int(i) for i in df["id"])
-                s.batches.append((table, len(df)))
-            return len(df)
+                s.rows.setdefault(table, []).extend(ids)
+                s.batches.append((table, len(ids)))
+            return len(ids)
         finally:
             with s.lock:
                 s.inserting -= 1
@@ -162,6 +172,23 @@ async def test_rows_are_inserted_in_batches_every_flush_s_and_futures_resolve(
     assert sink.pending_rows == 0
     await clock.sleeping()
     assert clock.pending() == [T + 1.0]  # the next flush: flush_s after this one
+    await sink.stop()
+
+
+async def test_archived_events_go_as_json_cut_into_inserts_of_at_most_100_days(
+    server: FakeServer, clock: VirtualClock, running: Any
+) -> None:
+    day = 86_400_000
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=0.5, clock=clock)
+    await running(sink)
+    await clock.sleeping()
+    events = [{"id": i, "event_time": T0 + (i % 150) * day, "event_id": f"e{i}"} for i in range(300)]
+    futs = [await sink.put("events", events[:200]), await sink.put("events", events[200:])]
+    await clock.advance(0.5)
+    await asyncio.wait_for(asyncio.gather(*futs), 5)
+    assert server.batches == [("events", 200), ("events", 100)]  # days 0-99, then days 100-149
+    assert sorted(server.ids("events")) == list(range(300))
+    assert sink.inserted == 300
     await sink.stop()
 
 
