@@ -196,7 +196,7 @@ def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.tools import ingest, replay
+    from stream.tools import ingest, monitor, replay
     from stream.tools.backtest import cli as backtest_cli
 
     parser = arguments.Parser(prog="python -m stream", description=__doc__.splitlines()[0])
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch_stop.set_defaults(func=cmd_clickhouse_stop)
     replay.register(sub)
     ingest.register(sub)
+    monitor.register(sub)
     backtest_cli.register(sub)
     return parser
 
