@@ -100,7 +100,9 @@ def retrain(
             result = train_model(rctx, name)
         except Skipped as exc:
             out["models"][name] = {"status": "skipped", "reason": str(exc)}
-            reg.record(name, "skip", reason=f"retrain: {exc}", evidence={"window": window})
+            reg.record(
+                name, "skip", reason=f"retrain on the latest {window_days} days: {exc}", evidence={"window": window}
+            )
             log(f"{name:<15} skipped: {exc}")
             continue
         version = str(result["version"])

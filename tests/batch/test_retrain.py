@@ -14,6 +14,7 @@ import xgboost as xgb
 from batch_training.cli import main
 from batch_training.context import Context, get_profile
 from batch_training.modeling import register
+from batch_training.promote import PromotionRefused, promote
 from batch_training.retrain import compare, retrain
 from batch_training.specs import SPECS
 from stream.config import load_settings
@@ -24,7 +25,7 @@ from tests.support.chdb import fresh_database
 USERS, DAYS, WINDOW_DAYS = 400, 30, 20
 
 
-def _noise_champion(ctx: Context, name: str) -> str:
+def _noise_model(ctx: Context, name: str, workspace: str = "") -> str:
     """A production model that learnt nothing: what a world that changed makes of an old model."""
     spec = SPECS[name]
     rng = np.random.default_rng(1)
@@ -43,9 +44,15 @@ def _noise_champion(ctx: Context, name: str) -> str:
         window={"val_end_ms": 0},
         rows={},
         fingerprint="noise",
+        extra={"workspace": workspace},
     )
-    ctx.registry.set_alias(name, PRODUCTION, mv.version, reason="test champion")
     return mv.version
+
+
+def _noise_champion(ctx: Context, name: str) -> str:
+    version = _noise_model(ctx, name)
+    ctx.registry.set_alias(name, PRODUCTION, version, reason="test champion")
+    return version
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +160,45 @@ def test_rollback_and_history_commands(loop: dict[str, Any], monkeypatch: pytest
         "rollback",
     ]
     assert "lower_bound=" in lines[4]
+
+
+def test_cli_retrain_and_compare(loop: dict[str, Any], monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    ctx = loop["ctx"]
+    s = ctx.settings
+    for key, value in (
+        ("CLICKHOUSE_DATABASE", s.clickhouse_database),
+        ("MODELS_DIR", s.models_dir),
+        ("DATA_DIR", s.data_dir),
+        ("REPORTS_DIR", s.reports_dir),
+    ):
+        monkeypatch.setenv(f"STREAM_{key}", str(value))
+    common = ["--profile", "fast", "--processes", "1", "--no-progress"]
+    assert main(["retrain", "--window-days", str(WINDOW_DAYS), "--models", "churn", *common]) == 0
+    out = capsys.readouterr().out
+    assert "churn" in out and "skipped: only 0 labelled rows" in out and "retrain: 0 challengers, 1 skipped" in out
+    assert ctx.registry.history("churn")[-1]["reason"].startswith(f"retrain on the latest {WINDOW_DAYS} days: ")
+    ctx.registry.set_alias("click", CHALLENGER, ctx.registry.resolve("click").version)
+    assert main(["compare", "--model", "click", "--resamples", "100", *common]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("click: champion v") and "decision keep" in line and len(line.splitlines()) == 1
+    assert main(["compare", "--model", "churn", *common]) == 2  # churn has no challenger
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no 'challenger' alias" in err
+
+
+def test_promote_gates_a_challenger_on_its_own_test_split(loop: dict[str, Any]) -> None:
+    ctx = loop["ctx"]
+    reg = ctx.registry
+    good = reg.resolve("click").version
+    noise = _noise_model(ctx, "click", workspace="retrain")
+    reg.set_alias("click", CHALLENGER, noise, reason="test: a worse challenger")
+    with pytest.raises(PromotionRefused, match="click"):
+        promote(ctx, ["click"], challenger_first=True)
+    refused = reg.history("click")[-1]
+    assert refused["action"] == "refused" and refused["to_version"] == noise
+    assert refused["evidence"]["holdout"].endswith("retrain")  # the challenger's own test split
+    assert refused["evidence"]["candidate_score"] < refused["evidence"]["production_score"]
+    out = promote(ctx, ["click"], challenger_first=True, force=True, reason="test: forced")
+    assert out["click"]["status"] == "promoted (forced)" and reg.resolve("click").version == noise
+    assert reg.history("click")[-2]["reason"] == "test: forced"
+    assert reg.rollback("click") == (noise, good)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from batch_training.cli import build_parser
 from stream.cli import main
 from stream.tools.monitor import Monitor, MonitorState, alarm_total, due, observe
 
@@ -121,6 +122,8 @@ def test_persistent_drift_retrains_then_compares_and_promotes(tmp_path: Path, me
         ["-m", "batch_training", "retrain", "--window-days", "21", "--no-progress"],
         ["-m", "batch_training", "compare", "--model", "click", "--no-progress", "--promote"],
     ]
+    for argv in runner.calls:  # what batch_training's own parser accepts
+        assert build_parser().parse_args(argv[2:]).cmd == argv[2]
     state = MonitorState.load(mon.state_path)
     assert state.streak == 0 and state.last_retrain_ms == 1_000_000_000 and state.alarms == 5
     # drift goes on, but within the cool-down: no second retrain
