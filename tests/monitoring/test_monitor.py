@@ -196,3 +196,16 @@ def test_cli_once_polls_and_keeps_its_state(tmp_path: Path, metrics: _Metrics, c
     assert main(["monitor", "--once", "--interval", "soon"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--interval" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("STREAM_MONITOR_METRICS_URL", "ftp://worker/metrics"), ("STREAM_MONITOR_ALARM_METRIC", "drift alarms")],
+)
+def test_a_bad_monitor_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert main(["monitor", "--once"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and variable in err and value in err
