@@ -1,8 +1,11 @@
-"""``python -m batch_training {run,prerequisites,explore,features,...,promote}``.
+"""``python -m batch_training {run,prerequisites,explore,features,...,promote,retrain,compare,rollback,history}``.
 
 ``run`` executes the ten steps in order (the original master script) and promotes at the end;
 ``--skip-exploration``, ``--skip-features``, ``--models-only`` and ``--skip-prerequisites`` keep
-their original meaning. A bad argument or a missing prerequisite prints one line (exit 2 / 1).
+their original meaning. ``retrain`` registers challengers trained on the latest window,
+``compare`` tests them against production, ``promote``/``rollback`` move the production alias and
+``history`` prints what the registry recorded (docs/training.md, "Retraining"). A bad argument or
+a missing prerequisite prints one line (exit 2 / 1).
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from batch_training.context import PROFILES, Context, Skipped, get_profile
+from batch_training.specs import SPECS
 from stream import arguments
 from stream.config import load_settings
+from stream.errors import ConfigError
+from stream.models.registry import RegistryError
 
 
 def _step(module: str, func: str) -> Callable[[Context], Any]:
@@ -76,10 +83,50 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="promote even models worse than production")
     for name in STEPS:
         sub.add_parser(name, parents=[common], help=f"step {name}")
+    supervised = sorted(SPECS)
     pr = sub.add_parser("promote", parents=[common], help="move the production alias (gated)")
     pr.add_argument("models", nargs="*", help="models to promote (default: churn conversion click engagement)")
-    pr.add_argument("--version", default=None, help="version to promote (default: the latest)")
+    pr.add_argument("--model", action="append", choices=supervised, default=[], help="a model to promote (repeatable)")
+    pr.add_argument(
+        "--version", default=None, help="version to promote (default: the challenger if there is one, else the latest)"
+    )
     pr.add_argument("--force", action="store_true", help="promote even if worse than production")
+    pr.add_argument("--reason", default="", help="why, for the registry's history")
+    rt = sub.add_parser("retrain", parents=[common], help="train challengers on the latest window of events")
+    rt.add_argument(
+        "--window-days",
+        type=arguments.positive_int,
+        default=None,
+        help="train on the latest N days of archived events (default: STREAM_RETRAIN_WINDOW_DAYS)",
+    )
+    rt.add_argument("--models", nargs="+", choices=supervised, default=None, help="models to retrain (default: all)")
+    cp = sub.add_parser("compare", parents=[common], help="champion vs challenger on the same held-out events")
+    cp.add_argument("--model", required=True, choices=supervised)
+    cp.add_argument("--promote", action="store_true", help="promote the challenger if the test says so")
+    cp.add_argument("--metric", choices=["auc", "log_loss", "mse"], default=None, help="default: auc, mse (engagement)")
+    cp.add_argument(
+        "--margin",
+        type=arguments.number(0),
+        default=None,
+        help="how much better the challenger must be (default: 0.005 AUC or log loss; 1%% of the variance for mse)",
+    )
+    cp.add_argument(
+        "--confidence",
+        type=arguments.number(0.5, 1, what="a confidence"),
+        default=None,
+        help="of the one-sided bound (default: STREAM_COMPARE_CONFIDENCE)",
+    )
+    cp.add_argument("--resamples", type=arguments.positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    cp.add_argument("--seed", type=arguments.integer(0), default=0)
+    cp.add_argument(
+        "--min-events", type=arguments.positive_int, default=100, help="fewer held-out events: keep (default 100)"
+    )
+    rb = sub.add_parser("rollback", help="production back to its previous version (from the history)")
+    rb.add_argument("--model", required=True)
+    rb.add_argument("--reason", default="", help="why, for the registry's history")
+    hi = sub.add_parser("history", help="the registry's history of a model")
+    hi.add_argument("--model", required=True)
+    hi.add_argument("--json", action="store_true", help="one JSON record a line")
     return p
 
 
@@ -141,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    if args.cmd in ("rollback", "history"):
+        return _registry_command(args)
     ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes), progress=not args.no_progress)
     try:
         if args.cmd == "run":
@@ -159,8 +208,40 @@ def _run(argv: Sequence[str] | None) -> int:
         elif args.cmd == "promote":
             from batch_training.promote import promote
 
-            for name, entry in promote(ctx, args.models or None, version=args.version, force=args.force).items():
+            names = [*args.models, *args.model] or None
+            for name in names or []:
+                if name not in SPECS:
+                    raise ConfigError(f"unknown model {name!r}; expected one of {sorted(SPECS)}")
+            result = promote(
+                ctx, names, version=args.version, force=args.force, challenger_first=True, reason=args.reason
+            )
+            for name, entry in result.items():
                 print(f"{name}: {entry}")
+        elif args.cmd == "retrain":
+            from batch_training.retrain import retrain
+
+            days = args.window_days or ctx.settings.retrain_window_days
+            out = retrain(ctx, window_days=days, models=args.models)
+            n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
+            print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
+        elif args.cmd == "compare":
+            from batch_training.retrain import compare, summary
+
+            confidence = args.confidence if args.confidence is not None else ctx.settings.compare_confidence
+            if confidence >= 1:
+                raise ConfigError(f"--confidence: expected a confidence in [0.5, 1), got {confidence}")
+            result = compare(
+                ctx,
+                args.model,
+                metric=args.metric,
+                margin=args.margin,
+                confidence=confidence,
+                resamples=args.resamples,
+                seed=args.seed,
+                min_events=args.min_events,
+                promote=args.promote,
+            )
+            print(summary(result))
         else:
             result = STEPS[args.cmd](ctx)
             _summary(args.cmd, result)
@@ -169,6 +250,44 @@ def _run(argv: Sequence[str] | None) -> int:
     finally:
         ctx.close()
     return 0
+
+
+def _count(models: dict[str, Any], status: str) -> int:
+    return sum(1 for m in models.values() if m["status"] == status)
+
+
+def _registry_command(args: argparse.Namespace) -> int:
+    """``rollback`` and ``history``: the registry only, no ClickHouse."""
+    from stream.models.registry import ModelRegistry
+
+    settings = load_settings()
+    reg = ModelRegistry(Path(settings.models_dir))
+    if not reg.versions(args.model):
+        raise RegistryError(f"no model {args.model!r} in {reg.root}")
+    if args.cmd == "rollback":
+        before, after = reg.rollback(args.model, reason=args.reason)
+        print(f"{args.model}: production v{before} -> v{after}")
+        return 0
+    for rec in reg.history(args.model):
+        print(json.dumps(rec, sort_keys=True) if args.json else format_record(rec))
+    return 0
+
+
+def format_record(rec: dict[str, Any]) -> str:
+    """One history record as a line: time, action, alias, from -> to, reason, evidence's key numbers."""
+    move = f"v{rec['from_version'] or '-'} -> v{rec['to_version'] or '-'}"
+    alias = rec.get("alias") or "-"
+    ev = rec.get("evidence") or {}
+    facts = ev.get("metrics") or ev.get("test") or {}
+    numbers = " ".join(
+        f"{k}={v:.4g}"
+        for k, v in facts.items()
+        if k in ("auc", "r2", "log_loss", "rmse", "champion", "challenger", "lower_bound", "n", "margin")
+        and isinstance(v, int | float)
+    )
+    return f"{rec['time']} {rec['action']:<10} {alias:<10} {move:<12} {rec.get('reason', '')}" + (
+        f"  [{numbers}]" if numbers else ""
+    )
 
 
 def _summary(cmd: str, result: Any) -> None:

@@ -86,6 +86,15 @@ class Context:
     profile: Profile
     progress: bool = True
     _ch: ClickHouse | None = field(default=None, repr=False)
+    #: a subdirectory of the training data and reports: ``retrain`` and ``compare`` keep theirs
+    #: apart from the pipeline's (empty: the pipeline's own)
+    workspace: str = ""
+    #: build training rows at or after this time only (``retrain``'s window); None: every row
+    rows_from_ms: int | None = None
+
+    def in_workspace(self, workspace: str, rows_from_ms: int | None = None) -> Context:
+        """The same run (settings, profile, connection) in another workspace; closing stays with ``self``."""
+        return replace(self, workspace=workspace, rows_from_ms=rows_from_ms)
 
     @property
     def ch(self) -> ClickHouse:
@@ -104,13 +113,13 @@ class Context:
 
     @property
     def data_dir(self) -> Path:
-        d = Path(self.settings.data_dir) / "training"
+        d = Path(self.settings.data_dir) / "training" / self.workspace
         d.mkdir(parents=True, exist_ok=True)
         return d
 
     @property
     def reports_dir(self) -> Path:
-        d = Path(self.settings.reports_dir) / "training"
+        d = Path(self.settings.reports_dir) / "training" / self.workspace
         d.mkdir(parents=True, exist_ok=True)
         return d
 

@@ -173,6 +173,7 @@ class _Job:
     click_window_ms: int
     config: StateConfig
     sampling: Sampling = FULL
+    rows_from: int = 0  # click and engagement rows of events at or after this time only
 
 
 class UserSnapshot(NamedTuple):
@@ -266,7 +267,7 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
             if k == j:
                 break
             ev = evs[k]
-            if ev.typ == T_IMPRESSION and smp.keep(ev.idh, imp_share):
+            if ev.typ == T_IMPRESSION and ev.t >= job.rows_from and smp.keep(ev.idh, imp_share):
                 # the article part is joined later (click_row = user, article, position, context)
                 tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev)]
                 clicks.append(
@@ -274,7 +275,7 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
                         ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail, clicks_y.get(ids[k], 0)
                     )
                 )
-            elif ev.typ == T_SESSION_START and smp.keep(ev.sidh, sess_share):
+            elif ev.typ == T_SESSION_START and ev.t >= job.rows_from and smp.keep(ev.sidh, sess_share):
                 engage.append(
                     EngagementRow(ids[k], uid, sids[k], ev.t, engagement_row(st, ev, cfg), eng_y.get(sids[k], math.nan))
                 )
@@ -342,6 +343,7 @@ def build_training_sets(
     *,
     start_ms: int | None = None,
     end_ms: int | None = None,
+    rows_from_ms: int | None = None,
     processes: int = 1,
     users_per_chunk: int = 2_000,
     active_within_days: int = 30,
@@ -353,7 +355,10 @@ def build_training_sets(
     """Build the user-snapshot, click and engagement sets from ``{db}.events``.
 
     ``start_ms``/``end_ms`` bound the history read (default: all of it); the data end used for
-    label horizons is the latest event time read.
+    label horizons is the latest event time read. ``rows_from_ms`` keeps only the rows at or after
+    it (snapshot cut-offs, impressions, session starts) while the states still fold the whole
+    history read, as the worker's did: how ``retrain`` trains on the latest window and ``compare``
+    scores held-out events.
     """
     t0 = time.perf_counter()
     where = ""
@@ -371,13 +376,15 @@ def build_training_sets(
     lo, hi = int(stats["lo"].iloc[0]), int(stats["hi"].iloc[0])
     first_cut = (lo // DAY_MS + 1) * DAY_MS
     cutoffs = list(range(first_cut, hi - CONVERSION_HORIZON_MS + 1, DAY_MS * sampling.cutoff_every_days))
+    rows_from = int(rows_from_ms) if rows_from_ms is not None else 0
+    cutoffs = [c for c in cutoffs if c >= rows_from]
     user_filter = ""
     if sampling.user_share < 1.0:
         user_filter = f"AND cityHash64(user_id, {int(sampling.seed)}) % 10000 < {round(sampling.user_share * 10_000)}"
         n_users = max(1, round(n_users * sampling.user_share))
     n_chunks = max(1, math.ceil(n_users / users_per_chunk))
     jobs = (
-        _Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config, sampling)
+        _Job(df, cutoffs, hi, active_within_days * DAY_MS, click_window_ms, config, sampling, rows_from)
         for df in _chunks(ch, n_chunks, where, user_filter)
     )
     n_art_chunks = max(1, min(n_chunks, 4))

@@ -100,7 +100,12 @@ def features(ctx: Context) -> dict[str, Any]:
     bar = ctx.bar(None, "features: chunks")
     try:
         sets = build_training_sets(
-            ctx.ch, processes=prof.processes, users_per_chunk=prof.users_per_chunk, sampling=prof.sampling, progress=bar
+            ctx.ch,
+            rows_from_ms=ctx.rows_from_ms,
+            processes=prof.processes,
+            users_per_chunk=prof.users_per_chunk,
+            sampling=prof.sampling,
+            progress=bar,
         )
     finally:
         bar.close()
@@ -119,6 +124,7 @@ def features(ctx: Context) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "profile": prof.name,
         "sampling": prof.sampling.__dict__,
+        "rows_from_ms": ctx.rows_from_ms,
         "seconds": sets.seconds,
         "rows": {"users": len(u), "clicks": len(sets.clicks), "engagement": len(sets.engagement)},
         "label_rates": {

@@ -1,9 +1,11 @@
 """Step 6: move the ``production`` alias, but only to a model at least as good on the same holdout.
 
-The holdout is the test split of the current training sets. The current production model and
-the candidate are both scored on it; the candidate is refused if its primary metric (AUC, or R²
-for engagement) is lower, unless ``force``. A production model trained on other features (its
-feature list no longer matches) cannot be scored and is replaced.
+The holdout is the test split of the candidate's own training sets (the pipeline's, or those of
+the ``retrain`` window for a challenger). The current production model and the candidate are both
+scored on it; the candidate is refused if its primary metric (AUC, or R² for engagement) is lower,
+unless ``force``. A production model trained on other features (its feature list no longer
+matches) cannot be scored and is replaced. Every promotion is recorded in the registry's history
+with these scores as its evidence.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from batch_training.context import Context
+from batch_training.context import Context, Skipped
 from batch_training.modeling import write_json
 from batch_training.specs import SPECS, ModelSpec
 from batch_training.supervised import score, spec_data
-from stream.errors import StreamError
-from stream.models.registry import ModelVersion, RegistryError, load_booster
+from stream.errors import PrerequisiteError, StreamError
+from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError, load_booster
 from stream.state import FeatureList
 
 
@@ -33,14 +35,29 @@ def holdout(ctx: Context, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
     return x[te], y[te]
 
 
-def evaluate_version(spec: ModelSpec, mv: ModelVersion, x: np.ndarray, y: np.ndarray) -> float | None:
-    """Primary metric of a registered model on (x, y); None if it was built for other features."""
+def predict_version(spec: ModelSpec, mv: ModelVersion, x: np.ndarray) -> np.ndarray | None:
+    """A registered model's scores of x, as the worker computes them; None if built for other features."""
     stored = mv.features
     if not stored or not spec.features.matches(FeatureList.from_json(json.dumps(stored))):
         return None
     booster = load_booster(mv, nthread=2)
-    p = booster.predict(x) if mv.kind == "lightgbm" else booster.inplace_predict(x)
-    return float(score(spec, y, np.asarray(p))[spec.primary])
+    return np.asarray(booster.predict(x) if mv.kind == "lightgbm" else booster.inplace_predict(x), dtype=np.float64)
+
+
+def evaluate_version(spec: ModelSpec, mv: ModelVersion, x: np.ndarray, y: np.ndarray) -> float | None:
+    """Primary metric of a registered model on (x, y); None if it was built for other features."""
+    p = predict_version(spec, mv, x)
+    return None if p is None else float(score(spec, y, p)[spec.primary])
+
+
+def default_version(ctx: Context, name: str) -> str | None:
+    """What ``promote`` promotes when no version is given: the challenger if there is one, else the latest."""
+    reg = ctx.registry
+    challenger = reg.aliases(name).get(CHALLENGER)
+    if challenger is not None:
+        return challenger
+    versions = reg.versions(name)
+    return versions[-1] if versions else None
 
 
 def promote(
@@ -50,11 +67,15 @@ def promote(
     version: str | None = None,
     force: bool = False,
     skipped: dict[str, str] | None = None,
+    challenger_first: bool = False,
+    reason: str = "",
 ) -> dict[str, Any]:
     """Promote the latest (or given) version of each model; raises PromotionRefused on a worse one.
 
     ``skipped``: models whose training step was skipped in this run, with the reason (they keep
-    their production version). The outcome is written to ``promotion.json``.
+    their production version). ``challenger_first``: without ``version``, promote the challenger
+    if the model has one (the ``promote`` command; the pipeline promotes what it just trained).
+    ``reason`` goes to the history with the scores. The outcome is written to ``promotion.json``.
     """
     reg = ctx.registry
     out: dict[str, Any] = {}
@@ -71,7 +92,7 @@ def promote(
                 "reason": f"no registered {name} model: run `python -m batch_training {name}`",
             }
             continue
-        cand = reg.get(name, version or versions[-1])
+        cand = reg.get(name, version or (default_version(ctx, name) if challenger_first else None) or versions[-1])
         try:
             prod: ModelVersion | None = reg.resolve(name)
         except RegistryError:
@@ -79,9 +100,20 @@ def promote(
         if prod is not None and prod.version == cand.version:
             out[name] = {"status": "unchanged", "version": cand.version}
             continue
-        x, y = holdout(ctx, spec)
-        c_score = evaluate_version(spec, cand, x, y)
-        p_score = evaluate_version(spec, prod, x, y) if prod is not None else None
+        hctx = ctx.in_workspace(str(cand.metadata.get("workspace") or ""))
+        if not (hctx.data_dir / f"{spec.table}.parquet").exists():
+            hctx = ctx
+        try:
+            x, y = holdout(hctx, spec)
+        except (PrerequisiteError, Skipped) as exc:
+            if not force:
+                raise
+            x, y = np.zeros((0, len(spec.features.names)), dtype=np.float32), np.zeros(0)
+            no_holdout: str | None = str(exc)
+        else:
+            no_holdout = None
+        c_score = evaluate_version(spec, cand, x, y) if no_holdout is None else None
+        p_score = evaluate_version(spec, prod, x, y) if prod is not None and no_holdout is None else None
         entry = {
             "candidate": cand.version,
             "candidate_score": c_score,
@@ -89,16 +121,31 @@ def promote(
             "production_score": p_score,
             "metric": spec.primary,
             "holdout_rows": len(y),
+            "holdout": str(hctx.data_dir),
         }
-        if c_score is None:
+        if no_holdout is not None:
+            reg.set_alias(name, PRODUCTION, cand.version, reason=reason or "forced without a holdout", evidence=entry)
+            entry["status"] = f"promoted (forced, no holdout: {no_holdout})"
+        elif c_score is None:
             entry["status"] = "refused (candidate features do not match this code)"
             refused.append(name)
         elif p_score is not None and c_score < p_score and not force:
             entry["status"] = "refused"
             refused.append(name)
         else:
-            reg.set_alias(name, "production", cand.version)
-            entry["status"] = "promoted" + (" (forced)" if force and p_score is not None and c_score < p_score else "")
+            forced = force and p_score is not None and c_score < p_score
+            why = reason or ("forced" if forced else f"{spec.primary} on the candidate's holdout not worse")
+            reg.set_alias(name, PRODUCTION, cand.version, reason=why, evidence=dict(entry))
+            entry["status"] = "promoted" + (" (forced)" if forced else "")
+        if name in refused:
+            reg.record(
+                name,
+                "refused",
+                from_version=prod.version if prod is not None else None,
+                to_version=cand.version,
+                reason=f"promote: {entry['status']}",
+                evidence=dict(entry),
+            )
         out[name] = entry
     write_json(ctx.reports_dir / "promotion.json", out)
     if refused:

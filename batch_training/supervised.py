@@ -267,6 +267,9 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
             else ("binary" if spec.task == "binary" else "reg:squarederror"),
             "label": spec.label,
             "profile": prof.name,
+            # where its training sets are: the promote gate scores candidates on their own test split
+            "workspace": ctx.workspace,
+            "rows_from_ms": ctx.rows_from_ms,
             METADATA_KEY: profile,
         },
     )

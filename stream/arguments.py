@@ -93,6 +93,26 @@ def date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def duration(text: str) -> float:
+    """An argparse type: a duration in seconds, ``90``, ``90s``, ``30m``, ``24h`` or ``2d`` (>= 0).
+
+    >>> duration("24h"), duration("1.5m"), duration("0")
+    (86400.0, 90.0, 0.0)
+    """
+    t = text.strip().lower()
+    scale = _UNITS.get(t[-1:])
+    try:
+        value = float(t[:-1] if scale is not None else t) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 24h or 2d, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a duration like 90s, 30m, 24h or 2d, got {text!r}")
+    return value
+
+
 def run_command(prog: str | None, command: Callable[[], int]) -> int:
     """Run ``command``; a StreamError becomes one line ``{prog}: error: ...`` (``error: ...``) on stderr."""
     prefix = f"{prog}: error" if prog else "error"

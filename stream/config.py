@@ -212,6 +212,49 @@ class Settings(BaseSettings):
         description="how often online quality is computed, exported and written to ClickHouse",
     )
 
+    # --- Retraining (batch_training retrain/compare, python -m stream monitor) -------------
+    retrain_window_days: int = Field(
+        60, ge=1, le=3650, description="`batch_training retrain` trains on the latest N days of archived events"
+    )
+    compare_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1,
+        description="`batch_training compare` promotes a challenger only if it is better by the margin "
+        "with this one-sided confidence",
+    )
+    monitor_metrics_url: str | None = Field(
+        None,
+        description="the worker's Prometheus /metrics URL that `stream monitor` scrapes for drift alarms; "
+        "unset = http://127.0.0.1:STREAM_WORKER_WEB_PORT/metrics",
+    )
+    monitor_alarm_metric: str = Field(
+        "stream_drift_alarms_total",
+        pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+        description="the counter of drift alarms `stream monitor` watches (summed over its labels)",
+    )
+    monitor_persist: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="`stream monitor` retrains after this many consecutive polls with new drift alarms",
+    )
+    monitor_interval_s: float = Field(
+        60.0, gt=0, allow_inf_nan=False, description="how often `stream monitor` polls the metrics"
+    )
+    monitor_cooldown_s: float = Field(
+        6 * 3600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="`stream monitor` starts no retrain sooner than this after the last",
+    )
+    retrain_every_s: float = Field(
+        0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="`stream monitor` also retrains on this schedule (0 = on drift only)",
+    )
+
     # --- Kafka security (passed to faust and to the confluent clients: stream/kafka/clients.py) --
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol: SASL_* authenticate, *SSL encrypt"
@@ -275,7 +318,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a comma-separated list of host:port (no scheme), like kafka1:9092,kafka2:9092")
         return v
 
-    @field_validator("clickhouse_url")
+    @field_validator("clickhouse_url", "monitor_metrics_url")
     @classmethod
     def _check_clickhouse_url(cls, v: str | None) -> str | None:
         if v:  # empty = unset
@@ -287,7 +330,8 @@ class Settings(BaseSettings):
                 port_ok = False
             if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
                 raise ValueError(
-                    "expected an http:// or https:// URL with a host and an optional port, like http://clickhouse:8123"
+                    "expected an http:// or https:// URL with a host and an optional port, like http://clickhouse:8123 "
+                    "or http://worker:6066/metrics"
                 )
         return v
 

@@ -6,12 +6,14 @@
   (per-feature quantile bins, missing share, CDF points, the prediction distribution);
 * :mod:`stream.monitoring.drift`: PSI and KS per column over tumbling windows, with thresholds
   derived from the window size, and ADWIN on the per-prediction loss;
-* :mod:`stream.monitoring.outputs`: Prometheus gauge values and ClickHouse rows.
+* :mod:`stream.monitoring.outputs`: Prometheus gauge values and ClickHouse rows;
+* :mod:`stream.monitoring.compare`: champion against challenger on the same events (paired bootstrap).
 
 Pure library code: no Kafka, no clock, no threads; the worker owns when to call it.
 See docs/monitoring.md.
 """
 
+from stream.monitoring.compare import Comparison, paired_bootstrap
 from stream.monitoring.drift import ColumnDrift, DriftReport, DriftWindow, LossDrift, psi, psi_threshold
 from stream.monitoring.outputs import drift_rows, gauge_values, insert_monitoring, quality_rows
 from stream.monitoring.profile import ReferenceProfile, build_profile, load_profile
@@ -19,6 +21,7 @@ from stream.monitoring.quality import QualitySnapshot, RollingQuality, quality
 
 __all__ = [
     "ColumnDrift",
+    "Comparison",
     "DriftReport",
     "DriftWindow",
     "LossDrift",
@@ -30,6 +33,7 @@ __all__ = [
     "gauge_values",
     "insert_monitoring",
     "load_profile",
+    "paired_bootstrap",
     "psi",
     "psi_threshold",
     "quality",

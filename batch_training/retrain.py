@@ -1,0 +1,221 @@
+"""``retrain`` and ``compare``: challengers trained on the latest window, judged against the champion.
+
+``retrain`` runs the pipeline's own steps (prerequisites, features, the supervised models'
+``train_model``) in the ``retrain`` workspace, with training rows limited to the latest
+``window_days`` of archived events (the feature states still fold the whole history before them,
+as the worker's did). Each model it trains is registered and becomes the ``challenger``; a model
+the window cannot train (a single class, too few rows) is skipped with its one-line reason.
+
+``compare`` scores champion (``production``) and challenger on the same held-out events: the rows
+after both models' training windows (their validation ends), built from ClickHouse in the
+``compare`` workspace. :func:`stream.monitoring.compare.paired_bootstrap` decides; with
+``promote`` the challenger becomes production only if the decision is ``promote``.
+
+Every step goes to the registry's history: registration, challenger, skip, compare, promote.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from batch_training.context import Context, Skipped
+from batch_training.features import features, prerequisites
+from batch_training.modeling import write_json
+from batch_training.promote import predict_version
+from batch_training.specs import SPECS
+from batch_training.supervised import load_table, train_model
+from stream.errors import PrerequisiteError
+from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError
+from stream.monitoring.compare import Metric, default_margin, paired_bootstrap
+from stream.state.labels import DAY_MS
+
+RETRAIN = "retrain"
+COMPARE = "compare"
+
+
+def events_state(ctx: Context) -> dict[str, int]:
+    """The events table's row count and latest event time: what training sets built from it depend on."""
+    try:
+        df = ctx.ch.query_df("SELECT count() AS n, toUnixTimestamp64Milli(max(event_time)) AS hi FROM {db}.events")
+    except Exception as exc:
+        raise PrerequisiteError(f"cannot read table {ctx.db}.events ({type(exc).__name__})") from exc
+    if int(df["n"].iloc[0]) == 0:
+        raise PrerequisiteError(
+            f"no events in table {ctx.db}.events: the worker archives them, or `python -m stream ingest`"
+        )
+    return {"events": int(df["n"].iloc[0]), "latest_ms": int(df["hi"].iloc[0])}
+
+
+def latest_event_ms(ctx: Context) -> int:
+    return events_state(ctx)["latest_ms"]
+
+
+def held_out_sets(ctx: Context, start: int) -> Context:
+    """The ``compare`` workspace with training sets of the rows at or after ``start``.
+
+    Built once and reused while the events table is unchanged and they start early enough: comparing
+    every model after one retrain reads the history once, not once per model.
+    """
+    cctx = ctx.in_workspace(COMPARE, rows_from_ms=start)
+    key = {**events_state(ctx), "profile": ctx.profile.name}
+    stamp = cctx.data_dir / "held_out.json"
+    if stamp.exists():
+        old = json.loads(stamp.read_text())
+        if old.get("key") == key and old.get("rows_from_ms", start + 1) <= start:
+            return cctx
+    stamp.unlink(missing_ok=True)
+    features(cctx)
+    stamp.write_text(json.dumps({"key": key, "rows_from_ms": start}))
+    return cctx
+
+
+def retrain(
+    ctx: Context,
+    *,
+    window_days: int,
+    models: Sequence[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train the supervised models on the latest window; register each as the challenger."""
+    names = list(models or SPECS)
+    t_all = time.perf_counter()
+    latest = latest_event_ms(ctx)
+    start = latest - window_days * DAY_MS
+    rctx = ctx.in_workspace(RETRAIN, rows_from_ms=start)
+    window = {"days": window_days, "from_ms": start, "to_ms": latest}
+    prerequisites(rctx)
+    t = time.perf_counter()
+    manifest = features(rctx)
+    log(f"{'features':<15} {time.perf_counter() - t:7.1f} s  rows {manifest['rows']}")
+    for warning in manifest.get("warnings") or []:
+        log(f"{'features':<15} warning: {warning}")
+    reg = ctx.registry
+    out: dict[str, Any] = {"window": window, "models": {}}
+    for name in names:
+        t = time.perf_counter()
+        try:
+            result = train_model(rctx, name)
+        except Skipped as exc:
+            out["models"][name] = {"status": "skipped", "reason": str(exc)}
+            reg.record(
+                name, "skip", reason=f"retrain on the latest {window_days} days: {exc}", evidence={"window": window}
+            )
+            log(f"{name:<15} skipped: {exc}")
+            continue
+        version = str(result["version"])
+        metrics = {k: v for k, v in result["metrics"].items() if isinstance(v, int | float)}
+        reg.set_alias(
+            name,
+            CHALLENGER,
+            version,
+            reason=f"retrain on the latest {window_days} days of events",
+            evidence={"metrics": metrics, "window": window, "rows": result["rows"]},
+        )
+        out["models"][name] = {"status": "challenger", "version": version, "metrics": metrics}
+        primary = SPECS[name].primary
+        log(f"{name:<15} {time.perf_counter() - t:7.1f} s  challenger v{version}  {primary}={metrics[primary]:.4f}")
+    out["seconds"] = time.perf_counter() - t_all
+    write_json(rctx.reports_dir / "retrain.json", out)
+    return out
+
+
+def _val_end(mv: ModelVersion) -> int:
+    """The end of what the model saw in training (its final fit used training + validation)."""
+    window = mv.metadata.get("training_window") or {}
+    return int(window.get("val_end_ms", window.get("max_ms", 0)))
+
+
+def compare(
+    ctx: Context,
+    name: str,
+    *,
+    metric: Metric | None = None,
+    margin: float | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+    min_events: int = 100,
+    promote: bool = False,
+) -> dict[str, Any]:
+    """Champion against challenger on the same held-out events; promotes if asked and the test says so."""
+    spec = SPECS[name]
+    reg = ctx.registry
+    challenger = reg.resolve(name, CHALLENGER)
+    try:
+        champion: ModelVersion | None = reg.resolve(name, PRODUCTION)
+    except RegistryError:
+        champion = None
+    start = max(_val_end(challenger), _val_end(champion) if champion is not None else 0) + 1
+    cctx = held_out_sets(ctx, start)
+    df = spec.rows(load_table(cctx, spec.table))
+    df = df[df[spec.time_col] >= start]
+    x, y = spec.xy(df)
+    metric = metric or ("auc" if spec.task == "binary" else "mse")
+    if (metric == "mse") != (spec.task == "regression"):
+        raise PrerequisiteError(f"metric {metric!r} does not fit the {spec.task} model {name!r}")
+    p_chal = predict_version(spec, challenger, x)
+    if p_chal is None:
+        raise PrerequisiteError(
+            f"challenger {name} v{challenger.version} was trained on other features than this code's"
+        )
+    evidence: dict[str, Any] = {
+        "champion_version": champion and champion.version,
+        "challenger_version": challenger.version,
+        "held_out": {"from_ms": start, "rows": len(y), "table": spec.table},
+    }
+    p_champ = predict_version(spec, champion, x) if champion is not None else None
+    if champion is None or p_champ is None:
+        decision = "promote"
+        reason = (
+            "no production model" if champion is None else f"production v{champion.version} built for other features"
+        )
+    else:
+        used_margin = default_margin(metric, y) if margin is None else margin
+        cmp = paired_bootstrap(
+            y,
+            p_champ,
+            p_chal,
+            metric=metric,
+            margin=used_margin,
+            confidence=confidence,
+            resamples=resamples,
+            seed=seed,
+            min_events=min_events,
+        )
+        evidence["test"] = cmp.to_dict()
+        decision, reason = cmp.decision, cmp.reason
+    evidence["decision"] = decision
+    promoted = promote and decision == "promote"
+    if promoted:
+        reg.set_alias(name, PRODUCTION, challenger.version, reason=f"compare: {reason}", evidence=evidence)
+    else:
+        reg.record(
+            name,
+            "compare",
+            from_version=champion.version if champion is not None else None,
+            to_version=challenger.version,
+            reason=f"{decision}: {reason}",
+            evidence=evidence,
+        )
+    out = {"model": name, "decision": decision, "reason": reason, "promoted": promoted, **evidence}
+    write_json(cctx.reports_dir / f"{name}.json", out)
+    return out
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line of a compare result."""
+    test = result.get("test")
+    scores = ""
+    if test:
+        scores = (
+            f" {test['metric']}: champion {test['champion']:.4f}, challenger {test['challenger']:.4f} "
+            f"on {test['n']} events;"
+        )
+    verb = "promoted" if result["promoted"] else f"decision {result['decision']}"
+    return (
+        f"{result['model']}: champion v{result['champion_version']} vs challenger v{result['challenger_version']}:"
+        f"{scores} {verb} ({result['reason']})"
+    )

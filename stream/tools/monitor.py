@@ -1,0 +1,262 @@
+"""``python -m stream monitor``: retrain when drift persists (or on a schedule), then compare and promote.
+
+Each poll scrapes the worker's Prometheus ``/metrics`` and sums the drift-alarm counter
+(``STREAM_MONITOR_ALARM_METRIC``, default ``stream_drift_alarms_total``, over all its labels). A
+poll whose total rose is a poll with new alarms (a total below the last one is a restarted worker:
+all of it is new). Drift *persists* after ``persist`` such polls in a row; then, unless the last
+retrain is more recent than the cool-down, the monitor runs
+
+1. ``python -m batch_training retrain --window-days N [--models ...]`` (a subprocess: training's
+   memory is returned when it exits, and a crash in it does not stop the monitor);
+2. ``python -m batch_training compare --model M [--promote]`` for every model it made a
+   challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``).
+
+``every`` adds a schedule: a retrain once that long has passed since the last one, drift or not.
+Every step and its exit code is logged; the registry's history records what training did.
+
+The monitor's own state (last total, the streak, the last retrain) is a JSON file, written
+atomically after every poll, so ``--once`` from cron carries on where the previous run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stream import arguments
+from stream.errors import StreamError
+from stream.models import MODELS
+
+log = logging.getLogger("stream.monitor")
+
+Runner = Callable[[list[str]], int]
+
+
+def alarm_total(text: str, metric: str) -> float | None:
+    """The sum of ``metric``'s samples over all label sets in a Prometheus text exposition (None if absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total, seen = 0.0, False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric:
+                total += float(sample.value)
+                seen = True
+    return total if seen else None
+
+
+@dataclass
+class MonitorState:
+    """What the monitor remembers between polls (and runs)."""
+
+    alarms: float | None = None  # the counter total at the last successful scrape
+    streak: int = 0  # consecutive polls with new alarms
+    last_retrain_ms: int | None = None
+    last_cycle: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> MonitorState:
+        if not path.exists():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise StreamError(f"monitor state {path} is not readable ({exc}): delete it to start afresh") from exc
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(asdict(self), f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def observe(state: MonitorState, total: float | None) -> float:
+    """Fold one scrape into the state; returns the new alarms (0 on the first scrape: its past is unknown)."""
+    if total is None:  # the metric is not exported (yet): a poll without alarms
+        state.streak = 0
+        return 0.0
+    if state.alarms is None:
+        new = 0.0
+    elif total < state.alarms:
+        new = total  # the worker restarted: its counter began again at 0
+    else:
+        new = total - state.alarms
+    state.alarms = total
+    state.streak = state.streak + 1 if new > 0 else 0
+    return new
+
+
+def due(state: MonitorState, now_ms: int, *, persist: int, every_s: float, cooldown_s: float) -> str | None:
+    """Why a retrain is due now, or None."""
+    since = None if state.last_retrain_ms is None else (now_ms - state.last_retrain_ms) / 1000
+    if state.streak >= persist and (since is None or since >= cooldown_s):
+        return f"drift: new alarms in {state.streak} consecutive polls"
+    if every_s > 0 and (since is None or since >= every_s):
+        return "schedule: " + ("no retrain yet" if since is None else f"last retrain {since / 3600:.1f} h ago")
+    return None
+
+
+def run_subprocess(argv: list[str]) -> int:
+    """Run ``python -m ...`` with this interpreter; its output lines go to the log."""
+    proc = subprocess.Popen(
+        [sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.info("  | %s", line.rstrip())
+    return proc.wait()
+
+
+def http_get(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - a configured http(s) URL
+        return str(resp.read().decode("utf-8", "replace"))
+
+
+@dataclass
+class Monitor:
+    """One poll at a time (:meth:`tick`); :meth:`run` polls until stopped."""
+
+    metrics_url: str
+    metric: str
+    state_path: Path
+    retrain_report: Path
+    persist: int = 3
+    every_s: float = 0.0
+    cooldown_s: float = 6 * 3600.0
+    window_days: int = 60
+    models: Sequence[str] = ()
+    promote: bool = True
+    profile: str | None = None
+    runner: Runner = run_subprocess
+    fetch: Callable[[str], str] = http_get
+    clock: Callable[[], float] = time.time
+
+    def tick(self) -> dict[str, Any] | None:
+        """Scrape, update the state, retrain/compare if due; returns the cycle's outcome (None: nothing due)."""
+        state = MonitorState.load(self.state_path)
+        try:
+            total = alarm_total(self.fetch(self.metrics_url), self.metric)
+        except Exception as exc:  # a worker that is down, restarting or not reachable: try next poll
+            log.warning("cannot scrape %s (%s: %s)", self.metrics_url, type(exc).__name__, exc)
+        else:
+            if total is None:
+                log.warning("%s has no %s: no drift alarms are exported", self.metrics_url, self.metric)
+            new = observe(state, total)
+            log.info("drift alarms: total %s, new %g, streak %d/%d", total, new, state.streak, self.persist)
+        now_ms = int(self.clock() * 1000)
+        reason = due(state, now_ms, persist=self.persist, every_s=self.every_s, cooldown_s=self.cooldown_s)
+        outcome = None
+        if reason is not None:
+            outcome = self.cycle(reason)
+            state.last_retrain_ms = now_ms
+            state.streak = 0
+            state.last_cycle = outcome
+        state.save(self.state_path)
+        return outcome
+
+    def _training_args(self) -> list[str]:
+        return ["--no-progress", *(["--profile", self.profile] if self.profile else [])]
+
+    def cycle(self, reason: str) -> dict[str, Any]:
+        """retrain, then compare (and promote) each new challenger; every step logged."""
+        log.info("retrain due (%s)", reason)
+        argv = ["-m", "batch_training", "retrain", "--window-days", str(self.window_days), *self._training_args()]
+        if self.models:
+            argv += ["--models", *self.models]
+        self.retrain_report.unlink(missing_ok=True)  # not a previous run's
+        code = self.runner(argv)
+        log.info("retrain exited %d", code)
+        outcome: dict[str, Any] = {"reason": reason, "retrain": code, "compare": {}}
+        if code != 0 or not self.retrain_report.exists():
+            return outcome
+        report = json.loads(self.retrain_report.read_text())
+        for name, entry in report.get("models", {}).items():
+            if entry.get("status") != "challenger":
+                log.info("%s: no challenger (%s)", name, entry.get("reason", entry.get("status")))
+                continue
+            argv = ["-m", "batch_training", "compare", "--model", name, *self._training_args()]
+            if self.promote:
+                argv.append("--promote")
+            code = self.runner(argv)
+            log.info("compare %s exited %d", name, code)
+            outcome["compare"][name] = code
+        return outcome
+
+    def run(self, interval_s: float, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            started = self.clock()
+            self.tick()
+            stop.wait(max(0.0, interval_s - (self.clock() - started)))
+
+
+def _stop_on_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_monitor(args: Any) -> int:
+    from stream.config import load_settings
+
+    settings = load_settings()
+    url = args.metrics_url or settings.monitor_metrics_url or f"http://127.0.0.1:{settings.worker_web_port}/metrics"
+    mon = Monitor(
+        metrics_url=url,
+        metric=args.metric or settings.monitor_alarm_metric,
+        state_path=Path(args.state) if args.state else Path(settings.data_dir) / "monitor" / "state.json",
+        retrain_report=Path(settings.reports_dir) / "training" / "retrain" / "retrain.json",
+        persist=args.persist or settings.monitor_persist,
+        every_s=settings.retrain_every_s if args.every is None else args.every,
+        cooldown_s=settings.monitor_cooldown_s if args.cooldown is None else args.cooldown,
+        window_days=args.window_days or settings.retrain_window_days,
+        models=args.models or (),
+        promote=not args.no_promote,
+        profile=args.profile,
+    )
+    if args.once:
+        mon.tick()
+        return 0
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    interval = args.interval or settings.monitor_interval_s
+    log.info("monitoring %s (%s) every %gs; state %s", url, mon.metric, interval, mon.state_path)
+    try:
+        mon.run(interval)
+    except KeyboardInterrupt:
+        log.info("monitor stopped")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``monitor`` to the CLI (called by :func:`stream.cli.build_parser`)."""
+    p = sub.add_parser("monitor", help="retrain when drift persists or on a schedule, then compare and promote")
+    p.add_argument("--once", action="store_true", help="one poll, then exit (for cron or a systemd timer)")
+    p.add_argument("--metrics-url", help="the worker's /metrics (default: STREAM_MONITOR_METRICS_URL)")
+    p.add_argument("--metric", help="the drift-alarm counter (default: STREAM_MONITOR_ALARM_METRIC)")
+    p.add_argument(
+        "--persist",
+        type=arguments.positive_int,
+        help="polls with new alarms in a row (default: STREAM_MONITOR_PERSIST)",
+    )
+    p.add_argument(
+        "--interval", type=arguments.duration, help="between polls, like 60s (default: STREAM_MONITOR_INTERVAL_S)"
+    )
+    p.add_argument("--every", type=arguments.duration, help="also retrain on this schedule, like 24h (0: drift only)")
+    p.add_argument("--cooldown", type=arguments.duration, help="no retrain sooner after the last (like 6h)")
+    p.add_argument("--window-days", type=arguments.positive_int, help="default: STREAM_RETRAIN_WINDOW_DAYS")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), help="models to retrain (default: all)")
+    p.add_argument("--no-promote", action="store_true", help="compare only; promote by hand")
+    p.add_argument("--profile", help="batch-training profile of retrain and compare (default: theirs)")
+    p.add_argument("--state", help="state file (default: STREAM_DATA_DIR/monitor/state.json)")
+    p.set_defaults(func=cmd_monitor)
