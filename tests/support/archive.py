@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from stream.clickhouse import EVENT_COLUMNS, ClickHouse
 from stream.events.schema import validate
+from stream.state.codes import EVENT_TYPES
 
 T_MIN = 946_684_800_000  # 2000-01-01, the schema's minimum
 T_MAX = 4_102_444_800_000  # 2100-01-01, its maximum
@@ -25,20 +26,6 @@ _CHARS = (
     + list("日本語中文한국어")
     + ["\u0301", "\u05d0", "\u0627", "\u200f", "\ufeff", "\u2028", "\u2029", "\ufffd", "\uffff"]
     + ["\U0001f600", "\U0001f1e9", "\U0001f1ea", "\U0010fffd", "\U00020000"]
-)
-_EVENT_TYPES = (
-    "session_start",
-    "page_view",
-    "article_view",
-    "article_impression",
-    "article_click",
-    "video_play",
-    "newsletter_signup",
-    "subscription",
-    "ad_request",
-    "ad_impression",
-    "ad_click",
-    "session_end",
 )
 
 
@@ -141,7 +128,7 @@ def random_events(n: int, seed: int, days: int = 250) -> list[dict[str, Any]]:
     starts = [d * day_ms for d in rng.sample(range(T_MIN // day_ms, T_MAX // day_ms), days)]
     out = []
     for i in range(n):
-        kind = rng.choice(_EVENT_TYPES)
+        kind = rng.choice(EVENT_TYPES)
         ev: dict[str, Any] = {
             "schema_version": 1,
             "event_id": f"r{i}-{_text(rng, 0, 20)}",
