@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", parents=[common], help="champion vs challenger on the same held-out events")
     cp.add_argument("--model", required=True, choices=supervised)
     cp.add_argument("--promote", action="store_true", help="promote the challenger if the test says so")
+    cp.add_argument(
+        "--shadow",
+        action="store_true",
+        help="on the live events the worker scored with both (predictions / predictions_shadow), with their "
+        "outcomes from the archived events, instead of re-scoring the latest archived events offline",
+    )
     cp.add_argument("--metric", choices=["auc", "log_loss", "mse"], default=None, help="default: auc, mse (engagement)")
     cp.add_argument(
         "--margin",
@@ -225,12 +231,12 @@ def _run(argv: Sequence[str] | None) -> int:
             n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
             print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
         elif args.cmd == "compare":
-            from batch_training.retrain import compare, summary
+            from batch_training.retrain import compare, compare_shadow, summary
 
             confidence = args.confidence if args.confidence is not None else ctx.settings.compare_confidence
             if confidence >= 1:
                 raise ConfigError(f"--confidence: expected a confidence in [0.5, 1), got {confidence}")
-            result = compare(
+            result = (compare_shadow if args.shadow else compare)(
                 ctx,
                 args.model,
                 metric=args.metric,

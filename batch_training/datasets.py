@@ -74,7 +74,7 @@ from stream.state.labels import (
     session_engagement_frame,
 )
 
-_COLS = (
+COLS = (
     "event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
     "brand, category, position, revenue, duration_ms, device_type, device_os, device_browser, "
     "country, city, timezone"
@@ -211,7 +211,8 @@ class EngagementRow(NamedTuple):
     engagement: float  # NaN when the session's events were not read
 
 
-def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
+def click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
+    """Per article_impression id: 1 if a click of its user, session and article follows within ``window``, else 0."""
     imp = df[df["event_type"] == "article_impression"][["event_id", "user_id", "session_id", "article_id", "t"]]
     clk = df[df["event_type"] == "article_click"][["user_id", "session_id", "article_id", "t"]]
     m = imp.merge(clk, on=["user_id", "session_id", "article_id"], suffixes=("", "_c"))
@@ -220,7 +221,7 @@ def _click_labels(df: pd.DataFrame, window: int) -> dict[str, int]:
     return {e: int(e in hit) for e in imp["event_id"].tolist()}
 
 
-def _engagement_labels(df: pd.DataFrame) -> dict[str, float]:
+def engagement_labels(df: pd.DataFrame) -> dict[str, float]:
     """``labels.session_engagement`` of every session in the frame (times in column ``t``)."""
     if not len(df):
         return {}
@@ -233,8 +234,8 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
     df, cfg, smp = job.df, job.config, job.sampling
     imp_share, sess_share = smp.impression_share, smp.session_share
     evs = frame_to_evs(df)
-    clicks_y = _click_labels(df, job.click_window_ms)
-    eng_y = _engagement_labels(df)
+    clicks_y = click_labels(df, job.click_window_ms)
+    eng_y = engagement_labels(df)
     users = df["user_id"].astype(str).tolist()
     ids = df["event_id"].astype(str).tolist()
     sids = df["session_id"].astype(str).tolist()
@@ -319,7 +320,7 @@ def _article_pass(args: tuple[pd.DataFrame, StateConfig, Sampling]) -> dict[str,
 def _chunks(ch: ClickHouse, n_chunks: int, where: str, user_filter: str = "") -> Iterator[pd.DataFrame]:
     for k in range(n_chunks):
         df = ch.query_df(
-            f"SELECT {_COLS} FROM {{db}}.events WHERE cityHash64(user_id) % {n_chunks} = {k} {where} {user_filter} "
+            f"SELECT {COLS} FROM {{db}}.events WHERE cityHash64(user_id) % {n_chunks} = {k} {where} {user_filter} "
             "ORDER BY user_id, event_time, event_id LIMIT 1 BY event_id"
         )
         if len(df):

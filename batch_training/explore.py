@@ -66,13 +66,13 @@ def explore(ctx: Context) -> dict[str, Any]:
     axes[0].bar([k.split(" (")[0][:28] for k in rates], list(rates.values()))
     axes[0].set_title("label rates" if any("label rate" in k for k in rates) else "label proxies (not labels)")
     axes[0].tick_params(axis="x", labelrotation=30)
-    from batch_training.datasets import _engagement_labels  # same label as the engagement model
+    from batch_training.datasets import engagement_labels  # same label as the engagement model
 
     eng = ch.query_df(
         "SELECT session_id, event_type, toUnixTimestamp64Milli(event_time) AS t, duration_ms "
         "FROM {db}.events WHERE cityHash64(session_id) % 20 = 0"
     )
-    eng_values = np.array(list(_engagement_labels(eng).values()))
+    eng_values = np.array(list(engagement_labels(eng).values()))
     axes[1].hist(eng_values, bins=50)
     axes[1].set_title("session engagement (5 % of sessions)")
     fig.tight_layout()

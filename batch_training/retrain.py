@@ -21,7 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from batch_training.context import Context, Skipped
+from batch_training.datasets import COLS, click_labels, engagement_labels
 from batch_training.features import features, prerequisites
 from batch_training.modeling import write_json
 from batch_training.promote import predict_version
@@ -30,7 +33,7 @@ from batch_training.supervised import load_table, train_model
 from stream.errors import PrerequisiteError
 from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError
 from stream.monitoring.compare import Metric, default_margin, paired_bootstrap
-from stream.state.labels import DAY_MS
+from stream.state.labels import CLICK_WINDOW_MS, DAY_MS
 
 RETRAIN = "retrain"
 COMPARE = "compare"
@@ -167,13 +170,39 @@ def compare(
         "held_out": {"from_ms": start, "rows": len(y), "table": spec.table},
     }
     p_champ = predict_version(spec, champion, x) if champion is not None else None
+    return _decide(
+        cctx, name, champion, challenger, y, p_champ, p_chal, evidence, promote, min_events,
+        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed,
+    )  # fmt: skip
+
+
+def _decide(
+    ctx: Context,
+    name: str,
+    champion: ModelVersion | None,
+    challenger: ModelVersion,
+    y: Any,
+    p_champ: Any,
+    p_chal: Any,
+    evidence: dict[str, Any],
+    promote: bool,
+    min_events: int,
+    *,
+    metric: Metric,
+    margin: float | None,
+    confidence: float,
+    resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The paired test on both models' scores of the same events, recorded; promotes if asked and it says so."""
+    reg = ctx.registry
     if champion is None or p_champ is None:
         decision = "promote"
         reason = (
             "no production model" if champion is None else f"production v{champion.version} built for other features"
         )
     else:
-        used_margin = default_margin(metric, y) if margin is None else margin
+        used_margin = (default_margin(metric, y) if len(y) else 0.0) if margin is None else margin
         cmp = paired_bootstrap(
             y,
             p_champ,
@@ -201,8 +230,92 @@ def compare(
             evidence=evidence,
         )
     out = {"model": name, "decision": decision, "reason": reason, "promoted": promoted, **evidence}
-    write_json(cctx.reports_dir / f"{name}.json", out)
+    write_json(ctx.reports_dir / f"{name}.json", out)
     return out
+
+
+#: what each served model's outcome is, for :func:`compare_shadow`
+_SHADOW_OUTCOMES = {
+    "click": "a click of the impression's article within the click window",
+    "engagement": "the session's engagement",
+}
+
+
+def compare_shadow(
+    ctx: Context,
+    name: str,
+    *,
+    metric: Metric | None = None,
+    margin: float | None = None,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+    min_events: int = 100,
+    promote: bool = False,
+) -> dict[str, Any]:
+    """Champion against challenger on the live events the worker scored with both (shadow scoring).
+
+    The pairs are ``predictions FINAL`` of the production version and ``predictions_shadow FINAL``
+    of the challenger, joined by event (exact scores only: ``replayed = 0``); the outcomes come
+    from the archived events with batch training's own label definitions. An event whose outcome
+    cannot be known yet is left out: an impression less than the click window before the newest
+    archived event, a session without its ``session_end``.
+    """
+    if name not in _SHADOW_OUTCOMES:
+        raise PrerequisiteError(
+            f"{name} has no outcome joinable to its live scores yet; expected one of {sorted(_SHADOW_OUTCOMES)}"
+        )
+    spec = SPECS[name]
+    reg = ctx.registry
+    challenger = reg.resolve(name, CHALLENGER)
+    champion = reg.resolve(name, PRODUCTION)
+    pairs = ctx.ch.query_df(
+        "SELECT p.event_id AS event_id, p.session_id AS session_id, toUnixTimestamp64Milli(p.event_time) AS t, "
+        "p.score AS champion, s.score AS challenger "
+        "FROM (SELECT event_id, user_id, session_id, event_time, score FROM {db}.predictions FINAL "
+        "      WHERE model_name = {m:String} AND model_version = {a:String} AND replayed = 0) AS p "
+        "INNER JOIN (SELECT event_id, user_id, score FROM {db}.predictions_shadow FINAL "
+        "      WHERE model_name = {m:String} AND model_version = {b:String} AND replayed = 0) AS s "
+        "ON p.event_id = s.event_id AND p.user_id = s.user_id ORDER BY t, event_id",
+        params={"m": name, "a": champion.version, "b": challenger.version},
+    )
+    evidence: dict[str, Any] = {
+        "champion_version": champion.version,
+        "challenger_version": challenger.version,
+        "source": "shadow",
+        "outcome": _SHADOW_OUTCOMES[name],
+        "scored_pairs": len(pairs),
+    }
+    y = np.zeros(0)
+    keep = np.zeros(0, dtype=bool)
+    if len(pairs):
+        sessions = sorted(set(pairs["session_id"].dropna().tolist()))
+        events = ctx.ch.query_df(
+            f"SELECT {COLS} FROM {{db}}.events WHERE session_id IN {{s:Array(String)}} "
+            "ORDER BY user_id, event_time, event_id LIMIT 1 BY event_id",
+            params={"s": sessions},
+        )
+        latest = events_state(ctx)["latest_ms"]
+        if name == "click":
+            labels: dict[str, float] = {k: float(v) for k, v in click_labels(events, CLICK_WINDOW_MS).items()}
+            known = pairs["t"].to_numpy() + CLICK_WINDOW_MS <= latest
+            y = np.array([labels.get(e, np.nan) for e in pairs["event_id"]], dtype=np.float64)
+        else:
+            ended = set(events.loc[events["event_type"] == "session_end", "session_id"])
+            labels = engagement_labels(events)
+            known = pairs["session_id"].isin(ended).to_numpy()
+            y = np.array([labels.get(s, np.nan) for s in pairs["session_id"]], dtype=np.float64)
+        keep = known & np.isfinite(y)
+    evidence["held_out"] = {"rows": int(keep.sum()), "outcome_unknown": int(len(keep) - keep.sum())}
+    metric = metric or ("auc" if spec.task == "binary" else "mse")
+    if (metric == "mse") != (spec.task == "regression"):
+        raise PrerequisiteError(f"metric {metric!r} does not fit the {spec.task} model {name!r}")
+    p_champ = pairs["champion"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
+    p_chal = pairs["challenger"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
+    return _decide(
+        ctx.in_workspace(COMPARE), name, champion, challenger, y[keep], p_champ, p_chal, evidence, promote, min_events,
+        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed,
+    )  # fmt: skip
 
 
 def summary(result: dict[str, Any]) -> str:
