@@ -156,9 +156,7 @@ def compare(
     df = spec.rows(load_table(cctx, spec.table))
     df = df[df[spec.time_col] >= start]
     x, y = spec.xy(df)
-    metric = metric or ("auc" if spec.task == "binary" else "mse")
-    if (metric == "mse") != (spec.task == "regression"):
-        raise PrerequisiteError(f"metric {metric!r} does not fit the {spec.task} model {name!r}")
+    metric = _metric(name, metric)
     p_chal = predict_version(spec, challenger, x)
     if p_chal is None:
         raise PrerequisiteError(
@@ -174,6 +172,15 @@ def compare(
         cctx, name, champion, challenger, y, p_champ, p_chal, evidence, promote, min_events,
         metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed,
     )  # fmt: skip
+
+
+def _metric(name: str, metric: Metric | None) -> Metric:
+    """The compare metric for ``name``: the given one if it fits the model's task, else its default."""
+    task = SPECS[name].task
+    chosen: Metric = metric or ("auc" if task == "binary" else "mse")
+    if (chosen == "mse") != (task == "regression"):
+        raise PrerequisiteError(f"metric {chosen!r} does not fit the {task} model {name!r}")
+    return chosen
 
 
 def _decide(
@@ -265,7 +272,6 @@ def compare_shadow(
         raise PrerequisiteError(
             f"{name} has no outcome joinable to its live scores yet; expected one of {sorted(_SHADOW_OUTCOMES)}"
         )
-    spec = SPECS[name]
     reg = ctx.registry
     challenger = reg.resolve(name, CHALLENGER)
     champion = reg.resolve(name, PRODUCTION)
@@ -307,9 +313,7 @@ def compare_shadow(
             y = np.array([labels.get(s, np.nan) for s in pairs["session_id"]], dtype=np.float64)
         keep = known & np.isfinite(y)
     evidence["held_out"] = {"rows": int(keep.sum()), "outcome_unknown": int(len(keep) - keep.sum())}
-    metric = metric or ("auc" if spec.task == "binary" else "mse")
-    if (metric == "mse") != (spec.task == "regression"):
-        raise PrerequisiteError(f"metric {metric!r} does not fit the {spec.task} model {name!r}")
+    metric = _metric(name, metric)
     p_champ = pairs["champion"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     p_chal = pairs["challenger"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     return _decide(
