@@ -259,6 +259,7 @@ def compare_shadow(
     seed: int = 0,
     min_events: int = 100,
     promote: bool = False,
+    min_pairs: int = 0,
 ) -> dict[str, Any]:
     """Champion against challenger on the live events the worker scored with both (shadow scoring).
 
@@ -267,6 +268,9 @@ def compare_shadow(
     from the archived events with batch training's own label definitions. An event whose outcome
     cannot be known yet is left out: an impression less than the click window before the newest
     archived event, a session without its ``session_end``.
+
+    With fewer than ``min_pairs`` labelled pairs the decision is ``wait``: nothing is tested nor
+    recorded (``stream monitor`` asks again at its next poll); the report says how many there are.
     """
     if name not in _SHADOW_OUTCOMES:
         raise PrerequisiteError(
@@ -314,6 +318,11 @@ def compare_shadow(
         keep = known & np.isfinite(y)
     evidence["held_out"] = {"rows": int(keep.sum()), "outcome_unknown": int(len(keep) - keep.sum())}
     metric = _metric(name, metric)
+    if int(keep.sum()) < min_pairs:
+        reason = f"{int(keep.sum())} of {min_pairs} labelled pairs in shadow"
+        out = {"model": name, "decision": "wait", "reason": reason, "promoted": False, **evidence}
+        write_json(ctx.in_workspace(COMPARE).reports_dir / f"{name}.json", out)
+        return out
     p_champ = pairs["champion"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     p_chal = pairs["challenger"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     return _decide(
