@@ -136,42 +136,46 @@ def _written(ch: ClickHouse, model: str) -> dict[tuple[str, int], int]:
     return {(str(v), int(w)): int(n) for v, w, n in zip(df["version"], df["ws"], df["pairs"], strict=True)}
 
 
+def next_event_sql(spec: HorizonOutcome, rows: str) -> str:
+    """SQL: the rows of the query ``rows`` and ``next_ms``, the time of the user's first archived event of the
+    spec's types strictly after the row's ``ts`` (NULL: none), by an ``ASOF LEFT JOIN`` that ClickHouse runs.
+
+    ``rows`` needs columns ``user_id`` and ``ts`` (DateTime64); bind :func:`next_event_params` with bounds
+    of its ``ts``. Events later than the horizon after the last ``ts`` are not read: the label does not
+    look at them.
+    """
+    types = "AND event_type IN {hz_types:Array(String)} " if spec.events is not None else ""
+    return (
+        "SELECT q.*, toUnixTimestamp64Milli(e.event_time) AS next_ms FROM (" + rows + ") AS q "
+        "ASOF LEFT JOIN (SELECT user_id, event_time FROM {db}.events "
+        "WHERE event_time > fromUnixTimestamp64Milli({hz_lo:Int64}) "
+        "AND event_time <= fromUnixTimestamp64Milli({hz_hi:Int64} + {hz_h:Int64}) " + types + ""
+        "AND user_id IN (SELECT user_id FROM (" + rows + "))) AS e "
+        "ON q.user_id = e.user_id AND e.event_time > q.ts "
+        "SETTINGS join_use_nulls = 1"
+    )
+
+
+def next_event_params(spec: HorizonOutcome, lo_ms: int, hi_ms: int) -> dict[str, Any]:
+    """The parameters of :func:`next_event_sql` for rows with ``ts`` in ``[lo_ms, hi_ms]``."""
+    return {"hz_lo": int(lo_ms), "hz_hi": int(hi_ms), "hz_h": spec.horizon_ms, "hz_types": list(spec.events or ())}
+
+
 def _pairs(
     ch: ClickHouse, spec: HorizonOutcome, cut_ms: int, window_ms: int, versions: Sequence[str], starts: Sequence[int]
 ) -> pd.DataFrame:
     """(version, ws, t, score, next_ms) of the settled predictions in the given windows; the join runs in ClickHouse."""
     lo, hi = min(starts), min(max(starts) + window_ms - 1, cut_ms)
-    types = "AND event_type IN {types:Array(String)}" if spec.events is not None else ""
-    return ch.query_df(
-        "SELECT p.version AS version, p.ws AS ws, toUnixTimestamp64Milli(p.t) AS t, p.score AS score, "
-        "toUnixTimestamp64Milli(e.event_time) AS next_ms "
-        "FROM (SELECT model_version AS version, user_id, event_time AS t, score, "
-        "        intDiv(toUnixTimestamp64Milli(event_time), {w:Int64}) * {w:Int64} AS ws "
-        "      FROM {db}.predictions FINAL "
-        "      WHERE model_name = {m:String} AND event_time >= fromUnixTimestamp64Milli({lo:Int64}) "
-        "        AND event_time <= fromUnixTimestamp64Milli({hi:Int64}) "
-        "        AND model_version IN {v:Array(String)} AND ws IN {s:Array(Int64)}) AS p "
-        "ASOF LEFT JOIN "
-        # the label looks no further than the horizon: events after the last window's horizon are not read
-        "     (SELECT user_id, event_time FROM {db}.events "
-        "      WHERE event_time > fromUnixTimestamp64Milli({lo:Int64}) "
-        "        AND event_time <= fromUnixTimestamp64Milli({hi:Int64} + {h:Int64}) " + types + " "
-        "        AND user_id IN (SELECT user_id FROM {db}.predictions WHERE model_name = {m:String} "
-        "          AND event_time >= fromUnixTimestamp64Milli({lo:Int64}) "
-        "          AND event_time <= fromUnixTimestamp64Milli({hi:Int64}))) AS e "
-        "ON p.user_id = e.user_id AND e.event_time > p.t "
-        "SETTINGS join_use_nulls = 1",
-        params={
-            "m": spec.model,
-            "w": window_ms,
-            "lo": lo,
-            "hi": hi,
-            "h": spec.horizon_ms,
-            "v": list(versions),
-            "s": [int(s) for s in starts],
-            "types": list(spec.events or ()),
-        },
+    rows = (
+        "SELECT model_version AS version, user_id, event_time AS ts, toUnixTimestamp64Milli(event_time) AS t, score, "
+        "intDiv(toUnixTimestamp64Milli(event_time), {w:Int64}) * {w:Int64} AS ws "
+        "FROM {db}.predictions FINAL "
+        "WHERE model_name = {m:String} AND event_time >= fromUnixTimestamp64Milli({lo:Int64}) "
+        "AND event_time <= fromUnixTimestamp64Milli({hi:Int64}) "
+        "AND model_version IN {v:Array(String)} AND ws IN {s:Array(Int64)}"
     )
+    params = {"m": spec.model, "w": window_ms, "lo": lo, "hi": hi, "v": list(versions), "s": [int(s) for s in starts]}
+    return ch.query_df(next_event_sql(spec, rows), params={**params, **next_event_params(spec, lo, hi)})
 
 
 def labels(spec: HorizonOutcome, t: Iterable[int], next_ms: Iterable[Any]) -> np.ndarray:

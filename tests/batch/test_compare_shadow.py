@@ -125,8 +125,8 @@ def test_a_worse_challenger_in_shadow_is_kept_out(world: dict[str, Any]) -> None
 
 
 def test_a_model_without_a_live_outcome_is_refused_in_one_line(world: dict[str, Any]) -> None:
-    with pytest.raises(PrerequisiteError, match="churn has no outcome joinable"):
-        compare_shadow(world["ctx"], "churn")
+    with pytest.raises(PrerequisiteError, match="high_value has no outcome joinable"):
+        compare_shadow(world["ctx"], "high_value")
 
 
 def test_too_few_labelled_pairs_wait_without_a_record(world: dict[str, Any]) -> None:

@@ -240,3 +240,41 @@ def test_cli_once_prints_what_it_wrote(world: dict[str, Any], monkeypatch: pytes
     assert main(["outcomes", "--once", "--window", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "STREAM_OUTCOMES_WINDOW_S" in err
+
+
+@pytest.mark.parametrize("model", ["churn", "conversion"])
+def test_compare_shadow_judges_horizon_models_on_their_settled_live_pairs(
+    world: dict[str, Any], model: str, tmp_path: Any
+) -> None:
+    from batch_training.context import Context, get_profile
+    from batch_training.retrain import compare_shadow
+    from stream.config import load_settings
+
+    ch = world["ch"]
+    settings = load_settings(
+        clickhouse_database=ch.database, data_dir=tmp_path / "v", models_dir=tmp_path / "m", reports_dir=tmp_path / "r"
+    )
+    ctx = Context(settings, get_profile("fast"), progress=False, _ch=ch)
+    reg = ctx.registry
+    versions = [reg.register(model, "xgboost", lambda p: p.write_text("{}"), {}).version for _ in range(3)]
+    champion, challenger = versions[1:]
+    assert champion == "2"  # the version of the predictions rows from day 40 on: the latest are not settled
+    reg.set_alias(model, "production", champion, reason="test")
+    reg.set_alias(model, "challenger", challenger, reason="test")
+    watermark = int(ch.query_df("SELECT toUnixTimestamp64Milli(max(event_time)) AS m FROM {db}.events")["m"].iloc[0])
+    live = world["preds"][(world["preds"]["model_name"] == model) & (world["preds"]["model_version"] == "2")]
+    labelled = _labelled(world, watermark)[model].set_index("event_id").loc[live["event_id"]]
+    rng = np.random.default_rng(7)
+    better = 0.7 * labelled[model].to_numpy() + 0.3 * rng.random(len(live))
+    shadow = live.assign(model_version=challenger, score=better, prediction_id="shadow-" + live["prediction_id"])
+    insert_records(ch, "predictions_shadow", shadow.to_dict("records"))
+
+    result = compare_shadow(ctx, model, promote=True)
+
+    settled = (live["event_time"] <= watermark - DELAY - HORIZON[model]).to_numpy()
+    assert 0 < settled.sum() < len(live) and result["scored_pairs"] == len(live)
+    assert result["held_out"] == {"rows": settled.sum(), "outcome_unknown": len(live) - settled.sum()}
+    y = labelled[model].to_numpy()[settled]
+    assert result["test"]["champion"] == pytest.approx(roc_auc_score(y, live["score"].to_numpy()[settled]), abs=1e-12)
+    assert result["test"]["challenger"] == pytest.approx(roc_auc_score(y, better[settled]), abs=1e-12)
+    assert result["decision"] == "promote" and reg.resolve(model, "production").version == challenger
