@@ -278,3 +278,20 @@ def test_compare_shadow_judges_horizon_models_on_their_settled_live_pairs(
     assert result["test"]["champion"] == pytest.approx(roc_auc_score(y, live["score"].to_numpy()[settled]), abs=1e-12)
     assert result["test"]["challenger"] == pytest.approx(roc_auc_score(y, better[settled]), abs=1e-12)
     assert result["decision"] == "promote" and reg.resolve(model, "production").version == challenger
+
+
+def test_the_gauges_show_each_versions_latest_window() -> None:
+    from stream.monitoring.horizon import HorizonResult
+    from stream.monitoring.quality import QualitySnapshot
+    from stream.tools.outcomes import QualityGauges
+
+    g = QualityGauges()
+    snap = QualitySnapshot("churn", "3", "binary", 250, T0, T0 + DAY, {"auc": 0.71, "log_loss": 0.52, "ece": 0.04})
+    g.set(HorizonResult(T0 + 40 * DAY, latest=[snap]))
+    value = g.registry.get_sample_value
+    assert value("stream_model_quality", {"model": "churn", "version": "3", "metric": "auc"}) == 0.71
+    assert value("stream_model_quality_window_pairs", {"model": "churn", "version": "3"}) == 250
+    one_class = QualitySnapshot("churn", "3", "binary", 12, T0 + DAY, T0 + 2 * DAY, {"log_loss": 0.3, "ece": 0.1})
+    g.set(HorizonResult(T0 + 41 * DAY, latest=[one_class]))
+    assert value("stream_model_quality", {"model": "churn", "version": "3", "metric": "auc"}) is None
+    assert value("stream_model_quality", {"model": "churn", "version": "3", "metric": "log_loss"}) == 0.3
