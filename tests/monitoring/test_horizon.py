@@ -295,3 +295,19 @@ def test_the_gauges_show_each_versions_latest_window() -> None:
     g.set(HorizonResult(T0 + 41 * DAY, latest=[one_class]))
     assert value("stream_model_quality", {"model": "churn", "version": "3", "metric": "auc"}) is None
     assert value("stream_model_quality", {"model": "churn", "version": "3", "metric": "log_loss"}) == 0.3
+
+
+def test_each_monitor_poll_runs_the_job(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: Any, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("STREAM_CLICKHOUSE_DATABASE", world["ch"].database)
+    monkeypatch.setenv("STREAM_OUTCOMES_WINDOW_S", str(WINDOW // 1000))
+    state = ["--state", str(tmp_path / "state.json"), "--metrics-url", "http://127.0.0.1:9/metrics"]
+    with caplog.at_level("INFO", logger="stream.monitor"):
+        assert main(["monitor", "--once", *state]) == 0
+    runs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("horizon outcomes: ")]
+    assert len(runs) == 1 and "churn: " in runs[0] and "conversion: " in runs[0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="stream.monitor"):
+        assert main(["monitor", "--once", "--no-outcomes", *state]) == 0
+    assert not [r for r in caplog.records if r.getMessage().startswith("horizon outcomes")]
