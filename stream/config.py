@@ -275,8 +275,8 @@ class Settings(BaseSettings):
     )
     monitor_fallback: Literal["none", "offline"] = Field(
         "none",
-        description="a challenger `stream monitor` cannot judge in shadow (too few pairs in STREAM_SHADOW_MAX_WAIT_S, "
-        "or no live outcome for the model): none = the champion stays (recorded), offline = the offline compare",
+        description="a challenger `stream monitor` cannot judge in shadow within STREAM_SHADOW_MAX_WAIT_S (too few "
+        "pairs, or compare --shadow failing): none = the champion stays (recorded), offline = the offline compare",
     )
     monitor_outcomes: bool = Field(
         True, description="`stream monitor` runs the horizon-outcome job (as `stream outcomes --once`) at each poll"

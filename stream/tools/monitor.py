@@ -17,7 +17,7 @@ then judged (``STREAM_MONITOR_COMPARE``):
   ``N`` (``STREAM_SHADOW_MIN_PAIRS``) live events scored by both have their outcome, compare says
   ``wait`` and records nothing; once there are ``N``, its paired test decides (and promotes) and
   records the decision. A challenger still short of pairs after ``STREAM_SHADOW_MAX_WAIT_S``, or
-  of a model whose shadow compare cannot run (no live outcome: compare exits non-zero), goes to
+  whose shadow compare failed (exit code, no report) at every poll till then, goes to
   ``STREAM_MONITOR_FALLBACK``: ``none`` keeps the champion and records why in the registry's
   history, ``offline`` runs the offline compare;
 * ``offline``: ``compare --model M [--promote]`` at once, on the latest archived events.
@@ -268,13 +268,16 @@ class Monitor:
                 "version": pending["version"],
             }
             return str(result["decision"])
-        if result is not None and waited_s < self.shadow_max_wait_s:
-            log.info("%s: challenger v%s in shadow: %s; waiting", name, pending["version"], result.get("reason"))
+        if result is None:  # ClickHouse down, a model it cannot judge: asked again until the wait is over
+            log.warning("%s: compare --shadow exited %d without a result", name, code)
+        if waited_s < self.shadow_max_wait_s:
+            if result is not None:
+                log.info("%s: challenger v%s in shadow: %s; waiting", name, pending["version"], result.get("reason"))
             return "wait"
         why = (
             f"{result.get('reason')} after {waited_s / 3600:.1f} h"
             if result is not None
-            else f"no shadow compare (exit {code})"
+            else f"compare --shadow failed (exit {code}) for {waited_s / 3600:.1f} h"
         )
         if self.fallback == "offline":
             self._offline(state, name, why)

@@ -328,21 +328,26 @@ def test_too_few_shadow_pairs_in_the_wait_go_to_the_stated_fallback(tmp_path: Pa
 
 
 @pytest.mark.parametrize("fallback", ["none", "offline"])
-def test_a_model_without_a_shadow_compare_falls_back_only_when_stated(tmp_path: Path, fallback: str) -> None:
+def test_a_failing_shadow_compare_is_retried_then_falls_back_only_when_stated(tmp_path: Path, fallback: str) -> None:
     from stream.models.registry import ModelRegistry
 
     clock = [0.0]
     mon, runner = _shadow_monitor(tmp_path, clock, fallback=fallback)
-    runner.shadow_exit = 2  # compare --shadow refuses the model (no live outcome)
-    assert mon.tick() == {
-        "reason": "schedule: no retrain yet",
-        "retrain": 0,
-        "compare": {"click": "offline" if fallback == "offline" else "given up"},
-    }
+    runner.shadow_exit = 2  # compare --shadow fails (ClickHouse down, say): no report
+    assert mon.tick() == {"reason": "schedule: no retrain yet", "retrain": 0, "compare": {"click": "wait"}}
+    clock[0] += 86_400
+    mon.tick()
+    assert "click" in MonitorState.load(mon.state_path).pending  # asked again, still within the wait
+    clock[0] += 2 * 86_400
+    mon.tick()
+    assert MonitorState.load(mon.state_path).pending == {}
+    assert sum("--shadow" in a for a in runner.calls) == 3
     offline = [a for a in runner.calls if a[2] == "compare" and "--shadow" not in a]
     assert len(offline) == (1 if fallback == "offline" else 0)
     history = ModelRegistry(tmp_path / "models").history("click")
     assert len(history) == (0 if fallback == "offline" else 1)
+    if fallback == "none":
+        assert history[0]["reason"].startswith("keep: compare --shadow failed (exit 2) for 72.0 h")
 
 
 def test_the_outcome_job_runs_at_each_poll_and_its_failure_stops_nothing(tmp_path: Path) -> None:
