@@ -163,10 +163,14 @@ class _Tally:
 
 
 def _keep_segments(predictions: Sequence[PredictionRecord], users: UserBatch) -> None:
-    """Each user's segment into their state (the newest by event time); replayed scores are not kept."""
+    """Each user's segment into their state (the newest by event time); replayed scores are not kept.
+
+    The state holds the model version as an integer, as the registry numbers versions (one named
+    otherwise by a hand-edited alias is published, not kept).
+    """
     name = SEGMENTS.name
     for p in predictions:
-        if p["model_name"] == name and "replayed" not in p:
+        if p["model_name"] == name and "replayed" not in p and p["model_version"].isdigit():
             users.assign_segment(p["user_id"], (int(p["score"]), int(p["model_version"]), p["event_time"]))
 
 
