@@ -23,6 +23,7 @@ from batch_training.specs import SPECS
 from stream import arguments
 from stream.config import load_settings
 from stream.errors import ConfigError
+from stream.models import SEGMENTS
 from stream.models.registry import RegistryError
 
 
@@ -85,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, parents=[common], help=f"step {name}")
     supervised = sorted(SPECS)
     pr = sub.add_parser("promote", parents=[common], help="move the production alias (gated)")
-    pr.add_argument("models", nargs="*", help="models to promote (default: churn conversion click engagement)")
+    pr.add_argument(
+        "models", nargs="*", help="models to promote (default: churn conversion click engagement segmentation)"
+    )
     pr.add_argument("--model", action="append", choices=supervised, default=[], help="a model to promote (repeatable)")
     pr.add_argument(
         "--version", default=None, help="version to promote (default: the challenger if there is one, else the latest)"
@@ -221,9 +224,10 @@ def _run(argv: Sequence[str] | None) -> int:
             from batch_training.promote import promote
 
             names = [*args.models, *args.model] or None
+            known = sorted([*SPECS, SEGMENTS.registered_as])
             for name in names or []:
-                if name not in SPECS:
-                    raise ConfigError(f"unknown model {name!r}; expected one of {sorted(SPECS)}")
+                if name not in known:
+                    raise ConfigError(f"unknown model {name!r}; expected one of {known}")
             result = promote(
                 ctx, names, version=args.version, force=args.force, challenger_first=True, reason=args.reason
             )

@@ -6,6 +6,11 @@ scored on it; the candidate is refused if its primary metric (AUC, or R² for en
 unless ``force``. A production model trained on other features (its feature list no longer
 matches) cannot be scored and is replaced. Every promotion is recorded in the registry's history
 with these scores as its evidence.
+
+The segmentation (unsupervised, served online as model ``segment``) has no holdout metric to
+compare: its latest version is promoted once it loads as the worker loads it (its user feature
+list matches this code and its parameters fit the user rows), with its clustering scores as
+evidence.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from batch_training.modeling import write_json
 from batch_training.specs import SPECS, ModelSpec
 from batch_training.supervised import score, spec_data
 from stream.errors import PrerequisiteError, StreamError
+from stream.models import SEGMENTS
 from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError, load_booster
+from stream.models.segments import SegmentModel
 from stream.state import FeatureList
 
 
@@ -80,11 +87,16 @@ def promote(
     reg = ctx.registry
     out: dict[str, Any] = {}
     refused = []
-    for name in names or list(SPECS):
-        spec = SPECS[name]
+    for name in names or [*SPECS, SEGMENTS.registered_as]:
         if skipped and name in skipped:
             out[name] = {"status": "skipped", "reason": skipped[name]}
             continue
+        if name == SEGMENTS.registered_as:
+            out[name] = promote_segmentation(ctx, version=version, reason=reason)
+            if out[name]["status"].startswith("refused"):
+                refused.append(name)
+            continue
+        spec = SPECS[name]
         versions = reg.versions(name)
         if not versions:
             out[name] = {
@@ -150,12 +162,44 @@ def promote(
     write_json(ctx.reports_dir / "promotion.json", out)
     if refused:
         detail = "; ".join(
-            f"{n} v{out[n]['candidate']} {out[n]['metric']}={_f(out[n]['candidate_score'])} < "
+            f"{n} v{out[n]['candidate']}: {out[n]['status']}"
+            if n == SEGMENTS.registered_as
+            else f"{n} v{out[n]['candidate']} {out[n]['metric']}={_f(out[n]['candidate_score'])} < "
             f"production v{out[n]['production']} {_f(out[n]['production_score'])}"
             for n in refused
         )
         raise PromotionRefused(f"promotion refused: {detail} (use --force to override)")
     return out
+
+
+def promote_segmentation(ctx: Context, *, version: str | None = None, reason: str = "") -> dict[str, Any]:
+    """Point the segmentation's production alias at its latest (or given) version, if the worker can load it."""
+    reg = ctx.registry
+    name = SEGMENTS.registered_as
+    versions = reg.versions(name)
+    if not versions:
+        return {"status": "skipped", "reason": f"no registered {name} model: run `python -m batch_training {name}`"}
+    cand = reg.get(name, version or versions[-1])
+    prod = reg.aliases(name).get(PRODUCTION)
+    if prod == cand.version:
+        return {"status": "unchanged", "version": cand.version}
+    entry: dict[str, Any] = {"candidate": cand.version, "production": prod, "metrics": cand.metadata.get("metrics", {})}
+    want = SEGMENTS.features
+    stored = cand.features
+    if stored.get("version") != want.version or list(stored.get("names", [])) != list(want.names):
+        entry["status"] = "refused (candidate features do not match this code)"
+    else:
+        try:
+            SegmentModel.load(cand, want.names)
+        except (RegistryError, KeyError, ValueError) as exc:
+            entry["status"] = f"refused (its parameters do not load: {exc})"
+    if "status" in entry:
+        reg.record(name, "refused", from_version=prod, to_version=cand.version, reason=f"promote: {entry['status']}")
+        return entry
+    why = reason or "unsupervised: no holdout metric to gate on; the latest fit that loads is served"
+    reg.set_alias(name, PRODUCTION, cand.version, reason=why, evidence=dict(entry))
+    entry["status"] = "promoted"
+    return entry
 
 
 def _f(v: float | None) -> str:

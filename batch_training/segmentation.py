@@ -6,7 +6,9 @@ only if that segment's mean lies at least ``MIN_Z`` population standard deviatio
 population's in the named direction (and is non-zero for a "+" name: no "video consumers" without
 video plays). Other segments are named by their most distinctive column ("high ..."/"low ...").
 Each name states its evidence (segment mean vs population mean).
-The model (scaler, PCA, centroids) is registered as JSON; no pickle.
+The model (scaler, PCA, centroids) is registered as JSON; no pickle, with the user feature list
+its rows come from: the worker assigns segments online from the same rows (``stream/models/segments.py``)
+once ``promote`` moved its ``production`` alias.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 from batch_training.context import Context, Skipped
 from batch_training.modeling import data_fingerprint, register, write_json
 from batch_training.supervised import load_table
+from stream.models import SEGMENTS
 
 PROFILE_COLUMNS = [
     "total_sessions",
@@ -156,10 +159,10 @@ def segmentation(ctx: Context) -> dict[str, Any]:
 
     mv = register(
         ctx.registry,
-        "segmentation",
+        SEGMENTS.registered_as,
         "json",
         write,
-        features=None,
+        features=SEGMENTS.features,
         metrics={"k": k, **scores[k - 3]},
         window={},
         rows={"users": len(m)},

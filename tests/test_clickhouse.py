@@ -170,6 +170,22 @@ def test_a_predictions_table_of_an_older_version_takes_new_rows_and_is_reported(
     assert not warn_old_engines(ch)
 
 
+def test_a_segment_s_name_is_stored_as_its_label_and_older_tables_get_the_column(ch) -> None:
+    """One batch mixing a segment (score: its id, label: its name) and a churn score without a label."""
+    for table in ("predictions", "predictions_shadow"):  # tables created before the label column
+        ch.command(f"ALTER TABLE {{db}}.{table} DROP COLUMN label")
+    apply_ddl(ch)
+    segment = dict(_PREDICTION, prediction_id="p2", model_name="segment", score=3.0, label="mobile-first")
+    churn = dict(_PREDICTION, prediction_id="p3", model_name="churn", score=0.4)
+    for table in ("predictions", "predictions_shadow"):
+        insert_records(ch, table, [dict(segment, predicted_at=1_700_000_001_000), dict(churn, predicted_at=1)])
+        rows = ch.query_df(f"SELECT model_name, score, label FROM {{db}}.{table} FINAL ORDER BY model_name")
+        assert rows.to_dict("records") == [
+            {"model_name": "churn", "score": 0.4, "label": ""},
+            {"model_name": "segment", "score": 3.0, "label": "mobile-first"},
+        ]
+
+
 def test_archived_events_are_one_row_per_event_and_an_older_events_table_is_reported(ch, caplog) -> None:
     """The worker may archive an event again after a crash: FINAL shows it once."""
     event = {

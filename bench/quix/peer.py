@@ -279,10 +279,10 @@ def main() -> None:
         newest = hwm.get(partition, -1)
         if ev.t > newest:
             hwm[partition] = ev.t
-        model = TRIGGERS.get(kind)
+        models = TRIGGERS.get(kind, ())
         out: list[dict[str, Any]] = []
         click = None
-        if model == "click":
+        if "click" in models:
             click = {
                 "k": "art",
                 "aid": event["article_id"],
@@ -293,12 +293,13 @@ def main() -> None:
                 "ev": _brief(event),
             }
             out.append(click)
-        elif model == "engagement":
+        elif "engagement" in models:
             out.append({"k": "row", "m": "engagement", "row": _row(engagement_row(st, ev, cfg)), "ev": _brief(event)})
         outcome = apply_user(st, ev, cfg)
         users.put(state, uid, st)
-        if model == "churn":
-            out.append({"k": "row", "m": "churn", "row": _row(user_row(st, ev.t, cfg)), "ev": _brief(event)})
+        if "churn" in models:  # session_end: one user row for churn, conversion and segment
+            row = _row(user_row(st, ev.t, cfg))
+            out += [{"k": "row", "m": m, "row": row, "ev": _brief(event)} for m in models]
         if kind in ARTICLE_EVENTS:
             if outcome is Outcome.APPLIED and ev.t >= newest - ARTICLE_LATENESS_MS:
                 if click is not None:

@@ -72,6 +72,8 @@ _NESTED = {
 _INT_COLUMNS = ("position", "duration_ms")
 #: Optional boolean fields of output records, present only when true (e.g. a prediction's ``replayed``).
 _FLAG_COLUMNS = ("replayed",)
+#: Optional text fields of output records, absent when empty (a prediction's ``label``).
+_TEXT_COLUMNS = ("label",)
 
 
 def connect(settings: Settings, *, apply_schema: bool = True) -> ClickHouse:
@@ -241,6 +243,9 @@ def insert_records(
     for c in _FLAG_COLUMNS:
         if c in df.columns:  # absent from some records: NaN there
             df[c] = df[c].eq(True).astype("uint8")
+    for c in _TEXT_COLUMNS:
+        if c in df.columns:  # absent from some records: NaN there, '' in the table
+            df[c] = df[c].fillna("").astype(str)
     # not stored: the schema version, the decision's arm means, and "shadow" (its table says so)
     df = df.drop(columns=[c for c in ("schema_version", "arm_means", "shadow") if c in df.columns])
     return ch.insert_df(table, df)

@@ -32,6 +32,8 @@ class PredictionRecord(TypedDict):
     score: float
     predicted_at: int
     feature_version: NotRequired[str]
+    #: the name of a categorical score (model ``segment``: the segment's name); absent otherwise
+    label: NotRequired[str]
     #: present (and true) only on a score made from a state that already held the event
     replayed: NotRequired[bool]
     #: present (and true) only on a challenger's score (the predictions-shadow topic and table)

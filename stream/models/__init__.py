@@ -5,6 +5,6 @@
 * :mod:`stream.models.scoring`: loading the promoted versions and scoring feature rows in batches.
 """
 
-from stream.models.table import MODELS, SERVED_FEATURES, TRIGGERS, Model
+from stream.models.table import MODELS, REGISTERED_AS, SEGMENTS, SERVED_FEATURES, TRIGGERS, Model, Segments
 
-__all__ = ["MODELS", "SERVED_FEATURES", "TRIGGERS", "Model"]
+__all__ = ["MODELS", "REGISTERED_AS", "SEGMENTS", "SERVED_FEATURES", "TRIGGERS", "Model", "Segments"]

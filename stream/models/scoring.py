@@ -16,6 +16,8 @@ import numpy as np
 from stream.events.ids import prediction_id
 from stream.events.records import PredictionRecord
 from stream.models.registry import ModelRegistry, ModelVersion, RegistryError, load_booster
+from stream.models.segments import SegmentModel
+from stream.models.table import REGISTERED_AS
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,11 @@ class ScoreError(ValueError):
 
 @dataclass
 class LoadedModel:
-    """A production model ready to score: its booster and the feature list it was trained on."""
+    """A production model ready to score: its booster and the feature list it was trained on.
+
+    ``kind`` "segments": ``booster`` is a :class:`~stream.models.segments.SegmentModel`, whose
+    score is the segment id and whose :meth:`label` is the segment's name.
+    """
 
     name: str
     version: str
@@ -35,10 +41,16 @@ class LoadedModel:
     feature_version: str
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Scores for a 2-D float32 matrix (probabilities for classifiers)."""
+        """Scores for a 2-D float32 matrix (probabilities for classifiers, segment ids for segments)."""
         if self.kind == "xgboost":
             return np.asarray(self.booster.inplace_predict(x), dtype=np.float64)
+        if self.kind == "segments":
+            return np.asarray(self.booster.assign(x), dtype=np.float64)
         return np.asarray(self.booster.predict(x, num_threads=1), dtype=np.float64)
+
+    def label(self, score: float) -> str | None:
+        """The name of a categorical score (a segment's); None for a model whose score is a number."""
+        return self.booster.name(int(score)) if self.kind == "segments" else None
 
 
 class ModelSet:
@@ -47,7 +59,10 @@ class ModelSet:
     A model whose stored feature list does not match the worker's feature definition is refused
     (logged, counted, and the previous version keeps serving). With ``required=False`` (the
     challengers) a model without the alias is normal: it is not loaded, or unloaded once the alias
-    is gone.
+    is gone. Either way a model without the alias is not scored and the others are.
+
+    A model is looked up in the registry under its name, or the one :data:`REGISTERED_AS` gives
+    (the segmentation's JSON parameters become a :class:`SegmentModel`).
     """
 
     def __init__(
@@ -71,9 +86,9 @@ class ModelSet:
         self.required = required
         self._on_unloaded = on_unloaded
 
-    def _accept(self, mv: ModelVersion) -> str | None:
+    def _accept(self, name: str, mv: ModelVersion) -> str | None:
         """None if the model fits the worker's features, else the reason it does not."""
-        want = self.expected[mv.name]
+        want = self.expected[name]
         got = mv.features
         if got.get("version") != want.version or list(got.get("names", [])) != list(want.names):
             return (
@@ -82,16 +97,23 @@ class ModelSet:
             )
         return None
 
+    def _load(self, name: str, mv: ModelVersion) -> LoadedModel:
+        if mv.kind == "json":  # the segmentation: its parameters, read for the rows it was fitted on
+            segments = SegmentModel.load(mv, self.expected[name].names)
+            return LoadedModel(name, mv.version, "segments", segments, mv.features["version"])
+        return LoadedModel(name, mv.version, mv.kind, load_booster(mv), mv.features["version"])
+
     def refresh(self) -> list[str]:
         """Load models whose alias changed since the last call. Returns 'name:version' loaded."""
         loaded = []
         for name in self.expected:
-            token = self.registry.alias_token(name)
+            registered = REGISTERED_AS.get(name, name)
+            token = self.registry.alias_token(registered)
             if name in self._tokens and token == self._tokens[name]:
                 continue
             self._tokens[name] = token
             try:
-                mv = self.registry.resolve(name, self.alias)
+                mv = self.registry.resolve(registered, self.alias)
             except RegistryError as exc:
                 if not self.required:
                     if self.models.pop(name, None) is not None:
@@ -104,13 +126,18 @@ class ModelSet:
             current = self.models.get(name)
             if current is not None and current.version == mv.version:
                 continue
-            reason = self._accept(mv)
-            if reason is not None:
+            reason = self._accept(name, mv)
+            model = None
+            if reason is None:
+                try:
+                    model = self._load(name, mv)
+                except RegistryError as exc:
+                    reason = str(exc)
+            if model is None:
                 log.error("refusing model %s version %s: %s", name, mv.version, reason)
                 if self._on_refused:
-                    self._on_refused(name, mv.version, reason)
+                    self._on_refused(name, mv.version, str(reason))
                 continue
-            model = LoadedModel(name, mv.version, mv.kind, load_booster(mv), mv.features["version"])
             self.models[name] = model
             if self._on_loaded:
                 self._on_loaded(model)
@@ -188,7 +215,8 @@ def score_requests(
     Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
     record carries ``"replayed": true``; the field is absent otherwise. A score that is
     not a finite number raises :class:`ScoreError`: JSON has no NaN, and consumers of the
-    predictions topic expect a number. With ``scored``, each model's feature matrix and scores are
+    predictions topic expect a number. A segment's record has its id as ``score`` and its name as
+    ``label``. With ``scored``, each model's feature matrix and scores are
     appended to it.
     """
     by_model: dict[str, list[ScoreRequest]] = {}
@@ -207,9 +235,10 @@ def score_requests(
                 f"model {name} version {model.version} scored event "
                 f"{reqs[bad].event['event_id']!r} as {scores[bad]}, expected a finite number"
             )
-        if scored is not None:
+        if scored is not None and model.kind != "segments":  # segment ids have no drift profile
             t = np.array([r.event["event_time"] for r in reqs], dtype=np.int64)
             scored.append(Scored(name, model.version, x, scores, t))
+        labelled = model.kind == "segments"
         for req, score in zip(reqs, scores, strict=True):
             ev = req.event
             rec: PredictionRecord = {
@@ -227,6 +256,8 @@ def score_requests(
                 "predicted_at": now_ms,
                 "feature_version": model.feature_version,
             }
+            if labelled:
+                rec["label"] = model.booster.name(int(score))
             if req.replayed:
                 rec["replayed"] = True
             out.append(rec)

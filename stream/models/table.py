@@ -5,9 +5,11 @@ Everything else reads it: the worker's triggers and expected feature lists (``st
 written by ``batch_training features``.
 
 >>> TRIGGERS["article_impression"], MODELS["click"].label
-('click', 'clicked')
->>> sorted(SERVED_FEATURES)
-['churn', 'click', 'engagement']
+(('click',), 'clicked')
+>>> TRIGGERS["session_end"]
+('churn', 'conversion', 'segment')
+>>> sorted(SERVED_FEATURES), REGISTERED_AS["segment"]
+(['churn', 'click', 'conversion', 'engagement', 'segment'], 'segmentation')
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from stream.state import CHURN_FEATURES, CLICK_FEATURES, CONVERSION_FEATURES, ENGAGEMENT_FEATURES, FeatureList
+from stream.state import (
+    CHURN_FEATURES,
+    CLICK_FEATURES,
+    CONVERSION_FEATURES,
+    ENGAGEMENT_FEATURES,
+    USER_FEATURES,
+    FeatureList,
+)
 
 
 @dataclass(frozen=True)
@@ -24,7 +33,7 @@ class Model:
     """One model's identity."""
 
     name: str
-    #: the event type on which the worker scores it; None: trained and reported, not served
+    #: the event type on which the worker scores it (several models may share one); None: not served
     trigger: str | None
     features: FeatureList
     library: Literal["xgboost", "lightgbm"]
@@ -37,14 +46,44 @@ MODELS: Mapping[str, Model] = {
     m.name: m
     for m in (
         Model("churn", "session_end", CHURN_FEATURES, "xgboost", "churned", "binary"),
-        Model("conversion", None, CONVERSION_FEATURES, "lightgbm", "converted", "binary"),
+        Model("conversion", "session_end", CONVERSION_FEATURES, "lightgbm", "converted", "binary"),
         Model("click", "article_impression", CLICK_FEATURES, "xgboost", "clicked", "binary"),
         Model("engagement", "session_start", ENGAGEMENT_FEATURES, "xgboost", "engagement", "regression"),
     )
 }
 
-#: event type -> the model it triggers
-TRIGGERS: Mapping[str, str] = {m.trigger: m.name for m in MODELS.values() if m.trigger is not None}
+
+@dataclass(frozen=True)
+class Segments:
+    """The unsupervised segmentation (``batch_training/segmentation.py``), served online.
+
+    Not in :data:`MODELS` (no label, no training spec, no promote gate on a holdout): the worker
+    assigns each user the nearest K-Means segment of their feature row and publishes it as model
+    ``name``; batch training registers it as ``registered_as`` (JSON parameters, no pickle).
+    """
+
+    name: str
+    registered_as: str
+    trigger: str
+    #: the rows it reads: the user feature row, of which it uses some columns
+    features: FeatureList
+
+
+SEGMENTS = Segments("segment", "segmentation", "session_end", USER_FEATURES)
+
+_SERVED: tuple[tuple[str, str | None, FeatureList], ...] = (
+    *((m.name, m.trigger, m.features) for m in MODELS.values()),
+    (SEGMENTS.name, SEGMENTS.trigger, SEGMENTS.features),
+)
+
+#: event type -> the models it triggers, in table order (each scores the same event)
+TRIGGERS: Mapping[str, tuple[str, ...]] = {
+    t: tuple(name for name, trigger, _ in _SERVED if trigger == t)
+    for t in dict.fromkeys(trigger for _, trigger, _ in _SERVED if trigger is not None)
+}
 
 #: the models the worker serves -> the feature list each must have been trained on
-SERVED_FEATURES: Mapping[str, FeatureList] = {m.name: m.features for m in MODELS.values() if m.trigger is not None}
+SERVED_FEATURES: Mapping[str, FeatureList] = {name: fl for name, trigger, fl in _SERVED if trigger is not None}
+
+#: served models registered under another name in the model registry
+REGISTERED_AS: Mapping[str, str] = {SEGMENTS.name: SEGMENTS.registered_as}

@@ -4,7 +4,9 @@ Sets and dicts are written sorted, so equal states give equal bytes whatever the
 events came in. Group by group, in order (each component's ``write`` documents its part):
 
 * ``wide``: latest and first event time, latest session_start, first newsletter and subscription
-  times, revenue in cents, the time of the decayed session means (an empty state: only -1);
+  times, revenue in cents, the time of the decayed session means (an empty state: only -1); then,
+  once the worker assigned the user a segment, its id, model version and time (bytes written
+  before segments existed lack them, and decode to a state without a segment);
 * ``small``: the lengths of the pending buffer, the dedup ring and the closed-session ring, whether
   a session is open; then the buckets, the distinct counters, the preference counts, and the
   pending events' type codes;
@@ -29,8 +31,9 @@ from stream.state.user_state import ENGAGEMENT_TYPES, RESOLUTIONS, OpenSession, 
 
 #: First byte of a user state's bytes (1 was the deflated format, never persisted).
 USER_FORMAT = 2
-#: wide values of a non-empty state (:func:`encode_user`)
+#: wide values of a non-empty state (:func:`encode_user`), without and with a segment
 _N_WIDE = 7
+_N_WIDE_SEGMENT = _N_WIDE + 3
 _N_TYPES = len(EVENT_TYPES)
 _N_ENGAGEMENT = len(ENGAGEMENT_TYPES)
 _new = object.__new__
@@ -52,6 +55,8 @@ def encode_user(st: UserFields) -> bytes:
     closed = s.closed
     w.wide += (ref, st.min_t, st.last_ss, st.nl_t, st.sub_t, st.cents)
     s.dm.write(w)  # the last wide value, and the floats
+    if st.segment is not None:
+        w.wide += st.segment
     small, counters, times, hashes = w.small, w.counters, w.times, w.hashes
     small += (len(pending), len(ring), len(closed), cur is not None)
     counters += (st.late, s.n)
@@ -102,6 +107,7 @@ def _blank(cls: type[U]) -> U:
     st.pending = []
     st.ring = []
     st.sess = Sessions()
+    st.segment = None
     st.view = None
     return st
 
@@ -118,7 +124,9 @@ def decode_user(data: bytes, cls: type[U]) -> U:
                 raise SchemaError("user state: an empty state has trailing data")
             return st
         s = st.sess
-        _, st.min_t, st.last_ss, st.nl_t, st.sub_t, st.cents, s.dm.t = wide
+        _, st.min_t, st.last_ss, st.nl_t, st.sub_t, st.cents, s.dm.t = wide[:_N_WIDE]
+        if len(wide) == _N_WIDE_SEGMENT:
+            st.segment = (wide[7], wide[8], wide[9])
         n_pending, n_ring, n_closed, has_cur = small[:4]
         st.late, s.n = counters[:2]
         st.tot = counters[2 : 2 + _N_TYPES]
@@ -184,9 +192,7 @@ def decode_user(data: bytes, cls: type[U]) -> U:
         consumed = (at_small, at_counter, at_hash, at_bucket, at_raw, at_time, len(s.dm.means))
     except (IndexError, ValueError, TypeError) as exc:
         raise SchemaError(f"user state: inconsistent contents ({exc})") from None
-    if (
-        consumed != (len(small), len(counters), len(hashes), len(bucket_counts), len(raw), len(times), 3)
-        or len(wide) != _N_WIDE
-    ):
+    counts = (len(small), len(counters), len(hashes), len(bucket_counts), len(raw), len(times), 3)
+    if consumed != counts or len(wide) not in (_N_WIDE, _N_WIDE_SEGMENT):
         raise SchemaError("user state: contents do not match their counts (trailing data)")
     return st

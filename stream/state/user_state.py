@@ -134,6 +134,7 @@ class UserFields:
         "p_tz",
         "pending",
         "ring",
+        "segment",
         "sess",
         "sub_t",
         "tot",
@@ -168,6 +169,10 @@ class UserFields:
         #: id hashes of the last events fed to ``sess`` (the duplicates they would be), oldest first
         self.ring: list[int] = []
         self.sess = Sessions()
+        #: the segment last assigned online (stream/models/segments.py): (segment id, segmentation
+        #: model version, time of the session_end it was assigned at), None before any; written by
+        #: the worker, not by events
+        self.segment: tuple[int, int, int] | None = None
         #: derived, not serialized: (half-life, ``sess`` with ``pending`` applied), kept up to date
         #: by in-order events (see :func:`~stream.state.user.session_view`); None until a feature
         #: row asks for it

@@ -84,6 +84,20 @@ class UserBatch:
         self.users[uid] = (offset, state)
         self.dirty[uid] = offset
 
+    def assign_segment(self, uid: str, segment: tuple[int, int, int]) -> None:
+        """Keep ``(segment id, model version, event time)`` in the user's state unless it holds a later one.
+
+        The user was loaded by this batch. A session_end the state held already (a replay) assigns
+        the segment its first processing wrote with the state, so this rarely writes a state the
+        batch did not change.
+        """
+        offset, state = self.users[uid]
+        old = state.segment
+        if old == segment or (old is not None and old[2] > segment[2]):
+            return
+        state.segment = segment
+        self.dirty[uid] = offset
+
     def write(self) -> None:
         """One store write per changed user."""
         users = self.users

@@ -13,12 +13,14 @@ One batch, step by step:
 1. Parse and validate every record; rejects become dead-letter envelopes.
 2. Per valid event, in order: build the feature row the event triggers *before* applying it
    (click at ``article_impression``, engagement at ``session_start``), apply it to the user's
-   state, then build rows that need it applied (churn at ``session_end``); record ad events.
+   state, then build rows that need it applied (churn, conversion and segment at ``session_end``,
+   one user row for the three); record ad events.
    An event the stored state already holds (a replay after a crash) is scored, not applied, and
    its prediction is marked ``replayed`` when that state is not the one its row needs.
 3. Write each touched user's state once (not once per event).
 4. One vectorized predict per model for the whole batch, and the same rows scored by the
-   challengers in shadow (their failure costs no production output).
+   challengers in shadow (their failure costs no production output). Each user's new segment is
+   kept in their state (written with it).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from stream.events.records import DecisionRecord, PredictionRecord
-from stream.models import SERVED_FEATURES, TRIGGERS
+from stream.models import SEGMENTS, SERVED_FEATURES, TRIGGERS
 from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
 from stream.state import (
     ARTICLE_FEATURES,
@@ -73,6 +75,13 @@ log = logging.getLogger(__name__)
 #: The feature list each model must have been trained on (from the model table).
 EXPECTED_FEATURES = SERVED_FEATURES
 ARTICLE_EVENTS = frozenset({"article_impression", "article_click", "article_view"})
+#: models whose row is the user row: built after the event is applied (state as of the event)
+_USER_ROW = frozenset(name for name, fl in SERVED_FEATURES.items() if fl.names == USER_FEATURES.names)
+#: per trigger, the models scored from the state before / after the event (from the model table)
+_BEFORE = {kind: tuple(n for n in names if n not in _USER_ROW) for kind, names in TRIGGERS.items()}
+_AFTER = {kind: tuple(n for n in names if n in _USER_ROW) for kind, names in TRIGGERS.items()}
+# the rows built before applying are the click and engagement rows (_apply)
+assert {n for names in _BEFORE.values() for n in names} <= {"click", "engagement"}, _BEFORE
 #: where the article part of a click row starts and ends (click_row: user, article, position, context)
 _ART = slice(len(USER_FEATURES), len(USER_FEATURES) + len(ARTICLE_FEATURES))
 
@@ -151,6 +160,18 @@ class _Tally:
             m.redelivered.inc(self.redelivered)
         if self.rows:
             m.batch_size.observe(self.rows)
+
+
+def _keep_segments(predictions: Sequence[PredictionRecord], users: UserBatch) -> None:
+    """Each user's segment into their state (the newest by event time); replayed scores are not kept.
+
+    The state holds the model version as an integer, as the registry numbers versions (one named
+    otherwise by a hand-edited alias is published, not kept).
+    """
+    name = SEGMENTS.name
+    for p in predictions:
+        if p["model_name"] == name and "replayed" not in p and p["model_version"].isdigit():
+            users.assign_segment(p["user_id"], (int(p["score"]), int(p["model_version"]), p["event_time"]))
 
 
 class BatchProcessor:
@@ -296,6 +317,8 @@ class BatchProcessor:
             now = int(time.time() * 1000)
             kept = out.scored if self.keep_scored else None
             out.predictions = score_requests(self.models, requests, now, kept)
+            if SEGMENTS.name in self.models:
+                _keep_segments(out.predictions, users)
             self._score_shadow(requests, now, out)
             out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
@@ -346,11 +369,11 @@ class BatchProcessor:
             hwm = hwm_of.get(partition, -1)
             if ev.t > hwm:
                 hwm_of[partition] = ev.t
-            model = TRIGGERS.get(kind)
             # A row built before applying needs a state without this event; one built after, a state
             # with nothing later. A replay has the stored state, which may hold both: its rows are
             # marked, so that the first (exact) score can win downstream (docs/worker.md, "Delivery").
-            if model == "click":
+            before = _BEFORE.get(kind, ())
+            if "click" in before:
                 if defer:  # the article part comes in finish_clicks
                     req = ScoreRequest(
                         "click",
@@ -367,7 +390,7 @@ class BatchProcessor:
                             "click", click_row(state, article, ev, cfg), event, ingest_ms, rec.offset <= applied_offset
                         )
                     )
-            elif model == "engagement":
+            if "engagement" in before:
                 requests.append(
                     ScoreRequest(
                         "engagement", engagement_row(state, ev, cfg), event, ingest_ms, rec.offset <= applied_offset
@@ -379,10 +402,11 @@ class BatchProcessor:
                 if outcome is Outcome.DUPLICATE:
                     tally.duplicates += 1
                 users.applied(uid, rec.offset, state)
-            if model == "churn":
-                requests.append(
-                    ScoreRequest("churn", user_row(state, ev.t, cfg), event, ingest_ms, rec.offset < applied_offset)
-                )
+            after = _AFTER.get(kind)
+            if after:  # one user row, scored by each of them (churn, conversion and segment)
+                row = user_row(state, ev.t, cfg)
+                replayed = rec.offset < applied_offset
+                requests += [ScoreRequest(name, row, event, ingest_ms, replayed) for name in after]
             if kind in ARTICLE_EVENTS:
                 # Articles count each event once: duplicates and replays are not forwarded; nor are
                 # events so late that the partition's watermark already passed them.

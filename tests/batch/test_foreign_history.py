@@ -74,8 +74,10 @@ def test_every_model_is_promoted_or_skipped_with_its_reason(foreign_run: tuple[C
         "conversion": "promoted",
         "engagement": "promoted",
         "click": "skipped",
+        "segmentation": "promoted",
     }
     assert "single class" in promoted["click"]["reason"]
+    assert ctx.registry.resolve("segmentation").version == promoted["segmentation"]["candidate"]
     for name in ("churn", "conversion", "engagement"):
         assert ctx.registry.resolve(name).version == promoted[name]["candidate"]
 

@@ -59,6 +59,24 @@ def test_registered_models_carry_the_worker_feature_lists(sim_ctx: Context, pipe
     assert json.loads(churn.save_config())["learner"]["objective"]["name"] == "binary:logistic"
 
 
+def test_the_worker_loads_every_served_model_the_pipeline_promoted(sim_ctx: Context, pipeline_run: dict) -> None:
+    """churn, conversion, click, engagement and the segmentation (served as model segment), as the worker loads them."""
+    from stream.models.registry import ModelRegistry
+    from stream.models.scoring import ModelSet
+    from stream.worker.processor import EXPECTED_FEATURES
+
+    refused: list[str] = []
+    model_set = ModelSet(
+        ModelRegistry(sim_ctx.settings.models_dir), EXPECTED_FEATURES, on_refused=lambda n, v, r: refused.append(r)
+    )
+    model_set.refresh()
+    assert not refused
+    assert sorted(model_set.models) == ["churn", "click", "conversion", "engagement", "segment"]
+    segment = model_set.models["segment"]
+    assert segment.version == sim_ctx.registry.resolve("segmentation").version
+    assert len(segment.booster.names) == _result(sim_ctx, "segmentation")["k"]
+
+
 def test_registered_models_carry_a_reference_profile(sim_ctx: Context, pipeline_run: dict) -> None:
     """Drift monitoring needs each model's training-time profile: every feature, then the prediction."""
     for name, spec in SPECS.items():

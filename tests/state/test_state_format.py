@@ -2,6 +2,7 @@
 
 The digests were computed by the code before the codec's groups were named (commit cd789e1): a
 change here is a format change, which needs a new format byte (``USER_FORMAT``, article ``_FORMAT``).
+A user state's segment (assigned by the worker) is an optional tail that states without one lack.
 """
 
 from __future__ import annotations
@@ -44,3 +45,23 @@ def test_state_bytes_are_unchanged() -> None:
     # and they decode to states that give them back
     assert all(UserState.from_bytes(b).to_bytes() == b for b in user_bytes)
     assert all(ArticleState.from_bytes(b).to_bytes() == b for b in article_bytes)
+
+
+def test_a_segment_is_an_optional_tail_of_the_format() -> None:
+    """A state the worker assigned a segment carries it in three more wide values; bytes without one
+    are those of the pinned digest above, so states written before segments existed decode as they
+    were (no segment) and give the same bytes back."""
+    users, _, midway = _states()
+    for st in users[:10]:
+        before = st.to_bytes()
+        assert UserState.from_bytes(before).segment is None
+        st.segment = (3, 12, st.max_t)
+        after = st.to_bytes()
+        assert after != before and after[0] == before[0]  # same format byte
+        back = UserState.from_bytes(after)
+        assert back.segment == (3, 12, st.max_t) and back.to_bytes() == after
+        back.segment = None
+        assert back.to_bytes() == before  # everything else unchanged
+    assert all(UserState.from_bytes(b).segment is None for b in midway)
+    # an empty state has nothing to carry a segment (a segment follows an applied session_end)
+    assert UserState.from_bytes(new_user_state().to_bytes()).segment is None

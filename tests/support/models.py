@@ -7,19 +7,28 @@ worker's plumbing (state tables, batching, ordering) against the definitions the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
+import pandas as pd
 import xgboost as xgb
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.preprocessing import StandardScaler
 
 from stream.models.registry import ModelRegistry
 from stream.monitoring.profile import METADATA_KEY, build_profile
 from stream.state import (
     CHURN_FEATURES,
     CLICK_FEATURES,
+    CONVERSION_FEATURES,
     ENGAGEMENT_FEATURES,
+    USER_FEATURES,
     ArticleState,
     Outcome,
     UserState,
@@ -112,4 +121,111 @@ def offline_scores(
         x = np.vstack([r for _, r in rows]).astype(np.float32)
         scores = booster.predict(xgb.DMatrix(x))
         out[name] = {e["event_id"]: float(s) for (e, _), s in zip(rows, scores, strict=True)}
+    return out
+
+
+#: the user feature columns the test segmentation reads (a part of batch_training.segmentation's)
+SEGMENT_COLUMNS = [
+    "total_sessions",
+    "avg_session_minutes",
+    "avg_events_per_session",
+    "n_article_view_30d",
+    "ctr_lifetime",
+    "device_mobile",
+    "days_since_last_event",
+]
+
+
+@dataclass(frozen=True)
+class Segmenter:
+    """A segmentation fitted with scikit-learn as batch training fits it, to assign segments offline."""
+
+    median: pd.Series
+    scaler: StandardScaler
+    pca: PCA
+    km: KMeans
+    names: dict[int, str]
+
+    def assign(self, rows: np.ndarray) -> np.ndarray:
+        """The segment of each user row (:data:`USER_FEATURES` order), by scikit-learn."""
+        frame = pd.DataFrame(np.asarray(rows, dtype=np.float64), columns=list(USER_FEATURES.names))[SEGMENT_COLUMNS]
+        x = np.log1p(np.clip(frame.fillna(self.median).fillna(0.0).to_numpy(), 0, None))
+        return np.asarray(self.km.predict(self.pca.transform(self.scaler.transform(x))))
+
+
+def register_online_models(
+    models_dir: Path,
+    events: list[Mapping[str, Any]],
+    seed: int = 0,
+    *,
+    conversion: bool = True,
+    segmentation: bool = True,
+    k: int = 4,
+) -> tuple[dict[str, str], Segmenter | None]:
+    """A LightGBM conversion model and a segmentation, on the user rows at each session_end, in production.
+
+    The segmentation is fitted with scikit-learn and registered as batch training registers it
+    (JSON parameters, the user feature list); the returned :class:`Segmenter` scores rows with
+    the fitted scikit-learn objects. Returns the versions registered and the segmenter.
+    """
+    x = np.vstack([r for _, r in replay_rows(events)["churn"]]).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    registry = ModelRegistry(models_dir)
+    versions: dict[str, str] = {}
+    segmenter = None
+    if conversion:
+        y = (np.nan_to_num(x[:, USER_FEATURES.index("total_events")]) + rng.normal(0, 5, len(x)) > 20).astype(int)
+        params = {"objective": "binary", "num_threads": 1, "seed": seed, "deterministic": True, "verbose": -1}
+        booster = lgb.train({**params, "num_leaves": 8, "min_data_in_leaf": 5}, lgb.Dataset(x, y), 15)
+        mv = registry.register(
+            "conversion",
+            "lightgbm",
+            lambda p: booster.save_model(str(p)),
+            {"features": CONVERSION_FEATURES.to_dict()},
+        )
+        registry.set_alias("conversion", "production", mv.version)
+        versions["conversion"] = mv.version
+    if segmentation:
+        m = pd.DataFrame(x.astype(np.float64), columns=list(USER_FEATURES.names))[SEGMENT_COLUMNS]
+        median = m.median()
+        xs = np.log1p(np.clip(m.fillna(median).fillna(0.0).to_numpy(), 0, None))
+        scaler = StandardScaler().fit(xs)
+        pca = PCA(n_components=0.9, random_state=seed).fit(scaler.transform(xs))
+        km = KMeans(k, n_init=4, random_state=seed).fit(pca.transform(scaler.transform(xs)))
+        names = {i: f"test segment {i}" for i in range(k)}
+        doc = {
+            "columns": SEGMENT_COLUMNS,
+            "transform": "log1p(clip(x, 0))",
+            "fill": median.to_dict(),
+            "scaler_mean": scaler.mean_.tolist(),
+            "scaler_scale": scaler.scale_.tolist(),
+            "pca_components": pca.components_.tolist(),
+            "pca_mean": pca.mean_.tolist(),
+            "centroids": km.cluster_centers_.tolist(),
+            "names": {str(i): n for i, n in names.items()},
+        }
+        mv = registry.register(
+            "segmentation", "json", lambda p: p.write_text(json.dumps(doc)), {"features": USER_FEATURES.to_dict()}
+        )
+        registry.set_alias("segmentation", "production", mv.version)
+        versions["segmentation"] = mv.version
+        segmenter = Segmenter(median, scaler, pca, km, names)
+    return versions, segmenter
+
+
+def offline_online_scores(
+    models_dir: Path, events: list[Mapping[str, Any]], segmenter: Segmenter | None
+) -> dict[str, dict[str, float]]:
+    """conversion / segment -> event_id -> score at each session_end: LightGBM's own predict on the
+    rows rebuilt from ``stream.state``, and the segmenter's scikit-learn assignment of the same rows."""
+    rows = replay_rows(events)["churn"]
+    x = np.vstack([r for _, r in rows]).astype(np.float32)  # the worker scores float32 rows
+    ids = [e["event_id"] for e, _ in rows]
+    out: dict[str, dict[str, float]] = {}
+    registry = ModelRegistry(models_dir)
+    if "production" in registry.aliases("conversion"):
+        booster = lgb.Booster(model_file=str(registry.resolve("conversion").model_file))
+        out["conversion"] = dict(zip(ids, map(float, booster.predict(x.astype(np.float64))), strict=True))
+    if segmenter is not None:
+        out["segment"] = dict(zip(ids, map(float, segmenter.assign(x)), strict=True))
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,18 +12,33 @@ from batch_training.cli import STEPS
 from batch_training.evaluate import TARGETS
 from batch_training.specs import SPECS
 from stream.events.schema import load_schema
-from stream.models import MODELS, SERVED_FEATURES, TRIGGERS
-from stream.models.scoring import LoadedModel
+from stream.models import MODELS, REGISTERED_AS, SEGMENTS, SERVED_FEATURES, TRIGGERS
+from stream.models.registry import ModelRegistry
+from stream.models.scoring import ModelSet
+from stream.state import USER_FEATURES
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, Record, Stores
+from tests.support.models import register_online_models
 
 EVENT_TYPES = load_schema("session_event")["properties"]["event_type"]["enum"]
 
 
-def test_every_trigger_is_an_event_type_and_triggers_one_model() -> None:
-    triggers = [m.trigger for m in MODELS.values() if m.trigger is not None]
-    assert set(triggers) <= set(EVENT_TYPES)
-    assert len(set(triggers)) == len(triggers)
-    assert {TRIGGERS[t] for t in triggers} == set(SERVED_FEATURES)
+def test_every_trigger_is_an_event_type_and_every_served_model_has_one() -> None:
+    assert dict(TRIGGERS) == {
+        "session_end": ("churn", "conversion", "segment"),
+        "article_impression": ("click",),
+        "session_start": ("engagement",),
+    }
+    assert set(TRIGGERS) <= set(EVENT_TYPES)
+    served = [name for names in TRIGGERS.values() for name in names]
+    assert len(set(served)) == len(served) and set(served) == set(SERVED_FEATURES)
+    assert {m.trigger for m in MODELS.values()} <= {*TRIGGERS, None}
+    # the segmentation is served under its own name, from the user rows, registered as batch training names it
+    assert (SEGMENTS.trigger, SEGMENTS.features, REGISTERED_AS) == (
+        "session_end",
+        USER_FEATURES,
+        {"segment": "segmentation"},
+    )
+    assert SEGMENTS.registered_as in STEPS
 
 
 def test_the_worker_and_the_training_read_the_table() -> None:
@@ -34,13 +51,24 @@ def test_the_worker_and_the_training_read_the_table() -> None:
 
 
 def test_the_worker_scores_each_served_model_on_its_trigger(
-    sim_events: list[dict[str, Any]], models: dict[str, LoadedModel]
+    sim_events: list[dict[str, Any]], models_dir: Path, tmp_path: Path
 ) -> None:
-    proc = BatchProcessor(models, ("top", "side"))
+    d = tmp_path / "models"
+    shutil.copytree(models_dir, d)
+    register_online_models(d, sim_events, seed=2)
+    model_set = ModelSet(ModelRegistry(d), EXPECTED_FEATURES)
+    model_set.refresh()
+    proc = BatchProcessor(model_set.models, ("top", "side"))
     records = [
         Record(e["user_id"].encode(), orjson.dumps(e), "session-events", 0, i, None) for i, e in enumerate(sim_events)
     ]
     out = proc.process(records, Stores(users={}, ad_pending={}, articles={}, bandit={}))
     by_event = {e["event_id"]: e["event_type"] for e in sim_events}
     got = {(p["model_name"], by_event[p["event_id"]]) for p in out.predictions}
-    assert got == {(m.name, m.trigger) for m in MODELS.values() if m.trigger is not None}
+    assert got == {
+        ("click", "article_impression"),
+        ("engagement", "session_start"),
+        ("churn", "session_end"),
+        ("conversion", "session_end"),
+        ("segment", "session_end"),
+    }

@@ -68,6 +68,21 @@ def feature_values(state: UserState, as_of: int, config: StateConfig) -> dict[st
     return {name: (None if math.isnan(v) else v) for name, v in zip(USER_FEATURES.names, row, strict=True)}
 
 
+def segment_view(segment: tuple[int, int, int] | None, names: Mapping[int, str] | None) -> dict[str, Any] | None:
+    """The user's last assigned segment (``UserState.segment``) with its name, None if none was assigned.
+
+    ``names`` are the segment names of the segmentation version that assigned it (None: unknown).
+
+    >>> segment_view((2, 5, 1700000000000), {2: "mobile-first"})
+    {'id': 2, 'name': 'mobile-first', 'model_version': '5', 'event_time': 1700000000000}
+    """
+    if segment is None:
+        return None
+    sid, version, event_time = segment
+    name = None if names is None else names.get(sid)
+    return {"id": sid, "name": name, "model_version": str(version), "event_time": event_time}
+
+
 def user_view(
     user_id: str,
     partition: int,
@@ -77,11 +92,13 @@ def user_view(
     scores_since: int | None,
     as_of: int | None,
     config: StateConfig,
+    segment_names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The body of ``GET /v1/users/{user_id}`` (see schemas/openapi/worker-api.v1.yaml).
 
     ``as_of`` defaults to the user's latest event time, so that the answer depends on the events
     applied only, not on the clock; an earlier one is raised to it (the state cannot un-see events).
+    ``segment_names``: the names of the segmentation version that assigned the stored segment.
     """
     last = state.max_t
     at = last if as_of is None else max(as_of, last)
@@ -104,6 +121,7 @@ def user_view(
             for model, (score, version, event_id, event_time, predicted_at) in sorted(scores.items())
         },
         "scores_since": scores_since,
+        "segment": segment_view(state.segment, segment_names),
     }
 
 

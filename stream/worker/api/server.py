@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 
 from stream.errors import ConfigError
 from stream.kafka.partitioner import partition_for
+from stream.models import SEGMENTS
 from stream.worker.api.answers import BadRequest, decide, parse_as_of, parse_decide, user_view, valid_id
 from stream.worker.api.routing import Routing
 from stream.worker.delivery import unpack_user
@@ -98,6 +99,8 @@ class Api:
         self.max_body = s.api_max_body_bytes
         self._client: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        #: segmentation version -> its segment names (versions other than the loaded one)
+        self._segment_names_of: dict[int, dict[int, str]] = {}
         r = rt.metrics.registry
         self.requests = Counter(
             "stream_api_requests_total", "API requests answered, by route and status", ["route", "status"], registry=r
@@ -214,8 +217,27 @@ class Api:
             latest.since.get(p),
             as_of,
             self.rt.processor.config.state_config,
+            None if state.segment is None else self._segment_names(state.segment[1]),
         )
         return _json(body, headers={SERVED_BY: self.url})
+
+    def _segment_names(self, version: int) -> Mapping[int, str] | None:
+        """The segment names of a segmentation version: the loaded one's, else the registry's (cached)."""
+        loaded = self.rt.models.models.get(SEGMENTS.name)
+        if loaded is not None and loaded.version == str(version):
+            names: Mapping[int, str] = loaded.booster.names
+            return names
+        cached = self._segment_names_of.get(version)
+        if cached is None:
+            try:
+                mv = self.rt.models.registry.get(SEGMENTS.registered_as, str(version))
+                params = orjson.loads(mv.model_file.read_bytes())
+                cached = {int(k): str(v) for k, v in params["names"].items()}
+            except Exception as exc:  # a version deleted or unreadable: the answer names no segment
+                log.warning("no names of segmentation version %s: %s", version, exc)
+                return None
+            self._segment_names_of[version] = cached
+        return cached
 
     def _read_user(self, partition: int, uid: str) -> tuple[int, Any]:
         """(input offset last applied, state): the processor's decoded copy, else the partition's RocksDB."""
