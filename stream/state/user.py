@@ -40,7 +40,6 @@ from stream.state.codes import (
     encode_event,
 )
 from stream.state.config import DEFAULT_CONFIG, StateConfig
-from stream.state.sketches import TopCounts
 from stream.state.user_codec import decode_user, encode_user
 from stream.state.user_state import PENDING_ID_HASH, Sessions, UserFields
 
@@ -135,24 +134,54 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateCon
             d = state.brands
             if d.s is None or brand not in d.s:
                 d.add(brand, config.distinct_cap, config.hll_p)
-            _count(state.p_brand, brand, config.brand_k)
+            c = state.p_brand.c
+            if brand in c:
+                c[brand] += 1
+            else:
+                state.p_brand.add(brand, config.brand_k)
         if category:
             d = state.cats
             if d.s is None or category not in d.s:
                 d.add(category, config.distinct_cap, config.hll_p)
+    # TopCounts.add, inlined for a value already counted (almost every event: a user's device
+    # and place rarely change)
     k = config.pref_k
     if device:
-        _count(state.p_device, device, k)
+        c = state.p_device.c
+        if device in c:
+            c[device] += 1
+        else:
+            state.p_device.add(device, k)
     if os:
-        _count(state.p_os, os, k)
+        c = state.p_os.c
+        if os in c:
+            c[os] += 1
+        else:
+            state.p_os.add(os, k)
     if browser:
-        _count(state.p_browser, browser, k)
+        c = state.p_browser.c
+        if browser in c:
+            c[browser] += 1
+        else:
+            state.p_browser.add(browser, k)
     if country:
-        _count(state.p_country, country, k)
+        c = state.p_country.c
+        if country in c:
+            c[country] += 1
+        else:
+            state.p_country.add(country, k)
     if city:
-        _count(state.p_city, city, k)
+        c = state.p_city.c
+        if city in c:
+            c[city] += 1
+        else:
+            state.p_city.add(city, k)
     if tz:
-        _count(state.p_tz, tz, k)
+        c = state.p_tz.c
+        if tz in c:
+            c[tz] += 1
+        else:
+            state.p_tz.add(tz, k)
     # Step 2: the order-dependent part goes through the sorted buffer.
     rec = (t, TYPE_RANK[typ], idh, typ, sidh, dur)
     if pending and rec < pending[-1]:
@@ -176,15 +205,6 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateCon
     if len(pending) > config.max_pending:
         _flush(state, pending[len(pending) - config.max_pending][0], config)
     return Outcome.APPLIED
-
-
-def _count(p: TopCounts, code: int, k: int) -> None:
-    """``p.add(code, k)``, its common case (a value already counted) without the method call."""
-    c = p.c
-    if code in c:
-        c[code] += 1
-    else:
-        p.add(code, k)
 
 
 def update_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> UserState:
