@@ -20,12 +20,22 @@ as the session-events agent does, and publishes it every 10,000 events.
 runs without Kafka: simulated events (4 partitions by user) and models with reference profiles
 trained on them, then the floor without and with monitoring, alternating, ``--repeats`` times
 each; prints each run and the median CPU µs per event of both, and their difference.
+
+    python bench/floor.py --simulate --baseline REV [--users 300] [--days 6] [--repeats 3]
+
+instead runs the floor (without monitoring) of this tree and of git revision REV (exported with
+``git archive``) on the same simulated input, each in a process of its own, alternating (the
+order reversed every other repeat); the first repeat checks that both publish the same
+predictions and decisions (all fields but the wall-clock ``predicted_at``/``decided_at``). Prints
+each run and the medians of events/s and CPU µs per event of both, and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -172,6 +182,56 @@ def compare_monitoring(args: argparse.Namespace) -> None:
     print(f"median CPU per event: {off:.1f} µs without monitoring, {on:.1f} µs with ({diff})")
 
 
+def _outputs(path: Path) -> list[dict[str, Any]]:
+    """Predictions and decisions as ``run(keep=...)`` wrote them, without their wall-clock fields."""
+    out = []
+    for line in path.read_bytes().splitlines():
+        rec = orjson.loads(line)
+        rec.pop("predicted_at", None)
+        rec.pop("decided_at", None)
+        out.append(rec)
+    return out
+
+
+def compare_baseline(args: argparse.Namespace) -> None:
+    """This tree's floor against the floor of revision ``args.baseline``, alternating, each in its own process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        records, models = simulated(work, args.users, args.days)
+        records_file = work / "records.jsonl"
+        rows = ([r.partition, r.offset, (r.key or b"").decode(), (r.value or b"").decode()] for r in records)
+        records_file.write_bytes(b"\n".join(orjson.dumps(row) for row in rows))
+        base = work / "baseline"
+        base.mkdir()
+        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        trees = {"this": ROOT, args.baseline: base}
+        print(f"{len(records)} events, {args.users} users, {args.days} days; this tree vs {args.baseline}", flush=True)
+        figs: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+        for r in range(args.repeats):
+            for name in list(trees) if r % 2 == 0 else list(trees)[::-1]:
+                tree = trees[name]
+                cmd = [sys.executable, str(tree / "bench" / "floor.py"), str(records_file), str(models)]
+                if r == 0:
+                    cmd.append(str(work / f"outputs-{name == 'this'}.jsonl"))
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, check=True, text=True)
+                fig = orjson.loads(done.stdout.strip().splitlines()[-1])
+                fig["cpu_us_per_event"] = fig["cpu_s"] / fig["events"] * 1e6
+                fig["events_per_s"] = fig["events"] / fig["seconds"]
+                figs[name].append(fig)
+                print(orjson.dumps({"tree": name, **fig}).decode(), flush=True)
+        mine, theirs = (_outputs(work / f"outputs-{flag}.jsonl") for flag in (True, False))
+        same = "equal" if mine == theirs else "DIFFERENT"
+        print(f"outputs of the first repeat: {len(mine)} vs {len(theirs)} predictions and decisions, {same}")
+    for key, unit in (("events_per_s", "events/s"), ("cpu_us_per_event", "CPU µs per event")):
+        a = statistics.median(f[key] for f in figs["this"])
+        b = statistics.median(f[key] for f in figs[args.baseline])
+        print(f"median {unit}: {a:,.1f} this tree, {b:,.1f} at {args.baseline} (×{a / b:.3f})")
+    if mine != theirs:
+        sys.exit(1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("records_file", nargs="?", type=Path)
@@ -182,7 +242,11 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=300)
     ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--baseline", metavar="REV", help="with --simulate: this tree's floor against revision REV's")
     args = ap.parse_args()
+    if args.simulate and args.baseline:
+        compare_baseline(args)
+        return
     if args.simulate:
         compare_monitoring(args)
         return

@@ -146,28 +146,46 @@ class Ev(NamedTuple):
     pos: int = 0
 
 
+@lru_cache(maxsize=65_536)
+def _place_codes(
+    device: str | None, os: str | None, browser: str | None, country: str | None, city: str | None, tz: str | None
+) -> tuple[int, int, int, int, int, int]:
+    """Device, os, browser, country, city and time-zone codes: one cache lookup per event, not six."""
+    return device_code(device), os_code(os), browser_code(browser), country_code(country), str_hash(city), tz_code(tz)
+
+
+_crc32 = zlib.crc32
+_new_tuple = tuple.__new__
+_NO_FIELDS: Mapping[str, Any] = {}
+
+
 def encode_event(event: Mapping[str, Any]) -> Ev:
     """Reduce a ``session_event`` v1 dict to an :class:`Ev` (raises KeyError on an unknown type)."""
-    dev = event.get("device") or {}
-    geo = event.get("geo") or {}
-    dur = event.get("duration_ms")
-    rev = event.get("revenue")
-    return Ev(
-        int(event["event_time"]),
-        TYPE_CODE[event["event_type"]],
-        str_hash(event["event_id"]),
-        str_hash(event["session_id"]),
-        str_hash(event.get("brand")),
-        str_hash(event.get("category")),
-        device_code(dev.get("type")),
-        os_code(dev.get("os")),
-        browser_code(dev.get("browser")),
-        country_code(geo.get("country")),
-        str_hash(geo.get("city")),
-        tz_code(geo.get("timezone")),
-        -1 if dur is None else int(dur),
-        0 if rev is None else round(float(rev) * 100),
-        int(event.get("position") or 0),
+    get = event.get
+    dev = get("device") or _NO_FIELDS
+    geo = get("geo") or _NO_FIELDS
+    dur = get("duration_ms")
+    rev = get("revenue")
+    eid = event["event_id"]
+    place = _place_codes(
+        dev.get("type"), dev.get("os"), dev.get("browser"), geo.get("country"), geo.get("city"), geo.get("timezone")
+    )
+    # tuple.__new__ skips the NamedTuple's Python-level __new__; event ids are unique, so hashing
+    # them directly beats the str_hash cache (every lookup a miss that evicts a useful entry)
+    return _new_tuple(
+        Ev,
+        (
+            int(event["event_time"]),
+            TYPE_CODE[event["event_type"]],
+            (_crc32(eid.encode()) or 1) if eid else 0,
+            str_hash(event["session_id"]),
+            str_hash(get("brand")),
+            str_hash(get("category")),
+            *place,
+            -1 if dur is None else int(dur),
+            0 if rev is None else round(float(rev) * 100),
+            int(get("position") or 0),
+        ),
     )
 
 

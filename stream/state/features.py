@@ -60,17 +60,18 @@ def click_row(
     user: UserState, article: ArticleState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG
 ) -> list[float]:
     ev = _ev(event)
-    return [
-        *user_row(user, ev.t, config),
-        *article_row(article, ev.t, config),
-        float(ev.pos) if ev.pos else float("nan"),
-        *context_row(user, ev),
-    ]
+    row = user_row(user, ev.t, config)  # a new list: extended in place rather than copied
+    row += article_row(article, ev.t, config)
+    row.append(float(ev.pos) if ev.pos else float("nan"))
+    row += context_row(user, ev)
+    return row
 
 
 def engagement_row(user: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> list[float]:
     ev = _ev(event)
-    return [*user_row(user, ev.t, config), *context_row(user, ev)]
+    row = user_row(user, ev.t, config)
+    row += context_row(user, ev)
+    return row
 
 
 def click_features(

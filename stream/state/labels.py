@@ -40,7 +40,11 @@ def engagement_score(counts: Mapping[str, int], duration_ms: int) -> float:
     >>> engagement_score({"article_view": 3, "article_click": 1}, duration_ms=4 * 60_000)
     12.0
     """
-    points = sum(ENGAGEMENT_WEIGHTS.get(kind, 0.0) * n for kind, n in counts.items())
+    return engagement_of_points(sum(ENGAGEMENT_WEIGHTS.get(kind, 0.0) * n for kind, n in counts.items()), duration_ms)
+
+
+def engagement_of_points(points: float, duration_ms: int) -> float:
+    """:func:`engagement_score` from the session's event points (weights times counts, summed in order)."""
     minutes = min(max(duration_ms, 0) / 60_000.0, ENGAGEMENT_MAX_MINUTES)
     return float(min(points + ENGAGEMENT_POINTS_PER_MINUTE * minutes, ENGAGEMENT_CAP))
 

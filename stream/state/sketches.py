@@ -226,7 +226,7 @@ class BucketCounts:
         self.c: dict[int, list[int]] = {}
         #: window sums already computed, by (current bucket, k); kept up to date by :meth:`add`, so
         #: consecutive feature rows of a user within one bucket do not sum the buckets again
-        self.win: dict[tuple[int, int], list[int]] = {}
+        self.win: dict[tuple[int, int], list[float]] = {}
 
     def add(self, t: int, typ: int) -> BucketCounts:
         idx = t // self.width
@@ -250,24 +250,32 @@ class BucketCounts:
         if old:
             self.win.clear()
 
-    def window(self, as_of: int, k: int) -> list[int]:
-        """Counts per type over the last ``k`` buckets at ``as_of`` (read-only: it may be cached)."""
-        return self.windows(as_of, (k,))[0]
+    def window(self, as_of: int, k: int) -> list[float]:
+        """Counts per type (as floats) over the last ``k`` buckets at ``as_of`` (read-only: it may be cached)."""
+        sums = self.win.get((as_of // self.width, k))
+        return sums if sums is not None else self.windows(as_of, (k,))[0]
 
-    def windows(self, as_of: int, ks: tuple[int, ...]) -> list[list[int]]:
-        """:meth:`window` for several ``k`` in one pass over the buckets (read-only lists)."""
+    def windows(self, as_of: int, ks: tuple[int, ...]) -> list[list[float]]:
+        """:meth:`window` for several ``k`` in one pass over the buckets (read-only lists).
+
+        The sums are floats (exact: counts stay far below 2**53) because the feature rows want
+        floats: they are converted once per bucket change, not once per row.
+        """
         cur = as_of // self.width
         win = self.win
-        if not all((cur, k) in win for k in ks):
-            if win and next(iter(win))[0] != cur:
-                win.clear()  # another current bucket: these sums are no longer asked for
-            items = [(cur - idx, row) for idx, row in self.c.items()]
-            for k in ks:
-                rows = [row for age, row in items if age < k]
-                if len(rows) > 1:
-                    win[(cur, k)] = list(map(sum, zip(*rows, strict=True)))
-                else:
-                    win[(cur, k)] = list(rows[0]) if rows else [0] * self.ntypes
+        try:
+            return [win[(cur, k)] for k in ks]
+        except KeyError:
+            pass
+        if win and next(iter(win))[0] != cur:
+            win.clear()  # another current bucket: these sums are no longer asked for
+        items = [(cur - idx, row) for idx, row in self.c.items()]
+        for k in ks:
+            rows = [row for age, row in items if age < k]
+            if len(rows) > 1:
+                win[(cur, k)] = list(map(float, map(sum, zip(*rows, strict=True))))
+            else:
+                win[(cur, k)] = list(map(float, rows[0])) if rows else [0.0] * self.ntypes
         return [win[(cur, k)] for k in ks]
 
     def active(self, as_of: int, k: int) -> int:

@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Mapping
 from enum import IntEnum
+from operator import itemgetter
 from typing import Any
 
 from stream.state.codes import (
@@ -41,6 +42,8 @@ from stream.state.codes import (
 from stream.state.config import DEFAULT_CONFIG, StateConfig
 from stream.state.user_codec import decode_user, encode_user
 from stream.state.user_state import PENDING_ID_HASH, Sessions, UserFields
+
+_ID_HASH = itemgetter(PENDING_ID_HASH)
 
 
 class Outcome(IntEnum):
@@ -87,27 +90,33 @@ def _as_ev(event: Mapping[str, Any] | Ev) -> Ev:
 
 
 def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateConfig = DEFAULT_CONFIG) -> Outcome:
-    """Apply one event in place; returns whether it was applied, a duplicate, or too late."""
-    ev = _as_ev(event)
-    idh = ev.idh
+    """Apply one event in place; returns whether it was applied, a duplicate, or too late.
+
+    The hot path of the worker: the sketches' ``add`` methods are inlined for their common case
+    (a known value, a window sum to advance), which does exactly what the methods do.
+    """
+    ev = event if event.__class__ is Ev else _as_ev(event)
+    t, typ, idh, sidh, brand, category, device, os, browser, country, city, tz, dur, cents, _ = ev
     pending = state.pending
-    id_at = PENDING_ID_HASH  # a local: this loop runs over the whole buffer for every event
-    for p in pending:
-        if p[id_at] == idh:
-            return Outcome.DUPLICATE
-    if idh in state.ring:
+    if idh in map(_ID_HASH, pending) or idh in state.ring:
         return Outcome.DUPLICATE
-    t = ev.t
     max_t = state.max_t
     lateness = config.lateness_ms
     if max_t >= 0 and t < max_t - lateness:
         state.late += 1
         return Outcome.LATE
-    typ = ev.typ
     # Step 1: everything that commutes.
     state.tot[typ] += 1
-    for b in state.buckets:
-        b.add(t, typ)
+    for b in state.buckets:  # BucketCounts.add
+        idx = t // b.width
+        row = b.c.get(idx)
+        if row is None:
+            row = b.c[idx] = [0] * b.ntypes
+        if row[typ] < 0xFFFF:
+            row[typ] += 1
+            for (cur, k), sums in b.win.items():
+                if cur - idx < k:
+                    sums[typ] += 1
     if state.min_t < 0 or t < state.min_t:
         state.min_t = t
     if typ == T_SESSION_START:
@@ -118,28 +127,63 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateCon
             state.nl_t = t
     elif typ == T_SUBSCRIPTION and (state.sub_t < 0 or t < state.sub_t):
         state.sub_t = t
-    state.cents += ev.cents
+    if cents:
+        state.cents += cents
     if typ in CONSUMPTION_TYPES:
-        if ev.brand:
-            state.brands.add(ev.brand, config.distinct_cap, config.hll_p)
-            state.p_brand.add(ev.brand, config.brand_k)
-        if ev.category:
-            state.cats.add(ev.category, config.distinct_cap, config.hll_p)
+        if brand:
+            d = state.brands
+            if d.s is None or brand not in d.s:
+                d.add(brand, config.distinct_cap, config.hll_p)
+            c = state.p_brand.c
+            if brand in c:
+                c[brand] += 1
+            else:
+                state.p_brand.add(brand, config.brand_k)
+        if category:
+            d = state.cats
+            if d.s is None or category not in d.s:
+                d.add(category, config.distinct_cap, config.hll_p)
+    # TopCounts.add, inlined for a value already counted (almost every event: a user's device
+    # and place rarely change)
     k = config.pref_k
-    if ev.device:
-        state.p_device.add(ev.device, k)
-    if ev.os:
-        state.p_os.add(ev.os, k)
-    if ev.browser:
-        state.p_browser.add(ev.browser, k)
-    if ev.country:
-        state.p_country.add(ev.country, k)
-    if ev.city:
-        state.p_city.add(ev.city, k)
-    if ev.tz:
-        state.p_tz.add(ev.tz, k)
+    if device:
+        c = state.p_device.c
+        if device in c:
+            c[device] += 1
+        else:
+            state.p_device.add(device, k)
+    if os:
+        c = state.p_os.c
+        if os in c:
+            c[os] += 1
+        else:
+            state.p_os.add(os, k)
+    if browser:
+        c = state.p_browser.c
+        if browser in c:
+            c[browser] += 1
+        else:
+            state.p_browser.add(browser, k)
+    if country:
+        c = state.p_country.c
+        if country in c:
+            c[country] += 1
+        else:
+            state.p_country.add(country, k)
+    if city:
+        c = state.p_city.c
+        if city in c:
+            c[city] += 1
+        else:
+            state.p_city.add(city, k)
+    if tz:
+        c = state.p_tz.c
+        if tz in c:
+            c[tz] += 1
+        else:
+            state.p_tz.add(tz, k)
     # Step 2: the order-dependent part goes through the sorted buffer.
-    rec = (t, TYPE_RANK[typ], idh, typ, ev.sidh, ev.dur)
+    rec = (t, TYPE_RANK[typ], idh, typ, sidh, dur)
     if pending and rec < pending[-1]:
         insort(pending, rec)
         state.view = None  # an event inside the buffer: the view is rebuilt when next needed
@@ -156,7 +200,8 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateCon
             for b in state.buckets:
                 if wm // b.width != old // b.width:
                     b.evict(wm)
-        _flush(state, wm, config)
+        if pending[0][0] < wm:  # else nothing to flush
+            _flush(state, wm, config)
     if len(pending) > config.max_pending:
         _flush(state, pending[len(pending) - config.max_pending][0], config)
     return Outcome.APPLIED

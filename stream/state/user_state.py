@@ -6,9 +6,11 @@ bytes) both build on :class:`UserFields`, so that neither imports the other.
 
 from __future__ import annotations
 
+from operator import mul
+
 from stream.state.codes import EVENT_TYPES, T_SESSION_END, TYPE_CODE
 from stream.state.config import DAY_MS, HOUR_MS, MINUTE_MS
-from stream.state.labels import engagement_score
+from stream.state.labels import ENGAGEMENT_WEIGHTS, engagement_of_points
 from stream.state.sketches import BucketCounts, DecayedMeans, DistinctCounter, TopCounts
 
 #: (bucket width, buckets kept) per resolution.
@@ -17,6 +19,8 @@ RESOLUTIONS: tuple[tuple[int, int], ...] = ((5 * MINUTE_MS, 12), (HOUR_MS, 24), 
 ENGAGEMENT_TYPES = ("article_view", "article_click", "video_play", "newsletter_signup", "subscription")
 #: event type code -> its index in :attr:`OpenSession.engagement_counts`
 _ENGAGEMENT_INDEX = {TYPE_CODE[name]: i for i, name in enumerate(ENGAGEMENT_TYPES)}
+#: the engagement points of one event of each of :data:`ENGAGEMENT_TYPES`, in that order
+_ENGAGEMENT_WEIGHTS = tuple(ENGAGEMENT_WEIGHTS.get(name, 0.0) for name in ENGAGEMENT_TYPES)
 #: closed sessions remembered, so that their stragglers are ignored
 _CLOSED_RING = 4
 
@@ -47,7 +51,8 @@ class OpenSession:
     def stats(self) -> tuple[int, float]:
         """(duration ms, engagement score) of the session, as labels.session_engagement has it."""
         dur = self.end_duration if self.end_duration >= 0 else self.last - self.start
-        return dur, engagement_score(dict(zip(ENGAGEMENT_TYPES, self.engagement_counts, strict=True)), dur)
+        # engagement_score of the counts by type: the same products, summed in the same order
+        return dur, engagement_of_points(sum(map(mul, _ENGAGEMENT_WEIGHTS, self.engagement_counts)), dur)
 
     def copy(self) -> OpenSession:
         return OpenSession(

@@ -2,8 +2,12 @@
 
 Impressions count as trials at once; a click joined to its impression (same user, request and
 placement, within ``join_window_ms``) turns one into a success. Counts are kept per input
-partition (table key ``partition|context|arm``), so that each has one writer; decisions read
-every partition's, with this worker's own counts taking precedence (:meth:`Ads.posterior_snapshot`).
+partition, so that each has one writer: one table record per partition (key ``partition``, value
+``{"context|arm": [impressions, clicks], ...}``), written once per batch; decisions read every
+partition's, with this worker's own counts taking precedence (:meth:`Ads.posterior_snapshot`).
+
+Tables written before that hold one record per ``partition|context|arm``: a partition's counts
+continue from those until its first record is written, and are read from that record after.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from numpy.random import PCG64, Generator, SeedSequence
 from stream.bandits.thompson import ThompsonSampling, propensities
 from stream.events.ids import decision_id
 from stream.events.records import DecisionRecord
-from stream.worker.stores import read, unavailable
+from stream.worker.stores import StoreUnavailable, read, unavailable
 
 #: per context, per arm: (impressions, clicks)
 Counts = dict[str, dict[str, tuple[int, int]]]
 
 
 def bandit_key(partition: int, context: str, arm: str) -> str:
+    """The key of a partition's counts of one context and arm (in :attr:`Ads.own`; the table's old keys)."""
     return f"{partition}|{context}|{arm}"
 
 
@@ -35,7 +40,24 @@ def _key(key: Any) -> str:
 
 def merged_counts(stats: Mapping[Any, bytes]) -> Counts:
     """Sum every partition's (impressions, clicks) per context and arm (table keys and values)."""
-    return _sum_counts({_key(k): orjson.loads(v) for k, v in stats.items()})
+    return _sum_counts(_flat(stats))
+
+
+def _flat(stats: Mapping[Any, bytes]) -> dict[str, Sequence[int]]:
+    """The table's counts by :func:`bandit_key`: per partition its record, else its old per-key records."""
+    records: dict[str, dict[str, Sequence[int]]] = {}
+    old: dict[str, Sequence[int]] = {}
+    for k, v in stats.items():
+        key = _key(k)
+        if "|" in key:
+            old[key] = orjson.loads(v)
+        else:
+            records[key] = orjson.loads(v)
+    flat = {key: counts for key, counts in old.items() if key.split("|", 1)[0] not in records}
+    for partition, entries in records.items():
+        for context_arm, counts in entries.items():
+            flat[f"{partition}|{context_arm}"] = counts
+    return flat
 
 
 def _sum_counts(counts: Mapping[str, Sequence[int]]) -> Counts:
@@ -70,6 +92,8 @@ class Ads:
         #: GlobalTable's changelog reader may briefly hand back an older value of a key we just
         #: wrote; counting on top of that would lose increments.
         self.own: dict[str, list[int]] = {}
+        #: input partitions whose counts ``own`` holds in full (read from the table once)
+        self.loaded: set[int] = set()
 
     def begin(self, pending: MutableMapping[str, bytes], bandit: MutableMapping[str, bytes]) -> AdBatch:
         """One attempt at a batch: pending impressions and counts read from and written to these stores."""
@@ -80,6 +104,24 @@ class Ads:
         gone = set(partitions)
         for key in [k for k in self.own if int(k.split("|", 1)[0]) in gone]:
             del self.own[key]
+        self.loaded -= gone
+
+    def load(self, partition: int, bandit: Mapping[Any, bytes]) -> None:
+        """Take ``partition``'s counts from the table into :attr:`own` (its record, else its old per-key records)."""
+        try:
+            raw = read(bandit, str(partition))
+            if raw:
+                found = {f"{partition}|{key}": counts for key, counts in orjson.loads(raw).items()}
+            else:
+                prefix = f"{partition}|"
+                found = {key: orjson.loads(v) for k, v in bandit.items() if (key := _key(k)).startswith(prefix)}
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise unavailable(exc, "read the bandit counts") from exc
+        for key, counts in found.items():
+            self.own.setdefault(key, list(counts))
+        self.loaded.add(partition)
 
     def context_of(self, event: Mapping[str, Any]) -> str:
         if self.context == "none":
@@ -93,7 +135,7 @@ class Ads:
         that this worker's partitions are counted once (its newer counts replace the table's).
         """
         try:
-            counts = {_key(k): orjson.loads(v) for k, v in bandit.items()}
+            counts = _flat(bandit)
         except Exception as exc:
             raise unavailable(exc, "read the bandit counts") from exc
         counts.update(self.own)
@@ -149,7 +191,7 @@ class AdBatch:
     Until :meth:`write`, counts change in :attr:`Ads.own` only; :meth:`undo` restores them.
     """
 
-    __slots__ = ("ads", "bandit", "before", "counts", "delta", "pending", "pending_store", "requests")
+    __slots__ = ("ads", "bandit", "before", "counts", "delta", "partitions", "pending", "pending_store", "requests")
 
     def __init__(self, ads: Ads, pending: MutableMapping[str, bytes], bandit: MutableMapping[str, bytes]) -> None:
         self.ads = ads
@@ -159,8 +201,10 @@ class AdBatch:
         self.pending: dict[str, dict[str, list[Any]]] = {}
         #: the counts this batch changed (the lists of ``ads.own``)
         self.delta: dict[str, list[int]] = {}
-        #: own counts before the batch (None: the key was not cached)
+        #: own counts before the batch (None: the key had no counts)
         self.before: dict[str, list[int] | None] = {}
+        #: the input partitions whose counts the batch changed (one record each in :meth:`write`)
+        self.partitions: set[int] = set()
         self.requests: list[tuple[dict[str, Any], str]] = []
         self.counts: Counts = {}
 
@@ -188,23 +232,26 @@ class AdBatch:
                 return
             context = ads.context_of(event)
             mine[rid] = [placement, context, t, 0]
-            self._bump(bandit_key(partition, context, placement), 1, 0)
+            self._bump(partition, bandit_key(partition, context, placement), 1, 0)
         else:
             imp = mine.get(rid)
             if imp is None or imp[3] or imp[0] != placement or not 0 <= t - imp[2] <= window:
                 return  # no impression in the window, or already clicked
             imp[3] = 1
-            self._bump(bandit_key(partition, imp[1], placement), 0, 1)
+            self._bump(partition, bandit_key(partition, imp[1], placement), 0, 1)
 
-    def _bump(self, key: str, imps: int, clicks: int) -> None:
+    def _bump(self, partition: int, key: str, imps: int, clicks: int) -> None:
+        ads = self.ads
+        if partition not in ads.loaded:
+            ads.load(partition, self.bandit)  # not undone: what it takes is what the table holds
         delta = self.delta
         if key not in delta:
-            own = self.ads.own.get(key)
+            own = ads.own.get(key)
             self.before[key] = None if own is None else list(own)
             if own is None:
-                raw = read(self.bandit, key)
-                self.ads.own[key] = orjson.loads(raw) if raw else [0, 0]
-            delta[key] = self.ads.own[key]
+                own = ads.own[key] = [0, 0]
+            delta[key] = own
+            self.partitions.add(partition)
         delta[key][0] += imps
         delta[key][1] += clicks
 
@@ -215,12 +262,20 @@ class AdBatch:
         return self.ads.decide(self.requests, self.counts, now_ms, chosen)
 
     def write(self) -> None:
-        """One store write per user with ad events and per changed count."""
+        """One store write per user with ad events, and one per partition whose counts changed.
+
+        A partition's record holds all of its counts: one changelog record per batch, where a
+        record per changed (context, arm) cost up to a dozen.
+        """
+        own = self.ads.own
         try:
             for uid, ads in self.pending.items():
                 self.pending_store[uid] = orjson.dumps(ads)
-            for key, (imps, clicks) in self.delta.items():
-                self.bandit[key] = orjson.dumps([imps, clicks])
+            for partition in self.partitions:
+                prefix = f"{partition}|"
+                cut = len(prefix)
+                record = {key[cut:]: counts for key, counts in own.items() if key.startswith(prefix)}
+                self.bandit[str(partition)] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
         except Exception as exc:
             raise unavailable(exc) from exc
 

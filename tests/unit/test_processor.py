@@ -21,7 +21,16 @@ from simulator import generate
 from stream.events.schema import validate
 from stream.models.scoring import LoadedModel
 from stream.state import new_user_state
-from stream.worker.processor import BatchProcessor, Outputs, ProcessorConfig, Record, Stores, pack_user, unpack_user
+from stream.worker.processor import (
+    BatchProcessor,
+    Outputs,
+    ProcessorConfig,
+    Record,
+    Stores,
+    merged_counts,
+    pack_user,
+    unpack_user,
+)
 from tests.support.models import offline_scores
 from tests.unit.conftest import SIM
 
@@ -492,7 +501,8 @@ def ad_script() -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
 
 
 def _decoded(bandit: Mapping[str, bytes]) -> dict[str, list[int]]:
-    return {k: orjson.loads(v) for k, v in bandit.items()}
+    """The table's counts by ``partition|context|arm``, from its one record per partition."""
+    return {f"{k}|{key}": counts for k, v in bandit.items() for key, counts in orjson.loads(v).items()}
 
 
 @pytest.mark.parametrize("batch", [1, 3, 100])
@@ -519,11 +529,29 @@ def test_click_joins_an_impression_of_an_earlier_batch_after_a_crash(models: dic
 
 def test_bandit_counts_add_to_what_the_store_already_holds(models: dict[str, LoadedModel]) -> None:
     stores = new_stores()
-    stores.bandit["0|mobile|footer"] = orjson.dumps([10, 3])
-    stores.bandit["1|mobile|footer"] = orjson.dumps([5, 5])  # another partition's key: left alone
+    stores.bandit["0"] = orjson.dumps({"mobile|footer": [10, 3], "tablet|top_banner": [2, 1]})
+    stores.bandit["1"] = orjson.dumps({"mobile|footer": [5, 5]})  # another partition's record: left alone
     events = [_ad("ad_impression", "r1", "footer", T0), _ad("ad_click", "r1", "footer", T0 + 1)]
     processor(models, click_join_window_ms=WINDOW).process(event_records(events), stores, now_ms=NOW_MS)
-    assert _decoded(stores.bandit) == {"0|mobile|footer": [11, 4], "1|mobile|footer": [5, 5]}
+    assert _decoded(stores.bandit) == {
+        "0|mobile|footer": [11, 4],
+        "0|tablet|top_banner": [2, 1],
+        "1|mobile|footer": [5, 5],
+    }
+
+
+def test_bandit_counts_continue_from_a_table_of_per_key_records(models: dict[str, LoadedModel]) -> None:
+    """A table written before one record per partition: its partition's counts continue from its keys."""
+    stores = new_stores()
+    stores.bandit["0|mobile|footer"] = orjson.dumps([10, 3])
+    stores.bandit["0|tablet|top_banner"] = orjson.dumps([2, 1])
+    stores.bandit["1|mobile|footer"] = orjson.dumps([5, 5])  # another partition's: left alone
+    events = [_ad("ad_impression", "r1", "footer", T0), _ad("ad_click", "r1", "footer", T0 + 1)]
+    proc = processor(models, click_join_window_ms=WINDOW)
+    proc.process(event_records(events), stores, now_ms=NOW_MS)
+    assert orjson.loads(stores.bandit["0"]) == {"mobile|footer": [11, 4], "tablet|top_banner": [2, 1]}
+    expected = {"mobile": {"footer": (16, 9)}, "tablet": {"top_banner": (2, 1)}}
+    assert merged_counts(stores.bandit) == proc.posterior_snapshot(stores) == expected
 
 
 def test_bandit_context_none_pools_devices(models: dict[str, LoadedModel]) -> None:

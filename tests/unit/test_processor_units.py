@@ -188,7 +188,7 @@ def test_impressions_are_trials_and_a_click_in_the_window_a_success() -> None:
     batch.event(ad("ad_click", "r2", T0 + 1_001), "ad_click", 2)  # past the window
     batch.event(ad("ad_click", "r9", T0), "ad_click", 2)  # no impression
     batch.write()
-    assert {k: orjson.loads(v) for k, v in bandit.items()} == {"2|mobile|top": [1, 1], "2|mobile|side": [1, 0]}
+    assert {k: orjson.loads(v) for k, v in bandit.items()} == {"2": {"mobile|top": [1, 1], "mobile|side": [1, 0]}}
     assert orjson.loads(pending["u1"]) == {"r1": ["top", "mobile", T0, 1], "r2": ["side", "mobile", T0, 0]}
     assert ads.own == {"2|mobile|top": [1, 1], "2|mobile|side": [1, 0]}
 
@@ -205,7 +205,43 @@ def test_an_undone_batch_leaves_the_counts_of_before() -> None:
     failed.event(ad("ad_impression", "r3", T0, device="desktop"), "ad_impression", 1)
     failed.undo()
     assert ads.own == {"1|mobile|top": [6, 2]}
-    assert orjson.loads(bandit["1|mobile|top"]) == [6, 2]
+    assert orjson.loads(bandit["1"]) == {"mobile|top": [6, 2]}
+    # the table's old per-key record is left as it was, and no longer read: the partition's record is
+    assert orjson.loads(bandit["1|mobile|top"]) == [5, 2]
+    assert merged_counts(bandit) == {"mobile": {"top": (6, 2)}}
+
+
+def test_one_record_per_partition_and_batch_holds_all_of_its_counts() -> None:
+    ads = Ads(("top", "side"))
+    bandit = {"3": orjson.dumps({"mobile|top": [7, 1], "tablet|side": [2, 2]}), "0": orjson.dumps({"all|top": [4, 0]})}
+    writes: list[str] = []
+
+    class Recording(dict[str, bytes]):
+        def __setitem__(self, key: str, value: bytes) -> None:
+            writes.append(key)
+            super().__setitem__(key, value)
+
+    table = Recording(bandit)
+    batch = ads.begin({}, table)
+    for i in range(20):
+        event = ad("ad_impression", f"r{i}", T0 + i, "side" if i % 2 else "top", device="desktop")
+        batch.event(event, "ad_impression", 3)
+    batch.event(ad("ad_impression", "m1", T0, "top", user="u2"), "ad_impression", 3)
+    batch.write()
+    assert writes == ["3"]
+    assert orjson.loads(table["3"]) == {
+        "desktop|side": [10, 0],
+        "desktop|top": [10, 0],
+        "mobile|top": [8, 1],
+        "tablet|side": [2, 2],
+    }
+    assert orjson.loads(table["0"]) == {"all|top": [4, 0]}  # another partition's record: left alone
+    assert merged_counts(table) == {
+        "desktop": {"side": (10, 0), "top": (10, 0)},
+        "mobile": {"top": (8, 1)},
+        "tablet": {"side": (2, 2)},
+        "all": {"top": (4, 0)},
+    }
 
 
 def test_the_posterior_takes_this_worker_s_counts_over_the_table_s() -> None:
