@@ -81,3 +81,33 @@ CREATE TABLE IF NOT EXISTS {db}.truth_ad_arms
 )
 ENGINE = MergeTree
 ORDER BY (placement, device_type, day)
+;
+
+-- Every article: its publish time, brand and category (indices into the simulator's world
+-- vocabulary), its hidden topic and its quality's click-logit term.
+CREATE TABLE IF NOT EXISTS {db}.truth_articles
+(
+    article_id      String,
+    publish_time    DateTime64(3, 'UTC'),
+    brand_index     Int32,
+    category_index  Int32,
+    topic           Int32,
+    quality_logit   Float64
+)
+ENGINE = MergeTree
+ORDER BY article_id;
+
+-- Each user's click-logit term per brand, category and hidden topic (kind, key = index). The
+-- true click logit of user u on article a at position 1 on device d is
+--   truth_users.click_logit + truth_articles.quality_logit
+--   + logit(brand_index) + logit(category_index) + logit(topic) + device shift,
+-- position p adds -position_decay * ln(p). Session terms do not change a user's ranking.
+CREATE TABLE IF NOT EXISTS {db}.truth_user_preferences
+(
+    user_id  String,
+    kind     LowCardinality(String),
+    key      Int32,
+    logit    Float64
+)
+ENGINE = MergeTree
+ORDER BY (user_id, kind, key)
