@@ -349,7 +349,7 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
     tz_off = utc_offsets_minutes(tz_names, cfg.start, cfg.days)
 
     # Step 2. Sessions and events (codes).
-    sess, ev = generate_sessions(cfg, users, arts, tastes, ctr, tz_off, place_tz, rng_sessions)
+    sess, ev = generate_sessions(cfg, users, arts, tastes, ctr, tz_off, place_tz, rng_sessions, rng_tastes)
 
     # Step 3. Strings, by lookup.
     user_ids = _ids(f"{tag}u", users.n)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.optimize import nnls
 
 from stream.models.registry import ModelVersion
 
@@ -65,8 +66,6 @@ def fold_in(factors: np.ndarray, read: Sequence[int], interaction: float) -> np.
     without the n_items-long system): with ``G = F^T F = L L^T`` it is
     ``min ||L^T w - L^-1 F^T r||``.
     """
-    from scipy.optimize import nnls
-
     k = factors.shape[1]
     if len(read) == 0:
         return np.zeros(k)
@@ -91,26 +90,57 @@ class Candidate:
     popularity: float
 
 
-def _content(brand: str | None, category: str | None) -> set[str]:
-    return {f"brand={brand}" if brand is not None else "", f"category={category}" if category else ""} - {""}
+class Candidates:
+    """Candidates as arrays, in article id order (ties rank by id), with their rows in ``model``."""
+
+    def __init__(self, cands: Sequence[Candidate], model: RecommendModel | None) -> None:
+        cands = sorted(cands, key=lambda c: c.article_id)
+        self.ids = [c.article_id for c in cands]
+        self.pos = {a: i for i, a in enumerate(self.ids)}
+        self.popularity = np.array([c.popularity for c in cands], dtype=float)
+        index = model.index if model is not None else {}
+        self.rows = np.array([index.get(a, -1) for a in self.ids], dtype=np.intp)
+        self.brands = [c.brand for c in cands]
+        self.categories = [c.category for c in cands]
+        self.brand_code, self.brand_names = _codes(self.brands)
+        self.category_code, self.category_names = _codes(self.categories)
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
-def content_scores(read: Sequence[tuple[str | None, str | None]], cands: Sequence[Candidate]) -> np.ndarray:
-    """Cosine of each candidate's brand/category one-hot with the (normalised) profile of the reads."""
-    profile: dict[str, float] = {}
+def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    """Integer codes of ``values`` (-1 = None) and the names they index."""
+    names = sorted({v for v in values if v is not None})
+    of = {v: i for i, v in enumerate(names)}
+    return np.array([of[v] if v is not None else -1 for v in values], dtype=np.intp), names
+
+
+def content_scores(read: Sequence[tuple[str | None, str | None]], cands: Candidates) -> np.ndarray:
+    """Cosine of each candidate's brand/category one-hot with the profile of the reads.
+
+    The profile sums each read's one-hot vector normalised to length 1.
+
+    >>> c = Candidates([Candidate("x", "b", "c", 0.0), Candidate("y", "b", "d", 0.0)], None)
+    >>> content_scores([("b", "c")], c).round(3).tolist()
+    [1.0, 0.5]
+    """
+    weight_b: dict[str, float] = {}
+    weight_c: dict[str, float] = {}
     for brand, category in read:
-        feats = _content(brand, category)
-        for f in feats:
-            profile[f] = profile.get(f, 0.0) + 1.0 / np.sqrt(len(feats))
-    norm = float(np.sqrt(sum(v * v for v in profile.values())))
-    out = np.zeros(len(cands))
-    if norm == 0:
-        return out
-    for i, c in enumerate(cands):
-        feats = _content(c.brand, c.category)
-        if feats:
-            out[i] = sum(profile.get(f, 0.0) for f in feats) / (norm * np.sqrt(len(feats)))
-    return out
+        n = (brand is not None) + (category is not None)
+        if brand is not None:
+            weight_b[brand] = weight_b.get(brand, 0.0) + n**-0.5
+        if category is not None:
+            weight_c[category] = weight_c.get(category, 0.0) + n**-0.5
+    norm = float(np.sqrt(sum(v * v for v in weight_b.values()) + sum(v * v for v in weight_c.values())))
+    if norm == 0 or len(cands) == 0:
+        return np.zeros(len(cands))
+    pb = np.array([weight_b.get(b, 0.0) for b in cands.brand_names] + [0.0])  # code -1 -> the last, 0
+    pc = np.array([weight_c.get(c, 0.0) for c in cands.category_names] + [0.0])
+    n_feats = (cands.brand_code >= 0).astype(float) + (cands.category_code >= 0)
+    dot = pb[cands.brand_code] + pc[cands.category_code]
+    return np.where(n_feats > 0, dot / (norm * np.sqrt(np.maximum(n_feats, 1.0))), 0.0)
 
 
 def _norm(a: np.ndarray) -> np.ndarray:
@@ -122,34 +152,38 @@ def rank(
     model: RecommendModel | None,
     reads: Sequence[str],
     read_content: Sequence[tuple[str | None, str | None]],
-    cands: Sequence[Candidate],
+    cands: Candidates,
     k: int,
 ) -> list[dict[str, Any]]:
-    """The ``k`` best candidates as ``{article_id, score, reason}``, best first (ties: article id).
+    """The ``k`` best candidates not in ``reads`` as ``{article_id, score, reason}``, best first (ties: id).
 
-    Without a model: popularity only. ``cands`` must already exclude what the user read.
+    Each part is max-normalised over the candidates left. Without a model: popularity only.
     """
-    if not cands or k <= 0:
+    keep = np.ones(len(cands), dtype=bool)
+    for a in reads:
+        i = cands.pos.get(a)
+        if i is not None:
+            keep[i] = False
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0 or k <= 0:
         return []
-    pop = _norm(np.array([c.popularity for c in cands], dtype=float))
+    pop = _norm(cands.popularity[idx])
     if model is None:
-        parts = np.vstack([np.zeros(len(cands)), np.zeros(len(cands)), pop])
+        parts = np.vstack([np.zeros(len(idx)), np.zeros(len(idx)), pop])
     else:
         w_cf, w_cb, w_pop = model.weights
         known = [model.index[a] for a in reads if a in model.index]
         user = fold_in(model.factors, known, model.interaction)
-        rows = np.array([model.index.get(c.article_id, -1) for c in cands])
-        cf = np.zeros(len(cands))
+        rows = cands.rows[idx]
+        cf = np.zeros(len(idx))
         have = rows >= 0
         cf[have] = model.factors[rows[have]] @ user
-        parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(content_scores(read_content, cands)), w_pop * pop])
+        cb = content_scores(read_content, cands)[idx]
+        parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(cb), w_pop * pop])
     score = parts.sum(axis=0)
-    order = sorted(range(len(cands)), key=lambda i: (-score[i], cands[i].article_id))[:k]
+    top = np.argsort(-score, kind="stable")[:k]  # idx is in id order: ties go to the lower id
+    reason = parts.argmax(axis=0)
     return [
-        {
-            "article_id": cands[i].article_id,
-            "score": round(float(score[i]), 6),
-            "reason": REASONS[int(np.argmax(parts[:, i]))],
-        }
-        for i in order
+        {"article_id": cands.ids[idx[i]], "score": round(float(score[i]), 6), "reason": REASONS[int(reason[i])]}
+        for i in top.tolist()
     ]

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from stream.models.recommend import NAME, Candidate, RecommendModel, rank
+from stream.models.recommend import NAME, Candidate, Candidates, RecommendModel, rank
 from stream.models.registry import ModelRegistry, RegistryError
 from stream.state.article import ArticleState
 from stream.state.config import HOUR_MS
@@ -64,13 +64,23 @@ def batch_reads(events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
 
 
 def decayed_views(state: ArticleState, now_ms: int, half_life_ms: float) -> float:
-    """The article's views, each weighted ``0.5 ** (age / half_life)`` (hourly buckets: as old as kept)."""
+    """The article's views, each weighted ``0.5 ** ((now - start of its hour) / half_life)``.
+
+    From the hourly buckets (as far back as the article state keeps them).
+    """
+    anchor, total = _views_at(state, half_life_ms)
+    return total * 0.5 ** ((now_ms - anchor) / half_life_ms)
+
+
+def _views_at(state: ArticleState, half_life_ms: float) -> tuple[int, float]:
+    """(anchor, views decayed to the anchor): the decay factorises, so one pass serves every "now"."""
     hours = state.buckets[1]
+    anchor = max(0, state.max_t)
     total = 0.0
     for idx, row in hours.c.items():
-        age = max(0, now_ms - (idx + 1) * hours.width)
-        total += row[2] * 0.5 ** (age / half_life_ms)
-    return total
+        if row[2]:
+            total += row[2] * 0.5 ** ((anchor - idx * hours.width) / half_life_ms)
+    return anchor, total
 
 
 class Recommendations:
@@ -94,9 +104,11 @@ class Recommendations:
         self.model: RecommendModel | None = None
         self._token: object = ()
         self.content: dict[str, tuple[str | None, str | None]] = {}
-        self._cands: list[Candidate] = []
+        self._cands = Candidates([], None)
         self._cands_at = -1e18
         self._model_at = -1e18
+        #: per article key: (stored bytes, first_t, max_t, anchor, views decayed to the anchor)
+        self._decoded: dict[Any, tuple[bytes, int, int, int, float]] = {}
 
     # --- the events agent ------------------------------------------------------------------
 
@@ -131,33 +143,44 @@ class Recommendations:
         except (RegistryError, OSError, ValueError, KeyError) as exc:
             log.warning("no %s model (recommendations by popularity only): %s", NAME, exc)
             self.model = None
-        self._cands_at = -1e18  # the half-life may have changed
+        self._cands_at = -1e18  # the half-life and the factors' rows may have changed
+        self._decoded = {}
 
-    def candidates(self) -> list[Candidate]:
-        """Fresh articles with their decayed popularity (rebuilt at most every REFRESH_S)."""
+    def candidates(self) -> Candidates:
+        """Fresh articles with their decayed popularity (rebuilt at most every REFRESH_S).
+
+        An article's state is decoded only when its stored bytes changed since the last rebuild.
+        """
         now = time.monotonic()
         if now - self._cands_at < REFRESH_S:
             return self._cands
         self._cands_at = now
-        states = []
-        for key, raw in list(self.articles.items()):
-            if raw:
-                aid = key.decode() if isinstance(key, bytes) else str(key)
-                states.append((aid, ArticleState.from_bytes(raw)))
-        newest = max((s.max_t for _, s in states), default=-1)
         half_life = (self.model.half_life_hours if self.model else DEFAULT_HALF_LIFE_HOURS) * HOUR_MS
-        self._cands = [
-            Candidate(aid, *self.content.get(aid, (None, None)), decayed_views(s, newest, half_life))
-            for aid, s in states
-            if s.first_t >= 0 and newest - s.first_t <= self.max_age_ms
-        ]
+        old, new = self._decoded, {}
+        for key, raw in list(self.articles.items()):
+            if not raw:
+                continue
+            seen = old.get(key)
+            if seen is not None and (seen[0] is raw or seen[0] == raw):
+                new[key] = seen
+                continue
+            st = ArticleState.from_bytes(raw)
+            new[key] = (raw, st.first_t, st.max_t, *_views_at(st, half_life))
+        self._decoded = new
+        newest = max((v[2] for v in new.values()), default=-1)
+        cands = []
+        for key, (_, first_t, _, anchor, views) in new.items():
+            if first_t >= 0 and newest - first_t <= self.max_age_ms:
+                aid = key.decode() if isinstance(key, bytes) else str(key)
+                pop = views * 0.5 ** ((newest - anchor) / half_life)
+                cands.append(Candidate(aid, *self.content.get(aid, (None, None)), pop))
+        self._cands = Candidates(cands, self.model)
         return self._cands
 
     def answer(self, user_id: str, reads: list[str], k: int) -> dict[str, Any]:
         """The body of ``GET /v1/users/{user_id}/recommendations`` for a user whose reads are ``reads``."""
         self.refresh_model()
-        seen = set(reads)
-        cands = [c for c in self.candidates() if c.article_id not in seen]
+        cands = self.candidates()
         read_content = [self.content[a] for a in reads if a in self.content]
         model = self.model
         return {

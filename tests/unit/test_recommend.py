@@ -116,7 +116,7 @@ def test_without_a_model_popularity_decides() -> None:
     newest = T0 + 10 * HOUR
     articles = {b"a": _article([newest] * 3, T0), b"b": _article([newest - 24 * HOUR + 1] * 6, T0)}
     body = _recs(None, articles, 96).answer("u", [], 2)
-    # b's 6 views are a day old: 6 * 0.5 ** 2 = 1.5 < 3 (half-life 12 h)
+    # b: 6 views a day old weigh at most 6 * 0.5 ** (23 / 12) < 1.6; a: 3 views of the last hour at least 2.8
     assert [r["article_id"] for r in body["recommendations"]] == ["a", "b"]
     assert {r["reason"] for r in body["recommendations"]} == {"popular"} and body["model_version"] is None
 
