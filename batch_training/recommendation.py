@@ -20,8 +20,9 @@ Rankers compared on the same users and candidates:
 - ``hybrid``: the max-normalised mix of the three; its weights (a grid on the simplex) are
   cross-fitted: users are split in two seeded halves, each half is scored with the weight tuned
   on the other, so every eligible user counts once, untuned;
-- ``oracle`` (simulated histories only): each user's true click probability per article, from the
-  simulator's truth (``truth_articles``, ``truth_user_preferences``); "no ground truth" otherwise.
+- ``oracle`` (simulated histories only): each user's true preference per article (the order of
+  their true click probabilities when tastes also drive clicks), from the simulator's truth
+  (``truth_articles``, ``truth_user_preferences``); "no ground truth" otherwise.
 
 Each metric has a 95 % bootstrap interval over users; the hybrid is compared with popularity on
 the same users (paired bootstrap of the per-user difference): it "beats popularity" only if that
@@ -161,8 +162,9 @@ def recent_popularity(
 def oracle_logits(
     users: Sequence[str], arts: pd.Index, truth_articles: pd.DataFrame, prefs: pd.DataFrame
 ) -> np.ndarray:
-    """(len(users), len(arts)): each user's true click logit per article, less the terms that do not
-    depend on the article (the user's intercept, position, device). NaN where the truth has no row.
+    """(len(users), len(arts)): each user's true preference per article (quality, brand, category and
+    topic terms; the click logit less the terms that do not depend on the article). NaN where the
+    truth has no row.
     """
     ta = truth_articles.set_index("article_id").reindex(arts)
     known = ta["quality_logit"].notna().to_numpy()

@@ -475,9 +475,8 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
                 "ctr": pa.array(ctr[arm_day, arm_pl, arm_dev]),
             }
         ),
-        # What the oracle ranking needs: the user's click logit on an article at position 1 on
-        # device d is truth_users.click_logit + quality_logit + the user's brand, category and
-        # topic logits (user_preferences) + the device shift (config.device_click_shift).
+        # What the oracle ranking needs: a user's preference for an article is quality_logit + the
+        # user's brand, category and topic logits (user_preferences); see the DDL's comments.
         "articles": pa.table(
             {
                 "article_id": article_ids,
@@ -497,7 +496,7 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
 
 
 def _preferences(cfg: SimConfig, user_ids: pa.Array, users: Users, tastes: Tastes) -> pa.Table:
-    """Long table (user_id, kind, key, logit): each user's click-logit term per brand, category and topic."""
+    """Long table (user_id, kind, key, logit): each user's preference term per brand, category and topic."""
     parts = [
         ("brand", cfg.affinity_weight * users.brand_logaff),
         ("category", cfg.affinity_weight * users.category_logaff),

@@ -185,7 +185,7 @@ def generate_sessions(
         + cfg.quality_weight * arts.quality[imp_art]
         + cfg.affinity_weight
         * (users.brand_logaff[iu, arts.brand[imp_art]] + users.category_logaff[iu, arts.category[imp_art]])
-        + cfg.taste_weight * tastes.topic_logaff[iu, tastes.topic[imp_art]]
+        + cfg.taste_click_weight * tastes.topic_logaff[iu, tastes.topic[imp_art]]
         - np.where(imp_drifted, cfg.drift_position_decay, cfg.position_decay) * np.log(imp_pos)
         + np.where(
             imp_drifted,

@@ -97,11 +97,12 @@ CREATE TABLE IF NOT EXISTS {db}.truth_articles
 ENGINE = MergeTree
 ORDER BY article_id;
 
--- Each user's click-logit term per brand, category and hidden topic (kind, key = index). The
--- true click logit of user u on article a at position 1 on device d is
---   truth_users.click_logit + truth_articles.quality_logit
---   + logit(brand_index) + logit(category_index) + logit(topic) + device shift,
--- position p adds -position_decay * ln(p). Session terms do not change a user's ranking.
+-- Each user's preference term per brand, category and hidden topic (kind, key = index, weights
+-- applied). User u's preference for article a is
+--   truth_articles.quality_logit + logit(brand_index) + logit(category_index) + logit(topic):
+-- a direct visit picks among popular articles in proportion to exp(preference). A feed click's
+-- logit is truth_users.click_logit + the same terms, the topic's scaled by
+-- taste_click_weight / taste_weight (0 by default), - position_decay * ln(position) + device shift.
 CREATE TABLE IF NOT EXISTS {db}.truth_user_preferences
 (
     user_id  String,
