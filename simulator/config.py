@@ -86,6 +86,19 @@ class SimConfig:
     #: click logit weight of article quality and of brand/category affinity
     quality_weight: float = 0.35
     affinity_weight: float = 0.35
+    #: hidden reading tastes (population.make_tastes): every article has one of ``article_topics``
+    #: topics (not in the events), every user belongs to one of ``taste_clusters`` clusters whose
+    #: profile over topics, mixed with ``taste_individual_share`` of the user's own, sets the user's
+    #: lifelong affinity per topic. ``taste_weight`` weighs it in the choice of direct visits (what
+    #: a user seeks out), ``taste_click_weight`` in feed clicks: 0 by default, so that the click
+    #: model, whose features cannot see topics, keeps its oracle (a choice, docs/simulator.md)
+    article_topics: int = 24
+    taste_clusters: int = 8
+    taste_individual_share: float = 0.25
+    taste_weight: float = 1.0
+    taste_click_weight: float = 0.0
+    #: a direct visit picks among this many articles drawn by popularity, by preference (1 = none)
+    direct_choices: int = 8
     #: click-logit shift per device type (desktop, mobile, tablet)
     device_click_shift: tuple[float, float, float] = (0.0, 0.1, 0.05)
     #: video plays per article view: logit = intercept + slope * engagement + noise_sd * N(0,1)
@@ -162,6 +175,7 @@ class SimConfig:
             "missing_share",
             "malformed_share",
             "activity_engagement_corr",
+            "taste_individual_share",
         ):
             v = getattr(self, name)
             _check(0.0 <= v <= 1.0, name, v, "a number in [0, 1]")
@@ -184,6 +198,11 @@ class SimConfig:
             self.activity_median_per_day > 0, "activity_median_per_day", self.activity_median_per_day, "a number > 0"
         )
         _check(self.articles_per_day >= 1, "articles_per_day", self.articles_per_day, "an integer >= 1")
+        _check(self.article_topics >= 1, "article_topics", self.article_topics, "an integer >= 1")
+        _check(self.taste_clusters >= 1, "taste_clusters", self.taste_clusters, "an integer >= 1")
+        _check(self.taste_weight >= 0, "taste_weight", self.taste_weight, "a number >= 0")
+        _check(self.taste_click_weight >= 0, "taste_click_weight", self.taste_click_weight, "a number >= 0")
+        _check(self.direct_choices >= 1, "direct_choices", self.direct_choices, "an integer >= 1")
         _check(0 < self.late_max_ms <= 86_400_000, "late_max_ms", self.late_max_ms, "1..86400000 ms")
         _check(all(3 <= n <= 16 for n in self.feed_length), "feed_length", self.feed_length, "three integers in 3..16")
         _check(0 <= self.drift_day <= self.days, "drift_day", self.drift_day, f"a day in 0..{self.days} (0 = no drift)")

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from simulator import messy
 from simulator.config import SimConfig
-from simulator.population import NEVER, make_articles, make_users
+from simulator.population import NEVER, Tastes, Users, make_articles, make_tastes, make_users
 from simulator.records import batch_to_dicts
 from simulator.sessions import (
     AD_IMPRESSION,
@@ -67,7 +67,16 @@ EVENT_SCHEMA = pa.schema(
         ("schema_version", pa.uint8()),
     ]
 )
-TRUTH_TABLES = ("users", "user_daily", "sessions", "article_impressions", "ad_impressions", "ad_arms")
+TRUTH_TABLES = (
+    "users",
+    "user_daily",
+    "sessions",
+    "article_impressions",
+    "ad_impressions",
+    "ad_arms",
+    "articles",
+    "user_preferences",
+)
 FORMATS = ("parquet", "jsonl")
 
 
@@ -325,20 +334,22 @@ def _events_from_jsonl(path: Path) -> pa.Table:
 def generate(cfg: SimConfig | None = None) -> Dataset:
     """Simulate ``cfg.n_users`` users for ``cfg.days`` days. Same config -> identical dataset."""
     cfg = cfg or SimConfig()
-    seeds = np.random.SeedSequence(cfg.seed).spawn(5)
-    rng_users, rng_articles, rng_ads, rng_sessions, rng_messy = (np.random.default_rng(s) for s in seeds)
+    # the sixth stream (tastes) came later: spawn(6)[:5] equals spawn(5), so the others are unchanged
+    seeds = np.random.SeedSequence(cfg.seed).spawn(6)
+    rng_users, rng_articles, rng_ads, rng_sessions, rng_messy, rng_tastes = (np.random.default_rng(s) for s in seeds)
     tag = run_tag(cfg)
     t0 = epoch_ms(cfg.start)
 
     # Step 1. World: users, articles, ad arms, timezone offsets.
     users = make_users(cfg, rng_users)
     arts = make_articles(cfg, rng_articles)
+    tastes = make_tastes(cfg, users, arts.n, rng_tastes)
     ctr = ad_ctr_by_day(cfg, rng_ads)
     tz_names, place_tz = place_timezones()
     tz_off = utc_offsets_minutes(tz_names, cfg.start, cfg.days)
 
     # Step 2. Sessions and events (codes).
-    sess, ev = generate_sessions(cfg, users, arts, ctr, tz_off, place_tz, rng_sessions)
+    sess, ev = generate_sessions(cfg, users, arts, tastes, ctr, tz_off, place_tz, rng_sessions, rng_tastes)
 
     # Step 3. Strings, by lookup.
     user_ids = _ids(f"{tag}u", users.n)
@@ -464,8 +475,45 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
                 "ctr": pa.array(ctr[arm_day, arm_pl, arm_dev]),
             }
         ),
+        # What the oracle ranking needs: a user's preference for an article is quality_logit + the
+        # user's brand, category and topic logits (user_preferences); see the DDL's comments.
+        "articles": pa.table(
+            {
+                "article_id": article_ids,
+                "publish_time": pa.array(t0 + arts.publish_ms),
+                "brand_index": pa.array(arts.brand.astype(np.int32)),
+                "category_index": pa.array(arts.category.astype(np.int32)),
+                "topic": pa.array(tastes.topic.astype(np.int32)),
+                "quality_logit": pa.array(cfg.quality_weight * arts.quality),
+            }
+        ),
+        "user_preferences": _preferences(cfg, user_ids, users, tastes),
     }
 
     # Step 5. Messy reality (each off unless its share is > 0).
     table, malformed, positions = messy.apply(cfg, table, rng_messy)
     return Dataset(cfg, table, truth, malformed, positions)
+
+
+def _preferences(cfg: SimConfig, user_ids: pa.Array, users: Users, tastes: Tastes) -> pa.Table:
+    """Long table (user_id, kind, key, logit): each user's preference term per brand, category and topic."""
+    parts = [
+        ("brand", cfg.affinity_weight * users.brand_logaff),
+        ("category", cfg.affinity_weight * users.category_logaff),
+        ("topic", cfg.taste_weight * tastes.topic_logaff),
+    ]
+    uid, kind, key, logit = [], [], [], []
+    for name, m in parts:
+        n, k = m.shape
+        uid.append(np.repeat(np.arange(n), k))
+        kind += [name] * (n * k)
+        key.append(np.tile(np.arange(k, dtype=np.int32), n))
+        logit.append(m.ravel())
+    return pa.table(
+        {
+            "user_id": user_ids.take(pa.array(np.concatenate(uid))),
+            "kind": pa.array(kind, pa.string()),
+            "key": pa.array(np.concatenate(key)),
+            "logit": pa.array(np.concatenate(logit)),
+        }
+    )

@@ -228,3 +228,35 @@ def sample_articles(cfg: SimConfig, arts: Articles, pool_end_ms: np.ndarray, rng
         pick = np.searchsorted(cw, target, side="right")
         out[idx] = lo + np.clip(pick, a, b - 1)
     return out
+
+
+@dataclass
+class Tastes:
+    """Hidden reading tastes: a topic per article, a lifelong affinity per (user, topic).
+
+    Every user belongs to one of ``taste_clusters`` clusters; the cluster's profile over topics,
+    mixed with a little of the user's own, fixes the user's affinity per topic for life: users
+    who read alike keep reading alike. Topics are not in the events (brand and category do not
+    reveal them), so only behaviour, that is collaborative filtering, can learn them.
+    """
+
+    cluster: np.ndarray  # per user
+    topic: np.ndarray  # per article
+    #: (n_users, n_topics) clipped log relative affinity, centred per user so that the mean of
+    #: exp over topics is 1: tastes move clicks between topics, not the user's click rate
+    topic_logaff: np.ndarray
+
+
+def make_tastes(cfg: SimConfig, users: Users, n_articles: int, rng: np.random.Generator) -> Tastes:
+    """Draw clusters, their topic profiles, each user's mix and each article's topic (own generator)."""
+    n, t = users.n, cfg.article_topics
+    profiles = rng.dirichlet(np.full(t, 0.3), size=cfg.taste_clusters)
+    cluster = rng.integers(0, cfg.taste_clusters, size=n)
+    own = rng.dirichlet(np.full(t, 0.3), size=n)
+    share = cfg.taste_individual_share
+    aff = (1.0 - share) * profiles[cluster] + share * own
+    logaff = np.clip(np.log(aff * t + 1e-12), -2.5, 2.0)
+    logaff -= np.log(np.exp(logaff).mean(axis=1, keepdims=True))
+    logaff[users.is_bot] = 0.0
+    topic = rng.integers(0, t, size=n_articles).astype(np.int16)
+    return Tastes(cluster=cluster.astype(np.int16), topic=topic, topic_logaff=logaff)

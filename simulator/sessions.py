@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.config import SimConfig
-from simulator.population import DAY_MS, HOUR_MS, Articles, Users, sample_articles
+from simulator.population import DAY_MS, HOUR_MS, Articles, Tastes, Users, sample_articles
 from simulator.world import PLACES
 from stream.state.codes import TYPE_CODE
 
@@ -120,10 +120,12 @@ def generate_sessions(
     cfg: SimConfig,
     users: Users,
     arts: Articles,
+    tastes: Tastes,
     ctr: np.ndarray,
     tz_offsets: np.ndarray,
     place_tz: np.ndarray,
     rng: np.random.Generator,
+    taste_rng: np.random.Generator,
 ) -> tuple[Sessions, Events]:
     """Draw every session of the window and lay out its events (see the module docstring)."""
     start_ms0 = _epoch_ms(cfg)
@@ -183,6 +185,7 @@ def generate_sessions(
         + cfg.quality_weight * arts.quality[imp_art]
         + cfg.affinity_weight
         * (users.brand_logaff[iu, arts.brand[imp_art]] + users.category_logaff[iu, arts.category[imp_art]])
+        + cfg.taste_click_weight * tastes.topic_logaff[iu, tastes.topic[imp_art]]
         - np.where(imp_drifted, cfg.drift_position_decay, cfg.position_decay) * np.log(imp_pos)
         + np.where(
             imp_drifted,
@@ -198,7 +201,7 @@ def generate_sessions(
     # Step 5. Article views: clicked impressions in position order, then direct visits.
     c_sess, c_art, c_pos = imp_sess[clicked], imp_art[clicked], imp_pos[clicked]
     d_sess = np.repeat(np.arange(ns), n_direct)
-    d_art = sample_articles(cfg, arts, pool_end[d_sess], rng)
+    d_art = _direct_articles(cfg, users, arts, tastes, s_user[d_sess], pool_end[d_sess], rng, taste_rng)
     v_sess = np.concatenate([c_sess, d_sess])
     v_art = np.concatenate([c_art, d_art])
     v_pos = np.concatenate([c_pos, np.zeros(len(d_sess), dtype=np.int64)])
@@ -340,6 +343,40 @@ def generate_sessions(
         subscription_done_before=sub_before,
     )
     return sessions, events
+
+
+def _direct_articles(
+    cfg: SimConfig,
+    users: Users,
+    arts: Articles,
+    tastes: Tastes,
+    user: np.ndarray,
+    pool_end: np.ndarray,
+    rng: np.random.Generator,
+    taste_rng: np.random.Generator,
+) -> np.ndarray:
+    """The article of each direct visit: a user seeks out what they like among what is around.
+
+    ``direct_choices`` articles are drawn by popularity; the user picks one with probability
+    proportional to exp(the article's part of their click logit) (Gumbel-max): quality, brand and
+    category affinity, and taste. The first choice comes from the sessions' generator as before
+    tastes existed, the rest from ``taste_rng``: the sessions' other draws are unchanged.
+    """
+    m = cfg.direct_choices
+    first = sample_articles(cfg, arts, pool_end, rng)
+    if m == 1:
+        return first
+    more = sample_articles(cfg, arts, np.repeat(pool_end, m - 1), taste_rng).reshape(-1, m - 1)
+    cand = np.column_stack([first, more])
+    u = user[:, None]
+    pref = (
+        cfg.quality_weight * arts.quality[cand]
+        + cfg.affinity_weight
+        * (users.brand_logaff[u, arts.brand[cand]] + users.category_logaff[u, arts.category[cand]])
+        + cfg.taste_weight * tastes.topic_logaff[u, tastes.topic[cand]]
+    )
+    pick = np.argmax(pref + taste_rng.gumbel(size=cand.shape), axis=1)
+    return cand[np.arange(len(cand)), pick]
 
 
 def _epoch_ms(cfg: SimConfig) -> int:

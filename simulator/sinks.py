@@ -18,7 +18,7 @@ from stream.kafka import clients
 from stream.kafka.io import produce_blocking
 
 #: ClickHouse columns holding epoch ms that must be inserted as DateTime64.
-_TIME_COLUMNS = {"event_time", "cutoff_time", "start_time", "day_start"}
+_TIME_COLUMNS = {"event_time", "cutoff_time", "start_time", "day_start", "publish_time"}
 
 
 def _nullable_int(t: pa.DataType) -> object:

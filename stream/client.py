@@ -31,7 +31,7 @@ class ApiError(Exception):
 
 
 class WorkerClient:
-    """``GET /v1/users/{id}``, ``POST /v1/decide``, ``GET /v1/models`` and the probes of one worker."""
+    """A worker API client: users, their recommendations, decide, models and the probes."""
 
     def __init__(self, base_url: str, timeout_s: float = 5.0, retries: int = 5) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -46,6 +46,10 @@ class WorkerClient:
         if as_of is not None:
             path += f"?as_of={int(as_of)}"
         return self.request("GET", path)
+
+    def recommendations(self, user_id: str, k: int = 10) -> dict[str, Any]:
+        """Up to ``k`` articles the user has not read, best first, each with its score and reason."""
+        return self.request("GET", "/v1/users/" + urllib.parse.quote(user_id, safe="") + f"/recommendations?k={int(k)}")
 
     def decide(
         self,

@@ -92,6 +92,16 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="how long a worker waits for the owner of a request it forwards",
     )
+    recommend_max_age_hours: float = Field(
+        96.0,
+        gt=0,
+        le=24 * 365,
+        allow_inf_nan=False,
+        description="recommendations leave out articles first seen longer ago than this (freshness limit)",
+    )
+    recommend_reads: int = Field(
+        200, ge=1, le=10_000, description="recent distinct reads kept per user (user-reads table): excluded, folded in"
+    )
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from jsonschema import Draft202012Validator
 
 from stream.worker.api.server import ROUTES
@@ -47,3 +48,18 @@ def test_error_schema_takes_one_line_reasons_only() -> None:
     v = Draft202012Validator(error)
     assert v.is_valid({"error": "user_id must be a string of 1 to 64 characters"})
     assert not v.is_valid({"error": "two\nlines"}) and not v.is_valid({"reason": "x"})
+
+
+def test_recommendations_answer_matches_the_document() -> None:
+    from tests.unit.test_recommend import T0, _article, _model, _recs
+
+    articles = {b"a": _article([T0 + 5], T0), b"b": _article([T0 + 9, T0 + 10], T0)}
+    recs = _recs(_model(["a", "b"], np.array([[1.0, 0.0], [0.5, 0.5]]), (0.5, 0.25, 0.25)), articles, 96)
+    recs.record([{"event_type": "article_view", "user_id": "u", "article_id": "a", "brand": "x", "category": "y"}])
+    body = {**recs.answer("u", ["a"], 10), "partition": 3}
+    assert [r["article_id"] for r in body["recommendations"]] == ["b"]
+    schema = document()["components"]["schemas"]["Recommendations"]
+    Draft202012Validator({**schema, "components": document()["components"]}).validate(body)
+    cold = {**_recs(None, articles, 96).answer("new-user", [], 1), "partition": 0}
+    Draft202012Validator({**schema, "components": document()["components"]}).validate(cold)
+    assert cold["model_version"] is None and cold["recommendations"][0]["reason"] == "popular"

@@ -81,3 +81,34 @@ CREATE TABLE IF NOT EXISTS {db}.truth_ad_arms
 )
 ENGINE = MergeTree
 ORDER BY (placement, device_type, day)
+;
+
+-- Every article: its publish time, brand and category (indices into the simulator's world
+-- vocabulary), its hidden topic and its quality's click-logit term.
+CREATE TABLE IF NOT EXISTS {db}.truth_articles
+(
+    article_id      String,
+    publish_time    DateTime64(3, 'UTC'),
+    brand_index     Int32,
+    category_index  Int32,
+    topic           Int32,
+    quality_logit   Float64
+)
+ENGINE = MergeTree
+ORDER BY article_id;
+
+-- Each user's preference term per brand, category and hidden topic (kind, key = index, weights
+-- applied). User u's preference for article a is
+--   truth_articles.quality_logit + logit(brand_index) + logit(category_index) + logit(topic):
+-- a direct visit picks among popular articles in proportion to exp(preference). A feed click's
+-- logit is truth_users.click_logit + the same terms, the topic's scaled by
+-- taste_click_weight / taste_weight (0 by default), - position_decay * ln(position) + device shift.
+CREATE TABLE IF NOT EXISTS {db}.truth_user_preferences
+(
+    user_id  String,
+    kind     LowCardinality(String),
+    key      Int32,
+    logit    Float64
+)
+ENGINE = MergeTree
+ORDER BY (user_id, kind, key)

@@ -35,7 +35,9 @@ USERS_TABLE = "users"
 AD_PENDING_TABLE = "ad-pending"
 ARTICLE_STATS_TABLE = "article-stats"
 BANDIT_STATS_TABLE = "bandit-stats"
-TABLES = (USERS_TABLE, AD_PENDING_TABLE, ARTICLE_STATS_TABLE, BANDIT_STATS_TABLE)
+#: per user, their recent distinct reads (recommendations exclude them and fold them in)
+READS_TABLE = "user-reads"
+TABLES = (USERS_TABLE, AD_PENDING_TABLE, ARTICLE_STATS_TABLE, BANDIT_STATS_TABLE, READS_TABLE)
 ARTICLE_EVENTS = "article-events"
 
 

@@ -37,6 +37,7 @@ from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
 from stream.worker.publisher import Publisher
+from stream.worker.recommendations import Recommendations
 from stream.worker.tuning import tune_gc
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,8 @@ def create_app(
         # applied as they arrive (see _apply_at_once).
         "articles": app.GlobalTable(T.ARTICLE_STATS_TABLE, on_changelog_event=_apply_at_once(app), **kv),
         "bandit": app.GlobalTable(T.BANDIT_STATS_TABLE, on_changelog_event=_apply_at_once(app), **kv),
+        # each user's recent reads, for recommendations (stream/worker/recommendations.py)
+        "reads": app.Table(T.READS_TABLE, **kv),
     }
     metrics = metrics or WorkerMetrics(health=Health(s.health_loop_timeout_s))
     models = ModelSet(
@@ -309,12 +312,15 @@ def create_app(
         on_fatal=lambda exc: _crash(app, exc, metrics.health),
     )
     app.publisher = rt
-    events.register(app, rt, monitor)
+    recs = Recommendations(
+        ModelRegistry(s.models_dir), tables["reads"], tables["articles"], s.recommend_max_age_hours, s.recommend_reads
+    )
+    events.register(app, rt, monitor, recs)
     if monitor is not None:
         monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"])
     articles.register(app, rt)
     _register_services(app, rt)
-    app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app))  # stream/worker/api/
+    app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app), recs=recs)  # stream/worker/api/
     return app, rt
 
 

@@ -27,6 +27,7 @@ def test_internal_topics_are_created_like_faust_would(kafka_bootstrap: str, uniq
             "ad-pending-changelog",
             "article-stats-changelog",
             "bandit-stats-changelog",
+            "user-reads-changelog",
         )
     }
     assert names <= set(created) and {created[n] for n in names} == {"created"}

@@ -17,11 +17,12 @@ from stream.worker.agents.watermarks import IDLE_CHECK_S, caught_up, markers, wa
 from stream.worker.monitor import Monitor
 from stream.worker.processor import Outputs, Record, Stores
 from stream.worker.publisher import Publisher
+from stream.worker.recommendations import Recommendations
 
 log = logging.getLogger(__name__)
 
 
-def register(app: Any, rt: Publisher, monitor: Monitor | None = None) -> Any:
+def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Recommendations | None = None) -> Any:
     s = rt.settings
     tables = rt.tables
     stores = Stores(
@@ -119,6 +120,8 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None) -> Any:
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
+        if recs is not None:  # the users' reads, in this partition's user-reads table
+            recs.record(out.events)
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
         if processor.defer_clicks:

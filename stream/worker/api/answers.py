@@ -62,6 +62,27 @@ def parse_as_of(raw: str | None) -> int | None:
     return value
 
 
+#: the most recommendations one request may ask for
+MAX_K = 100
+
+
+def parse_k(raw: str | None) -> int:
+    """The ``k`` query parameter of recommendations: 1 to :data:`MAX_K`, 10 when absent.
+
+    >>> parse_k(None), parse_k("3")
+    (10, 3)
+    """
+    if raw is None:
+        return 10
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_K:
+        raise BadRequest(f"k must be a whole number from 1 to {MAX_K}, got {raw[:40]!r}")
+    return value
+
+
 def feature_values(state: UserState, as_of: int, config: StateConfig) -> dict[str, float | None]:
     """The user's feature values by name (:data:`USER_FEATURES`), NaN (undefined) as None."""
     row = user_row(state, as_of, config)

@@ -24,10 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from stream.errors import ConfigError
 from stream.kafka.partitioner import partition_for
 from stream.models import SEGMENTS
-from stream.worker.api.answers import BadRequest, decide, parse_as_of, parse_decide, user_view, valid_id
+from stream.worker.api.answers import BadRequest, decide, parse_as_of, parse_decide, parse_k, user_view, valid_id
 from stream.worker.api.routing import Routing
 from stream.worker.delivery import unpack_user
 from stream.worker.publisher import Publisher
+from stream.worker.recommendations import Recommendations, unpack_reads
 from stream.worker.stores import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: (method, path, handler): what schemas/openapi/worker-api.v1.yaml describes
 ROUTES = (
     ("GET", "/v1/users/{user_id}", "get_user"),
+    ("GET", "/v1/users/{user_id}/recommendations", "get_recommendations"),
     ("POST", "/v1/decide", "post_decide"),
     ("GET", "/v1/models", "get_models"),
     ("GET", "/healthz", "healthz"),
@@ -84,7 +86,14 @@ def error(status: int, reason: str, retry: bool = False) -> web.Response:
 class Api:
     """The API of one worker: routes, owner map, forwarding client and site."""
 
-    def __init__(self, app: Any, rt: Publisher, recovered: Callable[[], bool], sock: socket.socket | None = None):
+    def __init__(
+        self,
+        app: Any,
+        rt: Publisher,
+        recovered: Callable[[], bool],
+        sock: socket.socket | None = None,
+        recs: Recommendations | None = None,
+    ):
         s = rt.settings
         self.app = app
         self.rt = rt
@@ -94,6 +103,7 @@ class Api:
         self.partitions = s.topic_partitions
         self.routing = Routing(self.url)
         self.users = rt.tables["users"]
+        self.recs = recs
         self.events_topic = rt.topic_names["events"]
         self.forward_timeout_s = s.api_forward_timeout_s
         self.max_body = s.api_max_body_bytes
@@ -239,6 +249,46 @@ class Api:
             self._segment_names_of[version] = cached
         return cached
 
+    async def get_recommendations(self, request: web.Request) -> web.StreamResponse:
+        try:
+            uid = valid_id(request.match_info["user_id"], "user_id")
+            k = parse_k(request.query.get("k"))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        if self.recs is None:
+            return error(503, "this worker serves no recommendations", retry=True)
+        p = partition_for(uid.encode(), self.partitions)
+        owner = self.routing.owner(p)
+        if self.app.rebalancing or owner is None:
+            return error(503, f"no owner of partition {p} is known now (rebalancing)", retry=True)
+        if owner != self.url:
+            if HOP in request.headers:
+                return error(503, f"forwarded here, but partition {p} is owned by {owner} now", retry=True)
+            return await self._forward(request, owner)
+        problem = self._not_owned(p)
+        if problem is not None:
+            return error(503, problem, retry=True)
+        try:
+            reads = unpack_reads(self._read_partition(self.rt.tables["reads"], p, uid))
+            body = self.recs.answer(uid, reads, k)
+        except StoreUnavailable as exc:
+            return error(503, str(exc), retry=True)
+        body["partition"] = p
+        return _json(body, headers={SERVED_BY: self.url})
+
+    @staticmethod
+    def _read_partition(table: Any, partition: int, key: str) -> bytes | None:
+        """``key``'s value in the partition's own RocksDB (the table's lookup when not RocksDB)."""
+        try:
+            dbs = getattr(table.data, "_dbs", None)
+            if dbs is None:
+                raw: bytes | None = table.get(key)
+                return raw
+            db = dbs.get(partition)
+            return None if db is None else db.get(key.encode())
+        except Exception as exc:
+            raise StoreUnavailable(f"cannot read the worker's tables: {type(exc).__name__}: {exc}") from exc
+
     def _read_user(self, partition: int, uid: str) -> tuple[int, Any]:
         """(input offset last applied, state): the processor's decoded copy, else the partition's RocksDB."""
         cached = self.rt.processor.users.cached(partition, uid)
@@ -339,11 +389,17 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def register(app: Any, rt: Publisher, sock: socket.socket | None, recovered: Callable[[], bool]) -> Api | None:
+def register(
+    app: Any,
+    rt: Publisher,
+    sock: socket.socket | None,
+    recovered: Callable[[], bool],
+    recs: Recommendations | None = None,
+) -> Api | None:
     """Wire the API into the faust app when it has a socket (:func:`bind`); the app calls ``start``."""
     if sock is None:
         return None
-    api = Api(app, rt, recovered, sock)
+    api = Api(app, rt, recovered, sock, recs)
 
     @app.on_partitions_revoked.connect
     async def api_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
