@@ -205,6 +205,13 @@ class Settings(BaseSettings):
     drift_window: int = Field(
         1000, ge=10, le=1_000_000, description="scored rows per tumbling drift window of a model version"
     )
+    drift_calibration_windows: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="the first N drift windows of a model version calibrate each feature's thresholds to the "
+        "stream's own variation (sessions, hours) and raise no alarm (0: thresholds for independent rows)",
+    )
     monitoring_interval_s: float = Field(
         10.0,
         gt=0,
