@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="on the live events the worker scored with both (predictions / predictions_shadow), with their "
         "outcomes from the archived events, instead of re-scoring the latest archived events offline",
     )
+    cp.add_argument(
+        "--min-pairs",
+        type=arguments.positive_int,
+        default=None,
+        help="with --shadow: fewer labelled pairs than this: decision 'wait', nothing tested nor recorded",
+    )
     cp.add_argument("--metric", choices=["auc", "log_loss", "mse"], default=None, help="default: auc, mse (engagement)")
     cp.add_argument(
         "--margin",
@@ -236,6 +242,9 @@ def _run(argv: Sequence[str] | None) -> int:
             confidence = args.confidence if args.confidence is not None else ctx.settings.compare_confidence
             if confidence >= 1:
                 raise ConfigError(f"--confidence: expected a confidence in [0.5, 1), got {confidence}")
+            if args.min_pairs is not None and not args.shadow:
+                raise ConfigError("--min-pairs: expected with --shadow only (it counts the live pairs of both models)")
+            shadow = {"min_pairs": args.min_pairs or 0} if args.shadow else {}
             result = (compare_shadow if args.shadow else compare)(
                 ctx,
                 args.model,
@@ -246,6 +255,7 @@ def _run(argv: Sequence[str] | None) -> int:
                 seed=args.seed,
                 min_events=args.min_events,
                 promote=args.promote,
+                **shadow,
             )
             print(summary(result))
         else:

@@ -7,7 +7,10 @@ and fed one by one into a user state; a row is cut whenever the worker would sco
 * user snapshots (churn, conversion, high value): features as of daily cut-offs ``t`` (00:00
   UTC) from events at or before ``t``; labels strictly after ``t``. A cut-off is used when the
   conversion horizon (14 d) lies within the data; ``churned`` is NaN where its 30 d horizon does
-  not. Only users with an event in the ``active_within_days`` before ``t``.
+  not. Only users with an event in the ``active_within_days`` before ``t``. The labels are
+  ``labels.churned`` and ``stream.monitoring.horizon.converted`` of the user's first event (of any
+  type; a newsletter_signup or subscription) after ``t``: the functions the horizon-quality job
+  (``python -m stream outcomes``) applies to the worker's live churn and conversion predictions.
 * clicks: one row per article_impression; user state before the impression, article popularity
   as of the impression's watermark (``stream.state.article_watermark``: 5 min back, floored to
   5 min; the worker's staleness contract, docs/worker.md), from a separate pass over all users'
@@ -35,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from stream.clickhouse import ClickHouse
+from stream.monitoring.horizon import CONVERSION_EVENTS, converted
 from stream.state import (
     ARTICLE_FEATURES,
     CLICK_FEATURES,
@@ -53,7 +57,6 @@ from stream.state import (
 )
 from stream.state.codes import (
     T_IMPRESSION,
-    T_NEWSLETTER,
     T_SESSION_START,
     T_SUBSCRIPTION,
     TYPE_CODE,
@@ -73,6 +76,9 @@ from stream.state.labels import (
     churned,
     session_engagement_frame,
 )
+
+#: the type codes of the events that make a conversion (``converted``'s event types)
+CONVERSION_CODES = frozenset(TYPE_CODE[k] for k in CONVERSION_EVENTS)
 
 COLS = (
     "event_id, event_type, user_id, session_id, toUnixTimestamp64Milli(event_time) AS t, article_id, "
@@ -250,7 +256,7 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
         j = i
         while j < n and users[j] == uid:
             j += 1
-        conv_t = [e.t for e in evs[i:j] if e.typ in (T_NEWSLETTER, T_SUBSCRIPTION)]
+        conv_t = [e.t for e in evs[i:j] if e.typ in CONVERSION_CODES]
         sub_t = [e.t for e in evs[i:j] if e.typ == T_SUBSCRIPTION]
         st = new_user_state()
         ci = bisect.bisect_left(cutoffs, evs[i].t)  # first cut-off at or after the first event
@@ -261,7 +267,7 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
                 ci += 1
                 if st.max_t < 0 or c - st.max_t > job.active_within_ms:
                     continue
-                conv = _any_in(conv_t, c, c + CONVERSION_HORIZON_MS)
+                conv = int(converted(_next_after(conv_t, c), c))
                 high = _any_in(sub_t, c, c + CONVERSION_HORIZON_MS)
                 churn = float(churned(nxt, c)) if c + CHURN_HORIZON_MS <= job.data_end else math.nan
                 snaps.append(UserSnapshot(uid, c, user_row(st, c, cfg), churn, conv, high))
@@ -283,6 +289,12 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
             apply_user(st, ev, cfg)
         i = j
     return snaps, clicks, engage
+
+
+def _next_after(times: list[int], lo: int) -> int | None:
+    """The first time strictly after ``lo`` (times sorted), or None."""
+    k = bisect.bisect_right(times, lo)
+    return times[k] if k < len(times) else None
 
 
 def _any_in(times: list[int], lo: int, hi: int) -> int:

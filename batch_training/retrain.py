@@ -33,6 +33,7 @@ from batch_training.supervised import load_table, train_model
 from stream.errors import PrerequisiteError
 from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError
 from stream.monitoring.compare import Metric, default_margin, paired_bootstrap
+from stream.monitoring.horizon import HORIZON_OUTCOMES, HorizonOutcome, labels, next_event_params, next_event_sql
 from stream.state.labels import CLICK_WINDOW_MS, DAY_MS
 
 RETRAIN = "retrain"
@@ -245,7 +246,41 @@ def _decide(
 _SHADOW_OUTCOMES = {
     "click": "a click of the impression's article within the click window",
     "engagement": "the session's engagement",
+    **{name: f"{spec.describe} after the prediction" for name, spec in HORIZON_OUTCOMES.items()},
 }
+
+#: the scores of one model's champion and challenger on the same live events (exact scores only)
+_SHADOW_PAIRS = (
+    "FROM (SELECT event_id, user_id, session_id, event_time, score FROM {db}.predictions FINAL "
+    "      WHERE model_name = {m:String} AND model_version = {a:String} AND replayed = 0) AS p "
+    "INNER JOIN (SELECT event_id, user_id, score FROM {db}.predictions_shadow FINAL "
+    "      WHERE model_name = {m:String} AND model_version = {b:String} AND replayed = 0) AS s "
+    "ON p.event_id = s.event_id AND p.user_id = s.user_id"
+)
+
+
+def _horizon_outcomes(
+    ctx: Context, spec: HorizonOutcome, params: dict[str, Any], pairs: Any, latest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(known, outcome) of each pair of a horizon model: known once the newest archived event is the horizon
+    plus ``STREAM_OUTCOMES_DELAY_S`` past it; the label from the archived events, joined in ClickHouse."""
+    cut = latest - round(ctx.settings.outcomes_delay_s * 1000) - spec.horizon_ms
+    t = pairs["t"].to_numpy(dtype=np.int64)
+    known = t <= cut
+    y = np.full(len(t), np.nan)
+    if not known.any():
+        return known, y
+    rows = (
+        "SELECT p.event_id AS event_id, p.user_id AS user_id, p.event_time AS ts " + _SHADOW_PAIRS + " "
+        "WHERE p.event_time <= fromUnixTimestamp64Milli({cut:Int64})"
+    )
+    nxt = ctx.ch.query_df(
+        next_event_sql(spec, rows),
+        params={**params, "cut": cut, **next_event_params(spec, int(t[known].min()), int(t[known].max()))},
+    )
+    by_event = dict(zip(nxt["event_id"], nxt["next_ms"], strict=True)) if len(nxt) else {}
+    y[known] = labels(spec, t[known], [by_event.get(e) for e in pairs["event_id"][known]])
+    return known, y
 
 
 def compare_shadow(
@@ -259,6 +294,7 @@ def compare_shadow(
     seed: int = 0,
     min_events: int = 100,
     promote: bool = False,
+    min_pairs: int = 0,
 ) -> dict[str, Any]:
     """Champion against challenger on the live events the worker scored with both (shadow scoring).
 
@@ -266,7 +302,11 @@ def compare_shadow(
     of the challenger, joined by event (exact scores only: ``replayed = 0``); the outcomes come
     from the archived events with batch training's own label definitions. An event whose outcome
     cannot be known yet is left out: an impression less than the click window before the newest
-    archived event, a session without its ``session_end``.
+    archived event, a session without its ``session_end``, a churn or conversion prediction less than
+    its horizon plus ``STREAM_OUTCOMES_DELAY_S`` before it (their labels are ``stream outcomes``' own).
+
+    With fewer than ``min_pairs`` labelled pairs the decision is ``wait``: nothing is tested nor
+    recorded (``stream monitor`` asks again at its next poll); the report says how many there are.
     """
     if name not in _SHADOW_OUTCOMES:
         raise PrerequisiteError(
@@ -275,15 +315,11 @@ def compare_shadow(
     reg = ctx.registry
     challenger = reg.resolve(name, CHALLENGER)
     champion = reg.resolve(name, PRODUCTION)
+    params = {"m": name, "a": champion.version, "b": challenger.version}
     pairs = ctx.ch.query_df(
         "SELECT p.event_id AS event_id, p.session_id AS session_id, toUnixTimestamp64Milli(p.event_time) AS t, "
-        "p.score AS champion, s.score AS challenger "
-        "FROM (SELECT event_id, user_id, session_id, event_time, score FROM {db}.predictions FINAL "
-        "      WHERE model_name = {m:String} AND model_version = {a:String} AND replayed = 0) AS p "
-        "INNER JOIN (SELECT event_id, user_id, score FROM {db}.predictions_shadow FINAL "
-        "      WHERE model_name = {m:String} AND model_version = {b:String} AND replayed = 0) AS s "
-        "ON p.event_id = s.event_id AND p.user_id = s.user_id ORDER BY t, event_id",
-        params={"m": name, "a": champion.version, "b": challenger.version},
+        "p.score AS champion, s.score AS challenger " + _SHADOW_PAIRS + " ORDER BY t, event_id",
+        params=params,
     )
     evidence: dict[str, Any] = {
         "champion_version": champion.version,
@@ -294,7 +330,10 @@ def compare_shadow(
     }
     y = np.zeros(0)
     keep = np.zeros(0, dtype=bool)
-    if len(pairs):
+    if len(pairs) and name in HORIZON_OUTCOMES:
+        known, y = _horizon_outcomes(ctx, HORIZON_OUTCOMES[name], params, pairs, events_state(ctx)["latest_ms"])
+        keep = known & np.isfinite(y)
+    elif len(pairs):
         sessions = sorted(set(pairs["session_id"].dropna().tolist()))
         events = ctx.ch.query_df(
             f"SELECT {COLS} FROM {{db}}.events WHERE session_id IN {{s:Array(String)}} "
@@ -314,6 +353,11 @@ def compare_shadow(
         keep = known & np.isfinite(y)
     evidence["held_out"] = {"rows": int(keep.sum()), "outcome_unknown": int(len(keep) - keep.sum())}
     metric = _metric(name, metric)
+    if int(keep.sum()) < min_pairs:
+        reason = f"{int(keep.sum())} of {min_pairs} labelled pairs in shadow"
+        out = {"model": name, "decision": "wait", "reason": reason, "promoted": False, **evidence}
+        write_json(ctx.in_workspace(COMPARE).reports_dir / f"{name}.json", out)
+        return out
     p_champ = pairs["champion"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     p_chal = pairs["challenger"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     return _decide(

@@ -261,6 +261,55 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="`stream monitor` also retrains on this schedule (0 = on drift only)",
     )
+    monitor_compare: Literal["shadow", "offline"] = Field(
+        "shadow",
+        description="how `stream monitor` judges a new challenger: shadow = on the live events the worker scored "
+        "with both (`compare --shadow`, once STREAM_SHADOW_MIN_PAIRS have outcomes), offline = at once on the "
+        "latest archived events (`compare`)",
+    )
+    shadow_min_pairs: int = Field(
+        1000,
+        ge=1,
+        le=100_000_000,
+        description="labelled pairs (events scored by champion and challenger, outcome known) `stream monitor` "
+        "waits for before the shadow compare",
+    )
+    shadow_max_wait_s: float = Field(
+        7 * 86_400.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="how long `stream monitor` waits for STREAM_SHADOW_MIN_PAIRS; then STREAM_MONITOR_FALLBACK",
+    )
+    monitor_fallback: Literal["none", "offline"] = Field(
+        "none",
+        description="a challenger `stream monitor` cannot judge in shadow within STREAM_SHADOW_MAX_WAIT_S (too few "
+        "pairs, or compare --shadow failing): none = the champion stays (recorded), offline = the offline compare",
+    )
+    monitor_outcomes: bool = Field(
+        True, description="`stream monitor` runs the horizon-outcome job (as `stream outcomes --once`) at each poll"
+    )
+
+    # --- Horizon outcomes: churn and conversion quality (python -m stream outcomes) ----------
+    outcomes_window_s: float = Field(
+        86_400.0,
+        ge=1,
+        le=366 * 86_400,
+        allow_inf_nan=False,
+        description="`stream outcomes` writes churn and conversion quality per window of prediction time this long",
+    )
+    outcomes_delay_s: float = Field(
+        3600.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a churn or conversion prediction counts once the newest archived event is past its horizon by "
+        "this much (events still on their way to the archive)",
+    )
+    outcomes_interval_s: float = Field(
+        3600.0, gt=0, allow_inf_nan=False, description="how often `stream outcomes` runs (without --once)"
+    )
+    outcomes_metrics_port: int = Field(
+        0, ge=0, le=65535, description="`stream outcomes` serves its quality gauges on this port's /metrics (0 = none)"
+    )
 
     # --- Kafka security (passed to faust and to the confluent clients: stream/kafka/clients.py) --
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

@@ -1,6 +1,9 @@
--- Online model quality per model version and window (stream/monitoring/outputs.py quality_rows). A window is the last
--- N joined (outcome, prediction) pairs, and window_start/window_end are its first and last outcome times. A window
--- published again (more outcomes, a replay) has the same key: FINAL keeps the latest computed_at.
+-- Online model quality per model version and window (stream/monitoring/outputs.py quality_rows). Worker rows (click,
+-- engagement): a window is the last N joined (outcome, prediction) pairs, and window_start/window_end are its first
+-- and last outcome times. Horizon rows (churn, conversion: python -m stream outcomes, stream/monitoring/horizon.py): a
+-- window is a tumbling window of prediction time, window_start its start, window_end the end of the prediction times
+-- past their horizon it covers, pairs those predictions. A window published again (more outcomes, a replay) has the
+-- same key: FINAL keeps the latest computed_at.
 -- Metrics that do not apply to the model's task, or are undefined in the window (AUC with one class), are null.
 CREATE TABLE IF NOT EXISTS {db}.model_quality
 (

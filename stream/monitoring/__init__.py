@@ -7,9 +7,11 @@
 * :mod:`stream.monitoring.drift`: PSI and KS per column over tumbling windows, with thresholds
   derived from the window size, and ADWIN on the per-prediction loss;
 * :mod:`stream.monitoring.outputs`: Prometheus gauge values and ClickHouse rows;
-* :mod:`stream.monitoring.compare`: champion against challenger on the same events (paired bootstrap).
+* :mod:`stream.monitoring.compare`: champion against challenger on the same events (paired bootstrap);
+* :mod:`stream.monitoring.horizon`: churn and conversion quality once their horizon has passed, joined
+  in ClickHouse with the archived events (run by ``python -m stream outcomes``).
 
-Pure library code: no Kafka, no clock, no threads; the worker owns when to call it.
+Library code: no Kafka, no clock, no threads; the worker (and ``stream outcomes``) owns when to call it.
 See docs/monitoring.md.
 """
 

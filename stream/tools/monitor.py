@@ -1,21 +1,33 @@
 """``python -m stream monitor``: retrain when drift persists (or on a schedule), then compare and promote.
 
-Each poll scrapes the worker's Prometheus ``/metrics`` and sums the drift-alarm counter
+Each poll first runs the horizon-outcome job (``stream outcomes --once``: churn and conversion
+quality once their horizon has passed; ``STREAM_MONITOR_OUTCOMES``, ``--no-outcomes``), then
+scrapes the worker's Prometheus ``/metrics`` and sums the drift-alarm counter
 (``STREAM_MONITOR_ALARM_METRIC``, default ``stream_drift_alarms_total``, over all its labels). A
 poll whose total rose is a poll with new alarms (a total below the last one is a restarted worker:
 all of it is new). Drift *persists* after ``persist`` such polls in a row; then, unless the last
 retrain is more recent than the cool-down, the monitor runs
+``python -m batch_training retrain --window-days N [--models ...]`` (a subprocess: training's
+memory is returned when it exits, and a crash in it does not stop the monitor). Each model it made
+a challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``) is
+then judged (``STREAM_MONITOR_COMPARE``):
 
-1. ``python -m batch_training retrain --window-days N [--models ...]`` (a subprocess: training's
-   memory is returned when it exits, and a crash in it does not stop the monitor);
-2. ``python -m batch_training compare --model M [--promote]`` for every model it made a
-   challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``).
+* ``shadow`` (default): the worker scores the new challenger in shadow (``STREAM_SHADOW_ALIAS``).
+  At every poll the monitor runs ``compare --model M --shadow --min-pairs N``; while fewer than
+  ``N`` (``STREAM_SHADOW_MIN_PAIRS``) live events scored by both have their outcome, compare says
+  ``wait`` and records nothing; once there are ``N``, its paired test decides (and promotes) and
+  records the decision. A challenger still short of pairs after ``STREAM_SHADOW_MAX_WAIT_S``, or
+  whose shadow compare failed (exit code, no report) at every poll till then, goes to
+  ``STREAM_MONITOR_FALLBACK``: ``none`` keeps the champion and records why in the registry's
+  history, ``offline`` runs the offline compare;
+* ``offline``: ``compare --model M [--promote]`` at once, on the latest archived events.
 
 ``every`` adds a schedule: a retrain once that long has passed since the last one, drift or not.
 Every step and its exit code is logged; the registry's history records what training did.
 
-The monitor's own state (last total, the streak, the last retrain) is a JSON file, written
-atomically after every poll, so ``--once`` from cron carries on where the previous run stopped.
+The monitor's own state (last total, the streak, the last retrain, the challengers waiting for
+shadow pairs) is a JSON file, written atomically after every poll, so ``--once`` from cron carries
+on where the previous run stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +77,10 @@ class MonitorState:
     streak: int = 0  # consecutive polls with new alarms
     last_retrain_ms: int | None = None
     last_cycle: dict[str, Any] = field(default_factory=dict)
+    #: challengers waiting for enough labelled shadow pairs: model -> {"version", "since_ms"}
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the last decision on each model's challenger: model -> {"source", "decision", ...}
+    decided: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> MonitorState:
@@ -140,6 +156,16 @@ class Monitor:
     models: Sequence[str] = ()
     promote: bool = True
     profile: str | None = None
+    #: shadow: wait for ``shadow_min_pairs`` labelled live pairs, then ``compare --shadow``; offline: at once
+    compare: str = "shadow"
+    shadow_min_pairs: int = 1000
+    shadow_max_wait_s: float = 7 * 86_400.0
+    #: a challenger not judged in shadow (too few pairs in time, or no live outcome): none or offline
+    fallback: str = "none"
+    #: the model registry (its history records a challenger the monitor gives up on)
+    models_dir: Path | None = None
+    #: run at each poll before the rest (the horizon-outcome job); an error is logged, not raised
+    outcomes: Callable[[], Any] | None = None
     runner: Runner = run_subprocess
     fetch: Callable[[str], str] = http_get
     clock: Callable[[], float] = time.time
@@ -147,6 +173,11 @@ class Monitor:
     def tick(self) -> dict[str, Any] | None:
         """Scrape, update the state, retrain/compare if due; returns the cycle's outcome (None: nothing due)."""
         state = MonitorState.load(self.state_path)
+        if self.outcomes is not None:
+            try:
+                log.info("horizon outcomes: %s", self.outcomes())
+            except Exception as exc:  # ClickHouse down: the drift watch goes on
+                log.warning("horizon outcomes failed (%s: %s)", type(exc).__name__, exc)
         try:
             total = alarm_total(self.fetch(self.metrics_url), self.metric)
         except Exception as exc:  # a worker that is down, restarting or not reachable: try next poll
@@ -158,9 +189,11 @@ class Monitor:
             log.info("drift alarms: total %s, new %g, streak %d/%d", total, new, state.streak, self.persist)
         now_ms = int(self.clock() * 1000)
         reason = due(state, now_ms, persist=self.persist, every_s=self.every_s, cooldown_s=self.cooldown_s)
+        for name in list(state.pending):  # challengers of earlier cycles waiting for shadow pairs
+            self._judge(state, name, now_ms)
         outcome = None
         if reason is not None:
-            outcome = self.cycle(reason)
+            outcome = self.cycle(reason, state, now_ms)
             state.last_retrain_ms = now_ms
             state.streak = 0
             state.last_cycle = outcome
@@ -170,8 +203,10 @@ class Monitor:
     def _training_args(self) -> list[str]:
         return ["--no-progress", *(["--profile", self.profile] if self.profile else [])]
 
-    def cycle(self, reason: str) -> dict[str, Any]:
-        """retrain, then compare (and promote) each new challenger; every step logged."""
+    def cycle(self, reason: str, state: MonitorState | None = None, now_ms: int | None = None) -> dict[str, Any]:
+        """retrain, then judge each new challenger: in shadow (it waits for pairs) or offline at once."""
+        state = state if state is not None else MonitorState()
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         log.info("retrain due (%s)", reason)
         argv = ["-m", "batch_training", "retrain", "--window-days", str(self.window_days), *self._training_args()]
         if self.models:
@@ -187,13 +222,86 @@ class Monitor:
             if entry.get("status") != "challenger":
                 log.info("%s: no challenger (%s)", name, entry.get("reason", entry.get("status")))
                 continue
-            argv = ["-m", "batch_training", "compare", "--model", name, *self._training_args()]
-            if self.promote:
-                argv.append("--promote")
-            code = self.runner(argv)
-            log.info("compare %s exited %d", name, code)
-            outcome["compare"][name] = code
+            if self.compare == "offline":
+                outcome["compare"][name] = self._offline(state, name)
+                continue
+            # the worker picks the new challenger up within STREAM_MODEL_RELOAD_S and scores it in shadow
+            state.pending[name] = {"version": str(entry.get("version")), "since_ms": now_ms}
+            outcome["compare"][name] = self._judge(state, name, now_ms)
         return outcome
+
+    def _offline(self, state: MonitorState, name: str, why: str = "") -> int:
+        argv = ["-m", "batch_training", "compare", "--model", name, *self._training_args()]
+        if self.promote:
+            argv.append("--promote")
+        code = self.runner(argv)
+        log.info("compare %s exited %d%s", name, code, f" ({why})" if why else "")
+        state.pending.pop(name, None)
+        state.decided[name] = {"source": "offline", "exit": code, **({"why": why} if why else {})}
+        return code
+
+    def _compare_report(self, name: str) -> Path:
+        """Where ``batch_training compare`` writes its result (the retrain report's sibling workspace)."""
+        return self.retrain_report.parent.parent / "compare" / f"{name}.json"
+
+    def _judge(self, state: MonitorState, name: str, now_ms: int) -> str:
+        """One look at a pending challenger: the shadow compare once it has enough pairs, else wait or fall back.
+
+        Returns what happened: ``wait``, the shadow decision (``promote``/``keep``), ``offline`` or ``given up``.
+        """
+        pending = state.pending[name]
+        argv = ["-m", "batch_training", "compare", "--model", name, "--shadow"]
+        argv += ["--min-pairs", str(self.shadow_min_pairs), "--min-events", str(self.shadow_min_pairs)]
+        argv += [*self._training_args(), *(["--promote"] if self.promote else [])]
+        report = self._compare_report(name)
+        report.unlink(missing_ok=True)
+        code = self.runner(argv)
+        result = json.loads(report.read_text()) if code == 0 and report.exists() else None
+        waited_s = (now_ms - int(pending["since_ms"])) / 1000
+        if result is not None and result.get("decision") != "wait":
+            log.info("%s: shadow compare: %s (%s)", name, result["decision"], result.get("reason"))
+            state.pending.pop(name)
+            state.decided[name] = {
+                "source": "shadow",
+                "decision": result["decision"],
+                "promoted": bool(result.get("promoted")),
+                "version": pending["version"],
+            }
+            return str(result["decision"])
+        if result is None:  # ClickHouse down, a model it cannot judge: asked again until the wait is over
+            log.warning("%s: compare --shadow exited %d without a result", name, code)
+        if waited_s < self.shadow_max_wait_s:
+            if result is not None:
+                log.info("%s: challenger v%s in shadow: %s; waiting", name, pending["version"], result.get("reason"))
+            return "wait"
+        why = (
+            f"{result.get('reason')} after {waited_s / 3600:.1f} h"
+            if result is not None
+            else f"compare --shadow failed (exit {code}) for {waited_s / 3600:.1f} h"
+        )
+        if self.fallback == "offline":
+            self._offline(state, name, why)
+            return "offline"
+        log.warning("%s: challenger v%s not judged (%s); the champion stays", name, pending["version"], why)
+        if self.models_dir is not None:
+            from stream.models.registry import ModelRegistry
+
+            ModelRegistry(self.models_dir).record(
+                name,
+                "compare",
+                to_version=pending["version"],
+                reason=f"keep: {why}; no offline fallback (STREAM_MONITOR_FALLBACK=none)",
+                evidence={
+                    "source": "shadow",
+                    "decision": "keep",
+                    "min_pairs": self.shadow_min_pairs,
+                    "waited_s": waited_s,
+                    **({"held_out": result.get("held_out")} if result is not None else {}),
+                },
+            )
+        state.pending.pop(name)
+        state.decided[name] = {"source": "shadow", "decision": "keep", "why": why, "version": pending["version"]}
+        return "given up"
 
     def run(self, interval_s: float, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -224,7 +332,16 @@ def cmd_monitor(args: Any) -> int:
         models=args.models or (),
         promote=not args.no_promote,
         profile=args.profile,
+        compare=args.compare or settings.monitor_compare,
+        shadow_min_pairs=settings.shadow_min_pairs,
+        shadow_max_wait_s=settings.shadow_max_wait_s,
+        fallback=settings.monitor_fallback,
+        models_dir=Path(settings.models_dir),
     )
+    if settings.monitor_outcomes and not args.no_outcomes:
+        from stream.tools.outcomes import run_once
+
+        mon.outcomes = lambda: run_once(settings).summary()
     if args.once:
         mon.tick()
         return 0
@@ -257,6 +374,16 @@ def register(sub: Any) -> None:
     p.add_argument("--window-days", type=arguments.positive_int, help="default: STREAM_RETRAIN_WINDOW_DAYS")
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), help="models to retrain (default: all)")
     p.add_argument("--no-promote", action="store_true", help="compare only; promote by hand")
+    p.add_argument(
+        "--compare",
+        choices=["shadow", "offline"],
+        help="judge challengers on live shadow pairs or offline at once (default: STREAM_MONITOR_COMPARE)",
+    )
+    p.add_argument(
+        "--no-outcomes",
+        action="store_true",
+        help="do not run the horizon-outcome job at each poll (default: STREAM_MONITOR_OUTCOMES)",
+    )
     p.add_argument("--profile", help="batch-training profile of retrain and compare (default: theirs)")
     p.add_argument("--state", help="state file (default: STREAM_DATA_DIR/monitor/state.json)")
     p.set_defaults(func=cmd_monitor)

@@ -7,7 +7,9 @@ events themselves, and the expected AUCs by scikit-learn.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,5 +125,73 @@ def test_a_worse_challenger_in_shadow_is_kept_out(world: dict[str, Any]) -> None
 
 
 def test_a_model_without_a_live_outcome_is_refused_in_one_line(world: dict[str, Any]) -> None:
-    with pytest.raises(PrerequisiteError, match="churn has no outcome joinable"):
-        compare_shadow(world["ctx"], "churn")
+    with pytest.raises(PrerequisiteError, match="high_value has no outcome joinable"):
+        compare_shadow(world["ctx"], "high_value")
+
+
+def test_too_few_labelled_pairs_wait_without_a_record(world: dict[str, Any]) -> None:
+    ctx, ch, imp = world["ctx"], world["ch"], world["impressions"]
+    champion, challenger = _register(ctx, "click")
+    rng = np.random.default_rng(5)
+    _write(ch, "predictions", imp, champion, rng.random(len(imp)))
+    _write(ch, "predictions_shadow", imp, challenger, rng.random(len(imp)))
+    labelled = int((imp["event_time"] + WINDOW_MS <= world["latest"]).sum())
+    before = ctx.registry.history("click")
+
+    result = compare_shadow(ctx, "click", promote=True, min_pairs=labelled + 1)
+
+    assert result["decision"] == "wait" and not result["promoted"] and "test" not in result
+    assert result["reason"] == f"{labelled} of {labelled + 1} labelled pairs in shadow"
+    assert ctx.registry.history("click") == before  # nothing tested, nothing recorded
+    report = ctx.in_workspace("compare").reports_dir / "click.json"
+    assert json.loads(report.read_text())["decision"] == "wait"
+    assert compare_shadow(ctx, "click", min_pairs=labelled)["decision"] in ("promote", "keep")
+    assert len(ctx.registry.history("click")) == len(before) + 1
+
+
+def test_stream_monitor_waits_for_shadow_pairs_then_promotes_on_them(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor and batch_training's own CLI (in-process) over the chdb database: no fake in the data path."""
+    from batch_training.cli import main as batch_main
+    from stream.tools.monitor import Monitor, MonitorState
+
+    ctx, ch, imp = world["ctx"], world["ch"], world["impressions"]
+    settings = ctx.settings
+    for var, value in (
+        ("STREAM_CLICKHOUSE_DATABASE", settings.clickhouse_database),
+        ("STREAM_MODELS_DIR", settings.models_dir),
+        ("STREAM_REPORTS_DIR", settings.reports_dir),
+        ("STREAM_DATA_DIR", settings.data_dir),
+    ):
+        monkeypatch.setenv(var, str(value))
+    champion, challenger = _register(ctx, "click")
+    rng = np.random.default_rng(6)
+    _write(ch, "predictions", imp, champion, rng.random(len(imp)))  # the champion is live; the challenger not yet
+    state_path = Path(settings.data_dir) / "monitor-shadow" / "state.json"
+    MonitorState(pending={"click": {"version": challenger, "since_ms": 0}}).save(state_path)
+    labelled = int((imp["event_time"] + WINDOW_MS <= world["latest"]).sum())
+    mon = Monitor(
+        metrics_url="http://unused/metrics",
+        metric="stream_drift_alarms_total",
+        state_path=state_path,
+        retrain_report=Path(settings.reports_dir) / "training" / "retrain" / "retrain.json",
+        runner=lambda argv: batch_main(argv[2:]),
+        fetch=lambda url: "",
+        clock=lambda: 1.0,
+        shadow_min_pairs=labelled,
+        models_dir=Path(settings.models_dir),
+    )
+    recorded = len(ctx.registry.history("click"))
+    mon.tick()
+    assert "click" in MonitorState.load(state_path).pending  # no shadow scores: 0 pairs, waiting
+    assert len(ctx.registry.history("click")) == recorded  # waiting records nothing
+    assert ctx.registry.resolve("click", PRODUCTION).version == champion
+    _write(ch, "predictions_shadow", imp, challenger, 0.6 * imp["y"].to_numpy() + 0.4 * rng.random(len(imp)))
+    mon.tick()
+    state = MonitorState.load(state_path)
+    assert state.pending == {} and state.decided["click"]["decision"] == "promote"
+    assert ctx.registry.resolve("click", PRODUCTION).version == challenger
+    promoted = [r for r in ctx.registry.history("click") if r["action"] == "promote"][-1]
+    assert promoted["to_version"] == challenger and promoted["evidence"]["source"] == "shadow"
+    assert promoted["evidence"]["test"]["n"] == labelled

@@ -81,6 +81,7 @@ class _Runner:
 
 def _monitor(tmp_path: Path, url: str, clock: list[float], **kw: Any) -> tuple[Monitor, _Runner]:
     runner = _Runner(tmp_path / "reports" / "retrain.json")
+    kw.setdefault("compare", "offline")
     mon = Monitor(
         metrics_url=url,
         metric="stream_drift_alarms_total",
@@ -191,7 +192,7 @@ def test_due_and_observe() -> None:
 def test_cli_once_polls_and_keeps_its_state(tmp_path: Path, metrics: _Metrics, capsys: Any) -> None:
     metrics.alarms(click=7)
     state = tmp_path / "m" / "state.json"
-    assert main(["monitor", "--once", "--metrics-url", metrics.url, "--state", str(state)]) == 0
+    assert main(["monitor", "--once", "--no-outcomes", "--metrics-url", metrics.url, "--state", str(state)]) == 0
     assert MonitorState.load(state).alarms == 7
     assert main(["monitor", "--once", "--interval", "soon"]) == 2
     err = capsys.readouterr().err.strip()
@@ -209,3 +210,158 @@ def test_a_bad_monitor_setting_is_one_line(
     assert main(["monitor", "--once"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and variable in err and value in err
+
+
+# --- the shadow compare ------------------------------------------------------------------------
+
+
+class _ShadowRunner:
+    """batch_training as the monitor sees it: retrain makes a click challenger; ``compare --shadow`` answers
+    with the labelled pairs the test says exist (``wait`` below --min-pairs, else the paired test's decision)."""
+
+    def __init__(self, reports: Path) -> None:
+        self.retrain = reports / "training" / "retrain" / "retrain.json"
+        self.compare = reports / "training" / "compare"
+        self.calls: list[list[str]] = []
+        self.pairs = 0
+        self.decision = "promote"
+        self.shadow_exit = 0
+
+    def __call__(self, argv: list[str]) -> int:
+        self.calls.append(argv)
+        if argv[2] == "retrain":
+            self.retrain.parent.mkdir(parents=True, exist_ok=True)
+            self.retrain.write_text(json.dumps({"models": {"click": {"status": "challenger", "version": "7"}}}))
+        elif "--shadow" in argv:
+            if self.shadow_exit:
+                return self.shadow_exit
+            need = int(argv[argv.index("--min-pairs") + 1])
+            wait = self.pairs < need
+            self.compare.mkdir(parents=True, exist_ok=True)
+            (self.compare / "click.json").write_text(
+                json.dumps(
+                    {
+                        "model": "click",
+                        "decision": "wait" if wait else self.decision,
+                        "reason": f"{self.pairs} of {need} labelled pairs in shadow" if wait else "the test",
+                        "promoted": not wait and self.decision == "promote" and "--promote" in argv,
+                        "held_out": {"rows": self.pairs},
+                    }
+                )
+            )
+        return 0
+
+
+def _shadow_monitor(tmp_path: Path, clock: list[float], **kw: Any) -> tuple[Monitor, _ShadowRunner]:
+    runner = _ShadowRunner(tmp_path / "reports")
+    mon = Monitor(
+        metrics_url="http://unused/metrics",
+        metric="stream_drift_alarms_total",
+        state_path=tmp_path / "state.json",
+        retrain_report=runner.retrain,
+        runner=runner,
+        fetch=lambda url: "",
+        clock=lambda: clock[0],
+        every_s=86_400 * 365,
+        shadow_min_pairs=500,
+        shadow_max_wait_s=3 * 86_400,
+        models_dir=tmp_path / "models",
+        **kw,
+    )
+    return mon, runner
+
+
+def test_a_challenger_waits_for_enough_shadow_pairs_then_the_shadow_compare_decides(tmp_path: Path) -> None:
+    clock = [1_000_000.0]
+    mon, runner = _shadow_monitor(tmp_path, clock)
+    outcome = mon.tick()  # the schedule's first retrain
+    assert outcome is not None and outcome["compare"] == {"click": "wait"}
+    assert [a[2] for a in runner.calls] == ["retrain", "compare"]
+    shadow = runner.calls[1]
+    assert shadow[3:] == ["--model", "click", "--shadow", "--min-pairs", "500", "--min-events", "500", "--no-progress",
+                          "--promote"]  # fmt: skip
+    assert build_parser().parse_args(shadow[2:]).min_pairs == 500  # what batch_training accepts
+    assert MonitorState.load(mon.state_path).pending == {"click": {"version": "7", "since_ms": 1_000_000_000}}
+    for pairs in (0, 120, 499):  # not enough yet: no offline compare, nothing decided
+        clock[0] += 3600
+        runner.pairs = pairs
+        assert mon.tick() is None
+        assert "click" in MonitorState.load(mon.state_path).pending
+    assert all("--shadow" in a for a in runner.calls[1:])
+    clock[0] += 3600
+    runner.pairs = 500
+    mon.tick()
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {}
+    assert state.decided["click"] == {"source": "shadow", "decision": "promote", "promoted": True, "version": "7"}
+    calls = len(runner.calls)
+    clock[0] += 3600
+    mon.tick()  # decided: not asked again
+    assert len(runner.calls) == calls
+
+
+@pytest.mark.parametrize("fallback", ["none", "offline"])
+def test_too_few_shadow_pairs_in_the_wait_go_to_the_stated_fallback(tmp_path: Path, fallback: str) -> None:
+    from stream.models.registry import ModelRegistry
+
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock, fallback=fallback)
+    runner.pairs = 40
+    mon.tick()
+    clock[0] += 2 * 86_400
+    mon.tick()
+    assert "click" in MonitorState.load(mon.state_path).pending  # still within the wait
+    clock[0] += 86_400  # three days: past the wait
+    mon.tick()
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {}
+    offline = [a for a in runner.calls if a[2] == "compare" and "--shadow" not in a]
+    history = ModelRegistry(tmp_path / "models").history("click")
+    if fallback == "offline":
+        assert offline == [["-m", "batch_training", "compare", "--model", "click", "--no-progress", "--promote"]]
+        assert state.decided["click"]["source"] == "offline" and history == []  # compare records its own
+    else:
+        assert offline == [] and state.decided["click"]["decision"] == "keep"
+        assert [(r["action"], r["to_version"]) for r in history] == [("compare", "7")]
+        assert "40 of 500 labelled pairs in shadow after 72.0 h" in history[0]["reason"]
+        assert history[0]["evidence"]["held_out"] == {"rows": 40}
+
+
+@pytest.mark.parametrize("fallback", ["none", "offline"])
+def test_a_failing_shadow_compare_is_retried_then_falls_back_only_when_stated(tmp_path: Path, fallback: str) -> None:
+    from stream.models.registry import ModelRegistry
+
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock, fallback=fallback)
+    runner.shadow_exit = 2  # compare --shadow fails (ClickHouse down, say): no report
+    assert mon.tick() == {"reason": "schedule: no retrain yet", "retrain": 0, "compare": {"click": "wait"}}
+    clock[0] += 86_400
+    mon.tick()
+    assert "click" in MonitorState.load(mon.state_path).pending  # asked again, still within the wait
+    clock[0] += 2 * 86_400
+    mon.tick()
+    assert MonitorState.load(mon.state_path).pending == {}
+    assert sum("--shadow" in a for a in runner.calls) == 3
+    offline = [a for a in runner.calls if a[2] == "compare" and "--shadow" not in a]
+    assert len(offline) == (1 if fallback == "offline" else 0)
+    history = ModelRegistry(tmp_path / "models").history("click")
+    assert len(history) == (0 if fallback == "offline" else 1)
+    if fallback == "none":
+        assert history[0]["reason"].startswith("keep: compare --shadow failed (exit 2) for 72.0 h")
+
+
+def test_the_outcome_job_runs_at_each_poll_and_its_failure_stops_nothing(tmp_path: Path) -> None:
+    clock = [0.0]
+    runs: list[int] = []
+
+    def job() -> str:
+        runs.append(1)
+        if len(runs) == 2:
+            raise ConnectionError("ClickHouse is restarting")
+        return "churn: 1 windows written"
+
+    mon, runner = _shadow_monitor(tmp_path, clock, outcomes=job)
+    for _ in range(3):
+        mon.tick()
+        clock[0] += 60
+    assert len(runs) == 3 and runner.calls[0][2] == "retrain"

@@ -125,7 +125,9 @@ def run_backtest(
     main = offline or e2e
     assert main is not None
     quality = E.model_quality(main.predictions, window.events, window.truth, window.start_ms, window.end_ms)
-    ctr = E.arm_ctr(window.truth, window.placements) if window.truth and "ad_arms" in window.truth else None
+    ctr = None
+    if window.truth and "ad_arms" in window.truth:
+        ctr = E.arm_ctr(window.truth, window.placements, window.start_ms)
     log = E.ad_log(window.events, window.truth, window.start_ms)
     bandits = E.bandit_comparison(log, main.decisions, ctr, window.placements, seed=seed) if ctr else None
     ope = E.off_policy(log, window.placements, E.target_policies(window.placements, ctr), ctr) if len(log) else None

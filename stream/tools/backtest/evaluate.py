@@ -115,9 +115,11 @@ def oracle_scores(truth: Mapping[str, pd.DataFrame], events: pd.DataFrame, start
         out["engagement"] = pd.Series(starts.session_id.map(exp).to_numpy(), index=starts.event_id.to_numpy())
     if "user_daily" in truth:  # the next daily cut-off after the session_end: close to its 30-day horizon
         ends = events[events.event_type == "session_end"][["event_id", "user_id", "event_time"]]
-        day = (ends.event_time.to_numpy() - start_ms) // DAY_MS + 1
-        daily = truth["user_daily"].set_index(["user_id", "day"])["p_churn_30d"]
-        idx = pd.MultiIndex.from_arrays([ends.user_id.to_numpy(), day])
+        # matched by the cut-off's time, not its day number: a window cut from a dataset does not
+        # start on the dataset's day 0
+        cutoff = start_ms + ((ends.event_time.to_numpy("int64") - start_ms) // DAY_MS + 1) * DAY_MS
+        daily = truth["user_daily"].set_index(["user_id", "cutoff_time"])["p_churn_30d"]
+        idx = pd.MultiIndex.from_arrays([ends.user_id.to_numpy(), cutoff])
         out["churn"] = pd.Series(daily.reindex(idx).to_numpy(), index=ends.event_id.to_numpy())
     return out
 
@@ -196,23 +198,43 @@ def model_quality(
 def ad_log(events: pd.DataFrame, truth: Mapping[str, pd.DataFrame] | None, start_ms: int) -> pd.DataFrame:
     """The site's logged ad decisions: one row per ad_impression with its context and click.
 
-    Bots are left out when the truth names them (their clicks do not depend on the placement).
+    ``day`` counts from ``start_ms`` (the window's start). ``device_type`` is the context as
+    logged (``"unknown"`` where the event lacks it, as the worker's bandit reads it);
+    ``true_device`` is the device the click was drawn for: the truth's where there is one, else
+    the logged one. Bots are left out when the truth names them (their clicks do not depend on
+    the placement).
     """
     ev = events.drop_duplicates("event_id")
-    imp = ev[ev.event_type == "ad_impression"][["request_id", "user_id", "placement", "device_type", "event_time"]]
+    cols = ["event_id", "request_id", "user_id", "placement", "device_type", "event_time"]
+    imp = ev[ev.event_type == "ad_impression"][cols]
     clicked = set(ev[ev.event_type == "ad_click"].request_id)
+    device = imp.device_type.astype(object).where(imp.device_type.notna(), "unknown").astype(str)
     log = imp.assign(
-        click=imp.request_id.isin(clicked).astype(float), day=((imp.event_time - start_ms) // DAY_MS).astype(int)
+        device_type=device,
+        true_device=device,
+        click=imp.request_id.isin(clicked).astype(float),
+        day=((imp.event_time - start_ms) // DAY_MS).astype(int),
     )
+    if truth and "ad_impressions" in truth:
+        true_dev = truth["ad_impressions"].set_index("event_id")["device_type"]
+        log["true_device"] = log.event_id.map(true_dev).fillna(log.device_type).astype(str)
     if truth and "users" in truth:
         bots = set(truth["users"].loc[truth["users"].is_bot, "user_id"])
         log = log[~log.user_id.isin(bots)]
     return log.reset_index(drop=True)
 
 
-def arm_ctr(truth: Mapping[str, pd.DataFrame], placements: Sequence[str]) -> dict[tuple[int, str], np.ndarray]:
-    """(day, device) -> true CTR per placement, in ``placements`` order."""
-    t = truth["ad_arms"].pivot_table(index=["day", "device_type"], columns="placement", values="ctr")
+def arm_ctr(
+    truth: Mapping[str, pd.DataFrame], placements: Sequence[str], start_ms: int
+) -> dict[tuple[int, str], np.ndarray]:
+    """(day, device) -> true CTR per placement, in ``placements`` order; ``day`` counts from ``start_ms``.
+
+    Days are matched by time (the truth's ``day_start``), as :func:`ad_log` counts them: a window
+    cut from a dataset (the demo's live days) does not start on the dataset's day 0.
+    """
+    arms = truth["ad_arms"]
+    day = (arms.day_start.to_numpy(np.int64) - start_ms) // DAY_MS
+    t = arms.assign(day=day).pivot_table(index=["day", "device_type"], columns="placement", values="ctr")
     out: dict[tuple[int, str], np.ndarray] = {}
     for key, row in t.iterrows():
         d, dev = cast(tuple[int, str], key)
@@ -250,8 +272,9 @@ def bandit_comparison(
     n = len(rows)
     curves = {name: np.zeros(n) for name in ("oracle", "worker_thompson", "uniform")}
     rounds = []
-    for i, (rid, dev, day) in enumerate(rows[["request_id", "device_type", "day"]].itertuples(index=False)):
-        p = ctr[(int(day), str(dev))]
+    cols = ["request_id", "device_type", "true_device", "day"]
+    for i, (rid, dev, true_dev, day) in enumerate(rows[cols].itertuples(index=False)):
+        p = ctr[(int(day), str(true_dev))]
         curves["oracle"][i] = p.max()
         curves["uniform"][i] = p.mean()
         curves["worker_thompson"][i] = p[idx[chosen[rid]]]
@@ -284,20 +307,24 @@ def target_policies(
     placements: Sequence[str],
     ctr: Mapping[tuple[int, str], np.ndarray] | None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Alternative policies as ``device -> probability per placement``.
+    """Alternative policies as ``device -> probability per placement`` (``"unknown"``: no device logged).
 
-    Each fixed placement, a stochastic mix, and (with truth) the best placement per device on day 0.
+    Each fixed placement, a stochastic mix, and (with truth) the best placement per device on
+    the window's first day (for an unknown device: the best on average over the devices).
     """
     k = len(placements)
-    devices = ("desktop", "mobile", "tablet")
+    devices = ("desktop", "mobile", "tablet", "unknown")
     pols: dict[str, dict[str, np.ndarray]] = {}
     for i, a in enumerate(placements):
         pols[f"always {a}"] = {d: np.eye(k)[i] for d in devices}
     mix = np.full(k, 0.4 / max(k - 1, 1))
     mix[0] = 0.6
     pols[f"60% {placements[0]}, rest uniform"] = {d: mix for d in devices}
-    if ctr is not None:
-        pols["best per device on day 0"] = {d: np.eye(k)[int(np.argmax(ctr[(0, d)]))] for d in devices if (0, d) in ctr}
+    first = {d: ctr[(0, d)] for d in devices if ctr is not None and (0, d) in ctr}
+    if first:
+        best = {d: np.eye(k)[int(np.argmax(c))] for d, c in first.items()}
+        best["unknown"] = np.eye(k)[int(np.argmax(np.mean(list(first.values()), axis=0)))]
+        pols["best per device on the first day"] = best
     return pols
 
 
@@ -320,8 +347,11 @@ def off_policy(
     """Replay / IPS / SNIPS of each policy from the logged (context, placement, click) data.
 
     The logging propensity defaults to uniform over ``placements`` (the simulator's site policy).
-    The true value of a policy (with truth) is the mean over the logged contexts of
-    ``sum_a pi(a|x) ctr(day, a, device)``.
+    Every estimate is of the policy's expected clicks per ad impression over the logged
+    impressions (bots left out, see :func:`ad_log`). The true value (with truth) is that same
+    quantity: the mean over the logged impressions of ``sum_a pi(a | logged device) *
+    ctr(day, a, true device)``, ``day`` being the impression's UTC day (``ctr`` as from
+    :func:`arm_ctr` with the log's start).
     """
     idx = {a: i for i, a in enumerate(placements)}
     mu = np.full(len(log), logging_propensity or 1.0 / len(placements))
@@ -336,7 +366,7 @@ def off_policy(
         rep = replay(logged, r, probs.argmax(axis=1)) if deterministic else None
         truth = float("nan")
         if ctr is not None:
-            true_ctr = np.vstack([ctr[(int(d), str(dev))] for d, dev in zip(log.day, log.device_type, strict=True)])
+            true_ctr = np.vstack([ctr[(int(d), str(dev))] for d, dev in zip(log.day, log.true_device, strict=True)])
             truth = float((probs * true_ctr).sum(axis=1).mean())
         out.append(OpeRow(name, truth, rep, ips(r, mu, pi_logged), snips(r, mu, pi_logged)))
     return out

@@ -150,6 +150,14 @@ def write_report(
 
     if ope:
         doc.heading("Off-policy estimates from the logged (uniform) ad decisions")
+        meaning = "the policy's expected clicks per ad impression over the window's logged impressions"
+        if any(not math.isnan(r.truth) for r in ope):
+            doc.para(
+                f"Each estimate and its true value: {meaning} (bots left out), the truth from the "
+                "simulator's CTR per placement, device and day (docs/replay.md)."
+            )
+        else:
+            doc.para(f"Each estimate: {meaning}. No ground truth: there is no true value to compare with.")
         rows = []
         for r in ope:
             row: dict[str, Any] = {"policy": r.policy, "true value": r.truth}
