@@ -204,14 +204,15 @@ def _history_since(models_dir: Path, model: str, since_ms: int) -> list[dict[str
 
 
 def run_drift_demo(
-    users: int = 800,
-    days: int = 30,
-    live_days: int = 8,
+    users: int = 1000,
+    days: int = 21,
+    live_days: int = 9,
     drift_after: int = 3,
-    rate: float = 300.0,
+    rate: float = 150.0,
     window_days: int = 2,
-    persist: int = 1,
+    persist: int = 10,
     profile: str = "demo",
+    retrain_profile: str = "full",
 ) -> int:
     """Run the loop; 0 if the challenger was promoted and served, 1 if not (the summary says which step)."""
     from simulator import SimConfig, generate
@@ -239,7 +240,7 @@ def run_drift_demo(
         clickhouse_database=base.clickhouse_database if base.clickhouse_url else "drift",
         model_reload_s=2.0,
         monitoring_interval_s=2.0,
-        drift_window=250,
+        drift_window=500,
         drift_calibration_windows=8,
         quality_window=500,
         retrain_window_days=window_days,
@@ -283,8 +284,11 @@ def run_drift_demo(
             clock.say("trained and promoted the first models on the archive; the worker loaded them")
 
             # 5. the monitor
-            monitor = _start_monitor(env, root, window_days, persist)
-            clock.say(f"monitor running (retrain after {persist} polls with new drift alarms, window {window_days} d)")
+            monitor = _start_monitor(env, root, window_days, persist, retrain_profile)
+            clock.say(
+                f"monitor running: a retrain on the latest {window_days} days once {persist} drift windows in a row "
+                "alarmed, then the challenger in shadow until compare --shadow decides"
+            )
 
             # 6. live days
             progress = Progress()
@@ -370,7 +374,9 @@ def _run_training(argv: Sequence[str], env: Mapping[str, str], log: Path) -> Non
         raise InfraError(f"`batch_training {' '.join(argv)}` failed; see {log}")
 
 
-def _start_monitor(env: Mapping[str, str], root: Path, window_days: int, persist: int) -> subprocess.Popen[bytes]:
+def _start_monitor(
+    env: Mapping[str, str], root: Path, window_days: int, persist: int, profile: str
+) -> subprocess.Popen[bytes]:
     import os
 
     argv = [
@@ -388,6 +394,8 @@ def _start_monitor(env: Mapping[str, str], root: Path, window_days: int, persist
         "click",
         "--cooldown",
         "10m",
+        "--profile",
+        profile,
         "--state",
         str(root / "monitor" / "state.json"),
     ]
