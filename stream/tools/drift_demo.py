@@ -205,7 +205,7 @@ def _history_since(models_dir: Path, model: str, since_ms: int) -> list[dict[str
 
 def run_drift_demo(
     users: int = 1000,
-    days: int = 21,
+    days: int = 22,
     live_days: int = 9,
     drift_after: int = 3,
     rate: float = 150.0,
