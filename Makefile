@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast test-faults lint fmt bench kafka-up clean
+.PHONY: help install demo demo-drift test test-fast test-faults lint fmt bench kafka-up clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,9 @@ install: $(STAMP) ## create .venv, install pinned packages and fetch the Kafka j
 
 demo: $(STAMP) ## the main job end to end on embedded Kafka + chdb
 	$(BIN)/python -m stream demo
+
+demo-drift: $(STAMP) ## the monitoring loop: drift detected, challenger retrained, shadowed, promoted
+	$(BIN)/python -m stream demo --drift
 
 test: $(STAMP) ## the test suite but the fault suite (starts its own Kafka broker)
 	$(BIN)/python -m pytest -m "not fault" $(PYTEST_ARGS)

@@ -56,7 +56,7 @@ def prerequisites(ctx: Context) -> dict[str, Any]:
     days = (int(df["hi"].iloc[0]) - int(df["lo"].iloc[0])) / 86_400_000
     if days < 21:
         raise PrerequisiteError(
-            f"{where} spans {days:.1f} days; the labels need >= 21 (14-day conversion "
+            f"{where} spans {days:.2f} days (first to last event); the labels need >= 21 (14-day conversion "
             f"horizon + history): run `{_BACKFILL}`"
         )
     return {

@@ -247,7 +247,7 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     plots = _plots(spec, fitted.model, y[te], p_te, {"linear baseline": p_base}, out)
     result["plots"] = [str(p) for p in plots]
-    profile = reference_profile(spec, x[base_tr], p_te)
+    profile = reference_profile(spec, x[te], p_te)
     mv = register(
         ctx.registry,
         name,
@@ -278,14 +278,17 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
     return result
 
 
-def reference_profile(spec: ModelSpec, x_fit: np.ndarray, p_test: np.ndarray) -> dict[str, Any]:
-    """The drift reference stored with the model (stream/monitoring/profile.py).
+def reference_profile(spec: ModelSpec, x_test: np.ndarray, p_test: np.ndarray) -> dict[str, Any]:
+    """The drift reference stored with the model (stream/monitoring/profile.py): features and predictions
+    of the test split.
 
-    Features: the rows the final model was fitted on (training + validation, capped as for the
-    baseline), the distribution it learnt. Predictions: the test split, the only rows the final
-    model never saw, so they are spread like live scores rather than like fitted ones.
+    The split is by time, so the test rows are the latest before the model is served: what live rows
+    look like when nothing changed. Rows from the whole history would not be: features that grow with
+    time (tenure, counts over windows longer than the history's first days) drift against them on
+    every live window. The predictions are those of rows the final model never saw, spread like live
+    scores rather than like fitted ones.
     """
-    return build_profile(spec.features.names, x_fit, p_test).to_dict()
+    return build_profile(spec.features.names, x_test, p_test).to_dict()
 
 
 def _threshold(spec: ModelSpec, y: np.ndarray, p: np.ndarray) -> float:

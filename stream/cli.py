@@ -148,9 +148,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in (("users", args.users), ("days", args.days), ("rate", args.rate)) if v is not None}
+    if args.drift:
+        from stream.tools.drift_demo import run_drift_demo
+
+        return run_drift_demo(live_days=args.live_days, profile=args.profile, **given)
     from stream.tools.demo import run_demo
 
-    return run_demo(minutes=args.minutes, users=args.users, days=args.days, rate=args.rate, profile=args.profile)
+    return run_demo(minutes=args.minutes, profile=args.profile, **given)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -238,10 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the whole product end to end on embedded Kafka + chdb")
     positive = arguments.number(0, lo_open=True)
+    demo.add_argument(
+        "--drift",
+        action="store_true",
+        help="the monitoring loop instead: the world changes in the live days; drift detected, a challenger "
+        "retrained, shadowed and promoted (stream/tools/drift_demo.py)",
+    )
     demo.add_argument("--minutes", type=positive, default=2.0, help="minutes of live traffic (default 2)")
-    demo.add_argument("--users", type=arguments.positive_int, default=2000, help="simulated users (default 2000)")
-    demo.add_argument("--days", type=arguments.positive_int, default=45, help="days of backfilled history (default 45)")
-    demo.add_argument("--rate", type=positive, default=1500.0, help="live events per second (default 1500)")
+    demo.add_argument("--live-days", type=arguments.positive_int, default=9, help="with --drift: live days (default 9)")
+    demo.add_argument("--users", type=arguments.positive_int, help="simulated users (default 2000; --drift 1000)")
+    demo.add_argument("--days", type=arguments.positive_int, help="days of history (default 45; --drift 22)")
+    demo.add_argument("--rate", type=positive, help="live events per second (default 1500; --drift 150)")
     demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
     demo.set_defaults(func=cmd_demo)
 

@@ -215,6 +215,13 @@ class Settings(BaseSettings):
     drift_window: int = Field(
         1000, ge=10, le=1_000_000, description="scored rows per tumbling drift window of a model version"
     )
+    drift_calibration_windows: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="the first N drift windows of a model version calibrate each feature's thresholds to the "
+        "stream's own variation (sessions, hours) and raise no alarm (0: thresholds for independent rows)",
+    )
     monitoring_interval_s: float = Field(
         10.0,
         gt=0,
@@ -239,15 +246,16 @@ class Settings(BaseSettings):
         "unset = http://127.0.0.1:STREAM_WORKER_WEB_PORT/metrics",
     )
     monitor_alarm_metric: str = Field(
-        "stream_drift_alarms_total",
+        "stream_drift_alarmed_windows_total",
         pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
-        description="the counter of drift alarms `stream monitor` watches (summed over its labels)",
+        description="the counter of alarmed drift windows per model version that `stream monitor` watches, "
+        "next to stream_drift_windows_total",
     )
     monitor_persist: int = Field(
         3,
         ge=1,
         le=1000,
-        description="`stream monitor` retrains after this many consecutive polls with new drift alarms",
+        description="`stream monitor` retrains after this many drift windows in a row of one model version alarmed",
     )
     monitor_interval_s: float = Field(
         60.0, gt=0, allow_inf_nan=False, description="how often `stream monitor` polls the metrics"

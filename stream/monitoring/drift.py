@@ -22,6 +22,13 @@ windows instead of firing on noise:
 * alpha' = alpha / (number of tests in the window): a Bonferroni split over all columns and both
   statistics, so a window of unchanged data raises any alarm with probability at most ``alpha``
   (default 0.01). Windows come one after another, so alarms per day = alpha × windows per day.
+* Those hold for windows of independent rows. A live stream's rows are not independent: a session
+  brings several rows of one user, and who is awake depends on the hour. With ``calibrate`` = N,
+  the first N windows of a model version are reported but never alarm; their PSI, per column, fits
+  the law of that column's statistic on this stream (a scaled chi-square), whose quantile then
+  raises the column's thresholds (:meth:`DriftWindow._calibrate`). A change already present when
+  the version starts serving is absorbed into the thresholds; one after is measured against the
+  reference as before.
 
 **Loss drift** (:class:`LossDrift`): river's ADWIN on each joined prediction's loss (Brier score for
 classifiers, absolute error for regression). ADWIN also fires when the loss *drops*; only a rise
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,9 +84,13 @@ class ColumnDrift:
     psi_threshold: float
     ks: float
     ks_threshold: float
+    #: a window of the version's calibration (see :class:`DriftWindow`): reported, never an alarm
+    calibrating: bool = False
 
     @property
     def drifted(self) -> bool:
+        if self.calibrating:
+            return False
         return self.psi > self.psi_threshold or (not math.isnan(self.ks) and self.ks > self.ks_threshold)
 
 
@@ -121,7 +133,10 @@ class DriftWindow:
     """Tumbling windows of ``size`` live rows of one model version, compared with its profile.
 
     ``update`` takes a batch (a feature matrix in the profile's feature order, the predictions, the
-    event times) and returns the reports of the windows it completed. Only bin counts are kept, so
+    event times) and returns the reports of the windows it completed. Columns in ``skip`` are not
+    tested (nor counted in the Bonferroni split): the worker leaves out the clock's features
+    (:data:`stream.state.features.CLOCK_FEATURES`), whose share in a window of a few hours is set
+    by the hours it spans. Only bin counts are kept, so
     memory does not grow with the window. The counts of all columns sit in one padded matrix, so a
     report computes every column's PSI and KS with a few array operations (:func:`column_drift`,
     one column at a time, gives the same values; a test checks it).
@@ -136,6 +151,8 @@ class DriftWindow:
         *,
         alpha: float = DEFAULT_ALPHA,
         min_psi: float = DEFAULT_MIN_PSI,
+        skip: Collection[str] = (),
+        calibrate: int = 0,
     ) -> None:
         if size < 10:
             raise ValueError(f"drift window size {size} is too small; expected at least 10 rows")
@@ -143,12 +160,12 @@ class DriftWindow:
             raise ValueError(f"alpha {alpha} is not a probability in (0, 1)")
         self.model, self.version, self.profile, self.size = model, str(version), profile, size
         self.min_psi = min_psi
-        cols = profile.columns.values()
-        tests = sum(2 if c.kind == "numeric" else 1 for c in cols)
-        self._alpha = {name: alpha * (2 if c.kind == "numeric" else 1) / tests for name, c in profile.columns.items()}
+        checked = {name: c for name, c in profile.columns.items() if name not in skip}
+        tests = sum(2 if c.kind == "numeric" else 1 for c in checked.values())
+        self._alpha = {name: alpha * (2 if c.kind == "numeric" else 1) / tests for name, c in checked.items()}
         # Static per-column arrays, padded to the widest column: reference counts (missing last of
         # each row's used part), CDF reference shares (padded with 1: no difference), and sizes.
-        self._names = list(profile.columns)
+        self._names = list(checked)
         self._index = {name: i for i, name in enumerate(profile.features)}  # column of x
         refs = [profile.columns[n] for n in self._names]
         self._nb = np.array([len(c.counts) for c in refs])
@@ -162,6 +179,11 @@ class DriftWindow:
         self._m_finite = self._m - np.array([int(c.counts[-1]) for c in refs])
         self._filled = (self._ref > 0).sum(axis=1)
         self._numeric = np.array([c.kind == "numeric" for c in refs])
+        #: calibration: per column, each calibration window's PSI (and KS) over its i.i.d. expectation
+        self.calibrate = calibrate
+        self._ratios: list[np.ndarray] = []
+        self.psi_scale = np.ones(len(refs))
+        self.ks_scale = np.ones(len(refs))
         self._reset()
 
     def _reset(self) -> None:
@@ -184,6 +206,8 @@ class DriftWindow:
             self._add(x[i:j], None if predictions is None else np.asarray(predictions)[i:j], t_ms[i:j])
             if self.n == self.size:
                 reports.append(self.report())
+                if self.calibrating:
+                    self._calibrate(reports[-1])
                 self._reset()
             i = j
         return reports
@@ -206,6 +230,46 @@ class DriftWindow:
             self._start = int(t.min()) if self._start is None else min(self._start, int(t.min()))
             self._end = max(self._end, int(t.max()))
 
+    @property
+    def calibrating(self) -> bool:
+        return len(self._ratios) < self.calibrate
+
+    def _calibrate(self, r: DriftReport) -> None:
+        """Fold one calibration window in; after the last, fix each column's threshold inflation.
+
+        The thresholds assume a window of independent rows. A live window is not: a session brings
+        several rows of one user, and which users are awake depends on the hour, so the statistics of
+        unchanged data are larger and vary more, by how much depends on the column. Per column, the
+        calibration windows' ratios r = PSI / ((bins - 1)(1/n + 1/m)) (1 on average for independent
+        rows) are matched to a scaled chi-square, r ~ c chi2(v) / v (c their mean, v = 2 c^2 / their
+        variance, between 1 and bins - 1: Satterthwaite's approximation). The column's PSI threshold
+        is then multiplied by that law's 1 - alpha' quantile over the independent one's, and its KS
+        threshold by the square root (never below 1).
+        """
+        psi_r = np.full(len(self._names), np.nan)
+        for j, name in enumerate(self._names):
+            c = r.columns.get(name)
+            if c is not None:
+                psi_r[j] = c.psi / (max(int(self._filled[j]) - 1, 1) * (1 / r.n + 1 / int(self._m[j])))
+        self._ratios.append(psi_r)
+        if self.calibrating:
+            return
+        from scipy.stats import chi2
+
+        ratios = np.array(self._ratios)
+        for j, name in enumerate(self._names):
+            rj = ratios[:, j][~np.isnan(ratios[:, j])]
+            if len(rj) < 2:
+                continue
+            nu0 = max(int(self._filled[j]) - 1, 1)
+            mean, var = float(rj.mean()), float(rj.var(ddof=1))
+            nu = nu0 if var <= 0 else min(float(nu0), max(1.0, 2 * mean * mean / var))
+            a = self._alpha[name] / (2 if self._numeric[j] else 1)
+            fitted = mean * float(chi2.ppf(1 - a, nu)) / nu
+            independent = float(chi2.ppf(1 - a, nu0)) / nu0
+            self.psi_scale[j] = max(1.0, fitted / independent)
+        self.ks_scale = self.psi_scale.copy()
+
     def report(self) -> DriftReport:
         """The statistics of the rows so far in this window (columns with no live rows are left out)."""
         live = self._live.astype(np.float64)
@@ -225,6 +289,7 @@ class DriftWindow:
             share = np.where(np.arange(self._cdf.shape[1]) < self._nc[:, None], self._cdf / n_finite[:, None], 1.0)
             ks = np.abs(share - self._cdf_p).max(axis=1)
         cols = {}
+        calibrating = self.calibrating
         for j, name in enumerate(self._names):
             if n[j] <= 0:
                 continue
@@ -232,11 +297,12 @@ class DriftWindow:
             alpha = self._alpha[name]
             a_psi = alpha / 2 if numeric else alpha
             thr = psi_threshold(int(n[j]), int(self._m[j]), int(self._filled[j]), a_psi, self.min_psi)
+            thr = max(self.min_psi, thr * float(self.psi_scale[j]))
             if not numeric or n_finite[j] == 0 or self._m_finite[j] == 0 or self._nc[j] == 0:
-                cols[name] = ColumnDrift(float(psis[j]), thr, float("nan"), float("nan"))
+                cols[name] = ColumnDrift(float(psis[j]), thr, float("nan"), float("nan"), calibrating)
             else:
-                kt = ks_threshold(int(n_finite[j]), int(self._m_finite[j]), alpha / 2)
-                cols[name] = ColumnDrift(float(psis[j]), thr, float(ks[j]), kt)
+                kt = ks_threshold(int(n_finite[j]), int(self._m_finite[j]), alpha / 2) * math.sqrt(self.ks_scale[j])
+                cols[name] = ColumnDrift(float(psis[j]), thr, float(ks[j]), kt, calibrating)
         return DriftReport(self.model, self.version, self._start or 0, self._end, self.n, cols)
 
 

@@ -2,11 +2,12 @@
 
 Each poll first runs the horizon-outcome job (``stream outcomes --once``: churn and conversion
 quality once their horizon has passed; ``STREAM_MONITOR_OUTCOMES``, ``--no-outcomes``), then
-scrapes the worker's Prometheus ``/metrics`` and sums the drift-alarm counter
-(``STREAM_MONITOR_ALARM_METRIC``, default ``stream_drift_alarms_total``, over all its labels). A
-poll whose total rose is a poll with new alarms (a total below the last one is a restarted worker:
-all of it is new). Drift *persists* after ``persist`` such polls in a row; then, unless the last
-retrain is more recent than the cool-down, the monitor runs
+scrapes the worker's Prometheus ``/metrics``: per model version, the drift windows it completed
+(``stream_drift_windows_total``) and those that alarmed (``STREAM_MONITOR_ALARM_METRIC``, default
+``stream_drift_alarmed_windows_total``). Drift *persists* once ``persist`` windows in a row of one
+model version alarmed (counted in windows, not polls: a poll may see none or several; counters
+below the last scrape's are a restarted worker). Then, unless the last retrain is more recent
+than the cool-down, the monitor runs
 ``python -m batch_training retrain --window-days N [--models ...]`` (a subprocess: training's
 memory is returned when it exits, and a crash in it does not stop the monitor). Each model it made
 a challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``) is
@@ -25,7 +26,7 @@ then judged (``STREAM_MONITOR_COMPARE``):
 ``every`` adds a schedule: a retrain once that long has passed since the last one, drift or not.
 Every step and its exit code is logged; the registry's history records what training did.
 
-The monitor's own state (last total, the streak, the last retrain, the challengers waiting for
+The monitor's own state (the last counts, the streaks, the last retrain, the challengers waiting for
 shadow pairs) is a JSON file, written atomically after every poll, so ``--once`` from cron carries
 on where the previous run stopped.
 """
@@ -56,25 +57,38 @@ log = logging.getLogger("stream.monitor")
 Runner = Callable[[list[str]], int]
 
 
-def alarm_total(text: str, metric: str) -> float | None:
-    """The sum of ``metric``'s samples over all label sets in a Prometheus text exposition (None if absent)."""
+#: drift windows completed per model version (the worker's, stream/worker/monitor.py)
+WINDOWS_METRIC = "stream_drift_windows_total"
+
+
+def window_counts(text: str, alarmed_metric: str) -> dict[str, tuple[float, float]] | None:
+    """Per model version ("model/version"): (drift windows, alarmed windows) in a Prometheus text exposition
+    (None if it has no drift windows)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    total, seen = 0.0, False
+    windows: dict[str, float] = {}
+    alarmed: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == metric:
-                total += float(sample.value)
-                seen = True
-    return total if seen else None
+            if sample.name in (WINDOWS_METRIC, alarmed_metric):
+                key = f"{sample.labels.get('model', '')}/{sample.labels.get('version', '')}"
+                into = windows if sample.name == WINDOWS_METRIC else alarmed
+                into[key] = into.get(key, 0.0) + float(sample.value)
+    if not windows:
+        return None
+    return {k: (w, alarmed.get(k, 0.0)) for k, w in windows.items()}
 
 
 @dataclass
 class MonitorState:
     """What the monitor remembers between polls (and runs)."""
 
-    alarms: float | None = None  # the counter total at the last successful scrape
-    streak: int = 0  # consecutive polls with new alarms
+    #: per model version ("model/version"): [drift windows, alarmed windows] at the last successful scrape
+    #: (None before the first: that scrape is the baseline)
+    windows: dict[str, list[float]] | None = None
+    #: per model version: its latest drift windows that alarmed, in a row
+    streaks: dict[str, int] = field(default_factory=dict)
+    streak: int = 0  # the longest of those
     last_retrain_ms: int | None = None
     last_cycle: dict[str, Any] = field(default_factory=dict)
     #: challengers waiting for enough labelled shadow pairs: model -> {"version", "since_ms"}
@@ -99,27 +113,38 @@ class MonitorState:
         os.replace(tmp, path)
 
 
-def observe(state: MonitorState, total: float | None) -> float:
-    """Fold one scrape into the state; returns the new alarms (0 on the first scrape: its past is unknown)."""
-    if total is None:  # the metric is not exported (yet): a poll without alarms
-        state.streak = 0
-        return 0.0
-    if state.alarms is None:
-        new = 0.0
-    elif total < state.alarms:
-        new = total  # the worker restarted: its counter began again at 0
-    else:
-        new = total - state.alarms
-    state.alarms = total
-    state.streak = state.streak + 1 if new > 0 else 0
-    return new
+def observe(state: MonitorState, counts: dict[str, tuple[float, float]] | None) -> int:
+    """Fold one scrape into the state; returns the alarmed windows since the last (0 on the first scrape).
+
+    A model version's streak grows by the windows completed since the last scrape when all of them
+    alarmed, and restarts at 0 when any did not (their order within a poll is unknown). Counters
+    below the last scrape's are a restarted worker: all of theirs are new.
+    """
+    if counts is None:  # not exported (yet): no drift windows to judge
+        state.streaks, state.streak = {}, 0
+        return 0
+    first = state.windows is None
+    last = state.windows or {}
+    new_alarmed = 0
+    for key, (w, a) in counts.items():
+        w0, a0 = last.get(key, (0.0, 0.0))
+        if w < w0 or a < a0:
+            w0, a0 = 0.0, 0.0
+        dw, da = (0, 0) if first else (int(w - w0), int(a - a0))
+        new_alarmed += da
+        if dw > 0:
+            state.streaks[key] = state.streaks.get(key, 0) + dw if da == dw else 0
+    state.windows = {k: [w, a] for k, (w, a) in counts.items()}
+    state.streaks = {k: v for k, v in state.streaks.items() if k in counts}
+    state.streak = max(state.streaks.values(), default=0)
+    return new_alarmed
 
 
 def due(state: MonitorState, now_ms: int, *, persist: int, every_s: float, cooldown_s: float) -> str | None:
     """Why a retrain is due now, or None."""
     since = None if state.last_retrain_ms is None else (now_ms - state.last_retrain_ms) / 1000
     if state.streak >= persist and (since is None or since >= cooldown_s):
-        return f"drift: new alarms in {state.streak} consecutive polls"
+        return f"drift: {state.streak} drift windows in a row alarmed"
     if every_s > 0 and (since is None or since >= every_s):
         return "schedule: " + ("no retrain yet" if since is None else f"last retrain {since / 3600:.1f} h ago")
     return None
@@ -179,14 +204,14 @@ class Monitor:
             except Exception as exc:  # ClickHouse down: the drift watch goes on
                 log.warning("horizon outcomes failed (%s: %s)", type(exc).__name__, exc)
         try:
-            total = alarm_total(self.fetch(self.metrics_url), self.metric)
+            counts = window_counts(self.fetch(self.metrics_url), self.metric)
         except Exception as exc:  # a worker that is down, restarting or not reachable: try next poll
             log.warning("cannot scrape %s (%s: %s)", self.metrics_url, type(exc).__name__, exc)
         else:
-            if total is None:
-                log.warning("%s has no %s: no drift alarms are exported", self.metrics_url, self.metric)
-            new = observe(state, total)
-            log.info("drift alarms: total %s, new %g, streak %d/%d", total, new, state.streak, self.persist)
+            if counts is None:
+                log.warning("%s has no %s: no drift windows are exported", self.metrics_url, WINDOWS_METRIC)
+            new = observe(state, counts)
+            log.info("drift: %d new alarmed windows, streak %d/%d %s", new, state.streak, self.persist, state.streaks)
         now_ms = int(self.clock() * 1000)
         reason = due(state, now_ms, persist=self.persist, every_s=self.every_s, cooldown_s=self.cooldown_s)
         for name in list(state.pending):  # challengers of earlier cycles waiting for shadow pairs
@@ -195,7 +220,7 @@ class Monitor:
         if reason is not None:
             outcome = self.cycle(reason, state, now_ms)
             state.last_retrain_ms = now_ms
-            state.streak = 0
+            state.streak, state.streaks = 0, {}
             state.last_cycle = outcome
         state.save(self.state_path)
         return outcome
@@ -360,11 +385,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("monitor", help="retrain when drift persists or on a schedule, then compare and promote")
     p.add_argument("--once", action="store_true", help="one poll, then exit (for cron or a systemd timer)")
     p.add_argument("--metrics-url", help="the worker's /metrics (default: STREAM_MONITOR_METRICS_URL)")
-    p.add_argument("--metric", help="the drift-alarm counter (default: STREAM_MONITOR_ALARM_METRIC)")
+    p.add_argument("--metric", help="the alarmed-drift-window counter (default: STREAM_MONITOR_ALARM_METRIC)")
     p.add_argument(
         "--persist",
         type=arguments.positive_int,
-        help="polls with new alarms in a row (default: STREAM_MONITOR_PERSIST)",
+        help="alarmed drift windows in a row (default: STREAM_MONITOR_PERSIST)",
     )
     p.add_argument(
         "--interval", type=arguments.duration, help="between polls, like 60s (default: STREAM_MONITOR_INTERVAL_S)"

@@ -49,6 +49,7 @@ from stream.monitoring import (
 from stream.monitoring import drift_rows as _drift_rows
 from stream.monitoring.outputs import QUALITY_METRICS
 from stream.state import DEFAULT_CONFIG
+from stream.state.features import CLOCK_FEATURES
 from stream.state.labels import CLICK_WINDOW_MS
 from stream.worker.outcomes import OutcomeJoiner
 from stream.worker.processor import Outputs
@@ -133,6 +134,13 @@ class MonitorMetrics:
             ["model", "version", "feature"],
             registry=r,
         )
+        self.drifted_windows = Counter(
+            "stream_drift_alarmed_windows_total",
+            "Drift windows in which any feature (or 'prediction') was over its threshold, by model version: "
+            "with stream_drift_windows_total, whether drift persists over consecutive windows",
+            ["model", "version"],
+            registry=r,
+        )
 
 
 class Monitor:
@@ -150,6 +158,7 @@ class Monitor:
         *,
         quality_window: int = 1000,
         drift_window: int = 1000,
+        drift_calibration: int = 0,
         warn_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -158,6 +167,7 @@ class Monitor:
         self._profiles = profiles
         self.quality_window = quality_window
         self.drift_window = drift_window
+        self.drift_calibration = drift_calibration
         self.warn_every_s = warn_every_s
         self._clock = clock
         self.quality: dict[Key, RollingQuality] = {}
@@ -264,7 +274,9 @@ class Monitor:
                 s.x.shape[1],
             )
             return None
-        return DriftWindow(s.model, s.version, profile, self.drift_window)
+        return DriftWindow(
+            s.model, s.version, profile, self.drift_window, skip=CLOCK_FEATURES, calibrate=self.drift_calibration
+        )
 
     def _report(self, r: DriftReport) -> None:
         m = self.metrics
@@ -276,6 +288,8 @@ class Monitor:
         drifted = r.drifted
         for name in drifted:
             m.drift_alarms.labels(model=r.model, version=r.version, feature=name).inc()
+        if drifted:
+            m.drifted_windows.labels(model=r.model, version=r.version).inc()
         self._reports.append(r)
         if drifted:
             self._warn(r, drifted)
@@ -378,6 +392,7 @@ def build_monitor(settings: Settings, models: ModelRegistry, registry: Collector
         lambda name, version: load_profile(models.get(name, version)),
         quality_window=settings.quality_window,
         drift_window=settings.drift_window,
+        drift_calibration=settings.drift_calibration_windows,
     )
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from batch_training.cli import build_parser
 from stream.cli import main
-from stream.tools.monitor import Monitor, MonitorState, alarm_total, due, observe
+from stream.tools.monitor import Monitor, MonitorState, due, observe, window_counts
 
 
 class _Metrics:
@@ -40,9 +40,12 @@ class _Metrics:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def alarms(self, **per_model: float) -> None:
-        lines = ["# HELP stream_drift_alarms_total drift alarms", "# TYPE stream_drift_alarms_total counter"]
-        lines += [f'stream_drift_alarms_total{{model="{m}"}} {v}' for m, v in per_model.items()]
+    def windows(self, **per_model: tuple[float, float]) -> None:
+        """Per model (version 1): (drift windows, alarmed windows), as the worker exports them."""
+        lines = ["# TYPE stream_drift_windows_total counter", "# TYPE stream_drift_alarmed_windows_total counter"]
+        for m, (w, a) in per_model.items():
+            lines += [f'stream_drift_windows_total{{model="{m}",version="1"}} {w}']
+            lines += [f'stream_drift_alarmed_windows_total{{model="{m}",version="1"}} {a}']
         lines += ['stream_events_total{topic="session-events"} 123456']
         self.text = "\n".join(lines) + "\n"
 
@@ -84,7 +87,7 @@ def _monitor(tmp_path: Path, url: str, clock: list[float], **kw: Any) -> tuple[M
     kw.setdefault("compare", "offline")
     mon = Monitor(
         metrics_url=url,
-        metric="stream_drift_alarms_total",
+        metric="stream_drift_alarmed_windows_total",
         state_path=tmp_path / "state.json",
         retrain_report=runner.report,
         runner=runner,
@@ -94,31 +97,34 @@ def _monitor(tmp_path: Path, url: str, clock: list[float], **kw: Any) -> tuple[M
     return mon, runner
 
 
-def test_alarm_total_sums_the_counter_over_its_labels() -> None:
+def test_window_counts_per_model_version() -> None:
     text = (
-        "# TYPE stream_drift_alarms_total counter\n"
-        'stream_drift_alarms_total{model="click",feature="position"} 2\n'
-        'stream_drift_alarms_total{model="churn",feature="prediction"} 1.0\n'
-        "stream_drift_alarms_created 1.7e9\n"
+        "# TYPE stream_drift_windows_total counter\n"
+        'stream_drift_windows_total{model="click",version="2"} 4\n'
+        'stream_drift_windows_total{model="churn",version="1"} 1.0\n'
+        'stream_drift_alarmed_windows_total{model="click",version="2"} 2\n'
+        "stream_drift_windows_created 1.7e9\n"
     )
-    assert alarm_total(text, "stream_drift_alarms_total") == 3.0
-    assert alarm_total(text, "other_total") is None
+    assert window_counts(text, "stream_drift_alarmed_windows_total") == {"click/2": (4.0, 2.0), "churn/1": (1.0, 0.0)}
+    assert window_counts("stream_events_total 3\n", "stream_drift_alarmed_windows_total") is None
 
 
 def test_persistent_drift_retrains_then_compares_and_promotes(tmp_path: Path, metrics: _Metrics) -> None:
     clock = [1_000_000.0]
-    mon, runner = _monitor(tmp_path, metrics.url, clock, persist=2, cooldown_s=3600, window_days=21)
-    metrics.alarms(click=0)
+    mon, runner = _monitor(tmp_path, metrics.url, clock, persist=3, cooldown_s=3600, window_days=21)
+    metrics.windows(click=(10, 4))
     assert mon.tick() is None  # the first scrape is the baseline
-    metrics.alarms(click=3)
-    assert mon.tick() is None and MonitorState.load(mon.state_path).streak == 1
-    metrics.alarms(click=3)
-    assert mon.tick() is None and MonitorState.load(mon.state_path).streak == 0  # drift did not persist
-    metrics.alarms(click=4)
+    metrics.windows(click=(12, 6))  # two windows, both alarmed
+    assert mon.tick() is None and MonitorState.load(mon.state_path).streak == 2
+    metrics.windows(click=(12, 6))  # no window completed: the streak stands
+    assert mon.tick() is None and MonitorState.load(mon.state_path).streak == 2
+    metrics.windows(click=(14, 7))  # one of two alarmed: drift did not persist
+    assert mon.tick() is None and MonitorState.load(mon.state_path).streak == 0
+    metrics.windows(click=(15, 8), churn=(3, 0))
     mon.tick()
-    metrics.alarms(click=4, churn=1)
+    metrics.windows(click=(17, 10), churn=(4, 0))  # 3 in a row for click; churn's quiet windows do not reset it
     outcome = mon.tick()
-    assert outcome == {"reason": "drift: new alarms in 2 consecutive polls", "retrain": 0, "compare": {"click": 0}}
+    assert outcome == {"reason": "drift: 3 drift windows in a row alarmed", "retrain": 0, "compare": {"click": 0}}
     assert runner.calls == [
         ["-m", "batch_training", "retrain", "--window-days", "21", "--no-progress"],
         ["-m", "batch_training", "compare", "--model", "click", "--no-progress", "--promote"],
@@ -126,33 +132,33 @@ def test_persistent_drift_retrains_then_compares_and_promotes(tmp_path: Path, me
     for argv in runner.calls:  # what batch_training's own parser accepts
         assert build_parser().parse_args(argv[2:]).cmd == argv[2]
     state = MonitorState.load(mon.state_path)
-    assert state.streak == 0 and state.last_retrain_ms == 1_000_000_000 and state.alarms == 5
+    assert state.streak == 0 and state.last_retrain_ms == 1_000_000_000 and state.windows["click/1"] == [17, 10]
     # drift goes on, but within the cool-down: no second retrain
-    for total in (7, 9, 11):
+    for w in (19, 21, 23):
         clock[0] += 600
-        metrics.alarms(click=total)
+        metrics.windows(click=(w, w - 7), churn=(4, 0))
         assert mon.tick() is None
-    assert MonitorState.load(mon.state_path).streak == 3 and len(runner.calls) == 2
+    assert MonitorState.load(mon.state_path).streak == 6 and len(runner.calls) == 2
     clock[0] += 3600  # past the cool-down, still drifting
-    metrics.alarms(click=12)
+    metrics.windows(click=(24, 17), churn=(4, 0))
     assert mon.tick() is not None and len(runner.calls) == 4
 
 
 def test_a_restarted_worker_an_absent_metric_and_a_down_worker(tmp_path: Path, metrics: _Metrics) -> None:
     clock = [0.0]
     mon, runner = _monitor(tmp_path, metrics.url, clock, persist=5)
-    metrics.alarms(click=10)
+    metrics.windows(click=(10, 10))
     mon.tick()
-    metrics.alarms(click=2)  # the counter began again: 2 new alarms
+    metrics.windows(click=(2, 2))  # the counters began again: 2 new windows, both alarmed
     mon.tick()
     s = MonitorState.load(mon.state_path)
-    assert (s.alarms, s.streak) == (2, 1)
-    metrics.text = "stream_events_total 5\n"  # no drift counter exported
+    assert (s.windows, s.streak) == ({"click/1": [2, 2]}, 2)
+    metrics.text = "stream_events_total 5\n"  # no drift windows exported
     mon.tick()
     assert MonitorState.load(mon.state_path).streak == 0
     down = Monitor(
         metrics_url="http://127.0.0.1:9/metrics",
-        metric="stream_drift_alarms_total",
+        metric="stream_drift_alarmed_windows_total",
         state_path=mon.state_path,
         retrain_report=runner.report,
         runner=runner,
@@ -164,7 +170,7 @@ def test_a_restarted_worker_an_absent_metric_and_a_down_worker(tmp_path: Path, m
 def test_the_schedule_retrains_without_drift(tmp_path: Path, metrics: _Metrics) -> None:
     clock = [50_000.0]
     mon, runner = _monitor(tmp_path, metrics.url, clock, every_s=86_400, models=("click",), promote=False)
-    metrics.alarms(click=0)
+    metrics.windows(click=(0, 0))
     assert mon.tick() == {"reason": "schedule: no retrain yet", "retrain": 0, "compare": {"click": 0}}
     assert runner.calls[0][-2:] == ["--models", "click"] and "--promote" not in runner.calls[1]
     clock[0] += 3600
@@ -183,17 +189,18 @@ def test_a_failed_retrain_compares_nothing(tmp_path: Path, metrics: _Metrics) ->
 
 def test_due_and_observe() -> None:
     s = MonitorState()
-    assert observe(s, 4) == 0 and observe(s, 4) == 0 and observe(s, 6) == 2 and s.streak == 1
-    assert due(s, 0, persist=1, every_s=0, cooldown_s=0) == "drift: new alarms in 1 consecutive polls"
+    assert observe(s, {"m/1": (4, 1)}) == 0 and observe(s, {"m/1": (4, 1)}) == 0
+    assert observe(s, {"m/1": (5, 2), "m/2": (1, 1)}) == 2 and s.streaks == {"m/1": 1, "m/2": 1}
+    assert due(s, 0, persist=1, every_s=0, cooldown_s=0) == "drift: 1 drift windows in a row alarmed"
     s.last_retrain_ms = 0
     assert due(s, 999, persist=1, every_s=0, cooldown_s=1) is None
 
 
 def test_cli_once_polls_and_keeps_its_state(tmp_path: Path, metrics: _Metrics, capsys: Any) -> None:
-    metrics.alarms(click=7)
+    metrics.windows(click=(7, 3))
     state = tmp_path / "m" / "state.json"
     assert main(["monitor", "--once", "--no-outcomes", "--metrics-url", metrics.url, "--state", str(state)]) == 0
-    assert MonitorState.load(state).alarms == 7
+    assert MonitorState.load(state).windows == {"click/1": [7, 3]}
     assert main(["monitor", "--once", "--interval", "soon"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--interval" in err
@@ -256,7 +263,7 @@ def _shadow_monitor(tmp_path: Path, clock: list[float], **kw: Any) -> tuple[Moni
     runner = _ShadowRunner(tmp_path / "reports")
     mon = Monitor(
         metrics_url="http://unused/metrics",
-        metric="stream_drift_alarms_total",
+        metric="stream_drift_alarmed_windows_total",
         state_path=tmp_path / "state.json",
         retrain_report=runner.retrain,
         runner=runner,
