@@ -337,7 +337,7 @@ def recommendation(ctx: Context) -> dict[str, Any]:
             "users": len(uidx),
             **{f"{n} precision@{K}": _ci_text(v, f"precision@{K}") for n, v in models.items()},
             "hybrid vs popularity": verdict,
-            "oracle": "simulator truth" if sim_truth is not None else "no ground truth",
+            "ground_truth": "the simulator's (oracle ranking)" if sim_truth is not None else "no ground truth",
             "weights": best_w,
             "cold_start_item_share": round(cold_items, 3),
         },
