@@ -104,33 +104,42 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return lo_bound
 
 
+def demo_settings(name: str, worker_id: str, **overrides: Any) -> Settings:
+    """A demo's settings: everything under ``<STREAM_DATA_DIR>/<name>`` (emptied first), a free metrics port,
+    and (on embedded ClickHouse) a database of its own."""
+    from stream.kafka.embedded import free_port
+
+    base = load_settings()
+    root = base.data_dir / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return load_settings(
+        data_dir=root,
+        chdb_path=root / "chdb",
+        models_dir=root / "models",
+        reports_dir=root / "reports",
+        state_dir=root / "state",
+        worker_web_port=free_port(),
+        worker_id=worker_id,
+        clickhouse_database=base.clickhouse_database if base.clickhouse_url else name.replace("-", "_"),
+        **overrides,
+    )
+
+
 def run_demo(
     minutes: float = 2.0, users: int = 2000, days: int = 45, rate: float = 1500.0, profile: str = "demo"
 ) -> int:
     from simulator import SimConfig, generate
     from simulator.sinks import backfill, produce_dataset
     from stream.clickhouse import connect
-    from stream.kafka.embedded import free_port, kafka_or_embedded
+    from stream.kafka.embedded import kafka_or_embedded
     from stream.kafka.io import consume
     from stream.kafka.topics import ensure_topics
     from stream.tools.process import WorkerProcess
 
     clock = Clock()
-    base = load_settings()
-    root = base.data_dir / "demo"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    port = free_port()
-    settings = load_settings(
-        data_dir=root,
-        chdb_path=root / "chdb",
-        models_dir=root / "models",
-        reports_dir=root / "reports",
-        state_dir=root / "state",
-        worker_web_port=port,
-        worker_id="demo-worker",
-        clickhouse_database=base.clickhouse_database if base.clickhouse_url else "demo",
-    )
+    settings = demo_settings("demo", "demo-worker")
+    root, port = settings.data_dir, settings.worker_web_port
     # enough live days for `minutes` of traffic at `rate` (the simulator makes ~8-12 events per user-day)
     live_days = max(1, int(minutes * 60 * rate / (users * 8)) + 1)
     worker: WorkerProcess | None = None

@@ -31,7 +31,6 @@ import bisect
 import dataclasses
 import itertools
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,10 +43,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stream.config import Settings, load_settings
+from stream.config import Settings
 from stream.errors import InfraError
 from stream.kafka import clients
-from stream.tools.demo import DAY_MS, Clock, _alive, _env, _metrics, _sum
+from stream.tools.demo import DAY_MS, Clock, _alive, _env, _metrics, _sum, demo_settings
 
 HOUR_MS = 3_600_000
 #: live events are produced in slices of this much event time, so that progress is known
@@ -218,26 +217,15 @@ def run_drift_demo(
     from simulator import SimConfig, generate
     from simulator.sinks import produce_dataset
     from stream.clickhouse import connect
-    from stream.kafka.embedded import free_port, kafka_or_embedded
+    from stream.kafka.embedded import kafka_or_embedded
     from stream.kafka.topics import ensure_topics
     from stream.state.labels import CLICK_WINDOW_MS
     from stream.tools.process import WorkerProcess
 
     clock = Clock()
-    base = load_settings()
-    root = base.data_dir / "demo-drift"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    port = free_port()
-    settings = load_settings(
-        data_dir=root,
-        chdb_path=root / "chdb",
-        models_dir=root / "models",
-        reports_dir=root / "reports",
-        state_dir=root / "state",
-        worker_web_port=port,
-        worker_id="drift-worker",
-        clickhouse_database=base.clickhouse_database if base.clickhouse_url else "drift",
+    settings = demo_settings(
+        "demo-drift",
+        "drift-worker",
         model_reload_s=2.0,
         monitoring_interval_s=2.0,
         drift_window=500,
@@ -245,6 +233,7 @@ def run_drift_demo(
         quality_window=500,
         retrain_window_days=window_days,
     )
+    root, port = settings.data_dir, settings.worker_web_port
     worker: WorkerProcess | None = None
     monitor: subprocess.Popen[bytes] | None = None
     timeline = Timeline()

@@ -194,13 +194,8 @@ class Api:
 
     # --- endpoints -------------------------------------------------------------------------
 
-    async def get_user(self, request: web.Request) -> web.StreamResponse:
-        try:
-            uid = valid_id(request.match_info["user_id"], "user_id")
-            as_of = parse_as_of(request.query.get("as_of"))
-        except BadRequest as exc:
-            return error(400, str(exc))
-        p = partition_for(uid.encode(), self.partitions)
+    async def _route(self, request: web.Request, p: int) -> web.StreamResponse | None:
+        """The answer when partition ``p``'s owner is not this worker (forwarded, or 503), else None."""
         owner = self.routing.owner(p)
         if self.app.rebalancing or owner is None:
             return error(503, f"no owner of partition {p} is known now (rebalancing)", retry=True)
@@ -209,8 +204,18 @@ class Api:
                 return error(503, f"forwarded here, but partition {p} is owned by {owner} now", retry=True)
             return await self._forward(request, owner)
         problem = self._not_owned(p)
-        if problem is not None:
-            return error(503, problem, retry=True)
+        return None if problem is None else error(503, problem, retry=True)
+
+    async def get_user(self, request: web.Request) -> web.StreamResponse:
+        try:
+            uid = valid_id(request.match_info["user_id"], "user_id")
+            as_of = parse_as_of(request.query.get("as_of"))
+        except BadRequest as exc:
+            return error(400, str(exc))
+        p = partition_for(uid.encode(), self.partitions)
+        elsewhere = await self._route(request, p)
+        if elsewhere is not None:
+            return elsewhere
         try:
             offset, state = self._read_user(p, uid)
         except StoreUnavailable as exc:
@@ -258,16 +263,9 @@ class Api:
         if self.recs is None:
             return error(503, "this worker serves no recommendations", retry=True)
         p = partition_for(uid.encode(), self.partitions)
-        owner = self.routing.owner(p)
-        if self.app.rebalancing or owner is None:
-            return error(503, f"no owner of partition {p} is known now (rebalancing)", retry=True)
-        if owner != self.url:
-            if HOP in request.headers:
-                return error(503, f"forwarded here, but partition {p} is owned by {owner} now", retry=True)
-            return await self._forward(request, owner)
-        problem = self._not_owned(p)
-        if problem is not None:
-            return error(503, problem, retry=True)
+        elsewhere = await self._route(request, p)
+        if elsewhere is not None:
+            return elsewhere
         try:
             reads = unpack_reads(self._read_partition(self.rt.tables["reads"], p, uid))
             body = self.recs.answer(uid, reads, k)
