@@ -115,8 +115,8 @@ def hits_at_k(scores: np.ndarray, truth: Sequence[set[int]], k: int) -> np.ndarr
 
     Ties are broken by the lower column index (so the count is deterministic).
 
-    >>> hits_at_k(np.array([[0.9, 0.1, 0.5], [0.0, 0.0, 1.0]]), [{0, 1}, {1}], 2)
-    array([1., 1.])
+    >>> hits_at_k(np.array([[0.9, 0.1, 0.5], [0.0, 0.0, 1.0]]), [{0, 1}, {1}], 2)  # row 2: columns 2, then 0 of the tie
+    array([1., 0.])
     """
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.array([len(t & set(row.tolist())) for t, row in zip(truth, order, strict=True)], dtype=float)

@@ -5,7 +5,7 @@
 >>> ds.events["event_time"].is_monotonic_increasing
 True
 >>> sorted(ds.truth)
-['ad_arms', 'ad_impressions', 'article_impressions', 'sessions', 'user_daily', 'users']
+['ad_arms', 'ad_impressions', 'article_impressions', 'articles', 'sessions', 'user_daily', 'user_preferences', 'users']
 """
 
 from simulator.config import SimConfig
