@@ -121,7 +121,9 @@ def test_idle_partitions_do_not_hold_back_click_rows(
     envs = [
         {
             **worker_env,
-            "STREAM_ARTICLE_WAIT_MS": "2000",
+            # a worker held back by an idle partition waits this out on every batch (hundreds of
+            # rows); 2 s was at times too short for the other worker's folds on 2 shared cores
+            "STREAM_ARTICLE_WAIT_MS": "5000",
             "STREAM_STATE_DIR": str(tmp_path / f"state-{i}"),
             "STREAM_CHDB_PATH": str(tmp_path / f"ch-{i}"),
             "STREAM_WORKER_WEB_PORT": str(port),
