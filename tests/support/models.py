@@ -153,6 +153,30 @@ class Segmenter:
         return np.asarray(self.km.predict(self.pca.transform(self.scaler.transform(x))))
 
 
+def fit_segmentation(
+    frame: pd.DataFrame, k: int, seed: int, names: Mapping[int, str]
+) -> tuple[dict[str, Any], StandardScaler, PCA, KMeans, pd.Series]:
+    """batch_training/segmentation.py's pipeline fitted with scikit-learn on ``frame``'s columns: the
+    registry parameters it stands for, and the fitted scaler, PCA, K-Means and fill medians."""
+    median = frame.median()
+    xs = np.log1p(np.clip(frame.fillna(median).fillna(0.0).to_numpy(), 0, None))
+    scaler = StandardScaler().fit(xs)
+    pca = PCA(n_components=0.9, random_state=seed).fit(scaler.transform(xs))
+    km = KMeans(k, n_init=4, random_state=seed).fit(pca.transform(scaler.transform(xs)))
+    params = {
+        "columns": list(frame.columns),
+        "transform": "log1p(clip(x, 0))",
+        "fill": median.to_dict(),
+        "scaler_mean": scaler.mean_.tolist(),
+        "scaler_scale": scaler.scale_.tolist(),
+        "pca_components": pca.components_.tolist(),
+        "pca_mean": pca.mean_.tolist(),
+        "centroids": km.cluster_centers_.tolist(),
+        "names": {str(i): n for i, n in names.items()},
+    }
+    return params, scaler, pca, km, median
+
+
 def register_online_models(
     models_dir: Path,
     events: list[Mapping[str, Any]],
@@ -187,23 +211,8 @@ def register_online_models(
         versions["conversion"] = mv.version
     if segmentation:
         m = pd.DataFrame(x.astype(np.float64), columns=list(USER_FEATURES.names))[SEGMENT_COLUMNS]
-        median = m.median()
-        xs = np.log1p(np.clip(m.fillna(median).fillna(0.0).to_numpy(), 0, None))
-        scaler = StandardScaler().fit(xs)
-        pca = PCA(n_components=0.9, random_state=seed).fit(scaler.transform(xs))
-        km = KMeans(k, n_init=4, random_state=seed).fit(pca.transform(scaler.transform(xs)))
         names = {i: f"test segment {i}" for i in range(k)}
-        doc = {
-            "columns": SEGMENT_COLUMNS,
-            "transform": "log1p(clip(x, 0))",
-            "fill": median.to_dict(),
-            "scaler_mean": scaler.mean_.tolist(),
-            "scaler_scale": scaler.scale_.tolist(),
-            "pca_components": pca.components_.tolist(),
-            "pca_mean": pca.mean_.tolist(),
-            "centroids": km.cluster_centers_.tolist(),
-            "names": {str(i): n for i, n in names.items()},
-        }
+        doc, scaler, pca, km, median = fit_segmentation(m, k, seed, names)
         mv = registry.register(
             "segmentation", "json", lambda p: p.write_text(json.dumps(doc)), {"features": USER_FEATURES.to_dict()}
         )

@@ -17,7 +17,7 @@ from simulator import SimConfig, generate
 from stream.models.registry import ModelRegistry, RegistryError
 from stream.models.segments import SegmentModel
 from stream.state import USER_FEATURES
-from tests.support.models import replay_rows
+from tests.support.models import fit_segmentation, replay_rows
 
 
 @pytest.fixture(scope="module")
@@ -29,25 +29,8 @@ def rows() -> np.ndarray:
 
 def _fit(rows: np.ndarray, k: int) -> tuple[dict[str, Any], StandardScaler, PCA, KMeans, pd.Series]:
     """The batch step's pipeline (batch_training/segmentation.py), fitted with scikit-learn."""
-    names = list(USER_FEATURES.names)
-    m = pd.DataFrame(rows, columns=names)[PROFILE_COLUMNS].astype(float)
-    median = m.median()
-    x = np.log1p(np.clip(m.fillna(median).fillna(0.0).to_numpy(), 0, None))
-    scaler = StandardScaler().fit(x)
-    pca = PCA(n_components=0.9, random_state=0).fit(scaler.transform(x))
-    km = KMeans(k, n_init=4, random_state=0).fit(pca.transform(scaler.transform(x)))
-    params = {
-        "columns": PROFILE_COLUMNS,
-        "transform": "log1p(clip(x, 0))",
-        "fill": median.to_dict(),
-        "scaler_mean": scaler.mean_.tolist(),
-        "scaler_scale": scaler.scale_.tolist(),
-        "pca_components": pca.components_.tolist(),
-        "pca_mean": pca.mean_.tolist(),
-        "centroids": km.cluster_centers_.tolist(),
-        "names": {str(i): f"name {i}" for i in range(k)},
-    }
-    return params, scaler, pca, km, median
+    frame = pd.DataFrame(rows, columns=list(USER_FEATURES.names))[PROFILE_COLUMNS].astype(float)
+    return fit_segmentation(frame, k, 0, {i: f"name {i}" for i in range(k)})
 
 
 def test_online_segments_equal_the_fitted_pipeline(rows: np.ndarray) -> None:
