@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from stream.errors import ConfigError
 from stream.kafka.partitioner import partition_for
 from stream.models import SEGMENTS
+from stream.models.recommend import NAME as RECOMMEND_NAME
 from stream.worker.api.answers import BadRequest, decide, parse_as_of, parse_decide, parse_k, user_view, valid_id
 from stream.worker.api.routing import Routing
 from stream.worker.delivery import unpack_user
@@ -358,15 +359,16 @@ class Api:
 
     async def get_models(self, request: web.Request) -> web.StreamResponse:
         models = self.rt.models
-        return _json(
-            {
-                "alias": models.alias,
-                "models": [
-                    {"name": m.name, "version": m.version, "kind": m.kind, "feature_version": m.feature_version}
-                    for m in sorted(models.models.values(), key=lambda m: m.name)
-                ],
-            }
-        )
+        listed: list[dict[str, str | None]] = [
+            {"name": m.name, "version": m.version, "kind": m.kind, "feature_version": m.feature_version}
+            for m in models.models.values()
+        ]
+        rec = self.recs.model if self.recs is not None else None
+        if rec is not None:  # the item factors recommendations fold users into; no feature list
+            listed.append(
+                {"name": RECOMMEND_NAME, "version": rec.version, "kind": "recommendation", "feature_version": None}
+            )
+        return _json({"alias": models.alias, "models": sorted(listed, key=lambda m: str(m["name"]))})
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return self._verdict(self.rt.metrics.health.live())
