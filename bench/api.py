@@ -70,6 +70,7 @@ class _Conn:
 
 
 async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
+    cpu0 = time.process_time()  # the generator's own work, without the interpreter's start
     host, port = spec["host"], spec["port"]
     rps, seconds = spec["rps"], spec["seconds"]
     raws = [r.encode("latin-1") for r in spec["requests"]]
@@ -112,7 +113,7 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
         "p50_ms": lat[n // 2] * 1000 if n else float("nan"),
         "p99_ms": lat[min(n - 1, int(0.99 * n))] * 1000 if n else float("nan"),
         "max_ms": lat[-1] * 1000 if n else float("nan"),
-        "cpu_s": time.process_time(),
+        "cpu_s": time.process_time() - cpu0,
     }
 
 
@@ -190,11 +191,25 @@ class Feeder(threading.Thread):
         self.producer.flush(30)
 
 
-def window(bases: list[str], pids: list[int], seconds: float, load: dict[str, Any] | None) -> dict[str, Any]:
-    """Events/s and worker CPU/event over ``seconds``, with ``load`` (a generator spec) running meanwhile."""
+def window(
+    bases: list[str], pids: list[int], seconds: float, load: dict[str, Any] | None, profile: Path | None = None
+) -> dict[str, Any]:
+    """Events/s and worker CPU/event over ``seconds``, with ``load`` (a generator spec) running meanwhile.
+
+    With ``profile``: py-spy samples worker a (the one asked) meanwhile, folded stacks to that file.
+    """
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pids[0]), "--rate", "50",
+             "--duration", str(int(seconds)), "--nonblocking", "--format", "raw", "-o", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     e0, c0, t0, o0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times()
     result = run_loadgen(load) if load is not None else (time.sleep(seconds) or {})
     e1, c1, t1, o1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times()
+    if spy is not None:
+        spy.wait(60)
     n = e1 - e0
     return {
         **result,
@@ -212,6 +227,7 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--rps", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--profile", type=Path, help="py-spy worker a during each half-rate window, into this directory")
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loadgen:
@@ -296,10 +312,14 @@ def main() -> None:
             feeder = Feeder(bootstrap, topic, rest, max_rate / 2)
             feeder.start()
             time.sleep(2)  # the stream settles at the fed rate
-            results["half rate, API idle"] = window(base, pids, args.seconds, None)
+            prof = args.profile
+            if prof is not None:
+                prof.mkdir(parents=True, exist_ok=True)
+            results["half rate, API idle"] = window(base, pids, args.seconds, None, prof / "idle.txt" if prof else None)
             for name, reqs in cases.items():
                 spec = {**gen, "requests": reqs, "rps": args.rps, "seconds": args.seconds}
-                results[f"half rate, {args.rps:.0f}/s | {name}"] = window(base, pids, args.seconds, spec)
+                out = prof / f"{name.replace(', ', '-').replace(' ', '-')}.txt" if prof else None
+                results[f"half rate, {args.rps:.0f}/s | {name}"] = window(base, pids, args.seconds, spec, out)
             results["half rate, API idle (again)"] = window(base, pids, args.seconds, None)
             if feeder.sent >= len(rest):
                 print("WARNING: the feeder ran out of events before the end: use more --users or --days")

@@ -284,6 +284,15 @@ def create_app(
             "message.max.bytes": producer_max_bytes(s.max_message_bytes),
         },
     )
+    # POST /v1/decide waits for Kafka's acknowledgement of its decision: its own producer, without
+    # the batch producer's linger (5 ms of every answer) and queue of batch outputs ahead of it
+    api_producer = None
+    if api_socket is not None:
+        api_producer = clients.producer(
+            bootstrap,
+            s,
+            **{"linger.ms": 0, "enable.idempotence": True},
+        )
     gap_filler = GapFiller(
         lambda: clients.consumer(
             bootstrap,
@@ -305,6 +314,7 @@ def create_app(
         topics,
         tables,
         producer=producer,
+        api_producer=api_producer,
         gap_filler=gap_filler,
         topic_names=names,
         ledger=Ledger((names["events"], names["article_events"])),
