@@ -1,6 +1,6 @@
 """The worker API's latency with the stream at half its maximum event rate, and what serving costs the stream.
 
-    python bench/api.py [--users 600] [--days 6] [--rps 500] [--seconds 8]
+    python bench/api.py [--users 1000] [--days 6] [--rps 500] [--seconds 6]
 
 Two workers in one group (4 partitions, embedded broker) first process a fifth of the simulated
 history. Then, in one run:
@@ -213,6 +213,8 @@ def window(
     n = e1 - e0
     return {
         **result,
+        "events": n,
+        "seconds_measured": t1 - t0,
         "events_per_s": n / (t1 - t0),
         "cpu_us_per_event": (c1 - c0) / n * 1e6 if n else float("nan"),
         "worker_cores": (c1 - c0) / (t1 - t0),
@@ -223,10 +225,10 @@ def window(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--users", type=int, default=600)
+    ap.add_argument("--users", type=int, default=1000)
     ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--rps", type=float, default=500.0)
-    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--profile", type=Path, help="py-spy worker a during each half-rate window, into this directory")
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -294,7 +296,7 @@ def main() -> None:
                 r = run_loadgen({**gen, "requests": reqs, "rps": 0, "seconds": 0, "sequential": 200})
                 results[f"one at a time, stream idle | {name}"] = r
             # the maximum event rate: a backlog drained with no requests
-            backlog = events[warm : warm + (len(events) - warm) // 3]
+            backlog = events[warm : warm + min(10_000, (len(events) - warm) // 4)]
             rest = events[warm + len(backlog) :]
             e0 = events_done(base)
             c0, t0 = cpu_s(pids), time.monotonic()
@@ -331,6 +333,12 @@ def main() -> None:
                 p.terminate()
             for p in procs:
                 p.wait(60)
+    idle = results.get("half rate, API idle", {}).get("cpu_us_per_event")
+    for key, r in results.items():
+        if " | " in key and "events_per_s" in r and idle is not None and r.get("n"):
+            # the worker CPU beyond what its events cost when idle, per request answered
+            spent = r["worker_cores"] * r["seconds_measured"] - r["events"] * idle / 1e6
+            r["api_us_per_request"] = spent / r["n"] * 1e6
     report(results, args)
     print(f"(one run; logs in {work})")
 
@@ -355,15 +363,16 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     print(f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case")
     print(
         "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
-        "| worker cores | generator cores | feeder cores |"
+        "| API µs CPU/request | worker cores | generator cores | feeder cores |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in results.items():
         cond, _, name = key.partition(" | ")
         print(
             f"| {cond} | {name or '-'} | {r.get('n', '')} | {json.dumps(r.get('statuses', {}))} | "
             f"{r.get('p50_ms', nan):.1f} | {r.get('p99_ms', nan):.1f} | {r.get('max_ms', nan):.1f} | "
             f"{r.get('events_per_s', nan):,.0f} | {r.get('cpu_us_per_event', nan):,.0f} | "
+            f"{r.get('api_us_per_request', nan):,.0f} | "
             f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} |"
         )
 
