@@ -155,6 +155,13 @@ def cpu_s(pids: list[int]) -> float:
     return total / CLK
 
 
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process: /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK
+
+
 def events_done(bases: list[str]) -> int:
     """Events consumed by the workers (the sum of their ``stream_events_total``)."""
     total = 0.0
@@ -205,9 +212,9 @@ def window(
              "--duration", str(int(seconds)), "--nonblocking", "--format", "raw", "-o", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-    e0, c0, t0, o0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times()
+    e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
     result = run_loadgen(load) if load is not None else (time.sleep(seconds) or {})
-    e1, c1, t1, o1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times()
+    e1, c1, t1, o1, m1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
     if spy is not None:
         spy.wait(60)
     n = e1 - e0
@@ -220,6 +227,7 @@ def window(
         "worker_cores": (c1 - c0) / (t1 - t0),
         "feeder_cores": (o1.user + o1.system - o0.user - o0.system) / (t1 - t0),
         "gen_cores": result.get("cpu_s", 0.0) / (t1 - t0),
+        "machine_cores": (m1 - m0) / (t1 - t0),
     }
 
 
@@ -299,7 +307,7 @@ def main() -> None:
             backlog = events[warm : warm + min(10_000, (len(events) - warm) // 4)]
             rest = events[warm + len(backlog) :]
             e0 = events_done(base)
-            c0, t0 = cpu_s(pids), time.monotonic()
+            c0, t0, m0 = cpu_s(pids), time.monotonic(), machine_busy_s()
             produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in backlog])
             while events_done(base) < e0 + len(backlog):
                 time.sleep(0.1)
@@ -307,6 +315,7 @@ def main() -> None:
             max_rate = len(backlog) / (t1 - t0)
             results["max rate (backlog, API idle)"] = {
                 "events_per_s": max_rate,
+                "machine_cores": (machine_busy_s() - m0) / (t1 - t0),
                 "cpu_us_per_event": (cpu_s(pids) - c0) / len(backlog) * 1e6,
                 "worker_cores": (cpu_s(pids) - c0) / (t1 - t0),
             }
@@ -363,9 +372,9 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     print(f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case")
     print(
         "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
-        "| API µs CPU/request | worker cores | generator cores | feeder cores |"
+        "| API µs CPU/request | worker cores | generator cores | feeder cores | machine busy cores |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in results.items():
         cond, _, name = key.partition(" | ")
         print(
@@ -373,7 +382,8 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
             f"{r.get('p50_ms', nan):.1f} | {r.get('p99_ms', nan):.1f} | {r.get('max_ms', nan):.1f} | "
             f"{r.get('events_per_s', nan):,.0f} | {r.get('cpu_us_per_event', nan):,.0f} | "
             f"{r.get('api_us_per_request', nan):,.0f} | "
-            f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} |"
+            f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} | "
+            f"{r.get('machine_cores', nan):.2f} |"
         )
 
 
