@@ -201,8 +201,8 @@ async def test_forwarder_relays_the_owners_answer_on_kept_alive_connections() ->
         slow.set()
         with pytest.raises(ForwardError):
             await fwd.get(f"http://127.0.0.1:{free_port()}", "/nobody-listens", {})
-        with pytest.raises(ForwardError, match="only http"):
-            await fwd.get("https://127.0.0.1:1", "/", {})
+        with pytest.raises(ForwardError, match="expected http"):
+            await fwd.get("ftp://127.0.0.1:1", "/", {})
     finally:
         fwd.close()
         await runner.cleanup()

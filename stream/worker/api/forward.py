@@ -12,6 +12,7 @@ only GETs are forwarded, so that is safe.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from urllib.parse import urlsplit
 
 #: the most idle connections kept per owner
@@ -51,25 +52,26 @@ def parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 class Forwarder:
-    """Kept-alive connections to the owners (by their API URL, ``http://host:port``)."""
+    """Kept-alive connections to the owners (by their API URL, ``http(s)://host:port``)."""
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._idle: dict[str, list[_Conn]] = {}
-        self._addr: dict[str, tuple[str, int]] = {}
+        self._addr: dict[str, tuple[str, int, ssl.SSLContext | None]] = {}
 
-    def _address(self, owner: str) -> tuple[str, int]:
+    def _address(self, owner: str) -> tuple[str, int, ssl.SSLContext | None]:
         addr = self._addr.get(owner)
         if addr is None:
             u = urlsplit(owner)
-            if u.scheme != "http" or not u.hostname:
-                raise ForwardError(f"cannot forward to {owner!r}: only http://host:port URLs")
-            addr = self._addr[owner] = (u.hostname, u.port or 80)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ForwardError(f"cannot forward to {owner!r}: expected http(s)://host:port")
+            tls = ssl.create_default_context() if u.scheme == "https" else None  # a TLS proxy before the owner
+            addr = self._addr[owner] = (u.hostname, u.port or (443 if tls else 80), tls)
         return addr
 
     async def get(self, owner: str, path_qs: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) of ``GET path_qs`` at ``owner``, within the timeout; else :class:`ForwardError`."""
-        host, port = self._address(owner)
+        host, port, _ = self._address(owner)
         head = f"GET {path_qs} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         raw = (head + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode("latin-1")
         try:
@@ -85,9 +87,9 @@ class Forwarder:
                 return await self._send(owner, conn, raw)
             except _Stale:
                 continue
-        host, port = self._address(owner)
+        host, port, tls = self._address(owner)
         try:
-            conn = _Conn(*await asyncio.open_connection(host, port))
+            conn = _Conn(*await asyncio.open_connection(host, port, ssl=tls))
         except OSError as exc:
             raise ForwardError(str(exc) or type(exc).__name__) from None
         try:
