@@ -1,18 +1,27 @@
-"""The worker API's latency and what serving it costs the stream, two workers on the embedded broker.
+"""The worker API's latency with the stream at half its maximum event rate, and what serving costs the stream.
 
-    python bench/api.py [--users 1000] [--days 10] [--rps 500] [--seconds 10]
+    python bench/api.py [--users 1000] [--days 6] [--rps 500] [--seconds 6]
 
-Two workers in one group (4 partitions) first process a third of the simulated history. Then, at
-``--rps`` requests per second (open loop: each request is sent at its scheduled time, latency counts
-from then, so a slow answer cannot hold back the next ones), for ``--seconds`` each:
+Two workers in one group (4 partitions, embedded broker) first process a fifth of the simulated
+history. Then, in one run:
 
-* ``GET /v1/users/{id}`` sent to worker a for users a owns (local), and for users b owns (one hop);
-* ``POST /v1/decide`` sent to worker a;
+1. **Service time**: 200 requests of each case one at a time (stream idle), the cost without queueing.
+2. **Maximum event rate**: a backlog of the next events is drained with no API load; events/s of the
+   two workers (their ``stream_events_total``) and their CPU per event (``/proc``).
+3. **Half rate**: the rest of the history is produced at half that rate (a paced producer in this
+   process), and, for ``--seconds`` each: no requests (API idle), then each case at ``--rps``
+   requests per second (open loop: each request is due at its scheduled time and its latency counts
+   from then, so a slow answer cannot hold back the next ones):
 
-once with the workers idle and once while they drain a backlog (the second third, produced just
-before: the workers at their full event rate, a harder condition than the issue's half rate).
-Event throughput: how fast the group drains the last third with no API load, against the second
-third's drain under load (from committed offsets).
+   * ``GET /v1/users/{id}`` sent to worker a for users a owns (local), and for users b owns (one hop);
+   * ``POST /v1/decide`` sent to worker a.
+
+   Per window: p50/p99 per case, events/s and worker CPU per event, the load generator's CPU.
+
+The load generator is a separate process (``--loadgen``): a minimal HTTP/1.1 keep-alive client on
+uvloop (no aiohttp client: it costs several times the CPU per request), so its CPU is measured
+apart from the workers' and this process's (the paced producer). All of it shares the machine's
+cores with the two workers: read the CPU columns before the latencies.
 """
 
 from __future__ import annotations
@@ -25,162 +34,236 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
-from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from simulator import SimConfig, generate  # noqa: E402
-from stream.config import load_settings  # noqa: E402
-from stream.kafka.embedded import EmbeddedKafka, free_port  # noqa: E402
-from stream.kafka.io import committed_offsets, produce  # noqa: E402
-from stream.kafka.topics import ensure_topics  # noqa: E402
-from tests.support.models import train_and_register  # noqa: E402
-
 PARTITIONS = 4
+CLK = os.sysconf("SC_CLK_TCK")
 
 
-def ends(bootstrap: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-api-ends"})
-    try:
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(PARTITIONS)}
-    finally:
-        c.close()
+# --- the load generator (its own process) --------------------------------------------------------
+class _Conn:
+    """One keep-alive HTTP/1.1 connection: one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
 
 
-def committed_total(bootstrap: str, group: str, topic: str) -> int:
-    try:
-        return sum(v or 0 for v in committed_offsets(bootstrap, group, topic).values())
-    except Exception:  # the coordinator is busy: ask again
-        return -1
-
-
-def wait_drained(bootstrap: str, group: str, topic: str, timeout_s: float = 300) -> float:
-    """Seconds until the group committed every record of ``topic`` (polled every 0.25 s)."""
-    target = sum(ends(bootstrap, topic).values())
-    began = time.monotonic()
-    while committed_total(bootstrap, group, topic) < target:
-        if time.monotonic() - began > timeout_s:
-            raise SystemExit(f"not drained within {timeout_s:.0f} s")
-        time.sleep(0.25)
-    return time.monotonic() - began
-
-
-async def load(
-    session: aiohttp.ClientSession, method: str, urls: list[str], body: bytes | None, rps: float, seconds: float
-) -> tuple[list[float], dict[int, int]]:
-    """Open-loop requests; latencies (s) from each request's scheduled time, and the status counts."""
+async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
+    cpu0 = time.process_time()  # the generator's own work, without the interpreter's start
+    host, port = spec["host"], spec["port"]
+    rps, seconds = spec["rps"], spec["seconds"]
+    raws = [r.encode("latin-1") for r in spec["requests"]]
+    idle: list[_Conn] = []
     lat: list[float] = []
     statuses: dict[int, int] = {}
 
-    async def one(url: str, due: float) -> None:
-        async with session.request(method, url, data=body) as r:
-            await r.read()
-            statuses[r.status] = statuses.get(r.status, 0) + 1
+    async def one(raw: bytes, due: float) -> None:
+        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
+        try:
+            status = await conn.send(raw)
+        except (OSError, asyncio.IncompleteReadError):
+            statuses[0] = statuses.get(0, 0) + 1
+            conn.writer.close()
+            return
         lat.append(time.perf_counter() - due)
+        statuses[status] = statuses.get(status, 0) + 1
+        idle.append(conn)
 
-    tasks = []
-    start = time.perf_counter()
-    n = int(rps * seconds)
-    for i in range(n):
-        due = start + i / rps
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(urls[i % len(urls)], due)))
-    await asyncio.gather(*tasks)
-    return lat, statuses
+    if spec.get("sequential"):
+        for i in range(spec["sequential"]):
+            await one(raws[i % len(raws)], time.perf_counter())
+    else:
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i in range(int(rps * seconds)):
+            due = start + i / rps
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(raws[i % len(raws)], due)))
+        await asyncio.gather(*tasks)
+    for c in idle:
+        c.writer.close()
+    lat.sort()
+    n = len(lat)
+    return {
+        "n": n,
+        "statuses": statuses,
+        "p50_ms": lat[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": lat[min(n - 1, int(0.99 * n))] * 1000 if n else float("nan"),
+        "max_ms": lat[-1] * 1000 if n else float("nan"),
+        "cpu_s": time.process_time() - cpu0,
+    }
 
 
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+def loadgen_main(spec_json: str) -> None:
+    import uvloop
+
+    spec = json.loads(spec_json)
+    print(json.dumps(uvloop.run(_generate(spec))), flush=True)
 
 
-async def measure(
-    base: list[str], owned: dict[str, list[str]], rps: float, seconds: float, until: Any = None
-) -> dict[str, Any]:
-    """The three cases in turn; then, with ``until``, users requests go on until ``until()`` holds."""
-    a, b = base
-    out: dict[str, Any] = {}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
-        cases = {
-            "users, local": ("GET", [f"{a}/v1/users/{u}" for u in owned[a]], None),
-            "users, one hop": ("GET", [f"{a}/v1/users/{u}" for u in owned[b]], None),
-            "decide": ("POST", [f"{a}/v1/decide"], b'{"user_id": "bench", "context": {"device": "mobile"}}'),
-        }
-        for name, (method, urls, body) in cases.items():
-            if until is None:  # first, one request at a time: the service time without queueing
-                one_by_one = []
-                for i in range(300):
-                    began = time.perf_counter()
-                    async with session.request(method, urls[i % len(urls)], data=body) as r:
-                        await r.read()
-                    one_by_one.append(time.perf_counter() - began)
-                out[f"{name} (one at a time)"] = {
-                    "n": len(one_by_one),
-                    "statuses": {},
-                    "p50_ms": pct(one_by_one, 0.5),
-                    "p99_ms": pct(one_by_one, 0.99),
-                    "max_ms": max(one_by_one) * 1000,
-                }
-            lat, statuses = await load(session, method, urls, body, rps, seconds)
-            out[f"{name} at {rps:.0f}/s"] = {
-                "n": len(lat),
-                "statuses": statuses,
-                "p50_ms": pct(lat, 0.5),
-                "p99_ms": pct(lat, 0.99),
-                "max_ms": max(lat) * 1000,
-            }
-        loop = asyncio.get_running_loop()
-        mixed = [f"{a}/v1/users/{u}" for u in owned[a] + owned[b]]
-        began = time.monotonic()
-        while until is not None and not await loop.run_in_executor(None, until):
-            if time.monotonic() - began > 90:
-                print("the backlog was not drained within 90 s of users requests", flush=True)
-                break
-            await load(session, "GET", mixed, None, rps, 1.0)
+def request_lines(method: str, host: str, paths: list[str], body: bytes | None) -> list[str]:
+    """Raw HTTP/1.1 requests (keep-alive) for the generator."""
+    out = []
+    for p in paths:
+        head = f"{method} {p} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        out.append(head + "\r\n" + (body or b"").decode())
     return out
 
 
-def owners(base: list[str], users: list[str]) -> dict[str, list[str]]:
-    import urllib.request
+def run_loadgen(spec: dict[str, Any]) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--loadgen", json.dumps(spec)], capture_output=True, text=True, timeout=300
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
-    got: dict[str, list[str]] = {u: [] for u in base}
-    for uid in users:
-        with urllib.request.urlopen(f"{base[0]}/v1/users/{uid}", timeout=10) as r:
-            got[r.headers["X-Stream-Served-By"]].append(uid)
-    return got
+
+# --- the bench -------------------------------------------------------------------------------------
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of the processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine spent busy (every core, every process: /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK
+
+
+def events_done(bases: list[str]) -> int:
+    """Events consumed by the workers (the sum of their ``stream_events_total``)."""
+    total = 0.0
+    for b in bases:
+        with urllib.request.urlopen(f"{b}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("stream_events_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+class Feeder(threading.Thread):
+    """Produces ``events`` at ``rate`` per second (in 20 ms steps) until stopped or out of events."""
+
+    def __init__(self, bootstrap: str, topic: str, events: list[dict[str, Any]], rate: float) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "partitioner": "murmur2_random"})
+        self.topic, self.events, self.rate = topic, events, rate
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        began = time.perf_counter()
+        while not self.stop.is_set() and self.sent < len(self.events):
+            due = int((time.perf_counter() - began) * self.rate)
+            while self.sent < min(due, len(self.events)):
+                e = self.events[self.sent]
+                self.producer.produce(self.topic, orjson.dumps(e), e["user_id"].encode())
+                self.sent += 1
+            self.producer.poll(0)
+            time.sleep(0.02)
+        self.producer.flush(30)
+
+
+def window(
+    bases: list[str], pids: list[int], seconds: float, load: dict[str, Any] | None, profile: Path | None = None
+) -> dict[str, Any]:
+    """Events/s and worker CPU/event over ``seconds``, with ``load`` (a generator spec) running meanwhile.
+
+    With ``profile``: py-spy samples worker a (the one asked) meanwhile, folded stacks to that file.
+    """
+    spy = None
+    if profile is not None:
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pids[0]), "--rate", "50",
+             "--duration", str(int(seconds)), "--nonblocking", "--format", "raw", "-o", str(profile)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
+    result = run_loadgen(load) if load is not None else (time.sleep(seconds) or {})
+    e1, c1, t1, o1, m1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
+    if spy is not None:
+        spy.wait(60)
+    n = e1 - e0
+    return {
+        **result,
+        "events": n,
+        "seconds_measured": t1 - t0,
+        "events_per_s": n / (t1 - t0),
+        "cpu_us_per_event": (c1 - c0) / n * 1e6 if n else float("nan"),
+        "worker_cores": (c1 - c0) / (t1 - t0),
+        "feeder_cores": (o1.user + o1.system - o0.user - o0.system) / (t1 - t0),
+        "gen_cores": result.get("cpu_s", 0.0) / (t1 - t0),
+        "machine_cores": (m1 - m0) / (t1 - t0),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--days", type=int, default=10)
+    ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--rps", type=float, default=500.0)
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--profile", type=Path, help="py-spy worker a during each half-rate window, into this directory")
+    ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.loadgen:
+        loadgen_main(args.loadgen)
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers and the broker (finally) on a timeout
 
+    from simulator import SimConfig, generate
+    from stream.config import load_settings
+    from stream.kafka.embedded import EmbeddedKafka, free_port
+    from stream.kafka.io import produce
+    from stream.kafka.topics import ensure_topics
+    from tests.support.models import train_and_register
+
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
-    third = len(events) // 3
-    parts = [events[:third], events[third : 2 * third], events[2 * third :]]
+    warm = len(events) // 5
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     models = work / "models"
-    train_and_register(models, events[:third], seed=1)
-    print(f"input: {len(events)} simulated events ({args.users} users x {args.days} days), in thirds")
+    train_and_register(models, events[:warm], seed=1)
+    print(f"input: {len(events)} simulated events ({args.users} users x {args.days} days)", flush=True)
     with EmbeddedKafka(workdir=work / "kafka") as broker:
         bootstrap = broker.bootstrap
         prefix = "bench."
         ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
-        topic, group = f"{prefix}session-events", "bench-api"
-        produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in parts[0]])
+        topic = f"{prefix}session-events"
+        produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in events[:warm]])
         ports = [free_port(), free_port()]
         base = [f"http://127.0.0.1:{p}" for p in ports]
         procs = []
@@ -189,7 +272,7 @@ def main() -> None:
                 **os.environ,
                 "STREAM_KAFKA_BOOTSTRAP": bootstrap,
                 "STREAM_TOPIC_PREFIX": prefix,
-                "STREAM_WORKER_ID": group,
+                "STREAM_WORKER_ID": "bench-api",
                 "STREAM_WORKER_INSTANCE": str(i),
                 "STREAM_STATE_DIR": str(work / "state"),
                 "STREAM_CHDB_PATH": str(work / "chdb"),
@@ -201,61 +284,107 @@ def main() -> None:
             }
             log = open(work / f"worker{i}.log", "wb")  # noqa: SIM115 - the child's
             procs.append(subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log))
+        pids = [p.pid for p in procs]
+        results: dict[str, dict[str, Any]] = {}
+        feeder = None
         try:
-            drained = wait_drained(bootstrap, group, topic)
-            print(f"first third processed ({drained:.0f} s after start)", flush=True)
-            users = sorted({e["user_id"] for e in parts[0]})
-            while True:
-                try:
-                    owned = owners(base, users)
-                except Exception:
-                    time.sleep(1)
-                    continue
-                if all(owned.values()):
-                    break
-                time.sleep(1)
-            print(f"users per worker: {[len(v) for v in owned.values()]}", flush=True)
-            results = {"idle": asyncio.run(measure(base, owned, args.rps, args.seconds))}
-            print("idle latencies measured", flush=True)
-            before = sum(ends(bootstrap, topic).values())
-            produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in parts[1]])
-            target = sum(ends(bootstrap, topic).values())
-            t0 = time.monotonic()
-
-            def drained() -> bool:
-                done = committed_total(bootstrap, group, topic)
-                print(f"  committed {done} of {target}", flush=True)
-                return done >= target
-
-            results["draining a backlog"] = asyncio.run(measure(base, owned, args.rps, args.seconds, drained))
-            loaded_s = time.monotonic() - t0
-            n1 = target - before
-            before = sum(ends(bootstrap, topic).values())
-            produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in parts[2]])
-            idle_s = wait_drained(bootstrap, group, topic)
-            n2 = sum(ends(bootstrap, topic).values()) - before
+            users = sorted({e["user_id"] for e in events[:warm]})
+            owned = wait_owned(base, users, warm)
+            print(f"warm-up processed; users per worker: {[len(v) for v in owned.values()]}", flush=True)
+            a, b = base
+            host = a.split("//")[1]
+            decide = b'{"user_id": "bench", "context": {"device": "mobile"}}'
+            cases = {
+                "users, local": request_lines("GET", host, [f"/v1/users/{u}" for u in owned[a]], None),
+                "users, one hop": request_lines("GET", host, [f"/v1/users/{u}" for u in owned[b]], None),
+                "decide": request_lines("POST", host, ["/v1/decide"], decide),
+            }
+            gen = {"host": "127.0.0.1", "port": ports[0]}
+            for name, reqs in cases.items():
+                r = run_loadgen({**gen, "requests": reqs, "rps": 0, "seconds": 0, "sequential": 200})
+                results[f"one at a time, stream idle | {name}"] = r
+            # the maximum event rate: a backlog drained with no requests
+            backlog = events[warm : warm + min(10_000, (len(events) - warm) // 4)]
+            rest = events[warm + len(backlog) :]
+            e0 = events_done(base)
+            c0, t0, m0 = cpu_s(pids), time.monotonic(), machine_busy_s()
+            produce(bootstrap, topic, [(e["user_id"].encode(), orjson.dumps(e)) for e in backlog])
+            while events_done(base) < e0 + len(backlog):
+                time.sleep(0.1)
+            t1 = time.monotonic()
+            max_rate = len(backlog) / (t1 - t0)
+            results["max rate (backlog, API idle)"] = {
+                "events_per_s": max_rate,
+                "machine_cores": (machine_busy_s() - m0) / (t1 - t0),
+                "cpu_us_per_event": (cpu_s(pids) - c0) / len(backlog) * 1e6,
+                "worker_cores": (cpu_s(pids) - c0) / (t1 - t0),
+            }
+            print(f"max event rate {max_rate:,.0f}/s ({len(backlog)} events); feeding at half", flush=True)
+            feeder = Feeder(bootstrap, topic, rest, max_rate / 2)
+            feeder.start()
+            time.sleep(2)  # the stream settles at the fed rate
+            prof = args.profile
+            if prof is not None:
+                prof.mkdir(parents=True, exist_ok=True)
+            results["half rate, API idle"] = window(base, pids, args.seconds, None, prof / "idle.txt" if prof else None)
+            for name, reqs in cases.items():
+                spec = {**gen, "requests": reqs, "rps": args.rps, "seconds": args.seconds}
+                out = prof / f"{name.replace(', ', '-').replace(' ', '-')}.txt" if prof else None
+                results[f"half rate, {args.rps:.0f}/s | {name}"] = window(base, pids, args.seconds, spec, out)
+            results["half rate, API idle (again)"] = window(base, pids, args.seconds, None)
+            if feeder.sent >= len(rest):
+                print("WARNING: the feeder ran out of events before the end: use more --users or --days")
         finally:
+            if feeder is not None:
+                feeder.stop.set()
+                feeder.join(60)
             for p in procs:
                 p.terminate()
             for p in procs:
                 p.wait(60)
-    print(f"\nrequests sent to worker a (of 2); at {args.rps:.0f}/s for {args.seconds:.0f} s, open loop:")
-    print("| condition | request | n | statuses | p50 ms | p99 ms | max ms |")
-    print("|---|---|---|---|---|---|---|")
-    for cond, rows in results.items():
-        for name, r in rows.items():
-            print(
-                f"| {cond} | {name} | {r['n']} | {json.dumps(r['statuses'])} | {r['p50_ms']:.1f} | "
-                f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} |"
-            )
-    under = n1 / loaded_s
-    idle = n2 / idle_s
-    print(
-        f"\nevent throughput (2 workers, backlog drained, from committed offsets): {under:,.0f} events/s under "
-        f"{args.rps:.0f} requests/s ({n1} events in {loaded_s:.1f} s), {idle:,.0f} events/s with no requests "
-        f"({n2} events in {idle_s:.1f} s); ratio {under / idle:.2f}"
-    )
+    idle = results.get("half rate, API idle", {}).get("cpu_us_per_event")
+    for key, r in results.items():
+        if " | " in key and "events_per_s" in r and idle is not None and r.get("n"):
+            # the worker CPU beyond what its events cost when idle, per request answered
+            spent = r["worker_cores"] * r["seconds_measured"] - r["events"] * idle / 1e6
+            r["api_us_per_request"] = spent / r["n"] * 1e6
+    report(results, args)
     print(f"(one run; logs in {work})")
+
+
+def wait_owned(base: list[str], users: list[str], warm: int) -> dict[str, list[str]]:
+    while True:
+        try:
+            if events_done(base) >= warm:
+                got: dict[str, list[str]] = {u: [] for u in base}
+                for uid in users:
+                    with urllib.request.urlopen(f"{base[0]}/v1/users/{uid}", timeout=10) as r:
+                        got[r.headers["X-Stream-Served-By"]].append(uid)
+                if all(got.values()):
+                    return got
+        except Exception:  # not listening, rebalancing (503) or the user's events not applied yet (404)
+            pass
+        time.sleep(1)
+
+
+def report(results: dict[str, dict[str, Any]], args: Any) -> None:
+    nan = float("nan")
+    print(f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case")
+    print(
+        "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
+        "| API µs CPU/request | worker cores | generator cores | feeder cores | machine busy cores |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for key, r in results.items():
+        cond, _, name = key.partition(" | ")
+        print(
+            f"| {cond} | {name or '-'} | {r.get('n', '')} | {json.dumps(r.get('statuses', {}))} | "
+            f"{r.get('p50_ms', nan):.1f} | {r.get('p99_ms', nan):.1f} | {r.get('max_ms', nan):.1f} | "
+            f"{r.get('events_per_s', nan):,.0f} | {r.get('cpu_us_per_event', nan):,.0f} | "
+            f"{r.get('api_us_per_request', nan):,.0f} | "
+            f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} | "
+            f"{r.get('machine_cores', nan):.2f} |"
+        )
 
 
 if __name__ == "__main__":

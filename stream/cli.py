@@ -201,7 +201,7 @@ def cmd_clickhouse_stop(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream.tools import ingest, monitor, outcomes, replay, report
+    from stream.tools import ingest, monitor, ope, outcomes, replay, report
     from stream.tools.backtest import cli as backtest_cli
 
     parser = arguments.Parser(prog="python -m stream", description=__doc__.splitlines()[0])
@@ -278,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.register(sub)
     monitor.register(sub)
     outcomes.register(sub)
+    ope.register(sub)
     backtest_cli.register(sub)
     return parser
 

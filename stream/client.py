@@ -107,3 +107,37 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
         reason = raw.decode(errors="replace")[:200]
     retry = exc.headers.get("Retry-After")
     return ApiError(exc.code, reason, float(retry) if retry else None)
+
+
+def outcome_events(
+    decision: dict[str, Any],
+    session_id: str,
+    shown_at_ms: int,
+    clicked_at_ms: int | None = None,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """The events an ad server produces to ``session-events`` for a decision it showed (docs/api.md).
+
+    An ``ad_impression`` of the decided placement, and an ``ad_click`` if it was clicked, both with
+    the decision's ``user_id`` and ``request_id``: that is how an outcome names its decision (the
+    decision id is derived from the policy, user and request id). ``device`` is the request's
+    ``context.device``. Event ids are derived from the decision id: a resend is the same event.
+
+    >>> d = {"decision_id": "9f2c", "request_id": "r1", "user_id": "u42", "placement": "sidebar"}
+    >>> [(e["event_type"], e["event_id"], e["placement"]) for e in outcome_events(d, "s1", 1000, 1500)]
+    [('ad_impression', '9f2c-imp', 'sidebar'), ('ad_click', '9f2c-click', 'sidebar')]
+    """
+    base: dict[str, Any] = {
+        "schema_version": 1,
+        "user_id": decision["user_id"],
+        "session_id": session_id,
+        "request_id": decision["request_id"],
+        "placement": decision["placement"],
+    }
+    if device is not None:
+        base["device"] = {"type": device}
+    did = decision["decision_id"]
+    out = [{**base, "event_id": f"{did}-imp", "event_type": "ad_impression", "event_time": shown_at_ms}]
+    if clicked_at_ms is not None:
+        out.append({**base, "event_id": f"{did}-click", "event_type": "ad_click", "event_time": clicked_at_ms})
+    return out

@@ -24,6 +24,7 @@ from stream.kafka import clients, transport
 from stream.kafka import topics as T
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
+from stream.models.recommend import NAME as RECOMMEND_NAME
 from stream.models.registry import ModelRegistry
 from stream.models.scoring import ModelSet
 from stream.state import DEFAULT_CONFIG
@@ -283,6 +284,15 @@ def create_app(
             "message.max.bytes": producer_max_bytes(s.max_message_bytes),
         },
     )
+    # POST /v1/decide waits for Kafka's acknowledgement of its decision: its own producer, without
+    # the batch producer's linger (5 ms of every answer) and queue of batch outputs ahead of it
+    api_producer = None
+    if api_socket is not None:
+        api_producer = clients.producer(
+            bootstrap,
+            s,
+            **{"linger.ms": 0, "enable.idempotence": True},
+        )
     gap_filler = GapFiller(
         lambda: clients.consumer(
             bootstrap,
@@ -304,6 +314,7 @@ def create_app(
         topics,
         tables,
         producer=producer,
+        api_producer=api_producer,
         gap_filler=gap_filler,
         topic_names=names,
         ledger=Ledger((names["events"], names["article_events"])),
@@ -313,13 +324,19 @@ def create_app(
     )
     app.publisher = rt
     recs = Recommendations(
-        ModelRegistry(s.models_dir), tables["reads"], tables["articles"], s.recommend_max_age_hours, s.recommend_reads
+        ModelRegistry(s.models_dir),
+        tables["reads"],
+        tables["articles"],
+        s.recommend_max_age_hours,
+        s.recommend_reads,
+        on_loaded=lambda version: _set_version_gauge(metrics.model_version, RECOMMEND_NAME, version),
     )
+    recs.refresh_model(force=True)  # loaded at start like the scoring models, listed by GET /v1/models
     events.register(app, rt, monitor, recs)
     if monitor is not None:
         monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"])
     articles.register(app, rt)
-    _register_services(app, rt)
+    _register_services(app, rt, recs)
     app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app), recs=recs)  # stream/worker/api/
     return app, rt
 
@@ -444,7 +461,7 @@ async def _rejoin_if_stuck(app: faust.App, rt: Publisher, watch: StartWatch, wai
     await consumer.rejoin()
 
 
-def _register_services(app: faust.App, rt: Publisher) -> None:
+def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | None = None) -> None:
     s = rt.settings
     health = rt.metrics.health
     detector = StallDetector(s.stall_warning_s, on_stalled=lambda tp: rt.metrics.stalls.inc())
@@ -461,6 +478,8 @@ def _register_services(app: faust.App, rt: Publisher) -> None:
         rt.models.refresh()
         if rt.shadow is not None:
             rt.shadow.refresh()
+        if recs is not None:
+            recs.refresh_model()
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def consumer_lag() -> None:

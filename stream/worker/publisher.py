@@ -174,6 +174,9 @@ class Publisher:
     #: the input offsets whose outputs are confirmed: what the consumer commits (set by the app)
     ledger: Ledger = field(default_factory=lambda: Ledger(()))
     producer: Any = None
+    #: the producer of ``POST /v1/decide``'s decisions (no linger: a request waits for its
+    #: acknowledgement), with its own delivery thread; None: ``producer``
+    api_producer: Any = None
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the challengers scored in shadow (``STREAM_SHADOW_ALIAS``), or None
     shadow: ModelSet | None = None
@@ -186,6 +189,7 @@ class Publisher:
     _inflight: asyncio.Semaphore | None = None
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
+    _api_poller: threading.Thread | None = None
     _closing: bool = False
     #: the commit protocol's settle and ack of published batches (made from ``ledger`` and ``consumer``)
     acks: Acks = field(init=False)
@@ -216,16 +220,20 @@ class Publisher:
             self._poller = threading.Thread(target=self._poll, name="output-delivery", daemon=True)
             self._poller.start()
 
-    def _poll(self) -> None:
+    def _poll(self, producer: Any = None) -> None:
+        producer = producer or self.producer
         while not self._closing:
-            self.producer.poll(0.05)
+            producer.poll(0.05)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Stop the poll thread and flush what is still queued (at shutdown)."""
         self._closing = True
-        if self._poller is not None:
-            self._poller.join()
-            self._poller = None
+        for poller in (self._poller, self._api_poller):
+            if poller is not None:
+                poller.join()
+        self._poller = self._api_poller = None
+        if self.api_producer is not None:
+            self.api_producer.flush(timeout_s)
         if self.gap_filler is not None:
             self.gap_filler.close()
         if self.producer is not None:
@@ -486,8 +494,22 @@ class Publisher:
         """
         if self._failure is not None or self._closing:
             raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
-        self.start_polling()  # delivery reports resolve the future
-        waits = await self._send(Outputs(decisions=decisions))
+        if self.api_producer is None:
+            self.start_polling()  # delivery reports resolve the future
+            waits = await self._send(Outputs(decisions=decisions))
+        else:
+            if self._api_poller is None:
+                self._api_poller = threading.Thread(
+                    target=self._poll, args=(self.api_producer,), name="api-delivery", daemon=True
+                )
+                self._api_poller.start()
+            report = _Reports(asyncio.get_running_loop(), len(decisions), self.settings.max_message_bytes)
+            topic = self.topic_names["decisions"]
+            for d in decisions:  # a few hundred bytes each: far below any size limit
+                self.api_producer.produce(topic, orjson.dumps(d), d["user_id"].encode(), on_delivery=report)
+            waits = [report.future]
+            if self.sink is not None:
+                waits.append(await self.sink.put("bandit_decisions", decisions))
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from stream.models.recommend import NAME, Candidate, Candidates, RecommendModel, rank
@@ -94,8 +94,11 @@ class Recommendations:
         max_age_hours: float,
         max_reads: int,
         alias: str = "production",
+        on_loaded: Callable[[str | None], None] | None = None,
     ) -> None:
         self.registry = registry
+        #: called with the version loaded (None: none any more), as ModelSet's ``on_loaded``
+        self.on_loaded = on_loaded
         self.reads = reads
         self.articles = articles
         self.max_age_ms = max_age_hours * HOUR_MS
@@ -127,9 +130,10 @@ class Recommendations:
 
     # --- the API -------------------------------------------------------------------------------
 
-    def refresh_model(self) -> None:
+    def refresh_model(self, force: bool = False) -> None:
+        """Load the alias's version if it changed (checked at most every REFRESH_S unless ``force``)."""
         now = time.monotonic()
-        if now - self._model_at < REFRESH_S:
+        if not force and now - self._model_at < REFRESH_S:
             return
         self._model_at = now
         token = self.registry.alias_token(NAME)
@@ -140,9 +144,14 @@ class Recommendations:
             mv = self.registry.resolve(NAME, self.alias)
             self.model = RecommendModel.load(mv)
             log.info("loaded model %s version %s (%s)", NAME, mv.version, self.alias)
-        except (RegistryError, OSError, ValueError, KeyError) as exc:
+        except RegistryError as exc:  # none registered or promoted: a normal configuration
+            log.info("no %s model (recommendations by popularity only): %s", NAME, exc)
+            self.model = None
+        except (OSError, ValueError, KeyError) as exc:
             log.warning("no %s model (recommendations by popularity only): %s", NAME, exc)
             self.model = None
+        if self.on_loaded is not None:
+            self.on_loaded(self.model.version if self.model else None)
         self._cands_at = -1e18  # the half-life and the factors' rows may have changed
         self._decoded = {}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 
 from stream.bandits.thompson import propensities
@@ -146,3 +147,62 @@ def test_as_of_must_be_whole_milliseconds() -> None:
     for bad in ("soon", "-1", "1.5"):
         with pytest.raises(BadRequest, match="as_of"):
             parse_as_of(bad)
+
+
+async def test_forwarder_relays_the_owners_answer_on_kept_alive_connections() -> None:
+    """stream/worker/api/forward.py against a real aiohttp server: reuse, a closed idle connection, errors."""
+    import asyncio
+
+    from aiohttp import web
+
+    from stream.kafka.embedded import free_port
+    from stream.worker.api.forward import Forwarder, ForwardError
+
+    peers: list[object] = []
+    slow = asyncio.Event()
+
+    async def answer(request: web.Request) -> web.Response:
+        peers.append(request.transport.get_extra_info("peername") if request.transport else None)
+        if request.path == "/slow":
+            await slow.wait()
+        return web.json_response(
+            {"path": request.path_qs, "hop": request.headers.get("X-Stream-Forwarded")},
+            status=503 if request.path == "/busy" else 200,
+            headers={"Retry-After": "1", "X-Stream-Served-By": "owner"} if request.path == "/busy" else None,
+        )
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    owner = f"http://127.0.0.1:{port}"
+    fwd = Forwarder(timeout_s=0.5)
+    try:
+        status, headers, body = await fwd.get(owner, "/v1/users/u1?as_of=5", {"X-Stream-Forwarded": "me"})
+        assert status == 200 and orjson.loads(body) == {"path": "/v1/users/u1?as_of=5", "hop": "me"}
+        assert headers["content-type"].startswith("application/json")
+        status, headers, _ = await fwd.get(owner, "/busy", {})
+        assert status == 503 and headers["retry-after"] == "1" and headers["x-stream-served-by"] == "owner"
+        assert peers[0] == peers[1]  # the same kept-alive connection
+
+        # the owner closes its idle connections (a restart): the next request goes on a new one
+        await runner.cleanup()
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        status, _, body = await fwd.get(owner, "/again", {})
+        assert status == 200 and orjson.loads(body)["path"] == "/again"
+
+        with pytest.raises(ForwardError, match="TimeoutError"):
+            await fwd.get(owner, "/slow", {})
+        slow.set()
+        with pytest.raises(ForwardError):
+            await fwd.get(f"http://127.0.0.1:{free_port()}", "/nobody-listens", {})
+        with pytest.raises(ForwardError, match="expected http"):
+            await fwd.get("ftp://127.0.0.1:1", "/", {})
+    finally:
+        fwd.close()
+        await runner.cleanup()

@@ -114,3 +114,51 @@ def test_the_worker_s_draws_follow_the_propensities_it_logs() -> None:
     for arm, p in logged.items():
         share = sum(d["placement"] == arm for d in decisions) / n
         assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / n), (arm, share, p)
+
+
+def test_decision_log_keeps_decisions_shown_as_decided_with_their_propensities_and_clicks() -> None:
+    """stream.tools.ope: decisions joined with ad outcomes by (user_id, request_id, placement)."""
+    import pandas as pd
+
+    from stream.tools.ope import DECISION_COLUMNS, OUTCOME_COLUMNS, decision_log, decision_ope
+
+    api = "thompson-api"
+    decisions = pd.DataFrame(
+        [
+            ["d1", "r1", "u1", "mobile", "a", 0.5, api, 0],  # shown, clicked in the window
+            ["d2", "r2", "u1", "mobile", "b", 0.25, api, 0],  # shown, not clicked
+            ["d3", "r3", "u2", "desktop", "a", 0.5, api, 0],  # shown, clicked after the window: 0
+            ["d4", "r4", "u2", "desktop", "b", 0.25, api, 0],  # shown in another placement
+            ["d5", "r5", "u3", "mobile", "a", 0.5, api, 0],  # never shown
+            ["d6", "r1", "u3", "mobile", "b", 0.25, api, 0],  # same request id, another user: shown, clicked
+            ["d1", "r1", "u1", "mobile", "a", 0.5, api, 0],  # a duplicate row (ReplacingMergeTree before merge)
+        ],
+        columns=DECISION_COLUMNS,
+    )
+    outcomes = pd.DataFrame(
+        [
+            ["ad_impression", "u1", "r1", "a", 100],
+            ["ad_impression", "u1", "r1", "a", 100],  # delivered twice
+            ["ad_click", "u1", "r1", "a", 150],
+            ["ad_impression", "u1", "r2", "b", 100],
+            ["ad_click", "u1", "r2", "a", 150],  # a click on another placement is not this ad's
+            ["ad_impression", "u2", "r3", "a", 100],
+            ["ad_click", "u2", "r3", "a", 100 + 1001],
+            ["ad_impression", "u2", "r4", "a", 100],
+            ["ad_impression", "u3", "r1", "b", 100],
+            ["ad_click", "u3", "r1", "b", 100],
+        ],
+        columns=OUTCOME_COLUMNS,
+    )
+    log = decision_log(decisions, outcomes, click_window_ms=1000)
+    got = {d: (p, c) for d, p, c in log.rows[["decision_id", "propensity", "click"]].itertuples(index=False)}
+    assert got == {"d1": (0.5, 1.0), "d2": (0.25, 0.0), "d3": (0.5, 0.0), "d6": (0.25, 1.0)}
+    assert (log.decisions, log.not_shown, log.other_placement) == (6, 1, 1)
+
+    est = {r.policy: r for r in decision_ope(log, ["a", "b"])}
+    # always a: rewards 1, 0 on the two a-rows (mu 0.5) -> terms 2, 0, 0, 0 over 4 rows
+    assert est["always a"].ips.value == pytest.approx(2 / 4)
+    # always b: b-rows d2 (0, mu .25), d6 (1, mu .25) -> terms 0, 4 over 4 rows; SNIPS 4 / (4 + 4)
+    assert est["always b"].ips.value == pytest.approx(4 / 4)
+    assert est["always b"].snips.value == pytest.approx(0.5)
+    assert est["always a"].replay is None  # logged propensities not uniform: no replay estimate

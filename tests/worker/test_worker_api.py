@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -304,3 +305,94 @@ def test_two_workers_answer_for_each_others_users(
     finally:
         b.stop()
         a.stop()
+
+
+def test_api_decisions_and_their_outcomes_reach_off_policy_estimates(
+    kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Decide over HTTP, produce what an ad server would (docs/api.md), and run the OPE over ClickHouse."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from stream.clickhouse import connect
+    from stream.client import outcome_events
+    from stream.config import load_settings
+    from stream.tools.ope import decision_ope, read_decision_log
+
+    prefix, group = worker_env["STREAM_TOPIC_PREFIX"], worker_env["STREAM_WORKER_ID"]
+    topic = f"{prefix}session-events"
+    create_topics(kafka_bootstrap, worker_env)
+    events = sim_events[:1500]
+    produce(kafka_bootstrap, topic, payloads(events))
+    users = sorted({e["user_id"] for e in events})
+    t0 = max(e["event_time"] for e in events) + 60_000
+    port = free_port()
+    rng = np.random.default_rng(18)
+    with WorkerProcess(kafka_bootstrap, api_env(worker_env, port), tmp_path / "worker.log"):
+        wait(lambda: all_processed(kafka_bootstrap, group, topic), 120, "the worker did not process every event")
+        client = WorkerClient(f"http://127.0.0.1:{port}")
+        wait(client.ready, 60, "the worker not ready")
+        # 60 decisions; the test's ad server shows 50 as decided (a seeded fifth of them clicked),
+        # shows 5 in another placement than decided, and never shows 5
+        want: dict[str, tuple[str, str, float, float]] = {}  # decision id -> (context, placement, propensity, click)
+        other = never = 0
+        outcomes: list[dict[str, Any]] = []
+        for i in range(60):
+            device = ("mobile", "desktop", "tablet")[i % 3]
+            d = client.decide(users[i % len(users)], context={"device": device}, request_id=f"ope-{i}")
+            assert d["policy"] == "thompson-api" and 0 < d["propensity"] <= 1
+            shown_at = t0 + i * 1000
+            if i % 12 == 5:
+                never += 1
+                continue
+            if i % 12 == 7:
+                other += 1
+                moved = {**d, "placement": next(p for p in ("top_banner", "sidebar") if p != d["placement"])}
+                outcomes += outcome_events(moved, f"ope-s{i}", shown_at, shown_at + 2000, device)
+                continue
+            click = bool(rng.random() < 0.2)
+            outcomes += outcome_events(d, f"ope-s{i}", shown_at, shown_at + 2000 if click else None, device)
+            want[d["decision_id"]] = (device, d["placement"], d["propensity"], float(click))
+        assert len(want) == 50 and 0 < sum(w[3] for w in want.values()) < 50
+        produce(kafka_bootstrap, topic, payloads(outcomes))
+        wait(lambda: all_processed(kafka_bootstrap, group, topic), 60, "the worker did not process the outcomes")
+
+        settings = load_settings(chdb_path=Path(worker_env["STREAM_CHDB_PATH"]), clickhouse_database="publisher")
+
+        def logged() -> Any:
+            ch = connect(settings, apply_schema=False)
+            try:
+                return read_decision_log(ch, "thompson-api", settings.click_join_window_ms)
+            finally:
+                ch.close()
+
+        wait(lambda: len(logged().rows) == 50, 60, "the decisions and their outcomes did not reach ClickHouse")
+        log = logged()
+        assert (log.decisions, log.not_shown, log.other_placement) == (60, never, other)
+        got = {r.decision_id: (r.device_type, r.placement, r.propensity, r.click) for r in log.rows.itertuples()}
+        assert got == want  # every shown API decision, its logged propensity exactly, its click
+
+        # the estimates are those of the test's own (context, placement, propensity, click) rows
+        est = {r.policy: r for r in decision_ope(log, ("top_banner", "sidebar", "in_article", "footer"))}
+        rows = list(want.values())
+        for arm in ("top_banner", "sidebar", "in_article", "footer"):
+            terms = [c / mu if p == arm else 0.0 for _, p, mu, c in rows]
+            weights = [1 / mu if p == arm else 0.0 for _, p, mu, _ in rows]
+            assert est[f"always {arm}"].ips.value == pytest.approx(sum(terms) / len(rows))
+            if sum(weights):
+                assert est[f"always {arm}"].snips.value == pytest.approx(sum(terms) / sum(weights))
+            assert est[f"always {arm}"].ips.n == 50
+
+        # the same from the command line
+        out = subprocess.run(
+            [sys.executable, "-m", "stream", "ope", "--policy", "thompson-api"],
+            env={**os.environ, **api_env(worker_env, port), "STREAM_KAFKA_BOOTSTRAP": kafka_bootstrap},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        clicks = int(sum(w[3] for w in want.values()))
+        assert f"decisions of policy thompson-api: 60; shown as decided: 50 ({clicks} clicked)" in out.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,13 @@ def test_recommendations_never_include_a_read_article(
         assert checked(base, route, f"/v1/users/{uid}/recommendations?k=5")[0] == 200
         status, body = checked(base, route, f"/v1/users/{uid}/recommendations?k=0")
         assert status == 400 and "k must be" in body["error"]
+
+        # GET /v1/models lists the recommendation version next to the scoring models, as documented
+        status, listed = checked(base, "/v1/models", "/v1/models")
+        assert status == 200
+        rec = [m for m in listed["models"] if m["name"] == "recommendation"]
+        assert rec == [
+            {"name": "recommendation", "version": version, "kind": "recommendation", "feature_version": None}
+        ]
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+            assert f'stream_model_info{{model="recommendation",version="{version}"}} 1.0' in r.read().decode()

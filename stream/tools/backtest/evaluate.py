@@ -346,7 +346,10 @@ def off_policy(
 ) -> list[OpeRow]:
     """Replay / IPS / SNIPS of each policy from the logged (context, placement, click) data.
 
-    The logging propensity defaults to uniform over ``placements`` (the simulator's site policy).
+    The logging propensity is the log's ``propensity`` column when it has one (the worker's logged
+    decisions, ``stream/tools/ope.py``; replay is then left out, being unbiased only under uniform
+    logging), else ``logging_propensity``, by default uniform over ``placements`` (the simulator's
+    site policy).
     Every estimate is of the policy's expected clicks per ad impression over the logged
     impressions (bots left out, see :func:`ad_log`). The true value (with truth) is that same
     quantity: the mean over the logged impressions of ``sum_a pi(a | logged device) *
@@ -354,7 +357,9 @@ def off_policy(
     :func:`arm_ctr` with the log's start).
     """
     idx = {a: i for i, a in enumerate(placements)}
-    mu = np.full(len(log), logging_propensity or 1.0 / len(placements))
+    logged_mu = "propensity" in log.columns
+    uniform = logging_propensity or 1.0 / len(placements)
+    mu = log.propensity.to_numpy(float) if logged_mu else np.full(len(log), uniform)
     logged = log.placement.map(idx).to_numpy()
     r = log.click.to_numpy(float)
     devices = log.device_type.to_numpy()
@@ -363,7 +368,7 @@ def off_policy(
         probs = np.vstack([pol.get(d, np.full(len(placements), 1 / len(placements))) for d in devices])
         pi_logged = probs[np.arange(len(log)), logged]
         deterministic = bool(np.isin(probs, (0.0, 1.0)).all())
-        rep = replay(logged, r, probs.argmax(axis=1)) if deterministic else None
+        rep = replay(logged, r, probs.argmax(axis=1)) if deterministic and not logged_mu else None
         truth = float("nan")
         if ctr is not None:
             true_ctr = np.vstack([ctr[(int(d), str(dev))] for d, dev in zip(log.day, log.true_device, strict=True)])
