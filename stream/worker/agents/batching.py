@@ -59,8 +59,11 @@ async def run_batches(
                 if not full.is_set():
                     await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
             else:
-                while not full.is_set():  # until full, max_s after the first event, or idle_s after the last
-                    left = min(first_at + max_s, last_at + idle_s) - clock.monotonic()
+                # Quiet counts from the later of the last event and now: while ``handle`` ran, the
+                # loop was busy and no event could arrive, which is no sign that none is waiting.
+                since = clock.monotonic()
+                while not full.is_set():  # until full, max_s after the first event, or idle_s of quiet
+                    left = min(first_at + max_s, max(last_at, since) + idle_s) - clock.monotonic()
                     if left <= 0:
                         break
                     await wait_event(full, left, clock)
