@@ -1,7 +1,8 @@
 """Worker throughput and latency, side by side with three baselines, on the embedded broker.
 
-    python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate 2000] [--tuned-naive]
+    python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate half|N|off] [--tuned-naive]
                            [--quix] [--floor] [--no-check] [--archive-off] [--baseline REV]
+                           [--variants b,c,d] [--scale-out] [--latency-seconds 30]
 
 All variants consume the same preloaded topic of simulated events (4 partitions):
 
@@ -49,8 +50,18 @@ order). Click scores also read article popularity, and decisions the bandit coun
 partition, both as far as folded at that moment in the worker (``STREAM_ARTICLE_WAIT_MS=0``) and
 in the peers: the share that agrees is printed, not required.
 
-Latency: our worker alone, at a fixed offered load, event produced (with event_time = now) ->
-prediction read by a consumer.
+Latency (``--rate``, by default ``half``: half of (d)'s median events/s measured in the same run):
+our worker alone at that offered load, event produced (with event_time = now) -> prediction read
+by a consumer, and ``ad_request`` produced -> its decision read, after a 5 s warm-up. The per-stage
+breakdown is the worker's own ``stream_stage_seconds`` histogram (fetch, queue, process,
+inflight, ack, settle; docs/worker.md, "Latency") over the same window, and the prediction's Kafka timestamp (the
+worker's produce) -> read from the records. ``--variants d`` runs only the worker's throughput
+(to get the rate) before it.
+
+With ``--scale-out``, each repeat also runs (d2): two ``stream worker`` processes in one consumer
+group (their own RocksDB directories, one ClickHouse), events/s and CPU per event of both
+processes together; the ratio (d2)/(d) is printed per repeat and for the medians. The same input
+goes to a topic of its own once both are in the group (:func:`run_scaled`).
 """
 
 from __future__ import annotations
@@ -258,51 +269,247 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.kill()
 
 
-def latency(bootstrap: str, work: Path, models: Path, events: list[dict], rate: float, seconds: float) -> list[float]:
-    """Our worker at ``rate`` events/s: seconds from produce (event_time = now) to prediction read."""
+@dataclass
+class Latency:
+    """One latency run: per output record, seconds from the event's production to its read."""
+
+    rate: float
+    seconds: float
+    predictions: list[float]  # event produced (event_time = now) -> prediction read
+    decisions: list[float]  # ad_request produced -> its decision read
+    published_to_read: list[float]  # the prediction's own Kafka timestamp (the worker's produce) -> read
+    stages: dict[str, list[tuple[float, float]]]  # the worker's stream_stage_seconds over the window: (le, count)
+    proc_us: float  # CPU µs per event offered, of the worker (+ its ClickHouse server) and the broker
+    broker_us: float
+
+
+def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
+    """The worker's ``stream_stage_seconds`` buckets per stage (cumulative counts, ``le`` ascending)."""
+    from stream.testing import scrape_series
+
+    out: dict[str, list[tuple[float, float]]] = {}
+    for labels, value in scrape_series(port, "stream_stage_seconds_bucket"):
+        out.setdefault(labels["stage"], []).append((float(labels["le"]), value))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile of cumulative histogram buckets by linear interpolation inside the bucket (Prometheus's rule).
+
+    >>> round(bucket_quantile([(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)], 0.75), 3)
+    0.15
+    """
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lo, lo_n = q * total, 0.0, 0.0
+    for le, n in buckets:
+        if n >= rank:
+            if le == float("inf"):
+                return lo
+            return lo + (le - lo) * (rank - lo_n) / max(n - lo_n, 1e-12)
+        lo, lo_n = le, n
+    return lo
+
+
+def latency(
+    bootstrap: str,
+    work: Path,
+    models: Path,
+    events: list[dict],
+    rate: float,
+    seconds: float,
+    broker: list[int],
+    warmup_s: float = 5.0,
+    profile: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Latency:
+    """Our worker at ``rate`` events/s offered: seconds from produce (event_time = now) to output read.
+
+    The first ``warmup_s`` of offered load are left out (the worker's first batches, connections
+    and caches); the worker's ``stream_stage_seconds`` and the CPU are read over the same window.
+    ``profile``: py-spy samples the worker over that window into this file (collapsed stacks,
+    threads holding the GIL), for :func:`print_profile`.
+    """
+    from stream.kafka.embedded import free_port
+
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
+    port = free_port()
+    chdb = work / "lat-chdb"
     env = {
         "STREAM_KAFKA_BOOTSTRAP": bootstrap,
         "STREAM_TOPIC_PREFIX": prefix,
         "STREAM_WORKER_ID": f"lat-{prefix}",
         "STREAM_STATE_DIR": str(work / "lat-state"),
-        "STREAM_CHDB_PATH": str(work / "lat-chdb"),
+        "STREAM_CHDB_PATH": str(chdb),
         "STREAM_MODELS_DIR": str(models),
-        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_WORKER_WEB_PORT": str(port),
+        **(extra_env or {}),
     }
     worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / "latency-worker.log")
-    lat: list[float] = []
+    got: dict[str, list[tuple[float, float, float]]] = {"predictions": [], "decisions": []}
     stop_at = [0.0]
+    window = [float("inf")]  # event_time (s) from which outputs count
 
     def read() -> None:
-        c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"lat-read-{prefix}", "auto.offset.reset": "latest"})
-        c.subscribe([f"{prefix}predictions"])
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"lat-read-{prefix}",
+                "auto.offset.reset": "latest",
+                "fetch.wait.max.ms": 5,  # the reader is not the worker: it must not add its own wait
+            }
+        )
+        c.subscribe([f"{prefix}{PREDICTIONS}", f"{prefix}{BANDIT_DECISIONS}"])
         while stop_at[0] == 0.0 or time.time() < stop_at[0] + 5:
-            for msg in c.consume(500, 0.2):
-                if not msg.error():
-                    lat.append(time.time() - orjson.loads(msg.value())["event_time"] / 1000)
+            for msg in c.consume(500, 0.05):
+                if msg.error():
+                    continue
+                now = time.time()
+                t_event = orjson.loads(msg.value())["event_time"] / 1000
+                if t_event >= window[0]:
+                    kind = "decisions" if msg.topic().endswith(BANDIT_DECISIONS) else "predictions"
+                    got[kind].append((now - t_event, now - msg.timestamp()[1] / 1000, t_event))
         c.close()
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(15)  # worker start-up and group join
-    lat.clear()
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
-    start, i = time.time(), 0
-    while time.time() - start < seconds:
-        due = int((time.time() - start) * rate)
-        while i < due and i < len(events):
-            e = {**events[i], "event_time": int(time.time() * 1000)}
-            p.produce(f"{prefix}session-events", key=e["user_id"].encode(), value=orjson.dumps(e))
-            i += 1
-        p.poll(0)
-        time.sleep(0.005)
-    p.flush()
-    stop_at[0] = time.time()
-    reader.join()
-    stop(worker)
-    return lat
+    try:
+        time.sleep(15)  # worker start-up and group join
+        p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        start, i = time.time(), 0
+        marks: list[tuple[dict[str, list[tuple[float, float]]], float, float]] = []
+        while time.time() - start < seconds + warmup_s:
+            if not marks and time.time() - start >= warmup_s:
+                window[0] = time.time()
+                marks.append((stage_buckets(port), cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)))
+                i0 = i
+                if profile is not None:
+                    spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
+                    spy_cmd += ["--duration", str(int(seconds)), "--rate", "100", "--gil", "--format", "raw"]
+                    spy = subprocess.Popen(
+                        [*spy_cmd, "--output", str(profile), "--nonblocking"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+            due = int((time.time() - start) * rate)
+            while i < due:
+                e = {**events[i % len(events)], "event_time": int(time.time() * 1000)}
+                if i >= len(events):  # the input again, as new events (not duplicates of the first pass)
+                    e["event_id"] = f"{e['event_id'][:56]}~{i // len(events)}"
+                p.produce(f"{prefix}session-events", key=e["user_id"].encode(), value=orjson.dumps(e))
+                i += 1
+            p.poll(0)
+            time.sleep(0.002)
+        p.flush()
+        stop_at[0] = time.time()
+        reader.join()
+        marks.append((stage_buckets(port), cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)))
+    finally:
+        stop_at[0] = stop_at[0] or time.time()
+        reader.join()
+        stop(worker)
+    if profile is not None:
+        with contextlib.suppress(NameError, subprocess.TimeoutExpired):
+            spy.wait(30)
+    (b0, p0, k0), (b1, p1, k1) = marks
+    n = max(i - i0, 1)
+    stages = {k: [(le, c - dict(b0.get(k, [])).get(le, 0.0)) for le, c in v] for k, v in b1.items()}
+    return Latency(
+        rate,
+        seconds,
+        [x[0] for x in got["predictions"]],
+        [x[0] for x in got["decisions"]],
+        [x[1] for x in got["predictions"]],
+        stages,
+        (p1 - p0) / n * 1e6,
+        (k1 - k0) / n * 1e6,
+    )
+
+
+#: (label, frames any of which puts a sample in that group), first match wins: the worker's time by part
+PROFILE_GROUPS = (
+    ("producer poll thread (librdkafka delivery reports)", ("_poll (",)),
+    ("batch processing (BatchProcessor.process)", ("stream/worker/processor.py",)),
+    ("outputs: produce, sink, settle", ("stream/worker/publisher.py", "stream/clickhouse/")),
+    ("article agent", ("agents/articles.py",)),
+    ("table writes and changelogs (faust tables)", ("faust/tables", "rocksdb")),
+    ("consumer: fetch, hand-off, streams", ("faust/transport", "aiokafka", "faust/streams", "transport.py")),
+    ("batching and agents", ("agents/batching.py", "agents/events.py", "faust/agents")),
+)
+
+
+def print_profile(path: Path) -> None:
+    """Shares of the worker's GIL samples by part (py-spy's collapsed stacks in ``path``)."""
+    if not path.exists():
+        print(f"  (no profile: {path} missing)")
+        return
+    groups: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        label = "other (event loop, asyncio, mode)"
+        for name, needles in PROFILE_GROUPS:
+            if any(needle in f for f in frames for needle in needles):
+                label = name
+                break
+        groups[label] = groups.get(label, 0) + n
+    print(f"\nworker profile over the latency window (py-spy, {total} GIL samples, {path}):")
+    for label, n in sorted(groups.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:48s} {n / max(total, 1):6.1%}")
+
+
+def print_latencies(lats: list[tuple[str, Latency]], work: Path, profile: bool) -> None:
+    for j, (extra, lat) in enumerate(lats):
+        if extra:
+            print(f"\n== worker settings: {extra}")
+        print_latency(lat)
+        if profile:
+            print_profile(work / f"latency-profile-{j}.txt")
+
+
+def print_latency(lat: Latency) -> None:
+    """The latency table: end to end, per stage, the decisions."""
+
+    def ms(xs: list[float], q: float) -> str:
+        return f"{pct(xs, q) * 1000:,.0f}" if xs else "n/a"
+
+    print(
+        f"\nlatency at {lat.rate:,.0f} events/s offered for {lat.seconds:.0f} s (after a 5 s warm-up); "
+        f"CPU µs per event: worker {lat.proc_us:,.0f} + broker {lat.broker_us:,.0f}"
+    )
+    print(f"  {'':44s} {'p50 ms':>8} {'p99 ms':>8} {'n':>8}")
+    print(
+        f"  {'event produced -> prediction read':44s} {ms(lat.predictions, 0.5):>8} "
+        f"{ms(lat.predictions, 0.99):>8} {len(lat.predictions):>8}   target p99 <= 100"
+    )
+    print(
+        f"  {'ad_request produced -> decision read':44s} {ms(lat.decisions, 0.5):>8} "
+        f"{ms(lat.decisions, 0.99):>8} {len(lat.decisions):>8}   target p99 <= 50"
+    )
+    labels = {
+        "fetch": "broker -> fetched (Kafka timestamp -> worker)",
+        "queue": "fetched -> batch start",
+        "process": "processing (batch start -> outputs queued)",
+        "inflight": "  of which waiting for an in-flight slot",
+        "ack": "publish -> acknowledged by Kafka",
+        "settle": "publish -> batch committable (+ ClickHouse)",
+    }
+    for key, label in labels.items():
+        b = lat.stages.get(key)
+        if b:
+            q50, q99 = (bucket_quantile(b, q) * 1000 for q in (0.5, 0.99))
+            print(f"  {label:44s} {q50:>8,.1f} {q99:>8,.1f} {b[-1][1]:>8,.0f}   (per event, worker histogram)")
+    print(
+        f"  {'published (prediction timestamp) -> read':44s} {ms(lat.published_to_read, 0.5):>8} "
+        f"{ms(lat.published_to_read, 0.99):>8} {len(lat.published_to_read):>8}   (ack + the reader's fetch)"
+    )
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -351,6 +558,7 @@ NAMES = {
     "f": "compute floor: BatchProcessor in memory",
     "d-": "our worker, event archive and monitoring off",
     "d0": "our worker at the --baseline revision",
+    "d2": "our worker, two processes in one group",
 }
 
 
@@ -495,7 +703,7 @@ def run_variant(
         other = lambda: chdb_pids(chdb)  # noqa: E731
         if check:  # every run writes the same output topics: this one's start where they end now
             outputs = end_offsets(bootstrap, [f"bench.{PREDICTIONS}", f"bench.{BANDIT_DECISIONS}"])
-    proc = run_process(cmd, env, work / f"{group}.log", cwd=baseline if key == "d0" and baseline else ROOT)
+    procs = [run_process(cmd, env, work / f"{group}.log", cwd=baseline if key == "d0" and baseline else ROOT)]
     try:
         sample = committed_rate(
             bootstrap,
@@ -503,19 +711,78 @@ def run_variant(
             topic,
             total,
             timeout_s=900,
-            proc=lambda: [proc.pid],
+            proc=lambda: [p.pid for p in procs],
             broker=broker,
             other=other,
             to_end=check,
         )
     finally:
-        stop(proc)
+        for p in procs:
+            stop(p)
     if not check:
         return sample, None
     got = read_from(bootstrap, outputs)
     preds = [v for t, vs in got.items() if t.endswith(PREDICTIONS) for v in vs]
     decs = [v for t, vs in got.items() if t.endswith("decisions") for v in vs]
     return sample, Outputs(preds, decs)
+
+
+def run_scaled(
+    r: int, bootstrap: str, payloads: list[tuple[bytes, bytes]], work: Path, models: Path, broker: list[int]
+) -> Sample:
+    """(d2): two worker processes in one group, events/s and CPU per event of both together.
+
+    The input goes to a topic of its own once both processes are members of the group and it is
+    stable, so that the measured window holds no join of the second worker (a rebalance and its
+    recovery): what two workers sustain, not how fast they start.
+    """
+    from confluent_kafka import ConsumerGroupState
+
+    prefix = f"scale{r}{uuid.uuid4().hex[:6]}."
+    ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
+    topic = f"{prefix}session-events"
+    group = f"bench-scale-{r}-{uuid.uuid4().hex[:6]}"
+    chdb = work / f"{group}-chdb"
+    env = {
+        "STREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAM_TOPIC_PREFIX": prefix,
+        "STREAM_WORKER_ID": group,
+        "STREAM_STATE_DIR": str(work / group),
+        "STREAM_CHDB_PATH": str(chdb),
+        "STREAM_MODELS_DIR": str(models),
+        "STREAM_WORKER_WEB_PORT": "0",
+        "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+    }
+    cmd = [sys.executable, "-m", "stream", "worker"]
+    procs = [run_process(cmd, {**env, "STREAM_WORKER_INSTANCE": str(i)}, work / f"{group}-{i}.log") for i in (1, 2)]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                desc = admin.describe_consumer_groups([group])[group].result(10)
+                if desc.state == ConsumerGroupState.STABLE and len(desc.members) == 2:
+                    break
+            except KafkaException:
+                pass  # the group does not exist yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the two workers of {group} did not form a stable group in 180 s")
+            time.sleep(0.5)
+        time.sleep(3)  # faust's recovery of the (empty) tables after the assignment
+        produce(bootstrap, topic, payloads)
+        return committed_rate(
+            bootstrap,
+            group,
+            topic,
+            len(payloads),
+            timeout_s=900,
+            proc=lambda: [p.pid for p in procs],
+            broker=broker,
+            other=lambda: chdb_pids(chdb),
+        )
+    finally:
+        for p in procs:
+            stop(p)
 
 
 def run_floor(work: Path, models: Path, check: bool) -> tuple[Sample, Outputs | None]:
@@ -591,13 +858,53 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(int(q * len(xs)), len(xs) - 1)]
 
 
+def rate_arg(text: str) -> str:
+    """``--rate``: events/s (a positive number), ``half`` or ``off``."""
+    if text in ("half", "off"):
+        return text
+    try:
+        if float(text) > 0:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text!r}: expected events/s (a positive number), 'half' or 'off'")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=600)
     ap.add_argument("--days", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--rate", type=float, default=2000.0, help="offered load for the latency run (events/s)")
+    ap.add_argument(
+        "--rate",
+        type=rate_arg,
+        default="half",
+        help="offered load of the latency run: events/s, 'half' (half of (d)'s median events/s in this run) "
+        "or 'off' (no latency run)",
+    )
     ap.add_argument("--latency-seconds", type=float, default=30.0)
+    ap.add_argument(
+        "--latency-env",
+        action="append",
+        metavar="K=V[,K=V]",
+        help="run the latency run (again) with these worker settings, e.g. STREAM_SCORE_BATCH_MS=10; repeatable",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the worker with py-spy during the latency run and print where its time goes",
+    )
+    ap.add_argument(
+        "--variants",
+        default="b,c,d",
+        help="which of the framework variants to run, comma-separated (of b, c, d), or none (with a numeric "
+        "--rate: the latency run alone); the flags add others",
+    )
+    ap.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="also run (d2): two worker processes in one group; prints events/s for one and two and the ratio",
+    )
     ap.add_argument(
         "--tuned-naive",
         action="store_true",
@@ -639,12 +946,18 @@ def main() -> None:
     train_and_register(models, events[: min(total, 30_000)], seed=1)
     payloads = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     print(f"input: {total} simulated events ({args.users} users x {args.days} days), {PARTITIONS} partitions")
+    base = [k.strip() for k in args.variants.split(",") if k.strip() and k.strip() != "none"]
+    if any(k not in ("b", "c", "d") for k in base):
+        ap.error(f"--variants {args.variants!r}: expected a comma-separated list of b, c, d, or none")
+    if (args.rate == "half" or args.scale_out) and "d" not in base:
+        base.append("d")
     keys = (
-        ["b", "c", "d"]
+        base
         + (["q", "q+"] if args.quix else [])
         + (["f"] if args.floor else [])
         + (["d-"] if args.archive_off else [])
         + (["d0"] if args.baseline else [])
+        + (["d2"] if args.scale_out else [])
     )
     baseline = checkout(args.baseline, work) if args.baseline else None
     results: dict[str, list[Sample]] = {k: [] for k in ["a", *keys] + (["c'"] if args.tuned_naive else [])}
@@ -658,7 +971,7 @@ def main() -> None:
         produce(bootstrap, topic, payloads)
         if args.floor:
             dump_records(bootstrap, topic, total, work / "records.jsonl")
-        for r in range(args.repeats):
+        for r in range(args.repeats if keys else 0):  # --variants none: the latency run alone
             results["a"].append(raw_loop(bootstrap, topic, total, broker_pids))
             # Vary the order, and start each variant on a quiet broker: right after the naive
             # variant the broker compacts its changelog, which measured ~20 % off the next variant.
@@ -666,10 +979,13 @@ def main() -> None:
             waited = []
             for key in order:
                 waited.append(settle(broker.pid, args.pause))
-                check = r == 0 and not args.no_check and key not in ("d-", "d0")
-                sample, out = run_variant(
-                    key, r, bootstrap, topic, total, work, models, broker_pids, check=check, baseline=baseline
-                )
+                check = r == 0 and not args.no_check and key not in ("d-", "d0", "d2")
+                if key == "d2":
+                    sample, out = run_scaled(r, bootstrap, payloads, work, models, broker_pids), None
+                else:
+                    sample, out = run_variant(
+                        key, r, bootstrap, topic, total, work, models, broker_pids, check=check, baseline=baseline
+                    )
                 results[key].append(sample)
                 if out is not None:
                     checks[key] = out
@@ -678,8 +994,30 @@ def main() -> None:
                 + ", ".join(f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs" for k, v in results.items()),
                 flush=True,
             )
-        lat = latency(bootstrap, work, models, events, args.rate, args.latency_seconds)
+        lats: list[tuple[str, Latency]] = []
+        if args.rate != "off":
+            rate = statistics.median(s.rate for s in results["d"]) / 2 if args.rate == "half" else float(args.rate)
+            for j, extra in enumerate(args.latency_env or [""]):
+                settle(broker.pid, args.pause)
+                profile = work / f"latency-profile-{j}.txt" if args.profile else None
+                env_extra = dict(kv.split("=", 1) for kv in extra.split(",") if kv)
+                lat = latency(
+                    bootstrap,
+                    work,
+                    models,
+                    events,
+                    rate,
+                    args.latency_seconds,
+                    broker_pids,
+                    profile=profile,
+                    extra_env=env_extra,
+                )
+                lats.append((extra, lat))
 
+    if not keys:
+        print_latencies(lats, work, args.profile)
+        print(f"logs: {work}")
+        return
     med = {k: statistics.median(s.rate for s in v) for k, v in results.items()}
     cpu = {k: statistics.median(s.cpu_us for s in v) for k, v in results.items()}
     print(
@@ -694,9 +1032,18 @@ def main() -> None:
         print(f"  {label}{NAMES[k]:48s} {med[k]:>10,.0f} {cpu[k]:>13,.0f} {proc:>10,.0f} {brk:>9,.0f}")
     chdb = statistics.median(s.other_us for s in results["d"])
     print(f"  (d)'s embedded ClickHouse server, not in its figures: {chdb:,.0f} µs/event")
-    print(f"\n  (d)/(c) = {med['d'] / med['c']:.2f}   target >= 5")
-    print(f"  (d)/(b) = {med['d'] / med['b']:.2f}   target >= 0.5")
+    print()
+    if "c" in med:
+        print(f"  (d)/(c) = {med['d'] / med['c']:.2f}   target >= 5")
+    if "b" in med:
+        print(f"  (d)/(b) = {med['d'] / med['b']:.2f}   target >= 0.5")
     print(f"  (d)/(a) = {med['d'] / med['a']:.2f}")
+    if "d2" in med:
+        print(
+            f"  scale-out: one worker {med['d']:,.0f} events/s ({cpu['d']:,.0f} µs/event), two workers in one "
+            f"group {med['d2']:,.0f} events/s ({cpu['d2']:,.0f} µs/event): (d2)/(d) = {ratio(med['d2'], med['d'])}"
+            f", per repeat {', '.join(ratio(a.rate, b.rate) for a, b in zip(results['d2'], results['d'], strict=True))}"
+        )
     if "c'" in med:
         tuned = med["c'"]
         print(f"  (d)/(c') = {med['d'] / tuned:.2f}   (c) with the worker's process settings")
@@ -732,12 +1079,7 @@ def main() -> None:
             print(f"  ({k}) {'PASS' if ok else 'FAIL'}")
             for line in lines:
                 print(f"      {line}")
-    if lat:
-        print(
-            f"\nlatency at {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f}s, "
-            f"event -> prediction read ({len(lat)} predictions): "
-            f"p50 {pct(lat, 0.5) * 1000:.0f} ms, p99 {pct(lat, 0.99) * 1000:.0f} ms"
-        )
+    print_latencies(lats, work, args.profile)
     print(f"logs: {work}")
     if checks and not all(verdicts):
         sys.exit(1)

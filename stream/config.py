@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
+    score_batch_idle_ms: int = Field(
+        0,
+        ge=0,
+        le=60_000,
+        description="a scoring batch also closes once no event came for this long (0: only size and "
+        "STREAM_SCORE_BATCH_MS): a live stream's events do not wait out the batch window (5 for latency)",
+    )
     article_wait_ms: int = Field(
         0,
         ge=0,
@@ -136,6 +143,28 @@ class Settings(BaseSettings):
         ge=16_384,
         le=64 * 1024**2,
         description="max bytes per partition and fetch: what one topic's backlog can make the others wait for",
+    )
+    consumer_fetch_min_bytes: int = Field(
+        1,
+        ge=1,
+        le=64 * 1024**2,
+        description="bytes the broker gathers for the worker's fetch before it answers, unless "
+        "STREAM_CONSUMER_FETCH_MAX_WAIT_MS passes first (faust's 1; 65536 with a 10 ms wait: fewer, "
+        "fuller fetches under a live stream)",
+    )
+    consumer_fetch_max_wait_ms: int = Field(
+        1500,
+        ge=0,
+        le=30_000,
+        description="longest the broker holds the worker's fetch for STREAM_CONSUMER_FETCH_MIN_BYTES "
+        "(faust's 1500): with more than 1 byte asked, what a fetch adds to an event's latency",
+    )
+    output_linger_ms: int = Field(
+        5,
+        ge=0,
+        le=1_000,
+        description="how long the output producer gathers records into a request before sending "
+        "(predictions, decisions, dead letters, article events)",
     )
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES,

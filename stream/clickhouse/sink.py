@@ -11,7 +11,7 @@ Contract, in the spirit of a batching sink with backpressure:
 4. Backpressure (``on_backpressure``) is on from the first failed insert until an insert
    succeeds, and while a ``put()`` waits for room. The worker stops consuming long before
    ``max_pending``: its batches wait for these futures, and it holds at most a few batches in
-   flight (``Publisher.max_inflight_batches``), so a failing insert is what pauses it.
+   flight (``Publisher.max_inflight_events``), so a failing insert is what pauses it.
 
 The flush interval, the backoff and the insert durations run on an injected clock
 (:mod:`stream.clock`), so the unit tests check the exact schedule on a virtual one.

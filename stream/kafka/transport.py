@@ -14,6 +14,10 @@ hand-off blocked on a full stream buffer.
 and is still raced against the same three events, so records reach the streams in the same
 order and with the same interleaving with rebalances as in faust.
 
+It also notes when each record reached the worker's event loop (``message.time_in``, wall
+clock; faust's ``Monitor`` sensor, which the worker does not run, is its only other writer): the
+``fetch`` and ``queue`` stages of ``stream_stage_seconds`` (docs/worker.md, "Latency").
+
 Two faster replacements that ran the hand-off inline were tried and dropped: under load they
 let a record through after a seek had reset its partition's read offset, and the rebalance test
 then missed a record in about one run in five (docs/worker.md, "Rebalances").
@@ -22,6 +26,7 @@ then missed a record in about one run in five (docs/worker.md, "Rebalances").
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -102,7 +107,26 @@ class _Interrupt:
             self._task.cancel()
 
 
+class FetchThread(driver.AIOKafkaConsumerThread):
+    """faust's aiokafka consumer thread, with the fetch settings of the app (``fetch_settings``).
+
+    faust hard-codes ``fetch_max_wait_ms=1500`` and leaves ``fetch_min_bytes`` at 1: a live
+    stream then gets a fetch answered for every few records (a round trip and a response per
+    fetch, for the worker and the broker), while a fetch of an idle consumer waits 1.5 s.
+    """
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        settings = getattr(self.app, "fetch_settings", None)
+        if settings is not None:  # read by AIOKafkaConsumer.start(), which builds the fetcher
+            consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = settings  # noqa: SLF001
+        return consumer
+
+
 class LedgerConsumer(driver.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return FetchThread(self, loop=self.loop, beacon=self.beacon)
+
     def _new_offset(self, tp: Any) -> int | None:
         ledger = getattr(self.app, "ledger", None)
         if ledger is None or not ledger.tracks(tp.topic):
@@ -149,6 +173,7 @@ class Consumer(LedgerConsumer):
         num_since_yield = 0
         sleep = asyncio.sleep
         interrupt = _Interrupt(loop, self.suspend_flow, self._stopped, self._crashed)
+        now = time.time
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(CONSUMER_FETCHING)
@@ -156,6 +181,7 @@ class Consumer(LedgerConsumer):
                 await self.sleep(0)  # getmany can return at once many times in a row
                 if not self.should_stop:
                     async for tp, message in ait:
+                        message.time_in = now()  # fetched: the latency stages (module docstring)
                         num_since_yield += 1
                         if num_since_yield > yield_every:
                             await sleep(0)

@@ -62,6 +62,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _wait_ready(port: int, timeout_s: float) -> None:
+    """Wait until the worker's ``/readyz`` answers 200 (its partitions assigned and recovered)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # HTTPError (503 while it starts) included
+            pass
+        time.sleep(0.2)
+    raise InfraError(f"the worker was not ready (/readyz on port {port}) within {timeout_s:.0f} s")
+
+
 def _metrics(port: int) -> dict[str, float]:
     """Scrape the worker's Prometheus endpoint into {sample name{labels}: value}."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -192,6 +206,9 @@ def run_demo(
             # 4. worker
             worker = WorkerProcess(bootstrap, env, root / "worker.log").start()
             worker.wait_for_log("loaded model churn", timeout_s=120)
+            # live traffic starts once the worker owns its partitions (/readyz): the latency figure is
+            # the worker's at the offered rate, not the group join and table recovery of its start
+            _wait_ready(port, timeout_s=120)
             clock.say(f"worker running (pid {worker.proc.pid if worker.proc else '?'}, metrics :{port}/metrics)")
 
             # 5. live traffic

@@ -85,6 +85,9 @@ class WorkerApp(faust.App):
     #: records one batch may write to table changelogs (set by create_app from the batch size)
     changelog_burst: int = 500
 
+    #: (fetch_min_bytes, fetch_max_wait_ms) of the consumer (STREAM_CONSUMER_FETCH_*; set by create_app)
+    fetch_settings: tuple[int, int] | None = None
+
     #: STREAM_CONSUMER_HANDOFF (set by create_app)
     consumer_handoff: str = "lean"
 
@@ -199,6 +202,7 @@ def create_app(
     app.changelog_burst = s.score_batch_size
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
+    app.fetch_settings = (s.consumer_fetch_min_bytes, s.consumer_fetch_max_wait_ms)
     topics = {
         # Consumed topics decode without the serializer registry (stream/kafka/schema.py).
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, schema=RawSchema()),
@@ -276,7 +280,7 @@ def create_app(
         bootstrap,
         s,
         **{
-            "linger.ms": 5,
+            "linger.ms": s.output_linger_ms,
             "compression.type": "lz4",
             "enable.idempotence": True,
             "partitioner": "murmur2_random",  # the Java clients' key hashing

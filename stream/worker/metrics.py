@@ -29,6 +29,9 @@ from stream.worker.health import Health, web_app
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: the stages of ``stream_stage_seconds``, in the order an event passes them (docs/worker.md, "Latency")
+STAGES = ("fetch", "queue", "process", "inflight", "ack", "settle")
 
 
 def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
@@ -48,6 +51,15 @@ def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     for bucket, n in zip(histogram._buckets, counts, strict=True):  # noqa: SLF001 - as above
         if n:
             bucket.inc(n)
+
+
+def observe_n(histogram: Histogram, amount: float, n: int) -> None:
+    """``histogram.observe(amount)`` ``n`` times, in one increment (one value per event of a batch)."""
+    if n <= 0:
+        return
+    bounds = histogram._upper_bounds  # noqa: SLF001 - checked by tests/unit/test_private_apis.py
+    histogram._sum.inc(amount * n)  # noqa: SLF001 - as above
+    histogram._buckets[bisect_left(bounds, amount)].inc(n)  # noqa: SLF001 - as above
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -111,6 +123,19 @@ class WorkerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        stage = Histogram(
+            "stream_stage_seconds",
+            "Seconds an input event spends in each stage, one value per event: fetch (its Kafka timestamp to "
+            "fetched by the consumer), queue (fetched to its batch's start), process (batch start to its outputs "
+            "queued on the producer), inflight (the part of process spent waiting for a slot among the batches in "
+            "flight), ack (queued to acknowledged by Kafka), settle (queued to the batch acked: "
+            "Kafka, ClickHouse and the partition's earlier batches)",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        #: ``stream_stage_seconds`` per stage (:data:`STAGES`)
+        self.stage = {name: stage.labels(stage=name) for name in STAGES}
         self.batch_size = Histogram(
             "stream_score_batch_size_rows", "Rows per scoring batch", buckets=_BATCH_BUCKETS, registry=r
         )

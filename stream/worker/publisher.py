@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from stream.kafka.partitioner import partition_for
 from stream.models.scoring import ModelSet
 from stream.worker.agents.gaps import GapFiller, find_gaps
 from stream.worker.delivery import Acks, Ledger, Partition, Span
-from stream.worker.metrics import WorkerMetrics, observe_many
+from stream.worker.metrics import WorkerMetrics, observe_many, observe_n
 from stream.worker.parsing import Record
 from stream.worker.processor import BatchProcessor, Outputs
 from stream.worker.scores import LatestScores
@@ -77,12 +78,21 @@ class _Reports:
     """One batch's Kafka delivery reports: resolves ``future`` on the event loop once all are acknowledged.
 
     Called by librdkafka's delivery reports, which only the publisher's poll thread serves.
+    ``on_acked`` gets the seconds from :meth:`start` (the first record queued) to the last report, on that thread.
     """
 
-    __slots__ = ("error", "future", "loop", "max_message_bytes", "remaining")
+    __slots__ = ("error", "future", "loop", "max_message_bytes", "on_acked", "queued_at", "remaining")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        n: int,
+        max_message_bytes: int,
+        on_acked: Callable[[float], None] | None = None,
+    ) -> None:
         self.loop = loop
+        self.on_acked = on_acked
+        self.queued_at = 0.0
         self.remaining = n
         self.max_message_bytes = max_message_bytes
         self.error: OutputError | None = None
@@ -97,7 +107,13 @@ class _Reports:
             )
         self.remaining -= 1
         if self.remaining == 0:
+            if self.on_acked is not None and self.error is None:
+                self.on_acked(max(time.time() - self.queued_at, 0.0))
             self.loop.call_soon_threadsafe(self._resolve)
+
+    def start(self) -> None:
+        """The records are about to be queued (before the first one: no report can come earlier)."""
+        self.queued_at = time.time()
 
     def _resolve(self) -> None:
         if self.future.done():
@@ -151,6 +167,56 @@ def _chunks(raws: list[bytes], max_n: int, max_bytes: int) -> Iterator[list[byte
         yield chunk
 
 
+#: full batches (``STREAM_SCORE_BATCH_SIZE`` events) whose outputs may be in flight at once
+INFLIGHT_BATCHES = 8
+
+
+class InFlight:
+    """At most ``limit`` input events whose outputs are not confirmed yet, over all partitions.
+
+    It bounds what a worker holds while Kafka or ClickHouse does not confirm (a ClickHouse outage
+    stops consumption here). It counts events, not batches: small batches (a live stream, short
+    batch windows) do not wait for ClickHouse's flush of earlier ones, where a bound of 8 batches
+    made every batch after the 8th wait for one (docs/worker.md, "Latency"). A batch larger than
+    ``limit`` takes the whole budget. Waiters are served in order.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, n: int) -> int:
+        """Take ``n`` events of the budget (at most all of it), waiting for room; returns what was taken."""
+        n = min(max(n, 1), self.limit)
+        if not self._waiters and self.used + n <= self.limit:
+            self.used += n
+            return n
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((n, fut))
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():  # granted, then the waiter was cancelled
+                self.release(n)
+            raise
+        return n
+
+    def release(self, n: int) -> None:
+        """Give back what :meth:`acquire` returned; wake the waiters that fit now, in order."""
+        self.used -= n
+        while self._waiters:
+            m, fut = self._waiters[0]
+            if fut.done():  # its waiter was cancelled
+                self._waiters.popleft()
+                continue
+            if self.used + m > self.limit:
+                break
+            self._waiters.popleft()
+            self.used += m
+            fut.set_result(None)
+
+
 def _partition_of(batch: Sequence[Any]) -> Partition:
     msg = batch[0].message
     return msg.topic, msg.partition
@@ -184,9 +250,10 @@ class Publisher:
     consumer: Callable[[], Any] | None = None
     #: called once with the error that stops the worker (the app crashes itself: stream/worker/app.py)
     on_fatal: Callable[[BaseException], None] | None = None
-    #: batches whose outputs may be in flight at once, over all partitions
-    max_inflight_batches: int = 8
-    _inflight: asyncio.Semaphore | None = None
+    #: input events whose outputs may be in flight at once, over all partitions (None:
+    #: :data:`INFLIGHT_BATCHES` full batches)
+    max_inflight_events: int | None = None
+    _inflight: InFlight | None = None
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
     _api_poller: threading.Thread | None = None
@@ -407,39 +474,75 @@ class Publisher:
         start = self._starts[tp] = max(committed or 0, low)
         return start
 
-    async def publish(self, out: Outputs, batch: Sequence[Any], span: Span = None) -> None:
+    def arrived(self, batch: Sequence[Any], started: float) -> None:
+        """Observe the ``fetch`` and ``queue`` stages of a batch's events, which starts at ``started``.
+
+        The consumer notes when it fetched each record (``message.time_in``, stream/kafka/transport.py);
+        faust's own hand-off (``STREAM_CONSUMER_HANDOFF=faust``) does not, and then nothing is observed.
+        """
+        fetch: list[float] = []
+        queue: list[float] = []
+        for ev in batch:
+            msg = ev.message
+            fetched = msg.time_in
+            if fetched is None:
+                continue
+            if msg.timestamp:
+                fetch.append(max(fetched - msg.timestamp, 0.0))
+            queue.append(max(started - fetched, 0.0))
+        stage = self.metrics.stage
+        observe_many(stage["fetch"], fetch)
+        observe_many(stage["queue"], queue)
+
+    async def publish(
+        self, out: Outputs, batch: Sequence[Any], span: Span = None, started: float | None = None
+    ) -> None:
         """Produce every output of a held batch (see agents/batching.py); ack its input once they are confirmed.
 
         Returns as soon as the outputs are queued, so the next batch is processed while these are
-        in flight (at most ``max_inflight_batches``). The batch's offsets become committable only
-        when Kafka acknowledged every record, the rows are in ClickHouse and the partition's
-        earlier batches are acked: at-least-once delivery. Outputs go through one confluent-kafka
-        producer (librdkafka: a few µs per record, where a faust ``send`` costs tens); table
+        in flight (at most ``max_inflight_events`` input events, :class:`InFlight`). The batch's
+        offsets become committable only when Kafka acknowledged every record, the rows are in
+        ClickHouse and the partition's earlier batches are acked: at-least-once delivery. Outputs
+        go through one confluent-kafka producer (librdkafka: a few µs per record, where a faust
+        ``send`` costs tens); table
         changelogs stay with faust. Every record is fitted under ``STREAM_MAX_MESSAGE_BYTES``
-        first (stream/kafka/limits.py).
+        first (stream/kafka/limits.py). ``started``: when the batch's handling began (wall clock),
+        for the latency stages (``stream_stage_seconds``).
         """
         if self._failure is not None:
             raise self._failure  # crash the agent rather than carry on as if outputs existed
         assert self.producer is not None
         if self._inflight is None:
-            self._inflight = asyncio.Semaphore(self.max_inflight_batches)
+            limit = self.max_inflight_events or INFLIGHT_BATCHES * self.settings.score_batch_size
+            self._inflight = InFlight(limit)
             self.start_polling()
         tp = _partition_of(batch)
         token = self.acks.hold(tp)
+        n = len(batch)
+        stage = self.metrics.stage
+        waited = time.time()
+        inflight = self._inflight
         try:
-            await self._inflight.acquire()
+            taken = await inflight.acquire(n)
         except BaseException:
             self.acks.release(tp, token)
             raise
         try:
-            waits = await self._send(out)
+            ready = time.time()
+            observe_n(stage["inflight"], max(ready - waited, 0.0), n)
+            waits = await self._send(out, lambda secs: observe_n(stage["ack"], secs, n))
+            queued = time.time()
+            if started is not None:
+                observe_n(stage["process"], max(queued - started, 0.0), n)
         except BaseException as exc:  # e.g. cancelled by a rebalance: no settle task will release the slot
-            self._inflight.release()
+            inflight.release(taken)
             self.acks.release(tp, token)
             if isinstance(exc, OutputError):
                 self.fail(exc)
             raise
-        self.acks.settle(tp, token, batch, span, lambda: self._confirmed(waits), lambda: self._count(out))
+        self.acks.settle(
+            tp, token, batch, span, lambda: self._confirmed(waits, taken), lambda: self._count(out, queued, n)
+        )
 
     async def forward(self, article_events: list[tuple[str, bytes]]) -> list[asyncio.Future[None]]:
         """Produce article events (and watermark markers) now, ahead of the rest of their batch.
@@ -450,15 +553,21 @@ class Publisher:
         self.start_polling()  # delivery reports resolve the futures
         return await self._send(Outputs(article_events=article_events))
 
-    async def _send(self, out: Outputs) -> list[asyncio.Future[None]]:
-        """Queue a batch's outputs; the futures resolve once Kafka and ClickHouse have them."""
+    async def _send(
+        self, out: Outputs, on_acked: Callable[[float], None] | None = None
+    ) -> list[asyncio.Future[None]]:
+        """Queue a batch's outputs; the futures resolve once Kafka and ClickHouse have them.
+
+        ``on_acked`` (on the poll thread) gets the seconds until Kafka acknowledged the last record.
+        """
         names = self.topic_names
         limit = self.settings.max_message_bytes
         budget = record_budget(limit)
         articles = article_messages(out.article_events, self.settings.topic_partitions, budget)
         n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
         n += len(out.shadow_predictions)
-        report = _Reports(asyncio.get_running_loop(), n, limit)
+        report = _Reports(asyncio.get_running_loop(), n, limit, on_acked)
+        report.start()
         produce = self._produce
         for key, envelope in out.dead_letters:
             dl_key, value, shrunk = fit_dead_letter(envelope, key, budget)
@@ -531,10 +640,11 @@ class Publisher:
                     raise error from None
                 time.sleep(0.01)
 
-    async def _confirmed(self, waits: list[asyncio.Future[None]]) -> bool:
+    async def _confirmed(self, waits: list[asyncio.Future[None]], taken: int) -> bool:
         """Whether Kafka and ClickHouse confirmed a batch's outputs; an error stops the worker.
 
         Its batch then stays unacked, and so do its partition's later ones (delivery.py).
+        ``taken``: its share of the in-flight budget, given back here.
         """
         try:
             await asyncio.gather(*waits)
@@ -543,13 +653,17 @@ class Publisher:
             return False
         finally:
             assert self._inflight is not None
-            self._inflight.release()
+            self._inflight.release(taken)
         return True
 
-    def _count(self, out: Outputs) -> None:
-        """Count an acked batch's outputs: in order, after its partition's earlier ones (delivery.py)."""
+    def _count(self, out: Outputs, queued: float = 0.0, n: int = 0) -> None:
+        """Count an acked batch's outputs: in order, after its partition's earlier ones (delivery.py).
+
+        ``queued``: when its outputs were queued; ``n``: its input events (the ``settle`` stage).
+        """
         now = time.time()
         m = self.metrics
+        observe_n(m.stage["settle"], max(now - queued, 0.0), n)
         per_model: dict[str, int] = {}
         for p in out.predictions:
             per_model[p["model_name"]] = per_model.get(p["model_name"], 0) + 1

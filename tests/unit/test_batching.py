@@ -241,3 +241,65 @@ async def test_cancelling_stops_the_flusher_and_leaves_the_buffer_unacked() -> N
     assert handled == []
     assert all(e.message.refcount >= 1 for e in evs)  # still held: never committed
     assert clock.pending() == []  # the handler's sleep was cancelled with the flusher, nothing left behind
+
+
+async def test_with_an_idle_limit_a_batch_closes_once_its_partition_is_quiet() -> None:
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01))
+    stream.put(0, 1)
+    await settle()
+    await clock.advance(0.005)
+    stream.put(2)  # within the idle limit of the last event: the batch waits for more
+    await settle()
+    await clock.advance(0.005)
+    assert batches == []
+    await clock.advance(0.005)
+    assert batches == [(T + 0.015, [0, 1, 2])]  # 10 ms after its last event, long before 0.5 s
+    for i in range(3, 53):  # a steady stream, never quiet for 10 ms: batches fill up as without the limit
+        stream.put(i)
+        await settle()
+        await clock.advance(0.009)
+    assert [b for _, b in batches[1:]] == [list(range(k, k + 10)) for k in range(3, 53, 10)]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_the_idle_limit_counts_quiet_only_from_when_the_handler_is_free_again() -> None:
+    """While ``handle`` runs the loop is busy and nothing can arrive (a backlog waits in the
+    consumer): the batch after it must not close at once as if its partition had been quiet."""
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    release = asyncio.Event()
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+        if len(batches) == 1:
+            await release.wait()
+
+    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01))
+    stream.put(0)
+    await settle()
+    await clock.advance(0.01)
+    assert batches == [(T + 0.01, [0])]
+    stream.put(1)  # arrives while the first batch is handled
+    await settle()
+    await clock.advance(0.1)  # the handler runs on: 100 ms without an event
+    release.set()
+    await settle()
+    assert len(batches) == 1  # not closed at once: quiet counts from now
+    await clock.advance(0.005)
+    stream.put(2)
+    await settle()
+    await clock.advance(0.01)
+    assert batches[1:] == [(T + 0.125, [1, 2])]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -1,4 +1,4 @@
-"""Worker metrics: observe_many matches observe(); what /metrics serves; a port in use."""
+"""Worker metrics: observe_many and observe_n match observe(); what /metrics serves; a port in use."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from stream.errors import ConfigError
 from stream.testing import scrape_metrics
-from stream.worker.metrics import WorkerMetrics, observe_many
+from stream.worker.metrics import STAGES, WorkerMetrics, observe_many, observe_n
 
 BUCKETS = (0.005, 0.01, 0.1, 1.0, 10.0)
 
@@ -43,6 +43,23 @@ def test_same_samples_as_observe_one_by_one() -> None:
     assert got.keys() == expected.keys()
     for key, value in expected.items():
         assert abs(got[key] - value) <= 1e-9 * max(1.0, abs(value)), key
+
+
+def test_observe_n_is_observe_n_times() -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    h_one = Histogram("lat_seconds", "x", buckets=BUCKETS, registry=one)
+    h_many = Histogram("lat_seconds", "x", buckets=BUCKETS, registry=many)
+    for value, n in ((0.01, 3), (0.0100001, 2), (20.0, 1), (0.5, 0)):
+        for _ in range(n):
+            h_one.observe(value)
+        observe_n(h_many, value, n)
+    assert _samples(many) == pytest.approx(_samples(one))
+
+
+def test_every_stage_has_a_series_from_the_start() -> None:
+    metrics = WorkerMetrics()
+    for stage in STAGES:
+        assert metrics.registry.get_sample_value("stream_stage_seconds_count", {"stage": stage}) == 0.0
 
 
 def _free_port() -> int:

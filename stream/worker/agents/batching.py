@@ -33,14 +33,20 @@ from stream.worker.parsing import Record
 Handler = Callable[[list[Any]], Awaitable[None]]
 
 
-async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, clock: Clock = SYSTEM) -> None:
+async def run_batches(
+    stream: Any, max_n: int, max_s: float, handle: Handler, clock: Clock = SYSTEM, idle_s: float = 0.0
+) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
+
+    ``idle_s`` > 0 also closes a batch once no event has arrived for that long: a live stream's
+    records come a fetch at a time, and its batch need not wait out ``max_s`` for more; under a
+    backlog events keep coming and batches still fill up to ``max_n`` (docs/worker.md, "Latency").
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
     """
     buf: list[Any] = []
-    first_at = 0.0
+    first_at = last_at = 0.0
     arrived = asyncio.Event()  # the buffer has at least one event
     full = asyncio.Event()  # the buffer has max_n events
     taken = asyncio.Event()  # the flusher took the buffer: there is room again
@@ -49,8 +55,18 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, cl
         nonlocal buf
         while True:
             await arrived.wait()
-            if not full.is_set():
-                await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
+            if idle_s <= 0:
+                if not full.is_set():
+                    await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
+            else:
+                # Quiet counts from the later of the last event and now: while ``handle`` ran, the
+                # loop was busy and no event could arrive, which is no sign that none is waiting.
+                since = clock.monotonic()
+                while not full.is_set():  # until full, max_s after the first event, or idle_s of quiet
+                    left = min(first_at + max_s, max(last_at, since) + idle_s) - clock.monotonic()
+                    if left <= 0:
+                        break
+                    await wait_event(full, left, clock)
             batch, buf = buf, []
             arrived.clear()
             full.clear()
@@ -70,8 +86,9 @@ async def run_batches(stream: Any, max_n: int, max_s: float, handle: Handler, cl
     try:
         async for event in stream.events():
             hold(event)  # see the module docstring
+            last_at = clock.monotonic()
             if not buf:
-                first_at = clock.monotonic()
+                first_at = last_at
                 arrived.set()
             buf.append(event)
             if len(buf) >= max_n:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -117,6 +118,8 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                     )
 
     async def handle(batch: list[Any]) -> None:
+        started = time.time()
+        rt.arrived(batch, started)  # the fetch and queue latency stages
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
@@ -130,12 +133,14 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
         if monitor is not None:  # the batch's predictions are all made: join outcomes, count drift
             monitor.observe(last.partition, out)
-        await rt.publish(out, batch, span)  # acks the batch once its outputs are confirmed
+        await rt.publish(out, batch, span, started)  # acks the batch once its outputs are confirmed
 
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
         try:
-            await run_batches(stream, s.score_batch_size, s.score_batch_ms / 1000, handle)
+            await run_batches(
+                stream, s.score_batch_size, s.score_batch_ms / 1000, handle, idle_s=s.score_batch_idle_ms / 1000
+            )
         except asyncio.CancelledError:
             # faust cancels an isolated actor when its partition is revoked, and its supervisor
             # restarts a cancelled actor on the same stream: should the partition come back, a
