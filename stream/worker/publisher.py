@@ -553,9 +553,7 @@ class Publisher:
         self.start_polling()  # delivery reports resolve the futures
         return await self._send(Outputs(article_events=article_events))
 
-    async def _send(
-        self, out: Outputs, on_acked: Callable[[float], None] | None = None
-    ) -> list[asyncio.Future[None]]:
+    async def _send(self, out: Outputs, on_acked: Callable[[float], None] | None = None) -> list[asyncio.Future[None]]:
         """Queue a batch's outputs; the futures resolve once Kafka and ClickHouse have them.
 
         ``on_acked`` (on the poll thread) gets the seconds until Kafka acknowledged the last record.
