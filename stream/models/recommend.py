@@ -201,9 +201,10 @@ def rank(
 ) -> list[dict[str, Any]]:
     """The ``k`` best candidates not in ``reads`` as ``{article_id, score, reason}``, best first (ties: id).
 
-    Each part is max-normalised over the candidates left and mixed by :func:`blend`; the reason
-    is the largest of the weighted collaborative part, the weighted content part and the
-    normalised exposure rate. Without a model: exposure only.
+    Each part is max-normalised over the candidates left and mixed by :func:`blend`; the score
+    is ``exp`` of the blend (the exposure rate relative to the best candidate's, times the user's
+    affinities: > 0). The reason is the largest of the weighted collaborative part, the weighted
+    content part and the normalised exposure rate. Without a model: exposure only.
     """
     keep = np.ones(len(cands), dtype=bool)
     for a in reads:
@@ -229,8 +230,8 @@ def rank(
         parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(cb), pop])
         score = blend(pop, _norm(cb), _norm(cf), w_cf, w_cb)
     top = np.argsort(-score, kind="stable")[:k]  # idx is in id order: ties go to the lower id
-    reason = parts.argmax(axis=0)
+    reason = np.where(parts.max(axis=0) > 0, parts.argmax(axis=0), 2)  # nothing known: popular
     return [
-        {"article_id": cands.ids[idx[i]], "score": round(float(score[i]), 6), "reason": REASONS[int(reason[i])]}
+        {"article_id": cands.ids[idx[i]], "score": round(float(np.exp(score[i])), 6), "reason": REASONS[int(reason[i])]}
         for i in top.tolist()
     ]

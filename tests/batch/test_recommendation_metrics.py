@@ -131,7 +131,7 @@ def hand(w: dict[str, pd.DataFrame], window_hours: float) -> dict[str, float]:
             existed = end - max(start, alive[a][0])
             exposure[a] = n / (max(existed, HOUR / 2) / HOUR) if existed > 0 else 0.0
 
-        def oracle(a: str, u: str = u) -> float:
+        def oracle(a: str, u: str = u, lo: int = lo) -> float:
             r = ta.loc[a]
             age_h = (lo - r["publish_time"]) / HOUR
             if not 0 <= age_h < 96:

@@ -184,7 +184,7 @@ def test_the_worker_ranks_by_the_evaluated_blend() -> None:
     pop = cands.popularity[keep]
     want = blend(pop / pop.max(), cb / cb.max(), cf / cf.max(), 0.5, 1.0)
     assert [r["article_id"] for r in got] == [items[keep[i]] for i in np.argsort(-want, kind="stable")]
-    assert [r["score"] for r in got] == pytest.approx(sorted(want, reverse=True), abs=1e-6)
+    assert [r["score"] for r in got] == pytest.approx(np.exp(sorted(want, reverse=True)), abs=1e-6)
 
 
 def test_rank_of_nothing_is_empty() -> None:
