@@ -105,6 +105,8 @@ class Recommendations:
         self._model_at = -1e18
         #: per article key: (stored bytes, first_t, max_t, impressions + views per hour)
         self._decoded: dict[Any, tuple[bytes, int, int, dict[int, int]]] = {}
+        #: per article key: (the hour counts it was computed from, newest event's hour, exposure rate)
+        self._rates: dict[Any, tuple[dict[int, int], int, float]] = {}
 
     # --- the events agent ------------------------------------------------------------------
 
@@ -141,11 +143,13 @@ class Recommendations:
             self.model = None
         self._cands_at = -1e18  # the window and the factors' rows may have changed
         self._decoded = {}
+        self._rates = {}
 
     def candidates(self) -> Candidates:
         """Fresh articles with their exposure rate (rebuilt at most every REFRESH_S).
 
-        An article's state is decoded only when its stored bytes changed since the last rebuild.
+        An article's state is decoded only when its stored bytes changed since the last rebuild, and
+        its rate computed again only then or when the newest event's hour changed.
         """
         now = time.monotonic()
         if now - self._cands_at < REFRESH_S:
@@ -164,12 +168,20 @@ class Recommendations:
             new[key] = (raw, st.first_t, st.max_t, hour_counts(st))
         self._decoded = new
         newest = max((v[2] for v in new.values()), default=-1)
+        hour = newest // HOUR_MS
+        old_rates, rates = self._rates, {}
         cands = []
         for key, (_, first_t, _, counts) in new.items():
             if first_t >= 0 and newest - first_t <= self.max_age_ms:
                 aid = key.decode() if isinstance(key, bytes) else str(key)
-                rate = exposure_rate(counts, first_t, newest, window)
+                known = old_rates.get(key)
+                if known is not None and known[0] is counts and known[1] == hour:
+                    rate = known[2]
+                else:
+                    rate = exposure_rate(counts, first_t, newest, window)
+                rates[key] = (counts, hour, rate)
                 cands.append(Candidate(aid, *self.content.get(aid, (None, None)), rate))
+        self._rates = rates
         self._cands = Candidates(cands, self.model)
         return self._cands
 
