@@ -118,7 +118,7 @@ def blend(rate: np.ndarray, content: np.ndarray, collaborative: np.ndarray, w_cf
     offline evaluation per user row, the worker per request), so the scale of the traffic does
     not matter.
 
-    >>> blend(np.array([1.0, 0.5]), np.array([0.0, 1.0]), np.zeros(2), 0.0, 1.0).round(3).tolist()  # ln 1.01, ln 0.51 + 1
+    >>> blend(np.array([1.0, 0.5]), np.array([0.0, 1.0]), np.zeros(2), 0.0, 1.0).round(3).tolist()  # ln 0.51 + 1
     [0.01, 0.327]
     """
     return np.log(rate + POP_FLOOR) + w_cb * content + w_cf * collaborative
