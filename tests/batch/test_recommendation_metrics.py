@@ -25,7 +25,7 @@ N_USERS, N_ARTS, SPAN_MS = 30, 40, 6 * 24 * HOUR
 def world(seed: int = 4) -> dict[str, pd.DataFrame]:
     rng = np.random.default_rng(seed)
     rows = []
-    times = rng.permutation(SPAN_MS)[: N_USERS * 9]  # distinct times: no ties in the split
+    times = rng.choice(SPAN_MS, size=N_USERS * 9, replace=False)  # distinct times: no ties in the split
     i = 0
     for u in range(N_USERS):
         for a in rng.choice(N_ARTS, size=int(rng.integers(5, 10)), replace=False).tolist():
