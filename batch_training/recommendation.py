@@ -1,4 +1,4 @@
-"""Step 4 (recommendation): hybrid of NMF collaborative filtering, content cosine and recent popularity.
+"""Step 4 (recommendation): exposure rate times the user's collaborative and content affinities.
 
 Interactions = article views, clicks and video plays. Split: leave the last ``LEAVE_LAST``
 distinct articles of each user out (by the time the user first consumed them); a user is
@@ -6,30 +6,32 @@ eligible with at least ``LEAVE_LAST + MIN_TRAIN`` distinct articles, and every e
 evaluated. The model is fit on everything else (all users' other interactions). For each user,
 the candidates are the articles alive while the user read the held-out ones (some event of the
 article between its first and last event spans them: news articles are short-lived) and not
-consumed in training; precision@K / recall@K are computed against the held-out articles.
-Articles without CF factors (seen only in held-out interactions: item cold start) are scored by
-the content part (brand + category).
+consumed in training; precision@K / recall@K are computed against the held-out articles. Every
+ranker sees what was known at the user's split time (their first held-out read).
 
 Rankers compared on the same users and candidates:
 
 - ``popularity``: interactions per article over the whole training set;
 - ``recent_popularity``: interactions of every user in the ``POP_WINDOW_DAYS`` before the user's
-  split time (their first held-out read), each weighted ``0.5 ** (age / POP_HALF_LIFE_HOURS)``:
-  what a "trending now" box shows, and the popularity part of the hybrid (and of the worker's);
+  split time, each weighted ``0.5 ** (age / POP_HALF_LIFE_HOURS)``: what a "trending now" box shows;
+- ``exposure``: the articles' impressions + views per hour over the last whole hours
+  (:func:`stream.models.recommend.exposure_rate`): how much the site shows them now;
 - ``collaborative`` (NMF), ``content`` (cosine of brand/category profiles);
-- ``hybrid``: the max-normalised mix of the three; its weights (a grid on the simplex) are
-  cross-fitted: users are split in two seeded halves, each half is scored with the weight tuned
-  on the other, so every eligible user counts once, untuned;
-- ``oracle`` (simulated histories only): each user's true preference per article (the order of
-  their true click probabilities when tastes also drive clicks), from the simulator's truth
+- ``hybrid`` (ours, what the worker serves): :func:`stream.models.recommend.blend`, ``log`` of the
+  exposure rate plus the weighted collaborative and content parts, each max-normalised over the
+  user's candidates. Its exposure window and weights (:data:`CONFIGS`) are the best on a
+  validation split, the same leave-last split inside the training reads (NMF refit without
+  them); the test split only measures the chosen one;
+- ``oracle`` (simulated histories only): each user's true chance to read each article at the
+  split time, ``log exposure + preference`` (:func:`oracle_scores`), from the simulator's truth
   (``truth_articles``, ``truth_user_preferences``); "no ground truth" otherwise.
 
 Each metric has a 95 % bootstrap interval over users; the hybrid is compared with popularity on
 the same users (paired bootstrap of the per-user difference): it "beats popularity" only if that
-interval lies above 0. The registered model (JSON: weights, item factors, content vocabulary,
-popularity decay) uses the weight tuned on all users; it becomes the ``production`` version unless
-it does significantly worse than popularity. The worker folds a user's vector in from their
-reads (:func:`stream.models.recommend.fold_in`).
+interval lies above 0. The registered model (JSON: weights, exposure window, item factors,
+content vocabulary) becomes the ``production`` version unless it does significantly worse than
+popularity. The worker folds a user's vector in from their reads
+(:func:`stream.models.recommend.fold_in`) and ranks with the same :func:`~stream.models.recommend.blend`.
 """
 
 from __future__ import annotations
@@ -43,16 +45,19 @@ import pandas as pd
 
 from batch_training.context import Context, Skipped
 from batch_training.modeling import data_fingerprint, register, write_json
+from stream.models.recommend import POP_FLOOR, blend
 from stream.models.registry import PRODUCTION
 
 LEAVE_LAST = 2
 MIN_TRAIN = 3
 MIN_USERS = 20
 K = 10
-#: (CF, content, popularity) weights of the hybrid: a grid on the simplex, steps of 0.25
-WEIGHTS: tuple[tuple[float, float, float], ...] = tuple(
-    (a / 4, b / 4, (4 - a - b) / 4) for a in range(5) for b in range(5 - a)
+#: the hybrid's (exposure window in hours, collaborative weight, content weight), chosen on validation
+CONFIGS: tuple[tuple[float, float, float], ...] = tuple(
+    (wh, w_cf, w_cb) for wh in (6.0, 12.0, 24.0) for w_cf in (0.0, 0.5, 1.0) for w_cb in (0.0, 0.5, 1.0)
 )
+#: when too few users have a validation split
+FALLBACK_CONFIG = (12.0, 0.0, 0.0)
 BOOTSTRAP = 1000
 USER_BATCH = 2_000
 #: recent popularity: interactions of the last days before the split, halved every POP_HALF_LIFE_HOURS
@@ -61,10 +66,10 @@ POP_HALF_LIFE_HOURS = 12.0
 #: the value of one interaction in the user x article matrix (and in the worker's fold-in)
 INTERACTION = float(np.log1p(1.0))
 HOUR_MS = 3_600_000
-RANKERS = ("popularity", "recent_popularity", "collaborative", "content", "hybrid", "oracle")
+RANKERS = ("popularity", "recent_popularity", "exposure", "collaborative", "content", "hybrid", "oracle")
 
 
-def _load(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _load(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     cons = ctx.ch.query_df(
         "SELECT user_id, article_id, min(toUnixTimestamp64Milli(event_time)) AS t FROM {db}.events "
         "WHERE article_id IS NOT NULL AND event_type IN ('article_view', 'article_click', 'video_play') "
@@ -76,7 +81,13 @@ def _load(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
         "toUnixTimestamp64Milli(max(event_time)) AS last_t FROM {db}.events "
         "WHERE article_id IS NOT NULL GROUP BY article_id"
     )
-    return cons, items
+    # the article state's hourly buckets, as the worker reads them: impressions + views per hour
+    hourly = ctx.ch.query_df(
+        "SELECT article_id, intDiv(toUnixTimestamp64Milli(event_time), 3600000) AS hour, count() AS n "
+        "FROM {db}.events WHERE article_id IS NOT NULL AND event_type IN ('article_impression', 'article_view') "
+        "GROUP BY article_id, hour"
+    )
+    return cons, items, hourly
 
 
 def _load_truth(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -84,7 +95,8 @@ def _load_truth(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     if not (ctx.has_table_rows("truth_articles") and ctx.has_table_rows("truth_user_preferences")):
         return None
     arts = ctx.ch.query_df(
-        "SELECT article_id, brand_index, category_index, topic, quality_logit FROM {db}.truth_articles"
+        "SELECT article_id, toUnixTimestamp64Milli(publish_time) AS publish_time, brand_index, category_index, "
+        "topic, quality_logit, popularity_logit, popularity_decay_hours, feed_max_age_hours FROM {db}.truth_articles"
     )
     prefs = ctx.ch.query_df("SELECT user_id, kind, key, logit FROM {db}.truth_user_preferences")
     return arts, prefs
@@ -184,12 +196,167 @@ def oracle_logits(
     return out
 
 
-def recommendation(ctx: Context) -> dict[str, Any]:
+def hourly_counts(rows: pd.DataFrame, arts: pd.Index) -> tuple[int, np.ndarray]:
+    """(first hour ``h0``, ``cum``): ``cum[a, h - h0]`` = article ``a``'s impressions + views before hour ``h``.
+
+    ``rows`` has one row per (article_id, hour, n) as the step's query returns them.
+    """
+    if rows.empty:
+        return 0, np.zeros((len(arts), 2))
+    h0, h1 = int(rows["hour"].min()), int(rows["hour"].max())
+    m = np.zeros((len(arts), h1 - h0 + 2))
+    a = arts.get_indexer(pd.Index(rows["article_id"]))
+    keep = a >= 0
+    np.add.at(m, (a[keep], rows["hour"].to_numpy(dtype=np.int64)[keep] - h0 + 1), rows["n"].to_numpy(dtype=float)[keep])
+    return h0, np.cumsum(m, axis=1)
+
+
+def exposure_rates(
+    hourly: tuple[int, np.ndarray], first_t: np.ndarray, at: np.ndarray, window_hours: float
+) -> np.ndarray:
+    """(len(at), n_items): :func:`stream.models.recommend.exposure_rate` of every article at each time ``at``."""
+    h0, cum = hourly
+    n_h = cum.shape[1] - 1
+    end_h = at // HOUR_MS
+    start_h = end_h - int(window_hours)
+    col = lambda h: np.clip(h - h0, 0, n_h)  # noqa: E731 - cum's column of "before hour h"
+    n = cum[:, col(end_h)].T - cum[:, col(start_h)].T
+    exposed = end_h[:, None] * HOUR_MS - np.maximum(start_h[:, None] * HOUR_MS, first_t[None, :])
+    return np.where(exposed > 0, n * HOUR_MS / np.maximum(exposed, HOUR_MS // 2), 0.0)
+
+
+def oracle_scores(
+    users: Sequence[str],
+    arts: pd.Index,
+    truth_articles: pd.DataFrame,
+    prefs: pd.DataFrame,
+    at: np.ndarray,
+) -> np.ndarray:
+    """(len(users), len(arts)): how likely each user reads each article at their time ``at``.
+
+    ``log exposure + preference``: the simulator's feed and direct visits draw an article in
+    proportion to its exposure ``exp(popularity_logit - age / popularity_decay_hours)`` (0 past
+    ``feed_max_age_hours`` or before it is published), and a direct visit then picks it in
+    proportion to ``exp(preference)`` (:func:`oracle_logits`). -inf where the article is not
+    shown at ``at``; NaN where the truth has no row.
+    """
+    ta = truth_articles.set_index("article_id").reindex(arts)
+    pub = _ms(ta["publish_time"])
+    age_h = (at[:, None] - pub[None, :]) / HOUR_MS
+    decay = ta["popularity_decay_hours"].to_numpy(dtype=float)[None, :]
+    shown = (age_h >= 0) & (age_h < ta["feed_max_age_hours"].to_numpy(dtype=float)[None, :])
+    log_exposure = np.where(shown, ta["popularity_logit"].to_numpy(dtype=float)[None, :] - age_h / decay, -np.inf)
+    return log_exposure + oracle_logits(users, arts, truth_articles, prefs)
+
+
+def _ms(col: pd.Series) -> np.ndarray:
+    """Epoch milliseconds of a time column (ClickHouse returns datetimes, the test frames integers)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return (col.astype("int64") // (1_000_000 if str(col.dtype).startswith("datetime64[ns") else 1)).to_numpy(
+            dtype=np.int64
+        )
+    return col.to_numpy(dtype=np.int64)
+
+
+class _Data:
+    """What every split scores with: ids, content vectors, alive spans, exposure counts, reads by time."""
+
+    def __init__(self, cons: pd.DataFrame, items: pd.DataFrame, hourly_rows: pd.DataFrame) -> None:
+        self.users = pd.Index(sorted(cons["user_id"].unique()))
+        self.arts = pd.Index(sorted(items["article_id"].unique()))
+        it = items.set_index("article_id").reindex(self.arts)
+        brand_cat = it[["brand", "category"]].fillna("?")
+        self.onehot = pd.get_dummies(brand_cat, prefix_sep="=", dtype=float)
+        content = self.onehot.to_numpy()
+        self.content = content / np.linalg.norm(content, axis=1, keepdims=True).clip(1e-9)
+        self.alive_from = it["first_t"].to_numpy(dtype=np.int64)
+        self.alive_to = it["last_t"].to_numpy(dtype=np.int64)
+        self.hourly = hourly_counts(hourly_rows, self.arts)
+        # every read before a user's split time is known then (whoever's it is)
+        by_t = cons.sort_values("t", kind="stable")
+        self.all_t = by_t["t"].to_numpy(dtype=np.int64)
+        self.all_a = self.arts.get_indexer(by_t["article_id"])
+
+
+def _fit(data: _Data, train: pd.DataFrame, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(user x article matrix, NMF user factors, item factors) of the training reads."""
     from scipy import sparse
     from sklearn.decomposition import NMF
 
+    ui, ai = data.users.get_indexer(train["user_id"]), data.arts.get_indexer(train["article_id"])
+    r = sparse.csr_matrix((np.full(len(ui), INTERACTION), (ui, ai)), shape=(len(data.users), len(data.arts)))
+    n_components = max(1, min(16, len(data.arts) - 1, len(data.users) - 1))
+    nmf = NMF(n_components=n_components, init="nndsvda", max_iter=150, random_state=seed)
+    w = nmf.fit_transform(r)
+    return r, w, nmf.components_
+
+
+def _row_norm(a: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """``a`` max-normalised over each row's candidates (the worker normalises over a request's)."""
+    m = np.where(cand, a, -np.inf).max(axis=1, keepdims=True)
+    return a / np.where(np.isfinite(m) & (m > 0), m, 1.0)
+
+
+def _score_split(
+    data: _Data,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    seed: int,
+    configs: Sequence[tuple[float, float, float]],
+    sim_truth: tuple[pd.DataFrame, pd.DataFrame] | None,
+    baselines: bool,
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray], tuple[Any, np.ndarray, np.ndarray]]:
+    """Per evaluated user: hits@K of the hybrid under each (window_hours, w_cf, w_content) config and,
+    with ``baselines``, of the single rankers (and the oracle with the simulator's truth)."""
+    arts = data.arts
+    eval_users = sorted(test["user_id"].unique())
+    r, w, h = _fit(data, train, seed)
+    held: dict[str, set[int]] = {}
+    for user, a in zip(test["user_id"].tolist(), arts.get_indexer(test["article_id"]).tolist(), strict=True):
+        held.setdefault(user, set()).add(a)
+    span = test.groupby("user_id")["t"].agg(["min", "max"]).reindex(eval_users)
+    uidx = data.users.get_indexer(eval_users)
+    truth = [held[u] for u in eval_users]
+    pop = np.asarray(r.sum(axis=0)).ravel() / INTERACTION
+    hyb = np.zeros((len(uidx), len(configs)))
+    single = {name: np.zeros(len(uidx)) for name in RANKERS if name != "hybrid"}
+    if sim_truth is None or not baselines:
+        single.pop("oracle")
+    if not baselines:
+        single = {}
+    windows = sorted({c[0] for c in configs})
+    for lo in range(0, len(uidx), USER_BATCH):
+        sl = slice(lo, lo + USER_BATCH)
+        u, t = uidx[sl], truth[sl]
+        at = span["min"].to_numpy(dtype=np.int64)[sl]
+        lo_t, hi_t = at[:, None], span["max"].to_numpy(dtype=np.int64)[sl, None]
+        # candidates: articles not read in training and alive while the user read the held-out ones
+        cand = ~((r[u].toarray() > 0) | (data.alive_from[None, :] > hi_t) | (data.alive_to[None, :] < lo_t))
+        penalty = np.where(cand, 0.0, -np.inf)
+        cf = _row_norm(w[u] @ h, cand)
+        prof = np.asarray(r[u] @ data.content)
+        prof /= np.linalg.norm(prof, axis=1, keepdims=True).clip(1e-9)
+        cb = _row_norm(prof @ data.content.T, cand)
+        rates = {wh: _row_norm(exposure_rates(data.hourly, data.alive_from, at, wh), cand) for wh in windows}
+        for j, (wh, w_cf, w_cb) in enumerate(configs):
+            hyb[sl, j] = hits_at_k(blend(rates[wh], cb, cf, w_cf, w_cb) + penalty, t, K)
+        if not baselines:
+            continue
+        single["exposure"][sl] = hits_at_k(rates[configs[0][0]] + penalty, t, K)  # the hybrid without personal parts
+        single["collaborative"][sl] = hits_at_k(cf + penalty, t, K)
+        single["content"][sl] = hits_at_k(cb + penalty, t, K)
+        single["popularity"][sl] = hits_at_k(np.tile(pop, (len(u), 1)) + penalty, t, K)
+        recent = recent_popularity(data.all_t, data.all_a, len(arts), at)
+        single["recent_popularity"][sl] = hits_at_k(recent + penalty, t, K)
+        if sim_truth is not None:
+            logits = oracle_scores(eval_users[sl], arts, *sim_truth, at)
+            single["oracle"][sl] = hits_at_k(np.nan_to_num(logits, nan=-1e6, neginf=-1e6) + penalty, t, K)
+    return eval_users, hyb, single, (r, w, h)
+
+
+def recommendation(ctx: Context) -> dict[str, Any]:
     seed = ctx.profile.seed
-    cons, items = _load(ctx)
+    cons, items, hourly_rows = _load(ctx)
     if cons.empty:
         raise Skipped("no article views, clicks or video plays to learn from")
     train, test = leave_last_n(cons)
@@ -199,85 +366,42 @@ def recommendation(ctx: Context) -> dict[str, Any]:
             f"too few users to evaluate: {len(eval_users)} with >= {LEAVE_LAST + MIN_TRAIN} distinct "
             f"articles (needs {MIN_USERS})"
         )
-    users = pd.Index(sorted(cons["user_id"].unique()))
-    arts = pd.Index(sorted(items["article_id"].unique()))
-    ui, ai = users.get_indexer(train["user_id"]), arts.get_indexer(train["article_id"])
-    r = sparse.csr_matrix((np.full(len(ui), INTERACTION), (ui, ai)), shape=(len(users), len(arts)))
-    n_components = max(1, min(16, len(arts) - 1, len(users) - 1))
-    nmf = NMF(n_components=n_components, init="nndsvda", max_iter=150, random_state=seed)
-    w = nmf.fit_transform(r)
-    h = nmf.components_
-    brand_cat = items.set_index("article_id").reindex(arts)[["brand", "category"]].fillna("?")
-    onehot = pd.get_dummies(brand_cat, prefix_sep="=", dtype=float)
-    content = onehot.to_numpy()
-    content /= np.linalg.norm(content, axis=1, keepdims=True).clip(1e-9)
-    pop = np.bincount(ai, minlength=len(arts)).astype(float)
-    held: dict[str, set[int]] = {}
-    for user, a in zip(test["user_id"].tolist(), arts.get_indexer(test["article_id"]).tolist(), strict=True):
-        held.setdefault(user, set()).add(a)
-    span = test.groupby("user_id")["t"].agg(["min", "max"]).reindex(eval_users)
-    alive_from = items.set_index("article_id").reindex(arts)["first_t"].to_numpy(dtype=np.int64)
-    alive_to = items.set_index("article_id").reindex(arts)["last_t"].to_numpy(dtype=np.int64)
-    uidx = users.get_indexer(eval_users)
-    truth = [held[u] for u in eval_users]
-    # every interaction before a user's split time is known then (whoever's it is)
-    by_t = cons.sort_values("t", kind="stable")
-    all_t = by_t["t"].to_numpy(dtype=np.int64)
-    all_a = arts.get_indexer(by_t["article_id"])
+    data = _Data(cons, items, hourly_rows)
     sim_truth = _load_truth(ctx)
-    # per user and weight: hits of the hybrid; and of the single rankers
-    hyb_hits = np.zeros((len(uidx), len(WEIGHTS)))
-    single = {name: np.zeros(len(uidx)) for name in RANKERS if name != "hybrid"}
-    if sim_truth is None:
-        del single["oracle"]
-    for lo in range(0, len(uidx), USER_BATCH):
-        sl = slice(lo, lo + USER_BATCH)
-        u, t = uidx[sl], truth[sl]
-        lo_t, hi_t = span["min"].to_numpy()[sl, None], span["max"].to_numpy()[sl, None]
-        # candidates: articles not consumed in training and alive while the user read the held-out ones
-        out = (r[u].toarray() > 0) | (alive_from[None, :] > hi_t) | (alive_to[None, :] < lo_t)
-        penalty = np.where(out, -1e9, 0.0)
-        cf = _norm(w[u] @ h)
-        prof = np.asarray(r[u] @ content)
-        prof /= np.linalg.norm(prof, axis=1, keepdims=True).clip(1e-9)
-        cb = _norm(prof @ content.T)
-        recent = recent_popularity(all_t, all_a, len(arts), span["min"].to_numpy()[sl])
-        recent_n = _norm(recent)
-        for j, (w_cf, w_cb, w_pop) in enumerate(WEIGHTS):
-            hyb_hits[sl, j] = hits_at_k(w_cf * cf + w_cb * cb + w_pop * recent_n + penalty, t, K)
-        single["collaborative"][sl] = hits_at_k(cf + penalty, t, K)
-        single["content"][sl] = hits_at_k(cb + penalty, t, K)
-        single["popularity"][sl] = hits_at_k(np.tile(pop, (len(u), 1)) + penalty, t, K)
-        single["recent_popularity"][sl] = hits_at_k(recent + penalty, t, K)
-        if sim_truth is not None:
-            logits = oracle_logits(eval_users[sl], arts, *sim_truth)
-            single["oracle"][sl] = hits_at_k(np.nan_to_num(logits, nan=-1e6) + penalty, t, K)
-
-    def best_weight(rows: np.ndarray) -> int:
-        means = hyb_hits[rows].mean(axis=0)
-        return int(max(range(len(WEIGHTS)), key=lambda j: (means[j], -max(WEIGHTS[j]))))  # ties: the mix
-
-    half = np.random.default_rng(seed).permutation(len(uidx)) % 2 == 0
-    hybrid = np.where(half, hyb_hits[:, best_weight(~half)], hyb_hits[:, best_weight(half)])
-    n_held = np.array([len(t) for t in truth], dtype=float)
+    # Validation: the same split once more inside the training reads; the hybrid's config is the
+    # best there, and the test split only measures it.
+    fit_v, val = leave_last_n(train)
+    if val["user_id"].nunique() >= MIN_USERS:
+        _, val_hits, _, _ = _score_split(data, fit_v, val, seed, CONFIGS, None, baselines=False)
+        means = val_hits.mean(axis=0)
+        best = int(max(range(len(CONFIGS)), key=lambda j: (means[j], -CONFIGS[j][1] - CONFIGS[j][2])))
+    else:
+        best = CONFIGS.index(FALLBACK_CONFIG)
+    window_h, w_cf, w_cb = CONFIGS[best]
+    eval_users, hyb, single, (r, w, h) = _score_split(data, train, test, seed, [CONFIGS[best]], sim_truth, True)
+    users, arts = data.users, data.arts
+    hybrid = hyb[:, 0]
+    pop = np.asarray(r.sum(axis=0)).ravel()
+    n_components = h.shape[0]
+    held_n = test.groupby("user_id")["article_id"].nunique().reindex(eval_users)
+    n_held = held_n.to_numpy(dtype=float)
     models: dict[str, Any] = {}
     for j, (name, hits) in enumerate({"hybrid": hybrid, **single}.items()):
         models[name] = _metrics(hits, n_held, seed + j)
     diff = hybrid / K - single["popularity"] / K
     diff_ci = bootstrap_ci(diff, seed + 99)
     verdict = "better" if diff_ci[0] > 0 else ("worse" if diff_ci[1] < 0 else "no significant difference")
-    best_w = dict(
-        zip(("cf", "content", "popularity"), WEIGHTS[best_weight(np.ones(len(uidx), dtype=bool))], strict=True)
-    )
+    best_w = {"cf": w_cf, "content": w_cb, "popularity": 1.0}
     cold_items = float((pop == 0).mean())
     table = comparison(models, f"precision@{K}")
     evaluation = {
         "split": f"leave-last-{LEAVE_LAST}-per-user",
         "k": K,
         "eligible_users": len(eval_users),
-        "users": len(uidx),
+        "users": len(eval_users),
         "candidates": "articles alive while the user read the held-out ones, not consumed in training",
-        "tuning": "weights cross-fitted over two seeded halves of the users",
+        "tuning": "window and weights: the best on a validation split (the same split inside the training reads)",
+        "hybrid_config": {"window_hours": window_h, "cf": w_cf, "content": w_cb},
         "recent_popularity": {"window_days": POP_WINDOW_DAYS, "half_life_hours": POP_HALF_LIFE_HOURS},
         "ground_truth": sim_truth is not None,
         "models": models,
@@ -290,8 +414,8 @@ def recommendation(ctx: Context) -> dict[str, Any]:
         "n_components": n_components,
         "split": evaluation["split"],
         "interaction": INTERACTION,
-        "popularity": {"half_life_hours": POP_HALF_LIFE_HOURS, "window_days": POP_WINDOW_DAYS},
-        "content_vocabulary": [str(c) for c in onehot.columns],
+        "popularity": {"window_hours": window_h, "floor": POP_FLOOR},
+        "content_vocabulary": [str(c) for c in data.onehot.columns],
         "item_ids": arts.tolist(),
         "item_factors": h.T.round(6).tolist(),
     }
@@ -334,7 +458,7 @@ def recommendation(ctx: Context) -> dict[str, Any]:
         "beats_popularity": verdict == "better",
         "summary": {
             "split": evaluation["split"],
-            "users": len(uidx),
+            "users": len(eval_users),
             **{f"{n} precision@{K}": _ci_text(v, f"precision@{K}") for n, v in models.items()},
             "hybrid vs popularity": verdict,
             "ground_truth": "the simulator's (oracle ranking)" if sim_truth is not None else "no ground truth",
@@ -343,7 +467,7 @@ def recommendation(ctx: Context) -> dict[str, Any]:
         },
     }
     write_json(ctx.reports_dir / "recommendation.json", result)
-    (ctx.reports_dir / "recommendation.md").write_text(format_comparison(table, len(uidx)))
+    (ctx.reports_dir / "recommendation.md").write_text(format_comparison(table, len(eval_users)))
     return result
 
 

@@ -476,7 +476,8 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
             }
         ),
         # What the oracle ranking needs: a user's preference for an article is quality_logit + the
-        # user's brand, category and topic logits (user_preferences); see the DDL's comments.
+        # user's brand, category and topic logits (user_preferences), and how often the article is
+        # shown at a time follows from its exposure columns; see the DDL's comments.
         "articles": pa.table(
             {
                 "article_id": article_ids,
@@ -485,6 +486,12 @@ def generate(cfg: SimConfig | None = None) -> Dataset:
                 "category_index": pa.array(arts.category.astype(np.int32)),
                 "topic": pa.array(tastes.topic.astype(np.int32)),
                 "quality_logit": pa.array(cfg.quality_weight * arts.quality),
+                # exposure: feeds and direct visits draw an article in proportion to
+                # exp(popularity_logit - age_hours / popularity_decay_hours) while it is younger
+                # than feed_max_age_hours (population.sample_articles)
+                "popularity_logit": pa.array(cfg.quality_popularity * arts.quality),
+                "popularity_decay_hours": pa.array(np.full(arts.n, cfg.popularity_decay_hours)),
+                "feed_max_age_hours": pa.array(np.full(arts.n, cfg.article_max_age_hours)),
             }
         ),
         "user_preferences": _preferences(cfg, user_ids, users, tastes),

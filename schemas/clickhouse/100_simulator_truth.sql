@@ -84,15 +84,20 @@ ORDER BY (placement, device_type, day)
 ;
 
 -- Every article: its publish time, brand and category (indices into the simulator's world
--- vocabulary), its hidden topic and its quality's click-logit term.
+-- vocabulary), its hidden topic, its quality's click-logit term and its exposure: feeds and
+-- direct visits draw it in proportion to exp(popularity_logit - age_hours / popularity_decay_hours)
+-- while it is younger than feed_max_age_hours (the last two are the simulator's settings).
 CREATE TABLE IF NOT EXISTS {db}.truth_articles
 (
-    article_id      String,
-    publish_time    DateTime64(3, 'UTC'),
-    brand_index     Int32,
-    category_index  Int32,
-    topic           Int32,
-    quality_logit   Float64
+    article_id              String,
+    publish_time            DateTime64(3, 'UTC'),
+    brand_index             Int32,
+    category_index          Int32,
+    topic                   Int32,
+    quality_logit           Float64,
+    popularity_logit        Float64,
+    popularity_decay_hours  Float64,
+    feed_max_age_hours      Float64
 )
 ENGINE = MergeTree
 ORDER BY article_id;

@@ -1,13 +1,18 @@
 """Online recommendations from the registry's ``recommendation`` model (batch_training/recommendation.py).
 
 The model (JSON, alias production) holds NMF item factors, the hybrid's weights, the content
-vocabulary (brand/category) and the popularity half-life. Per request, pure functions here:
+vocabulary (brand/category) and the exposure window. Per request, pure functions here, the same
+ones batch training evaluates the model with:
 
 - :func:`fold_in`: the user's vector from their reads with the item factors fixed, the
   non-negative least squares ``min ||H^T w - r||, w >= 0`` of NMF's own objective;
-- :func:`rank`: the max-normalised mix of collaborative (``w . h_a``), content (cosine of the
-  brand/category profile of the reads) and popularity (time-decayed views), with the reason of
-  each article: the part that contributed most.
+- :func:`exposure_rate`: an article's impressions and views per hour over the last complete
+  hours (at most ``window_hours``, and only since it was first seen): how much the site shows
+  it now, the best estimate of how often anyone reads it next (news articles fade within hours);
+- :func:`blend`: ``log(rate / max rate + POP_FLOOR) + w_content * content + w_cf * collaborative``:
+  a user reads an article about as often as it is shown times how much they like it, so the
+  personal parts multiply the exposure (add to its log);
+- :func:`rank`: the ``k`` best, with the reason of each article: the part that weighs most.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from stream.models.registry import ModelVersion
 
 NAME = "recommendation"
 REASONS = ("collaborative", "content", "popular")
+HOUR_MS = 3_600_000
+#: the exposure part is ``log(rate / best rate + POP_FLOOR)``: an article not shown lately is not ruled out
+POP_FLOOR = 0.01
+#: exposure window of models trained before it was a parameter
+DEFAULT_WINDOW_HOURS = 12.0
 
 
 @dataclass(frozen=True)
@@ -36,7 +46,8 @@ class RecommendModel:
     factors: np.ndarray
     weights: tuple[float, float, float]  # collaborative, content, popularity
     interaction: float
-    half_life_hours: float
+    #: the exposure rate counts the last this many complete hours
+    window_hours: float
     vocabulary: tuple[str, ...]
 
     @classmethod
@@ -49,7 +60,7 @@ class RecommendModel:
             factors=factors,
             weights=(float(w["cf"]), float(w["content"]), float(w["popularity"])),
             interaction=float(params.get("interaction", np.log1p(1.0))),
-            half_life_hours=float(params.get("popularity", {}).get("half_life_hours", 12.0)),
+            window_hours=float(params.get("popularity", {}).get("window_hours", DEFAULT_WINDOW_HOURS)),
             vocabulary=tuple(params.get("content_vocabulary", ())),
         )
 
@@ -80,9 +91,42 @@ def fold_in(factors: np.ndarray, read: Sequence[int], interaction: float) -> np.
     return np.asarray(nnls(low.T, np.linalg.solve(low, b))[0])
 
 
+def exposure_rate(hour_counts: Mapping[int, int], first_t: int, now_ms: int, window_hours: float) -> float:
+    """Impressions and views per hour of an article over the complete hours before ``now_ms``.
+
+    ``hour_counts`` maps an hour (``t // HOUR_MS``) to the article's impressions + views in it.
+    The hours counted are the last ``window_hours`` whole hours before the one holding ``now_ms``
+    (the current hour is not complete); the rate divides by the part of them since ``first_t``
+    (at least half an hour), so a young article is not penalised for the hours before it existed.
+
+    >>> exposure_rate({9: 4, 10: 6, 11: 50}, first_t=9 * HOUR_MS, now_ms=11 * HOUR_MS + 5, window_hours=12)
+    5.0
+    >>> exposure_rate({9: 4, 10: 6}, first_t=9 * HOUR_MS, now_ms=11 * HOUR_MS, window_hours=1)
+    6.0
+    """
+    end_h = now_ms // HOUR_MS
+    start_h = end_h - int(window_hours)
+    n = sum(c for h, c in hour_counts.items() if start_h <= h < end_h)
+    exposed = end_h * HOUR_MS - max(start_h * HOUR_MS, first_t)
+    return n * HOUR_MS / max(exposed, HOUR_MS // 2) if exposed > 0 else 0.0
+
+
+def blend(rate: np.ndarray, content: np.ndarray, collaborative: np.ndarray, w_cf: float, w_cb: float) -> np.ndarray:
+    """The hybrid's score: ``log(rate + POP_FLOOR) + w_cb * content + w_cf * collaborative``.
+
+    All three are over the same candidates, each max-normalised to [0, 1] by the caller (the
+    offline evaluation per user row, the worker per request), so the scale of the traffic does
+    not matter.
+
+    >>> blend(np.array([1.0, 0.5]), np.array([0.0, 1.0]), np.zeros(2), 0.0, 1.0).round(3).tolist()  # ln 0.51 + 1
+    [0.01, 0.327]
+    """
+    return np.log(rate + POP_FLOOR) + w_cb * content + w_cf * collaborative
+
+
 @dataclass(frozen=True)
 class Candidate:
-    """An article that may be recommended: its content and time-decayed popularity."""
+    """An article that may be recommended: its content and exposure rate (:func:`exposure_rate`)."""
 
     article_id: str
     brand: str | None
@@ -157,7 +201,10 @@ def rank(
 ) -> list[dict[str, Any]]:
     """The ``k`` best candidates not in ``reads`` as ``{article_id, score, reason}``, best first (ties: id).
 
-    Each part is max-normalised over the candidates left. Without a model: popularity only.
+    Each part is max-normalised over the candidates left and mixed by :func:`blend`; the score
+    is ``exp`` of the blend (the exposure rate relative to the best candidate's, times the user's
+    affinities: > 0). The reason is the largest of the weighted collaborative part, the weighted
+    content part and the normalised exposure rate. Without a model: exposure only.
     """
     keep = np.ones(len(cands), dtype=bool)
     for a in reads:
@@ -170,8 +217,9 @@ def rank(
     pop = _norm(cands.popularity[idx])
     if model is None:
         parts = np.vstack([np.zeros(len(idx)), np.zeros(len(idx)), pop])
+        score = blend(pop, parts[0], parts[1], 0.0, 0.0)
     else:
-        w_cf, w_cb, w_pop = model.weights
+        w_cf, w_cb, _ = model.weights
         known = [model.index[a] for a in reads if a in model.index]
         user = fold_in(model.factors, known, model.interaction)
         rows = cands.rows[idx]
@@ -179,11 +227,11 @@ def rank(
         have = rows >= 0
         cf[have] = model.factors[rows[have]] @ user
         cb = content_scores(read_content, cands)[idx]
-        parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(cb), w_pop * pop])
-    score = parts.sum(axis=0)
+        parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(cb), pop])
+        score = blend(pop, _norm(cb), _norm(cf), w_cf, w_cb)
     top = np.argsort(-score, kind="stable")[:k]  # idx is in id order: ties go to the lower id
-    reason = parts.argmax(axis=0)
+    reason = np.where(parts.max(axis=0) > 0, parts.argmax(axis=0), 2)  # nothing known: popular
     return [
-        {"article_id": cands.ids[idx[i]], "score": round(float(score[i]), 6), "reason": REASONS[int(reason[i])]}
+        {"article_id": cands.ids[idx[i]], "score": round(float(np.exp(score[i])), 6), "reason": REASONS[int(reason[i])]}
         for i in top.tolist()
     ]

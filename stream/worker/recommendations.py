@@ -9,8 +9,10 @@
   memory; an article it has not seen has no content score, only its other parts).
 - **Candidates**: every article in the article-stats table (a GlobalTable: all of them, on every
   worker) first seen within ``STREAM_RECOMMEND_MAX_AGE_HOURS`` of the newest article event, with
-  its views decayed by the model's half-life. "Now" is event time, so a replayed history
-  recommends as it did then. Rebuilt at most every :data:`REFRESH_S` seconds.
+  its exposure rate (:func:`stream.models.recommend.exposure_rate`: impressions and views per
+  hour over the model's window of complete hours, from the state's hourly buckets). "Now" is
+  event time, so a replayed history recommends as it did then. Rebuilt at most every
+  :data:`REFRESH_S` seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from stream.models.recommend import NAME, Candidate, Candidates, RecommendModel, rank
+from stream.models.recommend import (
+    DEFAULT_WINDOW_HOURS,
+    NAME,
+    Candidate,
+    Candidates,
+    RecommendModel,
+    exposure_rate,
+    rank,
+)
 from stream.models.registry import ModelRegistry, RegistryError
 from stream.state.article import ArticleState
 from stream.state.config import HOUR_MS
@@ -32,7 +42,6 @@ READ_EVENTS = frozenset({"article_view", "article_click", "video_play"})
 REFRESH_S = 5.0
 #: the most articles whose content is remembered (oldest forgotten first)
 MAX_CATALOG = 200_000
-DEFAULT_HALF_LIFE_HOURS = 12.0
 
 
 def unpack_reads(raw: bytes | None) -> list[str]:
@@ -63,24 +72,11 @@ def batch_reads(events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def decayed_views(state: ArticleState, now_ms: int, half_life_ms: float) -> float:
-    """The article's views, each weighted ``0.5 ** ((now - start of its hour) / half_life)``.
-
-    From the hourly buckets (as far back as the article state keeps them).
-    """
-    anchor, total = _views_at(state, half_life_ms)
-    return total * 0.5 ** ((now_ms - anchor) / half_life_ms)
-
-
-def _views_at(state: ArticleState, half_life_ms: float) -> tuple[int, float]:
-    """(anchor, views decayed to the anchor): the decay factorises, so one pass serves every "now"."""
+def hour_counts(state: ArticleState) -> dict[int, int]:
+    """The article's impressions + views per hour (``t // HOUR_MS``), as far back as the state keeps them."""
     hours = state.buckets[1]
-    anchor = max(0, state.max_t)
-    total = 0.0
-    for idx, row in hours.c.items():
-        if row[2]:
-            total += row[2] * 0.5 ** ((anchor - idx * hours.width) / half_life_ms)
-    return anchor, total
+    assert hours.width == HOUR_MS, "the article state's second resolution is hourly"
+    return {idx: row[0] + row[2] for idx, row in hours.c.items() if row[0] or row[2]}
 
 
 class Recommendations:
@@ -110,8 +106,10 @@ class Recommendations:
         self._cands = Candidates([], None)
         self._cands_at = -1e18
         self._model_at = -1e18
-        #: per article key: (stored bytes, first_t, max_t, anchor, views decayed to the anchor)
-        self._decoded: dict[Any, tuple[bytes, int, int, int, float]] = {}
+        #: per article key: (stored bytes, first_t, max_t, impressions + views per hour)
+        self._decoded: dict[Any, tuple[bytes, int, int, dict[int, int]]] = {}
+        #: per article key: (the hour counts it was computed from, newest event's hour, exposure rate)
+        self._rates: dict[Any, tuple[dict[int, int], int, float]] = {}
 
     # --- the events agent ------------------------------------------------------------------
 
@@ -152,19 +150,21 @@ class Recommendations:
             self.model = None
         if self.on_loaded is not None:
             self.on_loaded(self.model.version if self.model else None)
-        self._cands_at = -1e18  # the half-life and the factors' rows may have changed
+        self._cands_at = -1e18  # the window and the factors' rows may have changed
         self._decoded = {}
+        self._rates = {}
 
     def candidates(self) -> Candidates:
-        """Fresh articles with their decayed popularity (rebuilt at most every REFRESH_S).
+        """Fresh articles with their exposure rate (rebuilt at most every REFRESH_S).
 
-        An article's state is decoded only when its stored bytes changed since the last rebuild.
+        An article's state is decoded only when its stored bytes changed since the last rebuild, and
+        its rate computed again only then or when the newest event's hour changed.
         """
         now = time.monotonic()
         if now - self._cands_at < REFRESH_S:
             return self._cands
         self._cands_at = now
-        half_life = (self.model.half_life_hours if self.model else DEFAULT_HALF_LIFE_HOURS) * HOUR_MS
+        window = self.model.window_hours if self.model else DEFAULT_WINDOW_HOURS
         old, new = self._decoded, {}
         for key, raw in list(self.articles.items()):
             if not raw:
@@ -174,15 +174,23 @@ class Recommendations:
                 new[key] = seen
                 continue
             st = ArticleState.from_bytes(raw)
-            new[key] = (raw, st.first_t, st.max_t, *_views_at(st, half_life))
+            new[key] = (raw, st.first_t, st.max_t, hour_counts(st))
         self._decoded = new
         newest = max((v[2] for v in new.values()), default=-1)
+        hour = newest // HOUR_MS
+        old_rates, rates = self._rates, {}
         cands = []
-        for key, (_, first_t, _, anchor, views) in new.items():
+        for key, (_, first_t, _, counts) in new.items():
             if first_t >= 0 and newest - first_t <= self.max_age_ms:
                 aid = key.decode() if isinstance(key, bytes) else str(key)
-                pop = views * 0.5 ** ((newest - anchor) / half_life)
-                cands.append(Candidate(aid, *self.content.get(aid, (None, None)), pop))
+                known = old_rates.get(key)
+                if known is not None and known[0] is counts and known[1] == hour:
+                    rate = known[2]
+                else:
+                    rate = exposure_rate(counts, first_t, newest, window)
+                rates[key] = (counts, hour, rate)
+                cands.append(Candidate(aid, *self.content.get(aid, (None, None)), rate))
+        self._rates = rates
         self._cands = Candidates(cands, self.model)
         return self._cands
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.optimize import nnls
 
-from stream.models.recommend import RecommendModel, fold_in, rank
+from batch_training.recommendation import exposure_rates, hourly_counts
+from stream.models.recommend import Candidate, Candidates, RecommendModel, blend, exposure_rate, fold_in, rank
 from stream.state.article import ArticleState, update_article
-from stream.worker.recommendations import Recommendations, add_reads, unpack_reads
+from stream.worker.recommendations import Recommendations, add_reads, hour_counts, unpack_reads
 
 HOUR = 3_600_000
 T0 = 1_700_000_000_000
@@ -112,13 +114,77 @@ def test_answer_excludes_reads_and_stale_articles_and_names_reasons() -> None:
     assert scores == sorted(scores, reverse=True) and body["model_version"] == "7" and body["reads"] == 1
 
 
-def test_without_a_model_popularity_decides() -> None:
-    newest = T0 + 10 * HOUR
-    articles = {b"a": _article([newest] * 3, T0), b"b": _article([newest - 24 * HOUR + 1] * 6, T0)}
+def test_without_a_model_exposure_decides() -> None:
+    t0 = T0 // HOUR * HOUR
+    newest = t0 + 20 * HOUR + 5
+    articles = {
+        b"a": _article([newest - HOUR] * 3 + [newest] * 50, t0 + 18 * HOUR),
+        b"b": _article([t0 + 2 * HOUR] * 40 + [newest - 2 * HOUR] * 2, t0),
+    }
     body = _recs(None, articles, 96).answer("u", [], 2)
-    # b: 6 views a day old weigh at most 6 * 0.5 ** (23 / 12) < 1.6; a: 3 views of the last hour at least 2.8
+    # the 12 whole hours before the newest event's hour: a has 1 impression + 3 views in the 2 hours
+    # since it was first seen (2 an hour; the 50 views of the current hour do not count yet), b 2
+    # views in 12 hours (its 40 views are older than the window)
     assert [r["article_id"] for r in body["recommendations"]] == ["a", "b"]
     assert {r["reason"] for r in body["recommendations"]} == {"popular"} and body["model_version"] is None
+
+
+def test_the_worker_reads_the_exposure_rate_from_the_article_state() -> None:
+    t0 = T0 // HOUR * HOUR
+    st = ArticleState()
+    events = [("article_impression", t0 + 3 * HOUR + 1)] * 2 + [("article_view", t0 + 5 * HOUR)] * 4
+    events += [("article_click", t0 + 5 * HOUR), ("article_impression", t0 + 9 * HOUR)]
+    for kind, t in events:
+        update_article(st, {"event_type": kind, "event_time": t})
+    counts = hour_counts(st)
+    assert counts == {t0 // HOUR + 3: 2, t0 // HOUR + 5: 4, t0 // HOUR + 9: 1}  # clicks are not counted
+    # at 9:30 with a 12 h window: hours 0..8 counted, 6 events since 3:00:00.001
+    got = exposure_rate(counts, st.first_t, t0 + 9 * HOUR + HOUR // 2, 12)
+    assert got == pytest.approx(6 / ((6 * HOUR - 1) / HOUR))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_evaluates_the_exposure_rate_the_worker_serves(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t0 = T0 // HOUR * HOUR
+    arts = pd.Index([f"a{i}" for i in range(8)])
+    first = t0 + rng.integers(0, 30 * HOUR, len(arts))
+    rows = [
+        (a, int(h), int(rng.integers(1, 9)))
+        for i, a in enumerate(arts)
+        for h in range(first[i] // HOUR, t0 // HOUR + 40)
+        if rng.random() < 0.6
+    ]
+    frame = pd.DataFrame(rows, columns=["article_id", "hour", "n"])
+    at = t0 + rng.integers(0, 45 * HOUR, 6)
+    for window in (6.0, 12.0):
+        offline = exposure_rates(hourly_counts(frame, arts), first, at, window)
+        for i, a in enumerate(arts):
+            counts = {h: n for art, h, n in rows if art == a}
+            for j, now in enumerate(at.tolist()):
+                assert offline[j, i] == pytest.approx(exposure_rate(counts, int(first[i]), now, window), abs=1e-12)
+
+
+def test_the_worker_ranks_by_the_evaluated_blend() -> None:
+    rng = np.random.default_rng(3)
+    items = [f"a{i:02d}" for i in range(30)]
+    factors = rng.gamma(0.5, 1.0, (30, 4))
+    model = _model(items, factors, (0.5, 1.0, 1.0))
+    cands = Candidates(
+        [Candidate(a, f"b{i % 3}", f"c{i % 4}", float(rng.gamma(1.0))) for i, a in enumerate(items)], model
+    )
+    reads = ["a01", "a07"]
+    got = rank(model, reads, [("b1", "c1"), ("b1", "c3")], cands, 28)
+    keep = [i for i, a in enumerate(items) if a not in reads]
+    user = fold_in(factors, [1, 7], model.interaction)
+    cf = factors[keep] @ user
+    # content: cosine of (brand, category) one-hots with the reads' profile b1: 2, c1: 1, c3: 1
+    prof = {"b1": 2.0, "c1": 1.0, "c3": 1.0}
+    cb = np.array([(prof.get(f"b{i % 3}", 0) + prof.get(f"c{i % 4}", 0)) / (6**0.5 * 2**0.5) for i in keep])
+    pop = cands.popularity[keep]
+    want = blend(pop / pop.max(), cb / cb.max(), cf / cf.max(), 0.5, 1.0)
+    assert [r["article_id"] for r in got] == [items[keep[i]] for i in np.argsort(-want, kind="stable")]
+    assert [r["score"] for r in got] == pytest.approx(np.exp(sorted(want, reverse=True)), abs=1e-6)
 
 
 def test_rank_of_nothing_is_empty() -> None:
