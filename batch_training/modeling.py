@@ -132,7 +132,7 @@ XGB_SPACE: dict[str, Sequence[Any]] = {
 #: the new rows differ (a retrain after drift keeps what did not change: users, articles, affinities)
 WARM_SPACE: dict[str, Sequence[Any]] = {
     "max_depth": (3, 2),
-    "learning_rate": (0.05, 0.03),
+    "learning_rate": (0.1, 0.05),
     "min_child_weight": (5, 20),
     "subsample": (0.8, 1.0),
     "colsample_bytree": (0.8, 1.0),

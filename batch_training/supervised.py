@@ -52,6 +52,9 @@ def load_table(ctx: Context, table: str) -> pd.DataFrame:
 
 
 MIN_ROWS = 200
+#: a warm start's search: candidates and added trees at most
+WARM_SEARCH_ITER = 3
+WARM_MAX_TREES = 200
 
 
 def spec_data(ctx: Context, spec: ModelSpec) -> pd.DataFrame:
@@ -218,9 +221,11 @@ def train_model(ctx: Context, name: str, warm_start: Any = None) -> dict[str, An
             x[va],
             y[va],
             objective="binary:logistic" if spec.task == "binary" else "reg:squarederror",
-            n_iter=prof.search_iter,
+            # a warm start searches a small space of small corrections: fewer candidates and trees, so
+            # that a retrain after drift is ready while the drift is news
+            n_iter=prof.search_iter if base is None else min(prof.search_iter, WARM_SEARCH_ITER),
             cv_folds=prof.cv_folds,
-            n_estimators=prof.n_estimators,
+            n_estimators=prof.n_estimators if base is None else min(prof.n_estimators, WARM_MAX_TREES),
             seed=prof.seed,
             space=space,
             base=base,
