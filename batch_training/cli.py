@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on the latest N days of archived events (default: STREAM_RETRAIN_WINDOW_DAYS)",
     )
     rt.add_argument("--models", nargs="+", choices=supervised, default=None, help="models to retrain (default: all)")
+    rt.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="train every challenger from scratch (default: an XGBoost model continues from its production version)",
+    )
     cp = sub.add_parser("compare", parents=[common], help="champion vs challenger on the same held-out events")
     cp.add_argument("--model", required=True, choices=supervised)
     cp.add_argument("--promote", action="store_true", help="promote the challenger if the test says so")
@@ -237,7 +243,7 @@ def _run(argv: Sequence[str] | None) -> int:
             from batch_training.retrain import retrain
 
             days = args.window_days or ctx.settings.retrain_window_days
-            out = retrain(ctx, window_days=days, models=args.models)
+            out = retrain(ctx, window_days=days, models=args.models, warm_start=args.warm_start)
             n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
             print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
         elif args.cmd == "compare":

@@ -67,7 +67,7 @@ from stream.state.codes import (
     str_hash,
     tz_code,
 )
-from stream.state.features import context_row
+from stream.state.features import affinity_row, context_row
 from stream.state.labels import (
     CHURN_HORIZON_MS,
     CLICK_WINDOW_MS,
@@ -202,7 +202,7 @@ class ClickRow(NamedTuple):
     article_id: str
     event_time_ms: int
     user_part: list[float]  # USER_FEATURES order
-    tail: list[float]  # position, then the context features
+    tail: list[float]  # position, the context features, then the affinity features
     clicked: int
 
 
@@ -276,7 +276,7 @@ def _user_pass(job: _Job) -> tuple[list[UserSnapshot], list[ClickRow], list[Enga
             ev = evs[k]
             if ev.typ == T_IMPRESSION and ev.t >= job.rows_from and smp.keep(ev.idh, imp_share):
                 # the article part is joined later (click_row = user, article, position, context)
-                tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev)]
+                tail = [float(ev.pos) if ev.pos else math.nan, *context_row(st, ev), *affinity_row(st, ev, cfg)]
                 clicks.append(
                     ClickRow(
                         ids[k], uid, sids[k], arts[k], ev.t, user_row(st, ev.t, cfg), tail, clicks_y.get(ids[k], 0)

@@ -128,6 +128,18 @@ XGB_SPACE: dict[str, Sequence[Any]] = {
 }
 
 
+#: the search of a warm start (``fit_xgb(base=...)``): shallow, slow trees that correct the base where
+#: the new rows differ (a retrain after drift keeps what did not change: users, articles, affinities)
+WARM_SPACE: dict[str, Sequence[Any]] = {
+    "max_depth": (3, 2),
+    "learning_rate": (0.1, 0.05),
+    "min_child_weight": (5, 20),
+    "subsample": (0.8, 1.0),
+    "colsample_bytree": (0.8, 1.0),
+    "reg_lambda": (1.0, 5.0),
+}
+
+
 def sample_params(space: Mapping[str, Sequence[Any]], n: int, seed: int) -> list[dict[str, Any]]:
     """``n`` distinct seeded draws from a grid (the first is the grid's middle, a safe default)."""
     rng = np.random.default_rng(seed)
@@ -165,15 +177,23 @@ def fit_xgb(
     seed: int,
     extra: dict[str, Any] | None = None,
     space: dict[str, Sequence[Any]] | None = None,
+    base: Any = None,
 ) -> Fitted:
     """Seeded random search (``n_iter`` candidates, early stopping on validation), then time-series
-    CV of the best candidate on the training part, then the final model on train + validation."""
+    CV of the best candidate on the training part, then the final model on train + validation.
+
+    ``base`` (an XGBoost Booster): a warm start, every candidate adds its trees to a copy of it and
+    searches :data:`WARM_SPACE` (small corrections) unless ``space`` says otherwise; ``n_estimators``
+    counts the added trees only.
+    """
     import xgboost as xgb
 
     t0 = time.perf_counter()
+    base_rounds = int(base.num_boosted_rounds()) if base is not None else 0
+    grid = {**(XGB_SPACE if base is None else WARM_SPACE), **(space or {})}
     binary = objective == "binary:logistic"
     score = _auc_score if binary else _r2_score
-    base = {
+    fixed = {
         "objective": objective,
         "tree_method": "hist",
         "n_jobs": 2,
@@ -185,31 +205,36 @@ def fit_xgb(
     trials = []
     best: tuple[float, dict[str, Any], int] | None = None
     best_pred: np.ndarray | None = None
-    for params in sample_params({**XGB_SPACE, **(space or {})}, n_iter, seed):
+    for params in sample_params(grid, n_iter, seed):
         m = xgb.XGBRegressor if not binary else xgb.XGBClassifier
-        model = m(n_estimators=n_estimators, **base, **params)
-        model.fit(x_tr, y_tr, eval_set=[(x_va, y_va)], verbose=False)
+        model = m(n_estimators=n_estimators, **fixed, **params)
+        model.fit(x_tr, y_tr, eval_set=[(x_va, y_va)], verbose=False, xgb_model=base)
         p_va = _predict(model, x_va, binary)
         s = score(y_va, p_va)
-        trials.append({**params, "val_score": s, "best_iteration": int(model.best_iteration)})
+        # best_iteration counts the base's rounds too: keep the number of added trees
+        added = int(model.best_iteration) + 1 - base_rounds
+        trials.append({**params, "val_score": s, "best_iteration": added - 1})
         if best is None or s > best[0]:
-            best = (s, params, int(model.best_iteration))
+            best = (s, params, added - 1)
             best_pred = p_va
     assert best is not None
     val_score, params, best_it = best
-    n_final = max(20, int((best_it + 1) * 1.1))
-    cv = _time_series_cv(x_tr, y_tr, binary, {**base, **params, "n_estimators": n_final}, cv_folds)
+    n_final = max(20, int((best_it + 1) * 1.1)) if base is None else max(1, int((best_it + 1) * 1.1))
+    cv = _time_series_cv(x_tr, y_tr, binary, {**fixed, **params, "n_estimators": n_final}, cv_folds, base)
     final_cls = xgb.XGBClassifier if binary else xgb.XGBRegressor
-    final_params = {k: v for k, v in {**base, **params}.items() if k != "early_stopping_rounds"}
+    final_params = {k: v for k, v in {**fixed, **params}.items() if k != "early_stopping_rounds"}
     final = final_cls(n_estimators=n_final, **final_params)
-    final.fit(np.vstack([x_tr, x_va]), np.concatenate([y_tr, y_va]), verbose=False)
+    final.fit(np.vstack([x_tr, x_va]), np.concatenate([y_tr, y_va]), verbose=False, xgb_model=base)
     return Fitted(
         final, {**params, "n_estimators": n_final}, val_score, cv, trials, time.perf_counter() - t0, best_it, best_pred
     )
 
 
-def _time_series_cv(x: np.ndarray, y: np.ndarray, binary: bool, params: dict[str, Any], folds: int) -> list[float]:
-    """Expanding-window CV: rows are in time order, each fold validates on the next block."""
+def _time_series_cv(
+    x: np.ndarray, y: np.ndarray, binary: bool, params: dict[str, Any], folds: int, base: Any = None
+) -> list[float]:
+    """Expanding-window CV: rows are in time order, each fold validates on the next block (``base``: warm
+    start, as in :func:`fit_xgb`)."""
     import xgboost as xgb
     from sklearn.model_selection import TimeSeriesSplit
 
@@ -219,7 +244,7 @@ def _time_series_cv(x: np.ndarray, y: np.ndarray, binary: bool, params: dict[str
     out = []
     for tr, va in TimeSeriesSplit(n_splits=folds).split(x):
         m = xgb.XGBClassifier(**p) if binary else xgb.XGBRegressor(**p)
-        m.fit(x[tr], y[tr], verbose=False)
+        m.fit(x[tr], y[tr], verbose=False, xgb_model=base)
         s = (_auc_score if binary else _r2_score)(y[va], _predict(m, x[va], binary))
         out.append(float(s))
     return out

@@ -34,6 +34,7 @@ from stream.errors import PrerequisiteError
 from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError
 from stream.monitoring.compare import Metric, default_margin, paired_bootstrap
 from stream.monitoring.horizon import HORIZON_OUTCOMES, HorizonOutcome, labels, next_event_params, next_event_sql
+from stream.state import FeatureList
 from stream.state.labels import CLICK_WINDOW_MS, DAY_MS
 
 RETRAIN = "retrain"
@@ -82,8 +83,14 @@ def retrain(
     window_days: int,
     models: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    warm_start: bool = True,
 ) -> dict[str, Any]:
-    """Train the supervised models on the latest window; register each as the challenger."""
+    """Train the supervised models on the latest window; register each as the challenger.
+
+    With ``warm_start`` an XGBoost model whose production version was trained on this code's features
+    continues boosting from it (:func:`warm_start_base`): the window's few rows correct what changed
+    instead of relearning users and articles from them alone.
+    """
     names = list(models or SPECS)
     t_all = time.perf_counter()
     latest = latest_event_ms(ctx)
@@ -100,8 +107,9 @@ def retrain(
     out: dict[str, Any] = {"window": window, "models": {}}
     for name in names:
         t = time.perf_counter()
+        base = warm_start_base(ctx, name) if warm_start else None
         try:
-            result = train_model(rctx, name)
+            result = train_model(rctx, name, warm_start=base)
         except Skipped as exc:
             out["models"][name] = {"status": "skipped", "reason": str(exc)}
             reg.record(
@@ -118,12 +126,33 @@ def retrain(
             reason=f"retrain on the latest {window_days} days of events",
             evidence={"metrics": metrics, "window": window, "rows": result["rows"]},
         )
-        out["models"][name] = {"status": "challenger", "version": version, "metrics": metrics}
+        warm = None if base is None else base.version
+        out["models"][name] = {"status": "challenger", "version": version, "metrics": metrics, "warm_start_from": warm}
         primary = SPECS[name].primary
-        log(f"{name:<15} {time.perf_counter() - t:7.1f} s  challenger v{version}  {primary}={metrics[primary]:.4f}")
+        how = "from scratch" if warm is None else f"warm start from v{warm}"
+        log(
+            f"{name:<15} {time.perf_counter() - t:7.1f} s  challenger v{version} ({how})  "
+            f"{primary}={metrics[primary]:.4f}"
+        )
     out["seconds"] = time.perf_counter() - t_all
     write_json(rctx.reports_dir / "retrain.json", out)
     return out
+
+
+def warm_start_base(ctx: Context, name: str) -> ModelVersion | None:
+    """The production version of ``name`` to continue boosting from: an XGBoost model built for this
+    code's features; None (train from scratch) otherwise."""
+    spec = SPECS[name]
+    if spec.library != "xgboost":
+        return None
+    try:
+        champion = ctx.registry.resolve(name, PRODUCTION)
+    except RegistryError:
+        return None
+    stored = champion.features
+    if champion.kind != "xgboost" or not stored:
+        return None
+    return champion if spec.features.matches(FeatureList.from_json(json.dumps(stored))) else None
 
 
 def _val_end(mv: ModelVersion) -> int:

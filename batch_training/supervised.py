@@ -33,6 +33,7 @@ from batch_training.modeling import (
 )
 from batch_training.oracle import oracle_predictions
 from batch_training.specs import SPECS, ModelSpec
+from stream.models.registry import load_booster
 from stream.monitoring.profile import METADATA_KEY, build_profile
 
 LGB_SPACE: dict[str, tuple[Any, ...]] = {
@@ -51,6 +52,9 @@ def load_table(ctx: Context, table: str) -> pd.DataFrame:
 
 
 MIN_ROWS = 200
+#: a warm start's search: candidates and added trees at most
+WARM_SEARCH_ITER = 3
+WARM_MAX_TREES = 200
 
 
 def spec_data(ctx: Context, spec: ModelSpec) -> pd.DataFrame:
@@ -169,8 +173,12 @@ def score(spec: ModelSpec, y: np.ndarray, p: np.ndarray, threshold: float = 0.5)
     return classification_metrics(y, p, threshold) if spec.task == "binary" else regression_metrics(y, p)
 
 
-def train_model(ctx: Context, name: str) -> dict[str, Any]:
-    """Train, evaluate and register one supervised model; returns (and writes) its result."""
+def train_model(ctx: Context, name: str, warm_start: Any = None) -> dict[str, Any]:
+    """Train, evaluate and register one supervised model; returns (and writes) its result.
+
+    ``warm_start``: a registered XGBoost model version of the same features to continue boosting
+    from (``retrain``: the champion), searched in ``modeling.WARM_SPACE``; None trains from scratch.
+    """
     spec = SPECS[name]
     prof = ctx.profile
     df = spec_data(ctx, spec)
@@ -198,7 +206,13 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
         )
     else:
         space: dict[str, Any] = {}
-        if spec.task == "binary":
+        base = None
+        if warm_start is not None:
+            base = load_booster(warm_start, nthread=2)
+            # the added trees weigh classes as the base's did
+            if spec.task == "binary":
+                space["scale_pos_weight"] = (float(warm_start.metadata.get("params", {}).get("scale_pos_weight", 1.0)),)
+        elif spec.task == "binary":
             pos = max(float(y[tr].mean()), 1e-6)
             space["scale_pos_weight"] = (1.0, round(((1 - pos) / pos) ** 0.5, 3))
         fitted = fit_xgb(
@@ -207,11 +221,14 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
             x[va],
             y[va],
             objective="binary:logistic" if spec.task == "binary" else "reg:squarederror",
-            n_iter=prof.search_iter,
+            # a warm start searches a small space of small corrections: fewer candidates and trees, so
+            # that a retrain after drift is ready while the drift is news
+            n_iter=prof.search_iter if base is None else min(prof.search_iter, WARM_SEARCH_ITER),
             cv_folds=prof.cv_folds,
-            n_estimators=prof.n_estimators,
+            n_estimators=prof.n_estimators if base is None else min(prof.n_estimators, WARM_MAX_TREES),
             seed=prof.seed,
             space=space,
+            base=base,
         )
     train_seconds = time.perf_counter() - t0
     pred = predictor(spec, fitted.model)
@@ -238,6 +255,7 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
         "operating_point": "threshold maximising F1 on the validation split" if spec.task == "binary" else None,
         "baselines": {"linear": baseline},
         "train_seconds": train_seconds,
+        "warm_start": None if warm_start is None else {"from_version": warm_start.version},
         "rows": {"train": len(tr), "validation": len(va), "test": len(te), "available": len(df)},
         "window": sp.bounds,
         "latency": latency(pred, x[te]),
@@ -270,6 +288,7 @@ def train_model(ctx: Context, name: str) -> dict[str, Any]:
             # where its training sets are: the promote gate scores candidates on their own test split
             "workspace": ctx.workspace,
             "rows_from_ms": ctx.rows_from_ms,
+            "warm_start_from": None if warm_start is None else warm_start.version,
             METADATA_KEY: profile,
         },
     )

@@ -32,6 +32,8 @@ from typing import Any
 
 from stream.state.codes import (
     CONSUMPTION_TYPES,
+    T_CLICK,
+    T_IMPRESSION,
     T_NEWSLETTER,
     T_SESSION_START,
     T_SUBSCRIPTION,
@@ -143,6 +145,21 @@ def apply_user(state: UserState, event: Mapping[str, Any] | Ev, config: StateCon
             d = state.cats
             if d.s is None or category not in d.s:
                 d.add(category, config.distinct_cap, config.hll_p)
+    if typ in (T_IMPRESSION, T_CLICK):  # per-brand and per-category click rates
+        kb = config.brand_k
+        pb, pc = (state.i_brand, state.i_cat) if typ == T_IMPRESSION else (state.c_brand, state.c_cat)
+        if brand:
+            c = pb.c
+            if brand in c:
+                c[brand] += 1
+            else:
+                pb.add(brand, kb)
+        if category:
+            c = pc.c
+            if category in c:
+                c[category] += 1
+            else:
+                pc.add(category, kb)
     # TopCounts.add, inlined for a value already counted (almost every event: a user's device
     # and place rarely change)
     k = config.pref_k

@@ -8,7 +8,9 @@ events came in. Group by group, in order (each component's ``write`` documents i
   once the worker assigned the user a segment, its id, model version and time (bytes written
   before segments existed lack them, and decode to a state without a segment);
 * ``small``: the lengths of the pending buffer, the dedup ring and the closed-session ring, whether
-  a session is open; then the buckets, the distinct counters, the preference counts, and the
+  a session is open; then the buckets, the distinct counters, the preference counts (``_PREFS``:
+  brand, device, os, browser, country, city, time zone, then article impressions and clicks per
+  brand and per category), and the
   pending events' type codes;
 * ``counters``: events ignored as late, sessions closed, lifetime events per type; the preference
   counts; the open session's events and engagement counts;
@@ -22,6 +24,7 @@ events came in. Group by group, in order (each component's ``write`` documents i
 
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import TypeVar
 
 from stream.errors import SchemaError
@@ -29,8 +32,16 @@ from stream.state.codes import EVENT_TYPES, TYPE_RANK
 from stream.state.sketches import BucketCounts, DistinctCounter, TopCounts, Writer, decode
 from stream.state.user_state import ENGAGEMENT_TYPES, RESOLUTIONS, OpenSession, Sessions, UserFields
 
-#: First byte of a user state's bytes (1 was the deflated format, never persisted).
-USER_FORMAT = 2
+#: First byte of a user state's bytes (1 was the deflated format, never persisted; 2 lacked the
+#: per-brand and per-category impression and click counts, and still decodes, with them empty).
+USER_FORMAT = 3
+#: the preference counts (TopCounts) in the order they are written; format 2 had the first seven
+_PREFS = (
+    *("p_brand", "p_device", "p_os", "p_browser", "p_country", "p_city", "p_tz"),
+    *("i_brand", "c_brand", "i_cat", "c_cat"),
+)
+_PREFS_BY_FORMAT = {2: _PREFS[:7], USER_FORMAT: _PREFS}
+_GET_PREFS = {fmt: attrgetter(*names) for fmt, names in _PREFS_BY_FORMAT.items()}
 #: wide values of a non-empty state (:func:`encode_user`), without and with a segment
 _N_WIDE = 7
 _N_WIDE_SEGMENT = _N_WIDE + 3
@@ -41,13 +52,17 @@ _new = object.__new__
 U = TypeVar("U", bound=UserFields)
 
 
-def encode_user(st: UserFields) -> bytes:
-    """The state's canonical bytes (see the module docstring for the layout)."""
+def encode_user(st: UserFields, fmt: int = USER_FORMAT) -> bytes:
+    """The state's canonical bytes (see the module docstring for the layout).
+
+    ``fmt`` 2 writes the previous format (without the per-brand and per-category counts): for tests
+    of its decoding.
+    """
     w = Writer()
     ref = st.max_t
     if ref < 0:
         w.wide.append(ref)
-        return w.finish(USER_FORMAT)
+        return w.finish(fmt)
     s = st.sess
     cur = s.cur
     pending = st.pending
@@ -65,7 +80,7 @@ def encode_user(st: UserFields) -> bytes:
         bc.write(w, ref)
     st.brands.write(w)
     st.cats.write(w)
-    for p in (st.p_brand, st.p_device, st.p_os, st.p_browser, st.p_country, st.p_city, st.p_tz):
+    for p in _GET_PREFS[fmt](st):
         p.write(w)
     if pending:
         ts, _, id_hashes, types, session_hashes, durations = zip(*pending, strict=True)
@@ -81,7 +96,7 @@ def encode_user(st: UserFields) -> bytes:
         times += (ref - cur.start, ref - cur.last, cur.end_duration)
         counters.append(cur.events)
         counters += cur.engagement_counts
-    return w.finish(USER_FORMAT)
+    return w.finish(fmt)
 
 
 def _blank(cls: type[U]) -> U:
@@ -100,7 +115,7 @@ def _blank(cls: type[U]) -> U:
         d: DistinctCounter = _new(DistinctCounter)
         d.s, d.regs = set(), None
         setattr(st, name, d)
-    for name in ("p_brand", "p_device", "p_os", "p_browser", "p_country", "p_city", "p_tz"):
+    for name in _PREFS:
         p: TopCounts = _new(TopCounts)
         p.c, p.other = {}, 0
         setattr(st, name, p)
@@ -114,7 +129,8 @@ def _blank(cls: type[U]) -> U:
 
 def decode_user(data: bytes, cls: type[U]) -> U:
     """Inverse of :func:`encode_user`, as a ``cls``; raises SchemaError on another format or corrupt bytes."""
-    g = decode(data, USER_FORMAT, "user")
+    g = decode(data, 2 if data[:1] == b"\x02" else USER_FORMAT, "user")
+    get_prefs = _GET_PREFS[data[0]]
     wide, times, small, counters, hashes, bucket_counts, floats, raw = g
     try:
         st = _blank(cls)
@@ -149,7 +165,7 @@ def decode_user(data: bytes, cls: type[U]) -> U:
             else:
                 d.s, d.regs = set(hashes[at_hash : at_hash + k]), None
                 at_hash += k
-        for p in (st.p_brand, st.p_device, st.p_os, st.p_browser, st.p_country, st.p_city, st.p_tz):
+        for p in get_prefs(st):
             k = small[at_small]
             at_small += 1
             p.other = counters[at_counter]

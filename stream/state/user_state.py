@@ -123,8 +123,12 @@ class UserFields:
     __slots__ = (
         "brands",
         "buckets",
+        "c_brand",
+        "c_cat",
         "cats",
         "cents",
+        "i_brand",
+        "i_cat",
         "last_ss",
         "late",
         "max_t",
@@ -169,6 +173,12 @@ class UserFields:
         self.p_country = TopCounts()
         self.p_city = TopCounts()
         self.p_tz = TopCounts()
+        #: article impressions and clicks per brand and per category (``brand_k`` codes each): the
+        #: user's click rate on the brand and category of an impression being scored
+        self.i_brand = TopCounts()
+        self.c_brand = TopCounts()
+        self.i_cat = TopCounts()
+        self.c_cat = TopCounts()
         #: sorted events not yet fed to ``sess``
         self.pending: list[Pending] = []
         #: id hashes of the last events fed to ``sess`` (the duplicates they would be), oldest first

@@ -92,6 +92,9 @@ def test_retrain_registers_challengers_on_the_latest_window(loop: dict[str, Any]
         assert aliases[CHALLENGER] == models[name]["version"] != aliases[PRODUCTION] == loop["champions"][name]
         mv = reg.get(name, aliases[CHALLENGER])
         assert mv.metadata["workspace"] == "retrain"
+        # an XGBoost model continues from its production version (built for the same features)
+        assert mv.metadata["warm_start_from"] == models[name]["warm_start_from"] == loop["champions"][name]
+        assert mv.metadata["params"]["max_depth"] in (2, 3)
         # trained on rows of the window only
         assert mv.metadata["training_window"]["min_ms"] >= latest - WINDOW_DAYS * DAY_MS
         assert [h["action"] for h in reg.history(name)][-2:] == ["register", "challenger"]

@@ -109,6 +109,14 @@ def ref_apply(state: UserState, ev: Ev, config: StateConfig) -> Outcome:
             state.p_brand.add(ev.brand, config.brand_k)
         if ev.category:
             state.cats.add(ev.category, config.distinct_cap, config.hll_p)
+    if typ == T_IMPRESSION:
+        for p, code in ((state.i_brand, ev.brand), (state.i_cat, ev.category)):
+            if code:
+                p.add(code, config.brand_k)
+    elif typ == T_CLICK:
+        for p, code in ((state.c_brand, ev.brand), (state.c_cat, ev.category)):
+            if code:
+                p.add(code, config.brand_k)
     for p, code in (
         (state.p_device, ev.device),
         (state.p_os, ev.os),
