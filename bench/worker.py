@@ -336,18 +336,19 @@ def latency(
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
     port = free_port()
-    chdb = work / "lat-chdb"
+    run_dir = work / prefix.rstrip(".")  # each latency run starts with empty state: its topics are new
+    chdb = run_dir / "chdb"
     env = {
         "STREAM_KAFKA_BOOTSTRAP": bootstrap,
         "STREAM_TOPIC_PREFIX": prefix,
         "STREAM_WORKER_ID": f"lat-{prefix}",
-        "STREAM_STATE_DIR": str(work / "lat-state"),
+        "STREAM_STATE_DIR": str(run_dir / "state"),
         "STREAM_CHDB_PATH": str(chdb),
         "STREAM_MODELS_DIR": str(models),
         "STREAM_WORKER_WEB_PORT": str(port),
         **(extra_env or {}),
     }
-    worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / "latency-worker.log")
+    worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log")
     got: dict[str, list[tuple[float, float, float]]] = {"predictions": [], "decisions": []}
     stop_at = [0.0]
     window = [float("inf")]  # event_time (s) from which outputs count
