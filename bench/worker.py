@@ -538,12 +538,18 @@ def settle(broker_pid: int | None, min_s: float, max_s: float = 120.0, quiet: fl
 
 
 def orders(keys: list[str], r: int) -> tuple[str, ...]:
-    """The variants' order in repeat ``r``: a rotation, reversed every other repeat.
+    """The variants' order in repeat ``r``: a rotation by ``r // 2``, reversed in odd repeats.
 
     Over ``2 * len(keys)`` repeats each variant runs first, and each follows each other one
-    (for three variants: all six orders).
+    (for three variants: all six orders). Rotating by ``r`` instead cancels out for two variants:
+    the second rotation reversed is the first order again.
+
+    >>> [orders(["d", "d0"], r) for r in range(2)]
+    [('d', 'd0'), ('d0', 'd')]
+    >>> sorted(orders(["a", "b", "c"], r) for r in range(6)) == sorted(__import__("itertools").permutations("abc"))
+    True
     """
-    k = r % len(keys)
+    k = (r // 2) % len(keys)
     order = keys[k:] + keys[:k]
     return tuple(reversed(order) if r % 2 else order)
 
