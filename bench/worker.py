@@ -95,6 +95,7 @@ from stream.config import load_settings  # noqa: E402
 from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
 from stream.kafka.io import produce, produce_blocking  # noqa: E402
 from stream.kafka.topics import BANDIT_DECISIONS, PREDICTIONS, ensure_topics  # noqa: E402
+from stream.tools.demo import bucket_quantile  # noqa: E402
 from tests.support.models import train_and_register  # noqa: E402
 
 PARTITIONS = 4
@@ -291,25 +292,6 @@ def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
     for labels, value in scrape_series(port, "stream_stage_seconds_bucket"):
         out.setdefault(labels["stage"], []).append((float(labels["le"]), value))
     return {k: sorted(v) for k, v in out.items()}
-
-
-def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Quantile of cumulative histogram buckets by linear interpolation inside the bucket (Prometheus's rule).
-
-    >>> round(bucket_quantile([(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)], 0.75), 3)
-    0.15
-    """
-    total = buckets[-1][1] if buckets else 0.0
-    if total <= 0:
-        return float("nan")
-    rank, lo, lo_n = q * total, 0.0, 0.0
-    for le, n in buckets:
-        if n >= rank:
-            if le == float("inf"):
-                return lo
-            return lo + (le - lo) * (rank - lo_n) / max(n - lo_n, 1e-12)
-        lo, lo_n = le, n
-    return lo
 
 
 def latency(

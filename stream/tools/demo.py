@@ -105,8 +105,19 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
         for k, v in metrics.items()
         if k.startswith(name + "_bucket{")
     )
+    return bucket_quantile(buckets, q)
+
+
+def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Quantile of cumulative buckets (``le`` ascending) by interpolation inside the bucket (Prometheus's rule).
+
+    >>> round(bucket_quantile([(0.1, 50.0), (0.2, 100.0), (float("inf"), 100.0)], 0.75), 3)
+    0.15
+    >>> bucket_quantile([(0.1, 0.0), (float("inf"), 0.0)], 0.5)
+    nan
+    """
     total = buckets[-1][1] if buckets else 0.0
-    if total == 0:
+    if total <= 0:
         return float("nan")
     rank, lo_bound, lo_count = q * total, 0.0, 0.0
     for bound, count in buckets:
