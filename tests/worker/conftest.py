@@ -4,6 +4,7 @@ and per-test isolated settings (topic prefix, consumer group, state and chdb dir
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,9 +13,11 @@ import orjson
 import pytest
 
 from simulator import SimConfig, generate
+from stream.clickhouse import DDL_DIR
 from stream.config import load_settings
 from stream.kafka.topics import ensure_topics
 from tests.support.models import train_and_register
+from tests.support.waits import wait
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the model each scorable event type triggers among those of the fixture registry (``models_dir``:
@@ -77,6 +80,21 @@ def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any
     )
     ch = connect(settings, apply_schema=False)
     try:
+        # the worker creates its tables when its sink first connects, which may be after the
+        # records a test waited on reached Kafka: query only once every table is there
+        wait(lambda: _tables(ch) >= _SCHEMA_TABLES, 60, f"the worker's tables {sorted(_SCHEMA_TABLES)}")
         return list(json.loads(ch.query_df(sql).to_json(orient="records")))
     finally:
         ch.close()
+
+
+#: every table the schema files create (the worker applies them all when its sink connects)
+_SCHEMA_TABLES = frozenset(
+    m.group(1)
+    for f in DDL_DIR.glob("*.sql")
+    for m in re.finditer(r"CREATE TABLE IF NOT EXISTS \{db\}\.(\w+)", f.read_text())
+)
+
+
+def _tables(ch: Any) -> set[str]:
+    return set(ch.query_df("SELECT name FROM system.tables WHERE database = {d:String}", {"d": ch.database})["name"])
