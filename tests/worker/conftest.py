@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import orjson
 import pytest
 
 from simulator import SimConfig, generate
-from stream.clickhouse import DDL_DIR
+from stream.clickhouse import DDL_DIR, ClickHouse
 from stream.config import load_settings
 from stream.kafka.topics import ensure_topics
 from tests.support.models import train_and_register
@@ -71,8 +73,11 @@ def worker_env(tmp_path: Path, unique: str, models_dir: Path) -> dict[str, str]:
     }
 
 
-def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
-    """Query the worker's embedded ClickHouse (its directory's local server), also while it runs."""
+@contextmanager
+def worker_clickhouse(env: dict[str, str]) -> Iterator[ClickHouse]:
+    """The worker's embedded ClickHouse (its directory's local server), also while it runs, once
+    every schema table exists: the worker creates them when its sink first connects, which may be
+    after the records a test waited on reached Kafka."""
     from stream.clickhouse import connect
 
     settings = load_settings(
@@ -80,12 +85,16 @@ def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any
     )
     ch = connect(settings, apply_schema=False)
     try:
-        # the worker creates its tables when its sink first connects, which may be after the
-        # records a test waited on reached Kafka: query only once every table is there
         wait(lambda: _tables(ch) >= _SCHEMA_TABLES, 60, f"the worker's tables {sorted(_SCHEMA_TABLES)}")
-        return list(json.loads(ch.query_df(sql).to_json(orient="records")))
+        yield ch
     finally:
         ch.close()
+
+
+def query_worker_clickhouse(env: dict[str, str], sql: str) -> list[dict[str, Any]]:
+    """Rows of ``sql`` on the worker's embedded ClickHouse (see :func:`worker_clickhouse`)."""
+    with worker_clickhouse(env) as ch:
+        return list(json.loads(ch.query_df(sql).to_json(orient="records")))
 
 
 #: every table the schema files create (the worker applies them all when its sink connects)
@@ -96,5 +105,5 @@ _SCHEMA_TABLES = frozenset(
 )
 
 
-def _tables(ch: Any) -> set[str]:
+def _tables(ch: ClickHouse) -> set[str]:
     return set(ch.query_df("SELECT name FROM system.tables WHERE database = {d:String}", {"d": ch.database})["name"])

@@ -27,7 +27,7 @@ from stream.kafka.io import committed_offsets
 from stream.testing import WorkerProcess, consume, produce
 from tests.support.openapi import check_answer
 from tests.support.waits import wait
-from tests.worker.conftest import create_topics, payloads, query_worker_clickhouse
+from tests.worker.conftest import create_topics, payloads, query_worker_clickhouse, worker_clickhouse
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -316,7 +316,6 @@ def test_api_decisions_and_their_outcomes_reach_off_policy_estimates(
 
     import numpy as np
 
-    from stream.clickhouse import connect
     from stream.client import outcome_events
     from stream.config import load_settings
     from stream.tools.ope import decision_ope, read_decision_log
@@ -359,14 +358,11 @@ def test_api_decisions_and_their_outcomes_reach_off_policy_estimates(
         produce(kafka_bootstrap, topic, payloads(outcomes))
         wait(lambda: all_processed(kafka_bootstrap, group, topic), 60, "the worker did not process the outcomes")
 
-        settings = load_settings(chdb_path=Path(worker_env["STREAM_CHDB_PATH"]), clickhouse_database="publisher")
+        window_ms = load_settings().click_join_window_ms
 
         def logged() -> Any:
-            ch = connect(settings, apply_schema=False)
-            try:
-                return read_decision_log(ch, "thompson-api", settings.click_join_window_ms)
-            finally:
-                ch.close()
+            with worker_clickhouse(worker_env) as ch:
+                return read_decision_log(ch, "thompson-api", window_ms)
 
         wait(lambda: len(logged().rows) == 50, 60, "the decisions and their outcomes did not reach ClickHouse")
         log = logged()
