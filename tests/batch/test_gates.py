@@ -81,6 +81,8 @@ def test_registry_round_trip_gives_identical_predictions(tmp_path: Path) -> None
     np.testing.assert_allclose(again.inplace_predict(x), model.predict_proba(x)[:, 1], rtol=1e-6)
 
 
+# the first test to use pipeline_run pays for the whole pipeline (see tests/batch/test_pipeline.py)
+@pytest.mark.timeout(900)
 def test_promote_refuses_a_worse_model_unless_forced(
     sim_ctx: Context, pipeline_run: dict, tmp_path: Path, make_ctx: Any
 ) -> None:
