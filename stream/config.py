@@ -102,6 +102,14 @@ class Settings(BaseSettings):
     recommend_reads: int = Field(
         200, ge=1, le=10_000, description="recent distinct reads kept per user (user-reads table): excluded, folded in"
     )
+    recommend_on_session_start: bool = Field(
+        True,
+        description="publish each user's top STREAM_RECOMMEND_K recommendations at every session_start to the "
+        "recommendations topic (ranked once per batch, as the API ranks them)",
+    )
+    recommend_k: int = Field(
+        10, ge=1, le=100, description="recommendations published per session_start (STREAM_RECOMMEND_ON_SESSION_START)"
+    )
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
