@@ -335,6 +335,7 @@ def create_app(
         s.recommend_max_age_hours,
         s.recommend_reads,
         on_loaded=lambda version: _set_version_gauge(metrics.model_version, RECOMMEND_NAME, version),
+        refresh_s=s.recommend_refresh_s,
     )
     recs.refresh_model(force=True)  # loaded at start like the scoring models, listed by GET /v1/models
     events.register(app, rt, monitor, recs)

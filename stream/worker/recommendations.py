@@ -12,7 +12,7 @@
   its exposure rate (:func:`stream.models.recommend.exposure_rate`: impressions and views per
   hour over the model's window of complete hours, from the state's hourly buckets). "Now" is
   event time, so a replayed history recommends as it did then. Rebuilt at most every
-  :data:`REFRESH_S` seconds.
+  ``STREAM_RECOMMEND_REFRESH_S`` seconds (:data:`REFRESH_S` by default).
 - **At session_start** (``STREAM_RECOMMEND_ON_SESSION_START``): the events agent ranks the
   batch's ``session_start`` users in one :func:`~stream.models.recommend.rank_many` after their
   reads are appended (so a read in the same batch is excluded too), and publishes one
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 READ_EVENTS = frozenset({"article_view", "article_click", "video_play"})
 #: the candidates (and the model's alias) are checked again after this long
 REFRESH_S = 5.0
+#: how the article-stats keys that are no article begin: the article partitions' folded watermarks
+#: (agents/watermarks.py, ``progress_key``; keys come back as bytes from the GlobalTable)
+_NOT_ARTICLES = ("\x00", b"\x00")
 #: the most articles whose content is remembered (oldest forgotten first)
 MAX_CATALOG = 200_000
 
@@ -137,6 +140,7 @@ class Recommendations:
         max_reads: int,
         alias: str = "production",
         on_loaded: Callable[[str | None], None] | None = None,
+        refresh_s: float = REFRESH_S,
     ) -> None:
         self.registry = registry
         #: called with the version loaded (None: none any more), as ModelSet's ``on_loaded``
@@ -145,6 +149,8 @@ class Recommendations:
         self.articles = articles
         self.max_age_ms = max_age_hours * HOUR_MS
         self.max_reads = max_reads
+        #: the candidates are rebuilt at most this often (wall clock)
+        self.refresh_s = refresh_s
         self.alias = alias
         self.model: RecommendModel | None = None
         self._token: object = ()
@@ -249,19 +255,19 @@ class Recommendations:
         self._rates = {}
 
     def candidates(self) -> Candidates:
-        """Fresh articles with their exposure rate (rebuilt at most every REFRESH_S).
+        """Fresh articles with their exposure rate (rebuilt at most every ``refresh_s``).
 
         An article's state is decoded only when its stored bytes changed since the last rebuild, and
         its rate computed again only then or when the newest event's hour changed.
         """
         now = time.monotonic()
-        if now - self._cands_at < REFRESH_S:
+        if now - self._cands_at < self.refresh_s:
             return self._cands
         self._cands_at = now
         window = self.model.window_hours if self.model else DEFAULT_WINDOW_HOURS
         old, new = self._decoded, {}
         for key, raw in list(self.articles.items()):
-            if not raw:
+            if not raw or key[:1] in _NOT_ARTICLES:
                 continue
             seen = old.get(key)
             if seen is not None and (seen[0] is raw or seen[0] == raw):

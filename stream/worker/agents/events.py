@@ -128,18 +128,19 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
-        if recs is not None:  # the users' reads, in this partition's user-reads table
-            reads = recs.record(out.events)
-            if out.session_starts:  # one ranking for the batch (stream/worker/recommendations.py)
-                made, failed = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
-                out.recommendations = made
-                for rec, exc in failed:
-                    out.dead_letters += processor.failed(rec, exc, out.ingest_ms).dead_letters
+        reads = recs.record(out.events) if recs is not None else {}  # in this partition's user-reads table
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
         if processor.defer_clicks:
             # its article events must be confirmed before the batch is acked by publish
             await asyncio.gather(*await complete_clicks(out, last))
+        if recs is not None and out.session_starts:
+            # one ranking for the batch (stream/worker/recommendations.py), with article popularity
+            # as complete as the click rows had it
+            made, failed = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
+            out.recommendations = made
+            for rec, exc in failed:
+                out.dead_letters += processor.failed(rec, exc, out.ingest_ms).dead_letters
         rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
         if monitor is not None:  # the batch's predictions are all made: join outcomes, count drift
             monitor.observe(last.partition, out)
