@@ -103,9 +103,10 @@ class Settings(BaseSettings):
         200, ge=1, le=10_000, description="recent distinct reads kept per user (user-reads table): excluded, folded in"
     )
     recommend_on_session_start: bool = Field(
-        True,
+        False,
         description="publish each user's top STREAM_RECOMMEND_K recommendations at every session_start to the "
-        "recommendations topic (ranked once per batch, as the API ranks them)",
+        "recommendations topic (ranked once per batch, as the API ranks them; off: it costs the events agent "
+        "about 25 % more CPU per event, docs/api.md)",
     )
     recommend_k: int = Field(
         10, ge=1, le=100, description="recommendations published per session_start (STREAM_RECOMMEND_ON_SESSION_START)"
