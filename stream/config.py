@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     recommend_on_session_start: bool = Field(
         False,
         description="publish each user's top STREAM_RECOMMEND_K recommendations at every session_start to the "
-        "recommendations topic (ranked once per batch, as the API ranks them; off: it costs the events agent "
-        "about 25 % more CPU per event, docs/api.md)",
+        "recommendations topic (ranked once per batch, as the API ranks them; off by default: +28 % CPU per event "
+        "on the compute floor, docs/api.md)",
     )
     recommend_k: int = Field(
         10, ge=1, le=100, description="recommendations published per session_start (STREAM_RECOMMEND_ON_SESSION_START)"
