@@ -105,7 +105,7 @@ class Settings(BaseSettings):
     recommend_on_session_start: bool = Field(
         False,
         description="publish each user's top STREAM_RECOMMEND_K recommendations at every session_start to the "
-        "recommendations topic (ranked once per batch, as the API ranks them; off by default: +28 % CPU per event "
+        "recommendations topic (ranked once per batch, as the API ranks them; off by default: +22 % CPU per event "
         "on the compute floor, docs/api.md)",
     )
     recommend_k: int = Field(
