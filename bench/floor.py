@@ -21,6 +21,13 @@ runs without Kafka: simulated events (4 partitions by user) and models with refe
 trained on them, then the floor without and with monitoring, alternating, ``--repeats`` times
 each; prints each run and the median CPU µs per event of both, and their difference.
 
+    python bench/floor.py --simulate --recommendations [--users 300] [--days 6] [--repeats 2]
+
+runs the floor without and with the recommendations of each batch's session_starts, alternating
+(``STREAM_RECOMMEND_ON_SESSION_START``: the reads appended, one ranking per batch as the
+session-events agent does, with a recommendation model of the simulated reads; the reads alone
+are appended in both runs).
+
     python bench/floor.py --simulate --baseline REV [--users 300] [--days 6] [--repeats 3]
 
 instead runs the floor (without monitoring) of this tree and of git revision REV (exported with
@@ -54,7 +61,8 @@ from stream.models.scoring import ModelSet  # noqa: E402
 from stream.state import ArticleState, fold_article_events, new_article_state  # noqa: E402
 from stream.worker.monitor import Monitor, build_monitor  # noqa: E402
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig, Record, Stores  # noqa: E402
-from stream.worker.tuning import tune_gc  # noqa: E402
+from stream.worker.recommendations import Recommendations  # noqa: E402
+from stream.worker.tuning import limit_blas_threads, tune_gc  # noqa: E402
 
 
 def batches(records: list[Record], size: int) -> list[list[Record]]:
@@ -77,8 +85,19 @@ def load_records(records_file: Path) -> list[Record]:
     return records
 
 
-def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path | None = None) -> dict[str, Any]:
-    """One pass of the processor (and, with ``monitoring``, the monitor) over ``records``."""
+def run(
+    records: list[Record],
+    models_dir: Path,
+    *,
+    monitoring: bool,
+    keep: Path | None = None,
+    recommend: bool | None = None,
+) -> dict[str, Any]:
+    """One pass of the processor (and, with ``monitoring``, the monitor) over ``records``.
+
+    ``recommend`` not None: the reads are appended as the session-events agent does, and with
+    True each batch's session_starts are ranked and their records made.
+    """
     s = load_settings()
     models = ModelSet(ModelRegistry(models_dir), EXPECTED_FEATURES)
     models.refresh()
@@ -93,6 +112,13 @@ def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path
     runs = batches(records, s.score_batch_size)
     articles: dict[str, bytes] = {}
     stores = Stores(users={}, ad_pending={}, articles=articles, bandit={})
+    recs = None
+    if recommend is not None:
+        recs = Recommendations(ModelRegistry(models_dir), {}, articles, s.recommend_max_age_hours, s.recommend_reads)
+        recs.refresh_model(force=True)
+        limit_blas_threads()
+        proc.keep_session_starts = recommend
+    made = 0
 
     def article(aid: str) -> ArticleState:
         raw = articles.get(aid)
@@ -110,6 +136,11 @@ def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path
         round_events = []
         for batch in runs[start : start + per_round]:
             out = proc.process(batch, stores)
+            if recs is not None:
+                reads = recs.record(out.events)
+                if out.session_starts:
+                    ranked, _ = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
+                    made += len(ranked)
             if monitor is not None:
                 c = time.process_time()
                 monitor.observe(batch[-1].partition, out)
@@ -134,6 +165,8 @@ def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path
     if keep is not None:
         keep.write_bytes(b"\n".join(orjson.dumps(x) for x in kept))
     fig: dict[str, Any] = {"events": n1 - n0, "seconds": t1 - t0, "cpu_s": c1 - c0}
+    if recs is not None:
+        fig["recommendations"] = made
     if monitor is not None:
         m = proc.metrics.registry.get_sample_value
         fig["joined"] = sum(
@@ -146,13 +179,15 @@ def run(records: list[Record], models_dir: Path, *, monitoring: bool, keep: Path
 
 
 def simulated(work: Path, users: int, days: int) -> tuple[list[Record], Path]:
-    """Simulated events as records of 4 partitions (keyed by user), and models with profiles trained on them."""
+    """Simulated events as records of 4 partitions (keyed by user), and models with profiles trained on them
+    (and a recommendation model of their reads)."""
     from simulator import SimConfig, generate
-    from tests.support.models import train_and_register
+    from tests.support.models import register_recommendation, train_and_register
 
     events = list(generate(SimConfig(n_users=users, days=days, seed=7)).iter_events())
     models = work / "models"
     train_and_register(models, events[:30_000], seed=1, profile=True)
+    register_recommendation(models, events[:30_000], seed=1)
     offsets = [0, 0, 0, 0]
     records = []
     for e in events:
@@ -180,6 +215,23 @@ def compare_monitoring(args: argparse.Namespace) -> None:
     print(f"median CPU per event in the monitor itself: {statistics.median(inside):.1f} µs")
     diff = f"{on - off:+.1f} µs, {on / off - 1:+.1%}"
     print(f"median CPU per event: {off:.1f} µs without monitoring, {on:.1f} µs with ({diff})")
+
+
+def compare_recommendations(args: argparse.Namespace) -> None:
+    """The floor without and with recommendations at session_start, alternating."""
+    with tempfile.TemporaryDirectory() as tmp:
+        records, models = simulated(Path(tmp), args.users, args.days)
+        starts = sum(b'"session_start"' in (r.value or b"") for r in records)
+        print(f"{len(records)} events ({starts} session_start), {args.users} users, {args.days} days", flush=True)
+        us: dict[bool, list[float]] = {False: [], True: []}
+        for r in range(args.repeats):
+            for on in (False, True) if r % 2 == 0 else (True, False):
+                fig = run(records, models, monitoring=False, recommend=on)
+                us[on].append(fig["cpu_s"] / fig["events"] * 1e6)
+                print(orjson.dumps({"recommend": on, **fig, "cpu_us_per_event": us[on][-1]}).decode(), flush=True)
+    off, on = statistics.median(us[False]), statistics.median(us[True])
+    diff = f"{on - off:+.1f} µs, {on / off - 1:+.1%}"
+    print(f"median CPU per event: {off:.1f} µs without recommendations at session_start, {on:.1f} µs with ({diff})")
 
 
 def _outputs(path: Path) -> list[dict[str, Any]]:
@@ -243,7 +295,15 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=6)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--baseline", metavar="REV", help="with --simulate: this tree's floor against revision REV's")
+    ap.add_argument(
+        "--recommendations",
+        action="store_true",
+        help="with --simulate: without and with recommendations at session_start",
+    )
     args = ap.parse_args()
+    if args.simulate and args.recommendations:
+        compare_recommendations(args)
+        return
     if args.simulate and args.baseline:
         compare_baseline(args)
         return

@@ -96,7 +96,7 @@ from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
 from stream.kafka.io import produce, produce_blocking  # noqa: E402
 from stream.kafka.topics import BANDIT_DECISIONS, PREDICTIONS, ensure_topics  # noqa: E402
 from stream.tools.demo import bucket_quantile  # noqa: E402
-from tests.support.models import train_and_register  # noqa: E402
+from tests.support.models import register_recommendation, train_and_register  # noqa: E402
 
 PARTITIONS = 4
 
@@ -933,6 +933,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-worker-"))
     models = work / "models"
     train_and_register(models, events[: min(total, 30_000)], seed=1)
+    register_recommendation(models, events[: min(total, 30_000)], seed=1)  # ranked at each session_start
     payloads = [(e["user_id"].encode(), orjson.dumps(e)) for e in events]
     print(f"input: {total} simulated events ({args.users} users x {args.days} days), {PARTITIONS} partitions")
     base = [k.strip() for k in args.variants.split(",") if k.strip() and k.strip() != "none"]

@@ -102,6 +102,23 @@ class Settings(BaseSettings):
     recommend_reads: int = Field(
         200, ge=1, le=10_000, description="recent distinct reads kept per user (user-reads table): excluded, folded in"
     )
+    recommend_on_session_start: bool = Field(
+        False,
+        description="publish each user's top STREAM_RECOMMEND_K recommendations at every session_start to the "
+        "recommendations topic (ranked once per batch, as the API ranks them; off by default: +22 % CPU per event "
+        "on the compute floor, docs/api.md)",
+    )
+    recommend_k: int = Field(
+        10, ge=1, le=100, description="recommendations published per session_start (STREAM_RECOMMEND_ON_SESSION_START)"
+    )
+    recommend_refresh_s: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="recommendation candidates (fresh articles, exposure rates) are rebuilt at most this often "
+        "(wall clock; 0: for every request and batch)",
+    )
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")

@@ -23,6 +23,7 @@ from stream.errors import SchemaError
 from stream.events import records
 from stream.events import schema as schemas
 from stream.events.schema import EventRejected, dead_letter_envelope, parse_event
+from stream.models.recommend import REASONS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"
@@ -46,7 +47,7 @@ def _raw_schema(name: str) -> dict[str, Any]:
 
 
 def test_every_schema_has_valid_and_invalid_examples() -> None:
-    assert schemas.SCHEMAS == ("session_event", "prediction", "bandit_decision", "dead_letter")
+    assert schemas.SCHEMAS == ("session_event", "prediction", "bandit_decision", "dead_letter", "recommendation")
     for name in schemas.SCHEMAS:
         assert len(list((EXAMPLES / name / "valid").glob("*.json"))) >= 2, name
         assert len(list((EXAMPLES / name / "invalid").glob("*.json"))) >= 4, name
@@ -215,6 +216,7 @@ def test_validate_does_not_mutate_its_input() -> None:
         ("prediction", records.PredictionRecord),
         ("bandit_decision", records.DecisionRecord),
         ("dead_letter", records.DeadLetterRecord),
+        ("recommendation", records.RecommendationRecord),
     ],
 )
 def test_record_types_have_their_schema_keys(name: str, record_type: Any) -> None:
@@ -222,6 +224,13 @@ def test_record_types_have_their_schema_keys(name: str, record_type: Any) -> Non
     schema = _raw_schema(name)
     assert set(record_type.__required_keys__) == set(schema["required"])
     assert set(record_type.__required_keys__) | set(record_type.__optional_keys__) == set(schema["properties"])
+
+
+def test_recommended_article_type_has_its_schema_keys() -> None:
+    item = _raw_schema("recommendation")["properties"]["recommendations"]["items"]
+    assert set(records.RecommendedArticle.__required_keys__) == set(item["required"]) == set(item["properties"])
+    reasons = set(get_args(records.RecommendedArticle.__annotations__["reason"]))
+    assert reasons == set(item["properties"]["reason"]["enum"]) == set(REASONS)
 
 
 def test_error_kinds_are_the_schema_enum() -> None:

@@ -30,6 +30,11 @@ def prediction_id(model_name: str, model_version: str, user_id: str, event_id: s
     return _digest(model_name, model_version, user_id, event_id)
 
 
+def recommendation_id(user_id: str, event_id: str) -> str:
+    """Deterministic: the recommendations published at a replayed ``session_start`` get the same id."""
+    return _digest("recommendation", user_id, event_id)
+
+
 def decision_id(policy: str, user_id: str, request_id: str) -> str:
     """Deterministic, like prediction ids: a replayed request gets the same decision id."""
     return _digest(policy, user_id, request_id)

@@ -57,6 +57,30 @@ class DecisionRecord(TypedDict):
     decided_at: int
 
 
+class RecommendedArticle(TypedDict):
+    """One entry of a ``recommendation`` record, best first."""
+
+    article_id: str
+    score: float
+    reason: Literal["collaborative", "content", "popular"]
+
+
+class RecommendationRecord(TypedDict):
+    """A ``recommendation`` v1 record: a user's top-k articles at ``session_start`` (the recommendations topic)."""
+
+    schema_version: int
+    recommendation_id: str
+    user_id: str
+    session_id: str
+    event_id: str
+    event_time: int
+    model_version: str | None
+    k: int
+    reads: int
+    recommendations: list[RecommendedArticle]
+    recommended_at: int
+
+
 class DeadLetterRecord(TypedDict):
     """A ``dead_letter`` v1 record: the original bytes (base64) of a rejected input and where they came from.
 

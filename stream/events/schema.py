@@ -34,7 +34,7 @@ from stream.errors import SchemaError
 from stream.events.records import DeadLetterRecord, ErrorKind
 
 SCHEMA_DIR = ROOT / "schemas" / "json"
-SCHEMAS: tuple[str, ...] = ("session_event", "prediction", "bandit_decision", "dead_letter")
+SCHEMAS: tuple[str, ...] = ("session_event", "prediction", "bandit_decision", "dead_letter", "recommendation")
 SCHEMA_VERSION = 1
 
 ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)

@@ -29,6 +29,7 @@ SESSION_EVENTS = "session-events"
 PREDICTIONS = "predictions"
 PREDICTIONS_SHADOW = "predictions-shadow"
 BANDIT_DECISIONS = "bandit-decisions"
+RECOMMENDATIONS = "recommendations"
 DEAD_LETTER = "session-events-dlq"
 #: the worker's tables (faust names a table's changelog ``<worker id>-<table>-changelog``)
 USERS_TABLE = "users"
@@ -66,6 +67,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(BANDIT_DECISIONS, "user_id", "output: bandit_decision v1, one per ad_request"),
     TopicSpec(
+        RECOMMENDATIONS,
+        "user_id",
+        "output: recommendation v1, a user's top-k articles at each session_start (STREAM_RECOMMEND_ON_SESSION_START)",
+    ),
+    TopicSpec(
         DEAD_LETTER,
         "original key",
         "rejected input in the dead_letter v1 envelope",
@@ -75,7 +81,7 @@ TOPICS: tuple[TopicSpec, ...] = (
 
 
 #: the topics the worker writes (besides faust's own): their record limit must admit its records
-OUTPUTS = (PREDICTIONS, PREDICTIONS_SHADOW, BANDIT_DECISIONS, DEAD_LETTER)
+OUTPUTS = (PREDICTIONS, PREDICTIONS_SHADOW, BANDIT_DECISIONS, RECOMMENDATIONS, DEAD_LETTER)
 
 
 def worker_topics() -> tuple[TopicSpec, ...]:

@@ -12,7 +12,9 @@ ones batch training evaluates the model with:
 - :func:`blend`: ``log(rate / max rate + POP_FLOOR) + w_content * content + w_cf * collaborative``:
   a user reads an article about as often as it is shown times how much they like it, so the
   personal parts multiply the exposure (add to its log);
-- :func:`rank`: the ``k`` best, with the reason of each article: the part that weighs most.
+- :func:`rank`: the ``k`` best, with the reason of each article: the part that weighs most;
+  :func:`rank_many` the same for several users at once (one matrix product for the batch's
+  users at ``session_start``; :func:`rank` is its one-user case, so both rank alike).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -68,23 +71,38 @@ class RecommendModel:
     def load(cls, mv: ModelVersion) -> RecommendModel:
         return cls.from_params(mv.version, json.loads(mv.model_file.read_text()))
 
+    @cached_property
+    def gram_factor(self) -> np.ndarray | None:
+        """The Cholesky factor of ``factors^T factors`` (once per model), None when it has none."""
+        return gram_factor(self.factors)
 
-def fold_in(factors: np.ndarray, read: Sequence[int], interaction: float) -> np.ndarray:
+
+def gram_factor(factors: np.ndarray) -> np.ndarray | None:
+    """``L`` with ``L L^T = factors^T factors``, or None when that matrix is not positive definite."""
+    try:
+        return np.linalg.cholesky(factors.T @ factors)
+    except np.linalg.LinAlgError:
+        return None
+
+
+_UNSET: Any = object()
+
+
+def fold_in(factors: np.ndarray, read: Sequence[int], interaction: float, low: Any = _UNSET) -> np.ndarray:
     """The user's NMF vector from the item rows ``read`` (their reads known to the model).
 
     Solves ``min_w ||factors @ w - r||, w >= 0`` with ``r`` = ``interaction`` on the read items and
     0 elsewhere, as NMF fitted the user rows. Through the k x k Gram matrix (the same minimiser,
     without the n_items-long system): with ``G = F^T F = L L^T`` it is
-    ``min ||L^T w - L^-1 F^T r||``.
+    ``min ||L^T w - L^-1 F^T r||``. ``low``: that ``L`` (:func:`gram_factor`) when known.
     """
     k = factors.shape[1]
     if len(read) == 0:
         return np.zeros(k)
     b = interaction * factors[np.asarray(read, dtype=np.intp)].sum(axis=0)
-    gram = factors.T @ factors
-    try:
-        low = np.linalg.cholesky(gram)
-    except np.linalg.LinAlgError:  # degenerate factors: the long system
+    if low is _UNSET:
+        low = gram_factor(factors)
+    if low is None:  # degenerate factors: the long system
         r = np.zeros(factors.shape[0])
         r[np.asarray(read, dtype=np.intp)] = interaction
         return np.asarray(nnls(factors, r)[0])
@@ -169,27 +187,53 @@ def content_scores(read: Sequence[tuple[str | None, str | None]], cands: Candida
     >>> content_scores([("b", "c")], c).round(3).tolist()
     [1.0, 0.5]
     """
-    weight_b: dict[str, float] = {}
-    weight_c: dict[str, float] = {}
-    for brand, category in read:
-        n = (brand is not None) + (category is not None)
-        if brand is not None:
-            weight_b[brand] = weight_b.get(brand, 0.0) + n**-0.5
-        if category is not None:
-            weight_c[category] = weight_c.get(category, 0.0) + n**-0.5
-    norm = float(np.sqrt(sum(v * v for v in weight_b.values()) + sum(v * v for v in weight_c.values())))
-    if norm == 0 or len(cands) == 0:
-        return np.zeros(len(cands))
-    pb = np.array([weight_b.get(b, 0.0) for b in cands.brand_names] + [0.0])  # code -1 -> the last, 0
-    pc = np.array([weight_c.get(c, 0.0) for c in cands.category_names] + [0.0])
+    return np.asarray(content_matrix([read], cands)[0])
+
+
+def content_matrix(reads: Sequence[Sequence[tuple[str | None, str | None]]], cands: Candidates) -> np.ndarray:
+    """:func:`content_scores` of each user's reads, as the rows of one (users x candidates) array."""
+    n_b, n_c = len(cands.brand_names), len(cands.category_names)
+    # one column more each: code -1 (no brand / category) indexes the last, always 0
+    pb = np.zeros((len(reads), n_b + 1))
+    pc = np.zeros((len(reads), n_c + 1))
+    b_of = {b: i for i, b in enumerate(cands.brand_names)}
+    c_of = {c: i for i, c in enumerate(cands.category_names)}
+    norm = np.zeros(len(reads))
+    for u, read in enumerate(reads):
+        weight_b: dict[str, float] = {}
+        weight_c: dict[str, float] = {}
+        for brand, category in read:
+            n = (brand is not None) + (category is not None)
+            if brand is not None:
+                weight_b[brand] = weight_b.get(brand, 0.0) + n**-0.5
+            if category is not None:
+                weight_c[category] = weight_c.get(category, 0.0) + n**-0.5
+        # the profile's length counts brands and categories no candidate has
+        norm[u] = np.sqrt(sum(v * v for v in weight_b.values()) + sum(v * v for v in weight_c.values()))
+        for b, v in weight_b.items():
+            if b in b_of:
+                pb[u, b_of[b]] = v
+        for c, v in weight_c.items():
+            if c in c_of:
+                pc[u, c_of[c]] = v
     n_feats = (cands.brand_code >= 0).astype(float) + (cands.category_code >= 0)
-    dot = pb[cands.brand_code] + pc[cands.category_code]
-    return np.where(n_feats > 0, dot / (norm * np.sqrt(np.maximum(n_feats, 1.0))), 0.0)
+    dot = pb[:, cands.brand_code]
+    dot += pc[:, cands.category_code]
+    # a user without a profile, or a candidate without brand and category, has a dot of 0: 0 / 1
+    scale = np.where(norm > 0, norm, 1.0)[:, None] * np.where(n_feats > 0, np.sqrt(np.maximum(n_feats, 1.0)), 1.0)
+    dot /= scale
+    return dot
 
 
-def _norm(a: np.ndarray) -> np.ndarray:
-    m = float(a.max(initial=0.0))
-    return a / m if m > 0 else a
+def _scale_rows(a: np.ndarray, excluded: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Each row of ``a`` (>= 0) divided in place by its largest value outside ``excluded`` (if > 0).
+
+    The excluded entries are set to 0 first: their scores are never used.
+    """
+    a[excluded] = 0.0
+    m = a.max(axis=1, initial=0.0)
+    a /= np.where(m > 0, m, 1.0)[:, None]
+    return a
 
 
 def rank(
@@ -206,32 +250,77 @@ def rank(
     affinities: > 0). The reason is the largest of the weighted collaborative part, the weighted
     content part and the normalised exposure rate. Without a model: exposure only.
     """
-    keep = np.ones(len(cands), dtype=bool)
-    for a in reads:
-        i = cands.pos.get(a)
-        if i is not None:
-            keep[i] = False
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0 or k <= 0:
-        return []
-    pop = _norm(cands.popularity[idx])
-    if model is None:
-        parts = np.vstack([np.zeros(len(idx)), np.zeros(len(idx)), pop])
-        score = blend(pop, parts[0], parts[1], 0.0, 0.0)
-    else:
+    return rank_many(model, [(reads, read_content)], cands, k)[0]
+
+
+def rank_many(
+    model: RecommendModel | None,
+    users: Sequence[tuple[Sequence[str], Sequence[tuple[str | None, str | None]]]],
+    cands: Candidates,
+    k: int,
+) -> list[list[dict[str, Any]]]:
+    """:func:`rank` of each user's ``(reads, read_content)``, in one pass over a (users x candidates) array.
+
+    Each user's fold-in is a k x k problem of its own; the rest (the collaborative scores, one
+    matrix product; content, exposure, the blend) is computed for all users at once, in as few
+    passes over that array as the blend allows (with the same operations as :func:`blend`).
+    Raises ValueError when a user's scores are not finite (a model with NaN factors).
+    """
+    n_u, n = len(users), len(cands)
+    if n == 0 or k <= 0:
+        return [[] for _ in users]
+    read_cols = [sorted({i for a in reads if (i := cands.pos.get(a)) is not None}) for reads, _ in users]
+    excluded = (
+        np.repeat(np.arange(n_u, dtype=np.intp), [len(c) for c in read_cols]),
+        np.fromiter((i for c in read_cols for i in c), dtype=np.intp),
+    )
+    # exposure part: the rate over the best rate left to the user (the best overall unless they read it)
+    pop = cands.popularity
+    by_rate = np.argsort(-pop, kind="stable").tolist()
+    best = np.zeros(n_u)
+    for u, cols in enumerate(read_cols):
+        gone = set(cols)
+        best[u] = next((pop[i] for i in by_rate if i not in gone), 0.0)
+    best_of = {m: np.log((pop / m if m > 0 else pop) + POP_FLOOR) for m in set(best.tolist())}
+    score = np.vstack([best_of[m] for m in best.tolist()])
+    if model is not None:
         w_cf, w_cb, _ = model.weights
-        known = [model.index[a] for a in reads if a in model.index]
-        user = fold_in(model.factors, known, model.interaction)
-        rows = cands.rows[idx]
-        cf = np.zeros(len(idx))
-        have = rows >= 0
-        cf[have] = model.factors[rows[have]] @ user
-        cb = content_scores(read_content, cands)[idx]
-        parts = np.vstack([w_cf * _norm(cf), w_cb * _norm(cb), pop])
-        score = blend(pop, _norm(cb), _norm(cf), w_cf, w_cb)
-    top = np.argsort(-score, kind="stable")[:k]  # idx is in id order: ties go to the lower id
-    reason = np.where(parts.max(axis=0) > 0, parts.argmax(axis=0), 2)  # nothing known: popular
-    return [
-        {"article_id": cands.ids[idx[i]], "score": round(float(np.exp(score[i])), 6), "reason": REASONS[int(reason[i])]}
-        for i in top.tolist()
-    ]
+        low = model.gram_factor
+        index = model.index
+        known = [[index[a] for a in reads if a in index] for reads, _ in users]
+        vecs = np.vstack([fold_in(model.factors, rows, model.interaction, low) for rows in known])
+        have = cands.rows >= 0
+        rows = np.zeros((n, model.factors.shape[1]))
+        rows[have] = model.factors[cands.rows[have]]
+        cf = _scale_rows(vecs @ rows.T, excluded)
+        cb = _scale_rows(content_matrix([rc for _, rc in users], cands), excluded)
+        score += w_cb * cb  # blend's order of operations: log(rate) + w_cb * content + w_cf * collaborative
+        score += w_cf * cf
+    if np.isnan(score).any() or np.isinf(score).any():
+        raise ValueError("recommendation scores are not finite (check the recommendation model's factors)")
+    score[excluded] = -np.inf
+    out: list[list[dict[str, Any]]] = []
+    for u in range(n_u):
+        m = min(k, n - len(read_cols[u]))
+        if m <= 0:
+            out.append([])
+            continue
+        row = score[u]
+        # every candidate at least as good as the m-th best, then those in order: ties go to the
+        # lower id (candidates are in id order, and the sort is stable)
+        kth = np.partition(row, n - m)[n - m]
+        top = np.flatnonzero(row >= kth)
+        top = top[np.argsort(-row[top], kind="stable")][:m].tolist()
+        rel = pop[top] / best[u] if best[u] > 0 else pop[top]
+        if model is None:
+            parts = np.vstack([np.zeros(m), np.zeros(m), rel])
+        else:
+            parts = np.vstack([w_cf * cf[u, top], w_cb * cb[u, top], rel])
+        reason = np.where(parts.max(axis=0) > 0, parts.argmax(axis=0), 2)  # nothing known: popular
+        out.append(
+            [
+                {"article_id": cands.ids[i], "score": round(float(np.exp(row[i])), 6), "reason": REASONS[int(why)]}
+                for i, why in zip(top, reason.tolist(), strict=True)
+            ]
+        )
+    return out

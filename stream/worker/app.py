@@ -209,6 +209,7 @@ def create_app(
         "predictions": app.topic(s.topic(T.PREDICTIONS), partitions=p, **RAW),
         "predictions_shadow": app.topic(s.topic(T.PREDICTIONS_SHADOW), partitions=p, **RAW),
         "decisions": app.topic(s.topic(T.BANDIT_DECISIONS), partitions=p, **RAW),
+        "recommendations": app.topic(s.topic(T.RECOMMENDATIONS), partitions=p, **RAW),
         "dead_letter": app.topic(s.topic(T.DEAD_LETTER), partitions=p, **RAW),
         "article_events": app.topic(
             T.internal_topic(s, T.ARTICLE_EVENTS),
@@ -334,6 +335,7 @@ def create_app(
         s.recommend_max_age_hours,
         s.recommend_reads,
         on_loaded=lambda version: _set_version_gauge(metrics.model_version, RECOMMEND_NAME, version),
+        refresh_s=s.recommend_refresh_s,
     )
     recs.refresh_model(force=True)  # loaded at start like the scoring models, listed by GET /v1/models
     events.register(app, rt, monitor, recs)

@@ -154,6 +154,11 @@ class WorkerMetrics:
             ["model"],
             registry=r,
         )
+        self.recommendations = Counter(
+            "stream_recommendations_total",
+            "Records published to the recommendations topic (one per session_start; STREAM_RECOMMEND_ON_SESSION_START)",
+            registry=r,
+        )
         self.shadow_errors = Counter(
             "stream_shadow_errors_total",
             "Batches a challenger could not score (production scores were published)",

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from stream.events.records import DecisionRecord, PredictionRecord
+from stream.events.records import DecisionRecord, PredictionRecord, RecommendationRecord
 from stream.models import SEGMENTS, SERVED_FEATURES, TRIGGERS
 from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
 from stream.state import (
@@ -119,6 +119,10 @@ class Outputs:
     shadow_predictions: list[PredictionRecord] = field(default_factory=list)
     #: each model's feature matrix and scores, with ``BatchProcessor.keep_scored`` (drift monitoring)
     scored: list[Scored] = field(default_factory=list)
+    #: the valid session_start events with their records, with ``BatchProcessor.keep_session_starts``
+    session_starts: list[tuple[Record, dict[str, Any]]] = field(default_factory=list)
+    #: the top-k recommendations published at those session_starts (stream/worker/recommendations.py)
+    recommendations: list[RecommendationRecord] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         """Append ``other``'s outputs (a later part of the same batch)."""
@@ -131,6 +135,8 @@ class Outputs:
         self.events += other.events
         self.shadow_predictions += other.shadow_predictions
         self.scored += other.scored
+        self.session_starts += other.session_starts
+        self.recommendations += other.recommendations
 
 
 @dataclass
@@ -213,6 +219,8 @@ class BatchProcessor:
         self.idle_sources: set[int] = set()
         #: Keep each batch's feature matrices in ``Outputs.scored`` (STREAM_MONITORING: drift).
         self.keep_scored = False
+        #: Keep each batch's session_start events in ``Outputs.session_starts`` (their recommendations).
+        self.keep_session_starts = False
 
     @property
     def owned_articles(self) -> dict[str, ArticleState]:
@@ -262,6 +270,10 @@ class BatchProcessor:
             out.extend(part)
         return out
 
+    def failed(self, rec: Record, exc: BaseException, ingest_ms: int) -> Outputs:
+        """The dead letter of a record whose later output (after :meth:`process`) failed with ``exc``."""
+        return self._failed(rec, exc, ingest_ms)
+
     def _failed(self, rec: Record, exc: BaseException, ingest_ms: int) -> Outputs:
         """The dead letter of a record whose processing raised ``exc`` (its effects are undone)."""
         reason = f"{type(exc).__name__}: {exc}"
@@ -307,6 +319,8 @@ class BatchProcessor:
         out = Outputs(
             dead_letters=parsed.dead_letters, ingest_ms=ingest_ms, events=[event for _, event in parsed.events]
         )
+        if self.keep_session_starts:
+            out.session_starts = [(r, e) for r, e in parsed.events if e["event_type"] == "session_start"]
         tally = _Tally(invalid=parsed.invalid, redelivered=len(records) - len(fresh))
         requests, ingest = self._apply(records[0].partition, parsed.events, stores, out, tally, users, ads)
 

@@ -563,7 +563,7 @@ class Publisher:
         budget = record_budget(limit)
         articles = article_messages(out.article_events, self.settings.topic_partitions, budget)
         n = len(out.dead_letters) + len(articles) + len(out.predictions) + len(out.decisions)
-        n += len(out.shadow_predictions)
+        n += len(out.shadow_predictions) + len(out.recommendations)
         report = _Reports(asyncio.get_running_loop(), n, limit, on_acked)
         report.start()
         produce = self._produce
@@ -581,6 +581,9 @@ class Publisher:
             produce(names["decisions"], orjson.dumps(d), d["user_id"].encode(), report)
         for p in out.shadow_predictions:
             produce(names["predictions_shadow"], orjson.dumps(p), p["user_id"].encode(), report)
+        # at most 100 articles (STREAM_RECOMMEND_K): far below the smallest limit allowed
+        for r in out.recommendations:
+            produce(names["recommendations"], orjson.dumps(r), r["user_id"].encode(), report)
         waits: list[asyncio.Future[None]] = [report.future]
         if self.sink is not None:
             if out.predictions:
@@ -674,6 +677,8 @@ class Publisher:
             shadow[p["model_name"]] = shadow.get(p["model_name"], 0) + 1
         for name, n in shadow.items():
             m.shadow_predictions.labels(model=name).inc(n)
+        if out.recommendations:
+            m.recommendations.inc(len(out.recommendations))
 
     def unconfirmed(self, now: float | None = None) -> dict[Partition, float]:
         """Per input partition with unconfirmed batches: seconds since the oldest reached publish()."""

@@ -12,7 +12,13 @@
   its exposure rate (:func:`stream.models.recommend.exposure_rate`: impressions and views per
   hour over the model's window of complete hours, from the state's hourly buckets). "Now" is
   event time, so a replayed history recommends as it did then. Rebuilt at most every
-  :data:`REFRESH_S` seconds.
+  ``STREAM_RECOMMEND_REFRESH_S`` seconds (:data:`REFRESH_S` by default).
+- **At session_start** (``STREAM_RECOMMEND_ON_SESSION_START``): the events agent ranks the
+  batch's ``session_start`` users in one :func:`~stream.models.recommend.rank_many` after their
+  reads are appended (so a read in the same batch is excluded too), and publishes one
+  ``recommendation`` v1 record each (:func:`recommendation_record`). Should the ranking raise,
+  each user is ranked alone, and a session_start whose ranking fails goes to the dead-letter
+  topic as ``processing_error`` (its other outputs are published as usual).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from stream.events.ids import recommendation_id
+from stream.events.records import RecommendationRecord, RecommendedArticle
 from stream.models.recommend import (
     DEFAULT_WINDOW_HOURS,
     NAME,
@@ -30,16 +38,21 @@ from stream.models.recommend import (
     RecommendModel,
     exposure_rate,
     rank,
+    rank_many,
 )
 from stream.models.registry import ModelRegistry, RegistryError
 from stream.state.article import ArticleState
 from stream.state.config import HOUR_MS
+from stream.worker.parsing import Record
 
 log = logging.getLogger(__name__)
 
 READ_EVENTS = frozenset({"article_view", "article_click", "video_play"})
 #: the candidates (and the model's alias) are checked again after this long
 REFRESH_S = 5.0
+#: how the article-stats keys that are no article begin: the article partitions' folded watermarks
+#: (agents/watermarks.py, ``progress_key``; keys come back as bytes from the GlobalTable)
+_NOT_ARTICLES = ("\x00", b"\x00")
 #: the most articles whose content is remembered (oldest forgotten first)
 MAX_CATALOG = 200_000
 
@@ -72,6 +85,42 @@ def batch_reads(events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
+class RecommendationFailed(Exception):
+    """A session_start's recommendations could not be ranked (its dead letter's reason)."""
+
+
+def recommendation_record(
+    event: Mapping[str, Any],
+    ranked: Sequence[Mapping[str, Any]],
+    model_version: str | None,
+    reads: int,
+    k: int,
+    now_ms: int,
+) -> RecommendationRecord:
+    """The ``recommendation`` v1 record of a ``session_start`` ``event`` from its ranking (best first).
+
+    ``ranked``: :func:`~stream.models.recommend.rank_many`'s entries for the user; ``reads``: how
+    many reads the ranking excluded. The id depends only on the user and the event, so the record
+    of a replayed session_start has the same one.
+    """
+    items: list[RecommendedArticle] = [
+        {"article_id": r["article_id"], "score": r["score"], "reason": r["reason"]} for r in ranked
+    ]
+    return {
+        "schema_version": 1,
+        "recommendation_id": recommendation_id(event["user_id"], event["event_id"]),
+        "user_id": event["user_id"],
+        "session_id": event["session_id"],
+        "event_id": event["event_id"],
+        "event_time": event["event_time"],
+        "model_version": model_version,
+        "k": k,
+        "reads": reads,
+        "recommendations": items,
+        "recommended_at": now_ms,
+    }
+
+
 def hour_counts(state: ArticleState) -> dict[int, int]:
     """The article's impressions + views per hour (``t // HOUR_MS``), as far back as the state keeps them."""
     hours = state.buckets[1]
@@ -91,6 +140,7 @@ class Recommendations:
         max_reads: int,
         alias: str = "production",
         on_loaded: Callable[[str | None], None] | None = None,
+        refresh_s: float = REFRESH_S,
     ) -> None:
         self.registry = registry
         #: called with the version loaded (None: none any more), as ModelSet's ``on_loaded``
@@ -99,6 +149,8 @@ class Recommendations:
         self.articles = articles
         self.max_age_ms = max_age_hours * HOUR_MS
         self.max_reads = max_reads
+        #: the candidates are rebuilt at most this often (wall clock)
+        self.refresh_s = refresh_s
         self.alias = alias
         self.model: RecommendModel | None = None
         self._token: object = ()
@@ -113,8 +165,11 @@ class Recommendations:
 
     # --- the events agent ------------------------------------------------------------------
 
-    def record(self, events: Sequence[Mapping[str, Any]]) -> None:
-        """Remember the batch's article content and append its reads (one table write per reader)."""
+    def record(self, events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+        """Remember the batch's article content and append its reads (one table write per reader).
+
+        Returns each reader's reads as now stored.
+        """
         content = self.content
         for e in events:
             a = e.get("article_id")
@@ -122,9 +177,54 @@ class Recommendations:
                 if len(content) >= MAX_CATALOG:
                     del content[next(iter(content))]
                 content[a] = (e.get("brand"), e.get("category"))
+        stored = {}
         for uid, new in batch_reads(events).items():
-            old = unpack_reads(self.reads.get(uid))
-            self.reads[uid] = "\n".join(add_reads(old, new, self.max_reads)).encode()
+            reads = stored[uid] = add_reads(unpack_reads(self.reads.get(uid)), new, self.max_reads)
+            self.reads[uid] = "\n".join(reads).encode()
+        return stored
+
+    def at_session_start(
+        self,
+        starts: Sequence[tuple[Record, Mapping[str, Any]]],
+        known_reads: Mapping[str, list[str]],
+        k: int,
+        now_ms: int,
+    ) -> tuple[list[RecommendationRecord], list[tuple[Record, RecommendationFailed]]]:
+        """The records of a batch's session_starts, and the session_starts whose ranking failed.
+
+        One ranking for them all; should it raise, each is ranked alone. ``known_reads``: the
+        reads :meth:`record` just stored (the others are read from the table).
+        """
+        if not starts:
+            return [], []
+        self.refresh_model()
+        cands = self.candidates()
+        model = self.model
+        version = model.version if model else None
+        content = self.content
+        users = []
+        for _, e in starts:
+            reads = known_reads.get(e["user_id"])
+            if reads is None:
+                reads = unpack_reads(self.reads.get(e["user_id"]))
+            users.append((reads, [content[a] for a in reads if a in content]))
+        try:
+            ranked = rank_many(model, users, cands, k)
+            return [
+                recommendation_record(e, r, version, len(u[0]), k, now_ms)
+                for (_, e), u, r in zip(starts, users, ranked, strict=True)
+            ], []
+        except Exception:
+            log.debug("ranking %d session_start(s) together failed; ranking each alone", len(starts), exc_info=True)
+        made, failed = [], []
+        for (rec, e), u in zip(starts, users, strict=True):
+            try:
+                [r] = rank_many(model, [u], cands, k)
+                made.append(recommendation_record(e, r, version, len(u[0]), k, now_ms))
+            except Exception as exc:
+                reason = f"recommendations at session_start: {type(exc).__name__}: {exc}"
+                failed.append((rec, RecommendationFailed(reason)))
+        return made, failed
 
     # --- the API -------------------------------------------------------------------------------
 
@@ -155,19 +255,19 @@ class Recommendations:
         self._rates = {}
 
     def candidates(self) -> Candidates:
-        """Fresh articles with their exposure rate (rebuilt at most every REFRESH_S).
+        """Fresh articles with their exposure rate (rebuilt at most every ``refresh_s``).
 
         An article's state is decoded only when its stored bytes changed since the last rebuild, and
         its rate computed again only then or when the newest event's hour changed.
         """
         now = time.monotonic()
-        if now - self._cands_at < REFRESH_S:
+        if now - self._cands_at < self.refresh_s:
             return self._cands
         self._cands_at = now
         window = self.model.window_hours if self.model else DEFAULT_WINDOW_HOURS
         old, new = self._decoded, {}
         for key, raw in list(self.articles.items()):
-            if not raw:
+            if not raw or key[:1] in _NOT_ARTICLES:
                 continue
             seen = old.get(key)
             if seen is not None and (seen[0] is raw or seen[0] == raw):

@@ -8,6 +8,7 @@ worker's plumbing (state tables, batching, ordering) against the definitions the
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
+from sklearn.decomposition import NMF, PCA
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 
 from stream.models.registry import ModelRegistry
@@ -238,3 +240,41 @@ def offline_online_scores(
     if segmenter is not None:
         out["segment"] = dict(zip(ids, map(float, segmenter.assign(x)), strict=True))
     return out
+
+
+def register_recommendation(
+    models_dir: Path,
+    events: Iterable[Mapping[str, Any]],
+    seed: int = 0,
+    components: int = 16,
+    alias: str = "production",
+) -> str:
+    """A ``recommendation`` model of the events' reads (seeded NMF item factors, as batch training fits them),
+    registered and pointed ``alias`` at; returns its version."""
+    reads = [
+        (e["user_id"], e["article_id"])
+        for e in events
+        if e.get("article_id") and e["event_type"] in ("article_view", "article_click", "video_play")
+    ]
+    users = sorted({u for u, _ in reads})
+    items = sorted({a for _, a in reads})
+    u_of, a_of = {u: i for i, u in enumerate(users)}, {a: i for i, a in enumerate(items)}
+    r = np.zeros((len(users), len(items)))
+    for u, a in reads:
+        r[u_of[u], a_of[a]] = np.log(2.0)
+    n = max(1, min(components, len(users) - 1, len(items) - 1))
+    with warnings.catch_warnings():  # not converged in 150 iterations: as batch training, good enough here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        nmf = NMF(n_components=n, init="nndsvda", max_iter=150, random_state=seed).fit(r)
+    params = {
+        "weights": {"cf": 0.5, "content": 0.25, "popularity": 0.25},
+        "item_ids": items,
+        "item_factors": nmf.components_.T.round(6).tolist(),
+        "interaction": float(np.log(2.0)),
+        "popularity": {"window_hours": 12.0},
+        "content_vocabulary": [],
+    }
+    reg = ModelRegistry(models_dir)
+    mv = reg.register("recommendation", "json", lambda p: p.write_text(json.dumps(params)), {"metrics": {}})
+    reg.set_alias("recommendation", alias, mv.version, reason="test")
+    return mv.version

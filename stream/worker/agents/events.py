@@ -19,6 +19,7 @@ from stream.worker.monitor import Monitor
 from stream.worker.processor import Outputs, Record, Stores
 from stream.worker.publisher import Publisher
 from stream.worker.recommendations import Recommendations
+from stream.worker.tuning import limit_blas_threads
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
     wait_s = s.article_wait_ms / 1000
     processor = rt.processor
     processor.defer_clicks = wait_s > 0  # click rows wait for complete article popularity (agents/watermarks.py)
+    # STREAM_RECOMMEND_ON_SESSION_START: the batch's session_starts get their recommendations
+    processor.keep_session_starts = recs is not None and s.recommend_on_session_start
+    if recs is not None:
+        limit_blas_threads()  # the rankings' matrix products (stream/worker/tuning.py)
 
     events_topic = rt.topics["events"].get_topic_name()
 
@@ -123,13 +128,19 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
-        if recs is not None:  # the users' reads, in this partition's user-reads table
-            recs.record(out.events)
+        reads = recs.record(out.events) if recs is not None else {}  # in this partition's user-reads table
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
         if processor.defer_clicks:
             # its article events must be confirmed before the batch is acked by publish
             await asyncio.gather(*await complete_clicks(out, last))
+        if recs is not None and out.session_starts:
+            # one ranking for the batch (stream/worker/recommendations.py), with article popularity
+            # as complete as the click rows had it
+            made, failed = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
+            out.recommendations = made
+            for rec, exc in failed:
+                out.dead_letters += processor.failed(rec, exc, out.ingest_ms).dead_letters
         rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
         if monitor is not None:  # the batch's predictions are all made: join outcomes, count drift
             monitor.observe(last.partition, out)
