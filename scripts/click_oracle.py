@@ -9,9 +9,11 @@ demo's monitor retrains; ``full`` profile), from scratch and warm-started from t
 like ``batch_training retrain``. All are scored on the rows from day 27.3 on; the oracle is the
 simulator's ``p_click`` on the same rows and labels.
 
-    python scripts/click_oracle.py [--profile demo|full] [--extra NAME ...] [--ceiling]
+    python scripts/click_oracle.py [--profile demo|full] [--fixed] [--extra NAME ...] [--truth NAME ...]
+    python scripts/click_oracle.py --ceiling
 
-``--extra`` adds candidate features derived from the row's own columns (:data:`EXTRA`).
+``--extra`` adds candidate features derived from the row's own columns (:data:`EXTRA`), ``--truth``
+the simulator's hidden terms (:func:`truth_columns`), ``--fixed`` fits one setting instead of the search.
 ``--ceiling`` prints the Bayes ceiling instead: the simulator's true click logit with the user's
 intercept (and brand and category affinities) replaced by their MAP estimates from the user's
 earlier sessions, with and without the true engagement known (docs/monitoring.md).
@@ -112,20 +114,71 @@ def ratio(model: Any, rows: pd.DataFrame, names: list[str]) -> float:
     return float(roc_auc_score(y, p) / roc_auc_score(y, rows["p_click"].to_numpy()))
 
 
-def evaluate(rows: pd.DataFrame, names: list[str], profile: str = "demo") -> dict[str, float]:
+#: ``--fixed``: one XGBoost setting instead of the profile's search (quicker, less spread between runs)
+FIXED = {"max_depth": 4, "learning_rate": 0.08, "min_child_weight": 5, "subsample": 0.8, "colsample_bytree": 0.8}
+FIXED_WARM = {**FIXED, "max_depth": 3, "learning_rate": 0.1}
+
+
+def fit_fixed(rows: pd.DataFrame, names: list[str], profile: str, base: Any = None) -> Any:
+    """One fixed setting, early stopping on the validation part of the time split (``profile`` unused)."""
+    import xgboost as xgb
+
+    sp = time_split(rows["event_time_ms"].to_numpy())
+    x, y = rows[names].to_numpy(np.float32), rows["clicked"].to_numpy()
+    m = xgb.XGBClassifier(
+        n_estimators=300 if base is None else 200,
+        early_stopping_rounds=30,
+        objective="binary:logistic",
+        tree_method="hist",
+        n_jobs=2,
+        random_state=42,
+        eval_metric="auc",
+        **(FIXED if base is None else FIXED_WARM),
+    )
+    m.fit(
+        x[sp.train],
+        y[sp.train],
+        eval_set=[(x[sp.val], y[sp.val])],
+        verbose=False,
+        xgb_model=None if base is None else base.get_booster(),
+    )
+    return m
+
+
+def truth_columns(ds: Any, rows: pd.DataFrame) -> pd.DataFrame:
+    """``--truth``: the simulator's hidden terms of each row's click logit, as candidate features."""
+    cfg, truth = ds.config, ds.truth
+    users = truth["users"].set_index("user_id")
+    arts = truth["articles"].set_index("article_id")
+    dev = np.argmax(rows[["ctx_device_desktop", "ctx_device_mobile", "ctx_device_tablet"]].to_numpy(), axis=1)
+    drifted = rows["day"].to_numpy() >= HISTORY_DAYS + DRIFT_AFTER
+    decay = np.where(drifted, cfg.drift_position_decay, cfg.position_decay)
+    shift = np.where(drifted, np.asarray(cfg.drift_device_click_shift)[dev], np.asarray(cfg.device_click_shift)[dev])
+    out = pd.DataFrame(index=rows.index)
+    out["true_position_device"] = -decay * np.log(rows["position"].to_numpy()) + shift
+    out["true_quality"] = arts["quality_logit"].reindex(rows["article_id"]).to_numpy()
+    out["true_engagement"] = users["engagement"].reindex(rows["user_id"]).to_numpy()
+    out["true_click_intercept"] = users["click_logit"].reindex(rows["user_id"]).to_numpy()
+    return out.astype(np.float32)
+
+
+def evaluate(
+    rows: pd.DataFrame, names: list[str], profile: str = "demo", fixed: bool = False, window_days: float = WINDOW
+) -> dict[str, float]:
     day = rows["day"]
     hist = rows[day < HISTORY_DAYS]
     if profile == "demo":
         hist = hist[demo_sample(hist)]
-    first = fit(hist, names, profile)
+    fit_ = fit_fixed if fixed else fit
+    first = fit_(hist, names, profile)
     before = rows[(day >= HISTORY_DAYS) & (day < HISTORY_DAYS + DRIFT_AFTER)]
     after = rows[day >= RETRAIN_AT]
-    window = rows[(day >= RETRAIN_AT - WINDOW) & (day < RETRAIN_AT)]
+    window = rows[(day >= RETRAIN_AT - window_days) & (day < RETRAIN_AT)]
     return {
         "before": ratio(first, before, names),
         "after_first": ratio(first, after, names),
-        "challenger_scratch": ratio(fit(window, names, "full"), after, names),
-        "challenger_warm": ratio(fit(window, names, "full", base=first), after, names),
+        "challenger_scratch": ratio(fit_(window, names, "full"), after, names),
+        "challenger_warm": ratio(fit_(window, names, "full", base=first), after, names),
     }
 
 
@@ -239,10 +292,22 @@ def main() -> None:
     ap.add_argument("--profile", default="demo", choices=["demo", "full"])
     ap.add_argument("--extra", nargs="*", default=[], choices=sorted(EXTRA))
     ap.add_argument("--ceiling", action="store_true")
+    ap.add_argument("--fixed", action="store_true", help="one fixed XGBoost setting instead of the search")
+    ap.add_argument("--truth", nargs="*", default=[], help="true terms as extra features (truth_columns)")
+    ap.add_argument("--ctr-prior", type=float, help="StateConfig.ctr_prior of the rows (rows rebuilt)")
+    ap.add_argument("--ctr-strength", type=float, help="StateConfig.ctr_strength of the rows (rows rebuilt)")
+    ap.add_argument("--window-days", type=float, default=WINDOW, help="the challenger's training window")
     ap.add_argument("--rows", type=Path, help="cache of the click rows (Parquet), built if missing")
     a = ap.parse_args()
     ds = world()
-    if a.rows is not None and a.rows.exists():
+    if a.ctr_prior is not None or a.ctr_strength is not None:
+        base = StateConfig()
+        cfg = StateConfig(
+            ctr_prior=base.ctr_prior if a.ctr_prior is None else a.ctr_prior,
+            ctr_strength=base.ctr_strength if a.ctr_strength is None else a.ctr_strength,
+        )
+        rows = world_rows(ds, cfg)
+    elif a.rows is not None and a.rows.exists():
         rows = pd.read_parquet(a.rows)
     else:
         rows = world_rows(ds)
@@ -254,7 +319,9 @@ def main() -> None:
         return
     for name in a.extra:
         rows[name] = EXTRA[name](rows).astype(np.float32)
-    r = evaluate(rows, [*CLICK_FEATURES.names, *a.extra], a.profile)
+    if a.truth:
+        rows = pd.concat([rows, truth_columns(ds, rows)[a.truth]], axis=1)
+    r = evaluate(rows, [*CLICK_FEATURES.names, *a.extra, *a.truth], a.profile, a.fixed, a.window_days)
     print(" ".join(f"{k}={v:.3f}" for k, v in r.items()))
 
 
