@@ -42,11 +42,11 @@ def inplace_predict(booster: Any, x: np.ndarray) -> np.ndarray:
     if fast is None:
         fast = _xgb.fast = _xgb_fast_path()
     if fast is False:
-        return booster.inplace_predict(x)
+        return np.asarray(booster.inplace_predict(x))
     lib, check, proxy, args, interface, ulong = fast
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != booster.num_features():
-        return booster.inplace_predict(x)  # XGBoost's own error for a wrong shape
+        return np.asarray(booster.inplace_predict(x))  # XGBoost's own error for a wrong shape
     shape = ctypes.POINTER(ulong)()
     dims = ulong()
     preds = ctypes.POINTER(ctypes.c_float)()
