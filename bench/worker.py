@@ -295,6 +295,8 @@ class Latency:
     processed: float = 0.0  # input events the worker processed in the window (stream_events_total)
     offered: int = 0  # events produced in the window
     batches: float = 0.0  # batches with rows to score in the window (stream_score_batch_size_rows_count)
+    alone_broker_us: float = 0.0  # broker CPU per event with the bench's producer and reader alone (no worker)
+    alone_bench_us: float = 0.0  # the bench's CPU per event then
 
 
 def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
@@ -361,9 +363,6 @@ def latency(
         **(extra_env or {}),
         **({"PYTHONPATH": str(tree)} if tree is not None else {}),
     }
-    worker = run_process(
-        [sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log", cwd=tree or ROOT
-    )
     got: dict[str, list[tuple[float, float, float]]] = {"predictions": [], "decisions": []}
     stop_at = [0.0]
     window = [float("inf")]  # event_time (s) from which outputs count
@@ -391,9 +390,27 @@ def latency(
 
     reader = threading.Thread(target=read)
     reader.start()
+    worker: subprocess.Popen[bytes] | None = None
     try:
-        time.sleep(15)  # worker start-up and group join
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        # The broker's CPU for the bench's own traffic: the producer at the same rate (to a topic
+        # no one reads) and the idle reader, before the worker starts.
+        scratch = f"{prefix}scratch"
+        create_topics(bootstrap, [scratch])
+        b0, o0, t0, j = cpu_s(broker), own_cpu_s(), time.time(), 0
+        while time.time() - t0 < 5:
+            while j < int((time.time() - t0) * rate):
+                e = {**events[j % len(events)], "event_time": int(time.time() * 1000)}
+                p.produce(scratch, key=e["user_id"].encode(), value=orjson.dumps(e))
+                j += 1
+            p.poll(0)
+            time.sleep(0.002)
+        p.flush()
+        alone = ((cpu_s(broker) - b0) / max(j, 1) * 1e6, (own_cpu_s() - o0) / max(j, 1) * 1e6)
+        worker = run_process(
+            [sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log", cwd=tree or ROOT
+        )
+        time.sleep(15)  # worker start-up and group join
         start, i = time.time(), 0
         marks: list[tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]] = []
         while time.time() - start < seconds + warmup_s:
@@ -443,7 +460,8 @@ def latency(
     finally:
         stop_at[0] = stop_at[0] or time.time()
         reader.join()
-        stop(worker)
+        if worker is not None:
+            stop(worker)
     if profile is not None:
         with contextlib.suppress(NameError, subprocess.TimeoutExpired):
             spy.wait(30)
@@ -464,6 +482,7 @@ def latency(
         e1 - e0,
         n,
         n1 - n0,
+        *alone,
     )
 
 
@@ -656,6 +675,10 @@ def print_latency(lat: Latency) -> None:
         f"  the worker processed {lat.processed:,.0f} of the {lat.offered:,} events offered in the window "
         f"({lat.processed / max(lat.offered, 1):.0%}), in {lat.batches:,.0f} scoring batches "
         f"({lat.processed / max(lat.batches, 1):,.1f} events per batch)"
+    )
+    print(
+        f"  without the worker (the bench's producer and reader alone, 5 s at the same rate): broker "
+        f"{lat.alone_broker_us:,.0f} µs/event, the bench {lat.alone_bench_us:,.0f} µs/event"
     )
     print(f"  {'':44s} {'p50 ms':>8} {'p99 ms':>8} {'n':>8}")
     print(
