@@ -590,6 +590,7 @@ def sustained(
             if k == 0:
                 continue  # the warm-up
             steps.append(Probe(rate, i - n0, e1 - e0, grew, ok, (c1 - c0) / done * 1e6, (b1 - b0) / done * 1e6))
+            print(f"  sustained? {rate:,.0f} events/s offered: backlog grew by {grew:,.0f} events", flush=True)
             if ok:
                 lo, best = rate, max(best, rate)
             else:
