@@ -50,13 +50,21 @@ order). Click scores also read article popularity, and decisions the bandit coun
 partition, both as far as folded at that moment in the worker (``STREAM_ARTICLE_WAIT_MS=0``) and
 in the peers: the share that agrees is printed, not required.
 
-Latency (``--rate``, by default ``half``: half of (d)'s median events/s measured in the same run):
-our worker alone at that offered load, event produced (with event_time = now) -> prediction read
-by a consumer, and ``ad_request`` produced -> its decision read, after a 5 s warm-up. The per-stage
-breakdown is the worker's own ``stream_stage_seconds`` histogram (fetch, queue, process,
-inflight, ack, settle; docs/worker.md, "Latency") over the same window, and the prediction's Kafka timestamp (the
-worker's produce) -> read from the records. ``--variants d`` runs only the worker's throughput
-(to get the rate) before it.
+Maximum sustained rate: (d)'s events/s drains a preloaded backlog, in full batches. A live stream
+costs more per event (small batches and fetches, the bench's producer on the same machine), so
+with ``--rate half`` (the default) the bench also bisects for the highest offered live rate the
+worker keeps up with (its backlog grows by less than half a second of input over a step;
+``--probes`` steps of ``--probe-seconds``, :func:`sustained`) and prints both.
+
+Latency (``--rate``, by default ``half``: half of that sustained live rate; ``half-backlog``: half
+of (d)'s median events/s, the old definition): our worker alone at that offered load, event
+produced (with event_time = now) -> prediction read by a consumer, and ``ad_request`` produced
+-> its decision read, after a 5 s warm-up. The per-stage breakdown is the worker's own
+``stream_stage_seconds`` histogram (fetch, queue, process, inflight, ack, settle; docs/worker.md,
+"Latency") over the same window, and the prediction's Kafka timestamp (the worker's produce) ->
+read from the records; the CPU per event of the worker, its ClickHouse server, the broker and the
+bench's own producer and reader, and how many events the worker processed in how many batches.
+``--variants d`` runs only the worker's throughput (to get the rate) before it.
 
 With ``--scale-out``, each repeat also runs (d2): two ``stream worker`` processes in one consumer
 group (their own RocksDB directories, one ClickHouse), events/s and CPU per event of both
@@ -282,6 +290,13 @@ class Latency:
     stages: dict[str, list[tuple[float, float]]]  # the worker's stream_stage_seconds over the window: (le, count)
     proc_us: float  # CPU µs per event offered, of the worker (+ its ClickHouse server) and the broker
     broker_us: float
+    chdb_us: float = 0.0  # of that worker figure, its ClickHouse server
+    bench_us: float = 0.0  # the bench's own producer and reader (this process), not in the figures above
+    processed: float = 0.0  # input events the worker processed in the window (stream_events_total)
+    offered: int = 0  # events produced in the window
+    batches: float = 0.0  # batches with rows to score in the window (stream_score_batch_size_rows_count)
+    alone_broker_us: float = 0.0  # broker CPU per event with the bench's producer and reader alone (no worker)
+    alone_bench_us: float = 0.0  # the bench's CPU per event then
 
 
 def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
@@ -292,6 +307,21 @@ def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
     for labels, value in scrape_series(port, "stream_stage_seconds_bucket"):
         out.setdefault(labels["stage"], []).append((float(labels["le"]), value))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def counters(port: int) -> tuple[float, float]:
+    """The worker's input events processed so far and its scoring batches (those with rows)."""
+    from stream.testing import scrape_series
+
+    events = sum(v for _, v in scrape_series(port, "stream_events_total"))
+    batches = sum(v for _, v in scrape_series(port, "stream_score_batch_size_rows_count"))
+    return events, batches
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process (the bench's producer and reader threads)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def latency(
@@ -305,13 +335,15 @@ def latency(
     warmup_s: float = 5.0,
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
+    tree: Path | None = None,
 ) -> Latency:
     """Our worker at ``rate`` events/s offered: seconds from produce (event_time = now) to output read.
 
     The first ``warmup_s`` of offered load are left out (the worker's first batches, connections
     and caches); the worker's ``stream_stage_seconds`` and the CPU are read over the same window.
     ``profile``: py-spy samples the worker over that window into this file (collapsed stacks,
-    threads holding the GIL), for :func:`print_profile`.
+    threads holding the GIL), for :func:`print_profile`. ``tree``: run the worker of that source
+    tree (``--baseline``) instead of this one.
     """
     from stream.kafka.embedded import free_port
 
@@ -329,8 +361,8 @@ def latency(
         "STREAM_MODELS_DIR": str(models),
         "STREAM_WORKER_WEB_PORT": str(port),
         **(extra_env or {}),
+        **({"PYTHONPATH": str(tree)} if tree is not None else {}),
     }
-    worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log")
     got: dict[str, list[tuple[float, float, float]]] = {"predictions": [], "decisions": []}
     stop_at = [0.0]
     window = [float("inf")]  # event_time (s) from which outputs count
@@ -358,15 +390,42 @@ def latency(
 
     reader = threading.Thread(target=read)
     reader.start()
+    worker: subprocess.Popen[bytes] | None = None
     try:
-        time.sleep(15)  # worker start-up and group join
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        # The broker's CPU for the bench's own traffic: the producer at the same rate (to a topic
+        # no one reads) and the idle reader, before the worker starts.
+        scratch = f"{prefix}scratch"
+        create_topics(bootstrap, [scratch])
+        b0, o0, t0, j = cpu_s(broker), own_cpu_s(), time.time(), 0
+        while time.time() - t0 < 5:
+            while j < int((time.time() - t0) * rate):
+                e = {**events[j % len(events)], "event_time": int(time.time() * 1000)}
+                p.produce(scratch, key=e["user_id"].encode(), value=orjson.dumps(e))
+                j += 1
+            p.poll(0)
+            time.sleep(0.002)
+        p.flush()
+        alone = ((cpu_s(broker) - b0) / max(j, 1) * 1e6, (own_cpu_s() - o0) / max(j, 1) * 1e6)
+        worker = run_process(
+            [sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log", cwd=tree or ROOT
+        )
+        time.sleep(15)  # worker start-up and group join
         start, i = time.time(), 0
-        marks: list[tuple[dict[str, list[tuple[float, float]]], float, float]] = []
+        marks: list[tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]] = []
         while time.time() - start < seconds + warmup_s:
             if not marks and time.time() - start >= warmup_s:
                 window[0] = time.time()
-                marks.append((stage_buckets(port), cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)))
+                marks.append(
+                    (
+                        stage_buckets(port),
+                        cpu_s([worker.pid, *chdb_pids(chdb)]),
+                        cpu_s(broker),
+                        cpu_s(chdb_pids(chdb)),
+                        own_cpu_s(),
+                        counters(port),
+                    )
+                )
                 i0 = i
                 if profile is not None:
                     spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
@@ -385,19 +444,29 @@ def latency(
                 i += 1
             p.poll(0)
             time.sleep(0.002)
+        end = (
+            stage_buckets(port),
+            cpu_s([worker.pid, *chdb_pids(chdb)]),
+            cpu_s(broker),
+            cpu_s(chdb_pids(chdb)),
+            own_cpu_s(),
+            counters(port),
+        )
+        i1 = i
         p.flush()
         stop_at[0] = time.time()
         reader.join()
-        marks.append((stage_buckets(port), cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)))
+        marks.append(end)
     finally:
         stop_at[0] = stop_at[0] or time.time()
         reader.join()
-        stop(worker)
+        if worker is not None:
+            stop(worker)
     if profile is not None:
         with contextlib.suppress(NameError, subprocess.TimeoutExpired):
             spy.wait(30)
-    (b0, p0, k0), (b1, p1, k1) = marks
-    n = max(i - i0, 1)
+    (b0, p0, k0, h0, o0, (e0, n0)), (b1, p1, k1, h1, o1, (e1, n1)) = marks
+    n = max(i1 - i0, 1)
     stages = {k: [(le, c - dict(b0.get(k, [])).get(le, 0.0)) for le, c in v] for k, v in b1.items()}
     return Latency(
         rate,
@@ -408,6 +477,141 @@ def latency(
         stages,
         (p1 - p0) / n * 1e6,
         (k1 - k0) / n * 1e6,
+        (h1 - h0) / n * 1e6,
+        (o1 - o0) / n * 1e6,
+        e1 - e0,
+        n,
+        n1 - n0,
+        *alone,
+    )
+
+
+@dataclass
+class Probe:
+    """One step of :func:`sustained`: the worker at ``rate`` events/s offered for a while."""
+
+    rate: float
+    offered: int
+    processed: float
+    grew: float  # how much the worker's backlog (offered - processed) grew over the step, in events
+    ok: bool
+    proc_us: float  # CPU µs per event processed: the worker (+ its ClickHouse server), the broker
+    broker_us: float
+
+
+def sustained(
+    bootstrap: str,
+    work: Path,
+    models: Path,
+    events: list[dict],
+    broker: list[int],
+    hi: float,
+    probes: int = 5,
+    step_s: float = 10.0,
+    extra_env: dict[str, str] | None = None,
+) -> tuple[float, list[Probe]]:
+    """The highest offered live rate the worker keeps up with, next to this bench's producer.
+
+    One worker on topics of its own; the bench produces at a rate for ``step_s`` seconds at a time
+    (each event as it is produced, as in :func:`latency`) and bisects between 0 and ``hi`` (the
+    backlog drain rate): a rate is sustained when the worker's backlog (events offered minus
+    events it processed, ``stream_events_total``) grows by less than half a second of input over
+    the step. Before each step the worker catches up with the producer paused (at most 60 s). The
+    first step, at a tenth of ``hi``, warms the worker up and is not counted. Returns the highest
+    sustained rate (0 if none) and the steps.
+    """
+    from stream.kafka.embedded import free_port
+
+    prefix = f"sus{uuid.uuid4().hex[:6]}."
+    ensure_topics(bootstrap, load_settings(topic_prefix=prefix, topic_partitions=PARTITIONS))
+    port = free_port()
+    run_dir = work / prefix.rstrip(".")
+    chdb = run_dir / "chdb"
+    env = {
+        "STREAM_KAFKA_BOOTSTRAP": bootstrap,
+        "STREAM_TOPIC_PREFIX": prefix,
+        "STREAM_WORKER_ID": f"sus-{prefix}",
+        "STREAM_STATE_DIR": str(run_dir / "state"),
+        "STREAM_CHDB_PATH": str(chdb),
+        "STREAM_MODELS_DIR": str(models),
+        "STREAM_WORKER_WEB_PORT": str(port),
+        **(extra_env or {}),
+    }
+    worker = run_process([sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log")
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+    i = 0
+
+    def offer(rate: float, seconds: float) -> None:
+        nonlocal i
+        start, i0 = time.time(), i
+        while time.time() - start < seconds:
+            due = i0 + int((time.time() - start) * rate)
+            while i < due:
+                e = {**events[i % len(events)], "event_time": int(time.time() * 1000)}
+                if i >= len(events):
+                    e["event_id"] = f"{e['event_id'][:56]}~{i // len(events)}"
+                p.produce(f"{prefix}session-events", key=e["user_id"].encode(), value=orjson.dumps(e))
+                i += 1
+            p.poll(0)
+            time.sleep(0.002)
+        p.flush()
+
+    def processed() -> float:
+        return counters(port)[0]
+
+    steps: list[Probe] = []
+    best = 0.0
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the worker's metrics answer once it runs; then its group join
+            try:
+                processed()
+                break
+            except OSError:
+                if time.monotonic() > deadline or worker.poll() is not None:
+                    raise RuntimeError(f"worker of {prefix} did not start (log: {run_dir.name}-worker.log)") from None
+                time.sleep(0.5)
+        time.sleep(10)
+        lo, top = 0.0, hi
+        for k in range(probes + 1):
+            rate = hi / 10 if k == 0 else (lo + top) / 2
+            caught = time.monotonic() + 60
+            while i - processed() > 0 and time.monotonic() < caught:
+                time.sleep(0.2)
+            e0 = processed()
+            c0, b0 = cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)
+            lag0, n0 = i - e0, i
+            offer(rate, step_s)
+            e1 = processed()
+            c1, b1 = cpu_s([worker.pid, *chdb_pids(chdb)]), cpu_s(broker)
+            done = max(e1 - e0, 1.0)
+            grew = (i - e1) - lag0
+            ok = grew < 0.5 * rate
+            if k == 0:
+                continue  # the warm-up
+            steps.append(Probe(rate, i - n0, e1 - e0, grew, ok, (c1 - c0) / done * 1e6, (b1 - b0) / done * 1e6))
+            print(f"  sustained? {rate:,.0f} events/s offered: backlog grew by {grew:,.0f} events", flush=True)
+            if ok:
+                lo, best = rate, max(best, rate)
+            else:
+                top = rate
+    finally:
+        stop(worker)
+    return best, steps
+
+
+def print_sustained(backlog: float, best: float, steps: list[Probe]) -> None:
+    print(f"\nsustained live rate (bisection between 0 and (d)'s backlog rate {backlog:,.0f} events/s):")
+    head = f"{'offered/s':>10} {'offered':>8} {'processed':>10} {'backlog grew':>13}"
+    print(f"  {head} {'CPU µs/event worker + broker':>30}")
+    for s in steps:
+        print(
+            f"  {s.rate:>10,.0f} {s.offered:>8,} {s.processed:>10,.0f} {s.grew:>13,.0f} "
+            f"{s.proc_us:>18,.0f} + {s.broker_us:>7,.0f}   {'kept up' if s.ok else 'fell behind'}"
+        )
+    print(
+        f"  maximum sustained rate: {best:,.0f} events/s live ({best / max(backlog, 1):.0%} of the backlog "
+        f"drain rate {backlog:,.0f} events/s)"
     )
 
 
@@ -451,7 +655,7 @@ def print_profile(path: Path) -> None:
 def print_latencies(lats: list[tuple[str, Latency]], work: Path, profile: bool) -> None:
     for j, (extra, lat) in enumerate(lats):
         if extra:
-            print(f"\n== worker settings: {extra}")
+            print(f"\n== worker: {extra}")
         print_latency(lat)
         if profile:
             print_profile(work / f"latency-profile-{j}.txt")
@@ -465,7 +669,17 @@ def print_latency(lat: Latency) -> None:
 
     print(
         f"\nlatency at {lat.rate:,.0f} events/s offered for {lat.seconds:.0f} s (after a 5 s warm-up); "
-        f"CPU µs per event: worker {lat.proc_us:,.0f} + broker {lat.broker_us:,.0f}"
+        f"CPU µs per event: worker {lat.proc_us:,.0f} (of which its ClickHouse server {lat.chdb_us:,.0f}) "
+        f"+ broker {lat.broker_us:,.0f}; the bench's producer and reader {lat.bench_us:,.0f}"
+    )
+    print(
+        f"  the worker processed {lat.processed:,.0f} of the {lat.offered:,} events offered in the window "
+        f"({lat.processed / max(lat.offered, 1):.0%}), in {lat.batches:,.0f} scoring batches "
+        f"({lat.processed / max(lat.batches, 1):,.1f} events per batch)"
+    )
+    print(
+        f"  without the worker (the bench's producer and reader alone, 5 s at the same rate): broker "
+        f"{lat.alone_broker_us:,.0f} µs/event, the bench {lat.alone_bench_us:,.0f} µs/event"
     )
     print(f"  {'':44s} {'p50 ms':>8} {'p99 ms':>8} {'n':>8}")
     print(
@@ -848,15 +1062,17 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def rate_arg(text: str) -> str:
-    """``--rate``: events/s (a positive number), ``half`` or ``off``."""
-    if text in ("half", "off"):
+    """``--rate``: events/s (a positive number), ``half``, ``half-backlog`` or ``off``."""
+    if text in ("half", "half-backlog", "off"):
         return text
     try:
         if float(text) > 0:
             return text
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"{text!r}: expected events/s (a positive number), 'half' or 'off'")
+    raise argparse.ArgumentTypeError(
+        f"{text!r}: expected events/s (a positive number), 'half', 'half-backlog' or 'off'"
+    )
 
 
 def main() -> None:
@@ -868,9 +1084,12 @@ def main() -> None:
         "--rate",
         type=rate_arg,
         default="half",
-        help="offered load of the latency run: events/s, 'half' (half of (d)'s median events/s in this run) "
-        "or 'off' (no latency run)",
+        help="offered load of the latency run: events/s, 'half' (half of the highest live rate the worker "
+        "sustains, found by bisection in this run), 'half-backlog' (half of (d)'s median events/s draining "
+        "the preloaded input) or 'off' (no latency run)",
     )
+    ap.add_argument("--probes", type=int, default=5, help="bisection steps for the sustained live rate (--rate half)")
+    ap.add_argument("--probe-seconds", type=float, default=10.0, help="seconds offered per bisection step")
     ap.add_argument("--latency-seconds", type=float, default=30.0)
     ap.add_argument(
         "--latency-env",
@@ -924,6 +1143,11 @@ def main() -> None:
         "--archive-off", action="store_true", help="also run (d-): the worker without its event archive and monitoring"
     )
     ap.add_argument("--baseline", metavar="REV", help="also run (d0): the worker at git revision REV")
+    ap.add_argument(
+        "--latency-baseline",
+        action="store_true",
+        help="with --baseline: also run each latency run with (d0)'s worker, after this tree's",
+    )
     args = ap.parse_args()
 
     if args.quix:
@@ -939,7 +1163,7 @@ def main() -> None:
     base = [k.strip() for k in args.variants.split(",") if k.strip() and k.strip() != "none"]
     if any(k not in ("b", "c", "d") for k in base):
         ap.error(f"--variants {args.variants!r}: expected a comma-separated list of b, c, d, or none")
-    if (args.rate == "half" or args.scale_out) and "d" not in base:
+    if (args.rate in ("half", "half-backlog") or args.scale_out) and "d" not in base:
         base.append("d")
     keys = (
         base
@@ -985,9 +1209,25 @@ def main() -> None:
                 flush=True,
             )
         lats: list[tuple[str, Latency]] = []
+        live: tuple[float, float, list[Probe]] | None = None
         if args.rate != "off":
-            rate = statistics.median(s.rate for s in results["d"]) / 2 if args.rate == "half" else float(args.rate)
-            for j, extra in enumerate(args.latency_env or [""]):
+            if args.rate == "half":
+                backlog = statistics.median(s.rate for s in results["d"])
+                settle(broker.pid, args.pause)
+                best, steps = sustained(
+                    bootstrap, work, models, events, broker_pids, backlog, args.probes, args.probe_seconds
+                )
+                live = (backlog, best, steps)
+                rate = (best or min(s.rate for s in steps)) / 2
+            elif args.rate == "half-backlog":
+                rate = statistics.median(s.rate for s in results["d"]) / 2
+            else:
+                rate = float(args.rate)
+            trees: list[tuple[str, Path | None]] = [("", None)]
+            if args.latency_baseline and baseline is not None:
+                trees.append((f"(d0) {args.baseline}", baseline))
+            runs = [(extra, tree) for extra in args.latency_env or [""] for tree in trees]
+            for j, (extra, (label, tree)) in enumerate(runs):
                 settle(broker.pid, args.pause)
                 profile = work / f"latency-profile-{j}.txt" if args.profile else None
                 env_extra = dict(kv.split("=", 1) for kv in extra.split(",") if kv)
@@ -1001,8 +1241,9 @@ def main() -> None:
                     broker_pids,
                     profile=profile,
                     extra_env=env_extra,
+                    tree=tree,
                 )
-                lats.append((extra, lat))
+                lats.append((" ".join(x for x in (label, extra) if x), lat))
 
     if not keys:
         print_latencies(lats, work, args.profile)
@@ -1069,6 +1310,8 @@ def main() -> None:
             print(f"  ({k}) {'PASS' if ok else 'FAIL'}")
             for line in lines:
                 print(f"      {line}")
+    if live is not None:
+        print_sustained(*live)
     print_latencies(lats, work, args.profile)
     print(f"logs: {work}")
     if checks and not all(verdicts):

@@ -123,11 +123,12 @@ class Settings(BaseSettings):
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")
     score_batch_ms: int = Field(50, ge=1, le=60_000, description="max wait in ms for a scoring batch")
     score_batch_idle_ms: int = Field(
-        0,
+        5,
         ge=0,
         le=60_000,
         description="a scoring batch also closes once no event came for this long (0: only size and "
-        "STREAM_SCORE_BATCH_MS): a live stream's events do not wait out the batch window (5 for latency)",
+        "STREAM_SCORE_BATCH_MS): a live stream's batch need not wait out the window; not while the "
+        "partition has a backlog",
     )
     article_wait_ms: int = Field(
         0,

@@ -108,6 +108,18 @@ def hist_quantile(metrics: dict[str, float], name: str, q: float) -> float:
     return bucket_quantile(buckets, q)
 
 
+def stage_quantile(metrics: dict[str, float], stage: str, q: float) -> float:
+    """Quantile of one stage of the worker's ``stream_stage_seconds`` histogram.
+
+    >>> h = "stream_stage_seconds_bucket"
+    >>> m = {f"{h}{{le=0.1,stage=ack}}": 4.0, f"{h}{{le=+Inf,stage=ack}}": 4.0, f"{h}{{le=0.1,stage=fetch}}": 0.0}
+    >>> round(stage_quantile(m, "ack", 0.5), 3)
+    0.05
+    """
+    tail = f",stage={stage}}}"
+    return hist_quantile({k: v for k, v in metrics.items() if k.endswith(tail)}, "stream_stage_seconds", q)
+
+
 def bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float:
     """Quantile of cumulative buckets (``le`` ascending) by interpolation inside the bucket (Prometheus's rule).
 
@@ -286,6 +298,11 @@ def run_demo(
         f"ingest -> prediction latency    : p50 {q50:,.0f} ms, p90 {q90:,.0f} ms, p99 {q99:,.0f} ms "
         "(input record's Kafka timestamp to publish; worker histogram)"
     )
+    stages = ", ".join(
+        f"{stage} {stage_quantile(m, stage, 0.5) * 1000:,.0f}/{stage_quantile(m, stage, 0.99) * 1000:,.0f}"
+        for stage in ("fetch", "queue", "process", "ack", "settle")
+    )
+    print(f'  per stage, p50/p99 ms         : {stages} (docs/worker.md, "Latency")')
     print(f"dead-lettered records           : {_sum(m, 'stream_invalid_events_total'):,.0f}")
     print("\npredictions per model (ClickHouse, FINAL):")
     print(per_model.to_string(index=False))

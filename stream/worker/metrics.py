@@ -115,11 +115,14 @@ class WorkerMetrics:
             "stream_bandit_decisions_total", "Bandit decisions, by context and arm", ["context", "arm"], registry=r
         )
         self.event_to_publish = Histogram(
-            "stream_event_to_publish_seconds", "Event time to prediction publish", buckets=_LATENCY_BUCKETS, registry=r
+            "stream_event_to_publish_seconds",
+            "Event time to prediction acknowledged by Kafka",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.ingest_to_publish = Histogram(
             "stream_ingest_to_publish_seconds",
-            "Source record's Kafka timestamp to prediction publish",
+            "Source record's Kafka timestamp to prediction acknowledged by Kafka",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

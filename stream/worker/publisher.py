@@ -530,7 +530,7 @@ class Publisher:
         try:
             ready = time.time()
             observe_n(stage["inflight"], max(ready - waited, 0.0), n)
-            waits = await self._send(out, lambda secs: observe_n(stage["ack"], secs, n))
+            waits = await self._send(out, self._on_acked(out, n))
             queued = time.time()
             if started is not None:
                 observe_n(stage["process"], max(queued - started, 0.0), n)
@@ -657,6 +657,24 @@ class Publisher:
             self._inflight.release(taken)
         return True
 
+    def _on_acked(self, out: Outputs, n: int) -> Callable[[float], None]:
+        """What runs (on the poll thread) once Kafka acknowledged every output of a batch of ``n`` events.
+
+        The ``ack`` stage, and the publish latencies (``stream_event_to_publish_seconds``,
+        ``stream_ingest_to_publish_seconds``): a prediction is published once Kafka has it, and its
+        consumers can read it from then on; the ClickHouse sink's flush and the commit come later
+        (the ``settle`` stage) and are not on its way.
+        """
+        m = self.metrics
+
+        def acked(secs: float) -> None:
+            now = time.time()
+            observe_n(m.stage["ack"], secs, n)
+            observe_many(m.event_to_publish, [max(now - p["event_time"] / 1000, 0.0) for p in out.predictions])
+            observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
+
+        return acked
+
     def _count(self, out: Outputs, queued: float = 0.0, n: int = 0) -> None:
         """Count an acked batch's outputs: in order, after its partition's earlier ones (delivery.py).
 
@@ -668,8 +686,6 @@ class Publisher:
         per_model: dict[str, int] = {}
         for p in out.predictions:
             per_model[p["model_name"]] = per_model.get(p["model_name"], 0) + 1
-        observe_many(m.event_to_publish, [max(now - p["event_time"] / 1000, 0.0) for p in out.predictions])
-        observe_many(m.ingest_to_publish, [max(now - ms / 1000, 0.0) for ms in out.prediction_ingest_ms])
         for name, n in per_model.items():
             m.predictions.labels(model=name).inc(n)
         shadow: dict[str, int] = {}

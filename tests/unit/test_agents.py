@@ -654,3 +654,49 @@ async def test_a_partition_of_a_new_group_shows_its_lag_before_its_first_batch(w
     w.rt.on_revoked({TP(events, 1)})
     w.rt.export_lag([TP(events, 0)], lambda tp: 1000, nothing_committed.get)
     assert _series(w, lag) == {(events, "0"): 1000}
+
+
+class HeldSink:
+    """ClickHouse sink stand-in whose inserts are confirmed only when the test says so."""
+
+    def __init__(self) -> None:
+        self.waits: list[asyncio.Future[None]] = []
+
+    async def put(self, table: str, rows: list[Any]) -> asyncio.Future[None]:
+        self.waits.append(asyncio.get_running_loop().create_future())
+        return self.waits[-1]
+
+    def confirm(self) -> None:
+        for f in self.waits:
+            if not f.done():
+                f.set_result(None)
+
+
+async def test_a_prediction_counts_as_published_once_kafka_has_it_not_once_clickhouse_has(
+    worker: Worker, sim_events: list[dict[str, Any]]
+) -> None:
+    """``stream_ingest_to_publish_seconds`` (the demo's ingest -> prediction) ends at Kafka's ack:
+    consumers read a prediction from then on; the sink's flush only delays the commit."""
+    w = worker
+    sink = HeldSink()
+    w.rt.sink = sink
+    events = sim_events[:BATCH]
+    now = time.time()
+    agent = w.app.agents["session-events"]
+    async with agent.test_context(on_error=_on_error(w)) as tc:
+        await feed(tc, payloads_of(events), timestamps=[now] * len(events))
+        key = (w.topic("events"), 0)
+        predictions = w.topic("predictions")
+        await wait_until(lambda: w.metrics_value("stream_ingest_to_publish_seconds_count") > 0)
+        n = len(w.producer.on(predictions))
+        assert n > 0
+        await wait_until(lambda: w.metrics_value("stream_ingest_to_publish_seconds_count") == n)
+        assert w.metrics_value("stream_event_to_publish_seconds_count") == n
+        assert w.rt.ledger.committable(key) == 0, "committable before ClickHouse confirmed the rows"
+        assert w.metrics_value("stream_stage_seconds_count", stage="settle") == 0
+
+        sink.confirm()
+        await asyncio.wait_for(w.rt.drain(), 10)
+        assert w.rt.ledger.committable(key) == len(events)
+        assert w.metrics_value("stream_ingest_to_publish_seconds_count") == n  # counted once
+        assert w.errors == []

@@ -303,3 +303,39 @@ async def test_the_idle_limit_counts_quiet_only_from_when_the_handler_is_free_ag
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_under_a_backlog_the_idle_limit_does_not_cut_batches_short() -> None:
+    """Quiet while the partition has more records at the broker (the other partitions' batches held
+    the loop) does not close a batch: it waits for the size or time limit as without the idle limit."""
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    highwater = [100]  # the broker has offsets up to 99
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    def behind(ev: Ev) -> bool:
+        return ev.message.offset + 1 < highwater[0]
+
+    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, behind=behind))
+    stream.put(0, 1)
+    await settle()
+    await clock.advance(0.2)  # 200 ms of quiet, but offsets 2..99 wait at the broker
+    assert batches == []
+    stream.put(*range(2, 10))
+    await settle()
+    assert batches == [(T + 0.2, list(range(10)))]  # full
+    stream.put(10)
+    await settle()
+    await clock.advance(0.5)
+    assert batches[1:] == [(T + 0.7, [10])]  # the time limit, not the idle one
+    highwater[0] = 12  # caught up but for offset 11
+    stream.put(11)
+    await settle()
+    await clock.advance(0.01)
+    assert batches[2:] == [(T + 0.71, [11])]  # its partition is quiet and nothing more is there
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

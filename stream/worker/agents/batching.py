@@ -34,13 +34,22 @@ Handler = Callable[[list[Any]], Awaitable[None]]
 
 
 async def run_batches(
-    stream: Any, max_n: int, max_s: float, handle: Handler, clock: Clock = SYSTEM, idle_s: float = 0.0
+    stream: Any,
+    max_n: int,
+    max_s: float,
+    handle: Handler,
+    clock: Clock = SYSTEM,
+    idle_s: float = 0.0,
+    behind: Callable[[Any], bool] | None = None,
 ) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
     ``idle_s`` > 0 also closes a batch once no event has arrived for that long: a live stream's
-    records come a fetch at a time, and its batch need not wait out ``max_s`` for more; under a
-    backlog events keep coming and batches still fill up to ``max_n`` (docs/worker.md, "Latency").
+    records come a fetch at a time, and its batch need not wait out ``max_s`` for more
+    (docs/worker.md, "Latency"). ``behind(event)``: whether the partition has records after the
+    buffer's last event (a backlog: the broker's high watermark is beyond it); then quiet is no
+    sign that the fetch is in (the other partitions' batches held the event loop), and the batch
+    waits for ``max_n`` or ``max_s`` as without the idle limit.
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
@@ -62,10 +71,17 @@ async def run_batches(
                 # Quiet counts from the later of the last event and now: while ``handle`` ran, the
                 # loop was busy and no event could arrive, which is no sign that none is waiting.
                 since = clock.monotonic()
+                backlog = False
                 while not full.is_set():  # until full, max_s after the first event, or idle_s of quiet
-                    left = min(first_at + max_s, max(last_at, since) + idle_s) - clock.monotonic()
+                    deadline = first_at + max_s
+                    if not backlog:
+                        deadline = min(deadline, max(last_at, since) + idle_s)
+                    left = deadline - clock.monotonic()
                     if left <= 0:
-                        break
+                        if backlog or behind is None or not buf or not behind(buf[-1]):
+                            break
+                        backlog = True  # more is there: wait for the size or time limit
+                        continue
                     await wait_event(full, left, clock)
             batch, buf = buf, []
             arrived.clear()

@@ -146,11 +146,27 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
             monitor.observe(last.partition, out)
         await rt.publish(out, batch, span, started)  # acks the batch once its outputs are confirmed
 
+    def behind(event: Any) -> bool:
+        """The broker has records of ``event``'s partition after it (as of the consumer's last fetch)."""
+        from faust.types import TP
+
+        msg = event.message
+        try:
+            highwater = app.consumer.highwater(TP(msg.topic, msg.partition))
+        except Exception:  # no consumer (unit tests of the agent): nothing is known to be behind
+            return False
+        return highwater is not None and msg.offset + 1 < highwater
+
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
         try:
             await run_batches(
-                stream, s.score_batch_size, s.score_batch_ms / 1000, handle, idle_s=s.score_batch_idle_ms / 1000
+                stream,
+                s.score_batch_size,
+                s.score_batch_ms / 1000,
+                handle,
+                idle_s=s.score_batch_idle_ms / 1000,
+                behind=behind,
             )
         except asyncio.CancelledError:
             # faust cancels an isolated actor when its partition is revoked, and its supervisor
