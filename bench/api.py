@@ -238,11 +238,26 @@ def main() -> None:
     ap.add_argument("--rps", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--profile", type=Path, help="py-spy worker a during each half-rate window, into this directory")
+    ap.add_argument(
+        "--event-rate",
+        type=float,
+        help="feed events at this rate (events/s) instead of half the measured maximum, e.g. one the workers sustain",
+    )
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of both workers (repeatable), e.g. STREAM_API_THREAD=false",
+    )
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loadgen:
         loadgen_main(args.loadgen)
         return
+    extra = dict(kv.split("=", 1) for kv in args.worker_env if "=" in kv)
+    if len(extra) != len(args.worker_env):
+        ap.error(f"--worker-env: expected NAME=VALUE, got {args.worker_env}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers and the broker (finally) on a timeout
 
     from simulator import SimConfig, generate
@@ -281,6 +296,7 @@ def main() -> None:
                 "STREAM_API_PORT": str(port),
                 "STREAM_API_URL": base[i],
                 "PYTHONUNBUFFERED": "1",
+                **extra,
             }
             log = open(work / f"worker{i}.log", "wb")  # noqa: SIM115 - the child's
             procs.append(subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log))
@@ -319,8 +335,10 @@ def main() -> None:
                 "cpu_us_per_event": (cpu_s(pids) - c0) / len(backlog) * 1e6,
                 "worker_cores": (cpu_s(pids) - c0) / (t1 - t0),
             }
-            print(f"max event rate {max_rate:,.0f}/s ({len(backlog)} events); feeding at half", flush=True)
-            feeder = Feeder(bootstrap, topic, rest, max_rate / 2)
+            rate = args.event_rate or max_rate / 2
+            print(f"max event rate {max_rate:,.0f}/s ({len(backlog)} events); feeding at {rate:,.0f}/s", flush=True)
+            args.fed_rate = rate
+            feeder = Feeder(bootstrap, topic, rest, rate)
             feeder.start()
             time.sleep(2)  # the stream settles at the fed rate
             prof = args.profile
@@ -369,7 +387,12 @@ def wait_owned(base: list[str], users: list[str], warm: int) -> dict[str, list[s
 
 def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     nan = float("nan")
-    print(f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case")
+    settings = " ".join(args.worker_env) or "default settings"
+    fed = getattr(args, "fed_rate", float("nan"))
+    print(
+        f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case; "
+        f'events fed at {fed:,.0f}/s ("half rate"{", --event-rate" if args.event_rate else ""}); {settings}'
+    )
     print(
         "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
         "| API µs CPU/request | worker cores | generator cores | feeder cores | machine busy cores |"

@@ -92,6 +92,19 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="how long a worker waits for the owner of a request it forwards",
     )
+    api_thread: bool = Field(
+        True,
+        description="serve the API from a thread of its own (its own event loop), so that requests do not "
+        "wait for the stream's batches (docs/api.md); false = on the stream's event loop",
+    )
+    api_switch_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="the interval at which Python hands the GIL to a waiting thread, as the API's thread "
+        "waits for it while a batch runs (ms; 0 = Python's own, 5)",
+    )
     recommend_max_age_hours: float = Field(
         96.0,
         gt=0,

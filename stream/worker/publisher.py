@@ -10,6 +10,7 @@ tables, topics, models, the processor, the sink and metrics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -72,6 +73,13 @@ STREAM_MAX_MESSAGE_BYTES=1024)"
     if err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
         detail += f"; the topic's max.message.bytes is below STREAM_MAX_MESSAGE_BYTES={max_message_bytes}"
     return OutputError(topic, err.name(), detail)
+
+
+def _consume_sink_wait(queued: concurrent.futures.Future[asyncio.Future[None]]) -> None:
+    """Mark a sink wait's outcome as seen: the sink counts and logs its own failures."""
+    if queued.cancelled() or queued.exception() is not None:
+        return
+    queued.result().add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 class _Reports:
@@ -593,11 +601,15 @@ class Publisher:
                 waits.append(await self.sink.put("events", out.events))
         return waits
 
-    async def log_decisions(self, decisions: list[DecisionRecord], timeout_s: float) -> None:
+    async def log_decisions(
+        self, decisions: list[DecisionRecord], timeout_s: float, sink_loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         """Produce decisions made outside a batch (``POST /v1/decide``) like a batch's; return once Kafka has them.
 
         Their ClickHouse rows go with the sink's next flush (not awaited). Raises
         :class:`OutputError` (or ``TimeoutError``) when Kafka did not confirm them in ``timeout_s``.
+        Called from another loop's thread (the API's), ``sink_loop`` is the loop of the sink
+        (the stream's); the producer then must be :attr:`api_producer`.
         """
         if self._failure is not None or self._closing:
             raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
@@ -616,7 +628,11 @@ class Publisher:
                 self.api_producer.produce(topic, orjson.dumps(d), d["user_id"].encode(), on_delivery=report)
             waits = [report.future]
             if self.sink is not None:
-                waits.append(await self.sink.put("bandit_decisions", decisions))
+                if sink_loop is None or sink_loop is asyncio.get_running_loop():
+                    waits.append(await self.sink.put("bandit_decisions", decisions))
+                else:  # the sink lives on the stream's loop: queued there, not awaited here
+                    queued = asyncio.run_coroutine_threadsafe(self.sink.put("bandit_decisions", decisions), sink_loop)
+                    queued.add_done_callback(_consume_sink_wait)
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
