@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PARTITIONS = 4
+#: the load generator's connections (at most), and how long it waits for an answer (then status 0)
+MAX_CONNECTIONS = 256
+REQUEST_TIMEOUT_S = 30.0
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,18 +80,25 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     idle: list[_Conn] = []
     lat: list[float] = []
     statuses: dict[int, int] = {}
+    # At most MAX_CONNECTIONS open, as a client's pool: a request past them waits for one (its
+    # latency still counts from its due time). Unbounded, a slow server had thousands opened,
+    # more than its accept queue, and the ones it never accepted hung the generator.
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def one(raw: bytes, due: float) -> None:
-        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
-        try:
-            status = await conn.send(raw)
-        except (OSError, asyncio.IncompleteReadError):
-            statuses[0] = statuses.get(0, 0) + 1
-            conn.writer.close()
-            return
-        lat.append(time.perf_counter() - due)
-        statuses[status] = statuses.get(status, 0) + 1
-        idle.append(conn)
+        async with slots:
+            conn = None
+            try:
+                conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
+                status = await asyncio.wait_for(conn.send(raw), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):  # status 0: no answer
+                statuses[0] = statuses.get(0, 0) + 1
+                if conn is not None:
+                    conn.writer.close()
+                return
+            lat.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+            idle.append(conn)
 
     if spec.get("sequential"):
         for i in range(spec["sequential"]):
@@ -244,6 +254,12 @@ def main() -> None:
         help="feed events at this rate (events/s) instead of half the measured maximum, e.g. one the workers sustain",
     )
     ap.add_argument(
+        "--worker-tree",
+        type=Path,
+        default=ROOT,
+        help="run the workers from this source tree (e.g. main's checkout, for a baseline)",
+    )
+    ap.add_argument(
         "--worker-env",
         action="append",
         default=[],
@@ -296,10 +312,15 @@ def main() -> None:
                 "STREAM_API_PORT": str(port),
                 "STREAM_API_URL": base[i],
                 "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(args.worker_tree),
                 **extra,
             }
             log = open(work / f"worker{i}.log", "wb")  # noqa: SIM115 - the child's
-            procs.append(subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log, cwd=args.worker_tree
+                )
+            )
         pids = [p.pid for p in procs]
         results: dict[str, dict[str, Any]] = {}
         feeder = None
@@ -387,7 +408,7 @@ def wait_owned(base: list[str], users: list[str], warm: int) -> dict[str, list[s
 
 def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     nan = float("nan")
-    settings = " ".join(args.worker_env) or "default settings"
+    settings = f"workers from {args.worker_tree}, " + (" ".join(args.worker_env) or "default settings")
     fed = getattr(args, "fed_rate", float("nan"))
     print(
         f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case; "
