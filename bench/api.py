@@ -219,7 +219,7 @@ def window(
     if profile is not None:
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pids[0]), "--rate", "50",
-             "--duration", str(int(seconds)), "--nonblocking", "--format", "raw", "-o", str(profile)],
+             "--duration", str(int(seconds)), "--nonblocking", "--threads", "--format", "raw", "-o", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()

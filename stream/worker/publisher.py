@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -117,7 +118,8 @@ class _Reports:
         if self.remaining == 0:
             if self.on_acked is not None and self.error is None:
                 self.on_acked(max(time.time() - self.queued_at, 0.0))
-            self.loop.call_soon_threadsafe(self._resolve)
+            with contextlib.suppress(RuntimeError):  # its loop closed (the API's, stopped): nobody waits
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def start(self) -> None:
         """The records are about to be queued (before the first one: no report can come earlier)."""
@@ -251,6 +253,9 @@ class Publisher:
     #: the producer of ``POST /v1/decide``'s decisions (no linger: a request waits for its
     #: acknowledgement), with its own delivery thread; None: ``producer``
     api_producer: Any = None
+    #: ``api_producer``'s delivery reports are polled by its caller's loop (the API's thread), not
+    #: by a delivery thread of its own
+    api_polled_by_caller: bool = False
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the challengers scored in shadow (``STREAM_SHADOW_ALIAS``), or None
     shadow: ModelSet | None = None
@@ -617,7 +622,7 @@ class Publisher:
             self.start_polling()  # delivery reports resolve the future
             waits = await self._send(Outputs(decisions=decisions))
         else:
-            if self._api_poller is None:
+            if self._api_poller is None and not self.api_polled_by_caller:
                 self._api_poller = threading.Thread(
                     target=self._poll, args=(self.api_producer,), name="api-delivery", daemon=True
                 )

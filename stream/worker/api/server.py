@@ -60,6 +60,8 @@ STREAM_LOOP_WAIT_S = 30.0
 #: users whose last answer is kept, with the stored value it was made from (``Api._answer_user``)
 MAX_CACHED_ANSWERS = 50_000
 T = TypeVar("T")
+#: how often the API's thread serves the decisions producer's delivery reports while any is due (s)
+DELIVERY_POLL_S = 0.001
 #: (lower-cased name, name) of the owner's answer headers relayed with a forwarded answer
 _RELAYED = (("content-type", "Content-Type"), ("retry-after", "Retry-After"), (SERVED_BY.lower(), SERVED_BY))
 #: how old the bandit counts ``POST /v1/decide`` draws from may be (s)
@@ -141,6 +143,9 @@ class Api:
         self._stream_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: the task serving the decisions producer's delivery reports on the API's loop, and its wake-up
+        self._polling: asyncio.Future[None] | None = None
+        self._produced: asyncio.Event | None = None
         #: revocations so far (the stream's loop counts them): a read from local state that saw
         #: this change answers 503, as it may have raced a rebalance
         self.generation = 0
@@ -216,6 +221,13 @@ class Api:
 
     async def _serve(self) -> None:
         assert self.sock is not None
+        producer = self.rt.api_producer
+        if self._thread is not None and producer is not None:
+            # Its delivery reports on this loop: a delivery thread of its own waited for the
+            # GIL to run each report's callback, and this thread again to take up the answer.
+            self.rt.api_polled_by_caller = True
+            self._produced = asyncio.Event()
+            self._polling = asyncio.ensure_future(self._poll_decisions(producer, self._produced))
         self._runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.SockSite(self._runner, self.sock).start()
@@ -227,6 +239,19 @@ class Api:
             await self._runner.cleanup()
             self._runner = None
         self._forwarder.close()
+        if self._polling is not None:
+            self._polling.cancel()
+            self._polling = None
+
+    @staticmethod
+    async def _poll_decisions(producer: Any, produced: asyncio.Event) -> None:
+        """Serve the decisions producer's delivery reports while any decision waits for one."""
+        while True:
+            await produced.wait()
+            produced.clear()
+            while len(producer):  # messages not yet acknowledged (or failed)
+                producer.poll(0)
+                await asyncio.sleep(DELIVERY_POLL_S)
 
     async def stop(self) -> None:
         """Stop serving (on the stream's loop): the site is cleaned up on its own loop, then its thread ends."""
@@ -513,6 +538,8 @@ class Api:
         except StoreUnavailable as exc:
             return error(503, str(exc), retry=True)
         d = decide(processor.ads, counts, req, int(time.time() * 1000))
+        if self._produced is not None:
+            self._produced.set()  # its delivery report is served from now on (_poll_decisions)
         try:
             await self.rt.log_decisions([d], self.forward_timeout_s, self._stream_loop)
         except Exception as exc:  # not logged: not made
