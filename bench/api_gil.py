@@ -110,6 +110,10 @@ def main() -> None:
     print(f"{len(rest)} events in batches of {args.batch}; models {sorted(model_set.models)}", flush=True)
     print("| switch interval | condition | probe wait p50 / p99 / max ms | batches | batch p50 / max ms |")
     print("|---|---|---|---|---|")
+    from stream.worker.tuning import tune_gc
+
+    settings = load_settings()
+    tune_gc(settings.gc_threshold, settings.gc_freeze)  # as the worker does once started
     for switch_ms in args.switch_ms:
         sys.setswitchinterval(switch_ms / 1000)
         processor = BatchProcessor(model_set.models, placements)

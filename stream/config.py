@@ -98,12 +98,12 @@ class Settings(BaseSettings):
         "wait for the stream's batches (docs/api.md); false = on the stream's event loop",
     )
     api_switch_interval_ms: float = Field(
-        0.0,
+        1.0,
         ge=0,
         le=100,
         allow_inf_nan=False,
-        description="the interval at which Python hands the GIL to a waiting thread, as the API's thread "
-        "waits for it while a batch runs (ms; 0 = Python's own, 5)",
+        description="with STREAM_API_THREAD: how soon Python hands the GIL to a waiting thread, so how long "
+        "the API's thread waits for it while a batch runs (ms; 0 = Python's own, 5)",
     )
     recommend_max_age_hours: float = Field(
         96.0,

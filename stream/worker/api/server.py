@@ -3,7 +3,8 @@
 In the worker process because RocksDB admits one writer: no other process can read the live
 state. Its own thread (``STREAM_API_THREAD``, the default) so that a request does not wait for
 the batch the stream's loop is processing: the API's thread needs only the GIL, which CPython
-hands over within ``sys.getswitchinterval()`` (5 ms). What it reads from the stream is read whole:
+hands over within ``sys.getswitchinterval()`` (``STREAM_API_SWITCH_INTERVAL_MS``, 1 ms; Python's
+own is 5 ms). What it reads from the stream is read whole:
 
 * a user's state from the partition's RocksDB (one key's value, written once per batch after the
   batch is done; the processor's decoded copies change in place during a batch and are not read);
