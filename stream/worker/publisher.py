@@ -76,6 +76,10 @@ STREAM_MAX_MESSAGE_BYTES=1024)"
     return OutputError(topic, err.name(), detail)
 
 
+#: how long decisions made on the API's thread gather before they are handed to the sink (s)
+SINK_HANDOVER_S = 0.01
+
+
 def _consume_sink_wait(queued: concurrent.futures.Future[asyncio.Future[None]]) -> None:
     """Mark a sink wait's outcome as seen: the sink counts and logs its own failures."""
     if queued.cancelled() or queued.exception() is not None:
@@ -270,6 +274,8 @@ class Publisher:
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
     _api_poller: threading.Thread | None = None
+    #: decisions from another loop (the API's) not yet handed to the sink (``hand_over_rows``)
+    _api_rows: list[DecisionRecord] = field(default_factory=list)
     _closing: bool = False
     #: the commit protocol's settle and ack of published batches (made from ``ledger`` and ``consumer``)
     acks: Acks = field(init=False)
@@ -635,12 +641,20 @@ class Publisher:
             if self.sink is not None:
                 if sink_loop is None or sink_loop is asyncio.get_running_loop():
                     waits.append(await self.sink.put("bandit_decisions", decisions))
-                else:  # the sink lives on the stream's loop: queued there, not awaited here
-                    queued = asyncio.run_coroutine_threadsafe(self.sink.put("bandit_decisions", decisions), sink_loop)
-                    queued.add_done_callback(_consume_sink_wait)
+                else:  # the sink lives on the stream's loop: handed over there, not awaited here
+                    if not self._api_rows:  # one hand-over per SINK_HANDOVER_S: each wakes the stream's loop
+                        asyncio.get_running_loop().call_later(SINK_HANDOVER_S, self.hand_over_rows, sink_loop)
+                    self._api_rows += decisions
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
+
+    def hand_over_rows(self, sink_loop: asyncio.AbstractEventLoop) -> None:
+        """Queue the API's decisions gathered since the last hand-over in the sink, on its loop."""
+        rows, self._api_rows = self._api_rows, []
+        if rows and self.sink is not None and not sink_loop.is_closed():
+            queued = asyncio.run_coroutine_threadsafe(self.sink.put("bandit_decisions", rows), sink_loop)
+            queued.add_done_callback(_consume_sink_wait)
 
     def ack(self, batch: Sequence[Any], span: Span = None) -> None:
         """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable."""

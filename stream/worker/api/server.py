@@ -243,6 +243,8 @@ class Api:
         if self._polling is not None:
             self._polling.cancel()
             self._polling = None
+        if self.threaded and self._stream_loop is not None:
+            self.rt.hand_over_rows(self._stream_loop)  # decisions not yet handed to the sink
 
     @staticmethod
     async def _poll_decisions(producer: Any, produced: asyncio.Event) -> None:
