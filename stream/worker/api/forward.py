@@ -15,10 +15,8 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-#: the most connections open to one owner at a time (also the most kept idle): a request past
-#: them waits for one, within the forwarding timeout. Unbounded, a slow owner had hundreds opened
-#: and closed again, each costing both workers a connection's setup.
-MAX_CONNECTIONS = 64
+#: the most idle connections kept per owner
+MAX_IDLE = 32
 
 
 class ForwardError(Exception):
@@ -60,7 +58,6 @@ class Forwarder:
         self.timeout_s = timeout_s
         self._idle: dict[str, list[_Conn]] = {}
         self._addr: dict[str, tuple[str, int, ssl.SSLContext | None]] = {}
-        self._slots: dict[str, asyncio.Semaphore] = {}
 
     def _address(self, owner: str) -> tuple[str, int, ssl.SSLContext | None]:
         addr = self._addr.get(owner)
@@ -83,13 +80,6 @@ class Forwarder:
             raise ForwardError("TimeoutError") from None
 
     async def _exchange(self, owner: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-        slots = self._slots.get(owner)
-        if slots is None:
-            slots = self._slots[owner] = asyncio.Semaphore(MAX_CONNECTIONS)
-        async with slots:
-            return await self._on_a_connection(owner, raw)
-
-    async def _on_a_connection(self, owner: str, raw: bytes) -> tuple[int, dict[str, str], bytes]:
         idle = self._idle.setdefault(owner, [])
         while idle:  # a kept-alive connection; one the owner closed meanwhile fails before any answer
             conn = idle.pop()
@@ -126,7 +116,7 @@ class Forwarder:
             conn.close()
             raise
         idle = self._idle.setdefault(owner, [])
-        if headers.get("connection", "").lower() == "close" or len(idle) >= MAX_CONNECTIONS:
+        if headers.get("connection", "").lower() == "close" or len(idle) >= MAX_IDLE:
             conn.close()
         else:
             idle.append(conn)
@@ -137,7 +127,6 @@ class Forwarder:
             for c in conns:
                 c.close()
         self._idle.clear()
-        self._slots.clear()
 
 
 class _Stale(Exception):
