@@ -370,7 +370,7 @@ class Api:
         if elsewhere is not None:
             return elsewhere
         try:
-            if self._thread is not None:
+            if self.threaded:  # not the processor's decoded copies: a batch changes them in place
                 body = self._answer_user(p, uid, as_of)
             else:
                 body = self._view_user(p, uid, as_of, *self._read_user(p, uid))
