@@ -93,9 +93,10 @@ class Settings(BaseSettings):
         description="how long a worker waits for the owner of a request it forwards",
     )
     api_thread: bool = Field(
-        True,
+        False,
         description="serve the API from a thread of its own (its own event loop), so that requests do not "
-        "wait for the stream's batches (docs/api.md); false = on the stream's event loop",
+        "wait for the stream's batches; off: on the stream's event loop (docs/api.md: measured, off is faster "
+        "on CPU-starved workers)",
     )
     api_switch_interval_ms: float = Field(
         1.0,

@@ -45,6 +45,7 @@ async def served(tmp_path: Path, models_dir: Path, sim_events: list[dict[str, An
         topic_partitions=PARTITIONS,
         api_port=port,
         api_url=f"http://127.0.0.1:{port}",
+        api_thread=True,
         article_wait_ms=0,
     )
     app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)

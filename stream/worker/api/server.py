@@ -1,10 +1,11 @@
-"""The worker's HTTP API: an aiohttp site on a thread of its own, with its own event loop (docs/api.md).
+"""The worker's HTTP API: an aiohttp site on the stream's event loop, or on a thread of its own (docs/api.md).
 
 In the worker process because RocksDB admits one writer: no other process can read the live
-state. Its own thread (``STREAM_API_THREAD``, the default) so that a request does not wait for
-the batch the stream's loop is processing: the API's thread needs only the GIL, which CPython
-hands over within ``sys.getswitchinterval()`` (``STREAM_API_SWITCH_INTERVAL_MS``, 1 ms; Python's
-own is 5 ms). What it reads from the stream is read whole:
+state. On the stream's loop (the default) handlers run between batches. With ``STREAM_API_THREAD``
+the site runs on a thread of its own with its own loop, so that a request does not wait for the
+batch the stream's loop is processing: that thread needs only the GIL, which CPython hands over
+within ``sys.getswitchinterval()`` (``STREAM_API_SWITCH_INTERVAL_MS``, 1 ms; Python's own is
+5 ms). Either way, what the API reads of the stream is read whole:
 
 * a user's state from the partition's RocksDB (one key's value, written once per batch after the
   batch is done; the processor's decoded copies change in place during a batch and are not read);
@@ -14,11 +15,11 @@ own is 5 ms). What it reads from the stream is read whole:
   after its read against the revocation count (:attr:`Api.generation`), so that a read that raced
   a rebalance answers 503.
 
-Recommendations read structures the stream also uses: their local part runs on the stream's loop.
-A request for a user another worker owns is forwarded to it once (``routing.py``); whenever the
-answer could be stale or wrong (this worker rebalancing or recovering its tables, the owner not
-holding the partition any more, the owner unreachable) the answer is 503 with ``Retry-After``.
-With ``STREAM_API_THREAD=false`` the site runs on the stream's loop, between its batches.
+Recommendations read structures the stream also uses: on the thread, their local part runs on
+the stream's loop. A request for a user another worker owns is forwarded to it once
+(``routing.py``); whenever the answer could be stale or wrong (this worker rebalancing or
+recovering its tables, the owner not holding the partition any more, the owner unreachable) the
+answer is 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -369,11 +370,8 @@ class Api:
         elsewhere = await self._route(request, p)
         if elsewhere is not None:
             return elsewhere
-        try:
-            if self.threaded:  # not the processor's decoded copies: a batch changes them in place
-                body = self._answer_user(p, uid, as_of)
-            else:
-                body = self._view_user(p, uid, as_of, *self._read_user(p, uid))
+        try:  # from RocksDB, not the processor's decoded copies: a batch changes them in place
+            body = self._answer_user(p, uid, as_of)
         except StoreUnavailable as exc:
             return error(503, str(exc), retry=True)
         raced = self._raced(generation)
@@ -384,7 +382,7 @@ class Api:
         return web.Response(body=body, content_type="application/json", headers={SERVED_BY: self.url})
 
     def _answer_user(self, p: int, uid: str, as_of: int | None) -> bytes | None:
-        """The encoded answer for ``uid`` from the partition's RocksDB (None: unknown user), on the API's thread.
+        """The encoded answer for ``uid`` from the partition's RocksDB (None: unknown user).
 
         The last answer of each user is kept with what it was made from: the stored value, the
         scores mapping (replaced whenever the user is scored), ``as_of`` and the segment names.
@@ -506,13 +504,6 @@ class Api:
             return None if db is None else db.get(key.encode())
         except Exception as exc:
             raise StoreUnavailable(f"cannot read the worker's tables: {type(exc).__name__}: {exc}") from exc
-
-    def _read_user(self, partition: int, uid: str) -> tuple[int, Any]:
-        """(input offset last applied, state) on the stream's loop: the processor's decoded copy, else RocksDB."""
-        cached = self.rt.processor.users.cached(partition, uid)
-        if cached is not None:
-            return cached
-        return unpack_user(self._read_partition(self.users, partition, uid))
 
     async def _forward(self, request: web.Request, owner: str) -> web.StreamResponse:
         """The owner's answer to this GET (``forward.py``), or 503 when it has none."""
