@@ -46,6 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PARTITIONS = 4
+#: the load generator's connections (at most), and how long it waits for an answer (then status 0)
+MAX_CONNECTIONS = 256
+REQUEST_TIMEOUT_S = 30.0
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -77,18 +80,25 @@ async def _generate(spec: dict[str, Any]) -> dict[str, Any]:
     idle: list[_Conn] = []
     lat: list[float] = []
     statuses: dict[int, int] = {}
+    # At most MAX_CONNECTIONS open, as a client's pool: a request past them waits for one (its
+    # latency still counts from its due time). Unbounded, a slow server had thousands opened,
+    # more than its accept queue, and the ones it never accepted hung the generator.
+    slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def one(raw: bytes, due: float) -> None:
-        conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
-        try:
-            status = await conn.send(raw)
-        except (OSError, asyncio.IncompleteReadError):
-            statuses[0] = statuses.get(0, 0) + 1
-            conn.writer.close()
-            return
-        lat.append(time.perf_counter() - due)
-        statuses[status] = statuses.get(status, 0) + 1
-        idle.append(conn)
+        async with slots:
+            conn = None
+            try:
+                conn = idle.pop() if idle else _Conn(*await asyncio.open_connection(host, port))
+                status = await asyncio.wait_for(conn.send(raw), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):  # status 0: no answer
+                statuses[0] = statuses.get(0, 0) + 1
+                if conn is not None:
+                    conn.writer.close()
+                return
+            lat.append(time.perf_counter() - due)
+            statuses[status] = statuses.get(status, 0) + 1
+            idle.append(conn)
 
     if spec.get("sequential"):
         for i in range(spec["sequential"]):
@@ -209,7 +219,7 @@ def window(
     if profile is not None:
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pids[0]), "--rate", "50",
-             "--duration", str(int(seconds)), "--nonblocking", "--format", "raw", "-o", str(profile)],
+             "--duration", str(int(seconds)), "--nonblocking", "--threads", "--format", "raw", "-o", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
@@ -238,11 +248,32 @@ def main() -> None:
     ap.add_argument("--rps", type=float, default=500.0)
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--profile", type=Path, help="py-spy worker a during each half-rate window, into this directory")
+    ap.add_argument(
+        "--event-rate",
+        type=float,
+        help="feed events at this rate (events/s) instead of half the measured maximum, e.g. one the workers sustain",
+    )
+    ap.add_argument(
+        "--worker-tree",
+        type=Path,
+        default=ROOT,
+        help="run the workers from this source tree (e.g. main's checkout, for a baseline)",
+    )
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of both workers (repeatable), e.g. STREAM_API_THREAD=false",
+    )
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loadgen:
         loadgen_main(args.loadgen)
         return
+    extra = dict(kv.split("=", 1) for kv in args.worker_env if "=" in kv)
+    if len(extra) != len(args.worker_env):
+        ap.error(f"--worker-env: expected NAME=VALUE, got {args.worker_env}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers and the broker (finally) on a timeout
 
     from simulator import SimConfig, generate
@@ -281,9 +312,15 @@ def main() -> None:
                 "STREAM_API_PORT": str(port),
                 "STREAM_API_URL": base[i],
                 "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(args.worker_tree),
+                **extra,
             }
             log = open(work / f"worker{i}.log", "wb")  # noqa: SIM115 - the child's
-            procs.append(subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "stream", "worker"], env=env, stdout=log, stderr=log, cwd=args.worker_tree
+                )
+            )
         pids = [p.pid for p in procs]
         results: dict[str, dict[str, Any]] = {}
         feeder = None
@@ -319,8 +356,10 @@ def main() -> None:
                 "cpu_us_per_event": (cpu_s(pids) - c0) / len(backlog) * 1e6,
                 "worker_cores": (cpu_s(pids) - c0) / (t1 - t0),
             }
-            print(f"max event rate {max_rate:,.0f}/s ({len(backlog)} events); feeding at half", flush=True)
-            feeder = Feeder(bootstrap, topic, rest, max_rate / 2)
+            rate = args.event_rate or max_rate / 2
+            print(f"max event rate {max_rate:,.0f}/s ({len(backlog)} events); feeding at {rate:,.0f}/s", flush=True)
+            args.fed_rate = rate
+            feeder = Feeder(bootstrap, topic, rest, rate)
             feeder.start()
             time.sleep(2)  # the stream settles at the fed rate
             prof = args.profile
@@ -369,7 +408,12 @@ def wait_owned(base: list[str], users: list[str], warm: int) -> dict[str, list[s
 
 def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     nan = float("nan")
-    print(f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case")
+    settings = f"workers from {args.worker_tree}, " + (" ".join(args.worker_env) or "default settings")
+    fed = getattr(args, "fed_rate", float("nan"))
+    print(
+        f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case; "
+        f'events fed at {fed:,.0f}/s ("half rate"{", --event-rate" if args.event_rate else ""}); {settings}'
+    )
     print(
         "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
         "| API µs CPU/request | worker cores | generator cores | feeder cores | machine busy cores |"

@@ -92,6 +92,20 @@ class Settings(BaseSettings):
         allow_inf_nan=False,
         description="how long a worker waits for the owner of a request it forwards",
     )
+    api_thread: bool = Field(
+        False,
+        description="serve the API from a thread of its own (its own event loop), so that requests do not "
+        "wait for the stream's batches; off: on the stream's event loop (docs/api.md: measured, off is faster "
+        "on CPU-starved workers)",
+    )
+    api_switch_interval_ms: float = Field(
+        1.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="with STREAM_API_THREAD: how soon Python hands the GIL to a waiting thread, so how long "
+        "the API's thread waits for it while a batch runs (ms; 0 = Python's own, 5)",
+    )
     recommend_max_age_hours: float = Field(
         96.0,
         gt=0,

@@ -94,6 +94,9 @@ class Ads:
         self.own: dict[str, list[int]] = {}
         #: input partitions whose counts ``own`` holds in full (read from the table once)
         self.loaded: set[int] = set()
+        #: ``own`` as of its last table write: a new dict each time, never changed in place, so
+        #: that another thread (the API's) reads whole batches' counts, none of a batch in progress
+        self.committed: dict[str, tuple[int, int]] = {}
 
     def begin(self, pending: MutableMapping[str, bytes], bandit: MutableMapping[str, bytes]) -> AdBatch:
         """One attempt at a batch: pending impressions and counts read from and written to these stores."""
@@ -105,6 +108,20 @@ class Ads:
         for key in [k for k in self.own if int(k.split("|", 1)[0]) in gone]:
             del self.own[key]
         self.loaded -= gone
+        self.commit()
+
+    def commit(self) -> None:
+        """``own`` is what the table holds now: publish it as :attr:`committed`."""
+        self.committed = {key: (c[0], c[1]) for key, c in self.own.items()}
+
+    def committed_snapshot(self, bandit: Mapping[Any, bytes]) -> Counts:
+        """:meth:`posterior_snapshot` as of the last table write (for a reader on another thread)."""
+        try:
+            counts = _flat(bandit)
+        except Exception as exc:
+            raise unavailable(exc, "read the bandit counts") from exc
+        counts.update(self.committed)
+        return _sum_counts(counts)
 
     def load(self, partition: int, bandit: Mapping[Any, bytes]) -> None:
         """Take ``partition``'s counts from the table into :attr:`own` (its record, else its old per-key records)."""
@@ -278,6 +295,8 @@ class AdBatch:
                 self.bandit[str(partition)] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
         except Exception as exc:
             raise unavailable(exc) from exc
+        if self.partitions:
+            self.ads.commit()
 
     def undo(self) -> None:
         """Restore the own counts of before the batch (the stores hold nothing of it)."""

@@ -10,6 +10,8 @@ tables, topics, models, the processor, the sink and metrics.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -74,6 +76,17 @@ STREAM_MAX_MESSAGE_BYTES=1024)"
     return OutputError(topic, err.name(), detail)
 
 
+#: how long decisions made on the API's thread gather before they are handed to the sink (s)
+SINK_HANDOVER_S = 0.01
+
+
+def _consume_sink_wait(queued: concurrent.futures.Future[asyncio.Future[None]]) -> None:
+    """Mark a sink wait's outcome as seen: the sink counts and logs its own failures."""
+    if queued.cancelled() or queued.exception() is not None:
+        return
+    queued.result().add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class _Reports:
     """One batch's Kafka delivery reports: resolves ``future`` on the event loop once all are acknowledged.
 
@@ -109,7 +122,8 @@ class _Reports:
         if self.remaining == 0:
             if self.on_acked is not None and self.error is None:
                 self.on_acked(max(time.time() - self.queued_at, 0.0))
-            self.loop.call_soon_threadsafe(self._resolve)
+            with contextlib.suppress(RuntimeError):  # its loop closed (the API's, stopped): nobody waits
+                self.loop.call_soon_threadsafe(self._resolve)
 
     def start(self) -> None:
         """The records are about to be queued (before the first one: no report can come earlier)."""
@@ -243,6 +257,9 @@ class Publisher:
     #: the producer of ``POST /v1/decide``'s decisions (no linger: a request waits for its
     #: acknowledgement), with its own delivery thread; None: ``producer``
     api_producer: Any = None
+    #: ``api_producer``'s delivery reports are polled by its caller's loop (the API's thread), not
+    #: by a delivery thread of its own
+    api_polled_by_caller: bool = False
     topic_names: dict[str, str] = field(default_factory=dict)
     #: the challengers scored in shadow (``STREAM_SHADOW_ALIAS``), or None
     shadow: ModelSet | None = None
@@ -257,6 +274,8 @@ class Publisher:
     _failure: BaseException | None = None
     _poller: threading.Thread | None = None
     _api_poller: threading.Thread | None = None
+    #: decisions from another loop (the API's) not yet handed to the sink (``hand_over_rows``)
+    _api_rows: list[DecisionRecord] = field(default_factory=list)
     _closing: bool = False
     #: the commit protocol's settle and ack of published batches (made from ``ledger`` and ``consumer``)
     acks: Acks = field(init=False)
@@ -596,11 +615,15 @@ class Publisher:
                 waits.append(await self.sink.put("events", out.events))
         return waits
 
-    async def log_decisions(self, decisions: list[DecisionRecord], timeout_s: float) -> None:
+    async def log_decisions(
+        self, decisions: list[DecisionRecord], timeout_s: float, sink_loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         """Produce decisions made outside a batch (``POST /v1/decide``) like a batch's; return once Kafka has them.
 
         Their ClickHouse rows go with the sink's next flush (not awaited). Raises
         :class:`OutputError` (or ``TimeoutError``) when Kafka did not confirm them in ``timeout_s``.
+        Called from another loop's thread (the API's), ``sink_loop`` is the loop of the sink
+        (the stream's); the producer then must be :attr:`api_producer`.
         """
         if self._failure is not None or self._closing:
             raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
@@ -608,7 +631,7 @@ class Publisher:
             self.start_polling()  # delivery reports resolve the future
             waits = await self._send(Outputs(decisions=decisions))
         else:
-            if self._api_poller is None:
+            if self._api_poller is None and not self.api_polled_by_caller:
                 self._api_poller = threading.Thread(
                     target=self._poll, args=(self.api_producer,), name="api-delivery", daemon=True
                 )
@@ -619,10 +642,22 @@ class Publisher:
                 self.api_producer.produce(topic, orjson.dumps(d), d["user_id"].encode(), on_delivery=report)
             waits = [report.future]
             if self.sink is not None:
-                waits.append(await self.sink.put("bandit_decisions", decisions))
+                if sink_loop is None or sink_loop is asyncio.get_running_loop():
+                    waits.append(await self.sink.put("bandit_decisions", decisions))
+                else:  # the sink lives on the stream's loop: handed over there, not awaited here
+                    if not self._api_rows:  # one hand-over per SINK_HANDOVER_S: each wakes the stream's loop
+                        asyncio.get_running_loop().call_later(SINK_HANDOVER_S, self.hand_over_rows, sink_loop)
+                    self._api_rows += decisions
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
         await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
+
+    def hand_over_rows(self, sink_loop: asyncio.AbstractEventLoop) -> None:
+        """Queue the API's decisions gathered since the last hand-over in the sink, on its loop."""
+        rows, self._api_rows = self._api_rows, []
+        if rows and self.sink is not None and not sink_loop.is_closed():
+            queued = asyncio.run_coroutine_threadsafe(self.sink.put("bandit_decisions", rows), sink_loop)
+            queued.add_done_callback(_consume_sink_wait)
 
     def ack(self, batch: Sequence[Any], span: Span = None) -> None:
         """The batch is done: ``span``, the input offsets it completes (:meth:`fill`), becomes committable."""
