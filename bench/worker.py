@@ -411,21 +411,25 @@ def latency(
             [sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log", cwd=tree or ROOT
         )
         time.sleep(15)  # worker start-up and group join
+
+        def mark() -> tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]:
+            """Where the run stands: the stage histogram, CPU (worker with its ClickHouse, broker,
+            ClickHouse, this bench) and the worker's counters."""
+            return (
+                stage_buckets(port),
+                cpu_s([worker.pid, *chdb_pids(chdb)]),
+                cpu_s(broker),
+                cpu_s(chdb_pids(chdb)),
+                own_cpu_s(),
+                counters(port),
+            )
+
         start, i = time.time(), 0
         marks: list[tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]] = []
         while time.time() - start < seconds + warmup_s:
             if not marks and time.time() - start >= warmup_s:
                 window[0] = time.time()
-                marks.append(
-                    (
-                        stage_buckets(port),
-                        cpu_s([worker.pid, *chdb_pids(chdb)]),
-                        cpu_s(broker),
-                        cpu_s(chdb_pids(chdb)),
-                        own_cpu_s(),
-                        counters(port),
-                    )
-                )
+                marks.append(mark())
                 i0 = i
                 if profile is not None:
                     spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
@@ -444,14 +448,7 @@ def latency(
                 i += 1
             p.poll(0)
             time.sleep(0.002)
-        end = (
-            stage_buckets(port),
-            cpu_s([worker.pid, *chdb_pids(chdb)]),
-            cpu_s(broker),
-            cpu_s(chdb_pids(chdb)),
-            own_cpu_s(),
-            counters(port),
-        )
+        end = mark()
         i1 = i
         p.flush()
         stop_at[0] = time.time()

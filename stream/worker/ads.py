@@ -70,6 +70,16 @@ def _sum_counts(counts: Mapping[str, Sequence[int]]) -> Counts:
     return out
 
 
+def _snapshot(stats: Mapping[Any, bytes], ours: Mapping[str, Sequence[int]]) -> Counts:
+    """Every partition's counts in the table, ``ours`` (newer, same key space) replacing theirs."""
+    try:
+        counts = _flat(stats)
+    except Exception as exc:
+        raise unavailable(exc, "read the bandit counts") from exc
+    counts.update(ours)
+    return _sum_counts(counts)
+
+
 class Ads:
     """Thompson sampling over ``placements`` per context, with this worker's own counts."""
 
@@ -116,12 +126,7 @@ class Ads:
 
     def committed_snapshot(self, bandit: Mapping[Any, bytes]) -> Counts:
         """:meth:`posterior_snapshot` as of the last table write (for a reader on another thread)."""
-        try:
-            counts = _flat(bandit)
-        except Exception as exc:
-            raise unavailable(exc, "read the bandit counts") from exc
-        counts.update(self.committed)
-        return _sum_counts(counts)
+        return _snapshot(bandit, self.committed)
 
     def load(self, partition: int, bandit: Mapping[Any, bytes]) -> None:
         """Take ``partition``'s counts from the table into :attr:`own` (its record, else its old per-key records)."""
@@ -151,12 +156,7 @@ class Ads:
         The table returns its keys as bytes, the worker keeps its own as str: one key space, so
         that this worker's partitions are counted once (its newer counts replace the table's).
         """
-        try:
-            counts = _flat(bandit)
-        except Exception as exc:
-            raise unavailable(exc, "read the bandit counts") from exc
-        counts.update(self.own)
-        return _sum_counts(counts)
+        return _snapshot(bandit, self.own)
 
     def decide(
         self,
