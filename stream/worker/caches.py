@@ -41,11 +41,6 @@ class UserStates:
             users = self._parts[partition] = {}
         return UserBatch(users, store, self.max_cached)
 
-    def cached(self, partition: int, uid: str) -> Cached | None:
-        """The user's cached (offset, state), without touching its recency; None if not cached (the API's read)."""
-        users = self._parts.get(partition)
-        return None if users is None else users.get(uid)
-
     def forget(self, partitions: Iterable[int]) -> None:
         """Drop partitions this worker no longer owns: their next owner writes them."""
         for p in partitions:

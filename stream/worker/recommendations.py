@@ -197,17 +197,20 @@ class Recommendations:
         """
         if not starts:
             return [], []
-        self.refresh_model()
-        cands = self.candidates()
+        try:
+            self.refresh_model()
+            cands = self.candidates()
+            users = []
+            for _, e in starts:
+                reads = known_reads.get(e["user_id"])
+                if reads is None:
+                    reads = unpack_reads(self.reads.get(e["user_id"]))
+                users.append((reads, [self.content[a] for a in reads if a in self.content]))
+        except Exception as exc:  # nothing to rank with: each session_start's recommendations fail, not the worker
+            reason = f"recommendations at session_start: {type(exc).__name__}: {exc}"
+            return [], [(rec, RecommendationFailed(reason)) for rec, _ in starts]
         model = self.model
         version = model.version if model else None
-        content = self.content
-        users = []
-        for _, e in starts:
-            reads = known_reads.get(e["user_id"])
-            if reads is None:
-                reads = unpack_reads(self.reads.get(e["user_id"]))
-            users.append((reads, [content[a] for a in reads if a in content]))
         try:
             ranked = rank_many(model, users, cands, k)
             return [
@@ -234,7 +237,11 @@ class Recommendations:
         if not force and now - self._model_at < REFRESH_S:
             return
         self._model_at = now
-        token = self.registry.alias_token(NAME)
+        try:
+            token = self.registry.alias_token(NAME)
+        except Exception as exc:  # the registry unreadable for now: keep what is loaded
+            log.warning("cannot check the %s model's alias (keeping the loaded one): %s", NAME, exc)
+            return
         if token == self._token:
             return
         self._token = token
@@ -245,8 +252,8 @@ class Recommendations:
         except RegistryError as exc:  # none registered or promoted: a normal configuration
             log.info("no %s model (recommendations by popularity only): %s", NAME, exc)
             self.model = None
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("no %s model (recommendations by popularity only): %s", NAME, exc)
+        except Exception as exc:  # a model this version cannot use: popularity only, the worker goes on
+            log.warning("no %s model (recommendations by popularity only): %s: %s", NAME, type(exc).__name__, exc)
             self.model = None
         if self.on_loaded is not None:
             self.on_loaded(self.model.version if self.model else None)

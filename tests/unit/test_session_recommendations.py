@@ -126,3 +126,32 @@ def test_a_ranking_that_fails_fails_its_session_start_only() -> None:
     [(rec, exc)] = failed
     assert rec.offset == 1 and isinstance(exc, RecommendationFailed)
     assert str(exc).startswith("recommendations at session_start: ValueError: ")
+
+
+def test_an_article_state_that_cannot_be_read_fails_the_session_starts_not_the_worker() -> None:
+    recs = _recs(None, {**_articles(), b"bad": b"\xff not an article state"}, 96)
+    recs.reads = {}
+    starts = [(_record(1), _start("u-1", 1)), (_record(2), _start("u-2", 2))]
+    made, failed = recs.at_session_start(starts, {}, k=2, now_ms=7)
+    assert made == []
+    assert [rec.offset for rec, _ in failed] == [1, 2]  # each to the dead-letter topic, with its reason
+    assert all(str(exc).startswith("recommendations at session_start: ") for _, exc in failed)
+
+
+class _BrokenRegistry:
+    """A registry whose alias cannot be read (a model store gone away)."""
+
+    def alias_token(self, name: str) -> object:
+        raise OSError(f"models directory unreadable ({name})")
+
+
+def test_an_unreadable_registry_keeps_the_loaded_model() -> None:
+    model = RecommendModel.from_params(
+        "3", {"weights": {"cf": 0.5, "content": 0.25, "popularity": 0.25}, "item_ids": ["a"], "item_factors": [[1.0]]}
+    )
+    recs = Recommendations(_BrokenRegistry(), {}, _articles(), 96, 50)  # type: ignore[arg-type]
+    recs.model = model
+    recs.refresh_model(force=True)  # logs a warning, raises nothing
+    assert recs.model is model
+    made, failed = recs.at_session_start([(_record(1), _start("u-1", 1))], {}, k=2, now_ms=7)
+    assert failed == [] and made[0]["model_version"] == "3"

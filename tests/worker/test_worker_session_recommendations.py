@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import orjson
 import pytest
 
 from stream.events import schema
+from stream.kafka.embedded import free_port
 from stream.models.registry import PRODUCTION, ModelRegistry
 from stream.testing import WorkerProcess, consume, produce
 from tests.support.waits import wait
@@ -115,7 +118,9 @@ def test_a_failed_ranking_dead_letters_its_session_start_and_the_worker_goes_on(
         return [d for d in letters if "recommendations at session_start" in d["reason"]]
 
     produce(kafka_bootstrap, topic, payloads(history))
-    with WorkerProcess(kafka_bootstrap, _env(worker_env, models, True), tmp_path / "worker.log") as worker:
+    port = free_port()
+    env = {**_env(worker_env, models, True), "STREAM_API_PORT": str(port), "STREAM_API_URL": f"http://127.0.0.1:{port}"}
+    with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker.log") as worker:
         # the history's later session_starts fail once the article is a candidate
         consume(kafka_bootstrap, dlq, until=lambda m: len(failures(m)) > 0, timeout_s=120)
         wait(lambda: all_processed(kafka_bootstrap, group, topic), 60, "history not all committed")
@@ -151,6 +156,12 @@ def test_a_failed_ranking_dead_letters_its_session_start_and_the_worker_goes_on(
             timeout_s=30,
         )
         recs = consume(kafka_bootstrap, f"{prefix}recommendations", timeout_s=30)
+        # the API cannot rank with that model either: a one-line 503, not a traceback's 500
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/users/{users[0]}/recommendations", timeout=30)
+        assert answer.value.code == 503 and answer.value.headers["Retry-After"]
+        assert orjson.loads(answer.value.read())["error"].startswith("recommendations unavailable: ")
+        assert "Traceback" not in (tmp_path / "worker.log").read_text()
     late = [d for d in letters if d["value_b64"] in {_b64(s) for s in starts}]
     assert len(late) == len(starts)
     for d in late:

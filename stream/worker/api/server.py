@@ -484,6 +484,8 @@ class Api:
             body = self.recs.answer(uid, reads, k)
         except StoreUnavailable as exc:
             return error(503, str(exc), retry=True)
+        except ValueError as exc:  # the loaded model cannot rank (a non-finite score): until a new one is promoted
+            return error(503, f"recommendations unavailable: {exc}", retry=True)
         body["partition"] = p
         return _json(body, headers={SERVED_BY: self.url})
 
