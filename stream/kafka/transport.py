@@ -116,12 +116,13 @@ class _Interrupt:
 def more_waiting(offset: int, highwater: int | None, position: int | None, last_fetched: int | None) -> bool:
     """Whether a partition has a record after ``offset`` that the consumer has not handed over yet.
 
-    ``highwater``: the broker's, as of the consumer's last fetch; ``position``: the consumer's read
-    position, past every record its fetches returned and the control records after them (which
-    are never returned); ``last_fetched``: the offset of the last record its fetches returned.
+    ``highwater``: the broker's, as of the consumer's last fetch (None: nothing known, nothing
+    waiting); ``position``: the consumer's read position, past every record its fetches returned
+    and the control records after them (which are never returned; None: not known, more
+    waiting); ``last_fetched``: the offset of the last record its fetches returned (None: none).
     A record past ``offset`` below ``highwater`` is either still at the broker (``position`` below
     ``highwater``), or fetched and not yet handed over (``last_fetched`` past ``offset``), or a
-    control record. Unknown values count as more waiting.
+    control record.
 
     >>> more_waiting(9, 10, 10, 9)  # the last record
     False
@@ -131,12 +132,14 @@ def more_waiting(offset: int, highwater: int | None, position: int | None, last_
     True
     >>> more_waiting(9, 11, 11, 10)  # a record fetched, not yet handed over
     True
+    >>> more_waiting(9, 11, 11, None)  # read to the end (after a restart at 10) and no record found
+    False
     """
     if highwater is None or offset + 1 >= highwater:
         return False
     if position is None or position < highwater:
         return True
-    return last_fetched is None or last_fetched > offset
+    return last_fetched is not None and last_fetched > offset
 
 
 class FetchThread(driver.AIOKafkaConsumerThread):

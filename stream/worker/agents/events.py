@@ -52,9 +52,15 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                 return False
             highwater = consumer.highwater(tp)
             committed = getattr(consumer, "_committed_offset", {}).get(tp)
+            position = rt.positions.get((events_topic, q))
+            if caught_up(position, committed, highwater):
+                return True
+            # only control records left (a transaction's commit marker: stream/kafka/transport.py)?
+            more_after = getattr(consumer, "more_after", None)
+            last = position if position is not None else (committed or 0) - 1
+            return highwater is not None and more_after is not None and not more_after(tp, last)
         except Exception:  # no consumer yet (starting): nothing is known to be caught up
             return False
-        return caught_up(rt.positions.get((events_topic, q)), committed, highwater)
 
     def undo_on_failure(q: int) -> Callable[[asyncio.Future[None]], None]:
         def done(future: asyncio.Future[None]) -> None:
