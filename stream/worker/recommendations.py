@@ -17,7 +17,7 @@
 - **At session_start** (``STREAM_RECOMMEND_ON_SESSION_START``): the events agent ranks the
   batch's ``session_start`` users in one :func:`~stream.models.recommend.rank_many`, each with the
   reads its user had up to that event (earlier batches' and this batch's reads before it, not
-  those after it: the same ranking whatever the batch boundaries), and publishes one
+  those after it: the same reads left out whatever the batch boundaries), and publishes one
   ``recommendation`` v1 record each (:func:`recommendation_record`). Should the ranking raise,
   each user is ranked alone, and a session_start whose ranking fails goes to the dead-letter
   topic as ``processing_error`` (its other outputs are published as usual).
