@@ -43,8 +43,6 @@ from stream.worker.tuning import tune_gc
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
-#: the settings of ``POST /v1/decide``'s producer (besides the common ones; see ``create_app``)
-API_PRODUCER: dict[str, Any] = {"linger.ms": 0, "enable.idempotence": True, "socket.nagle.disable": True}
 
 
 class StreamActivity(Sensor):
@@ -292,15 +290,13 @@ def create_app(
         },
     )
     # POST /v1/decide waits for Kafka's acknowledgement of its decision: its own producer, without
-    # the batch producer's linger (5 ms of every answer) and queue of batch outputs ahead of it,
-    # and without Nagle's algorithm (librdkafka's default keeps it): a request sent while the one
-    # before is unacknowledged would wait for that ACK, which the broker may delay up to 40 ms
+    # the batch producer's linger (5 ms of every answer) and queue of batch outputs ahead of it
     api_producer = None
     if api_socket is not None:
         api_producer = clients.producer(
             bootstrap,
             s,
-            **API_PRODUCER,
+            **{"linger.ms": 0, "enable.idempotence": True},
         )
     gap_filler = GapFiller(
         lambda: clients.consumer(
