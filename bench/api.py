@@ -172,6 +172,42 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / CLK
 
 
+#: the workers' latency histograms the bench reads before and after each window
+HISTOGRAMS = ("stream_api_request_seconds", "stream_api_decision_log_seconds")
+
+
+def histograms(base: str, names: tuple[str, ...] = HISTOGRAMS) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of the worker's latency histograms, by metric and route: {key: {le: count}}."""
+    out: dict[str, dict[float, float]] = {}
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            name, _, rest = line.partition("_bucket{")
+            if not rest or name not in names:
+                continue
+            labels, _, value = rest.rpartition(" ")
+            le = float(labels.split('le="', 1)[1].split('"', 1)[0])
+            route = labels.split('route="', 1)[1].split('"', 1)[0] if 'route="' in labels else ""
+            out.setdefault(f"{name}:{route}", {})[le] = float(value)
+    return out
+
+
+def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> str:
+    """p50 / p99 (ms, the upper bound of the bucket holding it) of the observations between two scrapes."""
+    les = sorted(after)
+    counts = [after[le] - before.get(le, 0.0) for le in les]
+    n = counts[-1] if counts else 0
+    if not n:
+        return "-"
+
+    def q(f: float) -> str:
+        for le, c in zip(les, counts, strict=True):
+            if c >= f * n:
+                return "inf" if le == float("inf") else f"{le * 1000:g}"
+        return "inf"
+
+    return f"<={q(0.5)} / <={q(0.99)} (n {n:.0f})"
+
+
 def events_done(bases: list[str]) -> int:
     """Events consumed by the workers (the sum of their ``stream_events_total``)."""
     total = 0.0
@@ -222,9 +258,17 @@ def window(
              "--duration", str(int(seconds)), "--nonblocking", "--threads", "--format", "raw", "-o", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+    h0 = [histograms(b) for b in bases]
     e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
     result = run_loadgen(load) if load is not None else (time.sleep(seconds) or {})
     e1, c1, t1, o1, m1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
+    h1 = [histograms(b) for b in bases]
+    inside = {  # the time the workers' handlers took (bucketed): what the client saw beyond it was queueing
+        f"{'ab'[i]} {key.replace('stream_api_', '').replace('_seconds', '')}": bucket_quantiles(h0[i].get(key, {}), got)
+        for i in range(len(bases))
+        for key, got in sorted(h1[i].items())
+        if "/v1/" in key or "decision_log" in key
+    }
     if spy is not None:
         spy.wait(60)
     n = e1 - e0
@@ -238,6 +282,7 @@ def window(
         "feeder_cores": (o1.user + o1.system - o0.user - o0.system) / (t1 - t0),
         "gen_cores": result.get("cpu_s", 0.0) / (t1 - t0),
         "machine_cores": (m1 - m0) / (t1 - t0),
+        "inside": {k: v for k, v in inside.items() if v != "-"},
     }
 
 
@@ -429,6 +474,10 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
             f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} | "
             f"{r.get('machine_cores', nan):.2f} |"
         )
+    print("\nin the workers (p50 / p99 ms, bucket upper bounds, from their histograms):")
+    for key, r in results.items():
+        if r.get("inside"):
+            print(f"- {key}: " + "; ".join(f"{k} {v}" for k, v in r["inside"].items()))
 
 
 if __name__ == "__main__":

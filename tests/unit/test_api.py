@@ -206,3 +206,70 @@ async def test_forwarder_relays_the_owners_answer_on_kept_alive_connections() ->
     finally:
         fwd.close()
         await runner.cleanup()
+
+
+async def test_forwarder_keeps_a_connection_per_request_in_flight_and_refuses_malformed_answers() -> None:
+    """A burst of concurrent forwards leaves one kept-alive connection each (no new connects for the
+    next burst); an answer without Content-Length, or with more bytes than it says, is an error."""
+    await _forward_bursts()
+
+
+def test_forwarder_on_uvloop() -> None:
+    """The same on uvloop, the worker's loop (its transports are no subclass of asyncio's)."""
+    import uvloop
+
+    uvloop.run(_forward_bursts())
+
+
+async def _forward_bursts() -> None:
+    import asyncio
+
+    from stream.kafka.embedded import free_port
+    from stream.worker.api.forward import MAX_IDLE, Forwarder, ForwardError
+
+    accepted = 0
+    release = asyncio.Event()
+    answers = {
+        b"/ok": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"/no-length": b"HTTP/1.1 200 OK\r\n\r\nok",
+        b"/too-long": b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nok",
+        b"/not-http": b"SSH-2.0-OpenSSH\r\n\r\n",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                path = head.split(b" ", 2)[1]
+                if path == b"/ok":
+                    await release.wait()
+                writer.write(answers[path])
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    owner = f"http://127.0.0.1:{port}"
+    fwd = Forwarder(timeout_s=5)
+    burst = 40
+    assert burst <= MAX_IDLE
+    try:
+        pending = [asyncio.ensure_future(fwd.get(owner, "/ok", {})) for _ in range(burst)]
+        while accepted < burst:  # every request of the burst is on a connection of its own
+            await asyncio.sleep(0.01)
+        release.set()
+        assert [(s, b) for s, _, b in await asyncio.gather(*pending)] == [(200, b"ok")] * burst
+        again = await asyncio.gather(*(fwd.get(owner, "/ok", {}) for _ in range(burst)))
+        assert [b for _, _, b in again] == [b"ok"] * burst
+        assert accepted == burst  # the second burst reused the first one's connections
+        for path, reason in (("/no-length", "Content-Length"), ("/too-long", "Content-Length"), ("/not-http", "HTTP")):
+            with pytest.raises(ForwardError, match=reason):
+                await fwd.get(owner, path, {})
+        assert (await fwd.get(owner, "/ok", {}))[2] == b"ok"  # a failed answer's connection is not reused
+    finally:
+        fwd.close()
+        server.close()
+        await server.wait_closed()

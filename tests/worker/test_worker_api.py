@@ -211,6 +211,7 @@ def test_one_worker_answers_every_endpoint(
         with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
             text = r.read().decode()
         assert 'stream_api_requests_total{route="/v1/users/{user_id}",status="200"}' in text
+        assert "stream_api_decision_log_seconds_count 4.0" in text  # each decision made, once logged
 
 
 def test_two_workers_answer_for_each_others_users(
