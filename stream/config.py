@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         "STREAM_SCORE_BATCH_MS): a live stream's batch need not wait out the window; not while the "
         "partition has a backlog",
     )
+    score_batch_urgent_ads: bool = Field(
+        True,
+        description="a scoring batch closes as soon as it holds an ad_request (an ad server waits for its "
+        "decision), without waiting for the idle limit or STREAM_SCORE_BATCH_MS; not while the partition "
+        "has a backlog",
+    )
     article_wait_ms: int = Field(
         0,
         ge=0,

@@ -41,6 +41,7 @@ async def run_batches(
     clock: Clock = SYSTEM,
     idle_s: float = 0.0,
     behind: Callable[[Any], bool] | None = None,
+    urgent: Callable[[Any], bool] | None = None,
 ) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
@@ -51,13 +52,17 @@ async def run_batches(
     sign that the fetch is in (the other partitions' batches held the event loop), and the batch
     waits for ``max_n`` or ``max_s`` as without the idle limit.
 
+    ``urgent(event)``: the batch closes as soon as such an event is in it (an ``ad_request``,
+    whose decision an ad server waits for), unless its partition has a backlog (``behind``):
+    under a backlog batches stay full, and the event's wait is the backlog's anyway.
+
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
     """
     buf: list[Any] = []
     first_at = last_at = 0.0
     arrived = asyncio.Event()  # the buffer has at least one event
-    full = asyncio.Event()  # the buffer has max_n events
+    full = asyncio.Event()  # the buffer has max_n events (or an urgent one): hand it over now
     taken = asyncio.Event()  # the flusher took the buffer: there is room again
 
     async def flusher() -> None:
@@ -107,6 +112,13 @@ async def run_batches(
                 first_at = last_at
                 arrived.set()
             buf.append(event)
+            if (
+                urgent is not None
+                and not full.is_set()
+                and urgent(event)
+                and not (behind is not None and behind(event))
+            ):
+                full.set()  # close it now; no wait for room: the buffer is not full
             if len(buf) >= max_n:
                 taken.clear()
                 full.set()
