@@ -409,3 +409,36 @@ async def test_stop_waits_for_an_insert_in_progress(server: FakeServer, clock: V
         server.gate.set()
         await asyncio.wait_for(asyncio.gather(stopping, fut), 5)
     assert server.ids("predictions") == list(range(20))
+
+
+# --- (d) open -----------------------------------------------------------------------------------
+
+
+async def test_open_connects_before_the_first_flush_which_uses_that_connection(server: FakeServer) -> None:
+    sink = ClickHouseSink(server.connect, flush_rows=10_000, flush_s=30.0)
+    await sink.open()
+    assert server.connects == 1
+    await sink.open()  # already open
+    fut = await sink.put("predictions", rows(range(3)))
+    await sink.flush()
+    assert fut.done()
+    assert server.ids("predictions") == [0, 1, 2]
+    assert server.connects == 1
+
+
+async def test_a_failed_open_is_left_to_the_flushes(server: FakeServer) -> None:
+    down = [True]
+
+    def connect() -> FakeClickHouse:
+        if down[0]:
+            raise ConnectionError("ClickHouse down")
+        return server.connect()
+
+    sink = ClickHouseSink(connect, flush_rows=10_000, flush_s=30.0)
+    await sink.open()  # does not raise
+    down[0] = False
+    fut = await sink.put("predictions", rows(range(2)))
+    await sink.flush()
+    assert fut.done()
+    assert server.ids("predictions") == [0, 1]
+    assert server.connects == 1
