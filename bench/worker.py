@@ -61,7 +61,7 @@ of (d)'s median events/s, the old definition): our worker alone at that offered 
 produced (with event_time = now) -> prediction read by a consumer, and ``ad_request`` produced
 -> its decision read, after a warm-up of at least 5 s that lasts until the worker has caught up
 with the load (its backlog, events offered - processed, under a quarter second of input; at most
-60 s more, else the printout says the window began with a backlog). The per-stage breakdown is the worker's own
+30 s more, else the printout says the window began with a backlog). The per-stage breakdown is the worker's own
 ``stream_stage_seconds`` histogram (fetch, queue, process, inflight, ack, settle; docs/worker.md,
 "Latency") over the same window, and the prediction's Kafka timestamp (the worker's produce) ->
 read from the records; the CPU per event of the worker, its ClickHouse server, the broker and the
@@ -354,7 +354,7 @@ def latency(
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
     tree: Path | None = None,
-    catchup_s: float = 60.0,
+    catchup_s: float = 30.0,
     caught_s: float = 0.25,
 ) -> Latency:
     """Our worker at ``rate`` events/s offered: seconds from produce (event_time = now) to output read.
@@ -500,6 +500,7 @@ def latency(
         reader.join()
         if worker is not None:
             stop(worker)
+        stop_chdb(chdb)
     if profile is not None:
         with contextlib.suppress(NameError, subprocess.TimeoutExpired):
             spy.wait(30)
@@ -638,6 +639,7 @@ def sustained(
                 top = rate
     finally:
         stop(worker)
+        stop_chdb(chdb)
     return best, steps
 
 
@@ -861,6 +863,17 @@ def create_topics(bootstrap: str, names: list[str]) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the futures resolve
     for f in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
         f.result(30)
+
+
+def stop_chdb(chdb: Path) -> None:
+    """Stop the embedded ClickHouse server a latency or sustained-rate run's worker started.
+
+    It would stay for its idle time (merging its parts) and take CPU from the runs after it.
+    """
+    from stream.clickhouse import local_server
+
+    if chdb.exists():
+        local_server.stop(chdb)
 
 
 def chdb_pids(chdb: Path) -> list[int]:
