@@ -343,7 +343,8 @@ async def test_under_a_backlog_the_idle_limit_does_not_cut_batches_short() -> No
 
 async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has_a_backlog() -> None:
     """An ``ad_request``'s decision waits for nothing else in its batch: the batch goes as soon as
-    it is in, not after the idle or time limit; under a backlog batches stay full."""
+    it is in (or the rest of its fetch), not after the idle or time limit; under a backlog batches
+    stay full."""
     clock = VirtualClock(start=T)
     stream = FakeStream()
     highwater = [0]
@@ -387,6 +388,13 @@ async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has
     stream.put(39, 40)
     await settle()
     assert batches[3:] == [(pytest.approx(T + 0.305), [30, 37, 38, 39, 40])]  # full
+    highwater[0] = 50  # a fetch up to offset 49: 47 is urgent, 48 and 49 came with it
+    stream.put(47)
+    await settle()
+    assert len(batches) == 4  # more of its fetch is on its way
+    stream.put(48, 49)
+    await settle()
+    assert batches[4:] == [(pytest.approx(T + 0.305), [47, 48, 49])]  # closed with the fetch's last record
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -52,21 +52,23 @@ async def run_batches(
     sign that the fetch is in (the other partitions' batches held the event loop), and the batch
     waits for ``max_n`` or ``max_s`` as without the idle limit.
 
-    ``urgent(event)``: the batch closes as soon as such an event is in it (an ``ad_request``,
-    whose decision an ad server waits for), unless its partition has a backlog (``behind``):
-    under a backlog batches stay full, and the event's wait is the backlog's anyway.
+    ``urgent(event)``: the batch closes as soon as it holds such an event (an ``ad_request``,
+    whose decision an ad server waits for) and the partition has nothing more at the broker
+    (``behind``): at once, or with the last record of the fetch it came in. Under a backlog
+    batches stay full, and the event's wait is the backlog's anyway.
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
     """
     buf: list[Any] = []
     first_at = last_at = 0.0
+    hot = False  # the buffer holds an urgent event
     arrived = asyncio.Event()  # the buffer has at least one event
     full = asyncio.Event()  # the buffer has max_n events (or an urgent one): hand it over now
     taken = asyncio.Event()  # the flusher took the buffer: there is room again
 
     async def flusher() -> None:
-        nonlocal buf
+        nonlocal buf, hot
         while True:
             await arrived.wait()
             if idle_s <= 0:
@@ -88,7 +90,7 @@ async def run_batches(
                         backlog = True  # more is there: wait for the size or time limit
                         continue
                     await wait_event(full, left, clock)
-            batch, buf = buf, []
+            batch, buf, hot = buf, [], False
             arrived.clear()
             full.clear()
             taken.set()
@@ -112,13 +114,10 @@ async def run_batches(
                 first_at = last_at
                 arrived.set()
             buf.append(event)
-            if (
-                urgent is not None
-                and not full.is_set()
-                and urgent(event)
-                and not (behind is not None and behind(event))
-            ):
-                full.set()  # close it now; no wait for room: the buffer is not full
+            if urgent is not None and not full.is_set():
+                hot = hot or urgent(event)
+                if hot and not (behind is not None and behind(event)):
+                    full.set()  # close it now; no wait for room: the buffer is not full
             if len(buf) >= max_n:
                 taken.clear()
                 full.set()
