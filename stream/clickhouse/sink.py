@@ -178,20 +178,16 @@ class ClickHouseSink:
         The embedded ClickHouse starts its server on the first connection (a process importing
         chdb: seconds of CPU). At the first flush that lands on the worker's first live batches,
         on the same cores, and leaves a backlog behind them. A connection that fails here is left
-        to the flushes, which retry as they always do.
+        to the flushes, which retry as they always do. Held like a flush: a ``stop()`` meanwhile
+        waits for it and flushes on its connection, rather than starting a second one.
         """
-        if self._ch is not None:
-            return
-        try:
-            ch = await asyncio.to_thread(self._connect)
-        except Exception as exc:
-            log.info("ClickHouse not reachable at start (%s); the sink connects at its first insert", exc)
-            return
-        if self._ch is None:
-            self._ch = ch
-        else:  # a flush (stop's) connected meanwhile
-            with contextlib.suppress(Exception):
-                ch.close()
+        async with self._flushing:
+            if self._ch is not None:
+                return
+            try:
+                self._ch = await asyncio.to_thread(self._connect)
+            except Exception as exc:
+                log.info("ClickHouse not reachable at start (%s); the sink connects at its first insert", exc)
 
     async def run(self) -> None:
         """Background loop: flush every ``flush_s`` or as soon as ``flush_rows`` are queued."""

@@ -442,3 +442,24 @@ async def test_a_failed_open_is_left_to_the_flushes(server: FakeServer) -> None:
     assert fut.done()
     assert server.ids("predictions") == [0, 1]
     assert server.connects == 1
+
+
+async def test_stop_during_a_slow_open_waits_for_it_and_flushes_on_its_connection(server: FakeServer) -> None:
+    gate = threading.Event()
+
+    def slow_connect() -> FakeClickHouse:
+        gate.wait(10)  # the embedded ClickHouse's server starting
+        return server.connect()
+
+    sink = ClickHouseSink(slow_connect, flush_rows=10_000, flush_s=30.0)
+    opening = asyncio.ensure_future(sink.open())
+    await asyncio.sleep(0)  # the open holds the sink's flush lock, its connect runs in a thread
+    fut = await sink.put("predictions", rows(range(4)))
+    stopping = asyncio.ensure_future(sink.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # waits for the open
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(opening, stopping), 5)
+    assert fut.done()
+    assert server.ids("predictions") == [0, 1, 2, 3]
+    assert server.connects == 1  # one connection: the open's
