@@ -137,7 +137,7 @@ def run(
         for batch in runs[start : start + per_round]:
             out = proc.process(batch, stores)
             if recs is not None:
-                reads = recs.record(out.events)
+                reads = recs.record(out.events, proc.keep_session_starts)
                 if out.session_starts:
                     ranked, _ = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
                     made += len(ranked)

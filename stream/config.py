@@ -139,8 +139,9 @@ class Settings(BaseSettings):
         ge=0,
         le=3600,
         allow_inf_nan=False,
-        description="recommendation candidates (fresh articles, exposure rates) are rebuilt at most this often "
-        "(wall clock; 0: for every request and batch)",
+        description="recommendation candidates (fresh articles, exposure rates) are rebuilt, and the recommendation "
+        "model's alias checked, at most this often (wall clock; 0: for every request and batch; the alias also "
+        "at the STREAM_MODEL_RELOAD_S timer, no more often than this)",
     )
     state_dir: Path = Field(ROOT / "var" / "state", description="RocksDB table directory")
     score_batch_size: int = Field(500, ge=1, le=100_000, description="max events per scoring batch")

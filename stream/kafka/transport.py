@@ -18,6 +18,12 @@ It also notes when each record reached the worker's event loop (``message.time_i
 clock; faust's ``Monitor`` sensor, which the worker does not run, is its only other writer): the
 ``fetch`` and ``queue`` stages of ``stream_stage_seconds`` (docs/worker.md, "Latency").
 
+Both consumers also tell whether a partition has records after a given one that the worker has
+not been handed yet (:meth:`LedgerConsumer.more_after`, the batch idle limit's backlog check):
+unlike ``offset + 1 < highwater``, it does not count control records (a transactional producer's
+commit markers, which the consumer skips), so a topic written in transactions is caught up once
+its last record is delivered.
+
 Two faster replacements that ran the hand-off inline were tried and dropped: under load they
 let a record through after a seek had reset its partition's read offset, and the rebalance test
 then missed a record in about one run in five (docs/worker.md, "Rebalances").
@@ -107,6 +113,35 @@ class _Interrupt:
             self._task.cancel()
 
 
+def more_waiting(offset: int, highwater: int | None, position: int | None, last_fetched: int | None) -> bool:
+    """Whether a partition has a record after ``offset`` that the consumer has not handed over yet.
+
+    ``highwater``: the broker's, as of the consumer's last fetch (None: nothing known, nothing
+    waiting); ``position``: the consumer's read position, past every record its fetches returned
+    and the control records after them (which are never returned; None: not known, more
+    waiting); ``last_fetched``: the offset of the last record its fetches returned (None: none).
+    A record past ``offset`` below ``highwater`` is either still at the broker (``position`` below
+    ``highwater``), or fetched and not yet handed over (``last_fetched`` past ``offset``), or a
+    control record.
+
+    >>> more_waiting(9, 10, 10, 9)  # the last record
+    False
+    >>> more_waiting(9, 11, 11, 9)  # followed by a transaction's commit marker only
+    False
+    >>> more_waiting(9, 11, 10, 9)  # a record at the broker
+    True
+    >>> more_waiting(9, 11, 11, 10)  # a record fetched, not yet handed over
+    True
+    >>> more_waiting(9, 11, 11, None)  # read to the end (after a restart at 10) and no record found
+    False
+    """
+    if highwater is None or offset + 1 >= highwater:
+        return False
+    if position is None or position < highwater:
+        return True
+    return last_fetched is not None and last_fetched > offset
+
+
 class FetchThread(driver.AIOKafkaConsumerThread):
     """faust's aiokafka consumer thread, with the fetch settings of the app (``fetch_settings``).
 
@@ -122,10 +157,48 @@ class FetchThread(driver.AIOKafkaConsumerThread):
             consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = settings  # noqa: SLF001
         return consumer
 
+    def read_position(self, tp: Any) -> int | None:
+        """aiokafka's read position of ``tp`` (None: not known), read from the app's thread.
+
+        aiokafka advances it when its ``getmany`` returns records, and past control records when a
+        fetch brings them (also when nothing is returned): the int it replaces is read as is.
+        """
+        try:
+            state = self._consumer._subscription.subscription.assignment.state_value(tp)  # type: ignore[union-attr]  # noqa: SLF001
+            return None if state is None else state._position  # noqa: SLF001 - None until a position is known
+        except AttributeError:  # no consumer, subscription or assignment (yet, or any more)
+            return None
+
 
 class LedgerConsumer(driver.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: per partition: the offset of the last record the consumer's fetches returned (:meth:`more_after`)
+        self.fetched_last: dict[Any, int] = {}
+
     def _new_consumer_thread(self) -> Any:
         return FetchThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(self, active_partitions: Any, timeout: float) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        last = self.fetched_last
+        for tp, got in records.items():
+            if got:
+                last[tp] = got[-1].offset
+        return records
+
+    def more_after(self, tp: Any, offset: int) -> bool:
+        """Whether ``tp`` has a record after ``offset`` not handed to the worker yet (:func:`more_waiting`).
+
+        The position is aiokafka's as its thread leaves it; ``fetched_last`` is what this loop has
+        received. For the one hand-over between the threads after aiokafka's ``getmany``, the
+        position is past records ``fetched_last`` does not show yet: a batch that looks then may
+        close one fetch early. Under a backlog the position is below the high watermark but for
+        its last fetch, so no run of batches is cut short.
+        """
+        highwater = self.highwater(tp)
+        thread: FetchThread = self._thread  # type: ignore[assignment]  # _new_consumer_thread's
+        return more_waiting(offset, highwater, thread.read_position(tp), self.fetched_last.get(tp))
 
     def _new_offset(self, tp: Any) -> int | None:
         ledger = getattr(self.app, "ledger", None)

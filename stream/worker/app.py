@@ -426,12 +426,25 @@ def _highwater(consumer: Any, tp: Any) -> int | None:
         return None
 
 
+def _more_after(consumer: Any, tp: Any, offset: int) -> bool:
+    """Whether the consumer has a record of ``tp`` after ``offset`` (transport.more_waiting: control
+    records, such as a transaction's commit marker, do not count); True when it cannot tell."""
+    more_after = getattr(consumer, "more_after", None)
+    if more_after is None:
+        return True
+    try:
+        return bool(more_after(tp, offset))
+    except AssertionError:  # revoked meanwhile (see _highwater)
+        return True
+
+
 async def _waiting(app: faust.App, rt: Publisher, watch: StartWatch, assigned: Any) -> list[tuple[str, int]]:
     """The watched input partitions (no record since their assignment) with records past the committed offset.
 
     Asked of the broker, unless the consumer's high watermark shows nothing to read: a partition
     whose fetch never ran has none in the consumer, and the broker's low watermark tells a log
-    whose records were all deleted.
+    whose records were all deleted. Offsets the consumer has read up to the broker's high
+    watermark without finding a record (transaction markers) are nothing to read.
     """
     consumer = app.consumer
     committed = getattr(consumer, "_committed_offset", {})
@@ -449,7 +462,8 @@ async def _waiting(app: faust.App, rt: Publisher, watch: StartWatch, assigned: A
         except Exception as exc:  # the broker is away: tried again at the next check
             log.debug("cannot read the watermarks of %s[%d]: %s", key[0], key[1], exc)
             continue
-        if high > max(committed.get(tp) or 0, low):
+        start = max(committed.get(tp) or 0, low)
+        if high > start and not (seen == high and not _more_after(consumer, tp, start - 1)):
             out.append(key)
     return out
 
@@ -501,7 +515,9 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
         committed = getattr(consumer, "_committed_offset", {})
         assigned = consumer.assignment()
         await rt.learn_starts(assigned)  # a new group has no committed offset to count the lag from
-        lags = rt.export_lag(assigned, lambda tp: _highwater(consumer, tp), committed.get)
+        lags = rt.export_lag(
+            assigned, lambda tp: _highwater(consumer, tp), committed.get, lambda tp, o: _more_after(consumer, tp, o)
+        )
         _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
         if _recovered(app):
             await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))

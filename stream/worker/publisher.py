@@ -393,13 +393,16 @@ class Publisher:
         assigned: Iterable[Partition],
         highwater: Callable[[Any], int | None],
         committed: Callable[[Any], int | None],
+        more_after: Callable[[Any, int], bool] | None = None,
     ) -> dict[Partition, int]:
         """Set the lag gauge of each assigned input partition whose lag is known; drop every other series.
 
         The lag counts from the last offset handed to the processor or, on a partition that has
         had no batch since it was assigned, from its committed offset, or where reading it
         started (:meth:`learn_starts`) in a group that has committed none: a partition that is
-        stuck after a rebalance still shows its lag.
+        stuck after a rebalance still shows its lag. ``more_after(tp, offset)``: whether the
+        consumer has a record after ``offset``; when not, the offsets up to the high watermark are
+        control records (a transaction's commit marker) and the lag is 0.
         """
         events = self.topic_names.get("events")
         lags: dict[Partition, int] = {}
@@ -407,12 +410,14 @@ class Publisher:
             if tp[0] != events or (hw := highwater(tp)) is None:
                 continue
             pos = self.positions.get((tp[0], tp[1]))
-            if pos is not None:
-                lags[(tp[0], tp[1])] = max(hw - pos - 1, 0)
-            elif (next_offset := committed(tp)) is not None or (
-                next_offset := self._starts.get((tp[0], tp[1]))
-            ) is not None:
-                lags[(tp[0], tp[1])] = max(hw - next_offset, 0)
+            if pos is None:
+                if (pos := committed(tp)) is None and (pos := self._starts.get((tp[0], tp[1]))) is None:
+                    continue
+                pos -= 1  # the offset before the next one to read
+            lag = max(hw - pos - 1, 0)
+            if lag and more_after is not None and not more_after(tp, pos):
+                lag = 0
+            lags[(tp[0], tp[1])] = lag
         for topic, partition in self._lagging - lags.keys():
             self.metrics.lag.remove(topic, str(partition))
         for (topic, partition), lag in lags.items():

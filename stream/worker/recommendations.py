@@ -12,10 +12,12 @@
   its exposure rate (:func:`stream.models.recommend.exposure_rate`: impressions and views per
   hour over the model's window of complete hours, from the state's hourly buckets). "Now" is
   event time, so a replayed history recommends as it did then. Rebuilt at most every
-  ``STREAM_RECOMMEND_REFRESH_S`` seconds (:data:`REFRESH_S` by default).
+  ``STREAM_RECOMMEND_REFRESH_S`` seconds (:data:`REFRESH_S` by default), and the model's alias is
+  checked as often.
 - **At session_start** (``STREAM_RECOMMEND_ON_SESSION_START``): the events agent ranks the
-  batch's ``session_start`` users in one :func:`~stream.models.recommend.rank_many` after their
-  reads are appended (so a read in the same batch is excluded too), and publishes one
+  batch's ``session_start`` users in one :func:`~stream.models.recommend.rank_many`, each with the
+  reads its user had up to that event (earlier batches' and this batch's reads before it, not
+  those after it: the same reads left out whatever the batch boundaries), and publishes one
   ``recommendation`` v1 record each (:func:`recommendation_record`). Should the ranking raise,
   each user is ranked alone, and a session_start whose ranking fails goes to the dead-letter
   topic as ``processing_error`` (its other outputs are published as usual).
@@ -24,10 +26,10 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from stream.clock import SYSTEM, Clock
 from stream.events.ids import recommendation_id
 from stream.events.records import RecommendationRecord, RecommendedArticle
 from stream.models.recommend import (
@@ -48,7 +50,7 @@ from stream.worker.parsing import Record
 log = logging.getLogger(__name__)
 
 READ_EVENTS = frozenset({"article_view", "article_click", "video_play"})
-#: the candidates (and the model's alias) are checked again after this long
+#: the candidates are rebuilt, and the model's alias checked, after this long (STREAM_RECOMMEND_REFRESH_S)
 REFRESH_S = 5.0
 #: how the article-stats keys that are no article begin: the article partitions' folded watermarks
 #: (agents/watermarks.py, ``progress_key``; keys come back as bytes from the GlobalTable)
@@ -75,13 +77,29 @@ def add_reads(reads: list[str], new: Iterable[str], limit: int) -> list[str]:
     return list(out)[-limit:]
 
 
-def batch_reads(events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
-    """Per user, the articles read in ``events`` (in order)."""
+def batch_reads(
+    events: Sequence[Mapping[str, Any]], starts: list[tuple[Mapping[str, Any], int]] | None = None
+) -> dict[str, list[str]]:
+    """Per user, the articles read in ``events`` (in order).
+
+    ``starts``: each ``session_start`` event is appended to it with how many of its user's reads in
+    ``events`` came before it.
+
+    >>> starts = []
+    >>> view = {"event_type": "article_view", "user_id": "u", "article_id": "a"}
+    >>> batch_reads([view, {"event_type": "session_start", "user_id": "u"}, {**view, "article_id": "b"}], starts)
+    {'u': ['a', 'b']}
+    >>> starts
+    [({'event_type': 'session_start', 'user_id': 'u'}, 1)]
+    """
     out: dict[str, list[str]] = {}
     for e in events:
-        a = e.get("article_id")
-        if a and e.get("event_type") in READ_EVENTS:
-            out.setdefault(e["user_id"], []).append(a)
+        t = e.get("event_type")
+        if t in READ_EVENTS:
+            if a := e.get("article_id"):
+                out.setdefault(e["user_id"], []).append(a)
+        elif t == "session_start" and starts is not None:
+            starts.append((e, len(out.get(e["user_id"], ()))))
     return out
 
 
@@ -141,6 +159,7 @@ class Recommendations:
         alias: str = "production",
         on_loaded: Callable[[str | None], None] | None = None,
         refresh_s: float = REFRESH_S,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.registry = registry
         #: called with the version loaded (None: none any more), as ModelSet's ``on_loaded``
@@ -149,8 +168,9 @@ class Recommendations:
         self.articles = articles
         self.max_age_ms = max_age_hours * HOUR_MS
         self.max_reads = max_reads
-        #: the candidates are rebuilt at most this often (wall clock)
+        #: the candidates are rebuilt, and the model's alias checked, at most this often
         self.refresh_s = refresh_s
+        self.clock = clock
         self.alias = alias
         self.model: RecommendModel | None = None
         self._token: object = ()
@@ -165,10 +185,12 @@ class Recommendations:
 
     # --- the events agent ------------------------------------------------------------------
 
-    def record(self, events: Sequence[Mapping[str, Any]]) -> dict[str, list[str]]:
+    def record(self, events: Sequence[Mapping[str, Any]], at_starts: bool = False) -> dict[int, list[str]]:
         """Remember the batch's article content and append its reads (one table write per reader).
 
-        Returns each reader's reads as now stored.
+        With ``at_starts``, returns for each ``session_start`` in ``events`` (keyed by ``id(event)``)
+        the reads its user had up to it: as one event per batch would have them, whatever reads
+        follow it in the batch.
         """
         content = self.content
         for e in events:
@@ -177,23 +199,33 @@ class Recommendations:
                 if len(content) >= MAX_CATALOG:
                     del content[next(iter(content))]
                 content[a] = (e.get("brand"), e.get("category"))
-        stored = {}
-        for uid, new in batch_reads(events).items():
-            reads = stored[uid] = add_reads(unpack_reads(self.reads.get(uid)), new, self.max_reads)
-            self.reads[uid] = "\n".join(reads).encode()
-        return stored
+        starts: list[tuple[Mapping[str, Any], int]] | None = [] if at_starts else None
+        new_reads = batch_reads(events, starts)
+        before = {}
+        for uid, new in new_reads.items():
+            old = before[uid] = unpack_reads(self.reads.get(uid))
+            self.reads[uid] = "\n".join(add_reads(old, new, self.max_reads)).encode()
+        at: dict[int, list[str]] = {}
+        for e, n in starts or ():
+            uid = e["user_id"]
+            had = before.get(uid)
+            if had is None:  # no read in this batch: as stored
+                had = unpack_reads(self.reads.get(uid))
+            at[id(e)] = add_reads(had, new_reads[uid][:n], self.max_reads) if n else had
+        return at
 
     def at_session_start(
         self,
         starts: Sequence[tuple[Record, Mapping[str, Any]]],
-        known_reads: Mapping[str, list[str]],
+        reads_at: Mapping[int, list[str]],
         k: int,
         now_ms: int,
     ) -> tuple[list[RecommendationRecord], list[tuple[Record, RecommendationFailed]]]:
         """The records of a batch's session_starts, and the session_starts whose ranking failed.
 
-        One ranking for them all; should it raise, each is ranked alone. ``known_reads``: the
-        reads :meth:`record` just stored (the others are read from the table).
+        One ranking for them all; should it raise, each is ranked alone. ``reads_at``: each
+        session_start's reads up to it, by ``id(event)``, as :meth:`record` returned them (one
+        missing there: its user's reads as stored).
         """
         if not starts:
             return [], []
@@ -202,7 +234,7 @@ class Recommendations:
             cands = self.candidates()
             users = []
             for _, e in starts:
-                reads = known_reads.get(e["user_id"])
+                reads = reads_at.get(id(e))
                 if reads is None:
                     reads = unpack_reads(self.reads.get(e["user_id"]))
                 users.append((reads, [self.content[a] for a in reads if a in self.content]))
@@ -232,9 +264,9 @@ class Recommendations:
     # --- the API -------------------------------------------------------------------------------
 
     def refresh_model(self, force: bool = False) -> None:
-        """Load the alias's version if it changed (checked at most every REFRESH_S unless ``force``)."""
-        now = time.monotonic()
-        if not force and now - self._model_at < REFRESH_S:
+        """Load the alias's version if it changed (checked at most every ``refresh_s`` unless ``force``)."""
+        now = self.clock.monotonic()
+        if not force and now - self._model_at < self.refresh_s:
             return
         self._model_at = now
         try:
@@ -267,7 +299,7 @@ class Recommendations:
         An article's state is decoded only when its stored bytes changed since the last rebuild, and
         its rate computed again only then or when the newest event's hour changed.
         """
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._cands_at < self.refresh_s:
             return self._cands
         self._cands_at = now

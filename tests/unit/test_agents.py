@@ -166,6 +166,7 @@ async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
         topic_partitions=PARTITIONS,
         score_batch_size=BATCH,
         score_batch_ms=20,
+        score_batch_urgent_ads=False,  # these tests feed whole batches of BATCH events (ad_requests included)
         placements=("top_banner", "sidebar", "in_article", "footer"),
         bandit_context="device",
         article_wait_ms=0,
@@ -654,6 +655,70 @@ async def test_a_partition_of_a_new_group_shows_its_lag_before_its_first_batch(w
     w.rt.on_revoked({TP(events, 1)})
     w.rt.export_lag([TP(events, 0)], lambda tp: 1000, nothing_committed.get)
     assert _series(w, lag) == {(events, "0"): 1000}
+
+
+async def test_offsets_the_consumer_found_no_record_in_are_no_lag(worker: Worker) -> None:
+    """A transaction's commit marker takes the partition's last offset and is never delivered: once
+    the consumer has read past it and found no record (``more_after``), it is no lag, so an idle
+    input written in transactions neither stalls (/readyz) nor shows a message waiting."""
+    w = worker
+    events = w.topic("events")
+    assigned = [TP(events, 0), TP(events, 1)]
+    w.rt.positions[(events, 0)] = 998  # processed up to 998; 999 is a marker
+    committed = {TP(events, 1): 999}  # no batch since the assignment: 999 is a marker
+    looked: list[tuple[int, int]] = []
+
+    def more_after(tp: Any, offset: int) -> bool:
+        looked.append((tp[1], offset))
+        return more[tp[1]]
+
+    more = {0: False, 1: False}
+    lag = "stream_consumer_lag_messages"
+    w.rt.export_lag(assigned, lambda tp: 1000, committed.get, more_after)
+    assert _series(w, lag) == {(events, "0"): 0, (events, "1"): 0}
+    assert sorted(looked) == [(0, 998), (1, 998)]  # asked after the last offset processed / before the next
+    more[1] = True  # a record after 998 waits after all
+    w.rt.export_lag(assigned, lambda tp: 1000, committed.get, more_after)
+    assert _series(w, lag) == {(events, "0"): 0, (events, "1"): 1}
+    w.rt.export_lag(assigned, lambda tp: 1000, committed.get)  # not asked: offsets count
+    assert _series(w, lag) == {(events, "0"): 1, (events, "1"): 1}
+
+
+async def test_a_partition_read_to_its_end_without_a_record_is_not_waiting() -> None:
+    """The start-up watch (app._waiting) does not take a trailing transaction marker for a record
+    waiting (it would re-join the group every STREAM_START_STALL_S while the input is idle), unless
+    the broker has more than the consumer saw."""
+    from types import SimpleNamespace
+
+    from stream.worker.app import _waiting
+    from stream.worker.health import StartWatch
+
+    tp = ("ev", 0)
+    more = [False]
+    broker_high = [12]
+
+    def more_after(tp: Any, offset: int) -> bool:
+        assert offset == 10
+        return more[0]
+
+    consumer = SimpleNamespace(
+        _committed_offset={tp: 11},  # offset 11 is the last transaction's commit marker
+        highwater=lambda tp: 12,
+        more_after=more_after,
+    )
+    app = SimpleNamespace(consumer=consumer)
+    rt = SimpleNamespace(
+        topic_names={"events": "ev", "article_events": "ae"},
+        gap_filler=SimpleNamespace(watermarks=lambda topic, partition: (0, broker_high[0])),
+    )
+    watch = StartWatch(1.0)
+    watch.assigned([tp])
+    assert await _waiting(app, rt, watch, [tp]) == []  # type: ignore[arg-type]
+    more[0] = True  # a record after 10 fetched and not delivered
+    assert await _waiting(app, rt, watch, [tp]) == [tp]  # type: ignore[arg-type]
+    more[0] = False
+    broker_high[0] = 13  # the broker has a record the consumer has not seen
+    assert await _waiting(app, rt, watch, [tp]) == [tp]  # type: ignore[arg-type]
 
 
 class HeldSink:

@@ -251,7 +251,8 @@ async def test_with_an_idle_limit_a_batch_closes_once_its_partition_is_quiet() -
     async def handle(batch: list[Ev]) -> None:
         batches.append((clock.monotonic(), offsets(batch)))
 
-    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01))
+    reasons: list[str] = []
+    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, closed=reasons.append))
     stream.put(0, 1)
     await settle()
     await clock.advance(0.005)
@@ -266,6 +267,7 @@ async def test_with_an_idle_limit_a_batch_closes_once_its_partition_is_quiet() -
         await settle()
         await clock.advance(0.009)
     assert [b for _, b in batches[1:]] == [list(range(k, k + 10)) for k in range(3, 53, 10)]
+    assert reasons == ["idle"] + ["size"] * 5
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -319,7 +321,10 @@ async def test_under_a_backlog_the_idle_limit_does_not_cut_batches_short() -> No
     def behind(ev: Ev) -> bool:
         return ev.message.offset + 1 < highwater[0]
 
-    task = asyncio.ensure_future(run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, behind=behind))
+    reasons: list[str] = []
+    task = asyncio.ensure_future(
+        run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, behind=behind, closed=reasons.append)
+    )
     stream.put(0, 1)
     await settle()
     await clock.advance(0.2)  # 200 ms of quiet, but offsets 2..99 wait at the broker
@@ -336,6 +341,40 @@ async def test_under_a_backlog_the_idle_limit_does_not_cut_batches_short() -> No
     await settle()
     await clock.advance(0.01)
     assert batches[2:] == [(T + 0.71, [11])]  # its partition is quiet and nothing more is there
+    assert reasons == ["size", "window", "idle"]  # what closed each batch (stream_score_batches_total)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_batch_that_found_more_waiting_closes_once_a_later_look_finds_none() -> None:
+    """More waiting at the first look (the consumer had the new high watermark, not yet its position
+    past a transaction's commit marker): another look after each idle_s of quiet; the batch closes
+    at the first that finds nothing more, not at the time limit."""
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    more = [True]
+    looks: list[float] = []
+    batches: list[tuple[float, list[int]]] = []
+    reasons: list[str] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    def behind(ev: Ev) -> bool:
+        looks.append(clock.monotonic())
+        return more[0]
+
+    task = asyncio.ensure_future(
+        run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, behind=behind, closed=reasons.append)
+    )
+    stream.put(0)
+    await settle()
+    await clock.advance(0.02)
+    assert batches == [] and looks == [T + 0.01, T + 0.02]
+    more[0] = False
+    await clock.advance(0.01)
+    assert batches == [(T + 0.03, [0])] and reasons == ["idle"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -362,7 +401,10 @@ async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has
     def urgent(ev: Ev) -> bool:
         return ev.message.offset % 10 == 7
 
-    task = asyncio.ensure_future(run_batches(stream, 5, 0.5, handle, clock, idle_s=0.01, behind=behind, urgent=urgent))
+    reasons: list[str] = []
+    task = asyncio.ensure_future(
+        run_batches(stream, 5, 0.5, handle, clock, idle_s=0.01, behind=behind, closed=reasons.append, urgent=urgent)
+    )
     stream.put(5, 6)
     await settle()
     await clock.advance(0.005)
@@ -395,6 +437,7 @@ async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has
     stream.put(48, 49)
     await settle()
     assert batches[4:] == [(pytest.approx(T + 0.305), [47, 48, 49])]  # closed with the fetch's last record
+    assert reasons == ["urgent", "urgent", "urgent", "size", "urgent"]
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -69,3 +69,16 @@ def test_aiokafka_rejoin_request_and_faust_consumer_thread() -> None:
 
     assert list(inspect.signature(GroupCoordinator.request_rejoin).parameters) == ["self"]
     assert list(inspect.signature(AIOKafkaConsumerThread._ensure_consumer).parameters) == ["self"]
+
+
+def test_aiokafka_reads_past_control_records_and_keeps_its_position_where_the_transport_reads_it() -> None:
+    # stream/kafka/transport.py: more_waiting counts on aiokafka's read position moving past a
+    # transaction's commit marker, and FetchThread.read_position reads that position
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.consumer.subscription_state import TopicPartitionState
+
+    unpack = inspect.getsource(PartitionRecords._unpack_records)
+    assert "if next_batch.is_control_batch:\n                self.next_fetch_offset = next_batch.next_offset" in unpack
+    assert "self._subscription = SubscriptionState(" in inspect.getsource(AIOKafkaConsumer.__init__)
+    assert "self._position = position" in inspect.getsource(TopicPartitionState.consumed_to)

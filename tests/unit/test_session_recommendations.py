@@ -84,8 +84,9 @@ def test_session_starts_get_the_popular_articles_they_have_not_read() -> None:
     recs = _recs(None, _articles(), 96)
     recs.reads = {"u-1": b"a"}  # stored earlier: u-1 read a
     starts = [(_record(1), _start("u-1", 1)), (_record(2), _start("u-2", 2)), (_record(3), _start("u-2", 3))]
-    # u-2 read b in this batch (record() returned it): excluded although not in the table yet
-    made, failed = recs.at_session_start(starts, {"u-2": ["b"]}, k=2, now_ms=7)
+    # u-2 read b in this batch before both (record() returned it): excluded although not in the table yet
+    reads_at = {id(starts[1][1]): ["b"], id(starts[2][1]): ["b"]}
+    made, failed = recs.at_session_start(starts, reads_at, k=2, now_ms=7)
     assert failed == []
     assert [(r["user_id"], r["event_id"], [a["article_id"] for a in r["recommendations"]]) for r in made] == [
         ("u-1", "e-1", ["b", "c"]),
@@ -100,12 +101,50 @@ def test_session_starts_get_the_popular_articles_they_have_not_read() -> None:
     ]
 
 
-def test_record_returns_the_reads_it_stored() -> None:
+def test_record_stores_the_reads_and_returns_each_session_starts_reads_up_to_it() -> None:
     recs = Recommendations(None, {"u-1": b"a\nb"}, {}, 96, 3)  # type: ignore[arg-type]
     view = {"event_type": "article_view", "user_id": "u-1", "article_id": "a"}
-    stored = recs.record([view, {**view, "article_id": "c"}, {**view, "user_id": "u-2", "article_id": "d"}])
-    assert stored == {"u-1": ["b", "a", "c"], "u-2": ["d"]}
+    first, second, other = _start("u-1", 1), _start("u-1", 2), _start("u-3", 3)
+    events = [first, view, {**view, "article_id": "c"}, second, {**view, "user_id": "u-2", "article_id": "d"}, other]
+    at = recs.record(events, at_starts=True)
     assert recs.reads == {"u-1": b"b\na\nc", "u-2": b"d"}
+    # first: what was stored before the batch; second: with the batch's two reads before it; u-3: none
+    assert at == {id(first): ["a", "b"], id(second): ["b", "a", "c"], id(other): []}
+    assert recs.record(events) == {}  # not asked for: nothing returned, the reads stored again (idempotent)
+    assert recs.reads == {"u-1": b"b\na\nc", "u-2": b"d"}
+
+
+def test_a_session_start_is_ranked_without_the_reads_after_it_as_one_event_per_batch_ranks_it() -> None:
+    view = {"event_type": "article_view", "user_id": "u-1", "article_id": "b"}
+    events = [
+        view,
+        _start("u-1", 1),  # u-1 has read a (stored) and b (this batch) by now, not c
+        {**view, "article_id": "c"},
+        _start("u-2", 2),  # u-2 has read nothing by now
+        {**view, "user_id": "u-2", "article_id": "a"},
+        _start("u-1", 3),  # u-1 has read a, b and c by now
+    ]
+    records = [_record(i) for i in range(len(events))]
+
+    def starts_of(idx: range) -> list[tuple[Record, dict[str, Any]]]:
+        return [(records[i], events[i]) for i in idx if events[i]["event_type"] == "session_start"]
+
+    batch = _recs(None, _articles(), 96)
+    batch.reads = {"u-1": b"a"}
+    made, failed = batch.at_session_start(starts_of(range(6)), batch.record(events, True), k=2, now_ms=7)
+    assert failed == []
+    got = [(r["event_id"], r["reads"], [a["article_id"] for a in r["recommendations"]]) for r in made]
+    # exposure rates a 2/h, b 1/6 h, c 1/12 h (_articles): the best two not read by then
+    assert got == [("e-1", 2, ["c"]), ("e-2", 0, ["a", "b"]), ("e-3", 3, [])]
+    # one event per batch gives the same records
+    alone = _recs(None, _articles(), 96)
+    alone.reads = {"u-1": b"a"}
+    one_by_one = []
+    for i in range(6):
+        at = alone.record(events[i : i + 1], True)
+        one_by_one += alone.at_session_start(starts_of(range(i, i + 1)), at, k=2, now_ms=7)[0]
+    assert one_by_one == made
+    assert alone.reads == batch.reads == {"u-1": b"a\nb\nc", "u-2": b"a"}
 
 
 def test_a_ranking_that_fails_fails_its_session_start_only() -> None:
@@ -119,7 +158,7 @@ def test_a_ranking_that_fails_fails_its_session_start_only() -> None:
     recs = _recs(model, {k: v for k, v in arts.items() if k != b"a"}, 96)
     recs.reads = {}
     starts = [(_record(1), _start("u-1", 1)), (_record(2), _start("u-2", 2))]
-    made, failed = recs.at_session_start(starts, {"u-1": ["a"]}, k=5, now_ms=7)
+    made, failed = recs.at_session_start(starts, {id(starts[0][1]): ["a"]}, k=5, now_ms=7)
     assert [r["user_id"] for r in made] == ["u-2"]
     # without a, the newest event is b's view, whose hour is not complete yet: c (1/12 an hour) over b (0)
     assert [a["article_id"] for a in made[0]["recommendations"]] == ["c", "b"]
@@ -155,3 +194,38 @@ def test_an_unreadable_registry_keeps_the_loaded_model() -> None:
     assert recs.model is model
     made, failed = recs.at_session_start([(_record(1), _start("u-1", 1))], {}, k=2, now_ms=7)
     assert failed == [] and made[0]["model_version"] == "3"
+
+
+class _CountingRegistry:
+    """A registry with no recommendation model, counting how often its alias is checked."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def alias_token(self, name: str) -> object:
+        self.checks += 1
+        return None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("refresh_s", "at", "checks"), [(30.0, [0, 5, 29.9, 30, 45, 60], [1, 1, 1, 2, 2, 3]), (0.0, [0, 0, 1], [1, 2, 3])]
+)
+def test_the_models_alias_is_checked_as_often_as_the_refresh_setting_says(
+    refresh_s: float, at: list[float], checks: list[int]
+) -> None:
+    registry, clock = _CountingRegistry(), _Clock()
+    recs = Recommendations(registry, {}, {}, 96, 50, refresh_s=refresh_s, clock=clock)  # type: ignore[arg-type]
+    seen = []
+    for t in at:
+        clock.now = 1000.0 + t
+        recs.refresh_model()
+        seen.append(registry.checks)
+    assert seen == checks

@@ -122,3 +122,24 @@ def test_the_handoff_setting_picks_the_consumer(handoff: str, module: str, tmp_p
     assert isinstance(app.consumer, LedgerConsumer)
     rt.close(timeout_s=0)
     rt.producer = None  # drop the output producer now: it would keep retrying localhost:1
+
+
+async def test_the_read_position_is_aiokafkas_and_none_until_known() -> None:
+    """FetchThread.read_position reads aiokafka's partition state (the batch idle limit's check)."""
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.subscription_state import Assignment
+    from aiokafka.structs import TopicPartition
+
+    from stream.kafka.transport import FetchThread
+
+    tp = TopicPartition("events", 2)
+    assignment = Assignment([tp])
+    thread = SimpleNamespace(_consumer=SimpleNamespace(_subscription=SimpleNamespace(subscription=None)))
+    assert FetchThread.read_position(thread, tp) is None  # type: ignore[arg-type]  # not subscribed yet
+    thread._consumer._subscription.subscription = SimpleNamespace(assignment=assignment)
+    assert FetchThread.read_position(thread, tp) is None  # type: ignore[arg-type]  # assigned, no position yet
+    assert FetchThread.read_position(thread, TopicPartition("events", 3)) is None  # type: ignore[arg-type]
+    assignment.state_value(tp).seek(41)
+    assignment.state_value(tp).consumed_to(43)  # what aiokafka does past a fetch's records and control records
+    assert FetchThread.read_position(thread, tp) == 43  # type: ignore[arg-type]

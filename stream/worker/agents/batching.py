@@ -41,6 +41,7 @@ async def run_batches(
     clock: Clock = SYSTEM,
     idle_s: float = 0.0,
     behind: Callable[[Any], bool] | None = None,
+    closed: Callable[[str], None] | None = None,
     urgent: Callable[[Any], bool] | None = None,
 ) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
@@ -48,9 +49,12 @@ async def run_batches(
     ``idle_s`` > 0 also closes a batch once no event has arrived for that long: a live stream's
     records come a fetch at a time, and its batch need not wait out ``max_s`` for more
     (docs/worker.md, "Latency"). ``behind(event)``: whether the partition has records after the
-    buffer's last event (a backlog: the broker's high watermark is beyond it); then quiet is no
-    sign that the fetch is in (the other partitions' batches held the event loop), and the batch
-    waits for ``max_n`` or ``max_s`` as without the idle limit.
+    buffer's last event that the stream has not yielded yet (a backlog); then quiet is no sign
+    that the fetch is in (the other partitions' batches held the event loop), and the batch waits
+    for ``max_n`` or ``max_s`` as without the idle limit, unless a later look, after another
+    ``idle_s`` of quiet, finds nothing more waiting. ``closed(reason)`` is told why each
+    batch closed: ``"size"`` (``max_n``), ``"window"`` (``max_s``), ``"idle"`` (``idle_s``) or
+    ``"urgent"`` (below).
 
     ``urgent(event)``: the batch closes as soon as it holds such an event (an ``ad_request``,
     whose decision an ad server waits for) and the partition has nothing more at the broker
@@ -71,6 +75,7 @@ async def run_batches(
         nonlocal buf, hot
         while True:
             await arrived.wait()
+            reason = "window"
             if idle_s <= 0:
                 if not full.is_set():
                     await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
@@ -78,22 +83,28 @@ async def run_batches(
                 # Quiet counts from the later of the last event and now: while ``handle`` ran, the
                 # loop was busy and no event could arrive, which is no sign that none is waiting.
                 since = clock.monotonic()
-                backlog = False
                 while not full.is_set():  # until full, max_s after the first event, or idle_s of quiet
-                    deadline = first_at + max_s
-                    if not backlog:
-                        deadline = min(deadline, max(last_at, since) + idle_s)
-                    left = deadline - clock.monotonic()
+                    window = first_at + max_s
+                    quiet = max(last_at, since) + idle_s
+                    left = min(window, quiet) - clock.monotonic()
                     if left <= 0:
-                        if backlog or behind is None or not buf or not behind(buf[-1]):
+                        if quiet >= window:
                             break
-                        backlog = True  # more is there: wait for the size or time limit
+                        if behind is None or not buf or not behind(buf[-1]):
+                            reason = "idle"
+                            break
+                        # more is there: quiet means nothing yet; look again after another idle_s
+                        since = clock.monotonic()
                         continue
                     await wait_event(full, left, clock)
+            if full.is_set():
+                reason = "size" if len(buf) >= max_n else "urgent"
             batch, buf, hot = buf, [], False
             arrived.clear()
             full.clear()
             taken.set()
+            if closed is not None:
+                closed(reason)
             await handle(batch)
 
     task = asyncio.ensure_future(flusher())

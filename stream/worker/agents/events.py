@@ -52,9 +52,15 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                 return False
             highwater = consumer.highwater(tp)
             committed = getattr(consumer, "_committed_offset", {}).get(tp)
+            position = rt.positions.get((events_topic, q))
+            if caught_up(position, committed, highwater):
+                return True
+            # only control records left (a transaction's commit marker: stream/kafka/transport.py)?
+            more_after = getattr(consumer, "more_after", None)
+            last = position if position is not None else (committed or 0) - 1
+            return highwater is not None and more_after is not None and not more_after(tp, last)
         except Exception:  # no consumer yet (starting): nothing is known to be caught up
             return False
-        return caught_up(rt.positions.get((events_topic, q)), committed, highwater)
 
     def undo_on_failure(q: int) -> Callable[[asyncio.Future[None]], None]:
         def done(future: asyncio.Future[None]) -> None:
@@ -128,7 +134,8 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
         out = processor.process(records, stores)
-        reads = recs.record(out.events) if recs is not None else {}  # in this partition's user-reads table
+        # in this partition's user-reads table; with each session_start's reads up to it
+        reads = recs.record(out.events, processor.keep_session_starts) if recs is not None else {}
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
         if processor.defer_clicks:
@@ -147,12 +154,19 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         await rt.publish(out, batch, span, started)  # acks the batch once its outputs are confirmed
 
     def behind(event: Any) -> bool:
-        """The broker has records of ``event``'s partition after it (as of the consumer's last fetch)."""
+        """The consumer has records of ``event``'s partition after it: at the broker (as of its last
+        fetch) or fetched and not yet delivered. Control records (a transaction's commit marker,
+        never delivered) do not count (stream/kafka/transport.py, ``more_waiting``)."""
         from faust.types import TP
 
         msg = event.message
+        tp = TP(msg.topic, msg.partition)
         try:
-            highwater = app.consumer.highwater(TP(msg.topic, msg.partition))
+            consumer = app.consumer
+            more_after = getattr(consumer, "more_after", None)
+            if more_after is not None:
+                return bool(more_after(tp, msg.offset))
+            highwater = consumer.highwater(tp)
         except Exception:  # no consumer (unit tests of the agent): nothing is known to be behind
             return False
         return highwater is not None and msg.offset + 1 < highwater
@@ -165,6 +179,11 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         value = event.message.value
         return isinstance(value, bytes | bytearray) and b'"ad_request"' in value
 
+    closed_by = rt.metrics.batches_closed
+
+    def closed(reason: str) -> None:
+        closed_by[reason].inc()
+
     @app.agent(rt.topics["events"], name="session-events", isolated_partitions=True)
     async def session_events(stream: Any) -> None:
         try:
@@ -175,6 +194,7 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                 handle,
                 idle_s=s.score_batch_idle_ms / 1000,
                 behind=behind,
+                closed=closed,
                 urgent=is_ad_request if s.score_batch_urgent_ads else None,
             )
         except asyncio.CancelledError:
