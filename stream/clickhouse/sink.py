@@ -172,23 +172,6 @@ class ClickHouseSink:
                 if not fut.done():
                     fut.set_result(None)
 
-    async def open(self) -> None:
-        """Connect now (in a thread) rather than at the first flush.
-
-        The embedded ClickHouse starts its server on the first connection (a process importing
-        chdb: seconds of CPU). At the first flush that lands on the worker's first live batches,
-        on the same cores, and leaves a backlog behind them. A connection that fails here is left
-        to the flushes, which retry as they always do. Held like a flush: a ``stop()`` meanwhile
-        waits for it and flushes on its connection, rather than starting a second one.
-        """
-        async with self._flushing:
-            if self._ch is not None:
-                return
-            try:
-                self._ch = await asyncio.to_thread(self._connect)
-            except Exception as exc:
-                log.info("ClickHouse not reachable at start (%s); the sink connects at its first insert", exc)
-
     async def run(self) -> None:
         """Background loop: flush every ``flush_s`` or as soon as ``flush_rows`` are queued."""
         while not self._stopping:

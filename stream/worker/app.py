@@ -497,7 +497,6 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
     async def start_services() -> None:
         rt.metrics.serve(s.worker_web_port)
         if rt.sink is not None:
-            await rt.sink.open()  # the embedded ClickHouse's server starts now, not under the first batches
             await rt.sink.run()
 
     @app.timer(interval=s.model_reload_s)
