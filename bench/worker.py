@@ -59,7 +59,9 @@ worker keeps up with (its backlog grows by less than half a second of input over
 Latency (``--rate``, by default ``half``: half of that sustained live rate; ``half-backlog``: half
 of (d)'s median events/s, the old definition): our worker alone at that offered load, event
 produced (with event_time = now) -> prediction read by a consumer, and ``ad_request`` produced
--> its decision read, after a 5 s warm-up. The per-stage breakdown is the worker's own
+-> its decision read, after a warm-up of at least 5 s that lasts until the worker has caught up
+with the load (its backlog, events offered - processed, under a quarter second of input; at most
+30 s more, else the printout says the window began with a backlog). The per-stage breakdown is the worker's own
 ``stream_stage_seconds`` histogram (fetch, queue, process, inflight, ack, settle; docs/worker.md,
 "Latency") over the same window, and the prediction's Kafka timestamp (the worker's produce) ->
 read from the records; the CPU per event of the worker, its ClickHouse server, the broker and the
@@ -297,6 +299,9 @@ class Latency:
     batches: float = 0.0  # batches with rows to score in the window (stream_score_batch_size_rows_count)
     alone_broker_us: float = 0.0  # broker CPU per event with the bench's producer and reader alone (no worker)
     alone_bench_us: float = 0.0  # the bench's CPU per event then
+    warmup: float = 0.0  # seconds of load before the window
+    caught_up: bool = True  # the worker had caught up with the load when the window began
+    trace: tuple[int, ...] = ()  # the worker's backlog (events offered - processed), each second of the warm-up
 
 
 def stage_buckets(port: int) -> dict[str, list[tuple[float, float]]]:
@@ -318,6 +323,19 @@ def counters(port: int) -> tuple[float, float]:
     return events, batches
 
 
+def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: str, timeout_s: float = 90.0) -> None:
+    """Wait until the worker's metrics answer (it has started; its group join follows)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            counters(port)
+            return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"the worker did not start within {timeout_s:.0f} s (log: {log})") from None
+            time.sleep(0.2)
+
+
 def own_cpu_s() -> float:
     """CPU seconds of this process (the bench's producer and reader threads)."""
     t = os.times()
@@ -336,11 +354,18 @@ def latency(
     profile: Path | None = None,
     extra_env: dict[str, str] | None = None,
     tree: Path | None = None,
+    catchup_s: float = 30.0,
+    caught_s: float = 0.25,
 ) -> Latency:
     """Our worker at ``rate`` events/s offered: seconds from produce (event_time = now) to output read.
 
-    The first ``warmup_s`` of offered load are left out (the worker's first batches, connections
-    and caches); the worker's ``stream_stage_seconds`` and the CPU are read over the same window.
+    The load starts as soon as the worker's metrics answer (it then joins its group). The warm-up
+    is left out: at least ``warmup_s`` of offered load (the worker's first batches, connections and
+    caches), then until the worker has caught up with the load (its backlog, events offered minus
+    events processed, ``stream_events_total``, is at most ``caught_s`` seconds of input), for at
+    most ``catchup_s`` more seconds; if it never catches up, the window starts then and the
+    printout says so. The ``seconds`` window follows; the worker's ``stream_stage_seconds`` and
+    the CPU are read over the same window.
     ``profile``: py-spy samples the worker over that window into this file (collapsed stacks,
     threads holding the GIL), for :func:`print_profile`. ``tree``: run the worker of that source
     tree (``--baseline``) instead of this one.
@@ -391,6 +416,8 @@ def latency(
     reader = threading.Thread(target=read)
     reader.start()
     worker: subprocess.Popen[bytes] | None = None
+    trace: list[int] = []  # the worker's backlog (events offered - processed), each second of the warm-up
+    caught, began = False, 0.0
     try:
         p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
         # The broker's CPU for the bench's own traffic: the producer at the same rate (to a topic
@@ -410,7 +437,7 @@ def latency(
         worker = run_process(
             [sys.executable, "-m", "stream", "worker"], env, work / f"{run_dir.name}-worker.log", cwd=tree or ROOT
         )
-        time.sleep(15)  # worker start-up and group join
+        wait_metrics(port, worker, f"{run_dir.name}-worker.log")
 
         def mark() -> tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]:
             """Where the run stands: the stage histogram, CPU (worker with its ClickHouse, broker,
@@ -426,19 +453,33 @@ def latency(
 
         start, i = time.time(), 0
         marks: list[tuple[dict[str, list[tuple[float, float]]], float, float, float, float, tuple[float, float]]] = []
-        while time.time() - start < seconds + warmup_s:
-            if not marks and time.time() - start >= warmup_s:
-                window[0] = time.time()
-                marks.append(mark())
-                i0 = i
-                if profile is not None:
-                    spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
-                    spy_cmd += ["--duration", str(int(seconds)), "--rate", "100", "--gil", "--format", "raw"]
-                    spy = subprocess.Popen(
-                        [*spy_cmd, "--output", str(profile), "--nonblocking"],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
+        # The window starts once the worker keeps up: at least warmup_s of load, then until its
+        # backlog (events offered - events processed) is under caught_s of input, at most
+        # catchup_s more. Its start-up (group join, first batches, its ClickHouse server) would
+        # otherwise leave a backlog that the window measures as latency.
+        checked, began = start, float("inf")
+        while time.time() - start < began + seconds:
+            now = time.time()
+            if not marks and now - checked >= 0.25:
+                checked = now
+                backlog = i - counters(port)[0]
+                if len(trace) < int(now - start):  # one figure a second, for the printout
+                    trace.append(int(backlog))
+                late = now - start > warmup_s + catchup_s
+                if now - start >= warmup_s and (backlog <= rate * caught_s or late):
+                    caught = not late
+                    began = now - start
+                    window[0] = time.time()
+                    marks.append(mark())
+                    i0 = i
+                    if profile is not None:
+                        spy_cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid)]
+                        spy_cmd += ["--duration", str(int(seconds)), "--rate", "100", "--gil", "--format", "raw"]
+                        spy = subprocess.Popen(
+                            [*spy_cmd, "--output", str(profile), "--nonblocking"],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
             due = int((time.time() - start) * rate)
             while i < due:
                 e = {**events[i % len(events)], "event_time": int(time.time() * 1000)}
@@ -459,6 +500,7 @@ def latency(
         reader.join()
         if worker is not None:
             stop(worker)
+        stop_chdb(chdb)
     if profile is not None:
         with contextlib.suppress(NameError, subprocess.TimeoutExpired):
             spy.wait(30)
@@ -480,6 +522,9 @@ def latency(
         n,
         n1 - n0,
         *alone,
+        began,
+        caught,
+        tuple(trace),
     )
 
 
@@ -594,6 +639,7 @@ def sustained(
                 top = rate
     finally:
         stop(worker)
+        stop_chdb(chdb)
     return best, steps
 
 
@@ -664,8 +710,14 @@ def print_latency(lat: Latency) -> None:
     def ms(xs: list[float], q: float) -> str:
         return f"{pct(xs, q) * 1000:,.0f}" if xs else "n/a"
 
+    trace = ", ".join(f"{x:,}" for x in lat.trace)
+    warm = (
+        f"after a {lat.warmup:.1f} s warm-up, the worker caught up"
+        if lat.caught_up
+        else f"WITH A BACKLOG: the worker had not caught up after a {lat.warmup:.1f} s warm-up"
+    )
     print(
-        f"\nlatency at {lat.rate:,.0f} events/s offered for {lat.seconds:.0f} s (after a 5 s warm-up); "
+        f"\nlatency at {lat.rate:,.0f} events/s offered for {lat.seconds:.0f} s ({warm}); "
         f"CPU µs per event: worker {lat.proc_us:,.0f} (of which its ClickHouse server {lat.chdb_us:,.0f}) "
         f"+ broker {lat.broker_us:,.0f}; the bench's producer and reader {lat.bench_us:,.0f}"
     )
@@ -674,6 +726,7 @@ def print_latency(lat: Latency) -> None:
         f"({lat.processed / max(lat.offered, 1):.0%}), in {lat.batches:,.0f} scoring batches "
         f"({lat.processed / max(lat.batches, 1):,.1f} events per batch)"
     )
+    print(f"  the worker's backlog (events offered - processed) each second of the warm-up: {trace}")
     print(
         f"  without the worker (the bench's producer and reader alone, 5 s at the same rate): broker "
         f"{lat.alone_broker_us:,.0f} µs/event, the bench {lat.alone_bench_us:,.0f} µs/event"
@@ -810,6 +863,17 @@ def create_topics(bootstrap: str, names: list[str]) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})  # kept until the futures resolve
     for f in admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names]).values():
         f.result(30)
+
+
+def stop_chdb(chdb: Path) -> None:
+    """Stop the embedded ClickHouse server a latency or sustained-rate run's worker started.
+
+    It would stay for its idle time (merging its parts) and take CPU from the runs after it.
+    """
+    from stream.clickhouse import local_server
+
+    if chdb.exists():
+        local_server.stop(chdb)
 
 
 def chdb_pids(chdb: Path) -> list[int]:
@@ -1103,7 +1167,7 @@ def main() -> None:
         "--variants",
         default="b,c,d",
         help="which of the framework variants to run, comma-separated (of b, c, d), or none (with a numeric "
-        "--rate: the latency run alone); the flags add others",
+        "--rate: the latency runs alone, with --latency-baseline also (d0)'s); the flags add others",
     )
     ap.add_argument(
         "--scale-out",
@@ -1182,7 +1246,7 @@ def main() -> None:
         produce(bootstrap, topic, payloads)
         if args.floor:
             dump_records(bootstrap, topic, total, work / "records.jsonl")
-        for r in range(args.repeats if keys else 0):  # --variants none: the latency run alone
+        for r in range(args.repeats if base else 0):  # --variants none: the latency runs alone
             results["a"].append(raw_loop(bootstrap, topic, total, broker_pids))
             # Vary the order, and start each variant on a quiet broker: right after the naive
             # variant the broker compacts its changelog, which measured ~20 % off the next variant.
@@ -1242,7 +1306,7 @@ def main() -> None:
                 )
                 lats.append((" ".join(x for x in (label, extra) if x), lat))
 
-    if not keys:
+    if not base:
         print_latencies(lats, work, args.profile)
         print(f"logs: {work}")
         return

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--live-days", type=arguments.positive_int, default=9, help="with --drift: live days (default 9)")
     demo.add_argument("--users", type=arguments.positive_int, help="simulated users (default 2000; --drift 1000)")
     demo.add_argument("--days", type=arguments.positive_int, help="days of history (default 45; --drift 22)")
-    demo.add_argument("--rate", type=positive, help="live events per second (default 1500; --drift 150)")
+    demo.add_argument("--rate", type=positive, help="live events per second (default 400; --drift 150)")
     demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
     demo.set_defaults(func=cmd_demo)
 

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
         description="with STREAM_API_THREAD: how soon Python hands the GIL to a waiting thread, so how long "
         "the API's thread waits for it while a batch runs (ms; 0 = Python's own, 5)",
     )
+    switch_interval_ms: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="how soon Python hands the GIL to a waiting thread of the worker (the consumer's fetch "
+        "thread, the output producer's delivery reports) while a batch runs (ms; 0 = Python's own, 5; "
+        "STREAM_API_SWITCH_INTERVAL_MS wins with STREAM_API_THREAD)",
+    )
     recommend_max_age_hours: float = Field(
         96.0,
         gt=0,
@@ -144,6 +153,12 @@ class Settings(BaseSettings):
         description="a scoring batch also closes once no event came for this long (0: only size and "
         "STREAM_SCORE_BATCH_MS): a live stream's batch need not wait out the window; not while the "
         "partition has a backlog",
+    )
+    score_batch_urgent_ads: bool = Field(
+        True,
+        description="a scoring batch closes as soon as it holds an ad_request (an ad server waits for its "
+        "decision), without waiting for the idle limit or STREAM_SCORE_BATCH_MS; not while the partition "
+        "has a backlog",
     )
     article_wait_ms: int = Field(
         0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from time import monotonic
@@ -93,12 +94,16 @@ class WorkerApp(faust.App):
 
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
+    #: sys.setswitchinterval in seconds at start (STREAM_SWITCH_INTERVAL_MS; 0: Python's own)
+    switch_interval_s: float = 0.0
 
     #: the HTTP API (stream/worker/api/; set by create_app when STREAM_API_PORT is set)
     api: Any = None
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
+        if self.switch_interval_s > 0:  # before the API's thread, whose own setting wins
+            sys.setswitchinterval(self.switch_interval_s)
         if self.api is not None:  # from the start: it answers 503 until the first assignment is recovered
             await self.api.start()
         if self.on_startup_finished is not None:
@@ -201,6 +206,7 @@ def create_app(
     )
     app.changelog_burst = s.score_batch_size
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
+    app.switch_interval_s = s.switch_interval_ms / 1000
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     app.fetch_settings = (s.consumer_fetch_min_bytes, s.consumer_fetch_max_wait_ms)
     topics = {

@@ -146,12 +146,14 @@ class WorkerMetrics:
             "stream_score_batches_total",
             "Batches of input events, by what closed them: size (STREAM_SCORE_BATCH_SIZE events), window "
             "(STREAM_SCORE_BATCH_MS after the first), idle (STREAM_SCORE_BATCH_IDLE_MS without an event, "
-            "nothing more to read)",
+            "nothing more to read), urgent (an ad_request, nothing more to read: STREAM_SCORE_BATCH_URGENT_ADS)",
             ["closed_by"],
             registry=r,
         )
         #: ``stream_score_batches_total`` per reason (agents/batching.py ``run_batches``)
-        self.batches_closed = {reason: closed.labels(closed_by=reason) for reason in ("size", "window", "idle")}
+        self.batches_closed = {
+            reason: closed.labels(closed_by=reason) for reason in ("size", "window", "idle", "urgent")
+        }
         self.model_version = Gauge(
             "stream_model_info", "Loaded model versions (value 1)", ["model", "version"], registry=r
         )

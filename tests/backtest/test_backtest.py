@@ -110,7 +110,7 @@ def _logged_arm_ctr(
 
 
 def test_off_policy_estimates_near_truth_on_the_demo_s_live_window() -> None:
-    """The demo's own window: days 45..57 of 2000 users x 57 days (seed 42), as `stream demo` cuts it.
+    """The demo's window at `stream demo --rate 1500`: days 45..57 of 2000 users x 57 days (seed 42).
 
     The true CTR of each logged impression's arm must be the probability the simulator drew its
     click from (``ad_impressions.p_click``), exactly; truth read by the dataset's day numbers

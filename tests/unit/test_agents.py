@@ -166,6 +166,7 @@ async def worker(tmp_path: Path, models_dir: Path) -> AsyncIterator[Worker]:
         topic_partitions=PARTITIONS,
         score_batch_size=BATCH,
         score_batch_ms=20,
+        score_batch_urgent_ads=False,  # these tests feed whole batches of BATCH events (ad_requests included)
         placements=("top_banner", "sidebar", "in_article", "footer"),
         bandit_context="device",
         article_wait_ms=0,

@@ -378,3 +378,66 @@ async def test_a_batch_that_found_more_waiting_closes_once_a_later_look_finds_no
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has_a_backlog() -> None:
+    """An ``ad_request``'s decision waits for nothing else in its batch: the batch goes as soon as
+    it is in (or the rest of its fetch), not after the idle or time limit; under a backlog batches
+    stay full."""
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    highwater = [0]
+    release = asyncio.Event()
+    batches: list[tuple[float, list[int]]] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+        if len(batches) == 2:
+            await release.wait()
+
+    def behind(ev: Ev) -> bool:
+        return ev.message.offset + 1 < highwater[0]
+
+    def urgent(ev: Ev) -> bool:
+        return ev.message.offset % 10 == 7
+
+    reasons: list[str] = []
+    task = asyncio.ensure_future(
+        run_batches(stream, 5, 0.5, handle, clock, idle_s=0.01, behind=behind, closed=reasons.append, urgent=urgent)
+    )
+    stream.put(5, 6)
+    await settle()
+    await clock.advance(0.005)
+    assert batches == []  # within the idle limit: waits for more
+    stream.put(7)
+    await settle()
+    assert batches == [(T + 0.005, [5, 6, 7])]  # closed by 7 at once, no idle or time wait
+    stream.put(17)
+    await settle()
+    assert batches[1:] == [(T + 0.005, [17])]  # alone, at once; its handler now runs until released
+    stream.put(18, 27, 28)  # 27 arrives while the handler runs: its batch goes the moment it is free
+    await settle()
+    await clock.advance(0.1)
+    assert len(batches) == 2
+    release.set()
+    await settle()
+    assert batches[2:] == [(pytest.approx(T + 0.105), [18, 27, 28])]
+    highwater[0] = 100  # a backlog: an urgent event does not cut the batch short
+    stream.put(30, 37, 38)
+    await settle()
+    await clock.advance(0.2)
+    assert len(batches) == 3
+    stream.put(39, 40)
+    await settle()
+    assert batches[3:] == [(pytest.approx(T + 0.305), [30, 37, 38, 39, 40])]  # full
+    highwater[0] = 50  # a fetch up to offset 49: 47 is urgent, 48 and 49 came with it
+    stream.put(47)
+    await settle()
+    assert len(batches) == 4  # more of its fetch is on its way
+    stream.put(48, 49)
+    await settle()
+    assert batches[4:] == [(pytest.approx(T + 0.305), [47, 48, 49])]  # closed with the fetch's last record
+    assert reasons == ["urgent", "urgent", "urgent", "size", "urgent"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

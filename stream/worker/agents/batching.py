@@ -42,6 +42,7 @@ async def run_batches(
     idle_s: float = 0.0,
     behind: Callable[[Any], bool] | None = None,
     closed: Callable[[str], None] | None = None,
+    urgent: Callable[[Any], bool] | None = None,
 ) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
@@ -52,19 +53,26 @@ async def run_batches(
     that the fetch is in (the other partitions' batches held the event loop), and the batch waits
     for ``max_n`` or ``max_s`` as without the idle limit, unless a later look, after another
     ``idle_s`` of quiet, finds nothing more waiting. ``closed(reason)`` is told why each
-    batch closed: ``"size"`` (``max_n``), ``"window"`` (``max_s``) or ``"idle"`` (``idle_s``).
+    batch closed: ``"size"`` (``max_n``), ``"window"`` (``max_s``), ``"idle"`` (``idle_s``) or
+    ``"urgent"`` (below).
+
+    ``urgent(event)``: the batch closes as soon as it holds such an event (an ``ad_request``,
+    whose decision an ad server waits for) and the partition has nothing more at the broker
+    (``behind``): at once, or with the last record of the fetch it came in. Under a backlog
+    batches stay full, and the event's wait is the backlog's anyway.
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
     """
     buf: list[Any] = []
     first_at = last_at = 0.0
+    hot = False  # the buffer holds an urgent event
     arrived = asyncio.Event()  # the buffer has at least one event
-    full = asyncio.Event()  # the buffer has max_n events
+    full = asyncio.Event()  # the buffer has max_n events (or an urgent one): hand it over now
     taken = asyncio.Event()  # the flusher took the buffer: there is room again
 
     async def flusher() -> None:
-        nonlocal buf
+        nonlocal buf, hot
         while True:
             await arrived.wait()
             reason = "window"
@@ -90,8 +98,8 @@ async def run_batches(
                         continue
                     await wait_event(full, left, clock)
             if full.is_set():
-                reason = "size"
-            batch, buf = buf, []
+                reason = "size" if len(buf) >= max_n else "urgent"
+            batch, buf, hot = buf, [], False
             arrived.clear()
             full.clear()
             taken.set()
@@ -117,6 +125,10 @@ async def run_batches(
                 first_at = last_at
                 arrived.set()
             buf.append(event)
+            if urgent is not None and not full.is_set():
+                hot = hot or urgent(event)
+                if hot and not (behind is not None and behind(event)):
+                    full.set()  # close it now; no wait for room: the buffer is not full
             if len(buf) >= max_n:
                 taken.clear()
                 full.set()

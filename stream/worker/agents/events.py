@@ -171,6 +171,14 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
             return False
         return highwater is not None and msg.offset + 1 < highwater
 
+    def is_ad_request(event: Any) -> bool:
+        """Whether the record is (by a look at its bytes) an ``ad_request``: its batch closes at once.
+
+        Not parsed here: a record that only looks like one closes its batch early, nothing more.
+        """
+        value = event.message.value
+        return isinstance(value, bytes | bytearray) and b'"ad_request"' in value
+
     closed_by = rt.metrics.batches_closed
 
     def closed(reason: str) -> None:
@@ -187,6 +195,7 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                 idle_s=s.score_batch_idle_ms / 1000,
                 behind=behind,
                 closed=closed,
+                urgent=is_ad_request if s.score_batch_urgent_ads else None,
             )
         except asyncio.CancelledError:
             # faust cancels an isolated actor when its partition is revoked, and its supervisor
