@@ -102,7 +102,7 @@ sys.path.insert(0, str(ROOT))
 
 from simulator import SimConfig, generate  # noqa: E402
 from stream.config import load_settings  # noqa: E402
-from stream.kafka.embedded import EmbeddedKafka  # noqa: E402
+from stream.kafka.embedded import EmbeddedKafka, free_port  # noqa: E402
 from stream.kafka.io import produce, produce_blocking  # noqa: E402
 from stream.kafka.topics import BANDIT_DECISIONS, PREDICTIONS, ensure_topics  # noqa: E402
 from stream.tools.demo import bucket_quantile  # noqa: E402
@@ -119,6 +119,7 @@ class Sample:
     proc_us: float  # the variant's process
     broker_us: float
     other_us: float = 0.0  # the worker's ClickHouse server (not in the total)
+    batches: str = ""  # the worker's scoring batches over the run: events per batch, why they closed
 
     @property
     def cpu_us(self) -> float:
@@ -200,7 +201,7 @@ def committed_rate(
     (t0, p0, b0, o0, n0), (t1, p1, b1, o1, n1) = marks[0.1], marks[0.9]
     n = 0.8 * total
     if n0 == n1:  # both marks at one commit: the input is too small to measure
-        return Sample(*[float("nan")] * 4)
+        return Sample(float("nan"), float("nan"), float("nan"), float("nan"))
     return Sample(n / (t1 - t0), (p1 - p0) / n * 1e6, (b1 - b0) / n * 1e6, (o1 - o0) / n * 1e6)
 
 
@@ -321,6 +322,20 @@ def counters(port: int) -> tuple[float, float]:
     events = sum(v for _, v in scrape_series(port, "stream_events_total"))
     batches = sum(v for _, v in scrape_series(port, "stream_score_batch_size_rows_count"))
     return events, batches
+
+
+def batch_summary(port: int) -> str:
+    """Events per scoring batch and the batches' closing reasons so far (smaller batches under a
+    backlog mean more table writes and per-batch work per event); empty if the metrics are gone."""
+    from stream.testing import scrape_series
+
+    try:
+        events, batches = counters(port)
+        closed = {labels["closed_by"]: v for labels, v in scrape_series(port, "stream_score_batches_total")}
+    except Exception:  # an older revision without the counter, or the worker has stopped
+        return ""
+    why = " ".join(f"{k} {v / max(sum(closed.values()), 1):.0%}" for k, v in sorted(closed.items()) if v)
+    return f"{events / max(batches, 1):.0f} ev/batch" + (f" ({why})" if why else "")
 
 
 def wait_metrics(port: int, proc: subprocess.Popen[bytes], log: str, timeout_s: float = 90.0) -> None:
@@ -904,6 +919,7 @@ def run_variant(
     broker: list[int],
     check: bool,
     baseline: Path | None = None,
+    worker_env: dict[str, str] | None = None,
 ) -> tuple[Sample, Outputs | None]:
     """Events/s and CPU per event of variant ``key`` in a fresh consumer group; with ``check`` (for
     the variants that publish) it runs to the end of the input and its outputs are read back."""
@@ -954,9 +970,11 @@ def run_variant(
             "STREAM_STATE_DIR": str(work / group),
             "STREAM_CHDB_PATH": str(work / f"{group}-chdb"),
             "STREAM_MODELS_DIR": str(models),
-            "STREAM_WORKER_WEB_PORT": "0",
+            "STREAM_WORKER_WEB_PORT": str(port := free_port()),
             "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
         }
+        if key == "d":
+            env.update(worker_env or {})
         if key == "d-":
             env["STREAM_ARCHIVE_EVENTS"] = "false"
             env["STREAM_MONITORING"] = "false"
@@ -980,9 +998,13 @@ def run_variant(
             other=other,
             to_end=check,
         )
+        if key in ("d", "d-", "d0"):
+            sample.batches = batch_summary(port)
     finally:
         for p in procs:
             stop(p)
+        if key in ("d", "d-", "d0"):
+            stop_chdb(work / f"{group}-chdb")
     if not check:
         return sample, None
     got = read_from(bootstrap, outputs)
@@ -1113,6 +1135,11 @@ def compare(ref: Outputs, other: Outputs) -> tuple[bool, list[str]]:
     return ok, lines
 
 
+def env_pairs(text: str) -> dict[str, str]:
+    """``K=V[,K=V]`` as a dict."""
+    return dict(kv.split("=", 1) for kv in text.split(",") if kv)
+
+
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b > 0 else "n/a"
 
@@ -1157,6 +1184,12 @@ def main() -> None:
         action="append",
         metavar="K=V[,K=V]",
         help="run the latency run (again) with these worker settings, e.g. STREAM_SCORE_BATCH_MS=10; repeatable",
+    )
+    ap.add_argument(
+        "--worker-env",
+        default="",
+        metavar="K=V[,K=V]",
+        help="worker settings of (d) in the throughput runs (not (d0)), e.g. STREAM_SCORE_BATCH_MS=200",
     )
     ap.add_argument(
         "--profile",
@@ -1259,14 +1292,28 @@ def main() -> None:
                     sample, out = run_scaled(r, bootstrap, payloads, work, models, broker_pids), None
                 else:
                     sample, out = run_variant(
-                        key, r, bootstrap, topic, total, work, models, broker_pids, check=check, baseline=baseline
+                        key,
+                        r,
+                        bootstrap,
+                        topic,
+                        total,
+                        work,
+                        models,
+                        broker_pids,
+                        check=check,
+                        baseline=baseline,
+                        worker_env=env_pairs(args.worker_env),
                     )
                 results[key].append(sample)
                 if out is not None:
                     checks[key] = out
             print(
                 f"repeat {r + 1} (order {'-'.join(order)}, settled {'/'.join(f'{w:.0f}' for w in waited)} s): "
-                + ", ".join(f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs" for k, v in results.items()),
+                + ", ".join(
+                    f"({k}) {v[-1].rate:,.0f}/s {v[-1].cpu_us:,.0f} µs"
+                    + (f" [{v[-1].batches}]" if v[-1].batches else "")
+                    for k, v in results.items()
+                ),
                 flush=True,
             )
         lats: list[tuple[str, Latency]] = []
@@ -1291,7 +1338,7 @@ def main() -> None:
             for j, (extra, (label, tree)) in enumerate(runs):
                 settle(broker.pid, args.pause)
                 profile = work / f"latency-profile-{j}.txt" if args.profile else None
-                env_extra = dict(kv.split("=", 1) for kv in extra.split(",") if kv)
+                env_extra = env_pairs(extra)
                 lat = latency(
                     bootstrap,
                     work,
@@ -1356,9 +1403,11 @@ def main() -> None:
             "   (the cost of the event archive and monitoring, goal <= 10 %)"
         )
     if "d0" in med:
+        # with (d-), the like-for-like row: the baseline may predate the archive and monitoring
+        mine, what = ("d-", "this code, archive + monitoring off") if "d-" in med else ("d", "this code")
         print(
-            f"  (d-)/(d0) = {ratio(med.get('d-', med['d']), med['d0'])} events/s;   CPU/event (d-)/(d0) = "
-            f"{ratio(cpu.get('d-', cpu['d']), cpu['d0'])}   (this code, archive + monitoring off, vs {args.baseline})"
+            f"  ({mine})/(d0) = {ratio(med[mine], med['d0'])} events/s;   CPU/event ({mine})/(d0) = "
+            f"{ratio(cpu[mine], cpu['d0'])}   ({what}, vs {args.baseline})"
         )
     if checks:
         print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")

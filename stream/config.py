@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         "STREAM_SCORE_BATCH_MS): a live stream's batch need not wait out the window; not while the "
         "partition has a backlog",
     )
+    score_batch_backlog_ms: int = Field(
+        1000,
+        ge=0,
+        le=60_000,
+        description="while the partition has a backlog, a scoring batch stays open past STREAM_SCORE_BATCH_MS "
+        "for STREAM_SCORE_BATCH_SIZE events, up to this long after its first event (0 or at most "
+        "STREAM_SCORE_BATCH_MS: no longer than the window); full batches share their per-batch work",
+    )
     score_batch_urgent_ads: bool = Field(
         True,
         description="a scoring batch closes as soon as it holds an ad_request (an ad server waits for its "

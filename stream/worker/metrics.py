@@ -146,13 +146,15 @@ class WorkerMetrics:
             "stream_score_batches_total",
             "Batches of input events, by what closed them: size (STREAM_SCORE_BATCH_SIZE events), window "
             "(STREAM_SCORE_BATCH_MS after the first), idle (STREAM_SCORE_BATCH_IDLE_MS without an event, "
-            "nothing more to read), urgent (an ad_request, nothing more to read: STREAM_SCORE_BATCH_URGENT_ADS)",
+            "nothing more to read), urgent (an ad_request, nothing more to read: STREAM_SCORE_BATCH_URGENT_ADS), "
+            "backlog (kept open past the window while a backlog waited: STREAM_SCORE_BATCH_BACKLOG_MS, or "
+            "nothing more to read)",
             ["closed_by"],
             registry=r,
         )
         #: ``stream_score_batches_total`` per reason (agents/batching.py ``run_batches``)
         self.batches_closed = {
-            reason: closed.labels(closed_by=reason) for reason in ("size", "window", "idle", "urgent")
+            reason: closed.labels(closed_by=reason) for reason in ("size", "window", "idle", "urgent", "backlog")
         }
         self.model_version = Gauge(
             "stream_model_info", "Loaded model versions (value 1)", ["model", "version"], registry=r

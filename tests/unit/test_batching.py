@@ -441,3 +441,73 @@ async def test_an_urgent_event_closes_its_batch_at_once_unless_its_partition_has
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+@pytest.mark.parametrize("idle_s", [0.01, 0.0])
+async def test_under_a_backlog_a_batch_outlasts_its_window_up_to_the_backlog_limit(idle_s: float) -> None:
+    """With ``backlog_s``, a batch whose partition still has records waiting when ``max_s`` is up
+    stays open for ``max_n`` events (its events wait for the backlog anyway), closes once a look
+    finds nothing more waiting, and at the latest ``backlog_s`` after its first event."""
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    highwater = [100]
+    batches: list[tuple[float, list[int]]] = []
+    reasons: list[str] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    def behind(ev: Ev) -> bool:
+        return ev.message.offset + 1 < highwater[0]
+
+    task = asyncio.ensure_future(
+        run_batches(stream, 10, 0.5, handle, clock, idle_s=idle_s, behind=behind, closed=reasons.append, backlog_s=2.0)
+    )
+    stream.put(0, 1)
+    await settle()
+    await clock.advance(0.7)  # past the window, offsets 2..99 still wait
+    assert batches == []
+    stream.put(*range(2, 10))
+    await settle()
+    assert batches == [(T + 0.7, list(range(10)))]  # full: one batch where the window would have made two
+    stream.put(10)
+    await settle()
+    await clock.advance(0.6)  # the window is up at T + 1.2
+    assert len(batches) == 1
+    highwater[0] = 11  # caught up: the next look closes it
+    await clock.advance(0.5)
+    assert len(batches) == 2
+    at, got = batches[1]
+    assert got == [10] and T + 1.2 < at <= T + 1.7  # after the window, at a look, not at the backlog limit
+    highwater[0] = 100
+    stream.put(11)  # at T + 1.8, with a backlog behind it that never ends
+    await settle()
+    await clock.advance(1.99)
+    assert len(batches) == 2
+    await clock.advance(0.02)
+    assert batches[2:] == [(pytest.approx(T + 1.8 + 2.0), [11])]  # the backlog limit, from its first event
+    assert reasons == ["size", "backlog", "backlog"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_without_a_backlog_limit_the_window_closes_batches_as_before() -> None:
+    clock = VirtualClock(start=T)
+    stream = FakeStream()
+    batches: list[tuple[float, list[int]]] = []
+    reasons: list[str] = []
+
+    async def handle(batch: list[Ev]) -> None:
+        batches.append((clock.monotonic(), offsets(batch)))
+
+    task = asyncio.ensure_future(
+        run_batches(stream, 10, 0.5, handle, clock, idle_s=0.01, behind=lambda ev: True, closed=reasons.append)
+    )
+    stream.put(0)
+    await settle()
+    await clock.advance(0.5)
+    assert batches == [(T + 0.5, [0])] and reasons == ["window"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

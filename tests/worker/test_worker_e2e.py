@@ -181,9 +181,16 @@ def test_article_agent_keeps_up_while_the_input_has_a_backlog(
     that holds a partition's whole backlog, the article agent got its first record only after the
     last prediction. With fetches capped per partition, it folds articles from early on. (Small
     stream buffers, so that this small backlog does not fit in them: it would then be handed over
-    at once, whatever the fetch size.)
+    at once, whatever the fetch size. Small batches too: under a backlog batches fill up to
+    ``STREAM_SCORE_BATCH_SIZE``, and four partitions' first batches of 500 would hold a third of
+    this backlog before any article event is forwarded.)
     """
-    worker_env = {**worker_env, "STREAM_CONSUMER_MAX_FETCH_BYTES": "16384", "STREAM_STREAM_BUFFER_SIZE": "200"}
+    worker_env = {
+        **worker_env,
+        "STREAM_CONSUMER_MAX_FETCH_BYTES": "16384",
+        "STREAM_STREAM_BUFFER_SIZE": "200",
+        "STREAM_SCORE_BATCH_SIZE": "100",
+    }
     prefix = worker_env["STREAM_TOPIC_PREFIX"]
     _topics(kafka_bootstrap, worker_env)
     produce(kafka_bootstrap, f"{prefix}session-events", _payloads(sim_events))  # the backlog

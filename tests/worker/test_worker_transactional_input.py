@@ -81,7 +81,7 @@ def test_a_lone_event_on_a_transactional_topic_closes_its_batch_at_the_idle_limi
         wait(lambda: _lags(port) == [0.0], 30, "lag 0 past the last commit marker")
         assert scrape_metrics(port).get("stream_partition_stalls_total", 0.0) == 0.0
     # each batch held one event (no ad_request) and closed for quiet with nothing more to read
-    assert closed == {"size": 0.0, "window": 0.0, "idle": float(len(starts)), "urgent": 0.0}, closed
+    assert closed == {"size": 0.0, "window": 0.0, "idle": float(len(starts)), "urgent": 0.0, "backlog": 0.0}, closed
     # a restart reads from the committed offset, the last commit marker's: nothing to read there
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-2.log"):
         wait(lambda: _lags(port) == [0.0], 60, "lag 0 after the restart")

@@ -43,6 +43,7 @@ async def run_batches(
     behind: Callable[[Any], bool] | None = None,
     closed: Callable[[str], None] | None = None,
     urgent: Callable[[Any], bool] | None = None,
+    backlog_s: float = 0.0,
 ) -> None:
     """Feed ``handle`` the stream's events in batches until the stream ends or the task is cancelled.
 
@@ -54,12 +55,20 @@ async def run_batches(
     for ``max_n`` or ``max_s`` as without the idle limit, unless a later look, after another
     ``idle_s`` of quiet, finds nothing more waiting. ``closed(reason)`` is told why each
     batch closed: ``"size"`` (``max_n``), ``"window"`` (``max_s``), ``"idle"`` (``idle_s``) or
-    ``"urgent"`` (below).
+    ``"urgent"`` (below) or ``"backlog"`` (``backlog_s``, below).
 
     ``urgent(event)``: the batch closes as soon as it holds such an event (an ``ad_request``,
     whose decision an ad server waits for) and the partition has nothing more at the broker
     (``behind``): at once, or with the last record of the fetch it came in. Under a backlog
     batches stay full, and the event's wait is the backlog's anyway.
+
+    ``backlog_s`` > ``max_s``: a batch whose partition has a backlog (``behind``) when ``max_s``
+    is up stays open for ``max_n`` events, up to ``backlog_s`` after its first event, and closes
+    as soon as a look (every ``idle_s``, or at ``max_s`` steps without the idle limit) finds
+    nothing more waiting. Its events already wait for the backlog ahead of them, and the events
+    behind them wait less with full batches: per-batch work (one state write per user, one
+    predict per model, the publish) is shared by ``max_n`` events instead of ``max_s``'s worth
+    (``"backlog"``).
 
     An exception from ``handle`` ends the loop at once and propagates, even while no event
     arrives: the failed batch and the buffered events stay held (uncommitted).
@@ -76,22 +85,31 @@ async def run_batches(
         while True:
             await arrived.wait()
             reason = "window"
+            window = first_at + max_s
             if idle_s <= 0:
-                if not full.is_set():
-                    await wait_event(full, max(first_at + max_s - clock.monotonic(), 0.0), clock)
+                while not full.is_set():  # until full or the window ends (extended under a backlog)
+                    left = window - clock.monotonic()
+                    if left <= 0:
+                        if not extend():
+                            break
+                        window = min(window + max_s, first_at + backlog_s)
+                        reason = "backlog"
+                        continue
+                    await wait_event(full, left, clock)
             else:
                 # Quiet counts from the later of the last event and now: while ``handle`` ran, the
                 # loop was busy and no event could arrive, which is no sign that none is waiting.
                 since = clock.monotonic()
-                while not full.is_set():  # until full, max_s after the first event, or idle_s of quiet
-                    window = first_at + max_s
+                while not full.is_set():  # until full, the window's end, or idle_s of quiet
                     quiet = max(last_at, since) + idle_s
                     left = min(window, quiet) - clock.monotonic()
                     if left <= 0:
-                        if quiet >= window:
+                        if quiet >= window and not extend():
                             break
-                        if behind is None or not buf or not behind(buf[-1]):
-                            reason = "idle"
+                        if quiet >= window:  # a backlog: the window grows, looked at every idle_s
+                            window, reason = first_at + backlog_s, "backlog"
+                        elif not more():
+                            reason = "idle" if reason == "window" else reason
                             break
                         # more is there: quiet means nothing yet; look again after another idle_s
                         since = clock.monotonic()
@@ -106,6 +124,13 @@ async def run_batches(
             if closed is not None:
                 closed(reason)
             await handle(batch)
+
+    def more() -> bool:
+        return behind is not None and bool(buf) and behind(buf[-1])
+
+    def extend() -> bool:
+        """Whether the window, now ended, stays open: a backlog, and ``backlog_s`` not yet up."""
+        return clock.monotonic() < first_at + backlog_s and more()
 
     task = asyncio.ensure_future(flusher())
     me = asyncio.current_task()

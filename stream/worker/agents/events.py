@@ -196,6 +196,7 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                 behind=behind,
                 closed=closed,
                 urgent=is_ad_request if s.score_batch_urgent_ads else None,
+                backlog_s=s.score_batch_backlog_ms / 1000,
             )
         except asyncio.CancelledError:
             # faust cancels an isolated actor when its partition is revoked, and its supervisor
