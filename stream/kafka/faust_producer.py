@@ -306,7 +306,10 @@ class LibrdkafkaProducer(driver.Producer):
                 if state is not None:
                     callback = sent.message.callback
                     if callback:
-                        callback(sent)  # a table's: keeps the changelog offset in RocksDB
+                        try:
+                            callback(sent)  # a table's: keeps the changelog offset in RocksDB
+                        except Exception:  # as asyncio logs a failed done-callback: the other reports go on
+                            log.exception("the callback of a record to %r failed", topic)
                     sensors.on_send_completed(self, state, md)
             else:
                 exc = DeliveryError(topic, err.name(), err.str())
