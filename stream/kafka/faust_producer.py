@@ -93,8 +93,10 @@ class LibrdkafkaProducer(driver.Producer):
         self._reports: collections.deque[tuple[Any, Any, Any]] = collections.deque()
         self._waking = False
         self._event_loop: asyncio.AbstractEventLoop | None = None
-        #: records handed to faust's buffer and not yet to librdkafka: while any, send_soon queues there too
-        self._buffered = 0
+        #: records handed to faust's buffer, and of those the ones handed on to librdkafka since (in order):
+        #: while some wait there, send_soon queues behind them
+        self._buffered_in = 0
+        self._buffered_out = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,7 +106,7 @@ class LibrdkafkaProducer(driver.Producer):
             try:
                 await send_pending(fut)
             finally:
-                self._buffered -= 1
+                self._buffered_out += 1
 
         self.buffer._send_pending = _send_buffered  # type: ignore[attr-defined]  # noqa: SLF001
 
@@ -214,7 +216,12 @@ class LibrdkafkaProducer(driver.Producer):
         message = fut.message
         channel = message.channel
         rd = self._rd
-        if self._buffered or rd is None or not isinstance(channel, TopicT) or len(channel.topics) != 1:
+        if (
+            self._buffered_in != self._buffered_out
+            or rd is None
+            or not isinstance(channel, TopicT)
+            or len(channel.topics) != 1
+        ):
             self._to_buffer(fut)
             return
         topic = channel.get_topic_name()
@@ -244,7 +251,7 @@ class LibrdkafkaProducer(driver.Producer):
         self._pending.add(fut)
 
     def _to_buffer(self, fut: FutureMessage) -> None:
-        self._buffered += 1
+        self._buffered_in += 1
         self.buffer.put(fut)
 
     async def send_and_wait(
@@ -268,6 +275,9 @@ class LibrdkafkaProducer(driver.Producer):
         commit the input whose changelog records were lost.
         """
         await self.buffer.flush()
+        buffered = self._buffered_in  # also the last of these taken from the buffer, and not yet produced
+        while self._buffered_out < buffered and not self.buffer.should_stop and self._failure is None:
+            await asyncio.sleep(QUEUE_FULL_WAIT_S)
         waits = list(self._pending)
         if waits:
             await asyncio.wait(waits)

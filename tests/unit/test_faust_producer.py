@@ -193,7 +193,7 @@ async def test_after_a_full_queue_table_writes_go_through_faust_buffer_in_order(
     await producer.buffer.start()
     try:
         await _until(lambda: len(rd.produced) == 2)
-        await _until(lambda: producer._buffered == 0)
+        await _until(lambda: producer._buffered_in == producer._buffered_out == 2)
         producer.send_soon(futs[2])  # drained: at once again
         assert [r[2] for r in rd.produced] == [b"v0", b"v1", b"v2"]
         for i in range(3):
