@@ -184,6 +184,10 @@ class Settings(BaseSettings):
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )
+    faust_producer: Literal["librdkafka", "aiokafka"] = Field(
+        "librdkafka",
+        description="producer of faust's own records (table changelogs): confluent-kafka's, or faust's aiokafka one",
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", description="event loop of `python -m stream worker` (faust's CLI: its --loop option)"
     )

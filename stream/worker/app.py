@@ -7,6 +7,7 @@ Run it with ``python -m stream worker`` or ``faust -A stream.worker.app worker``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,7 +22,7 @@ from prometheus_client import Gauge
 from stream.clickhouse import connect
 from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings, load_settings
-from stream.kafka import clients, transport
+from stream.kafka import clients, faust_producer, transport
 from stream.kafka import topics as T
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
@@ -92,6 +93,12 @@ class WorkerApp(faust.App):
     #: STREAM_CONSUMER_HANDOFF (set by create_app)
     consumer_handoff: str = "lean"
 
+    #: STREAM_FAUST_PRODUCER (set by create_app), and what the librdkafka one is built with and
+    #: reports a lost record to (stream/kafka/faust_producer.py)
+    faust_producer: str = "librdkafka"
+    librdkafka_producer: Callable[..., Any] | None = None
+    on_producer_failure: Callable[[BaseException], None] | None = None
+
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
     #: sys.setswitchinterval in seconds at start (STREAM_SWITCH_INTERVAL_MS; 0: Python's own)
@@ -159,9 +166,11 @@ class WorkerApp(faust.App):
     def _new_transport(self) -> Any:
         # faust's aiokafka transport committing the worker's ledger, and by default with a
         # cheaper hand-off of fetched records (same order and interleaving): stream/kafka/transport.py.
-        if self.consumer_handoff == "faust":
-            return transport.LedgerTransport(self.conf.broker_consumer, self)
-        return transport.Transport(self.conf.broker_consumer, self)
+        # Its producer (table changelogs) is confluent-kafka's by default: stream/kafka/faust_producer.py.
+        cls: type[Any] = transport.LedgerTransport if self.consumer_handoff == "faust" else transport.Transport
+        if self.faust_producer == "librdkafka":
+            cls = faust_producer.with_librdkafka_producer(cls)
+        return cls(self.conf.broker_consumer, self)
 
 
 def create_app(
@@ -209,6 +218,8 @@ def create_app(
     app.switch_interval_s = s.switch_interval_ms / 1000
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     app.fetch_settings = (s.consumer_fetch_min_bytes, s.consumer_fetch_max_wait_ms)
+    app.faust_producer = s.faust_producer
+    app.librdkafka_producer = functools.partial(clients.producer, bootstrap, s)
     topics = {
         # Consumed topics decode without the serializer registry (stream/kafka/schema.py).
         "events": app.topic(s.topic(T.SESSION_EVENTS), partitions=p, schema=RawSchema()),
@@ -334,6 +345,7 @@ def create_app(
         on_fatal=lambda exc: _crash(app, exc, metrics.health),
     )
     app.publisher = rt
+    app.on_producer_failure = rt.fail  # a lost changelog record stops the worker like a lost output
     recs = Recommendations(
         ModelRegistry(s.models_dir),
         tables["reads"],

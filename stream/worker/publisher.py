@@ -28,6 +28,7 @@ from stream.config import Settings
 from stream.errors import InfraError
 from stream.events.records import DecisionRecord
 from stream.events.schema import fit_dead_letter
+from stream.kafka.faust_producer import DeliveryError
 from stream.kafka.limits import record_budget
 from stream.kafka.partitioner import partition_for
 from stream.models.scoring import ModelSet
@@ -341,7 +342,7 @@ class Publisher:
         if self._failure is not None:
             return
         self._failure = exc
-        if isinstance(exc, OutputError):
+        if isinstance(exc, (OutputError, DeliveryError)):  # a record Kafka did not take
             self.metrics.fatal_errors.labels(topic=exc.topic, error=exc.error).inc()
             log.error("stopping the worker: %s; its batch stays uncommitted and is read again after a restart", exc)
         else:
