@@ -893,6 +893,10 @@ def checkout(rev: str, work: Path) -> Path:
     return tree
 
 
+#: --worker-env: settings of this tree's worker in every run (not (d0)'s)
+WORKER_ENV: dict[str, str] = {}
+
+
 def run_variant(
     key: str,
     r: int,
@@ -963,6 +967,8 @@ def run_variant(
         if key == "d0":
             assert baseline is not None
             env["PYTHONPATH"] = str(baseline)
+        else:
+            env.update(WORKER_ENV)
         chdb = work / f"{group}-chdb"
         other = lambda: chdb_pids(chdb)  # noqa: E731
         if check:  # every run writes the same output topics: this one's start where they end now
@@ -1016,6 +1022,7 @@ def run_scaled(
         "STREAM_MODELS_DIR": str(models),
         "STREAM_WORKER_WEB_PORT": "0",
         "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+        **WORKER_ENV,
     }
     cmd = [sys.executable, "-m", "stream", "worker"]
     procs = [run_process(cmd, {**env, "STREAM_WORKER_INSTANCE": str(i)}, work / f"{group}-{i}.log") for i in (1, 2)]
@@ -1159,6 +1166,13 @@ def main() -> None:
         help="run the latency run (again) with these worker settings, e.g. STREAM_SCORE_BATCH_MS=10; repeatable",
     )
     ap.add_argument(
+        "--worker-env",
+        action="append",
+        metavar="K=V",
+        help="a setting of this tree's worker in every run, (d), (d-), (d2) and the latency runs (not (d0)), "
+        "e.g. STREAM_KAFKA_FETCH=librdkafka; repeatable",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="sample the worker with py-spy during the latency run and print where its time goes",
@@ -1210,6 +1224,11 @@ def main() -> None:
         help="with --baseline: also run each latency run with (d0)'s worker, after this tree's",
     )
     args = ap.parse_args()
+    for kv in args.worker_env or []:
+        if "=" not in kv:
+            ap.error(f"--worker-env {kv!r}: expected K=V")
+        key, value = kv.split("=", 1)
+        WORKER_ENV[key] = value
 
     if args.quix:
         quix_python()  # build its virtualenv before anything is measured
@@ -1291,7 +1310,10 @@ def main() -> None:
             for j, (extra, (label, tree)) in enumerate(runs):
                 settle(broker.pid, args.pause)
                 profile = work / f"latency-profile-{j}.txt" if args.profile else None
-                env_extra = dict(kv.split("=", 1) for kv in extra.split(",") if kv)
+                env_extra = {
+                    **(WORKER_ENV if tree is None else {}),
+                    **dict(kv.split("=", 1) for kv in extra.split(",") if kv),
+                }
                 lat = latency(
                     bootstrap,
                     work,

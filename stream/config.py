@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     consumer_handoff: Literal["lean", "faust"] = Field(
         "lean", description="hand-off of fetched records to the streams: one task per record, or faust's own"
     )
+    kafka_fetch: Literal["aiokafka", "librdkafka"] = Field(
+        "aiokafka",
+        description="what fetches and decodes the worker's input records: faust's aiokafka consumer, or "
+        "librdkafka (confluent-kafka) under faust's group membership, tables and commits",
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", description="event loop of `python -m stream worker` (faust's CLI: its --loop option)"
     )

@@ -7,6 +7,7 @@ Run it with ``python -m stream worker`` or ``faust -A stream.worker.app worker``
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -21,7 +22,7 @@ from prometheus_client import Gauge
 from stream.clickhouse import connect
 from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings, load_settings
-from stream.kafka import clients, transport
+from stream.kafka import clients, fetch, transport
 from stream.kafka import topics as T
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
@@ -92,6 +93,10 @@ class WorkerApp(faust.App):
     #: STREAM_CONSUMER_HANDOFF (set by create_app)
     consumer_handoff: str = "lean"
 
+    #: STREAM_KAFKA_FETCH, and the librdkafka consumer it may need (``**config``; set by create_app)
+    kafka_fetch: str = "aiokafka"
+    fetch_consumer_factory: Any = None
+
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
     #: sys.setswitchinterval in seconds at start (STREAM_SWITCH_INTERVAL_MS; 0: Python's own)
@@ -159,6 +164,10 @@ class WorkerApp(faust.App):
     def _new_transport(self) -> Any:
         # faust's aiokafka transport committing the worker's ledger, and by default with a
         # cheaper hand-off of fetched records (same order and interleaving): stream/kafka/transport.py.
+        if self.kafka_fetch == "librdkafka":  # STREAM_KAFKA_FETCH: stream/kafka/fetch.py
+            if self.consumer_handoff == "faust":
+                return fetch.LedgerTransport(self.conf.broker_consumer, self)
+            return fetch.Transport(self.conf.broker_consumer, self)
         if self.consumer_handoff == "faust":
             return transport.LedgerTransport(self.conf.broker_consumer, self)
         return transport.Transport(self.conf.broker_consumer, self)
@@ -208,6 +217,8 @@ def create_app(
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.switch_interval_s = s.switch_interval_ms / 1000
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
+    app.kafka_fetch = s.kafka_fetch
+    app.fetch_consumer_factory = functools.partial(clients.consumer, bootstrap, s)
     app.fetch_settings = (s.consumer_fetch_min_bytes, s.consumer_fetch_max_wait_ms)
     topics = {
         # Consumed topics decode without the serializer registry (stream/kafka/schema.py).
