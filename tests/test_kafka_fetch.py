@@ -127,3 +127,24 @@ async def test_the_read_position_passes_a_transactions_commit_marker(kafka_boots
         assert not more_waiting(4, fetcher.watermark(tp), fetcher.position(tp), 4)
     finally:
         fetcher.close()
+
+
+async def test_a_partition_revoked_or_sought_while_paused_is_fetched_again_once_wanted(
+    kafka_bootstrap: str, topic: str
+) -> None:
+    """librdkafka keeps a partition's pause across an unassignment: the fetcher resumes it before."""
+    tp = TopicPartition(topic, 0)
+    fetcher = _fetcher(kafka_bootstrap, f"g-{topic}")
+    try:
+        fetcher.assign([tp])
+        await fetcher.fetch(set(), 0)  # paused (a recovery)
+        fetcher.revoke([tp])  # a rebalance during the recovery
+        await fetcher.fetch(set(), 0)
+        fetcher.assign([tp])
+        assert (await _read(fetcher, {tp}, 1))[0] == (0, 0)
+        await fetcher.fetch(set(), 0)  # paused again, then sought (the recovery's seek)
+        fetcher.seek(tp, 20)
+        await fetcher.fetch(set(), 0)
+        assert (await _read(fetcher, {tp}, 1))[0] == (0, 20)
+    finally:
+        fetcher.close()

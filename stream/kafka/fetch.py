@@ -204,13 +204,26 @@ class RdFetcher:
         return ctp
 
     def _apply(self, active: frozenset[Any]) -> int:
-        """Bring librdkafka's assignment, positions and pauses to what faust wants; the epoch reached (lock held)."""
+        """Bring librdkafka's assignment, positions and pauses to what faust wants; the epoch they reflect.
+
+        What faust wants is read under the lock, and librdkafka is called after it is released
+        (its calls wait for its own threads, which the event loop must never wait for); a change
+        faust makes meanwhile has a later epoch and is applied the next time.
+        """
+        with self._lock:
+            wanted = set(self.epochs)
+            seeks, self._seeks = self._seeks, {}
+            epoch = self._last_epoch
+            self._dirty = False
         client = self.client
-        wanted = self.epochs
         gone = [tp for tp in self._rd_assigned if tp not in wanted]
-        seeks, self._seeks = self._seeks, {}
         moved = [tp for tp in seeks if tp in self._rd_assigned]
         if gone or moved:
+            # librdkafka keeps a partition's pause across its unassignment: resumed first, so that
+            # a partition assigned again is fetched once faust wants it
+            paused = [tp for tp in (*gone, *moved) if tp in self._rd_paused]
+            if paused:
+                client.resume([self._ctp_of(tp) for tp in paused])
             client.incremental_unassign([self._ctp_of(tp) for tp in (*gone, *moved)])
             self._rd_assigned.difference_update(gone)
             self._rd_assigned.difference_update(moved)
@@ -219,6 +232,13 @@ class RdFetcher:
         if seeks:
             client.incremental_assign([self._ctp_of(tp, offset) for tp, offset in seeks.items()])
             self._rd_assigned.update(seeks)
+        if gone or seeks:
+            log.info(
+                "librdkafka fetch: %d partitions left, %d (re)started (%s)",
+                len(gone),
+                len(seeks),
+                ", ".join(f"{tp[0]}[{tp[1]}]@{offset}" for tp, offset in sorted(seeks.items())),
+            )
         idle = self._rd_assigned - active
         pause = idle - self._rd_paused
         resume = self._rd_paused - idle
@@ -228,16 +248,14 @@ class RdFetcher:
         if resume:
             client.resume([self._ctp_of(tp) for tp in resume])
             self._rd_paused -= resume
-        self._dirty = False
-        return self._last_epoch
+        return epoch
 
     def _fetch_blocking(self, active: frozenset[Any], timeout: float) -> tuple[list[Any], int]:
         client = self.client
         deadline = time.monotonic() + timeout
-        with self._lock:
-            if self._closed:
-                return [], self._last_epoch
-            epoch = self._apply(active)
+        if self._closed:
+            return [], self._last_epoch
+        epoch = self._apply(active)
         if not self._rd_assigned:
             return [], epoch
         messages = client.consume(self.max_records, 0)
@@ -246,8 +264,7 @@ class RdFetcher:
             if left <= 0 or self._closed:
                 return [], epoch
             if self._dirty:
-                with self._lock:
-                    epoch = self._apply(active)
+                epoch = self._apply(active)
             first = client.poll(min(POLL_STEP_S, left))  # waits in librdkafka, without the GIL
             if first is not None:
                 messages = [first, *client.consume(self.max_records - 1, 0)]
@@ -374,7 +391,10 @@ class LedgerConsumer(transport.LedgerConsumer):
 
     def highwater(self, tp: Any) -> int | None:  # type: ignore[override]  # None: no fetch response yet
         fetcher = self._rd_thread.fetcher
-        return None if fetcher is None else fetcher.highwaters.get(tp)
+        if fetcher is None:
+            return None
+        highwater = fetcher.highwaters.get(tp)  # per record (faust's getmany): noted with each fetch's records
+        return highwater if highwater is not None else fetcher.watermark(tp)  # a partition without records
 
     def more_after(self, tp: Any, offset: int) -> bool:
         """:meth:`transport.LedgerConsumer.more_after`, on librdkafka's watermark and position."""
@@ -390,6 +410,8 @@ class LedgerConsumer(transport.LedgerConsumer):
             return {}
         fetcher = self.fetcher
         active = set(active_partitions or ())
+        if any(tp in active for tp in fetcher.held):
+            timeout = 0  # records held back are ready: only what librdkafka has at once comes with them
         # aiokafka's poll clock: its heartbeat leaves the group after max_poll_interval without one
         with self._rd_thread._ensure_consumer()._subscription.fetch_context():  # noqa: SLF001
             messages, epoch = await fetcher.fetch(active, timeout)
