@@ -665,7 +665,10 @@ PROFILE_GROUPS = (
     ("outputs: produce, sink, settle", ("stream/worker/publisher.py", "stream/clickhouse/")),
     ("article agent", ("agents/articles.py",)),
     ("table writes and changelogs (faust tables)", ("faust/tables", "rocksdb")),
-    ("consumer: fetch, hand-off, streams", ("faust/transport", "aiokafka", "faust/streams", "transport.py")),
+    (
+        "consumer: fetch, hand-off, streams",
+        ("faust/transport", "aiokafka", "faust/streams", "transport.py", "kafka/fetch.py"),
+    ),
     ("batching and agents", ("agents/batching.py", "agents/events.py", "faust/agents")),
 )
 
