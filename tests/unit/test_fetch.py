@@ -141,3 +141,24 @@ async def test_revoked_partitions_leave_librdkafka_and_their_epoch() -> None:
     await fetcher.fetch(set(), 0)
     assert client.calls == [("unassign", [("events", 0, -1001), ("events", 1, -1001)])]
     fetcher.close()
+
+
+def test_the_fetch_setting_picks_the_consumer(tmp_path: Any) -> None:
+    """STREAM_KAFKA_FETCH=librdkafka: the consumers of stream/kafka/fetch.py, still committing the ledger's offsets."""
+    from stream.config import load_settings
+    from stream.kafka import fetch, transport
+    from stream.worker.app import create_app
+
+    for handoff, cls in (("lean", fetch.Consumer), ("faust", fetch.LedgerConsumer)):
+        settings = load_settings(
+            kafka_fetch="librdkafka",
+            consumer_handoff=handoff,
+            state_dir=tmp_path / handoff / "state",
+            models_dir=tmp_path / "m",
+        )
+        app, rt = create_app(settings, "localhost:1", clickhouse=False)
+        assert type(app.consumer) is cls
+        assert isinstance(app.consumer, transport.LedgerConsumer)
+        assert app.fetch_consumer_factory is not None
+        rt.close(timeout_s=0)
+        rt.producer = None  # drop the output producer now: it would keep retrying localhost:1
