@@ -680,7 +680,10 @@ PROFILE_GROUPS = (
     ("outputs: produce, sink, settle", ("stream/worker/publisher.py", "stream/clickhouse/")),
     ("article agent", ("agents/articles.py",)),
     ("table writes and changelogs (faust tables)", ("faust/tables", "rocksdb")),
-    ("consumer: fetch, hand-off, streams", ("faust/transport", "aiokafka", "faust/streams", "transport.py")),
+    (
+        "consumer: fetch, hand-off, streams",
+        ("faust/transport", "aiokafka", "faust/streams", "transport.py", "kafka/fetch.py"),
+    ),
     ("batching and agents", ("agents/batching.py", "agents/events.py", "faust/agents")),
 )
 
@@ -908,6 +911,10 @@ def checkout(rev: str, work: Path) -> Path:
     return tree
 
 
+#: --worker-env: settings of this tree's worker in every run (not (d0)'s)
+WORKER_ENV: dict[str, str] = {}
+
+
 def run_variant(
     key: str,
     r: int,
@@ -919,7 +926,6 @@ def run_variant(
     broker: list[int],
     check: bool,
     baseline: Path | None = None,
-    worker_env: dict[str, str] | None = None,
 ) -> tuple[Sample, Outputs | None]:
     """Events/s and CPU per event of variant ``key`` in a fresh consumer group; with ``check`` (for
     the variants that publish) it runs to the end of the input and its outputs are read back."""
@@ -973,14 +979,14 @@ def run_variant(
             "STREAM_WORKER_WEB_PORT": str(port := free_port()),
             "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
         }
-        if key == "d":
-            env.update(worker_env or {})
         if key == "d-":
             env["STREAM_ARCHIVE_EVENTS"] = "false"
             env["STREAM_MONITORING"] = "false"
         if key == "d0":
             assert baseline is not None
             env["PYTHONPATH"] = str(baseline)
+        else:
+            env.update(WORKER_ENV)
         chdb = work / f"{group}-chdb"
         other = lambda: chdb_pids(chdb)  # noqa: E731
         if check:  # every run writes the same output topics: this one's start where they end now
@@ -1038,6 +1044,7 @@ def run_scaled(
         "STREAM_MODELS_DIR": str(models),
         "STREAM_WORKER_WEB_PORT": "0",
         "STREAM_TOPIC_PARTITIONS": str(PARTITIONS),
+        **WORKER_ENV,
     }
     cmd = [sys.executable, "-m", "stream", "worker"]
     procs = [run_process(cmd, {**env, "STREAM_WORKER_INSTANCE": str(i)}, work / f"{group}-{i}.log") for i in (1, 2)]
@@ -1187,9 +1194,10 @@ def main() -> None:
     )
     ap.add_argument(
         "--worker-env",
-        default="",
-        metavar="K=V[,K=V]",
-        help="worker settings of (d) in the throughput runs (not (d0)), e.g. STREAM_SCORE_BATCH_MS=200",
+        action="append",
+        metavar="K=V",
+        help="a setting of this tree's worker in every run, (d), (d-), (d2) and the latency runs (not (d0)), "
+        "e.g. STREAM_KAFKA_FETCH=librdkafka; repeatable",
     )
     ap.add_argument(
         "--profile",
@@ -1243,6 +1251,11 @@ def main() -> None:
         help="with --baseline: also run each latency run with (d0)'s worker, after this tree's",
     )
     args = ap.parse_args()
+    for kv in args.worker_env or []:
+        if "=" not in kv:
+            ap.error(f"--worker-env {kv!r}: expected K=V")
+        key, value = kv.split("=", 1)
+        WORKER_ENV[key] = value
 
     if args.quix:
         quix_python()  # build its virtualenv before anything is measured
@@ -1302,7 +1315,6 @@ def main() -> None:
                         broker_pids,
                         check=check,
                         baseline=baseline,
-                        worker_env=env_pairs(args.worker_env),
                     )
                 results[key].append(sample)
                 if out is not None:
@@ -1338,7 +1350,10 @@ def main() -> None:
             for j, (extra, (label, tree)) in enumerate(runs):
                 settle(broker.pid, args.pause)
                 profile = work / f"latency-profile-{j}.txt" if args.profile else None
-                env_extra = env_pairs(extra)
+                env_extra = {
+                    **(WORKER_ENV if tree is None else {}),
+                    **env_pairs(extra),
+                }
                 lat = latency(
                     bootstrap,
                     work,

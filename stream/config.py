@@ -188,6 +188,11 @@ class Settings(BaseSettings):
         "librdkafka",
         description="producer of faust's own records (table changelogs): confluent-kafka's, or faust's aiokafka one",
     )
+    kafka_fetch: Literal["aiokafka", "librdkafka"] = Field(
+        "aiokafka",
+        description="what fetches and decodes the worker's input records: faust's aiokafka consumer, or "
+        "librdkafka (confluent-kafka) under faust's group membership, tables and commits",
+    )
     event_loop: Literal["asyncio", "uvloop"] = Field(
         "uvloop", description="event loop of `python -m stream worker` (faust's CLI: its --loop option)"
     )

@@ -22,7 +22,7 @@ from prometheus_client import Gauge
 from stream.clickhouse import connect
 from stream.clickhouse.sink import ClickHouseSink
 from stream.config import Settings, load_settings
-from stream.kafka import clients, faust_producer, transport
+from stream.kafka import clients, faust_producer, fetch, transport
 from stream.kafka import topics as T
 from stream.kafka.limits import producer_max_bytes
 from stream.kafka.schema import RawSchema
@@ -98,6 +98,9 @@ class WorkerApp(faust.App):
     faust_producer: str = "librdkafka"
     librdkafka_producer: Callable[..., Any] | None = None
     on_producer_failure: Callable[[BaseException], None] | None = None
+    #: STREAM_KAFKA_FETCH, and the librdkafka consumer it may need (``**config``; set by create_app)
+    kafka_fetch: str = "aiokafka"
+    fetch_consumer_factory: Any = None
 
     #: STREAM_GC_THRESHOLD and STREAM_GC_FREEZE (set by create_app)
     gc_tuning: tuple[tuple[int, int, int], bool] | None = None
@@ -166,8 +169,13 @@ class WorkerApp(faust.App):
     def _new_transport(self) -> Any:
         # faust's aiokafka transport committing the worker's ledger, and by default with a
         # cheaper hand-off of fetched records (same order and interleaving): stream/kafka/transport.py.
-        # Its producer (table changelogs) is confluent-kafka's by default: stream/kafka/faust_producer.py.
-        cls: type[Any] = transport.LedgerTransport if self.consumer_handoff == "faust" else transport.Transport
+        # Its producer (table changelogs) is confluent-kafka's by default: stream/kafka/faust_producer.py;
+        # its fetch aiokafka's, or librdkafka's (STREAM_KAFKA_FETCH: stream/kafka/fetch.py).
+        lean = self.consumer_handoff != "faust"
+        if self.kafka_fetch == "librdkafka":
+            cls: type[Any] = fetch.Transport if lean else fetch.LedgerTransport
+        else:
+            cls = transport.Transport if lean else transport.LedgerTransport
         if self.faust_producer == "librdkafka":
             cls = faust_producer.with_librdkafka_producer(cls)
         return cls(self.conf.broker_consumer, self)
@@ -217,6 +225,8 @@ def create_app(
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.switch_interval_s = s.switch_interval_ms / 1000
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
+    app.kafka_fetch = s.kafka_fetch
+    app.fetch_consumer_factory = functools.partial(clients.consumer, bootstrap, s)
     app.fetch_settings = (s.consumer_fetch_min_bytes, s.consumer_fetch_max_wait_ms)
     app.faust_producer = s.faust_producer
     app.librdkafka_producer = functools.partial(clients.producer, bootstrap, s)
