@@ -184,21 +184,15 @@ class LibrdkafkaProducer(driver.Producer):
         rd = self._rd
         if rd is None:
             raise ProducerSendError(f"the producer is not running: cannot send to {topic!r}")
-        if headers is not None and isinstance(headers, Mapping):
-            headers = list(headers.items())
+        headers = _header_list(headers)
         self._send_on_produce_message(key=key, value=value, partition=partition, timestamp=timestamp, headers=headers)
         loop = self._event_loop
         assert loop is not None
         fut: asyncio.Future[RecordMetadata] = loop.create_future()
         on_delivery = functools.partial(self._delivered, fut)
-        p = -1 if partition is None else partition  # -1: librdkafka's partitioner (murmur2 of the key)
-        ts = int(timestamp * 1000) if timestamp else 0  # 0: now, as aiokafka
         while True:
             try:
-                if headers:
-                    rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts, headers=headers)
-                else:
-                    rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts)
+                _produce(rd, topic, key, value, partition, timestamp, headers, on_delivery)
                 break
             except BufferError:  # librdkafka's queue is full: the delivery thread drains it
                 await asyncio.sleep(QUEUE_FULL_WAIT_S)
@@ -225,21 +219,14 @@ class LibrdkafkaProducer(driver.Producer):
             self._to_buffer(fut)
             return
         topic = channel.get_topic_name()
-        key, value, partition, headers = message.key, message.value, message.partition, message.headers
-        if headers is not None and isinstance(headers, Mapping):
-            headers = list(headers.items())
-        timestamp = message.timestamp
-        ts = int(timestamp * 1000) if timestamp else 0
-        p = -1 if partition is None else partition
+        key, value, partition, timestamp = message.key, message.value, message.partition, message.timestamp
+        headers = _header_list(message.headers)
         state = self.app.sensors.on_send_initiated(
             self, topic, message=message, keysize=_get_len(key), valsize=_get_len(value)
         )
         on_delivery = functools.partial(self._delivered, (fut, state))
         try:
-            if headers:
-                rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts, headers=headers)
-            else:
-                rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts)
+            _produce(rd, topic, key, value, partition, timestamp, headers, on_delivery)
         except BufferError:  # librdkafka's queue is full: faust's buffer waits for room (send)
             self._to_buffer(fut)
             return
@@ -343,6 +330,33 @@ class LibrdkafkaProducer(driver.Producer):
 
 
 _tasks: set[asyncio.Future[Any]] = set()  # keeps a crash task alive until it ran
+
+
+def _header_list(headers: Any) -> Any:
+    """faust's headers as librdkafka takes them: a mapping becomes a list of pairs."""
+    return list(headers.items()) if isinstance(headers, Mapping) else headers
+
+
+def _produce(
+    rd: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int | None,
+    timestamp: float | None,
+    headers: Any,
+    on_delivery: Callable[[Any, Any], None],
+) -> None:
+    """Queue one record on librdkafka (raises its BufferError when the queue is full).
+
+    No partition: librdkafka's partitioner (murmur2 of the key); no timestamp: now, as aiokafka.
+    """
+    p = -1 if partition is None else partition
+    ts = int(timestamp * 1000) if timestamp else 0
+    if headers:
+        rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts, headers=headers)
+    else:
+        rd.produce(topic, value, key, p, on_delivery=on_delivery, timestamp=ts)
 
 
 def with_librdkafka_producer(transport: type[driver.Transport]) -> type[driver.Transport]:
