@@ -264,3 +264,53 @@ def test_the_archive_stores_the_event_the_worker_parsed_not_its_raw_bytes(ch) ->
     insert_events(ch, [parse_event(raw, 10_000)])
     rows = ch.query_df("SELECT user_id, toUnixTimestamp64Milli(event_time) AS t, position FROM {db}.events")
     assert rows.to_dict("records") == [{"user_id": "last", "t": 1_700_000_000_000, "position": 3}]
+
+
+def test_records_round_trip_exactly_whatever_their_values(ch) -> None:
+    """Prediction and decision records go in as JSON: every float comes back to the bit, strings with
+    quotes and non-ASCII come back as they were, keys that are not columns are skipped, and a score
+    JSON cannot carry (NaN, infinity) is stored as it is."""
+    scores = [0.1 + 0.2, 1e-300, 5e-324, 1.7976931348623157e308, -0.0, 2.0 / 3.0, 0.25700000000000006]
+    preds = [
+        dict(_PREDICTION, prediction_id=f"p{i}", user_id=f"u'\\\"ü{i}", score=s, predicted_at=1_700_000_001_000 + i)
+        for i, s in enumerate(scores)
+    ]
+    preds[0]["schema_version"] = 1  # published with the record, not a column
+    preds[1]["replayed"] = True
+    assert insert_records(ch, "predictions", preds) == len(scores)
+    odd = [
+        dict(_PREDICTION, prediction_id="n1", score=float("nan"), predicted_at=1_700_000_002_000),
+        dict(_PREDICTION, prediction_id="n2", score=float("inf"), predicted_at=1_700_000_002_000),
+    ]
+    assert insert_records(ch, "predictions", odd) == 2
+    back = ch.query_df(
+        "SELECT prediction_id, user_id, score, replayed, toUnixTimestamp64Milli(predicted_at) AS at, "
+        "toUnixTimestamp64Milli(event_time) AS et FROM {db}.predictions ORDER BY prediction_id"
+    )
+    rows = {r.prediction_id: r for r in back.itertuples()}
+    for i, s in enumerate(scores):
+        r = rows[f"p{i}"]
+        assert r.score.hex() == s.hex() if s != 0 else str(r.score) == str(s)
+        assert r.user_id == f"u'\\\"ü{i}"
+        assert r.at == 1_700_000_001_000 + i and r.et == _PREDICTION["event_time"]
+        assert r.replayed == (1 if i == 1 else 0)
+    assert str(rows["n1"].score) == "nan" and rows["n2"].score == float("inf")
+    decision = {
+        "decision_id": "d1",
+        "request_id": "r1",
+        "event_id": None,
+        "user_id": "u1",
+        "context": "home",
+        "placement": "top",
+        "propensity": 1 / 3,
+        "policy": "thompson",
+        "event_time": 1_700_000_000_000,
+        "decided_at": 1_700_000_000_007,
+        "arm_means": {"top": 0.1},
+        "schema_version": 1,
+    }
+    assert insert_records(ch, "bandit_decisions", [decision]) == 1
+    got = ch.query_df(
+        "SELECT decision_id, event_id, propensity, toUnixTimestamp64Milli(decided_at) AS at FROM {db}.bandit_decisions"
+    ).to_dict("records")
+    assert got == [{"decision_id": "d1", "event_id": None, "propensity": 1 / 3, "at": 1_700_000_000_007}]

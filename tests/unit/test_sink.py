@@ -1,7 +1,7 @@
 """stream.clickhouse.sink.ClickHouseSink against a fake ClickHouse (the sink's logic, not ClickHouse).
 
-The sink calls ``insert_records(ch, table, records)``, i.e. ``ch.insert_df(table, DataFrame)`` (for
-archived events ``insert_events``, i.e. ``ch.insert_data(sql, json)``), in a worker thread, and
+The sink calls ``insert_records(ch, table, records)`` (for archived events ``insert_events``), i.e.
+``ch.insert_data(sql, json)`` (after one ``DESCRIBE`` of the table per connection), in a worker thread, and
 ``ch.close()`` after a failed insert (it reconnects with ``connect()`` on the next try) and at
 ``stop()``. The fake records every call. The flush interval and the backoff run on
 a virtual clock (tests/support/clock.py): the schedules asserted are exact, and no test sleeps.
@@ -67,18 +67,23 @@ class FakeClickHouse:
         raise AssertionError("the sink does not run statements")
 
     def query_df(self, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        raise AssertionError("the sink does not query")
+        assert sql.startswith("DESCRIBE TABLE {db}."), "the sink only asks for a table's columns"
+        cols = {"id": "UInt64", "event_time": "DateTime64(3, 'UTC')", "model_name": "String", "score": "Float64"}
+        return pd.DataFrame({"name": list(cols), "type": list(cols.values()), "default_type": [""] * len(cols)})
 
     def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         raise AssertionError("the sink does not query")
 
     def insert_df(self, table: str, df: pd.DataFrame) -> int:
-        assert pd.api.types.is_datetime64_any_dtype(df["event_time"])  # converted from epoch ms
-        return self._store(table, [int(i) for i in df["id"]])
+        raise AssertionError("the sink inserts JSON")
 
     def insert_data(self, sql: str, data: bytes, settings: dict[str, Any] | None = None) -> None:
-        assert sql == INSERT_EVENTS_SQL  # the archive's JSON insert, flattened by ClickHouse
-        self._store("events", [int(ev["id"]) for ev in orjson.loads(data)])
+        if sql == INSERT_EVENTS_SQL:  # the archive's JSON insert, flattened by ClickHouse
+            table = "events"
+        else:  # records: their epoch-ms times converted by ClickHouse
+            table = sql.split()[2].removeprefix("{db}.")
+            assert "fromUnixTimestamp64Milli(event_time, 'UTC')" in sql
+        self._store(table, [int(ev["id"]) for ev in orjson.loads(data)])
 
     def _store(self, table: str, ids: list[int]) -> int:
         s = self.server
