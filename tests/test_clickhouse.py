@@ -314,3 +314,37 @@ def test_records_round_trip_exactly_whatever_their_values(ch) -> None:
         "SELECT decision_id, event_id, propensity, toUnixTimestamp64Milli(decided_at) AS at FROM {db}.bandit_decisions"
     ).to_dict("records")
     assert got == [{"decision_id": "d1", "event_id": None, "propensity": 1 / 3, "at": 1_700_000_000_007}]
+
+
+def test_monitoring_rows_take_epoch_ms_or_timestamps_for_every_time_column(ch) -> None:
+    """A table's DateTime64 columns take epoch ms whatever their names (window_start is not ``*_at``),
+    and datetimes (pandas Timestamps, naive ones as UTC) to the millisecond."""
+    base = {
+        "model_name": "click",
+        "model_version": "1",
+        "pairs": 10,
+        "auc": 0.7,
+        "log_loss": None,
+        "ece": None,
+        "r2": None,
+        "mae": None,
+    }
+    rows = [
+        dict(base, window_start=1_700_000_000_001, window_end=1_700_000_060_002, computed_at=1_700_000_061_003),
+        dict(
+            base,
+            model_version="2",
+            window_start=pd.Timestamp(1_700_000_000_001, unit="ms", tz="UTC"),
+            window_end=dt.datetime(2023, 11, 14, 22, 14, 20, 2000),
+            computed_at=1_700_000_061_003,
+        ),
+    ]
+    assert insert_records(ch, "model_quality", rows) == 2
+    got = ch.query_df(
+        "SELECT model_version, toUnixTimestamp64Milli(window_start) AS s, toUnixTimestamp64Milli(window_end) AS e, "
+        "auc, isNull(log_loss) AS missing FROM {db}.model_quality ORDER BY model_version"
+    ).to_dict("records")
+    assert got == [
+        {"model_version": "1", "s": 1_700_000_000_001, "e": 1_700_000_060_002, "auc": 0.7, "missing": 1},
+        {"model_version": "2", "s": 1_700_000_000_001, "e": 1_700_000_060_002, "auc": 0.7, "missing": 1},
+    ]

@@ -9,6 +9,7 @@ True
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -231,16 +232,14 @@ def insert_events(ch: ClickHouse, events: Iterable[Mapping[str, Any]]) -> int:
     return len(events)
 
 
-def insert_records(
-    ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]], time_columns: Sequence[str] = ("event_time",)
-) -> int:
-    """Insert prediction / decision / monitoring records (flat dicts); ``*_at`` and event times are epoch ms.
+def insert_records(ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]]) -> int:
+    """Insert prediction / decision / monitoring records (flat dicts); times are epoch ms (or datetimes).
 
     They go as JSON, as :func:`insert_events` does, through ``input()`` with the table's own column
-    types (:func:`records_insert_sql`): a fraction of the client's CPU of a DataFrame, and no
-    ``DESCRIBE`` per insert. Keys that are not columns (``schema_version``, a decision's
-    ``arm_means``, ``shadow``) are skipped; a column no record has gets the table's default. A
-    record with a non-finite float (which JSON cannot carry) goes the DataFrame way, which keeps it.
+    types (:func:`records_insert_sql`, asked once per connection): a fraction of the client's CPU of
+    a DataFrame, and no ``DESCRIBE`` per insert. Keys that are not columns (``schema_version``, a
+    decision's ``arm_means``, ``shadow``) are skipped; a column no record has gets the table's
+    default. A record with a non-finite float (which JSON cannot carry) goes as a DataFrame instead.
     """
     if not records:
         return 0
@@ -251,10 +250,12 @@ def insert_records(
         keys.update(rec)
         if finite:
             finite = all(math.isfinite(v) for v in rec.values() if type(v) is float)
+    columns = _table_columns(ch, table)
     if not finite:
-        return _insert_records_df(ch, table, records, time_columns)
-    sql = records_insert_sql(table, _table_columns(ch, table), frozenset(keys), time_columns)
-    ch.insert_data(sql, orjson.dumps(records, option=orjson.OPT_SERIALIZE_NUMPY), INSERT_RECORDS_SETTINGS)
+        return _insert_records_df(ch, table, records, columns)
+    sql = records_insert_sql(table, columns, frozenset(keys))
+    data = orjson.dumps(records, default=_epoch_ms, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATETIME)
+    ch.insert_data(sql, data, INSERT_RECORDS_SETTINGS)
     return len(records)
 
 
@@ -266,6 +267,18 @@ INSERT_RECORDS_SETTINGS = {
 }
 
 _COLUMNS_CACHE: weakref.WeakKeyDictionary[Any, dict[str, tuple[tuple[str, str], ...]]] = weakref.WeakKeyDictionary()
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _epoch_ms(value: Any) -> int:
+    """A datetime (a pandas ``Timestamp`` too) as epoch ms; a naive one is UTC."""
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return (value - _EPOCH) // dt.timedelta(milliseconds=1)  # exact: no float seconds
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
 
 
 def _table_columns(ch: ClickHouse, table: str) -> tuple[tuple[str, str], ...]:
@@ -285,16 +298,25 @@ def _table_columns(ch: ClickHouse, table: str) -> tuple[tuple[str, str], ...]:
     return got
 
 
-def records_insert_sql(
-    table: str, columns: Sequence[tuple[str, str]], keys: frozenset[str], time_columns: Sequence[str] = ("event_time",)
-) -> str:
+def _base_type(ctype: str) -> tuple[str, bool]:
+    """A column type without ``Nullable`` and ``LowCardinality``, and whether it was nullable."""
+    nullable = ctype.startswith("Nullable(")
+    if nullable:
+        ctype = ctype[len("Nullable(") : -1]
+    if ctype.startswith("LowCardinality("):
+        ctype = ctype[len("LowCardinality(") : -1]
+    if ctype.startswith("Nullable("):  # LowCardinality(Nullable(String))
+        ctype, nullable = ctype[len("Nullable(") : -1], True
+    return ctype, nullable
+
+
+def records_insert_sql(table: str, columns: Sequence[tuple[str, str]], keys: frozenset[str]) -> str:
     """The INSERT of records with ``keys`` into ``table`` of ``columns``: JSONEachRow through ``input()``.
 
-    Time columns (``time_columns`` and ``*_at``) come as epoch ms; flags (``replayed``) as JSON booleans.
+    ``DateTime64(3)`` columns come as epoch ms; flags (``replayed``) as JSON booleans.
 
     >>> cols = [("id", "String"), ("at", "DateTime64(3, 'UTC')"), ("on", "UInt8"), ("kind", "LowCardinality(String)")]
-    >>> sql = records_insert_sql("t", cols, frozenset({"id", "at", "kind", "extra"}), ("at",))
-    >>> insert, select = sql.split(" SELECT ")
+    >>> insert, select = records_insert_sql("t", cols, frozenset({"id", "at", "kind", "extra"})).split(" SELECT ")
     >>> insert
     'INSERT INTO {db}.t (id, at, kind)'
     >>> select
@@ -304,22 +326,16 @@ def records_insert_sql(
     for name, ctype in columns:
         if name not in keys:
             continue
-        names.append(name)
-        base = ctype
-        nullable = base.startswith("Nullable(")
-        if nullable:
-            base = base[len("Nullable(") : -1]
-        if base.startswith("LowCardinality("):
-            base = base[len("LowCardinality(") : -1]
-        if name in time_columns or name.endswith("_at"):
+        base, nullable = _base_type(ctype)
+        if base.startswith("DateTime64(3"):
             in_type, select = "Int64", f"fromUnixTimestamp64Milli({name}, 'UTC')"
         elif name in _FLAG_COLUMNS:
             in_type, select = "Bool", f"toUInt8({name})"
         else:
             in_type, select = base, name
-        names_type = f"Nullable({in_type})" if nullable else in_type
+        names.append(name)
         selects.append(select)
-        inputs.append(f"{name} {names_type}")
+        inputs.append(f"{name} Nullable({in_type})" if nullable else f"{name} {in_type}")
     return (
         f"INSERT INTO {{db}}.{table} ({', '.join(names)}) SELECT {', '.join(selects)} "
         f"FROM input('{', '.join(inputs)}') FORMAT JSONEachRow"
@@ -327,18 +343,19 @@ def records_insert_sql(
 
 
 def _insert_records_df(
-    ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]], time_columns: Sequence[str]
+    ch: ClickHouse, table: str, records: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> int:
+    types = dict(columns)
     df = pd.DataFrame.from_records(list(records))
+    df = df.drop(columns=[c for c in df.columns if c not in types])  # not stored: schema_version, arm_means, ...
     for c in df.columns:
-        if c in time_columns or c.endswith("_at"):
-            df[c] = _ms_to_datetime(df[c].tolist())
+        if _base_type(types[c])[0].startswith("DateTime64(3"):
+            ms = [_epoch_ms(v) if isinstance(v, dt.datetime) else v for v in df[c]]
+            df[c] = _ms_to_datetime(ms)
     for c in _FLAG_COLUMNS:
         if c in df.columns:  # absent from some records: NaN there
             df[c] = df[c].eq(True).astype("uint8")
     for c in _TEXT_COLUMNS:
         if c in df.columns:  # absent from some records: NaN there, '' in the table
             df[c] = df[c].fillna("").astype(str)
-    # not stored: the schema version, the decision's arm means, and "shadow" (its table says so)
-    df = df.drop(columns=[c for c in ("schema_version", "arm_means", "shadow") if c in df.columns])
     return ch.insert_df(table, df)

@@ -26,7 +26,6 @@ from stream.monitoring.quality import QualitySnapshot
 GaugeKey = tuple[str, str, str]
 #: every quality metric, in table column order (regression rows leave the classifier ones null)
 QUALITY_METRICS = ("auc", "log_loss", "ece", "r2", "mae")
-_TIME_COLUMNS = ("window_start", "window_end", "computed_at")
 
 
 def gauge_values(
@@ -94,5 +93,5 @@ def drift_rows(reports: Iterable[DriftReport], computed_at_ms: int) -> list[dict
 
 def insert_monitoring(ch: ClickHouse, quality: list[dict[str, Any]], drift: list[dict[str, Any]]) -> int:
     """Insert rows from :func:`quality_rows` and :func:`drift_rows`; returns the rows written."""
-    n = insert_records(ch, "model_quality", quality, time_columns=_TIME_COLUMNS) if quality else 0
-    return n + (insert_records(ch, "feature_drift", drift, time_columns=_TIME_COLUMNS) if drift else 0)
+    n = insert_records(ch, "model_quality", quality) if quality else 0
+    return n + (insert_records(ch, "feature_drift", drift) if drift else 0)

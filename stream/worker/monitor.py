@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from stream.clickhouse.sink import ClickHouseSink
@@ -59,9 +58,6 @@ log = logging.getLogger(__name__)
 Key = tuple[str, str]
 #: scored rows of a model version binned at once for drift (see Monitor._drift_rows)
 DRIFT_CHUNK = 1000
-#: the columns of the monitoring tables (schemas/clickhouse/010_monitoring.sql) that hold epoch ms
-#: besides ``computed_at``, which the sink converts itself (``*_at``)
-_WINDOW_COLUMNS = ("window_start", "window_end")
 
 
 class MonitorMetrics:
@@ -345,7 +341,7 @@ class Monitor:
                 m.dropped.labels(reason=reason).inc(n - self._dropped.get(reason, 0))
         self._dropped = dict(self.joiner.dropped)
         reports, self._reports = self._reports, []
-        return _utc(quality_rows(fresh, now_ms)), _utc(_drift_rows(reports, now_ms))
+        return quality_rows(fresh, now_ms), _drift_rows(reports, now_ms)
 
     def forget(self, partitions: Iterable[int]) -> int:
         """Drop the pending predictions of revoked input partitions (monitoring samples only)."""
@@ -369,14 +365,6 @@ def _describe(name: str, c: ColumnDrift) -> str:
     """One drifted column in a log line: each statistic with its threshold."""
     ks = "" if math.isnan(c.ks) else f", KS {c.ks:.3f} (limit {c.ks_threshold:.3f})"
     return f"{name} (PSI {c.psi:.3f} (limit {c.psi_threshold:.3f}){ks})"
-
-
-def _utc(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows with their window bounds as UTC timestamps: the sink converts only ``event_time`` and ``*_at``."""
-    for row in rows:
-        for c in _WINDOW_COLUMNS:
-            row[c] = pd.Timestamp(row[c], unit="ms", tz="UTC")
-    return rows
 
 
 def build_monitor(settings: Settings, models: ModelRegistry, registry: CollectorRegistry) -> Monitor:
