@@ -106,4 +106,5 @@ _SCHEMA_TABLES = frozenset(
 
 
 def _tables(ch: ClickHouse) -> set[str]:
-    return set(ch.query_df("SELECT name FROM system.tables WHERE database = {d:String}", {"d": ch.database})["name"])
+    df = ch.query_df("SELECT name FROM system.tables WHERE database = {d:String}", {"d": ch.database})
+    return set(df["name"]) if "name" in df.columns else set()  # no table yet: a frame without columns
