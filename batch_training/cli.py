@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="train every challenger from scratch (default: an XGBoost model continues from its production version)",
     )
+    rt.add_argument(
+        "--after-drift",
+        action="store_true",
+        help="start the window no earlier than the current drift streak of the models' production versions "
+        "(the worker's feature_drift windows)",
+    )
     cp = sub.add_parser("compare", parents=[common], help="champion vs challenger on the same held-out events")
     cp.add_argument("--model", required=True, choices=supervised)
     cp.add_argument("--promote", action="store_true", help="promote the challenger if the test says so")
@@ -243,7 +249,9 @@ def _run(argv: Sequence[str] | None) -> int:
             from batch_training.retrain import retrain
 
             days = args.window_days or ctx.settings.retrain_window_days
-            out = retrain(ctx, window_days=days, models=args.models, warm_start=args.warm_start)
+            out = retrain(
+                ctx, window_days=days, models=args.models, warm_start=args.warm_start, after_drift=args.after_drift
+            )
             n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
             print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
         elif args.cmd == "compare":

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from batch_training.context import Context, Skipped
 from batch_training.datasets import COLS, click_labels, engagement_labels
@@ -84,19 +85,33 @@ def retrain(
     models: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
     warm_start: bool = True,
+    after_drift: bool = False,
 ) -> dict[str, Any]:
     """Train the supervised models on the latest window; register each as the challenger.
 
     With ``warm_start`` an XGBoost model whose production version was trained on this code's features
     continues boosting from it (:func:`warm_start_base`): the window's few rows correct what changed
     instead of relearning users and articles from them alone.
+
+    With ``after_drift`` the window starts no earlier than the drift the worker reports for the
+    models' production versions (:func:`drift_start`): rows of the world before the change would
+    teach the challenger what no longer holds. A model without a current drift streak does not
+    shorten the window.
     """
     names = list(models or SPECS)
     t_all = time.perf_counter()
     latest = latest_event_ms(ctx)
     start = latest - window_days * DAY_MS
+    window: dict[str, Any] = {"days": window_days, "from_ms": start, "to_ms": latest}
+    if after_drift:
+        began = [b for b in (drift_start(ctx, name) for name in names) if b is not None]
+        if began and min(began) > start:
+            start = min(began)
+            window |= {"from_ms": start, "drift_from_ms": start}
+            log(f"{'window':<15} from the drift's first alarmed window, {(latest - start) / DAY_MS:.2f} days")
+        else:
+            log(f"{'window':<15} the latest {window_days} days (no drift streak began after its start)")
     rctx = ctx.in_workspace(RETRAIN, rows_from_ms=start)
-    window = {"days": window_days, "from_ms": start, "to_ms": latest}
     prerequisites(rctx)
     t = time.perf_counter()
     manifest = features(rctx)
@@ -137,6 +152,45 @@ def retrain(
     out["seconds"] = time.perf_counter() - t_all
     write_json(rctx.reports_dir / "retrain.json", out)
     return out
+
+
+def drift_streak_start(windows: pd.DataFrame) -> int | None:
+    """Where the newest run of alarmed drift windows began: the start of its first window.
+
+    ``windows``: one row per drift window (``window_start_ms``, ``window_end_ms``, ``drifted`` 0/1).
+    None when the newest window did not alarm, or there are none.
+
+    >>> w = pd.DataFrame({"window_start_ms": [30, 0, 10, 20], "window_end_ms": [40, 10, 20, 30]})
+    >>> drift_streak_start(w.assign(drifted=[1, 1, 0, 1])), drift_streak_start(w.assign(drifted=[0, 1, 1, 1]))
+    (20, None)
+    """
+    if not len(windows):
+        return None
+    w = windows.sort_values(["window_end_ms", "window_start_ms"], kind="stable")
+    alarmed = w["drifted"].to_numpy() > 0
+    if not alarmed[-1]:
+        return None
+    first = len(alarmed) - 1
+    while first > 0 and alarmed[first - 1]:
+        first -= 1
+    return int(w["window_start_ms"].iloc[first])
+
+
+def drift_start(ctx: Context, name: str) -> int | None:
+    """The event time at which the current drift streak of ``name``'s production version began, from
+    the worker's ``feature_drift`` windows (a window alarms if any column drifted); None without one."""
+    try:
+        champion = ctx.registry.resolve(name, PRODUCTION)
+    except RegistryError:
+        return None
+    windows = ctx.ch.query_df(
+        "SELECT toUnixTimestamp64Milli(window_start) AS window_start_ms, "
+        "toUnixTimestamp64Milli(window_end) AS window_end_ms, max(drifted) AS drifted "
+        "FROM {db}.feature_drift FINAL WHERE model_name = {dr_model:String} AND model_version = {dr_version:String} "
+        "GROUP BY window_start_ms, window_end_ms",
+        params={"dr_model": name, "dr_version": str(champion.version)},
+    )
+    return drift_streak_start(windows)
 
 
 def warm_start_base(ctx: Context, name: str) -> ModelVersion | None:

@@ -43,6 +43,7 @@ from stream.state import CLICK_FEATURES, DEFAULT_CONFIG, StateConfig
 from stream.state.labels import CLICK_WINDOW_MS, DAY_MS
 
 HISTORY_DAYS, LIVE_DAYS, DRIFT_AFTER, RETRAIN_AFTER, WINDOW = 22, 9, 3, 5.3, 2.0
+USERS = 1000
 
 
 def _per_session(col: str) -> Callable[[pd.DataFrame], pd.Series]:
@@ -61,7 +62,7 @@ EXTRA: dict[str, Callable[[pd.DataFrame], pd.Series]] = {
 }
 
 
-def world(history_days: int = HISTORY_DAYS, sessions_scale: float = 1.0) -> Any:
+def world(history_days: int = HISTORY_DAYS, sessions_scale: float = 1.0, users: int = USERS) -> Any:
     """The demo's world; with ``history_days`` > 22, the same users with a longer past.
 
     The users are drawn as for the 22-day world (same traits, same draws), then every join and
@@ -69,7 +70,8 @@ def world(history_days: int = HISTORY_DAYS, sessions_scale: float = 1.0) -> Any:
     since day 0 of the longer world, the others join, and everyone churns, at the same time before
     the drift as in the 22-day world, so the drift meets the same readers. Articles and sessions
     are drawn anew (their streams depend on the length). ``sessions_scale`` multiplies every human
-    reader's session rate (the median of the log-normal).
+    reader's session rate (the median of the log-normal); ``users`` the number of users (other
+    users, drawn anew: ``users=500, sessions_scale=2`` has about the events per day of the demo's).
     """
     import dataclasses
 
@@ -79,7 +81,7 @@ def world(history_days: int = HISTORY_DAYS, sessions_scale: float = 1.0) -> Any:
 
     shift = history_days - HISTORY_DAYS
     cfg = SimConfig(
-        n_users=1000,
+        n_users=users,
         days=history_days + LIVE_DAYS,
         seed=42,
         drift_day=history_days + DRIFT_AFTER,
@@ -485,6 +487,7 @@ def main() -> None:
     ap.add_argument("--rows", type=Path, help="cache of the click rows (Parquet), built if missing")
     ap.add_argument("--history-days", type=int, default=HISTORY_DAYS, help="days of history before the drift")
     ap.add_argument("--sessions-scale", type=float, default=1.0, help="times the readers' session rate")
+    ap.add_argument("--users", type=int, default=USERS, help="simulated users (default 1000, the demo's)")
     ap.add_argument(
         "--archive-days", type=int, help="only the last N days of the history are known (default: all of it)"
     )
@@ -495,7 +498,7 @@ def main() -> None:
     hx = [n for n in a.extra if n in HISTORY_EXTRA]
     cached = a.rows is not None and a.rows.exists() and a.ctr_prior is None and a.ctr_strength is None
     # the world is rebuilt only when the rows are not cached or its truth is needed
-    ds = None if cached and not (a.ceiling or a.truth or hx) else world(a.history_days, a.sessions_scale)
+    ds = None if cached and not (a.ceiling or a.truth or hx) else world(a.history_days, a.sessions_scale, a.users)
     if ds is not None and a.archive_days is not None:
         ds = archive(ds, a.history_days, a.archive_days)
     if a.ctr_prior is not None or a.ctr_strength is not None:

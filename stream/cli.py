@@ -152,7 +152,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.drift:
         from stream.tools.drift_demo import run_drift_demo
 
-        return run_drift_demo(live_days=args.live_days, profile=args.profile, **given)
+        return run_drift_demo(
+            live_days=args.live_days, profile=args.profile, sessions_per_day=args.sessions_per_day, **given
+        )
     from stream.tools.demo import run_demo
 
     return run_demo(minutes=args.minutes, profile=args.profile, **given)
@@ -254,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=arguments.positive_int, help="simulated users (default 2000; --drift 1000)")
     demo.add_argument("--days", type=arguments.positive_int, help="days of history (default 45; --drift 22)")
     demo.add_argument("--rate", type=positive, help="live events per second (default 400; --drift 150)")
+    demo.add_argument(
+        "--sessions-per-day",
+        type=positive,
+        help="with --drift: the median reader's sessions per day (default 0.25, the simulator's)",
+    )
     demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
     demo.set_defaults(func=cmd_demo)
 

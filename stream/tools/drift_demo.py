@@ -212,8 +212,15 @@ def run_drift_demo(
     persist: int = 10,
     profile: str = "demo",
     retrain_profile: str = "full",
+    sessions_per_day: float | None = None,
 ) -> int:
-    """Run the loop; 0 if the challenger was promoted and served, 1 if not (the summary says which step)."""
+    """Run the loop; 0 if the challenger was promoted and served, 1 if not (the summary says which step).
+
+    ``sessions_per_day``: the median reader's sessions per day (the simulator's
+    ``activity_median_per_day``, 0.25 by default). Fewer users with more sessions each keep the
+    events per day, and so the demo's run time and the challenger's rows, while every reader brings
+    a longer history (docs/monitoring.md).
+    """
     from simulator import SimConfig, generate
     from simulator.sinks import produce_dataset
     from stream.clickhouse import connect
@@ -250,6 +257,8 @@ def run_drift_demo(
 
         # 2. a world that changes on day `days + drift_after`
         cfg = SimConfig(n_users=users, days=days + live_days, seed=42, drift_day=days + drift_after)
+        if sessions_per_day is not None:
+            cfg = dataclasses.replace(cfg, activity_median_per_day=sessions_per_day)
         ds = generate(cfg)
         times = ds.table["event_time"].to_numpy()
         start_ms = int(times[0]) // DAY_MS * DAY_MS
@@ -257,7 +266,8 @@ def run_drift_demo(
         history = dataclasses.replace(ds, table=ds.table.filter(times < cut), malformed=[])
         live = dataclasses.replace(ds, table=ds.table.filter(times >= cut), malformed=[])
         clock.say(
-            f"simulated {users:,} users over {days + live_days} days: {len(history):,} history events, "
+            f"simulated {users:,} users ({cfg.activity_median_per_day:g} sessions per day for the median reader) "
+            f"over {days + live_days} days: {len(history):,} history events, "
             f"{len(live):,} live; the feed redesign (drift) starts on day {days + drift_after}"
         )
         try:
@@ -304,10 +314,10 @@ def run_drift_demo(
     # 7. figures
     ch = connect(settings)
     try:
-        preds = ch.query_df(
-            "SELECT event_id, model_version, score FROM {db}.predictions FINAL WHERE model_name = 'click' "
-            f"AND toUnixTimestamp64Milli(event_time) >= {cut}"
-        )
+        select = "SELECT event_id, model_version, score FROM {db}.%s FINAL WHERE model_name = 'click' "
+        preds = ch.query_df(select % "predictions" + f"AND toUnixTimestamp64Milli(event_time) >= {cut}")
+        # a challenger that was not promoted is still judged on what it scored in shadow
+        shadow = ch.query_df(select % "predictions_shadow" + f"AND toUnixTimestamp64Milli(event_time) >= {onset_ms}")
         drift = ch.query_df(
             "SELECT model_name, model_version, toUnixTimestamp64Milli(window_start) AS window_start_ms, "
             "toUnixTimestamp64Milli(window_end) AS window_end_ms, feature, drifted FROM {db}.feature_drift FINAL"
@@ -317,7 +327,7 @@ def run_drift_demo(
     frame = live.table.select(["event_id", "event_type", "user_id", "session_id", "article_id", "event_time"])
     labels = click_outcomes(frame.to_pandas(), CLICK_WINDOW_MS)
     truth = ds.truth_tables["article_impressions"].to_pandas().set_index("event_id")["p_click"]
-    table = _phases(preds, labels, truth, times_of(live), onset_ms, timeline.promoted_version)
+    table = _phases(preds, labels, truth, times_of(live), onset_ms, timeline.promoted_version, shadow)
     return _summary(timeline, progress, table, drift, cut, onset_ms, root, settings, clock, jvm, worker)
 
 
@@ -332,19 +342,39 @@ def _phases(
     event_ms: pd.Series,
     onset_ms: int,
     promoted: str | None,
+    shadow: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    rows = preds[preds["event_id"].isin(labels.index)].copy()
-    rows["label"] = labels.reindex(rows["event_id"]).to_numpy()
-    rows["p_true"] = truth.reindex(rows["event_id"]).to_numpy()
-    rows["t"] = event_ms.reindex(rows["event_id"]).to_numpy()
-    drifted = rows["t"] >= onset_ms
+    """The AUC table per phase: before the drift, after it with the first model and with the promoted
+    challenger; with no promotion, the challenger's shadow scores after the drift instead."""
+
+    def labelled(p: pd.DataFrame) -> pd.DataFrame:
+        rows = p[p["event_id"].isin(labels.index)].copy()
+        rows["label"] = labels.reindex(rows["event_id"]).to_numpy()
+        rows["p_true"] = truth.reindex(rows["event_id"]).to_numpy()
+        rows["t"] = event_ms.reindex(rows["event_id"]).to_numpy()
+        return rows
+
+    rows = labelled(preds)
+    drifted = (rows["t"] >= onset_ms).to_numpy(dtype=bool)
+    # versions may come back as a nullable string column, whose == None is NA, not False
+    served = rows["model_version"].astype(object).to_numpy()
+    is_promoted = np.array([promoted is not None and str(v) == promoted for v in served], dtype=bool)
     rows["phase"] = np.where(
         ~drifted,
         "before drift",
-        np.where(rows["model_version"] == promoted, "after drift, challenger promoted", "after drift, first model"),
+        np.where(is_promoted, "after drift, challenger promoted", "after drift, first model"),
     )
-    order = {"before drift": 0, "after drift, first model": 1, "after drift, challenger promoted": 2}
-    rows = rows.sort_values("phase", key=lambda s: s.map(order), kind="stable")
+    parts = [rows]
+    if promoted is None and shadow is not None and len(shadow):
+        shadowed = labelled(shadow)
+        parts.append(shadowed[shadowed["t"] >= onset_ms].assign(phase="after drift, challenger in shadow"))
+    order = {
+        "before drift": 0,
+        "after drift, first model": 1,
+        "after drift, challenger promoted": 2,
+        "after drift, challenger in shadow": 3,
+    }
+    rows = pd.concat(parts, ignore_index=True).sort_values("phase", key=lambda s: s.map(order), kind="stable")
     return auc_table(rows)
 
 

@@ -8,8 +8,10 @@ scrapes the worker's Prometheus ``/metrics``: per model version, the drift windo
 model version alarmed (counted in windows, not polls: a poll may see none or several; counters
 below the last scrape's are a restarted worker). Then, unless the last retrain is more recent
 than the cool-down, the monitor runs
-``python -m batch_training retrain --window-days N [--models ...]`` (a subprocess: training's
-memory is returned when it exits, and a crash in it does not stop the monitor). Each model it made
+``python -m batch_training retrain --window-days N --after-drift [--models ...]`` (a subprocess: training's
+memory is returned when it exits, and a crash in it does not stop the monitor; ``--after-drift``:
+the window starts no earlier than the drift streak, so the challenger learns the changed world
+only). Each model it made
 a challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``) is
 then judged (``STREAM_MONITOR_COMPARE``):
 
@@ -140,11 +142,15 @@ def observe(state: MonitorState, counts: dict[str, tuple[float, float]] | None) 
     return new_alarmed
 
 
+#: how :func:`due` begins the reason of a retrain that drift made due
+DRIFT_REASON = "drift:"
+
+
 def due(state: MonitorState, now_ms: int, *, persist: int, every_s: float, cooldown_s: float) -> str | None:
     """Why a retrain is due now, or None."""
     since = None if state.last_retrain_ms is None else (now_ms - state.last_retrain_ms) / 1000
     if state.streak >= persist and (since is None or since >= cooldown_s):
-        return f"drift: {state.streak} drift windows in a row alarmed"
+        return f"{DRIFT_REASON} {state.streak} drift windows in a row alarmed"
     if every_s > 0 and (since is None or since >= every_s):
         return "schedule: " + ("no retrain yet" if since is None else f"last retrain {since / 3600:.1f} h ago")
     return None
@@ -234,6 +240,8 @@ class Monitor:
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         log.info("retrain due (%s)", reason)
         argv = ["-m", "batch_training", "retrain", "--window-days", str(self.window_days), *self._training_args()]
+        if reason.startswith(DRIFT_REASON):  # train on the changed world only, not on rows from before it
+            argv.append("--after-drift")
         if self.models:
             argv += ["--models", *self.models]
         self.retrain_report.unlink(missing_ok=True)  # not a previous run's

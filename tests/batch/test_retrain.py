@@ -15,10 +15,11 @@ from batch_training.cli import main
 from batch_training.context import Context, get_profile
 from batch_training.modeling import register
 from batch_training.promote import PromotionRefused, promote
-from batch_training.retrain import compare, retrain
+from batch_training.retrain import compare, drift_start, retrain
 from batch_training.specs import SPECS
 from stream.config import load_settings
 from stream.models.registry import CHALLENGER, PRODUCTION
+from stream.monitoring.outputs import insert_monitoring
 from stream.state.labels import DAY_MS
 from tests.support.chdb import fresh_database
 
@@ -205,3 +206,48 @@ def test_promote_gates_a_challenger_on_its_own_test_split(loop: dict[str, Any]) 
     assert out["click"]["status"] == "promoted (forced)" and reg.resolve("click").version == noise
     assert reg.history("click")[-2]["reason"] == "test: forced"
     assert reg.rollback("click") == (noise, good)
+
+
+def test_retrain_after_drift_starts_its_window_at_the_drift(loop: dict[str, Any]) -> None:
+    ctx = loop["ctx"]
+    reg = ctx.registry
+    champion = reg.resolve("click").version
+    latest = int(ctx.ch.query_df("SELECT toUnixTimestamp64Milli(max(event_time)) AS t FROM {db}.events")["t"].iloc[0])
+    began = latest - 5 * DAY_MS
+    drift: list[dict[str, Any]] = []
+
+    def window(start: int, end: int, drifted: int, feature: str = "position", version: str = champion) -> None:
+        drift.append(
+            {
+                "model_name": "click",
+                "model_version": version,
+                "window_start": start,
+                "window_end": end,
+                "feature": feature,
+                "rows": 500,
+                "psi": 0.5 if drifted else 0.01,
+                "psi_threshold": 0.1,
+                "ks": None,
+                "ks_threshold": None,
+                "drifted": drifted,
+                "computed_at": end,
+            }
+        )
+
+    window(latest - 12 * DAY_MS, latest - 9 * DAY_MS, 1)  # an earlier alarm, ended by a quiet window
+    window(latest - 9 * DAY_MS, began, 0)
+    window(began, latest - 3 * DAY_MS, 1)  # the streak: a window alarms if any column drifted
+    window(began, latest - 3 * DAY_MS, 0, feature="tenure_days")
+    window(latest - 3 * DAY_MS, latest - DAY_MS, 1)
+    window(latest - 19 * DAY_MS, latest - DAY_MS, 1, version="not-production")  # other versions do not count
+    insert_monitoring(ctx.ch, [], drift)
+    assert drift_start(ctx, "click") == began
+    assert drift_start(ctx, "engagement") is None  # no drift windows of its own
+
+    out = retrain(ctx, window_days=WINDOW_DAYS, models=["click"], log=lambda _s: None, after_drift=True)
+    assert out["window"]["from_ms"] == out["window"]["drift_from_ms"] == began
+    mv = reg.get("click", out["models"]["click"]["version"])
+    assert mv.metadata["training_window"]["min_ms"] >= began
+    rows = pd.read_parquet(ctx.in_workspace("retrain").data_dir / "clicks.parquet")
+    assert rows["event_time_ms"].min() >= began
+    assert latest - WINDOW_DAYS * DAY_MS < began  # the latest 20 days alone would reach back before the drift

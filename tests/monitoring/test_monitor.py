@@ -126,7 +126,8 @@ def test_persistent_drift_retrains_then_compares_and_promotes(tmp_path: Path, me
     outcome = mon.tick()
     assert outcome == {"reason": "drift: 3 drift windows in a row alarmed", "retrain": 0, "compare": {"click": 0}}
     assert runner.calls == [
-        ["-m", "batch_training", "retrain", "--window-days", "21", "--no-progress"],
+        # the window starts no earlier than the drift (a scheduled retrain takes the whole window)
+        ["-m", "batch_training", "retrain", "--window-days", "21", "--no-progress", "--after-drift"],
         ["-m", "batch_training", "compare", "--model", "click", "--no-progress", "--promote"],
     ]
     for argv in runner.calls:  # what batch_training's own parser accepts
@@ -173,6 +174,7 @@ def test_the_schedule_retrains_without_drift(tmp_path: Path, metrics: _Metrics) 
     metrics.windows(click=(0, 0))
     assert mon.tick() == {"reason": "schedule: no retrain yet", "retrain": 0, "compare": {"click": 0}}
     assert runner.calls[0][-2:] == ["--models", "click"] and "--promote" not in runner.calls[1]
+    assert "--after-drift" not in runner.calls[0]  # no drift: the whole window
     clock[0] += 3600
     assert mon.tick() is None
     clock[0] += 86_400

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from stream.tools.drift_demo import DAY_MS, auc_table, drifted_windows, false_alarms_per_day
+from stream.tools.drift_demo import DAY_MS, _phases, auc_table, drifted_windows, false_alarms_per_day
 
 
 def test_auc_per_phase_next_to_the_oracle() -> None:
@@ -61,3 +61,42 @@ def test_alarmed_windows_and_false_alarms_before_the_onset() -> None:
     ]
     assert windows["features"].tolist()[0] == "position,tenure"
     assert false_alarms_per_day(drift, 0, 2 * day) == (2, 4, 1.0)
+
+
+def _served(ids: list[str], versions: list[str]) -> pd.DataFrame:
+    # the predictions table's versions come back as a nullable string column
+    return pd.DataFrame(
+        {"event_id": ids, "model_version": pd.array(versions, dtype="string"), "score": [0.9, 0.1, 0.8, 0.2, 0.7, 0.3]}
+    )
+
+
+_IDS = ["b1", "b2", "a1", "a2", "c1", "c2"]
+_LABELS = pd.Series([1, 0, 1, 0, 1, 0], index=_IDS)
+_TRUTH = pd.Series([0.6, 0.4, 0.6, 0.4, 0.6, 0.4], index=_IDS)
+_TIMES = pd.Series([10, 20, 110, 120, 210, 220], index=_IDS)  # onset at 100
+
+
+def test_phases_with_a_promoted_challenger() -> None:
+    preds = _served(_IDS, ["1", "1", "1", "1", "2", "2"])
+    table = _phases(preds, _LABELS, _TRUTH, _TIMES, 100, "2").set_index("phase")
+    assert table["impressions"].to_dict() == {
+        "before drift": 2,
+        "after drift, first model": 2,
+        "after drift, challenger promoted": 2,
+    }
+
+
+def test_phases_without_a_promotion_judge_the_challenger_in_shadow() -> None:
+    preds = _served(_IDS, ["1"] * 6)
+    # the challenger ranks the drifted pairs the wrong way round
+    shadow = pd.DataFrame(
+        {"event_id": ["a1", "a2", "c1", "c2"], "model_version": ["2"] * 4, "score": [0.2, 0.8, 0.3, 0.7]}
+    )
+    table = _phases(preds, _LABELS, _TRUTH, _TIMES, 100, None, shadow).set_index("phase")
+    assert table["impressions"].to_dict() == {
+        "before drift": 2,
+        "after drift, first model": 4,
+        "after drift, challenger in shadow": 4,
+    }
+    assert table.loc["after drift, first model", "ratio"] == 1.0
+    assert table.loc["after drift, challenger in shadow", "ratio"] == 0.0
