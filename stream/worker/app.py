@@ -521,6 +521,10 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
         if rt.sink is not None:
             await rt.sink.run()
 
+    @app.task
+    async def loop_lag() -> None:
+        await rt.metrics.probe_loop()  # stream_event_loop_lag_seconds: what requests wait for the loop
+
     @app.timer(interval=s.model_reload_s)
     async def reload_models() -> None:
         rt.models.refresh()

@@ -555,7 +555,9 @@ class Publisher:
         try:
             ready = time.time()
             observe_n(stage["inflight"], max(ready - waited, 0.0), n)
+            t0 = time.perf_counter()
             waits = await self._send(out, self._on_acked(out, n))
+            self.metrics.loop_step["publish"].observe(time.perf_counter() - t0)  # awaits only a full sink
             queued = time.time()
             if started is not None:
                 observe_n(stage["process"], max(queued - started, 0.0), n)
