@@ -226,6 +226,7 @@ def machine_busy_s() -> float:
 HISTOGRAMS = (
     "stream_api_request_seconds",
     "stream_api_decision_log_seconds",
+    "stream_api_decision_ack_seconds",
     "stream_event_loop_lag_seconds",
     "stream_loop_step_seconds",
 )
@@ -339,7 +340,7 @@ def window(
         )
         for i in range(len(bases))
         for key, got in sorted(h1[i].items())
-        if "/v1/" in key or "decision_log" in key or "loop" in key
+        if "/v1/" in key or "decision_" in key or "loop" in key
     }
     elapsed = t1 - t0
     cores = {k: (p1[k] - p0[k]) / elapsed for k in procs}

@@ -624,14 +624,20 @@ class Publisher:
         return waits
 
     async def log_decisions(
-        self, decisions: list[DecisionRecord], timeout_s: float, sink_loop: asyncio.AbstractEventLoop | None = None
+        self,
+        decisions: list[DecisionRecord],
+        timeout_s: float,
+        sink_loop: asyncio.AbstractEventLoop | None = None,
+        on_acked: Callable[[float], None] | None = None,
     ) -> None:
         """Produce decisions made outside a batch (``POST /v1/decide``) like a batch's; return once Kafka has them.
 
         Their ClickHouse rows go with the sink's next flush (not awaited). Raises
         :class:`OutputError` (or ``TimeoutError``) when Kafka did not confirm them in ``timeout_s``.
         Called from another loop's thread (the API's), ``sink_loop`` is the loop of the sink
-        (the stream's); the producer then must be :attr:`api_producer`.
+        (the stream's); the producer then must be :attr:`api_producer`. ``on_acked`` gets the
+        seconds from the produce to Kafka's acknowledgement, on the thread that serves the
+        delivery reports, before the caller's loop takes the answer up.
         """
         if self._failure is not None or self._closing:
             raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
@@ -644,7 +650,8 @@ class Publisher:
                     target=self._poll, args=(self.api_producer,), name="api-delivery", daemon=True
                 )
                 self._api_poller.start()
-            report = _Reports(asyncio.get_running_loop(), len(decisions), self.settings.max_message_bytes)
+            report = _Reports(asyncio.get_running_loop(), len(decisions), self.settings.max_message_bytes, on_acked)
+            report.start()
             topic = self.topic_names["decisions"]
             for d in decisions:  # a few hundred bytes each: far below any size limit
                 self.api_producer.produce(topic, orjson.dumps(d), d["user_id"].encode(), on_delivery=report)

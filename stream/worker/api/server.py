@@ -180,6 +180,13 @@ class Api:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.decision_ack = Histogram(
+            "stream_api_decision_ack_seconds",
+            "POST /v1/decide: from its decision's produce to Kafka's acknowledgement, as the thread serving the "
+            "delivery reports saw it (stream_api_decision_log_seconds less this: the wait for the handler's loop)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         #: the metrics' children by route (and status): ``labels()`` takes a lock and builds a key each call
         self._observe: dict[str, Callable[[float], None]] = {}
         self._count: dict[tuple[str, int], Callable[[], None]] = {}
@@ -544,7 +551,7 @@ class Api:
             self._produced.set()  # its delivery report is served from now on (_poll_decisions)
         logging_began = time.perf_counter()
         try:
-            await self.rt.log_decisions([d], self.forward_timeout_s, self._stream_loop)
+            await self.rt.log_decisions([d], self.forward_timeout_s, self._stream_loop, self.decision_ack.observe)
         except Exception as exc:  # not logged: not made
             return error(503, f"the decision could not be logged to Kafka: {type(exc).__name__}: {exc}", retry=True)
         self.decision_log.observe(time.perf_counter() - logging_began)
