@@ -36,7 +36,7 @@ _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 STAGES = ("fetch", "queue", "process", "inflight", "ack", "settle")
 _LOOP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: the stretches of the stream's event loop that ``stream_loop_step_seconds`` times (docs/worker.md, "Latency")
-LOOP_STEPS = ("process", "clicks", "recommend", "monitor", "publish", "articles")
+LOOP_STEPS = ("process", "clicks", "recommend", "monitor", "publish", "articles", "timers")
 #: how often the loop-lag probe asks the event loop to run it (s)
 LOOP_PROBE_S = 0.005
 
@@ -176,7 +176,8 @@ class WorkerMetrics:
             "Seconds the event loop spent in one synchronous step of a batch, by step: process (parse, state, "
             "features, scoring, decisions, table writes), clicks (click rows completed and "
             "scored), recommend (session_start recommendations), monitor (outcomes and drift), publish (outputs "
-            "queued on the producer and the sink), articles (the article agent's fold)",
+            "queued on the producer and the sink), articles (the article agent's fold), timers (the model reload, the "
+            "lag export and the monitoring publication)",
             ["step"],
             buckets=_LOOP_BUCKETS,
             registry=r,
