@@ -567,7 +567,8 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        rt.on_revoked(revoked)
+        async with rt.processor.stepping:  # not in the middle of a batch (BatchProcessor.process_stepped)
+            rt.on_revoked(revoked)
         gone = [(tp.topic, tp.partition) for tp in revoked]
         detector.forget(gone)
         watch.forget(gone)
