@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from stream.events.records import DecisionRecord, PredictionRecord, RecommendationRecord
 from stream.models import SEGMENTS, SERVED_FEATURES, TRIGGERS
-from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
+from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow, score_steps
 from stream.state import (
     ARTICLE_FEATURES,
     DEFAULT_CONFIG,
@@ -310,8 +310,8 @@ class BatchProcessor:
     ) -> Outputs:
         """:meth:`process`, handing the event loop back between the batch's steps (the worker's agent).
 
-        The steps: parse and apply up to :data:`APPLY_STEP` events at a time, score, score the
-        challengers, then decide and write the tables. The batch is still one unit (one bandit
+        The steps: parse and apply up to :data:`APPLY_STEP` events at a time, score with each
+        model, score the challengers, then decide and write the tables. The batch is still one unit (one bandit
         snapshot, its effects undone whole on failure, its tables written at its end); between
         its steps the loop serves what waits for it (API requests, delivery reports), and no
         other batch: one batch is processed at a time (:attr:`stepping`). What the API reads
@@ -406,7 +406,7 @@ class BatchProcessor:
             now = int(time.time() * 1000)
             kept = out.scored if self.keep_scored else None
             yield
-            out.predictions = score_requests(self.models, requests, now, kept)
+            out.predictions = yield from score_steps(self.models, requests, now, kept)
             if SEGMENTS.name in self.models:
                 _keep_segments(out.predictions, users)
             if self.shadow:
