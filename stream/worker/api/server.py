@@ -81,8 +81,18 @@ ROUTES = (
 )
 
 
+#: connections the API's socket queues before they are accepted
+LISTEN_BACKLOG = 512
+
+
 def bind(port: int, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - clients and other workers come from outside
-    """The API's listening socket, bound before faust starts: a port in use is a one-line ConfigError."""
+    """The API's socket, bound before faust starts: a port in use is a one-line ConfigError.
+
+    It listens only once the API serves (:meth:`Api.start`, at the app's first start): until then a
+    client's connection is refused, rather than accepted by the kernel and left unanswered for as
+    long as the worker takes to start (its models, faust's services), which on a busy host can be
+    longer than the client's timeout.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -93,7 +103,6 @@ def bind(port: int, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - cli
             f"invalid configuration STREAM_API_PORT={port}: cannot serve the API on port {port} "
             f"({exc.strerror}); expected a free port, or 0 for no API"
         ) from None
-    sock.listen(512)
     sock.setblocking(False)
     return sock
 
@@ -245,7 +254,8 @@ class Api:
             self._polling = asyncio.ensure_future(self._poll_decisions(producer, self._produced))
         self._runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.SockSite(self._runner, self.sock).start()
+        # listens from here on (bind): a connection waits for an answer only while one can come
+        await web.SockSite(self._runner, self.sock, backlog=LISTEN_BACKLOG).start()
         where = "its own thread" if self.threaded else "the stream's event loop"
         log.info("API serving on port %d as %s, from %s", self.sock.getsockname()[1], self.url, where)
 
