@@ -665,7 +665,11 @@ class Publisher:
                     self._api_rows += decisions
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
-        await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
+        # The acknowledgement's future itself, under a deadline: the handler resumes in the loop's
+        # turn after the one that resolves it. wait_for(shield(...)) chained two futures more, each
+        # resolved a turn later, and on a busy loop each turn can hold a batch's step.
+        async with asyncio.timeout(timeout_s):
+            await waits[0]  # only this call waits for it: cancelling it at the deadline is harmless
 
     def hand_over_rows(self, sink_loop: asyncio.AbstractEventLoop) -> None:
         """Queue the API's decisions gathered since the last hand-over in the sink, on its loop."""
