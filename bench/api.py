@@ -16,12 +16,16 @@ history. Then, in one run:
    * ``GET /v1/users/{id}`` sent to worker a for users a owns (local), and for users b owns (one hop);
    * ``POST /v1/decide`` sent to worker a.
 
-   Per window: p50/p99 per case, events/s and worker CPU per event, the load generator's CPU.
+   Per window: p50/p99 per case, events/s and worker CPU per event, and the cores each process
+   used: worker a, worker b, the broker, the embedded ClickHouse server, this process (the paced
+   producer and the metric scrapes), the load generator, and the rest of the machine.
 
-The load generator is a separate process (``--loadgen``): a minimal HTTP/1.1 keep-alive client on
-uvloop (no aiohttp client: it costs several times the CPU per request), so its CPU is measured
-apart from the workers' and this process's (the paced producer). All of it shares the machine's
-cores with the two workers: read the CPU columns before the latencies.
+The load generator is a separate process, one of two (``--client``, both by default: each case
+runs once with each, the same run): ``go``, ``bench/loadgen`` (a small Go program, built here
+with the Go toolchain), or ``python`` (``--loadgen``), a minimal HTTP/1.1 keep-alive client on
+uvloop (no aiohttp client: it costs several times the CPU per request). Both are open loop and
+count each latency from the request's due time (no coordinated omission). All of it shares the
+machine's cores with the two workers: read the CPU columns before the latencies.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,13 +150,43 @@ def request_lines(method: str, host: str, paths: list[str], body: bytes | None) 
     return out
 
 
-def run_loadgen(spec: dict[str, Any]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, __file__, "--loadgen", json.dumps(spec)], capture_output=True, text=True, timeout=300
+#: the Go load generator's binary (``build_go_loadgen``), when built
+GO_LOADGEN: Path | None = None
+
+
+def build_go_loadgen(out: Path) -> str | None:
+    """``bench/loadgen`` built with the Go toolchain (standard library only: nothing is downloaded).
+
+    Returns why it could not be built (no toolchain, or the build failed), or None once ``out`` is built.
+    """
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        return "no Go toolchain (go on PATH)"
+    env = {**os.environ, "GOTOOLCHAIN": "local"}  # never a toolchain download
+    if "HOME" not in env and "GOCACHE" not in env:
+        env["GOCACHE"] = str(out.parent / "gocache")  # go needs a build cache
+    built = subprocess.run(
+        [go, "build", "-o", str(out), "."], cwd=ROOT / "bench" / "loadgen", env=env, capture_output=True, text=True
     )
+    if built.returncode != 0:
+        return f"go build failed: {built.stderr.strip()[-500:]}"
+    return None
+
+
+def run_loadgen(spec: dict[str, Any], client: str = "python") -> dict[str, Any]:
+    if client == "go":
+        assert GO_LOADGEN is not None
+        cmd, stdin = [str(GO_LOADGEN)], json.dumps(spec)
+    else:
+        cmd, stdin = [sys.executable, __file__, "--loadgen", json.dumps(spec)], None
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
-        raise SystemExit(f"load generator failed: {out.stderr[-2000:]}")
+        raise SystemExit(f"load generator ({client}) failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("p50_ms", "p99_ms", "max_ms"):
+        if result.get(key) is None:  # none answered (Go says null)
+            result[key] = float("nan")
+    result["statuses"] = {int(k): v for k, v in result.get("statuses", {}).items()}
     return result
 
 
@@ -165,6 +200,30 @@ def cpu_s(pids: list[int]) -> float:
     return total / CLK
 
 
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads by name (``main``: the event loop's; librdkafka's are ``rdk:*``)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        name = "main" if task.name == str(pid) else comm.split("-")[0].split(":")[0] + (":" if ":" in comm else "")
+        fields = stat.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK
+    return out
+
+
+def chdb_server_pid(chdb: Path) -> int | None:
+    """The embedded ClickHouse server's pid (``local-server.json``), if it runs."""
+    try:
+        pid = int(json.loads((chdb / "local-server.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
 def machine_busy_s() -> float:
     """CPU seconds the whole machine spent busy (every core, every process: /proc/stat)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -172,12 +231,19 @@ def machine_busy_s() -> float:
     return (sum(fields[:8]) - idle) / CLK
 
 
-#: the workers' latency histograms the bench reads before and after each window
-HISTOGRAMS = ("stream_api_request_seconds", "stream_api_decision_log_seconds")
+#: the workers' latency histograms the bench reads before and after each window (the event loop's
+#: lag and steps: workers of this version only)
+HISTOGRAMS = (
+    "stream_api_request_seconds",
+    "stream_api_decision_log_seconds",
+    "stream_api_decision_ack_seconds",
+    "stream_event_loop_lag_seconds",
+    "stream_loop_step_seconds",
+)
 
 
 def histograms(base: str, names: tuple[str, ...] = HISTOGRAMS) -> dict[str, dict[float, float]]:
-    """Cumulative bucket counts of the worker's latency histograms, by metric and route: {key: {le: count}}."""
+    """Cumulative bucket counts of the worker's histograms, by metric and route or step: {key: {le: count}}."""
     out: dict[str, dict[float, float]] = {}
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
         for line in r.read().decode().splitlines():
@@ -186,13 +252,16 @@ def histograms(base: str, names: tuple[str, ...] = HISTOGRAMS) -> dict[str, dict
                 continue
             labels, _, value = rest.rpartition(" ")
             le = float(labels.split('le="', 1)[1].split('"', 1)[0])
-            route = labels.split('route="', 1)[1].split('"', 1)[0] if 'route="' in labels else ""
-            out.setdefault(f"{name}:{route}", {})[le] = float(value)
+            label = ""
+            for which in ("route", "step"):
+                if f'{which}="' in labels:
+                    label = labels.split(f'{which}="', 1)[1].split('"', 1)[0]
+            out.setdefault(f"{name}:{label}", {})[le] = float(value)
     return out
 
 
 def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> str:
-    """p50 / p99 (ms, the upper bound of the bucket holding it) of the observations between two scrapes."""
+    """p50 / p99 / max (ms, the upper bound of the bucket holding it) of the observations between two scrapes."""
     les = sorted(after)
     counts = [after[le] - before.get(le, 0.0) for le in les]
     n = counts[-1] if counts else 0
@@ -205,7 +274,7 @@ def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> s
                 return "inf" if le == float("inf") else f"{le * 1000:g}"
         return "inf"
 
-    return f"<={q(0.5)} / <={q(0.99)} (n {n:.0f})"
+    return f"<={q(0.5)} / <={q(0.99)} / max <={q(1.0)} (n {n:.0f})"
 
 
 def events_done(bases: list[str]) -> int:
@@ -245,11 +314,18 @@ class Feeder(threading.Thread):
 
 
 def window(
-    bases: list[str], pids: list[int], seconds: float, load: dict[str, Any] | None, profile: Path | None = None
+    bases: list[str],
+    pids: list[int],
+    seconds: float,
+    load: dict[str, Any] | None,
+    profile: Path | None = None,
+    client: str = "python",
+    others: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Events/s and worker CPU/event over ``seconds``, with ``load`` (a generator spec) running meanwhile.
 
     With ``profile``: py-spy samples worker a (the one asked) meanwhile, folded stacks to that file.
+    ``others``: further processes whose cores are reported (the broker, the ClickHouse server).
     """
     spy = None
     if profile is not None:
@@ -258,17 +334,30 @@ def window(
              "--duration", str(int(seconds)), "--nonblocking", "--threads", "--format", "raw", "-o", str(profile)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+    procs = {"worker a": pids[0], "worker b": pids[1], **(others or {})}
     h0 = [histograms(b) for b in bases]
+    p0 = {k: cpu_s([pid]) for k, pid in procs.items()}
+    th0 = threads_cpu_s(pids[0])
     e0, c0, t0, o0, m0 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
-    result = run_loadgen(load) if load is not None else (time.sleep(seconds) or {})
+    result = run_loadgen(load, client) if load is not None else (time.sleep(seconds) or {})
     e1, c1, t1, o1, m1 = events_done(bases), cpu_s(pids), time.monotonic(), os.times(), machine_busy_s()
+    p1 = {k: cpu_s([pid]) for k, pid in procs.items()}
+    th1 = threads_cpu_s(pids[0])
     h1 = [histograms(b) for b in bases]
     inside = {  # the time the workers' handlers took (bucketed): what the client saw beyond it was queueing
-        f"{'ab'[i]} {key.replace('stream_api_', '').replace('_seconds', '')}": bucket_quantiles(h0[i].get(key, {}), got)
+        f"{'ab'[i]} {key.replace('stream_', '').replace('api_', '').replace('_seconds', '')}": bucket_quantiles(
+            h0[i].get(key, {}), got
+        )
         for i in range(len(bases))
         for key, got in sorted(h1[i].items())
-        if "/v1/" in key or "decision_log" in key
+        if "/v1/" in key or "decision_" in key or "loop" in key
     }
+    elapsed = t1 - t0
+    cores = {k: (p1[k] - p0[k]) / elapsed for k in procs}
+    cores["bench (feeder, scrapes)"] = (o1.user + o1.system - o0.user - o0.system) / elapsed
+    cores["load generator"] = result.get("cpu_s", 0.0) / elapsed
+    cores["rest of the machine"] = (m1 - m0) / elapsed - sum(cores.values())
+    threads = {k: (v - th0.get(k, 0.0)) / elapsed for k, v in th1.items() if v - th0.get(k, 0.0) > 0}
     if spy is not None:
         spy.wait(60)
     n = e1 - e0
@@ -283,6 +372,9 @@ def window(
         "gen_cores": result.get("cpu_s", 0.0) / (t1 - t0),
         "machine_cores": (m1 - m0) / (t1 - t0),
         "inside": {k: v for k, v in inside.items() if v != "-"},
+        "cores": cores,
+        "threads a": dict(sorted(threads.items(), key=lambda kv: -kv[1])),
+        "client": client if load is not None else "",
     }
 
 
@@ -311,6 +403,12 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a setting of both workers (repeatable), e.g. STREAM_API_THREAD=false",
     )
+    ap.add_argument(
+        "--client",
+        choices=("both", "go", "python"),
+        default="both",
+        help="the load generator: bench/loadgen (Go), the Python one, or each case with both (default)",
+    )
     ap.add_argument("--loadgen", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loadgen:
@@ -331,6 +429,17 @@ def main() -> None:
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
     warm = len(events) // 5
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
+    clients = ["go", "python"] if args.client == "both" else [args.client]
+    if "go" in clients:
+        global GO_LOADGEN
+        why = build_go_loadgen(work / "loadgen")
+        if why is None:
+            GO_LOADGEN = work / "loadgen"
+        elif args.client == "go":
+            raise SystemExit(f"--client go: {why}; use --client python")
+        else:  # both: the Python client alone
+            print(f"the Go load generator is not used ({why}): the Python client alone", flush=True)
+            clients = ["python"]
     models = work / "models"
     train_and_register(models, events[:warm], seed=1)
     print(f"input: {len(events)} simulated events ({args.users} users x {args.days} days)", flush=True)
@@ -382,9 +491,10 @@ def main() -> None:
                 "decide": request_lines("POST", host, ["/v1/decide"], decide),
             }
             gen = {"host": "127.0.0.1", "port": ports[0]}
-            for name, reqs in cases.items():
-                r = run_loadgen({**gen, "requests": reqs, "rps": 0, "seconds": 0, "sequential": 200})
-                results[f"one at a time, stream idle | {name}"] = r
+            for client in clients:
+                for name, reqs in cases.items():
+                    r = run_loadgen({**gen, "requests": reqs, "rps": 0, "seconds": 0, "sequential": 200}, client)
+                    results[f"one at a time, stream idle | {name} [{client}]"] = {**r, "client": client}
             # the maximum event rate: a backlog drained with no requests
             backlog = events[warm : warm + min(10_000, (len(events) - warm) // 4)]
             rest = events[warm + len(backlog) :]
@@ -410,12 +520,19 @@ def main() -> None:
             prof = args.profile
             if prof is not None:
                 prof.mkdir(parents=True, exist_ok=True)
-            results["half rate, API idle"] = window(base, pids, args.seconds, None, prof / "idle.txt" if prof else None)
+            others = {"broker": broker.pid, "clickhouse server": chdb_server_pid(work / "chdb")}
+            others = {k: v for k, v in others.items() if v is not None}
+            results["half rate, API idle"] = window(
+                base, pids, args.seconds, None, prof / "idle.txt" if prof else None, others=others
+            )
             for name, reqs in cases.items():
-                spec = {**gen, "requests": reqs, "rps": args.rps, "seconds": args.seconds}
-                out = prof / f"{name.replace(', ', '-').replace(' ', '-')}.txt" if prof else None
-                results[f"half rate, {args.rps:.0f}/s | {name}"] = window(base, pids, args.seconds, spec, out)
-            results["half rate, API idle (again)"] = window(base, pids, args.seconds, None)
+                for client in clients:
+                    spec = {**gen, "requests": reqs, "rps": args.rps, "seconds": args.seconds}
+                    out = prof / f"{name.replace(', ', '-').replace(' ', '-')}-{client}.txt" if prof else None
+                    results[f"half rate, {args.rps:.0f}/s | {name} [{client}]"] = window(
+                        base, pids, args.seconds, spec, out, client, others
+                    )
+            results["half rate, API idle (again)"] = window(base, pids, args.seconds, None, others=others)
             if feeder.sent >= len(rest):
                 print("WARNING: the feeder ran out of events before the end: use more --users or --days")
         finally:
@@ -460,7 +577,7 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
         f'events fed at {fed:,.0f}/s ("half rate"{", --event-rate" if args.event_rate else ""}); {settings}'
     )
     print(
-        "| condition | request | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
+        "| condition | request [client] | n | statuses | p50 ms | p99 ms | max ms | events/s | worker µs CPU/event "
         "| API µs CPU/request | worker cores | generator cores | feeder cores | machine busy cores |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -474,7 +591,18 @@ def report(results: dict[str, dict[str, Any]], args: Any) -> None:
             f"{r.get('worker_cores', nan):.2f} | {r.get('gen_cores', nan):.2f} | {r.get('feeder_cores', nan):.2f} | "
             f"{r.get('machine_cores', nan):.2f} |"
         )
-    print("\nin the workers (p50 / p99 ms, bucket upper bounds, from their histograms):")
+    windows = {k: r for k, r in results.items() if r.get("cores")}
+    if windows:
+        names = list(next(iter(windows.values()))["cores"])
+        print("\ncores used per process in each window (CPU seconds / wall seconds; the machine has 2):")
+        print("| window | " + " | ".join(names) + " |")
+        print("|---" * (len(names) + 1) + "|")
+        for key, r in windows.items():
+            print(f"| {key} | " + " | ".join(f"{r['cores'].get(n, nan):.2f}" for n in names) + " |")
+        print("\nworker a's threads (cores; main runs the event loop, rdk:* are librdkafka's):")
+        for key, r in windows.items():
+            print(f"- {key}: " + ", ".join(f"{n} {c:.2f}" for n, c in list(r["threads a"].items())[:6]))
+    print("\nin the workers (p50 / p99 / max ms, bucket upper bounds, from their histograms):")
     for key, r in results.items():
         if r.get("inside"):
             print(f"- {key}: " + "; ".join(f"{k} {v}" for k, v in r["inside"].items()))

@@ -72,9 +72,10 @@ class WorkerClient:
         return self.request("GET", "/v1/models")
 
     def ready(self) -> bool:
+        """Whether the worker answers ``/readyz`` with 200 (not while it is not listening yet, or not answering)."""
         try:
             self.request("GET", "/readyz", retry=False)
-        except ApiError:
+        except (ApiError, OSError):  # a 503; the connection refused (starting) or timed out
             return False
         return True
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,12 +270,12 @@ def score_shadow(
     return out, failed
 
 
-def score_requests(
+def score_steps(
     models: Mapping[str, LoadedModel],
     requests: Sequence[ScoreRequest],
     now_ms: int,
     scored: list[Scored] | None = None,
-) -> list[PredictionRecord]:
+) -> Generator[None, None, list[PredictionRecord]]:
     """Score a batch: group rows by model, one predict call per model, build prediction records.
 
     Requests for a model that is not loaded are skipped (counted by the caller). A replayed request's
@@ -284,15 +284,22 @@ def score_requests(
     predictions topic expect a number. A segment's record has its id as ``score`` and its name as
     ``label``. With ``scored``, each model's feature matrix and scores are
     appended to it.
+
+    A generator: it yields after each model but the last (a worker's batch hands its event loop
+    back there) and returns the records; :func:`score_requests` runs it through.
     """
     by_model: dict[str, list[ScoreRequest]] = {}
     for req in requests:
         by_model.setdefault(req.model, []).append(req)
     out: list[PredictionRecord] = []
+    predicted = False
     for name, reqs in by_model.items():
         model = models.get(name)
         if model is None:
             continue
+        if predicted:
+            yield
+        predicted = True
         x = np.array([r.row for r in reqs], dtype=np.float32)
         scores = model.predict(x)
         if not np.isfinite(scores).all():
@@ -328,3 +335,19 @@ def score_requests(
                 rec["replayed"] = True
             out.append(rec)
     return out
+
+
+def score_requests(
+    models: Mapping[str, LoadedModel],
+    requests: Sequence[ScoreRequest],
+    now_ms: int,
+    scored: list[Scored] | None = None,
+) -> list[PredictionRecord]:
+    """:func:`score_steps` at once: one predict call per model, the prediction records."""
+    steps = score_steps(models, requests, now_ms, scored)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            records: list[PredictionRecord] = done.value
+            return records

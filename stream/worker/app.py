@@ -368,7 +368,7 @@ def create_app(
     recs.refresh_model(force=True)  # loaded at start like the scoring models, listed by GET /v1/models
     events.register(app, rt, monitor, recs)
     if monitor is not None:
-        monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"])
+        monitoring.register(app, monitor, sink, s.monitoring_interval_s, names["events"], metrics.loop_step["timers"])
     articles.register(app, rt)
     _register_services(app, rt, recs)
     app.api = api.register(app, rt, api_socket, recovered=lambda: _recovered(app), recs=recs)  # stream/worker/api/
@@ -521,13 +521,20 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
         if rt.sink is not None:
             await rt.sink.run()
 
+    @app.task
+    async def loop_lag() -> None:
+        await rt.metrics.probe_loop()  # stream_event_loop_lag_seconds: what requests wait for the loop
+
+    timed = rt.metrics.loop_step["timers"]
+
     @app.timer(interval=s.model_reload_s)
     async def reload_models() -> None:
-        rt.models.refresh()
-        if rt.shadow is not None:
-            rt.shadow.refresh()
-        if recs is not None:
-            recs.refresh_model()
+        with timed.time():
+            rt.models.refresh()
+            if rt.shadow is not None:
+                rt.shadow.refresh()
+            if recs is not None:
+                recs.refresh_model()
 
     @app.timer(interval=min(5.0, s.stall_warning_s / 2))
     async def consumer_lag() -> None:
@@ -536,10 +543,11 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
         committed = getattr(consumer, "_committed_offset", {})
         assigned = consumer.assignment()
         await rt.learn_starts(assigned)  # a new group has no committed offset to count the lag from
-        lags = rt.export_lag(
-            assigned, lambda tp: _highwater(consumer, tp), committed.get, lambda tp, o: _more_after(consumer, tp, o)
-        )
-        _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
+        with timed.time():
+            lags = rt.export_lag(
+                assigned, lambda tp: _highwater(consumer, tp), committed.get, lambda tp, o: _more_after(consumer, tp, o)
+            )
+            _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
         if _recovered(app):
             await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))
 
@@ -559,7 +567,8 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(app: faust.App, revoked: Any, **kwargs: Any) -> None:
-        rt.on_revoked(revoked)
+        async with rt.processor.stepping:  # not in the middle of a batch (BatchProcessor.process_stepped)
+            rt.on_revoked(revoked)
         gone = [(tp.topic, tp.partition) for tp in revoked]
         detector.forget(gone)
         watch.forget(gone)

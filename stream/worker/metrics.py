@@ -7,7 +7,9 @@ workers in one process and read exact values. The registry also carries promethe
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from wsgiref.simple_server import WSGIRequestHandler, make_server
@@ -32,6 +34,11 @@ _BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 #: the stages of ``stream_stage_seconds``, in the order an event passes them (docs/worker.md, "Latency")
 STAGES = ("fetch", "queue", "process", "inflight", "ack", "settle")
+_LOOP_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+#: the stretches of the stream's event loop that ``stream_loop_step_seconds`` times (docs/worker.md, "Latency")
+LOOP_STEPS = ("process", "clicks", "recommend", "monitor", "publish", "articles", "timers")
+#: how often the loop-lag probe asks the event loop to run it (s)
+LOOP_PROBE_S = 0.005
 
 
 def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
@@ -156,6 +163,27 @@ class WorkerMetrics:
         self.batches_closed = {
             reason: closed.labels(closed_by=reason) for reason in ("size", "window", "idle", "urgent", "backlog")
         }
+        self.loop_lag = Histogram(
+            "stream_event_loop_lag_seconds",
+            f"How late the event loop ran a probe due every {LOOP_PROBE_S * 1000:g} ms: what anything becoming ready "
+            "then (an API request, a delivery report, a batch) waited for the loop (a batch or request in progress, "
+            "another thread holding the GIL, no free core)",
+            buckets=_LOOP_BUCKETS,
+            registry=r,
+        )
+        step = Histogram(
+            "stream_loop_step_seconds",
+            "Seconds the event loop spent in one synchronous step of a batch, by step: process (parse, state, "
+            "features, scoring, decisions, table writes), clicks (click rows completed and "
+            "scored), recommend (session_start recommendations), monitor (outcomes and drift), publish (outputs "
+            "queued on the producer and the sink), articles (the article agent's fold), timers (the model reload, the "
+            "lag export and the monitoring publication)",
+            ["step"],
+            buckets=_LOOP_BUCKETS,
+            registry=r,
+        )
+        #: ``stream_loop_step_seconds`` per step (:data:`LOOP_STEPS`)
+        self.loop_step = {name: step.labels(step=name) for name in LOOP_STEPS}
         self.model_version = Gauge(
             "stream_model_info", "Loaded model versions (value 1)", ["model", "version"], registry=r
         )
@@ -264,6 +292,18 @@ class WorkerMetrics:
             ) from None
         threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._served_on = port
+
+    async def probe_loop(self, interval_s: float = LOOP_PROBE_S) -> None:
+        """Observe ``stream_event_loop_lag_seconds`` every ``interval_s`` until cancelled.
+
+        Timed with ``perf_counter``: uvloop's own clock counts whole milliseconds.
+        """
+        observe = self.loop_lag.observe
+        clock = time.perf_counter
+        while True:
+            due = clock() + interval_s
+            await asyncio.sleep(interval_s)
+            observe(max(clock() - due, 0.0))
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (tests and the demo summary)."""

@@ -384,8 +384,18 @@ def build_monitor(settings: Settings, models: ModelRegistry, registry: Collector
     )
 
 
-def register(app: Any, monitor: Monitor, sink: ClickHouseSink | None, interval_s: float, events_topic: str) -> None:
-    """The monitor's timer (gauges and ClickHouse rows every ``interval_s``) and its revoke handler."""
+def register(
+    app: Any,
+    monitor: Monitor,
+    sink: ClickHouseSink | None,
+    interval_s: float,
+    events_topic: str,
+    timed: Any = None,
+) -> None:
+    """The monitor's timer (gauges and ClickHouse rows every ``interval_s``) and its revoke handler.
+
+    ``timed``: a histogram (``stream_loop_step_seconds{step="timers"}``) observing each publication's time.
+    """
 
     @app.task
     async def import_drift_thresholds() -> None:
@@ -396,7 +406,10 @@ def register(app: Any, monitor: Monitor, sink: ClickHouseSink | None, interval_s
     @app.timer(interval=interval_s)
     async def publish_monitoring() -> None:
         try:
+            began = time.perf_counter()
             quality, drift = monitor.publish()
+            if timed is not None:
+                timed.observe(time.perf_counter() - began)
         except Exception as exc:  # monitoring never stops the worker
             monitor.metrics.errors.labels(error=type(exc).__name__).inc()
             log.warning("monitoring skipped a publication: %s: %s", type(exc).__name__, exc)

@@ -25,15 +25,16 @@ One batch, step by step:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from stream.events.records import DecisionRecord, PredictionRecord, RecommendationRecord
 from stream.models import SEGMENTS, SERVED_FEATURES, TRIGGERS
-from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow
+from stream.models.scoring import LoadedModel, Scored, ScoreRequest, score_requests, score_shadow, score_steps
 from stream.state import (
     ARTICLE_FEATURES,
     DEFAULT_CONFIG,
@@ -84,6 +85,43 @@ _AFTER = {kind: tuple(n for n in names if n in _USER_ROW) for kind, names in TRI
 assert {n for names in _BEFORE.values() for n in names} <= {"click", "engagement"}, _BEFORE
 #: where the article part of a click row starts and ends (click_row: user, article, position, context)
 _ART = slice(len(USER_FEATURES), len(USER_FEATURES) + len(ARTICLE_FEATURES))
+#: most events applied in one step of :meth:`BatchProcessor.process_stepped` (then the loop is handed back)
+APPLY_STEP = 64
+#: one attempt at a batch, in steps: it yields between them and returns its outputs
+Steps = Generator[None, None, "Outputs"]
+
+
+def _run_through(steps: Steps) -> Outputs:
+    """All of an attempt's steps at once (:meth:`BatchProcessor.process`)."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+async def _run_stepped(steps: Steps, observe: Callable[[float], None] | None = None) -> Outputs:
+    """An attempt's steps with the event loop handed back between them (``observe``: each step's seconds).
+
+    Should the task be cancelled between steps (a rebalance), the attempt is given the cancel at
+    its step, so it undoes its effects before it propagates.
+    """
+    clock = time.perf_counter
+    while True:
+        began = clock()
+        try:
+            next(steps)
+        except StopIteration as done:
+            if observe is not None:
+                observe(clock() - began)
+            return done.value
+        if observe is not None:
+            observe(clock() - began)
+        try:
+            await asyncio.sleep(0)
+        except BaseException as exc:
+            steps.throw(exc)  # undoes the attempt's effects and raises exc again
+            raise
 
 
 @dataclass(frozen=True)
@@ -221,6 +259,9 @@ class BatchProcessor:
         self.keep_scored = False
         #: Keep each batch's session_start events in ``Outputs.session_starts`` (their recommendations).
         self.keep_session_starts = False
+        #: held while :meth:`process_stepped` processes a batch: one at a time, and no partition is
+        #: forgotten (a rebalance) in the middle of one
+        self.stepping = asyncio.Lock()
 
     @property
     def owned_articles(self) -> dict[str, ArticleState]:
@@ -252,17 +293,51 @@ class BatchProcessor:
         if not records:
             return Outputs(ingest_ms=ingest_ms)
         try:
-            return self._process(records, stores, ingest_ms)
+            return _run_through(self._attempt(records, stores, ingest_ms))
         except StoreUnavailable:
             raise
         except Exception as exc:
             if len(records) == 1:
                 return self._failed(records[0], exc, ingest_ms)
+        return self._isolate(records, stores, ingest_ms)
+
+    async def process_stepped(
+        self,
+        records: Sequence[Record],
+        stores: Stores,
+        now_ms: int | None = None,
+        observe: Callable[[float], None] | None = None,
+    ) -> Outputs:
+        """:meth:`process`, handing the event loop back between the batch's steps (the worker's agent).
+
+        The steps: parse and apply up to :data:`APPLY_STEP` events at a time, score with each
+        model, score the challengers, then decide and write the tables. The batch is still one unit (one bandit
+        snapshot, its effects undone whole on failure, its tables written at its end); between
+        its steps the loop serves what waits for it (API requests, delivery reports), and no
+        other batch: one batch is processed at a time (:attr:`stepping`). What the API reads
+        (the tables, the latest scores, the committed bandit counts) changes only in the last step.
+        ``observe`` gets each step's seconds.
+        """
+        ingest_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        if not records:
+            return Outputs(ingest_ms=ingest_ms)
+        async with self.stepping:
+            try:
+                return await _run_stepped(self._attempt(records, stores, ingest_ms), observe)
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                if len(records) == 1:
+                    return self._failed(records[0], exc, ingest_ms)
+            return self._isolate(records, stores, ingest_ms)
+
+    def _isolate(self, records: Sequence[Record], stores: Stores, ingest_ms: int) -> Outputs:
+        """A batch that raised, processed again record by record (at once: this is rare)."""
         self.metrics.isolated_batches.inc()
         out = Outputs(ingest_ms=ingest_ms)
         for rec in records:
             try:
-                part = self._process((rec,), stores, ingest_ms)
+                part = _run_through(self._attempt((rec,), stores, ingest_ms))
             except StoreUnavailable:
                 raise
             except Exception as exc:
@@ -286,8 +361,8 @@ class BatchProcessor:
         out.dead_letters.append(dead_letter(rec, reason, "processing_error", ingest_ms))
         return out
 
-    def _process(self, records: Sequence[Record], stores: Stores, ingest_ms: int) -> Outputs:
-        """One attempt at a batch: all of its effects, or (when it raises) none of them.
+    def _attempt(self, records: Sequence[Record], stores: Stores, ingest_ms: int) -> Steps:
+        """One attempt at a batch, in steps: all of its effects, or (when it raises) none of them.
 
         Tables are written last, after scoring and decisions: until then the batch's effects are
         in this process's caches only, and each unit undoes its own.
@@ -298,7 +373,7 @@ class BatchProcessor:
         users = self.users.begin(partition, stores.users)
         ads = self.ads.begin(stores.ad_pending, stores.bandit)
         try:
-            out, tally = self._run(records, stores, ingest_ms, users, ads)
+            out, tally = yield from self._run(records, stores, ingest_ms, users, ads)
         except BaseException:
             self.redeliveries.restore(partition, handled)
             if hwm is None:
@@ -313,7 +388,7 @@ class BatchProcessor:
 
     def _run(
         self, records: Sequence[Record], stores: Stores, ingest_ms: int, users: UserBatch, ads: AdBatch
-    ) -> tuple[Outputs, _Tally]:
+    ) -> Generator[None, None, tuple[Outputs, _Tally]]:
         fresh = self.redeliveries.fresh(records)
         parsed = parse_records(fresh, self.config.max_event_bytes, ingest_ms)
         out = Outputs(
@@ -322,7 +397,7 @@ class BatchProcessor:
         if self.keep_session_starts:
             out.session_starts = [(r, e) for r, e in parsed.events if e["event_type"] == "session_start"]
         tally = _Tally(invalid=parsed.invalid, redelivered=len(records) - len(fresh))
-        requests, ingest = self._apply(records[0].partition, parsed.events, stores, out, tally, users, ads)
+        requests, ingest = yield from self._apply(records[0].partition, parsed.events, stores, out, tally, users, ads)
 
         # One predict per model, and the decisions, before any table write: should either raise,
         # the tables hold nothing of this attempt.
@@ -330,9 +405,12 @@ class BatchProcessor:
             tally.rows = len(requests)
             now = int(time.time() * 1000)
             kept = out.scored if self.keep_scored else None
-            out.predictions = score_requests(self.models, requests, now, kept)
+            yield
+            out.predictions = yield from score_steps(self.models, requests, now, kept)
             if SEGMENTS.name in self.models:
                 _keep_segments(out.predictions, users)
+            if self.shadow:
+                yield
             self._score_shadow(requests, now, out)
             out.prediction_ingest_ms = [ingest.get((p["user_id"], p["event_id"]), ingest_ms) for p in out.predictions]
             for name in {r.model for r in requests} - set(self.models):
@@ -341,6 +419,7 @@ class BatchProcessor:
             tally.rows += len(out.pending_clicks)
             if "click" not in self.models:
                 tally.unscored["click"] = len(out.pending_clicks)
+        yield
         out.decisions = ads.decide(ingest_ms, tally.decisions)
 
         # One write per touched key.
@@ -358,10 +437,11 @@ class BatchProcessor:
         tally: _Tally,
         users: UserBatch,
         ads: AdBatch,
-    ) -> tuple[list[ScoreRequest], dict[tuple[str, str], int]]:
+    ) -> Generator[None, None, tuple[list[ScoreRequest], dict[tuple[str, str], int]]]:
         """Per valid event of ``partition``, in order: its feature rows, its state update, its article and ad effects.
 
         Returns the score requests, and per (user_id, event_id) the record timestamp (ingest time).
+        Yields after every :data:`APPLY_STEP` events (a step of :meth:`process_stepped`).
         """
         requests: list[ScoreRequest] = []
         ingest: dict[tuple[str, str], int] = {}
@@ -372,7 +452,9 @@ class BatchProcessor:
         hwm_of = self.event_hwm
         article_of = self.articles.get
         load = users.load
-        for rec, event in events:
+        for i, (rec, event) in enumerate(events):
+            if i and not i % APPLY_STEP:
+                yield
             kind = event["event_type"]
             kinds[kind] = kinds.get(kind, 0) + 1
             uid = event["user_id"]

@@ -555,7 +555,9 @@ class Publisher:
         try:
             ready = time.time()
             observe_n(stage["inflight"], max(ready - waited, 0.0), n)
+            t0 = time.perf_counter()
             waits = await self._send(out, self._on_acked(out, n))
+            self.metrics.loop_step["publish"].observe(time.perf_counter() - t0)  # awaits only a full sink
             queued = time.time()
             if started is not None:
                 observe_n(stage["process"], max(queued - started, 0.0), n)
@@ -622,14 +624,20 @@ class Publisher:
         return waits
 
     async def log_decisions(
-        self, decisions: list[DecisionRecord], timeout_s: float, sink_loop: asyncio.AbstractEventLoop | None = None
+        self,
+        decisions: list[DecisionRecord],
+        timeout_s: float,
+        sink_loop: asyncio.AbstractEventLoop | None = None,
+        on_acked: Callable[[float], None] | None = None,
     ) -> None:
         """Produce decisions made outside a batch (``POST /v1/decide``) like a batch's; return once Kafka has them.
 
         Their ClickHouse rows go with the sink's next flush (not awaited). Raises
         :class:`OutputError` (or ``TimeoutError``) when Kafka did not confirm them in ``timeout_s``.
         Called from another loop's thread (the API's), ``sink_loop`` is the loop of the sink
-        (the stream's); the producer then must be :attr:`api_producer`.
+        (the stream's); the producer then must be :attr:`api_producer`. ``on_acked`` gets the
+        seconds from the produce to Kafka's acknowledgement, on the thread that serves the
+        delivery reports, before the caller's loop takes the answer up.
         """
         if self._failure is not None or self._closing:
             raise OutputError(self.topic_names["decisions"], "WORKER_STOPPING", "the worker is stopping")
@@ -642,7 +650,8 @@ class Publisher:
                     target=self._poll, args=(self.api_producer,), name="api-delivery", daemon=True
                 )
                 self._api_poller.start()
-            report = _Reports(asyncio.get_running_loop(), len(decisions), self.settings.max_message_bytes)
+            report = _Reports(asyncio.get_running_loop(), len(decisions), self.settings.max_message_bytes, on_acked)
+            report.start()
             topic = self.topic_names["decisions"]
             for d in decisions:  # a few hundred bytes each: far below any size limit
                 self.api_producer.produce(topic, orjson.dumps(d), d["user_id"].encode(), on_delivery=report)
@@ -656,7 +665,11 @@ class Publisher:
                     self._api_rows += decisions
         for sink_wait in waits[1:]:  # a sink failure is counted and logged by the sink itself
             sink_wait.add_done_callback(lambda f: f.cancelled() or f.exception())
-        await asyncio.wait_for(asyncio.shield(waits[0]), timeout_s)
+        # The acknowledgement's future itself, under a deadline: the handler resumes in the loop's
+        # turn after the one that resolves it. wait_for(shield(...)) chained two futures more, each
+        # resolved a turn later, and on a busy loop each turn can hold a batch's step.
+        async with asyncio.timeout(timeout_s):
+            await waits[0]  # only this call waits for it: cancelling it at the deadline is harmless
 
     def hand_over_rows(self, sink_loop: asyncio.AbstractEventLoop) -> None:
         """Queue the API's decisions gathered since the last hand-over in the sink, on its loop."""

@@ -412,10 +412,10 @@ async def test_a_failing_batch_stops_the_worker_instead_of_a_restart_past_it(
     faust committed past the failed batch. Now the agent ends and the worker stops."""
     w = worker
 
-    def broken(records: Any, stores: Any) -> Any:
+    async def broken(records: Any, stores: Any, **kwargs: Any) -> Any:
         raise RuntimeError("RocksDB is gone")
 
-    monkeypatch.setattr(w.rt.processor, "process", broken)
+    monkeypatch.setattr(w.rt.processor, "process_stepped", broken)  # what the agent calls
     agent = w.app.agents["session-events"]
     async with agent.test_context(on_error=_on_error(w)) as tc:
         batch1 = await feed(tc, payloads_of(sim_events[:10]))  # cut by time: no later record follows

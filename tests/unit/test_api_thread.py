@@ -7,6 +7,7 @@ made from a synchronous call on it, so the loop can run nothing until the answer
 
 from __future__ import annotations
 
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.client import WorkerClient
 from stream.config import load_settings
 from stream.kafka.embedded import free_port
 from stream.kafka.partitioner import partition_for
@@ -32,11 +34,8 @@ def blocking_get(url: str) -> tuple[int, bytes]:
         return r.status, r.read()
 
 
-@pytest.fixture
-async def served(tmp_path: Path, models_dir: Path, sim_events: list[dict[str, Any]]) -> AsyncIterator[Any]:
-    """A worker's API serving one user's state, stored in the users table's RocksDB as a batch writes it."""
-    port = free_port()
-    settings = load_settings(
+def api_settings(tmp_path: Path, models_dir: Path, port: int) -> Any:
+    return load_settings(
         models_dir=models_dir,
         state_dir=tmp_path / "state",
         worker_web_port=0,
@@ -48,6 +47,12 @@ async def served(tmp_path: Path, models_dir: Path, sim_events: list[dict[str, An
         api_thread=True,
         article_wait_ms=0,
     )
+
+
+@pytest.fixture
+async def served(tmp_path: Path, models_dir: Path, sim_events: list[dict[str, Any]]) -> AsyncIterator[Any]:
+    """A worker's API serving one user's state, stored in the users table's RocksDB as a batch writes it."""
+    settings = api_settings(tmp_path, models_dir, free_port())
     app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)
     api = app.api
     uid = sim_events[0]["user_id"]
@@ -68,6 +73,24 @@ async def served(tmp_path: Path, models_dir: Path, sim_events: list[dict[str, An
         yield api, uid, mine, len(records) + 99
     finally:
         await api.stop()
+        rt.close()
+
+
+async def test_the_api_refuses_connections_until_it_serves(tmp_path: Path, models_dir: Path) -> None:
+    """Bound when the app is made (a port in use fails at once), listening only from ``Api.start``:
+    a request while the worker starts is refused at once, not left without an answer."""
+    port = free_port()
+    app, rt = create_app(api_settings(tmp_path, models_dir, port), "127.0.0.1:1", clickhouse=False)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with pytest.raises(urllib.error.URLError) as err:
+            urllib.request.urlopen(f"{url}/healthz", timeout=5)
+        assert isinstance(err.value.reason, ConnectionRefusedError)
+        assert not WorkerClient(url).ready()  # not listening yet: not ready (no exception)
+        await app.api.start()
+        assert blocking_get(f"{url}/healthz")[0] == 200
+    finally:
+        await app.api.stop()
         rt.close()
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
+import time
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from stream.errors import ConfigError
 from stream.testing import scrape_metrics
-from stream.worker.metrics import STAGES, WorkerMetrics, observe_many, observe_n
+from stream.worker.metrics import LOOP_STEPS, STAGES, WorkerMetrics, observe_many, observe_n
 
 BUCKETS = (0.005, 0.01, 0.1, 1.0, 10.0)
 
@@ -101,3 +103,29 @@ def test_metrics_port_in_use_is_a_config_error() -> None:
             rf"metrics on port {port} \(Address already in use\)",
         ):
             WorkerMetrics().serve(port)
+
+
+def test_every_loop_step_has_a_series_from_the_start() -> None:
+    metrics = WorkerMetrics()
+    for step in LOOP_STEPS:
+        assert metrics.registry.get_sample_value("stream_loop_step_seconds_count", {"step": step}) == 0.0
+
+
+def test_loop_probe_sees_a_blocked_loop() -> None:
+    """A callback that holds the loop for 60 ms shows as one probe at least 50 ms late."""
+
+    async def run() -> WorkerMetrics:
+        metrics = WorkerMetrics()
+        probe = asyncio.ensure_future(metrics.probe_loop(0.005))
+        await asyncio.sleep(0.02)  # a few probes on an idle loop
+        asyncio.get_running_loop().call_soon(time.sleep, 0.06)  # what a long batch does to the loop
+        await asyncio.sleep(0.1)
+        probe.cancel()
+        await asyncio.gather(probe, return_exceptions=True)
+        return metrics
+
+    metrics = asyncio.run(run())
+    count = metrics.value("stream_event_loop_lag_seconds_count")
+    late = count - metrics.value("stream_event_loop_lag_seconds_bucket", le="0.05")
+    assert count >= 3
+    assert late >= 1  # the blocked stretch

@@ -255,8 +255,11 @@ def test_two_workers_answer_for_each_others_users(
                 i += 1
                 try:
                     status, headers, body = call(f"{url}/v1/users/{uid}")
-                except (urllib.error.URLError, ConnectionError):
-                    continue  # b not listening yet
+                except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+                    if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                        # neither refused nor answered: a worker must answer (503) while b joins
+                        wrong.append((url, uid, "no answer within 10 s"))
+                    continue  # refused: b not listening yet
                 seen[url].append((status, headers.get("X-Stream-Served-By")))
                 try:
                     check_answer("/v1/users/{user_id}", "GET", status, headers, body)

@@ -40,6 +40,8 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         limit_blas_threads()  # the rankings' matrix products (stream/worker/tuning.py)
 
     events_topic = rt.topics["events"].get_topic_name()
+    step = rt.metrics.loop_step  # how long each synchronous step holds the event loop
+    clock = time.perf_counter
 
     def is_caught_up(q: int) -> bool:
         """Input partition ``q`` is this worker's and every record of it so far is processed."""
@@ -112,7 +114,9 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
                     wait_s,
                     len(out.pending_clicks),
                 )
+        t0 = clock()
         processor.finish_clicks(out, stores)
+        step["clicks"].observe(clock() - t0)
         return sent
 
     if processor.defer_clicks:
@@ -133,9 +137,13 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         rt.arrived(batch, started)  # the fetch and queue latency stages
         records, span = await rt.fill(records_of(batch))
         enter_partition(batch[-1])
-        out = processor.process(records, stores)
+        # in steps, the loop handed back between them: requests do not wait for the whole batch
+        out = await processor.process_stepped(records, stores, observe=step["process"].observe)
+        await asyncio.sleep(0)  # and before the rest of the batch's synchronous work
+        t0 = clock()
         # in this partition's user-reads table; with each session_start's reads up to it
         reads = recs.record(out.events, processor.keep_session_starts) if recs is not None else {}
+        step["recommend"].observe(clock() - t0)
         last = records[-1]
         rt.positions[(last.topic, last.partition)] = last.offset
         if processor.defer_clicks:
@@ -144,13 +152,17 @@ def register(app: Any, rt: Publisher, monitor: Monitor | None = None, recs: Reco
         if recs is not None and out.session_starts:
             # one ranking for the batch (stream/worker/recommendations.py), with article popularity
             # as complete as the click rows had it
+            t0 = clock()
             made, failed = recs.at_session_start(out.session_starts, reads, s.recommend_k, int(time.time() * 1000))
             out.recommendations = made
             for rec, exc in failed:
                 out.dead_letters += processor.failed(rec, exc, out.ingest_ms).dead_letters
+            step["recommend"].observe(clock() - t0)
         rt.latest.record(last.partition, out.predictions)  # what GET /v1/users/{id} shows (worker/scores.py)
         if monitor is not None:  # the batch's predictions are all made: join outcomes, count drift
+            t0 = clock()
             monitor.observe(last.partition, out)
+            step["monitor"].observe(clock() - t0)
         await rt.publish(out, batch, span, started)  # acks the batch once its outputs are confirmed
 
     def behind(event: Any) -> bool:

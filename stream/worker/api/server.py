@@ -81,8 +81,18 @@ ROUTES = (
 )
 
 
+#: connections the API's socket queues before they are accepted
+LISTEN_BACKLOG = 512
+
+
 def bind(port: int, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - clients and other workers come from outside
-    """The API's listening socket, bound before faust starts: a port in use is a one-line ConfigError."""
+    """The API's socket, bound before faust starts: a port in use is a one-line ConfigError.
+
+    It listens only once the API serves (:meth:`Api.start`, at the app's first start): until then a
+    client's connection is refused, rather than accepted by the kernel and left unanswered for as
+    long as the worker takes to start (its models, faust's services), which on a busy host can be
+    longer than the client's timeout.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -93,7 +103,6 @@ def bind(port: int, host: str = "0.0.0.0") -> socket.socket:  # noqa: S104 - cli
             f"invalid configuration STREAM_API_PORT={port}: cannot serve the API on port {port} "
             f"({exc.strerror}); expected a free port, or 0 for no API"
         ) from None
-    sock.listen(512)
     sock.setblocking(False)
     return sock
 
@@ -180,6 +189,13 @@ class Api:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.decision_ack = Histogram(
+            "stream_api_decision_ack_seconds",
+            "POST /v1/decide: from its decision's produce to Kafka's acknowledgement, as the thread serving the "
+            "delivery reports saw it (stream_api_decision_log_seconds less this: the wait for the handler's loop)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         #: the metrics' children by route (and status): ``labels()`` takes a lock and builds a key each call
         self._observe: dict[str, Callable[[float], None]] = {}
         self._count: dict[tuple[str, int], Callable[[], None]] = {}
@@ -238,7 +254,8 @@ class Api:
             self._polling = asyncio.ensure_future(self._poll_decisions(producer, self._produced))
         self._runner = web.AppRunner(self.web_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.SockSite(self._runner, self.sock).start()
+        # listens from here on (bind): a connection waits for an answer only while one can come
+        await web.SockSite(self._runner, self.sock, backlog=LISTEN_BACKLOG).start()
         where = "its own thread" if self.threaded else "the stream's event loop"
         log.info("API serving on port %d as %s, from %s", self.sock.getsockname()[1], self.url, where)
 
@@ -544,7 +561,7 @@ class Api:
             self._produced.set()  # its delivery report is served from now on (_poll_decisions)
         logging_began = time.perf_counter()
         try:
-            await self.rt.log_decisions([d], self.forward_timeout_s, self._stream_loop)
+            await self.rt.log_decisions([d], self.forward_timeout_s, self._stream_loop, self.decision_ack.observe)
         except Exception as exc:  # not logged: not made
             return error(503, f"the decision could not be logged to Kafka: {type(exc).__name__}: {exc}", retry=True)
         self.decision_log.observe(time.perf_counter() - logging_began)

@@ -1,0 +1,3 @@
+module publisher-stream/bench/loadgen
+
+go 1.22
