@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from stream.tools.drift_demo import DAY_MS, auc_table, drifted_windows, false_alarms_per_day
+from stream.config import load_settings
+from stream.tools.drift_demo import DAY_MS, WORKER_SETTINGS, auc_table, drifted_windows, false_alarms_per_day
 
 
 def test_auc_per_phase_next_to_the_oracle() -> None:
@@ -61,3 +62,11 @@ def test_alarmed_windows_and_false_alarms_before_the_onset() -> None:
     ]
     assert windows["features"].tolist()[0] == "position,tenure"
     assert false_alarms_per_day(drift, 0, 2 * day) == (2, 4, 1.0)
+
+
+def test_the_demo_worker_waits_for_complete_article_popularity() -> None:
+    # The live days run minutes of event time per wall second: without the wait, click rows miss
+    # article events before their watermark and differ from the batch-built rows (docs/worker.md).
+    settings = load_settings(**WORKER_SETTINGS)
+    assert settings.article_wait_ms == 2_000
+    assert settings.drift_window == 500
