@@ -6,7 +6,8 @@ import math
 
 import pandas as pd
 
-from stream.tools.drift_demo import DAY_MS, _phases, auc_table, drifted_windows, false_alarms_per_day
+from stream.config import load_settings
+from stream.tools.drift_demo import DAY_MS, WORKER_SETTINGS, _phases, auc_table, drifted_windows, false_alarms_per_day
 
 
 def test_auc_per_phase_next_to_the_oracle() -> None:
@@ -100,3 +101,11 @@ def test_phases_without_a_promotion_judge_the_challenger_in_shadow() -> None:
     }
     assert table.loc["after drift, first model", "ratio"] == 1.0
     assert table.loc["after drift, challenger in shadow", "ratio"] == 0.0
+
+
+def test_the_demo_worker_waits_for_complete_article_popularity() -> None:
+    # The live days run minutes of event time per wall second: without the wait, click rows miss
+    # article events before their watermark and differ from the batch-built rows (docs/worker.md).
+    settings = load_settings(**WORKER_SETTINGS)
+    assert settings.article_wait_ms == 2_000
+    assert settings.drift_window == 500
