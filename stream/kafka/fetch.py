@@ -57,6 +57,9 @@ POLL_STEP_S = 0.1
 MAX_RECORDS = 10_000
 #: per partition: (read position, cached high watermark), as librdkafka gives them (-1001: not known)
 Marks = dict[Any, tuple[int, int]]
+#: how often a fetch with records reads the marks of every assigned partition, not only of those
+#: it has records of (a partition whose log grows by control records only moves without records)
+MARKS_EVERY_S = 0.05
 
 
 def client_config(conf: Any, *, in_transaction: bool, fetch_settings: tuple[int, int] | None) -> dict[str, Any]:
@@ -121,6 +124,7 @@ class RdFetcher:
         #: last fetch (fetch thread's reading, taken over by the event loop with its records)
         self._positions: dict[Any, int] = {}
         self._watermarks: dict[Any, int] = {}
+        self._marks_due = 0.0
         #: records read from partitions faust did not want at the time, in order
         self.held: dict[Any, list[Any]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-fetch")
@@ -277,12 +281,24 @@ class RdFetcher:
             self._rd_paused -= resume
         return epoch
 
-    def _marks(self) -> Marks:
-        """Per partition of librdkafka's assignment: its read position and cached high watermark (-1001: none)."""
+    def _marks(self, messages: list[Any]) -> Marks:
+        """Read positions and cached high watermarks (-1001: none) after a fetch of ``messages``.
+
+        Of the partitions ``messages`` has records of, and of every partition in librdkafka's
+        assignment after a fetch without records or every :data:`MARKS_EVERY_S` (about 17 µs a
+        partition on a loaded host: not for each of the many small fetches of a backlog).
+        """
         client = self.client
-        tps = list(self._rd_assigned)
-        if not tps:
+        assigned = self._rd_assigned
+        if not assigned:
             return {}
+        now = time.monotonic()
+        if not messages or now >= self._marks_due:
+            self._marks_due = now + MARKS_EVERY_S
+            tps = list(assigned)
+        else:
+            seen = {(m.topic(), m.partition()) for m in messages}
+            tps = [tp for tp in assigned if (tp[0], tp[1]) in seen]
         try:
             positions = client.position([self._ctp_of(tp) for tp in tps])
         except Exception as exc:  # closed meanwhile
@@ -309,13 +325,13 @@ class RdFetcher:
         while not messages:
             left = deadline - time.monotonic()
             if left <= 0 or self._closed:
-                return [], epoch, {} if self._closed else self._marks()
+                return [], epoch, {} if self._closed else self._marks([])
             if self._dirty:
                 epoch = self._apply(active)
             first = client.poll(min(POLL_STEP_S, left))  # waits in librdkafka, without the GIL
             if first is not None:
                 messages = [first, *client.consume(self.max_records - 1, 0)]
-        return messages, epoch, self._marks()
+        return messages, epoch, self._marks(messages)
 
 
 class LibrdkafkaThread(transport.FetchThread):
