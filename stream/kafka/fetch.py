@@ -125,6 +125,8 @@ class RdFetcher:
         self._positions: dict[Any, int] = {}
         self._watermarks: dict[Any, int] = {}
         self._marks_due = 0.0
+        #: the positions the last marks gave (fetch thread only)
+        self._marked: dict[Any, int] = {}
         #: records read from partitions faust did not want at the time, in order
         self.held: dict[Any, list[Any]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-fetch")
@@ -311,7 +313,19 @@ class RdFetcher:
             except Exception:  # no fetch response for it yet
                 high = -1
             marks[tp] = (int(got.offset), int(high) if high is not None else -1)
+            self._marked[tp] = int(got.offset)
         return marks
+
+    def _moved(self) -> bool:
+        """Whether a position moved since the last marks without a record (past control records:
+        librdkafka moves it when a ``poll`` serves a fetch of a transaction's commit marker)."""
+        tps = list(self._rd_assigned)
+        try:
+            positions = self.client.position([self._ctp_of(tp) for tp in tps])
+        except Exception:  # closed meanwhile
+            return False
+        marked = self._marked
+        return any(marked.get(tp, -1001) != got.offset for tp, got in zip(tps, positions, strict=True))
 
     def _fetch_blocking(self, active: frozenset[Any], timeout: float) -> tuple[list[Any], int, Marks]:
         client = self.client
@@ -331,6 +345,8 @@ class RdFetcher:
             first = client.poll(min(POLL_STEP_S, left))  # waits in librdkafka, without the GIL
             if first is not None:
                 messages = [first, *client.consume(self.max_records - 1, 0)]
+            elif self._moved():  # the event loop learns it now, not at the end of the fetch's timeout
+                return [], epoch, self._marks([])
         return messages, epoch, self._marks(messages)
 
 

@@ -186,6 +186,25 @@ async def test_positions_and_watermarks_are_those_the_fetch_thread_read_at_the_e
     assert client.readers and all(name.startswith("librdkafka-fetch") for name in client.readers), client.readers
 
 
+async def test_a_position_moved_without_records_ends_the_fetch_with_it() -> None:
+    """A transaction's commit marker moves librdkafka's position without a record: the fetch ends
+    at the next poll step with the new position instead of waiting out its timeout."""
+    import time
+
+    client = MarkedClient()
+    fetcher = RdFetcher(client)
+    fetcher.assign([A])
+    client.queue = [Msg(A, 9)]
+    client.positions[("events", 0)] = 10
+    await fetcher.fetch({A}, 0)
+    client.positions[("events", 0)] = 11  # past the marker at 10
+    started = time.monotonic()
+    messages, _ = await fetcher.fetch({A}, 5.0)
+    assert messages == [] and fetcher.position(A) == 11
+    assert time.monotonic() - started < 2.5
+    fetcher.close()
+
+
 def test_the_fetch_setting_picks_the_consumer(tmp_path: Any) -> None:
     """STREAM_KAFKA_FETCH=librdkafka: the consumers of stream/kafka/fetch.py, still committing the ledger's offsets."""
     from stream.config import load_settings
