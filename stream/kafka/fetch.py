@@ -22,6 +22,14 @@ until faust asks for the partition again: librdkafka's position is already past 
 Like aiokafka's, the high watermark is the one of the last fetch response (librdkafka's cached
 watermarks), and the read position is past the control records a fetch brought (librdkafka
 advances it past a transaction's commit marker), so :func:`transport.more_waiting` holds.
+
+The event loop never calls the librdkafka consumer: confluent-kafka serialises the calls on one
+consumer, so a ``position()`` or ``get_watermark_offsets()`` made while the fetch thread waits in
+``poll`` waits for that poll, and then for the rest of the fetch (the fetch thread takes the
+consumer again at once). The event loop stood still for up to a second at every look at a
+partition's backlog (``more_after``), and folds of article popularity waited behind it. The fetch
+thread reads every assigned partition's position and cached high watermark at the end of each
+fetch instead, and the event loop takes them, with the records, from that fetch.
 """
 
 from __future__ import annotations
@@ -47,6 +55,11 @@ OFFSET_STORED = -1000
 POLL_STEP_S = 0.1
 #: records one fetch returns at most (faust's broker_max_poll_records when set)
 MAX_RECORDS = 10_000
+#: per partition: (read position, cached high watermark), as librdkafka gives them (-1001: not known)
+Marks = dict[Any, tuple[int, int]]
+#: how often a fetch with records reads the marks of every assigned partition, not only of those
+#: it has records of (a partition whose log grows by control records only moves without records)
+MARKS_EVERY_S = 0.05
 
 
 def client_config(conf: Any, *, in_transaction: bool, fetch_settings: tuple[int, int] | None) -> dict[str, Any]:
@@ -107,6 +120,13 @@ class RdFetcher:
         self._ctps: dict[Any, Any] = {}
         #: per partition: high watermark of the last fetch response that returned its records
         self.highwaters: dict[Any, int] = {}
+        #: per partition: librdkafka's read position and cached high watermark at the end of the
+        #: last fetch (fetch thread's reading, taken over by the event loop with its records)
+        self._positions: dict[Any, int] = {}
+        self._watermarks: dict[Any, int] = {}
+        self._marks_due = 0.0
+        #: the positions the last marks gave (fetch thread only)
+        self._marked: dict[Any, int] = {}
         #: records read from partitions faust did not want at the time, in order
         self.held: dict[Any, list[Any]] = {}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="librdkafka-fetch")
@@ -116,6 +136,7 @@ class RdFetcher:
     def _invalidate(self, tp: Any) -> None:
         self.epochs[tp] = self._last_epoch = next(self._counter)
         self.held.pop(tp, None)
+        self._positions.pop(tp, None)  # of the old position: the sought offset stands until a fetch reads
         self._dirty = True
 
     def assign(self, tps: Iterable[Any]) -> None:
@@ -135,6 +156,8 @@ class RdFetcher:
                 self._sought.pop(tp, None)
                 self.held.pop(tp, None)
                 self.highwaters.pop(tp, None)
+                self._positions.pop(tp, None)
+                self._watermarks.pop(tp, None)
             self._dirty = True
 
     def seek(self, tp: Any, offset: int) -> None:
@@ -154,34 +177,44 @@ class RdFetcher:
         if pending is not None and pending >= 0:
             return pending
         if pending is None:
-            try:
-                (got,) = self.client.position([self._ctp_of(tp)])
-            except Exception:  # closed, or the partition left librdkafka's assignment meanwhile
-                got = None
-            if got is not None and got.offset >= 0:
-                return int(got.offset)
+            got = self._positions.get(tp)
+            if got is not None and got >= 0:
+                return got
         sought = self._sought.get(tp)
         return sought if sought is not None and sought >= 0 else None
 
     def watermark(self, tp: Any) -> int | None:
-        """librdkafka's high watermark of ``tp`` from its last fetch response (None: none yet)."""
+        """librdkafka's high watermark of ``tp`` as of the last fetch (None: no fetch response yet)."""
         if tp not in self.epochs:
             return None
-        try:
-            _, high = self.client.get_watermark_offsets(self._ctp_of(tp), cached=True)
-        except Exception:  # not in librdkafka's assignment (yet, or any more)
-            return self.highwaters.get(tp)
+        high = self._watermarks.get(tp)
         if high is None or high < 0:
             return self.highwaters.get(tp)
         self.highwaters[tp] = high
-        return int(high)
+        return high
 
     async def fetch(self, active: set[Any], timeout: float) -> tuple[list[Any], int]:
-        """librdkafka's next records (messages, in order per partition) and the epoch they were read under."""
+        """librdkafka's next records (messages, in order per partition) and the epoch they were read under.
+
+        Takes over the positions and high watermarks the fetch thread read at the end of the fetch,
+        except for partitions invalidated since it began (their reading is of the old position).
+        """
         if self._closed:
             return [], self._last_epoch
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._fetch_blocking, frozenset(active), timeout)
+        messages, epoch, marks = await loop.run_in_executor(
+            self._executor, self._fetch_blocking, frozenset(active), timeout
+        )
+        epochs = self.epochs
+        positions = self._positions
+        watermarks = self._watermarks
+        for tp, (position, high) in marks.items():
+            tp_epoch = epochs.get(tp)
+            if tp_epoch is None or tp_epoch > epoch:
+                continue
+            positions[tp] = position
+            watermarks[tp] = high
+        return messages, epoch
 
     def close(self) -> None:
         """Stop fetching and close the librdkafka consumer (waits for a fetch under way, at most ``POLL_STEP_S``)."""
@@ -250,25 +283,71 @@ class RdFetcher:
             self._rd_paused -= resume
         return epoch
 
-    def _fetch_blocking(self, active: frozenset[Any], timeout: float) -> tuple[list[Any], int]:
+    def _marks(self, messages: list[Any]) -> Marks:
+        """Read positions and cached high watermarks (-1001: none) after a fetch of ``messages``.
+
+        Of the partitions ``messages`` has records of, and of every partition in librdkafka's
+        assignment after a fetch without records or every :data:`MARKS_EVERY_S` (about 17 µs a
+        partition on a loaded host: not for each of the many small fetches of a backlog).
+        """
+        client = self.client
+        assigned = self._rd_assigned
+        if not assigned:
+            return {}
+        now = time.monotonic()
+        if not messages or now >= self._marks_due:
+            self._marks_due = now + MARKS_EVERY_S
+            tps = list(assigned)
+        else:
+            seen = {(m.topic(), m.partition()) for m in messages}
+            tps = [tp for tp in assigned if (tp[0], tp[1]) in seen]
+        try:
+            positions = client.position([self._ctp_of(tp) for tp in tps])
+        except Exception as exc:  # closed meanwhile
+            log.debug("librdkafka positions: %s", exc)
+            return {}
+        marks: Marks = {}
+        for tp, got in zip(tps, positions, strict=True):
+            try:
+                _, high = client.get_watermark_offsets(self._ctp_of(tp), cached=True)
+            except Exception:  # no fetch response for it yet
+                high = -1
+            marks[tp] = (int(got.offset), int(high) if high is not None else -1)
+            self._marked[tp] = int(got.offset)
+        return marks
+
+    def _moved(self) -> bool:
+        """Whether a position moved since the last marks without a record (past control records:
+        librdkafka moves it when a ``poll`` serves a fetch of a transaction's commit marker)."""
+        tps = list(self._rd_assigned)
+        try:
+            positions = self.client.position([self._ctp_of(tp) for tp in tps])
+        except Exception:  # closed meanwhile
+            return False
+        marked = self._marked
+        return any(marked.get(tp, -1001) != got.offset for tp, got in zip(tps, positions, strict=True))
+
+    def _fetch_blocking(self, active: frozenset[Any], timeout: float) -> tuple[list[Any], int, Marks]:
         client = self.client
         deadline = time.monotonic() + timeout
         if self._closed:
-            return [], self._last_epoch
+            return [], self._last_epoch, {}
         epoch = self._apply(active)
         if not self._rd_assigned:
-            return [], epoch
+            return [], epoch, {}
         messages = client.consume(self.max_records, 0)
         while not messages:
             left = deadline - time.monotonic()
             if left <= 0 or self._closed:
-                return [], epoch
+                return [], epoch, {} if self._closed else self._marks([])
             if self._dirty:
                 epoch = self._apply(active)
             first = client.poll(min(POLL_STEP_S, left))  # waits in librdkafka, without the GIL
             if first is not None:
                 messages = [first, *client.consume(self.max_records - 1, 0)]
-        return messages, epoch
+            elif self._moved():  # the event loop learns it now, not at the end of the fetch's timeout
+                return [], epoch, self._marks([])
+        return messages, epoch, self._marks(messages)
 
 
 class LibrdkafkaThread(transport.FetchThread):

@@ -143,6 +143,68 @@ async def test_revoked_partitions_leave_librdkafka_and_their_epoch() -> None:
     fetcher.close()
 
 
+class MarkedClient(FakeClient):
+    """A client with a read position and cached high watermark per partition; notes the threads that read them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.positions: dict[tuple[str, int], int] = {}
+        self.highs: dict[tuple[str, int], int] = {}
+        self.readers: set[str] = set()
+
+    def position(self, ctps: list[Any]) -> list[Any]:
+        from confluent_kafka import TopicPartition as Ctp
+
+        self.readers.add(threading.current_thread().name)
+        return [Ctp(c.topic, c.partition, self.positions.get((c.topic, c.partition), -1001)) for c in ctps]
+
+    def get_watermark_offsets(self, ctp: Any, cached: bool = False) -> tuple[int, int]:
+        self.readers.add(threading.current_thread().name)
+        return -1001, self.highs.get((ctp.topic, ctp.partition), -1001)
+
+
+async def test_positions_and_watermarks_are_those_the_fetch_thread_read_at_the_end_of_the_last_fetch() -> None:
+    """confluent-kafka serialises the calls on one consumer: a call from the event loop would wait
+    for the fetch thread's poll (up to a whole fetch). The event loop never calls the client."""
+    client = MarkedClient()
+    fetcher = RdFetcher(client)
+    fetcher.assign([A, B])
+    assert (fetcher.position(A), fetcher.watermark(A)) == (None, None)  # nothing fetched yet
+    client.queue = [Msg(A, 9)]
+    client.positions[("events", 0)] = 10
+    client.highs[("events", 0)] = 12
+    await fetcher.fetch({A, B}, 0)
+    assert (fetcher.position(A), fetcher.watermark(A)) == (10, 12)
+    assert (fetcher.position(B), fetcher.watermark(B)) == (None, None)  # librdkafka knows neither yet
+    client.positions[("events", 0)] = 11  # librdkafka moved on: seen with the next fetch's records
+    assert fetcher.position(A) == 10
+    fetcher.seek(A, 5)
+    assert fetcher.position(A) == 5  # the old reading is of the old position
+    await fetcher.fetch({A, B}, 0)
+    assert fetcher.position(A) == 11
+    fetcher.close()
+    assert client.readers and all(name.startswith("librdkafka-fetch") for name in client.readers), client.readers
+
+
+async def test_a_position_moved_without_records_ends_the_fetch_with_it() -> None:
+    """A transaction's commit marker moves librdkafka's position without a record: the fetch ends
+    at the next poll step with the new position instead of waiting out its timeout."""
+    import time
+
+    client = MarkedClient()
+    fetcher = RdFetcher(client)
+    fetcher.assign([A])
+    client.queue = [Msg(A, 9)]
+    client.positions[("events", 0)] = 10
+    await fetcher.fetch({A}, 0)
+    client.positions[("events", 0)] = 11  # past the marker at 10
+    started = time.monotonic()
+    messages, _ = await fetcher.fetch({A}, 5.0)
+    assert messages == [] and fetcher.position(A) == 11
+    assert time.monotonic() - started < 2.5
+    fetcher.close()
+
+
 def test_the_fetch_setting_picks_the_consumer(tmp_path: Any) -> None:
     """STREAM_KAFKA_FETCH=librdkafka: the consumers of stream/kafka/fetch.py, still committing the ledger's offsets."""
     from stream.config import load_settings

@@ -9,7 +9,9 @@ partition with records waiting has delivered nothing since its assignment for
 
 The stall is injected here the way it looked from outside: the worker's aiokafka consumer is
 paused on the input partition at its first assignment (faust never resumes it), through a
-``sitecustomize`` module on the worker's ``PYTHONPATH``.
+``sitecustomize`` module on the worker's ``PYTHONPATH``. The fault needs aiokafka's fetch, so the
+worker runs with ``STREAM_KAFKA_FETCH=aiokafka`` (with librdkafka's fetch, aiokafka's pause
+changes nothing: its fetcher never fetches).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ driver.ConsumerRebalanceListener.on_partitions_assigned = on_partitions_assigned
 def test_a_partition_that_delivers_nothing_after_the_assignment_is_taken_again_by_a_rejoin(
     kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1", "STREAM_START_STALL_S": "3"}
+    # the fault pauses aiokafka's fetch (module docstring)
+    env = {**worker_env, "STREAM_TOPIC_PARTITIONS": "1", "STREAM_START_STALL_S": "3", "STREAM_KAFKA_FETCH": "aiokafka"}
     topic = f"{env['STREAM_TOPIC_PREFIX']}session-events"
     fault = tmp_path / "fault"
     fault.mkdir()
