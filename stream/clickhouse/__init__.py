@@ -283,10 +283,7 @@ def _epoch_ms(value: Any) -> int:
 
 def _table_columns(ch: ClickHouse, table: str) -> tuple[tuple[str, str], ...]:
     """``table``'s insertable columns and types, asked once per connection (a table may be of an older version)."""
-    try:
-        per_table = _COLUMNS_CACHE.setdefault(ch, {})
-    except TypeError:  # not weakly referable: ask every time
-        per_table = {}
+    per_table = _COLUMNS_CACHE.setdefault(ch, {})
     got = per_table.get(table)
     if got is None:
         df = ch.query_df(f"DESCRIBE TABLE {{db}}.{table}")

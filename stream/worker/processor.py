@@ -297,9 +297,7 @@ class BatchProcessor:
         except StoreUnavailable:
             raise
         except Exception as exc:
-            if len(records) == 1:
-                return self._failed(records[0], exc, ingest_ms)
-        return self._isolate(records, stores, ingest_ms)
+            return self._recover(records, stores, ingest_ms, exc)
 
     async def process_stepped(
         self,
@@ -327,9 +325,13 @@ class BatchProcessor:
             except StoreUnavailable:
                 raise
             except Exception as exc:
-                if len(records) == 1:
-                    return self._failed(records[0], exc, ingest_ms)
-            return self._isolate(records, stores, ingest_ms)
+                return self._recover(records, stores, ingest_ms, exc)
+
+    def _recover(self, records: Sequence[Record], stores: Stores, ingest_ms: int, exc: Exception) -> Outputs:
+        """After a batch raised ``exc``: a lone record's dead letter, else the records again one by one."""
+        if len(records) == 1:
+            return self._failed(records[0], exc, ingest_ms)
+        return self._isolate(records, stores, ingest_ms)
 
     def _isolate(self, records: Sequence[Record], stores: Stores, ingest_ms: int) -> Outputs:
         """A batch that raised, processed again record by record (at once: this is rare)."""
