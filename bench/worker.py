@@ -2,7 +2,7 @@
 
     python bench/worker.py [--users 600] [--days 10] [--repeats 2] [--rate half|N|off] [--tuned-naive]
                            [--quix] [--floor] [--no-check] [--archive-off] [--baseline REV]
-                           [--variants b,c,d] [--scale-out] [--latency-seconds 30]
+                           [--variants b,c,d] [--scale-out] [--latency-seconds 30] [--profile-backlog]
 
 All variants consume the same preloaded topic of simulated events (4 partitions):
 
@@ -688,7 +688,7 @@ PROFILE_GROUPS = (
 )
 
 
-def print_profile(path: Path) -> None:
+def print_profile(path: Path, window: str = "the latency window") -> None:
     """Shares of the worker's GIL samples by part (py-spy's collapsed stacks in ``path``)."""
     if not path.exists():
         print(f"  (no profile: {path} missing)")
@@ -708,7 +708,7 @@ def print_profile(path: Path) -> None:
                 label = name
                 break
         groups[label] = groups.get(label, 0) + n
-    print(f"\nworker profile over the latency window (py-spy, {total} GIL samples, {path}):")
+    print(f"\nworker profile over {window} (py-spy, {total} GIL samples, {path}):")
     for label, n in sorted(groups.items(), key=lambda kv: -kv[1]):
         print(f"  {label:48s} {n / max(total, 1):6.1%}")
 
@@ -913,6 +913,29 @@ def checkout(rev: str, work: Path) -> Path:
 
 #: --worker-env: settings of this tree's worker in every run (not (d0)'s)
 WORKER_ENV: dict[str, str] = {}
+#: --profile-backlog: where the first repeat's (d) worker is sampled while it drains the backlog
+BACKLOG_PROFILE: Path | None = None
+
+
+def sample_backlog(port: int, worker: subprocess.Popen[bytes], out: Path, after: int = 5000, seconds: int = 10) -> None:
+    """py-spy on ``worker`` for ``seconds`` (GIL samples at 100 Hz, into ``out``), from when it has
+    processed ``after`` events: the middle of the bench's backlog, past its start-up."""
+
+    def run() -> None:
+        while worker.poll() is None:
+            try:
+                if counters(port)[0] >= after:
+                    break
+            except Exception:  # metrics not up yet
+                pass
+            time.sleep(0.2)
+        else:
+            return
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker.pid), "--duration"]
+        spy += [str(seconds), "--rate", "100", "--gil", "--format", "raw", "--output", str(out), "--nonblocking"]
+        subprocess.run(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+    threading.Thread(target=run, name="backlog-profile", daemon=True).start()
 
 
 def run_variant(
@@ -992,6 +1015,8 @@ def run_variant(
         if check:  # every run writes the same output topics: this one's start where they end now
             outputs = end_offsets(bootstrap, [f"bench.{PREDICTIONS}", f"bench.{BANDIT_DECISIONS}"])
     procs = [run_process(cmd, env, work / f"{group}.log", cwd=baseline if key == "d0" and baseline else ROOT)]
+    if key == "d" and r == 0 and BACKLOG_PROFILE is not None:
+        sample_backlog(port, procs[0], BACKLOG_PROFILE)
     try:
         sample = committed_rate(
             bootstrap,
@@ -1205,6 +1230,12 @@ def main() -> None:
         help="sample the worker with py-spy during the latency run and print where its time goes",
     )
     ap.add_argument(
+        "--profile-backlog",
+        action="store_true",
+        help="sample (d)'s worker with py-spy for 10 s while it drains the backlog (first repeat) and print "
+        "where its time goes",
+    )
+    ap.add_argument(
         "--variants",
         default="b,c,d",
         help="which of the framework variants to run, comma-separated (of b, c, d), or none (with a numeric "
@@ -1270,8 +1301,10 @@ def main() -> None:
     base = [k.strip() for k in args.variants.split(",") if k.strip() and k.strip() != "none"]
     if any(k not in ("b", "c", "d") for k in base):
         ap.error(f"--variants {args.variants!r}: expected a comma-separated list of b, c, d, or none")
-    if (args.rate in ("half", "half-backlog") or args.scale_out) and "d" not in base:
+    if (args.rate in ("half", "half-backlog") or args.scale_out or args.profile_backlog) and "d" not in base:
         base.append("d")
+    global BACKLOG_PROFILE
+    BACKLOG_PROFILE = work / "backlog-profile.txt" if args.profile_backlog else None
     keys = (
         base
         + (["q", "q+"] if args.quix else [])
@@ -1424,6 +1457,8 @@ def main() -> None:
             f"  ({mine})/(d0) = {ratio(med[mine], med['d0'])} events/s;   CPU/event ({mine})/(d0) = "
             f"{ratio(cpu[mine], cpu['d0'])}   ({what}, vs {args.baseline})"
         )
+    if BACKLOG_PROFILE is not None:
+        print_profile(BACKLOG_PROFILE, "(d), first repeat, 10 s of the backlog")
     if checks:
         print("\ncheck, first repeat: each variant's outputs vs the worker's (d), whole input")
         verdicts = []
