@@ -130,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="with --shadow: fewer labelled pairs than this: decision 'wait', nothing tested nor recorded",
     )
+    cp.add_argument(
+        "--looks",
+        type=arguments.positive_int,
+        default=1,
+        help="looks planned at this challenger (stream monitor looks again as pairs grow): each look tests at "
+        "confidence 1 - (1 - confidence)/LOOKS (Bonferroni), so all of them promote falsely at most 1 - confidence "
+        "of the time (default 1)",
+    )
+    cp.add_argument("--look", type=arguments.positive_int, default=1, help="which of the --looks this is (default 1)")
     cp.add_argument("--metric", choices=["auc", "log_loss", "mse"], default=None, help="default: auc, mse (engagement)")
     cp.add_argument(
         "--margin",
@@ -217,6 +226,8 @@ def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     if args.cmd in ("rollback", "history"):
         return _registry_command(args)
+    if args.cmd == "compare" and args.look > args.looks:
+        raise ConfigError(f"--look: expected at most --looks ({args.looks}), got {args.look}")
     ctx = Context(load_settings(), get_profile(args.profile, processes=args.processes), progress=not args.no_progress)
     try:
         if args.cmd == "run":
@@ -273,6 +284,7 @@ def _run(argv: Sequence[str] | None) -> int:
                 seed=args.seed,
                 min_events=args.min_events,
                 promote=args.promote,
+                look=(args.look, args.looks),
                 **shadow,
             )
             print(summary(result))

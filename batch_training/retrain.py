@@ -33,7 +33,7 @@ from batch_training.specs import SPECS
 from batch_training.supervised import load_table, train_model
 from stream.errors import PrerequisiteError
 from stream.models.registry import CHALLENGER, PRODUCTION, ModelVersion, RegistryError
-from stream.monitoring.compare import Metric, default_margin, paired_bootstrap
+from stream.monitoring.compare import Metric, default_margin, look_evidence, paired_bootstrap
 from stream.monitoring.horizon import HORIZON_OUTCOMES, HorizonOutcome, labels, next_event_params, next_event_sql
 from stream.state import FeatureList
 from stream.state.labels import CLICK_WINDOW_MS, DAY_MS
@@ -226,8 +226,13 @@ def compare(
     seed: int = 0,
     min_events: int = 100,
     promote: bool = False,
+    look: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
-    """Champion against challenger on the same held-out events; promotes if asked and the test says so."""
+    """Champion against challenger on the same held-out events; promotes if asked and the test says so.
+
+    ``look``: (this look, of at most this many) at the same challenger; the confidence is split over them
+    (:func:`stream.monitoring.compare.look_confidence`).
+    """
     spec = SPECS[name]
     reg = ctx.registry
     challenger = reg.resolve(name, CHALLENGER)
@@ -254,7 +259,7 @@ def compare(
     p_champ = predict_version(spec, champion, x) if champion is not None else None
     return _decide(
         cctx, name, champion, challenger, y, p_champ, p_chal, evidence, promote, min_events,
-        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed,
+        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed, look=look,
     )  # fmt: skip
 
 
@@ -284,9 +289,18 @@ def _decide(
     confidence: float,
     resamples: int,
     seed: int,
+    look: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
-    """The paired test on both models' scores of the same events, recorded; promotes if asked and it says so."""
+    """The paired test on both models' scores of the same events, recorded; promotes if asked and it says so.
+
+    Look ``k`` of ``K`` tests at the look's confidence (Bonferroni over the ``K``); with ``K > 1`` the
+    record's evidence has ``looks`` (which look, both confidences, the rule) and its reason begins with it.
+    """
     reg = ctx.registry
+    looks = look_evidence(*look, confidence)
+    if look[1] > 1:
+        evidence["looks"] = looks
+    said = f"look {look[0]} of {look[1]}: " if look[1] > 1 else ""
     if champion is None or p_champ is None:
         decision = "promote"
         reason = (
@@ -300,13 +314,13 @@ def _decide(
             p_chal,
             metric=metric,
             margin=used_margin,
-            confidence=confidence,
+            confidence=looks["confidence"],
             resamples=resamples,
             seed=seed,
             min_events=min_events,
         )
         evidence["test"] = cmp.to_dict()
-        decision, reason = cmp.decision, cmp.reason
+        decision, reason = cmp.decision, said + cmp.reason
     evidence["decision"] = decision
     promoted = promote and decision == "promote"
     if promoted:
@@ -378,6 +392,7 @@ def compare_shadow(
     min_events: int = 100,
     promote: bool = False,
     min_pairs: int = 0,
+    look: tuple[int, int] = (1, 1),
 ) -> dict[str, Any]:
     """Champion against challenger on the live events the worker scored with both (shadow scoring).
 
@@ -390,6 +405,7 @@ def compare_shadow(
 
     With fewer than ``min_pairs`` labelled pairs the decision is ``wait``: nothing is tested nor
     recorded (``stream monitor`` asks again at its next poll); the report says how many there are.
+    ``look`` as in :func:`compare` (``stream monitor`` looks again at a kept challenger as pairs grow).
     """
     if name not in _SHADOW_OUTCOMES:
         raise PrerequisiteError(
@@ -445,7 +461,7 @@ def compare_shadow(
     p_chal = pairs["challenger"].to_numpy(dtype=np.float64)[keep] if len(pairs) else np.zeros(0)
     return _decide(
         ctx.in_workspace(COMPARE), name, champion, challenger, y[keep], p_champ, p_chal, evidence, promote, min_events,
-        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed,
+        metric=metric, margin=margin, confidence=confidence, resamples=resamples, seed=seed, look=look,
     )  # fmt: skip
 
 

@@ -148,16 +148,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    given = {k: v for k, v in (("users", args.users), ("days", args.days), ("rate", args.rate)) if v is not None}
+    given = {
+        k: v
+        for k, v in (("users", args.users), ("days", args.days), ("rate", args.rate), ("profile", args.profile))
+        if v is not None
+    }
     if args.drift:
         from stream.tools.drift_demo import run_drift_demo
 
-        return run_drift_demo(
-            live_days=args.live_days, profile=args.profile, sessions_per_day=args.sessions_per_day, **given
-        )
+        if args.sessions_per_day is not None:
+            given["sessions_per_day"] = args.sessions_per_day
+        return run_drift_demo(live_days=args.live_days, **given)
     from stream.tools.demo import run_demo
 
-    return run_demo(minutes=args.minutes, profile=args.profile, **given)
+    return run_demo(minutes=args.minutes, **given)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -253,15 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--minutes", type=positive, default=2.0, help="minutes of live traffic (default 2)")
     demo.add_argument("--live-days", type=arguments.positive_int, default=9, help="with --drift: live days (default 9)")
-    demo.add_argument("--users", type=arguments.positive_int, help="simulated users (default 2000; --drift 1000)")
+    demo.add_argument("--users", type=arguments.positive_int, help="simulated users (default 2000; --drift 84)")
     demo.add_argument("--days", type=arguments.positive_int, help="days of history (default 45; --drift 22)")
     demo.add_argument("--rate", type=positive, help="live events per second (default 400; --drift 150)")
     demo.add_argument(
         "--sessions-per-day",
         type=positive,
-        help="with --drift: the median reader's sessions per day (default 0.25, the simulator's)",
+        help="with --drift: the median reader's sessions per day (default 3; the simulator's own is 0.25)",
     )
-    demo.add_argument("--profile", default="demo", help="batch-training profile (default demo)")
+    demo.add_argument("--profile", help="batch-training profile of the first models (default demo; --drift full)")
     demo.set_defaults(func=cmd_demo)
 
     query = sub.add_parser("query", help="run SQL on the configured ClickHouse ({db} = the database)")

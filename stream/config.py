@@ -383,7 +383,25 @@ class Settings(BaseSettings):
         7 * 86_400.0,
         ge=0,
         allow_inf_nan=False,
-        description="how long `stream monitor` waits for STREAM_SHADOW_MIN_PAIRS; then STREAM_MONITOR_FALLBACK",
+        description="how long after a challenger's registration `stream monitor` waits for STREAM_SHADOW_MIN_PAIRS "
+        "(then STREAM_MONITOR_FALLBACK) and for the pairs of a kept challenger's next look (then the keep is final)",
+    )
+    shadow_looks: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="`stream monitor` looks at most this many times at one challenger kept in shadow, again each "
+        "time its labelled pairs have grown STREAM_SHADOW_LOOK_GROWTH-fold (and by STREAM_SHADOW_MIN_PAIRS); each "
+        "look tests at confidence 1 - (1 - STREAM_COMPARE_CONFIDENCE)/looks (Bonferroni); a new challenger starts "
+        "again at look 1",
+    )
+    shadow_look_growth: float = Field(
+        2.0,
+        gt=1,
+        le=100,
+        allow_inf_nan=False,
+        description="a challenger kept in shadow is looked at again once its labelled pairs are this many times "
+        "those of its last look",
     )
     monitor_fallback: Literal["none", "offline"] = Field(
         "none",

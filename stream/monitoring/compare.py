@@ -16,6 +16,14 @@ confidence bound of the improvement (its ``1 - confidence`` quantile over the re
 ``keep`` (the champion stays). ``p_value`` is the share of resamples whose improvement is at most
 the margin (the bootstrap's one-sided p-value of "better by more than the margin").
 
+**Repeated looks.** A challenger kept on its first pairs may be tested again once more labelled pairs
+have come (``stream monitor``: :func:`next_look`). Each look is one more chance of a false promotion,
+so the one-sided confidence is split over the looks planned before the first (Bonferroni,
+:func:`look_confidence`): with family confidence ``1 - a`` and at most ``K`` looks, every look uses
+``1 - a/K``, and the chance that a challenger *not* better by the margin is promoted at any of its
+looks is at most ``a`` (the union bound; no assumption on how the looks' statistics correlate).
+``K = 1`` is the single test above.
+
 Resampling events, not users, assumes the events' outcomes are independent given the scores; with
 many events per user the interval is somewhat too narrow, which the margin absorbs.
 
@@ -28,6 +36,7 @@ many events per user the interval is somewhat too narrow, which the margin absor
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -104,6 +113,11 @@ def _row_loss(metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (y - p) ** 2
 
 
+def _percent(confidence: float) -> str:
+    """0.95 -> '95%', 1 - 0.05/3 -> '98.33%'."""
+    return f"{round(100 * confidence, 2):g}%"
+
+
 def paired_bootstrap(
     y: np.ndarray,
     champion: np.ndarray,
@@ -160,13 +174,13 @@ def paired_bootstrap(
     elif lo > margin:
         decision = "promote"
         reason = (
-            f"challenger better by {improvement:+.4f} {metric}; {confidence:.0%} lower bound {lo:+.4f} "
+            f"challenger better by {improvement:+.4f} {metric}; {_percent(confidence)} lower bound {lo:+.4f} "
             f"> margin {margin:g}"
         )
     else:
         decision = "keep"
         reason = (
-            f"challenger better by {improvement:+.4f} {metric}; {confidence:.0%} lower bound {lo:+.4f} "
+            f"challenger better by {improvement:+.4f} {metric}; {_percent(confidence)} lower bound {lo:+.4f} "
             f"<= margin {margin:g}"
         )
     return Comparison(
@@ -194,3 +208,55 @@ def default_margin(metric: Metric, y: np.ndarray) -> float:
     if metric == "mse":
         return float(MSE_MARGIN_SHARE * np.var(np.asarray(y, dtype=np.float64))) if len(y) else 0.0
     return DEFAULT_MARGIN[metric]
+
+
+#: how :func:`look_confidence` splits the false-promotion rate over the looks (stated in every record)
+LOOKS_RULE = "Bonferroni: each of the K looks at one challenger uses one-sided confidence 1 - (1 - confidence)/K"
+
+
+def look_confidence(confidence: float, looks: int) -> float:
+    """The one-sided confidence of each of at most ``looks`` looks at one challenger, so that the chance of
+    any false promotion over all of them is at most ``1 - confidence`` (Bonferroni).
+
+    >>> round(look_confidence(0.95, 1), 4), round(look_confidence(0.95, 3), 4), round(look_confidence(0.9, 4), 4)
+    (0.95, 0.9833, 0.975)
+    """
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"confidence must be in [0.5, 1), got {confidence}")
+    if looks < 1:
+        raise ValueError(f"looks must be at least 1, got {looks}")
+    return 1 - (1 - confidence) / looks
+
+
+def look_evidence(look: int, looks: int, confidence: float) -> dict[str, Any]:
+    """What a decision's registry record says about its look: which of how many, the family's and the
+    look's confidence, and the rule."""
+    if not 1 <= look <= looks:
+        raise ValueError(f"look must be in [1, {looks}], got {look}")
+    return {
+        "look": look,
+        "looks": looks,
+        "family_confidence": confidence,
+        "confidence": look_confidence(confidence, looks),
+        "rule": LOOKS_RULE,
+    }
+
+
+def next_look(look: int, pairs: int, decision: str, *, looks: int, growth: float, min_new: int) -> int | None:
+    """The labelled pairs at which a challenger gets its next look, or None (no further look).
+
+    After look ``look`` (1-based) on ``pairs`` labelled pairs: only a ``keep`` is looked at again, at most
+    ``looks`` looks in all, once the pairs have grown ``growth``-fold and by at least ``min_new``
+    (a look on a few more pairs would repeat the last one's test and spend its share for nothing).
+
+    >>> rule = {"looks": 3, "growth": 2.0, "min_new": 500}
+    >>> next_look(1, 1000, "keep", **rule), next_look(2, 2100, "keep", looks=3, growth=1.2, min_new=1000)
+    (2000, 3100)
+    >>> next_look(3, 4000, "keep", **rule), next_look(1, 1000, "promote", **rule)
+    (None, None)
+    """
+    if growth <= 1:
+        raise ValueError(f"growth must be above 1, got {growth}")
+    if decision != "keep" or look >= looks:
+        return None
+    return max(math.ceil(growth * pairs), pairs + max(min_new, 1))

@@ -217,24 +217,31 @@ def _history_since(models_dir: Path, model: str, since_ms: int) -> list[dict[str
     return [r for r in ModelRegistry(models_dir).history(model) if int(r.get("time_ms", 0)) >= since_ms]
 
 
+#: the demo's default world: few readers with many sessions each, at about the events per day of
+#: 1,000 users at the simulator's 0.25 sessions a day, so every reader brings a long history
+#: (docs/monitoring.md, "Fewer readers with more sessions each")
+USERS, SESSIONS_PER_DAY = 84, 3.0
+
+
 def run_drift_demo(
-    users: int = 1000,
+    users: int = USERS,
     days: int = 22,
     live_days: int = 9,
     drift_after: int = 3,
     rate: float = 150.0,
     window_days: int = 2,
     persist: int = 10,
-    profile: str = "demo",
+    profile: str = "full",
     retrain_profile: str = "full",
-    sessions_per_day: float | None = None,
+    sessions_per_day: float | None = SESSIONS_PER_DAY,
 ) -> int:
     """Run the loop; 0 if the challenger was promoted and served, 1 if not (the summary says which step).
 
     ``sessions_per_day``: the median reader's sessions per day (the simulator's
-    ``activity_median_per_day``, 0.25 by default). Fewer users with more sessions each keep the
+    ``activity_median_per_day``; None: its 0.25). Fewer users with more sessions each keep the
     events per day, and so the demo's run time and the challenger's rows, while every reader brings
-    a longer history (docs/monitoring.md).
+    a longer history (docs/monitoring.md). ``profile``: of the first models (``full``: all rows, as
+    the offline figures).
     """
     from simulator import SimConfig, generate
     from simulator.sinks import produce_dataset

@@ -22,7 +22,14 @@ then judged (``STREAM_MONITOR_COMPARE``):
   records the decision. A challenger still short of pairs after ``STREAM_SHADOW_MAX_WAIT_S``, or
   whose shadow compare failed (exit code, no report) at every poll till then, goes to
   ``STREAM_MONITOR_FALLBACK``: ``none`` keeps the champion and records why in the registry's
-  history, ``offline`` runs the offline compare;
+  history, ``offline`` runs the offline compare. A challenger the test *kept* stays in shadow and
+  is looked at again once its labelled pairs have grown ``STREAM_SHADOW_LOOK_GROWTH``-fold (and by
+  ``STREAM_SHADOW_MIN_PAIRS``), at most ``STREAM_SHADOW_LOOKS`` looks in all; every look tests at
+  one-sided confidence ``1 - (1 - STREAM_COMPARE_CONFIDENCE) / STREAM_SHADOW_LOOKS`` (Bonferroni),
+  so the chance of a false promotion over all looks is at most ``1 - STREAM_COMPARE_CONFIDENCE``.
+  Each look's decision is recorded by compare; a next look whose pairs do not come within
+  ``STREAM_SHADOW_MAX_WAIT_S`` makes the last keep final (recorded). A new challenger (a new
+  retrain) starts at look 1;
 * ``offline``: ``compare --model M [--promote]`` at once, on the latest archived events.
 
 ``every`` adds a schedule: a retrain once that long has passed since the last one, drift or not.
@@ -191,6 +198,9 @@ class Monitor:
     compare: str = "shadow"
     shadow_min_pairs: int = 1000
     shadow_max_wait_s: float = 7 * 86_400.0
+    #: looks at most at one challenger kept in shadow, the next once its pairs grew this many times
+    shadow_looks: int = 3
+    shadow_look_growth: float = 2.0
     #: a challenger not judged in shadow (too few pairs in time, or no live outcome): none or offline
     fallback: str = "none"
     #: the model registry (its history records a challenger the monitor gives up on)
@@ -280,11 +290,22 @@ class Monitor:
     def _judge(self, state: MonitorState, name: str, now_ms: int) -> str:
         """One look at a pending challenger: the shadow compare once it has enough pairs, else wait or fall back.
 
-        Returns what happened: ``wait``, the shadow decision (``promote``/``keep``), ``offline`` or ``given up``.
+        The first look needs ``shadow_min_pairs`` labelled pairs; a challenger kept there is looked at again
+        once they have grown (:func:`stream.monitoring.compare.next_look`), at most ``shadow_looks`` looks,
+        each at the Bonferroni share of the confidence (``compare --look k --looks K``). Returns what
+        happened: ``wait``, the shadow decision (``promote``/``keep``), ``offline`` or ``given up``.
         """
+        from stream.monitoring.compare import next_look
+
         pending = state.pending[name]
+        done = int(pending.get("looks", 0))  # looks already taken at this challenger
+        need = int(pending.get("next_at", self.shadow_min_pairs)) if done else self.shadow_min_pairs
+        if done >= self.shadow_looks:  # STREAM_SHADOW_LOOKS lowered since its last look: no look left
+            why = f"STREAM_SHADOW_LOOKS is {self.shadow_looks}"
+            return self._final_keep(state, name, pending, why, (now_ms - int(pending["since_ms"])) / 1000, None)
         argv = ["-m", "batch_training", "compare", "--model", name, "--shadow"]
-        argv += ["--min-pairs", str(self.shadow_min_pairs), "--min-events", str(self.shadow_min_pairs)]
+        argv += ["--min-pairs", str(need), "--min-events", str(self.shadow_min_pairs)]
+        argv += ["--look", str(done + 1), "--looks", str(self.shadow_looks)]
         argv += [*self._training_args(), *(["--promote"] if self.promote else [])]
         report = self._compare_report(name)
         report.unlink(missing_ok=True)
@@ -292,15 +313,37 @@ class Monitor:
         result = json.loads(report.read_text()) if code == 0 and report.exists() else None
         waited_s = (now_ms - int(pending["since_ms"])) / 1000
         if result is not None and result.get("decision") != "wait":
-            log.info("%s: shadow compare: %s (%s)", name, result["decision"], result.get("reason"))
-            state.pending.pop(name)
+            decision = str(result["decision"])
+            look = done + 1
+            version = str(result.get("challenger_version", pending["version"]))
+            if version != str(pending["version"]):  # another challenger than the one looked at: its first look
+                log.info("%s: the challenger is v%s now, not v%s: its looks start again", name, version,
+                         pending["version"])  # fmt: skip
+                look, pending = 1, {"version": version, "since_ms": now_ms}
+                state.pending[name] = pending
+            pairs = int((result.get("held_out") or {}).get("rows", 0))
+            nxt = next_look(
+                look, pairs, decision, looks=self.shadow_looks, growth=self.shadow_look_growth,
+                min_new=self.shadow_min_pairs,
+            )  # fmt: skip
+            log.info("%s: shadow compare, look %d of %d on %d pairs: %s (%s)", name, look, self.shadow_looks, pairs,
+                     decision, result.get("reason"))  # fmt: skip
             state.decided[name] = {
                 "source": "shadow",
-                "decision": result["decision"],
+                "decision": decision,
                 "promoted": bool(result.get("promoted")),
-                "version": pending["version"],
+                "version": version,
+                "look": look,
+                "looks": self.shadow_looks,
+                "pairs": pairs,
+                "final": nxt is None,
             }
-            return str(result["decision"])
+            if nxt is None:
+                state.pending.pop(name)
+            else:  # kept, with looks left: stays in shadow until its pairs have grown
+                pending |= {"looks": look, "pairs": pairs, "next_at": nxt}
+                log.info("%s: challenger v%s kept for now; look %d at %d labelled pairs", name, version, look + 1, nxt)
+            return decision
         if result is None:  # ClickHouse down, a model it cannot judge: asked again until the wait is over
             log.warning("%s: compare --shadow exited %d without a result", name, code)
         if waited_s < self.shadow_max_wait_s:
@@ -312,6 +355,8 @@ class Monitor:
             if result is not None
             else f"compare --shadow failed (exit {code}) for {waited_s / 3600:.1f} h"
         )
+        if done:  # judged and kept at its last look: that keep is final, no fallback
+            return self._final_keep(state, name, pending, why, waited_s, result)
         if self.fallback == "offline":
             self._offline(state, name, why)
             return "offline"
@@ -335,6 +380,42 @@ class Monitor:
         state.pending.pop(name)
         state.decided[name] = {"source": "shadow", "decision": "keep", "why": why, "version": pending["version"]}
         return "given up"
+
+    def _final_keep(
+        self, state: MonitorState, name: str, pending: dict[str, Any], why: str, waited_s: float, result: Any
+    ) -> str:
+        """A kept challenger whose next look did not come within the wait: its last keep stands, recorded."""
+        done = int(pending["looks"])
+        log.warning("%s: challenger v%s kept at look %d of %d; no look %d (%s): the keep is final", name,
+                    pending["version"], done, self.shadow_looks, done + 1, why)  # fmt: skip
+        if self.models_dir is not None:
+            from stream.models.registry import ModelRegistry
+
+            ModelRegistry(self.models_dir).record(
+                name,
+                "compare",
+                to_version=pending["version"],
+                reason=f"keep (final): kept at look {done} of {self.shadow_looks} on {pending['pairs']} labelled "
+                f"pairs; look {done + 1} needed {pending['next_at']} ({why})",
+                evidence={
+                    "source": "shadow",
+                    "decision": "keep",
+                    "looks": {"look": done, "looks": self.shadow_looks, "pairs": pending["pairs"],
+                              "next_at": pending["next_at"], "final": True},
+                    "waited_s": waited_s,
+                    **({"held_out": result.get("held_out")} if result is not None else {}),
+                },
+            )  # fmt: skip
+        state.pending.pop(name)
+        state.decided[name] = {
+            **state.decided.get(name, {}),
+            "source": "shadow",
+            "decision": "keep",
+            "version": pending["version"],
+            "final": True,
+            "why": why,
+        }
+        return "kept"
 
     def run(self, interval_s: float, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
@@ -368,6 +449,8 @@ def cmd_monitor(args: Any) -> int:
         compare=args.compare or settings.monitor_compare,
         shadow_min_pairs=settings.shadow_min_pairs,
         shadow_max_wait_s=settings.shadow_max_wait_s,
+        shadow_looks=settings.shadow_looks,
+        shadow_look_growth=settings.shadow_look_growth,
         fallback=settings.monitor_fallback,
         models_dir=Path(settings.models_dir),
     )

@@ -124,6 +124,28 @@ def test_a_worse_challenger_in_shadow_is_kept_out(world: dict[str, Any]) -> None
     assert history and history[-1]["to_version"] == challenger
 
 
+def test_a_look_of_several_tests_at_its_share_of_the_confidence_and_says_so_in_the_record(
+    world: dict[str, Any],
+) -> None:
+    ctx, ch, imp = world["ctx"], world["ch"], world["impressions"]
+    champion, challenger = _register(ctx, "click")
+    rng = np.random.default_rng(7)
+    _write(ch, "predictions", imp, champion, rng.random(len(imp)))
+    _write(ch, "predictions_shadow", imp, challenger, rng.random(len(imp)))
+
+    result = compare_shadow(ctx, "click", promote=True, confidence=0.95, look=(2, 3))
+
+    assert result["decision"] == "keep" and ctx.registry.resolve("click", PRODUCTION).version == champion
+    record = [r for r in ctx.registry.history("click") if r["action"] == "compare"][-1]
+    assert record["to_version"] == challenger
+    assert record["reason"].startswith("keep: look 2 of 3: challenger better by ")
+    assert "98.33% lower bound" in record["reason"]
+    looks = record["evidence"]["looks"]
+    assert (looks["look"], looks["looks"], looks["family_confidence"]) == (2, 3, 0.95)
+    assert looks["confidence"] == pytest.approx(1 - 0.05 / 3) and looks["rule"].startswith("Bonferroni")
+    assert record["evidence"]["test"]["confidence"] == pytest.approx(1 - 0.05 / 3)  # the test ran at the look's
+
+
 def test_a_model_without_a_live_outcome_is_refused_in_one_line(world: dict[str, Any]) -> None:
     with pytest.raises(PrerequisiteError, match="high_value has no outcome joinable"):
         compare_shadow(world["ctx"], "high_value")

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, mean_squared_error, roc_auc_score
 
-from stream.monitoring.compare import bootstrap_indices, default_margin, paired_bootstrap
+from stream.monitoring.compare import (
+    LOOKS_RULE,
+    bootstrap_indices,
+    default_margin,
+    look_confidence,
+    look_evidence,
+    next_look,
+    paired_bootstrap,
+)
 
 
 def _tiny(seed: int = 3, n: int = 40) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -107,3 +115,61 @@ def test_seeded_and_paired() -> None:
     two = paired_bootstrap(y, a, b, metric="auc", margin=0.0, resamples=50, seed=11, min_events=1)
     np.testing.assert_array_equal(one.deltas, two.deltas)
     assert one.to_dict() == two.to_dict() and "deltas" not in one.to_dict()
+
+
+# --- repeated looks at one challenger ------------------------------------------------------------
+
+
+def test_each_look_tests_at_its_bonferroni_share_of_the_confidence() -> None:
+    assert look_confidence(0.95, 1) == 0.95  # one look: the single test as before
+    assert look_confidence(0.95, 3) == pytest.approx(1 - 0.05 / 3)
+    assert look_confidence(0.9, 4) == pytest.approx(0.975)
+    assert look_evidence(2, 3, 0.95) == {
+        "look": 2,
+        "looks": 3,
+        "family_confidence": 0.95,
+        "confidence": pytest.approx(0.98333333),
+        "rule": LOOKS_RULE,
+    }
+    for bad in (lambda: look_confidence(1.0, 3), lambda: look_confidence(0.95, 0), lambda: look_evidence(4, 3, 0.95)):
+        with pytest.raises(ValueError):
+            bad()
+
+
+def test_a_kept_challenger_is_looked_at_again_once_its_pairs_have_grown_a_bounded_number_of_times() -> None:
+    rule = {"looks": 3, "growth": 2.0, "min_new": 500}
+    assert next_look(1, 1000, "keep", **rule) == 2000
+    assert next_look(2, 2001, "keep", **rule) == 4002
+    assert next_look(3, 4002, "keep", **rule) is None  # the last look: the keep is final
+    assert next_look(1, 1000, "promote", **rule) is None  # decided
+    assert next_look(1, 1000, "keep", looks=3, growth=1.1, min_new=500) == 1500  # at least min_new new pairs
+    assert next_look(1, 1000, "keep", looks=1, growth=2.0, min_new=500) is None  # one look planned
+    with pytest.raises(ValueError, match="growth"):
+        next_look(1, 1000, "keep", looks=3, growth=1.0, min_new=500)
+
+
+def _promoted_at_some_look(t: np.ndarray, a: np.ndarray, b: np.ndarray, confidence: float, seed: int) -> bool:
+    for n in (200, 400, 800):  # each look on twice the pairs of the last, as stream monitor looks
+        c = paired_bootstrap(
+            t[:n], a[:n], b[:n], metric="mse", margin=0.0, confidence=confidence, resamples=200, seed=seed, min_events=1
+        )
+        if c.decision == "promote":
+            return True
+    return False
+
+
+def test_split_confidence_bounds_false_promotions_over_all_looks() -> None:
+    """A challenger exactly as good as the champion (margin 0: the boundary of "not better by the margin"),
+    looked at on 200, 400 and 800 pairs. With the confidence split over the 3 looks it is promoted at
+    any of them at most alpha of the time; testing every look at the full confidence promotes it more
+    often than alpha (which is why the looks share it)."""
+    alpha, reps = 0.1, 400
+    split = full = 0
+    for r in range(reps):
+        rng = np.random.default_rng(1000 + r)
+        t = rng.normal(0, 1, 800)
+        a, b = t + rng.normal(0, 1, 800), t + rng.normal(0, 1, 800)  # equally good, independent errors
+        split += _promoted_at_some_look(t, a, b, look_confidence(1 - alpha, 3), seed=r)
+        full += _promoted_at_some_look(t, a, b, 1 - alpha, seed=r)
+    assert split / reps <= alpha, (split, full)
+    assert full / reps > alpha, (split, full)

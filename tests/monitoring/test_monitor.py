@@ -210,7 +210,12 @@ def test_cli_once_polls_and_keeps_its_state(tmp_path: Path, metrics: _Metrics, c
 
 @pytest.mark.parametrize(
     ("variable", "value"),
-    [("STREAM_MONITOR_METRICS_URL", "ftp://worker/metrics"), ("STREAM_MONITOR_ALARM_METRIC", "drift alarms")],
+    [
+        ("STREAM_MONITOR_METRICS_URL", "ftp://worker/metrics"),
+        ("STREAM_MONITOR_ALARM_METRIC", "drift alarms"),
+        ("STREAM_SHADOW_LOOKS", "0"),
+        ("STREAM_SHADOW_LOOK_GROWTH", "1.0"),
+    ],
 )
 def test_a_bad_monitor_setting_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: Any, variable: str, value: str
@@ -235,12 +240,14 @@ class _ShadowRunner:
         self.pairs = 0
         self.decision = "promote"
         self.shadow_exit = 0
+        self.version = "7"  # the challenger retrain registers (and compare finds)
 
     def __call__(self, argv: list[str]) -> int:
         self.calls.append(argv)
         if argv[2] == "retrain":
             self.retrain.parent.mkdir(parents=True, exist_ok=True)
-            self.retrain.write_text(json.dumps({"models": {"click": {"status": "challenger", "version": "7"}}}))
+            made = {"click": {"status": "challenger", "version": self.version}}
+            self.retrain.write_text(json.dumps({"models": made}))
         elif "--shadow" in argv:
             if self.shadow_exit:
                 return self.shadow_exit
@@ -255,6 +262,7 @@ class _ShadowRunner:
                         "reason": f"{self.pairs} of {need} labelled pairs in shadow" if wait else "the test",
                         "promoted": not wait and self.decision == "promote" and "--promote" in argv,
                         "held_out": {"rows": self.pairs},
+                        "challenger_version": self.version,
                     }
                 )
             )
@@ -263,6 +271,7 @@ class _ShadowRunner:
 
 def _shadow_monitor(tmp_path: Path, clock: list[float], **kw: Any) -> tuple[Monitor, _ShadowRunner]:
     runner = _ShadowRunner(tmp_path / "reports")
+    given = {"every_s": 86_400 * 365, "shadow_min_pairs": 500, "shadow_max_wait_s": 3 * 86_400} | kw
     mon = Monitor(
         metrics_url="http://unused/metrics",
         metric="stream_drift_alarmed_windows_total",
@@ -271,13 +280,14 @@ def _shadow_monitor(tmp_path: Path, clock: list[float], **kw: Any) -> tuple[Moni
         runner=runner,
         fetch=lambda url: "",
         clock=lambda: clock[0],
-        every_s=86_400 * 365,
-        shadow_min_pairs=500,
-        shadow_max_wait_s=3 * 86_400,
         models_dir=tmp_path / "models",
-        **kw,
+        **given,
     )
     return mon, runner
+
+
+def _flag(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
 
 
 def test_a_challenger_waits_for_enough_shadow_pairs_then_the_shadow_compare_decides(tmp_path: Path) -> None:
@@ -287,9 +297,10 @@ def test_a_challenger_waits_for_enough_shadow_pairs_then_the_shadow_compare_deci
     assert outcome is not None and outcome["compare"] == {"click": "wait"}
     assert [a[2] for a in runner.calls] == ["retrain", "compare"]
     shadow = runner.calls[1]
-    assert shadow[3:] == ["--model", "click", "--shadow", "--min-pairs", "500", "--min-events", "500", "--no-progress",
-                          "--promote"]  # fmt: skip
-    assert build_parser().parse_args(shadow[2:]).min_pairs == 500  # what batch_training accepts
+    assert shadow[3:] == ["--model", "click", "--shadow", "--min-pairs", "500", "--min-events", "500", "--look", "1",
+                          "--looks", "3", "--no-progress", "--promote"]  # fmt: skip
+    parsed = build_parser().parse_args(shadow[2:])  # what batch_training accepts
+    assert (parsed.min_pairs, parsed.look, parsed.looks) == (500, 1, 3)
     assert MonitorState.load(mon.state_path).pending == {"click": {"version": "7", "since_ms": 1_000_000_000}}
     for pairs in (0, 120, 499):  # not enough yet: no offline compare, nothing decided
         clock[0] += 3600
@@ -302,7 +313,16 @@ def test_a_challenger_waits_for_enough_shadow_pairs_then_the_shadow_compare_deci
     mon.tick()
     state = MonitorState.load(mon.state_path)
     assert state.pending == {}
-    assert state.decided["click"] == {"source": "shadow", "decision": "promote", "promoted": True, "version": "7"}
+    assert state.decided["click"] == {
+        "source": "shadow",
+        "decision": "promote",
+        "promoted": True,
+        "version": "7",
+        "look": 1,
+        "looks": 3,
+        "pairs": 500,
+        "final": True,
+    }
     calls = len(runner.calls)
     clock[0] += 3600
     mon.tick()  # decided: not asked again
@@ -374,3 +394,123 @@ def test_the_outcome_job_runs_at_each_poll_and_its_failure_stops_nothing(tmp_pat
         mon.tick()
         clock[0] += 60
     assert len(runs) == 3 and runner.calls[0][2] == "retrain"
+
+
+# --- a kept challenger is looked at again as its pairs grow --------------------------------------
+
+
+def test_a_kept_challenger_is_looked_at_again_as_its_pairs_grow_then_promoted(tmp_path: Path) -> None:
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock)  # 500 pairs for the first look; 3 looks, 2-fold growth
+    runner.pairs, runner.decision = 600, "keep"
+    assert mon.tick() == {"reason": "schedule: no retrain yet", "retrain": 0, "compare": {"click": "keep"}}
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {"click": {"version": "7", "since_ms": 0, "looks": 1, "pairs": 600, "next_at": 1200}}
+    assert state.decided["click"]["decision"] == "keep" and state.decided["click"]["final"] is False
+    clock[0] += 3600
+    runner.pairs = 1199  # not yet doubled: compare is asked for 1200 and waits
+    mon.tick()
+    assert (_flag(runner.calls[-1], "--min-pairs"), _flag(runner.calls[-1], "--look")) == ("1200", "2")
+    assert MonitorState.load(mon.state_path).pending["click"]["looks"] == 1
+    clock[0] += 3600
+    runner.pairs = 1300
+    mon.tick()  # look 2: kept again; look 3 at twice its pairs
+    assert MonitorState.load(mon.state_path).pending["click"] == {
+        "version": "7", "since_ms": 0, "looks": 2, "pairs": 1300, "next_at": 2600,
+    }  # fmt: skip
+    clock[0] += 3600
+    runner.pairs, runner.decision = 2600, "promote"
+    mon.tick()
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {}
+    assert state.decided["click"] == {
+        "source": "shadow",
+        "decision": "promote",
+        "promoted": True,
+        "version": "7",
+        "look": 3,
+        "looks": 3,
+        "pairs": 2600,
+        "final": True,
+    }
+    shadow = [a for a in runner.calls if "--shadow" in a]
+    assert [(_flag(a, "--look"), _flag(a, "--looks"), _flag(a, "--min-pairs")) for a in shadow] == [
+        ("1", "3", "500"), ("2", "3", "1200"), ("2", "3", "1200"), ("3", "3", "2600"),
+    ]  # fmt: skip
+    assert all(_flag(a, "--min-events") == "500" for a in shadow)
+    for argv in shadow:
+        assert build_parser().parse_args(argv[2:]).look == int(_flag(argv, "--look"))
+    calls = len(runner.calls)
+    clock[0] += 3600
+    mon.tick()  # decided: not asked again
+    assert len(runner.calls) == calls
+
+
+def test_the_looks_are_bounded_and_the_last_keep_is_final(tmp_path: Path) -> None:
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock)
+    runner.decision = "keep"
+    for pairs in (500, 1000, 2000, 4000, 8000):
+        runner.pairs = pairs
+        mon.tick()
+        clock[0] += 3600
+    shadow = [a for a in runner.calls if "--shadow" in a]
+    assert [_flag(a, "--look") for a in shadow] == ["1", "2", "3"]  # three looks, then no more
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {} and state.decided["click"]["final"] is True and state.decided["click"]["look"] == 3
+
+
+def test_a_new_challenger_starts_its_looks_again(tmp_path: Path) -> None:
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock, every_s=86_400, shadow_max_wait_s=30 * 86_400)
+    runner.pairs, runner.decision = 600, "keep"
+    mon.tick()  # v7 kept at look 1
+    clock[0] += 86_400  # the schedule's next retrain: v8
+    runner.version = "8"
+    mon.tick()
+    retrain_at = [i for i, a in enumerate(runner.calls) if a[2] == "retrain"][-1]
+    after = runner.calls[retrain_at + 1]
+    assert (_flag(after, "--look"), _flag(after, "--min-pairs")) == ("1", "500")  # v8's first look
+    assert MonitorState.load(mon.state_path).pending["click"] == {
+        "version": "8", "since_ms": 86_400_000, "looks": 1, "pairs": 600, "next_at": 1200,
+    }  # fmt: skip
+    # a challenger replaced by hand between looks: compare judged the new one, so that was its first look
+    runner.version, runner.pairs = "9", 1500
+    clock[0] += 3600
+    mon.tick()
+    pending = MonitorState.load(mon.state_path).pending["click"]
+    assert (pending["version"], pending["looks"], pending["next_at"]) == ("9", 1, 3000)
+
+
+def test_a_next_look_without_its_pairs_in_the_wait_makes_the_keep_final_and_recorded(tmp_path: Path) -> None:
+    from stream.models.registry import ModelRegistry
+
+    clock = [0.0]
+    mon, runner = _shadow_monitor(tmp_path, clock, fallback="offline")
+    runner.pairs, runner.decision = 600, "keep"
+    mon.tick()
+    runner.pairs = 700
+    clock[0] += 3 * 86_400  # the wait is over before look 2's 1200 pairs
+    mon.tick()
+    state = MonitorState.load(mon.state_path)
+    assert state.pending == {} and state.decided["click"]["final"] is True
+    assert [a for a in runner.calls if a[2] == "compare" and "--shadow" not in a] == []  # judged: no fallback
+    history = ModelRegistry(tmp_path / "models").history("click")
+    assert [(r["action"], r["to_version"]) for r in history] == [("compare", "7")]
+    assert history[0]["reason"] == (
+        "keep (final): kept at look 1 of 3 on 600 labelled pairs; look 2 needed 1200 "
+        "(700 of 1200 labelled pairs in shadow after 72.0 h)"
+    )
+    assert history[0]["evidence"]["looks"] == {"look": 1, "looks": 3, "pairs": 600, "next_at": 1200, "final": True}
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--look", "4", "--looks", "3"], "--look"), (["--looks", "0"], "--looks"), (["--look", "2"], "--look")],
+)
+def test_compare_refuses_a_bad_look_in_one_line(capsys: Any, argv: list[str], named: str) -> None:
+    from batch_training.cli import main as batch_main
+
+    assert batch_main(["compare", "--model", "click", "--shadow", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err
