@@ -293,13 +293,14 @@ class Monitor:
         The first look needs ``shadow_min_pairs`` labelled pairs; a challenger kept there is looked at again
         once they have grown (:func:`stream.monitoring.compare.next_look`), at most ``shadow_looks`` looks,
         each at the Bonferroni share of the confidence (``compare --look k --looks K``). Returns what
-        happened: ``wait``, the shadow decision (``promote``/``keep``), ``offline`` or ``given up``.
+        happened: ``wait``, the shadow decision (``promote``/``keep``), ``offline``, ``given up`` or
+        ``kept`` (a keep made final).
         """
         from stream.monitoring.compare import next_look
 
         pending = state.pending[name]
         done = int(pending.get("looks", 0))  # looks already taken at this challenger
-        need = int(pending.get("next_at", self.shadow_min_pairs)) if done else self.shadow_min_pairs
+        need = int(pending["next_at"]) if done else self.shadow_min_pairs
         if done >= self.shadow_looks:  # STREAM_SHADOW_LOOKS lowered since its last look: no look left
             why = f"STREAM_SHADOW_LOOKS is {self.shadow_looks}"
             return self._final_keep(state, name, pending, why, (now_ms - int(pending["since_ms"])) / 1000, None)
@@ -317,17 +318,29 @@ class Monitor:
             look = done + 1
             version = str(result.get("challenger_version", pending["version"]))
             if version != str(pending["version"]):  # another challenger than the one looked at: its first look
-                log.info("%s: the challenger is v%s now, not v%s: its looks start again", name, version,
-                         pending["version"])  # fmt: skip
+                log.info(
+                    "%s: the challenger is v%s now, not v%s: its looks start again", name, version, pending["version"]
+                )
                 look, pending = 1, {"version": version, "since_ms": now_ms}
                 state.pending[name] = pending
             pairs = int((result.get("held_out") or {}).get("rows", 0))
             nxt = next_look(
-                look, pairs, decision, looks=self.shadow_looks, growth=self.shadow_look_growth,
+                look,
+                pairs,
+                decision,
+                looks=self.shadow_looks,
+                growth=self.shadow_look_growth,
                 min_new=self.shadow_min_pairs,
-            )  # fmt: skip
-            log.info("%s: shadow compare, look %d of %d on %d pairs: %s (%s)", name, look, self.shadow_looks, pairs,
-                     decision, result.get("reason"))  # fmt: skip
+            )
+            log.info(
+                "%s: shadow compare, look %d of %d on %d pairs: %s (%s)",
+                name,
+                look,
+                self.shadow_looks,
+                pairs,
+                decision,
+                result.get("reason"),
+            )
             state.decided[name] = {
                 "source": "shadow",
                 "decision": decision,
@@ -361,51 +374,64 @@ class Monitor:
             self._offline(state, name, why)
             return "offline"
         log.warning("%s: challenger v%s not judged (%s); the champion stays", name, pending["version"], why)
-        if self.models_dir is not None:
-            from stream.models.registry import ModelRegistry
-
-            ModelRegistry(self.models_dir).record(
-                name,
-                "compare",
-                to_version=pending["version"],
-                reason=f"keep: {why}; no offline fallback (STREAM_MONITOR_FALLBACK=none)",
-                evidence={
-                    "source": "shadow",
-                    "decision": "keep",
-                    "min_pairs": self.shadow_min_pairs,
-                    "waited_s": waited_s,
-                    **({"held_out": result.get("held_out")} if result is not None else {}),
-                },
-            )
+        self._record_keep(
+            name,
+            pending["version"],
+            f"keep: {why}; no offline fallback (STREAM_MONITOR_FALLBACK=none)",
+            {"min_pairs": self.shadow_min_pairs, "waited_s": waited_s},
+            result,
+        )
         state.pending.pop(name)
         state.decided[name] = {"source": "shadow", "decision": "keep", "why": why, "version": pending["version"]}
         return "given up"
+
+    def _record_keep(
+        self, name: str, version: Any, reason: str, evidence: dict[str, Any], result: dict[str, Any] | None
+    ) -> None:
+        """The registry's record of a challenger kept out without a test that decided it (``result``: the
+        shadow compare's last report, if any)."""
+        if self.models_dir is None:
+            return
+        from stream.models.registry import ModelRegistry
+
+        held_out = {"held_out": result.get("held_out")} if result is not None else {}
+        ModelRegistry(self.models_dir).record(
+            name,
+            "compare",
+            to_version=version,
+            reason=reason,
+            evidence={"source": "shadow", "decision": "keep", **evidence, **held_out},
+        )
 
     def _final_keep(
         self, state: MonitorState, name: str, pending: dict[str, Any], why: str, waited_s: float, result: Any
     ) -> str:
         """A kept challenger whose next look did not come within the wait: its last keep stands, recorded."""
         done = int(pending["looks"])
-        log.warning("%s: challenger v%s kept at look %d of %d; no look %d (%s): the keep is final", name,
-                    pending["version"], done, self.shadow_looks, done + 1, why)  # fmt: skip
-        if self.models_dir is not None:
-            from stream.models.registry import ModelRegistry
-
-            ModelRegistry(self.models_dir).record(
-                name,
-                "compare",
-                to_version=pending["version"],
-                reason=f"keep (final): kept at look {done} of {self.shadow_looks} on {pending['pairs']} labelled "
-                f"pairs; look {done + 1} needed {pending['next_at']} ({why})",
-                evidence={
-                    "source": "shadow",
-                    "decision": "keep",
-                    "looks": {"look": done, "looks": self.shadow_looks, "pairs": pending["pairs"],
-                              "next_at": pending["next_at"], "final": True},
-                    "waited_s": waited_s,
-                    **({"held_out": result.get("held_out")} if result is not None else {}),
-                },
-            )  # fmt: skip
+        log.warning(
+            "%s: challenger v%s kept at look %d of %d; no look %d (%s): the keep is final",
+            name,
+            pending["version"],
+            done,
+            self.shadow_looks,
+            done + 1,
+            why,
+        )
+        looks = {
+            "look": done,
+            "looks": self.shadow_looks,
+            "pairs": pending["pairs"],
+            "next_at": pending["next_at"],
+            "final": True,
+        }
+        self._record_keep(
+            name,
+            pending["version"],
+            f"keep (final): kept at look {done} of {self.shadow_looks} on {pending['pairs']} labelled pairs; "
+            f"look {done + 1} needed {pending['next_at']} ({why})",
+            {"looks": looks, "waited_s": waited_s},
+            result,
+        )
         state.pending.pop(name)
         state.decided[name] = {
             **state.decided.get(name, {}),
