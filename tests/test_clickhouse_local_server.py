@@ -198,3 +198,23 @@ def test_an_insert_select_from_input_and_settings_a_set_statement_changes(chdb_d
         assert run(query) == "1234"  # a value set stays, as it did before
     finally:
         lease.close()
+
+
+def test_bound_parameters_too_long_for_the_url_come_as_form_fields_and_are_bound(chdb_dir: Path) -> None:
+    """clickhouse-connect sends the query and its parameters as multipart/form-data once they would make
+    the URL too long (the shadow compare's ``session_id IN`` over thousands of sessions did): the
+    server binds them as it does URL parameters, instead of failing on a truncated query."""
+    settings = load_settings(chdb_path=str(chdb_dir), clickhouse_database="form")
+    ch = connect(settings)
+    try:
+        ch.command("CREATE TABLE {db}.ids (id String) ENGINE = Memory")
+        ch.command(
+            "INSERT INTO {db}.ids SELECT concat('session-', leftPad(toString(number), 6, '0'), '-', "
+            "repeat('x', 30)) FROM numbers(5000)"
+        )
+        ids = [f"session-{i:06d}-{'x' * 30}" for i in range(5000)]  # about 230 KB of parameter
+        wanted = [*ids[::7], "not-there"]
+        df = ch.query_df("SELECT id FROM {db}.ids WHERE id IN {s:Array(String)} ORDER BY id", params={"s": wanted})
+        assert df["id"].tolist() == sorted(ids[::7])
+    finally:
+        ch.close()

@@ -25,7 +25,9 @@ Lifecycle (:func:`ensure`, called by :func:`stream.clickhouse.connect`):
 Protocol covered (https://clickhouse.com/docs/interfaces/http), as clickhouse-connect 1.12 uses it:
 
 * ``GET /ping`` and ``GET /`` without a query: ``Ok.``;
-* the query in the ``query`` parameter, the POST body, or both (the body appended); ``database``,
+* the query in the ``query`` parameter, the POST body, or both (the body appended), or as the
+  field ``query`` of a ``multipart/form-data`` body with the ``param_<name>`` fields (what
+  clickhouse-connect sends when they would make the URL too long); ``database``,
   ``default_format`` (else TabSeparated, or the statement's own ``FORMAT``), ``param_<name>``
   bound parameters, ``query_id``; other parameters are settings, applied with ``SET`` (an unknown
   one fails with ``UNKNOWN_SETTING`` as on a server; a value set stays for later requests);
@@ -42,7 +44,8 @@ Protocol covered (https://clickhouse.com/docs/interfaces/http), as clickhouse-co
 
 Not covered: users and grants, sessions (one engine session serves every request, one at a time),
 ``client_protocol_version`` block info (clickhouse-connect probes for it and falls back to
-protocol 0, as behind a proxy), ClickHouse's own ``compress``/``decompress`` framing, TLS.
+protocol 0, as behind a proxy), external data (form parts with a file name), ClickHouse's own
+``compress``/``decompress`` framing, TLS.
 The engine is real: DDL, ``DESCRIBE``, ``ReplacingMergeTree``, ``FINAL``, Native encoding of
 LowCardinality / Nullable / DateTime64 columns, settings, bound parameters and error codes are
 ClickHouse's own; only the network component is this module.
@@ -56,6 +59,8 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import email.parser
+import email.policy
 import fcntl
 import gzip
 import hmac
@@ -332,6 +337,13 @@ class Handler(BaseHTTPRequestHandler):
                 params,
             )
             return
+        try:
+            form = _form_fields(self.headers.get("Content-Type", ""), body)
+        except QueryError as exc:
+            self._error(exc, params)
+            return
+        if form is not None:  # the query and its bound parameters as form fields, not in the URL
+            params, body = {**params, **form}, b""
         query = params.get("query", "").encode()
         if query and body:
             query += b"\n"
@@ -401,6 +413,36 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str] | None:
+    """The fields of a ``multipart/form-data`` body (None: another content type).
+
+    clickhouse-connect sends the query and its bound parameters (``param_<name>``) so once they
+    would make the URL too long (an ``IN`` over a few thousand ids). Parts with a file name are
+    external data, which this server does not serve.
+
+    >>> body = b'--b\\r\\nContent-Disposition: form-data; name="query"\\r\\n\\r\\nSELECT {n:UInt8}\\r\\n--b--\\r\\n'
+    >>> _form_fields("multipart/form-data; boundary=b", body), _form_fields("text/plain", b"SELECT 1")
+    ({'query': 'SELECT {n:UInt8}'}, None)
+    """
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise QueryError(1001, "Code: 1001. DB::Exception: a multipart/form-data body without its boundary.")
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_filename() is not None:
+            raise QueryError(
+                48, f"Code: 48. DB::Exception: external data ({name}) is not supported by the embedded ClickHouse."
+            )
+        if isinstance(name, str):
+            payload = part.get_payload(decode=True)
+            fields[name] = payload.decode() if isinstance(payload, bytes) else ""
+    return fields
 
 
 def _basic_password(authorization: str | None) -> str | None:
