@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start the window no earlier than the current drift streak of the models' production versions "
         "(the worker's feature_drift windows)",
     )
+    rt.add_argument(
+        "--min-drift-days",
+        type=arguments.number(0, 3650, what="days"),
+        default=None,
+        help="with --after-drift: train nothing until the drift began this many days of events ago "
+        "(default: STREAM_RETRAIN_MIN_DRIFT_DAYS)",
+    )
     cp = sub.add_parser("compare", parents=[common], help="champion vs challenger on the same held-out events")
     cp.add_argument("--model", required=True, choices=supervised)
     cp.add_argument("--promote", action="store_true", help="promote the challenger if the test says so")
@@ -260,9 +267,18 @@ def _run(argv: Sequence[str] | None) -> int:
             from batch_training.retrain import retrain
 
             days = args.window_days or ctx.settings.retrain_window_days
+            min_drift = ctx.settings.retrain_min_drift_days if args.min_drift_days is None else args.min_drift_days
             out = retrain(
-                ctx, window_days=days, models=args.models, warm_start=args.warm_start, after_drift=args.after_drift
+                ctx,
+                window_days=days,
+                models=args.models,
+                warm_start=args.warm_start,
+                after_drift=args.after_drift,
+                min_drift_days=min_drift,
             )
+            if "waiting" in out:
+                print(f"retrain: waiting: {out['waiting']['reason']}")
+                return 0
             n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
             print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
         elif args.cmd == "compare":

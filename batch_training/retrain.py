@@ -86,6 +86,7 @@ def retrain(
     log: Callable[[str], None] = print,
     warm_start: bool = True,
     after_drift: bool = False,
+    min_drift_days: float = 0.0,
 ) -> dict[str, Any]:
     """Train the supervised models on the latest window; register each as the challenger.
 
@@ -96,7 +97,10 @@ def retrain(
     With ``after_drift`` the window starts no earlier than the drift the worker reports for the
     models' production versions (:func:`drift_start`): rows of the world before the change would
     teach the challenger what no longer holds. A model without a current drift streak does not
-    shorten the window.
+    shorten the window. While the drift began less than ``min_drift_days`` (at most ``window_days``)
+    of events ago, nothing is trained: the report says ``waiting``, with the event time from which
+    the window will be long enough (``until_ms``); a challenger of a few hours of the changed world
+    is worse than one trained a day later (docs/monitoring.md, "How long after the drift").
     """
     names = list(models or SPECS)
     t_all = time.perf_counter()
@@ -112,6 +116,17 @@ def retrain(
         else:
             log(f"{'window':<15} the latest {window_days} days (no drift streak began after its start)")
     rctx = ctx.in_workspace(RETRAIN, rows_from_ms=start)
+    need_days = min(min_drift_days, window_days)
+    if "drift_from_ms" in window and latest - start < need_days * DAY_MS:
+        reason = (
+            f"the drift began {(latest - start) / DAY_MS:.2f} days of events ago; a challenger waits for "
+            f"{need_days:g} days of the changed world (STREAM_RETRAIN_MIN_DRIFT_DAYS)"
+        )
+        log(f"{'window':<15} nothing trained: {reason}")
+        waiting = {"until_ms": start + round(need_days * DAY_MS), "reason": reason}
+        report = {"window": window, "models": {}, "waiting": waiting, "seconds": time.perf_counter() - t_all}
+        write_json(rctx.reports_dir / "retrain.json", report)
+        return report
     prerequisites(rctx)
     t = time.perf_counter()
     manifest = features(rctx)

@@ -327,6 +327,15 @@ class Settings(BaseSettings):
     retrain_window_days: int = Field(
         60, ge=1, le=3650, description="`batch_training retrain` trains on the latest N days of archived events"
     )
+    retrain_min_drift_days: float = Field(
+        0.0,
+        ge=0,
+        le=3650,
+        allow_inf_nan=False,
+        description="`batch_training retrain --after-drift` (a retrain drift made due) waits until the drift began "
+        "at least this many days of events ago, so the challenger learns enough of the changed world "
+        "(at most STREAM_RETRAIN_WINDOW_DAYS; 0 = at once)",
+    )
     compare_confidence: float = Field(
         0.95,
         ge=0.5,

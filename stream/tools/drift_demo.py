@@ -252,7 +252,15 @@ def run_drift_demo(
     from stream.tools.process import WorkerProcess
 
     clock = Clock()
-    settings = demo_settings("demo-drift", "drift-worker", **WORKER_SETTINGS, retrain_window_days=window_days)
+    # a challenger trained on the whole window of the changed world: one of a few hours of it was
+    # worse (docs/monitoring.md, "How long after the drift")
+    settings = demo_settings(
+        "demo-drift",
+        "drift-worker",
+        **WORKER_SETTINGS,
+        retrain_window_days=window_days,
+        retrain_min_drift_days=window_days,
+    )
     root, port = settings.data_dir, settings.worker_web_port
     worker: WorkerProcess | None = None
     monitor: subprocess.Popen[bytes] | None = None
@@ -298,8 +306,9 @@ def run_drift_demo(
             # 5. the monitor
             monitor = _start_monitor(env, root, window_days, persist, retrain_profile)
             clock.say(
-                f"monitor running: a retrain on the latest {window_days} days once {persist} drift windows in a row "
-                "alarmed, then the challenger in shadow until compare --shadow decides"
+                f"monitor running: once {persist} drift windows in a row alarmed, a retrain on the {window_days} "
+                "days since the drift began (it waits for them), then the challenger in shadow until compare "
+                "--shadow decides"
             )
 
             # 6. live days

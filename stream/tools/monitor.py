@@ -11,7 +11,10 @@ than the cool-down, the monitor runs
 ``python -m batch_training retrain --window-days N --after-drift [--models ...]`` (a subprocess: training's
 memory is returned when it exits, and a crash in it does not stop the monitor; ``--after-drift``:
 the window starts no earlier than the drift streak, so the challenger learns the changed world
-only). Each model it made
+only). While the drift began less than ``STREAM_RETRAIN_MIN_DRIFT_DAYS`` of events ago, retrain
+trains nothing and says from which event time it will; the monitor then waits until the worker's
+``stream_event_time_latest_seconds`` reaches it (no cool-down starts, the streak stands), and asks
+again at every poll where the worker exports no event time. Each model it made
 a challenger of (from retrain's report, ``STREAM_REPORTS_DIR/training/retrain/retrain.json``) is
 then judged (``STREAM_MONITOR_COMPARE``):
 
@@ -88,6 +91,27 @@ def window_counts(text: str, alarmed_metric: str) -> dict[str, tuple[float, floa
     return {k: (w, alarmed.get(k, 0.0)) for k, w in windows.items()}
 
 
+#: the newest event time a worker processed (stream/worker/metrics.py): the stream's clock
+EVENT_TIME_METRIC = "stream_event_time_latest_seconds"
+
+
+def latest_event_ms(text: str) -> int | None:
+    """The newest event time (epoch ms) in a Prometheus text exposition, over its workers; None without one.
+
+    >>> latest_event_ms("stream_event_time_latest_seconds 1700000000.5\\nstream_events_total 3\\n")
+    1700000000500
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == EVENT_TIME_METRIC
+    ]
+    return round(max(values) * 1000) if values else None
+
+
 @dataclass
 class MonitorState:
     """What the monitor remembers between polls (and runs)."""
@@ -100,6 +124,9 @@ class MonitorState:
     streak: int = 0  # the longest of those
     last_retrain_ms: int | None = None
     last_cycle: dict[str, Any] = field(default_factory=dict)
+    #: a retrain drift made due waits until the stream's event time reaches this (epoch ms): retrain
+    #: found too little of the changed world (STREAM_RETRAIN_MIN_DRIFT_DAYS)
+    drift_wait_ms: int | None = None
     #: challengers waiting for enough labelled shadow pairs: model -> {"version", "since_ms"}
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the last decision on each model's challenger: model -> {"source", "decision", ...}
@@ -219,8 +246,11 @@ class Monitor:
                 log.info("horizon outcomes: %s", self.outcomes())
             except Exception as exc:  # ClickHouse down: the drift watch goes on
                 log.warning("horizon outcomes failed (%s: %s)", type(exc).__name__, exc)
+        event_ms = None
         try:
-            counts = window_counts(self.fetch(self.metrics_url), self.metric)
+            text = self.fetch(self.metrics_url)
+            counts = window_counts(text, self.metric)
+            event_ms = latest_event_ms(text)
         except Exception as exc:  # a worker that is down, restarting or not reachable: try next poll
             log.warning("cannot scrape %s (%s: %s)", self.metrics_url, type(exc).__name__, exc)
         else:
@@ -232,14 +262,38 @@ class Monitor:
         reason = due(state, now_ms, persist=self.persist, every_s=self.every_s, cooldown_s=self.cooldown_s)
         for name in list(state.pending):  # challengers of earlier cycles waiting for shadow pairs
             self._judge(state, name, now_ms)
+        if state.streak < self.persist:  # drift gone: nothing waits for more of a changed world
+            state.drift_wait_ms = None
         outcome = None
+        if reason is not None and self._waits(state, reason, event_ms):
+            reason = None
         if reason is not None:
             outcome = self.cycle(reason, state, now_ms)
-            state.last_retrain_ms = now_ms
-            state.streak, state.streaks = 0, {}
+            waiting = outcome.get("waiting")
+            if waiting:  # nothing trained: no cool-down, and the streak stands
+                state.drift_wait_ms = int(waiting["until_ms"])
+            else:
+                state.drift_wait_ms = None
+                state.last_retrain_ms = now_ms
+                state.streak, state.streaks = 0, {}
             state.last_cycle = outcome
         state.save(self.state_path)
         return outcome
+
+    @staticmethod
+    def _waits(state: MonitorState, reason: str, event_ms: int | None) -> bool:
+        """Whether a retrain drift made due still waits for the changed world (the worker's event time
+        short of what retrain asked for). Without the worker's event time, retrain is asked again."""
+        if not reason.startswith(DRIFT_REASON) or state.drift_wait_ms is None or event_ms is None:
+            return False
+        if event_ms >= state.drift_wait_ms:
+            return False
+        log.info(
+            "retrain due (%s) waits for more of the changed world: %.1f h of event time to go",
+            reason,
+            (state.drift_wait_ms - event_ms) / 3_600_000,
+        )
+        return True
 
     def _training_args(self) -> list[str]:
         return ["--no-progress", *(["--profile", self.profile] if self.profile else [])]
@@ -261,6 +315,10 @@ class Monitor:
         if code != 0 or not self.retrain_report.exists():
             return outcome
         report = json.loads(self.retrain_report.read_text())
+        if report.get("waiting"):
+            log.info("retrain trained nothing yet: %s", report["waiting"].get("reason", ""))
+            outcome["waiting"] = report["waiting"]
+            return outcome
         for name, entry in report.get("models", {}).items():
             if entry.get("status") != "challenger":
                 log.info("%s: no challenger (%s)", name, entry.get("reason", entry.get("status")))

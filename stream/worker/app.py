@@ -548,6 +548,8 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
                 assigned, lambda tp: _highwater(consumer, tp), committed.get, lambda tp, o: _more_after(consumer, tp, o)
             )
             _watch_progress(rt, detector, lags if _recovered(app) else {})  # recovery is not a stall
+            if rt.processor.event_hwm:
+                rt.metrics.event_time.set(max(rt.processor.event_hwm.values()) / 1000)
         if _recovered(app):
             await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))
 

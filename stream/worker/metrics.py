@@ -248,6 +248,12 @@ class WorkerMetrics:
         self.lag = Gauge(
             "stream_consumer_lag_messages", "Messages behind the high watermark", ["topic", "partition"], registry=r
         )
+        self.event_time = Gauge(
+            "stream_event_time_latest_seconds",
+            "The newest event time this worker has processed (unix seconds; absent before its first event): "
+            "the stream's clock in event time, which `stream monitor` waits on",
+            registry=r,
+        )
         self.idle = Gauge(
             "stream_partition_idle_seconds",
             "Per owned input partition with messages waiting: seconds since one of its records was last "

@@ -244,7 +244,18 @@ def test_retrain_after_drift_starts_its_window_at_the_drift(loop: dict[str, Any]
     assert drift_start(ctx, "click") == began
     assert drift_start(ctx, "engagement") is None  # no drift windows of its own
 
-    out = retrain(ctx, window_days=WINDOW_DAYS, models=["click"], log=lambda _s: None, after_drift=True)
+    # too little of the changed world yet: nothing trained nor registered, and from when there will be
+    steps = len(reg.history("click"))
+    early = retrain(
+        ctx, window_days=WINDOW_DAYS, models=["click"], log=lambda _s: None, after_drift=True, min_drift_days=6
+    )
+    assert early["models"] == {} and early["waiting"]["until_ms"] == began + 6 * DAY_MS
+    assert "began 5.00 days of events ago" in early["waiting"]["reason"]
+    assert len(reg.history("click")) == steps
+    # exactly the days asked for: trained
+    out = retrain(
+        ctx, window_days=WINDOW_DAYS, models=["click"], log=lambda _s: None, after_drift=True, min_drift_days=5
+    )
     assert out["window"]["from_ms"] == out["window"]["drift_from_ms"] == began
     mv = reg.get("click", out["models"]["click"]["version"])
     assert mv.metadata["training_window"]["min_ms"] >= began

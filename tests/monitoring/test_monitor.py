@@ -40,13 +40,16 @@ class _Metrics:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def windows(self, **per_model: tuple[float, float]) -> None:
-        """Per model (version 1): (drift windows, alarmed windows), as the worker exports them."""
+    def windows(self, event_s: float | None = None, **per_model: tuple[float, float]) -> None:
+        """Per model (version 1): (drift windows, alarmed windows), as the worker exports them; ``event_s``:
+        the newest event time it processed."""
         lines = ["# TYPE stream_drift_windows_total counter", "# TYPE stream_drift_alarmed_windows_total counter"]
         for m, (w, a) in per_model.items():
             lines += [f'stream_drift_windows_total{{model="{m}",version="1"}} {w}']
             lines += [f'stream_drift_alarmed_windows_total{{model="{m}",version="1"}} {a}']
         lines += ['stream_events_total{topic="session-events"} 123456']
+        if event_s is not None:
+            lines += ["# TYPE stream_event_time_latest_seconds gauge", f"stream_event_time_latest_seconds {event_s}"]
         self.text = "\n".join(lines) + "\n"
 
 
@@ -64,10 +67,15 @@ class _Runner:
     def __init__(self, report: Path) -> None:
         self.report = report
         self.calls: list[list[str]] = []
+        #: retrain's answer while the drift is too recent (STREAM_RETRAIN_MIN_DRIFT_DAYS); None: it trains
+        self.waiting: dict[str, Any] | None = None
 
     def __call__(self, argv: list[str]) -> int:
         self.calls.append(argv)
-        if argv[2] == "retrain":
+        if argv[2] == "retrain" and self.waiting is not None:
+            self.report.parent.mkdir(parents=True, exist_ok=True)
+            self.report.write_text(json.dumps({"models": {}, "waiting": self.waiting}))
+        elif argv[2] == "retrain":
             self.report.parent.mkdir(parents=True, exist_ok=True)
             self.report.write_text(
                 json.dumps(
@@ -143,6 +151,50 @@ def test_persistent_drift_retrains_then_compares_and_promotes(tmp_path: Path, me
     clock[0] += 3600  # past the cool-down, still drifting
     metrics.windows(click=(24, 17), churn=(4, 0))
     assert mon.tick() is not None and len(runner.calls) == 4
+
+
+def test_a_retrain_after_drift_waits_for_the_changed_world_on_the_workers_event_time(
+    tmp_path: Path, metrics: _Metrics
+) -> None:
+    """retrain trained nothing (the drift too recent): no cool-down starts and the streak stands; the
+    monitor asks again once the worker's event time reaches what retrain named, or at every poll when
+    the worker exports none; drift that ends drops the wait."""
+    clock = [1_000_000.0]
+    mon, runner = _monitor(tmp_path, metrics.url, clock, persist=2, cooldown_s=3600, window_days=2)
+    runner.waiting = {"until_ms": 5_000_000, "reason": "the drift began 0.50 days of events ago"}
+    metrics.windows(event_s=1_000, click=(1, 1))
+    assert mon.tick() is None  # the baseline
+    metrics.windows(event_s=2_000, click=(3, 3))
+    assert mon.tick() == {
+        "reason": "drift: 2 drift windows in a row alarmed",
+        "retrain": 0,
+        "compare": {},
+        "waiting": runner.waiting,
+    }
+    state = MonitorState.load(mon.state_path)
+    assert state.drift_wait_ms == 5_000_000 and state.last_retrain_ms is None and state.streak == 2
+    clock[0] += 60
+    metrics.windows(event_s=4_999.999, click=(4, 4))  # short of it by a millisecond: not asked
+    assert mon.tick() is None and len(runner.calls) == 1
+    metrics.windows(click=(5, 5))  # no event time exported: retrain is asked, and still says wait
+    outcome = mon.tick()
+    assert outcome is not None and outcome["waiting"] == runner.waiting and len(runner.calls) == 2
+    runner.waiting = None
+    metrics.windows(event_s=5_000, click=(6, 6))
+    assert mon.tick() == {"reason": "drift: 5 drift windows in a row alarmed", "retrain": 0, "compare": {"click": 0}}
+    state = MonitorState.load(mon.state_path)
+    assert state.drift_wait_ms is None and state.last_retrain_ms == 1_000_060_000 and state.streak == 0
+
+    # a wait that drift ends: dropped
+    mon2, runner2 = _monitor(tmp_path / "b", metrics.url, clock, persist=2, cooldown_s=0, window_days=2)
+    runner2.waiting = {"until_ms": 9_000_000, "reason": "too early"}
+    metrics.windows(event_s=6_000, click=(10, 10))
+    mon2.tick()
+    metrics.windows(event_s=6_001, click=(12, 12))
+    outcome = mon2.tick()
+    assert outcome is not None and outcome["waiting"] == runner2.waiting
+    metrics.windows(event_s=6_002, click=(13, 12))  # a quiet window: drift no longer persists
+    assert mon2.tick() is None and MonitorState.load(mon2.state_path).drift_wait_ms is None
 
 
 def test_a_restarted_worker_an_absent_metric_and_a_down_worker(tmp_path: Path, metrics: _Metrics) -> None:

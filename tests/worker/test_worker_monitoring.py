@@ -141,6 +141,13 @@ def test_online_auc_and_r2_equal_scikit_learn_on_the_same_joined_pairs(
                 env, "SELECT model_name, count() AS n FROM publisher.feature_drift FINAL GROUP BY model_name"
             )
             dropped = _series(port, "stream_outcomes_dropped_total", "reason")
+            # the stream's clock that `stream monitor` waits on: the newest event time processed
+            newest = max(e["event_time"] for e in events) / 1000
+            wait(
+                lambda: _series(port, "stream_event_time_latest_seconds").get(()) == newest,
+                30,
+                f"stream_event_time_latest_seconds at {newest}",
+            )
     finally:
         local_server.stop(Path(env["STREAM_CHDB_PATH"]))
 
