@@ -79,6 +79,24 @@ def _differences(db: Content, changelog: Content) -> list[str]:
     return out
 
 
+def _articles_folded(bootstrap: str, worker_id: str) -> bool:
+    """Whether the worker's group has committed every record of its article-events topic: the article
+    agent folds behind the predictions, and what it has not folded at the stop, the next worker does."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    topic = f"{worker_id}-{T.ARTICLE_EVENTS}"
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": worker_id, "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        committed = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
+        return all(
+            tp.offset >= consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)[1]
+            for tp in committed
+        )
+    finally:
+        consumer.close()
+
+
 def test_changelogs_are_partitioned_like_the_input_hold_the_tables_and_rebuild_them(
     kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -91,6 +109,7 @@ def test_changelogs_are_partitioned_like_the_input_hold_the_tables_and_rebuild_t
     n = sum(expected_predictions(sim_events).values())
     with WorkerProcess(kafka_bootstrap, env, tmp_path / "worker-1.log") as worker:
         wait(lambda: (metric(port, "stream_predictions_total") or 0) >= n, 120, "every event scored")
+        wait(lambda: _articles_folded(kafka_bootstrap, worker_id), 60, "every article event folded and committed")
         worker.stop()  # SIGTERM: faust flushes its producer, commits and closes RocksDB
         assert worker.proc is not None and worker.proc.returncode == 0, (tmp_path / "worker-1.log").read_text()
     changelog, records = _changelogs(kafka_bootstrap, worker_id)
