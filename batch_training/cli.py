@@ -278,9 +278,9 @@ def _run(argv: Sequence[str] | None) -> int:
             )
             if "waiting" in out:
                 print(f"retrain: waiting: {out['waiting']['reason']}")
-                return 0
-            n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
-            print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
+            else:
+                n_new, n_skipped = _count(out["models"], "challenger"), _count(out["models"], "skipped")
+                print(f"retrain: {n_new} challengers, {n_skipped} skipped (python -m batch_training compare --model M)")
         elif args.cmd == "compare":
             from batch_training.retrain import compare, compare_shadow, summary
 
