@@ -27,7 +27,10 @@ memory, no Kafka and no faust (bench/floor.py): the floor our own code sets.
 
 With ``--archive-off``, each repeat also runs (d-) = (d) with ``STREAM_ARCHIVE_EVENTS=false`` and
 ``STREAM_MONITORING=false``: what archiving every event into ClickHouse and monitoring the models
-(outcome joins, quality, drift) cost together. With ``--baseline REV``, each repeat also runs (d0):
+(outcome joins, quality, drift) cost together. The ratio (d)/(d-) is printed of the medians, then per repeat
+with the median of those: two variants of one repeat run minutes apart, so their ratio cancels
+most of the host's drift (docs/monitoring.md, "Cost on the hot path"; 7 repeats or more with
+``--days 30``). With ``--baseline REV``, each repeat also runs (d0):
 the worker of git revision REV (checked out into the work directory, same virtualenv), so that a
 change is measured against the code before it in the same run.
 
@@ -1176,6 +1179,22 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}" if b > 0 else "n/a"
 
 
+def paired(results: dict[str, list[Any]], a: str, b: str) -> str:
+    """(a)/(b) per repeat, events/s and CPU per event, and the medians of those ratios.
+
+    Each repeat runs the two variants minutes apart at most: the ratio within a repeat cancels
+    most of a shared machine's drift, which the ratio of the two medians does not.
+    """
+    rates = [x.rate / y.rate for x, y in zip(results[a], results[b], strict=True) if y.rate > 0]
+    cpus = [x.cpu_us / y.cpu_us for x, y in zip(results[a], results[b], strict=True) if y.cpu_us > 0]
+    if not rates or not cpus:
+        return "n/a"
+    return (
+        f"per repeat: events/s {', '.join(f'{r:.2f}' for r in rates)} (median {statistics.median(rates):.2f}); "
+        f"CPU/event {', '.join(f'{c:.2f}' for c in cpus)} (median {statistics.median(cpus):.2f})"
+    )
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(int(q * len(xs)), len(xs) - 1)]
@@ -1450,6 +1469,7 @@ def main() -> None:
             f"  (d)/(d-) = {ratio(med['d'], med['d-'])} events/s;   CPU/event (d)/(d-) = {ratio(cpu['d'], cpu['d-'])}"
             "   (the cost of the event archive and monitoring, goal <= 10 %)"
         )
+        print(f"      {paired(results, 'd', 'd-')}")
     if "d0" in med:
         # with (d-), the like-for-like row: the baseline may predate the archive and monitoring
         mine, what = ("d-", "this code, archive + monitoring off") if "d-" in med else ("d", "this code")
@@ -1457,6 +1477,7 @@ def main() -> None:
             f"  ({mine})/(d0) = {ratio(med[mine], med['d0'])} events/s;   CPU/event ({mine})/(d0) = "
             f"{ratio(cpu[mine], cpu['d0'])}   ({what}, vs {args.baseline})"
         )
+        print(f"      {paired(results, mine, 'd0')}")
     if BACKLOG_PROFILE is not None:
         print_profile(BACKLOG_PROFILE, "(d), first repeat, 10 s of the backlog")
     if checks:
