@@ -39,7 +39,7 @@ from stream.worker.health import Health, StallDetector, StartWatch, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
-from stream.worker.publisher import Publisher
+from stream.worker.publisher import INFLIGHT_BATCHES, Publisher
 from stream.worker.recommendations import Recommendations
 from stream.worker.tuning import tune_gc
 
@@ -297,8 +297,8 @@ def create_app(
     if clickhouse:
         sink = ClickHouseSink(
             lambda: connect(s),
-            flush_rows=5000,
-            flush_s=0.2,
+            flush_rows=min(2000, INFLIGHT_BATCHES * s.score_batch_size // 2),
+            flush_s=1.0,
             max_pending=50_000,
             on_error=lambda table, exc: metrics.sink_errors.labels(table=table).inc(),
             on_backpressure=lambda on: _backpressure(metrics, on),
@@ -330,7 +330,7 @@ def create_app(
             bootstrap,
             s,
             **{
-                "group.id": f"{s.worker_id}-gap-filler",
+                "group.id": s.worker_id,  # faust's group: its committed offsets (GapFiller.reading_start)
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
             },

@@ -481,22 +481,20 @@ class Publisher:
     async def start_offset(self, tp: Partition) -> int | None:
         """Where the worker started reading ``tp``: its committed offset, or the log start if there is none.
 
-        ``None`` when neither is known (no consumer or no gap filler: unit tests of the agents).
-        faust records a committed offset of 0 as unknown, and a committed offset below the
-        log start (records deleted by retention) is read from the log start: the larger of
-        both is where reading began.
+        Asked of the broker (:meth:`GapFiller.reading_start`). ``None`` when there is no gap
+        filler (unit tests of the agents) and faust knows no committed offset (it records 0 as
+        unknown).
         """
-        consumer = self.consumer() if self.consumer is not None else None
-        committed = None
-        if consumer is not None:
+        if self.gap_filler is None:
+            consumer = self.consumer() if self.consumer is not None else None
+            if consumer is None:
+                return None
             from faust.types import TP
 
-            committed = getattr(consumer, "_committed_offset", {}).get(TP(*tp))
-        if self.gap_filler is None:
+            committed: int | None = getattr(consumer, "_committed_offset", {}).get(TP(*tp))
             return committed
         loop = asyncio.get_running_loop()
-        low = await loop.run_in_executor(None, self.gap_filler.log_start, tp[0], tp[1])
-        start = self._starts[tp] = max(committed or 0, low)
+        start = self._starts[tp] = await loop.run_in_executor(None, self.gap_filler.reading_start, tp[0], tp[1])
         return start
 
     def arrived(self, batch: Sequence[Any], started: float) -> None:

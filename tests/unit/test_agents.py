@@ -63,8 +63,8 @@ class FakeMessage:
 class NoHoles:
     """``GapFiller`` stand-in for input fed without holes, on partitions whose log starts at 0."""
 
-    def log_start(self, topic: str, partition: int) -> int:
-        return 0
+    def reading_start(self, topic: str, partition: int) -> int:
+        return 0  # no committed offset, and the log starts at 0
 
     def fetch(self, topic: str, partition: int, gaps: list[tuple[int, int]]) -> list[Any]:
         raise AssertionError(f"no hole expected, got {gaps}")

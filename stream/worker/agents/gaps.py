@@ -42,10 +42,11 @@ def find_gaps(last: int | None, offsets: Iterable[int]) -> tuple[list[tuple[int,
 
 
 class GapFiller:
-    """Reads given offset ranges of a topic partition with a consumer of its own (no group, no commits).
+    """Reads given offset ranges of a topic partition with a consumer of its own (no commits).
 
-    ``make_consumer`` builds a confluent-kafka consumer with the cluster's settings; it is made on
-    first use and used by one thread at a time.
+    ``make_consumer`` builds a confluent-kafka consumer with the cluster's settings and the
+    worker's ``group.id`` (it never joins the group: it only assigns, and reads the group's
+    committed offsets); it is made on first use and used by one thread at a time.
     """
 
     def __init__(self, make_consumer: Callable[[], Any], timeout_s: float = 10.0) -> None:
@@ -87,6 +88,24 @@ class GapFiller:
     def log_start(self, topic: str, partition: int) -> int:
         """The partition's first offset on the broker (its low watermark)."""
         return self.watermarks(topic, partition)[0]
+
+    def reading_start(self, topic: str, partition: int) -> int:
+        """Where the group reads the partition from: its committed offset, else the log start.
+
+        Asked of the broker: faust learns a newly assigned partition's committed offset only once
+        its seek is done, and the partition's first records can reach the agents before that.
+        A committed offset below the log start (records deleted by retention) reads from the
+        log start, as ``auto.offset.reset=earliest`` does.
+        """
+        from confluent_kafka import TopicPartition
+
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = self._make()
+            (tp,) = self._consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout_s)
+        if tp.error is not None:
+            raise RuntimeError(f"cannot read the committed offset of {topic}[{partition}]: {tp.error.str()}")
+        return max(tp.offset, self.log_start(topic, partition))  # no committed offset: OFFSET_INVALID, -1001
 
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         """The partition's first offset and the offset after its last, asked of the broker."""
