@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     clickhouse_user: str = Field("default", description="ClickHouse server user")
     clickhouse_password: SecretStr = Field(SecretStr(""), description="ClickHouse server password")
     clickhouse_database: str = Field("publisher", description="database holding all tables")
+    clickhouse_flush_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        allow_inf_nan=False,
+        description="the worker inserts each table's rows into ClickHouse this often, or sooner once they stand for "
+        "half of the events in flight (ClickHouse advises about one insert a second per table); a batch is "
+        "committed once its rows are in",
+    )
     chdb_path: Path = Field(ROOT / "var" / "chdb", description="directory of the embedded chdb data")
     chdb_server_idle_s: float = Field(
         300.0,
@@ -278,7 +287,8 @@ class Settings(BaseSettings):
         gt=0,
         allow_inf_nan=False,
         description="an assigned input partition with messages waiting that delivered none since its assignment "
-        "for this long makes the worker re-join its group (a rebalance), once per this period",
+        "for this long, or a table recovery that has read none of the changelog records it waits for in this "
+        "long, makes the worker re-join its group (a rebalance), once per this period",
     )
     health_loop_timeout_s: float = Field(
         30.0,

@@ -35,7 +35,7 @@ from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
 from stream.worker.api import server as api
 from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
-from stream.worker.health import Health, StallDetector, StartWatch, readiness
+from stream.worker.health import Health, RecoveryWatch, StallDetector, StartWatch, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
@@ -109,6 +109,9 @@ class WorkerApp(faust.App):
 
     #: the HTTP API (stream/worker/api/; set by create_app when STREAM_API_PORT is set)
     api: Any = None
+    #: loops that must run from the start, also through the first recovery, which faust's timers
+    #: and tasks wait for (set by create_app)
+    watchdogs: tuple[Callable[[], Awaitable[None]], ...] = ()
 
     async def on_first_start(self) -> None:
         await super().on_first_start()
@@ -116,6 +119,8 @@ class WorkerApp(faust.App):
             sys.setswitchinterval(self.switch_interval_s)
         if self.api is not None:  # from the start: it answers 503 until the first assignment is recovered
             await self.api.start()
+        for watchdog in self.watchdogs:
+            self.add_future(watchdog())
         if self.on_startup_finished is not None:
             # set by the faust Worker that runs this app (``python -m stream worker`` or
             # ``faust -A stream.worker.app worker``), which has configured logging by now
@@ -297,8 +302,10 @@ def create_app(
     if clickhouse:
         sink = ClickHouseSink(
             lambda: connect(s),
-            flush_rows=min(2000, INFLIGHT_BATCHES * s.score_batch_size // 2),
-            flush_s=1.0,
+            # half of the events in flight: under a backlog an insert never waits for the timer
+            # while the in-flight bound holds the next batches back
+            flush_rows=min(5000, max(1, INFLIGHT_BATCHES * s.score_batch_size // 2)),
+            flush_s=s.clickhouse_flush_s,
             max_pending=50_000,
             on_error=lambda table, exc: metrics.sink_errors.labels(table=table).inc(),
             on_backpressure=lambda on: _backpressure(metrics, on),
@@ -509,6 +516,26 @@ async def _rejoin_if_stuck(app: faust.App, rt: Publisher, watch: StartWatch, wai
     await consumer.rejoin()
 
 
+async def _rejoin_if_recovery_stuck(app: faust.App, rt: Publisher, watch: RecoveryWatch) -> None:
+    """Re-join the group when the tables' recovery reads nothing while records remain (health.RecoveryWatch)."""
+    recovery = app.tables.recovery  # type: ignore[attr-defined]
+    running = getattr(app, "in_recovery", False)
+    started = getattr(recovery, "_recovery_started_at", None) if running else None
+    remaining = sum(max(n, 0) for n in recovery.active_remaining().values()) if running else 0
+    if not watch.update(started, remaining):
+        return
+    rt.metrics.rejoins.inc()
+    log.warning(
+        "the tables' recovery has read no changelog record for %.0f s with %d left (STREAM_START_STALL_S); "
+        "re-joining the group",
+        watch.limit_s,
+        remaining,
+    )
+    consumer = app.consumer
+    assert isinstance(consumer, transport.LedgerConsumer)  # the app's transport (WorkerApp._new_transport)
+    await consumer.rejoin()
+
+
 def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | None = None) -> None:
     s = rt.settings
     health = rt.metrics.health
@@ -552,6 +579,17 @@ def _register_services(app: faust.App, rt: Publisher, recs: Recommendations | No
                 rt.metrics.event_time.set(max(rt.processor.event_hwm.values()) / 1000)
         if _recovered(app):
             await _rejoin_if_stuck(app, rt, watch, await _waiting(app, rt, watch, assigned))
+
+    async def recovery_stalls() -> None:
+        recovery_watch = RecoveryWatch(s.start_stall_s)
+        while True:
+            await asyncio.sleep(min(5.0, s.start_stall_s / 2))
+            try:
+                await _rejoin_if_recovery_stuck(app, rt, recovery_watch)
+            except Exception as exc:  # the check must outlive a failed rejoin: tried again next time
+                log.warning("cannot check the tables' recovery or re-join the group: %s", exc)
+
+    app.watchdogs = (recovery_stalls,)  # type: ignore[attr-defined]  # a WorkerApp (create_app)
 
     @app.timer(interval=1.0)
     async def health_check() -> None:

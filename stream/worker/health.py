@@ -278,3 +278,43 @@ class StartWatch:
         for tp in partitions:
             self._assigned_at.pop(tp, None)
             self._since.pop(tp, None)
+
+
+@dataclass
+class RecoveryWatch:
+    """A table recovery that reads nothing while changelog records remain to be read.
+
+    After a rebalance, faust restores the tables of the new assignment from their changelogs
+    before any event is processed. In 2 of 22 runs of a worker leaving mid-stream, its peer's
+    recovery received no changelog record at all for minutes (faust logged "No event received for
+    active tp" every 10 s) and the partitions it had taken over stopped. Fed every few seconds with
+    the recovery's start and the changelog records it still needs, :meth:`update` says when these
+    have not moved for ``limit_s``; the app then re-joins the group, which starts a new recovery.
+    """
+
+    limit_s: float
+    _seen: tuple[float, int] | None = None
+    _since: float = 0.0
+
+    def update(self, started_at: float | None, remaining: int, now: float | None = None) -> bool:
+        """Whether the recovery begun at ``started_at`` (None: none runs) is stuck, ``remaining`` records short.
+
+        >>> watch = RecoveryWatch(10.0)
+        >>> [watch.update(5.0, 40, now=t) for t in (6.0, 12.0, 16.5)]
+        [False, False, True]
+        >>> watch.update(5.0, 40, now=20.0), watch.update(5.0, 39, now=30.0)  # once per period; progress
+        (False, False)
+        >>> watch.update(None, 0, now=100.0), watch.update(50.0, 39, now=101.0)  # done; a new recovery
+        (False, False)
+        """
+        now = time.monotonic() if now is None else now
+        if started_at is None or remaining <= 0:
+            self._seen = None
+            return False
+        if self._seen != (started_at, remaining):
+            self._seen, self._since = (started_at, remaining), now
+            return False
+        if now - self._since > self.limit_s:
+            self._since = now
+            return True
+        return False

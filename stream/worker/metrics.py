@@ -264,7 +264,7 @@ class WorkerMetrics:
         self.rejoins = Counter(
             "stream_start_stall_rejoins_total",
             "Times the worker re-joined its group because an assigned input partition delivered nothing since "
-            "its assignment for STREAM_START_STALL_S while messages waited",
+            "its assignment, or the tables' recovery read nothing, for STREAM_START_STALL_S while messages waited",
             registry=r,
         )
         self.stalls = Counter(
