@@ -87,7 +87,7 @@ def test_a_partition_that_delivers_nothing_after_the_assignment_is_taken_again_b
 def test_a_recovery_that_receives_no_changelog_record_is_started_again_by_a_rejoin(
     kafka_bootstrap: str, worker_env: dict[str, str], sim_events: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """Seen twice in twelve runs of a worker leaving mid-stream: its peer's recovery of the partitions
+    """Seen in 2 of 22 runs of a worker leaving mid-stream: its peer's recovery of the partitions
     it took over received no changelog record for minutes (health.RecoveryWatch). Injected the same
     way: the users table's changelog paused in aiokafka at the first assignment of a worker whose
     local state is gone, so that it must restore the table from that changelog."""
