@@ -657,6 +657,24 @@ async def test_a_partition_of_a_new_group_shows_its_lag_before_its_first_batch(w
     assert _series(w, lag) == {(events, "0"): 1000}
 
 
+async def test_a_taken_over_partition_is_read_from_the_groups_committed_offset(worker: Worker) -> None:
+    """faust learns a newly assigned partition's committed offset only once its seek is done, and
+    the partition's first records can come before: where reading began is asked of the broker
+    (GapFiller.reading_start), so the offsets below the last owner's commit are not a hole to read
+    again (a takeover then published their predictions twice)."""
+    w = worker
+    events = w.topic("events")
+
+    class Committed(NoHoles):
+        def reading_start(self, topic: str, partition: int) -> int:
+            return 150  # what the partition's last owner committed
+
+    w.rt.gap_filler = Committed()  # NoHoles.fetch fails the test if offsets 0..149 are asked for
+    records = [Record(None, b"{}", events, 0, offset, None) for offset in (150, 151)]
+    filled, span = await w.rt.fill(records)
+    assert ([r.offset for r in filled], span) == ([150, 151], (150, 151))
+
+
 async def test_offsets_the_consumer_found_no_record_in_are_no_lag(worker: Worker) -> None:
     """A transaction's commit marker takes the partition's last offset and is never delivered: once
     the consumer has read past it and found no record (``more_after``), it is no lag, so an idle
