@@ -511,9 +511,7 @@ async def _rejoin_if_stuck(app: faust.App, rt: Publisher, watch: StartWatch, wai
         watch.limit_s,
     )
     watch.restart(stuck)
-    consumer = app.consumer
-    assert isinstance(consumer, transport.LedgerConsumer)  # the app's transport (WorkerApp._new_transport)
-    await consumer.rejoin()
+    await _rejoin(app)
 
 
 async def _rejoin_if_recovery_stuck(app: faust.App, rt: Publisher, watch: RecoveryWatch) -> None:
@@ -531,6 +529,11 @@ async def _rejoin_if_recovery_stuck(app: faust.App, rt: Publisher, watch: Recove
         watch.limit_s,
         remaining,
     )
+    await _rejoin(app)
+
+
+async def _rejoin(app: faust.App) -> None:
+    """A rebalance of the whole group, which rebuilds every partition's fetch state and recovery."""
     consumer = app.consumer
     assert isinstance(consumer, transport.LedgerConsumer)  # the app's transport (WorkerApp._new_transport)
     await consumer.rejoin()
