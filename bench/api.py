@@ -541,8 +541,12 @@ def main() -> None:
                 feeder.join(60)
             for p in procs:
                 p.terminate()
-            for p in procs:
-                p.wait(60)
+            for p in procs:  # a worker still running would take cores from the next run
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
     idle = results.get("half rate, API idle", {}).get("cpu_us_per_event")
     for key, r in results.items():
         if " | " in key and "events_per_s" in r and idle is not None and r.get("n"):

@@ -275,6 +275,14 @@ class Settings(BaseSettings):
         description="how long a shutdown or rebalance waits for batches in flight to be confirmed "
         "(the rest stay uncommitted and are read again)",
     )
+    shutdown_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="longest a worker's shutdown may take: past it the worker exits with code 1, as after "
+        "a crash (what it did not commit is read again); more than STREAM_SETTLE_TIMEOUT_S",
+    )
     stall_warning_s: float = Field(
         60.0,
         gt=0,
@@ -574,6 +582,15 @@ class Settings(BaseSettings):
         ):
             raise ValueError("expected three whole numbers gen0,gen1,gen2 like 10000,50,100 (gen0 at least 1)")
         return tuple(int(p) for p in parts)
+
+    @model_validator(mode="after")
+    def _check_shutdown_timeout(self) -> Settings:
+        if self.shutdown_timeout_s <= self.settle_timeout_s:
+            raise ValueError(
+                f"STREAM_SHUTDOWN_TIMEOUT_S={self.shutdown_timeout_s:g} must be more than "
+                f"STREAM_SETTLE_TIMEOUT_S={self.settle_timeout_s:g}: a shutdown waits that long for batches in flight"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_kafka_security(self) -> Settings:

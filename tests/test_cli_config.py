@@ -29,6 +29,18 @@ def test_bad_value_is_one_line_naming_variable_and_value(monkeypatch) -> None:
         load_settings()
 
 
+def test_a_shutdown_timeout_not_above_the_settle_timeout_is_one_line_naming_both(monkeypatch) -> None:
+    monkeypatch.setenv("STREAM_SETTLE_TIMEOUT_S", "30")
+    monkeypatch.setenv("STREAM_SHUTDOWN_TIMEOUT_S", "30")
+    with pytest.raises(
+        ConfigError,
+        match=r"^invalid configuration: STREAM_SHUTDOWN_TIMEOUT_S=30 must be more than STREAM_SETTLE_TIMEOUT_S=30",
+    ):
+        load_settings()
+    monkeypatch.setenv("STREAM_SHUTDOWN_TIMEOUT_S", "31")
+    assert load_settings().shutdown_timeout_s == 31
+
+
 def test_placements_from_comma_separated_env(monkeypatch) -> None:
     monkeypatch.setenv("STREAM_PLACEMENTS", "top, side ,footer")
     assert load_settings().placements == ("top", "side", "footer")

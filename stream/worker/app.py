@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import sys
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import replace
 from time import monotonic
@@ -35,7 +36,7 @@ from stream.worker.agents import articles, events
 from stream.worker.agents.gaps import GapFiller
 from stream.worker.api import server as api
 from stream.worker.delivery import COMMIT_INTERVAL_S, Ledger, describe
-from stream.worker.health import Health, RecoveryWatch, StallDetector, StartWatch, readiness
+from stream.worker.health import Health, RecoveryWatch, StallDetector, StartWatch, exit_after, readiness
 from stream.worker.logs import limit_repeats
 from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
@@ -134,8 +135,14 @@ class WorkerApp(faust.App):
     #: when the current shutdown must be done waiting for batches (loop time; set by on_stop)
     _shutdown_deadline: float | None = None
 
+    #: STREAM_SHUTDOWN_TIMEOUT_S (set by create_app), and its timer once a shutdown began
+    shutdown_timeout_s: float = 120.0
+    _exit_timer: threading.Timer | None = None
+
     async def on_stop(self) -> None:
         self._shutdown_deadline = self.loop.time() + self.settle_timeout_s()
+        if self._exit_timer is None:
+            self._exit_timer = exit_after(self.shutdown_timeout_s)
         await super().on_stop()
 
     def settle_timeout_s(self) -> float:
@@ -229,6 +236,7 @@ def create_app(
     app.changelog_burst = s.score_batch_size
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.switch_interval_s = s.switch_interval_ms / 1000
+    app.shutdown_timeout_s = s.shutdown_timeout_s
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     app.kafka_fetch = s.kafka_fetch
     app.fetch_consumer_factory = functools.partial(clients.consumer, bootstrap, s)

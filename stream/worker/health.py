@@ -9,11 +9,16 @@ even though the loop cannot say so.
 :class:`StallDetector` finds partitions that silently stop: assigned, with messages waiting
 (lag > 0), and no record handed to the processor for ``STREAM_STALL_WARNING_S``. The publisher's own
 check (``Publisher.check_stalls``) covers the other kind, a batch whose outputs are never confirmed.
+
+:func:`exit_after` bounds a shutdown: one stuck in faust's or aiokafka's teardown ends as a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -318,3 +323,32 @@ class RecoveryWatch:
             self._since = now
             return True
         return False
+
+
+def exit_after(timeout_s: float, exit: Callable[[int], Any] = os._exit) -> threading.Timer:
+    """Exit the process with code 1 unless it is gone within ``timeout_s`` (``STREAM_SHUTDOWN_TIMEOUT_S``).
+
+    Armed when the worker starts to stop. On a thread of its own, because what hangs a shutdown
+    can be the event loop itself. Without it, a worker stopped while its group rebalanced and the
+    broker went away waited for its streams forever, retrying heartbeats several times a second.
+    Exiting is a crash: what was not committed is read again after a restart, and RocksDB
+    recovers from its write-ahead log.
+    """
+
+    def expire() -> None:
+        log.error(
+            "the shutdown did not finish within %.0f s (STREAM_SHUTDOWN_TIMEOUT_S): exiting with code 1; "
+            "what was not committed is read again after a restart",
+            timeout_s,
+        )
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exit(1)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.name = "shutdown-deadline"
+    timer.daemon = True
+    timer.start()
+    return timer

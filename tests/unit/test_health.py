@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from stream.kafka.embedded import free_port
-from stream.worker.health import Health, StallDetector, StartWatch, readiness
+from stream.worker.health import Health, StallDetector, StartWatch, exit_after, readiness
 from stream.worker.metrics import WorkerMetrics
 from tests.support.waits import wait
 
@@ -184,3 +184,28 @@ def test_start_watch_reports_only_partitions_silent_since_their_assignment_while
     assert watch.update([e2], arrived.get, now=30.0) == []
     watch.forget([e2])
     assert watch.update([e2], arrived.get, now=60.0) == []  # revoked: not watched
+
+
+def test_a_shutdown_past_its_deadline_exits_with_code_1_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, "stream.worker.health")
+    codes: list[int] = []
+    exited = threading.Event()
+
+    def record(code: int) -> None:  # in place of os._exit
+        codes.append(code)
+        exited.set()
+
+    exit_after(0.05, exit=record)
+    assert exited.wait(10), "the deadline never fired"
+    assert codes == [1]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "did not finish within 0 s (STREAM_SHUTDOWN_TIMEOUT_S): exiting with code 1" in line
+
+
+def test_a_shutdown_that_ends_in_time_is_not_cut_short() -> None:
+    codes: list[int] = []
+    timer = exit_after(3600, exit=codes.append)
+    assert timer.daemon and timer.is_alive()  # a daemon: the process's own exit ends it
+    timer.cancel()
+    timer.join(10)
+    assert not timer.is_alive() and codes == []
