@@ -20,6 +20,9 @@ history. Then, in one run:
    used: worker a, worker b, the broker, the embedded ClickHouse server, this process (the paced
    producer and the metric scrapes), the load generator, and the rest of the machine.
 
+Before it starts, the bench warns when the host already has more than ``QUIET_CORES`` busy, and
+names the busiest processes.
+
 The load generator is a separate process, one of two (``--client``, both by default: each case
 runs once with each, the same run): ``go``, ``bench/loadgen`` (a small Go program, built here
 with the Go toolchain), or ``python`` (``--loadgen``), a minimal HTTP/1.1 keep-alive client on
@@ -55,6 +58,8 @@ PARTITIONS = 4
 MAX_CONNECTIONS = 256
 REQUEST_TIMEOUT_S = 30.0
 CLK = os.sysconf("SC_CLK_TCK")
+#: busy cores before a run above which the bench warns that the host is not quiet
+QUIET_CORES = 0.2
 
 
 # --- the load generator (its own process) --------------------------------------------------------
@@ -229,6 +234,33 @@ def machine_busy_s() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / CLK
+
+
+def busiest_processes(seconds: float = 2.0, top: int = 3) -> tuple[float, list[tuple[float, str]]]:
+    """The machine's busy cores over ``seconds``, and its ``top`` processes by cores (command lines)."""
+
+    def each() -> dict[int, float]:
+        out = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    out[int(d.name)] = cpu_s([int(d.name)])
+                except (OSError, IndexError, ValueError):  # gone meanwhile
+                    continue
+        return out
+
+    before, busy = each(), machine_busy_s()
+    time.sleep(seconds)
+    after, busy = each(), machine_busy_s() - busy
+    cores = sorted(((after[p] - before[p]) / seconds, p) for p in after.keys() & before.keys())[::-1][:top]
+    named = []
+    for c, pid in cores:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            cmd = "?"
+        named.append((c, f"{pid} {cmd[:100]}"))
+    return busy / seconds, named
 
 
 #: the workers' latency histograms the bench reads before and after each window (the event loop's
@@ -426,6 +458,11 @@ def main() -> None:
     from stream.kafka.topics import ensure_topics
     from tests.support.models import train_and_register
 
+    busy, busiest = busiest_processes()
+    if busy > QUIET_CORES:  # e.g. workers of an earlier run that never stopped
+        print(f"WARNING: the host was busy before the run: {busy:.2f} cores; the busiest processes:")
+        for cores, what in busiest:
+            print(f"  {cores:.2f} cores: {what}")
     events = list(generate(SimConfig(n_users=args.users, days=args.days, seed=7)).iter_events())
     warm = len(events) // 5
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
