@@ -337,7 +337,7 @@ def exit_after(timeout_s: float, exit: Callable[[int], Any] = os._exit) -> threa
 
     def expire() -> None:
         log.error(
-            "the shutdown did not finish within %.0f s (STREAM_SHUTDOWN_TIMEOUT_S): exiting with code 1; "
+            "the shutdown did not finish within %g s (STREAM_SHUTDOWN_TIMEOUT_S): exiting with code 1; "
             "what was not committed is read again after a restart",
             timeout_s,
         )
