@@ -17,7 +17,9 @@ import pytest
 from simulator import SimConfig, generate
 from stream.clickhouse import DDL_DIR, ClickHouse
 from stream.config import load_settings
+from stream.kafka.embedded import EmbeddedKafka
 from stream.kafka.topics import ensure_topics
+from stream.testing import WorkerProcess
 from tests.support.models import train_and_register
 from tests.support.waits import wait
 
@@ -108,3 +110,24 @@ _SCHEMA_TABLES = frozenset(
 def _tables(ch: ClickHouse) -> set[str]:
     df = ch.query_df("SELECT name FROM system.tables WHERE database = {d:String}", {"d": ch.database})
     return set(df["name"]) if "name" in df.columns else set()  # no table yet: a frame without columns
+
+
+@contextmanager
+def worker_in_an_outage(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[WorkerProcess, Path]]:
+    """A worker (and its log) on a dedicated embedded broker: ready, then the broker stopped and the outage seen."""
+    with EmbeddedKafka(workdir=tmp_path / "kafka") as broker:
+        ensure_topics(
+            broker.bootstrap,
+            load_settings(
+                topic_prefix=env["STREAM_TOPIC_PREFIX"], topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])
+            ),
+        )
+        log = tmp_path / "worker.log"
+        worker = WorkerProcess(broker.bootstrap, env, log).start()
+        try:
+            worker.wait_for_log("Worker ready")
+            broker.stop()
+            worker.wait_for_log("Unable connect to node", timeout_s=30)  # the outage is seen
+            yield worker, log
+        finally:
+            worker.kill()

@@ -14,10 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.config import load_settings
-from stream.kafka.embedded import EmbeddedKafka
-from stream.kafka.topics import ensure_topics
-from stream.testing import WorkerProcess
+from tests.worker.conftest import worker_in_an_outage
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -28,29 +25,15 @@ def test_a_shutdown_stuck_without_a_broker_exits_with_code_1_at_its_deadline(
     worker_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**worker_env, "STREAM_SHUTDOWN_TIMEOUT_S": str(DEADLINE_S), "STREAM_SETTLE_TIMEOUT_S": "3"}
-    with EmbeddedKafka(workdir=tmp_path / "kafka") as broker:
-        ensure_topics(
-            broker.bootstrap,
-            load_settings(
-                topic_prefix=env["STREAM_TOPIC_PREFIX"], topic_partitions=int(env["STREAM_TOPIC_PARTITIONS"])
-            ),
-        )
-        log = tmp_path / "worker.log"
-        worker = WorkerProcess(broker.bootstrap, env, log).start()
+    with worker_in_an_outage(env, tmp_path) as (worker, log):
+        assert worker.proc is not None
+        began = time.monotonic()
+        worker.proc.send_signal(signal.SIGTERM)
         try:
-            worker.wait_for_log("Worker ready")
-            broker.stop()
-            worker.wait_for_log("Unable connect to node", timeout_s=30)  # the outage is seen
-            assert worker.proc is not None
-            began = time.monotonic()
-            worker.proc.send_signal(signal.SIGTERM)
-            try:
-                code = worker.proc.wait(DEADLINE_S + 30)
-            except subprocess.TimeoutExpired:
-                code = None
-            took = time.monotonic() - began
-        finally:
-            worker.kill()
+            code = worker.proc.wait(DEADLINE_S + 30)
+        except subprocess.TimeoutExpired:
+            code = None
+        took = time.monotonic() - began
     text = log.read_text(errors="replace")
     print(f"\nSIGTERM without a broker: exit code {code} after {took:.1f} s (STREAM_SHUTDOWN_TIMEOUT_S={DEADLINE_S})")
     assert code == 1, f"exit code {code} after {took:.0f} s\n" + "\n".join(text.splitlines()[-30:])
