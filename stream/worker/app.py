@@ -135,15 +135,17 @@ class WorkerApp(faust.App):
     #: when the current shutdown must be done waiting for batches (loop time; set by on_stop)
     _shutdown_deadline: float | None = None
 
-    #: STREAM_SHUTDOWN_TIMEOUT_S (set by create_app), and its timer once a shutdown began
-    shutdown_timeout_s: float = 120.0
+    #: the timer of STREAM_SHUTDOWN_TIMEOUT_S, once a shutdown began (on_stop)
     _exit_timer: threading.Timer | None = None
 
     async def on_stop(self) -> None:
         self._shutdown_deadline = self.loop.time() + self.settle_timeout_s()
         if self._exit_timer is None:
-            self._exit_timer = exit_after(self.shutdown_timeout_s)
+            self._exit_timer = exit_after(self.shutdown_timeout_s())
         await super().on_stop()
+
+    def shutdown_timeout_s(self) -> float:
+        return self.publisher.settings.shutdown_timeout_s if self.publisher is not None else 120.0
 
     def settle_timeout_s(self) -> float:
         return self.publisher.settings.settle_timeout_s if self.publisher is not None else 30.0
@@ -236,7 +238,6 @@ def create_app(
     app.changelog_burst = s.score_batch_size
     app.gc_tuning = (s.gc_threshold, s.gc_freeze)
     app.switch_interval_s = s.switch_interval_ms / 1000
-    app.shutdown_timeout_s = s.shutdown_timeout_s
     app.consumer_handoff = s.consumer_handoff  # before the first topic: that builds the transport
     app.kafka_fetch = s.kafka_fetch
     app.fetch_consumer_factory = functools.partial(clients.consumer, bootstrap, s)

@@ -202,10 +202,11 @@ def test_a_shutdown_past_its_deadline_exits_with_code_1_and_says_why(caplog: pyt
     assert "did not finish within 0.05 s (STREAM_SHUTDOWN_TIMEOUT_S): exiting with code 1" in line
 
 
-def test_a_shutdown_that_ends_in_time_is_not_cut_short() -> None:
+def test_the_deadline_is_a_daemon_thread_that_a_shutdown_in_time_never_waits_for() -> None:
     codes: list[int] = []
     timer = exit_after(3600, exit=codes.append)
     assert timer.daemon and timer.is_alive()  # a daemon: the process's own exit ends it
+    # cancelled here only so that it does not outlive the test (the worker exits instead)
     timer.cancel()
     timer.join(10)
     assert not timer.is_alive() and codes == []
