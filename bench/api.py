@@ -436,6 +436,12 @@ def main() -> None:
         help="a setting of both workers (repeatable), e.g. STREAM_API_THREAD=false",
     )
     ap.add_argument(
+        "--worker-env-file",
+        type=Path,
+        help="settings of both workers from this file (NAME=VALUE lines), e.g. deploy/serving.env; "
+        "--worker-env wins over it",
+    )
+    ap.add_argument(
         "--client",
         choices=("both", "go", "python"),
         default="both",
@@ -449,6 +455,12 @@ def main() -> None:
     extra = dict(kv.split("=", 1) for kv in args.worker_env if "=" in kv)
     if len(extra) != len(args.worker_env):
         ap.error(f"--worker-env: expected NAME=VALUE, got {args.worker_env}")
+    if args.worker_env_file is not None:
+        if not args.worker_env_file.is_file():
+            ap.error(f"--worker-env-file: expected a file of NAME=VALUE lines, got {str(args.worker_env_file)!r}")
+        from dotenv import dotenv_values
+
+        extra = {k: v for k, v in dotenv_values(args.worker_env_file).items() if v is not None} | extra
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the workers and the broker (finally) on a timeout
 
     from simulator import SimConfig, generate
@@ -611,7 +623,8 @@ def wait_owned(base: list[str], users: list[str], warm: int) -> dict[str, list[s
 
 def report(results: dict[str, dict[str, Any]], args: Any) -> None:
     nan = float("nan")
-    settings = f"workers from {args.worker_tree}, " + (" ".join(args.worker_env) or "default settings")
+    given = ([f"the settings of {args.worker_env_file}"] if args.worker_env_file else []) + args.worker_env
+    settings = f"workers from {args.worker_tree}, " + (" ".join(given) or "default settings")
     fed = getattr(args, "fed_rate", float("nan"))
     print(
         f"\nrequests to worker a (of 2); open loop at {args.rps:.0f}/s for {args.seconds:.0f} s per case; "

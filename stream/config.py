@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="with STREAM_API_THREAD: how soon Python hands the GIL to a waiting thread, so how long "
         "the API's thread waits for it while a batch runs (ms; 0 = Python's own, 5)",
     )
+    processing_nice: int = Field(
+        0,
+        ge=0,
+        le=19,
+        description="with STREAM_API_THREAD: the niceness (Linux) of the worker's threads other than the API's "
+        "and its decisions producer's, so that when cores are short the OS runs requests, and the broker, "
+        'before batches (0: unchanged; docs/api.md, "Serving under load")',
+    )
     switch_interval_ms: float = Field(
         0.0,
         ge=0,
@@ -589,6 +597,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"STREAM_SHUTDOWN_TIMEOUT_S={self.shutdown_timeout_s:g} must be more than "
                 f"STREAM_SETTLE_TIMEOUT_S={self.settle_timeout_s:g}: a shutdown waits that long for batches in flight"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_processing_nice(self) -> Settings:
+        if self.processing_nice and not (self.api_thread and self.api_port):
+            raise ValueError(
+                f"STREAM_PROCESSING_NICE={self.processing_nice} needs the API on a thread of its own "
+                "(STREAM_API_PORT and STREAM_API_THREAD=true): it puts the stream's threads behind the API's"
             )
         return self
 

@@ -41,6 +41,30 @@ def test_a_shutdown_timeout_not_above_the_settle_timeout_is_one_line_naming_both
     assert load_settings().shutdown_timeout_s == 31
 
 
+def test_processing_nice_without_the_apis_own_thread_is_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("STREAM_PROCESSING_NICE", "10")
+    monkeypatch.setenv("STREAM_API_PORT", "8080")
+    with pytest.raises(ConfigError, match=r"^invalid configuration: STREAM_PROCESSING_NICE=10 needs the API on a "):
+        load_settings()
+    monkeypatch.setenv("STREAM_API_THREAD", "true")
+    assert load_settings().processing_nice == 10
+
+
+def test_the_serving_settings_file_holds_known_settings_that_load(monkeypatch) -> None:
+    from dotenv import dotenv_values
+
+    from stream.config import Settings, env_name
+
+    values = dotenv_values(ROOT / "deploy" / "serving.env")
+    known = {env_name(f) for f in Settings.model_fields}
+    assert values and set(values) <= known, set(values) - known  # a misspelt name would be ignored silently
+    for name, value in values.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.setenv("STREAM_API_PORT", "8080")
+    s = load_settings()
+    assert (s.api_thread, s.processing_nice, s.score_batch_urgent_ads) == (True, 10, False)
+
+
 def test_placements_from_comma_separated_env(monkeypatch) -> None:
     monkeypatch.setenv("STREAM_PLACEMENTS", "top, side ,footer")
     assert load_settings().placements == ("top", "side", "footer")

@@ -42,7 +42,7 @@ from stream.worker.metrics import WorkerMetrics
 from stream.worker.processor import EXPECTED_FEATURES, BatchProcessor, ProcessorConfig
 from stream.worker.publisher import INFLIGHT_BATCHES, Publisher
 from stream.worker.recommendations import Recommendations
-from stream.worker.tuning import tune_gc
+from stream.worker.tuning import thread_ids, tune_gc
 
 log = logging.getLogger(__name__)
 RAW: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
@@ -335,12 +335,15 @@ def create_app(
     # POST /v1/decide waits for Kafka's acknowledgement of its decision: its own producer, without
     # the batch producer's linger (5 ms of every answer) and queue of batch outputs ahead of it
     api_producer = None
+    api_threads: frozenset[int] = frozenset()
     if api_socket is not None:
+        before = thread_ids()
         api_producer = clients.producer(
             bootstrap,
             s,
             **{"linger.ms": 0, "enable.idempotence": True},
         )
+        api_threads = frozenset(thread_ids() - before)  # librdkafka's, kept ahead of the batches
     gap_filler = GapFiller(
         lambda: clients.consumer(
             bootstrap,
@@ -363,6 +366,7 @@ def create_app(
         tables,
         producer=producer,
         api_producer=api_producer,
+        api_producer_threads=api_threads,
         gap_filler=gap_filler,
         topic_names=names,
         ledger=Ledger((names["events"], names["article_events"])),

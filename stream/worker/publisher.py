@@ -258,6 +258,8 @@ class Publisher:
     #: the producer of ``POST /v1/decide``'s decisions (no linger: a request waits for its
     #: acknowledgement), with its own delivery thread; None: ``producer``
     api_producer: Any = None
+    #: the kernel ids of ``api_producer``'s own threads (STREAM_PROCESSING_NICE leaves them as they are)
+    api_producer_threads: frozenset[int] = frozenset()
     #: ``api_producer``'s delivery reports are polled by its caller's loop (the API's thread), not
     #: by a delivery thread of its own
     api_polled_by_caller: bool = False

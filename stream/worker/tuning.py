@@ -1,4 +1,5 @@
-"""Process-level tuning of the worker: the event loop, Python's cyclic garbage collector, BLAS threads.
+"""Process-level tuning of the worker: the event loop, Python's cyclic garbage collector, BLAS
+threads, and the scheduling priority of the stream's threads against the API's.
 
 A worker keeps many long-lived objects (modules, models, faust's services, cached user states)
 and allocates a burst of short-lived ones per record. With Python's default thresholds
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
+from collections.abc import Collection
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +49,32 @@ def use_event_loop(name: str) -> None:
         import mode.loop
 
         mode.loop.use("uvloop")
+
+
+def thread_ids() -> set[int]:
+    """The kernel ids of this process's threads (Linux: ``/proc/self/task``; elsewhere empty)."""
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def renice_threads(nice: int, keep: Collection[int]) -> list[int]:
+    """Give every thread of this process but ``keep`` the niceness ``nice``; return the ids changed.
+
+    Linux schedules threads, so a thread's niceness is its own, and a thread starts with its
+    creator's: those that the reniced threads start later (a rebalance's consumer, an executor's
+    workers) are reniced too, those of ``keep`` are not. Raising one's niceness needs no privilege.
+    Elsewhere ``setpriority`` would take a thread id for a process id: nothing changes there.
+    """
+    if not sys.platform.startswith("linux"):
+        log.warning("STREAM_PROCESSING_NICE is for Linux only (this is %s): priorities unchanged", sys.platform)
+        return []
+    changed = []
+    for tid in sorted(thread_ids() - set(keep)):
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:  # the thread ended meanwhile
+            continue
+        changed.append(tid)
+    return changed

@@ -7,6 +7,8 @@ made from a synchronous call on it, so the loop can run nothing until the answer
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
@@ -26,6 +28,7 @@ from stream.worker.processor import BatchProcessor, Record, Stores
 from stream.worker.scores import LatestScores
 
 PARTITIONS = 4
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def blocking_get(url: str) -> tuple[int, bytes]:
@@ -138,3 +141,52 @@ def test_committed_bandit_counts_hold_no_batch_in_progress() -> None:
     assert ads.committed_snapshot(table) == {}  # counted in ``own``, not yet written
     batch.write()
     assert ads.committed_snapshot(table) == {"unknown": {"a": (1, 0)}}
+
+
+NICED = """
+import asyncio, json, os, sys, threading, urllib.request
+from pathlib import Path
+from stream.config import load_settings
+from stream.kafka.embedded import free_port
+from stream.worker.app import create_app
+
+async def main(models_dir, state_dir):
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # this process's own (a CI may run the suite under nice)
+    port = free_port()
+    settings = load_settings(
+        models_dir=models_dir, state_dir=state_dir, worker_web_port=0, worker_id="unit-nice", topic_prefix="unit.",
+        api_port=port, api_url=f"http://127.0.0.1:{port}", api_thread=True, processing_nice=9,
+    )
+    app, rt = create_app(settings, "127.0.0.1:1", clickhouse=False)
+    await app.api.start()
+    try:
+        later = await asyncio.get_running_loop().run_in_executor(None, threading.get_native_id)
+        status = await asyncio.to_thread(lambda: urllib.request.urlopen(f"{app.api.url}/healthz", timeout=30).status)
+        nice = {t: os.getpriority(os.PRIO_PROCESS, t) for t in map(int, os.listdir("/proc/self/task"))}
+        print(json.dumps({
+            "status": status, "base": base, "nice": nice, "main": threading.get_native_id(), "later": later,
+            "api": app.api._thread.native_id, "producer": sorted(rt.api_producer_threads),
+        }))
+    finally:
+        await app.api.stop()
+        rt.close(timeout_s=0)
+
+asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2])))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_processing_nice_puts_every_thread_but_the_apis_behind_it(tmp_path: Path, models_dir: Path) -> None:
+    # In a child process: a niceness, once raised, cannot be lowered again without privilege.
+    out = subprocess.run(
+        [sys.executable, "-c", NICED, str(models_dir), str(tmp_path / "state")],
+        capture_output=True, text=True, check=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    got = orjson.loads(out.stdout.splitlines()[-1])
+    nice = {int(k): v for k, v in got["nice"].items()}
+    assert got["status"] == 200  # the API answers from its thread
+    ahead = {got["api"], *got["producer"]} & set(nice)  # librdkafka may have ended some of its threads since
+    assert len(ahead) > 1, "the decisions producer's librdkafka threads were not found"
+    assert {t: nice[t] for t in ahead} == dict.fromkeys(ahead, got["base"])
+    assert {t: v for t, v in nice.items() if t not in ahead} == dict.fromkeys(set(nice) - ahead, 9)
+    assert nice[got["main"]] == 9 and nice[got["later"]] == 9  # the stream's loop, and an executor thread started since

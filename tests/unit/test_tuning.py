@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -68,3 +69,49 @@ def test_the_event_loop_setting_picks_the_loop(name: str, loop_module: str) -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == loop_module
+
+
+RENICE = """
+import json, os, threading
+from stream.worker.tuning import renice_threads
+
+done, born, ids = threading.Event(), threading.Semaphore(0), {}
+
+def spawn(name):
+    # a thread that, once told to, starts a child: which niceness does the child get?
+    go = threading.Event()
+    def child():
+        ids[name + " child"] = threading.get_native_id()
+        born.release()
+        done.wait()
+    def parent():
+        go.wait()
+        threading.Thread(target=child, daemon=True).start()
+        done.wait()
+    t = threading.Thread(target=parent, daemon=True)
+    t.start()
+    ids[name] = t.native_id
+    return go
+
+base = os.getpriority(os.PRIO_PROCESS, 0)  # this process's own (a CI may run the suite under nice)
+kept, other = spawn("kept"), spawn("other")
+ids["main"] = threading.get_native_id()
+changed = renice_threads(base + 7, {ids["kept"]})
+kept.set(), other.set(), born.acquire(), born.acquire()
+late = threading.Thread(target=done.wait, daemon=True)  # started by the reniced main thread
+late.start()
+ids["main child"] = late.native_id
+nice = {k: os.getpriority(os.PRIO_PROCESS, t) - base for k, t in ids.items()}
+print(json.dumps({"changed": changed, "nice": nice}))
+done.set()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_renice_threads_lowers_all_but_the_kept_ones_and_their_children() -> None:
+    # In a child process: a niceness, once raised, cannot be lowered again without privilege.
+    out = subprocess.run([sys.executable, "-c", RENICE], capture_output=True, text=True, check=True, cwd=ROOT)
+    got = json.loads(out.stdout)
+    # above the process's own niceness; threads started afterwards take their creator's
+    assert got["nice"] == {"main": 7, "other": 7, "kept": 0, "main child": 7, "other child": 7, "kept child": 0}
+    assert len(got["changed"]) >= 2  # main and "other" (and any thread the imports started)

@@ -49,6 +49,7 @@ from stream.worker.delivery import unpack_user
 from stream.worker.publisher import Publisher
 from stream.worker.recommendations import Recommendations, unpack_reads
 from stream.worker.stores import StoreUnavailable
+from stream.worker.tuning import renice_threads
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,18 @@ class Api:
         self._thread = threading.Thread(target=self._run, args=(started,), name="api", daemon=True)
         self._thread.start()
         await asyncio.wrap_future(started)
+        if self.rt.settings.processing_nice:
+            self._put_stream_behind(self.rt.settings.processing_nice)
+
+    def _put_stream_behind(self, nice: int) -> None:
+        """``STREAM_PROCESSING_NICE``: every thread but the API's and its decisions producer's at ``nice``."""
+        assert self._thread is not None and self._thread.native_id is not None  # started
+        keep = {self._thread.native_id, *self.rt.api_producer_threads}
+        changed = renice_threads(nice, keep)
+        log.info(
+            "%d of the worker's threads at niceness %d, behind the API's thread and its producer's %d",
+            len(changed), nice, len(keep) - 1,
+        )  # fmt: skip
 
     def _run(self, started: concurrent.futures.Future[None]) -> None:
         """The API's thread: its own loop (uvloop when the worker's is), serving until :meth:`stop`."""
