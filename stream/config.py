@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         False,
         description="serve the API from a thread of its own (its own event loop), so that requests do not "
         "wait for the stream's batches; off: on the stream's event loop (docs/api.md: measured, off is faster "
-        "on CPU-starved workers)",
+        "on CPU-starved workers with the other settings at their defaults; deploy/serving.env turns it on)",
     )
     api_switch_interval_ms: float = Field(
         1.0,
