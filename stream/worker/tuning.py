@@ -74,7 +74,7 @@ def renice_threads(nice: int, keep: Collection[int]) -> list[int]:
     for tid in sorted(thread_ids() - set(keep)):
         try:
             os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError:  # the thread ended meanwhile
+        except OSError:  # it ended meanwhile, or is already nicer (lowering needs CAP_SYS_NICE)
             continue
         changed.append(tid)
     return changed
